@@ -1,0 +1,220 @@
+"""Core benchmark: single-thread durable put and get-latest, against baselines from the same run.
+
+    python bench/core.py [--rounds 5] [--seconds 1.0] [--dir DIR] [--json FILE]
+
+Machines here are shared and noisy, so nothing is compared with a stored number: every rate is
+printed next to a baseline measured in the same run, contender and baseline alternating round by
+round (ABBA order), and the table shows the median of the rounds and their ratio.
+
+Baselines:
+- fsync limit: append 4 KiB to a plain file + os.fsync, the floor for one durable commit.
+- bare put: APSW ``BEGIN IMMEDIATE; INSERT; COMMIT`` of the same msgpack bytes into
+  ``t(id INTEGER PRIMARY KEY, thread_id TEXT, data BLOB)`` with the Saver's own PRAGMA profile
+  (applied by ``sqlitesaver.pragmas.apply`` and read back to prove it).
+- bare+index put: the same with an index on ``(thread_id, id)``: the least any store needs to
+  find a thread's latest checkpoint. Shows what the index costs apart from the library.
+- bare get: ``SELECT data ... ORDER BY id DESC LIMIT 1`` + ``msgpack.unpackb``.
+
+Nothing here asserts: targets are printed with "meets" yes/no. Deterministic state, no randomness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+
+import apsw
+import msgpack
+
+from sqlitesaver import Saver, codec, pragmas
+
+THREAD = "bench-thread-0001"
+TARGETS = {"put_full": 0.90, "get_rate": 30_000}
+
+
+def make_state() -> dict:
+    """A 4 KiB agent-like state: a message list of small dicts, strings and numbers."""
+    prose = ("The agent compared the quarterly figures with the forecast and flagged two "
+             "regions for review. ")
+    state = {"step": 17, "status": "running", "messages": [], "scores": [0.25, 0.5, 0.75]}
+    i = 0
+    while len(codec.encode(state)) < 3900:
+        state["messages"].append({"role": "user" if i % 2 else "assistant", "id": i,
+                                  "content": prose[: 60 + (i * 7) % 40], "tokens": 40 + i})
+        i += 1
+    return state
+
+
+def open_bare(path: str, durability: str, index: bool) -> apsw.Connection:
+    conn = apsw.Connection(path)
+    pragmas.apply(conn, pragmas.Profile(durability=durability), path)
+    conn.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, thread_id TEXT, data BLOB)")
+    if index:
+        conn.execute("CREATE INDEX t_by_thread ON t (thread_id, id)")
+    return conn
+
+
+def bare_put(conn: apsw.Connection, data: bytes) -> Callable[[int], None]:
+    def loop(n: int) -> None:
+        execute = conn.execute
+        for _ in range(n):
+            execute("BEGIN IMMEDIATE")
+            execute("INSERT INTO t (thread_id, data) VALUES (?, ?)", (THREAD, data))
+            execute("COMMIT")
+    return loop
+
+
+def saver_put(saver: Saver, state: dict) -> Callable[[int], None]:
+    def loop(n: int) -> None:
+        put = saver.put
+        for _ in range(n):
+            put(THREAD, state)
+    return loop
+
+
+def fsync_limit(directory: str) -> Callable[[int], None]:
+    path = os.path.join(directory, "fsync-probe")
+    block = b"\0" * 4096
+
+    def loop(n: int) -> None:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for _ in range(n):
+                os.write(fd, block)
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+    return loop
+
+
+def bare_get(conn: apsw.Connection) -> Callable[[int], None]:
+    def loop(n: int) -> None:
+        execute, unpackb = conn.execute, msgpack.unpackb
+        for _ in range(n):
+            unpackb(execute("SELECT data FROM t WHERE thread_id = ? ORDER BY id DESC LIMIT 1",
+                            (THREAD,)).fetchone()[0])
+    return loop
+
+
+def saver_get(saver: Saver) -> Callable[[int], None]:
+    def loop(n: int) -> None:
+        get = saver.get
+        for _ in range(n):
+            get(THREAD)
+    return loop
+
+
+def interleave(contenders: dict[str, Callable[[int], None]], rounds: int,
+               seconds: float) -> dict[str, list[float]]:
+    """Rates (ops/s) per round; order reversed every other round; ops sized by a warm-up so a
+    round of the slowest contender takes about ``seconds``."""
+    slowest = 0.0
+    for loop in contenders.values():
+        start = time.perf_counter()
+        loop(20)
+        slowest = max(slowest, (time.perf_counter() - start) / 20)
+    n = max(20, int(seconds / slowest))
+    rates: dict[str, list[float]] = {name: [] for name in contenders}
+    names = list(contenders)
+    for r in range(rounds):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            start = time.perf_counter()
+            contenders[name](n)
+            rates[name].append(n / (time.perf_counter() - start))
+    return rates
+
+
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--seconds", type=float, default=1.0, help="per contender per round")
+    parser.add_argument("--dir", help="where to put the databases (default: a temp dir)")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args()
+    directory = tempfile.mkdtemp(prefix="sqlitesaver-bench-", dir=args.dir)
+    try:
+        return run(args, directory)
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def run(args: argparse.Namespace, directory: str) -> int:
+    print("$ python " + " ".join(sys.argv))
+    print(f"python {platform.python_version()}, apsw {apsw.apsw_version()}, SQLite "
+          f"{apsw.sqlite_lib_version()}, msgpack {'.'.join(map(str, msgpack.version))}, "
+          f"{os.cpu_count()} cpus, load {os.getloadavg()[0]:.2f}, dir {directory}")
+    state = make_state()
+    data = codec.encode(state)
+    print(f"state: {len(data)} bytes encoded, {len(state['messages'])} messages")
+    results: dict[str, dict] = {}
+    rows = []
+
+    for durability in ("full", "normal"):
+        saver = Saver(os.path.join(directory, f"saver-{durability}.db"), durability=durability)
+        bare = open_bare(os.path.join(directory, f"bare-{durability}.db"), durability, False)
+        bare_ix = open_bare(os.path.join(directory, f"barex-{durability}.db"), durability, True)
+        live = saver.settings()["writer"]
+        if pragmas.read_back(bare) != live or pragmas.read_back(bare_ix) != live:
+            raise SystemExit(f"settings differ: saver {live} bare {pragmas.read_back(bare)}")
+        contenders = {"saver": saver_put(saver, state), "bare": bare_put(bare, data),
+                      "bare+index": bare_put(bare_ix, data)}
+        if durability == "full":
+            contenders["fsync"] = fsync_limit(directory)
+        rates = interleave(contenders, args.rounds, args.seconds)
+        results[f"put_{durability}"] = rates
+        base = median(rates["bare"])
+        for name in contenders:
+            rows.append((f"put 4 KiB, durability={durability}: {name}", median(rates[name]),
+                         median(rates[name]) / base,
+                         TARGETS["put_full"] if (durability, name) == ("full", "saver")
+                         else None))
+        print(f"put {durability}: per-round saver/bare "
+              + " ".join(f"{s / b:.3f}" for s, b in zip(rates["saver"], rates["bare"])))
+        if durability == "full":
+            rates = interleave({"saver": saver_get(saver), "bare": bare_get(bare)},
+                               args.rounds, args.seconds)
+            results["get"] = rates
+            for name in ("saver", "bare"):
+                rows.append((f"get latest 4 KiB: {name}", median(rates[name]),
+                             median(rates[name]) / median(rates["bare"]),
+                             TARGETS["get_rate"] if name == "saver" else None))
+            print("get: per-round saver/bare "
+                  + " ".join(f"{s / b:.3f}" for s, b in zip(rates["saver"], rates["bare"])))
+        saver.close()
+        bare.close()
+        bare_ix.close()
+
+    print()
+    print(f"| {'measurement':42} | {'ops/s':>8} | {'vs bare':>7} | target       | meets |")
+    print(f"|{'-' * 44}|{'-' * 10}|{'-' * 9}|--------------|-------|")
+    for label, rate, ratio, target in rows:
+        if target is None:
+            goal, meets = "", ""
+        elif target < 10:
+            goal, meets = f">= {target:.2f}x bare", "yes" if ratio >= target else "no"
+        else:
+            goal, meets = f">= {target:,}/s", "yes" if rate >= target else "no"
+        print(f"| {label:42} | {rate:8,.0f} | {ratio:7.3f} | {goal:12} | {meets:5} |")
+    print(f"load average at end: {os.getloadavg()[0]:.2f}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"command": sys.argv, "rates": results,
+                       "table": [dict(zip(("measurement", "ops_per_s", "vs_bare", "target"), r))
+                                 for r in rows]}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

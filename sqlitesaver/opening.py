@@ -1,0 +1,328 @@
+"""Opening a database file and the startup recovery, in the order the guarantees need.
+
+1. Refuse, without writing a byte, a file that is empty, not SQLite, another application's
+   database, or written by a newer schema. The first 100 bytes are read through SQLite's own VFS:
+   closing a plain ``open()`` of the file would cancel the POSIX locks that other connections in
+   this process hold on it (sqlite.org/howtocorrupt.html#_posix_advisory_locks_canceled_by_a_separate_thread_doing_close_).
+2. Integrity check (``quick`` by default), still before anything is written.
+3. ``PRAGMA wal_checkpoint(TRUNCATE)``, reading its busy column.
+4. Create or migrate the schema, one transaction per migration.
+
+A new database is built complete under a temporary name in the same directory, synced, and
+linked into place, so a crash during creation leaves either no database or a whole one, never an
+empty or half-initialised file at ``path``.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import secrets
+import time
+
+import apsw
+
+from . import pragmas, schema
+from .errors import (CorruptDatabaseError, MigrationError, NotASaverDatabaseError,
+                     ReadOnlyDatabaseError, SaverError, SchemaVersionError, translate)
+from .pragmas import Profile
+from .records import RecoveryReport
+
+__all__ = ["INTEGRITY_MODES", "open_writer", "open_reader"]
+
+INTEGRITY_MODES = ("quick", "full", "off")
+
+_MAGIC = b"SQLite format 3\x00"
+_NEW_MARK = ".sqlitesaver-new-"
+#: The recovery checkpoint must not stall start-up behind another process's long read; a
+#: blocked checkpoint is reported in RecoveryReport.checkpoint_busy instead.
+_CHECKPOINT_BUSY_TIMEOUT_MS = 200
+
+
+def open_writer(path: str, profile: Profile, integrity_check: str
+                ) -> tuple[apsw.Connection, RecoveryReport]:
+    """Run the startup recovery on ``path`` and return the Saver's write connection.
+
+    Raises a :class:`SaverError` subclass, having written nothing, for a file that is not ours
+    or is damaged.
+    """
+    started = time.perf_counter()
+    stale = _remove_stale_new_files(path)
+    created = False
+    found = _inspect_header(path)
+    if found is None:
+        created = _create(path, profile)
+        found = schema.latest_version()
+    _check_access(path)
+    wal_found = os.path.lexists(path + "-wal")
+    try:
+        conn = _connect(path, profile, set_wal=False)
+    except apsw.Error as exc:
+        raise translate(exc, path, "opening the database") from exc
+    try:
+        version = _recheck_identity(conn, path)
+        if integrity_check != "off":
+            _integrity(conn, path, full=integrity_check == "full")
+        pragmas.journal_mode_wal(conn, path)
+        busy, log, done = _checkpoint(conn, path, profile)
+        try:
+            applied = schema.migrate(conn)
+        except apsw.Error as exc:
+            if isinstance(exc, (apsw.BusyError, apsw.FullError, apsw.ReadOnlyError,
+                                apsw.IOError, apsw.CorruptError)):
+                raise translate(exc, path, "migrating the schema") from exc
+            raise MigrationError(
+                f"{path!r}: a schema migration failed ({type(exc).__name__}: {exc}); it was "
+                f"rolled back and the database is unchanged at schema version "
+                f"{_user_version(conn)}. Please report this as a sqlitesaver bug.",
+                path=path) from exc
+        except RuntimeError as exc:
+            raise MigrationError(f"{path!r}: {exc}", path=path) from exc
+    except BaseException as exc:
+        if wal_found:
+            # Leave a WAL we found as we found it: closing the last connection would
+            # checkpoint it into the very file we are refusing (too new, or damaged).
+            conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        conn.close()
+        if isinstance(exc, (apsw.Error, OSError)):
+            raise translate(exc, path, "opening the database") from exc
+        raise
+    report = RecoveryReport(
+        path=path, created=created, integrity_check=integrity_check, wal_frames=log,
+        wal_frames_checkpointed=done, checkpoint_busy=busy, schema_version_found=version,
+        schema_version=schema.latest_version(), migrations_applied=applied,
+        stale_files_removed=stale, seconds=time.perf_counter() - started)
+    return conn, report
+
+
+def open_reader(path: str, profile: Profile) -> apsw.Connection:
+    """A connection for reads only (``query_only``), with the same profile as the writer."""
+    try:
+        conn = _connect(path, profile, set_wal=True)
+        conn.execute("PRAGMA query_only=ON")
+    except apsw.Error as exc:
+        raise translate(exc, path, "opening a read connection") from exc
+    return conn
+
+
+# --- step 1: identify the file without writing ---------------------------------------------
+
+def _inspect_header(path: str) -> int | None:
+    """Return the header's schema version, ``None`` if no file exists; raise if not ours."""
+    if not os.path.lexists(path):
+        return None
+    if os.path.isdir(path):
+        raise translate(IsADirectoryError(path), path, "opening the database")
+    try:
+        # flags: [in, out]; MAIN_DB so the unix VFS tracks this handle with the others on the
+        # same inode and defers the close while another connection holds locks.
+        handle = apsw.VFSFile("", path, [apsw.SQLITE_OPEN_MAIN_DB | apsw.SQLITE_OPEN_READONLY, 0])
+        try:
+            size = handle.xFileSize()
+            header = handle.xRead(min(size, 100), 0) if size else b""
+        finally:
+            handle.xClose()
+    except apsw.Error as exc:
+        raise translate(exc, path, "reading the file header") from exc
+    if size == 0:
+        raise NotASaverDatabaseError(
+            f"{path!r} is an empty file, not a sqlitesaver database. sqlitesaver creates new "
+            "databases atomically and never leaves an empty file, so something else made it: "
+            "delete it, or pass a path that does not exist yet.", path=path)
+    if header.startswith(_MAGIC) and len(header) < 100:
+        raise NotASaverDatabaseError(
+            f"{path!r} is a truncated SQLite file ({size} bytes, shorter than the 100-byte "
+            "header); refusing to touch it. Restore it from a backup, or delete it.",
+            path=path)
+    if len(header) < 100 or not header.startswith(_MAGIC):
+        raise NotASaverDatabaseError(
+            f"{path!r} is not an SQLite database (it starts with {header[:16]!r}); "
+            "refusing to touch it. Pass the path of a sqlitesaver database, or a path that "
+            "does not exist yet to create one.", path=path)
+    application_id = int.from_bytes(header[68:72], "big")
+    if application_id != schema.APPLICATION_ID:
+        raise NotASaverDatabaseError(
+            f"{path!r} is an SQLite database of another application (application_id "
+            f"0x{application_id:08x}, sqlitesaver's is 0x{schema.APPLICATION_ID:08x}); "
+            "refusing to touch it. Use a separate file for sqlitesaver.", path=path)
+    version = int.from_bytes(header[60:64], "big")
+    _check_version(path, version)
+    return version
+
+
+def _check_version(path: str, version: int) -> None:
+    if version > schema.latest_version():
+        raise SchemaVersionError(
+            f"{path!r} has schema version {version}, written by a newer sqlitesaver; this "
+            f"version reads up to {schema.latest_version()}. Upgrade sqlitesaver to open it. "
+            "Nothing was written.", path=path)
+
+
+def _check_access(path: str) -> None:
+    """Name the read-only file or directory before SQLite fails on it in a less clear way."""
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.access(path, os.W_OK):
+        raise ReadOnlyDatabaseError(
+            f"{path!r} is read-only (file permissions); sqlitesaver needs to write it. Make it "
+            "writable, or copy it somewhere writable.", path=path)
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise ReadOnlyDatabaseError(
+            f"the directory of {path!r} ({directory!r}) is not writable; WAL mode needs to "
+            "create the '-wal' and '-shm' files beside the database. Make the directory "
+            "writable.", path=path)
+
+
+def _connect(path: str, profile: Profile, *, set_wal: bool) -> apsw.Connection:
+    # No SQLITE_OPEN_CREATE: a missing file here means it vanished, and creating an empty one
+    # in its place would hide that.
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
+    try:
+        pragmas.apply(conn, profile, path, set_wal=set_wal)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _user_version(conn: apsw.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def _recheck_identity(conn: apsw.Connection, path: str) -> int:
+    """Re-read the identity through SQL: the WAL may hold a newer page 1 than the file."""
+    application_id = conn.execute("PRAGMA application_id").fetchone()[0]
+    if application_id != schema.APPLICATION_ID:
+        raise NotASaverDatabaseError(
+            f"{path!r} is not a sqlitesaver database (application_id 0x{application_id:08x})",
+            path=path)
+    version = _user_version(conn)
+    _check_version(path, version)
+    return version
+
+
+# --- step 2: integrity ----------------------------------------------------------------------
+
+def _integrity(conn: apsw.Connection, path: str, *, full: bool) -> None:
+    pragma = "integrity_check" if full else "quick_check"
+    try:
+        problems = [row[0] for row in conn.execute(f"PRAGMA {pragma}")]
+    except (apsw.CorruptError, apsw.NotADBError) as exc:  # damage too deep to list
+        problems = [f"{type(exc).__name__}: {exc}"]
+    if problems != ["ok"]:
+        shown = "; ".join(str(p) for p in problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise CorruptDatabaseError(
+            f"{path!r} failed PRAGMA {pragma}: {shown}{more}. Nothing was written. Run "
+            "'python -m sqlitesaver check PATH' for details and restore from a backup.",
+            path=path)
+
+
+# --- step 3: checkpoint ---------------------------------------------------------------------
+
+def _checkpoint(conn: apsw.Connection, path: str, profile: Profile) -> tuple[bool, int, int]:
+    """Copy the WAL into the database and truncate it; return (busy, frames, copied).
+
+    TRUNCATE reports (0, 0, 0) once it has reset the WAL, so a PASSIVE pass (which never waits)
+    counts the frames first; the TRUNCATE that follows has little left to copy.
+    """
+    _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+    conn.set_busy_timeout(_CHECKPOINT_BUSY_TIMEOUT_MS)
+    try:
+        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
+    except (apsw.BusyError, apsw.LockedError):
+        busy = 1
+    finally:
+        pragmas.busy_timeout(conn, profile)
+    return bool(busy), log, done
+
+
+# --- creation -------------------------------------------------------------------------------
+
+def _create(path: str, profile: Profile) -> bool:
+    """Build a complete database beside ``path`` and link it into place.
+
+    Returns False when another process created ``path`` first (its database is then used).
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    temp = os.path.join(directory, f".{os.path.basename(path)}{_NEW_MARK}{os.getpid()}-"
+                                   f"{secrets.token_hex(4)}")
+    try:
+        conn = apsw.Connection(temp, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
+        try:
+            conn.execute(f"PRAGMA synchronous={profile.synchronous}")
+            schema.migrate(conn)
+            pragmas.journal_mode_wal(conn, path)
+        finally:
+            conn.close()  # last connection: SQLite checkpoints and removes temp-wal
+        _fsync_path(temp)
+        try:
+            os.link(temp, path)
+            created = True
+        except FileExistsError:
+            created = False
+        except OSError as exc:
+            if exc.errno not in (errno.EPERM, errno.ENOTSUP, errno.EXDEV):
+                raise
+            # No hard links on this filesystem: rename, which is atomic but could replace a
+            # database that appeared since the check, so check once more right before.
+            created = not os.path.lexists(path)
+            if created:
+                os.rename(temp, path)
+        _fsync_path(directory)
+    except SaverError:
+        raise
+    except (apsw.Error, OSError) as exc:
+        raise translate(exc, path, "creating the database") from exc
+    finally:
+        _remove_family(temp)
+    return created
+
+
+def _fsync_path(path: str) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_family(base: str) -> None:
+    for suffix in ("", "-wal", "-shm", "-journal"):
+        try:
+            os.unlink(base + suffix)
+        except FileNotFoundError:
+            pass
+
+
+def _remove_stale_new_files(path: str) -> tuple[str, ...]:
+    """Remove temporaries left by a creation that was killed (its process is gone)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    prefix = f".{os.path.basename(path)}{_NEW_MARK}"
+    removed = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return ()  # reported precisely by the steps that follow
+    for name in names:
+        if not name.startswith(prefix) or name.endswith(("-wal", "-shm", "-journal")):
+            continue
+        pid_text = name[len(prefix):].split("-", 1)[0]
+        if not pid_text.isdigit() or _alive(int(pid_text)):
+            continue
+        full = os.path.join(directory, name)
+        try:
+            _remove_family(full)
+        except OSError:
+            continue
+        removed.append(full)
+    return tuple(removed)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,77 @@
+"""The values the Saver API returns. Plain frozen dataclasses: no database handles inside."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+__all__ = ["CheckpointRef", "PendingWrite", "Checkpoint", "LogEvent", "RecoveryReport"]
+
+
+@dataclass(frozen=True)
+class CheckpointRef:
+    """What :meth:`Saver.put` returns once the checkpoint's COMMIT has returned."""
+
+    thread_id: str
+    namespace: str
+    checkpoint_id: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class PendingWrite:
+    """One ``(channel, value)`` written by a task against a checkpoint."""
+
+    task_id: str
+    index: int
+    channel: str
+    value: Any
+    task_path: str = ""
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """A stored checkpoint with its pending writes, ordered by ``(task_id, index)``."""
+
+    thread_id: str
+    namespace: str
+    checkpoint_id: str
+    parent_id: str | None
+    created_at: datetime
+    state: Any
+    metadata: dict
+    pending_writes: tuple[PendingWrite, ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class LogEvent:
+    """One appended log event; ``seq`` grows with commit order across the whole database."""
+
+    seq: int
+    thread_id: str
+    created_at: datetime
+    event: Any
+
+
+@dataclass(frozen=True)
+class RecoveryReport:
+    """What the startup recovery of one :class:`Saver` found and did, in order.
+
+    ``integrity_check`` is the mode that ran (``"quick"``, ``"full"`` or ``"off"``); a damaged
+    database raises instead of producing a report. ``checkpoint_busy`` is SQLite's busy column of
+    ``PRAGMA wal_checkpoint(TRUNCATE)``: true when another connection (usually a reader in another
+    process) kept the checkpoint from finishing, which is reported, not an error.
+    """
+
+    path: str
+    created: bool
+    integrity_check: str
+    wal_frames: int
+    wal_frames_checkpointed: int
+    checkpoint_busy: bool
+    schema_version_found: int
+    schema_version: int
+    migrations_applied: tuple[int, ...]
+    stale_files_removed: tuple[str, ...]
+    seconds: float

@@ -1,0 +1,747 @@
+"""The public checkpoint store.
+
+Guarantee: every method that writes runs as one ``BEGIN IMMEDIATE ... COMMIT`` (or joins the
+caller's :meth:`Saver.transaction`) and returns only after COMMIT returned. With
+``durability="full"`` (the default) a returned write survives a process crash, an OS crash and a
+power loss; with ``"normal"`` it survives a process crash, and after a power loss the database is
+consistent but the last acknowledged transitions may be missing. A write that raised left nothing
+behind, except after :class:`~sqlitesaver.errors.DatabaseIOError`, where it may have reached the
+disk ("maybe committed"). Reads verify a checksum on every payload and raise
+:class:`~sqlitesaver.errors.ChecksumError` rather than return changed bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from collections.abc import Iterable, Iterator, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import apsw
+
+from . import codec, integrity, opening, pragmas
+from .errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
+                     InvalidArgumentError, SaverClosedError, SaverError, translate)
+from .pragmas import DURABILITY_LEVELS, Profile
+from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
+
+__all__ = ["Saver"]
+
+#: Connections of Savers inherited through fork(). Kept referenced for the life of the child so
+#: the child never runs sqlite3_close() on a connection whose locks belong to the parent.
+_ABANDONED_IN_CHILD: list = []
+_LIVE: "weakref.WeakSet[Saver]" = weakref.WeakSet()
+
+
+def _abandon_after_fork() -> None:
+    for saver in list(_LIVE):
+        _ABANDONED_IN_CHILD.append((saver._writer, saver._idle_readers))
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_abandon_after_fork)
+
+
+_CHECKPOINT_COLUMNS = ("c.seq, c.thread_id, c.namespace, c.parent_seq, c.created_at, c.state, "
+                       "c.metadata, c.checksum")
+_WRITE_COLUMNS = "w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.task_path, w.checksum"
+_NEXT_SEQ = ("SELECT max(coalesce((SELECT max(seq) FROM {table}), 0), "
+             "(SELECT value FROM high_water WHERE name = '{table}')) + 1")
+_RAISE_HIGH_WATER = ("UPDATE high_water SET value = max(value, coalesce((SELECT max(seq) FROM "
+                     "{table}), 0)) WHERE name = '{table}'")
+_EMPTY_DICT = b"\x80"  # msgpack of {}: the usual metadata, not worth a trip through the codec
+
+
+class Saver:
+    """A durable checkpoint store in one SQLite file.
+
+    ``Saver(path)`` opens ``path``, creating it if it does not exist, and runs the startup
+    recovery described by :attr:`recovery`. Use it as a context manager or call :meth:`close`.
+    One Saver may be shared by any number of threads; it must not cross ``fork()``.
+
+    Options:
+        durability: ``"full"`` (default; ``synchronous=FULL``) or ``"normal"``
+            (``synchronous=NORMAL``: faster, but a power loss may drop the last acknowledged
+            transitions; a process crash never does).
+        busy_timeout: seconds to wait for another connection's lock before
+            :class:`~sqlitesaver.errors.BusyTimeoutError`.
+        integrity_check: ``"quick"`` (default), ``"full"`` or ``"off"``: which check the
+            startup recovery runs.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durability: str = "full",
+                 busy_timeout: float = 30.0, integrity_check: str = "quick") -> None:
+        self._closed = True  # until fully open, so close() and __del__ paths are safe
+        self._path = _check_path(path)
+        if durability not in DURABILITY_LEVELS:
+            raise InvalidArgumentError(
+                f"durability must be one of {sorted(DURABILITY_LEVELS)}, not {durability!r}")
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) \
+                or not 0 <= busy_timeout <= 86400:
+            raise InvalidArgumentError(
+                f"busy_timeout must be a number of seconds from 0 to 86400, not {busy_timeout!r}")
+        if integrity_check not in opening.INTEGRITY_MODES:
+            raise InvalidArgumentError(
+                f"integrity_check must be one of {opening.INTEGRITY_MODES}, "
+                f"not {integrity_check!r}")
+        self._profile = Profile(durability=durability, busy_timeout=float(busy_timeout))
+        self._writer, self.recovery = opening.open_writer(self._path, self._profile,
+                                                          integrity_check)
+        self._lock = threading.RLock()   # serialises the write connection between threads
+        self._depth = 0                  # transaction nesting of the thread holding _lock
+        self._owner: int | None = None   # that thread's ident while a transaction is open
+        self._pool_lock = threading.Lock()
+        self._idle_readers: list[apsw.Connection] = []
+        self._pid = os.getpid()
+        self._failure: str | None = None
+        self._closed = False
+        _LIVE.add(self)
+
+    recovery: RecoveryReport
+    """What the startup recovery found and did."""
+
+    @property
+    def path(self) -> str:
+        """The database file."""
+        return self._path
+
+    @property
+    def durability(self) -> str:
+        return self._profile.durability
+
+    def settings(self) -> dict[str, object]:
+        """The live PRAGMA values of the write connection and of a read connection, as SQLite
+        reports them: ``{"writer": {...}, "reader": {...}}``. Each connection gets the same
+        profile (see :mod:`sqlitesaver.pragmas`); readers are also ``query_only``."""
+        with self._lock:
+            self._check_usable()
+            writer = pragmas.read_back(self._writer)
+        with _Read(self, "reading settings") as read:
+            reader = pragmas.read_back(read.conn)
+            reader["query_only"] = read.conn.execute("PRAGMA query_only").fetchone()[0]
+        return {"writer": writer, "reader": reader}
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every connection. Idempotent. Waits for a transaction in another thread."""
+        if self._closed:
+            return
+        if os.getpid() != self._pid:
+            self._closed = True  # never close the parent's connections from a child
+            return
+        with self._lock:
+            if self._closed:
+                return
+            self._closed = True
+            with self._pool_lock:
+                readers, self._idle_readers = self._idle_readers, []
+            for conn in readers:
+                conn.close()
+            self._writer.close()
+        _LIVE.discard(self)
+
+    def __enter__(self) -> "Saver":
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._profile.durability
+        return f"<Saver {self._path!r} {state}>"
+
+    # --- transactions ----------------------------------------------------------------------
+
+    def transaction(self) -> "_Transaction":
+        """Group several operations into one state transition: one ``BEGIN IMMEDIATE ...
+        COMMIT``, all of it or none of it.
+
+        The calling thread holds the write connection until the block ends; other threads'
+        writes wait. Reads inside the block see its uncommitted writes. An exception leaving
+        the block rolls everything back and propagates.
+
+        Nesting: an inner ``transaction()`` is a SAVEPOINT. An exception leaving the inner
+        block undoes only the inner block; if the outer block catches it, the outer block
+        carries on and commits the rest. Nothing is durable until the outermost block exits.
+        """
+        return _UserTransaction(self, "running a transaction")
+
+    # --- writes ----------------------------------------------------------------------------
+
+    def put(self, thread_id: str, state: Any, *, metadata: dict | None = None,
+            parent_id: str | None = None, namespace: str = "") -> CheckpointRef:
+        """Store a checkpoint; return its reference after COMMIT returned.
+
+        Checkpoint ids are unique in the database and sort as strings in commit order. Once
+        committed, an id is never handed out again, not even after the checkpoint is deleted
+        (an id returned inside a transaction that then rolled back names nothing and may be).
+        ``created_at`` is the wall clock when the write lock was taken; order by id, not by
+        time, since the clock can be stepped back. ``parent_id``, when given, must name a checkpoint of
+        the same thread and namespace, else :class:`~sqlitesaver.errors.CheckpointNotFoundError`.
+        """
+        _check_text("thread_id", thread_id)
+        _check_text("namespace", namespace, allow_empty=True)
+        if parent_id is not None:
+            _check_text("parent_id", parent_id)
+        if metadata is None or (type(metadata) is dict and not metadata):
+            metadata_bytes = _EMPTY_DICT
+        elif type(metadata) is dict:
+            metadata_bytes = codec.encode(metadata, name="metadata")
+        else:
+            raise InvalidArgumentError(
+                f"metadata must be a dict or None, not {type(metadata).__name__}")
+        state_bytes = codec.encode(state, name="state")
+        with _Transaction(self, "putting a checkpoint") as conn:
+            created = time.time_ns() // 1000  # under the write lock: follows commit order
+            parent_seq = None
+            if parent_id is not None:
+                parent_seq = self._checkpoint_seq(conn, thread_id, namespace, parent_id,
+                                                  "parent_id")
+            seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+            conn.execute(
+                "INSERT INTO checkpoints (seq, thread_id, namespace, parent_seq, created_at, "
+                "state, metadata, checksum) VALUES (?,?,?,?,?,?,?,?)",
+                (seq, thread_id, namespace, parent_seq, created, state_bytes, metadata_bytes,
+                 integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
+                                               state_bytes, metadata_bytes)))
+        return CheckpointRef(thread_id, namespace, _format_id(seq), _to_datetime(created))
+
+    def put_writes(self, thread_id: str, checkpoint_id: str, task_id: str,
+                   writes: Sequence[tuple[str, Any]], *, namespace: str = "",
+                   task_path: str = "") -> None:
+        """Store a task's pending writes against a checkpoint, all or none.
+
+        ``writes`` is a sequence of ``(channel, value)``; the i-th is stored under
+        ``(task_id, i)``. Idempotent: a ``(task_id, i)`` already stored keeps its first value,
+        so a retried task does not duplicate or overwrite its writes.
+        """
+        _check_text("thread_id", thread_id)
+        _check_text("checkpoint_id", checkpoint_id)
+        _check_text("task_id", task_id)
+        _check_text("namespace", namespace, allow_empty=True)
+        _check_text("task_path", task_path, allow_empty=True)
+        if isinstance(writes, (str, bytes)) or not isinstance(writes, Sequence):
+            raise InvalidArgumentError(
+                f"writes must be a list of (channel, value) pairs, not {type(writes).__name__}")
+        encoded = []
+        for index, item in enumerate(writes):
+            if not isinstance(item, tuple | list) or len(item) != 2:
+                raise InvalidArgumentError(
+                    f"writes[{index}] must be a (channel, value) pair, not {item!r:.80}")
+            channel, value = item
+            _check_text(f"writes[{index}] channel", channel)
+            encoded.append((index, channel, codec.encode(value, name=f"writes[{index}] value")))
+        with _Transaction(self, "putting pending writes") as conn:
+            seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
+                                       "checkpoint_id")
+            conn.executemany(
+                "INSERT INTO writes (checkpoint_seq, task_id, idx, channel, value, task_path, "
+                "checksum) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                [(seq, task_id, index, channel, value, task_path,
+                  integrity.write_checksum(seq, task_id, index, channel, task_path, value))
+                 for index, channel, value in encoded])
+
+    def append_log(self, thread_id: str, event: Any) -> int:
+        """Append an event to the thread's log; return its ``seq`` after COMMIT returned."""
+        _check_text("thread_id", thread_id)
+        event_bytes = codec.encode(event, name="event")
+        with _Transaction(self, "appending a log event") as conn:
+            created = time.time_ns() // 1000
+            seq = conn.execute(_NEXT_SEQ_LOG).fetchone()[0]
+            conn.execute(
+                "INSERT INTO log (seq, thread_id, created_at, event, checksum) "
+                "VALUES (?,?,?,?,?)",
+                (seq, thread_id, created, event_bytes,
+                 integrity.log_checksum(seq, thread_id, created, event_bytes)))
+        return seq
+
+    def delete_thread(self, thread_id: str) -> int:
+        """Delete every checkpoint (all namespaces), pending write and log event of the
+        thread, in one transaction. Returns how many checkpoints were deleted."""
+        _check_text("thread_id", thread_id)
+        with _Transaction(self, "deleting a thread") as conn:
+            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
+            conn.execute(_RAISE_HIGH_WATER.format(table="log"))
+            conn.execute("DELETE FROM checkpoints WHERE thread_id = ?", (thread_id,))
+            deleted = conn.changes()
+            conn.execute("DELETE FROM log WHERE thread_id = ?", (thread_id,))
+        return deleted
+
+    def prune(self, thread_id: str, *, keep_last: int) -> int:
+        """Keep the newest ``keep_last`` checkpoints of each namespace of the thread, delete
+        the older ones with their pending writes, in one transaction. The log is untouched.
+        Returns how many checkpoints were deleted."""
+        _check_text("thread_id", thread_id)
+        if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
+            raise InvalidArgumentError(
+                f"keep_last must be an int >= 0, not {keep_last!r}")
+        with _Transaction(self, "pruning a thread") as conn:
+            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
+            conn.execute(
+                "DELETE FROM checkpoints WHERE seq IN (SELECT seq FROM (SELECT seq, "
+                "row_number() OVER (PARTITION BY namespace ORDER BY seq DESC) AS rank "
+                "FROM checkpoints WHERE thread_id = ?) WHERE rank > ?)",
+                (thread_id, min(keep_last, _INT64_MAX)))  # more than can exist: keep all
+            return conn.changes()
+
+    # --- reads -----------------------------------------------------------------------------
+
+    def get(self, thread_id: str, checkpoint_id: str | None = None, *,
+            namespace: str = "") -> Checkpoint | None:
+        """The checkpoint ``checkpoint_id`` (the latest of the thread and namespace when
+        ``None``) with its metadata, parent id and pending writes; ``None`` if there is none.
+        Read from one consistent snapshot."""
+        _check_text("thread_id", thread_id)
+        _check_text("namespace", namespace, allow_empty=True)
+        if checkpoint_id is not None:
+            _check_text("checkpoint_id", checkpoint_id)
+        if checkpoint_id is None:
+            match, params = ("thread_id = ? AND namespace = ? ORDER BY seq DESC LIMIT 1",
+                             (thread_id, namespace))
+        else:
+            seq = _parse_id(checkpoint_id)
+            if seq is None:
+                return None
+            match, params = "seq = ? AND thread_id = ? AND namespace = ?", (seq, thread_id,
+                                                                          namespace)
+        query = (f"SELECT {_CHECKPOINT_COLUMNS}, EXISTS (SELECT 1 FROM writes WHERE "
+                 f"checkpoint_seq = c.seq) FROM checkpoints AS c WHERE {match}")
+        with _Read(self, "reading a checkpoint", snapshot=False) as read:
+            conn = read.conn
+            # One statement is its own snapshot; the EXISTS column says whether a second
+            # query is needed (measured: cheaper than one LEFT JOIN with its ORDER BY).
+            row = conn.execute(query, params).fetchone()
+            if row is None:
+                return None
+            if not row[8]:
+                return self._checkpoint(row[:8], ())
+            with read.snapshot():  # both queries again, from one snapshot
+                row = conn.execute(query, params).fetchone()
+                if row is None:
+                    return None
+                writes = conn.execute(
+                    f"SELECT {_WRITE_COLUMNS} FROM writes AS w WHERE checkpoint_seq = ? "
+                    "ORDER BY w.task_id, w.idx", (row[0],)).fetchall()
+        return self._checkpoint(row[:8], writes)
+
+    def list(self, thread_id: str, *, namespace: str | None = None,
+             before: str | None = None, limit: int | None = None,
+             metadata: dict | None = None) -> Iterator[Checkpoint]:
+        """Checkpoints of the thread, newest first, each with its pending writes.
+
+        Streamed from one snapshot with two queries in all (checkpoints, and their writes in
+        the same order), so memory stays flat however many there are. ``namespace=None``
+        lists every namespace. ``before`` is a checkpoint id: only older checkpoints are
+        listed. ``metadata`` keeps checkpoints whose metadata has all the given keys with
+        values equal under Python ``==`` (so ``1`` matches ``1.0`` and ``True``). Arguments are checked at the call; the snapshot starts at the first ``next()``
+        and ends when the iterator is exhausted or closed.
+        """
+        _check_text("thread_id", thread_id)
+        if namespace is not None:
+            _check_text("namespace", namespace, allow_empty=True)
+        if before is not None:
+            _check_text("before", before)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise InvalidArgumentError(f"limit must be an int >= 0 or None, not {limit!r}")
+        if metadata is not None and type(metadata) is not dict:
+            raise InvalidArgumentError(
+                f"metadata must be a dict or None, not {type(metadata).__name__}")
+        self._check_usable()
+        return self._list(thread_id, namespace, before, limit, metadata)
+
+    def _list(self, thread_id: str, namespace: str | None, before: str | None,
+              limit: int | None, metadata: dict | None) -> Iterator[Checkpoint]:
+        with _Read(self, "listing checkpoints") as read:
+            conn = read.conn
+            where, params = "thread_id = ?", [thread_id]
+            if namespace is not None:
+                where += " AND namespace = ?"
+                params.append(namespace)
+            if before is not None:
+                where += " AND seq < ?"
+                params.append(self._before_seq(conn, thread_id, namespace, before))
+            if limit == 0:  # after the check of `before`, so a bad id raises at any limit
+                return
+            if namespace is not None:
+                # The index is (thread_id, namespace, seq): rows stream in order, no sort.
+                checkpoints = conn.execute(
+                    f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c WHERE {where} "
+                    "ORDER BY c.seq DESC", params)
+                writes = conn.execute(
+                    f"SELECT {_WRITE_COLUMNS} FROM checkpoints AS c CROSS JOIN writes AS w "
+                    f"ON w.checkpoint_seq = c.seq WHERE {where} "
+                    "ORDER BY c.seq DESC, w.task_id, w.idx", params)
+            else:
+                # Across namespaces the index order is not seq order: sort the seqs alone (8
+                # bytes each, from the covering index), then fetch rows in that order, instead
+                # of letting SQLite sort whole rows with their payloads.
+                head = (f"WITH s(seq) AS MATERIALIZED (SELECT seq FROM checkpoints WHERE {where}"
+                        " ORDER BY seq DESC" + (" LIMIT ?" if limit is not None and metadata
+                                                is None else "") + ") ")
+                if limit is not None and metadata is None:
+                    params.append(limit)
+                checkpoints = conn.execute(
+                    f"{head}SELECT {_CHECKPOINT_COLUMNS} FROM s CROSS JOIN checkpoints AS c "
+                    "ON c.seq = s.seq", params)
+                writes = conn.execute(
+                    f"{head}SELECT {_WRITE_COLUMNS} FROM s CROSS JOIN writes AS w "
+                    "ON w.checkpoint_seq = s.seq", params)
+            yield from self._merge(checkpoints, writes, limit, metadata)
+
+    def _merge(self, checkpoints: Iterator[tuple], writes: Iterator[tuple],
+               limit: int | None, metadata: dict | None) -> Iterator[Checkpoint]:
+        """Pair two streams ordered by descending seq: checkpoints and their writes."""
+        pending = next(writes, None)
+        produced = 0
+        previous = None
+        for row in checkpoints:
+            seq = row[0]
+            if previous is not None and seq >= previous:
+                raise SaverError(f"internal error: checkpoints listed out of order ({seq} "
+                                 f"after {previous}) in {self._path!r}", path=self._path)
+            previous = seq
+            mine = []
+            while pending is not None and pending[0] >= seq:
+                if pending[0] == seq:
+                    mine.append(pending)
+                pending = next(writes, None)
+                if pending is not None and mine and pending[0] > seq:
+                    raise SaverError(f"internal error: pending writes listed out of order in "
+                                     f"{self._path!r}", path=self._path)
+            if metadata is None:
+                yield self._checkpoint(row, mine)
+            else:
+                self._verify(row)
+                found = codec.decode(row[6])
+                if not _matches(found, metadata):
+                    continue
+                yield self._checkpoint(row, mine, found)
+            produced += 1
+            if limit is not None and produced >= limit:
+                return
+
+    def read_log(self, thread_id: str, after: int | None = None) -> Iterator[LogEvent]:
+        """The thread's log events in append order, those with ``seq > after`` when given.
+        Streamed from one snapshot."""
+        _check_text("thread_id", thread_id)
+        if after is not None and (isinstance(after, bool) or not isinstance(after, int)):
+            raise InvalidArgumentError(f"after must be an int log seq or None, not {after!r}")
+        self._check_usable()
+        # SQLite integers are 64-bit; clamping keeps "seq > after" exact for any Python int.
+        after = -1 if after is None else max(-1, min(after, _INT64_MAX))
+        return self._read_log(thread_id, after)
+
+    def _read_log(self, thread_id: str, after: int) -> Iterator[LogEvent]:
+        with _Read(self, "reading the log") as read:
+            for seq, thread, created, event, checksum in read.conn.execute(
+                    "SELECT seq, thread_id, created_at, event, checksum FROM log "
+                    "WHERE thread_id = ? AND seq > ? ORDER BY seq", (thread_id, after)):
+                if integrity.log_checksum(seq, thread, created, event) != checksum:
+                    raise self._checksum_error(f"log event {seq} of thread {thread!r}")
+                yield LogEvent(seq, thread, _to_datetime(created),
+                               codec.decode(event))
+
+    def threads(self) -> list[str]:
+        """Every thread id that has a checkpoint or a log event, sorted."""
+        with _Read(self, "listing threads") as read:
+            return [row[0] for row in read.conn.execute(
+                "SELECT thread_id FROM checkpoints UNION SELECT thread_id FROM log ORDER BY 1")]
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if os.getpid() != self._pid:
+            raise ForkedProcessError(
+                f"this Saver for {self._path!r} was opened in process {self._pid} and is used "
+                f"in process {os.getpid()} after fork(); SQLite connections must not cross a "
+                "fork. Open a new Saver in this process.", path=self._path)
+        if self._closed:
+            reason = self._failure or "it was closed"
+            raise SaverClosedError(f"this Saver for {self._path!r} cannot be used: {reason}. "
+                                   "Open a new Saver.", path=self._path)
+
+    def _fail(self, exc: BaseException, doing: str) -> None:
+        """After an I/O error, stop using these connections: a retried fsync can report
+        success on data the kernel already dropped (the 'fsyncgate' problem)."""
+        self._failure = (f"it shut itself down after an I/O error while {doing} ({exc}); "
+                         "reopen to recover and re-read what you wrote last")
+        try:
+            self.close()
+        except apsw.Error:
+            pass
+
+    def _translate(self, exc: BaseException, doing: str) -> SaverError:
+        if isinstance(exc, apsw.IOError):
+            self._fail(exc, doing)
+        return translate(exc, self._path, doing)
+
+    def _checkpoint_seq(self, conn: apsw.Connection, thread_id: str, namespace: str,
+                        checkpoint_id: str, argument: str) -> int:
+        seq = _parse_id(checkpoint_id)
+        if seq is None or conn.execute(
+                "SELECT 1 FROM checkpoints WHERE seq = ? AND thread_id = ? AND namespace = ?",
+                (seq, thread_id, namespace)).fetchone() is None:
+            raise CheckpointNotFoundError(
+                f"{argument} {checkpoint_id!r} is not a checkpoint of thread {thread_id!r} "
+                f"in namespace {namespace!r} in {self._path!r}; nothing was written.",
+                path=self._path)
+        return seq
+
+    def _before_seq(self, conn: apsw.Connection, thread_id: str, namespace: str | None,
+                    before: str) -> int:
+        if namespace is not None:
+            return self._checkpoint_seq(conn, thread_id, namespace, before, "before")
+        seq = _parse_id(before)
+        if seq is None or conn.execute("SELECT 1 FROM checkpoints WHERE seq = ? AND "
+                                       "thread_id = ?", (seq, thread_id)).fetchone() is None:
+            raise CheckpointNotFoundError(
+                f"before {before!r} is not a checkpoint of thread {thread_id!r} in "
+                f"{self._path!r}", path=self._path)
+        return seq
+
+    def _checksum_error(self, what: str) -> ChecksumError:
+        return ChecksumError(
+            f"{what} in {self._path!r} does not match its checksum: the bytes changed on disk "
+            "after they were written. The data was not returned. Run 'python -m sqlitesaver "
+            "check PATH' and restore from a backup.", path=self._path)
+
+    def _verify(self, row: tuple) -> None:
+        seq, thread_id, namespace, parent_seq, created, state, meta, checksum = row
+        if integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created, state,
+                                         meta) != checksum:
+            raise self._checksum_error(
+                f"checkpoint {_format_id(seq)!r} of thread {thread_id!r}")
+
+    def _checkpoint(self, row: tuple, writes: Iterable[tuple],
+                    metadata: dict | None = None) -> Checkpoint:
+        if metadata is None:
+            self._verify(row)
+            metadata = codec.decode(row[6])
+        seq, thread_id, namespace, parent_seq, created, state = row[:6]
+        pending = []
+        for w_seq, task_id, index, channel, value, task_path, checksum in writes:
+            if integrity.write_checksum(w_seq, task_id, index, channel, task_path,
+                                        value) != checksum:
+                raise self._checksum_error(
+                    f"pending write ({task_id!r}, {index}) of checkpoint {_format_id(seq)!r}")
+            pending.append(PendingWrite(task_id, index, channel, codec.decode(value),
+                                        task_path))
+        return Checkpoint(thread_id, namespace, _format_id(seq),
+                          None if parent_seq is None else _format_id(parent_seq),
+                          _to_datetime(created), codec.decode(state), metadata, tuple(pending))
+
+    def _reader(self) -> apsw.Connection:
+        with self._pool_lock:
+            if self._idle_readers:
+                return self._idle_readers.pop()
+        return opening.open_reader(self._path, self._profile)
+
+    def _release_reader(self, conn: apsw.Connection) -> None:
+        with self._pool_lock:
+            if not self._closed:
+                self._idle_readers.append(conn)
+                return
+        conn.close()
+
+
+class _Transaction:
+    """One state transition on the write connection (a SAVEPOINT when nested)."""
+
+    __slots__ = ("_saver", "_doing", "_depth")
+
+    def __init__(self, saver: Saver, doing: str) -> None:
+        self._saver = saver
+        self._doing = doing
+
+    def __enter__(self) -> apsw.Connection:
+        saver = self._saver
+        saver._lock.acquire()
+        try:
+            saver._check_usable()
+            depth = self._depth = saver._depth
+            conn = saver._writer
+            try:
+                conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT s{depth}")
+            except apsw.Error as exc:
+                raise saver._translate(exc, self._doing) from exc
+            saver._depth = depth + 1
+            saver._owner = threading.get_ident()
+            return conn
+        except BaseException:
+            saver._lock.release()
+            raise
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        saver = self._saver
+        depth = self._depth
+        conn = saver._writer
+        try:
+            saver._depth = depth
+            if depth == 0:
+                saver._owner = None
+            if exc is None:
+                try:
+                    conn.execute("COMMIT" if depth == 0 else f"RELEASE s{depth}")
+                    return
+                except apsw.Error as commit_exc:
+                    self._rollback(conn, depth)
+                    raise saver._translate(commit_exc, self._doing) from commit_exc
+            self._rollback(conn, depth)
+            if isinstance(exc, apsw.Error):
+                raise saver._translate(exc, self._doing) from exc
+        finally:
+            saver._lock.release()
+
+    @staticmethod
+    def _rollback(conn: apsw.Connection, depth: int) -> None:
+        try:
+            if depth == 0:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+            else:
+                conn.execute(f"ROLLBACK TO s{depth}")
+                conn.execute(f"RELEASE s{depth}")
+        except apsw.Error:
+            # The connection is closed or failed; the error that brought us here is the one
+            # to report, and SQLite rolls back an unfinished transaction on close.
+            pass
+
+
+class _UserTransaction(_Transaction):
+    """The public face of :meth:`Saver.transaction`: ``as`` gives the Saver, never the
+    underlying connection."""
+
+    __slots__ = ()
+
+    def __enter__(self) -> Saver:  # type: ignore[override]
+        super().__enter__()
+        return self._saver
+
+
+class _Read:
+    """Reads on a pooled read connection, or, inside the calling thread's own transaction, on
+    the write connection so the transaction's writes are visible.
+
+    ``snapshot=True`` wraps the block in a read transaction (one consistent snapshot);
+    ``snapshot=False`` leaves it to the caller, who may open one with :meth:`snapshot`.
+    """
+
+    __slots__ = ("_saver", "_doing", "conn", "_pooled", "_snapshot")
+
+    def __init__(self, saver: Saver, doing: str, *, snapshot: bool = True) -> None:
+        self._saver = saver
+        self._doing = doing
+        self._snapshot = snapshot
+
+    def __enter__(self) -> "_Read":
+        saver = self._saver
+        saver._check_usable()
+        if saver._depth and saver._owner == threading.get_ident():
+            self._pooled = False
+            self.conn = saver._writer
+            return self
+        self._pooled = True
+        self.conn = saver._reader()
+        if self._snapshot:
+            try:
+                self.conn.execute("BEGIN")
+            except apsw.Error as exc:
+                saver._release_reader(self.conn)
+                raise saver._translate(exc, self._doing) from exc
+        return self
+
+    @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """A read transaction for the enclosed queries (already there on the writer)."""
+        if not self._pooled:
+            yield
+            return
+        self.conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            if not self.conn.get_autocommit():
+                self.conn.execute("COMMIT")
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        saver = self._saver
+        if self._pooled:
+            conn = self.conn
+            try:
+                if not conn.get_autocommit():
+                    conn.execute("COMMIT")  # ends the read snapshot; nothing to write
+            except apsw.Error:
+                conn.close()
+            else:
+                saver._release_reader(conn)
+        if isinstance(exc, apsw.Error):
+            raise saver._translate(exc, self._doing) from exc
+
+
+def _check_path(path: object) -> str:
+    try:
+        text = os.fspath(path)  # type: ignore[arg-type]
+    except TypeError:
+        raise InvalidArgumentError(
+            f"path must be a str or os.PathLike, not {type(path).__name__}") from None
+    if isinstance(text, bytes):
+        raise InvalidArgumentError("path must be a str, not bytes")
+    if not text or text == ":memory:" or text.startswith("file:"):
+        raise InvalidArgumentError(
+            f"path must name a file on a local filesystem, not {text!r} (in-memory and URI "
+            "databases cannot give the durability guarantees)")
+    # Absolute, because read connections are opened later, possibly after a chdir().
+    return os.path.abspath(text)
+
+
+def _check_text(name: str, value: object, *, allow_empty: bool = False) -> None:
+    if type(value) is not str:
+        raise InvalidArgumentError(f"{name} must be a str, not {type(value).__name__}")
+    if not value and not allow_empty:
+        raise InvalidArgumentError(f"{name} must not be empty")
+    if not value.isascii():  # only non-ASCII text can hold a lone surrogate
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise InvalidArgumentError(f"{name} {value!r} is not valid UTF-8 text") from None
+
+
+_INT64_MAX = 2**63 - 1
+
+
+_NEXT_SEQ_CHECKPOINTS = _NEXT_SEQ.format(table="checkpoints")
+_NEXT_SEQ_LOG = _NEXT_SEQ.format(table="log")
+
+
+def _format_id(seq: int) -> str:
+    """Checkpoint ids are the seq in 16 hex digits: fixed width, so they sort like seq."""
+    return format(seq, "016x")
+
+
+def _parse_id(checkpoint_id: str) -> int | None:
+    """The seq a checkpoint id names, or None if no checkpoint can have that id."""
+    if len(checkpoint_id) != 16:
+        return None
+    try:
+        seq = int(checkpoint_id, 16)
+    except ValueError:
+        return None
+    return seq if 0 < seq <= _INT64_MAX and _format_id(seq) == checkpoint_id else None
+
+
+_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+
+
+def _to_datetime(us: int) -> datetime:
+    return _EPOCH + timedelta(microseconds=us)  # exact, unlike fromtimestamp(float)
+
+
+def _matches(found: Any, wanted: dict) -> bool:
+    return isinstance(found, dict) and all(
+        key in found and found[key] == value for key, value in wanted.items())

@@ -1,0 +1,53 @@
+"""Shared fixtures.
+
+Never ``open()`` a database file in the test process while a Saver or APSW connection on it is
+open: closing that file descriptor would cancel the POSIX locks SQLite holds (one process, one
+inode). :func:`file_digest` is for closed databases only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from sqlitesaver import Saver
+
+
+def file_digest(path: str | os.PathLike[str]) -> str | None:
+    """SHA-256 of a file's bytes, or None if it does not exist."""
+    try:
+        with open(path, "rb") as f:
+            return hashlib.sha256(f.read()).hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def family_digest(path: str | os.PathLike[str]) -> dict[str, str | None]:
+    """Digests of the database and its -wal/-journal (the files that hold data; -shm is a
+    rebuildable index that SQLite may create on open)."""
+    base = os.fspath(path)
+    return {suffix: file_digest(base + suffix) for suffix in ("", "-wal", "-journal")}
+
+
+@pytest.fixture
+def db_path(tmp_path) -> str:
+    """A path in a fresh temporary directory where no database exists yet."""
+    return str(tmp_path / "state.db")
+
+
+@pytest.fixture
+def open_saver() -> Iterator[Callable[..., Saver]]:
+    """Factory ``open_saver(path, **options)``; every Saver it made is closed at teardown."""
+    made: list[Saver] = []
+
+    def factory(path: str, **options: object) -> Saver:
+        saver = Saver(path, **options)
+        made.append(saver)
+        return saver
+
+    yield factory
+    for saver in made:
+        saver.close()

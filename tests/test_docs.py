@@ -1,0 +1,59 @@
+"""The README's commands are the ones CI runs, and the documented API exists."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import sqlitesaver
+from sqlitesaver import Saver
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _readme() -> str:
+    with open(os.path.join(REPO, "README.md"), encoding="utf-8") as f:
+        return f.read()
+
+
+def _commands() -> list[str]:
+    return re.findall(r"```\n(python3 -m venv [^\n]+)\n```", _readme())
+
+
+def test_ci_runs_exactly_the_readme_test_command():
+    commands = [c for c in _commands() if "pytest" in c]
+    assert len(commands) == 1, commands
+    with open(os.path.join(REPO, ".ci", "run"), encoding="utf-8") as f:
+        ci_lines = f.read().splitlines()
+    assert commands[0] in ci_lines
+
+
+def test_readme_main_command_runs(tmp_path):
+    (main,) = [c for c in _commands() if "pytest" not in c]
+    module_call = main.split(".venv/bin/python ", 1)[1]
+    assert module_call.startswith("-m sqlitesaver")
+    args = module_call.split()[2:]
+    result = subprocess.run([sys.executable, "-m", "sqlitesaver", *args, str(tmp_path / "d.db"),
+                             "--transitions", "20"], capture_output=True, text=True,
+                            env=dict(os.environ, PYTHONPATH=REPO))
+    assert result.returncode == 0, result.stderr
+    assert "present and whole" in result.stdout
+
+
+def test_every_documented_method_exists():
+    documented = set(re.findall(r"^\| `(\w+)\(", _readme(), flags=re.M))
+    assert documented >= {"put", "put_writes", "get", "list", "append_log", "read_log",
+                          "delete_thread", "prune", "threads", "transaction", "settings"}
+    for name in documented:
+        assert callable(getattr(Saver, name)), name
+
+
+def test_every_exception_in_the_error_table_is_exported_and_vice_versa():
+    table = set(re.findall(r"^\| `(\w+Error)`", _readme(), flags=re.M))
+    exported = {n for n in sqlitesaver.__all__ if n.endswith("Error")}
+    # the base and the group classes are documented in the text above the table
+    assert table == exported - {"SaverError", "DatabaseFileError", "UsageError"}
+    for name in table:
+        assert issubclass(getattr(sqlitesaver, name), sqlitesaver.SaverError)

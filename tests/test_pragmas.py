@@ -1,0 +1,60 @@
+"""Every setting the README promises, read back from live connections, also after reopen."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from sqlitesaver import Saver
+from sqlitesaver.pragmas import JOURNAL_SIZE_LIMIT
+
+PROMISED = {
+    "full": {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1,
+             "journal_size_limit": JOURNAL_SIZE_LIMIT, "busy_timeout": 30000},
+    "normal": {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1,
+               "journal_size_limit": JOURNAL_SIZE_LIMIT, "busy_timeout": 30000},
+}
+
+
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_settings_on_writer_and_reader_also_after_reopen(db_path, durability):
+    for _ in range(2):  # create, then reopen
+        with Saver(db_path, durability=durability) as saver:
+            live = saver.settings()
+            assert live["writer"] == PROMISED[durability]
+            assert {k: v for k, v in live["reader"].items() if k != "query_only"} == \
+                PROMISED[durability]
+            assert live["reader"]["query_only"] == 1
+
+
+def test_default_durability_is_full(db_path):
+    with Saver(db_path) as saver:
+        assert saver.durability == "full"
+        assert saver.settings()["writer"]["synchronous"] == 2
+
+
+def test_busy_timeout_option_reaches_every_connection(db_path):
+    with Saver(db_path, busy_timeout=2.5) as saver:
+        live = saver.settings()
+        assert live["writer"]["busy_timeout"] == 2500
+        assert live["reader"]["busy_timeout"] == 2500
+
+
+def test_readers_opened_by_other_threads_get_the_profile(db_path):
+    with Saver(db_path, durability="normal") as saver:
+        results = []
+        barrier = threading.Barrier(4)
+
+        def read_settings():
+            barrier.wait()  # all four read at once, so several reader connections exist
+            results.append(saver.settings()["reader"])
+
+        threads = [threading.Thread(target=read_settings) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(results) == 4
+        for reader in results:
+            assert reader["synchronous"] == 1 and reader["journal_mode"] == "wal"
