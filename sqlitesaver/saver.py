@@ -40,6 +40,10 @@ _LIVE: "weakref.WeakSet[Saver]" = weakref.WeakSet()
 def _abandon_after_fork() -> None:
     for saver in list(_LIVE):
         _ABANDONED_IN_CHILD.append((saver._writer, saver._idle_readers))
+        # A lock held by another parent thread at fork() stays held forever in the child;
+        # fresh locks let the child reach the ForkedProcessError instead of hanging.
+        saver._lock = threading.RLock()
+        saver._pool_lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -561,6 +565,7 @@ class _Transaction:
 
     def __enter__(self) -> apsw.Connection:
         saver = self._saver
+        saver._check_usable()  # before the lock, so a forked child raises instead of waiting
         saver._lock.acquire()
         try:
             saver._check_usable()

@@ -88,7 +88,11 @@ def migrate(conn: apsw.Connection) -> tuple[int, ...]:
     opening an old database at once apply every migration exactly once. Returns the versions
     this call applied. Exceptions propagate after ROLLBACK; the caller translates them.
     """
-    applied = []
+    applied: list[int] = []
+    # The common case, an up-to-date schema, must not take the write lock: opening a Saver
+    # would otherwise wait behind (or time out on) every writer in other processes.
+    if conn.execute("PRAGMA user_version").fetchone()[0] >= latest_version():
+        return ()
     for migration in MIGRATIONS:
         conn.execute("BEGIN IMMEDIATE")
         try:

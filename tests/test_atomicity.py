@@ -13,7 +13,7 @@ import textwrap
 import apsw
 import pytest
 
-from sqlitesaver import MigrationError, Saver, schema
+from sqlitesaver import BusyTimeoutError, MigrationError, Saver, schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -275,3 +275,73 @@ def test_transaction_as_gives_the_saver_and_relative_paths_survive_chdir(tmp_pat
         monkeypatch.chdir("/")
         assert saver.get("t").state == 1  # a new read connection, opened after chdir
         assert not os.path.exists("/rel.db")
+
+
+def test_lock_held_by_another_process_gives_busy_timeout_and_writes_nothing(db_path):
+    with Saver(db_path) as saver:
+        saver.put("t", "before")
+    holder = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent("""
+            import sys, apsw
+            conn = apsw.Connection(sys.argv[1])
+            conn.execute("BEGIN IMMEDIATE")      # hold the write lock
+            print("locked", flush=True)
+            sys.stdin.readline()
+            conn.execute("ROLLBACK")
+        """), db_path], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        # opening needs no write lock: the recovery checkpoint reports busy instead of waiting
+        with Saver(db_path, busy_timeout=0.2) as saver:
+            assert saver.recovery.checkpoint_busy is True
+            with pytest.raises(BusyTimeoutError) as info:
+                saver.put("t", "blocked")
+            assert db_path in str(info.value) and "nothing was written" in str(info.value)
+            assert saver.get("t").state == "before"   # readers are not blocked by the writer
+    finally:
+        holder.stdin.close()
+        holder.wait()
+        holder.stdout.close()
+    with Saver(db_path) as saver:
+        assert [c.state for c in saver.list("t")] == ["before"]
+        saver.put("t", "after")                       # and the database is writable again
+
+
+def test_forked_child_gets_an_error_even_if_a_parent_thread_held_the_lock(db_path):
+    import threading
+    with Saver(db_path) as saver:
+        saver.put("t", 1)
+        inside, release = threading.Event(), threading.Event()
+
+        def hold() -> None:
+            with saver.transaction():
+                inside.set()
+                release.wait()
+
+        holder = threading.Thread(target=hold)
+        holder.start()
+        inside.wait()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # child: must raise at once, not wait for a lock no thread will release
+            os.close(read_end)
+            try:
+                saver.put("t", 2)
+                outcome = b"no error"
+            except Exception as exc:  # reported to the parent by name
+                outcome = type(exc).__name__.encode()
+            os.write(write_end, outcome)
+            os._exit(0)
+        os.close(write_end)
+        import select
+        # A bound on failure, not synchronisation: a regressed child hangs on the lock forever.
+        ready, _, _ = select.select([read_end], [], [], 20)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        with os.fdopen(read_end, "rb") as pipe:
+            outcome = pipe.read() if ready else b"child hung waiting for the lock"
+        os.waitpid(pid, 0)
+        release.set()
+        holder.join()
+        assert outcome == b"ForkedProcessError"
+        assert saver.get("t").state == 1
