@@ -13,7 +13,15 @@ Baselines:
   (applied by ``sqlitesaver.pragmas.apply`` and read back to prove it).
 - bare+index put: the same with an index on ``(thread_id, id)``: the least any store needs to
   find a thread's latest checkpoint. Shows what the index costs apart from the library.
+- bare+packb put: bare+index that also runs ``msgpack.packb(state)`` on every put, as code
+  written by hand with APSW and msgpack would (the bare baselines insert pre-encoded bytes and
+  so never walk the state; after each fsync that walk runs on a cold CPU cache).
 - bare get: ``SELECT data ... ORDER BY id DESC LIMIT 1`` + ``msgpack.unpackb``.
+
+Decomposition (where Saver's extra time goes), also measured in the same rounds:
+- twin: Saver's own SQL statements (imported from sqlitesaver.saver, not copied) on a database
+  Saver created, from bare APSW: the cost of the schema and statements without Python.
+- twin+codec: the same plus ``codec.encode`` and the checksum of every put.
 
 Nothing here asserts: targets are printed with "meets" yes/no. Deterministic state, no randomness.
 """
@@ -72,11 +80,47 @@ def bare_put(conn: apsw.Connection, data: bytes) -> Callable[[int], None]:
     return loop
 
 
+def bare_packb_put(conn: apsw.Connection, state: dict) -> Callable[[int], None]:
+    """What a user writes by hand with APSW + msgpack: encode the state, insert, commit."""
+    def loop(n: int) -> None:
+        execute, packb = conn.execute, msgpack.packb
+        for _ in range(n):
+            data = packb(state)
+            execute("BEGIN IMMEDIATE")
+            execute("INSERT INTO t (thread_id, data) VALUES (?, ?)", (THREAD, data))
+            execute("COMMIT")
+    return loop
+
+
 def saver_put(saver: Saver, state: dict) -> Callable[[int], None]:
     def loop(n: int) -> None:
         put = saver.put
         for _ in range(n):
             put(THREAD, state)
+    return loop
+
+
+def twin_put(directory: str, durability: str, state: dict,
+             with_codec: bool) -> Callable[[int], None]:
+    """Saver.put's statements on Saver's schema, without the library around them."""
+    from sqlitesaver import integrity
+    from sqlitesaver.saver import _INSERT_CHECKPOINT, _NEXT_SEQ_CHECKPOINTS
+    path = os.path.join(directory, f"twin-{durability}-{with_codec}.db")
+    Saver(path).close()
+    conn = apsw.Connection(path)
+    pragmas.apply(conn, pragmas.Profile(durability=durability), path)
+    fixed = codec.encode(state)
+
+    def loop(n: int) -> None:
+        execute = conn.execute
+        for _ in range(n):
+            data = codec.encode(state) if with_codec else fixed
+            execute("BEGIN IMMEDIATE")
+            seq = execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+            checksum = (integrity.checkpoint_checksum(seq, THREAD, "", None, 1, data, b"\x80")
+                        if with_codec else 0)
+            execute(_INSERT_CHECKPOINT, (seq, THREAD, "", None, 1, data, b"\x80", checksum))
+            execute("COMMIT")
     return loop
 
 
@@ -169,7 +213,10 @@ def run(args: argparse.Namespace, directory: str) -> int:
         if pragmas.read_back(bare) != live or pragmas.read_back(bare_ix) != live:
             raise SystemExit(f"settings differ: saver {live} bare {pragmas.read_back(bare)}")
         contenders = {"saver": saver_put(saver, state), "bare": bare_put(bare, data),
-                      "bare+index": bare_put(bare_ix, data)}
+                      "bare+index": bare_put(bare_ix, data),
+                      "bare+packb": bare_packb_put(bare_ix, state),
+                      "twin": twin_put(directory, durability, state, False),
+                      "twin+codec": twin_put(directory, durability, state, True)}
         if durability == "full":
             contenders["fsync"] = fsync_limit(directory)
         rates = interleave(contenders, args.rounds, args.seconds)
@@ -181,7 +228,9 @@ def run(args: argparse.Namespace, directory: str) -> int:
                          TARGETS["put_full"] if (durability, name) == ("full", "saver")
                          else None))
         print(f"put {durability}: per-round saver/bare "
-              + " ".join(f"{s / b:.3f}" for s, b in zip(rates["saver"], rates["bare"])))
+              + " ".join(f"{s / b:.3f}" for s, b in zip(rates["saver"], rates["bare"]))
+              + "; saver/bare+packb "
+              + " ".join(f"{s / b:.3f}" for s, b in zip(rates["saver"], rates["bare+packb"])))
         if durability == "full":
             rates = interleave({"saver": saver_get(saver), "bare": bare_get(bare)},
                                args.rounds, args.seconds)
@@ -207,6 +256,15 @@ def run(args: argparse.Namespace, directory: str) -> int:
         else:
             goal, meets = f">= {target:,}/s", "yes" if rate >= target else "no"
         print(f"| {label:42} | {rate:8,.0f} | {ratio:7.3f} | {goal:12} | {meets:5} |")
+    for durability in ("full", "normal"):
+        rates = results[f"put_{durability}"]
+        us = {name: 1e6 / median(values) for name, values in rates.items()}
+        print(f"put {durability}, µs per put (medians): bare {us['bare']:.0f}; +index "
+              f"{us['bare+index'] - us['bare']:+.0f}; Saver's schema+SQL (twin) "
+              f"{us['twin'] - us['bare']:+.0f}; +encode+checksum "
+              f"{us['twin+codec'] - us['twin']:+.0f}; +rest of Saver.put "
+              f"{us['saver'] - us['twin+codec']:+.0f}; Saver {us['saver']:.0f}; "
+              f"saver/bare+packb {median(rates['saver']) / median(rates['bare+packb']):.3f}")
     print(f"load average at end: {os.getloadavg()[0]:.2f}")
     if args.json:
         with open(args.json, "w") as f:

@@ -48,11 +48,7 @@ def open_writer(path: str, profile: Profile, integrity_check: str
     """
     started = time.perf_counter()
     stale = _remove_stale_new_files(path)
-    created = False
-    found = _inspect_header(path)
-    if found is None:
-        created = _create(path, profile)
-        found = schema.latest_version()
+    created = _inspect_header(path) is None and _create(path, profile)
     _check_access(path)
     wal_found = os.path.lexists(path + "-wal")
     try:

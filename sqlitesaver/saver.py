@@ -208,8 +208,7 @@ class Saver:
                                                   "parent_id")
             seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
             conn.execute(
-                "INSERT INTO checkpoints (seq, thread_id, namespace, parent_seq, created_at, "
-                "state, metadata, checksum) VALUES (?,?,?,?,?,?,?,?)",
+                _INSERT_CHECKPOINT,
                 (seq, thread_id, namespace, parent_seq, created, state_bytes, metadata_bytes,
                  integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
                                                state_bytes, metadata_bytes)))
@@ -721,6 +720,8 @@ _INT64_MAX = 2**63 - 1
 
 
 _NEXT_SEQ_CHECKPOINTS = _NEXT_SEQ.format(table="checkpoints")
+_INSERT_CHECKPOINT = ("INSERT INTO checkpoints (seq, thread_id, namespace, parent_seq, "
+                      "created_at, state, metadata, checksum) VALUES (?,?,?,?,?,?,?,?)")
 _NEXT_SEQ_LOG = _NEXT_SEQ.format(table="log")
 
 
