@@ -157,7 +157,7 @@ def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
         "sqlite_extended_result": getattr(exc, "extendedresult", None),
     }
     where = f"{path!r}" if path else "the database"
-    detail = f"{type(exc).__name__}: {exc}"
+    detail = describe(exc)
     if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
         return BusyTimeoutError(
             f"{where} stayed locked by another connection past the busy timeout while {doing} "
@@ -195,6 +195,17 @@ def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
         return DatabaseIOError(f"the operating system failed on {where} while {doing} "
                                f"({detail}).", path=path)
     return SaverError(f"unexpected error on {where} while {doing} ({detail}).", path=path)
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: message``, naming SQLite's extended result code when APSW gives no message."""
+    text = str(exc)
+    code = getattr(exc, "extendedresult", None)
+    if code is not None:
+        name = apsw.mapping_extended_result_codes.get(code) or \
+            apsw.mapping_result_codes.get(code, str(code))
+        text = f"{text} ({name})" if text else str(name)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _cannot_open(path: str | None, doing: str, detail: str, codes: dict) -> SaverError:

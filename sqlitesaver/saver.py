@@ -25,7 +25,8 @@ import apsw
 
 from . import codec, integrity, opening, pragmas
 from .errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
-                     InvalidArgumentError, SaverClosedError, SaverError, translate)
+                     InvalidArgumentError, SaverClosedError, SaverError, describe,
+                     translate)
 from .pragmas import DURABILITY_LEVELS, Profile
 from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
 
@@ -472,7 +473,8 @@ class Saver:
     def _fail(self, exc: BaseException, doing: str) -> None:
         """After an I/O error, stop using these connections: a retried fsync can report
         success on data the kernel already dropped (the 'fsyncgate' problem)."""
-        self._failure = (f"it shut itself down after an I/O error while {doing} ({exc}); "
+        self._failure = (f"it shut itself down after an I/O error while {doing} "
+                         f"({describe(exc)}); "
                          "reopen to recover and re-read what you wrote last")
         try:
             self.close()
