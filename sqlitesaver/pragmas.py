@@ -94,7 +94,7 @@ def apply(conn: apsw.Connection, profile: Profile, path: str, *, set_wal: bool =
     foreign_keys(conn)
     journal_size_limit(conn)
     actual = read_back(conn)
-    expected = {"synchronous": profile.synchronous, "foreign_keys": 1,
+    expected: dict[str, object] = {"synchronous": profile.synchronous, "foreign_keys": 1,
                 "journal_size_limit": JOURNAL_SIZE_LIMIT}
     if set_wal:
         expected["journal_mode"] = "wal"

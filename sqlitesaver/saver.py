@@ -12,6 +12,7 @@ disk ("maybe committed"). Reads verify a checksum on every payload and raise
 
 from __future__ import annotations
 
+import builtins
 import os
 import threading
 import time
@@ -304,6 +305,7 @@ class Saver:
         _check_text("namespace", namespace, allow_empty=True)
         if checkpoint_id is not None:
             _check_text("checkpoint_id", checkpoint_id)
+        params: tuple[object, ...]
         if checkpoint_id is None:
             match, params = ("thread_id = ? AND namespace = ? ORDER BY seq DESC LIMIT 1",
                              (thread_id, namespace))
@@ -363,7 +365,8 @@ class Saver:
               limit: int | None, metadata: dict | None) -> Iterator[Checkpoint]:
         with _Read(self, "listing checkpoints") as read:
             conn = read.conn
-            where, params = "thread_id = ?", [thread_id]
+            where = "thread_id = ?"
+            params: builtins.list[object] = [thread_id]
             if namespace is not None:
                 where += " AND namespace = ?"
                 params.append(namespace)
@@ -451,7 +454,7 @@ class Saver:
                 yield LogEvent(seq, thread, _to_datetime(created),
                                codec.decode(event))
 
-    def threads(self) -> list[str]:
+    def threads(self) -> builtins.list[str]:  # `list` here is the method above
         """Every thread id that has a checkpoint or a log event, sorted."""
         with _Read(self, "listing threads") as read:
             return [row[0] for row in read.conn.execute(
@@ -692,7 +695,7 @@ class _Read:
 
 def _check_path(path: object) -> str:
     try:
-        text = os.fspath(path)  # type: ignore[arg-type]
+        text = os.fspath(path)  # type: ignore[call-overload]
     except TypeError:
         raise InvalidArgumentError(
             f"path must be a str or os.PathLike, not {type(path).__name__}") from None
