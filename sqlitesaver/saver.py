@@ -417,10 +417,11 @@ class Saver:
             while pending is not None and pending[0] >= seq:
                 if pending[0] == seq:
                     mine.append(pending)
-                pending = next(writes, None)
-                if pending is not None and mine and pending[0] > seq:
-                    raise SaverError(f"internal error: pending writes listed out of order in "
-                                     f"{self._path!r}", path=self._path)
+                current, pending = pending[0], next(writes, None)
+                if pending is not None and pending[0] > current:
+                    raise SaverError(f"internal error: pending writes listed out of order "
+                                     f"({pending[0]} after {current}) in {self._path!r}",
+                                     path=self._path)
             if metadata is None:
                 yield self._checkpoint(row, mine)
             else:
