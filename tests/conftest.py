@@ -12,8 +12,15 @@ import os
 from collections.abc import Callable, Iterator
 
 import pytest
+from hypothesis import settings
 
 from sqlitesaver import Saver
+
+# CI explores a fixed set of examples (reproducible: a failure there fails the same way on any
+# machine); local runs keep drawing new ones. Either way a failure prints its reproduce blob.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev", print_blob=True)
+settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
 def file_digest(path: str | os.PathLike[str]) -> str | None:
