@@ -23,8 +23,9 @@ import time
 import apsw
 
 from . import pragmas, schema
-from .errors import (CorruptDatabaseError, MigrationError, NotASaverDatabaseError,
-                     ReadOnlyDatabaseError, SaverError, SchemaVersionError, translate)
+from .errors import (CannotOpenError, CorruptDatabaseError, MigrationError,
+                     NotASaverDatabaseError, ReadOnlyDatabaseError, SaverError,
+                     SchemaVersionError, translate)
 from .pragmas import Profile
 from .records import RecoveryReport
 
@@ -239,6 +240,15 @@ def _create(path: str, profile: Profile) -> bool:
 
     Returns False when another process created ``path`` first (its database is then used).
     """
+    for suffix in ("-wal", "-journal"):
+        # SQLite would replay an orphaned journal into the new file: it belongs to a database
+        # that was deleted or moved (sqlite.org/howtocorrupt.html, "deleting a hot journal").
+        if os.path.lexists(path + suffix):
+            raise CannotOpenError(
+                f"cannot create {path!r}: {path + suffix!r} exists without its database. It "
+                "belongs to a database that was deleted or moved and may hold its last "
+                "transactions; SQLite would replay it into a new file. Put the database back "
+                "beside it, or move the journal away if that data is not wanted.", path=path)
     directory = os.path.dirname(os.path.abspath(path))
     temp = os.path.join(directory, f".{os.path.basename(path)}{_NEW_MARK}{os.getpid()}-"
                                    f"{secrets.token_hex(4)}")

@@ -13,7 +13,7 @@ import textwrap
 import apsw
 import pytest
 
-from sqlitesaver import BusyTimeoutError, MigrationError, Saver, schema
+from sqlitesaver import BusyTimeoutError, CannotOpenError, MigrationError, Saver, schema
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -345,3 +345,28 @@ def test_forked_child_gets_an_error_even_if_a_parent_thread_held_the_lock(db_pat
         holder.join()
         assert outcome == b"ForkedProcessError"
         assert saver.get("t").state == 1
+
+
+@pytest.mark.parametrize("suffix", ["-wal", "-journal"])
+def test_no_new_database_beside_an_orphaned_journal(db_path, suffix):
+    # A writer leaves its -wal behind (killed, no close); then the database file alone is
+    # removed. Creating a fresh database there would let SQLite replay the old frames into it.
+    code = textwrap.dedent("""
+        import os, sys
+        from sqlitesaver import Saver
+        saver = Saver(sys.argv[1])
+        saver.put("t", "old")
+        os._exit(0)
+    """)
+    subprocess.run([sys.executable, "-c", code, db_path], check=True,
+                   env=dict(os.environ, PYTHONPATH=REPO))
+    if suffix == "-journal":
+        os.rename(db_path + "-wal", db_path + "-journal")
+    os.unlink(db_path)
+    from conftest import file_digest
+    before = file_digest(db_path + suffix)
+    with pytest.raises(CannotOpenError) as info:
+        Saver(db_path)
+    assert "exists without its database" in str(info.value)
+    assert not os.path.exists(db_path)
+    assert file_digest(db_path + suffix) == before
