@@ -3,7 +3,8 @@
 1. Refuse, without writing a byte, a file that is empty, not SQLite, another application's
    database, or written by a newer schema. The first 100 bytes are read through SQLite's own VFS:
    closing a plain ``open()`` of the file would cancel the POSIX locks that other connections in
-   this process hold on it (sqlite.org/howtocorrupt.html#_posix_advisory_locks_canceled_by_a_separate_thread_doing_close_).
+   this process hold on it (sqlite.org/howtocorrupt.html, section 2.2: "POSIX advisory locks
+   canceled by a separate thread doing close()").
 2. Integrity check (``quick`` by default), still before anything is written.
 3. ``PRAGMA wal_checkpoint(TRUNCATE)``, reading its busy column.
 4. Create or migrate the schema, one transaction per migration.

@@ -187,8 +187,9 @@ class Saver:
         committed, an id is never handed out again, not even after the checkpoint is deleted
         (an id returned inside a transaction that then rolled back names nothing and may be).
         ``created_at`` is the wall clock when the write lock was taken; order by id, not by
-        time, since the clock can be stepped back. ``parent_id``, when given, must name a checkpoint of
-        the same thread and namespace, else :class:`~sqlitesaver.errors.CheckpointNotFoundError`.
+        time, since the clock can be stepped back. ``parent_id``, when given, must name a
+        checkpoint of the same thread and namespace, else
+        :class:`~sqlitesaver.errors.CheckpointNotFoundError`.
         """
         _check_text("thread_id", thread_id)
         _check_text("namespace", namespace, allow_empty=True)
@@ -344,8 +345,9 @@ class Saver:
         the same order), so memory stays flat however many there are. ``namespace=None``
         lists every namespace. ``before`` is a checkpoint id: only older checkpoints are
         listed. ``metadata`` keeps checkpoints whose metadata has all the given keys with
-        values equal under Python ``==`` (so ``1`` matches ``1.0`` and ``True``). Arguments are checked at the call; the snapshot starts at the first ``next()``
-        and ends when the iterator is exhausted or closed.
+        values equal under Python ``==`` (so ``1`` matches ``1.0`` and ``True``). Arguments
+        are checked at the call; the snapshot starts at the first ``next()`` and ends when the
+        iterator is exhausted or closed.
         """
         _check_text("thread_id", thread_id)
         if namespace is not None:
