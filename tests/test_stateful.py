@@ -237,8 +237,8 @@ class SaverMachine(RuleBasedStateMachine):
         self.saver = Saver(self.path, durability=durability)
         assert self.saver.recovery.created is True
         assert self.saver.durability == durability
-        for thread, event in seed_log:
-            self._append_log(self.model, thread, event)
+        for thread, logged in seed_log:
+            self._append_log(self.model, thread, logged)
         return multiple(*(self._put(self.model, thread, ns, {"seed": i}, metadata, "latest",
                                     None)
                           for i, (thread, ns, metadata) in enumerate(seed)))
