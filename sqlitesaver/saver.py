@@ -367,6 +367,7 @@ class Saver:
               limit: int | None, metadata: dict | None) -> Iterator[Checkpoint]:
         with _Read(self, "listing checkpoints") as read:
             conn = read.conn
+            checkpoints = writes = None
             where = "thread_id = ?"
             params: builtins.list[object] = [thread_id]
             if namespace is not None:
@@ -401,7 +402,13 @@ class Saver:
                 writes = conn.execute(
                     f"{head}SELECT {_WRITE_COLUMNS} FROM s CROSS JOIN writes AS w "
                     "ON w.checkpoint_seq = s.seq", params)
-            yield from self._merge(checkpoints, writes, limit, metadata)
+            try:
+                yield from self._merge(checkpoints, writes, limit, metadata)
+            finally:
+                # An unfinished statement keeps the connection's WAL snapshot alive even past
+                # COMMIT: reset both before the read ends, or this pooled reader would serve
+                # stale data later (seen on Python 3.10, where the frame outlived the loop).
+                _close_cursors(checkpoints, writes)
 
     def _merge(self, checkpoints: Iterator[tuple], writes: Iterator[tuple],
                limit: int | None, metadata: dict | None) -> Iterator[Checkpoint]:
@@ -449,13 +456,16 @@ class Saver:
 
     def _read_log(self, thread_id: str, after: int) -> Iterator[LogEvent]:
         with _Read(self, "reading the log") as read:
-            for seq, thread, created, event, checksum in read.conn.execute(
-                    "SELECT seq, thread_id, created_at, event, checksum FROM log "
-                    "WHERE thread_id = ? AND seq > ? ORDER BY seq", (thread_id, after)):
-                if integrity.log_checksum(seq, thread, created, event) != checksum:
-                    raise self._checksum_error(f"log event {seq} of thread {thread!r}")
-                yield LogEvent(seq, thread, _to_datetime(created),
-                               codec.decode(event))
+            rows = read.conn.execute(
+                "SELECT seq, thread_id, created_at, event, checksum FROM log "
+                "WHERE thread_id = ? AND seq > ? ORDER BY seq", (thread_id, after))
+            try:
+                for seq, thread, created, event, checksum in rows:
+                    if integrity.log_checksum(seq, thread, created, event) != checksum:
+                        raise self._checksum_error(f"log event {seq} of thread {thread!r}")
+                    yield LogEvent(seq, thread, _to_datetime(created), codec.decode(event))
+            finally:
+                _close_cursors(rows)  # see _list: an open statement pins the snapshot
 
     def threads(self) -> builtins.list[str]:  # `list` here is the method above
         """Every thread id that has a checkpoint or a log event, sorted."""
@@ -725,6 +735,12 @@ def _check_text(name: str, value: object, *, allow_empty: bool = False) -> None:
 
 
 _INT64_MAX = 2**63 - 1
+
+
+def _close_cursors(*cursors: apsw.Cursor | None) -> None:
+    for cursor in cursors:
+        if cursor is not None:
+            cursor.close(True)  # force: reset even a statement that has rows left
 
 
 _NEXT_SEQ_CHECKPOINTS = _NEXT_SEQ.format(table="checkpoints")

@@ -307,6 +307,8 @@ def test_lock_held_by_another_process_gives_busy_timeout_and_writes_nothing(db_p
         saver.put("t", "after")                       # and the database is writable again
 
 
+# Forking a multi-threaded process is the scenario under test (Python >= 3.12 warns about it).
+@pytest.mark.filterwarnings("ignore:This process .* is multi-threaded:DeprecationWarning")
 def test_forked_child_gets_an_error_even_if_a_parent_thread_held_the_lock(db_path):
     import threading
     with Saver(db_path) as saver:

@@ -38,3 +38,27 @@ def test_merge_refuses_out_of_order_streams(db_path, open_saver, checkpoints, wr
     saver = open_saver(db_path)
     with pytest.raises(SaverError, match=what):
         list(saver._merge(iter(checkpoints), iter(writes), None, None))
+
+
+@pytest.mark.parametrize("reader", ["list", "read_log"])
+def test_a_read_that_ended_early_leaves_no_stale_snapshot(db_path, open_saver, reader):
+    # A traceback kept by the caller keeps the generator's frame, and so its cursors, alive.
+    # An unfinished statement pins its connection's WAL snapshot even after COMMIT; if that
+    # reader went back to the pool, later reads would not see later commits.
+    import apsw
+    saver = open_saver(db_path)
+    for n in range(3):
+        saver.put("t", n)
+        saver.append_log("t", n)
+    damage = apsw.Connection(db_path)
+    table = "checkpoints" if reader == "list" else "log"
+    damage.execute(f"UPDATE {table} SET checksum = checksum + 1 WHERE seq = "
+                   f"(SELECT min(seq) FROM {table})")  # the last one a reader reaches
+    damage.close()
+    from sqlitesaver import ChecksumError
+    with pytest.raises(ChecksumError) as kept:
+        list(saver.list("t") if reader == "list" else saver.read_log("t"))
+    newer = saver.put("t", "newer")
+    assert saver.get("t").checkpoint_id == newer.checkpoint_id
+    assert [c.state for c in saver.list("t", limit=1)] == ["newer"]
+    assert kept.value is not None  # still referenced here, with its traceback
