@@ -564,11 +564,15 @@ class Saver:
         return opening.open_reader(self._path, self._profile)
 
     def _release_reader(self, conn: apsw.Connection) -> None:
-        with self._pool_lock:
-            if not self._closed:
-                self._idle_readers.append(conn)
-                return
-        conn.close()
+        # A connection still in a read transaction (an unfinished statement keeps one open even
+        # after COMMIT, and get_autocommit() does not show it) would serve an old snapshot to
+        # the next reader: close it instead of pooling it.
+        if conn.txn_state() == apsw.SQLITE_TXN_NONE:
+            with self._pool_lock:
+                if not self._closed:
+                    self._idle_readers.append(conn)
+                    return
+        conn.close(True)
 
 
 class _Transaction:
@@ -699,7 +703,7 @@ class _Read:
                 if not conn.get_autocommit():
                     conn.execute("COMMIT")  # ends the read snapshot; nothing to write
             except apsw.Error:
-                conn.close()
+                conn.close(True)
             else:
                 saver._release_reader(conn)
         if isinstance(exc, apsw.Error):
