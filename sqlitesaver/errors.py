@@ -169,8 +169,8 @@ def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
             "rolled back and the database is intact. Free space and retry.", path=path, **codes)
     if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
         return CorruptDatabaseError(
-            f"{where} is damaged ({detail}) while {doing}. Stop writing to it, run "
-            "'python -m sqlitesaver check PATH' for details, and restore from a backup.",
+            f"{where} is damaged ({detail}) while {doing}. Stop writing to it and restore from "
+            "a backup; Saver(path, integrity_check='full') lists the damage SQLite finds.",
             path=path, **codes)
     if isinstance(exc, apsw.ReadOnlyError):
         return ReadOnlyDatabaseError(

@@ -210,8 +210,8 @@ def _integrity(conn: apsw.Connection, path: str, *, full: bool) -> None:
         shown = "; ".join(str(p) for p in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise CorruptDatabaseError(
-            f"{path!r} failed PRAGMA {pragma}: {shown}{more}. Nothing was written. Run "
-            "'python -m sqlitesaver check PATH' for details and restore from a backup.",
+            f"{path!r} failed PRAGMA {pragma}: {shown}{more}. Nothing was written; restore from "
+            "a backup.",
             path=path)
 
 

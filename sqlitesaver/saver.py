@@ -529,8 +529,8 @@ class Saver:
     def _checksum_error(self, what: str) -> ChecksumError:
         return ChecksumError(
             f"{what} in {self._path!r} does not match its checksum: the bytes changed on disk "
-            "after they were written. The data was not returned. Run 'python -m sqlitesaver "
-            "check PATH' and restore from a backup.", path=self._path)
+            "after they were written. The data was not returned; restore from a backup.",
+            path=self._path)
 
     def _verify(self, row: tuple) -> None:
         seq, thread_id, namespace, parent_seq, created, state, meta, checksum = row
