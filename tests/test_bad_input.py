@@ -215,6 +215,13 @@ def test_damaged_page_with_integrity_check_off_never_returns_wrong_data(db_path)
                 assert found is not None and found.state == state, f"{context} {checkpoint_id}"
         assert 0 < failed < len(states), context
     assert family_digest(db_path) == before, context
+    # the error's advice: a full integrity check on open lists the damage, and writes nothing
+    if "integrity_check='full'" in str(info.value):
+        with pytest.raises(CorruptDatabaseError, match="failed PRAGMA integrity_check"):
+            Saver(db_path, integrity_check="full")
+        assert family_digest(db_path) == before, context
+    else:
+        assert isinstance(info.value, ChecksumError), f"{context}: {info.value}"
 
 
 @pytest.mark.parametrize("where", ["state", "pending write", "log event"])
