@@ -58,3 +58,22 @@ def test_readers_opened_by_other_threads_get_the_profile(db_path):
         assert len(results) == 4
         for reader in results:
             assert reader["synchronous"] == 1 and reader["journal_mode"] == "wal"
+
+
+@pytest.mark.parametrize("integrity_check", ["quick", "full", "off"])
+@pytest.mark.parametrize("journal_mode", ["delete", "truncate", "persist", "off"])
+def test_a_database_left_in_a_rollback_journal_mode_opens_in_wal(db_path, journal_mode,
+                                                                 integrity_check):
+    # Another tool (or a restore) may leave our file in a rollback-journal mode. Opening must
+    # switch it back to WAL and keep the data; SQLite 3.54 failed the first checkpoint after
+    # that switch with SQLITE_LOCKED when an integrity check ran first.
+    import apsw
+    with Saver(db_path) as saver:
+        ref = saver.put("t", {"n": 1})
+    conn = apsw.Connection(db_path)
+    assert conn.execute(f"PRAGMA journal_mode={journal_mode}").fetchall() == [(journal_mode,)]
+    conn.close()
+    with Saver(db_path, integrity_check=integrity_check) as saver:
+        assert saver.settings()["writer"]["journal_mode"] == "wal"
+        assert saver.get("t").checkpoint_id == ref.checkpoint_id
+        saver.put("t", {"n": 2})
