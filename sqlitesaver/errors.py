@@ -16,6 +16,7 @@ original as ``__cause__`` and its SQLite result codes on ``sqlite_result`` /
 from __future__ import annotations
 
 import os
+import shlex
 
 import apsw
 
@@ -170,8 +171,9 @@ def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
     if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
         return CorruptDatabaseError(
             f"{where} is damaged ({detail}) while {doing}. Stop writing to it and restore from "
-            "a backup; Saver(path, integrity_check='full') lists the damage SQLite finds.",
-            path=path, **codes)
+            f"a backup; '{check_command(path)}' lists the damage and checks every payload "
+            "without writing to the file (Saver(path, integrity_check='full') lists what "
+            "SQLite finds).", path=path, **codes)
     if isinstance(exc, apsw.ReadOnlyError):
         return ReadOnlyDatabaseError(
             f"{where} is read-only while {doing} ({detail}); {_READONLY_HINT}.",
@@ -195,6 +197,11 @@ def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
         return DatabaseIOError(f"the operating system failed on {where} while {doing} "
                                f"({detail}).", path=path)
     return SaverError(f"unexpected error on {where} while {doing} ({detail}).", path=path)
+
+
+def check_command(path: str | None) -> str:
+    """The validator's command line for ``path``, for messages that advise running it."""
+    return f"python -m sqlitesaver check {shlex.quote(path) if path else 'PATH'}"
 
 
 def describe(exc: BaseException) -> str:

@@ -26,11 +26,11 @@ import apsw
 from . import pragmas, schema
 from .errors import (CannotOpenError, CorruptDatabaseError, MigrationError,
                      NotASaverDatabaseError, ReadOnlyDatabaseError, SaverError,
-                     SchemaVersionError, translate)
+                     SchemaVersionError, check_command, translate)
 from .pragmas import Profile
 from .records import RecoveryReport
 
-__all__ = ["INTEGRITY_MODES", "open_writer", "open_reader"]
+__all__ = ["INTEGRITY_MODES", "open_writer", "open_reader", "read_header"]
 
 INTEGRITY_MODES = ("quick", "full", "off")
 
@@ -109,6 +109,19 @@ def open_reader(path: str, profile: Profile) -> apsw.Connection:
 
 # --- step 1: identify the file without writing ---------------------------------------------
 
+def read_header(path: str) -> tuple[int, bytes]:
+    """The file's size and its first 100 bytes (fewer if it is shorter), read through SQLite's
+    VFS; raises ``apsw.Error`` if it cannot be read."""
+    # flags: [in, out]; MAIN_DB so the unix VFS tracks this handle with the others on the same
+    # inode and defers the close while another connection holds locks.
+    handle = apsw.VFSFile("", path, [apsw.SQLITE_OPEN_MAIN_DB | apsw.SQLITE_OPEN_READONLY, 0])
+    try:
+        size = handle.xFileSize()
+        return size, handle.xRead(min(size, 100), 0) if size else b""
+    finally:
+        handle.xClose()
+
+
 def _inspect_header(path: str) -> int | None:
     """Return the header's schema version, ``None`` if no file exists; raise if not ours."""
     if not os.path.lexists(path):
@@ -116,14 +129,7 @@ def _inspect_header(path: str) -> int | None:
     if os.path.isdir(path):
         raise translate(IsADirectoryError(path), path, "opening the database")
     try:
-        # flags: [in, out]; MAIN_DB so the unix VFS tracks this handle with the others on the
-        # same inode and defers the close while another connection holds locks.
-        handle = apsw.VFSFile("", path, [apsw.SQLITE_OPEN_MAIN_DB | apsw.SQLITE_OPEN_READONLY, 0])
-        try:
-            size = handle.xFileSize()
-            header = handle.xRead(min(size, 100), 0) if size else b""
-        finally:
-            handle.xClose()
+        size, header = read_header(path)
     except apsw.Error as exc:
         raise translate(exc, path, "reading the file header") from exc
     if size == 0:
@@ -215,7 +221,8 @@ def _integrity(conn: apsw.Connection, path: str, *, full: bool) -> None:
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise CorruptDatabaseError(
             f"{path!r} failed PRAGMA {pragma}: {shown}{more}. Nothing was written; restore from "
-            "a backup.",
+            f"a backup. '{check_command(path)}' lists all it finds, payload checksums "
+            "included, without writing to the file.",
             path=path)
 
 

@@ -57,3 +57,40 @@ def test_every_exception_in_the_error_table_is_exported_and_vice_versa():
     assert table == exported - {"SaverError", "DatabaseFileError", "UsageError"}
     for name in table:
         assert issubclass(getattr(sqlitesaver, name), sqlitesaver.SaverError)
+
+
+def _section(title: str) -> str:
+    return _readme().split(f"\n## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def test_readme_check_command_is_the_one_the_cli_accepts(tmp_path):
+    section = _section("Checking a database")
+    (command,) = re.findall(r"```\n(python -m sqlitesaver check [^\n]+)\n```", section)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    usage = subprocess.run([sys.executable, "-m", "sqlitesaver", "check", "--help"],
+                           capture_output=True, text=True, env=env, check=True).stdout
+    accepted = set(re.findall(r"--[a-z][a-z-]*", usage)) - {"--help"}
+    assert set(re.findall(r"--[a-z][a-z-]*", command)) == accepted
+    assert set(re.findall(r"--[a-z][a-z-]*", section)) == accepted
+    for status in ("**0**", "**1**", "**2**"):
+        assert status in section
+    # the documented command, every option given, on a real database
+    path = str(tmp_path / "d.db")
+    Saver(path).close()
+    args = [path if word == "PATH" else word.strip("[]")
+            for word in command.split()[4:] if word not in ("[PATH", "...]")]
+    result = subprocess.run([sys.executable, "-m", "sqlitesaver", "check", *args],
+                            capture_output=True, text=True, env=env)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '"ok": true' in result.stdout
+
+
+def test_every_script_is_documented_and_executable():
+    scripts = os.path.join(REPO, "scripts")
+    with open(os.path.join(scripts, "README.md"), encoding="utf-8") as f:
+        documented = set(re.findall(r"^## `([^`]+)`", f.read(), flags=re.M))
+    present = set(os.listdir(scripts)) - {"README.md"}
+    assert documented == present
+    for name in present:
+        assert os.access(os.path.join(scripts, name), os.X_OK), name
+    assert "scripts/validate_sqlite_integrity.sh" in _section("Checking a database")
