@@ -1,0 +1,141 @@
+"""``python -m sqlitesaver.torture``: SIGKILL writers at random moments and prove that every
+acknowledged transition survives whole.
+
+Exit status: 0 when nothing was lost, partial or corrupt (and no writer failed); 1 when
+something was; 2 for bad usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import secrets
+import shlex
+import shutil
+import sys
+import tempfile
+
+from .harness import Options, run
+
+_EPILOG = """\
+exit status: 0 nothing lost, partial or corrupt; 1 something was (the run stops there unless
+--keep-going, and the database is kept as found, its path printed); 2 bad usage.
+A run is reproduced by its --seed: the same kill delays, transitions and contents (how far a
+writer gets within a delay still depends on the machine)."""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    value = float(text)
+    if not 0 <= value <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 3600 seconds, not {text}")
+    return value
+
+
+def parse(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m sqlitesaver.torture", epilog=_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Crash torture: writers are killed with SIGKILL at random moments; after "
+                    "each kill the database is reopened (recovery included) and every "
+                    "acknowledged transition must be intact, with no partial one visible.")
+    parser.add_argument("--iterations", type=_positive_int, default=50,
+                        help="kills to perform (default 50)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="seed for every random choice (default: a new one, printed)")
+    parser.add_argument("--workers", type=_positive_int, default=1,
+                        help="writer processes on the one database, killed and restarted "
+                             "independently (default 1)")
+    parser.add_argument("--durability", choices=("full", "normal"), default="full",
+                        help="the Saver's durability setting (default full)")
+    parser.add_argument("--min-interval", type=_seconds, default=0.0,
+                        help="shortest delay from a writer's start to its kill, seconds "
+                             "(default 0)")
+    parser.add_argument("--max-interval", type=_seconds, default=0.5,
+                        help="longest such delay, seconds (default 0.5)")
+    parser.add_argument("--db", help="database to create and torture (must not exist; default: "
+                                     "one in a temporary directory, removed on success)")
+    parser.add_argument("--keep-going", action="store_true",
+                        help="carry on after a violation to count them all (default: stop at "
+                             "the first and keep the database as it was found)")
+    parser.add_argument("--report", metavar="FILE.json",
+                        help="also write the per-iteration results and summary as JSON")
+    parser.add_argument("--writer", metavar="FILE.py:CLASS",
+                        help="run this Writer subclass instead of the library's writer (for "
+                             "testing the harness itself with deliberately broken writers)")
+    args = parser.parse_args(argv)
+    if args.min_interval > args.max_interval:
+        parser.error(f"--min-interval ({args.min_interval:g}) is above --max-interval "
+                     f"({args.max_interval:g})")
+    if args.max_interval <= 0:
+        parser.error("--max-interval must be above 0")
+    if args.workers > 64:
+        parser.error(f"--workers is at most 64, not {args.workers}")
+    if args.db is not None:
+        if os.path.lexists(args.db) or os.path.lexists(args.db + "-wal"):
+            parser.error(f"--db {args.db!r} exists; the harness creates its own database and "
+                         "never touches an existing one (give a new path or remove it)")
+        parent = os.path.dirname(os.path.abspath(args.db))
+        if not os.path.isdir(parent):
+            parser.error(f"--db {args.db!r}: directory {parent!r} does not exist")
+    if args.writer is not None:
+        filename, _, name = args.writer.rpartition(":")
+        if not filename or not name or not os.path.isfile(filename):
+            parser.error(f"--writer must be FILE.py:CLASS with an existing file, "
+                         f"not {args.writer!r}")
+        args.writer = f"{os.path.abspath(filename)}:{name}"
+    if args.report is not None:
+        parent = os.path.dirname(os.path.abspath(args.report))
+        if not os.path.isdir(parent):
+            parser.error(f"--report {args.report!r}: directory {parent!r} does not exist")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    directory = None
+    db = args.db
+    if db is None:
+        directory = tempfile.mkdtemp(prefix="sqlitesaver-torture-")
+        db = os.path.join(directory, "torture.db")
+    options = Options(db=db, iterations=args.iterations, seed=seed, workers=args.workers,
+                      durability=args.durability, min_interval=args.min_interval,
+                      max_interval=args.max_interval, writer=args.writer,
+                      keep_going=args.keep_going)
+    try:
+        status, report = run(options)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; seed {seed}; database kept at {db}", file=sys.stderr)
+        return 130
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    if status == 0:
+        if directory is not None:
+            shutil.rmtree(directory, ignore_errors=True)
+        print(f"PASS (seed {seed})")
+    else:
+        again = ["python", "-m", "sqlitesaver.torture", "--iterations", str(args.iterations),
+                 "--workers", str(args.workers), "--durability", args.durability,
+                 "--min-interval", f"{args.min_interval:g}",
+                 "--max-interval", f"{args.max_interval:g}", "--seed", str(seed)]
+        if args.writer:
+            again += ["--writer", args.writer]
+        if args.keep_going:
+            again.append("--keep-going")
+        print(f"FAIL (seed {seed}); run it again with: {shlex.join(again)}")
+        print(f"database kept for inspection: {db}")
+    return status
+
+
+if __name__ == "__main__":
+    sys.exit(main())

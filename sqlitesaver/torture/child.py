@@ -1,0 +1,88 @@
+"""A torture writer process; started by the harness, not by people.
+
+``python -m sqlitesaver.torture.child --db PATH --fd N --worker W --incarnation I --seed S
+--durability D [--writer FILE:CLASS]``
+
+It reports on pipe ``N``: ``hello`` once imported (the harness starts its kill clock here, so a
+kill can land in start-up and recovery), ``ready`` once the Saver is open (recovery done) and
+the worker has read back its threads, and then for every
+transition an ``intent`` before the Saver call and an ``ack`` only after it returned. A Saver
+error ends the process with exit status 3 after an ``error`` message.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import random
+import sys
+import time
+from typing import Any
+
+from ..errors import SaverError
+from .protocol import send
+from .workload import Generator, Writer, load_known, thread_prefix
+
+__all__ = ["main", "load_writer"]
+
+
+def load_writer(spec: str | None) -> Writer:
+    """``None`` for the library's writer, or ``FILE.py:CLASS`` for a Writer subclass (the
+    harness's self-tests use this to run deliberately broken writers)."""
+    if spec is None:
+        return Writer()
+    filename, _, name = spec.rpartition(":")
+    module_spec = importlib.util.spec_from_file_location("_torture_writer", filename)
+    if not filename or not name or module_spec is None or module_spec.loader is None:
+        raise ValueError(f"--writer must be FILE.py:CLASS, not {spec!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    writer = getattr(module, name)()
+    if not isinstance(writer, Writer):
+        raise ValueError(f"{spec}: {name} is not a sqlitesaver.torture.workload.Writer")
+    return writer
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m sqlitesaver.torture.child")
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--worker", type=int, required=True)
+    parser.add_argument("--incarnation", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--durability", default="full")
+    parser.add_argument("--writer")
+    args = parser.parse_args(argv)
+    fd = args.fd
+    send(fd, {"m": "hello", "pid": os.getpid()})
+    writer = load_writer(args.writer)
+    started = time.perf_counter()
+    try:
+        saver = writer.open(args.db, args.durability)
+    except SaverError as exc:
+        send(fd, {"m": "error", "tid": None, "error": f"{type(exc).__name__}: {exc}"[:3000]})
+        return 3
+    rng = random.Random(f"{args.seed}/{args.worker}/{args.incarnation}")
+    generator = Generator(rng, args.worker, args.incarnation,
+                          load_known(saver, thread_prefix(args.worker)), writer.mix)
+    send(fd, {"m": "ready", "seconds": time.perf_counter() - started})
+    while True:
+        tx = generator.next()
+        send(fd, {"m": "intent", "tid": tx.tid, "kind": tx.kind, "ops": tx.ops})
+
+        def ack(result: dict[str, Any], tid: str = tx.tid) -> None:
+            send(fd, {"m": "ack", "tid": tid, "ck": result.get("ck", {}),
+                      "log": result.get("log", [])})
+
+        try:
+            result = writer.apply(saver, tx, ack)
+        except SaverError as exc:
+            send(fd, {"m": "error", "tid": tx.tid,
+                      "error": f"{type(exc).__name__}: {exc}"[:3000]})
+            return 3
+        generator.commit(tx, result)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,468 @@
+"""The parent side of the crash-torture harness: spawn writers, SIGKILL them at seeded random
+moments, reopen the database as the library does, and judge what survived.
+
+One *iteration* is one kill. After it the harness drains the killed writer's pipe (every
+message it sent before dying), opens a :class:`~sqlitesaver.Saver` on the database (startup
+recovery included, with ``integrity_check="full"``), reads the killed worker's threads through
+the public API (every payload checksum verified) and asks :mod:`~sqlitesaver.torture.oracle`
+for a verdict. The worker is then restarted on the recovered database, so recovering an
+already recovered database is part of the test. With several workers, the others keep writing
+while one is killed, verified and restarted.
+
+The seed fixes every choice the harness and the writers make (kill delays, transitions and
+their contents); it cannot fix how far a writer gets in a given delay on a given machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+import select
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, TextIO
+
+import apsw
+import msgpack
+
+from .. import Saver
+from ..errors import SaverError
+from .oracle import Model, Verdict, apply, compare, observe
+from .protocol import FrameReader
+from .workload import thread_prefix
+
+__all__ = ["Options", "run"]
+
+#: Share of kills aimed at a writer's start-up (opening, recovery, reading its threads), where a
+#: uniform delay would rarely land: their delay is drawn from [0, STARTUP_WINDOW] seconds
+#: (start-up takes 5-50 ms here). Fixed, not measured, so that the seed fixes every delay.
+STARTUP_KILL_SHARE = 0.15
+STARTUP_WINDOW = 0.06
+#: A writer that has not said hello by then is reported as hung.
+HELLO_TIMEOUT = 60.0
+#: Stop restarting after this many writer errors in a row (the database is unusable).
+MAX_ERRORS_IN_A_ROW = 5
+
+
+@dataclass
+class Options:
+    """Settings of one torture run (see ``python -m sqlitesaver.torture --help``)."""
+
+    db: str
+    iterations: int = 50
+    seed: int = 0
+    workers: int = 1
+    durability: str = "full"
+    min_interval: float = 0.0
+    max_interval: float = 0.5
+    writer: str | None = None
+    keep_going: bool = False  # go on after a violation instead of keeping the evidence
+
+
+@dataclass
+class _Worker:
+    index: int
+    incarnation: int = 0
+    proc: subprocess.Popen | None = None
+    fd: int | None = None
+    frames: FrameReader = field(default_factory=FrameReader)
+    stderr: Any = None
+    spawned_at: float = 0.0
+    hello_at: float | None = None
+    ready: bool = False
+    startup_seconds: float | None = None
+    delay: float = 0.0
+    killed_after: float | None = None
+    deadline: float | None = None
+    ready_at: float | None = None
+    acked: list[tuple[str, list]] = field(default_factory=list)   # since the last verdict
+    inflight: tuple[str, str, list] | None = None                 # (tid, kind, ops)
+    error: str | None = None
+    model: Model = field(default_factory=Model)
+    deleted_by: dict = field(default_factory=dict)
+    ids: dict[str, str] = field(default_factory=dict)             # tag -> acked id
+    max_id: dict[str, str] = field(default_factory=dict)          # thread -> highest id seen
+    last_log_seq: int = -1
+    errors_in_a_row: int = 0
+
+
+class _Run:
+    def __init__(self, options: Options, out: TextIO) -> None:
+        self.o = options
+        self.out = out
+        self.rng = random.Random(options.seed)
+        self.workers = [_Worker(i) for i in range(options.workers)]
+        self.iterations: list[dict[str, Any]] = []
+        self.final: list[dict[str, Any]] = []
+        self.acked_total = 0
+        self.writer_seconds = 0.0
+        self.errors: list[str] = []
+        self.id_problems: list[str] = []
+        self.env = dict(os.environ)
+        root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        self.env["PYTHONPATH"] = root + os.pathsep + self.env.get("PYTHONPATH", "")
+        self.stopped = False  # the database could not be opened: no point going on
+
+    # --- writers -----------------------------------------------------------------------
+
+    def spawn(self, w: _Worker) -> None:
+        w.incarnation += 1
+        read_end, write_end = os.pipe()
+        w.stderr = tempfile.TemporaryFile()
+        cmd = [sys.executable, "-m", "sqlitesaver.torture.child", "--db", self.o.db,
+               "--fd", str(write_end), "--worker", str(w.index),
+               "--incarnation", str(w.incarnation), "--seed", str(self.o.seed),
+               "--durability", self.o.durability]
+        if self.o.writer:
+            cmd += ["--writer", self.o.writer]
+        try:
+            w.proc = subprocess.Popen(cmd, pass_fds=(write_end,), stdin=subprocess.DEVNULL,
+                                      stdout=subprocess.DEVNULL, stderr=w.stderr, env=self.env)
+        finally:
+            os.close(write_end)
+        w.fd, w.frames = read_end, FrameReader()
+        w.spawned_at, w.hello_at, w.deadline = time.monotonic(), None, None
+        w.ready, w.startup_seconds, w.ready_at, w.error = False, None, None, None
+        # Drawn at spawn, in spawn order: the seed fixes the delays whatever the timing.
+        startup, u = self.rng.random() < STARTUP_KILL_SHARE, self.rng.random()
+        w.delay = (u * STARTUP_WINDOW if startup
+                   else self.o.min_interval + u * (self.o.max_interval - self.o.min_interval))
+
+    def receive(self, w: _Worker, data: bytes) -> None:
+        for message in w.frames.feed(data):
+            kind = message["m"]
+            if kind == "hello":
+                w.hello_at = time.monotonic()
+                w.deadline = w.hello_at + w.delay
+            elif kind == "ready":
+                w.ready, w.startup_seconds = True, message["seconds"]
+                w.ready_at = time.monotonic()
+            elif kind == "intent":
+                w.inflight = (message["tid"], message["kind"], message["ops"])
+            elif kind == "ack":
+                self.acknowledge(w, message)
+            elif kind == "error":
+                w.error = message["error"]
+
+    def acknowledge(self, w: _Worker, message: dict[str, Any]) -> None:
+        if w.inflight is None or w.inflight[0] != message["tid"]:
+            self.id_problems.append(f"worker {w.index}: ack of {message['tid']} without its "
+                                    "intent (a writer protocol error)")
+            return
+        tid, _, ops = w.inflight
+        w.acked.append((tid, ops))
+        w.inflight = None
+        self.acked_total += 1
+        for op in ops:
+            ck_id = message["ck"].get(op.get("tag")) if op["op"] == "put" else None
+            if ck_id is None:
+                continue
+            w.ids[op["tag"]] = ck_id
+            previous = w.max_id.get(op["thread"])
+            if previous is not None and ck_id <= previous:
+                self.id_problems.append(f"checkpoint id {ck_id} of thread {op['thread']!r} "
+                                        f"(transition {tid}) is not above {previous}")
+            w.max_id[op["thread"]] = max(ck_id, previous or ck_id)
+        for seq in message["log"]:
+            if seq <= w.last_log_seq:
+                self.id_problems.append(f"log seq {seq} (transition {tid}) is not above "
+                                        f"{w.last_log_seq}")
+            w.last_log_seq = max(seq, w.last_log_seq)
+
+    def drain(self, w: _Worker) -> None:
+        """Read everything the (dead) writer sent, then close its pipe."""
+        assert w.fd is not None
+        while True:
+            data = os.read(w.fd, 1 << 16)
+            if not data:
+                break
+            self.receive(w, data)
+        os.close(w.fd)
+        w.fd = None
+
+    def stop(self, w: _Worker, *, kill: bool) -> str:
+        """SIGKILL (or reap) the writer and return the phase it died in."""
+        assert w.proc is not None
+        if kill:
+            w.proc.send_signal(signal.SIGKILL)
+        w.killed_after = None if w.hello_at is None else time.monotonic() - w.hello_at
+        w.proc.wait()
+        self.drain(w)
+        if w.ready_at is not None:
+            self.writer_seconds += time.monotonic() - w.ready_at
+        if not w.ready:
+            return "start-up"
+        return w.inflight[1] if w.inflight else "between"
+
+    def writer_error(self, w: _Worker) -> str:
+        assert w.proc is not None and w.stderr is not None
+        w.stderr.seek(0)
+        tail = w.stderr.read()[-2000:].decode("utf-8", "replace").strip()
+        w.stderr.close()
+        return w.error or f"exit status {w.proc.returncode}: {tail or '(no output)'}"
+
+    # --- verdicts ----------------------------------------------------------------------
+
+    def verify(self, w: _Worker) -> tuple[Verdict, float | None]:
+        """Open the database as the library does and judge the worker's threads."""
+        try:
+            with Saver(self.o.db, durability=self.o.durability,
+                       integrity_check="full") as saver:
+                recovery = saver.recovery.seconds
+                seen = observe(saver, thread_prefix(w.index))
+        except SaverError as exc:
+            self.stopped = True
+            return Verdict("none", problems=[f"reopening failed: {type(exc).__name__}: {exc}"]
+                           ), None
+        acked = w.model.clone()
+        for tid, ops in w.acked:
+            apply(acked, tid, ops, w.deleted_by)
+        with_inflight = None
+        if w.inflight is not None:
+            with_inflight = acked.clone()
+            apply(with_inflight, w.inflight[0], w.inflight[2], {})
+        verdict = compare(acked, with_inflight, seen.model, w.deleted_by)
+        verdict.problems[:0] = seen.problems
+        for tag, found in seen.ids.items():
+            if tag in w.ids and w.ids[tag] != found:
+                verdict.problems.append(f"checkpoint {tag} was acknowledged as {w.ids[tag]} "
+                                        f"but is stored as {found}")
+        known = {**w.ids, **seen.ids}
+        stored = _checkpoints_by_tag(seen.model)
+        for tag, parent_id in seen.parents.items():
+            parent_tag = stored[tag][1]
+            if parent_tag is not None and parent_tag in known and known[parent_tag] != parent_id:
+                verdict.problems.append(f"checkpoint {tag} has parent id {parent_id}, "
+                                        f"expected {known[parent_tag]}")
+        for tag, found in seen.ids.items():
+            thread = stored[tag][0]
+            w.max_id[thread] = max(found, w.max_id.get(thread, found))
+        # Carry on from what is there, so a violation is reported once, not at every kill.
+        w.model, w.acked, w.inflight = seen.model, [], None
+        return verdict, recovery
+
+    # --- the loop ----------------------------------------------------------------------
+
+    def run(self) -> int:
+        o = self.o
+        self.print(f"torture: {o.iterations} iterations, {o.workers} worker(s), durability "
+                   f"{o.durability}, kill after {o.min_interval:g}-{o.max_interval:g} s, "
+                   f"seed {o.seed}")
+        self.print(f"database: {o.db}")
+        started = time.monotonic()
+        for w in self.workers:
+            self.spawn(w)
+        try:
+            while len(self.iterations) < o.iterations and not self.stopped:
+                self.step()
+        finally:
+            for w in self.workers:
+                if w.proc is not None and w.proc.poll() is None:
+                    w.proc.send_signal(signal.SIGKILL)
+        if not self.stopped:
+            for w in self.workers:  # the last kills: judge every worker's final state
+                if w.fd is not None:
+                    phase = self.stop(w, kill=True)
+                    verdict, recovery = self.verify(w)
+                    self.final.append(self.record(w, phase, verdict, recovery, final=True))
+        else:
+            for w in self.workers:
+                if w.fd is not None:
+                    self.stop(w, kill=True)
+        self.seconds = time.monotonic() - started
+        return self.summarise()
+
+    def step(self) -> None:
+        now = time.monotonic()
+        deadlines = [w.deadline for w in self.workers if w.deadline is not None]
+        timeout = max(0.0, min(deadlines) - now) if deadlines else 0.5
+        fds = [w.fd for w in self.workers if w.fd is not None]
+        ready, _, _ = select.select(fds, [], [], timeout)
+        for w in self.workers:
+            if w.fd in ready:
+                data = os.read(w.fd, 1 << 16)
+                if data:
+                    self.receive(w, data)
+                else:
+                    self.died(w)
+        now = time.monotonic()
+        for w in self.workers:
+            if self.stopped or len(self.iterations) >= self.o.iterations:
+                return
+            if w.deadline is not None and now >= w.deadline:
+                phase = self.stop(w, kill=True)
+                verdict, recovery = self.verify(w)
+                self.iterations.append(self.record(w, phase, verdict, recovery))
+                w.errors_in_a_row = 0
+                if not verdict.ok and not self.o.keep_going:
+                    self.stopped = True  # keep the database as the violation left it
+                if not self.stopped and len(self.iterations) < self.o.iterations:
+                    self.spawn(w)
+            elif w.hello_at is None and now - w.spawned_at > HELLO_TIMEOUT:
+                self.died(w, hung=True)
+
+    def died(self, w: _Worker, *, hung: bool = False) -> None:
+        """A writer ended on its own (a Saver error, a crash) or hung before starting."""
+        phase = self.stop(w, kill=hung)
+        message = "hung before hello" if hung else self.writer_error(w)
+        self.errors.append(f"worker {w.index} incarnation {w.incarnation}: {message}")
+        self.print(f"     worker {w.index} ended by itself in {phase}: {message}")
+        verdict, recovery = self.verify(w)
+        self.final.append(self.record(w, phase, verdict, recovery, final=True))
+        w.errors_in_a_row += 1
+        if not self.o.keep_going:
+            self.stopped = True
+        elif w.errors_in_a_row >= MAX_ERRORS_IN_A_ROW:
+            self.print(f"     worker {w.index} failed {w.errors_in_a_row} times in a row; "
+                       "stopping")
+            self.stopped = True
+        elif not self.stopped:
+            self.spawn(w)
+
+    def record(self, w: _Worker, phase: str, verdict: Verdict, recovery: float | None, *,
+               final: bool = False) -> dict[str, Any]:
+        entry = {
+            "iteration": None if final else len(self.iterations) + 1,
+            "worker": w.index, "incarnation": w.incarnation,
+            "kill_delay": round(w.delay, 6),
+            "killed_after": None if w.killed_after is None else round(w.killed_after, 6),
+            "phase": phase,
+            "acked_total": self.acked_total,
+            "recovery_seconds": recovery,
+            "writer_startup_seconds": w.startup_seconds,
+            "inflight": verdict.inflight,
+            "lost": sorted(verdict.lost), "partial": verdict.partial,
+            "problems": verdict.problems[:20],
+            "ok": verdict.ok,
+        }
+        label = "end" if final else f"{entry['iteration']:>4}/{self.o.iterations}"
+        if verdict.ok:
+            shown = "ok" + ("" if verdict.inflight == "none"
+                            else f" (in-flight {verdict.inflight})")
+        else:
+            parts = []
+            if verdict.lost:
+                parts.append(f"LOST {len(verdict.lost)}: {', '.join(sorted(verdict.lost)[:5])}")
+            if verdict.partial:
+                parts.append("PARTIAL in-flight transition")
+            if verdict.problems:
+                first = " ".join(verdict.problems[0].split())
+                parts.append(f"CORRUPT: {first[:300]}{'...' if len(first) > 300 else ''}")
+            shown = "; ".join(parts)
+        recovered = "-" if recovery is None else f"{recovery * 1000:.1f} ms"
+        after = "   -    " if w.killed_after is None else f"{w.killed_after * 1000:6.1f} ms"
+        self.print(f"{label}  w{w.index}  killed at +{after} in {phase:<9} "
+                   f"acked {self.acked_total:>6}  recovery {recovered:>9}  {shown}")
+        return entry
+
+    def summarise(self) -> int:
+        entries = self.iterations + self.final
+        lost = sorted({tid for e in entries for tid in e["lost"]})
+        partial = sum(e["partial"] for e in entries)
+        corrupt = sum(bool(e["problems"]) for e in entries) + bool(self.id_problems)
+        recoveries = [e["recovery_seconds"] for e in entries if e["recovery_seconds"] is not None]
+        startups = [e["writer_startup_seconds"] for e in entries
+                    if e["writer_startup_seconds"] is not None]
+        phases: dict[str, int] = {}
+        for e in self.iterations:
+            phases[e["phase"]] = phases.get(e["phase"], 0) + 1
+        inflight: dict[str, int] = {}
+        for e in entries:
+            inflight[e["inflight"]] = inflight.get(e["inflight"], 0) + 1
+        failed = bool(lost or partial or corrupt or self.errors)
+        self.summary = {
+            "iterations": len(self.iterations),
+            "transitions_acknowledged": self.acked_total,
+            "lost": len(lost), "lost_transitions": lost[:100],
+            "partial": partial,
+            "corrupt": corrupt,
+            "writer_errors": len(self.errors),
+            "recovery_p50_ms": _ms(statistics.median(recoveries)) if recoveries else None,
+            "recovery_max_ms": _ms(max(recoveries)) if recoveries else None,
+            "writer_startup_p50_ms": _ms(statistics.median(startups)) if startups else None,
+            "writer_transitions_per_second": (round(self.acked_total / self.writer_seconds)
+                                              if self.writer_seconds else None),
+            "kills_by_phase": dict(sorted(phases.items())),
+            "inflight_at_kill": dict(sorted(inflight.items())),
+            "seconds": round(self.seconds, 2),
+            "verdict": "FAIL" if failed else "PASS",
+        }
+        s = self.summary
+        rows = [
+            ("iterations (kills)", s["iterations"]),
+            ("kills by phase", ", ".join(f"{k} {v}" for k, v in s["kills_by_phase"].items())),
+            ("in-flight at kill", ", ".join(f"{k} {v}" for k, v in
+                                           s["inflight_at_kill"].items())),
+            ("transitions acknowledged", s["transitions_acknowledged"]),
+            ("lost", s["lost"]),
+            ("partial", s["partial"]),
+            ("corrupt", s["corrupt"]),
+            ("writer errors", s["writer_errors"]),
+            ("recovery p50 / max", f"{s['recovery_p50_ms']} ms / {s['recovery_max_ms']} ms"),
+            ("writer start-up p50", f"{s['writer_startup_p50_ms']} ms (open, recovery, "
+                                    "reading its threads back)"),
+            ("writer throughput", f"{s['writer_transitions_per_second']} transitions/s"),
+            ("wall time", f"{s['seconds']} s"),
+            ("verdict", s["verdict"]),
+        ]
+        width = max(len(k) for k, _ in rows)
+        self.print("")
+        for key, value in rows:
+            self.print(f"  {key:<{width}}  {value}")
+        for problem in self.id_problems[:10] + self.errors[:10]:
+            self.print(f"  ! {problem}")
+        return 1 if failed else 0
+
+    def report(self) -> dict[str, Any]:
+        o = self.o
+        return {
+            "command": "python -m sqlitesaver.torture",
+            "options": {"iterations": o.iterations, "seed": o.seed, "workers": o.workers,
+                        "durability": o.durability, "min_interval": o.min_interval,
+                        "max_interval": o.max_interval, "writer": o.writer, "db": o.db},
+            "environment": {"python": platform.python_version(),
+                            "apsw": apsw.apsw_version(),
+                            "sqlite": apsw.sqlite_lib_version(),
+                            "msgpack": ".".join(map(str, msgpack.version)),
+                            "platform": platform.platform(), "cpus": os.cpu_count()},
+            "summary": self.summary,
+            "id_problems": self.id_problems[:100],
+            "writer_errors": self.errors[:100],
+            "iterations": self.iterations,
+            "final": self.final,
+        }
+
+    def print(self, line: str) -> None:
+        print(line, file=self.out, flush=True)
+
+
+def _checkpoints_by_tag(model: Model) -> dict[str, tuple[str, str | None]]:
+    """tag -> (thread, parent tag from the checkpoint's metadata) for every checkpoint."""
+    found: dict[str, tuple[str, str | None]] = {}
+    for name, t in model.threads.items():
+        for ck in t.cks:
+            try:
+                meta = json.loads(ck[6])
+            except ValueError:
+                meta = None
+            parent = meta.get("parent") if isinstance(meta, dict) else None
+            found[ck[4]] = (name, parent if isinstance(parent, str) else None)
+    return found
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+def run(options: Options, out: TextIO = sys.stdout) -> tuple[int, dict[str, Any]]:
+    """Run the harness; return its exit status (0 pass, 1 fail) and its report."""
+    harness = _Run(options, out)
+    status = harness.run()
+    return status, harness.report()

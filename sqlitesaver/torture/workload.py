@@ -1,0 +1,257 @@
+"""The torture child's workload: a seeded stream of state transitions, and the writer that
+applies them through the public :class:`~sqlitesaver.Saver` API.
+
+Each worker owns the threads named ``w<N>-*``, so workers never touch each other's data and
+each one's content can be judged exactly. A transition is described twice: ``ops`` (what the
+harness needs to verify it: names, tags, content digests; small enough for one atomic pipe
+write) and ``values`` (what is actually stored). Every stored value carries the id of its
+transition (``"tx"``), so whatever the database holds can be traced to who wrote it.
+
+:class:`Writer` is the seam the harness's self-tests use: ``tests/torture_writers.py``
+subclasses it with deliberately broken writers (acknowledging before COMMIT, splitting a
+transition into several commits, unsafe journal settings) that the harness must catch.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from .. import Saver
+from .oracle import digest
+
+__all__ = ["MIX", "Transition", "Writer", "Generator", "thread_prefix", "load_known"]
+
+#: Relative weights of the transition kinds. "multi" is put + pending writes + log event in
+#: one transaction; "put_blob" stores random bytes of 1 KiB to 1.25 MiB (overflow pages).
+MIX: dict[str, float] = {"put": 26, "put_blob": 10, "writes": 20, "log": 20, "multi": 14,
+                         "prune": 6, "delete": 4}
+THREADS_PER_WORKER = 4
+BLOB_BYTES = (1024, 1_310_720)
+_CHANNELS = ("messages", "next", "route", "__error__")
+_ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;é漢字😀\n"
+
+
+def thread_prefix(worker: int) -> str:
+    return f"w{worker}-"
+
+
+@dataclass
+class Transition:
+    """One state transition: what to verify (``ops``) and what to store (``values``)."""
+
+    tid: str
+    kind: str
+    ops: list[dict[str, Any]]
+    values: list[Any] = field(repr=False)
+
+
+Known = dict[str, dict[str, list[tuple[str, str]]]]  # thread -> namespace -> [(tag, id)]
+
+
+def load_known(saver: Saver, prefix: str) -> Known:
+    """The checkpoints (tag, id) of the worker's threads, oldest first, as stored."""
+    known: Known = {}
+    for name in saver.threads():
+        if not name.startswith(prefix):
+            continue
+        for ck in reversed(list(saver.list(name))):
+            tag = ck.metadata.get("ck") if isinstance(ck.metadata, dict) else None
+            if isinstance(tag, str):
+                known.setdefault(name, {}).setdefault(ck.namespace, []).append(
+                    (tag, ck.checkpoint_id))
+    return known
+
+
+class Generator:
+    """Seeded transitions for one incarnation of one worker, given what it knows is stored."""
+
+    def __init__(self, rng: random.Random, worker: int, incarnation: int, known: Known,
+                 mix: dict[str, float] | None = None) -> None:
+        self.rng = rng
+        self.worker = worker
+        self.incarnation = incarnation
+        self.known = known
+        mix = MIX if mix is None else mix
+        self._kinds = list(mix)
+        self._weights = [mix[k] for k in self._kinds]
+        self._threads = [f"{thread_prefix(worker)}t{i}" for i in range(THREADS_PER_WORKER)]
+        self.count = 0
+        # Text is cut from one random pool: drawing every character costs more than the
+        # Saver call it feeds, and the kills should land in Saver calls, not in here.
+        self._pool = "".join(rng.choices(_ALPHABET, k=1 << 16))
+
+    # --- the stream --------------------------------------------------------------------
+
+    def next(self) -> Transition:
+        self.count += 1
+        tid = f"{self.worker}.{self.incarnation}.{self.count}"
+        rng = self.rng
+        kind = rng.choices(self._kinds, self._weights)[0]
+        stored = [(name, ns) for name, by_ns in self.known.items()
+                  for ns, cks in by_ns.items() if cks]
+        if kind in ("writes", "prune") and not stored:
+            kind = "put"
+        if kind == "delete" and not self.known:
+            kind = "log"
+        ops: list[dict[str, Any]] = []
+        values: list[Any] = []
+        if kind in ("put", "put_blob", "multi"):
+            name, ns = rng.choice(self._threads), "" if rng.random() < 0.8 else "sub"
+            self._put(tid, ops, values, name, ns, blob=kind == "put_blob")
+            if kind == "multi":
+                for _ in range(rng.randint(1, 2)):
+                    self._writes(tid, ops, values, name, ns, ops[0]["tag"], None)
+                self._log(tid, ops, values, name)
+        elif kind == "writes":
+            name, ns = rng.choice(sorted(stored))
+            cks = self.known[name][ns]
+            tag, ck_id = cks[-1] if rng.random() < 0.7 else rng.choice(cks)
+            self._writes(tid, ops, values, name, ns, tag, ck_id)
+        elif kind == "log":
+            self._log(tid, ops, values, rng.choice(self._threads))
+        elif kind == "prune":
+            name = rng.choice(sorted({name for name, _ in stored}))
+            ops.append({"op": "prune", "thread": name, "keep": rng.randint(1, 4)})
+            values.append(None)
+        else:
+            ops.append({"op": "delete", "thread": rng.choice(sorted(self.known))})
+            values.append(None)
+        return Transition(tid, kind, ops, values)
+
+    def commit(self, tx: Transition, result: dict[str, Any]) -> None:
+        """Record the effect of a transition whose COMMIT returned (ids from ``result``)."""
+        for op in tx.ops:
+            kind = op["op"]
+            if kind == "put":
+                self.known.setdefault(op["thread"], {}).setdefault(op["ns"], []).append(
+                    (op["tag"], result["ck"][op["tag"]]))
+            elif kind == "prune":
+                for cks in self.known.get(op["thread"], {}).values():
+                    del cks[:-op["keep"]]
+            elif kind == "delete":
+                self.known.pop(op["thread"], None)
+
+    # --- operations --------------------------------------------------------------------
+
+    def _put(self, tid: str, ops: list, values: list, name: str, ns: str, *,
+             blob: bool) -> None:
+        tag = f"{tid}/{len(ops)}"
+        cks = self.known.get(name, {}).get(ns, [])
+        parent_tag, parent_id = cks[-1] if cks else (None, None)
+        if blob:
+            low, high = BLOB_BYTES
+            state: Any = self.rng.randbytes(int(2 ** self.rng.uniform(math.log2(low),
+                                                                      math.log2(high))))
+        else:
+            state = self._json_state(tid)
+        meta = {"tx": tid, "ck": tag, "parent": parent_tag}
+        ops.append({"op": "put", "thread": name, "ns": ns, "tag": tag, "parent": parent_tag,
+                    "parent_id": parent_id, "meta": meta, "digest": digest(state)})
+        values.append(state)
+
+    def _writes(self, tid: str, ops: list, values: list, name: str, ns: str, tag: str,
+                ck_id: str | None) -> None:
+        rng = self.rng
+        task = f"task-{rng.randrange(6)}"
+        writes = [(rng.choice(_CHANNELS), {"tx": tid, "task": task, "i": i,
+                                           "v": self._small(3)})
+                  for i in range(rng.randint(1, 3))]
+        ops.append({"op": "writes", "thread": name, "ns": ns, "ck": tag, "ck_id": ck_id,
+                    "task": task, "writes": [[ch, digest(v)] for ch, v in writes]})
+        values.append(writes)
+
+    def _log(self, tid: str, ops: list, values: list, name: str) -> None:
+        event = {"tx": tid, "n": len(ops), "v": self._small(2)}
+        ops.append({"op": "log", "thread": name, "digest": digest(event)})
+        values.append(event)
+
+    # --- values ------------------------------------------------------------------------
+
+    def _text(self, low: int, high: int) -> str:
+        size = self.rng.randint(low, high)
+        start = self.rng.randrange(len(self._pool) - size)
+        return self._pool[start:start + size]
+
+    def _small(self, depth: int) -> Any:
+        rng = self.rng
+        pick = rng.randrange(8 if depth else 6)
+        if pick == 0:
+            return None
+        if pick == 1:
+            return rng.random() < 0.5
+        if pick == 2:
+            return rng.randint(-2**63, 2**64 - 1)
+        if pick == 3:
+            return rng.uniform(-1e9, 1e9)
+        if pick in (4, 5):
+            return self._text(0, 40)
+        if pick == 6:
+            return [self._small(depth - 1) for _ in range(rng.randint(0, 4))]
+        return {self._text(1, 8): self._small(depth - 1) for _ in range(rng.randint(0, 4))}
+
+    def _json_state(self, tid: str) -> dict[str, Any]:
+        rng = self.rng
+        return {
+            "tx": tid,
+            "step": self.count,
+            "messages": [{"role": rng.choice(("user", "assistant", "tool")),
+                          "content": self._text(10, 300),
+                          "tokens": rng.randint(0, 2**40),
+                          "score": rng.random(),
+                          "meta": self._small(2)}
+                         for _ in range(rng.randint(1, 16))],
+            "config": {"temperature": rng.random(), "nested": self._small(3)},
+        }
+
+
+class Writer:
+    """Applies transitions through the public Saver API, one transaction each, and
+    acknowledges a transition only after its COMMIT returned.
+
+    Subclasses in ``tests/torture_writers.py`` break these rules on purpose.
+    """
+
+    #: The transition mix this writer runs (a subclass may focus on the kinds it breaks).
+    mix: dict[str, float] = MIX
+
+    def open(self, path: str, durability: str) -> Saver:
+        return Saver(path, durability=durability)
+
+    def apply(self, saver: Saver, tx: Transition,
+              ack: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Run ``tx``, then acknowledge it; return the ids it was given."""
+        result = self.run(saver, tx)
+        ack(result)
+        return result
+
+    def run(self, saver: Saver, tx: Transition) -> dict[str, Any]:
+        result: dict[str, Any] = {"ck": {}, "log": []}
+        if len(tx.ops) == 1:
+            self.run_op(saver, tx.ops[0], tx.values[0], result)
+        else:
+            with saver.transaction():
+                for op, value in zip(tx.ops, tx.values):
+                    self.run_op(saver, op, value, result)
+        return result
+
+    @staticmethod
+    def run_op(saver: Saver, op: dict[str, Any], value: Any, result: dict[str, Any]) -> None:
+        kind = op["op"]
+        if kind == "put":
+            ref = saver.put(op["thread"], value, metadata=op["meta"],
+                            parent_id=op["parent_id"], namespace=op["ns"])
+            result["ck"][op["tag"]] = ref.checkpoint_id
+        elif kind == "writes":
+            ck_id = op["ck_id"] or result["ck"][op["ck"]]
+            saver.put_writes(op["thread"], ck_id, op["task"], value, namespace=op["ns"])
+        elif kind == "log":
+            result["log"].append(saver.append_log(op["thread"], value))
+        elif kind == "prune":
+            saver.prune(op["thread"], keep_last=op["keep"])
+        elif kind == "delete":
+            saver.delete_thread(op["thread"])
+        else:
+            raise ValueError(f"unknown operation {kind!r}")
