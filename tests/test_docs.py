@@ -33,9 +33,29 @@ def test_ci_runs_exactly_the_readme_test_command():
 def test_readme_main_command_runs(tmp_path):
     (main,) = [c for c in _commands() if "pytest" not in c]
     module_call = main.split(".venv/bin/python ", 1)[1]
-    assert module_call.startswith("-m sqlitesaver")
+    assert module_call.split()[:3] == ["-m", "sqlitesaver.torture", "--iterations"]
     args = module_call.split()[2:]
-    result = subprocess.run([sys.executable, "-m", "sqlitesaver", *args, str(tmp_path / "d.db"),
+    assert args == ["--iterations", "50"]
+    args[1] = "3"  # the same command, shorter: the full run is in research/
+    result = subprocess.run([sys.executable, "-m", "sqlitesaver.torture", *args, "--seed", "9"],
+                            capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=REPO),
+                            cwd=str(tmp_path))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "PASS (seed 9)" in result.stdout
+
+
+def test_readme_torture_options_are_the_ones_the_cli_accepts():
+    section = _section("Crash torture")
+    usage = subprocess.run([sys.executable, "-m", "sqlitesaver.torture", "--help"],
+                           capture_output=True, text=True, check=True,
+                           env=dict(os.environ, PYTHONPATH=REPO)).stdout
+    accepted = set(re.findall(r"--[a-z][a-z-]*", usage)) - {"--help", "--writer"}
+    (synopsis,) = re.findall(r"```\n(python -m sqlitesaver.torture .+?)\n```", section, re.S)
+    assert set(re.findall(r"--[a-z][a-z-]*", synopsis)) == accepted
+
+
+def test_demo_still_runs(tmp_path):
+    result = subprocess.run([sys.executable, "-m", "sqlitesaver", "demo", str(tmp_path / "d.db"),
                              "--transitions", "20"], capture_output=True, text=True,
                             env=dict(os.environ, PYTHONPATH=REPO))
     assert result.returncode == 0, result.stderr
