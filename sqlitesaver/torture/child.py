@@ -44,6 +44,13 @@ def load_writer(spec: str | None) -> Writer:
     return writer
 
 
+def _stamp(path: str) -> list[int]:
+    """The database file's (mtime, size). In WAL mode only a checkpoint writes that file, so a
+    change between two acks shows the harness that a WAL checkpoint ran in between."""
+    st = os.stat(path)
+    return [st.st_mtime_ns, st.st_size]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m sqlitesaver.torture.child")
     parser.add_argument("--db", required=True)
@@ -66,14 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     rng = random.Random(f"{args.seed}/{args.worker}/{args.incarnation}")
     generator = Generator(rng, args.worker, args.incarnation,
                           load_known(saver, thread_prefix(args.worker)), writer.mix)
-    send(fd, {"m": "ready", "seconds": time.perf_counter() - started})
+    send(fd, {"m": "ready", "seconds": time.perf_counter() - started, "db": _stamp(args.db)})
     while True:
         tx = generator.next()
         send(fd, {"m": "intent", "tid": tx.tid, "kind": tx.kind, "ops": tx.ops})
 
         def ack(result: dict[str, Any], tid: str = tx.tid) -> None:
             send(fd, {"m": "ack", "tid": tid, "ck": result.get("ck", {}),
-                      "log": result.get("log", [])})
+                      "log": result.get("log", []), "db": _stamp(args.db)})
 
         try:
             result = writer.apply(saver, tx, ack)

@@ -80,6 +80,8 @@ class _Worker:
     startup_seconds: float | None = None
     delay: float = 0.0
     killed_after: float | None = None
+    db_stamp: list[int] | None = None       # database file (mtime, size) at the last ready/ack
+    in_checkpoint: bool | None = None       # the kill hit a WAL checkpoint (one worker only)
     deadline: float | None = None
     ready_at: float | None = None
     acked: list[tuple[str, list]] = field(default_factory=list)   # since the last verdict
@@ -143,6 +145,7 @@ class _Run:
                 w.deadline = w.hello_at + w.delay
             elif kind == "ready":
                 w.ready, w.startup_seconds = True, message["seconds"]
+                w.db_stamp = message["db"]
                 w.ready_at = time.monotonic()
             elif kind == "intent":
                 w.inflight = (message["tid"], message["kind"], message["ops"])
@@ -160,6 +163,7 @@ class _Run:
         w.acked.append((tid, ops))
         w.inflight = None
         self.acked_total += 1
+        w.db_stamp = message.get("db")
         for op in ops:
             ck_id = message["ck"].get(op.get("tag")) if op["op"] == "put" else None
             if ck_id is None:
@@ -195,6 +199,13 @@ class _Run:
         w.killed_after = None if w.hello_at is None else time.monotonic() - w.hello_at
         w.proc.wait()
         self.drain(w)
+        # Only a WAL checkpoint writes the database file: if it changed since the writer's last
+        # ack, the transition in flight was checkpointing the WAL when it was killed. With
+        # several workers another one may have done it, so this is only told for one.
+        w.in_checkpoint = None
+        if len(self.workers) == 1 and w.ready and w.inflight and w.db_stamp is not None:
+            st = os.stat(self.o.db)
+            w.in_checkpoint = [st.st_mtime_ns, st.st_size] != w.db_stamp
         if w.ready_at is not None:
             self.writer_seconds += time.monotonic() - w.ready_at
         if not w.ready:
@@ -334,6 +345,7 @@ class _Run:
             "kill_delay": round(w.delay, 6),
             "killed_after": None if w.killed_after is None else round(w.killed_after, 6),
             "phase": phase,
+            "in_wal_checkpoint": w.in_checkpoint,
             "acked_total": self.acked_total,
             "recovery_seconds": recovery,
             "writer_startup_seconds": w.startup_seconds,
@@ -358,7 +370,8 @@ class _Run:
             shown = "; ".join(parts)
         recovered = "-" if recovery is None else f"{recovery * 1000:.1f} ms"
         after = "   -    " if w.killed_after is None else f"{w.killed_after * 1000:6.1f} ms"
-        self.print(f"{label}  w{w.index}  killed at +{after} in {phase:<9} "
+        shown_phase = phase + ("+ckpt" if w.in_checkpoint else "")
+        self.print(f"{label}  w{w.index}  killed at +{after} in {shown_phase:<14} "
                    f"acked {self.acked_total:>6}  recovery {recovered:>9}  {shown}")
         return entry
 
@@ -373,6 +386,7 @@ class _Run:
         phases: dict[str, int] = {}
         for e in self.iterations:
             phases[e["phase"]] = phases.get(e["phase"], 0) + 1
+        in_checkpoint = sum(bool(e["in_wal_checkpoint"]) for e in self.iterations)
         inflight: dict[str, int] = {}
         for e in entries:
             inflight[e["inflight"]] = inflight.get(e["inflight"], 0) + 1
@@ -390,6 +404,7 @@ class _Run:
             "writer_transitions_per_second": (round(self.acked_total / self.writer_seconds)
                                               if self.writer_seconds else None),
             "kills_by_phase": dict(sorted(phases.items())),
+            "kills_in_wal_checkpoint": in_checkpoint if len(self.workers) == 1 else None,
             "inflight_at_kill": dict(sorted(inflight.items())),
             "seconds": round(self.seconds, 2),
             "verdict": "FAIL" if failed else "PASS",
@@ -398,6 +413,8 @@ class _Run:
         rows = [
             ("iterations (kills)", s["iterations"]),
             ("kills by phase", ", ".join(f"{k} {v}" for k, v in s["kills_by_phase"].items())),
+            ("kills in a WAL checkpoint", s["kills_in_wal_checkpoint"]
+             if s["kills_in_wal_checkpoint"] is not None else "not told with several workers"),
             ("in-flight at kill", ", ".join(f"{k} {v}" for k, v in
                                            s["inflight_at_kill"].items())),
             ("transitions acknowledged", s["transitions_acknowledged"]),
