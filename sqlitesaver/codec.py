@@ -176,6 +176,8 @@ def _scan(value: Any) -> int:
     are exact str (which need no look). It costs about as much as packing; a Python walk of
     every object costs six times that. The round-trip and rejection tests guard this reliance.
     """
+    if type(value) in _ATOMS:  # a flat value: nothing inside it to look at
+        return _CLEAN
     level = [value]
     found = _CLEAN
     for _ in range(_MAX_DEPTH + 1):
@@ -187,10 +189,15 @@ def _scan(value: Any) -> int:
                     return _REJECT
                 found = _HAS_BYTEARRAY
             level = [obj for obj in level if type(obj) in _CONTAINERS]
-        level = gc.get_referents(*level)
+        elif kinds.isdisjoint(_CONTAINERS):
+            return found  # atoms only: there is no level below (saves a call on the leaves)
+        level = _get_referents(*level)
         if not level:
             return found
     return _REJECT
+
+
+_get_referents = gc.get_referents
 
 
 def _swap_bytearrays(obj: Any) -> Any:

@@ -10,25 +10,30 @@ from __future__ import annotations
 
 from zlib import crc32
 
-from msgpack import packb
+from msgpack import Packer
 
 __all__ = ["checkpoint_checksum", "write_checksum", "log_checksum"]
 
 # The key fields are framed by msgpack: unambiguous (each field carries its type and length)
-# and done in C, which matters on the put path.
+# and done in C, which matters on the put and get paths. A Packer with a small buffer rather
+# than msgpack.packb, whose Packer allocates 256 KiB for a key of a few dozen bytes (the buffer
+# grows if a key needs more; the bytes written are the same).
+_KEY_BUF_SIZE = 256
 
 
 def checkpoint_checksum(seq: int, thread_id: str, namespace: str, parent_seq: int | None,
                         created_at: int, state: bytes, metadata: bytes) -> int:
-    key = packb((seq, thread_id, namespace, parent_seq, created_at, len(state), len(metadata)))
+    key = Packer(buf_size=_KEY_BUF_SIZE).pack(
+        (seq, thread_id, namespace, parent_seq, created_at, len(state), len(metadata)))
     return crc32(metadata, crc32(state, crc32(key)))
 
 
 def write_checksum(checkpoint_seq: int, task_id: str, index: int, channel: str,
                    task_path: str, value: bytes) -> int:
-    return crc32(value, crc32(packb((checkpoint_seq, task_id, index, channel, task_path,
-                                     len(value)))))
+    return crc32(value, crc32(Packer(buf_size=_KEY_BUF_SIZE).pack(
+        (checkpoint_seq, task_id, index, channel, task_path, len(value)))))
 
 
 def log_checksum(seq: int, thread_id: str, created_at: int, event: bytes) -> int:
-    return crc32(event, crc32(packb((seq, thread_id, created_at, len(event)))))
+    return crc32(event, crc32(Packer(buf_size=_KEY_BUF_SIZE).pack(
+        (seq, thread_id, created_at, len(event)))))
