@@ -422,8 +422,8 @@ def test_script_says_when_sqlitesaver_is_not_importable(tmp_path):
 # --- a directory the checker cannot write (run as 'nobody': root ignores permissions) ----------
 
 _UNPRIVILEGED_CHECK = textwrap.dedent("""
-    import json, os, sys
-    from sqlitesaver.__main__ import main  # imported before dropping privileges
+    import json, locale, os, sys  # locale: argparse's gettext imports it lazily, and the
+    from sqlitesaver.__main__ import main  # interpreter may live where 'nobody' cannot read
     if os.geteuid() == 0:
         try:
             os.setgroups([])
