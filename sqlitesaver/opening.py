@@ -98,12 +98,16 @@ def open_writer(path: str, profile: Profile, integrity_check: str
 
 
 def open_reader(path: str, profile: Profile) -> apsw.Connection:
-    """A connection for reads only (``query_only``), with the same profile as the writer."""
+    """A connection for reads only (``query_only``), with the same profile as the writer.
+
+    Raises ``apsw.Error`` untranslated: the Saver translates it, and shuts itself down after
+    an I/O error, as for any other statement."""
+    conn = _connect(path, profile, set_wal=True)
     try:
-        conn = _connect(path, profile, set_wal=True)
         conn.execute("PRAGMA query_only=ON")
-    except apsw.Error as exc:
-        raise translate(exc, path, "opening a read connection") from exc
+    except BaseException:
+        conn.close()
+        raise
     return conn
 
 

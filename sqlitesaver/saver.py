@@ -134,22 +134,34 @@ class Saver:
     # --- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close every connection. Idempotent. Waits for a transaction in another thread."""
+        """Close every connection. Idempotent. Waits for a transaction in another thread.
+
+        Closing the last connection checkpoints the WAL into the database file. If that hits
+        an I/O error, every connection is still closed and every committed transition is still
+        in the ``-wal`` for the next open to recover; the error is raised (translated) so that
+        a failing disk does not go unnoticed.
+        """
         if self._closed:
             return
         if os.getpid() != self._pid:
             self._closed = True  # never close the parent's connections from a child
             return
+        failed: apsw.Error | None = None
         with self._lock:
             if self._closed:
                 return
             self._closed = True
             with self._pool_lock:
                 readers, self._idle_readers = self._idle_readers, []
-            for conn in readers:
-                conn.close()
-            self._writer.close()
+            for conn in [*readers, self._writer]:
+                try:
+                    conn.close()
+                except apsw.Error as exc:  # closed anyway; go on closing the others
+                    failed = failed or exc
         _LIVE.discard(self)
+        if failed is not None and self._failure is None:
+            raise translate(failed, self._path, "closing the database (checkpointing its WAL "
+                                                "on close)") from failed
 
     def __enter__(self) -> "Saver":
         return self
@@ -494,7 +506,7 @@ class Saver:
                          "reopen to recover and re-read what you wrote last")
         try:
             self.close()
-        except apsw.Error:
+        except SaverError:  # not raised once _failure is set; closed either way
             pass
 
     def _translate(self, exc: BaseException, doing: str) -> SaverError:
@@ -561,7 +573,10 @@ class Saver:
         with self._pool_lock:
             if self._idle_readers:
                 return self._idle_readers.pop()
-        return opening.open_reader(self._path, self._profile)
+        try:
+            return opening.open_reader(self._path, self._profile)
+        except apsw.Error as exc:  # through _translate: an I/O error shuts the Saver down
+            raise self._translate(exc, "opening a read connection") from exc
 
     def _release_reader(self, conn: apsw.Connection) -> None:
         # A connection still in a read transaction (an unfinished statement keeps one open even
