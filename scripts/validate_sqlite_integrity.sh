@@ -2,16 +2,19 @@
 # Check sqlitesaver databases in CI without writing to them:
 #     scripts/validate_sqlite_integrity.sh PATH [PATH ...]
 # Runs `python -m sqlitesaver check "$@"` with ${PYTHON:-python3} and exits with its status:
-# 0 every database is fine, 1 a problem was found, 2 bad usage or sqlitesaver not importable.
-# See scripts/README.md.
+# 0 every database is healthy; 1 damage was found in at least one (this wins over 2);
+# 2 bad usage, a path that is missing, unreadable or not a sqlitesaver database (another
+# application's SQLite file, a text or empty file), a database of a newer sqlitesaver, or
+# sqlitesaver not importable.
+#
+# With no PATH: one simulated crash-recovery cycle on a temporary database, reported in a few
+# lines: `python -m sqlitesaver.torture --iterations 1` (a writer is SIGKILLed at a random
+# moment, the database is reopened with recovery and verified), then `python -m sqlitesaver
+# check` on what it left. Exit 0 if both passed (the temporary directory is removed), else 1
+# (the directory is kept, its path and both outputs printed). See scripts/README.md.
 set -eu
 
 python=${PYTHON:-python3}
-
-if [ "$#" -eq 0 ]; then
-    echo "usage: $0 PATH [PATH ...]" >&2
-    exit 2
-fi
 
 if ! command -v "$python" >/dev/null 2>&1; then
     echo "$0: '$python' not found; set PYTHON to a Python that has sqlitesaver installed" >&2
@@ -25,5 +28,55 @@ if ! "$python" -c 'import sqlitesaver.check' >/dev/null 2>&1; then
     exit 2
 fi
 
-# exec: the check's exit status is this script's exit status.
-exec "$python" -m sqlitesaver check "$@"
+if [ "$#" -gt 0 ]; then
+    # exec: the check's exit status is this script's exit status.
+    exec "$python" -m sqlitesaver check "$@"
+fi
+
+# --- no PATH: one crash-recovery cycle on a temporary database --------------------------------
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/sqlitesaver-validate.XXXXXX")
+trap 'rm -rf "$tmp"; exit 130' INT TERM
+db="$tmp/db"
+echo "no PATH given: one simulated crash-recovery cycle (write, SIGKILL, recover, validate)"
+echo "  database:  $db"
+
+torture=0
+"$python" -m sqlitesaver.torture --iterations 1 --db "$db" >"$tmp/torture.out" 2>&1 \
+    || torture=$?
+# The harness's line for the kill, and its last line (verdict and seed to reproduce it).
+kill_line=$(grep -E '^ *1/1 ' "$tmp/torture.out" | head -n 1 | sed 's/^ *//' || true)
+verdict=$(tail -n 1 "$tmp/torture.out")
+if [ "$torture" -eq 0 ]; then
+    echo "  write, SIGKILL, recover: passed (python -m sqlitesaver.torture --iterations 1): $verdict"
+else
+    echo "  write, SIGKILL, recover: FAILED, exit $torture (python -m sqlitesaver.torture" \
+         "--iterations 1): $verdict"
+fi
+[ -z "$kill_line" ] || echo "    $kill_line"
+
+check=0
+if [ -e "$db" ]; then
+    "$python" -m sqlitesaver check "$db" >"$tmp/check.out" 2>&1 || check=$?
+    result=$(tail -n 1 "$tmp/check.out" | sed 's/^ *=> *//')
+else
+    check=2
+    result="no database was left to check"
+    : >"$tmp/check.out"
+fi
+if [ "$check" -eq 0 ]; then
+    echo "  validate: passed (python -m sqlitesaver check): $result"
+else
+    echo "  validate: FAILED, exit $check (python -m sqlitesaver check): $result"
+fi
+
+if [ "$torture" -eq 0 ] && [ "$check" -eq 0 ]; then
+    rm -rf "$tmp"
+    echo "ok: the cycle ran and the check passed (temporary directory removed)"
+    exit 0
+fi
+echo "--- python -m sqlitesaver.torture --iterations 1 --db $db"
+cat "$tmp/torture.out"
+echo "--- python -m sqlitesaver check $db"
+cat "$tmp/check.out"
+echo "FAILED: the database and both outputs are kept in $tmp"
+exit 1

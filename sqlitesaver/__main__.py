@@ -1,7 +1,7 @@
 """``python -m sqlitesaver demo [PATH]``: write, crash, recover and show what survived.
-``python -m sqlitesaver check PATH [PATH ...]``: verify databases without writing to them
-(see :mod:`sqlitesaver.check`); exit 0 if all are fine, 1 if any problem was found, 2 for bad
-usage.
+``python -m sqlitesaver check PATH [PATH ...]``: verify sqlitesaver databases without writing to
+them (see :mod:`sqlitesaver.check`); exit 0 if all are healthy, 1 if damage was found in any, else
+2 for bad usage or a path that is not a sqlitesaver database this version can validate.
 
 The demo runs a writer in a child process, kills it with SIGKILL after a number of acknowledged
 transitions, reopens the database as the library does (recovery included) and checks that
@@ -90,17 +90,16 @@ def main(argv: list[str] | None = None) -> int:
         "check", help="verify databases; never writes to them",
         description="Verify sqlitesaver databases without writing to them: the file, its "
                     "identity and schema version, PRAGMA integrity_check, foreign_key_check, "
-                    "the journal mode, and every payload's checksum. Exit status: 0 all fine, "
-                    "1 a problem was found, 2 bad usage.")
+                    "the journal mode, every payload's checksum, and the structural "
+                    "invariants (pending writes belong to checkpoints, ids are monotonic, "
+                    "parents exist unless pruned). Exit status: 0 all healthy; 1 damage found "
+                    "in any; else 2 bad usage, or a path that is missing, unreadable, not a "
+                    "sqlitesaver database, or of a newer schema version.")
     p_check.add_argument("paths", nargs="+", metavar="PATH", help="database file(s)")
-    p_check.add_argument("--require-saver", action="store_true",
-                         help="fail for an SQLite database that is not a sqlitesaver one "
-                              "(default: run the generic checks and note it)")
     p_check.add_argument("--json", action="store_true", help="print the result as JSON")
     args = parser.parse_args(argv)
     if args.command == "check":
-        return check.run(args.paths, require_saver=args.require_saver, as_json=args.json,
-                         out=sys.stdout)
+        return check.run(args.paths, as_json=args.json, out=sys.stdout)
     try:
         return demo(args.path, args.transitions)
     except SaverError as exc:

@@ -5,6 +5,12 @@ database of a schema version this library knows; ``PRAGMA integrity_check`` (ful
 ``PRAGMA foreign_key_check`` is empty; the journal mode (sqlitesaver uses WAL); and every stored
 payload (checkpoints, pending writes, log events) matches its checksum, computed with
 :mod:`sqlitesaver.integrity` exactly as :class:`~sqlitesaver.Saver` does on every read.
+Then the structural invariants the Saver keeps, each its own check: every pending write belongs
+to an existing checkpoint; ids are monotonic (a parent is older than its child, and the
+``high_water`` rows make the next id the Saver hands out larger than every id ever handed out);
+parents exist unless pruned (an existing parent is of the same thread and namespace, a missing
+one is older than every remaining checkpoint of the thread and namespace, as ``prune`` leaves
+it).
 
 Never writes what it checks. The database is opened with ``SQLITE_OPEN_READONLY`` (what the
 URI ``?mode=ro`` means, without escaping the path into a URI), ``query_only`` on, and
@@ -21,8 +27,21 @@ All checks of one database read one snapshot (one read transaction), so a writer
 process may keep committing meanwhile (WAL readers do not block writers) without making the
 checks disagree with each other.
 
-A foreign SQLite database (another ``application_id``) gets the generic checks only and a note;
-it fails only with ``require_saver=True`` (``--require-saver``).
+Each database ends in one of three results, which :func:`run` turns into the exit status:
+
+* ``ok`` (0): a sqlitesaver database and every check passed;
+* ``damaged`` (1): a check found damage in a sqlitesaver database, including a hot journal and
+  an SQLite file too short to hold its header (whose it was cannot be told; damage is never
+  passed off as "not ours");
+* ``unusable`` (2): not validated: a path that is missing, a directory or unreadable; a file that
+  is not an SQLite database (text, empty); an SQLite database of another application (its
+  ``application_id``, read through SQL, or from the file header when SQLite cannot read the
+  file); a sqlitesaver database of a newer schema version (upgrade sqlitesaver); or SQLite
+  cannot open it here (e.g. its ``-wal`` is missing in a read-only directory). The SQLite-level
+  checks still run on a newer-version database, and damage they find makes it ``damaged``.
+
+With several paths the worst result wins: 1 if any database is damaged, else 2 if any path was
+unusable, else 0. A usage problem with one path never hides damage found in another.
 """
 
 from __future__ import annotations
@@ -39,9 +58,14 @@ from . import integrity, schema
 from .opening import read_header
 from .errors import describe
 
-__all__ = ["OK", "FAILED", "NOTE", "SKIPPED", "Step", "Report", "check_database", "run"]
+__all__ = ["OK", "FAILED", "UNUSABLE", "NOTE", "SKIPPED", "EXIT_STATUS", "Step", "Report",
+           "check_database", "exit_status", "run"]
 
-OK, FAILED, NOTE, SKIPPED = "ok", "FAILED", "note", "skipped"
+#: A check line's status. FAILED: damage found (exit 1). UNUSABLE: this file cannot be validated
+#: (not a sqlitesaver database, newer schema, unreadable here: exit 2).
+OK, FAILED, UNUSABLE, NOTE, SKIPPED = "ok", "FAILED", "UNUSABLE", "note", "skipped"
+#: A database's result, and the exit status each one gives.
+EXIT_STATUS = {"ok": 0, "damaged": 1, "unusable": 2}
 
 _MAGIC = b"SQLite format 3\x00"
 #: How long to wait for a lock another process holds (e.g. while it rebuilds the WAL index after
@@ -76,15 +100,27 @@ class Report:
     payload_failures: list[dict] = field(default_factory=list)
 
     @property
+    def result(self) -> str:
+        """``damaged`` if any check FAILED, else ``unusable`` if any was UNUSABLE, else ``ok``."""
+        found = {step.status for step in self.steps}
+        return "damaged" if FAILED in found else "unusable" if UNUSABLE in found else "ok"
+
+    @property
     def ok(self) -> bool:
-        return all(step.status != FAILED for step in self.steps)
+        return self.result == "ok"
+
+    @property
+    def exit_status(self) -> int:
+        return EXIT_STATUS[self.result]
 
     def add(self, name: str, status: str, detail: str) -> bool:
+        """Record a check; True if it passed (ok, note or skipped)."""
         self.steps.append(Step(name, status, detail))
-        return status != FAILED
+        return status not in (FAILED, UNUSABLE)
 
     def as_dict(self) -> dict:
-        return {"path": self.path, "ok": self.ok, "sqlitesaver": self.sqlitesaver,
+        return {"path": self.path, "ok": self.ok, "result": self.result,
+                "exit_status": self.exit_status, "sqlitesaver": self.sqlitesaver,
                 "schema_version": self.schema_version,
                 "checks": [{"name": s.name, "status": s.status.lower(), "detail": s.detail}
                            for s in self.steps],
@@ -93,16 +129,17 @@ class Report:
                 "payload_failures": self.payload_failures}
 
 
-def check_database(path: str, *, require_saver: bool = False) -> Report:
+def check_database(path: str) -> Report:
     """Check one database file without writing to it; see the module docstring."""
     report = Report(path)
-    if not _check_file(report, path):
+    header = _check_file(report, path)
+    if header is None:
         return report
     try:
         # An absolute path is never taken for a URI, whatever SQLite's URI setting.
         conn = apsw.Connection(os.path.abspath(path), flags=apsw.SQLITE_OPEN_READONLY)
     except apsw.Error as exc:
-        report.add("open", FAILED, _cannot_read(path, exc))
+        _cannot_read(report, path, header, exc)
         return report
     try:
         try:
@@ -112,13 +149,14 @@ def check_database(path: str, *, require_saver: bool = False) -> Report:
             conn.execute("PRAGMA trusted_schema=0")  # a foreign schema runs none of our code
             conn.execute("BEGIN")  # deferred: one read snapshot for every check below
         except apsw.Error as exc:
-            report.add("open", FAILED, _cannot_read(path, exc))
+            _cannot_read(report, path, header, exc)
             return report
-        if _check_identity(report, conn, path, require_saver):
+        if _check_identity(report, conn, path, header):
             _check_integrity(report, conn)
             _check_foreign_keys(report, conn)
             _check_journal_mode(report, conn)
             _check_payloads(report, conn)
+            _check_invariants(report, conn)
     finally:
         conn.close()  # a read transaction only: nothing to commit, and no checkpoint
     return report
@@ -126,7 +164,8 @@ def check_database(path: str, *, require_saver: bool = False) -> Report:
 
 # --- the file -----------------------------------------------------------------------------
 
-def _check_file(report: Report, path: str) -> bool:
+def _check_file(report: Report, path: str) -> bytes | None:
+    """The file's first 100 bytes if it is an SQLite file worth opening, else None (reported)."""
     name = "file"
     try:
         st = os.stat(path)
@@ -134,54 +173,95 @@ def _check_file(report: Report, path: str) -> bool:
         wal = path + "-wal"
         extra = (f"; {wal!r} exists without it: the database was moved or deleted without its "
                  "-wal, which may hold its last transactions" if os.path.lexists(wal) else "")
-        return report.add(name, FAILED, f"{path!r} does not exist{extra}")
+        report.add(name, UNUSABLE, f"{path!r} does not exist{extra}")
+        return None
     except OSError as exc:
-        return report.add(name, FAILED, f"cannot look at {path!r}: {exc.strerror or exc}")
+        report.add(name, UNUSABLE, f"cannot look at {path!r}: {exc.strerror or exc}")
+        return None
     if os.path.isdir(path):
-        return report.add(name, FAILED, f"{path!r} is a directory, not a database file")
+        report.add(name, UNUSABLE, f"{path!r} is a directory, not a database file")
+        return None
     if not os.path.isfile(path):
-        return report.add(name, FAILED, f"{path!r} is not a regular file")
+        report.add(name, UNUSABLE, f"{path!r} is not a regular file")
+        return None
     try:
         # Through SQLite's VFS, not open(): closing a plain descriptor on the file would cancel
         # the POSIX locks of any connection to it in this process (see sqlitesaver.opening).
         size, header = read_header(os.path.abspath(path))
     except apsw.Error as exc:
-        return report.add(name, FAILED, f"{path!r} cannot be read ({describe(exc)}); check its "
-                                        "permissions")
+        report.add(name, UNUSABLE, f"{path!r} cannot be read ({describe(exc)}); check its "
+                                   "permissions")
+        return None
     if size == 0:
-        return report.add(name, FAILED, f"{path!r} is an empty file (0 bytes), not an SQLite "
-                                        "database")
+        report.add(name, UNUSABLE, f"{path!r} is an empty file (0 bytes), not an SQLite "
+                                   "database, so not a sqlitesaver database")
+        return None
     if not header.startswith(_MAGIC):
-        return report.add(name, FAILED, f"{path!r} is not an SQLite database (it starts with "
-                                        f"{header[:16]!r})")
+        report.add(name, UNUSABLE, f"{path!r} is not an SQLite database (it starts with "
+                                   f"{header[:16]!r}), so not a sqlitesaver database")
+        return None
     if len(header) < 100:
-        return report.add(name, FAILED, f"{path!r} is a truncated SQLite file ({size} bytes, "
-                                        "shorter than the 100-byte header)")
-    return report.add(name, OK, f"SQLite database file, {st.st_size} bytes")
+        # Whose it was cannot be told (application_id is at offset 68): reported as damage.
+        report.add(name, FAILED, f"{path!r} is a truncated SQLite file ({size} bytes, "
+                                 "shorter than the 100-byte header): damaged")
+        return None
+    report.add(name, OK, f"SQLite database file, {st.st_size} bytes")
+    return header
 
 
-def _cannot_read(path: str, exc: apsw.Error) -> str:
-    """Explain why SQLite could not read the file, and what to do."""
+def _header_application_id(header: bytes) -> int:
+    return int.from_bytes(header[68:72], "big")
+
+
+def _foreign(path: str, application_id: int) -> str:
+    """Say that ``path`` is another application's SQLite database."""
+    what = ("has no application_id (0)" if application_id == 0 else
+            f"has application_id 0x{application_id:08x}")
+    return (f"{path!r} is an SQLite database of another application: it {what}, sqlitesaver's "
+            f"is 0x{schema.APPLICATION_ID:08x}. It is not a sqlitesaver database, so it was not "
+            "validated")
+
+
+def _cannot_read(report: Report, path: str, header: bytes, exc: apsw.Error) -> None:
+    """Report why SQLite could not read the file, and what to do: as damage (FAILED) when the
+    file is damaged and may be ours, else as UNUSABLE."""
+    name = "open"
+    application_id = _header_application_id(header)
+    # SQLite cannot tell us whose the file is; its header can (the WAL may hold a newer page 1,
+    # but the application_id never changes once a database has it).
+    foreign = application_id != schema.APPLICATION_ID
+    report.sqlitesaver = not foreign
     directory = os.path.dirname(os.path.abspath(path))
     wal, shm = path + "-wal", path + "-shm"
     directory_writable = os.access(directory, os.W_OK | os.X_OK)
     if isinstance(exc, (apsw.CantOpenError, apsw.ReadOnlyError)) and not directory_writable:
-        missing = [name for name in (wal, shm) if not os.path.lexists(name)]
+        missing = [f for f in (wal, shm) if not os.path.lexists(f)]
         if missing:
-            return (f"SQLite cannot read {path!r} ({describe(exc)}): a WAL database can only be "
-                    f"read with its '-wal' and '-shm' files beside it, and {missing[0]!r} is "
-                    f"missing while the directory {directory!r} is not writable, so SQLite "
-                    "cannot create it (it holds no data). Run the check as a user who can "
-                    "write that directory, or copy the database together with its '-wal' (if "
-                    "any) into a writable directory and check the copy. Nothing was written")
+            report.add(name, UNUSABLE, (
+                f"SQLite cannot read {path!r} ({describe(exc)}): a WAL database can only be "
+                f"read with its '-wal' and '-shm' files beside it, and {missing[0]!r} is "
+                f"missing while the directory {directory!r} is not writable, so SQLite "
+                "cannot create it (it holds no data). Run the check as a user who can "
+                "write that directory, or copy the database together with its '-wal' (if "
+                "any) into a writable directory and check the copy. Nothing was written"))
+            return
     if isinstance(exc, apsw.ReadOnlyError) and \
             getattr(exc, "extendedresult", None) == apsw.SQLITE_READONLY_ROLLBACK:
-        return (f"{path!r} has a hot rollback journal ({path + '-journal'!r}) left by a crash, "
-                "which only a writable connection may roll back; the checker writes nothing. "
-                "Open the database once with its application to recover it, then check again")
-    if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
-        return f"SQLite cannot read {path!r}: it is damaged ({describe(exc)})"
-    return f"SQLite cannot read {path!r} ({describe(exc)}). Nothing was written"
+        problem = (f"{path!r} has a hot rollback journal ({path + '-journal'!r}) left by a "
+                   "crash, which only a writable connection may roll back; the checker writes "
+                   "nothing. Open the database once with its application to recover it, then "
+                   "check again")
+    elif isinstance(exc, (apsw.CorruptError, apsw.NotADBError, apsw.IOError)):
+        problem = f"SQLite cannot read {path!r}: it is damaged ({describe(exc)})"
+    else:
+        report.add(name, UNUSABLE, f"SQLite cannot read {path!r} ({describe(exc)}). Nothing "
+                                   "was written")
+        return
+    if foreign:
+        report.add(name, UNUSABLE, f"{_foreign(path, application_id)} (as its header says). "
+                                   f"Besides: {problem}")
+    else:
+        report.add(name, FAILED, problem)
 
 
 # --- identity -----------------------------------------------------------------------------
@@ -192,31 +272,29 @@ def _pragma(conn: apsw.Connection, name: str) -> Any:
     return row[0] if row else None
 
 
-def _check_identity(report: Report, conn: apsw.Connection, path: str,
-                    require_saver: bool) -> bool:
-    """Report what the file is; False when SQLite cannot read it at all."""
+def _check_identity(report: Report, conn: apsw.Connection, path: str, header: bytes) -> bool:
+    """Report what the file is; False when nothing more is to be checked."""
     try:
         # Read through SQL, not from the file header: the WAL may hold a newer page 1.
         application_id = _pragma(conn, "application_id")
         version = _pragma(conn, "user_version")
     except apsw.Error as exc:
-        report.add("open", FAILED, _cannot_read(path, exc))
+        _cannot_read(report, path, header, exc)
         return False
     report.schema_version = version
     report.sqlitesaver = application_id == schema.APPLICATION_ID
     name = "sqlitesaver"
     if not report.sqlitesaver:
-        detail = (f"not a sqlitesaver database (application_id 0x{application_id:08x}, "
-                  f"sqlitesaver's is 0x{schema.APPLICATION_ID:08x}): payload checks skipped")
-        report.add(name, FAILED if require_saver else NOTE,
-                   detail + (" (--require-saver)" if require_saver else ""))
-        return True
+        report.add(name, UNUSABLE, _foreign(path, application_id))
+        return False
     latest = schema.latest_version()
     if version > latest:
-        report.add(name, FAILED, f"schema version {version}, written by a newer sqlitesaver; "
-                                 f"this one knows versions up to {latest}: upgrade sqlitesaver "
-                                 "to check its payloads")
+        # The SQLite-level checks still run: damage they find is reported as damage.
+        report.add(name, UNUSABLE, f"schema version {version}, written by a newer sqlitesaver; "
+                                   f"this one knows versions up to {latest}. Cannot validate: "
+                                   "upgrade sqlitesaver")
     elif version < 1:
+        # migrate() sets application_id and user_version in one transaction.
         report.add(name, FAILED, "application_id is sqlitesaver's but the schema version is "
                                  f"{version}: no schema was ever created in it")
     elif version < latest:
@@ -279,12 +357,7 @@ def _check_journal_mode(report: Report, conn: apsw.Connection) -> None:
 
 def _check_payloads(report: Report, conn: apsw.Connection) -> None:
     name = "checksums"
-    if not report.sqlitesaver:
-        report.add(name, SKIPPED, "not a sqlitesaver database")
-        return
-    if not 1 <= (report.schema_version or 0) <= schema.latest_version():
-        report.add(name, SKIPPED, f"schema version {report.schema_version} is not one this "
-                                  "sqlitesaver knows")
+    if not _known_schema(report, name):
         return
     try:
         for table, rows in (("checkpoints", _checkpoint_failures(conn)),
@@ -310,6 +383,15 @@ def _check_payloads(report: Report, conn: apsw.Connection) -> None:
         report.add(name, OK, f"{counts}: all match")
 
 
+def _known_schema(report: Report, name: str) -> bool:
+    """True if the schema is one this sqlitesaver knows; else report ``name`` skipped."""
+    if 1 <= (report.schema_version or 0) <= schema.latest_version():
+        return True
+    report.add(name, SKIPPED, f"schema version {report.schema_version} is not one this "
+                              "sqlitesaver knows")
+    return False
+
+
 def _failures(report: Report) -> str:
     """': <the first failures>', or '' when there are none."""
     if not report.payloads_failed:
@@ -324,8 +406,10 @@ def _counts(checked: dict[str, int]) -> str:
     return ", ".join(f"{n} {labels[table]}" for table, n in checked.items()) or "0 payloads"
 
 
-def _checkpoint_id(seq: int) -> str:
-    return format(seq, "016x")  # as Saver formats checkpoint ids
+def _checkpoint_id(seq: object) -> str:
+    if type(seq) is int and seq >= 0:
+        return format(seq, "016x")  # as Saver formats checkpoint ids
+    return f"<seq {seq!r}>"  # damage: no id the Saver could have handed out
 
 
 def _verified(compute, key: dict, columns: tuple, checksum: object) -> dict | None:
@@ -379,28 +463,160 @@ def _describe_failure(failure: dict) -> str:
     return f"{table}: {text}" + (f" [{failure['error']}]" if "error" in failure else "")
 
 
+# --- structural invariants -------------------------------------------------------------------
+# Each can be violated only by damage (or by writing around the Saver): put() takes the next
+# seq above every seq present and the high-water mark, and accepts only a parent_id of the same
+# thread and namespace that exists at that moment; prune() keeps the newest checkpoints of each
+# (thread, namespace) and delete_thread() deletes all of a thread's, both after raising
+# high_water to the largest seq present.
+
+def _check_invariants(report: Report, conn: apsw.Connection) -> None:
+    for name, check in (("writes_point_at_checkpoints", _dangling_writes),
+                        ("ids_monotonic", _ids_monotonic),
+                        ("parents_exist_unless_pruned", _parents)):
+        if not _known_schema(report, name):
+            continue
+        try:
+            problems, summary = check(conn)
+        except apsw.Error as exc:
+            report.add(name, FAILED, f"could not be checked ({describe(exc)})")
+            continue
+        if problems:
+            report.add(name, FAILED, f"{len(problems)} violation(s): {_listed(problems)}")
+        else:
+            report.add(name, OK, summary)
+
+
+def _checkpoint(seq: object, thread_id: object, namespace: object) -> str:
+    return (f"checkpoint {_checkpoint_id(seq)!r} of thread {thread_id!r}"
+            + (f" (namespace {namespace!r})" if namespace else ""))
+
+
+def _dangling_writes(conn: apsw.Connection) -> tuple[list[str], str]:
+    """Every pending write belongs to an existing checkpoint (foreign_key_check says the same
+    when the foreign key is intact; this asks the tables directly)."""
+    problems = [f"pending write ({task_id!r}, {index!r}) of checkpoint {_checkpoint_id(seq)!r}, "
+                "which does not exist"
+                for seq, task_id, index in conn.execute(
+                    "SELECT checkpoint_seq, task_id, idx FROM writes AS w WHERE NOT EXISTS "
+                    "(SELECT 1 FROM checkpoints AS c WHERE c.seq = w.checkpoint_seq) "
+                    "ORDER BY checkpoint_seq, task_id, idx")]
+    (count,) = conn.execute("SELECT count(*) FROM writes").fetchone()
+    return problems, f"all {count} pending write(s) belong to an existing checkpoint"
+
+
+def _ids_monotonic(conn: apsw.Connection) -> tuple[list[str], str]:
+    """The Saver hands out seq = max(largest seq present, high_water) + 1, and raises
+    high_water to the largest seq present before it deletes anything. So: both high_water rows
+    exist and hold integers (else the next seq is NULL and SQLite picks one, which may be a
+    deleted row's); every seq is >= 1; a parent is older than its child; and a parent that is
+    gone is not above high_water (its deletion would have raised it), else its id could be
+    handed out again."""
+    problems = []
+    marks: dict[str, int] = {}
+    for table in ("checkpoints", "log"):
+        row = conn.execute("SELECT value, typeof(value) FROM high_water WHERE name = ?",
+                           (table,)).fetchone()
+        if row is None:
+            problems.append(f"high_water has no {table!r} row: the next {table} seq would be "
+                            "chosen by SQLite and could be a deleted one's")
+        elif row[1] != "integer":
+            problems.append(f"high_water {table!r} is {row[0]!r} ({row[1]}), not an integer")
+        else:
+            marks[table] = row[0]
+        for (seq,) in conn.execute(f"SELECT seq FROM {table} WHERE seq < 1 ORDER BY seq"):
+            problems.append(f"{table} seq {seq} is below 1, which no Saver hands out")
+    for seq, thread_id, namespace, parent_seq in conn.execute(
+            "SELECT seq, thread_id, namespace, parent_seq FROM checkpoints "
+            "WHERE parent_seq IS NOT NULL AND (typeof(parent_seq) != 'integer' "
+            "OR parent_seq >= seq) ORDER BY seq"):
+        problems.append(f"{_checkpoint(seq, thread_id, namespace)} has parent "
+                        f"{_checkpoint_id(parent_seq)!r}, which is not older than it")
+    if "checkpoints" in marks:
+        for seq, thread_id, namespace, parent_seq in conn.execute(
+                "SELECT seq, thread_id, namespace, parent_seq FROM checkpoints AS c "
+                "WHERE typeof(parent_seq) = 'integer' AND parent_seq > ? AND NOT EXISTS "
+                "(SELECT 1 FROM checkpoints AS p WHERE p.seq = c.parent_seq) ORDER BY seq",
+                (marks["checkpoints"],)):
+            problems.append(f"{_checkpoint(seq, thread_id, namespace)} has parent "
+                            f"{_checkpoint_id(parent_seq)!r}, which is gone but above "
+                            f"high_water ({marks['checkpoints']}): that id could be handed "
+                            "out again")
+    if problems:
+        return problems, ""
+    nexts = {table: conn.execute(f"SELECT max(coalesce((SELECT max(seq) FROM {table}), 0), ?)"
+                                 " + 1", (marks[table],)).fetchone()[0]
+             for table in ("checkpoints", "log")}
+    return [], (f"next checkpoint id {_checkpoint_id(nexts['checkpoints'])!r}, next log seq "
+                f"{nexts['log']}: above every seq present and the high-water mark of deleted "
+                "ones; every parent is older than its child")
+
+
+def _parents(conn: apsw.Connection) -> tuple[list[str], str]:
+    """An existing parent is of the same thread and namespace (put() checks it); a missing one
+    was pruned, and prune() deletes only the oldest checkpoints of a thread and namespace, so
+    it is older than every checkpoint of them that remains."""
+    problems = []
+    present = pruned = 0
+    for (seq, thread_id, namespace, parent_seq, p_seq, p_thread, p_namespace,
+         oldest) in conn.execute(
+            "SELECT c.seq, c.thread_id, c.namespace, c.parent_seq, p.seq, p.thread_id, "
+            "p.namespace, (SELECT min(o.seq) FROM checkpoints AS o WHERE o.thread_id = "
+            "c.thread_id AND o.namespace = c.namespace) FROM checkpoints AS c "
+            "LEFT JOIN checkpoints AS p ON p.seq = c.parent_seq "
+            "WHERE c.parent_seq IS NOT NULL ORDER BY c.seq"):
+        child = _checkpoint(seq, thread_id, namespace)
+        if p_seq is not None:
+            present += 1
+            if (p_thread, p_namespace) != (thread_id, namespace):
+                problems.append(f"{child} has parent {_checkpoint(p_seq, p_thread, p_namespace)}"
+                                ": another thread or namespace")
+        elif type(parent_seq) is int and parent_seq < oldest:
+            pruned += 1
+        else:
+            problems.append(f"{child} has parent {_checkpoint_id(parent_seq)!r}, which is "
+                            f"missing but not older than {_checkpoint_id(oldest)!r}, the oldest "
+                            "remaining checkpoint of that thread and namespace: it was not "
+                            "pruned")
+    return problems, (f"{present + pruned} parent link(s): {present} to an existing checkpoint "
+                      f"of the same thread and namespace, {pruned} to a pruned one")
+
+
 # --- the command ------------------------------------------------------------------------------
 
 def format_report(report: Report) -> str:
     width = max(len(step.name) for step in report.steps)
     lines = [report.path]
-    lines += [f"  {step.status:<7} {step.name:<{width}}  {step.detail}" for step in report.steps]
-    problems = sum(step.status == FAILED for step in report.steps)
-    lines.append(f"  => {'ok' if report.ok else f'FAILED ({problems} check(s) failed)'}")
+    lines += [f"  {step.status:<8} {step.name:<{width}}  {step.detail}" for step in report.steps]
+    failed = sum(step.status == FAILED for step in report.steps)
+    lines.append({"ok": "  => ok",
+                  "damaged": f"  => FAILED: damage found ({failed} check(s) failed)",
+                  "unusable": "  => UNUSABLE: not validated (see above)"}[report.result])
     return "\n".join(lines)
 
 
-def run(paths: Sequence[str], *, require_saver: bool = False, as_json: bool = False,
-        out: TextIO) -> int:
-    """Check every path and print the result; return 0 if all are fine, else 1."""
-    reports = [check_database(path, require_saver=require_saver) for path in paths]
-    ok = all(report.ok for report in reports)
+def exit_status(reports: Sequence[Report]) -> int:
+    """1 if any database is damaged, else 2 if any path was unusable, else 0."""
+    results = {report.result for report in reports}
+    for result in ("damaged", "unusable"):
+        if result in results:
+            return EXIT_STATUS[result]
+    return 0
+
+
+def run(paths: Sequence[str], *, as_json: bool = False, out: TextIO) -> int:
+    """Check every path, print the result and return the exit status (:func:`exit_status`)."""
+    reports = [check_database(path) for path in paths]
+    status = exit_status(reports)
     if as_json:
-        json.dump({"ok": ok, "databases": [r.as_dict() for r in reports]}, out, indent=2)
+        json.dump({"ok": status == 0, "exit_status": status,
+                   "databases": [r.as_dict() for r in reports]}, out, indent=2)
         out.write("\n")
     else:
         out.write("\n\n".join(format_report(r) for r in reports) + "\n")
         if len(reports) > 1:
-            failed = sum(not r.ok for r in reports)
-            out.write(f"\n{len(reports) - failed} of {len(reports)} database(s) ok\n")
-    return 0 if ok else 1
+            counts = {result: sum(r.result == result for r in reports)
+                      for result in EXIT_STATUS}
+            out.write(f"\n{counts['ok']} of {len(reports)} database(s) ok, {counts['damaged']} "
+                      f"damaged, {counts['unusable']} unusable\n")
+    return status

@@ -299,7 +299,9 @@ class PowerLossVFS(_FaultVFS):
     # -- files --
 
     def _open(self, kind: str, filename: str, name: _Name, flags: list[int]) -> apsw.VFSFile:
-        existed = apsw.VFS.xAccess(self, filename, apsw.SQLITE_ACCESS_EXISTS)
+        # Not xAccess: unix reports an empty file as missing (for journals), and a 0-byte
+        # -wal opened by a second connection would then look created, its history lost.
+        existed = os.path.lexists(filename)
         with self._lock:
             state = self._states.get(filename)
             if state is None or not existed:  # a name seen before but deleted behind our back

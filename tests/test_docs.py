@@ -94,6 +94,13 @@ def test_readme_check_command_is_the_one_the_cli_accepts(tmp_path):
     assert set(re.findall(r"--[a-z][a-z-]*", section)) == accepted
     for status in ("**0**", "**1**", "**2**"):
         assert status in section
+    # the precedence between several paths, and the script's no-path mode
+    assert "**1** if any database is damaged, else **2** if any path was\nunusable" in section
+    assert "run with no path, the script performs one\nsimulated crash-recovery cycle" in section
+    with open(os.path.join(REPO, "scripts", "README.md"), encoding="utf-8") as f:
+        scripts_readme = f.read()
+    assert "With no path, it performs one simulated crash-recovery cycle" in scripts_readme
+    assert "--require-saver" not in section + scripts_readme
     # the documented command, every option given, on a real database
     path = str(tmp_path / "d.db")
     Saver(path).close()

@@ -145,6 +145,40 @@ def test_a_rollback_journal_without_sync_survives_sigkill(tmp_path):
     assert report["summary"]["transitions_acknowledged"] > 0
 
 
+# --- simulated power loss (sqlitesaver.faults) --------------------------------------------------
+
+def test_power_loss_full_loses_nothing(tmp_path):
+    status, output, report = torture("--mode", "power-loss", "--iterations", "10",
+                                     "--seed", "1301", cwd=str(tmp_path))
+    assert status == 0, output
+    summary = report["summary"]
+    assert summary["iterations"] == 10 and summary["transitions_acknowledged"] > 0, output
+    assert all(e["crash_after_ops"] for e in report["iterations"])
+
+
+def test_power_loss_normal_loses_acknowledged_transitions_but_stays_consistent(tmp_path):
+    # What durability="normal" gives up, shown: acknowledged transitions are lost (newest
+    # first, whole), nothing is partial or corrupt, and the harness fails the run.
+    status, output, report = torture("--mode", "power-loss", "--durability", "normal",
+                                     "--iterations", "10", "--keep-going", "--seed", "1302",
+                                     cwd=str(tmp_path))
+    assert status == 1, output
+    summary = report["summary"]
+    assert summary["lost"] >= 1, output
+    assert summary["partial"] == 0 and summary["corrupt"] == 0, output
+
+
+def test_power_loss_catches_a_rollback_journal_without_sync(tmp_path):
+    # The negative control of SIGKILL mode, caught: synchronous=OFF fails under power loss.
+    status, output, report = torture("--mode", "power-loss", "--iterations", "40",
+                                     "--seed", "1303",
+                                     "--writer", f"{WRITERS}:SyncOffRollbackJournal",
+                                     cwd=str(tmp_path))
+    assert status == 1, output
+    summary = report["summary"]
+    assert summary["corrupt"] + summary["lost"] + summary["partial"] >= 1, output
+
+
 # --- usage ---------------------------------------------------------------------------------
 
 def _digest(path: str) -> str:
@@ -165,6 +199,8 @@ def _digest(path: str) -> str:
     ("--db", "/no/such/dir/x.db"),
     ("--report", "/no/such/dir/r.json"),
     ("--bogus",),
+    ("--mode", "power-loss", "--workers", "2"),
+    ("--mode", "flood"),
 ])
 def test_bad_usage_exits_2(tmp_path, args):
     status, output, _ = torture(*args, cwd=str(tmp_path))

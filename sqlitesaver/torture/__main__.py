@@ -46,6 +46,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         description="Crash torture: writers are killed with SIGKILL at random moments; after "
                     "each kill the database is reopened (recovery included) and every "
                     "acknowledged transition must be intact, with no partial one visible.")
+    parser.add_argument("--mode", choices=("sigkill", "power-loss"), default="sigkill",
+                        help="sigkill (default): kill the writer at a random moment; "
+                             "power-loss: the writer's VFS loses power at a random write or "
+                             "sync, dropping or tearing what was not synced (one worker)")
     parser.add_argument("--iterations", type=_positive_int, default=50,
                         help="kills to perform (default 50)")
     parser.add_argument("--seed", type=int, default=None,
@@ -76,6 +80,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                      f"({args.max_interval:g})")
     if args.max_interval <= 0:
         parser.error("--max-interval must be above 0")
+    if args.mode == "power-loss" and args.workers != 1:
+        parser.error("--mode power-loss runs one worker: a power loss stops every process, "
+                     "and the simulation models only the crashing writer's unsynced writes")
     if args.workers > 64:
         parser.error(f"--workers is at most 64, not {args.workers}")
     if args.db is not None:
@@ -108,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         db = os.path.join(directory, "torture.db")
     options = Options(db=db, iterations=args.iterations, seed=seed, workers=args.workers,
                       durability=args.durability, min_interval=args.min_interval,
-                      max_interval=args.max_interval, writer=args.writer,
+                      max_interval=args.max_interval, writer=args.writer, mode=args.mode,
                       keep_going=args.keep_going)
     try:
         status, report = run(options)
@@ -124,7 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(directory, ignore_errors=True)
         print(f"PASS (seed {seed})")
     else:
-        again = ["python", "-m", "sqlitesaver.torture", "--iterations", str(args.iterations),
+        again = ["python", "-m", "sqlitesaver.torture", "--mode", args.mode,
+                 "--iterations", str(args.iterations),
                  "--workers", str(args.workers), "--durability", args.durability,
                  "--min-interval", f"{args.min_interval:g}",
                  "--max-interval", f"{args.max_interval:g}", "--seed", str(seed)]

@@ -1,7 +1,7 @@
 """A torture writer process; started by the harness, not by people.
 
 ``python -m sqlitesaver.torture.child --db PATH --fd N --worker W --incarnation I --seed S
---durability D [--writer FILE:CLASS]``
+--durability D [--writer FILE:CLASS] [--power-loss-after OPS]``
 
 It reports on pipe ``N``: ``hello`` once imported (the harness starts its kill clock here, so a
 kill can land in start-up and recovery), ``ready`` once the Saver is open (recovery done) and
@@ -20,6 +20,7 @@ import sys
 import time
 from typing import Any
 
+from .. import faults
 from ..errors import SaverError
 from .protocol import send
 from .workload import Generator, Writer, load_known, thread_prefix
@@ -60,8 +61,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--durability", default="full")
     parser.add_argument("--writer")
+    parser.add_argument("--power-loss-after", type=int)
     args = parser.parse_args(argv)
     fd = args.fd
+    power_loss = None
+    if args.power_loss_after is not None:
+        # Every connection opened from here on goes through the power-loss VFS, which ends
+        # this process itself (exit status faults.CRASH_EXIT_STATUS) at that write or sync.
+        # (Keep a reference: APSW unregisters a VFS object that is garbage collected.)
+        # Torn sectors mix old and new bytes; random garbage is left out for now: garbage in
+        # the first sector makes sqlitesaver refuse a database whose WAL could restore it
+        # (research/persistence_durability_report.md, "Open findings").
+        power_loss = faults.install_power_loss(seed=args.seed * 1000003 + args.incarnation,
+                                               crash_on="any", crash_after=args.power_loss_after,
+                                               tear_modes=("new-prefix", "old-prefix"))
     send(fd, {"m": "hello", "pid": os.getpid()})
     writer = load_writer(args.writer)
     started = time.perf_counter()
@@ -89,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                       "error": f"{type(exc).__name__}: {exc}"[:3000]})
             return 3
         generator.commit(tx, result)
+    del power_loss  # never reached: the loop ends by exit or by power loss
 
 
 if __name__ == "__main__":

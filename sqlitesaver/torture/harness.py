@@ -32,7 +32,7 @@ from typing import Any, TextIO
 import apsw
 import msgpack
 
-from .. import Saver
+from .. import Saver, faults
 from ..errors import SaverError
 from .oracle import Model, Verdict, apply, compare, observe
 from .protocol import FrameReader
@@ -47,6 +47,13 @@ STARTUP_KILL_SHARE = 0.15
 STARTUP_WINDOW = 0.06
 #: A writer that has not said hello by then is reported as hung.
 HELLO_TIMEOUT = 60.0
+#: Power-loss mode: the writer's VFS "loses power" at its Nth write or sync of a database file,
+#: N uniform in [1, POWER_LOSS_OPS] (a start-up share in [1, POWER_LOSS_STARTUP_OPS]). About
+#: 10 to 20 such operations per transition here, so a writer runs for a fraction of a second.
+POWER_LOSS_OPS = 3000
+POWER_LOSS_STARTUP_OPS = 40
+#: A power-loss writer that has not crashed by then never reached its crash point: an error.
+POWER_LOSS_TIMEOUT = 60.0
 #: Stop restarting after this many writer errors in a row (the database is unusable).
 MAX_ERRORS_IN_A_ROW = 5
 
@@ -63,6 +70,7 @@ class Options:
     min_interval: float = 0.0
     max_interval: float = 0.5
     writer: str | None = None
+    mode: str = "sigkill"  # or "power-loss" (simulated through sqlitesaver.faults)
     keep_going: bool = False  # go on after a violation instead of keeping the evidence
 
 
@@ -79,6 +87,7 @@ class _Worker:
     ready: bool = False
     startup_seconds: float | None = None
     delay: float = 0.0
+    crash_after: int | None = None          # power-loss mode: the op the VFS crashes at
     killed_after: float | None = None
     db_stamp: list[int] | None = None       # database file (mtime, size) at the last ready/ack
     in_checkpoint: bool | None = None       # the kill hit a WAL checkpoint (one worker only)
@@ -124,6 +133,15 @@ class _Run:
                "--durability", self.o.durability]
         if self.o.writer:
             cmd += ["--writer", self.o.writer]
+        # Drawn at spawn, in spawn order: the seed fixes the delays whatever the timing.
+        startup, u = self.rng.random() < STARTUP_KILL_SHARE, self.rng.random()
+        if self.o.mode == "power-loss":
+            w.crash_after = 1 + int(u * (POWER_LOSS_STARTUP_OPS if startup else POWER_LOSS_OPS))
+            w.delay = POWER_LOSS_TIMEOUT  # a watchdog: the VFS ends the writer itself
+            cmd += ["--power-loss-after", str(w.crash_after)]
+        else:
+            w.delay = (u * STARTUP_WINDOW if startup
+                       else self.o.min_interval + u * (self.o.max_interval - self.o.min_interval))
         try:
             w.proc = subprocess.Popen(cmd, pass_fds=(write_end,), stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=w.stderr, env=self.env)
@@ -132,10 +150,6 @@ class _Run:
         w.fd, w.frames = read_end, FrameReader()
         w.spawned_at, w.hello_at, w.deadline = time.monotonic(), None, None
         w.ready, w.startup_seconds, w.ready_at, w.error = False, None, None, None
-        # Drawn at spawn, in spawn order: the seed fixes the delays whatever the timing.
-        startup, u = self.rng.random() < STARTUP_KILL_SHARE, self.rng.random()
-        w.delay = (u * STARTUP_WINDOW if startup
-                   else self.o.min_interval + u * (self.o.max_interval - self.o.min_interval))
 
     def receive(self, w: _Worker, data: bytes) -> None:
         for message in w.frames.feed(data):
@@ -240,6 +254,8 @@ class _Run:
             with_inflight = acked.clone()
             apply(with_inflight, w.inflight[0], w.inflight[2], {})
         verdict = compare(acked, with_inflight, seen.model, w.deleted_by)
+        if verdict.lost and not verdict.problems and not seen.problems:
+            verdict = _prefix_verdict(w, seen.model) or verdict
         verdict.problems[:0] = seen.problems
         for tag, found in seen.ids.items():
             if tag in w.ids and w.ids[tag] != found:
@@ -252,6 +268,10 @@ class _Run:
             if parent_tag is not None and parent_tag in known and known[parent_tag] != parent_id:
                 verdict.problems.append(f"checkpoint {tag} has parent id {parent_id}, "
                                         f"expected {known[parent_tag]}")
+        if verdict.lost:
+            # Lost transitions' ids were never durable, so they may be handed out again
+            # (durability normal after a power loss): go on from what survived.
+            w.max_id, w.last_log_seq = {}, seen.max_log_seq
         for tag, found in seen.ids.items():
             thread = stored[tag][0]
             w.max_id[thread] = max(found, w.max_id.get(thread, found))
@@ -263,9 +283,10 @@ class _Run:
 
     def run(self) -> int:
         o = self.o
+        how = (f"power loss at write/sync 1-{POWER_LOSS_OPS}" if o.mode == "power-loss"
+               else f"SIGKILL after {o.min_interval:g}-{o.max_interval:g} s")
         self.print(f"torture: {o.iterations} iterations, {o.workers} worker(s), durability "
-                   f"{o.durability}, kill after {o.min_interval:g}-{o.max_interval:g} s, "
-                   f"seed {o.seed}")
+                   f"{o.durability}, {how}, seed {o.seed}")
         self.print(f"database: {o.db}")
         started = time.monotonic()
         for w in self.workers:
@@ -302,27 +323,42 @@ class _Run:
                 if data:
                     self.receive(w, data)
                 else:
-                    self.died(w)
+                    self.ended(w)
         now = time.monotonic()
         for w in self.workers:
             if self.stopped or len(self.iterations) >= self.o.iterations:
                 return
             if w.deadline is not None and now >= w.deadline:
-                phase = self.stop(w, kill=True)
-                verdict, recovery = self.verify(w)
-                self.iterations.append(self.record(w, phase, verdict, recovery))
-                w.errors_in_a_row = 0
-                if not verdict.ok and not self.o.keep_going:
-                    self.stopped = True  # keep the database as the violation left it
-                if not self.stopped and len(self.iterations) < self.o.iterations:
-                    self.spawn(w)
+                if self.o.mode == "power-loss":
+                    self.died(w, hung=True, why=f"did not reach its crash point (operation "
+                                                f"{w.crash_after}) in {w.delay:g} s")
+                else:
+                    self.judge(w, self.stop(w, kill=True))
             elif w.hello_at is None and now - w.spawned_at > HELLO_TIMEOUT:
                 self.died(w, hung=True)
 
-    def died(self, w: _Worker, *, hung: bool = False) -> None:
-        """A writer ended on its own (a Saver error, a crash) or hung before starting."""
+    def ended(self, w: _Worker) -> None:
+        """The writer's pipe closed: it lost power on purpose (power-loss mode) or died."""
+        assert w.proc is not None
+        if self.o.mode == "power-loss" and w.proc.wait() == faults.CRASH_EXIT_STATUS:
+            self.judge(w, self.stop(w, kill=False))
+        else:
+            self.died(w)
+
+    def judge(self, w: _Worker, phase: str) -> None:
+        """One iteration: verify the stopped writer's data, record it, restart the writer."""
+        verdict, recovery = self.verify(w)
+        self.iterations.append(self.record(w, phase, verdict, recovery))
+        w.errors_in_a_row = 0
+        if not verdict.ok and not self.o.keep_going:
+            self.stopped = True  # keep the database as the violation left it
+        if not self.stopped and len(self.iterations) < self.o.iterations:
+            self.spawn(w)
+
+    def died(self, w: _Worker, *, hung: bool = False, why: str = "hung before hello") -> None:
+        """A writer ended on its own (a Saver error, a crash) or hung."""
         phase = self.stop(w, kill=hung)
-        message = "hung before hello" if hung else self.writer_error(w)
+        message = why if hung else self.writer_error(w)
         self.errors.append(f"worker {w.index} incarnation {w.incarnation}: {message}")
         self.print(f"     worker {w.index} ended by itself in {phase}: {message}")
         verdict, recovery = self.verify(w)
@@ -342,7 +378,8 @@ class _Run:
         entry = {
             "iteration": None if final else len(self.iterations) + 1,
             "worker": w.index, "incarnation": w.incarnation,
-            "kill_delay": round(w.delay, 6),
+            "kill_delay": None if self.o.mode == "power-loss" else round(w.delay, 6),
+            "crash_after_ops": w.crash_after,
             "killed_after": None if w.killed_after is None else round(w.killed_after, 6),
             "phase": phase,
             "in_wal_checkpoint": w.in_checkpoint,
@@ -371,7 +408,8 @@ class _Run:
         recovered = "-" if recovery is None else f"{recovery * 1000:.1f} ms"
         after = "   -    " if w.killed_after is None else f"{w.killed_after * 1000:6.1f} ms"
         shown_phase = phase + ("+ckpt" if w.in_checkpoint else "")
-        self.print(f"{label}  w{w.index}  killed at +{after} in {shown_phase:<14} "
+        verb = "lost power" if self.o.mode == "power-loss" and not final else "killed at"
+        self.print(f"{label}  w{w.index}  {verb} +{after} in {shown_phase:<14} "
                    f"acked {self.acked_total:>6}  recovery {recovered:>9}  {shown}")
         return entry
 
@@ -441,7 +479,8 @@ class _Run:
         o = self.o
         return {
             "command": "python -m sqlitesaver.torture",
-            "options": {"iterations": o.iterations, "seed": o.seed, "workers": o.workers,
+            "options": {"mode": o.mode, "iterations": o.iterations, "seed": o.seed,
+                        "workers": o.workers,
                         "durability": o.durability, "min_interval": o.min_interval,
                         "max_interval": o.max_interval, "writer": o.writer, "db": o.db},
             "environment": {"python": platform.python_version(),
@@ -458,6 +497,20 @@ class _Run:
 
     def print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
+
+
+def _prefix_verdict(w: _Worker, found: Model) -> Verdict | None:
+    """When acknowledged transitions are missing (what a power loss does to NORMAL): is the
+    database exactly the state after the first k of them, newer ones lost whole? Then it is
+    consistent and only those are lost, none partial; None if no prefix matches."""
+    items, order = found.items(), found.order()
+    state = w.model.clone()
+    for k in range(len(w.acked)):
+        if state.items() == items and state.order() == order:
+            return Verdict("absent" if w.inflight else "none",
+                           lost={tid for tid, _ in w.acked[k:]})
+        apply(state, *w.acked[k], {})
+    return None
 
 
 def _checkpoints_by_tag(model: Model) -> dict[str, tuple[str, str | None]]:

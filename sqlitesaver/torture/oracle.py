@@ -154,6 +154,7 @@ class Observation:
     ids: dict[str, str]        # checkpoint tag -> checkpoint id, as stored
     parents: dict[str, str | None]  # checkpoint tag -> stored parent id
     problems: list[str]        # what could not be read or made no sense (checksums, tags)
+    max_log_seq: int = -1      # the highest log seq stored for these threads
 
 
 def observe(saver: Any, prefix: str) -> Observation:
@@ -163,6 +164,7 @@ def observe(saver: Any, prefix: str) -> Observation:
     a :class:`~sqlitesaver.errors.SaverError` while reading becomes a problem, not a crash.
     """
     model, ids, parents, problems = Model(), {}, {}, []
+    max_log_seq = -1
     try:
         names = [name for name in saver.threads() if name.startswith(prefix)]
         for name in names:
@@ -185,11 +187,12 @@ def observe(saver: Any, prefix: str) -> Observation:
             for event in saver.read_log(name):
                 owner = event.event.get("tx") if isinstance(event.event, dict) else None
                 t.log.append(("log", owner, name, digest(event.event)))
+                max_log_seq = max(max_log_seq, event.seq)
             if t.cks or t.log:
                 model.threads[name] = t
     except SaverError as exc:
         problems.append(f"{type(exc).__name__}: {exc}")
-    return Observation(model, ids, parents, problems)
+    return Observation(model, ids, parents, problems, max_log_seq)
 
 
 @dataclass
