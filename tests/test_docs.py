@@ -121,3 +121,15 @@ def test_every_script_is_documented_and_executable():
     for name in present:
         assert os.access(os.path.join(scripts, name), os.X_OK), name
     assert "scripts/validate_sqlite_integrity.sh" in _section("Checking a database")
+
+
+def test_every_subpackage_is_installed():
+    # CI and the tests run from the source tree, which would hide a subpackage that
+    # `pip install .` leaves out (sqlitesaver.torture once was): compare with pyproject.toml.
+    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
+        (listed,) = re.findall(r"^packages = \[(.*)\]$", f.read(), flags=re.M)
+    declared = set(re.findall(r'"([\w.]+)"', listed))
+    root = os.path.join(REPO, "sqlitesaver")
+    present = {os.path.relpath(d, REPO).replace(os.sep, ".")
+               for d, _, files in os.walk(root) if "__init__.py" in files}
+    assert declared == present
