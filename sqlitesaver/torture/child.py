@@ -27,6 +27,8 @@ from .workload import Generator, Writer, load_known, thread_prefix
 
 __all__ = ["main", "load_writer"]
 
+_power_loss: faults.PowerLossVFS | None = None  # installed by --power-loss-after
+
 
 def load_writer(spec: str | None) -> Writer:
     """``None`` for the library's writer, or ``FILE.py:CLASS`` for a Writer subclass (the
@@ -64,17 +66,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--power-loss-after", type=int)
     args = parser.parse_args(argv)
     fd = args.fd
-    power_loss = None
     if args.power_loss_after is not None:
         # Every connection opened from here on goes through the power-loss VFS, which ends
         # this process itself (exit status faults.CRASH_EXIT_STATUS) at that write or sync.
-        # (Keep a reference: APSW unregisters a VFS object that is garbage collected.)
+        # A module global keeps it alive: APSW unregisters a VFS object that is collected.
+        global _power_loss
         # Torn sectors mix old and new bytes; random garbage is left out for now: garbage in
         # the first sector makes sqlitesaver refuse a database whose WAL could restore it
-        # (research/persistence_durability_report.md, "Open findings").
-        power_loss = faults.install_power_loss(seed=args.seed * 1000003 + args.incarnation,
-                                               crash_on="any", crash_after=args.power_loss_after,
-                                               tear_modes=("new-prefix", "old-prefix"))
+        # (research/persistence_durability_report.md, "Open finding").
+        _power_loss = faults.install_power_loss(seed=args.seed * 1000003 + args.incarnation,
+                                                crash_on="any",
+                                                crash_after=args.power_loss_after,
+                                                tear_modes=("new-prefix", "old-prefix"))
     send(fd, {"m": "hello", "pid": os.getpid()})
     writer = load_writer(args.writer)
     started = time.perf_counter()
@@ -102,7 +105,6 @@ def main(argv: list[str] | None = None) -> int:
                       "error": f"{type(exc).__name__}: {exc}"[:3000]})
             return 3
         generator.commit(tx, result)
-    del power_loss  # never reached: the loop ends by exit or by power loss
 
 
 if __name__ == "__main__":
