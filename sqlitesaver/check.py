@@ -196,6 +196,13 @@ def _check_file(report: Report, path: str) -> bytes | None:
         report.add(name, UNUSABLE, f"{path!r} is an empty file (0 bytes), not an SQLite "
                                    "database, so not a sqlitesaver database")
         return None
+    if not header.startswith(_MAGIC) and _has_wal(path):
+        # A power loss during a checkpoint can garble page 1 in the file while the WAL holds
+        # the whole page, which SQLite reads instead: let SQLite decide (see opening.py).
+        report.add(name, OK, f"{st.st_size} bytes; the file's own header is unreadable "
+                             f"(it starts with {header[:16]!r}), so SQLite must find page 1 "
+                             "in the -wal")
+        return header
     if not header.startswith(_MAGIC):
         report.add(name, UNUSABLE, f"{path!r} is not an SQLite database (it starts with "
                                    f"{header[:16]!r}), so not a sqlitesaver database")
@@ -207,6 +214,13 @@ def _check_file(report: Report, path: str) -> bytes | None:
         return None
     report.add(name, OK, f"SQLite database file, {st.st_size} bytes")
     return header
+
+
+def _has_wal(path: str) -> bool:
+    try:
+        return os.path.getsize(path + "-wal") > 0
+    except OSError:
+        return False
 
 
 def _header_application_id(header: bytes) -> int:
@@ -229,7 +243,8 @@ def _cannot_read(report: Report, path: str, header: bytes, exc: apsw.Error) -> N
     application_id = _header_application_id(header)
     # SQLite cannot tell us whose the file is; its header can (the WAL may hold a newer page 1,
     # but the application_id never changes once a database has it).
-    foreign = application_id != schema.APPLICATION_ID
+    # An unreadable header (page 1 expected in the -wal) says nothing about whose it is.
+    foreign = header.startswith(_MAGIC) and application_id != schema.APPLICATION_ID
     report.sqlitesaver = not foreign
     directory = os.path.dirname(os.path.abspath(path))
     wal, shm = path + "-wal", path + "-shm"

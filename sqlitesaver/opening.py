@@ -137,10 +137,19 @@ def _inspect_header(path: str) -> int | None:
     except apsw.Error as exc:
         raise translate(exc, path, "reading the file header") from exc
     if size == 0:
+        # Not deferred to a -wal: SQLite deletes the -wal of an empty database on open.
         raise NotASaverDatabaseError(
             f"{path!r} is an empty file, not a sqlitesaver database. sqlitesaver creates new "
             "databases atomically and never leaves an empty file, so something else made it: "
             "delete it, or pass a path that does not exist yet.", path=path)
+    if not header.startswith(_MAGIC):
+        wal_version = _identity_through_wal(path)
+        if wal_version is not None:
+            # A power loss during a checkpoint can garble page 1 in the file while the synced
+            # WAL holds the whole page; SQLite reads it from there, and the recovery checkpoint
+            # writes it back. Found by the power-loss torture with garbage-filled sectors.
+            _check_version(path, wal_version)
+            return wal_version
     if header.startswith(_MAGIC) and len(header) < 100:
         raise NotASaverDatabaseError(
             f"{path!r} is a truncated SQLite file ({size} bytes, shorter than the 100-byte "
@@ -160,6 +169,35 @@ def _inspect_header(path: str) -> int | None:
     version = int.from_bytes(header[60:64], "big")
     _check_version(path, version)
     return version
+
+
+def _identity_through_wal(path: str) -> int | None:
+    """The schema version as SQLite reads it when a non-empty ``-wal`` may hold page 1, or
+    ``None`` if there is no such WAL or what SQLite reads there is not a sqlitesaver database.
+    Only for a file whose header is not SQLite's: an SQLite header with another application_id
+    is another application's database, whose files (its ``-shm`` included) we never touch.
+
+    Writes nothing to the database or its ``-wal``: a read-only connection that never
+    checkpoints (SQLite may create or rebuild the ``-shm``, which holds no data).
+    """
+    try:
+        if os.path.getsize(path + "-wal") == 0:
+            return None
+    except OSError:
+        return None
+    try:
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    except apsw.Error:
+        return None
+    try:
+        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        if conn.execute("PRAGMA application_id").fetchone()[0] != schema.APPLICATION_ID:
+            return None
+        return _user_version(conn)
+    except apsw.Error:
+        return None
+    finally:
+        conn.close()
 
 
 def _check_version(path: str, version: int) -> None:

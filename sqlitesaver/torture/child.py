@@ -71,13 +71,10 @@ def main(argv: list[str] | None = None) -> int:
         # this process itself (exit status faults.CRASH_EXIT_STATUS) at that write or sync.
         # A module global keeps it alive: APSW unregisters a VFS object that is collected.
         global _power_loss
-        # Torn sectors mix old and new bytes; random garbage is left out for now: garbage in
-        # the first sector makes sqlitesaver refuse a database whose WAL could restore it
-        # (research/persistence_durability_report.md, "Open finding").
         _power_loss = faults.install_power_loss(seed=args.seed * 1000003 + args.incarnation,
                                                 crash_on="any",
                                                 crash_after=args.power_loss_after,
-                                                tear_modes=("new-prefix", "old-prefix"))
+                                                tear_modes=faults.TEAR_MODES)
     send(fd, {"m": "hello", "pid": os.getpid()})
     writer = load_writer(args.writer)
     started = time.perf_counter()
