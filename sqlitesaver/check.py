@@ -10,7 +10,7 @@ to an existing checkpoint; ids are monotonic (a parent is older than its child, 
 ``high_water`` rows make the next id the Saver hands out larger than every id ever handed out);
 parents exist unless pruned (an existing parent is of the same thread and namespace, a missing
 one is older than every remaining checkpoint of the thread and namespace, as ``prune`` leaves
-it).
+it; a parent's caller-supplied id, kept beside the link, is that parent's own id).
 
 Never writes what it checks. The database is opened with ``SQLITE_OPEN_READONLY`` (what the
 URI ``?mode=ro`` means, without escaping the path into a URI), ``query_only`` on, and
@@ -375,7 +375,7 @@ def _check_payloads(report: Report, conn: apsw.Connection) -> None:
     if not _known_schema(report, name):
         return
     try:
-        for table, rows in (("checkpoints", _checkpoint_failures(conn)),
+        for table, rows in (("checkpoints", _checkpoint_failures(conn, report.schema_version)),
                             ("writes", _write_failures(conn)),
                             ("log", _log_failures(conn))):
             report.payloads_checked[table] = 0
@@ -437,14 +437,20 @@ def _verified(compute, key: dict, columns: tuple, checksum: object) -> dict | No
     return key
 
 
-def _checkpoint_failures(conn: apsw.Connection) -> Iterator[dict | None]:
-    for seq, thread_id, namespace, parent_seq, created, state, meta, checksum in conn.execute(
+def _checkpoint_failures(conn: apsw.Connection, version: int | None
+                         ) -> Iterator[dict | None]:
+    # Schema version 1 (never migrated here: the check writes nothing) has no id columns.
+    ids = "key, parent_key" if (version or 0) >= 2 else "NULL, NULL"
+    for (seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key,
+         parent_key) in conn.execute(
             "SELECT seq, thread_id, namespace, parent_seq, created_at, state, metadata, "
-            "checksum FROM checkpoints ORDER BY seq"):
+            f"checksum, {ids} FROM checkpoints ORDER BY seq"):
         yield _verified(integrity.checkpoint_checksum,
-                        {"table": "checkpoints", "checkpoint_id": _checkpoint_id(seq),
+                        {"table": "checkpoints",
+                         "checkpoint_id": _checkpoint_id(seq) if key is None else key,
                          "thread_id": thread_id, "namespace": namespace},
-                        (seq, thread_id, namespace, parent_seq, created, state, meta), checksum)
+                        (seq, thread_id, namespace, parent_seq, created, state, meta, key,
+                         parent_key), checksum)
 
 
 def _write_failures(conn: apsw.Connection) -> Iterator[dict | None]:
@@ -483,12 +489,14 @@ def _describe_failure(failure: dict) -> str:
 # seq above every seq present and the high-water mark, and accepts only a parent_id of the same
 # thread and namespace that exists at that moment; prune() keeps the newest checkpoints of each
 # (thread, namespace) and delete_thread() deletes all of a thread's, both after raising
-# high_water to the largest seq present.
+# high_water to the largest seq present; delete_matching() raises it too and detaches the
+# children of what it deletes; copy_thread() inserts copies with new seqs, in the same order.
 
 def _check_invariants(report: Report, conn: apsw.Connection) -> None:
     for name, check in (("writes_point_at_checkpoints", _dangling_writes),
                         ("ids_monotonic", _ids_monotonic),
-                        ("parents_exist_unless_pruned", _parents)):
+                        ("parents_exist_unless_pruned",
+                         lambda conn: _parents(conn, report.schema_version))):
         if not _known_schema(report, name):
             continue
         try:
@@ -567,25 +575,39 @@ def _ids_monotonic(conn: apsw.Connection) -> tuple[list[str], str]:
                 "ones; every parent is older than its child")
 
 
-def _parents(conn: apsw.Connection) -> tuple[list[str], str]:
+def _parents(conn: apsw.Connection, version: int | None) -> tuple[list[str], str]:
     """An existing parent is of the same thread and namespace (put() checks it); a missing one
     was pruned, and prune() deletes only the oldest checkpoints of a thread and namespace, so
-    it is older than every checkpoint of them that remains."""
+    it is older than every checkpoint of them that remains. From schema version 2, the
+    parent's caller-supplied id kept beside the link (``parent_key``) is the existing parent's
+    own id, and there is none without a link."""
     problems = []
-    present = pruned = 0
-    for (seq, thread_id, namespace, parent_seq, p_seq, p_thread, p_namespace,
-         oldest) in conn.execute(
+    present = pruned = by_key = 0
+    keys = "c.parent_key, p.key" if (version or 0) >= 2 else "NULL, NULL"
+    if keys != "NULL, NULL":
+        for seq, thread_id, namespace, parent_key in conn.execute(
+                "SELECT seq, thread_id, namespace, parent_key FROM checkpoints "
+                "WHERE parent_seq IS NULL AND parent_key IS NOT NULL ORDER BY seq"):
+            problems.append(f"{_checkpoint(seq, thread_id, namespace)} names parent "
+                            f"{parent_key!r} but links to no parent")
+    for (seq, thread_id, namespace, parent_seq, p_seq, p_thread, p_namespace, oldest,
+         parent_key, p_key) in conn.execute(
             "SELECT c.seq, c.thread_id, c.namespace, c.parent_seq, p.seq, p.thread_id, "
             "p.namespace, (SELECT min(o.seq) FROM checkpoints AS o WHERE o.thread_id = "
-            "c.thread_id AND o.namespace = c.namespace) FROM checkpoints AS c "
+            f"c.thread_id AND o.namespace = c.namespace), {keys} FROM checkpoints AS c "
             "LEFT JOIN checkpoints AS p ON p.seq = c.parent_seq "
             "WHERE c.parent_seq IS NOT NULL ORDER BY c.seq"):
         child = _checkpoint(seq, thread_id, namespace)
+        by_key += parent_key is not None
         if p_seq is not None:
             present += 1
             if (p_thread, p_namespace) != (thread_id, namespace):
                 problems.append(f"{child} has parent {_checkpoint(p_seq, p_thread, p_namespace)}"
                                 ": another thread or namespace")
+            elif parent_key != p_key:
+                problems.append(f"{child} names parent {parent_key!r} but links to "
+                                f"{_checkpoint(p_seq, p_thread, p_namespace)}, whose id is "
+                                f"{p_key!r}")
         elif type(parent_seq) is int and parent_seq < oldest:
             pruned += 1
         else:
@@ -593,8 +615,9 @@ def _parents(conn: apsw.Connection) -> tuple[list[str], str]:
                             f"missing but not older than {_checkpoint_id(oldest)!r}, the oldest "
                             "remaining checkpoint of that thread and namespace: it was not "
                             "pruned")
+    by_key_text = f"; {by_key} name their parent by a caller-supplied id" if by_key else ""
     return problems, (f"{present + pruned} parent link(s): {present} to an existing checkpoint "
-                      f"of the same thread and namespace, {pruned} to a pruned one")
+                      f"of the same thread and namespace, {pruned} to a pruned one{by_key_text}")
 
 
 # --- the command ------------------------------------------------------------------------------

@@ -2,8 +2,8 @@
 
 CRC-32 detects every single flipped byte and every burst of damage up to 32 bits long; other
 random damage goes unnoticed with probability 2**-32. The key columns (thread, namespace, ids,
-timestamps) are covered too, so damage that would move a payload to another thread or checkpoint
-is caught as well, not only damage to the payload bytes.
+caller-supplied ids, timestamps) are covered too, so damage that would move a payload to another
+thread or checkpoint is caught as well, not only damage to the payload bytes.
 """
 
 from __future__ import annotations
@@ -22,10 +22,17 @@ _KEY_BUF_SIZE = 256
 
 
 def checkpoint_checksum(seq: int, thread_id: str, namespace: str, parent_seq: int | None,
-                        created_at: int, state: bytes, metadata: bytes) -> int:
-    key = Packer(buf_size=_KEY_BUF_SIZE).pack(
-        (seq, thread_id, namespace, parent_seq, created_at, len(state), len(metadata)))
-    return crc32(metadata, crc32(state, crc32(key)))
+                        created_at: int, state: bytes, metadata: bytes,
+                        key: str | None = None, parent_key: str | None = None) -> int:
+    """``key`` / ``parent_key`` (caller-supplied ids, schema version 2) are framed only when one
+    of them is set: a row without them has exactly its version 1 checksum, so migrating a
+    database rewrites no row, while setting or clearing either one changes the framed tuple's
+    length and therefore the checksum."""
+    fields: tuple = (seq, thread_id, namespace, parent_seq, created_at, len(state), len(metadata))
+    if key is not None or parent_key is not None:
+        fields += (key, parent_key)
+    framed = Packer(buf_size=_KEY_BUF_SIZE).pack(fields)
+    return crc32(metadata, crc32(state, crc32(framed)))
 
 
 def write_checksum(checkpoint_seq: int, task_id: str, index: int, channel: str,

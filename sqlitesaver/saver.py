@@ -53,7 +53,8 @@ if hasattr(os, "register_at_fork"):
 
 
 _CHECKPOINT_COLUMNS = ("c.seq, c.thread_id, c.namespace, c.parent_seq, c.created_at, c.state, "
-                       "c.metadata, c.checksum")
+                       "c.metadata, c.checksum, c.key, c.parent_key")
+_N_CHECKPOINT_COLUMNS = 10
 _WRITE_COLUMNS = "w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.task_path, w.checksum"
 _NEXT_SEQ = ("SELECT max(coalesce((SELECT max(seq) FROM {table}), 0), "
              "(SELECT value FROM high_water WHERE name = '{table}')) + 1")
@@ -192,21 +193,39 @@ class Saver:
     # --- writes ----------------------------------------------------------------------------
 
     def put(self, thread_id: str, state: Any, *, metadata: dict | None = None,
-            parent_id: str | None = None, namespace: str = "") -> CheckpointRef:
+            parent_id: str | None = None, namespace: str = "",
+            checkpoint_id: str | None = None) -> CheckpointRef:
         """Store a checkpoint; return its reference after COMMIT returned.
 
-        Checkpoint ids are unique in the database and sort as strings in commit order. Once
-        committed, an id is never handed out again, not even after the checkpoint is deleted
-        (an id returned inside a transaction that then rolled back names nothing and may be).
-        ``created_at`` is the wall clock when the write lock was taken; order by id, not by
-        time, since the clock can be stepped back. ``parent_id``, when given, must name a
-        checkpoint of the same thread and namespace, else
-        :class:`~sqlitesaver.errors.CheckpointNotFoundError`.
+        Generated checkpoint ids (16 lowercase hex digits) are unique in the database and sort
+        as strings in commit order. Once committed, an id is never handed out again, not even
+        after the checkpoint is deleted (an id returned inside a transaction that then rolled
+        back names nothing and may be). ``created_at`` is the wall clock when the write lock
+        was taken; order by id, not by time, since the clock can be stepped back.
+        ``parent_id``, when given, must name a checkpoint of the same thread and namespace,
+        else :class:`~sqlitesaver.errors.CheckpointNotFoundError`.
+
+        ``checkpoint_id``, when given, is the caller's own id for the checkpoint (e.g.
+        LangGraph's uuid6 ids) instead of a generated one: any non-empty text except the form
+        of a generated id, unique within the thread and namespace, and the id every method then
+        takes and returns for it. Putting an id that already exists in the thread and
+        namespace replaces that checkpoint's state, metadata and parent in one transaction,
+        keeping its place in the order, its ``created_at`` and its pending writes (so a
+        retried put is harmless); the parent must then be older than it, else
+        :class:`~sqlitesaver.errors.InvalidArgumentError` and nothing is written. Checkpoints
+        are listed in commit order of their first put, whatever their ids.
         """
         _check_text("thread_id", thread_id)
         _check_text("namespace", namespace, allow_empty=True)
         if parent_id is not None:
             _check_text("parent_id", parent_id)
+        if checkpoint_id is not None:
+            _check_text("checkpoint_id", checkpoint_id)
+            if _is_generated(checkpoint_id):
+                raise InvalidArgumentError(
+                    f"checkpoint_id {checkpoint_id!r} has the form of an id the Saver "
+                    "generates (16 lowercase hex digits); a caller-supplied id must not, so "
+                    "that every id names one checkpoint. Nothing was written.")
         if metadata is None or (type(metadata) is dict and not metadata):
             metadata_bytes = _EMPTY_DICT
         elif type(metadata) is dict:
@@ -221,22 +240,67 @@ class Saver:
             if parent_id is not None:
                 parent_seq = self._checkpoint_seq(conn, thread_id, namespace, parent_id,
                                                   "parent_id")
+            # A parent's caller-supplied id is kept beside its seq: it outlives the parent.
+            parent_key = None if parent_id is None or _is_generated(parent_id) else parent_id
+            if checkpoint_id is not None:
+                created = self._put_keyed(conn, thread_id, namespace, checkpoint_id,
+                                          parent_seq, parent_key, created, state_bytes,
+                                          metadata_bytes)
+                return CheckpointRef(thread_id, namespace, checkpoint_id,
+                                     _to_datetime(created))
             seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+            ids = () if parent_key is None else (None, parent_key)  # (key, parent_key)
             conn.execute(
-                _INSERT_CHECKPOINT,
+                _INSERT_KEYED_CHECKPOINT if ids else _INSERT_CHECKPOINT,
                 (seq, thread_id, namespace, parent_seq, created, state_bytes, metadata_bytes,
                  integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
-                                               state_bytes, metadata_bytes)))
+                                               state_bytes, metadata_bytes, *ids), *ids))
         return CheckpointRef(thread_id, namespace, _format_id(seq), _to_datetime(created))
+
+    def _put_keyed(self, conn: apsw.Connection, thread_id: str, namespace: str, key: str,
+                   parent_seq: int | None, parent_key: str | None, created: int,
+                   state: bytes, metadata: bytes) -> int:
+        """Insert or replace the checkpoint with caller-supplied id ``key``, inside the
+        caller's transaction; return its ``created_at``."""
+        found = conn.execute(_SEQ_BY_KEY, (thread_id, namespace, key)).fetchone()
+        if found is None:
+            seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+            conn.execute(_INSERT_KEYED_CHECKPOINT, (
+                seq, thread_id, namespace, parent_seq, created, state, metadata,
+                integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
+                                              state, metadata, key, parent_key),
+                key, parent_key))
+            return created
+        seq, created = found
+        if parent_seq is not None and parent_seq >= seq:
+            # A replaced checkpoint keeps its seq: a newer parent (or itself) would break
+            # "a parent is older than its child", the order history is read in.
+            raise InvalidArgumentError(
+                f"parent_id {parent_key or _format_id(parent_seq)!r} is not older than "
+                f"checkpoint {key!r} of thread {thread_id!r}, which it would replace; a "
+                "checkpoint's parent must be older than it. Nothing was written.",
+                path=self._path)
+        conn.execute(
+            "UPDATE checkpoints SET parent_seq = ?, parent_key = ?, state = ?, metadata = ?, "
+            "checksum = ? WHERE seq = ?",
+            (parent_seq, parent_key, state, metadata,
+             integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
+                                           state, metadata, key, parent_key), seq))
+        return created
 
     def put_writes(self, thread_id: str, checkpoint_id: str, task_id: str,
                    writes: Sequence[tuple[str, Any]], *, namespace: str = "",
-                   task_path: str = "") -> None:
+                   task_path: str = "", indexes: Sequence[int] | None = None,
+                   replace: bool = False) -> None:
         """Store a task's pending writes against a checkpoint, all or none.
 
         ``writes`` is a sequence of ``(channel, value)``; the i-th is stored under
-        ``(task_id, i)``. Idempotent: a ``(task_id, i)`` already stored keeps its first value,
-        so a retried task does not duplicate or overwrite its writes.
+        ``(task_id, i)``, or under ``(task_id, indexes[i])`` when ``indexes`` (distinct ints,
+        one per write, negative ones allowed) is given. Idempotent: a ``(task_id, index)``
+        already stored keeps its first value, so a retried task does not duplicate or
+        overwrite its writes; with ``replace=True`` the new write replaces it instead (last
+        one wins, e.g. LangGraph's error and interrupt channels). Listed in
+        ``(task_id, index)`` order.
         """
         _check_text("thread_id", thread_id)
         _check_text("checkpoint_id", checkpoint_id)
@@ -246,20 +310,23 @@ class Saver:
         if isinstance(writes, (str, bytes)) or not isinstance(writes, Sequence):
             raise InvalidArgumentError(
                 f"writes must be a list of (channel, value) pairs, not {type(writes).__name__}")
+        if type(replace) is not bool:
+            raise InvalidArgumentError(f"replace must be True or False, not {replace!r}")
+        positions = range(len(writes)) if indexes is None else _check_indexes(indexes, writes)
         encoded = []
-        for index, item in enumerate(writes):
+        for position, (index, item) in enumerate(zip(positions, writes)):
             if not isinstance(item, tuple | list) or len(item) != 2:
                 raise InvalidArgumentError(
-                    f"writes[{index}] must be a (channel, value) pair, not {item!r:.80}")
+                    f"writes[{position}] must be a (channel, value) pair, not {item!r:.80}")
             channel, value = item
-            _check_text(f"writes[{index}] channel", channel)
-            encoded.append((index, channel, codec.encode(value, name=f"writes[{index}] value")))
+            _check_text(f"writes[{position}] channel", channel)
+            encoded.append((index, channel,
+                            codec.encode(value, name=f"writes[{position}] value")))
         with _Transaction(self, "putting pending writes") as conn:
             seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
                                        "checkpoint_id")
             conn.executemany(
-                "INSERT INTO writes (checkpoint_seq, task_id, idx, channel, value, task_path, "
-                "checksum) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING",
+                _REPLACE_WRITE if replace else _INSERT_WRITE,
                 [(seq, task_id, index, channel, value, task_path,
                   integrity.write_checksum(seq, task_id, index, channel, task_path, value))
                  for index, channel, value in encoded])
@@ -307,13 +374,119 @@ class Saver:
                 (thread_id, min(keep_last, _INT64_MAX)))  # more than can exist: keep all
             return conn.changes()
 
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
+        """Copy every checkpoint of the source thread (all namespaces) with its pending writes
+        to the target thread, in one transaction; return how many were copied.
+
+        The copies keep their state, metadata, ``created_at``, order and caller-supplied ids;
+        parent links point at the copies (a parent pruned from the source stays a pruned
+        parent). Generated ids are new ones, since an id is never handed out twice. The log is
+        not copied. The target must have no checkpoint, else
+        :class:`~sqlitesaver.errors.InvalidArgumentError`; a source without checkpoints copies
+        nothing. Every source payload's checksum is verified on the way: a damaged one raises
+        :class:`~sqlitesaver.errors.ChecksumError` and nothing is copied.
+        """
+        _check_text("source_thread_id", source_thread_id)
+        _check_text("target_thread_id", target_thread_id)
+        if source_thread_id == target_thread_id:
+            raise InvalidArgumentError(
+                f"cannot copy thread {source_thread_id!r} onto itself; nothing was written")
+        with _Transaction(self, "copying a thread") as conn:
+            if conn.execute("SELECT 1 FROM checkpoints WHERE thread_id = ? LIMIT 1",
+                            (target_thread_id,)).fetchone() is not None:
+                raise InvalidArgumentError(
+                    f"target thread {target_thread_id!r} already has checkpoints in "
+                    f"{self._path!r}; copy to a new thread id (or delete_thread it first). "
+                    "Nothing was written.", path=self._path)
+            # seqs first: SQLite leaves undefined what a statement still reading a table sees
+            # of rows the same connection inserts meanwhile.
+            old_seqs = [seq for (seq,) in conn.execute(
+                "SELECT seq FROM checkpoints WHERE thread_id = ? ORDER BY seq",
+                (source_thread_id,))]
+            copied: dict[int, int] = {}
+            for old in old_seqs:
+                row = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c "
+                                   "WHERE c.seq = ?", (old,)).fetchone()
+                self._verify(row)
+                _, _, namespace, parent, created, state, meta, _, key, parent_key = row
+                parent = copied.get(parent, parent)
+                seq = copied[old] = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+                conn.execute(_INSERT_KEYED_CHECKPOINT, (
+                    seq, target_thread_id, namespace, parent, created, state, meta,
+                    integrity.checkpoint_checksum(seq, target_thread_id, namespace, parent,
+                                                  created, state, meta, key, parent_key),
+                    key, parent_key))
+                writes = conn.execute(f"SELECT {_WRITE_COLUMNS} FROM writes AS w "
+                                      "WHERE checkpoint_seq = ?", (old,)).fetchall()
+                self._verify_writes(key or _format_id(old), writes)
+                conn.executemany(_INSERT_WRITE, [
+                    (seq, task_id, index, channel, value, task_path,
+                     integrity.write_checksum(seq, task_id, index, channel, task_path, value))
+                    for _, task_id, index, channel, value, task_path, _ in writes])
+        return len(old_seqs)
+
+    def delete_matching(self, *filters: dict, thread_id: str | None = None) -> int:
+        """Delete every checkpoint whose metadata matches any of ``filters``, in every thread
+        (or only in ``thread_id``), with its pending writes, in one transaction; return how
+        many were deleted.
+
+        A filter matches as :meth:`list`'s ``metadata`` does (all its key/value pairs present
+        and equal under ``==``); an empty one would match everything and is refused. A
+        remaining checkpoint whose parent is deleted this way is detached (its ``parent_id``
+        becomes ``None``), so no history has a hole in its middle; ``prune`` only removes the
+        oldest checkpoints and keeps those links. Every checkpoint considered has its checksum
+        verified before its metadata is trusted, so the cost grows with the database (with
+        the thread when ``thread_id`` is given); a damaged one raises
+        :class:`~sqlitesaver.errors.ChecksumError` and nothing is deleted. The log is
+        untouched.
+        """
+        for position, wanted in enumerate(filters):
+            if type(wanted) is not dict or not wanted:
+                raise InvalidArgumentError(
+                    f"filters[{position}] must be a non-empty dict (an empty one would match "
+                    f"every checkpoint), not {wanted!r:.80}; nothing was deleted")
+        if thread_id is not None:
+            _check_text("thread_id", thread_id)
+        if not filters:
+            self._check_usable()
+            return 0
+        where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None \
+            else ("", ())
+        with _Transaction(self, "deleting checkpoints by metadata") as conn:
+            doomed: set[int] = set()
+            orphans = []
+            rows = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c {where} "
+                                "ORDER BY c.seq", params)
+            try:
+                for row in rows:
+                    self._verify(row)
+                    found = codec.decode(row[6])
+                    if any(_matches(found, wanted) for wanted in filters):
+                        doomed.add(row[0])
+                    elif row[3] in doomed:  # seq order: a parent is classified before its child
+                        orphans.append(row)
+            finally:
+                _close_cursors(rows)
+            if not doomed:
+                return 0
+            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
+            conn.executemany(
+                "UPDATE checkpoints SET parent_seq = NULL, parent_key = NULL, checksum = ? "
+                "WHERE seq = ?",
+                [(integrity.checkpoint_checksum(seq, thread, namespace, None, created, state,
+                                                meta, key, None), seq)
+                 for seq, thread, namespace, _, created, state, meta, _, key, _ in orphans])
+            conn.executemany("DELETE FROM checkpoints WHERE seq = ?",
+                             [(seq,) for seq in sorted(doomed)])
+            return len(doomed)
+
     # --- reads -----------------------------------------------------------------------------
 
     def get(self, thread_id: str, checkpoint_id: str | None = None, *,
             namespace: str = "") -> Checkpoint | None:
-        """The checkpoint ``checkpoint_id`` (the latest of the thread and namespace when
-        ``None``) with its metadata, parent id and pending writes; ``None`` if there is none.
-        Read from one consistent snapshot."""
+        """The checkpoint ``checkpoint_id`` (a generated or a caller-supplied id; the latest of
+        the thread and namespace when ``None``) with its metadata, parent id and pending
+        writes; ``None`` if there is none. Read from one consistent snapshot."""
         _check_text("thread_id", thread_id)
         _check_text("namespace", namespace, allow_empty=True)
         if checkpoint_id is not None:
@@ -322,12 +495,16 @@ class Saver:
         if checkpoint_id is None:
             match, params = ("thread_id = ? AND namespace = ? ORDER BY seq DESC LIMIT 1",
                              (thread_id, namespace))
+        elif not _is_generated(checkpoint_id):
+            match, params = ("thread_id = ? AND namespace = ? AND key = ?",
+                             (thread_id, namespace, checkpoint_id))
         else:
             seq = _parse_id(checkpoint_id)
             if seq is None:
                 return None
-            match, params = "seq = ? AND thread_id = ? AND namespace = ?", (seq, thread_id,
-                                                                          namespace)
+            # A checkpoint with a caller-supplied id is not also reachable by its seq.
+            match, params = ("seq = ? AND thread_id = ? AND namespace = ? AND key IS NULL",
+                             (seq, thread_id, namespace))
         query = (f"SELECT {_CHECKPOINT_COLUMNS}, EXISTS (SELECT 1 FROM writes WHERE "
                  f"checkpoint_seq = c.seq) FROM checkpoints AS c WHERE {match}")
         with _Read(self, "reading a checkpoint", snapshot=False) as read:
@@ -337,8 +514,8 @@ class Saver:
             row = conn.execute(query, params).fetchone()
             if row is None:
                 return None
-            if not row[8]:
-                return self._checkpoint(row[:8], ())
+            if not row[_N_CHECKPOINT_COLUMNS]:
+                return self._checkpoint(row[:_N_CHECKPOINT_COLUMNS], ())
             with read.snapshot():  # both queries again, from one snapshot
                 row = conn.execute(query, params).fetchone()
                 if row is None:
@@ -346,7 +523,7 @@ class Saver:
                 writes = conn.execute(
                     f"SELECT {_WRITE_COLUMNS} FROM writes AS w WHERE checkpoint_seq = ? "
                     "ORDER BY w.task_id, w.idx", (row[0],)).fetchall()
-        return self._checkpoint(row[:8], writes)
+        return self._checkpoint(row[:_N_CHECKPOINT_COLUMNS], writes)
 
     def list(self, thread_id: str, *, namespace: str | None = None,
              before: str | None = None, limit: int | None = None,
@@ -356,10 +533,11 @@ class Saver:
         Streamed from one snapshot with two queries in all (checkpoints, and their writes in
         the same order), so memory stays flat however many there are. ``namespace=None``
         lists every namespace. ``before`` is a checkpoint id: only older checkpoints are
-        listed. ``metadata`` keeps checkpoints whose metadata has all the given keys with
-        values equal under Python ``==`` (so ``1`` matches ``1.0`` and ``True``). Arguments
-        are checked at the call; the snapshot starts at the first ``next()`` and ends when the
-        iterator is exhausted or closed.
+        listed (older in commit order; a caller-supplied id that several namespaces share,
+        with ``namespace=None``, means the newest of them). ``metadata`` keeps checkpoints
+        whose metadata has all the given keys with values equal under Python ``==`` (so ``1``
+        matches ``1.0`` and ``True``). Arguments are checked at the call; the snapshot starts
+        at the first ``next()`` and ends when the iterator is exhausted or closed.
         """
         _check_text("thread_id", thread_id)
         if namespace is not None:
@@ -516,23 +694,34 @@ class Saver:
 
     def _checkpoint_seq(self, conn: apsw.Connection, thread_id: str, namespace: str,
                         checkpoint_id: str, argument: str) -> int:
-        seq = _parse_id(checkpoint_id)
-        if seq is None or conn.execute(
-                "SELECT 1 FROM checkpoints WHERE seq = ? AND thread_id = ? AND namespace = ?",
-                (seq, thread_id, namespace)).fetchone() is None:
-            raise CheckpointNotFoundError(
-                f"{argument} {checkpoint_id!r} is not a checkpoint of thread {thread_id!r} "
-                f"in namespace {namespace!r} in {self._path!r}; nothing was written.",
-                path=self._path)
-        return seq
+        if _is_generated(checkpoint_id):
+            seq = _parse_id(checkpoint_id)
+            found = None if seq is None else conn.execute(
+                "SELECT seq FROM checkpoints WHERE seq = ? AND thread_id = ? AND namespace = ? "
+                "AND key IS NULL", (seq, thread_id, namespace)).fetchone()
+        else:
+            found = conn.execute(_SEQ_BY_KEY, (thread_id, namespace, checkpoint_id)).fetchone()
+        if found is not None:
+            return found[0]
+        raise CheckpointNotFoundError(
+            f"{argument} {checkpoint_id!r} is not a checkpoint of thread {thread_id!r} "
+            f"in namespace {namespace!r} in {self._path!r}; nothing was written.",
+            path=self._path)
 
     def _before_seq(self, conn: apsw.Connection, thread_id: str, namespace: str | None,
                     before: str) -> int:
         if namespace is not None:
             return self._checkpoint_seq(conn, thread_id, namespace, before, "before")
-        seq = _parse_id(before)
-        if seq is None or conn.execute("SELECT 1 FROM checkpoints WHERE seq = ? AND "
-                                       "thread_id = ?", (seq, thread_id)).fetchone() is None:
+        if _is_generated(before):
+            seq = _parse_id(before)
+            if seq is not None and conn.execute(
+                    "SELECT 1 FROM checkpoints WHERE seq = ? AND thread_id = ? AND key IS NULL",
+                    (seq, thread_id)).fetchone() is None:
+                seq = None
+        else:
+            seq = conn.execute("SELECT max(seq) FROM checkpoints WHERE thread_id = ? AND "
+                               "key = ?", (thread_id, before)).fetchone()[0]
+        if seq is None:
             raise CheckpointNotFoundError(
                 f"before {before!r} is not a checkpoint of thread {thread_id!r} in "
                 f"{self._path!r}", path=self._path)
@@ -545,29 +734,35 @@ class Saver:
             path=self._path)
 
     def _verify(self, row: tuple) -> None:
-        seq, thread_id, namespace, parent_seq, created, state, meta, checksum = row
+        seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key, \
+            parent_key = row
         if integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created, state,
-                                         meta) != checksum:
+                                         meta, key, parent_key) != checksum:
             raise self._checksum_error(
-                f"checkpoint {_format_id(seq)!r} of thread {thread_id!r}")
+                f"checkpoint {key or _format_id(seq)!r} of thread {thread_id!r}")
 
-    def _checkpoint(self, row: tuple, writes: Iterable[tuple],
+    def _verify_writes(self, checkpoint_id: str, writes: Iterable[tuple]) -> None:
+        for w_seq, task_id, index, channel, value, task_path, checksum in writes:
+            if integrity.write_checksum(w_seq, task_id, index, channel, task_path,
+                                        value) != checksum:
+                raise self._checksum_error(
+                    f"pending write ({task_id!r}, {index}) of checkpoint {checkpoint_id!r}")
+
+    def _checkpoint(self, row: tuple, writes: Sequence[tuple],
                     metadata: dict | None = None) -> Checkpoint:
         if metadata is None:
             self._verify(row)
             metadata = codec.decode(row[6])
         seq, thread_id, namespace, parent_seq, created, state = row[:6]
-        pending = []
-        for w_seq, task_id, index, channel, value, task_path, checksum in writes:
-            if integrity.write_checksum(w_seq, task_id, index, channel, task_path,
-                                        value) != checksum:
-                raise self._checksum_error(
-                    f"pending write ({task_id!r}, {index}) of checkpoint {_format_id(seq)!r}")
-            pending.append(PendingWrite(task_id, index, channel, codec.decode(value),
-                                        task_path))
-        return Checkpoint(thread_id, namespace, _format_id(seq),
-                          None if parent_seq is None else _format_id(parent_seq),
-                          _to_datetime(created), codec.decode(state), metadata, tuple(pending))
+        key, parent_key = row[8:10]
+        checkpoint_id = _format_id(seq) if key is None else key
+        self._verify_writes(checkpoint_id, writes)
+        pending = tuple(PendingWrite(task_id, index, channel, codec.decode(value), task_path)
+                        for _, task_id, index, channel, value, task_path, _ in writes)
+        if parent_key is None and parent_seq is not None:
+            parent_key = _format_id(parent_seq)
+        return Checkpoint(thread_id, namespace, checkpoint_id, parent_key, _to_datetime(created),
+                          codec.decode(state), metadata, pending)
 
     def _reader(self) -> apsw.Connection:
         with self._pool_lock:
@@ -765,7 +960,42 @@ def _close_cursors(*cursors: apsw.Cursor | None) -> None:
 _NEXT_SEQ_CHECKPOINTS = _NEXT_SEQ.format(table="checkpoints")
 _INSERT_CHECKPOINT = ("INSERT INTO checkpoints (seq, thread_id, namespace, parent_seq, "
                       "created_at, state, metadata, checksum) VALUES (?,?,?,?,?,?,?,?)")
+_INSERT_KEYED_CHECKPOINT = ("INSERT INTO checkpoints (seq, thread_id, namespace, parent_seq, "
+                            "created_at, state, metadata, checksum, key, parent_key) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?)")
+# `key = ?` implies `key IS NOT NULL`, so SQLite uses the partial index checkpoints_by_key.
+_SEQ_BY_KEY = ("SELECT seq, created_at FROM checkpoints WHERE thread_id = ? AND namespace = ? "
+               "AND key = ?")
+_INSERT_WRITE = ("INSERT INTO writes (checkpoint_seq, task_id, idx, channel, value, task_path, "
+                 "checksum) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
+_REPLACE_WRITE = (_INSERT_WRITE.removesuffix("DO NOTHING")
+                  + "(checkpoint_seq, task_id, idx) DO UPDATE SET channel = excluded.channel, "
+                  "value = excluded.value, task_path = excluded.task_path, "
+                  "checksum = excluded.checksum")
 _NEXT_SEQ_LOG = _NEXT_SEQ.format(table="log")
+
+
+def _is_generated(checkpoint_id: str) -> bool:
+    """True if the id has the form of a Saver-generated id (16 lowercase hex digits), which a
+    caller-supplied id may not have: every id string then names at most one checkpoint."""
+    return len(checkpoint_id) == 16 and not checkpoint_id.strip("0123456789abcdef")
+
+
+def _check_indexes(indexes: object, writes: Sequence) -> Sequence[int]:
+    if isinstance(indexes, (str, bytes)) or not isinstance(indexes, Sequence):
+        raise InvalidArgumentError(
+            f"indexes must be a list of ints or None, not {type(indexes).__name__}")
+    if len(indexes) != len(writes):
+        raise InvalidArgumentError(
+            f"indexes has {len(indexes)} entries for {len(writes)} writes: give one per write")
+    for position, index in enumerate(indexes):
+        if isinstance(index, bool) or not isinstance(index, int) \
+                or not -_INT64_MAX - 1 <= index <= _INT64_MAX:
+            raise InvalidArgumentError(
+                f"indexes[{position}] must be an int in SQLite's 64-bit range, not {index!r}")
+    if len(set(indexes)) != len(indexes):
+        raise InvalidArgumentError(f"indexes must be distinct, not {list(indexes)!r:.80}")
+    return indexes
 
 
 def _format_id(seq: int) -> str:

@@ -6,7 +6,9 @@ versioned by ``PRAGMA user_version``. Migration ``n`` takes a database from vers
 that fails half-way leaves the previous schema exactly as it was.
 
 Ordering: ``seq`` columns grow with commit order and are never reused, even after deletes (see
-``high_water``). Checkpoint ids are ``seq`` as 16 hex digits, so they sort the same way.
+``high_water``). Generated checkpoint ids are ``seq`` as 16 hex digits, so they sort the same
+way; a checkpoint put with a caller-supplied id (``key``, schema version 2) is still ordered by
+its ``seq``.
 """
 
 from __future__ import annotations
@@ -72,6 +74,18 @@ MIGRATIONS: tuple[Migration, ...] = (
             value INTEGER NOT NULL
         ) WITHOUT ROWID""",
         "INSERT INTO high_water (name, value) VALUES ('checkpoints', 0), ('log', 0)",
+    )),
+    # Caller-supplied checkpoint ids (LangGraph's uuid6 ids, kept by copy_thread): `key` is the
+    # checkpoint's own id when the caller gave one, `parent_key` its parent's id when that
+    # parent had one, so the parent's id survives the parent's deletion. Both NULL for
+    # Saver-generated ids, whose rows stay exactly as in version 1 (and so do their
+    # checksums). The index is partial so that a put without a key writes no extra index
+    # page (one WAL frame fewer per commit); ADD COLUMN with no default rewrites no rows.
+    Migration(2, (
+        "ALTER TABLE checkpoints ADD COLUMN key TEXT",
+        "ALTER TABLE checkpoints ADD COLUMN parent_key TEXT",
+        "CREATE UNIQUE INDEX checkpoints_by_key ON checkpoints (thread_id, namespace, key) "
+        "WHERE key IS NOT NULL",
     )),
 )
 

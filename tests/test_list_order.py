@@ -15,7 +15,8 @@ from sqlitesaver import SaverError, integrity
 def _row(seq: int) -> tuple:
     state, metadata = b"\x01", b"\x80"
     return (seq, "t", "", None, 0, state, metadata,
-            integrity.checkpoint_checksum(seq, "t", "", None, 0, state, metadata))
+            integrity.checkpoint_checksum(seq, "t", "", None, 0, state, metadata),
+            None, None)  # key, parent_key: a checkpoint with a generated id
 
 
 def _write(seq: int, index: int = 0) -> tuple:

@@ -1,8 +1,10 @@
 """Model-based test: a real Saver against a plain in-memory model.
 
 :class:`SaverMachine` drives a ``Saver`` in a temporary directory with random sequences of
-``put``, ``put_writes``, ``get``, ``list``, ``append_log``, ``read_log``, ``delete_thread``,
-``prune``, ``transaction`` blocks (flat and nested, completing or raising part-way) and
+``put`` (with generated and with caller-supplied ids, which a second put replaces),
+``put_writes`` (by position or by explicit index, keeping the first value or replacing it),
+``get``, ``list``, ``append_log``, ``read_log``, ``delete_thread``, ``prune``, ``copy_thread``,
+``delete_matching``, ``transaction`` blocks (flat and nested, completing or raising part-way) and
 ``reopen``, and after every step compares everything the public API can see (every thread's
 checkpoints with their pending writes, every log, ``threads()``) with the model.
 
@@ -37,7 +39,7 @@ from hypothesis.stateful import (Bundle, RuleBasedStateMachine, initialize, inva
                                  multiple, rule)
 
 from sqlitesaver import (Checkpoint, CheckpointNotFoundError, InvalidArgumentError, Saver,
-                         SaverClosedError)
+                         SaverClosedError, check)
 
 # --- value strategies and a type-exact comparison ------------------------------------------------
 
@@ -48,11 +50,19 @@ CHANNELS = ("messages", "x", "ü")
 META_KEYS = ("source", "step", "writes", "tag")
 META_VALUES = (None, 0, 1, True, False, 1.5, "input", "loop", "", (1, 2), [1, 2], {"n": 1})
 BOGUS_ID = "ffffffffffffffff"          # a well-formed id that is never issued in a test run
+KEYS = ("key-1", "key-2", "kü-3")       # caller-supplied ids: few, so that puts replace
+
+
+def generated(checkpoint_id: str) -> bool:
+    return len(checkpoint_id) == 16 and not checkpoint_id.strip("0123456789abcdef")
 
 
 def aliases(checkpoint_id: str) -> list[str]:
     """Strings that int(x, 16) reads as the same number as a real id but that are not its
-    id: none of them may find the checkpoint."""
+    id (for a caller-supplied id: near misses): none of them may find the checkpoint."""
+    if not generated(checkpoint_id):
+        return [checkpoint_id.upper(), " " + checkpoint_id, checkpoint_id + " ",
+                checkpoint_id[:-1]]
     last = checkpoint_id[-1]
     return [checkpoint_id.upper() if not last.isdigit()
             else checkpoint_id[:-1] + chr(ord(last) + 0xFEE0),  # a fullwidth digit
@@ -146,6 +156,9 @@ class MCheckpoint:
     created_at: datetime.datetime
     order: int  # commit order, independent of the id, so list order is checked against it
     writes: dict[tuple[str, int], tuple[str, Any, str]] = field(default_factory=dict)
+    # the parent's `order` (its identity: a caller-supplied id can name a new checkpoint after
+    # the old one with that id was deleted); None when there is no link
+    parent_order: int | None = None
 
 
 @dataclass
@@ -158,16 +171,23 @@ class MLogEvent:
 
 @dataclass
 class Model:
-    checkpoints: dict[str, MCheckpoint] = field(default_factory=dict)  # live ones, by id
+    # live ones, by (thread, namespace, id): caller-supplied ids are unique only there
+    checkpoints: dict[tuple[str, str, str], MCheckpoint] = field(default_factory=dict)
     log: list[MLogEvent] = field(default_factory=list)                 # live ones, seq order
-    max_id: str = ""          # greatest checkpoint id ever committed (deleted ones included)
+    max_id: str = ""          # greatest generated id ever committed (deleted ones included)
     max_seq: int = 0          # greatest log seq ever committed
     last_created: datetime.datetime | None = None
     order: int = 0
 
     def find(self, thread: str, ns: str, checkpoint_id: str) -> MCheckpoint | None:
-        cp = self.checkpoints.get(checkpoint_id)
-        return cp if cp is not None and cp.thread == thread and cp.ns == ns else None
+        return self.checkpoints.get((thread, ns, checkpoint_id))
+
+    def add(self, cp: MCheckpoint) -> None:
+        self.checkpoints[(cp.thread, cp.ns, cp.id)] = cp
+
+    def remove(self, gone: list[MCheckpoint]) -> None:
+        for cp in gone:
+            del self.checkpoints[(cp.thread, cp.ns, cp.id)]
 
     def newest_first(self, thread: str, ns: str | None = None) -> list[MCheckpoint]:
         return sorted((cp for cp in self.checkpoints.values()
@@ -254,7 +274,8 @@ class SaverMachine(RuleBasedStateMachine):
     # --- operations shared by the rules and the transaction blocks -------------------------------
 
     def _put(self, m: Model, thread: str, ns: str, state: Any, metadata: dict,
-             parent_mode: str, data: st.DataObject | None) -> tuple[str, str, str] | None:
+             parent_mode: str, data: st.DataObject | None,
+             key: str | None = None) -> tuple[str, str, str] | None:
         latest = m.latest(thread, ns)
         if parent_mode == "latest" or data is None or not self.seen_refs:
             parent = latest.id if latest else None
@@ -265,41 +286,70 @@ class SaverMachine(RuleBasedStateMachine):
             parent = data.draw(st.sampled_from(same_thread or [BOGUS_ID])
                                | st.sampled_from([r[2] for r in self.seen_refs] + [BOGUS_ID]),
                                label="parent_id")
-        if parent is not None and m.find(thread, ns, parent) is None:
+        parent_cp = None if parent is None else m.find(thread, ns, parent)
+        if parent is not None and parent_cp is None:
             event("put: parent_id names no checkpoint")
             with pytest.raises(CheckpointNotFoundError):
-                self.saver.put(thread, state, metadata=metadata, parent_id=parent, namespace=ns)
+                self.saver.put(thread, state, metadata=metadata, parent_id=parent, namespace=ns,
+                               checkpoint_id=key)
             return None
-        ref = self.saver.put(thread, state, metadata=metadata, parent_id=parent, namespace=ns)
+        replaced = None if key is None else m.find(thread, ns, key)
+        if replaced is not None and parent_cp is not None \
+                and parent_cp.order >= replaced.order:
+            event("put: replacing with a parent that is not older")
+            with pytest.raises(InvalidArgumentError):
+                self.saver.put(thread, state, metadata=metadata, parent_id=parent, namespace=ns,
+                               checkpoint_id=key)
+            return None
+        ref = self.saver.put(thread, state, metadata=metadata, parent_id=parent, namespace=ns,
+                             checkpoint_id=key)
         assert (ref.thread_id, ref.namespace) == (thread, ns)
-        # ids sort as strings in commit order and are never reused, even after the newest
-        # checkpoints were deleted or pruned
-        assert ref.checkpoint_id > m.max_id, (ref.checkpoint_id, m.max_id)
+        parent_order = None if parent_cp is None else parent_cp.order
+        if replaced is not None:
+            # same place in the order, same created_at, same pending writes; the rest is new
+            event("put: replaced a checkpoint by its caller-supplied id")
+            assert ref.checkpoint_id == key and ref.created_at == replaced.created_at
+            replaced.state, replaced.metadata = state, metadata
+            replaced.parent, replaced.parent_order = parent, parent_order
+            return (thread, ns, key)
+        if key is None:
+            # ids sort as strings in commit order and are never reused, even after the newest
+            # checkpoints were deleted or pruned
+            assert generated(ref.checkpoint_id) and ref.checkpoint_id > m.max_id, \
+                (ref.checkpoint_id, m.max_id)
+            m.max_id = ref.checkpoint_id
+        else:
+            assert ref.checkpoint_id == key
         # created_at is wall-clock time: this assumes the clock is not stepped back mid-test
         assert m.last_created is None or ref.created_at >= m.last_created
-        m.max_id, m.last_created = ref.checkpoint_id, ref.created_at
+        m.last_created = ref.created_at
         m.order += 1
-        m.checkpoints[ref.checkpoint_id] = MCheckpoint(
-            thread, ns, ref.checkpoint_id, parent, state, metadata, ref.created_at, m.order)
+        m.add(MCheckpoint(thread, ns, ref.checkpoint_id, parent, state, metadata, ref.created_at,
+                          m.order, parent_order=parent_order))
         triple = (thread, ns, ref.checkpoint_id)
         self.seen_refs.append(triple)
         return triple
 
     def _put_writes(self, m: Model, thread: str, ns: str, checkpoint_id: str, task: str,
-                    writes: list, task_path: str) -> None:
+                    writes: list, task_path: str, indexes: list[int] | None = None,
+                    replace: bool = False) -> None:
         cp = m.find(thread, ns, checkpoint_id)
         if cp is None:
             event("put_writes: target gone")
             with pytest.raises(CheckpointNotFoundError):
                 self.saver.put_writes(thread, checkpoint_id, task, writes, namespace=ns,
-                                      task_path=task_path)
+                                      task_path=task_path, indexes=indexes, replace=replace)
             return
-        if any((task, idx) in cp.writes for idx in range(len(writes))):
-            event("put_writes: retried (task_id, idx)")
+        positions = range(len(writes)) if indexes is None else indexes
+        if any((task, idx) in cp.writes for idx in positions):
+            event(f"put_writes: retried (task_id, idx), replace={replace}")
         self.saver.put_writes(thread, checkpoint_id, task, writes, namespace=ns,
-                              task_path=task_path)
-        for idx, (channel, value) in enumerate(writes):
-            cp.writes.setdefault((task, idx), (channel, value, task_path))  # first one wins
+                              task_path=task_path, indexes=indexes, replace=replace)
+        for idx, (channel, value) in zip(positions, writes):
+            if replace:
+                cp.writes[(task, idx)] = (channel, value, task_path)  # last one wins
+            else:
+                cp.writes.setdefault((task, idx), (channel, value, task_path))  # first one wins
 
     def _append_log(self, m: Model, thread: str, event: Any) -> None:
         seq = self.saver.append_log(thread, event)
@@ -309,23 +359,69 @@ class SaverMachine(RuleBasedStateMachine):
         self.seen_seqs.append(seq)
 
     def _delete_thread(self, m: Model, thread: str) -> None:
-        gone = [cp.id for cp in m.checkpoints.values() if cp.thread == thread]
+        gone = [cp for cp in m.checkpoints.values() if cp.thread == thread]
         assert self.saver.delete_thread(thread) == len(gone)
-        for checkpoint_id in gone:
-            del m.checkpoints[checkpoint_id]
+        m.remove(gone)
         m.log = [e for e in m.log if e.thread != thread]
 
     def _prune(self, m: Model, thread: str, keep_last: int) -> None:
-        gone = [cp.id for ns in NAMESPACES for cp in m.newest_first(thread, ns)[keep_last:]]
+        gone = [cp for ns in NAMESPACES for cp in m.newest_first(thread, ns)[keep_last:]]
         event(f"prune: deletes {'some' if gone else 'none'}")
         assert self.saver.prune(thread, keep_last=keep_last) == len(gone)
-        for checkpoint_id in gone:
-            del m.checkpoints[checkpoint_id]
+        m.remove(gone)
+
+    def _copy_thread(self, m: Model, source: str, target: str) -> list[tuple[str, str, str]]:
+        """Copies in the same order with new orders; caller-supplied ids kept, generated ones
+        new (learnt from the API, checked to be fresh); links follow the copies, a link to a
+        checkpoint outside the source (pruned) is kept as it was."""
+        if source == target or any(cp.thread == target for cp in m.checkpoints.values()):
+            event("copy_thread: refused")
+            with pytest.raises(InvalidArgumentError):
+                self.saver.copy_thread(source, target)
+            return []
+        originals = sorted((cp for cp in m.checkpoints.values() if cp.thread == source),
+                           key=lambda cp: cp.order)
+        event(f"copy_thread: copies {'some' if originals else 'none'}")
+        assert self.saver.copy_thread(source, target) == len(originals)
+        listed = list(reversed([c.checkpoint_id for c in self.saver.list(target)]))
+        assert len(listed) == len(originals)
+        copies: dict[int, MCheckpoint] = {}
+        for cp, new_id in zip(originals, listed):
+            if generated(cp.id):
+                assert generated(new_id) and new_id > m.max_id, (new_id, m.max_id)
+                m.max_id = new_id
+            else:
+                assert new_id == cp.id
+            m.order += 1
+            parent = copies.get(cp.parent_order)
+            copies[cp.order] = copy_ = MCheckpoint(
+                target, cp.ns, new_id, cp.parent if parent is None else parent.id,
+                copy.deepcopy(cp.state), copy.deepcopy(cp.metadata), cp.created_at, m.order,
+                copy.deepcopy(cp.writes),
+                cp.parent_order if parent is None else parent.order)
+            m.add(copy_)
+        new_refs = [(target, cp.ns, cp.id) for cp in copies.values()]
+        self.seen_refs.extend(new_refs)
+        return new_refs
+
+    def _delete_matching(self, m: Model, filters: list[dict], thread: str | None) -> None:
+        """Any filter matching deletes; children of what is deleted lose their parent."""
+        gone = [cp for cp in m.checkpoints.values()
+                if (thread is None or cp.thread == thread)
+                and any(all(k in cp.metadata and cp.metadata[k] == v for k, v in f.items())
+                        for f in filters)]
+        event(f"delete_matching: deletes {'some' if gone else 'none'}")
+        assert self.saver.delete_matching(*filters, thread_id=thread) == len(gone)
+        m.remove(gone)
+        orders = {cp.order for cp in gone}
+        for cp in m.checkpoints.values():
+            if cp.parent_order in orders:
+                event("delete_matching: detaches a child")
+                cp.parent = cp.parent_order = None
 
     def _missing_target(self, m: Model, data: st.DataObject) -> tuple[str, str, str]:
         """A (thread, namespace, id) that names no checkpoint: deleted, rolled back, of
-        another thread, or never issued; ids are unique, so the other namespace never has
-        it."""
+        another thread or namespace, or never issued."""
         thread, ns, checkpoint_id = data.draw(
             st.sampled_from(self.seen_refs + [("t1", "", BOGUS_ID)]), label="target")
         thread = data.draw(st.sampled_from([thread, *THREADS]), label="thread")
@@ -333,6 +429,8 @@ class SaverMachine(RuleBasedStateMachine):
             return thread, ns, data.draw(st.sampled_from(aliases(checkpoint_id)), label="id")
         if m.find(thread, ns, checkpoint_id) is not None:
             ns = "sub" if ns == "" else ""
+        if m.find(thread, ns, checkpoint_id) is not None:  # a caller-supplied id in both
+            return thread, ns, BOGUS_ID
         return thread, ns, checkpoint_id
 
     def _compare_all(self, m: Model) -> None:
@@ -380,12 +478,26 @@ class SaverMachine(RuleBasedStateMachine):
         triple = self._put(self.model, thread, ns, state, metadata, parent_mode, data)
         return multiple() if triple is None else triple
 
-    @rule(ref=refs, task=task_ids, writes=write_lists, task_path=task_paths)
-    def put_writes(self, ref, task, writes, task_path):
+    @rule(target=refs, thread=thread_ids, ns=namespaces, state=states, metadata=metadatas,
+          key=st.sampled_from(KEYS), parent_mode=st.sampled_from(("latest", "none", "any")),
+          data=st.data())
+    def put_with_own_id(self, thread, ns, state, metadata, key, parent_mode, data):
+        """A caller-supplied id: a new checkpoint, or (the id exists in this thread and
+        namespace) a replacement, refused if its parent is not older than it."""
+        triple = self._put(self.model, thread, ns, state, metadata, parent_mode, data, key)
+        return multiple() if triple is None else triple
+
+    @rule(ref=refs, task=task_ids, writes=write_lists, task_path=task_paths,
+          indexed=st.booleans(), replace=st.booleans(), data=st.data())
+    def put_writes(self, ref, task, writes, task_path, indexed, replace, data):
         # ref may have been deleted or pruned since: the model then expects
         # CheckpointNotFoundError
         thread, ns, checkpoint_id = ref
-        self._put_writes(self.model, thread, ns, checkpoint_id, task, writes, task_path)
+        indexes = data.draw(st.lists(st.integers(-3, 3), min_size=len(writes),
+                                     max_size=len(writes), unique=True),
+                            label="indexes") if indexed else None
+        self._put_writes(self.model, thread, ns, checkpoint_id, task, writes, task_path,
+                         indexes, replace)
 
     @rule(data=st.data(), task=task_ids, writes=write_lists)
     def put_writes_to_missing_checkpoint(self, data, task, writes):
@@ -450,10 +562,11 @@ class SaverMachine(RuleBasedStateMachine):
         assert iter(it) is it  # an iterator, not a list
         anchor = None
         if before is not None:
-            anchor = m.checkpoints.get(before)
-            if anchor is not None and (anchor.thread != thread
-                                       or (ns is not None and anchor.ns != ns)):
-                anchor = None
+            # with every namespace listed, a caller-supplied id both have means the newest
+            anchor = max((cp for cp in m.checkpoints.values()
+                          if cp.thread == thread and cp.id == before
+                          and (ns is None or cp.ns == ns)),
+                         key=lambda cp: cp.order, default=None)
             if anchor is None:
                 if limit == 0:
                     # limit=0 returns at once without opening a snapshot, so an unknown
@@ -510,6 +623,15 @@ class SaverMachine(RuleBasedStateMachine):
     def prune(self, thread, keep_last):
         self._prune(self.model, thread, keep_last)
 
+    @rule(target=refs, source=thread_ids, target_thread=thread_ids)
+    def copy_thread(self, source, target_thread):
+        return multiple(*self._copy_thread(self.model, source, target_thread))
+
+    @rule(filters=st.lists(metadatas.filter(bool), max_size=2),
+          thread=st.none() | thread_ids)
+    def delete_matching(self, filters, thread):
+        self._delete_matching(self.model, filters, thread)
+
     # --- transactions ----------------------------------------------------------------------------
 
     def _block(self, m: Model, data: st.DataObject, n_ops: int, raise_at: int | None,
@@ -524,22 +646,30 @@ class SaverMachine(RuleBasedStateMachine):
                 return
             kind = data.draw(st.sampled_from(
                 ("put", "put", "put_writes", "put_writes", "append_log", "missing", "prune",
-                 "delete_thread")), label=f"{label} op {i}")
+                 "delete_thread", "copy_thread", "delete_matching")), label=f"{label} op {i}")
             live = sorted(m.checkpoints)
             if kind == "put_writes" and not live:
                 kind = "put"
             thread = data.draw(thread_ids, label="thread") if kind in (
-                "put", "append_log", "prune", "delete_thread") else None
+                "put", "append_log", "prune", "delete_thread", "copy_thread") else None
             if kind == "put":
                 ns = data.draw(namespaces, label="namespace")
                 triple = self._put(m, thread, ns, data.draw(states, label="state"),
                                    data.draw(metadatas, label="metadata"),
                                    data.draw(st.sampled_from(("latest", "none", "any")),
-                                             label="parent"), data)
+                                             label="parent"), data,
+                                   data.draw(st.none() | st.sampled_from(KEYS), label="key"))
                 if triple is not None:
                     new_refs.append(triple)
                     check_checkpoint(self.saver.get(thread, triple[2], namespace=ns),
-                                     m.checkpoints[triple[2]])
+                                     m.find(*triple))
+            elif kind == "copy_thread":
+                new_refs.extend(self._copy_thread(m, thread, data.draw(thread_ids,
+                                                                       label="target")))
+            elif kind == "delete_matching":
+                self._delete_matching(m, data.draw(st.lists(metadatas.filter(bool), max_size=2),
+                                                   label="filters"),
+                                      data.draw(st.none() | thread_ids, label="thread"))
             elif kind == "put_writes":
                 cp = m.checkpoints[data.draw(st.sampled_from(live), label="target id")]
                 self._put_writes(m, cp.thread, cp.ns, cp.id, data.draw(task_ids, label="task"),
@@ -643,7 +773,7 @@ class SaverMachine(RuleBasedStateMachine):
         # everything in the model is still there: the invariant runs right after this rule
 
     def _check_raw_file(self) -> None:
-        """With the Saver closed, count the rows of the tables themselves (schema version 1):
+        """With the Saver closed, count the rows of the tables themselves:
         nothing the API no longer shows is left behind, e.g. pending writes of a deleted
         checkpoint."""
         m = self.model
@@ -658,6 +788,10 @@ class SaverMachine(RuleBasedStateMachine):
                        "(SELECT seq FROM checkpoints)") == 0
         finally:
             conn.close()
+        # and the validator finds every invariant kept (e.g. no parent vanished from the
+        # middle of a history: delete_matching detaches, prune only cuts the oldest)
+        report = check.check_database(self.path)
+        assert report.ok, check.format_report(report)
 
     # --- after every step ------------------------------------------------------------------------
 

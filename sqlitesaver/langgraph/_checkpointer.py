@@ -1,0 +1,340 @@
+"""The LangGraph ``BaseCheckpointSaver`` on a :class:`~sqlitesaver.Saver`: every method, sync and
+async, with the Saver's guarantees.
+
+Guarantees: a method that writes returns only after its SQLite COMMIT returned (with the
+Saver's ``durability="full"`` default, the write survives a process crash, an OS crash and a
+power loss), and each call is one transaction: ``put_writes``, ``delete_for_runs``,
+``copy_thread`` and ``prune`` are all or nothing however many rows they touch (a ``put`` also
+stores, in its transaction, the writes that arrived for its checkpoint first). Reads never wait
+for writes (the Saver reads on a pool of WAL readers) and never return bytes that changed on disk
+(every payload is checksummed). The ``a*`` methods run the same code in a worker thread
+(``asyncio.to_thread``), so the event loop never blocks on SQLite or on a serializer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from contextlib import nullcontext
+from itertools import islice
+from typing import Any
+
+try:
+    from langchain_core.runnables import RunnableConfig
+    from langgraph.checkpoint.base import (BaseCheckpointSaver, ChannelVersions, Checkpoint,
+                                           CheckpointMetadata, CheckpointTuple,
+                                           SerializerProtocol, get_checkpoint_metadata)
+except ImportError as exc:  # the core never needs LangGraph; this module does
+    raise ImportError("sqlitesaver.langgraph needs LangGraph's checkpoint package: "
+                      "pip install 'sqlitesaver[langgraph]'") from exc
+
+from .. import Saver
+from ..errors import CheckpointNotFoundError, InvalidArgumentError
+from . import _convert
+from ._rendezvous import STORED, Key, Parked, Rendezvous
+
+__all__ = ["SaverCheckpointer"]
+
+#: Checkpoints an ``alist`` fetches per trip to its worker thread.
+_BATCH = 64
+_STRATEGIES = {"keep_latest": 1, "delete": 0}  # prune strategy -> checkpoints kept per namespace
+
+
+class SaverCheckpointer(BaseCheckpointSaver[str]):
+    """A LangGraph checkpointer backed by a :class:`~sqlitesaver.Saver` (see the module
+    docstring for what it guarantees). Use :class:`~sqlitesaver.langgraph.SqliteSaver` or
+    :class:`~sqlitesaver.langgraph.AsyncSqliteSaver`; they differ only in ``from_conn_string``.
+
+    ``saver`` stays the caller's: closing it is the caller's job (``from_conn_string`` does it).
+    ``serde`` is LangGraph's serializer protocol, applied to every checkpoint and write value.
+    """
+
+    #: Seconds ``put_writes`` waits for the checkpoint it names to be put before raising
+    #: :class:`~sqlitesaver.errors.CheckpointNotFoundError`. LangGraph's default
+    #: ``durability="async"`` often delivers a task's writes before the checkpoint they belong
+    #: to (the two are submitted to a thread pool unordered); they are then stored in that
+    #: checkpoint's own transaction (see :mod:`sqlitesaver.langgraph._rendezvous`).
+    pending_writes_wait: float = 30.0
+
+    def __init__(self, saver: Saver, *, serde: SerializerProtocol | None = None) -> None:
+        if not isinstance(saver, Saver):
+            raise InvalidArgumentError(
+                f"{type(self).__name__} takes a sqlitesaver.Saver, not "
+                f"{type(saver).__name__}; open one with "
+                f"{type(self).__name__}.from_conn_string(path)")
+        super().__init__(serde=serde)
+        self.saver = saver
+        self._rendezvous = Rendezvous()
+
+    def setup(self) -> None:
+        """Nothing to do: the Saver created (or migrated) its schema when it opened. Here so
+        that code written for LangGraph's savers, which calls ``setup()``, runs unchanged."""
+
+    # --- reads ---------------------------------------------------------------------------------
+
+    def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        """The checkpoint ``config`` names (the latest of its thread and ``checkpoint_ns`` when
+        it has no ``checkpoint_id``) with its pending writes, or None. One snapshot."""
+        thread_id, namespace, checkpoint_id = _convert.location(config)
+        stored = self.saver.get(thread_id, checkpoint_id, namespace=namespace)
+        return None if stored is None else _convert.to_tuple(stored, self.serde)
+
+    def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
+             before: RunnableConfig | None = None,
+             limit: int | None = None) -> Iterator[CheckpointTuple]:
+        """Checkpoints newest first (commit order), as LangGraph's SqliteSaver lists them:
+        of the config's thread, of its ``checkpoint_ns`` if it has one (all namespaces if not),
+        only its ``checkpoint_id`` if it has one; ``filter`` keeps those whose metadata has all
+        the given key/value pairs; ``before`` keeps those older than that checkpoint (one that
+        does not exist compares by id, as LangGraph's uuid6 ids sort by time). A thread's
+        checkpoints stream from one snapshot. ``config=None`` lists every thread: each thread
+        is read in turn and the whole result is sorted by id in memory."""
+        if before is not None:
+            before_id = (before.get("configurable") or {}).get("checkpoint_id")
+            if not before_id:
+                return  # LangGraph's savers compare with NULL here: nothing is older
+        else:
+            before_id = None
+        if config is None:
+            yield from self._list_every_thread(filter, before_id, limit)
+            return
+        thread_id, namespace, checkpoint_id = _convert.location(config, default_ns=None)
+        if checkpoint_id is not None:
+            yield from islice(self._list_one(thread_id, namespace, checkpoint_id, filter,
+                                             before_id), limit)
+            return
+        stream = self._stream(thread_id, namespace, filter, before_id, limit)
+        try:
+            for stored in stream:
+                yield _convert.to_tuple(stored, self.serde)
+        finally:
+            stream.close()
+
+    def _stream(self, thread_id: str, namespace: str | None, filter: dict | None,
+                before_id: str | None, limit: int | None) -> Iterator:
+        """The Saver's list, lazily (nothing is read before the first ``next()``)."""
+        listed = self.saver.list(thread_id, namespace=namespace, before=before_id,
+                                 limit=limit, metadata=filter)
+        try:
+            try:
+                first = next(listed, None)
+            except CheckpointNotFoundError:
+                # `before` names no checkpoint of this thread (deleted, or never stored):
+                # compare ids, as LangGraph's own savers do.
+                listed = self.saver.list(thread_id, namespace=namespace, metadata=filter)
+                yield from islice((stored for stored in listed
+                                   if stored.checkpoint_id < before_id), limit)
+                return
+            if first is not None:
+                yield first
+                yield from listed
+        finally:
+            listed.close()  # ends the read snapshot now, not when the garbage collector runs
+
+    def _list_one(self, thread_id: str, namespace: str | None, checkpoint_id: str,
+                  filter: dict | None, before_id: str | None) -> Iterator[CheckpointTuple]:
+        if namespace is not None and before_id is None:
+            found = self.saver.get(thread_id, checkpoint_id, namespace=namespace)
+            candidates = [] if found is None else [found]
+        else:  # rare: scan the thread for the id
+            candidates = [stored for stored in self._stream(thread_id, namespace, None,
+                                                            before_id, None)
+                          if stored.checkpoint_id == checkpoint_id]
+        for stored in candidates:
+            if filter is None or _convert.metadata_matches(stored.metadata, filter):
+                yield _convert.to_tuple(stored, self.serde)
+
+    def _list_every_thread(self, filter: dict | None, before_id: str | None,
+                           limit: int | None) -> Iterator[CheckpointTuple]:
+        found = [stored for thread_id in self.saver.threads()
+                 for stored in self.saver.list(thread_id, metadata=filter)
+                 if before_id is None or stored.checkpoint_id < before_id]
+        found.sort(key=lambda stored: stored.checkpoint_id, reverse=True)
+        for stored in found[:limit]:
+            yield _convert.to_tuple(stored, self.serde)
+
+    # --- writes --------------------------------------------------------------------------------
+
+    def put(self, config: RunnableConfig, checkpoint: Checkpoint, metadata: CheckpointMetadata,
+            new_versions: ChannelVersions) -> RunnableConfig:
+        """Store the checkpoint under its own id, its parent being the config's
+        ``checkpoint_id``, in one transaction, together with any writes that arrived for it
+        first; return the config that names it. A parent that does not exist (deleted, or
+        never stored) is recorded as no parent. Putting an id again replaces that checkpoint
+        and keeps its pending writes, as LangGraph's SqliteSaver does."""
+        thread_id, namespace, parent_id = _convert.location(config)
+        checkpoint_id = checkpoint["id"]
+        state = _convert.dumps(self.serde, checkpoint)
+        stored_metadata = get_checkpoint_metadata(config, metadata)
+        with self._rendezvous.storing((thread_id, namespace, checkpoint_id)) as take:
+            with self.saver.transaction():
+                try:
+                    self.saver.put(thread_id, state, metadata=stored_metadata,
+                                   parent_id=parent_id, namespace=namespace,
+                                   checkpoint_id=checkpoint_id)
+                except CheckpointNotFoundError:
+                    if parent_id is None:
+                        raise
+                    # Only the failed put was undone (it ran as a savepoint): put it alone.
+                    self.saver.put(thread_id, state, metadata=stored_metadata,
+                                   namespace=namespace, checkpoint_id=checkpoint_id)
+                for early in take():
+                    early.store()
+        return _convert.to_config(thread_id, namespace, checkpoint_id)
+
+    def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                   task_id: str, task_path: str = "") -> None:
+        """Store a task's writes against the config's checkpoint, all in one transaction:
+        regular channels keep their first value when retried, special ones (errors,
+        interrupts) take the last. Writes that arrive before their checkpoint wait up to
+        :attr:`pending_writes_wait` seconds and are stored in its transaction; either way
+        this returns only after they are committed."""
+        key, store = self._prepare_writes(config, writes, task_id, task_path)
+        deadline, trust_recent = None, True
+        while True:
+            try:
+                return store()
+            except CheckpointNotFoundError:
+                deadline = deadline or time.monotonic() + self.pending_writes_wait
+            job = Parked(key, store)
+            if not self._rendezvous.park(job, trust_recent=trust_recent):
+                trust_recent = False  # put meanwhile: try again, then wait if need be
+                continue
+            if not job.wait(deadline):
+                if self._rendezvous.withdraw(job):
+                    return store()  # the last try: CheckpointNotFoundError if still missing
+                job.wait(None)  # a put took it just now; its outcome is imminent
+            if job.outcome == STORED:
+                return None
+
+    def _prepare_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                        task_id: str, task_path: str) -> tuple[Key, Callable[[], None]]:
+        """The checkpoint's key, and a function storing the writes (serialized once, here)
+        in one transaction: its own, or the caller's."""
+        thread_id, namespace, checkpoint_id = _convert.location(config)
+        if checkpoint_id is None:
+            raise InvalidArgumentError("put_writes needs the config of a checkpoint: "
+                                       "configurable['checkpoint_id'] is missing")
+        regular, special = _convert.split_writes(writes, self.serde)
+        stores = [(indexes, pairs, replace) for (indexes, pairs), replace
+                  in ((regular, False), (special, True)) if pairs]
+
+        def store() -> None:
+            with self.saver.transaction() if len(stores) > 1 else nullcontext():
+                for indexes, pairs, replace in stores:
+                    self.saver.put_writes(thread_id, checkpoint_id, task_id, pairs,
+                                          namespace=namespace, task_path=task_path,
+                                          indexes=indexes, replace=replace)
+
+        return (thread_id, namespace, checkpoint_id), store
+
+    def delete_thread(self, thread_id: str) -> None:
+        """Delete every checkpoint (all namespaces) and pending write of the thread."""
+        self.saver.delete_thread(str(thread_id))
+
+    def delete_for_runs(self, run_ids: Sequence[str]) -> None:
+        """Delete, in every thread and in one transaction, the checkpoints whose metadata
+        ``run_id`` is one of ``run_ids``, with their pending writes. A remaining checkpoint
+        whose parent is deleted is detached (no ``parent_config``)."""
+        ids = _sequence("run_ids", run_ids)
+        self.saver.delete_matching(*({"run_id": str(run_id)} for run_id in ids))
+
+    def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        """Copy every checkpoint (all namespaces) of the source thread, with its ids,
+        metadata, parent chain and pending writes, to the target thread, in one transaction.
+        The target must have no checkpoints (:class:`~sqlitesaver.errors.InvalidArgumentError`
+        otherwise); a source without checkpoints copies nothing."""
+        self.saver.copy_thread(str(source_thread_id), str(target_thread_id))
+
+    def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        """``"keep_latest"``: keep only the newest checkpoint of each namespace of each
+        thread; ``"delete"``: delete all their checkpoints. One transaction for all threads.
+        Like LangGraph's base contract says, ``keep_latest`` is not aware of the beta
+        ``DeltaChannel``: do not prune threads of graphs that use it."""
+        if strategy not in _STRATEGIES:
+            raise InvalidArgumentError(
+                f"strategy must be one of {sorted(_STRATEGIES)}, not {strategy!r}")
+        threads = [str(thread_id) for thread_id in _sequence("thread_ids", thread_ids)]
+        with self.saver.transaction():
+            for thread_id in threads:
+                self.saver.prune(thread_id, keep_last=_STRATEGIES[strategy])
+
+    def get_next_version(self, current: str | None, channel: None) -> str:
+        """LangGraph's SqliteSaver's version strings, so graphs see the same versions: a
+        zero-padded counter (monotonic) and a random fraction."""
+        if current is None:
+            current_v = 0
+        elif isinstance(current, int):
+            current_v = current
+        else:
+            current_v = int(current.split(".")[0])
+        return f"{current_v + 1:032}.{random.random():016}"
+
+    # --- async: the same work in a worker thread -----------------------------------------------
+
+    async def aget_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
+        return await asyncio.to_thread(self.get_tuple, config)
+
+    async def alist(self, config: RunnableConfig | None, *,
+                    filter: dict[str, Any] | None = None, before: RunnableConfig | None = None,
+                    limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
+        listed = self.list(config, filter=filter, before=before, limit=limit)
+        try:
+            while True:
+                batch = await asyncio.to_thread(_take, listed, _BATCH)
+                for item in batch:
+                    yield item
+                if len(batch) < _BATCH:
+                    return
+        finally:
+            await asyncio.to_thread(listed.close)
+
+    async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
+                   metadata: CheckpointMetadata,
+                   new_versions: ChannelVersions) -> RunnableConfig:
+        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+
+    async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
+                          task_id: str, task_path: str = "") -> None:
+        key, store = await asyncio.to_thread(self._prepare_writes, config, writes, task_id,
+                                             task_path)
+        deadline, trust_recent = None, True
+        while True:
+            try:
+                return await asyncio.to_thread(store)
+            except CheckpointNotFoundError:
+                deadline = deadline or time.monotonic() + self.pending_writes_wait
+            job = Parked(key, store, loop=asyncio.get_running_loop())
+            if not self._rendezvous.park(job, trust_recent=trust_recent):
+                trust_recent = False
+                continue
+            if not await job.wait_async(deadline):
+                if self._rendezvous.withdraw(job):
+                    return await asyncio.to_thread(store)
+                await job.wait_async(None)
+            if job.outcome == STORED:
+                return None
+
+    async def adelete_thread(self, thread_id: str) -> None:
+        await asyncio.to_thread(self.delete_thread, thread_id)
+
+    async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
+        await asyncio.to_thread(self.delete_for_runs, run_ids)
+
+    async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
+        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+
+    async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
+        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
+
+def _take(iterator: Iterator, n: int) -> list:
+    return list(islice(iterator, n))
+
+
+def _sequence(name: str, value: object) -> Sequence:
+    if isinstance(value, (str, bytes)) or not isinstance(value, Sequence):
+        raise InvalidArgumentError(f"{name} must be a list of ids, not {value!r:.80}")
+    return value
