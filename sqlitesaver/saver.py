@@ -26,8 +26,8 @@ import apsw
 
 from . import codec, integrity, opening, pragmas
 from .errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
-                     InvalidArgumentError, SaverClosedError, SaverError, describe,
-                     translate)
+                     InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError,
+                     SaverError, describe, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
 from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
 
@@ -77,10 +77,18 @@ class Saver:
             :class:`~sqlitesaver.errors.BusyTimeoutError`.
         integrity_check: ``"quick"`` (default), ``"full"`` or ``"off"``: which check the
             startup recovery runs.
+        readonly: open for reading only. Nothing is written: no file is created, no WAL
+            checkpoint or schema migration runs (an older schema raises
+            :class:`~sqlitesaver.errors.SchemaVersionError`), and every write method raises
+            :class:`~sqlitesaver.errors.ReadOnlyDatabaseError`. Works on a file or directory
+            that cannot be written. In a directory that cannot be written and holds no
+            ``-wal``, SQLite cannot coordinate with writers, so the file is read as it is
+            (``immutable``): for archives and read-only mounts, not beside a live writer.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durability: str = "full",
-                 busy_timeout: float = 30.0, integrity_check: str = "quick") -> None:
+                 busy_timeout: float = 30.0, integrity_check: str = "quick",
+                 readonly: bool = False) -> None:
         self._closed = True  # until fully open, so close() and __del__ paths are safe
         self._path = _check_path(path)
         if durability not in DURABILITY_LEVELS:
@@ -94,9 +102,12 @@ class Saver:
             raise InvalidArgumentError(
                 f"integrity_check must be one of {opening.INTEGRITY_MODES}, "
                 f"not {integrity_check!r}")
-        self._profile = Profile(durability=durability, busy_timeout=float(busy_timeout))
-        self._writer, self.recovery = opening.open_writer(self._path, self._profile,
-                                                          integrity_check)
+        if not isinstance(readonly, bool):
+            raise InvalidArgumentError(f"readonly must be True or False, not {readonly!r}")
+        self._profile = Profile(durability=durability, busy_timeout=float(busy_timeout),
+                                readonly=readonly)
+        open_database = opening.open_readonly if readonly else opening.open_writer
+        self._writer, self.recovery = open_database(self._path, self._profile, integrity_check)
         self._lock = threading.RLock()   # serialises the write connection between threads
         self._depth = 0                  # transaction nesting of the thread holding _lock
         self._owner: int | None = None   # that thread's ident while a transaction is open
@@ -118,6 +129,12 @@ class Saver:
     @property
     def durability(self) -> str:
         return self._profile.durability
+
+    @property
+    def readonly(self) -> bool:
+        """True when opened with ``readonly=True``: every write raises
+        :class:`~sqlitesaver.errors.ReadOnlyDatabaseError`."""
+        return self._profile.readonly
 
     def settings(self) -> dict[str, object]:
         """The live PRAGMA values of the write connection and of a read connection, as SQLite
@@ -602,6 +619,11 @@ class _Transaction:
     def __enter__(self) -> apsw.Connection:
         saver = self._saver
         saver._check_usable()  # before the lock, so a forked child raises instead of waiting
+        if saver._profile.readonly:
+            raise ReadOnlyDatabaseError(
+                f"{saver._path!r} was opened with readonly=True, so {self._doing} is refused; "
+                "nothing was written. Open a Saver without readonly=True to write.",
+                path=saver._path)
         saver._lock.acquire()
         try:
             saver._check_usable()
