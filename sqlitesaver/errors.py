@@ -159,7 +159,16 @@ def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
     }
     where = f"{path!r}" if path else "the database"
     detail = describe(exc)
-    if isinstance(exc, (apsw.BusyError, apsw.LockedError)):
+    if isinstance(exc, apsw.LockedError):
+        # SQLITE_LOCKED is a conflict on one connection inside this process (e.g. a statement
+        # still running on it), not another process's lock: the busy timeout never waits for
+        # it, so "past the busy timeout" would send the user looking for the wrong process.
+        return BusyTimeoutError(
+            f"{where} was locked inside this process while {doing} ({detail}): a conflict "
+            "on one of this Saver's own connections, not another process's lock; nothing was "
+            "written. Retry the call; if it persists, report it as a sqlitesaver bug.",
+            path=path, **codes)
+    if isinstance(exc, apsw.BusyError):
         return BusyTimeoutError(
             f"{where} stayed locked by another connection past the busy timeout while {doing} "
             f"({detail}); nothing was written. Retry later, raise busy_timeout, or find the "

@@ -20,6 +20,7 @@ import errno
 import os
 import secrets
 import time
+import urllib.parse
 
 import apsw
 
@@ -30,7 +31,7 @@ from .errors import (CannotOpenError, CorruptDatabaseError, MigrationError,
 from .pragmas import Profile
 from .records import RecoveryReport
 
-__all__ = ["INTEGRITY_MODES", "open_writer", "open_reader", "read_header"]
+__all__ = ["INTEGRITY_MODES", "open_writer", "open_readonly", "open_reader", "read_header"]
 
 INTEGRITY_MODES = ("quick", "full", "off")
 
@@ -97,11 +98,54 @@ def open_writer(path: str, profile: Profile, integrity_check: str
     return conn, report
 
 
+def open_readonly(path: str, profile: Profile, integrity_check: str
+                  ) -> tuple[apsw.Connection, RecoveryReport]:
+    """Open ``path`` for ``Saver(readonly=True)``: identify it and run the integrity check,
+    writing nothing (no checkpoint, no migration, no file created or removed but the
+    ``-shm`` that SQLite may need to read a WAL database).
+
+    Raises :class:`SchemaVersionError` for an older schema, which only a writable open migrates.
+    """
+    started = time.perf_counter()
+    if not os.path.lexists(path):
+        raise CannotOpenError(
+            f"{path!r} does not exist; a read-only Saver never creates a database. Check the "
+            "path, or open it once without readonly=True to create it.", path=path)
+    _inspect_header(path)
+    try:
+        conn = _connect_readonly(path, profile)
+    except apsw.Error as exc:
+        raise translate(exc, path, "opening the database read-only") from exc
+    try:
+        version = _recheck_identity(conn, path)
+        if version < schema.latest_version():
+            raise SchemaVersionError(
+                f"{path!r} has schema version {version}; this sqlitesaver reads version "
+                f"{schema.latest_version()} and a read-only Saver cannot migrate it. Open it "
+                "once without readonly=True (which migrates it), then read it. Nothing was "
+                "written.", path=path)
+        if integrity_check != "off":
+            _integrity(conn, path, full=integrity_check == "full")
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, (apsw.Error, OSError)):
+            raise translate(exc, path, "opening the database read-only") from exc
+        raise
+    report = RecoveryReport(
+        path=path, created=False, integrity_check=integrity_check, wal_frames=0,
+        wal_frames_checkpointed=0, checkpoint_busy=False, schema_version_found=version,
+        schema_version=version, migrations_applied=(), stale_files_removed=(),
+        seconds=time.perf_counter() - started)
+    return conn, report
+
+
 def open_reader(path: str, profile: Profile) -> apsw.Connection:
     """A connection for reads only (``query_only``), with the same profile as the writer.
 
     Raises ``apsw.Error`` untranslated: the Saver translates it, and shuts itself down after
     an I/O error, as for any other statement."""
+    if profile.readonly:
+        return _connect_readonly(path, profile)
     conn = _connect(path, profile, set_wal=True)
     try:
         conn.execute("PRAGMA query_only=ON")
@@ -214,12 +258,13 @@ def _check_access(path: str) -> None:
     if not os.access(path, os.W_OK):
         raise ReadOnlyDatabaseError(
             f"{path!r} is read-only (file permissions); sqlitesaver needs to write it. Make it "
-            "writable, or copy it somewhere writable.", path=path)
+            "writable, or copy it somewhere writable, or pass readonly=True to only read it.",
+            path=path)
     if not os.access(directory, os.W_OK | os.X_OK):
         raise ReadOnlyDatabaseError(
             f"the directory of {path!r} ({directory!r}) is not writable; WAL mode needs to "
             "create the '-wal' and '-shm' files beside the database. Make the directory "
-            "writable.", path=path)
+            "writable, or pass readonly=True to only read the database.", path=path)
 
 
 def _connect(path: str, profile: Profile, *, set_wal: bool) -> apsw.Connection:
@@ -228,6 +273,33 @@ def _connect(path: str, profile: Profile, *, set_wal: bool) -> apsw.Connection:
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READWRITE)
     try:
         pragmas.apply(conn, profile, path, set_wal=set_wal)
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
+def _connect_readonly(path: str, profile: Profile) -> apsw.Connection:
+    """A ``SQLITE_OPEN_READONLY``, ``query_only`` connection that never checkpoints.
+
+    SQLite reads a WAL database only with its ``-shm`` beside it, creating it if the directory
+    allows (sqlite.org/wal.html#readonly). In a directory we cannot write, with no ``-wal`` or
+    ``-shm`` there (a database closed cleanly; nobody writes it, or a ``-wal`` would exist), the
+    file is opened ``immutable``: read as it is, without locks. A writer that starts later is
+    not seen, which is why that case is documented as for archives and read-only mounts.
+    """
+    directory = os.path.dirname(os.path.abspath(path))
+    immutable = (not os.access(directory, os.W_OK | os.X_OK)
+                 and not os.path.lexists(path + "-wal") and not os.path.lexists(path + "-shm"))
+    if immutable:
+        name = "file:" + urllib.parse.quote(os.path.abspath(path)) + "?immutable=1"
+        conn = apsw.Connection(name, flags=apsw.SQLITE_OPEN_READONLY | apsw.SQLITE_OPEN_URI)
+    else:
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
+        pragmas.apply(conn, profile, path, set_wal=False)
+        conn.execute("PRAGMA query_only=ON")
     except BaseException:
         conn.close()
         raise

@@ -33,6 +33,7 @@ class Profile:
 
     durability: str = "full"
     busy_timeout: float = 30.0  # seconds
+    readonly: bool = False  # Saver(readonly=True): connections opened SQLITE_OPEN_READONLY
 
     @property
     def synchronous(self) -> int:

@@ -26,8 +26,8 @@ import apsw
 
 from . import codec, integrity, opening, pragmas
 from .errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
-                     InvalidArgumentError, SaverClosedError, SaverError, describe,
-                     translate)
+                     InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError,
+                     SaverError, describe, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
 from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
 
@@ -45,6 +45,8 @@ def _abandon_after_fork() -> None:
         # A lock held by another parent thread at fork() stays held forever in the child;
         # fresh locks let the child reach the ForkedProcessError instead of hanging.
         saver._lock = threading.RLock()
+        saver._batch_cond = threading.Condition(saver._lock)
+        saver._waiting_cond = threading.Condition()
         saver._pool_lock = threading.Lock()
 
 
@@ -78,10 +80,18 @@ class Saver:
             :class:`~sqlitesaver.errors.BusyTimeoutError`.
         integrity_check: ``"quick"`` (default), ``"full"`` or ``"off"``: which check the
             startup recovery runs.
+        readonly: open for reading only. Nothing is written: no file is created, no WAL
+            checkpoint or schema migration runs (an older schema raises
+            :class:`~sqlitesaver.errors.SchemaVersionError`), and every write method raises
+            :class:`~sqlitesaver.errors.ReadOnlyDatabaseError`. Works on a file or directory
+            that cannot be written. In a directory that cannot be written and holds no
+            ``-wal``, SQLite cannot coordinate with writers, so the file is read as it is
+            (``immutable``): for archives and read-only mounts, not beside a live writer.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durability: str = "full",
-                 busy_timeout: float = 30.0, integrity_check: str = "quick") -> None:
+                 busy_timeout: float = 30.0, integrity_check: str = "quick",
+                 readonly: bool = False) -> None:
         self._closed = True  # until fully open, so close() and __del__ paths are safe
         self._path = _check_path(path)
         if durability not in DURABILITY_LEVELS:
@@ -95,12 +105,20 @@ class Saver:
             raise InvalidArgumentError(
                 f"integrity_check must be one of {opening.INTEGRITY_MODES}, "
                 f"not {integrity_check!r}")
-        self._profile = Profile(durability=durability, busy_timeout=float(busy_timeout))
-        self._writer, self.recovery = opening.open_writer(self._path, self._profile,
-                                                          integrity_check)
+        if not isinstance(readonly, bool):
+            raise InvalidArgumentError(f"readonly must be True or False, not {readonly!r}")
+        self._profile = Profile(durability=durability, busy_timeout=float(busy_timeout),
+                                readonly=readonly)
+        open_database = opening.open_readonly if readonly else opening.open_writer
+        self._writer, self.recovery = open_database(self._path, self._profile, integrity_check)
         self._lock = threading.RLock()   # serialises the write connection between threads
         self._depth = 0                  # transaction nesting of the thread holding _lock
         self._owner: int | None = None   # that thread's ident while a transaction is open
+        self._batch: _Batch | None = None  # the open group-commit transaction, if any
+        self._batch_cond = threading.Condition(self._lock)  # a member finished its work
+        self._waiting = 0                # transitions waiting for the write connection
+        self._waiting_cond = threading.Condition()
+        self._stats = {"commits": 0, "transitions": 0}
         self._pool_lock = threading.Lock()
         self._idle_readers: list[apsw.Connection] = []
         self._pid = os.getpid()
@@ -119,6 +137,12 @@ class Saver:
     @property
     def durability(self) -> str:
         return self._profile.durability
+
+    @property
+    def readonly(self) -> bool:
+        """True when opened with ``readonly=True``: every write raises
+        :class:`~sqlitesaver.errors.ReadOnlyDatabaseError`."""
+        return self._profile.readonly
 
     def settings(self) -> dict[str, object]:
         """The live PRAGMA values of the write connection and of a read connection, as SQLite
@@ -785,10 +809,33 @@ class Saver:
         conn.close(True)
 
 
-class _Transaction:
-    """One state transition on the write connection (a SAVEPOINT when nested)."""
+#: Most transitions one COMMIT carries; a bound on how long a batch's first caller waits.
+MAX_BATCH = 64
 
-    __slots__ = ("_saver", "_doing", "_depth")
+
+class _Batch:
+    """The open write transaction that concurrent transitions share (group commit)."""
+
+    __slots__ = ("done", "error", "members")
+
+    def __init__(self) -> None:
+        self.done = threading.Event()         # set once COMMIT (or the rollback) returned
+        self.error: BaseException | None = None  # why the whole batch failed, if it did
+        self.members = 0                      # transitions whose work is in it
+
+
+class _Transaction:
+    """One state transition on the write connection (a SAVEPOINT when nested).
+
+    Group commit: a transition that finds no open batch begins one (``BEGIN IMMEDIATE``) and
+    leads it; transitions that arrive while it is open join it. Each member's work runs in its
+    own thread under its own SAVEPOINT, so a member that fails is rolled back alone and gets its
+    own exception. The leader COMMITs once no other transition is waiting for the connection
+    (or :data:`MAX_BATCH` joined), and every member returns only after that COMMIT returned:
+    one fsync for the batch, the same guarantee for each call.
+    """
+
+    __slots__ = ("_saver", "_doing", "_depth", "_batch", "_leader")
 
     def __init__(self, saver: Saver, doing: str) -> None:
         self._saver = saver
@@ -797,19 +844,49 @@ class _Transaction:
     def __enter__(self) -> apsw.Connection:
         saver = self._saver
         saver._check_usable()  # before the lock, so a forked child raises instead of waiting
+        if saver._profile.readonly:
+            raise ReadOnlyDatabaseError(
+                f"{saver._path!r} was opened with readonly=True, so {self._doing} is refused; "
+                "nothing was written. Open a Saver without readonly=True to write.",
+                path=saver._path)
+        if saver._owner == threading.get_ident():  # nested in this thread's transition
+            saver._lock.acquire()
+            try:
+                depth = self._depth = saver._depth
+                try:
+                    saver._writer.execute(f"SAVEPOINT s{depth}")
+                except apsw.Error as exc:
+                    raise saver._translate(exc, self._doing) from exc
+                saver._depth = depth + 1
+                return saver._writer
+            except BaseException:
+                saver._lock.release()
+                raise
+        with saver._waiting_cond:
+            saver._waiting += 1
+            saver._waiting_cond.notify_all()
         saver._lock.acquire()
+        with saver._waiting_cond:
+            saver._waiting -= 1
         try:
             saver._check_usable()
-            depth = self._depth = saver._depth
             conn = saver._writer
+            batch = saver._batch
+            self._leader = batch is None
             try:
-                conn.execute("BEGIN IMMEDIATE" if depth == 0 else f"SAVEPOINT s{depth}")
+                if batch is None:
+                    conn.execute("BEGIN IMMEDIATE")
+                    batch = saver._batch = _Batch()
+                conn.execute("SAVEPOINT member")
             except apsw.Error as exc:
                 raise saver._translate(exc, self._doing) from exc
-            saver._depth = depth + 1
+            self._batch = batch
+            self._depth = 0
+            saver._depth = 1
             saver._owner = threading.get_ident()
             return conn
         except BaseException:
+            saver._batch_cond.notify_all()  # a leader waiting for this one must not hang
             saver._lock.release()
             raise
 
@@ -817,32 +894,95 @@ class _Transaction:
         saver = self._saver
         depth = self._depth
         conn = saver._writer
+        if depth > 0:
+            try:
+                saver._depth = depth
+                if exc is None:
+                    try:
+                        conn.execute(f"RELEASE s{depth}")
+                        return
+                    except apsw.Error as release_exc:
+                        self._rollback(conn, depth)
+                        raise saver._translate(release_exc, self._doing) from release_exc
+                self._rollback(conn, depth)
+                if isinstance(exc, apsw.Error):
+                    raise saver._translate(exc, self._doing) from exc
+            finally:
+                saver._lock.release()
+            return
+        saver._depth = 0
+        saver._owner = None
+        batch = self._batch
+        own: BaseException | None = exc
         try:
-            saver._depth = depth
-            if depth == 0:
-                saver._owner = None
-            if exc is None:
+            if own is None:
                 try:
-                    conn.execute("COMMIT" if depth == 0 else f"RELEASE s{depth}")
-                    return
-                except apsw.Error as commit_exc:
-                    self._rollback(conn, depth)
-                    raise saver._translate(commit_exc, self._doing) from commit_exc
-            self._rollback(conn, depth)
-            if isinstance(exc, apsw.Error):
-                raise saver._translate(exc, self._doing) from exc
+                    conn.execute("RELEASE member")
+                    batch.members += 1
+                except apsw.Error as release_exc:
+                    own = release_exc
+            if own is not None:
+                self._rollback(conn, "member")
+            if saver._batch is batch and conn.get_autocommit():
+                # SQLite rolled the whole transaction back (after a full disk or an I/O
+                # error): every member's work is gone, and they must hear it.
+                saver._batch = None
+                batch.error = own if isinstance(own, apsw.Error) else apsw.AbortError(
+                    "the batch's transaction was rolled back")
+            if self._leader:
+                self._finish(batch)
+            else:
+                saver._batch_cond.notify_all()
         finally:
             saver._lock.release()
+        if own is not None:
+            if isinstance(own, apsw.Error):
+                raise saver._translate(own, self._doing) from own
+            return  # the caller's own exception propagates
+        batch.done.wait()
+        if batch.error is not None:
+            error = batch.error
+            if isinstance(error, apsw.Error):
+                # translate(), not saver._translate(): the leader already shut the Saver
+                # down after an I/O error; each member gets its own exception object.
+                raise translate(error, saver._path, self._doing) from error
+            raise SaverClosedError(f"{saver._path!r}: {error}", path=saver._path) from error
+
+    def _finish(self, batch: _Batch) -> None:
+        """Leader only, holding the lock: let waiting transitions join, then COMMIT."""
+        saver = self._saver
+        conn = saver._writer
+        try:
+            while saver._waiting and batch.members < MAX_BATCH and saver._batch is batch:
+                saver._batch_cond.wait()  # releases the lock: a waiting transition joins
+            if saver._batch is not batch:
+                return  # already ended: rolled back under a failed member
+            saver._batch = None
+            if batch.members == 0:
+                self._rollback(conn, 0)  # nothing to commit: no fsync
+                return
+            try:
+                conn.execute("COMMIT")
+                saver._stats["commits"] += 1
+                saver._stats["transitions"] += batch.members
+            except apsw.Error as commit_exc:
+                self._rollback(conn, 0)
+                batch.error = commit_exc
+                if isinstance(commit_exc, apsw.IOError):
+                    saver._fail(commit_exc, self._doing)
+        finally:
+            batch.done.set()
 
     @staticmethod
-    def _rollback(conn: apsw.Connection, depth: int) -> None:
+    def _rollback(conn: apsw.Connection, depth: int | str) -> None:
         try:
             if depth == 0:
                 if not conn.get_autocommit():
                     conn.execute("ROLLBACK")
-            else:
-                conn.execute(f"ROLLBACK TO s{depth}")
-                conn.execute(f"RELEASE s{depth}")
+            elif not conn.get_autocommit():
+                name = depth if isinstance(depth, str) else f"s{depth}"
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
         except apsw.Error:
             # The connection is closed or failed; the error that brought us here is the one
             # to report, and SQLite rolls back an unfinished transaction on close.

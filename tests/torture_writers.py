@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from sqlitesaver import Saver, pragmas
+from sqlitesaver import DatabaseIOError, DiskFullError, Saver, SaverError, pragmas
 from sqlitesaver.torture.workload import Transition, Writer
 
 
@@ -94,3 +94,39 @@ class SyncOffRollbackJournal(_UnsafeJournal):
 
     journal_mode = "DELETE"
     synchronous = "OFF"
+
+
+# --- broken error handling, for --mode io-faults ---------------------------------------------
+
+class SwallowsErrors(Writer):
+    """Catches the Saver's error and carries on as if the transition had been saved: the
+    caller is told a failed write succeeded. The I/O-fault loop must report that no error
+    reached the caller."""
+
+    def run(self, saver: Saver, tx: Transition) -> dict[str, Any]:
+        try:
+            return super().run(saver, tx)
+        except SaverError:
+            return {"ck": {}, "log": []}
+
+
+class KeepsGoingAfterIOError(Writer):
+    """Its Saver does not shut down after an I/O error, so the next write retries on the
+    connection whose write or fsync failed (PostgreSQL's 'fsyncgate' mistake). The I/O-fault
+    loop must report the Saver as still usable."""
+
+    def open(self, path: str, durability: str) -> Saver:
+        saver = super().open(path, durability)
+        saver._fail = lambda exc, doing: None  # type: ignore[method-assign]
+        return saver
+
+
+class FullDiskAsIOError(Writer):
+    """Reports a full disk as a generic I/O error, hiding that the transaction was rolled back
+    and that the same Saver may carry on. The I/O-fault loop must report the wrong error."""
+
+    def run(self, saver: Saver, tx: Transition) -> dict[str, Any]:
+        try:
+            return super().run(saver, tx)
+        except DiskFullError as exc:
+            raise DatabaseIOError(str(exc), path=exc.path) from exc

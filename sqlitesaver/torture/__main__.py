@@ -17,6 +17,7 @@ import sys
 import tempfile
 
 from .harness import Options, run
+from .iofaults import run_io_faults
 
 _EPILOG = """\
 exit status: 0 nothing lost, partial or corrupt; 1 something was (the run stops there unless
@@ -46,12 +47,17 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         description="Crash torture: writers are killed with SIGKILL at random moments; after "
                     "each kill the database is reopened (recovery included) and every "
                     "acknowledged transition must be intact, with no partial one visible.")
-    parser.add_argument("--mode", choices=("sigkill", "power-loss"), default="sigkill",
+    parser.add_argument("--mode", choices=("sigkill", "power-loss", "io-faults"),
+                        default="sigkill",
                         help="sigkill (default): kill the writer at a random moment; "
                              "power-loss: the writer's VFS loses power at a random write or "
-                             "sync, dropping or tearing what was not synced (one worker)")
-    parser.add_argument("--iterations", type=_positive_int, default=50,
-                        help="kills to perform (default 50)")
+                             "sync, dropping or tearing what was not synced (one worker); "
+                             "io-faults: fail the 1st, 2nd, 3rd ... read, write, sync or "
+                             "truncate of a fixed step, once and persistently, with EIO or a "
+                             "full disk (one worker, no kills)")
+    parser.add_argument("--iterations", type=_positive_int, default=None,
+                        help="kills to perform (default 50); with io-faults, the largest k "
+                             "per fault kind (default: until the step runs out of operations)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for every random choice (default: a new one, printed)")
     parser.add_argument("--workers", type=_positive_int, default=1,
@@ -80,6 +86,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                      f"({args.max_interval:g})")
     if args.max_interval <= 0:
         parser.error("--max-interval must be above 0")
+    if args.mode == "io-faults" and args.workers != 1:
+        parser.error("--mode io-faults runs one worker, in this process")
+    if args.iterations is None and args.mode != "io-faults":
+        args.iterations = 50
     if args.mode == "power-loss" and args.workers != 1:
         parser.error("--mode power-loss runs one worker: a power loss stops every process, "
                      "and the simulation models only the crashing writer's unsynced writes")
@@ -118,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
                       max_interval=args.max_interval, writer=args.writer, mode=args.mode,
                       keep_going=args.keep_going)
     try:
-        status, report = run(options)
+        status, report = run_io_faults(options) if args.mode == "io-faults" else run(options)
     except KeyboardInterrupt:
         print(f"\ninterrupted; seed {seed}; database kept at {db}", file=sys.stderr)
         return 130
@@ -131,11 +141,14 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(directory, ignore_errors=True)
         print(f"PASS (seed {seed})")
     else:
-        again = ["python", "-m", "sqlitesaver.torture", "--mode", args.mode,
-                 "--iterations", str(args.iterations),
-                 "--workers", str(args.workers), "--durability", args.durability,
-                 "--min-interval", f"{args.min_interval:g}",
-                 "--max-interval", f"{args.max_interval:g}", "--seed", str(seed)]
+        again = ["python", "-m", "sqlitesaver.torture", "--mode", args.mode]
+        if args.iterations is not None:
+            again += ["--iterations", str(args.iterations)]
+        again += ["--workers", str(args.workers), "--durability", args.durability]
+        if args.mode != "io-faults":
+            again += ["--min-interval", f"{args.min_interval:g}",
+                      "--max-interval", f"{args.max_interval:g}"]
+        again += ["--seed", str(seed)]
         if args.writer:
             again += ["--writer", args.writer]
         if args.keep_going:

@@ -69,8 +69,10 @@ class Generator:
     """Seeded transitions for one incarnation of one worker, given what it knows is stored."""
 
     def __init__(self, rng: random.Random, worker: int, incarnation: int, known: Known,
-                 mix: dict[str, float] | None = None) -> None:
+                 mix: dict[str, float] | None = None,
+                 blob_bytes: tuple[int, int] = BLOB_BYTES) -> None:
         self.rng = rng
+        self.blob_bytes = blob_bytes
         self.worker = worker
         self.incarnation = incarnation
         self.known = known
@@ -126,8 +128,11 @@ class Generator:
         for op in tx.ops:
             kind = op["op"]
             if kind == "put":
+                ck_id = result.get("ck", {}).get(op["tag"])
+                if ck_id is None:  # a broken writer reported no id: nothing to build on
+                    continue
                 self.known.setdefault(op["thread"], {}).setdefault(op["ns"], []).append(
-                    (op["tag"], result["ck"][op["tag"]]))
+                    (op["tag"], ck_id))
             elif kind == "prune":
                 for cks in self.known.get(op["thread"], {}).values():
                     del cks[:-op["keep"]]
@@ -142,7 +147,7 @@ class Generator:
         cks = self.known.get(name, {}).get(ns, [])
         parent_tag, parent_id = cks[-1] if cks else (None, None)
         if blob:
-            low, high = BLOB_BYTES
+            low, high = self.blob_bytes
             state: Any = self.rng.randbytes(int(2 ** self.rng.uniform(math.log2(low),
                                                                       math.log2(high))))
         else:

@@ -1,0 +1,168 @@
+"""Group commit and many writers (issue #5): concurrent transitions share one COMMIT, a failing
+one is rolled back alone, a failed COMMIT fails every member, and many processes with several
+threads each lose nothing and see no lock errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import pytest
+
+from sqlitesaver import (CheckpointNotFoundError, DatabaseIOError, Saver, SaverClosedError,
+                         faults)
+
+SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def queued(saver: Saver, n: int) -> None:
+    """Block until ``n`` transitions wait for the write connection (event-driven, no sleep)."""
+    with saver._waiting_cond:
+        assert saver._waiting_cond.wait_for(lambda: saver._waiting == n, timeout=60), \
+            f"{saver._waiting} transitions queued, expected {n}"
+
+
+def run_batch(saver: Saver, calls: dict) -> dict:
+    """Hold a transaction open until every call in ``calls`` waits for the connection, so
+    they all join its batch; return each call's result or exception."""
+    results: dict = {}
+    inside = threading.Event()
+
+    def lead() -> None:
+        try:
+            with saver.transaction():
+                results["lead"] = saver.put("lead", {"n": 1})
+                inside.set()
+                queued(saver, len(calls))
+        except Exception as exc:  # reported through results
+            results["lead"] = exc
+        finally:
+            inside.set()
+
+    def member(name: str, call) -> None:
+        try:
+            results[name] = call()
+        except Exception as exc:
+            results[name] = exc
+
+    leader = threading.Thread(target=lead)
+    leader.start()
+    assert inside.wait(60)
+    members = [threading.Thread(target=member, args=item) for item in calls.items()]
+    for t in members:
+        t.start()
+    for t in [leader, *members]:
+        t.join(60)
+        assert not t.is_alive()
+    return results
+
+
+def test_a_failing_transition_does_not_take_its_batch_down(db_path):
+    with Saver(db_path) as saver:
+        before = dict(saver._stats)
+        results = run_batch(saver, {
+            "put": lambda: saver.put("a", {"n": 2}),
+            "bad": lambda: saver.put_writes("a", "00000000000fffff", "task", [("ch", 1)]),
+            "log": lambda: saver.append_log("a", "event"),
+        })
+        assert isinstance(results["bad"], CheckpointNotFoundError), results
+        assert not any(isinstance(r, Exception) for k, r in results.items() if k != "bad"), \
+            results
+        # One COMMIT carried the three transitions that succeeded.
+        assert saver._stats["commits"] - before["commits"] == 1, saver._stats
+        assert saver._stats["transitions"] - before["transitions"] == 3, saver._stats
+    with Saver(db_path) as saver:
+        assert saver.get("lead").checkpoint_id == results["lead"].checkpoint_id
+        assert saver.get("a").checkpoint_id == results["put"].checkpoint_id
+        assert saver.get("a").pending_writes == ()
+        assert [e.event for e in saver.read_log("a")] == ["event"]
+
+
+def test_a_failed_commit_fails_every_member_and_shuts_the_saver_down(db_path):
+    io = faults.install_io_faults()
+    try:
+        with Saver(db_path) as saver:
+            saver.put("warm", {})
+            io.arm(1, kinds=("sync",))  # the batch's COMMIT: its WAL fsync fails
+            results = run_batch(saver, {"put": lambda: saver.put("a", {"n": 2}),
+                                        "log": lambda: saver.append_log("a", "event")})
+            io.clear()
+            for name, result in results.items():
+                assert isinstance(result, DatabaseIOError), (name, results)
+                assert repr(db_path) in str(result)
+            with pytest.raises(SaverClosedError):
+                saver.put("a", {"n": 3})
+    finally:
+        io.clear()
+        io.uninstall()
+    with Saver(db_path, integrity_check="full") as saver:  # maybe committed: whole or absent
+        found = saver.get("a")
+        log = [e.event for e in saver.read_log("a")]
+        assert (found is None and log == []) or (found.state == {"n": 2} and log == ["event"])
+
+
+_WRITER = textwrap.dedent("""
+    import json, sys, threading
+    from sqlitesaver import Saver
+    path, name = sys.argv[1], sys.argv[2]
+    saver = Saver(path)
+    go = threading.Event()
+    acked = {}
+    errors = []
+
+    def work(t):
+        thread = f"{name}-{t}"
+        ids = acked.setdefault(thread, [])
+        go.wait()
+        try:
+            for i in range(50):
+                if i % 2:
+                    ids.append(["log", saver.append_log(thread, {"i": i})])
+                else:
+                    ids.append(["ck", saver.put(thread, {"i": i}).checkpoint_id])
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=work, args=(t,)) for t in range(2)]
+    for t in threads:
+        t.start()
+    print("ready", flush=True)
+    sys.stdin.readline()  # every process is released at once
+    go.set()
+    for t in threads:
+        t.join()
+    saver.close()
+    print(json.dumps({"acked": acked, "errors": errors}), flush=True)
+""")
+
+
+def test_twenty_processes_with_two_threads_each_lose_nothing(db_path):
+    Saver(db_path).close()
+    env = dict(os.environ, PYTHONPATH=SOURCE_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    procs = [subprocess.Popen([sys.executable, "-c", _WRITER, db_path, f"p{n}"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+             for n in range(20)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    reports = []
+    for p in procs:
+        out, _ = p.communicate(timeout=300)
+        assert p.returncode == 0
+        reports.append(json.loads(out))
+    assert [e for r in reports for e in r["errors"]] == []
+    with Saver(db_path, integrity_check="full") as saver:
+        for report in reports:
+            for thread, acked in report["acked"].items():
+                assert len(acked) == 50
+                checkpoints = [ck for kind, ck in acked if kind == "ck"]
+                assert [c.checkpoint_id for c in saver.list(thread)] == checkpoints[::-1]
+                events = list(saver.read_log(thread))
+                assert [e.seq for e in events] == [seq for kind, seq in acked if kind == "log"]
+                assert [e.event["i"] for e in events] == list(range(1, 50, 2))
