@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 
 import pytest
@@ -58,3 +60,15 @@ def open_saver() -> Iterator[Callable[..., Saver]]:
     yield factory
     for saver in made:
         saver.close()
+
+
+@pytest.fixture
+def shared_dir():
+    """A directory 'nobody' can traverse (pytest's tmp_path parents are 0700)."""
+    base = tempfile.mkdtemp(prefix="sqlitesaver-perm-")
+    os.chmod(base, 0o755)
+    yield base
+    for root, dirs, _ in os.walk(base):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o755)
+    shutil.rmtree(base)

@@ -14,10 +14,8 @@ from __future__ import annotations
 import json
 import os
 import random
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import apsw
@@ -382,17 +380,6 @@ def open_unprivileged(path: str) -> tuple[str, str]:
     assert first == second, "the second attempt gave a different result"
     return first[0], first[1]
 
-
-@pytest.fixture
-def shared_dir():
-    """A directory 'nobody' can traverse (pytest's tmp_path parents are 0700)."""
-    base = tempfile.mkdtemp(prefix="sqlitesaver-perm-")
-    os.chmod(base, 0o755)
-    yield base
-    for root, dirs, _ in os.walk(base):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)
-    shutil.rmtree(base)
 
 
 def _give_to_nobody(path: str) -> None:

@@ -29,7 +29,6 @@ from conftest import family_digest, file_digest
 from sqlitesaver import CorruptDatabaseError, Saver, integrity, schema
 from test_bad_input import (MARKER, big_db, child_env, damage_middle_page,
                             foreign_db, newer_version_in_wal_only, small_db)
-from test_bad_input import shared_dir  # noqa: F401  (a fixture: pytest finds it by name)
 
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
                       "validate_sqlite_integrity.sh")

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 
 import apsw
@@ -175,17 +173,6 @@ _UNPRIVILEGED_READ = textwrap.dedent("""
     print(json.dumps(result))
 """)
 
-
-@pytest.fixture
-def shared_dir():
-    """A directory 'nobody' can traverse (pytest's tmp_path parents are 0700)."""
-    base = tempfile.mkdtemp(prefix="sqlitesaver-ro-")
-    os.chmod(base, 0o755)
-    yield base
-    for root, dirs, _ in os.walk(base):
-        for name in dirs:
-            os.chmod(os.path.join(root, name), 0o755)
-    shutil.rmtree(base)
 
 
 @pytest.mark.parametrize("case", ["read-only file", "read-only directory",
