@@ -820,7 +820,7 @@ class _Batch:
 
     def __init__(self) -> None:
         self.done = threading.Event()         # set once COMMIT (or the rollback) returned
-        self.error: BaseException | None = None  # why the whole batch failed, if it did
+        self.error: apsw.Error | None = None  # why the whole batch failed, if it did
         self.members = 0                      # transitions whose work is in it
 
 
@@ -941,12 +941,9 @@ class _Transaction:
             return  # the caller's own exception propagates
         batch.done.wait()
         if batch.error is not None:
-            error = batch.error
-            if isinstance(error, apsw.Error):
-                # translate(), not saver._translate(): the leader already shut the Saver
-                # down after an I/O error; each member gets its own exception object.
-                raise translate(error, saver._path, self._doing) from error
-            raise SaverClosedError(f"{saver._path!r}: {error}", path=saver._path) from error
+            # translate(), not saver._translate(): the leader already shut the Saver down
+            # after an I/O error; each member gets its own exception object.
+            raise translate(batch.error, saver._path, self._doing) from batch.error
 
     def _finish(self, batch: _Batch) -> None:
         """Leader only, holding the lock: let waiting transitions join, then COMMIT."""

@@ -33,6 +33,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -379,9 +380,7 @@ def _close(saver: Saver | None) -> None:
 
 def run_io_faults(options: Any, out: TextIO | None = None) -> tuple[int, dict[str, Any]]:
     """Run the I/O-fault loop for harness ``options``; return (exit status, report)."""
-    import sys
-
-    from .child import load_writer
+    from .child import load_writer  # not at import: child is the writer's entry point
     run = IOFaultRun(options.db, options.seed, options.durability, options.iterations,
                      load_writer(options.writer), out or sys.stdout, options.keep_going)
     status = run.run()
