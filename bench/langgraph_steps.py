@@ -17,7 +17,9 @@ default ``durability="full"``. LangGraph's saver sets only ``journal_mode=WAL`` 
 build's default ``synchronous``, read back and printed (FULL here: an fsync at every commit, as
 sqlitesaver's). Both graph durability modes are measured: ``sync`` (a checkpoint is committed
 before the next step starts) and ``async`` (LangGraph's default: it is committed while the next
-step runs).
+step runs). The graph and the opening of the checkpointers are bench/_graph_worker.py's, which
+bench/run.py uses for its graph-steps rows (there with LangGraph's ``synchronous`` raised to FULL
+should the build's default be lower).
 
 Machines here are shared and noisy: nothing is compared with a stored number. Within each round
 the two contenders run back to back, their order reversed every other round (ABBA); the table
@@ -29,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import operator
 import os
 import platform
 import shutil
@@ -38,84 +39,24 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import Annotated, Any, TypedDict
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # bench/_graph_worker.py, also under `python -m bench.langgraph_steps`
+    sys.path.insert(0, HERE)
+
+from _graph_worker import DURABILITIES, GraphRun  # noqa: E402  (the graph, shared with run.py)
 
 CONTENDERS = ("sqlitesaver", "langgraph")
 LABELS = {"sqlitesaver": "sqlitesaver.langgraph SqliteSaver",
           "langgraph": "langgraph.checkpoint.sqlite SqliteSaver"}
-DURABILITIES = ("sync", "async")
-CONTEXT = ("The customer wrote about an invoice that lists a service twice; the agent looked "
-           "up the contract, the payment history and the open tickets. ") * 16  # ~2 KiB
 
 
 # --- the worker: one checkpointer, one graph -----------------------------------------------------
 
-class State(TypedDict):
-    context: str
-    messages: Annotated[list, operator.add]
-
-
-def build_graph(nodes: int) -> Any:
-    from langgraph.graph import END, START, StateGraph
-
-    builder = StateGraph(State)
-    previous = START
-    for n in range(nodes):
-        name = f"step{n}"
-        builder.add_node(name, lambda state, n=n: {"messages": [f"node {n} saw "
-                                                                f"{len(state['messages'])}"]})
-        builder.add_edge(previous, name)
-        previous = name
-    builder.add_edge(previous, END)
-    return builder
-
-
-def open_checkpointer(kind: str, path: str) -> tuple[Any, dict]:
-    """The checkpointer as a context manager, and facts about it to print."""
-    if kind == "sqlitesaver":
-        import apsw
-
-        from sqlitesaver.langgraph import SqliteSaver
-        manager = SqliteSaver.from_conn_string(path)
-        return manager, {"apsw": apsw.apsw_version(), "sqlite": apsw.sqlite_lib_version()}
-    import sqlite3
-    from importlib import metadata
-
-    from langgraph.checkpoint.sqlite import SqliteSaver
-    manager = SqliteSaver.from_conn_string(path)
-    return manager, {"sqlite": sqlite3.sqlite_version,
-                     "langgraph-checkpoint-sqlite": metadata.version(
-                         "langgraph-checkpoint-sqlite")}
-
-
 def worker(kind: str, directory: str, nodes: int) -> int:
     """Reads ``run DURABILITY SECONDS`` lines, answers each with one JSON line."""
-    manager, facts = open_checkpointer(kind, os.path.join(directory, f"{kind}.db"))
-    graph_builder = build_graph(nodes)
-    with manager as checkpointer:
-        graph = graph_builder.compile(checkpointer=checkpointer)
-        threads = 0
-
-        def invoke(durability: str) -> None:
-            nonlocal threads
-            threads += 1
-            graph.invoke({"context": CONTEXT, "messages": []},
-                         {"configurable": {"thread_id": f"{kind}-{threads}"}},
-                         durability=durability)
-
-        for durability in DURABILITIES:  # warm-up: imports, first pages, the WAL file
-            invoke(durability)
-        if kind == "langgraph":
-            facts["synchronous"] = checkpointer.conn.execute(
-                "PRAGMA synchronous").fetchone()[0]
-            facts["journal_mode"] = checkpointer.conn.execute(
-                "PRAGMA journal_mode").fetchone()[0]
-        else:
-            settings = checkpointer.saver.settings()["writer"]
-            facts["synchronous"] = settings["synchronous"]
-            facts["journal_mode"] = settings["journal_mode"]
-        facts["loaded_both"] = "apsw" in sys.modules and "sqlite3" in sys.modules
-        print(json.dumps({"ready": facts}), flush=True)
+    with GraphRun(kind, os.path.join(directory, f"{kind}.db"), nodes) as run:
+        print(json.dumps({"ready": run.warm_up()}), flush=True)
         for line in sys.stdin:
             command = line.split()
             if command[0] == "quit":
@@ -124,7 +65,7 @@ def worker(kind: str, directory: str, nodes: int) -> int:
             invokes, started = 0, time.perf_counter()
             deadline = started + seconds
             while time.perf_counter() < deadline:
-                invoke(durability)
+                run.invoke(durability)
                 invokes += 1
             elapsed = time.perf_counter() - started
             print(json.dumps({"steps": invokes * nodes, "seconds": elapsed}), flush=True)
@@ -167,8 +108,8 @@ def coordinate(args: argparse.Namespace, directory: str) -> int:
     try:
         for kind, w in workers.items():
             print(f"{LABELS[kind]}: {w.facts}")
-            if w.facts["loaded_both"]:
-                raise SystemExit(f"the {kind} worker loaded both apsw and sqlite3")
+            if w.facts["other_sqlite_loaded"]:
+                raise SystemExit(f"the {kind} worker loaded the other SQLite library")
         print(f"python {platform.python_version()}, {platform.machine()}, {os.cpu_count()} "
               f"CPUs; graph: {args.nodes} nodes in a chain, a new thread per invoke; "
               f"{args.rounds} rounds of {args.seconds:g} s per contender and durability")

@@ -1,0 +1,162 @@
+"""The LangGraph graph both graph-steps benches run, and bench/run.py's worker process for it.
+
+The graph: a ``StateGraph`` chain of ``nodes`` nodes; each appends a message to a state that
+also holds 2 KiB of context, so a checkpoint is about 3 KiB. :class:`GraphRun` opens one
+checkpointer as its documentation shows (``from_conn_string``), compiles the graph on it and
+invokes it, each time on a new thread. bench/langgraph_steps.py drives it from its own worker;
+bench/run.py starts this file as a process, one per checkpointer.
+
+Importing this module loads neither SQLite library nor LangGraph; :class:`GraphRun` imports the
+one checkpointer it opens. A process must never hold both the stdlib ``sqlite3`` and APSW on a
+file (each drops the other's POSIX locks), so every process runs one ``kind``: "sqlitesaver"
+(``sqlitesaver.langgraph.SqliteSaver``, APSW) or "langgraph" (``langgraph.checkpoint.sqlite``'s
+``SqliteSaver``, stdlib ``sqlite3``), and reports whether the other library got loaded anyway.
+
+Protocol as a process (see :mod:`_common`): ``init`` with ``kind``, ``db``, ``nodes`` and
+``full_sync`` -> ``{"installed": false, "error"}`` if LangGraph (or the checkpointer) cannot be
+imported, else ``{"installed": true, "facts"}`` after the warm-up; ``run`` with ``durability``
+and ``until`` -> an Outcome whose ``ops`` are graph steps (nodes x completed invokes); ``quit``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import operator
+import sys
+from importlib import metadata
+from typing import Annotated, Any, TypedDict
+
+from _common import Channel, run_threads, serve
+
+KINDS = ("sqlitesaver", "langgraph")
+DURABILITIES = ("sync", "async")
+CONTEXT = ("The customer wrote about an invoice that lists a service twice; the agent looked "
+           "up the contract, the payment history and the open tickets. ") * 16  # ~2 KiB
+
+
+class State(TypedDict):
+    context: str
+    messages: Annotated[list, operator.add]
+
+
+def build_graph(nodes: int) -> Any:
+    from langgraph.graph import END, START, StateGraph
+
+    builder = StateGraph(State)
+    previous = START
+    for n in range(nodes):
+        name = f"step{n}"
+        builder.add_node(name, lambda state, n=n: {"messages": [f"node {n} saw "
+                                                                f"{len(state['messages'])}"]})
+        builder.add_edge(previous, name)
+        previous = name
+    builder.add_edge(previous, END)
+    return builder
+
+
+def open_checkpointer(kind: str, path: str) -> tuple[Any, dict]:
+    """The checkpointer as a context manager, and facts about it to print."""
+    if kind == "sqlitesaver":
+        import apsw
+
+        from sqlitesaver.langgraph import SqliteSaver
+        manager = SqliteSaver.from_conn_string(path)
+        return manager, {"apsw": apsw.apsw_version(), "sqlite": apsw.sqlite_lib_version(),
+                         "langgraph": metadata.version("langgraph")}
+    import sqlite3
+
+    from langgraph.checkpoint.sqlite import SqliteSaver
+    manager = SqliteSaver.from_conn_string(path)
+    return manager, {"sqlite": sqlite3.sqlite_version,
+                     "langgraph-checkpoint-sqlite": metadata.version(
+                         "langgraph-checkpoint-sqlite"),
+                     "langgraph": metadata.version("langgraph")}
+
+
+class GraphRun:
+    """One checkpointer of ``kind`` on the file ``path``, and the graph compiled on it; a
+    context manager (the checkpointer is closed on exit). Raises ImportError, before opening
+    anything, if LangGraph or the checkpointer is not installed.
+
+    ``full_sync``: LangGraph's saver keeps the build's default ``synchronous``; with this set,
+    a default below FULL is raised to FULL, so its commits are as durable as sqlitesaver's
+    (which is FULL by default: an fsync of the WAL at every commit). Either way the setting in
+    force is read back into :attr:`facts`."""
+
+    def __init__(self, kind: str, path: str, nodes: int, *, full_sync: bool = False) -> None:
+        if kind not in KINDS:
+            raise ValueError(f"kind must be one of {KINDS}, not {kind!r}")
+        self.kind, self.nodes, self.full_sync = kind, nodes, full_sync
+        self.builder = build_graph(nodes)
+        self.manager, self.facts = open_checkpointer(kind, path)
+        self.threads = itertools.count(1)
+
+    def __enter__(self) -> "GraphRun":
+        self.checkpointer = self.manager.__enter__()
+        if self.kind == "langgraph":
+            conn = self.checkpointer.conn
+            default = conn.execute("PRAGMA synchronous").fetchone()[0]
+            if self.full_sync and default < 2:
+                conn.execute("PRAGMA synchronous=FULL")
+            self.facts["synchronous_default"] = default
+        self.graph = self.builder.compile(checkpointer=self.checkpointer)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.manager.__exit__(*exc)
+
+    def invoke(self, durability: str) -> str:
+        """Run the graph once, start to end, on a new thread; return the thread id."""
+        thread_id = f"{self.kind}-{next(self.threads)}"
+        self.graph.invoke({"context": CONTEXT, "messages": []},
+                          {"configurable": {"thread_id": thread_id}}, durability=durability)
+        return thread_id
+
+    def warm_up(self) -> dict:
+        """One invoke per durability (imports, first pages, the WAL file); then the settings
+        in force, the checkpoints one invoke leaves, and whether the process holds the other
+        SQLite library, into :attr:`facts` (returned)."""
+        for durability in DURABILITIES:
+            thread_id = self.invoke(durability)
+        self.facts["checkpoints_per_invoke"] = len(list(self.checkpointer.list(
+            {"configurable": {"thread_id": thread_id}})))
+        if self.kind == "langgraph":
+            conn = self.checkpointer.conn
+            self.facts["synchronous"] = conn.execute("PRAGMA synchronous").fetchone()[0]
+            self.facts["journal_mode"] = conn.execute("PRAGMA journal_mode").fetchone()[0]
+            other = "apsw" in sys.modules or "sqlitesaver" in sys.modules
+        else:
+            settings = self.checkpointer.saver.settings()["writer"]
+            self.facts["synchronous"] = settings["synchronous"]
+            self.facts["journal_mode"] = settings["journal_mode"]
+            other = "sqlite3" in sys.modules
+        self.facts["other_sqlite_loaded"] = other
+        return self.facts
+
+
+def main() -> int:
+    channel = Channel.for_worker()
+    init = channel.receive()
+    if init is None:
+        return 0
+    try:
+        run = GraphRun(init["kind"], init["db"], init["nodes"], full_sync=init["full_sync"])
+    except ImportError as exc:
+        channel.send({"installed": False, "error": f"{type(exc).__name__}: {exc}"})
+        return 0
+    nodes = init["nodes"]
+    with run:
+        channel.send({"installed": True, "facts": run.warm_up()})
+
+        def steps(message: dict[str, Any]) -> dict[str, Any]:
+            durability = message["durability"]
+            outcome = run_threads([lambda: run.invoke(durability)], until=message["until"])
+            outcome.ops *= nodes  # a completed invoke ran every node once: one step each
+            return outcome.to_json()
+
+        serve(channel, {"run": steps}, lambda: None)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
