@@ -25,6 +25,19 @@ Rows (durable = ``synchronous=FULL``, an fsync of the WAL at every commit; 4 KiB
   ``--list-size`` checkpoints; a 1 MiB state put.
 - 1 MiB state: the 4 KiB state's messages repeated to 1 MiB encoded (still JSON-like); after
   each run every 1 MiB contender deletes what it wrote (untimed), so files stay small.
+- LangGraph graph steps/s (issue #6; langgraph, the ``bench`` extra): bench/langgraph_steps.py's
+  graph (bench/_graph_worker.py: a ``StateGraph`` chain of 4 nodes, each appending a message to
+  a state with 2 KiB of context) invoked again and again, each time on a new thread, through
+  ``sqlitesaver.langgraph.SqliteSaver`` and through LangGraph's ``SqliteSaver``, both opened
+  with ``from_conn_string`` (LangGraph's ``synchronous`` raised to FULL should the build's
+  default be lower; read back and printed). A step is one node run: steps/s is 4 x the completed
+  invokes over the run. Graph durability ``sync`` (each checkpoint committed before the next
+  step starts) and ``async`` (committed while the next step runs, LangGraph's default). Each
+  checkpointer runs in a worker process of its own, on its own file, which loads only its own
+  SQLite library; "not installed" rows if LangGraph or its SqliteSaver is missing, and a worker
+  that cannot open its checkpointer or run its first invokes stops the run. Their group runs
+  ours, LangGraph's (sync), LangGraph's, ours (async), reversed every other round, and the
+  ratio ours/LangGraph pairs the two runs of a round.
 
 Threads and processes are all started and parked first, released together (an Event, or one
 command line per process on its pipe; no sleeps), and stopped at one shared deadline; a rate is
@@ -74,6 +87,7 @@ BIG_THREAD = "big-thread"
 BIG_TARGET = 1 << 20
 LANGGRAPH = "LangGraph SqliteSaver"
 NOT_INSTALLED = "not installed"
+GRAPH_NODES = 4  # the graph-steps rows: a chain of this many nodes (bench/_graph_worker.py)
 
 
 # --- states ---------------------------------------------------------------------------------
@@ -131,6 +145,18 @@ class Worker:
         if reply is None:
             self.alive = False
         return reply
+
+    def run_until(self, message: dict[str, Any], seconds: float, what: str) -> Outcome:
+        """Send ``message`` with a deadline ``seconds`` from now; the worker's Outcome, timed
+        here from the send to the reply. A worker that exits mid-round breaks the run."""
+        start = time.monotonic()
+        self.send({**message, "until": start + seconds})
+        reply = self.receive()
+        if reply is None:
+            raise SystemExit(f"{what} exited during a round")
+        outcome = Outcome.from_json(reply)
+        outcome.elapsed = time.monotonic() - start
+        return outcome
 
     def close(self) -> None:
         self.send({"cmd": "quit"})
@@ -212,18 +238,47 @@ class Peer:
             raise SystemExit("the LangGraph peer loaded APSW/sqlitesaver: results void")
 
     def run(self, config: str, seconds: float) -> Outcome:
-        start = time.monotonic()
-        self.worker.send({"cmd": "run", "config": config, "until": start + seconds})
-        reply = self.worker.receive()
-        if reply is None:
-            raise SystemExit("the LangGraph peer process exited during a round")
-        outcome = Outcome.from_json(reply)
-        outcome.elapsed = time.monotonic() - start
-        return outcome
+        return self.worker.run_until({"cmd": "run", "config": config}, seconds,
+                                     "the LangGraph peer process")
 
     def cleanup(self, config: str) -> None:
         self.worker.send({"cmd": "cleanup", "config": config})
         self.worker.receive()
+
+    def close(self) -> None:
+        self.worker.close()
+
+
+class GraphWorker:
+    """A process running the graph of bench/_graph_worker.py on one checkpointer: ``kind``
+    "sqlitesaver" (APSW) or "langgraph" (stdlib ``sqlite3``), on its own file."""
+
+    def __init__(self, kind: str, path: str, nodes: int) -> None:
+        self.kind = kind
+        self.worker = Worker("_graph_worker.py", {"kind": kind, "db": path, "nodes": nodes,
+                                                  "full_sync": True})
+        self.info: dict[str, Any] = {}
+
+    @property
+    def installed(self) -> bool:
+        return bool(self.info.get("installed"))
+
+    @property
+    def facts(self) -> dict[str, Any]:
+        return self.info.get("facts", {})
+
+    def wait_ready(self) -> None:
+        self.info = self.worker.receive() or {}
+        if not self.info:
+            raise SystemExit(f"the {self.kind} graph worker exited while opening; see its "
+                             "error above")
+        if self.facts.get("other_sqlite_loaded"):
+            raise SystemExit(f"the {self.kind} graph worker loaded the other SQLite library: "
+                             "results void")
+
+    def run(self, durability: str, seconds: float) -> Outcome:
+        return self.worker.run_until({"cmd": "run", "durability": durability}, seconds,
+                                     f"the {self.kind} graph worker")
 
     def close(self) -> None:
         self.worker.close()
@@ -270,13 +325,14 @@ class Target:
 @dataclass
 class Row:
     """A line of the table: the configuration it shows and the baselines of its two ratio
-    columns (None: no such ratio; a baseline row has ``bare=None`` and prints "baseline")."""
+    columns (None: no such ratio); a ``baseline`` row prints "baseline" as its bare ratio."""
 
     label: str
     key: str                      # the Config measured
     bare: str | None = None       # the Config of the "vs bare APSW" column
     langgraph: str | None = None  # the Config of the "vs LangGraph" column
     target: Target | None = None
+    baseline: bool = False
 
 
 def paired(rates: Sequence[float], base: Sequence[float]) -> list[float]:
@@ -349,6 +405,7 @@ class Bench:
         self.fds: list[int] = []
         self.gangs: list[Gang] = []
         self.peer: Peer | None = None
+        self.graphs: dict[str, GraphWorker] = {}
         self.began = time.monotonic()
 
     def path(self, name: str) -> str:
@@ -369,6 +426,8 @@ class Bench:
             gang.close()
         if self.peer is not None:
             self.peer.close()
+        for graph in self.graphs.values():
+            graph.close()
         for saver in self.savers:
             saver.close()
         for conn in self.conns:
@@ -386,13 +445,27 @@ class Bench:
         table = self.report(self.rows(self.peer_installed), configs)
         if "sqlite3" in sys.modules:
             raise SystemExit("this process loaded the stdlib sqlite3: results void")
-        print("isolation: no stdlib sqlite3 in this process or the Saver workers"
-              + (", no APSW in the LangGraph peer" if self.peer_installed else ""))
+        print(self.isolation_text())
         elapsed = time.monotonic() - self.began
         print(f"load average at end: {os.getloadavg()[0]:.2f}; run took {elapsed:.0f} s")
         if self.args.json:
             self.write_json(table, elapsed)
         return 0
+
+    def isolation_text(self) -> str:
+        """Which processes were checked to hold only one SQLite library (each process checks
+        itself and the run stops if one holds the other library)."""
+        def either(names: list[str]) -> str:
+            return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
+
+        ours, theirs = self.graphs["sqlitesaver"], self.graphs["langgraph"]
+        no_sqlite3 = ["this process", "the Saver workers"] \
+            + (["the sqlitesaver graph worker"] if ours.installed else [])
+        no_apsw = [name for name, there in (("the LangGraph peer", self.peer_installed),
+                                            ("LangGraph's graph worker", theirs.installed))
+                   if there]
+        return (f"isolation: no stdlib sqlite3 in {either(no_sqlite3)}"
+                + (f"; no APSW in {either(no_apsw)}" if no_apsw else ""))
 
     def print_environment(self) -> None:
         print("$ python " + " ".join(sys.argv))
@@ -423,6 +496,8 @@ class Bench:
         self.peer = Peer(self.dir, states_path, args.list_size, 8)
         self.gangs = [Gang("p4x4", self.path("saver-4x4.db"), 4, 4, states_path),
                       Gang("p20x1", self.path("saver-20x1.db"), 20, 1, states_path)]
+        self.graphs = {kind: GraphWorker(kind, self.path(f"graph-{kind}.db"), GRAPH_NODES)
+                       for kind in ("sqlitesaver", "langgraph")}
 
         self.fsync_fd = os.open(self.path("fsync-probe"),
                                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -453,6 +528,8 @@ class Bench:
         if any(reply.get("sqlite3_loaded") for reply in ready):
             raise SystemExit("a Saver worker loaded the stdlib sqlite3: results void")
         self.peer.wait_ready()
+        for graph in self.graphs.values():
+            graph.wait_ready()
 
     @property
     def peer_installed(self) -> bool:
@@ -481,15 +558,41 @@ class Bench:
               + f"; metadata {METADATA}; no parent ids, no pending writes")
         print(f"read thread: {args.list_size:,} checkpoints of the 4 KiB state; Saver and "
               f"bare APSW settings: {self.live} (busy_timeout in ms)")
+        print(self.graph_text())
         print(f"{args.rounds} rounds after one warm-up pass; per round each configuration runs "
               f"{args.seconds:g} s (reads {args.seconds / 2:g} s); order within a group "
               "reversed every other round")
 
+    def graph_text(self) -> str:
+        """The workload line of the graph-steps rows."""
+        def one(name: str, kind: str) -> str:
+            graph = self.graphs[kind]
+            if not graph.installed:
+                return f"{name}: {NOT_INSTALLED} ({graph.info.get('error')})"
+            facts = graph.facts
+            library = (f"APSW {facts['apsw']}, SQLite {facts['sqlite']}" if kind == "sqlitesaver"
+                       else f"langgraph-checkpoint-sqlite {facts['langgraph-checkpoint-sqlite']},"
+                       f" stdlib sqlite3 on SQLite {facts['sqlite']}")
+            default = (f" (build default {facts['synchronous_default']})"
+                       if "synchronous_default" in facts else "")
+            return (f"{name}: {library}, journal_mode {facts['journal_mode']}, synchronous "
+                    f"{facts['synchronous']}{default}, {facts['checkpoints_per_invoke']} "
+                    f"checkpoints per invoke")
+
+        versions = {g.facts["langgraph"] for g in self.graphs.values() if g.installed}
+        return (f"graph steps: a chain of {GRAPH_NODES} nodes (bench/_graph_worker.py, as "
+                f"bench/langgraph_steps.py), invoked on a new thread each time; a step is one "
+                f"node run; langgraph {', '.join(sorted(versions)) or NOT_INSTALLED}; "
+                + "; ".join(one(name, kind) for name, kind in (
+                    ("sqlitesaver.langgraph SqliteSaver", "sqlitesaver"),
+                    (LANGGRAPH, "langgraph")))
+                + "; each in its own process and file")
+
     def configurations(self) -> list[tuple[list[Config], float]]:
-        """Three groups, each with its run time. Compared configurations sit next to each
-        other (bare and 1 thread, LangGraph 8 and Saver 8, each get and each list), so their
-        runs are one run apart in either order; every put row is at most two runs from a bare
-        run."""
+        """Four groups, each with its run time. Compared configurations sit next to each
+        other (bare and 1 thread, LangGraph 8 and Saver 8, each get and each list, the graph
+        steps of each durability), so their runs are one run apart in either order; every put
+        row is at most two runs from a bare run."""
         seconds = self.args.seconds
         fd, block = self.fsync_fd, b"\0" * 4096
         bare_read, bare_big, s_read, s_big = (self.bare_read, self.bare_big, self.s_read,
@@ -570,12 +673,24 @@ class Bench:
                      Config("saver_big", in_process(saver_ops(s_big, 1, BIG_THREAD, self.big)),
                             clear_saver_big),
                      *([lg_config("lg_big", "big", lambda: peer.cleanup("big"))] if lg else [])]
+
+        def steps(key: str, kind: str, durability: str) -> list[Config]:
+            graph = self.graphs[kind]
+            return [Config(key, lambda seconds: graph.run(durability, seconds))] \
+                if graph.installed else []
+
+        # sync pair, then async pair, mirrored: ours, LangGraph's, LangGraph's, ours.
+        steps_group = [*steps("saver_steps_sync", "sqlitesaver", "sync"),
+                       *steps("lg_steps_sync", "langgraph", "sync"),
+                       *steps("lg_steps_async", "langgraph", "async"),
+                       *steps("saver_steps_async", "sqlitesaver", "async")]
         for config in put_group:  # errors on opening count against the row
             for gang, key in ((p4x4, "p4x4"), (p20x1, "p20x1")):
                 if config.key == key:
                     config.errors.update(gang.open_errors)
                     config.first_error = gang.first_error
-        return [(put_group, seconds), (read_group, seconds / 2), (big_group, seconds)]
+        return [(put_group, seconds), (read_group, seconds / 2), (big_group, seconds),
+                (steps_group, seconds)]
 
     def measure(self, groups: list[tuple[list[Config], float]]) -> None:
         """A short untimed pass (files, caches, the children's first wake-up), then the rounds:
@@ -603,10 +718,12 @@ class Bench:
                     "sqlitesaver": sqlitesaver.__version__, "code": self.code,
                     "cores": os.cpu_count(),
                     "filesystem": filesystem_of(self.dir),
-                    "langgraph": self.peer.info if self.peer else None},
+                    "langgraph": self.peer.info if self.peer else None,
+                    "graph_steps": {kind: graph.info for kind, graph in self.graphs.items()}},
                 "settings": {"rounds": args.rounds, "seconds": args.seconds,
                              "read_seconds": args.seconds / 2, "list_size": args.list_size,
-                             "quick": args.quick, "saver": self.live},
+                             "quick": args.quick, "saver": self.live,
+                             "graph_nodes": GRAPH_NODES},
                 "state_bytes": {"small": len(self.small_bytes), "big": len(self.big_bytes)},
                 "metadata": METADATA,
                 "rows": table,
@@ -621,7 +738,7 @@ class Bench:
 
         return [
             Row("fsync limit: append 4 KiB + fsync", "fsync", bare="bare"),
-            Row("bare APSW put (BEGIN IMMEDIATE; INSERT; COMMIT)", "bare"),
+            Row("bare APSW put (BEGIN IMMEDIATE; INSERT; COMMIT)", "bare", baseline=True),
             Row(f"{LANGGRAPH} put, 1 thread", "lg1", bare="bare"),
             Row("sqlitesaver put, 1 thread", "saver1", bare="bare", langgraph=lg("lg1"),
                 target=Target("bare", 0.9)),
@@ -633,17 +750,25 @@ class Bench:
             Row("sqlitesaver put, 4 processes x 4 threads", "p4x4", bare="bare2"),
             Row("sqlitesaver put, 20 processes x 1 thread", "p20x1", bare="bare2",
                 target=Target("errors", 0)),
-            Row("bare APSW get latest (SELECT + unpackb)", "bare_get"),
+            Row("bare APSW get latest (SELECT + unpackb)", "bare_get", baseline=True),
             Row(f"{LANGGRAPH} get_tuple latest", "lg_get", bare="bare_get"),
             Row("sqlitesaver get latest", "saver_get", bare="bare_get", langgraph=lg("lg_get"),
                 target=Target("langgraph", 2.0)),
-            Row("bare APSW list 100 (SELECT + unpackb)", "bare_list"),
+            Row("bare APSW list 100 (SELECT + unpackb)", "bare_list", baseline=True),
             Row(f"{LANGGRAPH} list(limit=100)", "lg_list", bare="bare_list"),
             Row("sqlitesaver list(limit=100)", "saver_list", bare="bare_list",
                 langgraph=lg("lg_list"), target=Target("langgraph", 5.0)),
-            Row("bare APSW put 1 MiB", "bare_big"),
+            Row("bare APSW put 1 MiB", "bare_big", baseline=True),
             Row(f"{LANGGRAPH} put 1 MiB", "lg_big", bare="bare_big"),
             Row("sqlitesaver put 1 MiB", "saver_big", bare="bare_big", langgraph=lg("lg_big")),
+            # Graph steps: LangGraph's checkpointer and ours each in a worker of its own; the
+            # ratio is skipped when LangGraph's is not installed (no "lg_steps_*" Config).
+            Row(f"{LANGGRAPH} graph steps, durability sync", "lg_steps_sync"),
+            Row("sqlitesaver graph steps, durability sync", "saver_steps_sync",
+                langgraph="lg_steps_sync"),
+            Row(f"{LANGGRAPH} graph steps, durability async", "lg_steps_async"),
+            Row("sqlitesaver graph steps, durability async", "saver_steps_async",
+                langgraph="lg_steps_async"),
         ]
 
     @staticmethod
@@ -662,7 +787,7 @@ class Bench:
             entry.update(rate=rate, rates=rates,
                          spread=(max(rates) - min(rates)) / rate if rate else None,
                          errors=dict(config.errors), first_error=config.first_error,
-                         baseline=row.bare is None)
+                         baseline=row.baseline)
             for column, base in (("vs_bare", row.bare), ("vs_langgraph", row.langgraph)):
                 if base is not None and base in configs:
                     ratios = paired(rates, configs[base].rates)
@@ -699,8 +824,9 @@ class Bench:
                   f"{vs_bare:>12} | {ratio_text(entry.get('vs_langgraph')):>12} | "
                   f"{sum(entry['errors'].values()):6,} | {entry.get('target', ''):15} | "
                   f"{entry.get('result', ''):6} |")
-        print("ops/s: median of the rounds (a list is one call returning 100 checkpoints); "
-              "spread: (max - min) / median;\nratios: median of the per-round ratios; a put "
+        print("ops/s: median of the rounds (a list is one call returning 100 checkpoints; "
+              f"a graph step is one node run, {GRAPH_NODES} per invoke); spread: (max - min) / "
+              "median;\nratios: median of the per-round ratios; a put "
               "row's bare run is the one above it in the table (1st: before it in the round, "
               "2nd: mid-round);\nerrors: every run of the row, warm-up and opening included")
         print()
