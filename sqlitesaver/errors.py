@@ -112,7 +112,9 @@ class CannotOpenError(DatabaseFileError):
 
 class BusyTimeoutError(SaverError):
     """Another connection held the database lock for longer than the busy timeout. Nothing
-    of this call was written."""
+    of this call was written. ``waited`` is how many seconds the call waited, when known."""
+
+    waited: float | None = None
 
 
 # --- the call itself --------------------------------------------------------------------------

@@ -24,22 +24,24 @@ import urllib.parse
 
 import apsw
 
-from . import pragmas, schema
-from .errors import (CannotOpenError, CorruptDatabaseError, MigrationError,
+from . import contention, pragmas, schema
+from .errors import (BusyTimeoutError, CannotOpenError, CorruptDatabaseError, MigrationError,
                      NotASaverDatabaseError, ReadOnlyDatabaseError, SaverError,
                      SchemaVersionError, check_command, translate)
 from .pragmas import Profile
 from .records import RecoveryReport
 
-__all__ = ["INTEGRITY_MODES", "open_writer", "open_readonly", "open_reader", "read_header"]
+__all__ = ["INTEGRITY_MODES", "open_writer", "open_readonly", "open_reader", "read_header",
+           "truncate_wal"]
 
 INTEGRITY_MODES = ("quick", "full", "off")
 
 _MAGIC = b"SQLite format 3\x00"
 _NEW_MARK = ".sqlitesaver-new-"
-#: The recovery checkpoint must not stall start-up behind another process's long read; a
-#: blocked checkpoint is reported in RecoveryReport.checkpoint_busy instead.
-_CHECKPOINT_BUSY_TIMEOUT_MS = 200
+#: Seconds the recovery checkpoint waits for other processes' readers and writer: start-up must
+#: not stall behind another process's long read; a blocked checkpoint is reported in
+#: RecoveryReport.checkpoint_busy instead (nothing depends on it completing).
+CHECKPOINT_WAIT = 0.2
 
 
 def open_writer(path: str, profile: Profile, integrity_check: str
@@ -59,28 +61,12 @@ def open_writer(path: str, profile: Profile, integrity_check: str
     except apsw.Error as exc:
         raise translate(exc, path, "opening the database") from exc
     try:
-        version = _recheck_identity(conn, path)
-        if integrity_check != "off":
-            _integrity(conn, path, full=integrity_check == "full")
-        pragmas.journal_mode_wal(conn, path)
-        # After an integrity check, the first wal_checkpoint following a switch from a
-        # rollback journal to WAL fails with SQLITE_LOCKED (SQLite 3.54; found by the torture
-        # harness). One read on the new WAL first avoids it; it is free when already in WAL.
-        _user_version(conn)
-        busy, log, done = _checkpoint(conn, path, profile)
-        try:
-            applied = schema.migrate(conn)
-        except apsw.Error as exc:
-            if isinstance(exc, (apsw.BusyError, apsw.FullError, apsw.ReadOnlyError,
-                                apsw.IOError, apsw.CorruptError)):
-                raise translate(exc, path, "migrating the schema") from exc
-            raise MigrationError(
-                f"{path!r}: a schema migration failed ({type(exc).__name__}: {exc}); it was "
-                f"rolled back and the database is unchanged at schema version "
-                f"{_user_version(conn)}. Please report this as a sqlitesaver bug.",
-                path=path) from exc
-        except RuntimeError as exc:
-            raise MigrationError(f"{path!r}: {exc}", path=path) from exc
+        # One deadline for the whole recovery: a lock another process holds at any of its
+        # steps is waited for (contention.retry), and the steps are safe to run again.
+        version, (busy, log, done), applied = contention.retry(
+            contention.waiter_of(conn), lambda: _recover(conn, path, profile, integrity_check),
+            path=path, doing="opening the database (startup recovery)",
+            timeout=profile.busy_timeout)
     except BaseException as exc:
         if wal_found:
             # Leave a WAL we found as we found it: closing the last connection would
@@ -96,6 +82,38 @@ def open_writer(path: str, profile: Profile, integrity_check: str
         schema_version=schema.latest_version(), migrations_applied=applied,
         stale_files_removed=stale, seconds=time.perf_counter() - started)
     return conn, report
+
+
+def _recover(conn: apsw.Connection, path: str, profile: Profile, integrity_check: str
+             ) -> tuple[int, tuple[bool, int, int], tuple[int, ...]]:
+    """Steps 1 (again, through SQL) to 4 on the write connection: (schema version found,
+    checkpoint result, migrations applied). SQLITE_BUSY / SQLITE_LOCKED propagate untouched
+    for the caller's retry, as do other APSW errors (the caller translates them)."""
+    version = _recheck_identity(conn, path)
+    if integrity_check != "off":
+        _integrity(conn, path, full=integrity_check == "full")
+    pragmas.journal_mode_wal(conn, path)
+    # After an integrity check, the first wal_checkpoint following a switch from a
+    # rollback journal to WAL fails with SQLITE_LOCKED (SQLite 3.54; found by the torture
+    # harness). One read on the new WAL first avoids it; it is free when already in WAL.
+    _user_version(conn)
+    checkpoint = _checkpoint(conn, path, profile)
+    try:
+        applied = schema.migrate(conn)
+    except contention.RETRYABLE:
+        raise
+    except apsw.Error as exc:
+        if isinstance(exc, (apsw.FullError, apsw.ReadOnlyError, apsw.IOError,
+                            apsw.CorruptError)):
+            raise translate(exc, path, "migrating the schema") from exc
+        raise MigrationError(
+            f"{path!r}: a schema migration failed ({type(exc).__name__}: {exc}); it was "
+            f"rolled back and the database is unchanged at schema version "
+            f"{_user_version(conn)}. Please report this as a sqlitesaver bug.",
+            path=path) from exc
+    except RuntimeError as exc:
+        raise MigrationError(f"{path!r}: {exc}", path=path) from exc
+    return version, checkpoint, applied
 
 
 def open_readonly(path: str, profile: Profile, integrity_check: str
@@ -349,14 +367,21 @@ def _checkpoint(conn: apsw.Connection, path: str, profile: Profile) -> tuple[boo
     counts the frames first; the TRUNCATE that follows has little left to copy.
     """
     _, log, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
-    conn.set_busy_timeout(_CHECKPOINT_BUSY_TIMEOUT_MS)
+    busy = truncate_wal(conn, path, min(CHECKPOINT_WAIT, profile.busy_timeout))
+    return busy, log, done
+
+
+def truncate_wal(conn: apsw.Connection, path: str, wait: float) -> bool:
+    """``PRAGMA wal_checkpoint(TRUNCATE)``, waiting at most ``wait`` seconds (with backoff) for
+    other connections' writer lock and old readers; True if it could not complete (SQLite's
+    busy column). Other errors propagate untranslated."""
+    waiter = contention.waiter_of(conn)
     try:
-        busy = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]
-    except (apsw.BusyError, apsw.LockedError):
-        busy = 1
-    finally:
-        pragmas.busy_timeout(conn, profile)
-    return bool(busy), log, done
+        return bool(contention.retry(
+            waiter, lambda: conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0],
+            path=path, doing="checkpointing the WAL", timeout=wait))
+    except BusyTimeoutError:
+        return True
 
 
 # --- creation -------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 :func:`apply` runs on every connection a Saver opens (writer and readers alike) and reads each
 setting back, so a setting that SQLite silently refused is an error, not a surprise after a
-power cut. ``synchronous`` and ``busy_timeout`` are per connection in SQLite, which is why this is
+power cut. ``synchronous`` and the busy handler are per connection in SQLite, which is why this is
 applied to each one rather than once per file.
 """
 
@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import apsw
 
+from . import contention
 from .errors import DatabaseFileError
 
 __all__ = ["Profile", "DURABILITY_LEVELS", "apply", "read_back"]
@@ -67,9 +68,10 @@ def synchronous(conn: apsw.Connection, profile: Profile) -> None:
 
 
 def busy_timeout(conn: apsw.Connection, profile: Profile) -> None:
-    """Wait for another connection's lock instead of failing at once with SQLITE_BUSY
-    (without it, any contention is an immediate error)."""
-    conn.set_busy_timeout(int(profile.busy_timeout * 1000))
+    """Wait up to ``busy_timeout`` for another connection's lock, with jittered exponential
+    backoff, instead of failing at once with SQLITE_BUSY (see :mod:`sqlitesaver.contention`;
+    it replaces SQLite's own busy timeout, so ``PRAGMA busy_timeout`` reads 0)."""
+    contention.install(conn, profile.busy_timeout)
 
 
 def foreign_keys(conn: apsw.Connection) -> None:
@@ -112,5 +114,14 @@ def read_back(conn: apsw.Connection) -> dict[str, object]:
         "synchronous": _pragma(conn, "PRAGMA synchronous"),
         "foreign_keys": _pragma(conn, "PRAGMA foreign_keys"),
         "journal_size_limit": _pragma(conn, "PRAGMA journal_size_limit"),
-        "busy_timeout": _pragma(conn, "PRAGMA busy_timeout"),
+        # Milliseconds, as PRAGMA busy_timeout would say: the deadline of the connection's
+        # busy handler (a connection without one waits 0 ms).
+        "busy_timeout": _busy_timeout_ms(conn),
     }
+
+
+def _busy_timeout_ms(conn: apsw.Connection) -> int:
+    waiter = contention.waiter_of(conn)
+    if waiter is None:
+        return int(_pragma(conn, "PRAGMA busy_timeout"))  # type: ignore[arg-type]
+    return round(waiter.timeout * 1000)

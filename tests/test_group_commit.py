@@ -166,3 +166,66 @@ def test_twenty_processes_with_two_threads_each_lose_nothing(db_path):
                 events = list(saver.read_log(thread))
                 assert [e.seq for e in events] == [seq for kind, seq in acked if kind == "log"]
                 assert [e.event["i"] for e in events] == list(range(1, 50, 2))
+
+
+# An I/O error inside a nested call shuts the Saver down while the outer transaction, and maybe
+# a batch of other threads' transitions, is still open. Found by the torture harness (issue #5,
+# --threads): the outer block used to meet a closed connection (apsw.ConnectionClosedError
+# leaked) and the batch's leader waited for ever.
+
+def _spill_early(saver: Saver) -> None:
+    # A tiny page cache makes a large insert write pages to the WAL in the middle of its
+    # transition, so a write fault fires inside the nested call, not at COMMIT.
+    saver._writer.execute("PRAGMA cache_size=2")
+
+
+def test_an_io_error_inside_a_nested_call_fails_the_whole_batch_and_nobody_hangs(db_path):
+    io = faults.install_io_faults()
+    try:
+        with Saver(db_path) as saver:
+            saver.put("warm", {})
+            _spill_early(saver)
+
+            def nested() -> None:
+                with saver.transaction():
+                    io.arm(1, kinds=("write",))  # the next write: the spill below
+                    saver.append_log("m", b"x" * 200_000)
+
+            results = run_batch(saver, {"nested": nested,
+                                        "log": lambda: saver.append_log("b", "event")})
+            io.clear()
+            for name in ("lead", "nested"):
+                assert isinstance(results[name], DatabaseIOError), (name, results)
+                assert repr(db_path) in str(results[name])
+            # In the failed batch, or queued behind it and refused once the Saver shut down:
+            # never a success and never an APSW error either way.
+            assert isinstance(results["log"], (DatabaseIOError, SaverClosedError)), results
+            with pytest.raises(SaverClosedError, match="I/O error"):
+                saver.put("warm", {})
+    finally:
+        io.clear()
+        io.uninstall()
+    with Saver(db_path, integrity_check="full") as saver:  # the batch never committed
+        assert saver.threads() == ["warm"]
+
+
+def test_an_io_error_swallowed_inside_a_transaction_still_fails_it(db_path):
+    io = faults.install_io_faults()
+    try:
+        with Saver(db_path) as saver:
+            _spill_early(saver)
+            with pytest.raises(DatabaseIOError):
+                with saver.transaction():
+                    saver.put("t", 1)
+                    io.arm(1, kinds=("write",))
+                    with pytest.raises(DatabaseIOError):
+                        saver.append_log("t", b"x" * 200_000)
+                    io.clear()
+                    with pytest.raises(SaverClosedError):  # shut down: nothing more runs
+                        saver.put("t", 2)
+                    # the block ends normally, yet nothing of it may be committed
+    finally:
+        io.clear()
+        io.uninstall()
+    with Saver(db_path, integrity_check="full") as saver:
+        assert saver.threads() == []
