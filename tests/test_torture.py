@@ -285,6 +285,18 @@ def test_oracle_reports_content_nobody_wrote_and_wrong_order_as_corrupt():
     assert verdict.problems and "order" in verdict.problems[0]
 
 
+def test_oracle_reports_the_content_of_a_transition_that_raised_as_leaked():
+    acked, deleted_by = _model(("a", [_put("a")]))
+    aborted = [_put("b"), _writes("b", "t", 1), {"op": "abort", "thread": "w0-t0"}]
+    after, _ = _model(("a", [_put("a")]), ("b", aborted))
+    assert after.items() == acked.items()  # an abort transition has no effect
+    leaked, _ = _model(("a", [_put("a")]), ("b", aborted[:2]))
+    verdict = compare(acked, None, leaked, deleted_by, frozenset({"b"}))
+    assert verdict.leaked == {"b"} and not verdict.problems and not verdict.ok
+    # without knowing it raised, the same content is content nobody wrote
+    assert compare(acked, None, leaked, deleted_by).problems
+
+
 def test_oracle_semantics_match_the_saver(db_path):
     # Apply a long seeded workload through the real Saver and through the model: the
     # database must read back exactly as the model says (prune, delete, idempotent writes).

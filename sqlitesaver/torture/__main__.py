@@ -1,7 +1,7 @@
 """``python -m sqlitesaver.torture``: SIGKILL writers at random moments and prove that every
 acknowledged transition survives whole.
 
-Exit status: 0 when nothing was lost, partial or corrupt (and no writer failed); 1 when
+Exit status: 0 when nothing was lost, partial, leaked or corrupt (and no writer failed); 1 when
 something was; 2 for bad usage.
 """
 
@@ -20,8 +20,8 @@ from .harness import Options, run
 from .iofaults import run_io_faults
 
 _EPILOG = """\
-exit status: 0 nothing lost, partial or corrupt; 1 something was (the run stops there unless
---keep-going, and the database is kept as found, its path printed); 2 bad usage.
+exit status: 0 nothing lost, partial, leaked or corrupt; 1 something was (the run stops there
+unless --keep-going, and the database is kept as found, its path printed); 2 bad usage.
 A run is reproduced by its --seed: the same kill delays, transitions and contents (how far a
 writer gets within a delay still depends on the machine)."""
 

@@ -98,6 +98,7 @@ class _Worker:
     error: str | None = None
     model: Model = field(default_factory=Model)
     deleted_by: dict = field(default_factory=dict)
+    rolled_back: set[str] = field(default_factory=set)            # aborts since the last verdict
     ids: dict[str, str] = field(default_factory=dict)             # tag -> acked id
     max_id: dict[str, str] = field(default_factory=dict)          # thread -> highest id seen
     last_log_seq: int = -1
@@ -173,8 +174,10 @@ class _Run:
             self.id_problems.append(f"worker {w.index}: ack of {message['tid']} without its "
                                     "intent (a writer protocol error)")
             return
-        tid, _, ops = w.inflight
+        tid, kind, ops = w.inflight
         w.acked.append((tid, ops))
+        if kind == "abort":
+            w.rolled_back.add(tid)
         w.inflight = None
         self.acked_total += 1
         w.db_stamp = message.get("db")
@@ -250,10 +253,13 @@ class _Run:
         for tid, ops in w.acked:
             apply(acked, tid, ops, w.deleted_by)
         with_inflight = None
+        rolled_back = set(w.rolled_back)
         if w.inflight is not None:
             with_inflight = acked.clone()
             apply(with_inflight, w.inflight[0], w.inflight[2], {})
-        verdict = compare(acked, with_inflight, seen.model, w.deleted_by)
+            if w.inflight[1] == "abort":
+                rolled_back.add(w.inflight[0])  # it raises, whenever it was killed: never there
+        verdict = compare(acked, with_inflight, seen.model, w.deleted_by, frozenset(rolled_back))
         if verdict.lost and not verdict.problems and not seen.problems:
             verdict = _prefix_verdict(w, seen.model) or verdict
         verdict.problems[:0] = seen.problems
@@ -277,6 +283,7 @@ class _Run:
             w.max_id[thread] = max(found, w.max_id.get(thread, found))
         # Carry on from what is there, so a violation is reported once, not at every kill.
         w.model, w.acked, w.inflight = seen.model, [], None
+        w.rolled_back.clear()
         return verdict, recovery
 
     # --- the loop ----------------------------------------------------------------------
@@ -388,6 +395,7 @@ class _Run:
             "writer_startup_seconds": w.startup_seconds,
             "inflight": verdict.inflight,
             "lost": sorted(verdict.lost), "partial": verdict.partial,
+            "leaked": sorted(verdict.leaked),
             "problems": verdict.problems[:20],
             "ok": verdict.ok,
         }
@@ -401,6 +409,9 @@ class _Run:
                 parts.append(f"LOST {len(verdict.lost)}: {', '.join(sorted(verdict.lost)[:5])}")
             if verdict.partial:
                 parts.append("PARTIAL in-flight transition")
+            if verdict.leaked:
+                parts.append(f"LEAKED {len(verdict.leaked)} (raised, yet visible): "
+                             f"{', '.join(sorted(verdict.leaked)[:5])}")
             if verdict.problems:
                 first = " ".join(verdict.problems[0].split())
                 parts.append(f"CORRUPT: {first[:300]}{'...' if len(first) > 300 else ''}")
@@ -417,6 +428,7 @@ class _Run:
         entries = self.iterations + self.final
         lost = sorted({tid for e in entries for tid in e["lost"]})
         partial = sum(e["partial"] for e in entries)
+        leaked = sorted({tid for e in entries for tid in e["leaked"]})
         corrupt = sum(bool(e["problems"]) for e in entries) + bool(self.id_problems)
         recoveries = [e["recovery_seconds"] for e in entries if e["recovery_seconds"] is not None]
         startups = [e["writer_startup_seconds"] for e in entries
@@ -428,12 +440,13 @@ class _Run:
         inflight: dict[str, int] = {}
         for e in entries:
             inflight[e["inflight"]] = inflight.get(e["inflight"], 0) + 1
-        failed = bool(lost or partial or corrupt or self.errors)
+        failed = bool(lost or partial or leaked or corrupt or self.errors)
         self.summary = {
             "iterations": len(self.iterations),
             "transitions_acknowledged": self.acked_total,
             "lost": len(lost), "lost_transitions": lost[:100],
             "partial": partial,
+            "leaked": len(leaked), "leaked_transitions": leaked[:100],
             "corrupt": corrupt,
             "writer_errors": len(self.errors),
             "recovery_p50_ms": _ms(statistics.median(recoveries)) if recoveries else None,
@@ -458,6 +471,7 @@ class _Run:
             ("transitions acknowledged", s["transitions_acknowledged"]),
             ("lost", s["lost"]),
             ("partial", s["partial"]),
+            ("leaked (raised, yet visible)", s["leaked"]),
             ("corrupt", s["corrupt"]),
             ("writer errors", s["writer_errors"]),
             ("recovery p50 / max", f"{s['recovery_p50_ms']} ms / {s['recovery_max_ms']} ms"),
