@@ -2,7 +2,9 @@
 applies them through the public :class:`~sqlitesaver.Saver` API.
 
 Each worker owns the threads named ``w<N>-*``, so workers never touch each other's data and
-each one's content can be judged exactly.
+each one's content can be judged exactly. A worker that writes from several threads
+(``--threads``) gives each of them a *lane* of its own, the threads named ``w<N>.<L>-*``: lanes
+share one Saver, hence its group commit, but never each other's data.
 
 A transition is described twice: ``ops`` (what the harness needs to verify it: names, tags,
 content digests; small enough for one atomic pipe write) and ``values`` (what is actually
@@ -24,7 +26,8 @@ from typing import Any, Callable
 from .. import Saver
 from .oracle import digest
 
-__all__ = ["MIX", "Abort", "Transition", "Writer", "Generator", "thread_prefix", "load_known"]
+__all__ = ["MIX", "Abort", "Transition", "Writer", "Generator", "lane_name", "thread_prefix",
+           "load_known"]
 
 #: Relative weights of the transition kinds. "multi" is put + pending writes + log event in
 #: one transaction; "put_blob" stores random bytes of 1 KiB to 1.25 MiB (overflow pages);
@@ -38,8 +41,15 @@ _CHANNELS = ("messages", "next", "route", "__error__")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;é漢字😀\n"
 
 
-def thread_prefix(worker: int) -> str:
-    return f"w{worker}-"
+def lane_name(worker: int, lane: int | None = None) -> str:
+    """``"3"`` for worker 3 writing from one thread; ``"3.1"`` for its lane 1 (``--threads``)."""
+    return str(worker) if lane is None else f"{worker}.{lane}"
+
+
+def thread_prefix(worker: int, lane: int | None = None) -> str:
+    """The prefix of the thread ids a worker (or one lane of it) owns: ``w3-`` or ``w3.1-``.
+    The dash ends it, so no prefix is the beginning of another."""
+    return f"w{lane_name(worker, lane)}-"
 
 
 class Abort(Exception):
@@ -79,16 +89,18 @@ class Generator:
 
     def __init__(self, rng: random.Random, worker: int, incarnation: int, known: Known,
                  mix: dict[str, float] | None = None,
-                 blob_bytes: tuple[int, int] = BLOB_BYTES) -> None:
+                 blob_bytes: tuple[int, int] = BLOB_BYTES, lane: int | None = None) -> None:
         self.rng = rng
         self.blob_bytes = blob_bytes
         self.worker = worker
+        self.lane = lane_name(worker, lane)
         self.incarnation = incarnation
         self.known = known
         mix = MIX if mix is None else mix
         self._kinds = list(mix)
         self._weights = [mix[k] for k in self._kinds]
-        self._threads = [f"{thread_prefix(worker)}t{i}" for i in range(THREADS_PER_WORKER)]
+        self._threads = [f"{thread_prefix(worker, lane)}t{i}"
+                         for i in range(THREADS_PER_WORKER)]
         self.count = 0
         # Text is cut from one random pool: drawing every character costs more than the
         # Saver call it feeds, and the kills should land in Saver calls, not in here.
@@ -98,7 +110,7 @@ class Generator:
 
     def next(self) -> Transition:
         self.count += 1
-        tid = f"{self.worker}.{self.incarnation}.{self.count}"
+        tid = f"{self.lane}.{self.incarnation}.{self.count}"
         rng = self.rng
         kind = rng.choices(self._kinds, self._weights)[0]
         stored = [(name, ns) for name, by_ns in self.known.items()
