@@ -168,6 +168,27 @@ def test_threads_share_one_saver_and_every_lane_is_verified(tmp_path):
     assert "PASS (seed 1401)" in output
 
 
+@pytest.mark.parametrize("writer, violation", [("MemberReturnsBeforeCommit", "lost"),
+                                               ("FailedMemberLeaks", "leaked")])
+def test_broken_group_commit_is_caught_with_threads_and_only_with_threads(tmp_path, writer,
+                                                                          violation):
+    spec = f"{WRITERS}:{writer}"
+    status, output, report = torture("--threads", "4", "--iterations", "200", "--max-interval",
+                                     "0.3", "--seed", "1402", "--writer", spec, cwd=str(tmp_path))
+    assert status == 1, output
+    summary = report["summary"]
+    assert summary[violation] >= 1, output
+    others = {"lost", "partial", "leaked"} - {violation}
+    assert all(summary[other] == 0 for other in others), output
+    assert violation.upper() in output and "FAIL (seed 1402)" in output
+    assert "--threads 4" in output  # in the command that runs it again
+    # One thread: every transition leads its own batch, so these writers are correct.
+    status, output, report = torture("--iterations", "4", "--max-interval", "0.3",
+                                     "--seed", "1403", "--writer", spec, cwd=str(tmp_path))
+    assert status == 0, output
+    assert report["summary"]["transitions_acknowledged"] > 0, output
+
+
 def test_power_loss_with_threads_loses_nothing(tmp_path):
     status, output, report = torture("--mode", "power-loss", "--threads", "4", "--iterations",
                                      "6", "--seed", "1404", cwd=str(tmp_path))
