@@ -145,6 +145,59 @@ def test_a_rollback_journal_without_sync_survives_sigkill(tmp_path):
     assert report["summary"]["transitions_acknowledged"] > 0
 
 
+# --- several threads per writer: group commit in play (issue #5) -------------------------------
+
+def test_threads_share_one_saver_and_every_lane_is_verified(tmp_path):
+    db = str(tmp_path / "threads.db")
+    status, output, report = torture("--threads", "4", "--iterations", "8", "--max-interval",
+                                     "0.3", "--seed", "1401", "--db", db, cwd=str(tmp_path))
+    assert status == 0, output
+    summary = report["summary"]
+    assert summary["verdict"] == "PASS" and summary["iterations"] == 8, output
+    assert summary["lost"] == summary["partial"] == summary["leaked"] == 0, output
+    assert summary["corrupt"] == summary["writer_errors"] == 0, output
+    assert summary["threads"] == 4 and report["options"]["threads"] == 4
+    # Group commit was in play: the COMMITs carried more transitions than there were COMMITs.
+    assert 0 < summary["commits"] < summary["committed_transitions"], output
+    # Every kill was judged lane by lane, and every lane wrote its own threads.
+    assert all(len(e["inflight"]) == 4 for e in report["iterations"] + report["final"]), output
+    with Saver(db) as saver:
+        lanes = {name.split("-")[0] for name in saver.threads()}
+    assert lanes == {"w0.0", "w0.1", "w0.2", "w0.3"}, (lanes, output)
+    assert "1 worker(s) x 4 threads" in output and " per COMMIT" in output
+    assert "PASS (seed 1401)" in output
+
+
+@pytest.mark.parametrize("writer, violation", [("MemberReturnsBeforeCommit", "lost"),
+                                               ("FailedMemberLeaks", "leaked")])
+def test_broken_group_commit_is_caught_with_threads_and_only_with_threads(tmp_path, writer,
+                                                                          violation):
+    spec = f"{WRITERS}:{writer}"
+    status, output, report = torture("--threads", "4", "--iterations", "200", "--max-interval",
+                                     "0.3", "--seed", "1402", "--writer", spec, cwd=str(tmp_path))
+    assert status == 1, output
+    summary = report["summary"]
+    assert summary[violation] >= 1, output
+    others = {"lost", "partial", "leaked"} - {violation}
+    assert all(summary[other] == 0 for other in others), output
+    assert violation.upper() in output and "FAIL (seed 1402)" in output
+    assert "--threads 4" in output  # in the command that runs it again
+    # One thread: every transition leads its own batch, so these writers are correct.
+    status, output, report = torture("--iterations", "4", "--max-interval", "0.3",
+                                     "--seed", "1403", "--writer", spec, cwd=str(tmp_path))
+    assert status == 0, output
+    assert report["summary"]["transitions_acknowledged"] > 0, output
+
+
+def test_power_loss_with_threads_loses_nothing(tmp_path):
+    status, output, report = torture("--mode", "power-loss", "--threads", "4", "--iterations",
+                                     "6", "--seed", "1404", cwd=str(tmp_path))
+    assert status == 0, output
+    summary = report["summary"]
+    assert summary["iterations"] == 6 and summary["transitions_acknowledged"] > 0, output
+    assert summary["commits"] < summary["committed_transitions"], output
+
+
 # --- simulated power loss (sqlitesaver.faults) --------------------------------------------------
 
 def test_power_loss_full_loses_nothing(tmp_path):
@@ -200,6 +253,9 @@ def _digest(path: str) -> str:
     ("--report", "/no/such/dir/r.json"),
     ("--bogus",),
     ("--mode", "power-loss", "--workers", "2"),
+    ("--threads", "0"),
+    ("--threads", "65"),
+    ("--mode", "io-faults", "--threads", "2"),
     ("--mode", "flood"),
 ])
 def test_bad_usage_exits_2(tmp_path, args):
@@ -283,6 +339,18 @@ def test_oracle_reports_content_nobody_wrote_and_wrong_order_as_corrupt():
     swapped, _ = _model(("b", [_put("b")]), ("a", [_put("a")]))
     verdict = compare(acked, None, swapped, deleted_by)
     assert verdict.problems and "order" in verdict.problems[0]
+
+
+def test_oracle_reports_the_content_of_a_transition_that_raised_as_leaked():
+    acked, deleted_by = _model(("a", [_put("a")]))
+    aborted = [_put("b"), _writes("b", "t", 1), {"op": "abort", "thread": "w0-t0"}]
+    after, _ = _model(("a", [_put("a")]), ("b", aborted))
+    assert after.items() == acked.items()  # an abort transition has no effect
+    leaked, _ = _model(("a", [_put("a")]), ("b", aborted[:2]))
+    verdict = compare(acked, None, leaked, deleted_by, frozenset({"b"}))
+    assert verdict.leaked == {"b"} and not verdict.problems and not verdict.ok
+    # without knowing it raised, the same content is content nobody wrote
+    assert compare(acked, None, leaked, deleted_by).problems
 
 
 def test_oracle_semantics_match_the_saver(db_path):

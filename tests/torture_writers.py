@@ -130,3 +130,55 @@ class FullDiskAsIOError(Writer):
             return super().run(saver, tx)
         except DiskFullError as exc:
             raise DatabaseIOError(str(exc), path=exc.path) from exc
+
+
+# --- broken group commit, for --threads ------------------------------------------------------
+# Both are correct with one thread, where every transition leads its own batch; only when
+# several threads share a Saver, so that transitions join each other's batches, do they break.
+# They break the Saver's internals on purpose, in the child process only.
+
+def _saver_module() -> Any:
+    from sqlitesaver import saver
+    return saver
+
+
+class MemberReturnsBeforeCommit(Writer):
+    """A transition that joined another thread's batch returns, and is acknowledged, as soon as
+    its own work is in the shared transaction, without waiting for the batch's COMMIT: a kill
+    before the leader's COMMIT loses a transition the caller was told was saved. The harness
+    must report it as lost (with --threads; with one thread there is no one to join)."""
+
+    def open(self, path: str, durability: str) -> Saver:
+        module = _saver_module()
+
+        class DoneAtOnce(module._Batch):
+            __slots__ = ()
+
+            def __init__(self) -> None:
+                super().__init__()
+                self.done.set()  # members stop waiting for the COMMIT before it happened
+
+        module._Batch = DoneAtOnce
+        return super().open(path, durability)
+
+
+class FailedMemberLeaks(Writer):
+    """A transition that fails inside a batch is not rolled back to its savepoint, so its work
+    stays in the shared transaction and the batch's COMMIT makes it durable, although the
+    caller got the exception. Alone in its batch it is rolled back with the whole transaction,
+    so one thread hides it. The harness must report the aborted transitions as leaked."""
+
+    #: Many aborts, and no prunes or deletions: a leaked checkpoint would change what a later
+    #: prune keeps and turn the leak into losses too.
+    mix = {"abort": 30, "put": 26, "writes": 20, "log": 20, "multi": 14}
+
+    def open(self, path: str, durability: str) -> Saver:
+        transaction = _saver_module()._Transaction
+        rollback = transaction._rollback
+
+        def keep_a_failed_member(conn: Any, depth: int | str) -> None:
+            if depth != "member":
+                rollback(conn, depth)
+
+        transaction._rollback = staticmethod(keep_a_failed_member)
+        return super().open(path, durability)

@@ -1,7 +1,7 @@
 """``python -m sqlitesaver.torture``: SIGKILL writers at random moments and prove that every
 acknowledged transition survives whole.
 
-Exit status: 0 when nothing was lost, partial or corrupt (and no writer failed); 1 when
+Exit status: 0 when nothing was lost, partial, leaked or corrupt (and no writer failed); 1 when
 something was; 2 for bad usage.
 """
 
@@ -20,8 +20,8 @@ from .harness import Options, run
 from .iofaults import run_io_faults
 
 _EPILOG = """\
-exit status: 0 nothing lost, partial or corrupt; 1 something was (the run stops there unless
---keep-going, and the database is kept as found, its path printed); 2 bad usage.
+exit status: 0 nothing lost, partial, leaked or corrupt; 1 something was (the run stops there
+unless --keep-going, and the database is kept as found, its path printed); 2 bad usage.
 A run is reproduced by its --seed: the same kill delays, transitions and contents (how far a
 writer gets within a delay still depends on the machine)."""
 
@@ -63,6 +63,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--workers", type=_positive_int, default=1,
                         help="writer processes on the one database, killed and restarted "
                              "independently (default 1)")
+    parser.add_argument("--threads", type=_positive_int, default=1,
+                        help="writer threads per worker process, sharing one Saver so that "
+                             "its group commit batches their transitions; each thread writes "
+                             "its own lane and is verified on its own (default 1; sigkill "
+                             "and power-loss)")
     parser.add_argument("--durability", choices=("full", "normal"), default="full",
                         help="the Saver's durability setting (default full)")
     parser.add_argument("--min-interval", type=_seconds, default=0.0,
@@ -88,6 +93,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--max-interval must be above 0")
     if args.mode == "io-faults" and args.workers != 1:
         parser.error("--mode io-faults runs one worker, in this process")
+    if args.mode == "io-faults" and args.threads != 1:
+        parser.error("--mode io-faults runs one thread: its step is a fixed sequence of "
+                     "operations, failed one by one; --threads is for sigkill and power-loss")
     if args.iterations is None and args.mode != "io-faults":
         args.iterations = 50
     if args.mode == "power-loss" and args.workers != 1:
@@ -95,6 +103,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                      "and the simulation models only the crashing writer's unsynced writes")
     if args.workers > 64:
         parser.error(f"--workers is at most 64, not {args.workers}")
+    if args.threads > 64:
+        parser.error(f"--threads is at most 64, not {args.threads}")
     if args.db is not None:
         if os.path.lexists(args.db) or os.path.lexists(args.db + "-wal"):
             parser.error(f"--db {args.db!r} exists; the harness creates its own database and "
@@ -124,6 +134,7 @@ def main(argv: list[str] | None = None) -> int:
         directory = tempfile.mkdtemp(prefix="sqlitesaver-torture-")
         db = os.path.join(directory, "torture.db")
     options = Options(db=db, iterations=args.iterations, seed=seed, workers=args.workers,
+                      threads=args.threads,
                       durability=args.durability, min_interval=args.min_interval,
                       max_interval=args.max_interval, writer=args.writer, mode=args.mode,
                       keep_going=args.keep_going)
@@ -144,7 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         again = ["python", "-m", "sqlitesaver.torture", "--mode", args.mode]
         if args.iterations is not None:
             again += ["--iterations", str(args.iterations)]
-        again += ["--workers", str(args.workers), "--durability", args.durability]
+        again += ["--workers", str(args.workers)]
+        if args.threads != 1:
+            again += ["--threads", str(args.threads)]
+        again += ["--durability", args.durability]
         if args.mode != "io-faults":
             again += ["--min-interval", f"{args.min_interval:g}",
                       "--max-interval", f"{args.max_interval:g}"]

@@ -1,13 +1,20 @@
 """A torture writer process; started by the harness, not by people.
 
 ``python -m sqlitesaver.torture.child --db PATH --fd N --worker W --incarnation I --seed S
---durability D [--writer FILE:CLASS] [--power-loss-after OPS]``
+--durability D [--threads T] [--writer FILE:CLASS] [--power-loss-after OPS]``
 
 It reports on pipe ``N``: ``hello`` once imported (the harness starts its kill clock here, so a
 kill can land in start-up and recovery), ``ready`` once the Saver is open (recovery done) and
 the worker has read back its threads, and then for every
 transition an ``intent`` before the Saver call and an ``ack`` only after it returned. A Saver
 error ends the process with exit status 3 after an ``error`` message.
+
+With ``--threads T`` above 1, T threads share the one Saver, so that its group commit gathers
+their transitions into shared COMMITs. Each thread drives a lane of its own (its own thread ids
+and seeded stream, see :mod:`~sqlitesaver.torture.workload`), one transition at a time, and
+its messages carry the lane: per lane, the protocol is exactly the single-thread one. Messages
+of different threads interleave whole (each is one atomic pipe write), and each ``ack`` takes
+its database stamp under the same lock as its write, so stamps reach the harness in order.
 """
 
 from __future__ import annotations
@@ -17,13 +24,15 @@ import importlib.util
 import os
 import random
 import sys
+import threading
 import time
+import traceback
 from typing import Any
 
-from .. import faults
+from .. import Saver, faults
 from ..errors import SaverError
 from .protocol import send
-from .workload import Generator, Writer, load_known, thread_prefix
+from .workload import Generator, Writer, lane_name, load_known, thread_prefix
 
 __all__ = ["main", "load_writer"]
 
@@ -62,6 +71,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--incarnation", type=int, required=True)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--durability", default="full")
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--writer")
     parser.add_argument("--power-loss-after", type=int)
     args = parser.parse_args(argv)
@@ -83,25 +93,80 @@ def main(argv: list[str] | None = None) -> int:
     except SaverError as exc:
         send(fd, {"m": "error", "tid": None, "error": f"{type(exc).__name__}: {exc}"[:3000]})
         return 3
-    rng = random.Random(f"{args.seed}/{args.worker}/{args.incarnation}")
-    generator = Generator(rng, args.worker, args.incarnation,
-                          load_known(saver, thread_prefix(args.worker)), writer.mix)
-    send(fd, {"m": "ready", "seconds": time.perf_counter() - started, "db": _stamp(args.db)})
+    # One thread: the lane is the worker itself (w<N>-*), as before lanes existed.
+    lanes = [None] if args.threads == 1 else list(range(args.threads))
+    generators = []
+    for lane in lanes:
+        rng = random.Random(f"{args.seed}/{lane_name(args.worker, lane)}/{args.incarnation}")
+        generators.append(Generator(rng, args.worker, args.incarnation,
+                                    load_known(saver, thread_prefix(args.worker, lane)),
+                                    writer.mix, lane=lane))
+    report = _Reporter(fd, args.db, saver)
+    report.send({"m": "ready", "seconds": time.perf_counter() - started}, stamp=True)
+    if len(lanes) == 1:
+        return _drive(saver, writer, generators[0], 0, report)
+    threads = [threading.Thread(target=_lane_thread, name=f"lane-{lane}", daemon=True,
+                                args=(saver, writer, generator, lane, report))
+               for lane, generator in zip(lanes, generators)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()  # lanes never end: a kill, or a lane's error (os._exit), ends the process
+    return 1
+
+
+class _Reporter:
+    """Sends the child's messages; one lock orders each ``ack``'s database stamp with its
+    write, so that with several threads the harness still gets stamps in time order."""
+
+    def __init__(self, fd: int, db: str, saver: Saver) -> None:
+        self.fd, self.db, self.saver = fd, db, saver
+        self.lock = threading.Lock()
+
+    def send(self, message: dict[str, Any], *, stamp: bool = False) -> None:
+        with self.lock:
+            if stamp:
+                message["db"] = _stamp(self.db)
+                # The Saver's group-commit counters (internal, read for the report only):
+                # COMMITs and the transitions they carried, so far in this process.
+                stats = getattr(self.saver, "_stats", None)
+                if stats is not None:
+                    message["st"] = [stats["commits"], stats["transitions"]]
+            send(self.fd, message)
+
+
+def _drive(saver: Saver, writer: Writer, generator: Generator, lane: int,
+           report: _Reporter) -> int:
+    """One lane: announce each transition, run it, acknowledge it only after it returned."""
     while True:
         tx = generator.next()
-        send(fd, {"m": "intent", "tid": tx.tid, "kind": tx.kind, "ops": tx.ops})
+        report.send({"m": "intent", "lane": lane, "tid": tx.tid, "kind": tx.kind,
+                     "ops": tx.ops})
 
         def ack(result: dict[str, Any], tid: str = tx.tid) -> None:
-            send(fd, {"m": "ack", "tid": tid, "ck": result.get("ck", {}),
-                      "log": result.get("log", []), "db": _stamp(args.db)})
+            report.send({"m": "ack", "lane": lane, "tid": tid, "ck": result.get("ck", {}),
+                         "log": result.get("log", [])}, stamp=True)
 
         try:
             result = writer.apply(saver, tx, ack)
         except SaverError as exc:
-            send(fd, {"m": "error", "tid": tx.tid,
-                      "error": f"{type(exc).__name__}: {exc}"[:3000]})
+            report.send({"m": "error", "lane": lane, "tid": tx.tid,
+                         "error": f"{type(exc).__name__}: {exc}"[:3000]})
             return 3
         generator.commit(tx, result)
+
+
+def _lane_thread(saver: Saver, writer: Writer, generator: Generator, lane: int,
+                 report: _Reporter) -> None:
+    """A lane in its own thread: whatever ends it ends the process, with the same exit status
+    as a single-threaded child (3 after a Saver error, 1 after anything else)."""
+    try:
+        status = _drive(saver, writer, generator, lane, report)
+    except BaseException:
+        traceback.print_exc(file=sys.stderr)
+        sys.stderr.flush()
+        status = 1
+    os._exit(status)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,16 @@ for a verdict. The worker is then restarted on the recovered database, so recove
 already recovered database is part of the test. With several workers, the others keep writing
 while one is killed, verified and restarted.
 
+With ``threads`` above 1, each worker writes from that many threads sharing one Saver, so its
+group commit gathers their transitions into shared COMMITs. Each thread drives its own *lane*
+(its own thread ids, one transition at a time), and the verdict is given per lane, exactly as
+for a single-threaded worker: every acknowledged transition of the lane is there, whole, and
+the lane's one transition in flight at the kill (if any) is there whole or not at all. A
+transition is acknowledged only after its call returned, so after its batch's COMMIT
+returned; a lane has at most one call in progress, so at most one unacknowledged transition
+whose fate is open. Group commit changes which transitions share a COMMIT, never these two
+facts, so the per-lane verdict is as exact as the single-thread one.
+
 The seed fixes every choice the harness and the writers make (kill delays, transitions and
 their contents); it cannot fix how far a writer gets in a given delay on a given machine.
 """
@@ -34,7 +44,7 @@ import msgpack
 
 from .. import Saver, faults
 from ..errors import SaverError
-from .oracle import Model, Verdict, apply, compare, observe
+from .oracle import Model, Observation, Verdict, apply, compare, observe
 from .protocol import FrameReader
 from .workload import thread_prefix
 
@@ -72,11 +82,37 @@ class Options:
     writer: str | None = None
     mode: str = "sigkill"  # or "power-loss" (simulated through sqlitesaver.faults)
     keep_going: bool = False  # go on after a violation instead of keeping the evidence
+    threads: int = 1  # writer threads per worker process, sharing one Saver (group commit)
+
+
+@dataclass
+class _Lane:
+    """What the harness knows of one writer thread's transitions (a worker's only lane when it
+    writes from one thread)."""
+
+    index: int
+    prefix: str                                                   # its thread ids' prefix
+    acked: list[tuple[str, list]] = field(default_factory=list)   # since the last verdict
+    inflight: tuple[str, str, list] | None = None                 # (tid, kind, ops)
+    model: Model = field(default_factory=Model)
+    deleted_by: dict = field(default_factory=dict)
+    rolled_back: set[str] = field(default_factory=set)            # aborts since the last verdict
+    ids: dict[str, str] = field(default_factory=dict)             # tag -> acked id
+    max_id: dict[str, str] = field(default_factory=dict)          # thread -> highest id seen
+    last_log_seq: int = -1
+
+
+@dataclass
+class _LanesVerdict(Verdict):
+    """A worker's verdict: the lanes' findings together, and each lane's in-flight verdict."""
+
+    lanes: list[str] = field(default_factory=list)
 
 
 @dataclass
 class _Worker:
     index: int
+    lanes: list[_Lane] = field(default_factory=list)
     incarnation: int = 0
     proc: subprocess.Popen | None = None
     fd: int | None = None
@@ -93,15 +129,10 @@ class _Worker:
     in_checkpoint: bool | None = None       # the kill hit a WAL checkpoint (one worker only)
     deadline: float | None = None
     ready_at: float | None = None
-    acked: list[tuple[str, list]] = field(default_factory=list)   # since the last verdict
-    inflight: tuple[str, str, list] | None = None                 # (tid, kind, ops)
     error: str | None = None
-    model: Model = field(default_factory=Model)
-    deleted_by: dict = field(default_factory=dict)
-    ids: dict[str, str] = field(default_factory=dict)             # tag -> acked id
-    max_id: dict[str, str] = field(default_factory=dict)          # thread -> highest id seen
-    last_log_seq: int = -1
     errors_in_a_row: int = 0
+    # This incarnation's COMMITs and the transitions they carried, as of its last ack.
+    stats: list[int] = field(default_factory=lambda: [0, 0])
 
 
 class _Run:
@@ -109,13 +140,18 @@ class _Run:
         self.o = options
         self.out = out
         self.rng = random.Random(options.seed)
-        self.workers = [_Worker(i) for i in range(options.workers)]
+        self.workers = [
+            _Worker(i, [_Lane(lane, thread_prefix(i, None if options.threads == 1 else lane))
+                        for lane in range(options.threads)])
+            for i in range(options.workers)]
         self.iterations: list[dict[str, Any]] = []
         self.final: list[dict[str, Any]] = []
         self.acked_total = 0
         self.writer_seconds = 0.0
         self.errors: list[str] = []
         self.id_problems: list[str] = []
+        self.commits = 0              # the writers' COMMITs, as of their last acknowledgement
+        self.committed = 0            # and the transitions those COMMITs carried
         self.env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.env["PYTHONPATH"] = root + os.pathsep + self.env.get("PYTHONPATH", "")
@@ -131,6 +167,8 @@ class _Run:
                "--fd", str(write_end), "--worker", str(w.index),
                "--incarnation", str(w.incarnation), "--seed", str(self.o.seed),
                "--durability", self.o.durability]
+        if self.o.threads != 1:
+            cmd += ["--threads", str(self.o.threads)]
         if self.o.writer:
             cmd += ["--writer", self.o.writer]
         # Drawn at spawn, in spawn order: the seed fixes the delays whatever the timing.
@@ -150,6 +188,7 @@ class _Run:
         w.fd, w.frames = read_end, FrameReader()
         w.spawned_at, w.hello_at, w.deadline = time.monotonic(), None, None
         w.ready, w.startup_seconds, w.ready_at, w.error = False, None, None, None
+        w.stats = [0, 0]
 
     def receive(self, w: _Worker, data: bytes) -> None:
         for message in w.frames.feed(data):
@@ -161,38 +200,61 @@ class _Run:
                 w.ready, w.startup_seconds = True, message["seconds"]
                 w.db_stamp = message["db"]
                 w.ready_at = time.monotonic()
-            elif kind == "intent":
-                w.inflight = (message["tid"], message["kind"], message["ops"])
-            elif kind == "ack":
-                self.acknowledge(w, message)
+            elif kind in ("intent", "ack"):
+                lane = self.lane_of(w, message)
+                if lane is None:
+                    continue
+                if kind == "intent":
+                    if lane.inflight is not None:
+                        self.id_problems.append(
+                            f"worker {w.index} lane {lane.index}: intent of {message['tid']} "
+                            f"while {lane.inflight[0]} is unacknowledged (a writer protocol "
+                            "error: a lane runs one transition at a time)")
+                    lane.inflight = (message["tid"], message["kind"], message["ops"])
+                else:
+                    self.acknowledge(w, lane, message)
             elif kind == "error":
                 w.error = message["error"]
 
-    def acknowledge(self, w: _Worker, message: dict[str, Any]) -> None:
-        if w.inflight is None or w.inflight[0] != message["tid"]:
+    def lane_of(self, w: _Worker, message: dict[str, Any]) -> _Lane | None:
+        index = message.get("lane", 0)
+        if not isinstance(index, int) or not 0 <= index < len(w.lanes):
+            self.id_problems.append(f"worker {w.index}: {message['m']} of {message.get('tid')} "
+                                    f"names lane {index!r} (a writer protocol error)")
+            return None
+        return w.lanes[index]
+
+    def acknowledge(self, w: _Worker, lane: _Lane, message: dict[str, Any]) -> None:
+        if lane.inflight is None or lane.inflight[0] != message["tid"]:
             self.id_problems.append(f"worker {w.index}: ack of {message['tid']} without its "
                                     "intent (a writer protocol error)")
             return
-        tid, _, ops = w.inflight
-        w.acked.append((tid, ops))
-        w.inflight = None
+        tid, kind, ops = lane.inflight
+        lane.acked.append((tid, ops))
+        if kind == "abort":
+            lane.rolled_back.add(tid)
+        lane.inflight = None
         self.acked_total += 1
         w.db_stamp = message.get("db")
+        if isinstance(message.get("st"), list):
+            w.stats = message["st"]
         for op in ops:
             ck_id = message["ck"].get(op.get("tag")) if op["op"] == "put" else None
             if ck_id is None:
                 continue
-            w.ids[op["tag"]] = ck_id
-            previous = w.max_id.get(op["thread"])
+            lane.ids[op["tag"]] = ck_id
+            previous = lane.max_id.get(op["thread"])
             if previous is not None and ck_id <= previous:
                 self.id_problems.append(f"checkpoint id {ck_id} of thread {op['thread']!r} "
                                         f"(transition {tid}) is not above {previous}")
-            w.max_id[op["thread"]] = max(ck_id, previous or ck_id)
+            lane.max_id[op["thread"]] = max(ck_id, previous or ck_id)
+        # Log seqs are one sequence for the database: a lane's own appends, made one after the
+        # other, must get increasing seqs (other lanes' seqs fall in between).
         for seq in message["log"]:
-            if seq <= w.last_log_seq:
+            if seq <= lane.last_log_seq:
                 self.id_problems.append(f"log seq {seq} (transition {tid}) is not above "
-                                        f"{w.last_log_seq}")
-            w.last_log_seq = max(seq, w.last_log_seq)
+                                        f"{lane.last_log_seq}")
+            lane.last_log_seq = max(seq, lane.last_log_seq)
 
     def drain(self, w: _Worker) -> None:
         """Read everything the (dead) writer sent, then close its pipe."""
@@ -216,15 +278,23 @@ class _Run:
         # Only a WAL checkpoint writes the database file: if it changed since the writer's last
         # ack, the transition in flight was checkpointing the WAL when it was killed. With
         # several workers another one may have done it, so this is only told for one.
+        inflight = [lane.inflight for lane in w.lanes if lane.inflight is not None]
         w.in_checkpoint = None
-        if len(self.workers) == 1 and w.ready and w.inflight and w.db_stamp is not None:
+        if len(self.workers) == 1 and w.ready and inflight and w.db_stamp is not None:
             st = os.stat(self.o.db)
             w.in_checkpoint = [st.st_mtime_ns, st.st_size] != w.db_stamp
         if w.ready_at is not None:
             self.writer_seconds += time.monotonic() - w.ready_at
+        self.commits += w.stats[0]
+        self.committed += w.stats[1]
+        w.stats = [0, 0]
         if not w.ready:
             return "start-up"
-        return w.inflight[1] if w.inflight else "between"
+        if not inflight:
+            return "between"
+        if len(w.lanes) == 1:
+            return inflight[0][1]
+        return f"{len(inflight)}/{len(w.lanes)} in flight"
 
     def writer_error(self, w: _Worker) -> str:
         assert w.proc is not None and w.stderr is not None
@@ -235,33 +305,56 @@ class _Run:
 
     # --- verdicts ----------------------------------------------------------------------
 
-    def verify(self, w: _Worker) -> tuple[Verdict, float | None]:
-        """Open the database as the library does and judge the worker's threads."""
+    def verify(self, w: _Worker) -> tuple[_LanesVerdict, float | None]:
+        """Open the database as the library does and judge the worker's threads, lane by
+        lane."""
         try:
             with Saver(self.o.db, durability=self.o.durability,
                        integrity_check="full") as saver:
                 recovery = saver.recovery.seconds
-                seen = observe(saver, thread_prefix(w.index))
+                seen = [observe(saver, lane.prefix) for lane in w.lanes]
         except SaverError as exc:
             self.stopped = True
-            return Verdict("none", problems=[f"reopening failed: {type(exc).__name__}: {exc}"]
-                           ), None
-        acked = w.model.clone()
-        for tid, ops in w.acked:
-            apply(acked, tid, ops, w.deleted_by)
+            return _LanesVerdict(
+                "none", problems=[f"reopening failed: {type(exc).__name__}: {exc}"],
+                lanes=["none"] * len(w.lanes)), None
+        verdicts = [self.verify_lane(lane, found) for lane, found in zip(w.lanes, seen)]
+        # One lane: its verdict as it is. Several: "partial" if any lane's is, the rest is
+        # told per lane.
+        if len(verdicts) == 1:
+            inflight = verdicts[0].inflight
+        else:
+            inflight = "partial" if any(v.partial for v in verdicts) else "none"
+        combined = _LanesVerdict(inflight, lanes=[v.inflight for v in verdicts])
+        for v in verdicts:
+            combined.lost |= v.lost
+            combined.leaked |= v.leaked
+            combined.problems += v.problems
+        return combined, recovery
+
+    def verify_lane(self, lane: _Lane, seen: Observation) -> Verdict:
+        """One lane: its acknowledged transitions, and its one in flight, against what the
+        database holds of its threads."""
+        acked = lane.model.clone()
+        for tid, ops in lane.acked:
+            apply(acked, tid, ops, lane.deleted_by)
         with_inflight = None
-        if w.inflight is not None:
+        rolled_back = set(lane.rolled_back)
+        if lane.inflight is not None:
             with_inflight = acked.clone()
-            apply(with_inflight, w.inflight[0], w.inflight[2], {})
-        verdict = compare(acked, with_inflight, seen.model, w.deleted_by)
+            apply(with_inflight, lane.inflight[0], lane.inflight[2], {})
+            if lane.inflight[1] == "abort":
+                rolled_back.add(lane.inflight[0])  # it raises whenever killed: never there
+        verdict = compare(acked, with_inflight, seen.model, lane.deleted_by,
+                          frozenset(rolled_back))
         if verdict.lost and not verdict.problems and not seen.problems:
-            verdict = _prefix_verdict(w, seen.model) or verdict
+            verdict = _prefix_verdict(lane, seen.model) or verdict
         verdict.problems[:0] = seen.problems
         for tag, found in seen.ids.items():
-            if tag in w.ids and w.ids[tag] != found:
-                verdict.problems.append(f"checkpoint {tag} was acknowledged as {w.ids[tag]} "
-                                        f"but is stored as {found}")
-        known = {**w.ids, **seen.ids}
+            if tag in lane.ids and lane.ids[tag] != found:
+                verdict.problems.append(f"checkpoint {tag} was acknowledged as "
+                                        f"{lane.ids[tag]} but is stored as {found}")
+        known = {**lane.ids, **seen.ids}
         stored = _checkpoints_by_tag(seen.model)
         for tag, parent_id in seen.parents.items():
             parent_tag = stored[tag][1]
@@ -271,13 +364,14 @@ class _Run:
         if verdict.lost:
             # Lost transitions' ids were never durable, so they may be handed out again
             # (durability normal after a power loss): go on from what survived.
-            w.max_id, w.last_log_seq = {}, seen.max_log_seq
+            lane.max_id, lane.last_log_seq = {}, seen.max_log_seq
         for tag, found in seen.ids.items():
             thread = stored[tag][0]
-            w.max_id[thread] = max(found, w.max_id.get(thread, found))
+            lane.max_id[thread] = max(found, lane.max_id.get(thread, found))
         # Carry on from what is there, so a violation is reported once, not at every kill.
-        w.model, w.acked, w.inflight = seen.model, [], None
-        return verdict, recovery
+        lane.model, lane.acked, lane.inflight = seen.model, [], None
+        lane.rolled_back.clear()
+        return verdict
 
     # --- the loop ----------------------------------------------------------------------
 
@@ -285,8 +379,9 @@ class _Run:
         o = self.o
         how = (f"power loss at write/sync 1-{POWER_LOSS_OPS}" if o.mode == "power-loss"
                else f"SIGKILL after {o.min_interval:g}-{o.max_interval:g} s")
-        self.print(f"torture: {o.iterations} iterations, {o.workers} worker(s), durability "
-                   f"{o.durability}, {how}, seed {o.seed}")
+        threads = "" if o.threads == 1 else f" x {o.threads} threads (one Saver per worker)"
+        self.print(f"torture: {o.iterations} iterations, {o.workers} worker(s){threads}, "
+                   f"durability {o.durability}, {how}, seed {o.seed}")
         self.print(f"database: {o.db}")
         started = time.monotonic()
         for w in self.workers:
@@ -373,7 +468,7 @@ class _Run:
         elif not self.stopped:
             self.spawn(w)
 
-    def record(self, w: _Worker, phase: str, verdict: Verdict, recovery: float | None, *,
+    def record(self, w: _Worker, phase: str, verdict: _LanesVerdict, recovery: float | None, *,
                final: bool = False) -> dict[str, Any]:
         entry = {
             "iteration": None if final else len(self.iterations) + 1,
@@ -386,21 +481,32 @@ class _Run:
             "acked_total": self.acked_total,
             "recovery_seconds": recovery,
             "writer_startup_seconds": w.startup_seconds,
-            "inflight": verdict.inflight,
+            # with --threads: one per lane, in lane order
+            "inflight": verdict.inflight if self.o.threads == 1 else verdict.lanes,
             "lost": sorted(verdict.lost), "partial": verdict.partial,
+            "leaked": sorted(verdict.leaked),
             "problems": verdict.problems[:20],
             "ok": verdict.ok,
         }
         label = "end" if final else f"{entry['iteration']:>4}/{self.o.iterations}"
-        if verdict.ok:
+        if verdict.ok and self.o.threads == 1:
             shown = "ok" + ("" if verdict.inflight == "none"
                             else f" (in-flight {verdict.inflight})")
+        elif verdict.ok:
+            told = _counts(state for state in verdict.lanes if state != "none")
+            shown = "ok" + (f" (in flight: {told})" if told else "")
         else:
             parts = []
             if verdict.lost:
                 parts.append(f"LOST {len(verdict.lost)}: {', '.join(sorted(verdict.lost)[:5])}")
-            if verdict.partial:
+            if verdict.partial and self.o.threads == 1:
                 parts.append("PARTIAL in-flight transition")
+            elif verdict.partial:
+                lanes = [str(i) for i, state in enumerate(verdict.lanes) if state == "partial"]
+                parts.append(f"PARTIAL in-flight transition of lane {', '.join(lanes)}")
+            if verdict.leaked:
+                parts.append(f"LEAKED {len(verdict.leaked)} (raised, yet visible): "
+                             f"{', '.join(sorted(verdict.leaked)[:5])}")
             if verdict.problems:
                 first = " ".join(verdict.problems[0].split())
                 parts.append(f"CORRUPT: {first[:300]}{'...' if len(first) > 300 else ''}")
@@ -408,8 +514,9 @@ class _Run:
         recovered = "-" if recovery is None else f"{recovery * 1000:.1f} ms"
         after = "   -    " if w.killed_after is None else f"{w.killed_after * 1000:6.1f} ms"
         shown_phase = phase + ("+ckpt" if w.in_checkpoint else "")
+        width = 14 if self.o.threads == 1 else 18  # "4/4 in flight+ckpt"
         verb = "lost power" if self.o.mode == "power-loss" and not final else "killed at"
-        self.print(f"{label}  w{w.index}  {verb} +{after} in {shown_phase:<14} "
+        self.print(f"{label}  w{w.index}  {verb} +{after} in {shown_phase:<{width}} "
                    f"acked {self.acked_total:>6}  recovery {recovered:>9}  {shown}")
         return entry
 
@@ -417,6 +524,7 @@ class _Run:
         entries = self.iterations + self.final
         lost = sorted({tid for e in entries for tid in e["lost"]})
         partial = sum(e["partial"] for e in entries)
+        leaked = sorted({tid for e in entries for tid in e["leaked"]})
         corrupt = sum(bool(e["problems"]) for e in entries) + bool(self.id_problems)
         recoveries = [e["recovery_seconds"] for e in entries if e["recovery_seconds"] is not None]
         startups = [e["writer_startup_seconds"] for e in entries
@@ -426,14 +534,16 @@ class _Run:
             phases[e["phase"]] = phases.get(e["phase"], 0) + 1
         in_checkpoint = sum(bool(e["in_wal_checkpoint"]) for e in self.iterations)
         inflight: dict[str, int] = {}
-        for e in entries:
-            inflight[e["inflight"]] = inflight.get(e["inflight"], 0) + 1
-        failed = bool(lost or partial or corrupt or self.errors)
+        for e in entries:  # with --threads, per lane
+            for state in (e["inflight"] if isinstance(e["inflight"], list) else [e["inflight"]]):
+                inflight[state] = inflight.get(state, 0) + 1
+        failed = bool(lost or partial or leaked or corrupt or self.errors)
         self.summary = {
             "iterations": len(self.iterations),
             "transitions_acknowledged": self.acked_total,
             "lost": len(lost), "lost_transitions": lost[:100],
             "partial": partial,
+            "leaked": len(leaked), "leaked_transitions": leaked[:100],
             "corrupt": corrupt,
             "writer_errors": len(self.errors),
             "recovery_p50_ms": _ms(statistics.median(recoveries)) if recoveries else None,
@@ -441,6 +551,11 @@ class _Run:
             "writer_startup_p50_ms": _ms(statistics.median(startups)) if startups else None,
             "writer_transitions_per_second": (round(self.acked_total / self.writer_seconds)
                                               if self.writer_seconds else None),
+            "threads": self.o.threads,
+            "commits": self.commits,
+            "committed_transitions": self.committed,
+            "transitions_per_commit": (round(self.committed / self.commits, 2)
+                                       if self.commits else None),
             "kills_by_phase": dict(sorted(phases.items())),
             "kills_in_wal_checkpoint": in_checkpoint if len(self.workers) == 1 else None,
             "inflight_at_kill": dict(sorted(inflight.items())),
@@ -453,17 +568,21 @@ class _Run:
             ("kills by phase", ", ".join(f"{k} {v}" for k, v in s["kills_by_phase"].items())),
             ("kills in a WAL checkpoint", s["kills_in_wal_checkpoint"]
              if s["kills_in_wal_checkpoint"] is not None else "not told with several workers"),
-            ("in-flight at kill", ", ".join(f"{k} {v}" for k, v in
-                                           s["inflight_at_kill"].items())),
+            ("in-flight at kill" + ("" if self.o.threads == 1 else " (per lane)"),
+             ", ".join(f"{k} {v}" for k, v in s["inflight_at_kill"].items())),
             ("transitions acknowledged", s["transitions_acknowledged"]),
             ("lost", s["lost"]),
             ("partial", s["partial"]),
+            ("leaked (raised, yet visible)", s["leaked"]),
             ("corrupt", s["corrupt"]),
             ("writer errors", s["writer_errors"]),
             ("recovery p50 / max", f"{s['recovery_p50_ms']} ms / {s['recovery_max_ms']} ms"),
             ("writer start-up p50", f"{s['writer_startup_p50_ms']} ms (open, recovery, "
                                     "reading its threads back)"),
             ("writer throughput", f"{s['writer_transitions_per_second']} transitions/s"),
+            ("threads per worker", f"{s['threads']} (one Saver per worker process)"),
+            ("group commit", f"{s['committed_transitions']} transitions in {s['commits']} "
+                             f"COMMITs, {s['transitions_per_commit']} per COMMIT"),
             ("wall time", f"{s['seconds']} s"),
             ("verdict", s["verdict"]),
         ]
@@ -480,7 +599,7 @@ class _Run:
         return {
             "command": "python -m sqlitesaver.torture",
             "options": {"mode": o.mode, "iterations": o.iterations, "seed": o.seed,
-                        "workers": o.workers,
+                        "workers": o.workers, "threads": o.threads,
                         "durability": o.durability, "min_interval": o.min_interval,
                         "max_interval": o.max_interval, "writer": o.writer, "db": o.db},
             "environment": {"python": platform.python_version(),
@@ -499,17 +618,17 @@ class _Run:
         print(line, file=self.out, flush=True)
 
 
-def _prefix_verdict(w: _Worker, found: Model) -> Verdict | None:
+def _prefix_verdict(lane: _Lane, found: Model) -> Verdict | None:
     """When acknowledged transitions are missing (what a power loss does to NORMAL): is the
     database exactly the state after the first k of them, newer ones lost whole? Then it is
     consistent and only those are lost, none partial; None if no prefix matches."""
     items, order = found.items(), found.order()
-    state = w.model.clone()
-    for k in range(len(w.acked)):
+    state = lane.model.clone()
+    for k in range(len(lane.acked)):
         if state.items() == items and state.order() == order:
-            return Verdict("absent" if w.inflight else "none",
-                           lost={tid for tid, _ in w.acked[k:]})
-        apply(state, *w.acked[k], {})
+            return Verdict("absent" if lane.inflight else "none",
+                           lost={tid for tid, _ in lane.acked[k:]})
+        apply(state, *lane.acked[k], {})
     return None
 
 
@@ -525,6 +644,14 @@ def _checkpoints_by_tag(model: Model) -> dict[str, tuple[str, str | None]]:
             parent = meta.get("parent") if isinstance(meta, dict) else None
             found[ck[4]] = (name, parent if isinstance(parent, str) else None)
     return found
+
+
+def _counts(values: Any) -> str:
+    """``"absent 2, present 1"``: how often each value occurs, sorted by value."""
+    counted: dict[str, int] = {}
+    for value in values:
+        counted[value] = counted.get(value, 0) + 1
+    return ", ".join(f"{k} {v}" for k, v in sorted(counted.items()))
 
 
 def _ms(seconds: float) -> float:

@@ -9,6 +9,8 @@ plus the one transition that was in flight (``B``): nothing else. Anything else 
 * **lost**: an acknowledged transition whose effect is missing (an item it wrote is gone, or an
   item it deleted is back);
 * **partial**: the in-flight transition is visible in part;
+* **leaked**: work of a transition whose call raised (an "abort" transition, which raises inside
+  its transaction on purpose) is visible: a call that raised must leave nothing behind;
 * **corrupt**: the database does not open, fails ``integrity_check``, fails a payload
   checksum, holds data nobody wrote, or holds it in the wrong order or under the wrong id.
 
@@ -89,8 +91,12 @@ def apply(model: Model, tid: str, ops: Iterable[dict], deleted_by: dict[Item, st
     """Apply one transition's operations to ``model``, as the Saver's semantics say.
 
     Items the transition deletes are recorded in ``deleted_by`` (item -> tid), so that a deleted
-    item that comes back can be blamed on the deletion that was lost.
+    item that comes back can be blamed on the deletion that was lost. A transition with an
+    ``abort`` operation raised inside its transaction: it has no effect at all.
     """
+    ops = list(ops)
+    if any(op["op"] == "abort" for op in ops):
+        return
     for op in ops:
         kind, name = op["op"], op["thread"]
         if kind == "put":
@@ -202,6 +208,7 @@ class Verdict:
     inflight: str                      # "none" | "absent" | "present" | "partial"
     lost: set[str] = field(default_factory=set)   # acknowledged transition ids
     problems: list[str] = field(default_factory=list)  # corruption findings
+    leaked: set[str] = field(default_factory=set)  # ids of transitions that raised, yet show
 
     @property
     def partial(self) -> bool:
@@ -209,13 +216,16 @@ class Verdict:
 
     @property
     def ok(self) -> bool:
-        return not self.lost and not self.problems and not self.partial
+        return not self.lost and not self.problems and not self.partial and not self.leaked
 
 
 def compare(acked: Model, with_inflight: Model | None, found: Model,
-            deleted_by: dict[Item, str]) -> Verdict:
+            deleted_by: dict[Item, str], rolled_back: frozenset[str] = frozenset()) -> Verdict:
     """Judge ``found`` against ``acked`` (every acknowledged transition applied) and
-    ``with_inflight`` (that plus the transition in flight at the kill, or None)."""
+    ``with_inflight`` (that plus the transition in flight at the kill, or None).
+
+    ``rolled_back`` names transitions whose call raised, so must have left nothing: content
+    of theirs is reported as leaked rather than as content nobody wrote."""
     a, o = acked.items(), found.items()
     if o == a and found.order() == acked.order():
         return Verdict("absent" if with_inflight is not None else "none")
@@ -230,6 +240,8 @@ def compare(acked: Model, with_inflight: Model | None, found: Model,
     for item in (o - a) - added:
         if item in deleted_by:
             verdict.lost.add(deleted_by[item])  # deleted by an acknowledged transition: back
+        elif item[1] in rolled_back:
+            verdict.leaked.add(item[1])
         else:
             verdict.problems.append(f"unexpected content (nobody wrote it): {_describe(item)}")
     changed = added | removed

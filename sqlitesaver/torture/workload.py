@@ -2,10 +2,14 @@
 applies them through the public :class:`~sqlitesaver.Saver` API.
 
 Each worker owns the threads named ``w<N>-*``, so workers never touch each other's data and
-each one's content can be judged exactly. A transition is described twice: ``ops`` (what the
-harness needs to verify it: names, tags, content digests; small enough for one atomic pipe
-write) and ``values`` (what is actually stored). Every stored value carries the id of its
-transition (``"tx"``), so whatever the database holds can be traced to who wrote it.
+each one's content can be judged exactly. A worker that writes from several threads
+(``--threads``) gives each of them a *lane* of its own, the threads named ``w<N>.<L>-*``: lanes
+share one Saver, hence its group commit, but never each other's data.
+
+A transition is described twice: ``ops`` (what the harness needs to verify it: names, tags,
+content digests; small enough for one atomic pipe write) and ``values`` (what is actually
+stored). Every stored value carries the id of its transition (``"tx"``), so whatever the
+database holds can be traced to who wrote it.
 
 :class:`Writer` is the seam the harness's self-tests use: ``tests/torture_writers.py``
 subclasses it with deliberately broken writers (acknowledging before COMMIT, splitting a
@@ -22,20 +26,35 @@ from typing import Any, Callable
 from .. import Saver
 from .oracle import digest
 
-__all__ = ["MIX", "Transition", "Writer", "Generator", "thread_prefix", "load_known"]
+__all__ = ["MIX", "Abort", "Transition", "Writer", "Generator", "lane_name", "thread_prefix",
+           "load_known"]
 
 #: Relative weights of the transition kinds. "multi" is put + pending writes + log event in
-#: one transaction; "put_blob" stores random bytes of 1 KiB to 1.25 MiB (overflow pages).
+#: one transaction; "put_blob" stores random bytes of 1 KiB to 1.25 MiB (overflow pages);
+#: "abort" does what "multi" does and then raises inside the transaction, so all of it must be
+#: rolled back (under group commit: that member alone, while the batch commits the others).
 MIX: dict[str, float] = {"put": 26, "put_blob": 10, "writes": 20, "log": 20, "multi": 14,
-                         "prune": 6, "delete": 4}
+                         "prune": 6, "delete": 4, "abort": 4}
 THREADS_PER_WORKER = 4
 BLOB_BYTES = (1024, 1_310_720)
 _CHANNELS = ("messages", "next", "route", "__error__")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;é漢字😀\n"
 
 
-def thread_prefix(worker: int) -> str:
-    return f"w{worker}-"
+def lane_name(worker: int, lane: int | None = None) -> str:
+    """``"3"`` for worker 3 writing from one thread; ``"3.1"`` for its lane 1 (``--threads``)."""
+    return str(worker) if lane is None else f"{worker}.{lane}"
+
+
+def thread_prefix(worker: int, lane: int | None = None) -> str:
+    """The prefix of the thread ids a worker (or one lane of it) owns: ``w3-`` or ``w3.1-``.
+    The dash ends it, so no prefix is the beginning of another."""
+    return f"w{lane_name(worker, lane)}-"
+
+
+class Abort(Exception):
+    """Raised on purpose by an "abort" transition inside its transaction: the Saver must roll
+    all of its work back, and the caller is told that nothing was written."""
 
 
 @dataclass
@@ -70,16 +89,18 @@ class Generator:
 
     def __init__(self, rng: random.Random, worker: int, incarnation: int, known: Known,
                  mix: dict[str, float] | None = None,
-                 blob_bytes: tuple[int, int] = BLOB_BYTES) -> None:
+                 blob_bytes: tuple[int, int] = BLOB_BYTES, lane: int | None = None) -> None:
         self.rng = rng
         self.blob_bytes = blob_bytes
         self.worker = worker
+        self.lane = lane_name(worker, lane)
         self.incarnation = incarnation
         self.known = known
         mix = MIX if mix is None else mix
         self._kinds = list(mix)
         self._weights = [mix[k] for k in self._kinds]
-        self._threads = [f"{thread_prefix(worker)}t{i}" for i in range(THREADS_PER_WORKER)]
+        self._threads = [f"{thread_prefix(worker, lane)}t{i}"
+                         for i in range(THREADS_PER_WORKER)]
         self.count = 0
         # Text is cut from one random pool: drawing every character costs more than the
         # Saver call it feeds, and the kills should land in Saver calls, not in here.
@@ -89,7 +110,7 @@ class Generator:
 
     def next(self) -> Transition:
         self.count += 1
-        tid = f"{self.worker}.{self.incarnation}.{self.count}"
+        tid = f"{self.lane}.{self.incarnation}.{self.count}"
         rng = self.rng
         kind = rng.choices(self._kinds, self._weights)[0]
         stored = [(name, ns) for name, by_ns in self.known.items()
@@ -100,13 +121,16 @@ class Generator:
             kind = "log"
         ops: list[dict[str, Any]] = []
         values: list[Any] = []
-        if kind in ("put", "put_blob", "multi"):
+        if kind in ("put", "put_blob", "multi", "abort"):
             name, ns = rng.choice(self._threads), "" if rng.random() < 0.8 else "sub"
             self._put(tid, ops, values, name, ns, blob=kind == "put_blob")
-            if kind == "multi":
+            if kind in ("multi", "abort"):
                 for _ in range(rng.randint(1, 2)):
                     self._writes(tid, ops, values, name, ns, ops[0]["tag"], None)
                 self._log(tid, ops, values, name)
+            if kind == "abort":
+                ops.append({"op": "abort", "thread": name})
+                values.append(None)
         elif kind == "writes":
             name, ns = rng.choice(sorted(stored))
             cks = self.known[name][ns]
@@ -125,6 +149,8 @@ class Generator:
 
     def commit(self, tx: Transition, result: dict[str, Any]) -> None:
         """Record the effect of a transition whose COMMIT returned (ids from ``result``)."""
+        if tx.kind == "abort":
+            return  # rolled back: nothing to build on
         for op in tx.ops:
             kind = op["op"]
             if kind == "put":
@@ -237,9 +263,13 @@ class Writer:
         if len(tx.ops) == 1:
             self.run_op(saver, tx.ops[0], tx.values[0], result)
         else:
-            with saver.transaction():
-                for op, value in zip(tx.ops, tx.values):
-                    self.run_op(saver, op, value, result)
+            try:
+                with saver.transaction():
+                    for op, value in zip(tx.ops, tx.values):
+                        self.run_op(saver, op, value, result)
+            except Abort:
+                # Rolled back: the ids it was given name nothing and may be handed out again.
+                return {"ck": {}, "log": [], "aborted": True}
         return result
 
     @staticmethod
@@ -258,5 +288,7 @@ class Writer:
             saver.prune(op["thread"], keep_last=op["keep"])
         elif kind == "delete":
             saver.delete_thread(op["thread"])
+        elif kind == "abort":
+            raise Abort("an abort transition rolls back on purpose")
         else:
             raise ValueError(f"unknown operation {kind!r}")
