@@ -57,17 +57,6 @@ BLOB_BYTES = (1024, 12 * 1024)
 MAX_K = 5000
 
 
-def _step_mix(mix: dict[str, float]) -> dict[str, float]:
-    """The writer's mix without "abort" transitions, so the seeded step stays what it was.
-    With them, the step of seed 4101 (tests/test_torture_iofaults.py) reaches a saver.py bug:
-    an I/O error inside a nested call of ``saver.transaction()`` shuts the Saver down, closing
-    the connection, and the outer block's ``__exit__`` then raises an untranslated
-    ``apsw.ConnectionClosedError`` (under group commit it also leaves the batch's leader
-    waiting forever). Any transition with nested calls ("multi") can reach it; this loop must
-    not work around it. Put them back once it is fixed."""
-    return {kind: weight for kind, weight in mix.items() if kind != "abort"}
-
-
 @dataclass(frozen=True)
 class FaultKind:
     op: str           # "read" | "write" | "sync" | "truncate" (sqlitesaver.faults.IO_KINDS)
@@ -151,8 +140,7 @@ class IOFaultRun:
         """The seeded starting point of every step, closed cleanly (no -wal)."""
         rng = random.Random(f"{self.seed}:template")
         with self.writer.open(self.db, self.durability) as saver:
-            gen = Generator(rng, 0, 0, {}, mix=_step_mix(self.writer.mix),
-                            blob_bytes=BLOB_BYTES)
+            gen = Generator(rng, 0, 0, {}, mix=self.writer.mix, blob_bytes=BLOB_BYTES)
             for _ in range(TEMPLATE_TRANSITIONS):
                 tx = gen.next()
                 gen.commit(tx, self.writer.run(saver, tx))
@@ -213,8 +201,7 @@ class IOFaultRun:
             saver = self.writer.open(self.db, self.durability)
             step.during = "read back"
             gen = Generator(rng, 0, 1, load_known(saver, self.prefix),
-                            mix=_step_mix(self.writer.mix),
-                            blob_bytes=BLOB_BYTES)
+                            mix=self.writer.mix, blob_bytes=BLOB_BYTES)
             for _ in range(STEP_TRANSITIONS):
                 inflight = gen.next()
                 step.during = inflight.kind
