@@ -22,6 +22,9 @@ Decomposition (where Saver's extra time goes), also measured in the same rounds:
 - twin: Saver's own SQL statements (imported from sqlitesaver.saver, not copied) on a database
   Saver created, from bare APSW: the cost of the schema and statements without Python.
 - twin+codec: the same plus ``codec.encode`` and the checksum of every put.
+- twin+codec get: Saver.get's query for the latest checkpoint (built from the same imported
+  pieces) on Saver's own database, its checksum verified and its state and metadata decoded:
+  the work issue #2 asks of every get (checksums, exact types), without the library around it.
 
 Nothing here asserts: targets are printed with "meets" yes/no. Deterministic state, no randomness.
 """
@@ -191,6 +194,28 @@ def twin_put(directory: str, durability: str, state: dict,
     return loop
 
 
+def twin_get(path: str) -> Callable[[int], None]:
+    """Saver.get(THREAD)'s query, checksum and decoding, from bare APSW on Saver's file."""
+    from sqlitesaver import integrity
+    from sqlitesaver.saver import _CHECKPOINT_COLUMNS
+    conn = apsw.Connection(path)
+    pragmas.apply(conn, pragmas.Profile(), path)
+    query = (f"SELECT {_CHECKPOINT_COLUMNS}, EXISTS (SELECT 1 FROM writes WHERE "
+             "checkpoint_seq = c.seq) FROM checkpoints AS c WHERE thread_id = ? AND "
+             "namespace = ? ORDER BY seq DESC LIMIT 1")
+
+    def loop(n: int) -> None:
+        execute, decode, checksum = conn.execute, codec.decode, integrity.checkpoint_checksum
+        for _ in range(n):
+            seq, thread_id, namespace, parent_seq, created, state, meta, stored, key, \
+                parent_key, _ = execute(query, (THREAD, "")).fetchone()
+            if checksum(seq, thread_id, namespace, parent_seq, created, state, meta, key,
+                        parent_key) != stored:
+                raise SystemExit("twin get: checksum mismatch")
+            decode(state), decode(meta)
+    return loop
+
+
 def fsync_limit(directory: str) -> Callable[[int], None]:
     path = os.path.join(directory, "fsync-probe")
     block = b"\0" * 4096
@@ -299,15 +324,17 @@ def run(args: argparse.Namespace, directory: str) -> int:
               + "; saver/bare+packb "
               + " ".join(f"{s / b:.3f}" for s, b in zip(rates["saver"], rates["bare+packb"])))
         if durability == "full":
-            rates = interleave({"saver": saver_get(saver), "bare": bare_get(bare)},
+            rates = interleave({"saver": saver_get(saver), "bare": bare_get(bare),
+                                "twin+codec": twin_get(saver.path)},
                                args.rounds, args.seconds)
             results["get"] = rates
-            for name in ("saver", "bare"):
+            for name in ("saver", "bare", "twin+codec"):
                 rows.append((f"get latest 4 KiB: {name}", median(rates[name]),
                              median(rates[name]) / median(rates["bare"]),
                              TARGETS["get_rate"] if name == "saver" else None))
             print("get: per-round saver/bare "
-                  + " ".join(f"{s / b:.3f}" for s, b in zip(rates["saver"], rates["bare"])))
+                  + " ".join(f"{s / b:.3f}" for s, b in zip(rates["saver"], rates["bare"]))
+                  + "; twin+codec/s " + " ".join(f"{r:,.0f}" for r in rates["twin+codec"]))
         saver.close()
         bare.close()
         bare_ix.close()
