@@ -6,8 +6,11 @@
 Needs ``pip install '.[bench]'`` (langgraph and langgraph-checkpoint-sqlite). The same
 ``StateGraph`` (a chain of ``--nodes`` nodes; each appends a message to a state that also holds
 2 KiB of context, so a checkpoint is about 3 KiB) is invoked again and again, each time on a new
-thread, for ``--seconds`` per round; a step is one node run (one superstep: one checkpoint put and
-one ``put_writes``). Rates are completed steps over the wall time of the round.
+thread, for ``--seconds`` per round; a step is one node run (one superstep). An invoke puts more
+checkpoints than it has nodes (the input's and the start's too: 6 for 4 nodes with langgraph
+1.2; the run reads the count back and prints it as ``checkpoints_per_invoke``). Rates are
+completed steps over the wall time of the round. An invoke that raises ends the run: its worker
+exits with the traceback and the coordinator stops with a non-zero status.
 
 Both contenders run in their own worker process, started from this file, on their own file in
 ``--dir``: LangGraph's SqliteSaver is the stdlib ``sqlite3``, sqlitesaver is APSW, and one process
