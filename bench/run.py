@@ -514,6 +514,7 @@ class Bench:
                                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self.fds.append(self.fsync_fd)
         self.bare_put = self.bare("bare.db", False)       # the baseline: no index
+        self.bare_packb = self.bare("bare-packb.db", False)
         self.bare_group = core.BareGroupCommit(self.bare("bare-group.db", False))
         self.bare_read = self.bare("bare-read.db", True)  # reads need (thread_id, id)
         self.bare_big = self.bare("bare-big.db", False)
@@ -629,13 +630,13 @@ class Bench:
                 execute("COMMIT")
             return op
 
+        packb, state, execute = msgpack.packb, self.small, self.bare_packb.execute
+
         def bare_packb_op() -> None:
             data = packb(state)
             execute("BEGIN IMMEDIATE")
             execute("INSERT INTO t (thread_id, data) VALUES (?, ?)", (core.THREAD, data))
             execute("COMMIT")
-
-        packb, state, execute = msgpack.packb, self.small, self.bare_put.execute
 
         def bare_group_ops(threads: int) -> list[Callable[[], object]]:
             put, data = self.bare_group.put, self.small_bytes
