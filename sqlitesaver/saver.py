@@ -157,6 +157,13 @@ class Saver:
         :class:`~sqlitesaver.errors.ReadOnlyDatabaseError`."""
         return self._profile.readonly
 
+    @property
+    def in_transaction(self) -> bool:
+        """True while the calling thread is inside a transaction of this Saver (its own
+        :meth:`transaction` block, or a write it is running): a write it makes now joins that
+        transaction and is durable only once the outermost block has committed."""
+        return self._owner == threading.get_ident()
+
     def settings(self) -> dict[str, object]:
         """The live PRAGMA values of the write connection and of a read connection, as SQLite
         reports them: ``{"writer": {...}, "reader": {...}}``. Each connection gets the same

@@ -72,3 +72,27 @@ def shared_dir():
         for name in dirs:
             os.chmod(os.path.join(root, name), 0o755)
     shutil.rmtree(base)
+
+
+_REAL_STDERR: list[int] = []
+
+
+def pytest_configure(config) -> None:
+    # pytest redirects fd 2 to its capture file while a test runs, and a process that exits
+    # from faulthandler's watchdog never gets that file printed: keep the real stderr (still
+    # fd 2 at this point) for the hang detector's stack dump.
+    _REAL_STDERR.append(os.dup(2))
+
+
+@pytest.fixture
+def hang_detector() -> Iterator[Callable[[float], None]]:
+    """``hang_detector(seconds)``: if the test is still running that long after the call, every
+    thread's stack is dumped to the real stderr and the process exits (failing the run) instead
+    of hanging CI. Cancelled at teardown."""
+    import faulthandler
+
+    def arm(seconds: float) -> None:
+        faulthandler.dump_traceback_later(seconds, exit=True, file=_REAL_STDERR[0])
+
+    yield arm
+    faulthandler.cancel_dump_traceback_later()

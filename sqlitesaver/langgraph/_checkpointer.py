@@ -168,7 +168,11 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         checkpoint_id = checkpoint["id"]
         state = _convert.dumps(self.serde, checkpoint)
         stored_metadata = get_checkpoint_metadata(config, metadata)
-        with self._rendezvous.storing((thread_id, namespace, checkpoint_id)) as take:
+        # Inside the caller's own transaction this put's end is not its COMMIT, so it must not
+        # settle early writes: they keep waiting for a put of their own, or their deadline.
+        rendezvous = nullcontext(_nothing_parked) if self.saver.in_transaction else \
+            self._rendezvous.storing((thread_id, namespace, checkpoint_id))
+        with rendezvous as take:
             with self.saver.transaction():
                 try:
                     self.saver.put(thread_id, state, metadata=stored_metadata,
@@ -197,17 +201,22 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
             try:
                 return store()
             except CheckpointNotFoundError:
-                deadline = deadline or time.monotonic() + self.pending_writes_wait
+                if deadline is None:
+                    deadline = time.monotonic() + self.pending_writes_wait
+                elif time.monotonic() >= deadline:
+                    raise  # waited pending_writes_wait: the checkpoint never came
             job = Parked(key, store)
             if not self._rendezvous.park(job, trust_recent=trust_recent):
                 trust_recent = False  # put meanwhile: try again, then wait if need be
                 continue
             if not job.wait(deadline):
                 if self._rendezvous.withdraw(job):
-                    return store()  # the last try: CheckpointNotFoundError if still missing
-                job.wait(None)  # a put took it just now; its outcome is imminent
+                    continue  # the last try: CheckpointNotFoundError if still missing
+                # A put took it just now; its outcome is imminent, but never wait unbounded.
+                job.wait(time.monotonic() + self.pending_writes_wait)
             if job.outcome == STORED:
                 return None
+            # FAILED, RETRY, or never settled: store them ourselves (storing is idempotent).
 
     def _prepare_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                         task_id: str, task_path: str) -> tuple[Key, Callable[[], None]]:
@@ -305,15 +314,18 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
             try:
                 return await asyncio.to_thread(store)
             except CheckpointNotFoundError:
-                deadline = deadline or time.monotonic() + self.pending_writes_wait
+                if deadline is None:
+                    deadline = time.monotonic() + self.pending_writes_wait
+                elif time.monotonic() >= deadline:
+                    raise
             job = Parked(key, store, loop=asyncio.get_running_loop())
             if not self._rendezvous.park(job, trust_recent=trust_recent):
                 trust_recent = False
                 continue
             if not await job.wait_async(deadline):
                 if self._rendezvous.withdraw(job):
-                    return await asyncio.to_thread(store)
-                await job.wait_async(None)
+                    continue
+                await job.wait_async(time.monotonic() + self.pending_writes_wait)
             if job.outcome == STORED:
                 return None
 
@@ -328,6 +340,10 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
+
+def _nothing_parked() -> list[Parked]:
+    return []
 
 
 def _take(iterator: Iterator, n: int) -> list:

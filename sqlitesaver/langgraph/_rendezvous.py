@@ -5,13 +5,20 @@ its tasks' ``put_writes`` to a thread pool without ordering them, and the writes
 store first (more than half of them in a chain graph, measured). The Saver refuses writes for a
 checkpoint that does not exist, since they would belong to nothing. So such a call parks its
 writes here and waits; the put of that checkpoint takes every job parked for it and stores it
-inside its own transaction, and wakes the waiters only once that transaction has committed. A
-``put_writes`` call therefore still returns only after its writes are durable, and the two
-arrive in one COMMIT (one fsync) instead of two.
+inside its own transaction, and settles the waiters once that transaction has committed (or
+failed). A ``put_writes`` call therefore still returns only after its writes are durable, and the
+two usually arrive in one COMMIT (one fsync) instead of two.
 
-The put holds this module's lock from taking the jobs until its COMMIT has returned, so a job is
-parked either before the take (and is stored by that put) or after the COMMIT (and then its
-checkpoint is listed as recently put: the caller tries again instead of waiting). No polling:
+Lock order (the whole adapter and core; see also ``sqlitesaver/saver.py``): this module's lock
+is a *leaf*. It is held only to update the tables below, never while calling the Saver, waiting
+for an event, or settling a job. (It used to be held from a put's ``take`` until its COMMIT; with
+group commit that COMMIT waits for other threads' transitions, one of which could be another
+put waiting for this lock: a deadlock, issue #14.)
+
+Without that lock held across the COMMIT, a job can arrive after a put has taken the jobs parked
+for its checkpoint and before that put has committed. Such a *late* job is recorded against the
+put in flight and settled ``RETRY`` when the put ends: its caller then stores the writes itself,
+which succeeds once the checkpoint is committed (or parks again if the put failed). No polling:
 waiters block on an Event, or on a future for coroutines, until they are settled or their
 deadline passes.
 """
@@ -25,17 +32,18 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-__all__ = ["Key", "Parked", "Rendezvous"]
+__all__ = ["Key", "Parked", "Rendezvous", "STORED", "FAILED", "RETRY"]
 
 #: (thread_id, checkpoint_ns, checkpoint_id)
 Key = tuple[str, str, str]
-STORED, FAILED = "stored", "failed"
+#: Outcomes: stored in its put's committed transaction; its put failed (try on your own); it
+#: arrived while its put was in flight (try on your own: the checkpoint is probably there now).
+STORED, FAILED, RETRY = "stored", "failed", "retry"
 
 
 class Parked:
     """One ``put_writes`` call waiting for its checkpoint. ``store()`` writes it inside the
-    transaction of whoever calls it. ``outcome`` is None until a put settles it: STORED (its
-    put committed) or FAILED (its put raised: the caller tries again on its own)."""
+    transaction of whoever calls it. ``outcome`` is None until settled (see the outcomes)."""
 
     __slots__ = ("key", "store", "outcome", "_event", "_loop", "_future")
 
@@ -72,6 +80,17 @@ class Parked:
         return True
 
 
+class _Flight:
+    """Puts of one checkpoint between their ``take`` and their end, and the jobs that arrived
+    meanwhile."""
+
+    __slots__ = ("puts", "late")
+
+    def __init__(self) -> None:
+        self.puts = 0
+        self.late: list[Parked] = []
+
+
 class Rendezvous:
     """Where early writes wait for their checkpoint's put."""
 
@@ -80,8 +99,9 @@ class Rendezvous:
     RECENT = 4096
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # a leaf: see the module docstring
         self._parked: dict[Key, list[Parked]] = {}
+        self._flights: dict[Key, _Flight] = {}
         self._recent: OrderedDict[Key, None] = OrderedDict()
 
     def park(self, job: Parked, *, trust_recent: bool = True) -> bool:
@@ -90,35 +110,48 @@ class Rendezvous:
         with self._lock:
             if trust_recent and job.key in self._recent:
                 return False
-            self._parked.setdefault(job.key, []).append(job)
+            flight = self._flights.get(job.key)
+            if flight is not None:
+                flight.late.append(job)  # settled RETRY when that put ends
+            else:
+                self._parked.setdefault(job.key, []).append(job)
             return True
 
     def withdraw(self, job: Parked) -> bool:
         """Unpark a job whose deadline passed: True; False if a put has already taken it
         (its outcome is then imminent: wait for it)."""
         with self._lock:
-            waiting = self._parked.get(job.key, [])
-            if job in waiting:
+            waiting = self._parked.get(job.key)
+            if waiting is not None and job in waiting:
                 waiting.remove(job)
                 if not waiting:
                     del self._parked[job.key]
+                return True
+            flight = self._flights.get(job.key)
+            if flight is not None and job in flight.late:
+                flight.late.remove(job)
                 return True
             return False
 
     @contextmanager
     def storing(self, key: Key) -> Iterator[Callable[[], list[Parked]]]:
-        """Around a put's whole transaction: yields ``take``, which the put calls inside the
-        transaction, after writing the checkpoint, to get the jobs parked for it. The lock is
-        held from ``take`` until the block has ended (the transaction committed or rolled
-        back); then the jobs are settled accordingly."""
+        """Around a put's whole transaction (which must be the outermost one, so that its end
+        is its COMMIT): yields ``take``, which the put calls inside the transaction, after
+        writing the checkpoint, to get the jobs parked for it. When the block ends the taken
+        jobs are settled STORED (it exited normally: committed) or FAILED, and the jobs that
+        arrived after the take are settled RETRY."""
         taken: list[Parked] = []
-        locked = False
+        flight: _Flight | None = None
 
         def take() -> list[Parked]:
-            nonlocal locked
-            self._lock.acquire()
-            locked = True
-            taken.extend(self._parked.pop(key, ()))
+            nonlocal flight
+            with self._lock:
+                if flight is None:
+                    flight = self._flights.get(key)
+                    if flight is None:
+                        flight = self._flights[key] = _Flight()
+                    flight.puts += 1
+                taken.extend(self._parked.pop(key, ()))
             return list(taken)
 
         outcome = FAILED
@@ -126,18 +159,22 @@ class Rendezvous:
             yield take
             outcome = STORED
         finally:
-            if not locked:
-                self._lock.acquire()
-            try:
+            late: list[Parked] = []
+            with self._lock:
+                if flight is not None:
+                    flight.puts -= 1
+                    if flight.puts == 0:
+                        del self._flights[key]
+                        late = flight.late
                 if outcome == STORED:
                     self._recent[key] = None
                     self._recent.move_to_end(key)
                     while len(self._recent) > self.RECENT:
                         self._recent.popitem(last=False)
-            finally:
-                self._lock.release()
             for job in taken:
                 job.settle(outcome)
+            for job in late:
+                job.settle(RETRY)
 
 
 def _resolve(future: asyncio.Future) -> None:
