@@ -5,6 +5,9 @@ Every exception is a :class:`SaverError`. They fall into three groups:
 * :class:`DatabaseFileError` -- something about the file on disk: not ours, too new, corrupt,
   read-only, full, failing. The message names the file and says what to do.
 * :class:`BusyTimeoutError` -- another connection held the lock for longer than the timeout.
+* :class:`InterruptedTransitionError` -- an asynchronous exception (one raised into a thread
+  with ``PyThreadState_SetAsyncExc``, or a bug) interrupted the group-commit protocol; the
+  message says whether the transition may have been committed.
 * :class:`UsageError` -- the call itself was wrong (bad argument, unserializable value, a closed
   Saver, a Saver used after ``fork()``). Nothing was written.
 
@@ -33,6 +36,7 @@ __all__ = [
     "DatabaseIOError",
     "CannotOpenError",
     "BusyTimeoutError",
+    "InterruptedTransitionError",
     "UsageError",
     "InvalidArgumentError",
     "SerializationError",
@@ -115,6 +119,19 @@ class BusyTimeoutError(SaverError):
     of this call was written. ``waited`` is how many seconds the call waited, when known."""
 
     waited: float | None = None
+
+
+# --- interruption -----------------------------------------------------------------------------
+
+class InterruptedTransitionError(SaverError):
+    """The write protocol that carried this transition was interrupted by an exception that
+    is not a database error (an asynchronous exception raised into one of the threads sharing
+    the transaction, or a bug), and the transition was not acknowledged. With
+    ``maybe_committed`` False it was rolled back: nothing of it was written. With
+    ``maybe_committed`` True the interruption came while its COMMIT ran: like
+    :class:`DatabaseIOError`, re-read to find out. The Saver stays usable."""
+
+    maybe_committed: bool = False
 
 
 # --- the call itself --------------------------------------------------------------------------

@@ -25,10 +25,10 @@ from typing import Any
 
 import apsw
 
-from . import codec, contention, integrity, opening, pragmas
+from . import codec, contention, integrity, interrupts, opening, pragmas
 from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError, ForkedProcessError,
-                     InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError,
-                     SaverError, describe, translate)
+                     InterruptedTransitionError, InvalidArgumentError, ReadOnlyDatabaseError,
+                     SaverClosedError, SaverError, UsageError, describe, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
 from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
 
@@ -213,6 +213,11 @@ class Saver:
         if os.getpid() != self._pid:
             self._closed = True  # never close the parent's connections from a child
             return
+        if self._owner == threading.get_ident():
+            raise UsageError(
+                f"close() was called inside this thread's transaction on {self._path!r}; "
+                "leave the 'with saver.transaction():' block first (it commits or rolls back "
+                "there). Nothing was closed.", path=self._path)
         failed: apsw.Error | None = None
         with self._lock:
             # A batch other threads still have open ends first (committed, or failed after an
@@ -919,6 +924,10 @@ class Saver:
 
 #: Most transitions one COMMIT carries; a bound on how long a batch's first caller waits.
 MAX_BATCH = 64
+#: Seconds at most a batch's leader waits for transitions queued for the connection to join
+#: before it COMMITs. Joining takes a member's own work time (tens of microseconds), so the
+#: bound is reached only if the queue count is wrong (see _Transaction: it is a hint).
+GATHER_WAIT = 0.05
 
 #: list() and read_log() read in pages, each from one snapshot that ends before the page is
 #: handed out: an iterator the caller keeps open holds no snapshot, so it cannot keep the WAL
@@ -953,14 +962,22 @@ class _WalLength:
 
 
 class _Batch:
-    """The open write transaction that concurrent transitions share (group commit)."""
+    """The open write transaction that concurrent transitions share (group commit).
 
-    __slots__ = ("done", "error", "members")
+    ``committed`` is the only thing that lets a member return normally: it is set on the line
+    after COMMIT returned, so no interruption anywhere can acknowledge a transition whose
+    COMMIT did not return (issue #13). ``committing`` is set just before the COMMIT: a batch
+    that ends with it set and ``committed`` not set may or may not be on disk."""
 
-    def __init__(self) -> None:
+    __slots__ = ("leader", "done", "error", "members", "committing", "committed")
+
+    def __init__(self, leader: int) -> None:
+        self.leader = leader                  # the ident of the thread that began it
         self.done = threading.Event()         # set once COMMIT (or the rollback) returned
         self.error: apsw.Error | SaverError | None = None  # why the whole batch failed
         self.members = 0                      # transitions whose work is in it
+        self.committing = False
+        self.committed = False
 
 
 class _Transaction:
@@ -972,13 +989,74 @@ class _Transaction:
     own exception. The leader COMMITs once no other transition is waiting for the connection
     (or :data:`MAX_BATCH` joined), and every member returns only after that COMMIT returned:
     one fsync for the batch, the same guarantee for each call.
+
+    Lock order (the only locks of the write path, outermost first; the LangGraph adapter adds
+    only a leaf lock, see ``sqlitesaver/langgraph/_rendezvous.py``):
+
+    1. ``saver._lock`` (an RLock; ``saver._batch_cond`` is a Condition on it): the write
+       connection, ``_batch``, ``_owner``, ``_depth``. Taken once per outermost transition and
+       never re-taken by a nested one (nesting is known from ``_owner``).
+    2. ``saver._waiting_cond``: the ``_waiting`` counter only; taken alone or under 1.
+    3. ``saver._pool_lock``: the idle read connections only; taken alone or under 1.
+
+    No thread waits for another thread while holding 2 or 3; the only wait under 1 is the
+    leader's gathering wait, which releases it (``Condition.wait``) and is bounded.
+
+    Interruptions (issue #13): an exception may arrive between any two bytecodes (SIGINT's
+    KeyboardInterrupt in the main thread; anything ``PyThreadState_SetAsyncExc`` raises).
+    The protocol survives them by construction:
+
+    * Acknowledgement is positive: a member returns only if ``batch.committed`` (see
+      :class:`_Batch`); every other ending raises.
+    * The protocol's sections that hold the write lock and change state run inside
+      :class:`~sqlitesaver.interrupts.deferred`, so signals arrive just after them, never
+      inside. Waits for other threads (the write lock, a batch's COMMIT) are outside, so
+      Ctrl-C is never held up by another thread's work.
+    * Any other exception escaping a section (one raised into the thread, or a bug) is
+      handled by ``_abandon_*``, which works from what it can observe rather than from flags
+      the interruption may have left half-set: whether this thread holds the lock
+      (``RLock._is_owned``), whether the connection is inside a transaction
+      (``get_autocommit``), and which thread leads the batch (``batch.leader``). It rolls back
+      what was not committed, ends the batch if this thread leads it (its members get
+      :class:`~sqlitesaver.errors.InterruptedTransitionError`), and releases the lock: the
+      Saver stays usable. An exception inside that handling too shuts the Saver down.
+    * ``_waiting`` is a hint for the leader's gathering wait, which is bounded
+      (:data:`GATHER_WAIT`): a wrong count costs batching, never correctness or liveness.
     """
 
-    __slots__ = ("_saver", "_doing", "_depth", "_batch", "_leader")
+    __slots__ = ("_saver", "_doing", "_depth", "_batch", "_thread", "_open", "_held")
+
+    #: The library's own operations (put, put_writes, ...) keep signals deferred from the end
+    #: of __enter__ to the end of __exit__: their bodies are a few statements, and CPython
+    #: checks for signals at __exit__'s very first instruction, where no code can catch what
+    #: it raises. A user's transaction() body is arbitrary code and stays interruptible.
+    _hold_signals = True
 
     def __init__(self, saver: Saver, doing: str) -> None:
         self._saver = saver
         self._doing = doing
+        self._batch: _Batch | None = None
+        self._depth = 0
+        self._open = False  # an outermost member whose __exit__ has not yet taken over
+        self._held: interrupts.deferred | None = None  # signals deferred across the body
+
+    def __del__(self) -> None:
+        # CPython checks for asynchronous exceptions at every function's entry, so one can
+        # leave __exit__ before any line of it ran: this member's savepoint (or whole batch)
+        # stays open and the write lock stays held, and this thread's next write would join
+        # that transaction as a nested one that nothing ever commits. No code can guard its
+        # own entry, but this object dies as that exception unwinds the `with` statement
+        # (it lives on that frame's stack only): end the transition here, as _abandon does
+        # for an exception anywhere else. Tested by tests/test_interrupts.py (the first
+        # line of __exit__).
+        if getattr(self, "_open", False) and threading.get_ident() == self._thread:
+            try:
+                self._abandon(entering=False)
+            except BaseException:  # in a finalizer: nowhere to raise to
+                pass
+        held = getattr(self, "_held", None)
+        if held is not None:
+            held.release_later()
 
     def __enter__(self) -> apsw.Connection:
         saver = self._saver
@@ -988,152 +1066,321 @@ class _Transaction:
                 f"{saver._path!r} was opened with readonly=True, so {self._doing} is refused; "
                 "nothing was written. Open a Saver without readonly=True to write.",
                 path=saver._path)
-        if saver._owner == threading.get_ident():  # nested in this thread's transition
-            saver._lock.acquire()
-            try:
-                depth = self._depth = saver._depth
-                try:
-                    saver._writer.execute(f"SAVEPOINT s{depth}")
-                except apsw.Error as exc:
-                    raise saver._translate(exc, self._doing) from exc
-                saver._depth = depth + 1
-                return saver._writer
-            except BaseException:
-                saver._lock.release()
-                raise
-        with saver._waiting_cond:
-            saver._waiting += 1
-            saver._waiting_cond.notify_all()
-        saver._lock.acquire()
-        with saver._waiting_cond:
-            saver._waiting -= 1
-        self._leader = False
+        me = self._thread = threading.get_ident()
+        if saver._owner == me:  # nested in this thread's transition, which holds the lock
+            return self._enter_nested()
+        held: interrupts.deferred | None = None
         try:
-            saver._check_usable()
-            conn = saver._writer
-            batch = saver._batch
-            self._leader = batch is None
-            saver._owner = threading.get_ident()  # an I/O error from here on: see Saver._fail
-            try:
-                if batch is None:
-                    # Waits out another process's write lock until the deadline (jittered
-                    # backoff); past it, BusyTimeoutError names the file and the time waited.
-                    contention.retry(saver._waiter, _begin_immediate(conn), path=saver._path,
-                                     doing=self._doing)
-                    batch = saver._batch = _Batch()
-                conn.execute("SAVEPOINT member")
-            except apsw.Error as exc:
-                raise saver._translate(exc, self._doing) from exc
-            self._batch = batch
-            self._depth = 0
-            saver._depth = 1
-            return conn
+            with interrupts.deferred():
+                with saver._waiting_cond:
+                    saver._waiting += 1
+                    saver._waiting_cond.notify_all()
+            saver._lock.acquire()  # the one wait here: interruptible, see _abandon
+            with interrupts.deferred():
+                saver._owner = me  # an I/O error from here on: see Saver._fail
+                with saver._waiting_cond:
+                    saver._waiting = max(0, saver._waiting - 1)
+                saver._check_usable()
+                stale = saver._batch is None and _in_transaction(saver._writer)
+            if stale:
+                # An interruption between an earlier BEGIN and its batch left a transaction
+                # that holds nobody's work.
+                self._rollback(saver._writer, 0)
+            if saver._batch is None:
+                # Outside the deferred section: it may wait for another process's lock (up to
+                # busy_timeout), and Ctrl-C must not wait that long.
+                self._begin()
+            held = interrupts.deferred()  # bound before it starts: see _end_deferrals
+            held.__enter__()
+            conn = self._join(me)
+            given = self._given(conn)  # computed here: no line may follow the join
+            if self._hold_signals:
+                self._held, held = held, None  # one statement: nothing can come between
+            else:
+                held.__exit__(None, None, None)  # a signal that came meanwhile: raised here
+            return given
         except BaseException:
-            saver._owner = None
-            try:
-                if saver._failure is not None:
-                    self._end_failed(close=self._leader or saver._batch is None)
-            finally:
-                saver._batch_cond.notify_all()  # a leader waiting for this one must not hang
-                saver._lock.release()
+            self._abandon(entering=True)
+            self._end_deferrals(held)
+            raise
+
+    def _given(self, conn: apsw.Connection) -> Any:
+        """What ``with ... as`` binds: the connection (the Saver for transaction())."""
+        return conn
+
+    def _end_deferrals(self, held: interrupts.deferred | None) -> None:
+        """On an exception leaving __enter__: end the deferral it began (still in ``held``,
+        or already handed to ``self._held``); a signal that came meanwhile is raised here,
+        in place of the exception being handled."""
+        try:
+            if held is not None:
+                held.__exit__(None, None, None)
+        finally:
+            self._release_signals()
+
+    def _release_signals(self) -> None:
+        """End the deferral held across an operation's body: a signal that arrived meanwhile
+        is raised here, once the protocol is done."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
+
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``, waiting out another process's write lock until the deadline
+        (jittered backoff); past it, BusyTimeoutError names the file and the time waited."""
+        saver = self._saver
+        try:
+            contention.retry(saver._waiter, _begin_immediate(saver._writer), path=saver._path,
+                             doing=self._doing)
+        except apsw.Error as exc:
+            raise saver._translate(exc, self._doing) from exc
+
+    def _join(self, me: int) -> apsw.Connection:
+        """Holding the lock, in a deferred section: become a member of the open batch (begun
+        just now if there was none)."""
+        saver = self._saver
+        conn = saver._writer
+        if saver._batch is None:
+            saver._batch = _Batch(me)
+        try:
+            conn.execute("SAVEPOINT member")
+        except apsw.Error as exc:
+            raise saver._translate(exc, self._doing) from exc
+        self._batch = saver._batch
+        saver._depth = 1
+        self._open = True
+        return conn
+
+    def _enter_nested(self) -> Any:
+        saver = self._saver
+        held: interrupts.deferred | None = None
+        try:
+            held = interrupts.deferred()  # bound before it starts: see _end_deferrals
+            held.__enter__()
+            depth = saver._depth
+            saver._writer.execute(f"SAVEPOINT s{depth}")
+            self._depth = depth
+            saver._depth = depth + 1
+            given = self._given(saver._writer)
+            if self._hold_signals:
+                self._held, held = held, None  # one statement: nothing can come between
+            else:
+                held.__exit__(None, None, None)
+            return given
+        except BaseException as exc:
+            # Not yet nested as far as __exit__ knows (it is never called when __enter__
+            # raised): a SAVEPOINT that ran stays inside the caller's transaction, empty,
+            # and goes with it.
+            self._end_deferrals(held)
+            if isinstance(exc, apsw.Error):
+                raise saver._translate(exc, self._doing) from exc
             raise
 
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         saver = self._saver
-        depth = self._depth
-        conn = saver._writer
-        if depth > 0:
+        if threading.get_ident() != self._thread:
+            raise UsageError(
+                f"a transaction on {saver._path!r} must end in the thread that began it; it "
+                "is still open there (nothing was committed or rolled back).", path=saver._path)
+        if self._depth > 0:
             try:
-                saver._depth = depth
-                if exc is None:
-                    try:
-                        conn.execute(f"RELEASE s{depth}")
-                        return
-                    except apsw.Error as release_exc:
-                        self._rollback(conn, depth)
-                        raise saver._translate(release_exc, self._doing) from release_exc
-                self._rollback(conn, depth)
-                if isinstance(exc, apsw.Error):
-                    raise saver._translate(exc, self._doing) from exc
+                return self._exit_nested(exc)
             finally:
-                saver._lock.release()
-            return
-        saver._depth = 0
-        saver._owner = None
+                self._release_signals()
         batch = self._batch
-        own: BaseException | None = exc
         try:
-            if saver._failure is not None:
-                # An I/O error inside this transition (or in another thread) shut the Saver
-                # down: nothing more is committed on this connection, so the whole batch
-                # fails, this member included even if it swallowed the error.
-                self._end_failed(close=False)
-            if own is None and saver._batch is batch:
-                try:
-                    conn.execute("RELEASE member")
-                    batch.members += 1
-                except apsw.Error as release_exc:
-                    own = release_exc
-            if own is not None and saver._batch is batch:
-                self._rollback(conn, "member")
-            if saver._batch is batch and conn.get_autocommit():
-                # SQLite rolled the whole transaction back (after a full disk or an I/O
-                # error): every member's work is gone, and they must hear it.
-                saver._batch = None
-                batch.error = own if isinstance(own, apsw.Error) else apsw.AbortError(
-                    "the batch's transaction was rolled back")
-            if self._leader:
-                self._finish(batch)
-            else:
-                saver._batch_cond.notify_all()
-        finally:
-            saver._lock.release()
+            with interrupts.deferred():
+                own = self._leave(batch, exc)
+                # Released here, not in a finally inside _leave: an exception escaping _leave
+                # must find the lock still held, so that _abandon ends what _leave left open.
+                self._open = False
+                saver._lock.release()
+        except BaseException:
+            self._abandon(entering=False)
+            self._release_signals()
+            raise
+        self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
         if own is not None:
             if isinstance(own, apsw.Error):
                 raise saver._translate(own, self._doing) from own
             return  # the caller's own exception propagates
-        batch.done.wait()
+        self._await(batch)
+
+    def _exit_nested(self, exc: BaseException | None) -> None:
+        saver = self._saver
+        depth = self._depth
+        conn = saver._writer
+        with interrupts.deferred():
+            saver._depth = depth
+            if exc is None:
+                try:
+                    conn.execute(f"RELEASE s{depth}")
+                    return
+                except apsw.Error as release_exc:
+                    self._rollback(conn, depth)
+                    raise saver._translate(release_exc, self._doing) from release_exc
+            self._rollback(conn, depth)
+        if isinstance(exc, apsw.Error):
+            raise saver._translate(exc, self._doing) from exc
+
+    def _leave(self, batch: _Batch, own: BaseException | None) -> BaseException | None:
+        """Holding the lock, in a deferred section: end this member's part (its SAVEPOINT
+        released into the batch, or rolled back if it failed), and lead the batch to its
+        COMMIT if this thread began it. Returns the member's own error, if any."""
+        saver = self._saver
+        conn = saver._writer
+        saver._depth = 0
+        saver._owner = None
+        if saver._failure is not None:
+            # An I/O error inside this transition (or in another thread) shut the Saver
+            # down: nothing more is committed on this connection, so the whole batch
+            # fails, this member included even if it swallowed the error.
+            self._end_failed(close=False)
+        if own is None and saver._batch is batch:
+            try:
+                conn.execute("RELEASE member")
+                batch.members += 1
+            except apsw.Error as release_exc:
+                own = release_exc
+        if own is not None and saver._batch is batch:
+            self._rollback(conn, "member")
+        if saver._batch is batch and not _in_transaction(conn):
+            # SQLite rolled the whole transaction back (after a full disk or an I/O
+            # error): every member's work is gone, and they must hear it.
+            saver._batch = None
+            batch.error = own if isinstance(own, apsw.Error) else apsw.AbortError(
+                "the batch's transaction was rolled back")
+        if batch.leader == self._thread:
+            self._finish(batch)
+        else:
+            saver._batch_cond.notify_all()
+        return own
+
+    def _await(self, batch: _Batch) -> None:
+        """Outside the lock: wait for the batch to end; return only if it committed."""
+        saver = self._saver
+        batch.done.wait()  # interruptible: the caller then gets the interruption itself
+        if batch.committed:
+            return
         error = batch.error
-        if error is not None:
-            # translate(), not saver._translate(): the leader already shut the Saver down
-            # after an I/O error; each member gets its own exception object.
-            if isinstance(error, SaverError):  # a COMMIT that timed out waiting for a lock
-                raise copy.copy(error) from error.__cause__
-            raise translate(error, saver._path, self._doing) from error
+        if error is None:
+            raise _interrupted(saver, self._doing, batch)
+        # translate(), not saver._translate(): the leader already shut the Saver down
+        # after an I/O error; each member gets its own exception object.
+        if isinstance(error, SaverError):  # a COMMIT that timed out waiting for a lock
+            raise copy.copy(error) from error.__cause__
+        raise translate(error, saver._path, self._doing) from error
 
     def _finish(self, batch: _Batch) -> None:
-        """Leader only, holding the lock: let waiting transitions join, then COMMIT."""
+        """Leader only, holding the lock, in a deferred section: let waiting transitions
+        join (for at most :data:`GATHER_WAIT`), then COMMIT."""
         saver = self._saver
         conn = saver._writer
         try:
-            while saver._waiting and batch.members < MAX_BATCH and saver._batch is batch:
-                saver._batch_cond.wait()  # releases the lock: a waiting transition joins
+            deadline = time.monotonic() + GATHER_WAIT
+            while saver._waiting > 0 and batch.members < MAX_BATCH and saver._batch is batch:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                saver._batch_cond.wait(remaining)  # releases the lock: a waiting one joins
             if saver._failure is not None:
                 self._end_failed(close=False)  # an I/O error meanwhile: commit nothing
             if saver._batch is not batch:
                 return  # already ended: rolled back under a failed member
-            saver._batch = None
             if batch.members == 0:
                 self._rollback(conn, 0)  # nothing to commit: no fsync
+                saver._batch = None
                 return
+            batch.committing = True
             try:
                 contention.retry(saver._waiter, _commit(conn), path=saver._path,
                                  doing=self._doing)
-                saver._stats["commits"] += 1
-                saver._stats["transitions"] += batch.members
             except (apsw.Error, BusyTimeoutError) as commit_exc:
                 self._rollback(conn, 0)
+                saver._batch = None
+                batch.committing = False  # it raised: SQLite rolled it back, or we did
                 batch.error = commit_exc
                 if isinstance(commit_exc, apsw.IOError):
                     saver._fail(commit_exc, self._doing)
                 return
-            batch.done.set()  # the members' transitions are durable: let them return
-            self._bound_wal()
+            batch.committed = True  # the members' transitions are durable
+            saver._batch = None
+            saver._stats["commits"] += 1
+            saver._stats["transitions"] += batch.members
         finally:
             batch.done.set()
             saver._batch_cond.notify_all()  # a close() waiting for the batch to end
             if saver._failure is not None:
                 saver._shut()
+        self._bound_wal()
+
+    def _abandon(self, *, entering: bool) -> None:
+        """An exception escaped the protocol (see the class docstring): leave a consistent
+        state from what can be observed, then let the exception propagate."""
+        saver = self._saver
+        recovered = False
+        try:
+            with interrupts.deferred():
+                if saver._lock._is_owned():  # type: ignore[attr-defined]
+                    try:
+                        self._abandon_holding_lock(entering)
+                    finally:
+                        saver._batch_cond.notify_all()
+                        saver._lock.release()
+                elif entering:  # interrupted before it held the lock: only the count
+                    with saver._waiting_cond:
+                        saver._waiting = max(0, saver._waiting - 1)
+                self._open = False
+                recovered = True
+            # (A signal that arrived meanwhile is raised here, by the deferred section's
+            # end: the recovery is complete by then.)
+        except BaseException:
+            if recovered:
+                raise
+            # Interrupted again while recovering: no longer sure of anything.
+            if saver._failure is None:
+                saver._failure = ("its write protocol was interrupted again while recovering "
+                                  "from an asynchronous exception; reopen it (every "
+                                  "transition that was acknowledged is committed)")
+            raise
+
+    def _abandon_holding_lock(self, entering: bool) -> None:
+        saver = self._saver
+        conn = saver._writer
+        me = self._thread
+        if saver._owner == me:
+            saver._owner = None
+            saver._depth = 0
+        open_batch = saver._batch
+        mine = self._batch  # the batch this member joined, if it got that far
+        if saver._failure is not None:
+            # An I/O error (at BEGIN, at a SAVEPOINT, in the work): the batch fails as a
+            # whole; whoever leads it closes the Saver (this thread, if it leads or no batch
+            # is open; else the leader, once woken).
+            self._end_failed(close=open_batch is None or open_batch.leader == me)
+        elif open_batch is None:
+            if _in_transaction(conn):  # BEGIN ran, its batch was never made
+                self._rollback(conn, 0)
+        elif open_batch.leader != me:
+            # A member of another thread's batch: undo its own work if it is still in a
+            # savepoint (if it was released into the batch, the batch may commit it: the
+            # caller gets the interruption, which may or may not have been committed). With
+            # no savepoint of this member open, ROLLBACK TO fails harmlessly: while this
+            # thread holds the lock no other member's savepoint exists.
+            self._rollback(conn, "member")
+        else:
+            # This thread leads the open batch: nobody else will end it.
+            saver._batch = None
+            if open_batch.committing and not _in_transaction(conn):
+                pass  # the COMMIT ran; whether it succeeded is unknown: "maybe committed"
+            else:
+                open_batch.committing = False
+                self._rollback(conn, 0)
+            open_batch.done.set()
+        if mine is not None and mine.leader == me:
+            # A batch this thread led that ended (committed, or failed) without its members
+            # being told: tell them now; `committed` says which.
+            mine.done.set()
 
     def _end_failed(self, *, close: bool) -> None:
         """After an I/O error (``saver._failure``), holding the lock: roll the open batch
@@ -1145,6 +1392,7 @@ class _Transaction:
             saver._batch = None
             batch.error = saver._failure_error
             self._rollback(saver._writer, 0)
+            batch.done.set()  # committed stays False: every member raises that error
         saver._batch_cond.notify_all()
         if close:
             saver._shut()
@@ -1218,9 +1466,9 @@ class _UserTransaction(_Transaction):
     underlying connection."""
 
     __slots__ = ()
+    _hold_signals = False  # the block is the caller's code: Ctrl-C must reach it
 
-    def __enter__(self) -> Saver:  # type: ignore[override]
-        super().__enter__()
+    def _given(self, conn: apsw.Connection) -> Any:
         return self._saver
 
 
@@ -1284,6 +1532,32 @@ class _Read:
                 saver._release_reader(conn)
         if isinstance(exc, apsw.Error):
             raise saver._translate(exc, self._doing) from exc
+
+
+def _in_transaction(conn: apsw.Connection) -> bool:
+    """Whether the connection is inside a transaction; False once it is closed (an I/O error
+    closes the Saver's connections, and SQLite rolls back what was open)."""
+    try:
+        return not conn.get_autocommit()
+    except apsw.Error:
+        return False
+
+
+def _interrupted(saver: Saver, doing: str, batch: _Batch) -> InterruptedTransitionError:
+    path = saver._path
+    then = "Try again: the Saver stays usable." if saver._failure is None else \
+        f"The Saver then shut down ({saver._failure}): open a new one."
+    if batch.committing:
+        error = InterruptedTransitionError(
+            f"{doing} in {path!r}: the group commit carrying this transition was interrupted "
+            "while its COMMIT ran (an asynchronous exception in the thread leading it), so it "
+            f"may or may not be committed: re-read to find out. {then}", path=path)
+        error.maybe_committed = True
+        return error
+    return InterruptedTransitionError(
+        f"{doing} in {path!r}: the group commit carrying this transition was interrupted "
+        "before its COMMIT (an asynchronous exception in the thread leading it, or its "
+        f"shutdown) and rolled back; nothing of it was written. {then}", path=path)
 
 
 def _begin_immediate(conn: apsw.Connection) -> Callable[[], None]:

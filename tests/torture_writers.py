@@ -154,9 +154,12 @@ class MemberReturnsBeforeCommit(Writer):
         class DoneAtOnce(module._Batch):
             __slots__ = ()
 
-            def __init__(self) -> None:
-                super().__init__()
-                self.done.set()  # members stop waiting for the COMMIT before it happened
+            def __init__(self, leader: int) -> None:
+                super().__init__(leader)
+                # Members stop waiting for the COMMIT before it happened, and are told it did
+                # (a member returns only once `committed` is set).
+                self.committed = True
+                self.done.set()
 
         module._Batch = DoneAtOnce
         return super().open(path, durability)

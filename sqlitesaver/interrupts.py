@@ -1,0 +1,145 @@
+"""Signals deferred across the write path's critical sections.
+
+Python runs a signal's handler (``KeyboardInterrupt`` for SIGINT, or whatever a program's own
+handler raises) in the main thread between any two bytecodes, including inside ``finally``
+blocks, right after a lock was acquired and before the code that releases it is entered, or
+between a COMMIT returning and the flag that acknowledges it. No ``try``/``finally`` can make
+such a section whole, so the group-commit protocol runs its few unsplittable sections inside
+:class:`deferred`: while one runs in the main thread, the Python-level handler of each signal in
+:data:`DEFERRED_SIGNALS` is swapped for a recorder, and when the section ends the original
+handlers are put back and called for the signals that arrived, in order. A ``KeyboardInterrupt``
+therefore arrives just after the section instead of inside it.
+
+What it covers and what not:
+
+* Only the main thread runs signal handlers, so other threads have nothing to defer and pay
+  only an identity check.
+* Exceptions raised into a thread by ``PyThreadState_SetAsyncExc`` cannot be deferred from
+  Python. The write path is built to survive one such exception at any line (tested line by
+  line in ``tests/test_interrupts.py``): see ``sqlitesaver/saver.py``.
+* Sections must not block for long (they would delay Ctrl-C): the write path keeps waits for
+  another thread (the write lock, a batch's COMMIT) outside them.
+* While a section runs, ``signal.getsignal()`` in the main thread shows the recorder. A
+  recorder left installed by an exception that skipped the section's end forwards signals
+  once the section is over, or :data:`STALE_AFTER` seconds after it first held one back.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+__all__ = ["DEFERRED_SIGNALS", "deferred"]
+
+#: Signals whose Python handlers wait for the end of a section: those programs use to stop or
+#: interrupt work (SIGINT raises KeyboardInterrupt by default; SIGALRM is how timeouts such as
+#: pytest-timeout's raise). Signals left at SIG_DFL or SIG_IGN have no Python handler to defer.
+DEFERRED_SIGNALS: tuple[signal.Signals, ...] = tuple(
+    getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP", "SIGQUIT", "SIGALRM",
+                                       "SIGUSR1", "SIGUSR2") if hasattr(signal, name))
+
+_MAIN_THREAD = threading.main_thread().ident
+
+#: Seconds after which a section that holds a signal back and is still active is taken as
+#: abandoned and its signals delivered (see :meth:`deferred._heal`). The write path's sections
+#: last micro- to milliseconds (a COMMIT's fsync, a bounded checkpoint wait); one that runs
+#: longer only gets its signal delivered inside it, which the write path survives like any
+#: exception there.
+STALE_AFTER = 2.0
+
+
+def _heal_later(section: "deferred") -> None:
+    timer = threading.Timer(STALE_AFTER, section._heal)
+    timer.daemon = True
+    timer.start()
+_Handler = Callable[[int, "FrameType | None"], Any]
+
+
+class deferred:
+    """``with deferred():`` holds back, in the main thread, the Python handlers of
+    :data:`DEFERRED_SIGNALS` until the block ends, then runs them (so an exception a handler
+    raises propagates from the ``with`` statement's end). Elsewhere it does nothing. Nests.
+
+    Safe to leave half done: the recorder it installs checks whether its section is still
+    active and, once it is not, forwards a signal to the original handler at once. So an
+    exception that interrupts the swapping or the restoring (or skips ``__exit__``) can leave
+    a recorder installed, but never one that swallows a signal."""
+
+    __slots__ = ("_saved", "_pending", "_active")
+
+    def __init__(self) -> None:
+        self._saved: dict[int, _Handler] | None = None
+        self._pending: list[tuple[int, FrameType | None]] = []
+        self._active = False
+
+    def __enter__(self) -> "deferred":
+        if threading.get_ident() != _MAIN_THREAD:
+            return self
+        pending: list[tuple[int, FrameType | None]] = []
+        self._pending = pending
+        originals: dict[int, _Handler] = {}
+
+        def record(signum: int, frame: FrameType | None) -> None:
+            if self._active:
+                pending.append((signum, frame))
+                if len(pending) == 1:
+                    _heal_later(self)
+            else:  # left installed after the section ended: behave as if never swapped
+                originals[signum](signum, frame)
+
+        self._active = True
+        self._saved = originals
+        try:
+            for signum in DEFERRED_SIGNALS:
+                handler = signal.getsignal(signum)
+                if callable(handler):
+                    # Recorded first, then swapped: a signal between the two runs the
+                    # original handler, before the section starts (nothing to protect yet).
+                    originals[signum] = handler
+                    signal.signal(signum, record)
+            return self  # inside the try: an exception here still ends the section
+        except BaseException:
+            self._end()
+            raise
+
+    def _end(self) -> tuple[dict[int, _Handler], list[tuple[int, FrameType | None]]]:
+        """End the section: from the first line on, a recorder still installed forwards;
+        then put the handlers back (once) and return them and the signals that arrived."""
+        self._active = False
+        saved, self._saved = self._saved, None
+        if not saved:
+            return {}, []
+        for signum, handler in saved.items():
+            signal.signal(signum, handler)
+        pending, self._pending = self._pending, []
+        return saved, pending
+
+    def _heal(self) -> None:
+        """From a timer thread, :data:`STALE_AFTER` seconds after this section first held a
+        signal back: if it is still active, take it as abandoned (an exception raised into
+        the main thread at the first instruction of ``__exit__`` skips ``_end``; no code can
+        guard its own entry) and deliver what it holds, as if the signals came now."""
+        if not self._active:
+            return
+        self._active = False
+        pending, self._pending = self._pending, []
+        for signum, _frame in pending:
+            # To the main thread itself (raise_signal would go to this timer thread): that
+            # also wakes a main thread blocked in a wait, as the first delivery would have.
+            signal.pthread_kill(_MAIN_THREAD, signum)
+
+    def release_later(self) -> None:
+        """End the deferral without running the handlers here (for a finalizer, which has
+        nowhere to raise to): put the handlers back and send the signals that arrived again,
+        so that they are handled at the main thread's next chance, as if they came now."""
+        _, pending = self._end()
+        for signum, _frame in pending:
+            signal.raise_signal(signum)
+
+    def __exit__(self, *exc_info: object) -> None:
+        handlers, pending = self._end()
+        for signum, frame in pending:
+            handlers[signum](signum, frame)  # may raise: that is the point
