@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import shlex
+import stat
 
 import apsw
 
@@ -104,8 +105,10 @@ class DatabaseIOError(DatabaseFileError):
 
 
 class CannotOpenError(DatabaseFileError):
-    """The path cannot be opened: missing directory, a directory instead of a file,
-    permissions."""
+    """The path cannot be opened: a missing directory, something else than a regular file
+    there (a directory, a FIFO, a device, a socket), a symbolic link that leads nowhere or into
+    a loop, a directory along the path that is a file, permissions."""
+
 
 
 # --- contention -----------------------------------------------------------------------------
@@ -230,6 +233,11 @@ def _cannot_open(path: str | None, doing: str, detail: str, codes: dict) -> Save
     """Explain why a path cannot be opened, naming the part of it that is wrong."""
     if path:
         directory = os.path.dirname(os.path.abspath(path))
+        if os.path.lexists(directory) and not os.path.isdir(directory):
+            return CannotOpenError(
+                f"cannot open {path!r}: {directory!r} is not a directory, so nothing can be "
+                "inside it. Pass a path whose directories are directories.",
+                path=path, **codes)
         if not os.path.isdir(directory):
             return CannotOpenError(
                 f"cannot open {path!r}: the directory {directory!r} does not exist "
@@ -238,6 +246,15 @@ def _cannot_open(path: str | None, doing: str, detail: str, codes: dict) -> Save
         if os.path.isdir(path):
             return CannotOpenError(f"cannot open {path!r}: it is a directory, not a file.",
                                    path=path, **codes)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            from .paths import kind  # paths imports this module
+            return CannotOpenError(
+                f"cannot open {path!r} while {doing}: it is {kind(mode)}, not a database "
+                "file; a sqlitesaver database is a regular file.", path=path, **codes)
         if not os.access(directory, os.W_OK | os.X_OK):
             return ReadOnlyDatabaseError(
                 f"cannot open {path!r} while {doing}: its directory {directory!r} is not "

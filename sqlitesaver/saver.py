@@ -25,7 +25,7 @@ from typing import Any
 
 import apsw
 
-from . import codec, contention, integrity, opening, pragmas
+from . import codec, contention, integrity, opening, paths, pragmas
 from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError, ForkedProcessError,
                      InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError,
                      SaverError, describe, translate)
@@ -72,6 +72,14 @@ class Saver:
     ``Saver(path)`` opens ``path``, creating it if it does not exist, and runs the startup
     recovery described by :attr:`recovery`. Use it as a context manager or call :meth:`close`.
     One Saver may be shared by any number of threads; it must not cross ``fork()``.
+
+    ``path`` is looked at with ``stat()`` before anything opens it (see
+    :mod:`sqlitesaver.paths`): a directory, FIFO, device or socket, a symbolic link that leads
+    nowhere or into a loop, or a directory along it that is a file raise
+    :class:`~sqlitesaver.errors.CannotOpenError`; a NUL, a name that is not UTF-8 or too long
+    for its ``-wal`` (or for SQLite) raise :class:`~sqlitesaver.errors.InvalidArgumentError`;
+    nothing is written either way. A symbolic link to a database is followed once, here:
+    :attr:`path` is the real file, beside which SQLite keeps the ``-wal`` and ``-shm``.
 
     Options:
         durability: ``"full"`` (default; ``synchronous=FULL``) or ``"normal"``
@@ -144,7 +152,8 @@ class Saver:
 
     @property
     def path(self) -> str:
-        """The database file."""
+        """The database file: absolute, and if the path given was a symbolic link, the file it
+        leads to (its ``-wal`` and ``-shm`` are beside this one)."""
         return self._path
 
     @property
@@ -1309,8 +1318,9 @@ def _check_path(path: object) -> str:
         raise InvalidArgumentError(
             f"path must name a file on a local filesystem, not {text!r} (in-memory and URI "
             "databases cannot give the durability guarantees)")
-    # Absolute, because read connections are opened later, possibly after a chdir().
-    return os.path.abspath(text)
+    # Absolute, because read connections are opened later, possibly after a chdir(); then
+    # looked at without opening it (a FIFO would block the open), a symbolic link followed.
+    return paths.resolve(os.path.abspath(text))
 
 
 def _check_text(name: str, value: object, *, allow_empty: bool = False) -> None:
