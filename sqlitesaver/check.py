@@ -60,7 +60,7 @@ import apsw
 
 from . import integrity, paths, schema
 from .opening import read_header
-from .errors import SaverError, describe
+from .errors import SaverError, describe, out_of_descriptors
 
 __all__ = ["OK", "FAILED", "UNUSABLE", "NOTE", "SKIPPED", "EXIT_STATUS", "Step", "Report",
            "check_database", "exit_status", "run"]
@@ -198,8 +198,13 @@ def _check_file(report: Report, path: str) -> tuple[str, bytes] | None:
         # the POSIX locks of any connection to it in this process (see sqlitesaver.opening).
         size, header = read_header(real)
     except apsw.Error as exc:
-        report.add(name, UNUSABLE, f"{path!r} cannot be read ({describe(exc)}); check its "
-                                   "permissions")
+        if out_of_descriptors(exc) is not None:  # asked right after the failure
+            report.add(name, UNUSABLE, f"{path!r} cannot be read: too many open files in "
+                                       f"this process ({describe(exc)}). Close files or raise "
+                                       "the limit (ulimit -n) and check again")
+        else:
+            report.add(name, UNUSABLE, f"{path!r} cannot be read ({describe(exc)}); check "
+                                       "its permissions")
         return None
     if size == 0:
         report.add(name, UNUSABLE, f"{path!r} is an empty file (0 bytes), not an SQLite "
@@ -249,6 +254,11 @@ def _cannot_read(report: Report, path: str, header: bytes, exc: apsw.Error) -> N
     """Report why SQLite could not read the file, and what to do: as damage (FAILED) when the
     file is damaged and may be ours, else as UNUSABLE."""
     name = "open"
+    if out_of_descriptors(exc) is not None:  # first: it asks the OS right after the failure
+        report.add(name, UNUSABLE, f"SQLite cannot open {path!r}: too many open files in this "
+                                   f"process ({describe(exc)}). Close files or raise the limit "
+                                   "(ulimit -n) and check again. Nothing was written")
+        return
     application_id = _header_application_id(header)
     # SQLite cannot tell us whose the file is; its header can (the WAL may hold a newer page 1,
     # but the application_id never changes once a database has it).
