@@ -40,6 +40,10 @@ def demo(path: str | None, transitions: int) -> int:
     if path is None:
         directory = tempfile.mkdtemp(prefix="sqlitesaver-demo-")
         path = os.path.join(directory, "demo.db")
+    # Opened (and created) here first: a path that cannot be a database (a FIFO, a dangling
+    # link, a name too long for its -wal...) is refused with its SaverError (exit 2) instead
+    # of as a traceback of the writer, or a writer blocked forever opening a FIFO.
+    Saver(path).close()
     print(f"database: {path}")
     env = dict(os.environ)
     package_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -1,6 +1,8 @@
 """``python -m sqlitesaver check``: verify databases without changing a byte of them.
 
-For each file, in order: the file is a regular, readable SQLite file; it is a sqlitesaver
+For each file, in order: the file is a regular, readable SQLite file (looked at with ``stat()``
+first, as :mod:`sqlitesaver.paths` does for the Saver: a FIFO is never opened, a symbolic link is
+followed to the file whose ``-wal`` SQLite uses); it is a sqlitesaver
 database of a schema version this library knows; ``PRAGMA integrity_check`` (full) is ``ok``;
 ``PRAGMA foreign_key_check`` is empty; the journal mode (sqlitesaver uses WAL); and every stored
 payload (checkpoints, pending writes, log events) matches its checksum, computed with
@@ -33,7 +35,9 @@ Each database ends in one of three results, which :func:`run` turns into the exi
 * ``damaged`` (1): a check found damage in a sqlitesaver database, including a hot journal and
   an SQLite file too short to hold its header (whose it was cannot be told; damage is never
   passed off as "not ours");
-* ``unusable`` (2): not validated: a path that is missing, a directory or unreadable; a file that
+* ``unusable`` (2): not validated: a path that is missing, unreadable, a directory, a FIFO, a
+  device or a socket, a symbolic link that leads nowhere or into a loop, or a name SQLite cannot
+  take (a NUL, not UTF-8, too long); a file that
   is not an SQLite database (text, empty); an SQLite database of another application (its
   ``application_id``, read through SQL, or from the file header when SQLite cannot read the
   file); a sqlitesaver database of a newer schema version (upgrade sqlitesaver); or SQLite
@@ -54,9 +58,9 @@ from typing import Any, TextIO
 
 import apsw
 
-from . import integrity, schema
+from . import integrity, paths, schema
 from .opening import read_header
-from .errors import describe
+from .errors import SaverError, describe, out_of_descriptors
 
 __all__ = ["OK", "FAILED", "UNUSABLE", "NOTE", "SKIPPED", "EXIT_STATUS", "Step", "Report",
            "check_database", "exit_status", "run"]
@@ -132,12 +136,15 @@ class Report:
 def check_database(path: str) -> Report:
     """Check one database file without writing to it; see the module docstring."""
     report = Report(path)
-    header = _check_file(report, path)
-    if header is None:
+    found = _check_file(report, path)
+    if found is None:
         return report
+    # From here on the file itself: a symbolic link is followed once (see sqlitesaver.paths),
+    # so that its '-wal' and '-shm' are the ones SQLite uses, beside the real file.
+    path, header = found
     try:
         # An absolute path is never taken for a URI, whatever SQLite's URI setting.
-        conn = apsw.Connection(os.path.abspath(path), flags=apsw.SQLITE_OPEN_READONLY)
+        conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     except apsw.Error as exc:
         _cannot_read(report, path, header, exc)
         return report
@@ -164,11 +171,19 @@ def check_database(path: str) -> Report:
 
 # --- the file -----------------------------------------------------------------------------
 
-def _check_file(report: Report, path: str) -> bytes | None:
-    """The file's first 100 bytes if it is an SQLite file worth opening, else None (reported)."""
+def _check_file(report: Report, path: str) -> tuple[str, bytes] | None:
+    """The file to open (absolute, a symbolic link followed) and its first 100 bytes, if it is
+    an SQLite file worth opening; else None (reported)."""
     name = "file"
     try:
-        st = os.stat(path)
+        # stat() only, never open(): opening a FIFO would block (sqlitesaver.paths).
+        real = paths.resolve(os.path.abspath(path), advice=False)
+    except SaverError as exc:
+        report.add(name, UNUSABLE, str(exc))
+        return None
+    via = "" if real == os.path.abspath(path) else f" (through the symbolic link to {real!r})"
+    try:
+        st = os.stat(real)
     except FileNotFoundError:
         wal = path + "-wal"
         extra = (f"; {wal!r} exists without it: the database was moved or deleted without its "
@@ -178,31 +193,30 @@ def _check_file(report: Report, path: str) -> bytes | None:
     except OSError as exc:
         report.add(name, UNUSABLE, f"cannot look at {path!r}: {exc.strerror or exc}")
         return None
-    if os.path.isdir(path):
-        report.add(name, UNUSABLE, f"{path!r} is a directory, not a database file")
-        return None
-    if not os.path.isfile(path):
-        report.add(name, UNUSABLE, f"{path!r} is not a regular file")
-        return None
     try:
         # Through SQLite's VFS, not open(): closing a plain descriptor on the file would cancel
         # the POSIX locks of any connection to it in this process (see sqlitesaver.opening).
-        size, header = read_header(os.path.abspath(path))
+        size, header = read_header(real)
     except apsw.Error as exc:
-        report.add(name, UNUSABLE, f"{path!r} cannot be read ({describe(exc)}); check its "
-                                   "permissions")
+        if out_of_descriptors(exc) is not None:  # asked right after the failure
+            report.add(name, UNUSABLE, f"{path!r} cannot be read: too many open files in "
+                                       f"this process ({describe(exc)}). Close files or raise "
+                                       "the limit (ulimit -n) and check again")
+        else:
+            report.add(name, UNUSABLE, f"{path!r} cannot be read ({describe(exc)}); check "
+                                       "its permissions")
         return None
     if size == 0:
         report.add(name, UNUSABLE, f"{path!r} is an empty file (0 bytes), not an SQLite "
                                    "database, so not a sqlitesaver database")
         return None
-    if not header.startswith(_MAGIC) and _has_wal(path):
+    if not header.startswith(_MAGIC) and _has_wal(real):
         # A power loss during a checkpoint can garble page 1 in the file while the WAL holds
         # the whole page, which SQLite reads instead: let SQLite decide (see opening.py).
-        report.add(name, OK, f"{st.st_size} bytes; the file's own header is unreadable "
+        report.add(name, OK, f"{st.st_size} bytes{via}; the file's own header is unreadable "
                              f"(it starts with {header[:16]!r}), so SQLite must find page 1 "
                              "in the -wal")
-        return header
+        return real, header
     if not header.startswith(_MAGIC):
         report.add(name, UNUSABLE, f"{path!r} is not an SQLite database (it starts with "
                                    f"{header[:16]!r}), so not a sqlitesaver database")
@@ -212,8 +226,8 @@ def _check_file(report: Report, path: str) -> bytes | None:
         report.add(name, FAILED, f"{path!r} is a truncated SQLite file ({size} bytes, "
                                  "shorter than the 100-byte header): damaged")
         return None
-    report.add(name, OK, f"SQLite database file, {st.st_size} bytes")
-    return header
+    report.add(name, OK, f"SQLite database file, {st.st_size} bytes{via}")
+    return real, header
 
 
 def _has_wal(path: str) -> bool:
@@ -240,6 +254,11 @@ def _cannot_read(report: Report, path: str, header: bytes, exc: apsw.Error) -> N
     """Report why SQLite could not read the file, and what to do: as damage (FAILED) when the
     file is damaged and may be ours, else as UNUSABLE."""
     name = "open"
+    if out_of_descriptors(exc) is not None:  # first: it asks the OS right after the failure
+        report.add(name, UNUSABLE, f"SQLite cannot open {path!r}: too many open files in this "
+                                   f"process ({describe(exc)}). Close files or raise the limit "
+                                   "(ulimit -n) and check again. Nothing was written")
+        return
     application_id = _header_application_id(header)
     # SQLite cannot tell us whose the file is; its header can (the WAL may hold a newer page 1,
     # but the application_id never changes once a database has it).
@@ -624,13 +643,22 @@ def _parents(conn: apsw.Connection, version: int | None) -> tuple[list[str], str
 
 def format_report(report: Report) -> str:
     width = max(len(step.name) for step in report.steps)
-    lines = [report.path]
+    # A name that is not UTF-8 holds lone surrogates, which a UTF-8 terminal cannot print.
+    lines = [report.path if _printable(report.path) else repr(report.path)]
     lines += [f"  {step.status:<8} {step.name:<{width}}  {step.detail}" for step in report.steps]
     failed = sum(step.status == FAILED for step in report.steps)
     lines.append({"ok": "  => ok",
                   "damaged": f"  => FAILED: damage found ({failed} check(s) failed)",
                   "unusable": "  => UNUSABLE: not validated (see above)"}[report.result])
     return "\n".join(lines)
+
+
+def _printable(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def exit_status(reports: Sequence[Report]) -> int:

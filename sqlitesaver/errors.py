@@ -18,8 +18,10 @@ original as ``__cause__`` and its SQLite result codes on ``sqlite_result`` /
 
 from __future__ import annotations
 
+import errno
 import os
 import shlex
+import stat
 
 import apsw
 
@@ -35,6 +37,7 @@ __all__ = [
     "DiskFullError",
     "DatabaseIOError",
     "CannotOpenError",
+    "TooManyOpenFilesError",
     "BusyTimeoutError",
     "InterruptedTransitionError",
     "UsageError",
@@ -108,8 +111,17 @@ class DatabaseIOError(DatabaseFileError):
 
 
 class CannotOpenError(DatabaseFileError):
-    """The path cannot be opened: missing directory, a directory instead of a file,
-    permissions."""
+    """The path cannot be opened: a missing directory, something else than a regular file
+    there (a directory, a FIFO, a device, a socket), a symbolic link that leads nowhere or into
+    a loop, a directory along the path that is a file, permissions."""
+
+
+class TooManyOpenFilesError(CannotOpenError):
+    """The process (``EMFILE``) or the system (``ENFILE``) ran out of file descriptors while
+    opening the database or one of its files. Nothing was written; the Saver stays usable.
+    ``limit`` is the process's ``RLIMIT_NOFILE`` soft limit, when known."""
+
+    limit: int | None = None
 
 
 # --- contention -----------------------------------------------------------------------------
@@ -206,6 +218,10 @@ def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
         return ReadOnlyDatabaseError(
             f"{where} is read-only while {doing} ({detail}); {_READONLY_HINT}.",
             path=path, **codes)
+    if isinstance(exc, (apsw.CantOpenError, OSError)):
+        no_descriptors = out_of_descriptors(exc)
+        if no_descriptors is not None:
+            return too_many_open_files(no_descriptors, where, doing, detail, path, codes)
     if isinstance(exc, apsw.CantOpenError):
         return _cannot_open(path, doing, detail, codes)
     if isinstance(exc, apsw.IOError):
@@ -225,6 +241,60 @@ def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
         return DatabaseIOError(f"the operating system failed on {where} while {doing} "
                                f"({detail}).", path=path)
     return SaverError(f"unexpected error on {where} while {doing} ({detail}).", path=path)
+
+
+def out_of_descriptors(exc: BaseException) -> int | None:
+    """``errno.EMFILE`` or ``errno.ENFILE`` if ``exc`` failed for want of a file descriptor,
+    else None.
+
+    An ``OSError`` says so itself. SQLite reports it as SQLITE_CANTOPEN, and when it happens
+    while opening a connection there is no connection to ask ``system_errno`` of; so, for
+    SQLITE_CANTOPEN, this opens ``/dev/null`` once to see whether a descriptor is to be had
+    (``/dev/null``: never a database, so closing it drops nobody's POSIX locks). Right after
+    the failure that is the same answer, unless another thread freed descriptors meanwhile.
+    """
+    if isinstance(exc, OSError):
+        return exc.errno if exc.errno in (errno.EMFILE, errno.ENFILE) else None
+    if not isinstance(exc, apsw.CantOpenError):
+        return None
+    try:
+        fd = os.open(os.devnull, os.O_RDONLY)
+    except OSError as probe:
+        return probe.errno if probe.errno in (errno.EMFILE, errno.ENFILE) else None
+    os.close(fd)
+    return None
+
+
+def descriptor_limit() -> tuple[int, int] | None:
+    """This process's ``RLIMIT_NOFILE`` (soft, hard), when the platform has it."""
+    try:
+        import resource
+        return resource.getrlimit(resource.RLIMIT_NOFILE)
+    except (ImportError, OSError, ValueError):  # pragma: no cover - not on Linux/macOS
+        return None
+
+
+def too_many_open_files(code: int, where: str, doing: str, detail: str, path: str | None,
+                        codes: dict) -> "TooManyOpenFilesError":
+    """The error for running out of descriptors (``code``: EMFILE or ENFILE)."""
+    limits = descriptor_limit()
+    if code == errno.ENFILE:
+        what = ("too many open files in the system (ENFILE): the kernel's table of open files "
+                "is full")
+        todo = "Close files elsewhere, or raise the system's limit (fs.file-max), and retry"
+    else:
+        shown = (f"its limit of {limits[0]} open file descriptors (RLIMIT_NOFILE soft limit; "
+                 f"hard limit {limits[1]})" if limits else "its limit of open file descriptors")
+        what = f"too many open files (EMFILE): this process has reached {shown}"
+        todo = ("Close Savers and files this process no longer needs, lower max_readers (each "
+                "read connection holds two descriptors), or raise the limit (ulimit -n, or "
+                "resource.setrlimit(resource.RLIMIT_NOFILE, ...) up to the hard limit), and "
+                "retry")
+    error = TooManyOpenFilesError(
+        f"{what}, so {where} could not be opened while {doing} ({detail}). Nothing was "
+        f"written. {todo}.", path=path, **codes)
+    error.limit = limits[0] if limits else None
+    return error
 
 
 def check_command(path: str | None) -> str:
@@ -247,6 +317,11 @@ def _cannot_open(path: str | None, doing: str, detail: str, codes: dict) -> Save
     """Explain why a path cannot be opened, naming the part of it that is wrong."""
     if path:
         directory = os.path.dirname(os.path.abspath(path))
+        if os.path.lexists(directory) and not os.path.isdir(directory):
+            return CannotOpenError(
+                f"cannot open {path!r}: {directory!r} is not a directory, so nothing can be "
+                "inside it. Pass a path whose directories are directories.",
+                path=path, **codes)
         if not os.path.isdir(directory):
             return CannotOpenError(
                 f"cannot open {path!r}: the directory {directory!r} does not exist "
@@ -255,6 +330,15 @@ def _cannot_open(path: str | None, doing: str, detail: str, codes: dict) -> Save
         if os.path.isdir(path):
             return CannotOpenError(f"cannot open {path!r}: it is a directory, not a file.",
                                    path=path, **codes)
+        try:
+            mode = os.stat(path).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISREG(mode):
+            from .paths import kind  # paths imports this module
+            return CannotOpenError(
+                f"cannot open {path!r} while {doing}: it is {kind(mode)}, not a database "
+                "file; a sqlitesaver database is a regular file.", path=path, **codes)
         if not os.access(directory, os.W_OK | os.X_OK):
             return ReadOnlyDatabaseError(
                 f"cannot open {path!r} while {doing}: its directory {directory!r} is not "

@@ -17,6 +17,7 @@ empty or half-initialised file at ``path``.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import secrets
 import time
@@ -24,10 +25,11 @@ import urllib.parse
 
 import apsw
 
-from . import contention, pragmas, schema
-from .errors import (BusyTimeoutError, CannotOpenError, CorruptDatabaseError, MigrationError,
-                     NotASaverDatabaseError, ReadOnlyDatabaseError, SaverError,
-                     SchemaVersionError, check_command, translate)
+from . import contention, paths, pragmas, schema
+from .errors import (BusyTimeoutError, CannotOpenError, CorruptDatabaseError,
+                     InvalidArgumentError, MigrationError, NotASaverDatabaseError,
+                     ReadOnlyDatabaseError, SaverError, SchemaVersionError, check_command,
+                     translate)
 from .pragmas import Profile
 from .records import RecoveryReport
 
@@ -38,6 +40,9 @@ INTEGRITY_MODES = ("quick", "full", "off")
 
 _MAGIC = b"SQLite format 3\x00"
 _NEW_MARK = ".sqlitesaver-new-"
+#: The longest temporary name _create uses: the mark, a 12-digit tag, a pid of up to 7 digits
+#: (Linux's largest pid_max is 4194304) and 8 random hex digits.
+_TEMP_NAME_BYTES = len(_NEW_MARK) + 12 + 1 + 7 + 1 + 8
 #: Seconds the recovery checkpoint waits for other processes' readers and writer: start-up must
 #: not stall behind another process's long read; a blocked checkpoint is reported in
 #: RecoveryReport.checkpoint_busy instead (nothing depends on it completing).
@@ -401,8 +406,16 @@ def _create(path: str, profile: Profile) -> bool:
                 "transactions; SQLite would replay it into a new file. Put the database back "
                 "beside it, or move the journal away if that data is not wanted.", path=path)
     directory = os.path.dirname(os.path.abspath(path))
-    temp = os.path.join(directory, f".{os.path.basename(path)}{_NEW_MARK}{os.getpid()}-"
-                                   f"{secrets.token_hex(4)}")
+    room = paths.sqlite_max_path() - len(os.fsencode(os.path.realpath(directory))) - 1
+    if room < _TEMP_NAME_BYTES:
+        raise InvalidArgumentError(
+            f"cannot create {path!r}: a new database is built under a temporary name of up to "
+            f"{_TEMP_NAME_BYTES} bytes in the same directory, and with that name the path "
+            f"would pass the {paths.sqlite_max_path()} bytes SQLite opens (the directory's "
+            "path, symbolic links resolved, leaves room for "
+            f"{max(room, 0)}). Use a directory with a shorter path.", path=path)
+    # Not named after the database: a name of up to NAME_MAX - 4 bytes must be creatable.
+    temp = os.path.join(directory, f"{_new_prefix(path)}{os.getpid()}-{secrets.token_hex(4)}")
     try:
         conn = apsw.Connection(temp, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
         try:
@@ -451,17 +464,27 @@ def _remove_family(base: str) -> None:
             pass
 
 
+def _new_prefix(path: str) -> str:
+    """How the temporary files that create ``path`` begin: ``.sqlitesaver-new-``, a tag of
+    the database's name (so that stale ones are recognised per database), then the pid."""
+    tag = hashlib.sha256(os.fsencode(os.path.basename(path))).hexdigest()[:12]
+    return f"{_NEW_MARK}{tag}-"
+
+
 def _remove_stale_new_files(path: str) -> tuple[str, ...]:
-    """Remove temporaries left by a creation that was killed (its process is gone)."""
+    """Remove temporaries left by a creation of ``path`` that was killed (its process is
+    gone), named as now or as earlier versions named them (``.<name>.sqlitesaver-new-<pid>-``,
+    which did not fit beside a long name)."""
     directory = os.path.dirname(os.path.abspath(path))
-    prefix = f".{os.path.basename(path)}{_NEW_MARK}"
+    prefixes = (_new_prefix(path), f".{os.path.basename(path)}{_NEW_MARK}")
     removed = []
     try:
         names = os.listdir(directory)
     except OSError:
         return ()  # reported precisely by the steps that follow
     for name in names:
-        if not name.startswith(prefix) or name.endswith(("-wal", "-shm", "-journal")):
+        prefix = next((p for p in prefixes if name.startswith(p)), None)
+        if prefix is None or name.endswith(("-wal", "-shm", "-journal")):
             continue
         pid_text = name[len(prefix):].split("-", 1)[0]
         if not pid_text.isdigit() or _alive(int(pid_text)):

@@ -13,6 +13,7 @@ disk ("maybe committed"). Reads verify a checksum on every payload and raise
 from __future__ import annotations
 
 import builtins
+import collections
 import copy
 import os
 import threading
@@ -25,7 +26,7 @@ from typing import Any
 
 import apsw
 
-from . import codec, contention, integrity, interrupts, opening, pragmas
+from . import codec, contention, integrity, interrupts, opening, paths, pragmas
 from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError, ForkedProcessError,
                      InterruptedTransitionError, InvalidArgumentError, ReadOnlyDatabaseError,
                      SaverClosedError, SaverError, UsageError, describe, translate)
@@ -42,13 +43,13 @@ _LIVE: "weakref.WeakSet[Saver]" = weakref.WeakSet()
 
 def _abandon_after_fork() -> None:
     for saver in list(_LIVE):
-        _ABANDONED_IN_CHILD.append((saver._writer, saver._idle_readers))
+        _ABANDONED_IN_CHILD.append((saver._writer, saver._pool))
         # A lock held by another parent thread at fork() stays held forever in the child;
         # fresh locks let the child reach the ForkedProcessError instead of hanging.
         saver._lock = threading.RLock()
         saver._batch_cond = threading.Condition(saver._lock)
         saver._waiting_cond = threading.Condition()
-        saver._pool_lock = threading.Lock()
+        saver._pool._lock = threading.Lock()
 
 
 if hasattr(os, "register_at_fork"):
@@ -73,6 +74,14 @@ class Saver:
     recovery described by :attr:`recovery`. Use it as a context manager or call :meth:`close`.
     One Saver may be shared by any number of threads; it must not cross ``fork()``.
 
+    ``path`` is looked at with ``stat()`` before anything opens it (see
+    :mod:`sqlitesaver.paths`): a directory, FIFO, device or socket, a symbolic link that leads
+    nowhere or into a loop, or a directory along it that is a file raise
+    :class:`~sqlitesaver.errors.CannotOpenError`; a NUL, a name that is not UTF-8 or too long
+    for its ``-wal`` (or for SQLite) raise :class:`~sqlitesaver.errors.InvalidArgumentError`;
+    nothing is written either way. A symbolic link to a database is followed once, here:
+    :attr:`path` is the real file, beside which SQLite keeps the ``-wal`` and ``-shm``.
+
     Options:
         durability: ``"full"`` (default; ``synchronous=FULL``) or ``"normal"``
             (``synchronous=NORMAL``: faster, but a power loss may drop the last acknowledged
@@ -88,11 +97,18 @@ class Saver:
             that cannot be written. In a directory that cannot be written and holds no
             ``-wal``, SQLite cannot coordinate with writers, so the file is read as it is
             (``immutable``): for archives and read-only mounts, not beside a live writer.
+        max_readers: the most read connections open at once (default 32; each holds two file
+            descriptors). A read past it waits for one to be free, in arrival order, rather
+            than fail; a read inside the calling thread's own :meth:`transaction` uses the
+            write connection and never waits. Of the connections a burst of reads opened, at
+            most :data:`MAX_IDLE_READERS` stay open once reads stop (or once the surplus has
+            been idle :data:`READER_IDLE_SECONDS`). Running out of file descriptors raises
+            :class:`~sqlitesaver.errors.TooManyOpenFilesError`, naming the limit.
     """
 
     def __init__(self, path: str | os.PathLike[str], *, durability: str = "full",
                  busy_timeout: float = 30.0, integrity_check: str = "quick",
-                 readonly: bool = False) -> None:
+                 readonly: bool = False, max_readers: int = 32) -> None:
         self._closed = True  # until fully open, so close() and __del__ paths are safe
         self._path = _check_path(path)
         if durability not in DURABILITY_LEVELS:
@@ -108,6 +124,10 @@ class Saver:
                 f"not {integrity_check!r}")
         if not isinstance(readonly, bool):
             raise InvalidArgumentError(f"readonly must be True or False, not {readonly!r}")
+        if isinstance(max_readers, bool) or not isinstance(max_readers, int) \
+                or not 1 <= max_readers <= 1024:
+            raise InvalidArgumentError(
+                f"max_readers must be an int from 1 to 1024, not {max_readers!r}")
         self._profile = Profile(durability=durability, busy_timeout=float(busy_timeout),
                                 readonly=readonly)
         open_database = opening.open_readonly if readonly else opening.open_writer
@@ -131,8 +151,7 @@ class Saver:
             self._writer.set_wal_hook(self._wal)
         self._readers_open = threading.Event()  # cleared while that checkpoint runs
         self._readers_open.set()
-        self._pool_lock = threading.Lock()
-        self._idle_readers: list[apsw.Connection] = []
+        self._pool = _ReaderPool(max_readers)
         self._pid = os.getpid()
         self._failure: str | None = None          # why it shut down after an I/O error
         self._failure_error: apsw.Error | None = None  # that error
@@ -144,7 +163,8 @@ class Saver:
 
     @property
     def path(self) -> str:
-        """The database file."""
+        """The database file: absolute, and if the path given was a symbolic link, the file it
+        leads to (its ``-wal`` and ``-shm`` are beside this one)."""
         return self._path
 
     @property
@@ -188,12 +208,16 @@ class Saver:
           :data:`WAL_LIMIT` after a commit; ``wal_checkpoints_busy``: those that readers kept
           from truncating it within :data:`WAL_CHECKPOINT_WAIT`;
         - ``wal_bytes``, ``db_bytes``: the sizes of the ``-wal`` (0 if absent) and the
-          database file.
+          database file;
+        - ``readers_open``, ``readers_idle``: read connections open now (at most
+          ``max_readers``), and those of them not in use; ``reader_waits``: reads that waited
+          for a read connection because ``max_readers`` were in use.
         """
         with self._lock:
             self._check_usable()
             counters = dict(self._stats)
             counters["lock_waits"] = self._waiter.waits if self._waiter else 0
+        counters.update(self._pool.counts())
         counters["wal_bytes"] = _size(self._path + "-wal")
         counters["db_bytes"] = _size(self._path)
         return counters
@@ -227,8 +251,7 @@ class Saver:
             if self._closed:
                 return
             self._closed = True
-            with self._pool_lock:
-                readers, self._idle_readers = self._idle_readers, []
+            readers = self._pool.close()  # readers in use are closed when they come back
             for conn in [*readers, self._writer]:
                 try:
                     conn.close()
@@ -902,24 +925,33 @@ class Saver:
                           codec.decode(state), metadata, pending)
 
     def _reader(self) -> apsw.Connection:
-        with self._pool_lock:
-            if self._idle_readers:
-                return self._idle_readers.pop()
+        """A read connection from the pool; waits while ``max_readers`` are in use."""
+        return self._pool.acquire(self._open_reader, self._closed_while_waiting)
+
+    def _open_reader(self) -> apsw.Connection:
         try:
             return opening.open_reader(self._path, self._profile)
         except apsw.Error as exc:  # through _translate: an I/O error shuts the Saver down
             raise self._translate(exc, "opening a read connection") from exc
 
-    def _release_reader(self, conn: apsw.Connection) -> None:
+    def _closed_while_waiting(self) -> SaverError:
+        try:
+            self._check_usable()
+        except SaverError as exc:
+            return exc
+        return SaverClosedError(f"this Saver for {self._path!r} was closed while this read "
+                                "waited for a read connection. Open a new Saver.",
+                                path=self._path)
+
+    def _release_reader(self, conn: apsw.Connection, reusable: bool = True) -> None:
         # A connection still in a read transaction (an unfinished statement keeps one open even
         # after COMMIT, and get_autocommit() does not show it) would serve an old snapshot to
         # the next reader: close it instead of pooling it.
-        if conn.txn_state() == apsw.SQLITE_TXN_NONE:
-            with self._pool_lock:
-                if not self._closed:
-                    self._idle_readers.append(conn)
-                    return
-        conn.close(True)
+        try:
+            reusable = reusable and conn.txn_state() == apsw.SQLITE_TXN_NONE
+        except apsw.Error:
+            reusable = False
+        self._pool.release(conn, reusable)
 
 
 #: Most transitions one COMMIT carries; a bound on how long a batch's first caller waits.
@@ -945,6 +977,160 @@ WAL_LIMIT = 16 * 1024 * 1024
 WAL_CHECKPOINT_WAIT = 0.5
 #: WAL pages after a commit that start a PASSIVE checkpoint: SQLite's own default.
 AUTOCHECKPOINT_PAGES = 1000
+
+
+#: Read connections kept open once reads stop: a burst of concurrent reads opens up to
+#: ``max_readers`` connections (two file descriptors each); when the last read of the burst
+#: ends, or once a surplus connection has stayed unused for READER_IDLE_SECONDS, connections
+#: past this many are closed. Opening one costs ~0.2 ms (about six get()s), so they are not
+#: closed while reads keep overlapping.
+MAX_IDLE_READERS = 4
+READER_IDLE_SECONDS = 1.0
+
+
+class _Waiter:
+    """A read waiting for a connection: served, in arrival order, with a connection someone
+    released (``conn``) or the right to open one (``slot``), or told the pool closed."""
+
+    __slots__ = ("event", "conn", "slot", "closed")
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+        self.conn: apsw.Connection | None = None
+        self.slot = False
+        self.closed = False
+
+
+class _ReaderPool:
+    """The Saver's read connections (issue #13, class 5): at most ``limit`` open at once,
+    reads past it wait in arrival order (never fail), and no more than
+    :data:`MAX_IDLE_READERS` idle ones stay open once reads stop.
+
+    ``_open`` counts connections open or being opened (idle ones included): a slot is taken
+    before opening and given back, or to the next waiter, when a connection is closed or
+    fails to open. Every wait and hand-over is undone on any exception (KeyboardInterrupt
+    included), so no slot leaks. Reads inside a caller's own transaction never come here.
+    """
+
+    __slots__ = ("limit", "_lock", "_idle", "_open", "_waiters", "_closed", "waits")
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self._lock = threading.Lock()
+        self._idle: collections.deque[tuple[apsw.Connection, float]] = collections.deque()
+        self._open = 0
+        self._waiters: collections.deque[_Waiter] = collections.deque()
+        self._closed = False
+        self.waits = 0
+
+    def counts(self) -> dict[str, int]:
+        with self._lock:
+            return {"readers_open": self._open, "readers_idle": len(self._idle),
+                    "reader_waits": self.waits}
+
+    def acquire(self, open_conn: Callable[[], apsw.Connection],
+                closed_error: Callable[[], SaverError]) -> apsw.Connection:
+        """A connection: an idle one, a new one (``open_conn``) while fewer than ``limit`` are
+        open, else the next one released, after those already waiting. Raises
+        ``closed_error()`` once the pool is closed. (The callables are passed in, not kept:
+        no reference cycle through the Saver.)"""
+        waiter = None
+        slot = False  # this call holds a slot (to open a connection with) outside any waiter
+        try:
+            with self._lock:
+                if self._closed:
+                    raise closed_error()
+                if self._waiters or (not self._idle and self._open >= self.limit):
+                    waiter = _Waiter()  # behind those already waiting: no overtaking
+                    self._waiters.append(waiter)
+                    self.waits += 1
+                elif self._idle:
+                    return self._idle.pop()[0]  # the most recently used: the surplus ages out
+                else:
+                    self._open += 1
+                    slot = True
+            if waiter is not None:
+                waiter.event.wait()
+                if waiter.closed:
+                    raise closed_error()
+                if waiter.conn is not None:
+                    return waiter.conn
+                # else served with waiter.slot: open a connection
+            return open_conn()
+        except BaseException:
+            # Whatever was raised where (a KeyboardInterrupt while waiting, a failed open):
+            # leave the queue, and pass on the connection or slot this call was holding.
+            if waiter is not None:
+                self._abandon(waiter)
+            elif slot:
+                self._free_slot()
+            raise
+
+    def release(self, conn: apsw.Connection, reusable: bool) -> None:
+        """Take back a connection: to the first waiter, else idle; closed if not
+        ``reusable``, after close(), or when it is surplus."""
+        surplus = []
+        with self._lock:
+            if not reusable or self._closed:
+                surplus.append(conn)
+            elif self._waiters:
+                waiter = self._waiters.popleft()
+                waiter.conn = conn
+                waiter.event.set()
+            else:
+                now = time.monotonic()
+                self._idle.append((conn, now))
+                quiet = self._open == len(self._idle)  # nothing else is reading
+                while len(self._idle) > MAX_IDLE_READERS and (
+                        quiet or now - self._idle[0][1] > READER_IDLE_SECONDS):
+                    surplus.append(self._idle.popleft()[0])
+        for extra in surplus:
+            try:
+                extra.close(True)  # a read connection: nothing to lose by forcing it
+            except apsw.Error:
+                pass
+            finally:
+                self._free_slot()
+
+    def close(self) -> builtins.list[apsw.Connection]:
+        """Refuse new reads, fail the waiting ones, and return the idle connections for the
+        caller to close; connections in use are closed as they come back."""
+        with self._lock:
+            self._closed = True
+            idle = [conn for conn, _ in self._idle]
+            self._idle.clear()
+            self._open -= len(idle)
+            waiters, self._waiters = self._waiters, collections.deque()
+            for waiter in waiters:
+                waiter.closed = True
+                waiter.event.set()
+        return idle
+
+    def _free_slot(self) -> None:
+        """A connection was closed or not opened: its slot goes to the first waiter."""
+        with self._lock:
+            if self._waiters and not self._closed:
+                waiter = self._waiters.popleft()
+                waiter.slot = True
+                waiter.event.set()
+            else:
+                self._open -= 1
+
+    def _abandon(self, waiter: _Waiter) -> None:
+        """``waiter`` gave up (an exception while it waited or was served): take it out of
+        the queue, or pass on what it was given."""
+        with self._lock:
+            try:
+                self._waiters.remove(waiter)
+                return
+            except ValueError:
+                pass  # already served
+            conn, waiter.conn = waiter.conn, None
+            slot, waiter.slot = waiter.slot, False
+        if conn is not None:
+            self.release(conn, True)
+        elif slot:
+            self._free_slot()
 
 
 class _WalLength:
@@ -1497,13 +1683,16 @@ class _Read:
         self._pooled = True
         if not saver._readers_open.is_set():  # a forced WAL checkpoint is running
             saver._readers_open.wait(WAL_CHECKPOINT_WAIT)
-        self.conn = saver._reader()
-        if self._snapshot:
-            try:
-                self.conn.execute("BEGIN")
-            except apsw.Error as exc:
-                saver._release_reader(self.conn)
+        conn = saver._reader()  # may wait for a connection: max_readers are in use
+        try:
+            if self._snapshot:
+                conn.execute("BEGIN")
+            self.conn = conn
+        except BaseException as exc:
+            saver._release_reader(conn)  # its slot, whatever the exception
+            if isinstance(exc, apsw.Error):
                 raise saver._translate(exc, self._doing) from exc
+            raise
         return self
 
     @contextmanager
@@ -1523,13 +1712,15 @@ class _Read:
         saver = self._saver
         if self._pooled:
             conn = self.conn
+            reusable = False
             try:
                 if not conn.get_autocommit():
                     conn.execute("COMMIT")  # ends the read snapshot; nothing to write
+                reusable = True
             except apsw.Error:
-                conn.close(True)
-            else:
-                saver._release_reader(conn)
+                pass  # closed by the release below
+            finally:
+                saver._release_reader(conn, reusable)  # its slot, whatever the exception
         if isinstance(exc, apsw.Error):
             raise saver._translate(exc, self._doing) from exc
 
@@ -1590,8 +1781,9 @@ def _check_path(path: object) -> str:
         raise InvalidArgumentError(
             f"path must name a file on a local filesystem, not {text!r} (in-memory and URI "
             "databases cannot give the durability guarantees)")
-    # Absolute, because read connections are opened later, possibly after a chdir().
-    return os.path.abspath(text)
+    # Absolute, because read connections are opened later, possibly after a chdir(); then
+    # looked at without opening it (a FIFO would block the open), a symbolic link followed.
+    return paths.resolve(os.path.abspath(text))
 
 
 def _check_text(name: str, value: object, *, allow_empty: bool = False) -> None:

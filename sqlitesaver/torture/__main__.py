@@ -16,6 +16,8 @@ import shutil
 import sys
 import tempfile
 
+from ..errors import SaverError
+from .. import paths
 from .harness import Options, run
 from .iofaults import run_io_faults
 
@@ -109,9 +111,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         if os.path.lexists(args.db) or os.path.lexists(args.db + "-wal"):
             parser.error(f"--db {args.db!r} exists; the harness creates its own database and "
                          "never touches an existing one (give a new path or remove it)")
-        parent = os.path.dirname(os.path.abspath(args.db))
-        if not os.path.isdir(parent):
-            parser.error(f"--db {args.db!r}: directory {parent!r} does not exist")
+        try:
+            # The library's own checks (a missing directory or one that is a file, a name too
+            # long for its -wal, not UTF-8...): refused here rather than by every writer.
+            paths.resolve(os.path.abspath(args.db))
+        except SaverError as exc:
+            parser.error(f"--db: {exc}")
     if args.writer is not None:
         filename, _, name = args.writer.rpartition(":")
         if not filename or not name or not os.path.isfile(filename):
