@@ -18,6 +18,11 @@ levels of containers, of which at most 32 tuples/sets/frozensets inside one anot
 :data:`MAX_OBJECTS` objects, counting a container once for every place it appears in (a value may
 hold the same container in several places: each place is written in full and decodes as its own
 copy). A value that contains itself is refused.
+
+Decoding uses the same C stack whatever the value, so whatever :func:`encode` accepts decodes in
+a thread of any stack size ``threading.stack_size()`` allows. Encoding recurses on the C stack:
+the deepest accepted values need about 192 KiB of it (tests/test_stack.py writes them from a
+thread of 256 KiB; a thread's default is 8 MiB on Linux).
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import gc
 import uuid
 import zoneinfo
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 import msgpack
@@ -57,11 +63,11 @@ __all__ = ["encode", "decode", "MAX_OBJECTS"]
 _BIGINT, _BYTEARRAY, _TUPLE, _SET, _FROZENSET = 1, 2, 3, 4, 5
 _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _DECIMAL = 6, 7, 8, 9, 10, 11
 
-# Why the limits: msgpack's packer recurses on the C stack (deep lists inside each of many
-# tuples crashes the process); and a tuple/set/frozenset body is
-# unpacked by a nested unpackb() that puts ~40 KB on the C stack, so ~200 nested tuples
-# crash decode() on an 8 MB stack (~25 on a 1 MB thread stack). encode() enforces both limits,
-# so whatever it writes, decode() can read; decode() enforces _MAX_NESTED against bad payloads.
+# Why the limits: msgpack's packer recurses on the C stack, one call per level and a nested
+# packb() per tuple/set/frozenset (deep lists inside each of many tuples crashed the process).
+# encode() enforces both limits, so whatever it writes decode() can read; decode(), whose C
+# stack does not grow with the value (see the decoding section), enforces _MAX_NESTED against
+# bad payloads too.
 _MAX_DEPTH = 256
 _MAX_NESTED = 32
 
@@ -471,10 +477,51 @@ def _render(name: str, path: Any) -> str:
 
 
 # --- decoding -----------------------------------------------------------------------------------
+# The C stack a decode uses does not grow with the value: msgpack's unpacker walks lists and
+# dicts with a stack of its own, and each tuple/set/frozenset body, which only ext_hook sees, is
+# unpacked after the payload that holds it rather than inside the hook (_decode_nested). Every
+# unpack is an Unpacker, whose parser state (~40 KB) lives on the heap, where unpackb() puts
+# it on the C stack: one unpackb() inside another crashed a read in a thread with a 64 KiB
+# stack, 32 nested tuples one with 1 MiB, and one unpackb() alone a thread with 32 KiB (the
+# least threading.stack_size() allows). tests/test_stack.py reads the deepest values encode()
+# accepts in threads of every such size.
+
+def _next(unpacker: msgpack.Unpacker, data: bytes) -> Any:
+    """The one msgpack object ``data`` holds, through ``unpacker``; raises if ``data`` is
+    truncated or followed by more bytes (the unpacker then holds them: do not reuse it)."""
+    start = unpacker.tell()
+    unpacker.feed(data)
+    value = unpacker.unpack()
+    if unpacker.tell() - start != len(data):
+        raise ValueError(f"{len(data) - unpacker.tell() + start} byte(s) of extra data after "
+                         "the value")
+    return value
+
+
+#: Payloads up to this size are unpacked by Unpackers kept for reuse (making one costs ~1 us,
+#: as much as unpacking a small payload); a bigger one gets its own, whose buffer is freed
+#: after it. pop() and append() are atomic, so each is used by one caller at a time, and one
+#: that raised (it may hold part of a payload) is never put back.
+_POOLED = 1 << 16
+_PAYLOAD_UNPACKERS: list = []
+_FIELD_UNPACKERS: list = []
+
+
+def _pooled(pool: list, data: bytes, **options: Any) -> Any:
+    if len(data) > _POOLED:
+        return _next(msgpack.Unpacker(raw=False, max_buffer_size=len(data), **options), data)
+    try:
+        unpacker = pool.pop()
+    except IndexError:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=_POOLED, **options)
+    value = _next(unpacker, data)
+    pool.append(unpacker)
+    return value
+
 
 def _fields(body: bytes) -> list:
     # Without ext_hook: any extension in here is malformed, and cannot recurse.
-    fields = msgpack.unpackb(body, raw=False)
+    fields = _pooled(_FIELD_UNPACKERS, body)
     if type(fields) is not list:
         raise ValueError(f"expected a msgpack array, found {_type_name(type(fields))}")
     return fields
@@ -531,34 +578,116 @@ _DECODERS = {
 }
 
 
-def _ext_hook(code: int, body: bytes, *, depth: int) -> Any:
-    kind, build = _NESTING.get(code), None
+def _invalid(kind: type, code: int, exc: BaseException) -> SerializationError:
+    return SerializationError(
+        f"the payload cannot be decoded: its {_type_name(kind)} (extension type {code}) is "
+        f"invalid ({type(exc).__name__}: {exc})")
+
+
+def _leaf(code: int, body: bytes) -> Any:
+    """The value of an extension other than a tuple, set or frozenset (their fields, if any,
+    are native msgpack: one more unpack, never deeper)."""
+    kind, build = _DECODERS.get(code, (None, None))
     if kind is None:
-        kind, build = _DECODERS.get(code, (None, None))
-        if kind is None:
-            raise SerializationError(
-                f"the payload cannot be decoded: it holds msgpack extension type {code}, "
-                "unknown to this version of sqlitesaver (was it written by a newer one?)")
-    try:
-        if build is not None:
-            return build(body)
-        if depth >= _MAX_NESTED:
-            raise ValueError(f"more than {_MAX_NESTED} tuples/sets/frozensets nested")
-        items = _unpackers[depth + 1](body)
-        if type(items) is not list:
-            raise ValueError(f"expected a msgpack array, found {_type_name(type(items))}")
-        return kind(items)
-    except SerializationError:
-        raise
-    except Exception as exc:
         raise SerializationError(
-            f"the payload cannot be decoded: its {_type_name(kind)} (extension type {code}) is "
-            f"invalid ({type(exc).__name__}: {exc})") from exc
+            f"the payload cannot be decoded: it holds msgpack extension type {code}, "
+            "unknown to this version of sqlitesaver (was it written by a newer one?)")
+    try:
+        return build(body)
+    except Exception as exc:
+        raise _invalid(kind, code, exc) from exc
 
 
-_unpackers = [functools.partial(msgpack.unpackb, raw=False, strict_map_key=False,
-                                ext_hook=functools.partial(_ext_hook, depth=depth))
-              for depth in range(_MAX_NESTED + 1)]
+class _Nested(Exception):
+    """The payload holds a tuple, set or frozenset: decode() takes the longer way."""
+
+
+def _ext_hook(code: int, body: bytes) -> Any:
+    if code in _NESTING:
+        raise _Nested
+    return _leaf(code, body)
+
+
+class _Pending:
+    """A tuple, set or frozenset met in a payload, built once the payload is unpacked."""
+
+    __slots__ = ("code", "body", "nested", "items", "value")
+
+    def __init__(self, code: int, body: bytes, nested: int) -> None:
+        self.code = code
+        self.body = body
+        self.nested = nested  # tuples/sets/frozensets it is inside of, itself included
+        self.items: list = []
+        self.value: Any = None
+
+
+def _decode_nested(data: bytes) -> Any:
+    """decode() of a payload that holds tuples, sets or frozensets, in constant C stack.
+
+    Each one the unpacker meets becomes a _Pending, and the lists and dicts holding one are
+    noted; once an unpack returns, the bodies met are unpacked in turn (meeting more), then
+    built innermost first (one is met while its parent's body is unpacked, so later), and the
+    noted lists and dicts get the built values in place of the _Pending (a dict is refilled in
+    its order: a tuple key hashes only once built)."""
+    pending: list[_Pending] = []
+    holders: list = []
+    nested = 0  # tuples/sets/frozensets around the body being unpacked
+
+    def ext_hook(code: int, body: bytes) -> Any:
+        if code not in _NESTING:
+            return _leaf(code, body)
+        if nested >= _MAX_NESTED:
+            raise _invalid(_NESTING[code], code, ValueError(
+                f"more than {_MAX_NESTED} tuples/sets/frozensets nested"))
+        found = _Pending(code, body, nested + 1)
+        pending.append(found)
+        return found
+
+    def list_hook(items: list) -> list:
+        if _Pending in map(type, items):
+            holders.append(items)
+        return items
+
+    def pairs_hook(pairs: list) -> dict:
+        result = dict(pairs)
+        if _Pending in map(type, chain.from_iterable(pairs)):
+            holders.append(result)
+        return result
+
+    # One unpacker for the payload and then each body in turn (never one inside another).
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=ext_hook,
+                                list_hook=list_hook, object_pairs_hook=pairs_hook,
+                                max_buffer_size=len(data))
+    value = _next(unpacker, data)
+    for found in pending:  # grows while it runs: bodies hold more
+        nested = found.nested
+        try:
+            items = _next(unpacker, found.body)
+            if type(items) is not list:
+                raise ValueError(f"expected a msgpack array, found {_type_name(type(items))}")
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise _invalid(_NESTING[found.code], found.code, exc) from exc
+        found.items = items
+    for found in reversed(pending):
+        kind = _NESTING[found.code]
+        try:
+            found.value = kind(_built(item) for item in found.items)
+        except Exception as exc:
+            raise _invalid(kind, found.code, exc) from exc
+    for holder in holders:
+        if type(holder) is list:
+            holder[:] = map(_built, holder)
+        else:
+            entries = [(_built(key), _built(item)) for key, item in holder.items()]
+            holder.clear()
+            holder.update(entries)
+    return _built(value)
+
+
+def _built(obj: Any) -> Any:
+    return obj.value if type(obj) is _Pending else obj
 
 
 def _may_hold_timestamp(data: bytes) -> bool:
@@ -578,18 +707,28 @@ def _may_hold_timestamp(data: bytes) -> bool:
     return True  # many 0xff bytes: let _scan() look
 
 
+_EMPTY_MAP = b"\x80"  # {}: the usual metadata
+
+
 def decode(data: bytes) -> Any:
     """The value :func:`encode` turned into ``data``, with exactly the types it had.
 
     Builds only the supported types and never runs code from the payload. Raises
     :class:`SerializationError`, and returns nothing, if ``data`` is not a complete payload in
     this format: truncated, garbage, or holding an extension type this version does not know
-    (written by a newer sqlitesaver).
+    (written by a newer sqlitesaver). Uses the same C stack whatever the value (see the note
+    above _next): any value encode() accepts decodes in any thread.
     """
     try:
         if type(data) is not bytes:
             data = bytes(memoryview(data))
-        value = _unpackers[0](data)
+        if data == _EMPTY_MAP:
+            return {}
+        try:
+            value = _pooled(_PAYLOAD_UNPACKERS, data, strict_map_key=False,
+                            ext_hook=_ext_hook)
+        except _Nested:
+            value = _decode_nested(data)
     except SerializationError:
         raise
     except Exception as exc:
