@@ -39,9 +39,9 @@ from typing import Any
 
 import msgpack
 
-from .errors import SerializationError
+from .errors import SQLITE_MAX_LENGTH, SerializationError, ValueTooLargeError
 
-__all__ = ["encode", "decode", "MAX_OBJECTS"]
+__all__ = ["encode", "decode", "MAX_OBJECTS", "MAX_BYTES"]
 
 # Extension type codes: part of the on-disk format. Never renumber or reuse one.
 #   code  type                 extension body
@@ -185,6 +185,10 @@ _CLEAN, _HAS_BYTEARRAY, _REJECT, _SHARED, _TOO_MANY = range(5)
 #: counted (gc.get_referents() does not return them, see _scan(); _inspect() counts the same).
 MAX_OBJECTS = 2**26
 
+#: Most bytes one encoded value may take: SQLite's limit for one string or BLOB. A value just
+#: under it may still make its row too big, which SQLite refuses (ValueTooLargeError too).
+MAX_BYTES = SQLITE_MAX_LENGTH
+
 
 def _scan(value: Any) -> int:
     """What packing ``value`` would meet, found without packing it:
@@ -266,7 +270,8 @@ def encode(value: Any, *, name: str = "value") -> bytes:
     """Serialize ``value`` to bytes that :func:`decode` turns back into an equal value of
     exactly the same types (see the module docstring for what is supported).
 
-    Raises :class:`SerializationError` if any part of ``value`` is not supported. The message
+    Raises :class:`ValueTooLargeError` if the bytes would be more than :data:`MAX_BYTES`, and
+    :class:`SerializationError` if any part of ``value`` is not supported. The message
     names the offending type and where it sits, as a path from ``name``: ``name[3]`` is an item
     of a list or tuple, ``name['when']`` the value under a dict key, ``name[<key 2>]`` the third
     key itself of a dict and ``name[<member 2>]`` the third member of a set or frozenset, both
@@ -283,15 +288,23 @@ def encode(value: Any, *, name: str = "value") -> bytes:
             raise problem
     elif found == _TOO_MANY:
         raise SerializationError(f"cannot serialize {name}: {_too_many()}")
-    cause = None
+    cause = data = None
     try:
         if found == _CLEAN:
-            return _packers[0](value)
-        if found == _HAS_BYTEARRAY:
-            return _packers[0](_swap_bytearrays(value))
+            data = _packers[0](value)
+        elif found == _HAS_BYTEARRAY:
+            data = _packers[0](_swap_bytearrays(value))
     except Exception as exc:  # anything msgpack or _default raised: _explain says what and where
         cause = exc
-    raise _explain(value, name, cause) from cause
+    if data is None:
+        raise _explain(value, name, cause) from cause
+    if len(data) > MAX_BYTES:
+        raise ValueTooLargeError(
+            f"cannot store {name}: it encodes to {len(data):,} bytes, more than SQLite's limit "
+            f"of {MAX_BYTES:,} bytes for one value (SQLITE_LIMIT_LENGTH); nothing was written. "
+            "Keep large data outside the database (e.g. a file whose name the state holds), or "
+            "split it over several values.")
+    return data
 
 
 def _too_many() -> str:

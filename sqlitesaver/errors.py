@@ -5,8 +5,8 @@ Every exception is a :class:`SaverError`. They fall into three groups:
 * :class:`DatabaseFileError` -- something about the file on disk: not ours, too new, corrupt,
   read-only, full, failing. The message names the file and says what to do.
 * :class:`BusyTimeoutError` -- another connection held the lock for longer than the timeout.
-* :class:`UsageError` -- the call itself was wrong (bad argument, unserializable value, a closed
-  Saver, a Saver used after ``fork()``). Nothing was written.
+* :class:`UsageError` -- the call itself was wrong (bad argument, unserializable value, a value
+  over SQLite's size limit, a closed Saver, a Saver used after ``fork()``). Nothing was written.
 
 APSW exceptions never leave the public API: :func:`translate` maps them here, keeping the
 original as ``__cause__`` and its SQLite result codes on ``sqlite_result`` /
@@ -36,6 +36,7 @@ __all__ = [
     "UsageError",
     "InvalidArgumentError",
     "SerializationError",
+    "ValueTooLargeError",
     "CheckpointNotFoundError",
     "SaverClosedError",
     "ForkedProcessError",
@@ -131,6 +132,13 @@ class SerializationError(UsageError, TypeError):
     """A value cannot be stored: the message names the type and where in the value it sits."""
 
 
+class ValueTooLargeError(UsageError, ValueError):
+    """A value, or the row holding it, is larger than SQLite stores: ``SQLITE_LIMIT_LENGTH``,
+    1,000,000,000 bytes (the message gives the limit and, when known, the size). A usage error,
+    not a SerializationError: the value is of supported types, only too big to be one row.
+    Nothing was written."""
+
+
 class CheckpointNotFoundError(UsageError, LookupError):
     """A checkpoint named by the call (a parent, or the target of writes) does not exist."""
 
@@ -150,9 +158,16 @@ _READONLY_HINT = ("check the permissions of the file and of its directory (WAL m
                   "'-wal' and '-shm' files beside the database)")
 
 
-def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
+#: SQLite's default SQLITE_LIMIT_LENGTH (sqlite.org/limits.html): the most bytes in one string,
+#: BLOB or row. sqlitesaver never raises it; a connection's own limit may be lower.
+SQLITE_MAX_LENGTH = 1_000_000_000
+
+
+def translate(exc: BaseException, path: str | None, doing: str, *,
+              limit: int | None = None) -> SaverError:
     """Map an APSW (or OS) exception raised while ``doing`` something with ``path`` to the
-    matching :class:`SaverError`. The caller raises the result ``from exc``."""
+    matching :class:`SaverError`. The caller raises the result ``from exc``. ``limit`` is the
+    connection's SQLITE_LIMIT_LENGTH, for the message of a value too big to store."""
     if isinstance(exc, SaverError):
         return exc
     codes = {
@@ -179,6 +194,13 @@ def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
         return DiskFullError(
             f"the disk holding {where} is full while {doing} ({detail}); the transaction was "
             "rolled back and the database is intact. Free space and retry.", path=path, **codes)
+    if isinstance(exc, apsw.TooBigError):
+        limit = SQLITE_MAX_LENGTH if limit is None else limit
+        return ValueTooLargeError(
+            f"a value or row is larger than SQLite's limit of {limit:,} bytes "
+            f"(SQLITE_LIMIT_LENGTH) while {doing} in {where} ({detail}); nothing was written. "
+            "Keep large data outside the database (e.g. a file whose name the state holds), "
+            "or split it over several values.", path=path, **codes)
     if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
         return CorruptDatabaseError(
             f"{where} is damaged ({detail}) while {doing}. Stop writing to it and restore from "

@@ -815,7 +815,13 @@ class Saver:
     def _translate(self, exc: BaseException, doing: str) -> SaverError:
         if isinstance(exc, apsw.IOError):
             self._fail(exc, doing)
-        return translate(exc, self._path, doing)
+        limit = None
+        if isinstance(exc, apsw.TooBigError):
+            try:
+                limit = self._writer.limit(apsw.SQLITE_LIMIT_LENGTH, -1)
+            except apsw.Error:
+                pass  # closed meanwhile: the message gives SQLite's default
+        return translate(exc, self._path, doing, limit=limit)
 
     def _checkpoint_seq(self, conn: apsw.Connection, thread_id: str, namespace: str,
                         checkpoint_id: str, argument: str) -> int:

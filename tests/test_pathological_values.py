@@ -1,10 +1,14 @@
-"""Values that would make encoding run away (issue #13, class 3).
+"""Values that would make encoding run away, and values too big for SQLite (issue #13, class 3).
 
 A value that contains itself, or shares containers so that writing it out expands without
 bound, is refused with a SerializationError at once: each such case runs in a child process
 with an address-space limit and a hang detector, so that a regression ends that child (and
 fails the test) instead of the machine's memory or pytest. A value that shares a container
 without blowing up stays legal: it is written once per place and read back as copies.
+
+A value over SQLite's size limit raises ValueTooLargeError (a UsageError) naming the limit and
+the size, and writes nothing: tested with a lowered ``codec.MAX_BYTES`` and a lowered
+SQLITE_LIMIT_LENGTH on the Saver's write connection, rather than with a real gigabyte.
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ import subprocess
 import sys
 import textwrap
 
+import apsw
 import pytest
 
-from sqlitesaver import SerializationError, codec
+from conftest import family_digest
+from sqlitesaver import (Saver, SerializationError, UsageError, ValueTooLargeError, codec)
 from sqlitesaver.codec import decode, encode
-from test_bad_input import child_env
+from test_bad_input import child_env, small_db, snapshot
 
 # --- runaway values ------------------------------------------------------------------------------
 
@@ -141,3 +147,70 @@ def test_dict_keys_count_unless_all_are_str(monkeypatch, shape, keys):
     assert decode(encode(value(k))) == value(k)
     with pytest.raises(SerializationError, match=f"more than {bound} objects"):
         encode(value(k + 1))
+
+
+# --- too big for SQLite ---------------------------------------------------------------------------
+
+def test_value_too_large_is_a_usage_and_value_error():
+    assert issubclass(ValueTooLargeError, UsageError)
+    assert issubclass(ValueTooLargeError, ValueError)
+    assert not issubclass(ValueTooLargeError, SerializationError)
+    assert codec.MAX_BYTES == 1_000_000_000 == apsw.Connection(":memory:").limit(
+        apsw.SQLITE_LIMIT_LENGTH, -1)
+
+
+def test_a_value_over_the_size_limit_is_refused_before_the_write(db_path, monkeypatch):
+    small_db(db_path)
+    before = family_digest(db_path)
+    monkeypatch.setattr(codec, "MAX_BYTES", 10_000)
+    with Saver(db_path) as saver:
+        content = snapshot(saver)
+        calls = {
+            "put state": (lambda: saver.put("t", b"x" * 10_000), "state", 10_003),
+            "put metadata": (lambda: saver.put("t", 1, metadata={"m": "y" * 10_000}),
+                             "metadata", 10_006),
+            "put_writes": (lambda: saver.put_writes("t", saver.get("t").checkpoint_id, "task",
+                                                    [("ch", 1), ("ch", b"x" * 20_000)]),
+                           "writes[1] value", 20_003),
+            "append_log": (lambda: saver.append_log("t", ["z" * 10_000]), "event", 10_004),
+        }
+        for name, (call, what, size) in calls.items():
+            with pytest.raises(ValueTooLargeError) as info:
+                call()
+            message = str(info.value)
+            assert f"cannot store {what}: it encodes to {size:,} bytes" in message, message
+            assert "SQLite's limit of 10,000 bytes" in message and "nothing was written" in message
+        assert snapshot(saver) == content
+    assert family_digest(db_path) == before
+
+
+@pytest.mark.parametrize("call", ["put", "put in a transaction", "put_writes", "append_log"])
+def test_a_row_over_sqlites_limit_raises_value_too_large(db_path, call):
+    small_db(db_path)
+    before = family_digest(db_path)
+    with Saver(db_path) as saver:
+        content = snapshot(saver)
+        latest = saver.get("t").checkpoint_id
+        # SQLite's own limit, lowered on this Saver's write connection: its error is translated
+        saver._writer.limit(apsw.SQLITE_LIMIT_LENGTH, 50_000)
+        big = b"x" * 60_000
+        with pytest.raises(ValueTooLargeError) as info:
+            if call == "put":
+                saver.put("t", big)
+            elif call == "put in a transaction":
+                with saver.transaction():
+                    saver.append_log("t", "before the big one")
+                    saver.put("t", {"big": big})
+            elif call == "put_writes":
+                saver.put_writes("t", latest, "task", [("a", 1), ("b", big)])
+            else:
+                saver.append_log("t", big)
+        message = str(info.value)
+        assert "larger than SQLite's limit of 50,000 bytes" in message, message
+        assert "nothing was written" in message and repr(db_path) in message
+        assert info.value.path == db_path and info.value.sqlite_result == apsw.SQLITE_TOOBIG
+        assert isinstance(info.value.__cause__, apsw.TooBigError)
+        assert snapshot(saver) == content
+        saver.put("t", {"small": True})  # the Saver works on
+    after = family_digest(db_path)
+    assert after != before  # the small put; the content check above is the one that matters
