@@ -10,7 +10,8 @@ Every exception is a :class:`SaverError`. They fall into three groups:
 
 APSW exceptions never leave the public API: :func:`translate` maps them here, keeping the
 original as ``__cause__`` and its SQLite result codes on ``sqlite_result`` /
-``sqlite_extended_result``.
+``sqlite_extended_result``. So does the ``UnicodeDecodeError`` APSW raises for a stored text
+that is not UTF-8 (sqlitesaver writes only UTF-8, so it is damage: ``CorruptDatabaseError``).
 """
 
 from __future__ import annotations
@@ -201,6 +202,13 @@ def translate(exc: BaseException, path: str | None, doing: str, *,
             f"(SQLITE_LIMIT_LENGTH) while {doing} in {where} ({detail}); nothing was written. "
             "Keep large data outside the database (e.g. a file whose name the state holds), "
             "or split it over several values.", path=path, **codes)
+    if isinstance(exc, UnicodeDecodeError):
+        # APSW decodes every TEXT column it returns; sqlitesaver writes only valid UTF-8.
+        return CorruptDatabaseError(
+            f"{where} is damaged: a stored text is not valid UTF-8 ({detail}) while {doing}; "
+            "its bytes changed on disk after they were written, and nothing of it was "
+            f"returned. Stop writing to it and restore from a backup; '{check_command(path)}'"
+            " lists the damage without writing to the file.", path=path)
     if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
         return CorruptDatabaseError(
             f"{where} is damaged ({detail}) while {doing}. Stop writing to it and restore from "

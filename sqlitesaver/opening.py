@@ -73,7 +73,8 @@ def open_writer(path: str, profile: Profile, integrity_check: str
             # checkpoint it into the very file we are refusing (too new, or damaged).
             conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
         conn.close()
-        if isinstance(exc, (apsw.Error, OSError)):
+        # UnicodeDecodeError: a damaged text SQLite returned (the schema, or a check's report)
+        if isinstance(exc, (apsw.Error, OSError, UnicodeDecodeError)):
             raise translate(exc, path, "opening the database") from exc
         raise
     report = RecoveryReport(
@@ -146,7 +147,7 @@ def open_readonly(path: str, profile: Profile, integrity_check: str
             _integrity(conn, path, full=integrity_check == "full")
     except BaseException as exc:
         conn.close()
-        if isinstance(exc, (apsw.Error, OSError)):
+        if isinstance(exc, (apsw.Error, OSError, UnicodeDecodeError)):
             raise translate(exc, path, "opening the database read-only") from exc
         raise
     report = RecoveryReport(
