@@ -2,8 +2,11 @@
 
 For each file, in order: the file is a regular, readable SQLite file; it is a sqlitesaver
 database of a schema version this library knows; ``PRAGMA integrity_check`` (full) is ``ok``;
-``PRAGMA foreign_key_check`` is empty; the journal mode (sqlitesaver uses WAL); and every
-stored payload (checkpoints, pending writes, log events) matches its checksum, computed with :mod:`sqlitesaver.integrity` exactly as
+``PRAGMA foreign_key_check`` is empty; the journal mode (sqlitesaver uses WAL); the schema is
+exactly the one sqlitesaver creates for that schema version (every table, column, index,
+trigger and view, compared by :func:`sqlitesaver.schema.schema_differences`: an added trigger
+or a dropped index fails it); and every stored payload (checkpoints, pending writes, log
+events) matches its checksum, computed with :mod:`sqlitesaver.integrity` exactly as
 :class:`~sqlitesaver.Saver` does on every read, and every text in those rows is valid UTF-8.
 Then the structural invariants the Saver keeps, each its own check: every pending write belongs
 to an existing checkpoint; ids are monotonic (a parent is older than its child, and the
@@ -51,6 +54,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -388,6 +392,35 @@ def _check_journal_mode(report: Report, conn: apsw.Connection) -> None:
         report.add("journal_mode", NOTE, mode)
 
 
+# --- the schema -------------------------------------------------------------------------------
+
+def _check_schema(report: Report, conn: apsw.Connection) -> None:
+    """The schema is the one sqlitesaver creates for the file's version: nothing missing,
+    added or changed (the Saver refuses to open it otherwise)."""
+    name = "schema"
+    if not _known_schema(report, name):
+        return
+    version = report.schema_version
+    try:
+        found = schema.describe_schema(conn)
+    except (apsw.Error, UnicodeDecodeError) as exc:
+        report.add(name, FAILED, f"the schema cannot be read ({describe(exc)})")
+        return
+    problems = schema.schema_differences(schema.expected_schema(version), found)
+    if problems:
+        report.add(name, FAILED, f"{len(problems)} difference(s) from the schema sqlitesaver "
+                                 f"creates for version {version}: {'; '.join(problems)}")
+    else:
+        counts = Counter(key.split(" ", 1)[0] for key in found)
+        report.add(name, OK, f"as sqlitesaver creates it for version {version}: "
+                             + ", ".join(f"{n} {_PLURALS.get(kind, kind)}"
+                                         for kind, n in sorted(counts.items()))
+                             + ", nothing else")
+
+
+_PLURALS = {"index": "indexes", "table": "tables", "trigger": "triggers", "view": "views"}
+
+
 # --- payload checksums ------------------------------------------------------------------------
 
 def _check_payloads(report: Report, conn: apsw.Connection) -> None:
@@ -677,8 +710,8 @@ def _parents(conn: apsw.Connection, version: int | None) -> tuple[list[str], str
 #: The checks run on a sqlitesaver database once it is identified, in order, each under the name
 #: it is reported with should it fail to finish (_check_invariants reports three names).
 _CHECKS = (("integrity_check", _check_integrity), ("foreign_key_check", _check_foreign_keys),
-           ("journal_mode", _check_journal_mode), ("checksums", _check_payloads),
-           ("invariants", _check_invariants))
+           ("journal_mode", _check_journal_mode), ("schema", _check_schema),
+           ("checksums", _check_payloads), ("invariants", _check_invariants))
 
 
 # --- the command ------------------------------------------------------------------------------

@@ -29,6 +29,7 @@ __all__ = [
     "MigrationError",
     "CorruptDatabaseError",
     "ChecksumError",
+    "SchemaMismatchError",
     "ReadOnlyDatabaseError",
     "DiskFullError",
     "DatabaseIOError",
@@ -88,6 +89,13 @@ class CorruptDatabaseError(DatabaseFileError):
 class ChecksumError(CorruptDatabaseError):
     """A stored payload does not match its checksum: the bytes changed after they were
     written. The wrong data is never returned."""
+
+
+class SchemaMismatchError(CorruptDatabaseError):
+    """The database's tables, columns, indexes, triggers or views are not the ones sqlitesaver
+    created for its schema version: changed behind its back (an extra trigger can delete what
+    ``put`` wrote; a missing index lets duplicates in). The message names every difference.
+    Raised at open, before a single byte of the file is written."""
 
 
 class ReadOnlyDatabaseError(DatabaseFileError):

@@ -83,7 +83,12 @@ class Saver:
         busy_timeout: seconds to wait for another connection's lock before
             :class:`~sqlitesaver.errors.BusyTimeoutError`.
         integrity_check: ``"quick"`` (default), ``"full"`` or ``"off"``: which check the
-            startup recovery runs.
+            startup recovery runs. ``"quick"`` (``PRAGMA quick_check``) does not compare
+            indexes with their tables: a damaged index entry can make a thread look empty
+            (``get`` returns ``None``, ``list`` nothing) without an error; ``"full"`` finds it,
+            at a cost that grows faster than the file. Whatever the mode, a schema changed
+            outside sqlitesaver (an added trigger or view, a dropped or changed index, table
+            or column) raises :class:`~sqlitesaver.errors.SchemaMismatchError`.
         readonly: open for reading only. Nothing is written: no file is created, no WAL
             checkpoint or schema migration runs (an older schema raises
             :class:`~sqlitesaver.errors.SchemaVersionError`), and every write method raises
