@@ -4,9 +4,12 @@ For each file, in order: the file is a regular, readable SQLite file (looked at 
 first, as :mod:`sqlitesaver.paths` does for the Saver: a FIFO is never opened, a symbolic link is
 followed to the file whose ``-wal`` SQLite uses); it is a sqlitesaver
 database of a schema version this library knows; ``PRAGMA integrity_check`` (full) is ``ok``;
-``PRAGMA foreign_key_check`` is empty; the journal mode (sqlitesaver uses WAL); and every stored
-payload (checkpoints, pending writes, log events) matches its checksum, computed with
-:mod:`sqlitesaver.integrity` exactly as :class:`~sqlitesaver.Saver` does on every read.
+``PRAGMA foreign_key_check`` is empty; the journal mode (sqlitesaver uses WAL); the schema is
+exactly the one sqlitesaver creates for that schema version (every table, column, index,
+trigger and view, compared by :func:`sqlitesaver.schema.schema_differences`: an added trigger
+or a dropped index fails it); and every stored payload (checkpoints, pending writes, log
+events) matches its checksum, computed with :mod:`sqlitesaver.integrity` exactly as
+:class:`~sqlitesaver.Saver` does on every read, and every text in those rows is valid UTF-8.
 Then the structural invariants the Saver keeps, each its own check: every pending write belongs
 to an existing checkpoint; ids are monotonic (a parent is older than its child, and the
 ``high_water`` rows make the next id the Saver hands out larger than every id ever handed out);
@@ -45,13 +48,17 @@ Each database ends in one of three results, which :func:`run` turns into the exi
   checks still run on a newer-version database, and damage they find makes it ``damaged``.
 
 With several paths the worst result wins: 1 if any database is damaged, else 2 if any path was
-unusable, else 0. A usage problem with one path never hides damage found in another.
+unusable, else 0. A usage problem with one path never hides damage found in another. Each path,
+and each check of it, stands alone: a check that cannot finish (damage no check foresaw, such
+as a text that is not UTF-8 where SQLite reports it) is that check FAILED, the others still run,
+and the next path is still checked; the command never ends in a traceback.
 """
 
 from __future__ import annotations
 
 import json
 import os
+from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
@@ -134,11 +141,29 @@ class Report:
 
 
 def check_database(path: str) -> Report:
-    """Check one database file without writing to it; see the module docstring."""
+    """Check one database file without writing to it; see the module docstring. Whatever goes
+    wrong while checking it is reported in its :class:`Report` (FAILED), never raised."""
     report = Report(path)
+    try:
+        _check_database(report, path)
+    except Exception as exc:  # outside every check: the file as a whole was not checked
+        report.add("check", FAILED, _stopped(exc))
+    return report
+
+
+def _stopped(exc: BaseException) -> str:
+    """The detail of a check that raised ``exc`` instead of finishing."""
+    if isinstance(exc, UnicodeDecodeError):
+        return (f"could not finish: SQLite returned a text that is not valid UTF-8 "
+                f"({describe(exc)}); sqlitesaver writes only UTF-8, so the file is damaged")
+    return (f"could not finish ({describe(exc)}): counted as damage; if every other check "
+            "passes, report it as a sqlitesaver bug")
+
+
+def _check_database(report: Report, path: str) -> None:
     found = _check_file(report, path)
     if found is None:
-        return report
+        return
     # From here on the file itself: a symbolic link is followed once (see sqlitesaver.paths),
     # so that its '-wal' and '-shm' are the ones SQLite uses, beside the real file.
     path, header = found
@@ -147,7 +172,7 @@ def check_database(path: str) -> Report:
         conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     except apsw.Error as exc:
         _cannot_read(report, path, header, exc)
-        return report
+        return
     try:
         try:
             conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
@@ -157,16 +182,15 @@ def check_database(path: str) -> Report:
             conn.execute("BEGIN")  # deferred: one read snapshot for every check below
         except apsw.Error as exc:
             _cannot_read(report, path, header, exc)
-            return report
+            return
         if _check_identity(report, conn, path, header):
-            _check_integrity(report, conn)
-            _check_foreign_keys(report, conn)
-            _check_journal_mode(report, conn)
-            _check_payloads(report, conn)
-            _check_invariants(report, conn)
+            for name, check in _CHECKS:
+                try:
+                    check(report, conn)
+                except Exception as exc:  # damage no check foresaw: the others still run
+                    report.add(name, FAILED, _stopped(exc))
     finally:
         conn.close()  # a read transaction only: nothing to commit, and no checkpoint
-    return report
 
 
 # --- the file -----------------------------------------------------------------------------
@@ -350,7 +374,7 @@ def _listed(problems: Sequence[str]) -> str:
 def _check_integrity(report: Report, conn: apsw.Connection) -> None:
     try:
         problems = [str(row[0]) for row in conn.execute("PRAGMA integrity_check")]
-    except apsw.Error as exc:  # damage too deep to list
+    except (apsw.Error, UnicodeDecodeError) as exc:  # damage too deep to list
         problems = [f"SQLite could not finish the check: {describe(exc)}"]
     if problems == ["ok"]:
         report.add("integrity_check", OK, "ok")
@@ -385,6 +409,35 @@ def _check_journal_mode(report: Report, conn: apsw.Connection) -> None:
                                          "next opens the database")
     else:
         report.add("journal_mode", NOTE, mode)
+
+
+# --- the schema -------------------------------------------------------------------------------
+
+def _check_schema(report: Report, conn: apsw.Connection) -> None:
+    """The schema is the one sqlitesaver creates for the file's version: nothing missing,
+    added or changed (the Saver refuses to open it otherwise)."""
+    name = "schema"
+    if not _known_schema(report, name):
+        return
+    version = report.schema_version
+    try:
+        found = schema.describe_schema(conn)
+    except (apsw.Error, UnicodeDecodeError) as exc:
+        report.add(name, FAILED, f"the schema cannot be read ({describe(exc)})")
+        return
+    problems = schema.schema_differences(schema.expected_schema(version), found)
+    if problems:
+        report.add(name, FAILED, f"{len(problems)} difference(s) from the schema sqlitesaver "
+                                 f"creates for version {version}: {'; '.join(problems)}")
+    else:
+        counts = Counter(key.split(" ", 1)[0] for key in found)
+        report.add(name, OK, f"as sqlitesaver creates it for version {version}: "
+                             + ", ".join(f"{n} {_PLURALS.get(kind, kind)}"
+                                         for kind, n in sorted(counts.items()))
+                             + ", nothing else")
+
+
+_PLURALS = {"index": "indexes", "table": "tables", "trigger": "triggers", "view": "views"}
 
 
 # --- payload checksums ------------------------------------------------------------------------
@@ -451,43 +504,74 @@ def _verified(compute, key: dict, columns: tuple, checksum: object) -> dict | No
     try:
         if compute(*columns) == checksum:
             return None
-    except (TypeError, ValueError) as exc:  # a column of the wrong type: damage too
+    except (TypeError, ValueError, OverflowError) as exc:  # a column of the wrong type: damage
         return dict(key, error=f"{type(exc).__name__}: {exc}")
     return key
+
+
+def _rows(conn: apsw.Connection, columns: Sequence[str], rest: str
+          ) -> Iterator[tuple[list, list[str]]]:
+    """``SELECT columns rest``, each row with the names of its columns that hold a text that
+    is not valid UTF-8 (APSW would raise UnicodeDecodeError on the whole row): such a text
+    comes back as a str with the bad bytes escaped (``\\xff``), everything else as stored.
+    Each column is read twice: as bytes when it holds text, as itself otherwise."""
+    select = ", ".join(f"iif(typeof({c}) = 'text', CAST({c} AS BLOB), NULL), "
+                       f"iif(typeof({c}) = 'text', NULL, {c})" for c in columns)
+    for row in conn.execute(f"SELECT {select} {rest}"):
+        values, bad = [], []
+        for column, text, other in zip(columns, row[::2], row[1::2]):
+            if text is None:
+                values.append(other)
+                continue
+            try:
+                values.append(text.decode("utf-8"))
+            except UnicodeDecodeError:
+                values.append(text.decode("utf-8", "backslashreplace"))
+                bad.append(column)
+        yield values, bad
+
+
+def _not_utf8(key: dict, bad: list[str]) -> dict:
+    return dict(key, error=f"{', '.join(bad)}: text that is not valid UTF-8")
 
 
 def _checkpoint_failures(conn: apsw.Connection, version: int | None
                          ) -> Iterator[dict | None]:
     # Schema version 1 (never migrated here: the check writes nothing) has no id columns.
-    ids = "key, parent_key" if (version or 0) >= 2 else "NULL, NULL"
-    for (seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key,
-         parent_key) in conn.execute(
-            "SELECT seq, thread_id, namespace, parent_seq, created_at, state, metadata, "
-            f"checksum, {ids} FROM checkpoints ORDER BY seq"):
-        yield _verified(integrity.checkpoint_checksum,
-                        {"table": "checkpoints",
-                         "checkpoint_id": _checkpoint_id(seq) if key is None else key,
-                         "thread_id": thread_id, "namespace": namespace},
-                        (seq, thread_id, namespace, parent_seq, created, state, meta, key,
-                         parent_key), checksum)
+    ids = ["key", "parent_key"] if (version or 0) >= 2 else ["NULL", "NULL"]
+    for values, bad in _rows(conn, ["seq", "thread_id", "namespace", "parent_seq", "created_at",
+                                    "state", "metadata", "checksum", *ids],
+                             "FROM checkpoints ORDER BY seq"):
+        (seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key,
+         parent_key) = values
+        failure = {"table": "checkpoints",
+                   "checkpoint_id": _checkpoint_id(seq) if key is None else key,
+                   "thread_id": thread_id, "namespace": namespace}
+        yield _not_utf8(failure, bad) if bad else _verified(
+            integrity.checkpoint_checksum, failure,
+            (seq, thread_id, namespace, parent_seq, created, state, meta, key, parent_key),
+            checksum)
 
 
 def _write_failures(conn: apsw.Connection) -> Iterator[dict | None]:
-    for seq, task_id, index, channel, value, task_path, checksum in conn.execute(
-            "SELECT checkpoint_seq, task_id, idx, channel, value, task_path, checksum "
-            "FROM writes ORDER BY checkpoint_seq, task_id, idx"):
-        yield _verified(integrity.write_checksum,
-                        {"table": "writes", "checkpoint_id": _checkpoint_id(seq),
-                         "task_id": task_id, "index": index},
-                        (seq, task_id, index, channel, task_path, value), checksum)
+    for values, bad in _rows(conn, ["checkpoint_seq", "task_id", "idx", "channel", "value",
+                                    "task_path", "checksum"],
+                             "FROM writes ORDER BY checkpoint_seq, task_id, idx"):
+        seq, task_id, index, channel, value, task_path, checksum = values
+        failure = {"table": "writes", "checkpoint_id": _checkpoint_id(seq),
+                   "task_id": task_id, "index": index}
+        yield _not_utf8(failure, bad) if bad else _verified(
+            integrity.write_checksum, failure,
+            (seq, task_id, index, channel, task_path, value), checksum)
 
 
 def _log_failures(conn: apsw.Connection) -> Iterator[dict | None]:
-    for seq, thread_id, created, event, checksum in conn.execute(
-            "SELECT seq, thread_id, created_at, event, checksum FROM log ORDER BY seq"):
-        yield _verified(integrity.log_checksum,
-                        {"table": "log", "seq": seq, "thread_id": thread_id},
-                        (seq, thread_id, created, event), checksum)
+    for values, bad in _rows(conn, ["seq", "thread_id", "created_at", "event", "checksum"],
+                             "FROM log ORDER BY seq"):
+        seq, thread_id, created, event, checksum = values
+        failure = {"table": "log", "seq": seq, "thread_id": thread_id}
+        yield _not_utf8(failure, bad) if bad else _verified(
+            integrity.log_checksum, failure, (seq, thread_id, created, event), checksum)
 
 
 def _describe_failure(failure: dict) -> str:
@@ -522,6 +606,9 @@ def _check_invariants(report: Report, conn: apsw.Connection) -> None:
             problems, summary = check(conn)
         except apsw.Error as exc:
             report.add(name, FAILED, f"could not be checked ({describe(exc)})")
+            continue
+        except Exception as exc:  # e.g. a text that is not UTF-8 in a row it reads
+            report.add(name, FAILED, _stopped(exc))
             continue
         if problems:
             report.add(name, FAILED, f"{len(problems)} violation(s): {_listed(problems)}")
@@ -639,6 +726,13 @@ def _parents(conn: apsw.Connection, version: int | None) -> tuple[list[str], str
                       f"of the same thread and namespace, {pruned} to a pruned one{by_key_text}")
 
 
+#: The checks run on a sqlitesaver database once it is identified, in order, each under the name
+#: it is reported with should it fail to finish (_check_invariants reports three names).
+_CHECKS = (("integrity_check", _check_integrity), ("foreign_key_check", _check_foreign_keys),
+           ("journal_mode", _check_journal_mode), ("schema", _check_schema),
+           ("checksums", _check_payloads), ("invariants", _check_invariants))
+
+
 # --- the command ------------------------------------------------------------------------------
 
 def format_report(report: Report) -> str:
@@ -675,8 +769,9 @@ def run(paths: Sequence[str], *, as_json: bool = False, out: TextIO) -> int:
     reports = [check_database(path) for path in paths]
     status = exit_status(reports)
     if as_json:
+        # default=repr: a damaged column can hold a type JSON has no form for (bytes)
         json.dump({"ok": status == 0, "exit_status": status,
-                   "databases": [r.as_dict() for r in reports]}, out, indent=2)
+                   "databases": [r.as_dict() for r in reports]}, out, indent=2, default=repr)
         out.write("\n")
     else:
         out.write("\n\n".join(format_report(r) for r in reports) + "\n")

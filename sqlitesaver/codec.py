@@ -14,7 +14,15 @@ Supported: ``None``, ``bool``, ``int`` (any size), ``float`` (nan and infinities
 aware with a ``datetime.timezone`` or ``zoneinfo.ZoneInfo``), ``uuid.UUID``, ``decimal.Decimal``.
 Exact types only: subclasses (OrderedDict, defaultdict, enums, named tuples, str or float
 subclasses, ...) are rejected rather than silently turned into their base type. At most 256
-levels of containers, of which at most 32 tuples/sets/frozensets inside one another.
+levels of containers, of which at most 32 tuples/sets/frozensets inside one another, and at most
+:data:`MAX_OBJECTS` objects, counting a container once for every place it appears in (a value may
+hold the same container in several places: each place is written in full and decodes as its own
+copy). A value that contains itself is refused.
+
+Decoding uses the same C stack whatever the value, so whatever :func:`encode` accepts decodes in
+a thread of any stack size ``threading.stack_size()`` allows. Encoding recurses on the C stack:
+the deepest accepted values need about 192 KiB of it (tests/test_stack.py writes them from a
+thread of 256 KiB; a thread's default is 8 MiB on Linux).
 """
 
 from __future__ import annotations
@@ -25,13 +33,15 @@ import functools
 import gc
 import uuid
 import zoneinfo
+from collections.abc import Iterator
+from itertools import chain
 from typing import Any
 
 import msgpack
 
-from .errors import SerializationError
+from .errors import SQLITE_MAX_LENGTH, SerializationError, ValueTooLargeError
 
-__all__ = ["encode", "decode"]
+__all__ = ["encode", "decode", "MAX_OBJECTS", "MAX_BYTES"]
 
 # Extension type codes: part of the on-disk format. Never renumber or reuse one.
 #   code  type                 extension body
@@ -53,11 +63,11 @@ __all__ = ["encode", "decode"]
 _BIGINT, _BYTEARRAY, _TUPLE, _SET, _FROZENSET = 1, 2, 3, 4, 5
 _DATETIME, _DATE, _TIME, _TIMEDELTA, _UUID, _DECIMAL = 6, 7, 8, 9, 10, 11
 
-# Why the limits: msgpack's packer recurses on the C stack (a self-containing value, or deep
-# lists inside each of many tuples, crashes the process); and a tuple/set/frozenset body is
-# unpacked by a nested unpackb() that puts ~40 KB on the C stack, so ~200 nested tuples
-# crash decode() on an 8 MB stack (~25 on a 1 MB thread stack). encode() enforces both limits,
-# so whatever it writes, decode() can read; decode() enforces _MAX_NESTED against bad payloads.
+# Why the limits: msgpack's packer recurses on the C stack, one call per level and a nested
+# packb() per tuple/set/frozenset (deep lists inside each of many tuples crashed the process).
+# encode() enforces both limits, so whatever it writes decode() can read; decode(), whose C
+# stack does not grow with the value (see the decoding section), enforces _MAX_NESTED against
+# bad payloads too.
 _MAX_DEPTH = 256
 _MAX_NESTED = 32
 
@@ -157,6 +167,7 @@ _packers = [functools.partial(msgpack.packb, use_bin_type=True, strict_types=Tru
 # them before packing.
 _NATIVE_EXTRAS = frozenset({bytearray, memoryview, msgpack.ExtType, msgpack.Timestamp})
 _CONTAINERS = frozenset({list, dict, tuple, set, frozenset})
+_NESTERS = frozenset({tuple, set, frozenset})  # the containers packed through `default`
 # Instances of types without Py_TPFLAGS_HAVE_GC have no referents, so _scan() can pass them to
 # gc.get_referents() without filtering them out first.
 _ATOMS = frozenset(kind for kind in (type(None), bool, int, float, str, bytes, datetime.datetime,
@@ -164,22 +175,44 @@ _ATOMS = frozenset(kind for kind in (type(None), bool, int, float, str, bytes, d
                                      decimal.Decimal)
                    if not kind.__flags__ & (1 << 14))
 _PLAIN = _CONTAINERS | _ATOMS
-_CLEAN, _HAS_BYTEARRAY, _REJECT = range(3)
+_CLEAN, _HAS_BYTEARRAY, _REJECT, _SHARED, _TOO_MANY = range(5)
+
+#: Most objects a value may hold, counting a container once for every place it appears in: the
+#: packer writes it out in full at each place (it comes back as that many separate copies).
+#: Far beyond any real state (a tree this size takes gigabytes of Python objects), it keeps a
+#: value that shares containers from expanding without bound: 60 levels of ``a = [a, a]`` are
+#: 60 lists but 2**60 objects to write. The keys of a dict whose keys are all str are not
+#: counted (gc.get_referents() does not return them, see _scan(); _inspect() counts the same).
+MAX_OBJECTS = 2**26
+
+#: Most bytes one encoded value may take: SQLite's limit for one string or BLOB. A value just
+#: under it may still make its row too big, which SQLite refuses (ValueTooLargeError too).
+MAX_BYTES = SQLITE_MAX_LENGTH
 
 
 def _scan(value: Any) -> int:
-    """Whether ``value`` holds a bytearray (_HAS_BYTEARRAY), another of _NATIVE_EXTRAS or more
-    than _MAX_DEPTH levels of containers (_REJECT), or neither (_CLEAN).
+    """What packing ``value`` would meet, found without packing it:
+
+    * _REJECT: another of _NATIVE_EXTRAS than bytearray, or more than _MAX_DEPTH levels;
+    * _SHARED: a non-empty container appears twice in one level (shared, or the value contains
+      itself): only _inspect(), which follows identities, can tell how much packing would write;
+    * _TOO_MANY: more than MAX_OBJECTS objects;
+    * else _HAS_BYTEARRAY if it holds a bytearray, else _CLEAN.
 
     One level of nesting at a time, each in C: CPython's gc.get_referents() returns the items
     of lists, tuples, sets and frozensets and the values of dicts, with their keys unless all
     are exact str (which need no look). It costs about as much as packing; a Python walk of
     every object costs six times that. The round-trip and rejection tests guard this reliance.
+
+    Linear in the objects the value holds: a level holds each container at most once (else
+    _SHARED, before it is expanded), so the next level is at most the items of distinct
+    containers, and the count of every level stops at MAX_OBJECTS.
     """
     if type(value) in _ATOMS:  # a flat value: nothing inside it to look at
         return _CLEAN
     level = [value]
     found = _CLEAN
+    total = 1
     for _ in range(_MAX_DEPTH + 1):
         kinds = set(map(type, level))
         if not kinds <= _PLAIN:
@@ -191,13 +224,31 @@ def _scan(value: Any) -> int:
             level = [obj for obj in level if type(obj) in _CONTAINERS]
         elif kinds.isdisjoint(_CONTAINERS):
             return found  # atoms only: there is no level below (saves a call on the leaves)
+        # One pass in C; _repeats() looks closer only when some object repeats (small ints,
+        # True, interned strings and empty tuples do, harmlessly).
+        if len(set(map(id, level))) != len(level) and _repeats(level):
+            return _SHARED
         level = _get_referents(*level)
+        total += len(level)
+        if total > MAX_OBJECTS:
+            return _TOO_MANY
         if not level:
             return found
     return _REJECT
 
 
 _get_referents = gc.get_referents
+
+
+def _repeats(level: list) -> bool:
+    """True if a non-empty container is in ``level`` twice."""
+    seen: set[int] = set()
+    for obj in level:
+        if type(obj) in _CONTAINERS and obj:
+            if id(obj) in seen:
+                return True
+            seen.add(id(obj))
+    return False
 
 
 def _swap_bytearrays(obj: Any) -> Any:
@@ -219,79 +270,206 @@ def encode(value: Any, *, name: str = "value") -> bytes:
     """Serialize ``value`` to bytes that :func:`decode` turns back into an equal value of
     exactly the same types (see the module docstring for what is supported).
 
-    Raises :class:`SerializationError` if any part of ``value`` is not supported. The message
+    Raises :class:`ValueTooLargeError` if the bytes would be more than :data:`MAX_BYTES`, and
+    :class:`SerializationError` if any part of ``value`` is not supported. The message
     names the offending type and where it sits, as a path from ``name``: ``name[3]`` is an item
     of a list or tuple, ``name['when']`` the value under a dict key, ``name[<key 2>]`` the third
     key itself of a dict and ``name[<member 2>]`` the third member of a set or frozenset, both
     counted from 0 in iteration order. Thread-safe: calls share no state.
+
+    Its work grows with the objects the value holds (a container it holds in several places is
+    written out, and counted against :data:`MAX_OBJECTS`, once per place); a value that contains
+    itself is refused as soon as the scan meets the repeat.
     """
     found = _scan(value)
-    cause = None
+    if found == _SHARED:
+        problem, found = _inspect(value, name, leaves=False)
+        if problem is not None:
+            raise problem
+    elif found == _TOO_MANY:
+        raise SerializationError(f"cannot serialize {name}: {_too_many()}")
+    cause = data = None
     try:
         if found == _CLEAN:
-            return _packers[0](value)
-        if found == _HAS_BYTEARRAY:
-            return _packers[0](_swap_bytearrays(value))
+            data = _packers[0](value)
+        elif found == _HAS_BYTEARRAY:
+            data = _packers[0](_swap_bytearrays(value))
     except Exception as exc:  # anything msgpack or _default raised: _explain says what and where
         cause = exc
-    raise _explain(value, name, cause) from cause
+    if data is None:
+        raise _explain(value, name, cause) from cause
+    if len(data) > MAX_BYTES:
+        raise ValueTooLargeError(
+            f"cannot store {name}: it encodes to {len(data):,} bytes, more than SQLite's limit "
+            f"of {MAX_BYTES:,} bytes for one value (SQLITE_LIMIT_LENGTH); nothing was written. "
+            "Keep large data outside the database (e.g. a file whose name the state holds), or "
+            "split it over several values.")
+    return data
+
+
+def _too_many() -> str:
+    return (f"it holds more than {MAX_OBJECTS:,} objects, counting a container once for every "
+            "place it appears in (each place is stored in full)")
 
 
 def _explain(value: Any, name: str, cause: BaseException | None) -> SerializationError:
-    """The error for the first object, in packing order, that makes ``encode(value)`` fail.
-
-    Only called after a failure, so it can afford a Python walk. It packs each leaf on its own,
-    so it accepts exactly what the packer accepts, and applies the same limits.
-    """
-    stack: list[tuple[Any, Any, int, int]] = [(value, None, 0, 0)]  # object, path, depth, nested
-    while stack:
-        obj, path, depth, nested = stack.pop()
-        kind = type(obj)
-        if depth > _MAX_DEPTH:
-            reason = (f"it is nested more than {_MAX_DEPTH} containers deep (or contains "
-                      "itself)")
-        elif kind is list:
-            stack.extend((item, (path, "index", i), depth + 1, nested)
-                         for i, item in reversed(list(enumerate(obj))))
-            continue
-        elif kind is dict:
-            for i, (key, item) in reversed(list(enumerate(obj.items()))):
-                stack.append((item, (path, "value", key), depth + 1, nested))
-                stack.append((key, (path, "key", i), depth + 1, nested))
-            continue
-        elif kind is tuple or kind is set or kind is frozenset:
-            if nested >= _MAX_NESTED:
-                reason = (f"more than {_MAX_NESTED} tuples/sets/frozensets are nested in one "
-                          "another")
-            else:
-                how = "index" if kind is tuple else "member"
-                stack.extend((item, (path, how, i), depth + 1, nested + 1)
-                             for i, item in reversed(list(enumerate(obj))))
-                continue
-        elif kind is bytearray:
-            continue
-        elif kind in _NATIVE_EXTRAS:
-            reason = f"{_type_name(kind)} is not supported; sqlitesaver stores {_SUPPORTED}"
-        else:
-            try:
-                _packers[0](obj)
-                continue
-            except UnicodeEncodeError as exc:  # in a str, or in a datetime's timezone name
-                what = "this str" if kind is str else f"its timezone name {exc.object!r}"
-                reason = (f"{what} cannot be encoded as UTF-8 ({exc.reason}: "
-                          f"{exc.object[exc.start:exc.end]!r} at index {exc.start})")
-            except TypeError as exc:
-                reason = str(exc)
-            except Exception as exc:
-                reason = f"{_type_name(kind)} cannot be packed ({type(exc).__name__}: {exc})"
-            if kind is datetime.datetime or kind is datetime.time:
-                reason = f"{_type_name(kind)}: {reason}"
-        return SerializationError(f"cannot serialize {_render(name, path)}: {reason}")
+    """The error for the first object, in packing order, that makes ``encode(value)`` fail."""
+    problem, _ = _inspect(value, name, leaves=True)
+    if problem is not None:
+        return problem
     if isinstance(cause, RecursionError):
         return SerializationError(f"cannot serialize {name}: it is nested too deeply for the "
                                   "current Python recursion limit")
     detail = f" ({type(cause).__name__}: {cause})" if cause is not None else ""
     return SerializationError(f"cannot serialize {name}{detail}")
+
+
+def _children(obj: Any, path: Any) -> Iterator[tuple[Any, Any]]:
+    """The objects inside a container, in packing order, each with its path."""
+    if type(obj) is dict:
+        for i, (key, item) in enumerate(obj.items()):
+            yield key, (path, "key", i)
+            yield item, (path, "value", key)
+    else:
+        how = "index" if type(obj) is list or type(obj) is tuple else "member"
+        for i, item in enumerate(obj):
+            yield item, (path, how, i)
+
+
+def _leaf_reason(obj: Any) -> str | None:
+    """Why the packer refuses ``obj`` (not a container), or None if it does not. Packing it
+    alone, so it accepts exactly what the packer accepts."""
+    kind = type(obj)
+    if kind is bytearray:
+        return None
+    if kind in _NATIVE_EXTRAS:
+        return f"{_type_name(kind)} is not supported; sqlitesaver stores {_SUPPORTED}"
+    try:
+        _packers[0](obj)
+        return None
+    except UnicodeEncodeError as exc:  # in a str, or in a datetime's timezone name
+        what = "this str" if kind is str else f"its timezone name {exc.object!r}"
+        reason = (f"{what} cannot be encoded as UTF-8 ({exc.reason}: "
+                  f"{exc.object[exc.start:exc.end]!r} at index {exc.start})")
+    except TypeError as exc:
+        reason = str(exc)
+    except Exception as exc:
+        reason = f"{_type_name(kind)} cannot be packed ({type(exc).__name__}: {exc})"
+    if kind is datetime.datetime or kind is datetime.time:
+        reason = f"{_type_name(kind)}: {reason}"
+    return reason
+
+
+def _inspect(value: Any, name: str, *, leaves: bool) -> tuple[SerializationError | None, int]:
+    """Walk ``value`` once, in packing order, entering each distinct container once; return
+    the error for the first thing that keeps it from being stored (None if nothing does), and
+    _HAS_BYTEARRAY or _CLEAN.
+
+    Exact where _scan() is fast: it follows containers by identity, so it finds a value that
+    contains itself at the first repeat, and its work grows with the objects the value really
+    holds, not with the copies packing would write; those it counts from each container's
+    totals (objects, levels and tuples/sets/frozensets below it), kept once it is walked.
+    With ``leaves`` it also packs every leaf alone, to name the one the packer refuses; without,
+    it only checks the structure (encode() packs next, and explains a failure with ``leaves``).
+    A Python walk: for failures, and values that share containers.
+    """
+    found = _CLEAN
+    walked: dict[int, tuple[int, int, int]] = {}  # id -> (objects, levels, nesters) below it
+    open_paths: dict[int, Any] = {}  # id -> path, for each container the walk is inside of
+
+    def error(path: Any, reason: str) -> tuple[SerializationError, int]:
+        return SerializationError(f"cannot serialize {_render(name, path)}: {reason}"), found
+
+    too_deep = f"it is nested more than {_MAX_DEPTH} containers deep"
+    too_nested = f"more than {_MAX_NESTED} tuples/sets/frozensets are nested in one another"
+    # A frame per open container: [obj, its children, depth, nesters around its children,
+    # objects so far, levels below, nesters below, whether its str keys count].
+    stack: list[list] = []
+    item: tuple | None = (value, None, 0, 0)  # the next object: obj, path, depth, nesters around
+    while True:
+        if item is not None:
+            obj, path, depth, nested = item
+            item = None
+            kind = type(obj)
+            if depth > _MAX_DEPTH:
+                return error(path, too_deep)
+            if kind in _CONTAINERS:
+                key = id(obj)
+                if key in open_paths:
+                    return error(path, f"it contains itself (it is the same {_type_name(kind)}"
+                                       f" as {_render(name, open_paths[key])}, which holds it)")
+                nester = kind in _NESTERS
+                if nester and nested >= _MAX_NESTED:
+                    return error(path, too_nested)
+                totals = walked.get(key)
+                if totals is None:
+                    if not (_packs_alone(obj) if leaves else _flat(obj)):
+                        open_paths[key] = path
+                        counts_keys = kind is dict and not set(map(type, obj)) <= {str}
+                        stack.append([obj, _children(obj, path), depth, nested + nester, 1, 0,
+                                      0, counts_keys])
+                        continue
+                    totals = walked[key] = _flat_totals(obj)
+                objects, levels, nesters = totals
+                if depth + levels > _MAX_DEPTH:
+                    return error(path, too_deep)
+                if nested + nesters > _MAX_NESTED:
+                    return error(path, too_nested)
+            else:
+                if kind is bytearray:
+                    found = _HAS_BYTEARRAY
+                elif kind in _NATIVE_EXTRAS or leaves:
+                    reason = _leaf_reason(obj)
+                    if reason is not None:
+                        return error(path, reason)
+                objects, levels, nesters = 1, 0, 0
+                if stack and path[1] == "key" and not stack[-1][7]:
+                    objects = 0  # a str key of a dict whose keys are all str: see MAX_OBJECTS
+        else:
+            frame = stack[-1]
+            step = next(frame[1], None)
+            if step is not None:
+                item = (step[0], step[1], frame[2] + 1, frame[3])
+                continue
+            stack.pop()
+            obj = frame[0]
+            del open_paths[id(obj)]
+            objects, levels, nesters = frame[4], frame[5], frame[6] + (type(obj) in _NESTERS)
+            walked[id(obj)] = (objects, levels, nesters)
+        if not stack:
+            if objects > MAX_OBJECTS:
+                return error(None, _too_many())
+            return None, found
+        parent = stack[-1]
+        parent[4] += objects
+        parent[5] = max(parent[5], levels + 1)
+        parent[6] = max(parent[6], nesters)
+
+
+def _flat(obj: Any) -> bool:
+    """True if the container holds atoms only (no container, nothing _scan() rejects)."""
+    if type(obj) is dict:
+        return set(map(type, obj)) <= _ATOMS and set(map(type, obj.values())) <= _ATOMS
+    return set(map(type, obj)) <= _ATOMS
+
+
+def _packs_alone(obj: Any) -> bool:
+    """True if the container holds atoms only and packs: nothing in it to explain."""
+    if not _flat(obj):
+        return False
+    try:
+        _packers[0](obj)
+    except Exception:
+        return False
+    return True
+
+
+def _flat_totals(obj: Any) -> tuple[int, int, int]:
+    """(objects, levels, nesters) of a container of atoms only, as _inspect() counts them."""
+    objects = 1 + len(obj)
+    if type(obj) is dict and not set(map(type, obj)) <= {str}:
+        objects += len(obj)
+    return objects, 1 if obj else 0, 1 if type(obj) in _NESTERS else 0
 
 
 def _render(name: str, path: Any) -> str:
@@ -306,16 +484,57 @@ def _render(name: str, path: Any) -> str:
         else:
             parts.append(f"[<{how} {what}>]")
     parts.reverse()
-    if len(parts) > 24:  # a value that contains itself
+    if len(parts) > 24:  # a path hundreds of levels deep
         parts[8:-8] = ["..."]
     return name + "".join(parts)
 
 
 # --- decoding -----------------------------------------------------------------------------------
+# The C stack a decode uses does not grow with the value: msgpack's unpacker walks lists and
+# dicts with a stack of its own, and each tuple/set/frozenset body, which only ext_hook sees, is
+# unpacked after the payload that holds it rather than inside the hook (_decode_nested). Every
+# unpack is an Unpacker, whose parser state (~40 KB) lives on the heap, where unpackb() puts
+# it on the C stack: one unpackb() inside another crashed a read in a thread with a 64 KiB
+# stack, 32 nested tuples one with 1 MiB, and one unpackb() alone a thread with 32 KiB (the
+# least threading.stack_size() allows). tests/test_stack.py reads the deepest values encode()
+# accepts in threads of every such size.
+
+def _next(unpacker: msgpack.Unpacker, data: bytes) -> Any:
+    """The one msgpack object ``data`` holds, through ``unpacker``; raises if ``data`` is
+    truncated or followed by more bytes (the unpacker then holds them: do not reuse it)."""
+    start = unpacker.tell()
+    unpacker.feed(data)
+    value = unpacker.unpack()
+    if unpacker.tell() - start != len(data):
+        raise ValueError(f"{len(data) - unpacker.tell() + start} byte(s) of extra data after "
+                         "the value")
+    return value
+
+
+#: Payloads up to this size are unpacked by Unpackers kept for reuse (making one costs ~1 us,
+#: as much as unpacking a small payload); a bigger one gets its own, whose buffer is freed
+#: after it. pop() and append() are atomic, so each is used by one caller at a time, and one
+#: that raised (it may hold part of a payload) is never put back.
+_POOLED = 1 << 16
+_PAYLOAD_UNPACKERS: list = []
+_FIELD_UNPACKERS: list = []
+
+
+def _pooled(pool: list, data: bytes, **options: Any) -> Any:
+    if len(data) > _POOLED:
+        return _next(msgpack.Unpacker(raw=False, max_buffer_size=len(data), **options), data)
+    try:
+        unpacker = pool.pop()
+    except IndexError:
+        unpacker = msgpack.Unpacker(raw=False, max_buffer_size=_POOLED, **options)
+    value = _next(unpacker, data)
+    pool.append(unpacker)
+    return value
+
 
 def _fields(body: bytes) -> list:
     # Without ext_hook: any extension in here is malformed, and cannot recurse.
-    fields = msgpack.unpackb(body, raw=False)
+    fields = _pooled(_FIELD_UNPACKERS, body)
     if type(fields) is not list:
         raise ValueError(f"expected a msgpack array, found {_type_name(type(fields))}")
     return fields
@@ -372,34 +591,116 @@ _DECODERS = {
 }
 
 
-def _ext_hook(code: int, body: bytes, *, depth: int) -> Any:
-    kind, build = _NESTING.get(code), None
+def _invalid(kind: type, code: int, exc: BaseException) -> SerializationError:
+    return SerializationError(
+        f"the payload cannot be decoded: its {_type_name(kind)} (extension type {code}) is "
+        f"invalid ({type(exc).__name__}: {exc})")
+
+
+def _leaf(code: int, body: bytes) -> Any:
+    """The value of an extension other than a tuple, set or frozenset (their fields, if any,
+    are native msgpack: one more unpack, never deeper)."""
+    kind, build = _DECODERS.get(code, (None, None))
     if kind is None:
-        kind, build = _DECODERS.get(code, (None, None))
-        if kind is None:
-            raise SerializationError(
-                f"the payload cannot be decoded: it holds msgpack extension type {code}, "
-                "unknown to this version of sqlitesaver (was it written by a newer one?)")
-    try:
-        if build is not None:
-            return build(body)
-        if depth >= _MAX_NESTED:
-            raise ValueError(f"more than {_MAX_NESTED} tuples/sets/frozensets nested")
-        items = _unpackers[depth + 1](body)
-        if type(items) is not list:
-            raise ValueError(f"expected a msgpack array, found {_type_name(type(items))}")
-        return kind(items)
-    except SerializationError:
-        raise
-    except Exception as exc:
         raise SerializationError(
-            f"the payload cannot be decoded: its {_type_name(kind)} (extension type {code}) is "
-            f"invalid ({type(exc).__name__}: {exc})") from exc
+            f"the payload cannot be decoded: it holds msgpack extension type {code}, "
+            "unknown to this version of sqlitesaver (was it written by a newer one?)")
+    try:
+        return build(body)
+    except Exception as exc:
+        raise _invalid(kind, code, exc) from exc
 
 
-_unpackers = [functools.partial(msgpack.unpackb, raw=False, strict_map_key=False,
-                                ext_hook=functools.partial(_ext_hook, depth=depth))
-              for depth in range(_MAX_NESTED + 1)]
+class _Nested(Exception):
+    """The payload holds a tuple, set or frozenset: decode() takes the longer way."""
+
+
+def _ext_hook(code: int, body: bytes) -> Any:
+    if code in _NESTING:
+        raise _Nested
+    return _leaf(code, body)
+
+
+class _Pending:
+    """A tuple, set or frozenset met in a payload, built once the payload is unpacked."""
+
+    __slots__ = ("code", "body", "nested", "items", "value")
+
+    def __init__(self, code: int, body: bytes, nested: int) -> None:
+        self.code = code
+        self.body = body
+        self.nested = nested  # tuples/sets/frozensets it is inside of, itself included
+        self.items: list = []
+        self.value: Any = None
+
+
+def _decode_nested(data: bytes) -> Any:
+    """decode() of a payload that holds tuples, sets or frozensets, in constant C stack.
+
+    Each one the unpacker meets becomes a _Pending, and the lists and dicts holding one are
+    noted; once an unpack returns, the bodies met are unpacked in turn (meeting more), then
+    built innermost first (one is met while its parent's body is unpacked, so later), and the
+    noted lists and dicts get the built values in place of the _Pending (a dict is refilled in
+    its order: a tuple key hashes only once built)."""
+    pending: list[_Pending] = []
+    holders: list = []
+    nested = 0  # tuples/sets/frozensets around the body being unpacked
+
+    def ext_hook(code: int, body: bytes) -> Any:
+        if code not in _NESTING:
+            return _leaf(code, body)
+        if nested >= _MAX_NESTED:
+            raise _invalid(_NESTING[code], code, ValueError(
+                f"more than {_MAX_NESTED} tuples/sets/frozensets nested"))
+        found = _Pending(code, body, nested + 1)
+        pending.append(found)
+        return found
+
+    def list_hook(items: list) -> list:
+        if _Pending in map(type, items):
+            holders.append(items)
+        return items
+
+    def pairs_hook(pairs: list) -> dict:
+        result = dict(pairs)
+        if _Pending in map(type, chain.from_iterable(pairs)):
+            holders.append(result)
+        return result
+
+    # One unpacker for the payload and then each body in turn (never one inside another).
+    unpacker = msgpack.Unpacker(raw=False, strict_map_key=False, ext_hook=ext_hook,
+                                list_hook=list_hook, object_pairs_hook=pairs_hook,
+                                max_buffer_size=len(data))
+    value = _next(unpacker, data)
+    for found in pending:  # grows while it runs: bodies hold more
+        nested = found.nested
+        try:
+            items = _next(unpacker, found.body)
+            if type(items) is not list:
+                raise ValueError(f"expected a msgpack array, found {_type_name(type(items))}")
+        except SerializationError:
+            raise
+        except Exception as exc:
+            raise _invalid(_NESTING[found.code], found.code, exc) from exc
+        found.items = items
+    for found in reversed(pending):
+        kind = _NESTING[found.code]
+        try:
+            found.value = kind(_built(item) for item in found.items)
+        except Exception as exc:
+            raise _invalid(kind, found.code, exc) from exc
+    for holder in holders:
+        if type(holder) is list:
+            holder[:] = map(_built, holder)
+        else:
+            entries = [(_built(key), _built(item)) for key, item in holder.items()]
+            holder.clear()
+            holder.update(entries)
+    return _built(value)
+
+
+def _built(obj: Any) -> Any:
+    return obj.value if type(obj) is _Pending else obj
 
 
 def _may_hold_timestamp(data: bytes) -> bool:
@@ -419,18 +720,28 @@ def _may_hold_timestamp(data: bytes) -> bool:
     return True  # many 0xff bytes: let _scan() look
 
 
+_EMPTY_MAP = b"\x80"  # {}: the usual metadata
+
+
 def decode(data: bytes) -> Any:
     """The value :func:`encode` turned into ``data``, with exactly the types it had.
 
     Builds only the supported types and never runs code from the payload. Raises
     :class:`SerializationError`, and returns nothing, if ``data`` is not a complete payload in
     this format: truncated, garbage, or holding an extension type this version does not know
-    (written by a newer sqlitesaver).
+    (written by a newer sqlitesaver). Uses the same C stack whatever the value (see the note
+    above _next): any value encode() accepts decodes in any thread.
     """
     try:
         if type(data) is not bytes:
             data = bytes(memoryview(data))
-        value = _unpackers[0](data)
+        if data == _EMPTY_MAP:
+            return {}
+        try:
+            value = _pooled(_PAYLOAD_UNPACKERS, data, strict_map_key=False,
+                            ext_hook=_ext_hook)
+        except _Nested:
+            value = _decode_nested(data)
     except SerializationError:
         raise
     except Exception as exc:

@@ -8,12 +8,13 @@ Every exception is a :class:`SaverError`. They fall into three groups:
 * :class:`InterruptedTransitionError` -- an asynchronous exception (one raised into a thread
   with ``PyThreadState_SetAsyncExc``, or a bug) interrupted the group-commit protocol; the
   message says whether the transition may have been committed.
-* :class:`UsageError` -- the call itself was wrong (bad argument, unserializable value, a closed
-  Saver, a Saver used after ``fork()``). Nothing was written.
+* :class:`UsageError` -- the call itself was wrong (bad argument, unserializable value, a value
+  over SQLite's size limit, a closed Saver, a Saver used after ``fork()``). Nothing was written.
 
 APSW exceptions never leave the public API: :func:`translate` maps them here, keeping the
 original as ``__cause__`` and its SQLite result codes on ``sqlite_result`` /
-``sqlite_extended_result``.
+``sqlite_extended_result``. So does the ``UnicodeDecodeError`` APSW raises for a stored text
+that is not UTF-8 (sqlitesaver writes only UTF-8, so it is damage: ``CorruptDatabaseError``).
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ __all__ = [
     "MigrationError",
     "CorruptDatabaseError",
     "ChecksumError",
+    "SchemaMismatchError",
     "ReadOnlyDatabaseError",
     "DiskFullError",
     "DatabaseIOError",
@@ -43,6 +45,7 @@ __all__ = [
     "UsageError",
     "InvalidArgumentError",
     "SerializationError",
+    "ValueTooLargeError",
     "CheckpointNotFoundError",
     "SaverClosedError",
     "ForkedProcessError",
@@ -93,6 +96,13 @@ class CorruptDatabaseError(DatabaseFileError):
 class ChecksumError(CorruptDatabaseError):
     """A stored payload does not match its checksum: the bytes changed after they were
     written. The wrong data is never returned."""
+
+
+class SchemaMismatchError(CorruptDatabaseError):
+    """The database's tables, columns, indexes, triggers or views are not the ones sqlitesaver
+    created for its schema version: changed behind its back (an extra trigger can delete what
+    ``put`` wrote; a missing index lets duplicates in). The message names every difference.
+    Raised at open, before a single byte of the file is written."""
 
 
 class ReadOnlyDatabaseError(DatabaseFileError):
@@ -160,6 +170,13 @@ class SerializationError(UsageError, TypeError):
     """A value cannot be stored: the message names the type and where in the value it sits."""
 
 
+class ValueTooLargeError(UsageError, ValueError):
+    """A value, or the row holding it, is larger than SQLite stores: ``SQLITE_LIMIT_LENGTH``,
+    1,000,000,000 bytes (the message gives the limit and, when known, the size). A usage error,
+    not a SerializationError: the value is of supported types, only too big to be one row.
+    Nothing was written."""
+
+
 class CheckpointNotFoundError(UsageError, LookupError):
     """A checkpoint named by the call (a parent, or the target of writes) does not exist."""
 
@@ -179,9 +196,16 @@ _READONLY_HINT = ("check the permissions of the file and of its directory (WAL m
                   "'-wal' and '-shm' files beside the database)")
 
 
-def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
+#: SQLite's default SQLITE_LIMIT_LENGTH (sqlite.org/limits.html): the most bytes in one string,
+#: BLOB or row. sqlitesaver never raises it; a connection's own limit may be lower.
+SQLITE_MAX_LENGTH = 1_000_000_000
+
+
+def translate(exc: BaseException, path: str | None, doing: str, *,
+              limit: int | None = None) -> SaverError:
     """Map an APSW (or OS) exception raised while ``doing`` something with ``path`` to the
-    matching :class:`SaverError`. The caller raises the result ``from exc``."""
+    matching :class:`SaverError`. The caller raises the result ``from exc``. ``limit`` is the
+    connection's SQLITE_LIMIT_LENGTH, for the message of a value too big to store."""
     if isinstance(exc, SaverError):
         return exc
     codes = {
@@ -208,6 +232,20 @@ def translate(exc: BaseException, path: str | None, doing: str) -> SaverError:
         return DiskFullError(
             f"the disk holding {where} is full while {doing} ({detail}); the transaction was "
             "rolled back and the database is intact. Free space and retry.", path=path, **codes)
+    if isinstance(exc, apsw.TooBigError):
+        limit = SQLITE_MAX_LENGTH if limit is None else limit
+        return ValueTooLargeError(
+            f"a value or row is larger than SQLite's limit of {limit:,} bytes "
+            f"(SQLITE_LIMIT_LENGTH) while {doing} in {where} ({detail}); nothing was written. "
+            "Keep large data outside the database (e.g. a file whose name the state holds), "
+            "or split it over several values.", path=path, **codes)
+    if isinstance(exc, UnicodeDecodeError):
+        # APSW decodes every TEXT column it returns; sqlitesaver writes only valid UTF-8.
+        return CorruptDatabaseError(
+            f"{where} is damaged: a stored text is not valid UTF-8 ({detail}) while {doing}; "
+            "its bytes changed on disk after they were written, and nothing of it was "
+            f"returned. Stop writing to it and restore from a backup; '{check_command(path)}'"
+            " lists the damage without writing to the file.", path=path)
     if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
         return CorruptDatabaseError(
             f"{where} is damaged ({detail}) while {doing}. Stop writing to it and restore from "

@@ -5,7 +5,9 @@
    closing a plain ``open()`` of the file would cancel the POSIX locks that other connections in
    this process hold on it (sqlite.org/howtocorrupt.html, section 2.2: "POSIX advisory locks
    canceled by a separate thread doing close()").
-2. Integrity check (``quick`` by default), still before anything is written.
+2. Integrity check (``quick`` by default), and the schema compared with the one this version
+   creates for the file's ``user_version`` (:func:`sqlitesaver.schema.schema_differences`),
+   still before anything is written.
 3. ``PRAGMA wal_checkpoint(TRUNCATE)``, reading its busy column.
 4. Create or migrate the schema, one transaction per migration.
 
@@ -28,8 +30,8 @@ import apsw
 from . import contention, paths, pragmas, schema
 from .errors import (BusyTimeoutError, CannotOpenError, CorruptDatabaseError,
                      InvalidArgumentError, MigrationError, NotASaverDatabaseError,
-                     ReadOnlyDatabaseError, SaverError, SchemaVersionError, check_command,
-                     translate)
+                     ReadOnlyDatabaseError, SaverError, SchemaMismatchError, SchemaVersionError,
+                     check_command, translate)
 from .pragmas import Profile
 from .records import RecoveryReport
 
@@ -78,7 +80,8 @@ def open_writer(path: str, profile: Profile, integrity_check: str
             # checkpoint it into the very file we are refusing (too new, or damaged).
             conn.config(apsw.SQLITE_DBCONFIG_NO_CKPT_ON_CLOSE, 1)
         conn.close()
-        if isinstance(exc, (apsw.Error, OSError)):
+        # UnicodeDecodeError: a damaged text SQLite returned (the schema, or a check's report)
+        if isinstance(exc, (apsw.Error, OSError, UnicodeDecodeError)):
             raise translate(exc, path, "opening the database") from exc
         raise
     report = RecoveryReport(
@@ -97,6 +100,7 @@ def _recover(conn: apsw.Connection, path: str, profile: Profile, integrity_check
     version = _recheck_identity(conn, path)
     if integrity_check != "off":
         _integrity(conn, path, full=integrity_check == "full")
+    _check_schema(conn, path)
     pragmas.journal_mode_wal(conn, path)
     # After an integrity check, the first wal_checkpoint following a switch from a
     # rollback journal to WAL fails with SQLITE_LOCKED (SQLite 3.54; found by the torture
@@ -149,9 +153,10 @@ def open_readonly(path: str, profile: Profile, integrity_check: str
                 "written.", path=path)
         if integrity_check != "off":
             _integrity(conn, path, full=integrity_check == "full")
+        _check_schema(conn, path)
     except BaseException as exc:
         conn.close()
-        if isinstance(exc, (apsw.Error, OSError)):
+        if isinstance(exc, (apsw.Error, OSError, UnicodeDecodeError)):
             raise translate(exc, path, "opening the database read-only") from exc
         raise
     report = RecoveryReport(
@@ -360,6 +365,36 @@ def _integrity(conn: apsw.Connection, path: str, *, full: bool) -> None:
             f"{path!r} failed PRAGMA {pragma}: {shown}{more}. Nothing was written; restore from "
             f"a backup. '{check_command(path)}' lists all it finds, payload checksums "
             "included, without writing to the file.",
+            path=path)
+
+
+def _check_schema(conn: apsw.Connection, path: str) -> None:
+    """Refuse a schema changed behind sqlitesaver's back: every table, column, index, trigger
+    and view must be the ones the migrations create for the file's ``user_version``. Reads
+    ``sqlite_schema`` and a few PRAGMAs (well under a millisecond); ``user_version`` and the
+    schema are read in one read transaction, so a migration another process commits meanwhile
+    is seen whole or not at all."""
+    conn.execute("BEGIN")
+    try:
+        version = _user_version(conn)
+        found = schema.describe_schema(conn)
+    except BaseException:
+        try:
+            if not conn.get_autocommit():
+                conn.execute("ROLLBACK")
+        except apsw.Error:
+            pass  # the error that brought us here is the one to report
+        raise
+    conn.execute("ROLLBACK")  # a read: nothing to keep
+    problems = schema.schema_differences(schema.expected_schema(version), found)
+    if problems:
+        shown = "; ".join(problems[:5])
+        more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
+        raise SchemaMismatchError(
+            f"{path!r} does not have the schema sqlitesaver creates for its schema version "
+            f"{version}: {shown}{more}. It was changed outside sqlitesaver, which refuses to use "
+            "it: nothing was written. Undo the change (sqlitesaver/schema.py holds the schema) "
+            f"or restore from a backup; '{check_command(path)}' lists every difference.",
             path=path)
 
 

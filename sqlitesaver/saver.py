@@ -7,7 +7,9 @@ power loss; with ``"normal"`` it survives a process crash, and after a power los
 consistent but the last acknowledged transitions may be missing. A write that raised left nothing
 behind, except after :class:`~sqlitesaver.errors.DatabaseIOError`, where it may have reached the
 disk ("maybe committed"). Reads verify a checksum on every payload and raise
-:class:`~sqlitesaver.errors.ChecksumError` rather than return changed bytes.
+:class:`~sqlitesaver.errors.ChecksumError` rather than return changed bytes; other damage in a
+row they read (a text that is not UTF-8, a column of the wrong type) raises
+:class:`~sqlitesaver.errors.CorruptDatabaseError`, never a raw exception.
 """
 
 from __future__ import annotations
@@ -27,9 +29,10 @@ from typing import Any
 import apsw
 
 from . import codec, contention, integrity, interrupts, opening, paths, pragmas
-from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError, ForkedProcessError,
-                     InterruptedTransitionError, InvalidArgumentError, ReadOnlyDatabaseError,
-                     SaverClosedError, SaverError, UsageError, describe, translate)
+from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError,
+                     CorruptDatabaseError, ForkedProcessError, InterruptedTransitionError,
+                     InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError, SaverError,
+                     UsageError, check_command, describe, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
 from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
 
@@ -89,7 +92,12 @@ class Saver:
         busy_timeout: seconds to wait for another connection's lock before
             :class:`~sqlitesaver.errors.BusyTimeoutError`.
         integrity_check: ``"quick"`` (default), ``"full"`` or ``"off"``: which check the
-            startup recovery runs.
+            startup recovery runs. ``"quick"`` (``PRAGMA quick_check``) does not compare
+            indexes with their tables: a damaged index entry can make a thread look empty
+            (``get`` returns ``None``, ``list`` nothing) without an error; ``"full"`` finds it,
+            at a cost that grows faster than the file. Whatever the mode, a schema changed
+            outside sqlitesaver (an added trigger or view, a dropped or changed index, table
+            or column) raises :class:`~sqlitesaver.errors.SchemaMismatchError`.
         readonly: open for reading only. Nothing is written: no file is created, no WAL
             checkpoint or schema migration runs (an older schema raises
             :class:`~sqlitesaver.errors.SchemaVersionError`), and every write method raises
@@ -360,7 +368,8 @@ class Saver:
                    state: bytes, metadata: bytes) -> int:
         """Insert or replace the checkpoint with caller-supplied id ``key``, inside the
         caller's transaction; return its ``created_at``."""
-        found = conn.execute(_SEQ_BY_KEY, (thread_id, namespace, key)).fetchone()
+        with self._damage("putting a checkpoint"):
+            found = conn.execute(_SEQ_BY_KEY, (thread_id, namespace, key)).fetchone()
         if found is None:
             seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
             conn.execute(_INSERT_KEYED_CHECKPOINT, (
@@ -489,7 +498,7 @@ class Saver:
         if source_thread_id == target_thread_id:
             raise InvalidArgumentError(
                 f"cannot copy thread {source_thread_id!r} onto itself; nothing was written")
-        with _Transaction(self, "copying a thread") as conn:
+        with _Transaction(self, "copying a thread") as conn, self._damage("copying a thread"):
             if conn.execute("SELECT 1 FROM checkpoints WHERE thread_id = ? LIMIT 1",
                             (target_thread_id,)).fetchone() is not None:
                 raise InvalidArgumentError(
@@ -550,7 +559,8 @@ class Saver:
             return 0
         where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None \
             else ("", ())
-        with _Transaction(self, "deleting checkpoints by metadata") as conn:
+        with _Transaction(self, "deleting checkpoints by metadata") as conn, \
+                self._damage("deleting checkpoints by metadata"):
             doomed: set[int] = set()
             orphans = []
             rows = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c {where} "
@@ -798,7 +808,11 @@ class Saver:
                     (thread_id, after, last, want)), want, (3,))
             # The snapshot has ended: a caller holding this iterator pins nothing.
             for seq, thread, created, event, checksum in rows:
-                if integrity.log_checksum(seq, thread, created, event) != checksum:
+                try:
+                    intact = integrity.log_checksum(seq, thread, created, event) == checksum
+                except (TypeError, ValueError, OverflowError):  # a column of the wrong type
+                    intact = False
+                if not intact:
                     raise self._checksum_error(f"log event {seq} of thread {thread!r}")
                 yield LogEvent(seq, thread, _to_datetime(created), codec.decode(event))
             if not full:
@@ -809,8 +823,16 @@ class Saver:
     def threads(self) -> builtins.list[str]:  # `list` here is the method above
         """Every thread id that has a checkpoint or a log event, sorted."""
         with _Read(self, "listing threads") as read:
-            return [row[0] for row in read.conn.execute(
+            threads = [row[0] for row in read.conn.execute(
                 "SELECT thread_id FROM checkpoints UNION SELECT thread_id FROM log ORDER BY 1")]
+        if not set(map(type, threads)) <= {str}:  # no checksum covers this list: check the type
+            bad = next(thread for thread in threads if type(thread) is not str)
+            raise CorruptDatabaseError(
+                f"{self._path!r} is damaged: a thread id is stored as {type(bad).__name__} "
+                f"{bad!r:.60}, not as text, found while listing threads; nothing was returned. "
+                f"Restore from a backup; '{check_command(self._path)}' lists the damage without "
+                "writing to the file.", path=self._path)
+        return threads
 
     # --- internals -------------------------------------------------------------------------
 
@@ -850,7 +872,23 @@ class Saver:
     def _translate(self, exc: BaseException, doing: str) -> SaverError:
         if isinstance(exc, apsw.IOError):
             self._fail(exc, doing)
-        return translate(exc, self._path, doing)
+        limit = None
+        if isinstance(exc, apsw.TooBigError):
+            try:
+                limit = self._writer.limit(apsw.SQLITE_LIMIT_LENGTH, -1)
+            except apsw.Error:
+                pass  # closed meanwhile: the message gives SQLite's default
+        return translate(exc, self._path, doing, limit=limit)
+
+    @contextmanager
+    def _damage(self, doing: str) -> Iterator[None]:
+        """Around reads inside a write transaction (whose exit propagates anything but an APSW
+        error as the caller's own): a stored text that is not UTF-8 raises
+        :class:`~sqlitesaver.errors.CorruptDatabaseError`, as :class:`_Read` does."""
+        try:
+            yield
+        except UnicodeDecodeError as exc:
+            raise self._translate(exc, doing) from exc
 
     def _checkpoint_seq(self, conn: apsw.Connection, thread_id: str, namespace: str,
                         checkpoint_id: str, argument: str) -> int:
@@ -860,7 +898,7 @@ class Saver:
                 "SELECT seq FROM checkpoints WHERE seq = ? AND thread_id = ? AND namespace = ? "
                 "AND key IS NULL", (seq, thread_id, namespace)).fetchone()
         else:
-            found = conn.execute(_SEQ_BY_KEY, (thread_id, namespace, checkpoint_id)).fetchone()
+            found = conn.execute(_SEQ_OF_KEY, (thread_id, namespace, checkpoint_id)).fetchone()
         if found is not None:
             return found[0]
         raise CheckpointNotFoundError(
@@ -896,15 +934,24 @@ class Saver:
     def _verify(self, row: tuple) -> None:
         seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key, \
             parent_key = row
-        if integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created, state,
-                                         meta, key, parent_key) != checksum:
+        try:
+            intact = integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq,
+                                                   created, state, meta, key,
+                                                   parent_key) == checksum
+        except (TypeError, ValueError, OverflowError):  # a column of the wrong type: damage
+            intact = False
+        if not intact:
             raise self._checksum_error(
                 f"checkpoint {key or _format_id(seq)!r} of thread {thread_id!r}")
 
     def _verify_writes(self, checkpoint_id: str, writes: Iterable[tuple]) -> None:
         for w_seq, task_id, index, channel, value, task_path, checksum in writes:
-            if integrity.write_checksum(w_seq, task_id, index, channel, task_path,
-                                        value) != checksum:
+            try:
+                intact = integrity.write_checksum(w_seq, task_id, index, channel, task_path,
+                                                  value) == checksum
+            except (TypeError, ValueError, OverflowError):  # a column of the wrong type
+                intact = False
+            if not intact:
                 raise self._checksum_error(
                     f"pending write ({task_id!r}, {index}) of checkpoint {checkpoint_id!r}")
 
@@ -1722,7 +1769,7 @@ class _Read:
                 pass  # closed by the release below
             finally:
                 saver._release_reader(conn, reusable)  # its slot, whatever the exception
-        if isinstance(exc, apsw.Error):
+        if isinstance(exc, (apsw.Error, UnicodeDecodeError)):  # the latter: damaged text
             raise saver._translate(exc, self._doing) from exc
 
 
@@ -1812,7 +1859,10 @@ def _fetch_page(cursor: apsw.Cursor, want: int, payloads: tuple[int, ...]
         for row in cursor:
             rows.append(row)
             for column in payloads:
-                size += len(row[column])
+                try:
+                    size += len(row[column])
+                except TypeError:  # not bytes: damage, which the row's checksum reports
+                    pass
             if size >= PAGE_BYTES:
                 return rows, True
     finally:
@@ -1845,6 +1895,8 @@ _INSERT_KEYED_CHECKPOINT = ("INSERT INTO checkpoints (seq, thread_id, namespace,
 # `key = ?` implies `key IS NOT NULL`, so SQLite uses the partial index checkpoints_by_key.
 _SEQ_BY_KEY = ("SELECT seq, created_at FROM checkpoints WHERE thread_id = ? AND namespace = ? "
                "AND key = ?")
+# The seq alone, from that index: no text (nor any column of the row) to decode.
+_SEQ_OF_KEY = "SELECT seq FROM checkpoints WHERE thread_id = ? AND namespace = ? AND key = ?"
 _INSERT_WRITE = ("INSERT INTO writes (checkpoint_seq, task_id, idx, channel, value, task_path, "
                  "checksum) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
 _REPLACE_WRITE = (_INSERT_WRITE.removesuffix("DO NOTHING")

@@ -13,11 +13,14 @@ its ``seq``.
 
 from __future__ import annotations
 
+import functools
+import re
 from dataclasses import dataclass
 
 import apsw
 
-__all__ = ["APPLICATION_ID", "Migration", "MIGRATIONS", "latest_version", "migrate"]
+__all__ = ["APPLICATION_ID", "Migration", "MIGRATIONS", "latest_version", "migrate",
+           "expected_schema", "describe_schema", "schema_differences", "normalize_sql"]
 
 #: "SSav" in ASCII. Written at creation; a database with any other value is not ours.
 APPLICATION_ID = 0x53536176
@@ -129,3 +132,152 @@ def migrate(conn: apsw.Connection) -> tuple[int, ...]:
                 conn.execute("ROLLBACK")
             raise
     return tuple(applied)
+
+
+# --- what the schema must be ------------------------------------------------------------------
+# A database holds exactly the schema its migrations created: the Saver (at open) and the
+# validator compare it, object by object, with the schema these statements create in memory for
+# the same user_version. So a migration, once released, is never edited, only followed by a new
+# one (comments and whitespace aside: they are not compared). Anything added, dropped or
+# changed behind the Saver's back is reported: an extra trigger can delete what put() wrote,
+# a missing index makes reads slow and lets duplicate caller-supplied ids in. SQLite's own
+# sqlite_stat* tables (written by ANALYZE and PRAGMA optimize) only steer its query planner and
+# are left out.
+
+def expected_schema(version: int) -> dict[str, tuple]:
+    """:func:`describe_schema` of a new database after migrations 1 to ``version``."""
+    return _expected(MIGRATIONS, version)
+
+
+@functools.lru_cache(maxsize=8)
+def _expected(migrations: tuple[Migration, ...], version: int) -> dict[str, tuple]:
+    conn = apsw.Connection(":memory:")
+    try:
+        for migration in migrations:
+            if migration.version <= version:
+                for statement in migration.statements:
+                    conn.execute(statement)
+        return describe_schema(conn)
+    finally:
+        conn.close()
+
+
+def describe_schema(conn: apsw.Connection) -> dict[str, tuple]:
+    """Every object of the main database's schema, SQLite's sqlite_stat* tables aside, by
+    ``"<type> <name>"``: its table, its normalized SQL, and what SQLite's PRAGMAs say of it
+    (for a table: its columns, foreign keys, WITHOUT ROWID and STRICT; for an index: its
+    columns, uniqueness, origin and partiality). Raises ``apsw.Error`` (or UnicodeDecodeError
+    for a damaged schema) untranslated."""
+    found: dict[str, tuple] = {}
+    objects = conn.execute("SELECT type, name, tbl_name, sql FROM main.sqlite_schema WHERE "
+                           "name NOT LIKE 'sqlite\\_stat%' ESCAPE '\\' ORDER BY type, name"
+                           ).fetchall()
+    shapes = {name: (without_rowid, strict) for _, name, _, _, without_rowid, strict
+              in conn.execute("PRAGMA main.table_list")}
+    for kind, name, table, sql in objects:
+        details: tuple = ()
+        if kind == "table" and (sql or "").lstrip()[:14].upper() != "CREATE VIRTUAL":
+            details = (tuple(conn.execute("SELECT * FROM pragma_table_xinfo(?, 'main')",
+                                          (name,))),
+                       tuple(conn.execute("SELECT * FROM pragma_foreign_key_list(?, 'main')",
+                                          (name,))),
+                       shapes.get(name))
+        elif kind == "index":
+            flags = [row[2:] for row in conn.execute(
+                "SELECT * FROM pragma_index_list(?, 'main')", (table,)) if row[1] == name]
+            details = (tuple(conn.execute("SELECT * FROM pragma_index_xinfo(?, 'main')",
+                                          (name,))),
+                       tuple(flags))
+        found[f"{kind} {name}"] = (table, normalize_sql(sql), details)
+    return found
+
+
+def schema_differences(expected: dict[str, tuple], found: dict[str, tuple]) -> list[str]:
+    """Each way ``found`` differs from ``expected`` (both from :func:`describe_schema`), one
+    sentence each, naming the object: missing, extra, or changed (and how)."""
+    problems = []
+    for key in sorted(expected.keys() - found.keys()):
+        problems.append(f"missing {_named(key, expected[key])}")
+    for key in sorted(found.keys() - expected.keys()):
+        sql = found[key][1] or ""
+        problems.append(f"extra {_named(key, found[key])}"
+                        + (f": {sql[:120]}{'...' if len(sql) > 120 else ''}" if sql else ""))
+    for key in sorted(expected.keys() & found.keys()):
+        if expected[key] != found[key]:
+            problems.append(f"{_named(key, found[key])} differs: "
+                            f"{_how(key, expected[key], found[key])}")
+    return problems
+
+
+def _named(key: str, entry: tuple) -> str:
+    kind, name = key.split(" ", 1)
+    return f"{kind} {name!r}" + (f" (on table {entry[0]!r})" if kind in ("index", "trigger")
+                                 else "")
+
+
+def _how(key: str, expected: tuple, found: tuple) -> str:
+    kind = key.split(" ", 1)[0]
+    if expected[0] != found[0]:
+        return f"it is on table {found[0]!r}, not {expected[0]!r}"
+    if kind == "table":
+        want = {column[1]: column for column in expected[2][0]}
+        have = {column[1]: column for column in found[2][0]}
+        notes = [f"missing column {name!r}" for name in want if name not in have]
+        notes += [f"extra column {name!r}" for name in have if name not in want]
+        notes += [f"column {name!r} is {_column(have[name])}, not {_column(want[name])}"
+                  for name in want if name in have and want[name][2:] != have[name][2:]]
+        if not notes and [c[1] for c in want.values()] != [c[1] for c in have.values()]:
+            notes.append("its columns are in another order")
+        if expected[2][1] != found[2][1]:
+            notes.append("its foreign keys differ")
+        if expected[2][2] != found[2][2]:
+            notes.append("its WITHOUT ROWID / STRICT differ")
+        if notes:
+            return "; ".join(notes)
+    elif kind == "index":
+        if expected[2][0] != found[2][0]:
+            return (f"it indexes ({', '.join(str(c[2]) for c in found[2][0] if c[5])}), not "
+                    f"({', '.join(str(c[2]) for c in expected[2][0] if c[5])})")
+        if expected[2][1] != found[2][1]:
+            return "its UNIQUE or WHERE differs"
+    return f"its SQL is {found[1]!r}, not {expected[1]!r}"
+
+
+def _column(column: tuple) -> str:
+    _, _, declared, notnull, default, pk, hidden = column
+    text = declared or "untyped"
+    if notnull:
+        text += " NOT NULL"
+    if default is not None:
+        text += f" DEFAULT {default}"
+    if pk:
+        text += f" (primary key #{pk})"
+    if hidden:
+        text += " (hidden or generated)"
+    return text
+
+
+# A quoted name or string (SQLite's four quotes, a doubled quote inside), or a comment.
+_QUOTED_OR_COMMENT = re.compile(r"""'(?:[^']|'')*'?|"(?:[^"]|"")*"?|`(?:[^`]|``)*`?|\[[^\]]*\]?"""
+                                r"|--[^\n]*|/\*.*?(?:\*/|\Z)", re.S)
+_PLACEHOLDER = re.compile(r"\0(\d+)\0")
+
+
+def normalize_sql(sql: str | None) -> str | None:
+    """``sql`` without comments, with runs of whitespace made one space (none next to
+    punctuation) and case folded, except inside quotes: the same definition written another way
+    compares equal, and any other change does not."""
+    if sql is None:
+        return None
+    quoted: list[str] = []
+
+    def set_aside(match: re.Match) -> str:
+        token = match.group(0)
+        if token[0] in "-/":
+            return " "  # a comment
+        quoted.append(token)
+        return f"\0{len(quoted) - 1}\0"
+
+    text = " ".join(_QUOTED_OR_COMMENT.sub(set_aside, sql).split()).casefold()
+    text = re.sub(r" ?([(),]) ?", r"\1", text)
+    return _PLACEHOLDER.sub(lambda match: quoted[int(match.group(1))], text)

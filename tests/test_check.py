@@ -33,7 +33,7 @@ from test_bad_input import (MARKER, big_db, child_env, damage_middle_page,
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
                       "validate_sqlite_integrity.sh")
 EMPTY = hashlib.sha256(b"").hexdigest()
-CHECKS = ["file", "sqlitesaver", "integrity_check", "foreign_key_check", "journal_mode",
+CHECKS = ["file", "sqlitesaver", "integrity_check", "foreign_key_check", "journal_mode", "schema",
           "checksums", "writes_point_at_checkpoints", "ids_monotonic",
           "parents_exist_unless_pruned"]
 INVARIANTS = CHECKS[-3:]
