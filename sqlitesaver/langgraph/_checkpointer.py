@@ -35,7 +35,7 @@ from ..errors import CheckpointNotFoundError, InvalidArgumentError
 from . import _convert
 from ._rendezvous import STORED, Key, Parked, Rendezvous
 
-__all__ = ["SaverCheckpointer"]
+__all__ = ["SaverCheckpointer", "file_path"]
 
 #: Checkpoints an ``alist`` fetches per trip to its worker thread.
 _BATCH = 64
@@ -60,10 +60,13 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
 
     def __init__(self, saver: Saver, *, serde: SerializerProtocol | None = None) -> None:
         if not isinstance(saver, Saver):
+            name = type(self).__name__
             raise InvalidArgumentError(
-                f"{type(self).__name__} takes a sqlitesaver.Saver, not "
-                f"{type(saver).__name__}; open one with "
-                f"{type(self).__name__}.from_conn_string(path)")
+                f"{name} takes a sqlitesaver.Saver, not a {type(saver).__module__}."
+                f"{type(saver).__qualname__}: it opens the database file itself (through APSW, "
+                "with its crash recovery and settings) instead of using a connection you made. "
+                f"Use {name}.from_conn_string(path) with a file path, or {name}(Saver(path)); "
+                f"{_THROWAWAY}")
         super().__init__(serde=serde)
         self.saver = saver
         self._rendezvous = Rendezvous()
@@ -76,10 +79,11 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names (the latest of its thread and ``checkpoint_ns`` when
-        it has no ``checkpoint_id``) with its pending writes, or None. One snapshot."""
+        it has no ``checkpoint_id``) with its pending writes, or None. One snapshot.
+        :class:`~sqlitesaver.errors.ForeignCheckpointError` if the core API wrote it."""
         thread_id, namespace, checkpoint_id = _convert.location(config)
         stored = self.saver.get(thread_id, checkpoint_id, namespace=namespace)
-        return None if stored is None else _convert.to_tuple(stored, self.serde)
+        return None if stored is None else self._tuple(stored)
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None,
@@ -90,7 +94,9 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         the given key/value pairs; ``before`` keeps those older than that checkpoint (one that
         does not exist compares by id, as LangGraph's uuid6 ids sort by time). A thread's
         checkpoints stream from one snapshot. ``config=None`` lists every thread: each thread
-        is read in turn and the whole result is sorted by id in memory."""
+        is read in turn and the whole result is sorted by id in memory. A checkpoint it
+        would return that the core API wrote raises
+        :class:`~sqlitesaver.errors.ForeignCheckpointError`."""
         if before is not None:
             before_id = (before.get("configurable") or {}).get("checkpoint_id")
             if not before_id:
@@ -108,9 +114,12 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         stream = self._stream(thread_id, namespace, filter, before_id, limit)
         try:
             for stored in stream:
-                yield _convert.to_tuple(stored, self.serde)
+                yield self._tuple(stored)
         finally:
             stream.close()
+
+    def _tuple(self, stored: Any) -> CheckpointTuple:
+        return _convert.to_tuple(stored, self.serde, path=self.saver.path)
 
     def _stream(self, thread_id: str, namespace: str | None, filter: dict | None,
                 before_id: str | None, limit: int | None) -> Iterator:
@@ -144,7 +153,7 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
                           if stored.checkpoint_id == checkpoint_id]
         for stored in candidates:
             if filter is None or _convert.metadata_matches(stored.metadata, filter):
-                yield _convert.to_tuple(stored, self.serde)
+                yield self._tuple(stored)
 
     def _list_every_thread(self, filter: dict | None, before_id: str | None,
                            limit: int | None) -> Iterator[CheckpointTuple]:
@@ -153,7 +162,7 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
                  if before_id is None or stored.checkpoint_id < before_id]
         found.sort(key=lambda stored: stored.checkpoint_id, reverse=True)
         for stored in found[:limit]:
-            yield _convert.to_tuple(stored, self.serde)
+            yield self._tuple(stored)
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -328,6 +337,25 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+
+
+_THROWAWAY = ("for a throwaway database use a file in a temporary directory "
+              "(os.path.join(tempfile.mkdtemp(), 'checkpoints.db')), or LangGraph's "
+              "InMemorySaver (from langgraph.checkpoint.memory import InMemorySaver).")
+
+
+def file_path(cls: type, conn_string: object) -> object:
+    """``conn_string`` if it can name a database file; the in-memory and URI strings LangGraph's
+    tutorials pass to ``from_conn_string`` raise
+    :class:`~sqlitesaver.errors.InvalidArgumentError` saying what to use instead (anything else
+    the Saver checks when it opens)."""
+    if isinstance(conn_string, str) and (conn_string in ("", ":memory:")
+                                         or conn_string.startswith("file:")):
+        raise InvalidArgumentError(
+            f"{cls.__name__}.from_conn_string takes a database file path, not "
+            f"{conn_string!r}: an in-memory or URI database cannot be durable, and durability "
+            f"is what sqlitesaver is for; {_THROWAWAY}")
+    return conn_string
 
 
 def _take(iterator: Iterator, n: int) -> list:

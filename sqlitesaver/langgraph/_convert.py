@@ -9,7 +9,8 @@ only one that sees channel values. Metadata is stored as plain values, as LangGr
 store it (JSON there), so that ``list(filter=...)`` and ``delete_for_runs`` can read it. A
 pending write's value is its ``dumps_typed`` pair (a list too), stored under LangGraph's index:
 its position in the call for a regular channel, the fixed negative index of ``WRITES_IDX_MAP``
-for a special one.
+for a special one. A checkpoint or write whose value is not such a pair was written through the
+core API: reading it raises :class:`~sqlitesaver.errors.ForeignCheckpointError`.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (WRITES_IDX_MAP, CheckpointTuple, SerializerProtocol,
                                        writes_sort_key)
 
-from ..errors import InvalidArgumentError
+from ..errors import ForeignCheckpointError, InvalidArgumentError
 from ..records import Checkpoint
 
 __all__ = ["Writes", "dumps", "location", "split_writes", "to_config", "to_tuple",
@@ -48,9 +49,17 @@ def to_config(thread_id: str, namespace: str, checkpoint_id: str) -> RunnableCon
                              "checkpoint_id": checkpoint_id}}
 
 
-def to_tuple(stored: Checkpoint, serde: SerializerProtocol) -> CheckpointTuple:
+def to_tuple(stored: Checkpoint, serde: SerializerProtocol, *,
+             path: str | None = None) -> CheckpointTuple:
     """The CheckpointTuple of a stored checkpoint; pending writes in ``writes_sort_key`` order
-    (task_path, task_id, index), the order LangGraph applies a superstep's writes in."""
+    (task_path, task_id, index), the order LangGraph applies a superstep's writes in.
+    :class:`~sqlitesaver.errors.ForeignCheckpointError` if the checkpoint or one of its writes
+    was not stored by this adapter (``path`` is the database, for the error)."""
+    _check_pair(stored, stored.state, "its state", path)
+    for w in stored.pending_writes:
+        _check_pair(stored, w.value,
+                    f"its pending write {w.index} of task {w.task_id!r} (channel {w.channel!r})",
+                    path)
     writes = sorted(stored.pending_writes,
                     key=lambda w: writes_sort_key(w.task_path, w.task_id, w.index))
     return CheckpointTuple(
@@ -60,6 +69,30 @@ def to_tuple(stored: Checkpoint, serde: SerializerProtocol) -> CheckpointTuple:
         None if stored.parent_id is None else to_config(stored.thread_id, stored.namespace,
                                                         stored.parent_id),
         [(w.task_id, w.channel, serde.loads_typed(tuple(w.value))) for w in writes])
+
+
+def _check_pair(stored: Checkpoint, value: Any, what: str, path: str | None) -> None:
+    """Refuse a value that is not the ``[type, bytes]`` list :func:`dumps` stores."""
+    if type(value) is list and len(value) == 2 and type(value[0]) is str \
+            and isinstance(value[1], (bytes, bytearray)):
+        return
+    error = ForeignCheckpointError(
+        f"checkpoint {stored.checkpoint_id!r} of thread {stored.thread_id!r} (namespace "
+        f"{stored.namespace!r}) was not written through sqlitesaver.langgraph: {what} is "
+        f"{_shape(value)}, not the [type, bytes] pair of a LangGraph serializer, so the core "
+        "Saver API wrote it. Use one database through one API: keep the Saver's own "
+        "checkpoints in another file.", path=path)
+    error.thread_id, error.namespace = stored.thread_id, stored.namespace
+    error.checkpoint_id = stored.checkpoint_id
+    raise error
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        items = ", ".join(type(item).__name__ for item in value[:3])
+        more = ", ..." if len(value) > 3 else ""
+        return f"a {type(value).__name__} of {len(value)} ({items}{more})"
+    return f"a {type(value).__name__}"
 
 
 def dumps(serde: SerializerProtocol, value: Any) -> list:
