@@ -11,11 +11,15 @@ pending write's value is its ``dumps_typed`` pair (a list too), stored under Lan
 its position in the call for a regular channel, the fixed negative index of ``WRITES_IDX_MAP``
 for a special one. A checkpoint or write whose value is not such a pair was written through the
 core API: reading it raises :class:`~sqlitesaver.errors.ForeignCheckpointError`.
+
+``list(filter=...)`` follows LangGraph's SQLite saver (see :class:`Filter`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
@@ -25,8 +29,7 @@ from langgraph.checkpoint.base import (WRITES_IDX_MAP, CheckpointTuple, Serializ
 from ..errors import ForeignCheckpointError, InvalidArgumentError
 from ..records import Checkpoint
 
-__all__ = ["Writes", "dumps", "location", "split_writes", "to_config", "to_tuple",
-           "metadata_matches"]
+__all__ = ["Writes", "Filter", "dumps", "location", "split_writes", "to_config", "to_tuple"]
 
 #: (indexes, (channel, value) pairs) of one kind of write
 Writes = tuple[list[int], list[tuple[str, Any]]]
@@ -118,7 +121,85 @@ def split_writes(writes: Sequence[tuple[str, Any]], serde: SerializerProtocol
     return regular, (list(special), list(special.values()))
 
 
-def metadata_matches(metadata: Any, wanted: dict) -> bool:
-    """The Saver's ``list(metadata=...)`` rule: every wanted key present, values ``==``."""
-    return isinstance(metadata, dict) and all(
-        key in metadata and metadata[key] == value for key, value in wanted.items())
+#: The filter keys LangGraph's SQLite saver accepts (``_FILTER_PATTERN`` in its
+#: ``langgraph/checkpoint/sqlite/utils.py``), matched whole: its ``re.match`` with ``$`` also
+#: lets a key end in a newline, which is refused here.
+_FILTER_KEY = re.compile(r"[a-zA-Z0-9_.-]+")
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A ``list(filter=...)`` as LangGraph's SQLite saver reads it, whose SQL is
+    ``json_extract(metadata, '$.<key>') = ?`` (``IS NULL`` for ``None``):
+
+    * A key is a path: each ``.`` steps into a nested dict (``"user.name"`` is
+      ``metadata["user"]["name"]``), so a top-level key that itself contains a dot cannot be
+      filtered on. Keys hold only ASCII letters, digits, ``_``, ``.`` and ``-``, with no empty
+      step; anything else raises :class:`~sqlitesaver.errors.InvalidArgumentError` (a
+      ``ValueError``, as LangGraph's ``"Invalid filter key"``), before anything is read.
+    * ``None`` matches a path that leads to ``None`` or to nothing (a missing key, or a step
+      into something that is not a dict), as SQL's ``IS NULL`` does.
+    * Any other value matches the value at the path under Python ``==``: ``1``, ``1.0`` and
+      ``True`` are equal (they are in SQLite too), ``"1"`` is not ``1``, and lists and dicts are
+      compared as values (LangGraph's saver compares their JSON text; see the README).
+
+    ``direct`` is the part the Saver's own ``list(metadata=...)`` checks (top-level keys with
+    values other than ``None``: present and ``==``, the same rule); ``paths`` is the rest, which
+    :meth:`rest_matches` checks here.
+    """
+
+    direct: dict | None
+    paths: tuple[tuple[tuple[str, ...], Any], ...]
+
+    @classmethod
+    def of(cls, filter: Any) -> "Filter":
+        if filter is None:
+            return cls(None, ())
+        if not isinstance(filter, Mapping):
+            raise InvalidArgumentError(
+                f"filter must be a dict or None, not {type(filter).__name__}")
+        direct: dict = {}
+        paths = []
+        for key, value in filter.items():
+            if not isinstance(key, str):
+                raise InvalidArgumentError(
+                    f"Invalid filter key: {key!r} is a {type(key).__name__}; filter keys are "
+                    "str; nothing was read")
+            if not _FILTER_KEY.fullmatch(key):
+                raise InvalidArgumentError(
+                    f"Invalid filter key: {key!r}. Filter keys must contain only ASCII "
+                    "letters, digits, underscores, dots and hyphens (as in LangGraph's SQLite "
+                    "saver); nothing was read")
+            steps = tuple(key.split("."))
+            if "" in steps:
+                raise InvalidArgumentError(
+                    f"Invalid filter key: {key!r}. A dot separates the steps of a path into "
+                    "nested metadata, and no step may be empty; nothing was read")
+            if len(steps) == 1 and value is not None:
+                direct[key] = value
+            else:
+                paths.append((steps, value))
+        return cls(direct or None, tuple(paths))
+
+    def matches(self, metadata: Any) -> bool:
+        """The whole filter, for metadata the Saver has not checked."""
+        return isinstance(metadata, dict) and (
+            self.direct is None or all(key in metadata and metadata[key] == value
+                                       for key, value in self.direct.items())
+        ) and self.rest_matches(metadata)
+
+    def rest_matches(self, metadata: Any) -> bool:
+        """The paths and ``None`` values, for metadata the Saver matched ``direct`` with."""
+        for steps, wanted in self.paths:
+            found = metadata
+            for step in steps:
+                found = found.get(step, _ABSENT) if isinstance(found, dict) else _ABSENT
+                if found is _ABSENT:
+                    break
+            if wanted is None:
+                if found is not _ABSENT and found is not None:
+                    return False
+            elif found is _ABSENT or not found == wanted:
+                return False
+        return True
