@@ -289,6 +289,36 @@ def test_a_bad_filter_key_raises_a_value_error_in_both(both, key):
         list(ours.list(cfg("t"), filter={key: 1}, before={"configurable": {}}))
 
 
+def test_delta_channel_history_matches_langgraphs_saver(both, monkeypatch):
+    ours, theirs = both
+    writes_of = {0: [("ch", "a"), ("other", 1)], 1: [("ch", "b")], 3: [("ch", "c")]}
+    for saver in (ours, theirs):
+        parent = cfg("t", "")
+        for step in range(5):
+            checkpoint = empty_checkpoint()
+            checkpoint["id"] = an_id(step + 1)
+            checkpoint["channel_values"] = {"ch": "seed"} if step == 1 else {}
+            parent = saver.put(parent, checkpoint, {"step": step}, {})
+            if step in writes_of:
+                saver.put_writes(parent, writes_of[step], f"task-{step}")
+    head = cfg("t", "", an_id(5))
+    for channels in (["ch"], ["ch", "other", "none"], []):
+        expected = theirs.get_delta_channel_history(config=head, channels=channels)
+        assert ours.get_delta_channel_history(config=head, channels=channels) == expected
+        assert asyncio.run(ours.aget_delta_channel_history(config=head, channels=channels)) \
+            == expected
+    assert expected == {} and "seed" in theirs.get_delta_channel_history(
+        config=head, channels=["ch"])["ch"]
+    # the async walk is one trip to a worker thread, not one per ancestor
+    trips = []
+    to_thread = asyncio.to_thread
+    monkeypatch.setattr(asyncio, "to_thread",
+                        lambda *args, **kwargs: trips.append(args[0]) or to_thread(*args,
+                                                                                    **kwargs))
+    asyncio.run(ours.aget_delta_channel_history(config=head, channels=["ch", "other"]))
+    assert len(trips) == 1, trips
+
+
 # --- the documented differences, pinned on both sides --------------------------------------------
 
 def put_both(both, meta: dict) -> None:
