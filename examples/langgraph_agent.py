@@ -1,7 +1,7 @@
 """A LangGraph support-ticket graph on sqlitesaver: interrupt, restart, resume, then the thread
 maintenance LangGraph's own SQLite saver does not implement (copy_thread, delete_for_runs, prune).
 
-    pip install 'sqlitesaver[langgraph]' langgraph
+    pip install 'sqlitesaver[langgraph]'
     python examples/langgraph_agent.py [DATABASE]
 
 No model and no network: the nodes are plain functions, so the run is deterministic. The only

@@ -49,6 +49,7 @@ __all__ = [
     "CheckpointNotFoundError",
     "SaverClosedError",
     "ForkedProcessError",
+    "ForeignCheckpointError",
 ]
 
 
@@ -188,6 +189,18 @@ class SaverClosedError(UsageError):
 class ForkedProcessError(UsageError):
     """The Saver was opened in another process and inherited through ``fork()``. SQLite
     connections must not cross a fork: open a new Saver in this process."""
+
+
+class ForeignCheckpointError(UsageError):
+    """The LangGraph checkpointer (:mod:`sqlitesaver.langgraph`) met a checkpoint, or a pending
+    write, that it did not write: its value is not the ``(type, bytes)`` pair of a LangGraph
+    serializer, so the core ``Saver`` API wrote it into the same database. One database is used
+    through one API. ``thread_id``, ``namespace`` and ``checkpoint_id`` name the checkpoint;
+    nothing was written."""
+
+    thread_id: str | None = None
+    namespace: str | None = None
+    checkpoint_id: str | None = None
 
 
 # --- the boundary ---------------------------------------------------------------------------

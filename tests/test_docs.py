@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+from importlib import metadata
 
 import sqlitesaver
 from sqlitesaver import Saver
@@ -133,3 +136,97 @@ def test_every_subpackage_is_installed():
     present = {os.path.relpath(d, REPO).replace(os.sep, ".")
                for d, _, files in os.walk(root) if "__init__.py" in files}
     assert declared == present
+
+
+# --- pip install '.[langgraph]' ------------------------------------------------------------------
+
+def _normalized(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _imports(source: str) -> set[str]:
+    """The absolute module names a piece of Python source imports."""
+    found = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            found.add(node.module)
+    return found
+
+
+def _owner(module: str) -> str:
+    """The installed distribution whose files hold ``module`` (several may share a namespace
+    package such as ``langgraph``: the file decides)."""
+    spec = importlib.util.find_spec(module)
+    assert spec is not None, f"{module} is not installed: install '.[test]' to run this test"
+    origin = spec.origin if spec.has_location else next(iter(spec.submodule_search_locations))
+    origin = os.path.realpath(origin)
+    candidates = metadata.packages_distributions().get(module.split(".")[0], [])
+    for name in candidates:
+        files = metadata.distribution(name).files or []
+        if any(os.path.realpath(metadata.distribution(name).locate_file(f)) == origin
+               for f in files):
+            return _normalized(name)
+    raise AssertionError(f"no installed distribution holds {module} ({origin}): {candidates}")
+
+
+def _required(names: set[str]) -> set[str]:
+    """``names`` and every distribution they require, transitively (extras not requested are
+    left out; markers are evaluated for this interpreter)."""
+    from packaging.requirements import Requirement  # LangGraph's own dependencies bring it
+
+    seen: set[str] = set()
+    todo = list(names)
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        try:
+            requires = metadata.requires(name) or []
+        except metadata.PackageNotFoundError:
+            continue
+        for line in requires:
+            requirement = Requirement(line)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                todo.append(_normalized(requirement.name))
+    return seen
+
+
+def test_the_langgraph_extra_brings_every_module_the_example_and_the_readme_import():
+    # `pip install 'sqlitesaver[langgraph]'`, as the README and the example say, must be all a
+    # user installs: every module the example, the README's LangGraph snippets and the adapter
+    # import comes from a distribution the extra or the core dependencies name, or one they
+    # require.
+    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
+        pyproject = f.read()
+    declared = set()
+    for block in (r"^dependencies = \[(.*?)^\]", r"^langgraph = \[(.*?)^\]"):
+        (listed,) = re.findall(block, pyproject, flags=re.M | re.S)
+        listed = re.sub(r"#[^\n]*", "", listed)
+        declared |= {_normalized(re.match(r"[A-Za-z0-9_.-]+", item).group())
+                     for item in re.findall(r'"([^"]+)"', listed)}
+    assert "langgraph-checkpoint" in declared, declared
+    sources = {"README.md": "\n".join(re.findall(r"```python\n(.*?)```", _section("LangGraph"),
+                                                  flags=re.S))}
+    for path in [os.path.join("examples", "langgraph_agent.py"),
+                 *(os.path.join("sqlitesaver", "langgraph", name) for name in
+                   sorted(os.listdir(os.path.join(REPO, "sqlitesaver", "langgraph")))
+                   if name.endswith(".py"))]:
+        with open(os.path.join(REPO, path), encoding="utf-8") as f:
+            sources[path] = f.read()
+    assert "sqlitesaver.langgraph" in _imports(sources["README.md"])
+    provided = _required(declared)
+    checked = set()
+    for path, source in sources.items():
+        for module in sorted(_imports(source)):
+            top = module.split(".")[0]
+            if top in sys.stdlib_module_names or top in ("__future__", "sqlitesaver"):
+                continue
+            owner = _owner(module)
+            checked.add(owner)
+            assert owner in provided, (
+                f"{path} imports {module}, from the distribution {owner}, which "
+                f"pip install '.[langgraph]' does not bring: {sorted(declared)}")
+    assert {"langgraph", "langgraph-checkpoint", "langchain-core"} <= checked, checked

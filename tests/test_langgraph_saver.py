@@ -8,6 +8,7 @@ import asyncio
 import itertools
 import os
 import queue
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -19,7 +20,8 @@ from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
 from conftest import family_digest
-from sqlitesaver import CheckpointNotFoundError, InvalidArgumentError, Saver, check
+from sqlitesaver import (CheckpointNotFoundError, ForeignCheckpointError, InvalidArgumentError,
+                         Saver, UsageError, check)
 from sqlitesaver.langgraph import AsyncSqliteSaver, SqliteSaver
 from sqlitesaver.langgraph._rendezvous import Parked, Rendezvous
 
@@ -423,6 +425,75 @@ def test_bad_input_is_refused_and_writes_nothing(db_path):
         with pytest.raises(InvalidArgumentError, match="durability"):
             with SqliteSaver.from_conn_string(path):
                 pass
+
+
+def test_langgraphs_tutorial_constructors_say_what_to_use_instead(tmp_path):
+    conn = sqlite3.connect(str(tmp_path / "stdlib.db"))  # what LangGraph's SqliteSaver takes
+    try:
+        for kind in (SqliteSaver, AsyncSqliteSaver):
+            with pytest.raises(InvalidArgumentError, match="takes a sqlitesaver.Saver") as raised:
+                kind(conn)  # type: ignore[arg-type]
+            message = str(raised.value)
+            for advice in ("sqlite3.Connection", f"{kind.__name__}.from_conn_string(path)",
+                           "temporary directory", "InMemorySaver"):
+                assert advice in message, (advice, message)
+    finally:
+        conn.close()
+
+    async def open_async(path: str) -> None:
+        async with AsyncSqliteSaver.from_conn_string(path):
+            pass
+
+    for path in (":memory:", "", "file:x.db?mode=memory"):
+        with pytest.raises(InvalidArgumentError, match="SqliteSaver.from_conn_string") as sync:
+            with SqliteSaver.from_conn_string(path):
+                pass
+        with pytest.raises(InvalidArgumentError, match="AsyncSqliteSaver.from_conn_string") \
+                as async_:
+            asyncio.run(open_async(path))
+        for raised in (sync, async_):
+            assert "temporary directory" in str(raised.value)
+            assert "from langgraph.checkpoint.memory import InMemorySaver" in str(raised.value)
+    assert not os.path.exists("file:x.db?mode=memory")
+
+
+async def _alist(checkpointer: SqliteSaver, config: dict | None) -> list:
+    return [t async for t in checkpointer.alist(config)]
+
+
+def test_a_checkpoint_the_core_api_wrote_is_refused_by_name(db_path):
+    with Saver(db_path) as saver:
+        checkpointer = SqliteSaver(saver)
+        ids = chain(checkpointer, 2)
+        core = saver.put("core", {"messages": ["hi"]}, metadata={"step": 1}, namespace="ns")
+        for read in (lambda: checkpointer.get_tuple(cfg("core", "ns")),
+                     lambda: list(checkpointer.list(None)),
+                     lambda: list(checkpointer.list({"configurable": {"thread_id": "core"}})),
+                     lambda: list(checkpointer.list(None, filter={"step": 1})),
+                     lambda: asyncio.run(checkpointer.aget_tuple(cfg("core", "ns"))),
+                     lambda: asyncio.run(_alist(checkpointer, None))):
+            with pytest.raises(ForeignCheckpointError) as raised:
+                read()
+            error = raised.value
+            assert isinstance(error, UsageError) and error.path == saver.path
+            assert (error.thread_id, error.namespace, error.checkpoint_id) == \
+                ("core", "ns", core.checkpoint_id)
+            for part in (repr(core.checkpoint_id), "'core'", "'ns'",
+                         "not written through sqlitesaver.langgraph", "its state is a dict",
+                         "one database through one API"):
+                assert part in str(error), (part, str(error))
+        # The adapter's own checkpoints read as before; a filter that leaves the core's out
+        # never meets it.
+        assert [t.checkpoint["id"] for t in checkpointer.list(cfg())] == ids[::-1]
+        assert [t.checkpoint["id"] for t in checkpointer.list(None, filter={"source": "loop"})] \
+            == ids[::-1]
+        # A pending write the core API put on the adapter's checkpoint.
+        saver.put_writes("t", ids[1], "core-task", [("ch", "plain")])
+        with pytest.raises(ForeignCheckpointError, match="pending write 0 of task 'core-task'"):
+            checkpointer.get_tuple(cfg())
+        assert checkpointer.get_tuple(cfg(checkpoint_id=ids[0])).checkpoint["id"] == ids[0]
+    report = check.check_database(db_path)
+    assert report.ok, check.format_report(report)
 
 
 def test_thread_maintenance_through_the_sync_api(checkpointer):

@@ -23,7 +23,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import Saver
-from ._checkpointer import SaverCheckpointer
+from ._checkpointer import SaverCheckpointer, file_path
 from .aio import AsyncSqliteSaver
 
 __all__ = ["SqliteSaver", "AsyncSqliteSaver", "SaverCheckpointer"]
@@ -41,6 +41,7 @@ class SqliteSaver(SaverCheckpointer):
         """Open (creating it if needed, recovering it after a crash) the database file
         ``conn_string`` and yield a checkpointer on it; close it on exit. ``options`` go to
         :class:`~sqlitesaver.Saver` (``durability``, ``busy_timeout``, ``integrity_check``).
-        In-memory (``":memory:"``) and URI paths are refused: they cannot be durable."""
-        with Saver(conn_string, **options) as saver:
+        In-memory (``":memory:"``) and URI paths are refused, saying what to use instead: they
+        cannot be durable."""
+        with Saver(file_path(cls, conn_string), **options) as saver:
             yield cls(saver, serde=serde)

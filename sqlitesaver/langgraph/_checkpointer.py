@@ -18,7 +18,7 @@ import random
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import nullcontext
-from itertools import islice
+from itertools import chain, islice
 from typing import Any
 
 try:
@@ -35,7 +35,7 @@ from ..errors import CheckpointNotFoundError, InvalidArgumentError
 from . import _convert
 from ._rendezvous import STORED, Key, Parked, Rendezvous
 
-__all__ = ["SaverCheckpointer"]
+__all__ = ["SaverCheckpointer", "file_path"]
 
 #: Checkpoints an ``alist`` fetches per trip to its worker thread.
 _BATCH = 64
@@ -60,10 +60,13 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
 
     def __init__(self, saver: Saver, *, serde: SerializerProtocol | None = None) -> None:
         if not isinstance(saver, Saver):
+            name = type(self).__name__
             raise InvalidArgumentError(
-                f"{type(self).__name__} takes a sqlitesaver.Saver, not "
-                f"{type(saver).__name__}; open one with "
-                f"{type(self).__name__}.from_conn_string(path)")
+                f"{name} takes a sqlitesaver.Saver, not a {type(saver).__module__}."
+                f"{type(saver).__qualname__}: it opens the database file itself (through APSW, "
+                "with its crash recovery and settings) instead of using a connection you made. "
+                f"Use {name}.from_conn_string(path) with a file path, or {name}(Saver(path)); "
+                f"{_THROWAWAY}")
         super().__init__(serde=serde)
         self.saver = saver
         self._rendezvous = Rendezvous()
@@ -76,21 +79,31 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
 
     def get_tuple(self, config: RunnableConfig) -> CheckpointTuple | None:
         """The checkpoint ``config`` names (the latest of its thread and ``checkpoint_ns`` when
-        it has no ``checkpoint_id``) with its pending writes, or None. One snapshot."""
+        it has no ``checkpoint_id``) with its pending writes, or None. One snapshot.
+        :class:`~sqlitesaver.errors.ForeignCheckpointError` if the core API wrote it."""
         thread_id, namespace, checkpoint_id = _convert.location(config)
         stored = self.saver.get(thread_id, checkpoint_id, namespace=namespace)
-        return None if stored is None else _convert.to_tuple(stored, self.serde)
+        return None if stored is None else self._tuple(stored)
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None,
              limit: int | None = None) -> Iterator[CheckpointTuple]:
         """Checkpoints newest first (commit order), as LangGraph's SqliteSaver lists them:
         of the config's thread, of its ``checkpoint_ns`` if it has one (all namespaces if not),
-        only its ``checkpoint_id`` if it has one; ``filter`` keeps those whose metadata has all
-        the given key/value pairs; ``before`` keeps those older than that checkpoint (one that
-        does not exist compares by id, as LangGraph's uuid6 ids sort by time). A thread's
-        checkpoints stream from one snapshot. ``config=None`` lists every thread: each thread
-        is read in turn and the whole result is sorted by id in memory."""
+        only its ``checkpoint_id`` if it has one; ``filter`` keeps those whose metadata matches
+        every key, read as LangGraph's SQLite saver reads it: a dotted key is a path into
+        nested metadata, ``None`` also matches a missing key, a key with characters other than
+        letters, digits, ``_``, ``.`` and ``-`` raises ``InvalidArgumentError`` (a
+        ``ValueError``) (see :class:`~sqlitesaver.langgraph._convert.Filter`); ``before`` keeps
+        those older than that checkpoint (one that does not exist compares by id, as
+        LangGraph's uuid6 ids sort by time). A thread's checkpoints stream from one snapshot.
+        ``config=None`` lists every thread: each thread is read in turn and the whole result
+        is sorted by id in memory. A checkpoint it would return that the core API wrote raises
+        :class:`~sqlitesaver.errors.ForeignCheckpointError`."""
+        wanted = _convert.Filter.of(filter)
+        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
+                                  or limit < 0):
+            raise InvalidArgumentError(f"limit must be an int >= 0 or None, not {limit!r}")
         if before is not None:
             before_id = (before.get("configurable") or {}).get("checkpoint_id")
             if not before_id:
@@ -98,62 +111,72 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         else:
             before_id = None
         if config is None:
-            yield from self._list_every_thread(filter, before_id, limit)
+            yield from self._list_every_thread(wanted, before_id, limit)
             return
         thread_id, namespace, checkpoint_id = _convert.location(config, default_ns=None)
         if checkpoint_id is not None:
-            yield from islice(self._list_one(thread_id, namespace, checkpoint_id, filter,
+            yield from islice(self._list_one(thread_id, namespace, checkpoint_id, wanted,
                                              before_id), limit)
             return
-        stream = self._stream(thread_id, namespace, filter, before_id, limit)
+        stream = self._stream(thread_id, namespace, wanted, before_id, limit)
         try:
             for stored in stream:
-                yield _convert.to_tuple(stored, self.serde)
+                yield self._tuple(stored)
         finally:
             stream.close()
 
-    def _stream(self, thread_id: str, namespace: str | None, filter: dict | None,
+    def _tuple(self, stored: Any) -> CheckpointTuple:
+        return _convert.to_tuple(stored, self.serde, path=self.saver.path)
+
+    def _stream(self, thread_id: str, namespace: str | None, wanted: _convert.Filter,
                 before_id: str | None, limit: int | None) -> Iterator:
-        """The Saver's list, lazily (nothing is read before the first ``next()``)."""
+        """The Saver's list, lazily (nothing is read before the first ``next()``), with the
+        part of the filter the Saver does not check applied here."""
+        # The Saver stops at `limit` only when it checks the whole filter itself.
         listed = self.saver.list(thread_id, namespace=namespace, before=before_id,
-                                 limit=limit, metadata=filter)
+                                 limit=None if wanted.paths else limit,
+                                 metadata=wanted.direct)
         try:
             try:
                 first = next(listed, None)
             except CheckpointNotFoundError:
                 # `before` names no checkpoint of this thread (deleted, or never stored):
                 # compare ids, as LangGraph's own savers do.
-                listed = self.saver.list(thread_id, namespace=namespace, metadata=filter)
-                yield from islice((stored for stored in listed
-                                   if stored.checkpoint_id < before_id), limit)
-                return
-            if first is not None:
-                yield first
-                yield from listed
+                listed = self.saver.list(thread_id, namespace=namespace,
+                                         metadata=wanted.direct)
+                found: Iterator = (stored for stored in listed
+                                   if stored.checkpoint_id < before_id)
+            else:
+                found = listed if first is None else chain((first,), listed)
+            if wanted.paths:
+                found = (stored for stored in found if wanted.rest_matches(stored.metadata))
+            yield from islice(found, limit)
         finally:
             listed.close()  # ends the read snapshot now, not when the garbage collector runs
 
     def _list_one(self, thread_id: str, namespace: str | None, checkpoint_id: str,
-                  filter: dict | None, before_id: str | None) -> Iterator[CheckpointTuple]:
+                  wanted: _convert.Filter, before_id: str | None) -> Iterator[CheckpointTuple]:
         if namespace is not None and before_id is None:
             found = self.saver.get(thread_id, checkpoint_id, namespace=namespace)
             candidates = [] if found is None else [found]
         else:  # rare: scan the thread for the id
-            candidates = [stored for stored in self._stream(thread_id, namespace, None,
+            candidates = [stored for stored in self._stream(thread_id, namespace,
+                                                            _convert.Filter.of(None),
                                                             before_id, None)
                           if stored.checkpoint_id == checkpoint_id]
         for stored in candidates:
-            if filter is None or _convert.metadata_matches(stored.metadata, filter):
-                yield _convert.to_tuple(stored, self.serde)
+            if wanted.matches(stored.metadata):
+                yield self._tuple(stored)
 
-    def _list_every_thread(self, filter: dict | None, before_id: str | None,
+    def _list_every_thread(self, wanted: _convert.Filter, before_id: str | None,
                            limit: int | None) -> Iterator[CheckpointTuple]:
         found = [stored for thread_id in self.saver.threads()
-                 for stored in self.saver.list(thread_id, metadata=filter)
-                 if before_id is None or stored.checkpoint_id < before_id]
+                 for stored in self.saver.list(thread_id, metadata=wanted.direct)
+                 if (before_id is None or stored.checkpoint_id < before_id)
+                 and wanted.rest_matches(stored.metadata)]
         found.sort(key=lambda stored: stored.checkpoint_id, reverse=True)
         for stored in found[:limit]:
-            yield _convert.to_tuple(stored, self.serde)
+            yield self._tuple(stored)
 
     # --- writes --------------------------------------------------------------------------------
 
@@ -329,6 +352,14 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
             if job.outcome == STORED:
                 return None
 
+    async def aget_delta_channel_history(self, *, config: RunnableConfig,
+                                         channels: Sequence[str]) -> Any:
+        """LangGraph's own ``get_delta_channel_history`` (beta, for ``DeltaChannel``): the walk
+        up the parent chain, one ``get_tuple`` per ancestor, all in one worker thread rather
+        than a trip to a thread per ancestor (LangGraph's default async walk)."""
+        return await asyncio.to_thread(self.get_delta_channel_history, config=config,
+                                       channels=channels)
+
     async def adelete_thread(self, thread_id: str) -> None:
         await asyncio.to_thread(self.delete_thread, thread_id)
 
@@ -344,6 +375,25 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
 
 def _nothing_parked() -> list[Parked]:
     return []
+
+
+_THROWAWAY = ("for a throwaway database use a file in a temporary directory "
+              "(os.path.join(tempfile.mkdtemp(), 'checkpoints.db')), or LangGraph's "
+              "InMemorySaver (from langgraph.checkpoint.memory import InMemorySaver).")
+
+
+def file_path(cls: type, conn_string: object) -> object:
+    """``conn_string`` if it can name a database file; the in-memory and URI strings LangGraph's
+    tutorials pass to ``from_conn_string`` raise
+    :class:`~sqlitesaver.errors.InvalidArgumentError` saying what to use instead (anything else
+    the Saver checks when it opens)."""
+    if isinstance(conn_string, str) and (conn_string in ("", ":memory:")
+                                         or conn_string.startswith("file:")):
+        raise InvalidArgumentError(
+            f"{cls.__name__}.from_conn_string takes a database file path, not "
+            f"{conn_string!r}: an in-memory or URI database cannot be durable, and durability "
+            f"is what sqlitesaver is for; {_THROWAWAY}")
+    return conn_string
 
 
 def _take(iterator: Iterator, n: int) -> list:

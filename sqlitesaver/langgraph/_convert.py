@@ -9,23 +9,27 @@ only one that sees channel values. Metadata is stored as plain values, as LangGr
 store it (JSON there), so that ``list(filter=...)`` and ``delete_for_runs`` can read it. A
 pending write's value is its ``dumps_typed`` pair (a list too), stored under LangGraph's index:
 its position in the call for a regular channel, the fixed negative index of ``WRITES_IDX_MAP``
-for a special one.
+for a special one. A checkpoint or write whose value is not such a pair was written through the
+core API: reading it raises :class:`~sqlitesaver.errors.ForeignCheckpointError`.
+
+``list(filter=...)`` follows LangGraph's SQLite saver (see :class:`Filter`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (WRITES_IDX_MAP, CheckpointTuple, SerializerProtocol,
                                        writes_sort_key)
 
-from ..errors import InvalidArgumentError
+from ..errors import ForeignCheckpointError, InvalidArgumentError
 from ..records import Checkpoint
 
-__all__ = ["Writes", "dumps", "location", "split_writes", "to_config", "to_tuple",
-           "metadata_matches"]
+__all__ = ["Writes", "Filter", "dumps", "location", "split_writes", "to_config", "to_tuple"]
 
 #: (indexes, (channel, value) pairs) of one kind of write
 Writes = tuple[list[int], list[tuple[str, Any]]]
@@ -48,9 +52,17 @@ def to_config(thread_id: str, namespace: str, checkpoint_id: str) -> RunnableCon
                              "checkpoint_id": checkpoint_id}}
 
 
-def to_tuple(stored: Checkpoint, serde: SerializerProtocol) -> CheckpointTuple:
+def to_tuple(stored: Checkpoint, serde: SerializerProtocol, *,
+             path: str | None = None) -> CheckpointTuple:
     """The CheckpointTuple of a stored checkpoint; pending writes in ``writes_sort_key`` order
-    (task_path, task_id, index), the order LangGraph applies a superstep's writes in."""
+    (task_path, task_id, index), the order LangGraph applies a superstep's writes in.
+    :class:`~sqlitesaver.errors.ForeignCheckpointError` if the checkpoint or one of its writes
+    was not stored by this adapter (``path`` is the database, for the error)."""
+    _check_pair(stored, stored.state, "its state", path)
+    for w in stored.pending_writes:
+        _check_pair(stored, w.value,
+                    f"its pending write {w.index} of task {w.task_id!r} (channel {w.channel!r})",
+                    path)
     writes = sorted(stored.pending_writes,
                     key=lambda w: writes_sort_key(w.task_path, w.task_id, w.index))
     return CheckpointTuple(
@@ -60,6 +72,30 @@ def to_tuple(stored: Checkpoint, serde: SerializerProtocol) -> CheckpointTuple:
         None if stored.parent_id is None else to_config(stored.thread_id, stored.namespace,
                                                         stored.parent_id),
         [(w.task_id, w.channel, serde.loads_typed(tuple(w.value))) for w in writes])
+
+
+def _check_pair(stored: Checkpoint, value: Any, what: str, path: str | None) -> None:
+    """Refuse a value that is not the ``[type, bytes]`` list :func:`dumps` stores."""
+    if type(value) is list and len(value) == 2 and type(value[0]) is str \
+            and isinstance(value[1], (bytes, bytearray)):
+        return
+    error = ForeignCheckpointError(
+        f"checkpoint {stored.checkpoint_id!r} of thread {stored.thread_id!r} (namespace "
+        f"{stored.namespace!r}) was not written through sqlitesaver.langgraph: {what} is "
+        f"{_shape(value)}, not the [type, bytes] pair of a LangGraph serializer, so the core "
+        "Saver API wrote it. Use one database through one API: keep the Saver's own "
+        "checkpoints in another file.", path=path)
+    error.thread_id, error.namespace = stored.thread_id, stored.namespace
+    error.checkpoint_id = stored.checkpoint_id
+    raise error
+
+
+def _shape(value: Any) -> str:
+    if isinstance(value, (list, tuple)):
+        items = ", ".join(type(item).__name__ for item in value[:3])
+        more = ", ..." if len(value) > 3 else ""
+        return f"a {type(value).__name__} of {len(value)} ({items}{more})"
+    return f"a {type(value).__name__}"
 
 
 def dumps(serde: SerializerProtocol, value: Any) -> list:
@@ -85,7 +121,85 @@ def split_writes(writes: Sequence[tuple[str, Any]], serde: SerializerProtocol
     return regular, (list(special), list(special.values()))
 
 
-def metadata_matches(metadata: Any, wanted: dict) -> bool:
-    """The Saver's ``list(metadata=...)`` rule: every wanted key present, values ``==``."""
-    return isinstance(metadata, dict) and all(
-        key in metadata and metadata[key] == value for key, value in wanted.items())
+#: The filter keys LangGraph's SQLite saver accepts (``_FILTER_PATTERN`` in its
+#: ``langgraph/checkpoint/sqlite/utils.py``), matched whole: its ``re.match`` with ``$`` also
+#: lets a key end in a newline, which is refused here.
+_FILTER_KEY = re.compile(r"[a-zA-Z0-9_.-]+")
+_ABSENT = object()
+
+
+@dataclass(frozen=True)
+class Filter:
+    """A ``list(filter=...)`` as LangGraph's SQLite saver reads it, whose SQL is
+    ``json_extract(metadata, '$.<key>') = ?`` (``IS NULL`` for ``None``):
+
+    * A key is a path: each ``.`` steps into a nested dict (``"user.name"`` is
+      ``metadata["user"]["name"]``), so a top-level key that itself contains a dot cannot be
+      filtered on. Keys hold only ASCII letters, digits, ``_``, ``.`` and ``-``, with no empty
+      step; anything else raises :class:`~sqlitesaver.errors.InvalidArgumentError` (a
+      ``ValueError``, as LangGraph's ``"Invalid filter key"``), before anything is read.
+    * ``None`` matches a path that leads to ``None`` or to nothing (a missing key, or a step
+      into something that is not a dict), as SQL's ``IS NULL`` does.
+    * Any other value matches the value at the path under Python ``==``: ``1``, ``1.0`` and
+      ``True`` are equal (they are in SQLite too), ``"1"`` is not ``1``, and lists and dicts are
+      compared as values (LangGraph's saver compares their JSON text; see the README).
+
+    ``direct`` is the part the Saver's own ``list(metadata=...)`` checks (top-level keys with
+    values other than ``None``: present and ``==``, the same rule); ``paths`` is the rest, which
+    :meth:`rest_matches` checks here.
+    """
+
+    direct: dict | None
+    paths: tuple[tuple[tuple[str, ...], Any], ...]
+
+    @classmethod
+    def of(cls, filter: Any) -> "Filter":
+        if filter is None:
+            return cls(None, ())
+        if not isinstance(filter, Mapping):
+            raise InvalidArgumentError(
+                f"filter must be a dict or None, not {type(filter).__name__}")
+        direct: dict = {}
+        paths = []
+        for key, value in filter.items():
+            if not isinstance(key, str):
+                raise InvalidArgumentError(
+                    f"Invalid filter key: {key!r} is a {type(key).__name__}; filter keys are "
+                    "str; nothing was read")
+            if not _FILTER_KEY.fullmatch(key):
+                raise InvalidArgumentError(
+                    f"Invalid filter key: {key!r}. Filter keys must contain only ASCII "
+                    "letters, digits, underscores, dots and hyphens (as in LangGraph's SQLite "
+                    "saver); nothing was read")
+            steps = tuple(key.split("."))
+            if "" in steps:
+                raise InvalidArgumentError(
+                    f"Invalid filter key: {key!r}. A dot separates the steps of a path into "
+                    "nested metadata, and no step may be empty; nothing was read")
+            if len(steps) == 1 and value is not None:
+                direct[key] = value
+            else:
+                paths.append((steps, value))
+        return cls(direct or None, tuple(paths))
+
+    def matches(self, metadata: Any) -> bool:
+        """The whole filter, for metadata the Saver has not checked."""
+        return isinstance(metadata, dict) and (
+            self.direct is None or all(key in metadata and metadata[key] == value
+                                       for key, value in self.direct.items())
+        ) and self.rest_matches(metadata)
+
+    def rest_matches(self, metadata: Any) -> bool:
+        """The paths and ``None`` values, for metadata the Saver matched ``direct`` with."""
+        for steps, wanted in self.paths:
+            found = metadata
+            for step in steps:
+                found = found.get(step, _ABSENT) if isinstance(found, dict) else _ABSENT
+                if found is _ABSENT:
+                    break
+            if wanted is None:
+                if found is not _ABSENT and found is not None:
+                    return False
+            elif found is _ABSENT or not found == wanted:
+                return False
+        return True

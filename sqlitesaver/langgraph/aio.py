@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from .. import Saver
-from ._checkpointer import SaverCheckpointer
+from ._checkpointer import SaverCheckpointer, file_path
 
 __all__ = ["AsyncSqliteSaver"]
 
@@ -29,8 +29,9 @@ class AsyncSqliteSaver(SaverCheckpointer):
                                **options: Any) -> AsyncIterator["AsyncSqliteSaver"]:
         """Open the database file ``conn_string`` in a worker thread (opening runs the startup
         recovery) and yield a checkpointer on it; close it on exit, also off the loop.
-        ``options`` go to :class:`~sqlitesaver.Saver`."""
-        saver = await asyncio.to_thread(Saver, conn_string, **options)
+        ``options`` go to :class:`~sqlitesaver.Saver`. In-memory (``":memory:"``) and URI paths
+        are refused, saying what to use instead: they cannot be durable."""
+        saver = await asyncio.to_thread(Saver, file_path(cls, conn_string), **options)
         try:
             yield cls(saver, serde=serde)
         finally:
