@@ -25,7 +25,7 @@ from typing import Any
 
 import apsw
 
-from . import codec, contention, integrity, opening, pragmas
+from . import codec, contention, integrity, log, opening, pragmas
 from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError, ForkedProcessError,
                      InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError,
                      SaverError, describe, translate)
@@ -112,6 +112,7 @@ class Saver:
                                 readonly=readonly)
         open_database = opening.open_readonly if readonly else opening.open_writer
         self._writer, self.recovery = open_database(self._path, self._profile, integrity_check)
+        log.recovery(self.recovery)
         self._waiter = contention.waiter_of(self._writer)  # its busy handler; see contention
         self._lock = threading.RLock()   # serialises the write connection between threads
         self._depth = 0                  # transaction nesting of the thread holding _lock
@@ -798,6 +799,7 @@ class Saver:
                              f"({describe(exc)}); "
                              "reopen to recover and re-read what you wrote last")
             self._failure_error = exc if isinstance(exc, apsw.Error) else apsw.IOError(str(exc))
+            log.shutdown(self._path, self._failure)
         if self._owner == threading.get_ident():
             # Inside this thread's transition: its batch must end first, failed as a whole
             # (nothing more is committed on this connection), and then its leader closes
@@ -1184,6 +1186,7 @@ class _Transaction:
                                         "transitions of that commit are durable)") from exc
         finally:
             saver._readers_open.set()
+        log.forced_checkpoint(saver._path, size, busy)
         if busy:
             saver._stats["wal_checkpoints_busy"] += 1
             saver._wal_threshold = size + WAL_LIMIT
