@@ -591,7 +591,9 @@ class Saver:
 
     def list(self, thread_id: str, *, namespace: str | None = None,
              before: str | None = None, limit: int | None = None,
-             metadata: dict | None = None) -> Iterator[Checkpoint]:
+             metadata: dict | None = None, skip_damaged: bool = False,
+             on_damaged: Callable[[str, ChecksumError], None] | None = None
+             ) -> Iterator[Checkpoint]:
         """Checkpoints of the thread, newest first, each with its pending writes.
 
         Streamed in pages (256 checkpoints, then twice as many each time up to 2,048, fewer
@@ -608,6 +610,16 @@ class Saver:
         whose metadata has all the given keys with values equal under Python ``==`` (so ``1``
         matches ``1.0`` and ``True``). Arguments are checked at the call; ``before`` is looked
         up at the first ``next()``.
+
+        A checkpoint whose bytes fail their checksum (its own, or one of its pending writes')
+        raises :class:`~sqlitesaver.errors.ChecksumError` and ends the listing, unless
+        ``skip_damaged=True``: then it is left out, the listing goes on, and each one skipped is
+        reported as a WARNING on the ``sqlitesaver`` logger and, when ``on_damaged`` is given,
+        by calling ``on_damaged(checkpoint_id, error)`` (the id as stored, the ChecksumError
+        that would have been raised). A skipped checkpoint does not count towards ``limit``.
+        Damage SQLite itself finds (a broken page) still raises
+        :class:`~sqlitesaver.errors.CorruptDatabaseError`; ``python -m sqlitesaver salvage``
+        copies what is intact into a new database.
         """
         _check_text("thread_id", thread_id)
         if namespace is not None:
@@ -620,11 +632,22 @@ class Saver:
         if metadata is not None and type(metadata) is not dict:
             raise InvalidArgumentError(
                 f"metadata must be a dict or None, not {type(metadata).__name__}")
+        if type(skip_damaged) is not bool:
+            raise InvalidArgumentError(f"skip_damaged must be True or False, not "
+                                       f"{skip_damaged!r}")
+        if on_damaged is not None and (not callable(on_damaged) or not skip_damaged):
+            raise InvalidArgumentError("on_damaged must be a callable, given with "
+                                       "skip_damaged=True")
         self._check_usable()
-        return self._list(thread_id, namespace, before, limit, metadata)
+        damaged = None
+        if skip_damaged:
+            damaged = _DamagedReporter(self._path, thread_id, on_damaged)
+        return self._list(thread_id, namespace, before, limit, metadata, damaged)
 
     def _list(self, thread_id: str, namespace: str | None, before: str | None,
-              limit: int | None, metadata: dict | None) -> Iterator[Checkpoint]:
+              limit: int | None, metadata: dict | None,
+              damaged: Callable[[str, ChecksumError], None] | None = None
+              ) -> Iterator[Checkpoint]:
         where = "thread_id = ?"
         params: builtins.list[object] = [thread_id]
         if namespace is not None:
@@ -657,7 +680,8 @@ class Saver:
                 writes = self._page_writes(read.conn, rows)
             # The snapshot has ended: a caller holding this iterator pins nothing.
             remaining = None if limit is None else limit - produced
-            for checkpoint in self._merge(iter(rows), iter(writes), remaining, metadata):
+            for checkpoint in self._merge(iter(rows), iter(writes), remaining, metadata,
+                                          damaged):
                 produced += 1
                 yield checkpoint
             if not full or (limit is not None and produced >= limit):
@@ -700,8 +724,11 @@ class Saver:
             (seqs,)).fetchall()
 
     def _merge(self, checkpoints: Iterator[tuple], writes: Iterator[tuple],
-               limit: int | None, metadata: dict | None) -> Iterator[Checkpoint]:
-        """Pair two streams ordered by descending seq: checkpoints and their writes."""
+               limit: int | None, metadata: dict | None,
+               damaged: Callable[[str, ChecksumError], None] | None = None
+               ) -> Iterator[Checkpoint]:
+        """Pair two streams ordered by descending seq: checkpoints and their writes.
+        ``damaged``: skip a checkpoint that fails a checksum and report it there."""
         pending = next(writes, None)
         produced = 0
         previous = None
@@ -720,14 +747,21 @@ class Saver:
                     raise SaverError(f"internal error: pending writes listed out of order "
                                      f"({pending[0]} after {current}) in {self._path!r}",
                                      path=self._path)
-            if metadata is None:
-                yield self._checkpoint(row, mine)
-            else:
-                self._verify(row)
-                found = codec.decode(row[6])
-                if not _matches(found, metadata):
-                    continue
-                yield self._checkpoint(row, mine, found)
+            try:
+                if metadata is None:
+                    checkpoint = self._checkpoint(row, mine)
+                else:
+                    self._verify(row)
+                    found = codec.decode(row[6])
+                    if not _matches(found, metadata):
+                        continue
+                    checkpoint = self._checkpoint(row, mine, found)
+            except ChecksumError as exc:
+                if damaged is None:
+                    raise
+                damaged(row[8] if row[8] is not None else _format_id(seq), exc)
+                continue
+            yield checkpoint
             produced += 1
             if limit is not None and produced >= limit:
                 return
@@ -931,6 +965,24 @@ WAL_LIMIT = 16 * 1024 * 1024
 WAL_CHECKPOINT_WAIT = 0.5
 #: WAL pages after a commit that start a PASSIVE checkpoint: SQLite's own default.
 AUTOCHECKPOINT_PAGES = 1000
+
+
+class _DamagedReporter:
+    """``list(skip_damaged=True)``: report each damaged checkpoint skipped (the logger, then the
+    caller's ``on_damaged``)."""
+
+    __slots__ = ("path", "thread_id", "on_damaged")
+
+    def __init__(self, path: str, thread_id: str,
+                 on_damaged: Callable[[str, ChecksumError], None] | None) -> None:
+        self.path = path
+        self.thread_id = thread_id
+        self.on_damaged = on_damaged
+
+    def __call__(self, checkpoint_id: str, error: ChecksumError) -> None:
+        log.damaged_skipped(self.path, self.thread_id, checkpoint_id, error)
+        if self.on_damaged is not None:
+            self.on_damaged(checkpoint_id, error)
 
 
 class _WalLength:
