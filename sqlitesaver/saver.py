@@ -21,7 +21,7 @@ import weakref
 from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
@@ -31,6 +31,9 @@ from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError, F
                      SaverError, describe, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
 from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
+
+if TYPE_CHECKING:
+    from .backup import BackupReport
 
 __all__ = ["Saver"]
 
@@ -191,6 +194,24 @@ class Saver:
         counters["wal_bytes"] = _size(self._path + "-wal")
         counters["db_bytes"] = _size(self._path)
         return counters
+
+    def backup(self, destination: str | os.PathLike[str]) -> "BackupReport":
+        """Copy this database, as one consistent snapshot, to the new file ``destination``
+        while writers (this Saver's threads, other processes) keep writing; return a
+        :class:`~sqlitesaver.backup.BackupReport`. Uses SQLite's backup API from a read
+        connection; the copy is written under a temporary name, fsynced, validated like
+        ``python -m sqlitesaver check``, and only then linked to ``destination``, which must
+        not exist (nothing is overwritten). A copy that fails validation (the source is
+        damaged) raises :class:`~sqlitesaver.errors.CorruptDatabaseError` and leaves nothing.
+        Refused inside this thread's :meth:`transaction`. See :mod:`sqlitesaver.backup`."""
+        from .backup import backup_saver
+        self._check_usable()
+        if self._depth and self._owner == threading.get_ident():
+            raise InvalidArgumentError(
+                f"backup of {self._path!r} inside a transaction is refused: it would copy the "
+                "committed database without this transaction's writes. Back up after the "
+                "block ends.", path=self._path)
+        return backup_saver(self, destination)
 
     # --- lifecycle -------------------------------------------------------------------------
 
