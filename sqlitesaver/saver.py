@@ -28,7 +28,7 @@ import apsw
 from . import codec, contention, integrity, log, opening, pragmas
 from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError, ForkedProcessError,
                      InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError,
-                     SaverError, describe, translate)
+                     SaverError, describe, restore_advice, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
 from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
 
@@ -912,7 +912,8 @@ class Saver:
     def _checksum_error(self, what: str) -> ChecksumError:
         return ChecksumError(
             f"{what} in {self._path!r} does not match its checksum: the bytes changed on disk "
-            "after they were written. The data was not returned; restore from a backup.",
+            f"after they were written. The data was not returned; {restore_advice(self._path)} "
+            "(list(..., skip_damaged=True) reads past damaged checkpoints).",
             path=self._path)
 
     def _verify(self, row: tuple) -> None:
