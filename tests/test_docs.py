@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
+import tarfile
+
+import pytest
 
 import sqlitesaver
 from sqlitesaver import Saver
@@ -133,3 +137,43 @@ def test_every_subpackage_is_installed():
     present = {os.path.relpath(d, REPO).replace(os.sep, ".")
                for d, _, files in os.walk(root) if "__init__.py" in files}
     assert declared == present
+
+
+def test_py_typed_and_license_are_shipped_in_the_wheel_and_the_sdist(tmp_path):
+    # Issue #19: no py.typed, so mypy ignored the annotations. A wheel holds what build_py
+    # puts in build/lib (building the wheel itself needs the `wheel` package, not always
+    # installed); the sdist is built by setuptools' own backend. Both from a copy of the tree.
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(os.path.join(REPO, name), src / name)
+    shutil.copytree(os.path.join(REPO, "sqlitesaver"), src / "sqlitesaver",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q",
+                            "build_py", "--build-lib", str(tmp_path / "lib")],
+                           cwd=src, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "lib" / "sqlitesaver" / "py.typed").is_file()
+    built = subprocess.run([sys.executable, "-c", "import sys; from setuptools import "
+                            "build_meta; print(build_meta.build_sdist(sys.argv[1]))",
+                            str(tmp_path / "dist")], cwd=src, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    with tarfile.open(tmp_path / "dist" / built.stdout.split()[-1]) as sdist:
+        names = set(sdist.getnames())
+    root = f"sqlitesaver-{sqlitesaver.__version__}"
+    assert {f"{root}/sqlitesaver/py.typed", f"{root}/LICENSE"} <= names
+
+
+def test_license_and_changelog():
+    with open(os.path.join(REPO, "LICENSE"), encoding="utf-8") as f:
+        license_text = f.read()
+    assert license_text.startswith("MIT License\n\nCopyright (c) 2026 the sqlitesaver authors\n")
+    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
+        pyproject = f.read()
+    assert 'license = { text = "MIT" }' in pyproject
+    assert f'version = "{sqlitesaver.__version__}"' in pyproject
+    with open(os.path.join(REPO, "CHANGELOG.md"), encoding="utf-8") as f:
+        changelog = f.read()
+    versions = re.findall(r"^## (.+)$", changelog, flags=re.M)
+    assert versions[0] == "Unreleased" and sqlitesaver.__version__ in versions
