@@ -289,9 +289,9 @@ def _free_space(saver: Any) -> tuple[int, int, int]:
 
 
 def _space_note(path: str, free: int, pages: int, page_size: int) -> str:
-    return (f"The file keeps its size ({_bytes(pages * page_size)}): {free:,} of its {pages:,} "
-            "pages are free, and new writes reuse them. To give them back to the filesystem, "
-            f"stop the processes using it and run '{PROG} vacuum {path}'.")
+    return (f"The file keeps its size, {_bytes(pages * page_size)}: {free:,} of its "
+            f"{pages:,} pages are free, and new writes reuse them. To give them back to the "
+            f"filesystem, stop the processes using it and run '{PROG} vacuum {path}'.")
 
 
 def _prune(args: argparse.Namespace, out: TextIO) -> int:
@@ -332,11 +332,11 @@ def _vacuum(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _emit(out, dict(report.as_dict(), exit_status=status))
     else:
-        saved = report.bytes_before - report.bytes_after
-        out.write(f"vacuumed {report.path}: {_bytes(report.bytes_before)} -> "
-                  f"{_bytes(report.bytes_after)} ({saved:,} bytes given back; "
-                  f"{report.free_pages_before:,} of {report.pages_before:,} pages were free) "
-                  f"in {report.seconds:.2f} s; check: {report.check.result}\n")
+        smaller = 1 - report.bytes_after / report.bytes_before if report.bytes_before else 0
+        out.write(f"vacuumed {args.path}: {report.bytes_before:,} -> {report.bytes_after:,} "
+                  f"bytes ({100 * smaller:.1f}% smaller; {report.free_pages_before:,} of "
+                  f"{report.pages_before:,} pages were free) in {report.seconds:.2f} s; "
+                  f"check: {report.check.result}\n")
         if not report.check.ok:
             from .check import format_report
             out.write(format_report(report.check) + "\n")
@@ -349,7 +349,7 @@ def _backup(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _emit(out, report.as_dict())
     else:
-        out.write(f"backed up {report.source} to {report.path}: {_bytes(report.bytes)} "
+        out.write(f"backed up {args.source} to {args.destination}: {_bytes(report.bytes)} "
                   f"({report.pages:,} pages, one consistent snapshot) in "
                   f"{report.seconds:.2f} s; validated: {report.check.result}\n")
     return 0
@@ -363,7 +363,7 @@ def _restore(args: argparse.Namespace, out: TextIO) -> int:
     else:
         moved = (f"; the database that was there is now {report.replaced} (with its -wal, if "
                  "any)" if report.replaced else "")
-        out.write(f"restored {report.backup} to {report.path}: {_bytes(report.bytes)}, "
+        out.write(f"restored {args.backup} to {args.destination}: {_bytes(report.bytes)}, "
                   f"validated: {report.check.result}{moved}\n")
     return 0
 
@@ -376,8 +376,9 @@ def _salvage(args: argparse.Namespace, out: TextIO) -> int:
         _emit(out, dict(report.as_dict(), exit_status=status))
         return status
     copied = report.copied
-    lines = [f"salvaged {report.source} into {report.path}: copied {copied['checkpoints']:,} "
-             f"checkpoint(s), {copied['writes']:,} pending write(s), {copied['log']:,} log "
+    lines = [f"salvaged {args.source} into {args.destination}: copied "
+             f"{copied['checkpoints']:,} checkpoint(s), {copied['writes']:,} pending write(s), "
+             f"{copied['log']:,} log "
              f"event(s); validated: {report.check.result if report.check else '-'}"]
     for s in report.skipped:
         if s["table"] == "checkpoints":

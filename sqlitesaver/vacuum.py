@@ -20,10 +20,11 @@ nobody can open the database meanwhile.
 Then, on that one connection: ``synchronous=FULL``; ``VACUUM`` (one transaction: a crash leaves
 the old database or the new one, never a mix); ``PRAGMA wal_checkpoint(TRUNCATE)``, which copies
 the rebuilt pages into the file, truncates it and empties the ``-wal``; close (which removes
-the ``-wal``). Finally the file is validated like ``python -m sqlitesaver check``, after the lock
-is released; like any reader, the check may leave an empty ``-wal`` and a ``-shm`` (no data), which
-are not removed: another process may have opened the database by then. It needs free disk space of up to twice the
-database's used size while it runs (SQLite's temporary copy, and the ``-wal``). Rows and their
+the ``-wal``). Finally the file is validated like ``python -m sqlitesaver check``, after the
+lock is released; like any reader, the check may leave an empty ``-wal`` and a ``-shm`` (no
+data), which are not removed: another process may have opened the database by then. It needs
+free disk space of up to twice the database's used size while it runs (SQLite's temporary
+copy, and the ``-wal``). Rows and their
 checksums are copied as they are: checkpoint ids, order and the high-water marks do not change.
 """
 

@@ -19,8 +19,9 @@ from test_skip_damaged import flip_marker_byte
 
 def build(path: str, damaged: str) -> dict:
     """Two threads: t has 8 checkpoints in a chain, each with two pending writes, and a log;
-    u has 2 checkpoints left of 3 in its root namespace and 1 in namespace "ns". MARKER (to be damaged) sits in t's 4th checkpoint's state, or in one
-    pending write of t's 6th checkpoint, or in t's 2nd log event."""
+    u has 2 checkpoints left of 3 in its root namespace and 1 in namespace "ns". MARKER (to be
+    damaged) sits in t's 4th checkpoint's state, or in one pending write of t's 6th
+    checkpoint, or in t's 2nd log event."""
     ids: dict[str, list[str]] = {"t": [], "u": []}
     with Saver(path) as saver:
         parent = None
