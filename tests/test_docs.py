@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import shutil
@@ -177,3 +178,42 @@ def test_license_and_changelog():
         changelog = f.read()
     versions = re.findall(r"^## (.+)$", changelog, flags=re.M)
     assert versions[0] == "Unreleased" and sqlitesaver.__version__ in versions
+
+
+def test_every_subcommand_and_its_options_are_documented():
+    # Issue #19: the command line had subcommands the README did not know. Each subcommand
+    # the parser has needs a synopsis line in a README code block, naming every option and
+    # positional argument it takes; --version too.
+    from sqlitesaver.__main__ import build_parser
+    parser = build_parser()
+    (subcommands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    blocks, inside = [], False
+    for line in _readme().splitlines():  # the lines of every fenced code block
+        if line.startswith("```"):
+            inside = not inside
+        elif inside:
+            blocks.append(line)
+    assert "python -m sqlitesaver --version" in blocks
+    assert set(subcommands.choices) >= {"demo", "check", "inspect", "history", "show", "prune",
+                                        "delete", "vacuum", "backup", "restore", "salvage"}
+    for name, sub in subcommands.choices.items():
+        lines = [b for b in blocks if b.startswith(f"python -m sqlitesaver {name} ")]
+        assert len(lines) == 1, f"{name}: {len(lines)} synopsis lines in README code blocks"
+        (synopsis,) = lines
+        options = {o for a in sub._actions for o in a.option_strings
+                   if o.startswith("--") and o != "--help"}
+        assert set(re.findall(r"--[a-z][a-z-]*", synopsis)) == options, name
+        for action in sub._actions:
+            if not action.option_strings:
+                word = action.metavar or action.dest.upper()
+                assert re.search(rf"\b{re.escape(word)}\b", synopsis.split(" ", 3)[3]), \
+                    f"{name}: {word} is not in its synopsis {synopsis!r}"
+
+
+def test_the_readme_names_the_commands_wherever_it_says_restore_from_a_backup():
+    lines = [line for line in _readme().splitlines() if "restore from a backup" in line]
+    assert len(lines) >= 2
+    for line in lines:
+        for command in ("python -m sqlitesaver restore", "python -m sqlitesaver backup",
+                        "python -m sqlitesaver salvage"):
+            assert command in line, line
