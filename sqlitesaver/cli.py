@@ -289,6 +289,8 @@ def _free_space(saver: Any) -> tuple[int, int, int]:
 
 
 def _space_note(path: str, free: int, pages: int, page_size: int) -> str:
+    if not free:
+        return f"The file keeps its size, {_bytes(pages * page_size)}; no page became free."
     return (f"The file keeps its size, {_bytes(pages * page_size)}: {free:,} of its "
             f"{pages:,} pages are free, and new writes reuse them. To give them back to the "
             f"filesystem, stop the processes using it and run '{PROG} vacuum {path}'.")
@@ -349,8 +351,8 @@ def _backup(args: argparse.Namespace, out: TextIO) -> int:
     if args.json:
         _emit(out, report.as_dict())
     else:
-        out.write(f"backed up {args.source} to {args.destination}: {_bytes(report.bytes)} "
-                  f"({report.pages:,} pages, one consistent snapshot) in "
+        out.write(f"backed up {args.source} to {args.destination}: {_bytes(report.bytes)}, "
+                  f"{report.pages:,} pages, one consistent snapshot, in "
                   f"{report.seconds:.2f} s; validated: {report.check.result}\n")
     return 0
 
