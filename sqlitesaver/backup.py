@@ -129,7 +129,7 @@ def backup_saver(saver: "Saver", destination: str | os.PathLike[str]) -> BackupR
     temp = files.temp_beside(dst)
     try:
         with _Read(saver, "backing up the database", snapshot=False) as read:
-            pages = _copy(read.conn, temp, dst)
+            pages = _copy(read.conn, temp, dst, saver.path)
         report = _validated(temp, dst, f"the backup of {saver.path!r}", saver.path)
         size = os.path.getsize(temp)
         try:
@@ -178,7 +178,7 @@ def restore(backup_path: str | os.PathLike[str], destination: str | os.PathLike[
         with Saver(source, readonly=True, integrity_check="off") as saver:
             from .saver import _Read
             with _Read(saver, "reading the backup", snapshot=False) as read:
-                _copy(read.conn, temp, dst)
+                _copy(read.conn, temp, dst, source)
         report = _validated(temp, dst, f"the backup {source!r}", source)
         size = os.path.getsize(temp)
         try:
@@ -199,15 +199,20 @@ def restore(backup_path: str | os.PathLike[str], destination: str | os.PathLike[
     return RestoreReport(source, dst, replaced, size, seconds, report)
 
 
-def _copy(src: apsw.Connection, temp: str, dst: str) -> int:
-    """Copy the database of ``src`` (a read connection) into the new file ``temp``, as one
-    snapshot, and make it a standalone WAL database; return the pages copied. Errors reading the
-    source propagate as APSW errors (the caller's ``_Read`` names the source); errors writing
-    ``temp`` are translated naming ``dst``."""
+def _copy(src: apsw.Connection, temp: str, dst: str, source: str) -> int:
+    """Copy the database of ``src`` (a read connection of ``source``) into the new file
+    ``temp``, as one snapshot, and make it a standalone WAL database; return the pages copied.
+
+    Errors of the source's own statements propagate as APSW errors, for the caller's ``_Read``
+    to translate (an I/O error there shuts the Saver down, as after any read). A failed backup
+    step is translated here: damage can only be the source's (the copy is a new file), and
+    anything else (a full disk, an I/O error) is reported against the copy, without shutting
+    down the Saver, whose own next statement will tell if its disk failed."""
     try:
         dest = apsw.Connection(temp, flags=apsw.SQLITE_OPEN_READWRITE | apsw.SQLITE_OPEN_CREATE)
     except apsw.Error as exc:
         raise translate(exc, dst, "creating the copy") from exc
+    done = False
     try:
         src.execute("BEGIN")
         try:
@@ -218,8 +223,10 @@ def _copy(src: apsw.Connection, temp: str, dst: str) -> int:
                     while not job.step(STEP_PAGES):
                         pass
                     pages = job.page_count
-            except (apsw.FullError, apsw.CantOpenError, apsw.ReadOnlyError) as exc:
-                raise translate(exc, dst, "writing the copy") from exc
+            except (apsw.CorruptError, apsw.NotADBError) as exc:
+                raise translate(exc, source, f"reading it to back it up to {dst!r}") from exc
+            except apsw.Error as exc:
+                raise translate(exc, dst, f"copying {source!r} into it") from exc
         finally:
             if not src.get_autocommit():
                 src.execute("COMMIT")
@@ -231,8 +238,13 @@ def _copy(src: apsw.Connection, temp: str, dst: str) -> int:
             raise DatabaseFileError(f"{dst!r}: SQLite refused WAL mode for the copy "
                                     f"(journal_mode is {mode!r}); put it on a local filesystem",
                                     path=dst)
+        done = True
     finally:
-        dest.close()  # the last connection: folds the copy's -wal into it and removes it
+        try:
+            dest.close()  # the last connection: folds the copy's -wal into it and removes it
+        except apsw.Error as exc:
+            if done:  # else the error already on its way says more
+                raise translate(exc, dst, "closing the copy") from exc
     try:
         files.fsync_path(temp)
     except OSError as exc:

@@ -19,11 +19,12 @@ import sys
 import textwrap
 import threading
 
+import apsw
 import pytest
 
 from conftest import family_digest
-from sqlitesaver import (BusyTimeoutError, CorruptDatabaseError, InvalidArgumentError, Saver,
-                         files, opening)
+from sqlitesaver import (BusyTimeoutError, CorruptDatabaseError, DatabaseIOError,
+                         InvalidArgumentError, Saver, files, opening)
 from sqlitesaver.backup import backup, restore
 from sqlitesaver.check import check_database
 from test_bad_input import MARKER, child_env, small_db, snapshot
@@ -300,3 +301,37 @@ def _flip_marker_byte(path: str, seed: int) -> None:
     with open(path, "r+b") as f:
         f.seek(offset)
         f.write(bytes([data[offset] ^ rng.randrange(1, 256)]))
+
+
+class _FailingCopyFile(apsw.VFSFile):
+    def xWrite(self, data: bytes, offset: int) -> None:
+        raise apsw.exception_for(apsw.SQLITE_IOERR_WRITE)
+
+
+class _FailingCopyVFS(apsw.VFS):
+    """Every write to a file under construction (the copy) fails with EIO; nothing else."""
+
+    def __init__(self) -> None:
+        super().__init__("sqlitesaver-test-failing-copy", "unix", makedefault=True)
+
+    def xOpen(self, name: object, flags: list[int]) -> apsw.VFSFile:
+        text = str(name.filename() if hasattr(name, "filename") else name)
+        if files.NEW_MARK in text:
+            return _FailingCopyFile("unix", name, flags)
+        return apsw.VFSFile("unix", name, flags)
+
+
+def test_a_failing_backup_disk_does_not_shut_the_saver_down(tmp_path):
+    src, dst = str(tmp_path / "src.db"), str(tmp_path / "dst.db")
+    with Saver(src) as saver:
+        saver.put("t", "before")
+        vfs = _FailingCopyVFS()
+        try:
+            with pytest.raises(DatabaseIOError) as info:
+                saver.backup(dst)
+        finally:
+            vfs.unregister()
+        assert info.value.path == dst and "copying" in str(info.value)
+        saver.put("t", "after")  # the Saver's own disk is fine: it goes on
+        assert [c.state for c in saver.list("t")] == ["after", "before"]
+    assert sorted(os.listdir(tmp_path)) == ["src.db"]
