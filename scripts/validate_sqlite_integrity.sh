@@ -1,11 +1,16 @@
 #!/bin/sh
 # Check sqlitesaver databases in CI without writing to them:
 #     scripts/validate_sqlite_integrity.sh PATH [PATH ...]
-# Runs `python -m sqlitesaver check "$@"` with ${PYTHON:-python3} and exits with its status:
+# Runs `python -m sqlitesaver check "$@"` and exits with its status:
 # 0 every database is healthy; 1 damage was found in at least one (this wins over 2);
 # 2 bad usage, a path that is missing, unreadable or not a sqlitesaver database (another
 # application's SQLite file, a text or empty file), a database of a newer sqlitesaver, or
-# sqlitesaver not importable.
+# no Python with sqlitesaver was found.
+#
+# Which Python: $PYTHON if it is set (and only that one); otherwise the first of these that can
+# import sqlitesaver: the active virtualenv ($VIRTUAL_ENV/bin/python), the virtualenv of the
+# clone this script is in (.venv/bin/python, what the README's set-up creates), python3. The one
+# used is named on stderr.
 #
 # With no PATH: one simulated crash-recovery cycle on a temporary database, reported in a few
 # lines: `python -m sqlitesaver.torture --iterations 1` (a writer is SIGKILLed at a random
@@ -14,18 +19,43 @@
 # (the directory is kept, its path and both outputs printed). See scripts/README.md.
 set -eu
 
-python=${PYTHON:-python3}
+has_sqlitesaver() {
+    command -v "$1" >/dev/null 2>&1 && "$1" -c 'import sqlitesaver.check' >/dev/null 2>&1
+}
 
-if ! command -v "$python" >/dev/null 2>&1; then
-    echo "$0: '$python' not found; set PYTHON to a Python that has sqlitesaver installed" >&2
-    exit 2
-fi
-
-if ! "$python" -c 'import sqlitesaver.check' >/dev/null 2>&1; then
-    echo "$0: sqlitesaver is not importable by '$python'; install it there" \
-         "('$python -m pip install .' in a clone of sqlitesaver) or set PYTHON to a" \
-         "Python that has it" >&2
-    exit 2
+if [ -n "${PYTHON:-}" ]; then
+    python=$PYTHON
+    if ! command -v "$python" >/dev/null 2>&1; then
+        echo "$0: '$python' (from \$PYTHON) not found; set PYTHON to a Python that has" \
+             "sqlitesaver installed" >&2
+        exit 2
+    fi
+    if ! has_sqlitesaver "$python"; then
+        echo "$0: sqlitesaver is not importable by '$python' (from \$PYTHON); install it there" \
+             "('$python -m pip install .' in a clone of sqlitesaver) or set PYTHON to a" \
+             "Python that has it" >&2
+        exit 2
+    fi
+    echo "$0: using $python (from \$PYTHON)" >&2
+else
+    repo=$(cd "$(dirname "$0")/.." && pwd)
+    python=
+    tried=
+    for candidate in ${VIRTUAL_ENV:+"$VIRTUAL_ENV/bin/python"} "$repo/.venv/bin/python" python3
+    do
+        tried="$tried '$candidate'"
+        if has_sqlitesaver "$candidate"; then
+            python=$candidate
+            break
+        fi
+    done
+    if [ -z "$python" ]; then
+        echo "$0: no Python with sqlitesaver found (tried$tried); install it as the README" \
+             "says ('python3 -m venv .venv && .venv/bin/pip install .' in the clone) or set" \
+             "PYTHON to a Python that has it" >&2
+        exit 2
+    fi
+    echo "$0: using $python (the first of$tried that has sqlitesaver)" >&2
 fi
 
 if [ "$#" -gt 0 ]; then

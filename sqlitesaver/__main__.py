@@ -1,11 +1,20 @@
-"""``python -m sqlitesaver demo [PATH]``: write, crash, recover and show what survived.
+"""``python -m sqlitesaver COMMAND``: the command line.
+
+``python -m sqlitesaver demo [PATH]``: write, crash, recover and show what survived.
 ``python -m sqlitesaver check PATH [PATH ...]``: verify sqlitesaver databases without writing to
 them (see :mod:`sqlitesaver.check`); exit 0 if all are healthy, 1 if damage was found in any, else
 2 for bad usage or a path that is not a sqlitesaver database this version can validate.
+``inspect``, ``history``, ``show``, ``prune``, ``delete``, ``vacuum``, ``backup``, ``restore``,
+``salvage``: operating a database; see :mod:`sqlitesaver.cli` (their conventions: exit status,
+``--json``, errors). ``--version`` prints the versions of sqlitesaver, APSW and SQLite.
 
 The demo runs a writer in a child process, kills it with SIGKILL after a number of acknowledged
 transitions, reopens the database as the library does (recovery included) and checks that
 every acknowledged transition is there, whole.
+
+Output into a closed pipe (``python -m sqlitesaver history ... | head``) ends the command
+quietly with exit status 141 (128 + SIGPIPE), what a Unix tool killed by SIGPIPE reports: the
+reader stopped reading, and the status says the output was cut, not that the data is healthy.
 """
 
 from __future__ import annotations
@@ -18,7 +27,9 @@ import sys
 import tempfile
 import textwrap
 
-from . import Saver, SaverError, check
+import apsw
+
+from . import Saver, SaverError, __version__, check, cli
 
 _CHILD = textwrap.dedent("""
     import sys
@@ -83,13 +94,28 @@ def demo(path: str | None, transitions: int) -> int:
     return 0 if whole else 1
 
 
-def main(argv: list[str] | None = None) -> int:
+def _at_least_one(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        # The writer acknowledges its first transition before it can be stopped: 0 would
+        # still write one, so it is refused rather than misreported.
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {value}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m sqlitesaver")
-    commands = parser.add_subparsers(dest="command", required=True)
+    parser.add_argument("--version", action="version",
+                        version=f"sqlitesaver {__version__} (APSW {apsw.apsw_version()}, SQLite "
+                                f"{apsw.sqlite_lib_version()})")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     p_demo = commands.add_parser("demo", help="write, SIGKILL, recover, verify")
     p_demo.add_argument("path", nargs="?", help="database (default: a temporary one)")
-    p_demo.add_argument("--transitions", type=int, default=200,
-                        help="acknowledged transitions before the kill (default 200)")
+    p_demo.add_argument("--transitions", type=_at_least_one, default=200,
+                        help="acknowledged transitions before the kill (default 200, at least 1)")
     p_check = commands.add_parser(
         "check", help="verify databases; never writes to them",
         description="Verify sqlitesaver databases without writing to them: the file, its "
@@ -101,9 +127,16 @@ def main(argv: list[str] | None = None) -> int:
                     "sqlitesaver database, or of a newer schema version.")
     p_check.add_argument("paths", nargs="+", metavar="PATH", help="database file(s)")
     p_check.add_argument("--json", action="store_true", help="print the result as JSON")
-    args = parser.parse_args(argv)
+    cli.add_parsers(commands)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.command == "check":
         return check.run(args.paths, as_json=args.json, out=sys.stdout)
+    if args.command in cli.COMMANDS:
+        return cli.run(args)
     try:
         return demo(args.path, args.transitions)
     except SaverError as exc:
@@ -111,5 +144,25 @@ def main(argv: list[str] | None = None) -> int:
         return 2
 
 
+#: Exit status after the reader of our output went away (128 + SIGPIPE, as a shell reports).
+EXIT_BROKEN_PIPE = 128 + signal.SIGPIPE
+
+
+def entry() -> int:
+    """:func:`main`, ending quietly when stdout is a pipe whose reader has gone."""
+    try:
+        status = main()
+        sys.stdout.flush()  # inside the try: a closed pipe may only show at this flush
+        return status
+    except BrokenPipeError:
+        # Python's recipe (docs.python.org/3/library/signal.html, "Note on SIGPIPE"): point
+        # stdout at devnull so that the interpreter's final flush does not fail once more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        return 130
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(entry())

@@ -34,6 +34,7 @@ from typing import TypeVar
 
 import apsw
 
+from . import log
 from .errors import BusyTimeoutError, describe
 
 __all__ = ["FIRST_DELAY", "MAX_DELAY", "Deadline", "Waiter", "install", "retry", "timed_out",
@@ -145,16 +146,20 @@ def retry(waiter: Waiter, step: Callable[[], T], *, path: str, doing: str,
     raises propagates at once, untouched: it is never retried."""
     deadline = waiter.deadline(timeout)
     outer, waiter._step = waiter._step, deadline
+    gave_up = False
     try:
         while True:
             try:
                 return step()
             except RETRYABLE as exc:
                 if not deadline.pause():
+                    gave_up = True
                     raise timed_out(exc, path, doing, deadline.waited) from exc
                 waiter.waits += 1
     finally:
         waiter._step = outer
+        if deadline.started is not None:  # it waited: long waits are logged (sqlitesaver.log)
+            log.busy_wait(path, doing, deadline.waited, gave_up=gave_up)
 
 
 def timed_out(exc: apsw.Error, path: str, doing: str, waited: float) -> BusyTimeoutError:

@@ -261,10 +261,10 @@ def translate(exc: BaseException, path: str | None, doing: str, *,
             " lists the damage without writing to the file.", path=path)
     if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
         return CorruptDatabaseError(
-            f"{where} is damaged ({detail}) while {doing}. Stop writing to it and restore from "
-            f"a backup; '{check_command(path)}' lists the damage and checks every payload "
-            "without writing to the file (Saver(path, integrity_check='full') lists what "
-            "SQLite finds).", path=path, **codes)
+            f"{where} is damaged ({detail}) while {doing}. Stop writing to it and "
+            f"{restore_advice(path)}; '{check_command(path)}' lists the damage and checks "
+            "every payload without writing to the file (Saver(path, integrity_check='full') "
+            "lists what SQLite finds).", path=path, **codes)
     if isinstance(exc, apsw.ReadOnlyError):
         return ReadOnlyDatabaseError(
             f"{where} is read-only while {doing} ({detail}); {_READONLY_HINT}.",
@@ -351,6 +351,15 @@ def too_many_open_files(code: int, where: str, doing: str, detail: str, path: st
 def check_command(path: str | None) -> str:
     """The validator's command line for ``path``, for messages that advise running it."""
     return f"python -m sqlitesaver check {shlex.quote(path) if path else 'PATH'}"
+
+
+def restore_advice(path: str | None) -> str:
+    """What to do about a damaged database, naming the commands that do it (see README,
+    "Command line")."""
+    quoted = shlex.quote(path) if path else "PATH"
+    return (f"restore from a backup ('python -m sqlitesaver restore BACKUP {quoted} --force'; "
+            f"'python -m sqlitesaver backup {quoted} BACKUP' makes one), or copy what is intact "
+            f"into a new database with 'python -m sqlitesaver salvage {quoted} NEW'")
 
 
 def describe(exc: BaseException) -> str:

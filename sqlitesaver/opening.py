@@ -22,6 +22,7 @@ import errno
 import hashlib
 import os
 import secrets
+import shlex
 import time
 import urllib.parse
 
@@ -31,7 +32,7 @@ from . import contention, paths, pragmas, schema
 from .errors import (BusyTimeoutError, CannotOpenError, CorruptDatabaseError,
                      InvalidArgumentError, MigrationError, NotASaverDatabaseError,
                      ReadOnlyDatabaseError, SaverError, SchemaMismatchError, SchemaVersionError,
-                     check_command, translate)
+                     check_command, restore_advice, translate)
 from .pragmas import Profile
 from .records import RecoveryReport
 
@@ -225,7 +226,8 @@ def _inspect_header(path: str) -> int | None:
     if header.startswith(_MAGIC) and len(header) < 100:
         raise NotASaverDatabaseError(
             f"{path!r} is a truncated SQLite file ({size} bytes, shorter than the 100-byte "
-            "header); refusing to touch it. Restore it from a backup, or delete it.",
+            "header); refusing to touch it. Restore it from a backup ('python -m sqlitesaver "
+            f"restore BACKUP {shlex.quote(path)} --force'), or delete it.",
             path=path)
     if len(header) < 100 or not header.startswith(_MAGIC):
         raise NotASaverDatabaseError(
@@ -362,9 +364,9 @@ def _integrity(conn: apsw.Connection, path: str, *, full: bool) -> None:
         shown = "; ".join(str(p) for p in problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
         raise CorruptDatabaseError(
-            f"{path!r} failed PRAGMA {pragma}: {shown}{more}. Nothing was written; restore from "
-            f"a backup. '{check_command(path)}' lists all it finds, payload checksums "
-            "included, without writing to the file.",
+            f"{path!r} failed PRAGMA {pragma}: {shown}{more}. Nothing was written; "
+            f"{restore_advice(path)}. '{check_command(path)}' lists all it finds, payload "
+            "checksums included, without writing to the file.",
             path=path)
 
 

@@ -24,17 +24,20 @@ import weakref
 from contextlib import contextmanager
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from . import codec, contention, integrity, interrupts, opening, paths, pragmas
+from . import codec, contention, integrity, interrupts, log, opening, paths, pragmas
 from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError,
                      CorruptDatabaseError, ForkedProcessError, InterruptedTransitionError,
                      InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError, SaverError,
-                     UsageError, check_command, describe, translate)
+                     UsageError, check_command, describe, restore_advice, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
 from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
+
+if TYPE_CHECKING:
+    from .backup import BackupReport
 
 __all__ = ["Saver"]
 
@@ -140,6 +143,7 @@ class Saver:
                                 readonly=readonly)
         open_database = opening.open_readonly if readonly else opening.open_writer
         self._writer, self.recovery = open_database(self._path, self._profile, integrity_check)
+        log.recovery(self.recovery)
         self._waiter = contention.waiter_of(self._writer)  # its busy handler; see contention
         self._lock = threading.RLock()   # serialises the write connection between threads
         self._depth = 0                  # transaction nesting of the thread holding _lock
@@ -229,6 +233,24 @@ class Saver:
         counters["wal_bytes"] = _size(self._path + "-wal")
         counters["db_bytes"] = _size(self._path)
         return counters
+
+    def backup(self, destination: str | os.PathLike[str]) -> "BackupReport":
+        """Copy this database, as one consistent snapshot, to the new file ``destination``
+        while writers (this Saver's threads, other processes) keep writing; return a
+        :class:`~sqlitesaver.backup.BackupReport`. Uses SQLite's backup API from a read
+        connection; the copy is written under a temporary name, fsynced, validated like
+        ``python -m sqlitesaver check``, and only then linked to ``destination``, which must
+        not exist (nothing is overwritten). A copy that fails validation (the source is
+        damaged) raises :class:`~sqlitesaver.errors.CorruptDatabaseError` and leaves nothing.
+        Refused inside this thread's :meth:`transaction`. See :mod:`sqlitesaver.backup`."""
+        from .backup import backup_saver
+        self._check_usable()
+        if self._depth and self._owner == threading.get_ident():
+            raise InvalidArgumentError(
+                f"backup of {self._path!r} inside a transaction is refused: it would copy the "
+                "committed database without this transaction's writes. Back up after the "
+                "block ends.", path=self._path)
+        return backup_saver(self, destination)
 
     # --- lifecycle -------------------------------------------------------------------------
 
@@ -635,7 +657,9 @@ class Saver:
 
     def list(self, thread_id: str, *, namespace: str | None = None,
              before: str | None = None, limit: int | None = None,
-             metadata: dict | None = None) -> Iterator[Checkpoint]:
+             metadata: dict | None = None, skip_damaged: bool = False,
+             on_damaged: Callable[[str, ChecksumError], None] | None = None
+             ) -> Iterator[Checkpoint]:
         """Checkpoints of the thread, newest first, each with its pending writes.
 
         Streamed in pages (256 checkpoints, then twice as many each time up to 2,048, fewer
@@ -652,6 +676,16 @@ class Saver:
         whose metadata has all the given keys with values equal under Python ``==`` (so ``1``
         matches ``1.0`` and ``True``). Arguments are checked at the call; ``before`` is looked
         up at the first ``next()``.
+
+        A checkpoint whose bytes fail their checksum (its own, or one of its pending writes')
+        raises :class:`~sqlitesaver.errors.ChecksumError` and ends the listing, unless
+        ``skip_damaged=True``: then it is left out, the listing goes on, and each one skipped is
+        reported as a WARNING on the ``sqlitesaver`` logger and, when ``on_damaged`` is given,
+        by calling ``on_damaged(checkpoint_id, error)`` (the id as stored, the ChecksumError
+        that would have been raised). A skipped checkpoint does not count towards ``limit``.
+        Damage SQLite itself finds (a broken page) still raises
+        :class:`~sqlitesaver.errors.CorruptDatabaseError`; ``python -m sqlitesaver salvage``
+        copies what is intact into a new database.
         """
         _check_text("thread_id", thread_id)
         if namespace is not None:
@@ -664,11 +698,22 @@ class Saver:
         if metadata is not None and type(metadata) is not dict:
             raise InvalidArgumentError(
                 f"metadata must be a dict or None, not {type(metadata).__name__}")
+        if type(skip_damaged) is not bool:
+            raise InvalidArgumentError(f"skip_damaged must be True or False, not "
+                                       f"{skip_damaged!r}")
+        if on_damaged is not None and (not callable(on_damaged) or not skip_damaged):
+            raise InvalidArgumentError("on_damaged must be a callable, given with "
+                                       "skip_damaged=True")
         self._check_usable()
-        return self._list(thread_id, namespace, before, limit, metadata)
+        damaged = None
+        if skip_damaged:
+            damaged = _DamagedReporter(self._path, thread_id, on_damaged)
+        return self._list(thread_id, namespace, before, limit, metadata, damaged)
 
     def _list(self, thread_id: str, namespace: str | None, before: str | None,
-              limit: int | None, metadata: dict | None) -> Iterator[Checkpoint]:
+              limit: int | None, metadata: dict | None,
+              damaged: Callable[[str, ChecksumError], None] | None = None
+              ) -> Iterator[Checkpoint]:
         where = "thread_id = ?"
         params: builtins.list[object] = [thread_id]
         if namespace is not None:
@@ -701,7 +746,8 @@ class Saver:
                 writes = self._page_writes(read.conn, rows)
             # The snapshot has ended: a caller holding this iterator pins nothing.
             remaining = None if limit is None else limit - produced
-            for checkpoint in self._merge(iter(rows), iter(writes), remaining, metadata):
+            for checkpoint in self._merge(iter(rows), iter(writes), remaining, metadata,
+                                          damaged):
                 produced += 1
                 yield checkpoint
             if not full or (limit is not None and produced >= limit):
@@ -744,8 +790,11 @@ class Saver:
             (seqs,)).fetchall()
 
     def _merge(self, checkpoints: Iterator[tuple], writes: Iterator[tuple],
-               limit: int | None, metadata: dict | None) -> Iterator[Checkpoint]:
-        """Pair two streams ordered by descending seq: checkpoints and their writes."""
+               limit: int | None, metadata: dict | None,
+               damaged: Callable[[str, ChecksumError], None] | None = None
+               ) -> Iterator[Checkpoint]:
+        """Pair two streams ordered by descending seq: checkpoints and their writes.
+        ``damaged``: skip a checkpoint that fails a checksum and report it there."""
         pending = next(writes, None)
         produced = 0
         previous = None
@@ -764,14 +813,21 @@ class Saver:
                     raise SaverError(f"internal error: pending writes listed out of order "
                                      f"({pending[0]} after {current}) in {self._path!r}",
                                      path=self._path)
-            if metadata is None:
-                yield self._checkpoint(row, mine)
-            else:
-                self._verify(row)
-                found = codec.decode(row[6])
-                if not _matches(found, metadata):
-                    continue
-                yield self._checkpoint(row, mine, found)
+            try:
+                if metadata is None:
+                    checkpoint = self._checkpoint(row, mine)
+                else:
+                    self._verify(row)
+                    found = codec.decode(row[6])
+                    if not _matches(found, metadata):
+                        continue
+                    checkpoint = self._checkpoint(row, mine, found)
+            except ChecksumError as exc:
+                if damaged is None:
+                    raise
+                damaged(row[8] if row[8] is not None else _format_id(seq), exc)
+                continue
+            yield checkpoint
             produced += 1
             if limit is not None and produced >= limit:
                 return
@@ -855,6 +911,7 @@ class Saver:
                              f"({describe(exc)}); "
                              "reopen to recover and re-read what you wrote last")
             self._failure_error = exc if isinstance(exc, apsw.Error) else apsw.IOError(str(exc))
+            log.shutdown(self._path, self._failure)
         if self._owner == threading.get_ident():
             # Inside this thread's transition: its batch must end first, failed as a whole
             # (nothing more is committed on this connection), and then its leader closes
@@ -928,7 +985,8 @@ class Saver:
     def _checksum_error(self, what: str) -> ChecksumError:
         return ChecksumError(
             f"{what} in {self._path!r} does not match its checksum: the bytes changed on disk "
-            "after they were written. The data was not returned; restore from a backup.",
+            f"after they were written. The data was not returned; {restore_advice(self._path)} "
+            "(list(..., skip_damaged=True) reads past damaged checkpoints).",
             path=self._path)
 
     def _verify(self, row: tuple) -> None:
@@ -1178,6 +1236,24 @@ class _ReaderPool:
             self.release(conn, True)
         elif slot:
             self._free_slot()
+
+
+class _DamagedReporter:
+    """``list(skip_damaged=True)``: report each damaged checkpoint skipped (the logger, then the
+    caller's ``on_damaged``)."""
+
+    __slots__ = ("path", "thread_id", "on_damaged")
+
+    def __init__(self, path: str, thread_id: str,
+                 on_damaged: Callable[[str, ChecksumError], None] | None) -> None:
+        self.path = path
+        self.thread_id = thread_id
+        self.on_damaged = on_damaged
+
+    def __call__(self, checkpoint_id: str, error: ChecksumError) -> None:
+        log.damaged_skipped(self.path, self.thread_id, checkpoint_id, error)
+        if self.on_damaged is not None:
+            self.on_damaged(checkpoint_id, error)
 
 
 class _WalLength:
@@ -1673,6 +1749,7 @@ class _Transaction:
                                         "transitions of that commit are durable)") from exc
         finally:
             saver._readers_open.set()
+        log.forced_checkpoint(saver._path, size, busy)
         if busy:
             saver._stats["wal_checkpoints_busy"] += 1
             saver._wal_threshold = size + WAL_LIMIT

@@ -41,6 +41,37 @@ def family_digest(path: str | os.PathLike[str]) -> dict[str, str | None]:
     return {suffix: file_digest(base + suffix) for suffix in ("", "-wal", "-journal")}
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_tmpdir(tmp_path_factory) -> Iterator[str]:
+    """One fresh directory is ``$TMPDIR`` for the whole session, for the tests and every child
+    process they start, and it must be empty at the end: a test that leaves files there (the
+    torture harness keeps a failing run's directory for post-mortem; issue #19 found
+    ``sqlitesaver-torture-*`` directories after every run) fails the session, naming them.
+    Tests that want to keep evidence put it in pytest's ``tmp_path``, which pytest rotates
+    (resolved here before the switch, so it stays in the real temporary directory). A private
+    directory rather than a before/after listing of the shared ``/tmp``: other test runs on the
+    same machine would come and go in that listing."""
+    tmp_path_factory.getbasetemp()
+    private = tempfile.mkdtemp(prefix="sqlitesaver-tests-")
+    os.chmod(private, 0o755)  # shared_dir below must stay traversable by 'nobody'
+    saved = os.environ.get("TMPDIR"), tempfile.tempdir
+    os.environ["TMPDIR"] = private
+    tempfile.tempdir = private
+    try:
+        yield private
+    finally:
+        if saved[0] is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved[0]
+        tempfile.tempdir = saved[1]
+        left = sorted(os.listdir(private))
+        shutil.rmtree(private, ignore_errors=True)
+        if left:
+            pytest.fail(f"tests left these in $TMPDIR ({private}, now removed): {left}",
+                        pytrace=False)
+
+
 @pytest.fixture
 def db_path(tmp_path) -> str:
     """A path in a fresh temporary directory where no database exists yet."""

@@ -608,6 +608,61 @@ def test_script_says_when_sqlitesaver_is_not_importable(tmp_path):
     assert done.returncode == 2 and "not found" in done.stderr
 
 
+def _script_in_a_clone(tmp_path, *, venv: bool) -> tuple[str, str]:
+    """A copy of the script in a fake clone (``repo/scripts/``), with a ``repo/.venv`` whose
+    python has sqlitesaver when ``venv``; and a PATH whose ``python3`` does not."""
+    repo = tmp_path / "repo"
+    (repo / "scripts").mkdir(parents=True)
+    script = repo / "scripts" / "validate_sqlite_integrity.sh"
+    script.write_bytes(open(SCRIPT, "rb").read())
+    script.chmod(0o755)
+    if venv:
+        (repo / ".venv" / "bin").mkdir(parents=True)
+        python = repo / ".venv" / "bin" / "python"
+        python.write_text(f"#!/bin/sh\nexec {sys.executable} \"$@\"\n")
+        python.chmod(0o755)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    bare = bin_dir / "python3"  # -I -S: neither apsw nor sqlitesaver importable
+    bare.write_text(f"#!/bin/sh\nexec {sys.executable} -I -S \"$@\"\n")
+    bare.chmod(0o755)
+    return str(script), f"{bin_dir}{os.pathsep}/usr/bin{os.pathsep}/bin"
+
+
+def test_script_finds_the_clones_virtualenv_and_says_so(tmp_path, db_path):
+    # Issue #19: right after the README's venv steps the script used the system python3.
+    small_db(db_path)
+    script, path = _script_in_a_clone(tmp_path, venv=True)
+    env = {k: v for k, v in child_env().items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+    done = subprocess.run([script, db_path], capture_output=True, text=True,
+                          env=dict(env, PATH=path), timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+    venv_python = str(tmp_path / "repo" / ".venv" / "bin" / "python")
+    assert done.stderr.startswith(f"{script}: using {venv_python} (the first of ")
+    assert "=> ok" in done.stdout
+    # an active virtualenv comes first; $PYTHON, when set, is the only one tried
+    active = tmp_path / "active"
+    (active / "bin").mkdir(parents=True)
+    os.symlink(venv_python, active / "bin" / "python")
+    done = subprocess.run([script, db_path], capture_output=True, text=True,
+                          env=dict(env, PATH=path, VIRTUAL_ENV=str(active)), timeout=120)
+    assert done.returncode == 0 and f"using {active}/bin/python (" in done.stderr
+    done = subprocess.run([script, db_path], capture_output=True, text=True,
+                          env=dict(env, PATH=path, PYTHON=sys.executable), timeout=120)
+    assert done.returncode == 0 and f"using {sys.executable} (from $PYTHON)" in done.stderr
+
+
+def test_script_without_any_python_with_sqlitesaver_says_what_it_tried(tmp_path):
+    script, path = _script_in_a_clone(tmp_path, venv=False)
+    env = {k: v for k, v in child_env().items() if k not in ("PYTHON", "VIRTUAL_ENV")}
+    done = subprocess.run([script, "x.db"], capture_output=True, text=True,
+                          env=dict(env, PATH=path), timeout=120)
+    assert done.returncode == 2
+    assert "no Python with sqlitesaver found" in done.stderr
+    assert f"'{tmp_path}/repo/.venv/bin/python' 'python3'" in done.stderr
+    assert "PYTHON" in done.stderr and done.stdout == ""
+
+
 def test_script_without_a_path_runs_one_crash_recovery_cycle(tmp_path):
     done = run_script(TMPDIR=str(tmp_path))
     assert done.returncode == 0, done.stdout + done.stderr

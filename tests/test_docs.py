@@ -4,11 +4,16 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import argparse
 import os
 import re
+import shutil
 import subprocess
 import sys
 from importlib import metadata
+import tarfile
+
+import pytest
 
 import sqlitesaver
 from sqlitesaver import Saver
@@ -230,3 +235,80 @@ def test_the_langgraph_extra_brings_every_module_the_example_and_the_readme_impo
                 f"{path} imports {module}, from the distribution {owner}, which "
                 f"pip install '.[langgraph]' does not bring: {sorted(declared)}")
     assert {"langgraph", "langgraph-checkpoint", "langchain-core"} <= checked, checked
+def test_py_typed_and_license_are_shipped_in_the_wheel_and_the_sdist(tmp_path):
+    # Issue #19: no py.typed, so mypy ignored the annotations. A wheel holds what build_py
+    # puts in build/lib (building the wheel itself needs the `wheel` package, not always
+    # installed); the sdist is built by setuptools' own backend. Both from a copy of the tree.
+    pytest.importorskip("setuptools")
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md", "LICENSE"):
+        shutil.copy(os.path.join(REPO, name), src / name)
+    shutil.copytree(os.path.join(REPO, "sqlitesaver"), src / "sqlitesaver",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    built = subprocess.run([sys.executable, "-c", "import setuptools; setuptools.setup()", "-q",
+                            "build_py", "--build-lib", str(tmp_path / "lib")],
+                           cwd=src, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    assert (tmp_path / "lib" / "sqlitesaver" / "py.typed").is_file()
+    built = subprocess.run([sys.executable, "-c", "import sys; from setuptools import "
+                            "build_meta; print(build_meta.build_sdist(sys.argv[1]))",
+                            str(tmp_path / "dist")], cwd=src, capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    with tarfile.open(tmp_path / "dist" / built.stdout.split()[-1]) as sdist:
+        names = set(sdist.getnames())
+    root = f"sqlitesaver-{sqlitesaver.__version__}"
+    assert {f"{root}/sqlitesaver/py.typed", f"{root}/LICENSE"} <= names
+
+
+def test_license_and_changelog():
+    with open(os.path.join(REPO, "LICENSE"), encoding="utf-8") as f:
+        license_text = f.read()
+    assert license_text.startswith("MIT License\n\nCopyright (c) 2026 the sqlitesaver authors\n")
+    with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
+        pyproject = f.read()
+    assert 'license = { text = "MIT" }' in pyproject
+    assert f'version = "{sqlitesaver.__version__}"' in pyproject
+    with open(os.path.join(REPO, "CHANGELOG.md"), encoding="utf-8") as f:
+        changelog = f.read()
+    versions = re.findall(r"^## (.+)$", changelog, flags=re.M)
+    assert versions[0] == "Unreleased" and sqlitesaver.__version__ in versions
+
+
+def test_every_subcommand_and_its_options_are_documented():
+    # Issue #19: the command line had subcommands the README did not know. Each subcommand
+    # the parser has needs a synopsis line in a README code block, naming every option and
+    # positional argument it takes; --version too.
+    from sqlitesaver.__main__ import build_parser
+    parser = build_parser()
+    (subcommands,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+    blocks, inside = [], False
+    for line in _readme().splitlines():  # the lines of every fenced code block
+        if line.startswith("```"):
+            inside = not inside
+        elif inside:
+            blocks.append(line)
+    assert "python -m sqlitesaver --version" in blocks
+    assert set(subcommands.choices) >= {"demo", "check", "inspect", "history", "show", "prune",
+                                        "delete", "vacuum", "backup", "restore", "salvage"}
+    for name, sub in subcommands.choices.items():
+        lines = [b for b in blocks if b.startswith(f"python -m sqlitesaver {name} ")]
+        assert len(lines) == 1, f"{name}: {len(lines)} synopsis lines in README code blocks"
+        (synopsis,) = lines
+        options = {o for a in sub._actions for o in a.option_strings
+                   if o.startswith("--") and o != "--help"}
+        assert set(re.findall(r"--[a-z][a-z-]*", synopsis)) == options, name
+        for action in sub._actions:
+            if not action.option_strings:
+                word = action.metavar or action.dest.upper()
+                assert re.search(rf"\b{re.escape(word)}\b", synopsis.split(" ", 3)[3]), \
+                    f"{name}: {word} is not in its synopsis {synopsis!r}"
+
+
+def test_the_readme_names_the_commands_wherever_it_says_restore_from_a_backup():
+    lines = [line for line in _readme().splitlines() if "restore from a backup" in line]
+    assert len(lines) >= 2
+    for line in lines:
+        for command in ("python -m sqlitesaver restore", "python -m sqlitesaver backup",
+                        "python -m sqlitesaver salvage"):
+            assert command in line, line

@@ -22,3 +22,23 @@ def test_a_lock_held_past_the_busy_timeout_says_so():
     error = translate(apsw.BusyError("database is locked"), "/data/x.db", "putting a checkpoint")
     assert type(error) is BusyTimeoutError
     assert "'/data/x.db'" in str(error) and "busy timeout" in str(error)
+
+
+def _names_the_commands(text: str, path: str) -> None:
+    assert "restore from a backup" in text, text
+    for command in (f"python -m sqlitesaver restore BACKUP {path}",
+                    f"python -m sqlitesaver backup {path} BACKUP",
+                    f"python -m sqlitesaver salvage {path} NEW"):
+        assert command in text, text
+
+
+def test_damage_advice_names_the_commands_that_make_restore_and_salvage(db_path):
+    # Issue #19: "restore from a backup" with no command to make one.
+    _names_the_commands(str(translate(apsw.CorruptError("malformed"), "/data/x.db",
+                                      "reading")), "/data/x.db")
+    from sqlitesaver import ChecksumError, Saver
+    with Saver(db_path) as saver:
+        error = saver._checksum_error("checkpoint '0000000000000001' of thread 't'")
+    assert isinstance(error, ChecksumError)
+    _names_the_commands(str(error), db_path)
+    assert "skip_damaged=True" in str(error)

@@ -34,6 +34,10 @@ def torture(*args: str, cwd: str | None = None) -> tuple[int, str, dict | None]:
         args = (*args, "--report", report_path)
     env = dict(os.environ)  # the child must import the sqlitesaver these tests import
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, env.get("PYTHONPATH", "")])
+    if cwd is not None:
+        # Without --db the harness works in a directory of $TMPDIR and keeps it when the run
+        # fails, for post-mortem: the runs that are meant to fail keep it in pytest's tmp_path.
+        env["TMPDIR"] = cwd
     proc = subprocess.run([sys.executable, "-m", "sqlitesaver.torture", *args],
                           capture_output=True, text=True, timeout=600, cwd=cwd, env=env)
     output = proc.stdout + proc.stderr
