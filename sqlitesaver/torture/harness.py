@@ -83,6 +83,7 @@ class Options:
     mode: str = "sigkill"  # or "power-loss" (simulated through sqlitesaver.faults)
     keep_going: bool = False  # go on after a violation instead of keeping the evidence
     threads: int = 1  # writer threads per worker process, sharing one Saver (group commit)
+    langgraph: bool = False  # writers run LangGraph graphs through the adapter (graph_harness)
 
 
 @dataclass
@@ -674,6 +675,10 @@ def _ms(seconds: float) -> float:
 
 def run(options: Options, out: TextIO = sys.stdout) -> tuple[int, dict[str, Any]]:
     """Run the harness; return its exit status (0 pass, 1 fail) and its report."""
-    harness = _Run(options, out)
+    if options.langgraph:
+        from .graph_harness import GraphRun  # imports LangGraph: only when asked for
+        harness: _Run = GraphRun(options, out)
+    else:
+        harness = _Run(options, out)
     status = harness.run()
     return status, harness.report()
