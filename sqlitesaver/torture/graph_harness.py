@@ -46,6 +46,7 @@ import sys
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Any
 
 from .. import check
@@ -557,4 +558,9 @@ class GraphRun(_Run):
     def report(self) -> dict[str, Any]:
         report = super().report()
         report["options"]["langgraph"] = True
+        for dist in ("langgraph", "langgraph-checkpoint"):
+            try:
+                report["environment"][dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                report["environment"][dist] = None
         return report
