@@ -53,8 +53,9 @@ def test_the_adapter_passes_with_graphs_on_several_threads(tmp_path):
 @pytest.mark.parametrize("adapter, lost", [("AckPutBeforeCommit", "lost_puts"),
                                            ("AckWritesBeforeCommit", "lost_writes")])
 def test_acknowledging_before_commit_is_reported_as_lost(tmp_path, adapter, lost):
+    db = str(tmp_path / "broken.db")  # kept on failure: under tmp_path, not in /tmp
     status, output, report = torture("--langgraph", "--threads", "4", "--iterations", "100",
-                                     "--max-interval", "0.4", "--seed", "1502",
+                                     "--max-interval", "0.4", "--seed", "1502", "--db", db,
                                      "--writer", f"{ADAPTERS}:{adapter}", cwd=str(tmp_path))
     assert status == 1, output
     summary = report["summary"]
@@ -62,7 +63,7 @@ def test_acknowledging_before_commit_is_reported_as_lost(tmp_path, adapter, lost
     assert summary["partial"] == summary["corrupt"] == summary["writer_errors"] == 0, output
     assert "LOST" in output and "FAIL (seed 1502)" in output
     assert "--langgraph" in output.split("run it again with:")[1]  # the command repeats it
-    assert os.path.exists(_database_line(output))
+    assert _database_line(output) == db and os.path.exists(db)
 
 
 def test_langgraph_mode_is_sigkill_only(tmp_path):
