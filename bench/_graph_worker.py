@@ -4,18 +4,23 @@ The graph: a ``StateGraph`` chain of ``nodes`` nodes; each appends a message to 
 also holds 2 KiB of context, so a checkpoint is about 3 KiB. :class:`GraphRun` opens one
 checkpointer as its documentation shows (``from_conn_string``), compiles the graph on it and
 invokes it, each time on a new thread. bench/langgraph_steps.py drives it from its own worker;
-bench/run.py starts this file as a process, one per checkpointer.
+bench/run.py starts this file as a process, one per checkpointer, and also runs the graph from
+several threads at once on the one checkpointer (``run`` with ``threads``), as a server does.
 
 Importing this module loads neither SQLite library nor LangGraph; :class:`GraphRun` imports the
 one checkpointer it opens. A process must never hold both the stdlib ``sqlite3`` and APSW on a
 file (each drops the other's POSIX locks), so every process runs one ``kind``: "sqlitesaver"
 (``sqlitesaver.langgraph.SqliteSaver``, APSW) or "langgraph" (``langgraph.checkpoint.sqlite``'s
 ``SqliteSaver``, stdlib ``sqlite3``), and reports whether the other library got loaded anyway.
+A third kind, "memory" (LangGraph's ``InMemorySaver``: no file, no SQLite), is the ceiling of the
+many-threads rows: what LangGraph's own runtime reaches when storing costs next to nothing.
 
 Protocol as a process (see :mod:`_common`): ``init`` with ``kind``, ``db``, ``nodes`` and
 ``full_sync`` -> ``{"installed": false, "error"}`` if LangGraph (or the checkpointer) cannot be
-imported, else ``{"installed": true, "facts"}`` after the warm-up; ``run`` with ``durability``
-and ``until`` -> an Outcome whose ``ops`` are graph steps (nodes x completed invokes); ``quit``.
+imported, else ``{"installed": true, "facts"}`` after the warm-up; ``run`` with ``durability``,
+``until`` and optionally ``threads`` (default 1: invokes from that many threads at once, on the
+one checkpointer) -> an Outcome whose ``ops`` are graph steps (nodes x completed invokes);
+``cleanup`` -> ``{}`` (the memory kind forgets every thread: it holds them all in memory); ``quit``.
 """
 
 from __future__ import annotations
@@ -23,12 +28,13 @@ from __future__ import annotations
 import itertools
 import operator
 import sys
+from contextlib import nullcontext
 from importlib import metadata
 from typing import Annotated, Any, TypedDict
 
 from _common import Channel, run_threads, serve
 
-KINDS = ("sqlitesaver", "langgraph")
+KINDS = ("sqlitesaver", "langgraph", "memory")
 DURABILITIES = ("sync", "async")
 CONTEXT = ("The customer wrote about an invoice that lists a service twice; the agent looked "
            "up the contract, the payment history and the open tickets. ") * 16  # ~2 KiB
@@ -63,9 +69,16 @@ def open_checkpointer(kind: str, path: str) -> tuple[Any, dict]:
         manager = SqliteSaver.from_conn_string(path)
         return manager, {"apsw": apsw.apsw_version(), "sqlite": apsw.sqlite_lib_version(),
                          "langgraph": metadata.version("langgraph")}
+    if kind == "memory":
+        from langgraph.checkpoint.memory import InMemorySaver
+        return nullcontext(InMemorySaver()), {
+            "langgraph": metadata.version("langgraph"),
+            "langgraph-checkpoint": metadata.version("langgraph-checkpoint")}
     import sqlite3
 
     from langgraph.checkpoint.sqlite import SqliteSaver
+    # from_conn_string opens sqlite3.connect(path, check_same_thread=False): its saver
+    # serializes the threads that share it with its own lock.
     manager = SqliteSaver.from_conn_string(path)
     return manager, {"sqlite": sqlite3.sqlite_version,
                      "langgraph-checkpoint-sqlite": metadata.version(
@@ -112,6 +125,14 @@ class GraphRun:
                           {"configurable": {"thread_id": thread_id}}, durability=durability)
         return thread_id
 
+    def forget(self) -> None:
+        """The memory kind: drop every thread (it keeps them all in memory, and a run of
+        invokes from 8 threads would otherwise hold hundreds of MB); the others keep theirs."""
+        if self.kind == "memory":
+            for table in (self.checkpointer.storage, self.checkpointer.writes,
+                          self.checkpointer.blobs):
+                table.clear()
+
     def warm_up(self) -> dict:
         """One invoke per durability (imports, first pages, the WAL file); then the settings
         in force, the checkpoints one invoke leaves, and whether the process holds the other
@@ -125,6 +146,10 @@ class GraphRun:
             self.facts["synchronous"] = conn.execute("PRAGMA synchronous").fetchone()[0]
             self.facts["journal_mode"] = conn.execute("PRAGMA journal_mode").fetchone()[0]
             other = "apsw" in sys.modules or "sqlitesaver" in sys.modules
+        elif self.kind == "memory":
+            self.facts["synchronous"] = self.facts["journal_mode"] = None
+            other = False  # no file: either library would be harmless
+            self.facts["sqlite_loaded"] = sorted({"apsw", "sqlite3"} & set(sys.modules))
         else:
             settings = self.checkpointer.saver.settings()["writer"]
             self.facts["synchronous"] = settings["synchronous"]
@@ -150,11 +175,16 @@ def main() -> int:
 
         def steps(message: dict[str, Any]) -> dict[str, Any]:
             durability = message["durability"]
-            outcome = run_threads([lambda: run.invoke(durability)], until=message["until"])
+            outcome = run_threads([lambda: run.invoke(durability)] * message.get("threads", 1),
+                                  until=message["until"])
             outcome.ops *= nodes  # a completed invoke ran every node once: one step each
             return outcome.to_json()
 
-        serve(channel, {"run": steps}, lambda: None)
+        def cleanup(message: dict[str, Any]) -> dict[str, Any]:
+            run.forget()
+            return {}
+
+        serve(channel, {"run": steps, "cleanup": cleanup}, lambda: None)
     return 0
 
 

@@ -1,7 +1,7 @@
 """Concurrency benchmark (issue #5): many writers, reads, a 1 MiB state, against baselines.
 
     python bench/run.py [--rounds 8] [--seconds 1.0] [--list-size 1000] [--dir DIR]
-                        [--json FILE] [--quick]
+                        [--json FILE] [--quick] [--only graph-steps]
 
 Prints one table measured in one run. Machines here are shared and noisy, so nothing is compared
 with a stored number: each configuration runs once per round for a fixed time, the compared
@@ -44,6 +44,19 @@ Rows (durable = ``synchronous=FULL``, an fsync of the WAL at every commit; 4 KiB
   that cannot open its checkpointer or run its first invokes stops the run. Their group runs
   ours, LangGraph's (sync), LangGraph's, ours (async), reversed every other round, and the
   ratio ours/LangGraph pairs the two runs of a round.
+- Many graphs at once (issue #14): the same graph invoked from 8 threads at once on the one
+  checkpointer of each worker (a server sharing its checkpointer between requests), each
+  invoke on a new thread, durability sync and async: ours, LangGraph's ``SqliteSaver`` (whose
+  ``from_conn_string`` opens its connection with ``check_same_thread=False``; its own lock
+  serializes the threads) and, as the ceiling, LangGraph's ``InMemorySaver`` in a third worker
+  (no file, no SQLite: what LangGraph's runtime reaches when storing costs next to nothing; it
+  forgets its threads after every run, untimed). Target: ours >= 1.2x LangGraph's
+  ``SqliteSaver``, printed against the ceiling InMemorySaver / LangGraph's ``SqliteSaver``.
+  Their group runs ours, LangGraph's, InMemorySaver (sync), InMemorySaver, LangGraph's, ours
+  (async), reversed every other round.
+
+``--only graph-steps`` runs the graph-steps rows alone (1 and 8 threads; only the three graph
+workers are started).
 
 Threads and processes are all started and parked first, released together (an Event, or one
 command line per process on its pipe; no sleeps), and stopped at one shared deadline; a rate is
@@ -98,6 +111,9 @@ BIG_TARGET = 1 << 20
 LANGGRAPH = "LangGraph SqliteSaver"
 NOT_INSTALLED = "not installed"
 GRAPH_NODES = 4  # the graph-steps rows: a chain of this many nodes (bench/_graph_worker.py)
+GRAPH_THREADS = 8  # the many-graphs rows: invokes from this many threads on one checkpointer
+MEMORY = "LangGraph InMemorySaver"
+GRAPH_KINDS = ("sqlitesaver", "langgraph", "memory")
 
 
 # --- states ---------------------------------------------------------------------------------
@@ -261,7 +277,8 @@ class Peer:
 
 class GraphWorker:
     """A process running the graph of bench/_graph_worker.py on one checkpointer: ``kind``
-    "sqlitesaver" (APSW) or "langgraph" (stdlib ``sqlite3``), on its own file."""
+    "sqlitesaver" (APSW) or "langgraph" (stdlib ``sqlite3``), on its own file, or "memory"
+    (LangGraph's ``InMemorySaver``, no file)."""
 
     def __init__(self, kind: str, path: str, nodes: int) -> None:
         self.kind = kind
@@ -286,9 +303,15 @@ class GraphWorker:
             raise SystemExit(f"the {self.kind} graph worker loaded the other SQLite library: "
                              "results void")
 
-    def run(self, durability: str, seconds: float) -> Outcome:
-        return self.worker.run_until({"cmd": "run", "durability": durability}, seconds,
+    def run(self, durability: str, seconds: float, threads: int = 1) -> Outcome:
+        return self.worker.run_until({"cmd": "run", "durability": durability,
+                                      "threads": threads}, seconds,
                                      f"the {self.kind} graph worker")
+
+    def cleanup(self) -> None:
+        """Untimed, between runs: the memory worker forgets every thread it holds."""
+        self.worker.send({"cmd": "cleanup"})
+        self.worker.receive()
 
     def close(self) -> None:
         self.worker.close()
@@ -453,7 +476,10 @@ class Bench:
         self.print_workload()
         self.measure(groups)
         configs = {c.key: c for group, _ in groups for c in group}
-        table = self.report(self.rows(self.peer_installed), configs)
+        rows = self.rows(self.peer_installed)
+        if self.only_steps:
+            rows = [row for row in rows if "_steps" in row.key]
+        table = self.report(rows, configs)
         if "sqlite3" in sys.modules:
             raise SystemExit("this process loaded the stdlib sqlite3: results void")
         print(self.isolation_text())
@@ -470,7 +496,7 @@ class Bench:
             return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
         ours, theirs = self.graphs["sqlitesaver"], self.graphs["langgraph"]
-        no_sqlite3 = ["this process", "the Saver workers"] \
+        no_sqlite3 = ["this process"] + ([] if self.only_steps else ["the Saver workers"]) \
             + (["the sqlitesaver graph worker"] if ours.installed else [])
         no_apsw = [name for name, there in (("the LangGraph peer", self.peer_installed),
                                             ("LangGraph's graph worker", theirs.installed))
@@ -489,9 +515,19 @@ class Bench:
               f"{platform.release()}, load average {os.getloadavg()[0]:.2f} at start")
         print(f"databases and fsync probe in {self.dir} ({filesystem_of(self.dir)})")
 
+    @property
+    def only_steps(self) -> bool:
+        return self.args.only == "graph-steps"
+
     def setup(self) -> None:
         """The states, the child processes, and this process's files and Savers."""
         args = self.args
+        if self.only_steps:  # the graph workers alone
+            self.graphs = {kind: GraphWorker(kind, self.path(f"graph-{kind}.db"), GRAPH_NODES)
+                           for kind in GRAPH_KINDS}
+            for graph in self.graphs.values():
+                graph.wait_ready()
+            return
         self.small = core.make_state()
         self.big = grow_state(BIG_TARGET)
         self.small_bytes, self.big_bytes = codec.encode(self.small), codec.encode(self.big)
@@ -508,7 +544,7 @@ class Bench:
         self.gangs = [Gang("p4x4", self.path("saver-4x4.db"), 4, 4, states_path),
                       Gang("p20x1", self.path("saver-20x1.db"), 20, 1, states_path)]
         self.graphs = {kind: GraphWorker(kind, self.path(f"graph-{kind}.db"), GRAPH_NODES)
-                       for kind in ("sqlitesaver", "langgraph")}
+                       for kind in GRAPH_KINDS}
 
         self.fsync_fd = os.open(self.path("fsync-probe"),
                                 os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
@@ -550,6 +586,11 @@ class Bench:
 
     def print_workload(self) -> None:
         args, lg = self.args, self.peer.info if self.peer else {}
+        if self.only_steps:
+            print(self.graph_text())
+            print(f"{args.rounds} rounds after one warm-up pass; per round each configuration "
+                  f"runs {args.seconds:g} s; order within a group reversed every other round")
+            return
         if self.peer_installed:
             pragma = lg["pragmas"]["put1"]
             print(f"{LANGGRAPH}: langgraph-checkpoint-sqlite "
@@ -583,6 +624,9 @@ class Bench:
             if not graph.installed:
                 return f"{name}: {NOT_INSTALLED} ({graph.info.get('error')})"
             facts = graph.facts
+            if kind == "memory":
+                return (f"{name}: langgraph-checkpoint {facts['langgraph-checkpoint']}, no file, "
+                        f"{facts['checkpoints_per_invoke']} checkpoints per invoke")
             library = (f"APSW {facts['apsw']}, SQLite {facts['sqlite']}" if kind == "sqlitesaver"
                        else f"langgraph-checkpoint-sqlite {facts['langgraph-checkpoint-sqlite']},"
                        f" stdlib sqlite3 on SQLite {facts['sqlite']}")
@@ -598,8 +642,9 @@ class Bench:
                 f"node run; langgraph {', '.join(sorted(versions)) or NOT_INSTALLED}; "
                 + "; ".join(one(name, kind) for name, kind in (
                     ("sqlitesaver.langgraph SqliteSaver", "sqlitesaver"),
-                    (LANGGRAPH, "langgraph")))
-                + "; each in its own process and file")
+                    (LANGGRAPH, "langgraph"), (MEMORY, "memory")))
+                + f"; each in its own process and file; the {GRAPH_THREADS}-thread rows invoke "
+                f"from {GRAPH_THREADS} threads at once on the worker's one checkpointer")
 
     def configurations(self) -> list[tuple[list[Config], float]]:
         """Four groups, each with its run time. Compared configurations sit next to each
@@ -607,6 +652,9 @@ class Bench:
         steps of each durability), so their runs are one run apart in either order; every put
         row is at most two runs from a bare run."""
         seconds = self.args.seconds
+        steps_groups = self.steps_groups(seconds)
+        if self.only_steps:
+            return steps_groups
         fd, block = self.fsync_fd, b"\0" * 4096
         bare_read, bare_big, s_read, s_big = (self.bare_read, self.bare_big, self.s_read,
                                               self.s_big)
@@ -701,23 +749,36 @@ class Bench:
                             clear_saver_big),
                      *([lg_config("lg_big", "big", lambda: peer.cleanup("big"))] if lg else [])]
 
-        def steps(key: str, kind: str, durability: str) -> list[Config]:
-            graph = self.graphs[kind]
-            return [Config(key, lambda seconds: graph.run(durability, seconds))] \
-                if graph.installed else []
-
-        # sync pair, then async pair, mirrored: ours, LangGraph's, LangGraph's, ours.
-        steps_group = [*steps("saver_steps_sync", "sqlitesaver", "sync"),
-                       *steps("lg_steps_sync", "langgraph", "sync"),
-                       *steps("lg_steps_async", "langgraph", "async"),
-                       *steps("saver_steps_async", "sqlitesaver", "async")]
         for config in put_group:  # errors on opening count against the row
             for gang, key in ((p4x4, "p4x4"), (p20x1, "p20x1")):
                 if config.key == key:
                     config.errors.update(gang.open_errors)
                     config.first_error = gang.first_error
         return [(put_group, seconds), (read_group, seconds / 2), (big_group, seconds),
-                (steps_group, seconds)]
+                *steps_groups]
+
+    def steps_groups(self, seconds: float) -> list[tuple[list[Config], float]]:
+        """The graph steps: 1 thread (ours and LangGraph's SqliteSaver), then 8 threads on one
+        checkpointer (the same two and InMemorySaver, the ceiling)."""
+        def steps(key: str, kind: str, durability: str, threads: int = 1) -> list[Config]:
+            graph = self.graphs[kind]
+            after = graph.cleanup if kind == "memory" else None
+            return [Config(key, lambda seconds: graph.run(durability, seconds, threads),
+                           after)] if graph.installed else []
+
+        # sync pair, then async pair, mirrored: ours, LangGraph's, LangGraph's, ours.
+        steps_group = [*steps("saver_steps_sync", "sqlitesaver", "sync"),
+                       *steps("lg_steps_sync", "langgraph", "sync"),
+                       *steps("lg_steps_async", "langgraph", "async"),
+                       *steps("saver_steps_async", "sqlitesaver", "async")]
+        n = GRAPH_THREADS
+        many_group = [*steps("saver_steps8_sync", "sqlitesaver", "sync", n),
+                      *steps("lg_steps8_sync", "langgraph", "sync", n),
+                      *steps("mem_steps8_sync", "memory", "sync", n),
+                      *steps("mem_steps8_async", "memory", "async", n),
+                      *steps("lg_steps8_async", "langgraph", "async", n),
+                      *steps("saver_steps8_async", "sqlitesaver", "async", n)]
+        return [(steps_group, seconds), (many_group, seconds)]
 
     def measure(self, groups: list[tuple[list[Config], float]]) -> None:
         """A short untimed pass (files, caches, the children's first wake-up), then the rounds:
@@ -749,9 +810,11 @@ class Bench:
                     "graph_steps": {kind: graph.info for kind, graph in self.graphs.items()}},
                 "settings": {"rounds": args.rounds, "seconds": args.seconds,
                              "read_seconds": args.seconds / 2, "list_size": args.list_size,
-                             "quick": args.quick, "saver": self.live,
-                             "graph_nodes": GRAPH_NODES},
-                "state_bytes": {"small": len(self.small_bytes), "big": len(self.big_bytes)},
+                             "quick": args.quick, "only": args.only,
+                             "saver": getattr(self, "live", None),
+                             "graph_nodes": GRAPH_NODES, "graph_threads": GRAPH_THREADS},
+                "state_bytes": None if self.only_steps else {"small": len(self.small_bytes),
+                                                             "big": len(self.big_bytes)},
                 "metadata": METADATA,
                 "rows": table,
                 "elapsed_s": elapsed}, f, indent=1)
@@ -800,6 +863,16 @@ class Bench:
             Row(f"{LANGGRAPH} graph steps, durability async", "lg_steps_async"),
             Row("sqlitesaver graph steps, durability async", "saver_steps_async",
                 langgraph="lg_steps_async"),
+            # Many graphs at once (issue #14): 8 threads invoking on one checkpointer; the
+            # InMemorySaver rows are the ceiling of the target.
+            *(row for durability in ("sync", "async") for row in (
+                Row(f"{MEMORY} graph steps, {GRAPH_THREADS} threads, {durability} (ceiling)",
+                    f"mem_steps8_{durability}", langgraph=f"lg_steps8_{durability}"),
+                Row(f"{LANGGRAPH} graph steps, {GRAPH_THREADS} threads, {durability}",
+                    f"lg_steps8_{durability}"),
+                Row(f"sqlitesaver graph steps, {GRAPH_THREADS} threads, {durability}",
+                    f"saver_steps8_{durability}", langgraph=f"lg_steps8_{durability}",
+                    target=Target("langgraph", 1.2), ceiling=f"mem_steps8_{durability}"))),
         ]
 
     @staticmethod
@@ -848,19 +921,19 @@ class Bench:
         width = max(len(row.label) for row in rows)
         print()
         print(f"| {'measurement':{width}} | {'ops/s':>13} | spread | vs bare APSW | "
-              f"vs LangGraph | errors | target          | result |")
+              f"vs LangGraph | errors | target            | result |")
         print(f"|{'-' * (width + 2)}|{'-' * 15}|--------|--------------|--------------|"
-              f"--------|-----------------|--------|")
+              f"--------|-------------------|--------|")
         for entry in table:
             label = entry["measurement"]
             if entry["rate"] is None:
                 print(f"| {label:{width}} | {NOT_INSTALLED:>13} | {'':6} | {'':12} | "
-                      f"{'':12} | {'':6} | {'':15} | {'':6} |")
+                      f"{'':12} | {'':6} | {'':17} | {'':6} |")
                 continue
             vs_bare = "baseline" if entry["baseline"] else ratio_text(entry.get("vs_bare"))
             print(f"| {label:{width}} | {entry['rate']:13,.0f} | {entry['spread']:6.0%} | "
                   f"{vs_bare:>12} | {ratio_text(entry.get('vs_langgraph')):>12} | "
-                  f"{sum(entry['errors'].values()):6,} | {entry.get('target', ''):15} | "
+                  f"{sum(entry['errors'].values()):6,} | {entry.get('target', ''):17} | "
                   f"{entry.get('result', ''):6} |")
         print("ops/s: median of the rounds (a list is one call returning 100 checkpoints; "
               f"a graph step is one node run, {GRAPH_NODES} per invoke); spread: (max - min) / "
@@ -910,6 +983,9 @@ def main() -> int:
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--quick", action="store_true",
                         help="small counts: a smoke test of a few seconds, figures not meaningful")
+    parser.add_argument("--only", choices=("graph-steps",),
+                        help="graph-steps: only the LangGraph graph-steps rows (1 and "
+                             f"{GRAPH_THREADS} threads), starting only their workers")
     args = parser.parse_args()
     defaults = (2, 0.15, 150) if args.quick else (8, 1.0, 1000)
     for name, default in zip(("rounds", "seconds", "list_size"), defaults):

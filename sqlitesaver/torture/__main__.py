@@ -8,6 +8,7 @@ something was; 2 for bad usage.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import secrets
@@ -70,6 +71,14 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "its group commit batches their transitions; each thread writes "
                              "its own lane and is verified on its own (default 1; sigkill "
                              "and power-loss)")
+    parser.add_argument("--langgraph", action="store_true",
+                        help="the writers run real LangGraph graphs (a parallel fan-out, "
+                             "durability sync or async) through sqlitesaver.langgraph's "
+                             "SqliteSaver, --threads of them per process on one checkpointer; "
+                             "after each kill every acknowledged put and put_writes must be "
+                             "there through LangGraph's API, and resuming each graph thread "
+                             "must run no finished node again and end in the uninterrupted "
+                             "run's state (sigkill only; needs langgraph installed)")
     parser.add_argument("--durability", choices=("full", "normal"), default="full",
                         help="the Saver's durability setting (default full)")
     parser.add_argument("--min-interval", type=_seconds, default=0.0,
@@ -85,8 +94,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--report", metavar="FILE.json",
                         help="also write the per-iteration results and summary as JSON")
     parser.add_argument("--writer", metavar="FILE.py:CLASS",
-                        help="run this Writer subclass instead of the library's writer (for "
-                             "testing the harness itself with deliberately broken writers)")
+                        help="run this Writer subclass instead of the library's writer (with "
+                             "--langgraph: this subclass of graph_workload's "
+                             "ReportingCheckpointer instead of the adapter), for testing the "
+                             "harness itself with deliberately broken writers")
     args = parser.parse_args(argv)
     if args.min_interval > args.max_interval:
         parser.error(f"--min-interval ({args.min_interval:g}) is above --max-interval "
@@ -103,6 +114,11 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     if args.mode == "power-loss" and args.workers != 1:
         parser.error("--mode power-loss runs one worker: a power loss stops every process, "
                      "and the simulation models only the crashing writer's unsynced writes")
+    if args.langgraph and args.mode != "sigkill":
+        parser.error(f"--langgraph runs with --mode sigkill, not {args.mode}")
+    if args.langgraph and importlib.util.find_spec("langgraph") is None:
+        parser.error("--langgraph needs LangGraph: pip install langgraph (or the 'test' "
+                     "extra, pip install 'sqlitesaver[test]')")
     if args.workers > 64:
         parser.error(f"--workers is at most 64, not {args.workers}")
     if args.threads > 64:
@@ -142,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
                       threads=args.threads,
                       durability=args.durability, min_interval=args.min_interval,
                       max_interval=args.max_interval, writer=args.writer, mode=args.mode,
-                      keep_going=args.keep_going)
+                      keep_going=args.keep_going, langgraph=args.langgraph)
     try:
         status, report = run_io_faults(options) if args.mode == "io-faults" else run(options)
     except KeyboardInterrupt:
@@ -158,6 +174,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"PASS (seed {seed})")
     else:
         again = ["python", "-m", "sqlitesaver.torture", "--mode", args.mode]
+        if args.langgraph:
+            again.append("--langgraph")
         if args.iterations is not None:
             again += ["--iterations", str(args.iterations)]
         again += ["--workers", str(args.workers)]

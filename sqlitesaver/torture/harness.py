@@ -83,6 +83,7 @@ class Options:
     mode: str = "sigkill"  # or "power-loss" (simulated through sqlitesaver.faults)
     keep_going: bool = False  # go on after a violation instead of keeping the evidence
     threads: int = 1  # writer threads per worker process, sharing one Saver (group commit)
+    langgraph: bool = False  # writers run LangGraph graphs through the adapter (graph_harness)
 
 
 @dataclass
@@ -163,14 +164,7 @@ class _Run:
         w.incarnation += 1
         read_end, write_end = os.pipe()
         w.stderr = tempfile.TemporaryFile()
-        cmd = [sys.executable, "-m", "sqlitesaver.torture.child", "--db", self.o.db,
-               "--fd", str(write_end), "--worker", str(w.index),
-               "--incarnation", str(w.incarnation), "--seed", str(self.o.seed),
-               "--durability", self.o.durability]
-        if self.o.threads != 1:
-            cmd += ["--threads", str(self.o.threads)]
-        if self.o.writer:
-            cmd += ["--writer", self.o.writer]
+        cmd = self.child_command(w, write_end)
         # Drawn at spawn, in spawn order: the seed fixes the delays whatever the timing.
         startup, u = self.rng.random() < STARTUP_KILL_SHARE, self.rng.random()
         if self.o.mode == "power-loss":
@@ -190,31 +184,47 @@ class _Run:
         w.ready, w.startup_seconds, w.ready_at, w.error = False, None, None, None
         w.stats = [0, 0]
 
+    def child_command(self, w: _Worker, write_end: int) -> list[str]:
+        """The writer process's command line (its pipe is ``write_end``)."""
+        cmd = [sys.executable, "-m", "sqlitesaver.torture.child", "--db", self.o.db,
+               "--fd", str(write_end), "--worker", str(w.index),
+               "--incarnation", str(w.incarnation), "--seed", str(self.o.seed),
+               "--durability", self.o.durability]
+        if self.o.threads != 1:
+            cmd += ["--threads", str(self.o.threads)]
+        if self.o.writer:
+            cmd += ["--writer", self.o.writer]
+        return cmd
+
     def receive(self, w: _Worker, data: bytes) -> None:
         for message in w.frames.feed(data):
-            kind = message["m"]
-            if kind == "hello":
-                w.hello_at = time.monotonic()
-                w.deadline = w.hello_at + w.delay
-            elif kind == "ready":
-                w.ready, w.startup_seconds = True, message["seconds"]
-                w.db_stamp = message["db"]
-                w.ready_at = time.monotonic()
-            elif kind in ("intent", "ack"):
-                lane = self.lane_of(w, message)
-                if lane is None:
-                    continue
-                if kind == "intent":
-                    if lane.inflight is not None:
-                        self.id_problems.append(
-                            f"worker {w.index} lane {lane.index}: intent of {message['tid']} "
-                            f"while {lane.inflight[0]} is unacknowledged (a writer protocol "
-                            "error: a lane runs one transition at a time)")
-                    lane.inflight = (message["tid"], message["kind"], message["ops"])
-                else:
-                    self.acknowledge(w, lane, message)
-            elif kind == "error":
-                w.error = message["error"]
+            self.handle(w, message)
+
+    def handle(self, w: _Worker, message: dict[str, Any]) -> None:
+        """One message from the writer (see :mod:`~sqlitesaver.torture.child`)."""
+        kind = message["m"]
+        if kind == "hello":
+            w.hello_at = time.monotonic()
+            w.deadline = w.hello_at + w.delay
+        elif kind == "ready":
+            w.ready, w.startup_seconds = True, message["seconds"]
+            w.db_stamp = message["db"]
+            w.ready_at = time.monotonic()
+        elif kind in ("intent", "ack"):
+            lane = self.lane_of(w, message)
+            if lane is None:
+                return
+            if kind == "intent":
+                if lane.inflight is not None:
+                    self.id_problems.append(
+                        f"worker {w.index} lane {lane.index}: intent of {message['tid']} "
+                        f"while {lane.inflight[0]} is unacknowledged (a writer protocol "
+                        "error: a lane runs one transition at a time)")
+                lane.inflight = (message["tid"], message["kind"], message["ops"])
+            else:
+                self.acknowledge(w, lane, message)
+        elif kind == "error":
+            w.error = message["error"]
 
     def lane_of(self, w: _Worker, message: dict[str, Any]) -> _Lane | None:
         index = message.get("lane", 0)
@@ -375,13 +385,18 @@ class _Run:
 
     # --- the loop ----------------------------------------------------------------------
 
-    def run(self) -> int:
+    def banner(self) -> str:
+        """The run's first line: what is run, how, and its seed."""
         o = self.o
         how = (f"power loss at write/sync 1-{POWER_LOSS_OPS}" if o.mode == "power-loss"
                else f"SIGKILL after {o.min_interval:g}-{o.max_interval:g} s")
         threads = "" if o.threads == 1 else f" x {o.threads} threads (one Saver per worker)"
-        self.print(f"torture: {o.iterations} iterations, {o.workers} worker(s){threads}, "
-                   f"durability {o.durability}, {how}, seed {o.seed}")
+        return (f"torture: {o.iterations} iterations, {o.workers} worker(s){threads}, "
+                f"durability {o.durability}, {how}, seed {o.seed}")
+
+    def run(self) -> int:
+        o = self.o
+        self.print(self.banner())
         self.print(f"database: {o.db}")
         started = time.monotonic()
         for w in self.workers:
@@ -660,6 +675,10 @@ def _ms(seconds: float) -> float:
 
 def run(options: Options, out: TextIO = sys.stdout) -> tuple[int, dict[str, Any]]:
     """Run the harness; return its exit status (0 pass, 1 fail) and its report."""
-    harness = _Run(options, out)
+    if options.langgraph:
+        from .graph_harness import GraphRun  # imports LangGraph: only when asked for
+        harness: _Run = GraphRun(options, out)
+    else:
+        harness = _Run(options, out)
     status = harness.run()
     return status, harness.report()
