@@ -257,7 +257,7 @@ def translate(exc: BaseException, path: str | None, doing: str, *,
         return CorruptDatabaseError(
             f"{where} is damaged: a stored text is not valid UTF-8 ({detail}) while {doing}; "
             "its bytes changed on disk after they were written, and nothing of it was "
-            f"returned. Stop writing to it and restore from a backup; '{check_command(path)}'"
+            f"returned. Stop writing to it and {restore_advice(path)}; '{check_command(path)}'"
             " lists the damage without writing to the file.", path=path)
     if isinstance(exc, (apsw.CorruptError, apsw.NotADBError)):
         return CorruptDatabaseError(

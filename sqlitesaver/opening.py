@@ -396,7 +396,7 @@ def _check_schema(conn: apsw.Connection, path: str) -> None:
             f"{path!r} does not have the schema sqlitesaver creates for its schema version "
             f"{version}: {shown}{more}. It was changed outside sqlitesaver, which refuses to use "
             "it: nothing was written. Undo the change (sqlitesaver/schema.py holds the schema) "
-            f"or restore from a backup; '{check_command(path)}' lists every difference.",
+            f"or {restore_advice(path)}; '{check_command(path)}' lists every difference.",
             path=path)
 
 

@@ -50,14 +50,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         description="Crash torture: writers are killed with SIGKILL at random moments; after "
                     "each kill the database is reopened (recovery included) and every "
                     "acknowledged transition must be intact, with no partial one visible.")
-    parser.add_argument("--mode", choices=("sigkill", "power-loss", "io-faults"),
+    parser.add_argument("--mode", choices=("sigkill", "power-loss", "io-faults", "interrupts"),
                         default="sigkill",
                         help="sigkill (default): kill the writer at a random moment; "
                              "power-loss: the writer's VFS loses power at a random write or "
                              "sync, dropping or tearing what was not synced (one worker); "
                              "io-faults: fail the 1st, 2nd, 3rd ... read, write, sync or "
                              "truncate of a fixed step, once and persistently, with EIO or a "
-                             "full disk (one worker, no kills)")
+                             "full disk (one worker, no kills); "
+                             "interrupts: no kills; in this process, SIGINT at random moments "
+                             "to the main thread, which catches KeyboardInterrupt and goes on "
+                             "writing beside --threads other threads; each iteration is a "
+                             "round of 0.1 s, after which another connection must see every "
+                             "acknowledged write (the gap between two SIGINTs is drawn from "
+                             "--min-interval to --max-interval, default 0 to 0.005 s here)")
     parser.add_argument("--iterations", type=_positive_int, default=None,
                         help="kills to perform (default 50); with io-faults, the largest k "
                              "per fault kind (default: until the step runs out of operations)")
@@ -81,10 +87,10 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "run's state (sigkill only; needs langgraph installed)")
     parser.add_argument("--durability", choices=("full", "normal"), default="full",
                         help="the Saver's durability setting (default full)")
-    parser.add_argument("--min-interval", type=_seconds, default=0.0,
+    parser.add_argument("--min-interval", type=_seconds, default=None,
                         help="shortest delay from a writer's start to its kill, seconds "
                              "(default 0)")
-    parser.add_argument("--max-interval", type=_seconds, default=0.5,
+    parser.add_argument("--max-interval", type=_seconds, default=None,
                         help="longest such delay, seconds (default 0.5)")
     parser.add_argument("--db", help="database to create and torture (must not exist; default: "
                                      "one in a temporary directory, removed on success)")
@@ -99,6 +105,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "ReportingCheckpointer instead of the adapter), for testing the "
                              "harness itself with deliberately broken writers")
     args = parser.parse_args(argv)
+    if args.min_interval is None:
+        args.min_interval = 0.0
+    if args.max_interval is None:
+        args.max_interval = 0.005 if args.mode == "interrupts" else 0.5
+    if args.mode == "interrupts" and (args.workers != 1 or args.writer or args.langgraph):
+        parser.error("--mode interrupts runs in this process (signals go to its main thread): "
+                     "no --workers, --writer or --langgraph; --threads are the other writers")
     if args.min_interval > args.max_interval:
         parser.error(f"--min-interval ({args.min_interval:g}) is above --max-interval "
                      f"({args.max_interval:g})")
@@ -160,7 +173,11 @@ def main(argv: list[str] | None = None) -> int:
                       max_interval=args.max_interval, writer=args.writer, mode=args.mode,
                       keep_going=args.keep_going, langgraph=args.langgraph)
     try:
-        status, report = run_io_faults(options) if args.mode == "io-faults" else run(options)
+        if args.mode == "interrupts":
+            status, report = _run_interrupts(args, db, seed)
+        else:
+            status, report = run_io_faults(options) if args.mode == "io-faults" \
+                else run(options)
     except KeyboardInterrupt:
         print(f"\ninterrupted; seed {seed}; database kept at {db}", file=sys.stderr)
         return 130
@@ -193,6 +210,26 @@ def main(argv: list[str] | None = None) -> int:
         print(f"FAIL (seed {seed}); run it again with: {shlex.join(again)}")
         print(f"database kept for inspection: {db}")
     return status
+
+
+def _run_interrupts(args: argparse.Namespace, db: str, seed: int) -> tuple[int, dict]:
+    """``--mode interrupts`` (see sqlitesaver.torture.interrupts), under a hang detector: all
+    thread stacks are printed and the process exits 1 if it has not finished in time."""
+    import faulthandler
+
+    from . import interrupts
+
+    faulthandler.dump_traceback_later(120 + 2 * args.iterations, exit=True)
+    try:
+        report = interrupts.run(db, rounds=args.iterations, threads=args.threads, seed=seed,
+                                min_gap=args.min_interval, max_gap=args.max_interval,
+                                durability=args.durability)
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    print(interrupts.format_report(report))
+    for problem in report["lost"] + report["partial"] + report["errors"]:
+        print(f"  {problem}")
+    return (0 if report["ok"] else 1), report
 
 
 if __name__ == "__main__":
