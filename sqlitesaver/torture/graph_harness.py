@@ -547,13 +547,7 @@ class GraphRun(_Run):
             ("wall time", f"{s['seconds']} s"),
             ("verdict", s["verdict"]),
         ]
-        width = max(len(k) for k, _ in rows)
-        self.print("")
-        for key, value in rows:
-            self.print(f"  {key:<{width}}  {value}")
-        for problem in self.id_problems[:10] + self.errors[:10]:
-            self.print(f"  ! {problem}")
-        return 1 if failed else 0
+        return self.print_summary(rows, failed)
 
     def report(self) -> dict[str, Any]:
         report = super().report()

@@ -601,6 +601,10 @@ class _Run:
             ("wall time", f"{s['seconds']} s"),
             ("verdict", s["verdict"]),
         ]
+        return self.print_summary(rows, failed)
+
+    def print_summary(self, rows: list[tuple[str, Any]], failed: bool) -> int:
+        """Print the summary's rows (aligned) and the first problems; the exit status."""
         width = max(len(k) for k, _ in rows)
         self.print("")
         for key, value in rows:
