@@ -167,7 +167,10 @@ def _owner(module: str) -> str:
     assert spec is not None, f"{module} is not installed: install '.[test]' to run this test"
     origin = spec.origin if spec.has_location else next(iter(spec.submodule_search_locations))
     origin = os.path.realpath(origin)
-    candidates = metadata.packages_distributions().get(module.split(".")[0], [])
+    # packages_distributions() maps a namespace package such as langgraph to nothing on
+    # Python 3.10 (seen in CI): then every installed distribution is a candidate.
+    candidates = metadata.packages_distributions().get(module.split(".")[0], []) or \
+        sorted({dist.metadata["Name"] for dist in metadata.distributions()})
     for name in candidates:
         files = metadata.distribution(name).files or []
         if any(os.path.realpath(metadata.distribution(name).locate_file(f)) == origin
