@@ -28,7 +28,7 @@ import urllib.parse
 
 import apsw
 
-from . import contention, paths, pragmas, schema
+from . import contention, files, paths, pragmas, schema
 from .errors import (BusyTimeoutError, CannotOpenError, CorruptDatabaseError,
                      InvalidArgumentError, MigrationError, NotASaverDatabaseError,
                      ReadOnlyDatabaseError, SaverError, SchemaMismatchError, SchemaVersionError,
@@ -461,7 +461,7 @@ def _create(path: str, profile: Profile) -> bool:
             pragmas.journal_mode_wal(conn, path)
         finally:
             conn.close()  # last connection: SQLite checkpoints and removes temp-wal
-        _fsync_path(temp)
+        files.fsync_path(temp)
         try:
             os.link(temp, path)
             created = True
@@ -475,7 +475,7 @@ def _create(path: str, profile: Profile) -> bool:
             created = not os.path.lexists(path)
             if created:
                 os.rename(temp, path)
-        _fsync_path(directory)
+        files.fsync_path(directory)
     except SaverError:
         raise
     except (apsw.Error, OSError) as exc:
@@ -483,14 +483,6 @@ def _create(path: str, profile: Profile) -> bool:
     finally:
         _remove_family(temp)
     return created
-
-
-def _fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _remove_family(base: str) -> None:

@@ -329,3 +329,15 @@ def test_sigint_storm_loses_no_acknowledged_write(tmp_path, hang_detector):
     assert report["lost"] == [], report
     assert report["acknowledged"] > 100, report
     assert report["ok"], report
+
+
+def test_a_wrong_waiting_count_costs_batching_never_liveness(db_path, hang_detector):
+    """The count of transitions queued for the connection is a hint (an interruption may leave
+    it off): with a count that no thread will ever bring down, every write still commits, its
+    leader giving up gathering after GATHER_WAIT."""
+    hang_detector(60)
+    with Saver(db_path, durability="normal") as saver:
+        with saver._waiting_cond:
+            saver._waiting = 5  # five writers that will never come
+        refs = [saver.put("t", {"n": n}) for n in range(3)]
+        assert {ref.checkpoint_id for ref in refs} <= committed_ids(db_path)

@@ -13,7 +13,6 @@ must equal that of the same invocations run alone on LangGraph's ``InMemorySaver
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import operator
 import sys
 import threading
@@ -28,7 +27,6 @@ from typing_extensions import TypedDict
 from sqlitesaver.langgraph import AsyncSqliteSaver, SqliteSaver
 
 MODES = ("sync", "async", "exit")
-_DURABILITY: contextvars.ContextVar[str] = contextvars.ContextVar("durability", default="async")
 HANG_SECONDS = 120
 
 
@@ -71,7 +69,7 @@ def _inputs(worker: int) -> list:
     return [{"log": [f"in:{worker}"], "total": worker}, {"log": ["again"], "total": 1}]
 
 
-def _history(graph, config) -> list[tuple]:
+def _history(graph, config, durability: str) -> list[tuple]:
     """A thread's history, checked to be ordered, as comparable (step, source, next) rows."""
     snapshots = list(graph.get_state_history(config))
     for newer, older in zip(snapshots, snapshots[1:]):
@@ -80,10 +78,10 @@ def _history(graph, config) -> list[tuple]:
         assert newer.metadata["step"] > older.metadata["step"] or \
             older.metadata["step"] == -1 or newer.metadata["source"] == "input"
     assert snapshots[-1].parent_config is None
-    return [_row(s) for s in snapshots]
+    return [_row(s, durability) for s in snapshots]
 
 
-def _row(snapshot) -> tuple:
+def _row(snapshot, durability: str) -> tuple:
     """A history entry as compared: step, source and ``next``. Not ``next`` under
     ``durability="async"``: there LangGraph serializes a checkpoint in a background thread
     while its loop goes on mutating channel objects the checkpoint shares (a barrier's
@@ -92,7 +90,7 @@ def _row(snapshot) -> tuple:
     threads, as with ours; not this library's doing, and not something a checkpointer's
     ``put``, which runs after the mutation, can undo."""
     row = (snapshot.metadata["step"], snapshot.metadata["source"])
-    if _DURABILITY.get() != "async":
+    if durability != "async":
         row += (tuple(snapshot.next),)
     return row
 
@@ -108,7 +106,7 @@ def _reference(durability: str, *, with_interrupt: bool = False) -> dict[int, tu
                 checkpointer=InMemorySaver())
             config = {"configurable": {"thread_id": f"w{worker}"}}
             final = _drive(graph, config, worker, durability, with_interrupt)
-            cache[worker] = (final, _history(graph, config))
+            cache[worker] = (final, _history(graph, config, durability))
         return cache[worker]
     return of
 
@@ -150,14 +148,13 @@ def _run_threads(checkpointer, n: int, durability: str, *, with_interrupt: bool)
         final, history = expected(worker)
         assert results[worker] == final
         assert graph.get_state(config).values == final
-        assert _history(graph, config) == history
+        assert _history(graph, config, durability) == history
 
 
 @pytest.mark.parametrize("durability", MODES)
 @pytest.mark.parametrize("n", [2, 8, 32])
 def test_threads_invoking_graphs_on_one_checkpointer(tmp_path, hang_detector, n, durability):
     hang_detector(HANG_SECONDS)
-    _DURABILITY.set(durability)
     with SqliteSaver.from_conn_string(str(tmp_path / "load.db")) as checkpointer:
         _run_threads(checkpointer, n, durability, with_interrupt=False)
 
@@ -165,7 +162,6 @@ def test_threads_invoking_graphs_on_one_checkpointer(tmp_path, hang_detector, n,
 @pytest.mark.parametrize("durability", MODES)
 def test_interrupts_and_resumes_on_many_threads(tmp_path, hang_detector, durability):
     hang_detector(HANG_SECONDS)
-    _DURABILITY.set(durability)
     with SqliteSaver.from_conn_string(str(tmp_path / "load.db")) as checkpointer:
         _run_threads(checkpointer, 8, durability, with_interrupt=True)
 
@@ -178,13 +174,13 @@ async def _arun(graph, worker: int, durability: str):
     return final
 
 
-async def _ahistory(graph, worker: int) -> list[tuple]:
+async def _ahistory(graph, worker: int, durability: str) -> list[tuple]:
     config = {"configurable": {"thread_id": f"w{worker}"}}
     snapshots = [s async for s in graph.aget_state_history(config)]
     for newer, older in zip(snapshots, snapshots[1:]):
         assert newer.parent_config["configurable"]["checkpoint_id"] == \
             older.config["configurable"]["checkpoint_id"]
-    return [_row(s) for s in snapshots]
+    return [_row(s, durability) for s in snapshots]
 
 
 @pytest.mark.parametrize("durability", MODES)
@@ -196,7 +192,6 @@ def test_gather_of_ainvoke_on_one_async_checkpointer(tmp_path, hang_detector, n,
     a mid-run checkpoint, and ``InMemorySaver`` another one (measured: 40 of 40 threads
     each), so InMemorySaver is the reference for final states only."""
     hang_detector(HANG_SECONDS)
-    _DURABILITY.set(durability)
 
     async def main() -> tuple[list, dict, dict]:
         async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "load.db")) as cp:
@@ -205,14 +200,14 @@ def test_gather_of_ainvoke_on_one_async_checkpointer(tmp_path, hang_detector, n,
             for worker in range(n):
                 config = {"configurable": {"thread_id": f"w{worker}"}}
                 assert (await graph.aget_state(config)).values == finals[worker]
-            histories = {w: await _ahistory(graph, w) for w in range(n)}
+            histories = {w: await _ahistory(graph, w, durability) for w in range(n)}
         alone = {}
         for worker in range(n):
             async with AsyncSqliteSaver.from_conn_string(
                     str(tmp_path / f"alone-{worker}.db")) as cp:
                 graph = fan_out_graph().compile(checkpointer=cp)
                 await _arun(graph, worker, durability)
-                alone[worker] = await _ahistory(graph, worker)
+                alone[worker] = await _ahistory(graph, worker, durability)
         return finals, histories, alone
 
     finals, histories, alone = asyncio.run(main())
@@ -228,7 +223,6 @@ def test_gather_of_ainvoke_on_one_async_checkpointer(tmp_path, hang_detector, n,
     "context' on 3.10, with LangGraph's own checkpointers too)"))
 def test_async_interrupts_and_resumes_gathered(tmp_path, hang_detector):
     hang_detector(HANG_SECONDS)
-    _DURABILITY.set("async")
 
     async def main() -> dict:
         async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "load.db")) as cp:

@@ -39,21 +39,42 @@ __all__ = ["main", "load_writer"]
 _power_loss: faults.PowerLossVFS | None = None  # installed by --power-loss-after
 
 
+def load_named(spec: str, module_name: str) -> Any:
+    """The object ``CLASS`` of ``FILE.py:CLASS`` (a ``--writer`` argument), loaded from that
+    file as module ``module_name``."""
+    filename, _, name = spec.rpartition(":")
+    module_spec = importlib.util.spec_from_file_location(module_name, filename)
+    if not filename or not name or module_spec is None or module_spec.loader is None:
+        raise ValueError(f"--writer must be FILE.py:CLASS, not {spec!r}")
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return getattr(module, name)
+
+
 def load_writer(spec: str | None) -> Writer:
     """``None`` for the library's writer, or ``FILE.py:CLASS`` for a Writer subclass (the
     harness's self-tests use this to run deliberately broken writers)."""
     if spec is None:
         return Writer()
-    filename, _, name = spec.rpartition(":")
-    module_spec = importlib.util.spec_from_file_location("_torture_writer", filename)
-    if not filename or not name or module_spec is None or module_spec.loader is None:
-        raise ValueError(f"--writer must be FILE.py:CLASS, not {spec!r}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    writer = getattr(module, name)()
+    writer = load_named(spec, "_torture_writer")()
     if not isinstance(writer, Writer):
-        raise ValueError(f"{spec}: {name} is not a sqlitesaver.torture.workload.Writer")
+        raise ValueError(f"{spec}: {spec.rpartition(':')[2]} is not a "
+                         "sqlitesaver.torture.workload.Writer")
     return writer
+
+
+def child_arguments(prog: str) -> argparse.ArgumentParser:
+    """The options every writer process takes from the harness."""
+    parser = argparse.ArgumentParser(prog=prog)
+    parser.add_argument("--db", required=True)
+    parser.add_argument("--fd", type=int, required=True)
+    parser.add_argument("--worker", type=int, required=True)
+    parser.add_argument("--incarnation", type=int, required=True)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--durability", default="full")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--writer")
+    return parser
 
 
 def _stamp(path: str) -> list[int]:
@@ -64,15 +85,7 @@ def _stamp(path: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sqlitesaver.torture.child")
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--worker", type=int, required=True)
-    parser.add_argument("--incarnation", type=int, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--durability", default="full")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--writer")
+    parser = child_arguments("python -m sqlitesaver.torture.child")
     parser.add_argument("--power-loss-after", type=int)
     args = parser.parse_args(argv)
     fd = args.fd

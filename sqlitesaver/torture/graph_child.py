@@ -23,7 +23,6 @@ call and an ``ack`` after it returned. A failure ends the process with exit stat
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
 import random
 import sys
@@ -33,6 +32,7 @@ import traceback
 from typing import Any
 
 from ..errors import SaverError
+from .child import _stamp, child_arguments, load_named
 from .graph_workload import ReportingCheckpointer, build_graph, next_spec, state_digest
 from .protocol import send
 from .workload import thread_prefix
@@ -45,35 +45,15 @@ def load_adapter(spec: str | None) -> type[ReportingCheckpointer]:
     of :class:`ReportingCheckpointer` (the harness's self-tests run broken adapters so)."""
     if spec is None:
         return ReportingCheckpointer
-    filename, _, name = spec.rpartition(":")
-    module_spec = importlib.util.spec_from_file_location("_torture_adapter", filename)
-    if not filename or not name or module_spec is None or module_spec.loader is None:
-        raise ValueError(f"--writer must be FILE.py:CLASS, not {spec!r}")
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    adapter = getattr(module, name)
+    adapter = load_named(spec, "_torture_adapter")
     if not (isinstance(adapter, type) and issubclass(adapter, ReportingCheckpointer)):
-        raise ValueError(f"{spec}: {name} is not a subclass of "
+        raise ValueError(f"{spec}: {spec.rpartition(':')[2]} is not a subclass of "
                          "sqlitesaver.torture.graph_workload.ReportingCheckpointer")
     return adapter
 
 
-def _stamp(path: str) -> list[int]:
-    st = os.stat(path)
-    return [st.st_mtime_ns, st.st_size]
-
-
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m sqlitesaver.torture.graph_child")
-    parser.add_argument("--db", required=True)
-    parser.add_argument("--fd", type=int, required=True)
-    parser.add_argument("--worker", type=int, required=True)
-    parser.add_argument("--incarnation", type=int, required=True)
-    parser.add_argument("--seed", type=int, required=True)
-    parser.add_argument("--durability", default="full")
-    parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--writer")
-    args = parser.parse_args(argv)
+    args = child_arguments("python -m sqlitesaver.torture.graph_child").parse_args(argv)
     fd = args.fd
 
     def report(message: dict[str, Any]) -> None:

@@ -205,7 +205,6 @@ def run(path: str, *, rounds: int = 40, threads: int = 3, seed: int = 0,
         for t in writers:
             t.join()
     saver.close()  # must not hang
-    report["partial"] = []
     with Saver(path, durability=durability) as reopened:
         report["partial"] = _partial(reopened, lanes)
     if not report["lost"]:
