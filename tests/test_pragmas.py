@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import threading
 
+import apsw
+
 import pytest
 
 from sqlitesaver import Saver
@@ -11,9 +13,11 @@ from sqlitesaver.pragmas import JOURNAL_SIZE_LIMIT
 
 PROMISED = {
     "full": {"journal_mode": "wal", "synchronous": 2, "foreign_keys": 1,
-             "journal_size_limit": JOURNAL_SIZE_LIMIT, "busy_timeout": 30000},
+             "journal_size_limit": JOURNAL_SIZE_LIMIT, "busy_timeout": 30000,
+             "query_planner_stability": 1},
     "normal": {"journal_mode": "wal", "synchronous": 1, "foreign_keys": 1,
-               "journal_size_limit": JOURNAL_SIZE_LIMIT, "busy_timeout": 30000},
+               "journal_size_limit": JOURNAL_SIZE_LIMIT, "busy_timeout": 30000,
+               "query_planner_stability": 1},
 }
 
 
@@ -77,3 +81,24 @@ def test_a_database_left_in_a_rollback_journal_mode_opens_in_wal(db_path, journa
         assert saver.settings()["writer"]["journal_mode"] == "wal"
         assert saver.get("t").checkpoint_id == ref.checkpoint_id
         saver.put("t", {"n": 2})
+
+
+def test_query_plans_use_the_indexes_with_planner_stability(db_path):
+    """QPSG fixes each plan without looking at the bound values: the lookups a Saver runs must
+    still be index searches (a scan here would make every get linear in the database)."""
+    with Saver(db_path) as saver:
+        saver.put("t", {"n": 1})
+        saver.put("t", {"n": 2}, checkpoint_id="mine")
+        conn = saver._writer
+        assert conn.config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, -1) == 1
+        plans = {
+            "latest": ("SELECT seq FROM checkpoints WHERE thread_id = ? AND namespace = ? "
+                       "ORDER BY seq DESC LIMIT 1", ("t", ""), "checkpoints_by_thread"),
+            "by key": ("SELECT seq FROM checkpoints WHERE thread_id = ? AND namespace = ? AND "
+                       "key = ?", ("t", "", "mine"), "checkpoints_by_key"),
+            "writes": ("SELECT idx FROM writes WHERE checkpoint_seq = ?", (1,), "PRIMARY KEY"),
+        }
+        for name, (query, params, index) in plans.items():
+            detail = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query,
+                                                             params))
+            assert "SEARCH" in detail and index in detail, (name, detail)
