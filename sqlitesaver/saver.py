@@ -17,6 +17,7 @@ from __future__ import annotations
 import builtins
 import collections
 import copy
+import operator
 import os
 import threading
 import time
@@ -66,6 +67,24 @@ _CHECKPOINT_COLUMNS = ("c.seq, c.thread_id, c.namespace, c.parent_seq, c.created
                        "c.metadata, c.checksum, c.key, c.parent_key")
 _N_CHECKPOINT_COLUMNS = 10
 _WRITE_COLUMNS = "w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.task_path, w.checksum"
+
+
+def _get_queries(match: str) -> tuple[str, str]:
+    """Saver.get's two statements for one WHERE clause: the checkpoint and whether it has
+    pending writes; then, only if it has, the checkpoint and its writes in one statement (one
+    snapshot), told apart by the first column."""
+    return (f"SELECT {_CHECKPOINT_COLUMNS}, EXISTS (SELECT 1 FROM writes WHERE checkpoint_seq = "
+            f"c.seq) FROM checkpoints AS c WHERE {match}",
+            f"SELECT * FROM (SELECT 0, {_CHECKPOINT_COLUMNS} FROM checkpoints AS c WHERE {match}) "
+            f"UNION ALL SELECT 1, {_WRITE_COLUMNS}, NULL, NULL, NULL FROM writes AS w "
+            f"WHERE w.checkpoint_seq = (SELECT c.seq FROM checkpoints AS c WHERE {match})")
+
+
+_GET_LATEST = _get_queries("thread_id = ? AND namespace = ? ORDER BY seq DESC LIMIT 1")
+_GET_BY_KEY = _get_queries("thread_id = ? AND namespace = ? AND key = ?")
+# A checkpoint with a caller-supplied id is not also reachable by its seq.
+_GET_BY_SEQ = _get_queries("seq = ? AND thread_id = ? AND namespace = ? AND key IS NULL")
+_WRITE_ORDER = operator.itemgetter(1, 2)
 _NEXT_SEQ = ("SELECT max(coalesce((SELECT max(seq) FROM {table}), 0), "
              "(SELECT value FROM high_water WHERE name = '{table}')) + 1")
 _RAISE_HIGH_WATER = ("UPDATE high_water SET value = max(value, coalesce((SELECT max(seq) FROM "
@@ -623,37 +642,33 @@ class Saver:
             _check_text("checkpoint_id", checkpoint_id)
         params: tuple[object, ...]
         if checkpoint_id is None:
-            match, params = ("thread_id = ? AND namespace = ? ORDER BY seq DESC LIMIT 1",
-                             (thread_id, namespace))
+            query, params = _GET_LATEST, (thread_id, namespace)
         elif not _is_generated(checkpoint_id):
-            match, params = ("thread_id = ? AND namespace = ? AND key = ?",
-                             (thread_id, namespace, checkpoint_id))
+            query, params = _GET_BY_KEY, (thread_id, namespace, checkpoint_id)
         else:
             seq = _parse_id(checkpoint_id)
             if seq is None:
                 return None
-            # A checkpoint with a caller-supplied id is not also reachable by its seq.
-            match, params = ("seq = ? AND thread_id = ? AND namespace = ? AND key IS NULL",
-                             (seq, thread_id, namespace))
-        query = (f"SELECT {_CHECKPOINT_COLUMNS}, EXISTS (SELECT 1 FROM writes WHERE "
-                 f"checkpoint_seq = c.seq) FROM checkpoints AS c WHERE {match}")
+            query, params = _GET_BY_SEQ, (seq, thread_id, namespace)
+        one, with_writes = query
         with _Read(self, "reading a checkpoint", snapshot=False) as read:
             conn = read.conn
-            # One statement is its own snapshot; the EXISTS column says whether a second
-            # query is needed (measured: cheaper than one LEFT JOIN with its ORDER BY).
-            row = conn.execute(query, params).fetchone()
+            # One statement is its own snapshot. The first says whether there are pending
+            # writes; only then the second reads the checkpoint again with its writes, in one
+            # statement (so one snapshot) instead of BEGIN, two queries and COMMIT.
+            row = conn.execute(one, params).fetchone()
             if row is None:
                 return None
             if not row[_N_CHECKPOINT_COLUMNS]:
                 return self._checkpoint(row[:_N_CHECKPOINT_COLUMNS], ())
-            with read.snapshot():  # both queries again, from one snapshot
-                row = conn.execute(query, params).fetchone()
-                if row is None:
-                    return None
-                writes = conn.execute(
-                    f"SELECT {_WRITE_COLUMNS} FROM writes AS w WHERE checkpoint_seq = ? "
-                    "ORDER BY w.task_id, w.idx", (row[0],)).fetchall()
-        return self._checkpoint(row[:_N_CHECKPOINT_COLUMNS], writes)
+            rows = conn.execute(with_writes, params + params).fetchall()
+        # rows: (0, *checkpoint) first, then (1, *write, None, None, None) for each write.
+        checkpoint = [row[1:] for row in rows if row[0] == 0]
+        if not checkpoint:  # deleted between the two statements
+            return None
+        writes = sorted((row[1:8] for row in rows if row[0] == 1),
+                        key=_WRITE_ORDER)  # (task_id, idx): the primary key's order already
+        return self._checkpoint(checkpoint[0], writes)
 
     def list(self, thread_id: str, *, namespace: str | None = None,
              before: str | None = None, limit: int | None = None,
