@@ -43,6 +43,16 @@ DEFERRED_SIGNALS: tuple[signal.Signals, ...] = tuple(
 
 _MAIN_THREAD = threading.main_thread().ident
 
+# The C functions under the signal module's wrappers, which convert every handler and number
+# to and from an enum (about 2 us per call; a put swaps and restores handlers four times).
+# Same behaviour otherwise: handlers are exactly the objects signal.signal() takes.
+try:
+    from _signal import getsignal as _get_handler
+    from _signal import signal as _set_handler
+except ImportError:  # an interpreter without CPython's _signal: the public wrappers
+    _get_handler, _set_handler = signal.getsignal, signal.signal  # type: ignore[assignment]
+_SIGNUMS = tuple(int(signum) for signum in DEFERRED_SIGNALS)
+
 #: Seconds after which a section that holds a signal back and is still active is taken as
 #: abandoned and its signals delivered (see :meth:`deferred._heal`). The write path's sections
 #: last micro- to milliseconds (a COMMIT's fsync, a bounded checkpoint wait); one that runs
@@ -93,13 +103,13 @@ class deferred:
         self._active = True
         self._saved = originals
         try:
-            for signum in DEFERRED_SIGNALS:
-                handler = signal.getsignal(signum)
+            for signum in _SIGNUMS:
+                handler = _get_handler(signum)
                 if callable(handler):
                     # Recorded first, then swapped: a signal between the two runs the
                     # original handler, before the section starts (nothing to protect yet).
                     originals[signum] = handler
-                    signal.signal(signum, record)
+                    _set_handler(signum, record)
             return self  # inside the try: an exception here still ends the section
         except BaseException:
             self._end()
@@ -113,7 +123,7 @@ class deferred:
         if not saved:
             return {}, []
         for signum, handler in saved.items():
-            signal.signal(signum, handler)
+            _set_handler(signum, handler)
         pending, self._pending = self._pending, []
         return saved, pending
 
