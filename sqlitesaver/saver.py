@@ -36,6 +36,7 @@ from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError,
                      UsageError, check_command, describe, restore_advice, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
 from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
+from .writequeue import WriteQueue
 
 if TYPE_CHECKING:
     from .backup import BackupReport
@@ -57,9 +58,12 @@ def _abandon_after_fork() -> None:
         saver._batch_cond = threading.Condition(saver._lock)
         saver._waiting_cond = threading.Condition()
         saver._pool._lock = threading.Lock()
+        saver._queue = WriteQueue()
+        saver._forked = True  # _check_usable: cheaper than comparing os.getpid() every call
 
 
-if hasattr(os, "register_at_fork"):
+_NO_FORK_HOOK = not hasattr(os, "register_at_fork")  # then compare pids at every call
+if not _NO_FORK_HOOK:
     os.register_at_fork(after_in_child=_abandon_after_fork)
 
 
@@ -171,6 +175,7 @@ class Saver:
         self._batch_cond = threading.Condition(self._lock)  # a member finished its work
         self._waiting = 0                # transitions waiting for the write connection
         self._waiting_cond = threading.Condition()
+        self._queue = WriteQueue()       # put, put_writes, append_log: see writequeue.py
         self._stats = {"commits": 0, "transitions": 0, "wal_checkpoints": 0,
                        "wal_checkpoints_busy": 0}
         self._wal_threshold = WAL_LIMIT  # WAL bytes past which a commit forces a checkpoint
@@ -184,6 +189,7 @@ class Saver:
         self._readers_open.set()
         self._pool = _ReaderPool(max_readers)
         self._pid = os.getpid()
+        self._forked = False  # set in a child process by _abandon_after_fork
         self._failure: str | None = None          # why it shut down after an I/O error
         self._failure_error: apsw.Error | None = None  # that error
         self._closed = False
@@ -381,7 +387,8 @@ class Saver:
             raise InvalidArgumentError(
                 f"metadata must be a dict or None, not {type(metadata).__name__}")
         state_bytes = codec.encode(state, name="state")
-        with _Transaction(self, "putting a checkpoint") as conn:
+
+        def work(conn: apsw.Connection) -> CheckpointRef:
             created = time.time_ns() // 1000  # under the write lock: follows commit order
             parent_seq = None
             if parent_id is not None:
@@ -402,7 +409,9 @@ class Saver:
                 (seq, thread_id, namespace, parent_seq, created, state_bytes, metadata_bytes,
                  integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
                                                state_bytes, metadata_bytes, *ids), *ids))
-        return CheckpointRef(thread_id, namespace, _format_id(seq), _to_datetime(created))
+            return CheckpointRef(thread_id, namespace, _format_id(seq), _to_datetime(created))
+
+        return self._write("putting a checkpoint", work)
 
     def _put_keyed(self, conn: apsw.Connection, thread_id: str, namespace: str, key: str,
                    parent_seq: int | None, parent_key: str | None, created: int,
@@ -470,7 +479,8 @@ class Saver:
             _check_text(f"writes[{position}] channel", channel)
             encoded.append((index, channel,
                             codec.encode(value, name=f"writes[{position}] value")))
-        with _Transaction(self, "putting pending writes") as conn:
+
+        def work(conn: apsw.Connection) -> None:
             seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
                                        "checkpoint_id")
             conn.executemany(
@@ -479,11 +489,14 @@ class Saver:
                   integrity.write_checksum(seq, task_id, index, channel, task_path, value))
                  for index, channel, value in encoded])
 
+        self._write("putting pending writes", work)
+
     def append_log(self, thread_id: str, event: Any) -> int:
         """Append an event to the thread's log; return its ``seq`` after COMMIT returned."""
         _check_text("thread_id", thread_id)
         event_bytes = codec.encode(event, name="event")
-        with _Transaction(self, "appending a log event") as conn:
+
+        def work(conn: apsw.Connection) -> int:
             created = time.time_ns() // 1000
             seq = conn.execute(_NEXT_SEQ_LOG).fetchone()[0]
             conn.execute(
@@ -491,7 +504,9 @@ class Saver:
                 "VALUES (?,?,?,?,?)",
                 (seq, thread_id, created, event_bytes,
                  integrity.log_checksum(seq, thread_id, created, event_bytes)))
-        return seq
+            return seq
+
+        return self._write("appending a log event", work)
 
     def delete_thread(self, thread_id: str) -> int:
         """Delete every checkpoint (all namespaces), pending write and log event of the
@@ -907,8 +922,21 @@ class Saver:
 
     # --- internals -------------------------------------------------------------------------
 
+    def _write(self, doing: str, work: Callable[[apsw.Connection], Any]) -> Any:
+        """``work(conn)`` as one transition; returns its result after its COMMIT returned.
+
+        Through the write queue (group commit in which one thread runs every queued
+        transition's statements, see :mod:`sqlitesaver.writequeue`), except inside the calling
+        thread's own transaction, where it is a savepoint of that transaction, and on a
+        read-only Saver, which refuses it."""
+        self._check_usable()
+        if self._owner == threading.get_ident() or self._profile.readonly:
+            with _Transaction(self, doing) as conn:
+                return work(conn)
+        return self._queue.run(self, doing, work, _QueueTransaction)
+
     def _check_usable(self) -> None:
-        if os.getpid() != self._pid:
+        if self._forked or (_NO_FORK_HOOK and os.getpid() != self._pid):
             raise ForkedProcessError(
                 f"this Saver for {self._path!r} was opened in process {self._pid} and is used "
                 f"in process {os.getpid()} after fork(); SQLite connections must not cross a "
@@ -1356,6 +1384,11 @@ class _Transaction:
     #: checks for signals at __exit__'s very first instruction, where no code can catch what
     #: it raises. A user's transaction() body is arbitrary code and stays interruptible.
     _hold_signals = True
+    #: Keep them deferred until the batch's COMMIT returned even when another thread leads it
+    #: (the write queue's leader, whose transition carries other threads' writes: an
+    #: interruption there would leave them not knowing whether they committed). Ctrl-C then
+    #: waits for that batch's gathering and COMMIT; else at most interrupts.STALE_AFTER.
+    _hold_through_await = False
 
     def __init__(self, saver: Saver, doing: str) -> None:
         self._saver = saver
@@ -1524,12 +1557,16 @@ class _Transaction:
             self._abandon(entering=False)
             self._release_signals()
             raise
-        self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
-        if own is not None:
-            if isinstance(own, apsw.Error):
-                raise saver._translate(own, self._doing) from own
-            return  # the caller's own exception propagates
-        self._await(batch)
+        if not self._hold_through_await:
+            self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
+        try:
+            if own is not None:
+                if isinstance(own, apsw.Error):
+                    raise saver._translate(own, self._doing) from own
+                return  # the caller's own exception propagates
+            self._await(batch)
+        finally:
+            self._release_signals()
 
     def _exit_nested(self, exc: BaseException | None) -> None:
         saver = self._saver
@@ -1785,6 +1822,13 @@ class _Transaction:
             # The connection is closed or failed; the error that brought us here is the one
             # to report, and SQLite rolls back an unfinished transaction on close.
             pass
+
+
+class _QueueTransaction(_Transaction):
+    """The transition a write-queue leader runs other threads' writes in (writequeue.py)."""
+
+    __slots__ = ()
+    _hold_through_await = True
 
 
 class _UserTransaction(_Transaction):
