@@ -10,14 +10,19 @@ Used as its documentation shows: ``sqlite3.connect(path, check_same_thread=False
 ``setup()`` sets WAL; ``synchronous`` is read back and set to FULL if the build's default is
 lower, so its puts are as durable as the Saver's (an fsync of the WAL at every commit).
 
+Checkpoints are bench/_checkpoint.py's (an ``empty_checkpoint()`` whose ``channel_values`` are
+the state), as bench/run.py stores them through sqlitesaver's adapter. The read file holds two
+threads of ``list_count`` checkpoints: one without pending writes (``get``, ``list``) and one
+whose latest checkpoint has bench/_checkpoint.py's two writes, stored with ``put_writes``
+(``get_writes``).
+
 Protocol (see :mod:`_common`): ``init`` -> ``{"installed": bool, ...}``; ``run`` with ``config``
-in put1, put8, get, list, big and ``until`` -> an Outcome; ``cleanup`` (config big) deletes the
-1 MiB thread between rounds; ``quit``.
+in put1, put8, get, get_writes, list, big and ``until`` -> an Outcome; ``cleanup`` (config big)
+deletes the 1 MiB thread between rounds; ``quit``.
 """
 
 from __future__ import annotations
 
-import itertools
 import json
 import os
 import sys
@@ -25,9 +30,11 @@ from collections.abc import Callable
 from importlib import metadata as dist_metadata
 from typing import Any
 
+from _checkpoint import Checkpoints, fill
 from _common import Channel, run_threads, serve
 
 LIST_THREAD = "lg-read"
+WRITES_THREAD = "lg-read-writes"
 BIG_THREAD = "lg-big"
 
 
@@ -39,8 +46,6 @@ def main() -> int:
     try:
         import sqlite3
 
-        from langgraph.checkpoint.base import empty_checkpoint
-        from langgraph.checkpoint.base.id import uuid6
         from langgraph.checkpoint.sqlite import SqliteSaver
     except ImportError as exc:
         channel.send({"installed": False, "error": f"{type(exc).__name__}: {exc}"})
@@ -49,7 +54,6 @@ def main() -> int:
     with open(init["states"], encoding="utf-8") as f:
         states = json.load(f)
     metadata: dict[str, Any] = init["metadata"]
-    template = empty_checkpoint()
     connections: list[sqlite3.Connection] = []
     pragmas: dict[str, Any] = {}
 
@@ -69,18 +73,12 @@ def main() -> int:
         return saver
 
     def put_op(saver: SqliteSaver, thread_id: str, values: dict) -> Callable[[], None]:
-        """One durable put per call. Ids are made as LangGraph makes them (uuid6) once per
-        thread, then counted up in the last 12 hex digits: unique, increasing, 36 characters,
-        and without a uuid6() call inside the timed loop."""
-        prefix = str(uuid6(clock_seq=0))[:24]
-        counter = itertools.count()
+        """One durable put per call, of the thread's next checkpoint (bench/_checkpoint.py)."""
+        make = Checkpoints(values).next
         config = {"configurable": {"thread_id": thread_id, "checkpoint_ns": ""}}
 
         def op() -> None:
-            checkpoint = template.copy()
-            checkpoint["id"] = f"{prefix}{next(counter):012x}"
-            checkpoint["channel_values"] = values
-            saver.put(config, checkpoint, metadata, {})
+            saver.put(config, make(), metadata, {})
         return op
 
     small, big = states["small"], states["big"]
@@ -88,16 +86,16 @@ def main() -> int:
     put8 = open_saver("put8")
     read = open_saver("read")
     bigs = open_saver("big")
-    fill = put_op(read, LIST_THREAD, small)
-    for _ in range(init["list_count"]):
-        fill()
-    read_config = {"configurable": {"thread_id": LIST_THREAD, "checkpoint_ns": ""}}
-    if read.get_tuple(read_config) is None or len(list(read.list(read_config, limit=100))) \
-            != min(100, init["list_count"]):
-        raise SystemExit("LangGraph peer: the read thread does not read back")
+    read_config = fill(read, LIST_THREAD, small, metadata, init["list_count"], writes=False)
+    writes_config = fill(read, WRITES_THREAD, small, metadata, init["list_count"], writes=True)
+    if len(list(read.list(read_config, limit=100))) != min(100, init["list_count"]):
+        raise SystemExit("LangGraph peer: the read thread does not list back")
 
     def get_op() -> None:
         read.get_tuple(read_config)
+
+    def get_writes_op() -> None:
+        read.get_tuple(writes_config)
 
     def list_op() -> None:
         list(read.list(read_config, limit=100))
@@ -106,14 +104,13 @@ def main() -> int:
         "put1": [put_op(put1, "lg1-t00", small)],
         "put8": [put_op(put8, f"lg8-t{i:02d}", small) for i in range(init["threads"])],
         "get": [get_op],
+        "get_writes": [get_writes_op],
         "list": [list_op],
         "big": [put_op(bigs, BIG_THREAD, big)],
     }
 
     def blob(values: dict) -> int:
-        checkpoint = template.copy()
-        checkpoint["channel_values"] = values
-        return len(put1.serde.dumps_typed(checkpoint)[1])
+        return len(put1.serde.dumps_typed(Checkpoints(values).next())[1])
 
     versions = {}
     for dist in ("langgraph-checkpoint-sqlite", "langgraph-checkpoint", "ormsgpack"):

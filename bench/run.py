@@ -1,4 +1,4 @@
-"""Concurrency benchmark (issue #5): many writers, reads, a 1 MiB state, against baselines.
+"""Concurrency benchmark (issues #5 and #15): many writers, reads, a 1 MiB state, graph steps.
 
     python bench/run.py [--rounds 8] [--seconds 1.0] [--list-size 1000] [--dir DIR]
                         [--json FILE] [--quick] [--only graph-steps]
@@ -18,17 +18,33 @@ Rows (durable = ``synchronous=FULL``, an fsync of the WAL at every commit; 4 KiB
   with the nearer run; the second run's ratio to the first shows the drift within a round.
 - bare APSW + ``msgpack.packb``: the bare put that also packs the state on every put (plain
   msgpack, no checksum): the least a store of Python values over msgpack does per put, and so
-  the ceiling of the 1-thread target.
-- bare APSW group commit, 8 threads (bench/core.py's ``BareGroupCommit``): pre-encoded rows
-  queued by 8 threads, inserted and committed in batches by one leader with none of a store's
-  other work: the ceiling of the 8-thread target.
+  the ceiling of both 1-thread targets.
+- bare APSW group commit, 8 threads (bench/core.py's ``BareGroupCommit``: rows queued by 8
+  threads, inserted and committed in batches by one leader with none of a store's other work),
+  twice: with pre-encoded rows, and with each calling thread running ``msgpack.packb`` on the
+  state before it queues (the encoding in the callers, as a store's callers encode): the
+  latter is the ceiling of both 8-thread targets.
 - LangGraph ``SqliteSaver`` (stdlib ``sqlite3``; the ``bench`` extra): put at 1 and 8 threads,
-  ``get_tuple`` of the latest, ``list(limit=100)``, a 1 MiB put. Always in a separate process
-  on separate files (see bench/_langgraph_peer.py); "not installed" rows if it is missing.
+  ``get_tuple`` of the latest without and with pending writes, ``list(limit=100)``, a 1 MiB
+  put. Always in a separate process on separate files (see bench/_langgraph_peer.py); "not
+  installed" rows if it is missing.
 - sqlitesaver ``Saver``, public API only: put at 1, 8 and 32 threads sharing one Saver; 4
   processes x 4 threads and 20 processes x 1 thread, one Saver per process on one file
-  (bench/_saver_worker.py); ``get`` of the latest and ``list(limit=100)`` on a thread of
-  ``--list-size`` checkpoints; a 1 MiB state put.
+  (bench/_saver_worker.py); ``get`` of the latest without and with pending writes and
+  ``list(limit=100)``; a 1 MiB state put.
+- sqlitesaver's LangGraph adapter (``sqlitesaver.langgraph.SqliteSaver`` on a Saver of its own
+  file, in this process: importing and using it loads no stdlib ``sqlite3``, which the run
+  checks): ``get_tuple`` of the latest without and with pending writes. "not installed" rows if
+  LangGraph is missing here.
+- Reads: each store reads threads of ``--list-size`` checkpoints, one without pending writes
+  and one whose latest checkpoint has 2 (bench/_checkpoint.py's: a message appended to a list
+  channel and a status; ``put_writes`` of small values, like a LangGraph step's). Both adapters
+  store the same LangGraph checkpoint (``empty_checkpoint()`` whose ``channel_values`` are the
+  4 KiB state) through their own ``put`` and the writes through their own ``put_writes``; the
+  core Saver stores the state itself with ``put`` and the two values with ``put_writes``; bare
+  APSW stores the msgpack bytes, and the writes as two msgpack blobs in a table of their own.
+  The bare ceilings: ``SELECT`` of the latest row + ``unpackb``; with writes, that ``SELECT``,
+  a ``SELECT`` of its writes, and ``unpackb`` of each of the three blobs. No parent ids.
 - 1 MiB state: the 4 KiB state's messages repeated to 1 MiB encoded (still JSON-like); after
   each run every 1 MiB contender deletes what it wrote (untimed), so files stay small.
 - LangGraph graph steps/s (issue #6; langgraph, the ``bench`` extra): bench/langgraph_steps.py's
@@ -36,23 +52,19 @@ Rows (durable = ``synchronous=FULL``, an fsync of the WAL at every commit; 4 KiB
   a state with 2 KiB of context) invoked again and again, each time on a new thread, through
   ``sqlitesaver.langgraph.SqliteSaver`` and through LangGraph's ``SqliteSaver``, both opened
   with ``from_conn_string`` (LangGraph's ``synchronous`` raised to FULL should the build's
-  default be lower; read back and printed). A step is one node run: steps/s is 4 x the completed
-  invokes over the run. Graph durability ``sync`` (each checkpoint committed before the next
-  step starts) and ``async`` (committed while the next step runs, LangGraph's default). Each
-  checkpointer runs in a worker process of its own, on its own file, which loads only its own
-  SQLite library; "not installed" rows if LangGraph or its SqliteSaver is missing, and a worker
-  that cannot open its checkpointer or run its first invokes stops the run. Their group runs
-  ours, LangGraph's (sync), LangGraph's, ours (async), reversed every other round, and the
-  ratio ours/LangGraph pairs the two runs of a round.
-- Many graphs at once (issue #14): the same graph invoked from 8 threads at once on the one
-  checkpointer of each worker (a server sharing its checkpointer between requests), each
-  invoke on a new thread, durability sync and async: ours, LangGraph's ``SqliteSaver`` (whose
-  ``from_conn_string`` opens its connection with ``check_same_thread=False``; its own lock
-  serializes the threads) and, as the ceiling, LangGraph's ``InMemorySaver`` in a third worker
-  (no file, no SQLite: what LangGraph's runtime reaches when storing costs next to nothing; it
-  forgets its threads after every run, untimed). Target: ours >= 1.2x LangGraph's
-  ``SqliteSaver``, printed against the ceiling InMemorySaver / LangGraph's ``SqliteSaver``.
-  Their group runs ours, LangGraph's, InMemorySaver (sync), InMemorySaver, LangGraph's, ours
+  default be lower; read back and printed), and, as the ceiling, through LangGraph's
+  ``InMemorySaver`` (no file, no SQLite: what LangGraph's runtime reaches when storing costs
+  next to nothing; it forgets its threads after every run, untimed). A step is one node run:
+  steps/s is 4 x the completed invokes over the run. Graph durability ``sync`` (each
+  checkpoint committed before the next step starts) and ``async`` (committed while the next
+  step runs, LangGraph's default). Each checkpointer runs in a worker process of its own, on
+  its own file, which loads only its own SQLite library; "not installed" rows if LangGraph or
+  its SqliteSaver is missing, and a worker that cannot open its checkpointer or run its first
+  invokes stops the run. One graph at a time (1 thread), then many graphs at once (issue #14):
+  the same graph invoked from 8 threads at once on the one checkpointer of each worker (a
+  server sharing its checkpointer between requests; LangGraph's ``from_conn_string`` opens its
+  connection with ``check_same_thread=False`` and its own lock serializes the threads). Each
+  group runs ours, LangGraph's, InMemorySaver (sync), InMemorySaver, LangGraph's, ours
   (async), reversed every other round.
 
 ``--only graph-steps`` runs the graph-steps rows alone (1 and 8 threads; only the three graph
@@ -64,14 +76,45 @@ completed operations over the time from release to the last one's finish. Each w
 writes its own thread id. Errors are counted by exception type, including those on opening and
 in the warm-up pass, and never stop a round (a thread stops only on a Saver that shut down).
 
-Targets (issue #5), printed with PASS/FAIL: 1 thread >= 0.9x bare APSW; 8 threads >= 5x
-LangGraph at 8 threads; get-latest >= 2x LangGraph's; ``list(limit=100)`` >= 5x LangGraph's;
-20 processes x 1 thread: zero errors. Each ratio target is also printed against its ceiling:
-the same ratio, paired by round, for a baseline that does less than the target's row must (the
-two above for puts; bare APSW get and list, which skip checksums and exact types, for reads). A
-target above its ceiling cannot be met on that machine by any store that has to do the row's
-work. Nothing here asserts; the exit status is 0 whatever the figures, 1 only if the run itself
-broke.
+Targets (issue #15, which replaces issue #5's; issue #14's many-graphs target kept), each
+printed with its own PASS/FAIL on a line of the table and beside its ceiling: the same ratio,
+paired by round, for a baseline that does strictly less than the row must. A target above its
+ceiling cannot be met on that machine by any store that has to do the row's work; a ceiling
+that is the target's own base is 1.00x by construction; a ceiling row's "vs LangGraph"
+column is the ceiling of the LangGraph targets compared with it. Per row, each target (ceiling):
+
+- sqlitesaver put, 1 thread: >= 1x LangGraph (ceiling: bare APSW put + msgpack.packb of the
+  state); >= 0.85x bare+packb (ceiling: bare APSW put + msgpack.packb of the state)
+- sqlitesaver put, 8 threads: >= 2.2x LangGraph (ceiling: bare APSW group commit, 8 threads,
+  msgpack.packb by each caller); >= 0.6x group+packb (ceiling: bare APSW group commit, 8
+  threads, msgpack.packb by each caller)
+- sqlitesaver put, 20 processes x 1 thread: 0 errors
+- sqlitesaver get latest: >= 0.9x LangGraph (ceiling: bare APSW get latest (SELECT + unpackb))
+- sqlitesaver.langgraph SqliteSaver get_tuple latest: >= 0.9x LangGraph (ceiling: bare APSW get
+  latest (SELECT + unpackb))
+- sqlitesaver get latest, 2 pending writes: >= 0.9x LangGraph (ceiling: bare APSW get latest +
+  its 2 writes (2 SELECTs + 3 unpackb))
+- sqlitesaver.langgraph SqliteSaver get_tuple latest, 2 pending writes: >= 0.9x LangGraph
+  (ceiling: bare APSW get latest + its 2 writes (2 SELECTs + 3 unpackb))
+- sqlitesaver list(limit=100): >= 1.2x LangGraph (ceiling: bare APSW list 100 (SELECT +
+  unpackb))
+- sqlitesaver put 1 MiB: >= 1x LangGraph (ceiling: bare APSW put 1 MiB)
+- sqlitesaver graph steps, 1 thread, sync: >= 1x LangGraph (ceiling: LangGraph InMemorySaver
+  graph steps, 1 thread, sync (ceiling))
+- sqlitesaver graph steps, 1 thread, async: >= 1x LangGraph (ceiling: LangGraph InMemorySaver
+  graph steps, 1 thread, async (ceiling))
+- sqlitesaver graph steps, 8 threads, sync: >= 1.2x LangGraph (ceiling: LangGraph
+  InMemorySaver graph steps, 8 threads, sync (ceiling))
+- sqlitesaver graph steps, 8 threads, async: >= 1.2x LangGraph (ceiling: LangGraph
+  InMemorySaver graph steps, 8 threads, async (ceiling))
+
+"LangGraph" is LangGraph's ``SqliteSaver`` on the same row's work (its get_tuple, with pending
+writes or without, for both get rows); "bare+packb" and "group+packb" are the ceilings'
+baselines themselves. ``--json FILE`` also writes every figure: per row its rates, ratios and
+``targets``, one verdict each (text, measured ratio per round and median or error count,
+result, ceiling per round and median, whether the target is above it), and the row's
+``result`` over them (FAIL if one failed, SKIP if one could not be judged). Nothing here
+asserts; the exit status is 0 whatever the figures, 1 only if the run itself broke.
 """
 
 from __future__ import annotations
@@ -99,6 +142,7 @@ if HERE not in sys.path:  # bench/core.py and the helpers, also under `python -m
 import apsw  # noqa: E402
 import msgpack  # noqa: E402
 
+import _checkpoint  # noqa: E402  (the LangGraph checkpoints both adapters store)
 import core  # noqa: E402  (bench/core.py: the state and the bare APSW baseline)
 import sqlitesaver  # noqa: E402
 from _common import Channel, Outcome, run_threads  # noqa: E402
@@ -113,6 +157,10 @@ NOT_INSTALLED = "not installed"
 GRAPH_NODES = 4  # the graph-steps rows: a chain of this many nodes (bench/_graph_worker.py)
 GRAPH_THREADS = 8  # the many-graphs rows: invokes from this many threads on one checkpointer
 MEMORY = "LangGraph InMemorySaver"
+ADAPTER = "sqlitesaver.langgraph SqliteSaver"
+WRITES_THREAD = "read-writes"  # the core read rows with pending writes
+AD_THREAD, AD_WRITES_THREAD = "adapter-read", "adapter-read-writes"
+BARE_WRITES_THREAD = f"{core.THREAD}-writes"
 GRAPH_KINDS = ("sqlitesaver", "langgraph", "memory")
 
 
@@ -341,32 +389,96 @@ class Config:
             self.rates.append(outcome.ops / outcome.elapsed)
 
 
-@dataclass
+@dataclass(frozen=True)
 class Target:
-    """``kind`` is "bare" or "langgraph" (ratio against that column, at least ``value``) or
-    "errors" (at most ``value`` errors)."""
+    """One target of a row (a row may carry several, each judged on its own).
+
+    ``kind`` "ratio": the row's rate over the rate of the Config ``base``, paired by round,
+    must be at least ``value``; ``versus`` names ``base`` in the target's text; ``ceiling`` is
+    the Config of a baseline doing strictly less work than the row must, whose ratio to
+    ``base`` (paired the same way) is printed beside the target: a target above it cannot be
+    met on that machine by any store doing the row's work. The ceiling may be ``base`` itself
+    (then it is 1.00x: the base is the least that work can cost). ``kind`` "errors": at most
+    ``value`` errors over every run of the row, warm-up and opening included."""
 
     kind: str
     value: float
+    base: str | None = None
+    versus: str = ""
+    ceiling: str | None = None
+
+    @classmethod
+    def ratio(cls, value: float, base: str, versus: str, ceiling: str) -> "Target":
+        return cls("ratio", value, base, versus, ceiling)
+
+    @classmethod
+    def errors(cls, most: int = 0) -> "Target":
+        return cls("errors", most)
 
     def text(self) -> str:
         if self.kind == "errors":
             return "0 errors" if self.value == 0 else f"<= {self.value:g} errors"
-        return f">= {self.value:g}x {'bare' if self.kind == 'bare' else 'LangGraph'}"
+        return f">= {self.value:g}x {self.versus}"
+
+    def judge(self, key: str, configs: dict[str, "Config"],
+              labels: dict[str, str]) -> dict[str, Any]:
+        """The target's JSON-ready verdict for the row measuring Config ``key``: its text,
+        the measured ratio (per round and median) or error count, PASS/FAIL (SKIP when the
+        row or its base was not measured) and, for a ratio, its ceiling."""
+        verdict: dict[str, Any] = {"target": self.text(), "kind": self.kind,
+                                   "value": self.value}
+        config = configs.get(key)
+        if self.kind == "errors":
+            if config is None:
+                verdict["result"] = "SKIP"
+            else:
+                count = sum(config.errors.values())
+                verdict.update(errors=count, result="PASS" if count <= self.value else "FAIL")
+            return verdict
+        base = configs.get(self.base) if self.base else None
+        verdict.update(base=self.base, base_of=labels.get(self.base or "", self.base))
+        ratio = None
+        if config is not None and base is not None:
+            ratios = paired(config.rates, base.rates)
+            ratio = median(ratios)
+            verdict.update(ratio=ratio, ratio_rounds=ratios)
+        verdict["result"] = "SKIP" if ratio is None else "PASS" if ratio >= self.value \
+            else "FAIL"
+        if self.ceiling is not None:
+            verdict["ceiling_of"] = labels.get(self.ceiling, self.ceiling)
+            if self.ceiling in configs and base is not None:
+                ceilings = paired(configs[self.ceiling].rates, base.rates)
+                ceiling = median(ceilings)
+                verdict.update(ceiling=ceiling, ceiling_rounds=ceilings,
+                               target_above_ceiling=ceiling is not None
+                               and self.value > ceiling)
+        return verdict
 
 
 @dataclass
 class Row:
-    """A line of the table: the configuration it shows and the baselines of its two ratio
-    columns (None: no such ratio); a ``baseline`` row prints "baseline" as its bare ratio."""
+    """A line of the table: the configuration it shows, the baselines of its two ratio
+    columns (None: no such ratio) and its targets (each printed on a line of its own); a
+    ``baseline`` row prints "baseline" as its bare ratio."""
 
     label: str
     key: str                      # the Config measured
     bare: str | None = None       # the Config of the "vs bare APSW" column
     langgraph: str | None = None  # the Config of the "vs LangGraph" column
-    target: Target | None = None
+    targets: tuple[Target, ...] = ()
     baseline: bool = False
-    ceiling: str | None = None    # the Config of the target's ceiling (see Bench.report)
+
+    def keys(self) -> set[str]:
+        """Every Config the row shows or compares with."""
+        return {key for key in (self.key, self.bare, self.langgraph,
+                                *(t.base for t in self.targets),
+                                *(t.ceiling for t in self.targets)) if key is not None}
+
+
+def overall(results: Sequence[str]) -> str:
+    """A row's result over its targets: FAIL if one failed, else SKIP if one was not
+    judged, else PASS."""
+    return "FAIL" if "FAIL" in results else "SKIP" if "SKIP" in results else "PASS"
 
 
 def paired(rates: Sequence[float], base: Sequence[float]) -> list[float]:
@@ -440,6 +552,11 @@ class Bench:
         self.gangs: list[Gang] = []
         self.peer: Peer | None = None
         self.graphs: dict[str, GraphWorker] = {}
+        self.adapter: Any = None  # sqlitesaver.langgraph.SqliteSaver, if LangGraph is here
+        self.adapter_error: str | None = None
+        self.ad_read: dict | None = None    # the configs of its two read threads
+        self.ad_writes: dict | None = None
+        self.missing: set[str] = set()  # Configs not measured: their library is not installed
         self.began = time.monotonic()
 
     def path(self, name: str) -> str:
@@ -473,13 +590,13 @@ class Bench:
         self.print_environment()
         self.setup()
         groups = self.configurations()
-        self.print_workload()
-        self.measure(groups)
-        configs = {c.key: c for group, _ in groups for c in group}
-        rows = self.rows(self.peer_installed)
+        rows = self.rows()
         if self.only_steps:
             rows = [row for row in rows if "_steps" in row.key]
-        table = self.report(rows, configs)
+        self.check_rows(rows, {c.key: c for group, _ in groups for c in group}, self.missing)
+        self.print_workload()
+        self.measure(groups)
+        table = self.report(rows, {c.key: c for group, _ in groups for c in group})
         if "sqlite3" in sys.modules:
             raise SystemExit("this process loaded the stdlib sqlite3: results void")
         print(self.isolation_text())
@@ -496,7 +613,9 @@ class Bench:
             return ", ".join(names[:-1]) + " or " + names[-1] if len(names) > 1 else names[0]
 
         ours, theirs = self.graphs["sqlitesaver"], self.graphs["langgraph"]
-        no_sqlite3 = ["this process"] + ([] if self.only_steps else ["the Saver workers"]) \
+        here = "this process" + (" (with sqlitesaver.langgraph)" if self.adapter is not None
+                                 else "")
+        no_sqlite3 = [here] + ([] if self.only_steps else ["the Saver workers"]) \
             + (["the sqlitesaver graph worker"] if ours.installed else [])
         no_apsw = [name for name, there in (("the LangGraph peer", self.peer_installed),
                                             ("LangGraph's graph worker", theirs.installed))
@@ -552,6 +671,7 @@ class Bench:
         self.bare_put = self.bare("bare.db", False)       # the issue's baseline: no index
         self.bare_packb = self.bare("bare-packb.db", False)
         self.bare_group = core.BareGroupCommit(self.bare("bare-group.db", False))
+        self.bare_group_packb = core.BareGroupCommit(self.bare("bare-group-packb.db", False))
         self.bare_read = self.bare("bare-read.db", True)  # reads need (thread_id, id)
         self.bare_big = self.bare("bare-big.db", False)
         self.s1, self.s8, self.s32 = (self.saver(f"saver-{n}.db") for n in (1, 8, 32))
@@ -562,15 +682,34 @@ class Bench:
                 raise SystemExit(f"bare APSW settings {pragmas.read_back(conn)} differ "
                                  f"from the Saver's {self.live}")
 
-        # The read thread: the same state and metadata, written in one transaction (setup).
+        # The read threads: the same state and metadata, written in one transaction (setup);
+        # the latest checkpoint of the second also has bench/_checkpoint.py's two writes.
         with self.s_read.transaction():
-            for _ in range(args.list_size):
-                self.s_read.put(LIST_THREAD, self.small, metadata=METADATA)
+            for thread_id in (LIST_THREAD, WRITES_THREAD):
+                for _ in range(args.list_size):
+                    latest = self.s_read.put(thread_id, self.small, metadata=METADATA)
+        self.s_read.put_writes(WRITES_THREAD, latest.checkpoint_id, _checkpoint.TASK_ID,
+                               _checkpoint.WRITES)
         with self.bare_read:
-            self.bare_read.executemany("INSERT INTO t (thread_id, data) VALUES (?, ?)",
-                                       [(core.THREAD, self.small_bytes)] * args.list_size)
+            # The bare writes: msgpack blobs keyed by their checkpoint's row id.
+            self.bare_read.execute(
+                "CREATE TABLE w (checkpoint_id INTEGER, task_id TEXT, idx INTEGER, "
+                "channel TEXT, data BLOB, PRIMARY KEY (checkpoint_id, task_id, idx))")
+            for thread_id in (core.THREAD, BARE_WRITES_THREAD):
+                self.bare_read.executemany("INSERT INTO t (thread_id, data) VALUES (?, ?)",
+                                           [(thread_id, self.small_bytes)] * args.list_size)
+            latest_row = self.bare_read.last_insert_rowid()
+            self.bare_read.executemany(
+                "INSERT INTO w VALUES (?, ?, ?, ?, ?)",
+                [(latest_row, _checkpoint.TASK_ID, i, channel, msgpack.packb(value))
+                 for i, (channel, value) in enumerate(_checkpoint.WRITES)])
         if len(list(self.s_read.list(LIST_THREAD, namespace="", limit=100))) != 100:
             raise SystemExit("the Saver's read thread does not read back")
+        got = self.s_read.get(WRITES_THREAD)
+        if got is None or [(w.channel, w.value) for w in got.pending_writes] \
+                != _checkpoint.WRITES:
+            raise SystemExit("the Saver's read thread with writes does not read back")
+        self.open_adapter()
 
         # Now wait for the children.
         ready = [reply for gang in self.gangs for reply in gang.wait_ready()]
@@ -579,6 +718,29 @@ class Bench:
         self.peer.wait_ready()
         for graph in self.graphs.values():
             graph.wait_ready()
+
+    def open_adapter(self) -> None:
+        """sqlitesaver's LangGraph adapter, in this process (importing it loads no stdlib
+        ``sqlite3``; checked here and again at the end), on a file of its own: two threads of
+        bench/_checkpoint.py's checkpoints put through its ``put``, the latest of the second
+        with two writes through ``put_writes``, as the LangGraph peer stores its own."""
+        try:
+            from sqlitesaver.langgraph import SqliteSaver
+            _checkpoint.Checkpoints({})  # LangGraph's checkpoint package, or ImportError
+        except ImportError as exc:
+            self.adapter_error = f"{type(exc).__name__}: {exc}"
+            return
+        self.adapter = SqliteSaver(self.saver("adapter-read.db"))
+        count = self.args.list_size
+        self.ad_read = _checkpoint.fill(self.adapter, AD_THREAD, self.small, METADATA, count,
+                                        writes=False)
+        self.ad_writes = _checkpoint.fill(self.adapter, AD_WRITES_THREAD, self.small,
+                                          METADATA, count, writes=True)
+        self.ad_blob = len(self.adapter.serde.dumps_typed(
+            _checkpoint.Checkpoints(self.small).next())[1])
+        if "sqlite3" in sys.modules:
+            raise SystemExit("importing or using sqlitesaver.langgraph loaded the stdlib "
+                             "sqlite3 into this process: run its rows in a worker instead")
 
     @property
     def peer_installed(self) -> bool:
@@ -609,9 +771,18 @@ class Bench:
               + f"; 1 MiB state: {len(self.big_bytes):,} bytes "
               f"({len(self.big['messages']):,} messages)"
               + (f", {lg['blob_bytes']['big']:,} for LangGraph" if self.peer_installed else "")
-              + f"; metadata {METADATA}; no parent ids, no pending writes")
-        print(f"read thread: {args.list_size:,} checkpoints of the 4 KiB state; Saver and "
-              f"bare APSW settings: {self.live} (busy_timeout in ms)")
+              + f"; metadata {METADATA}; no parent ids")
+        print(f"read threads: {args.list_size:,} checkpoints of the 4 KiB state each, one "
+              "without pending writes and one whose latest checkpoint has 2 (channels "
+              f"{', '.join(c for c, _ in _checkpoint.WRITES)}; put_writes of small values); "
+              f"Saver and bare APSW settings: {self.live} (busy_timeout in ms)")
+        if self.adapter is not None:
+            print(f"{ADAPTER}: in this process, on its own file; get_tuple reads threads of "
+                  "bench/_checkpoint.py's checkpoints (empty_checkpoint() with the state as "
+                  f"channel_values, {self.ad_blob:,} bytes as its serde makes them) put "
+                  "through its put, as LangGraph's peer stores its own")
+        else:
+            print(f"{ADAPTER}: {NOT_INSTALLED} ({self.adapter_error}); its rows are skipped")
         print(self.graph_text())
         print(f"{args.rounds} rounds after one warm-up pass; per round each configuration runs "
               f"{args.seconds:g} s (reads {args.seconds / 2:g} s); order within a group "
@@ -647,10 +818,11 @@ class Bench:
                 f"from {GRAPH_THREADS} threads at once on the worker's one checkpointer")
 
     def configurations(self) -> list[tuple[list[Config], float]]:
-        """Four groups, each with its run time. Compared configurations sit next to each
-        other (bare and 1 thread, LangGraph 8 and Saver 8, each get and each list, the graph
-        steps of each durability), so their runs are one run apart in either order; every put
-        row is at most two runs from a bare run."""
+        """The groups, each with its run time: puts, gets, lists, 1 MiB puts, the graph
+        steps at 1 thread and at 8. Compared configurations sit next to each other or one run
+        apart (bare + packb, Saver 1 and LangGraph 1; the group commit with packb, Saver 8
+        and LangGraph 8; each get and its LangGraph get; each list; the graph steps of each
+        durability), in either order; every put row is at most two runs from a bare run."""
         seconds = self.args.seconds
         steps_groups = self.steps_groups(seconds)
         if self.only_steps:
@@ -690,6 +862,12 @@ class Bench:
             put, data = self.bare_group.put, self.small_bytes
             return [lambda thread_id=f"g{i:02d}": put(thread_id, data) for i in range(threads)]
 
+        def bare_group_packb_ops(threads: int) -> list[Callable[[], object]]:
+            """The same group commit, each caller packing the state before it queues."""
+            put = self.bare_group_packb.put
+            return [lambda thread_id=f"g{i:02d}": put(thread_id, packb(state))
+                    for i in range(threads)]
+
         def saver_ops(saver: Saver, threads: int, name: str, state: dict
                       ) -> list[Callable[[], object]]:
             def op_for(thread_id: str) -> Callable[[], object]:
@@ -701,6 +879,17 @@ class Bench:
             msgpack.unpackb(bare_read.execute(
                 "SELECT data FROM t WHERE thread_id = ? ORDER BY id DESC LIMIT 1",
                 (core.THREAD,)).fetchone()[0])
+
+        def bare_get_writes() -> None:
+            unpackb, execute = msgpack.unpackb, bare_read.execute
+            row_id, data = execute(
+                "SELECT id, data FROM t WHERE thread_id = ? ORDER BY id DESC LIMIT 1",
+                (BARE_WRITES_THREAD,)).fetchone()
+            unpackb(data)
+            for _channel, value in execute(
+                    "SELECT channel, data FROM w WHERE checkpoint_id = ? ORDER BY task_id, idx",
+                    (row_id,)):
+                unpackb(value)
 
         def bare_list() -> None:
             unpackb = msgpack.unpackb
@@ -731,15 +920,28 @@ class Bench:
                      Config("bare_packb", in_process([bare_packb_op])),
                      Config("saver1", in_process(saver_ops(self.s1, 1, "s1", self.small))),
                      *([lg_config("lg1", "put1"), lg_config("lg8", "put8")] if lg else []),
-                     Config("bare_group8", in_process(bare_group_ops(8))),
+                     Config("bare_group8_packb", in_process(bare_group_packb_ops(8))),
                      Config("saver8", in_process(saver_ops(self.s8, 8, "s8", self.small))),
+                     Config("bare_group8", in_process(bare_group_ops(8))),
                      Config("bare2", bare_put),
                      Config("saver32", in_process(saver_ops(self.s32, 32, "s32", self.small))),
                      Config("p4x4", p4x4.run), Config("p20x1", p20x1.run)]
-        read_group = [Config("bare_get", in_process([bare_get])),
-                      Config("saver_get", in_process([lambda: s_read.get(LIST_THREAD)])),
-                      *([lg_config("lg_get", "get"), lg_config("lg_list", "list")] if lg
-                        else []),
+        adapter = self.adapter
+        ad = adapter is not None
+
+        def ad_config(key: str, config: dict | None) -> list[Config]:
+            return [Config(key, in_process([lambda: adapter.get_tuple(config)]))] if ad else []
+        # Gets without pending writes, then with them (mirrored), then the lists: each
+        # contender next to the LangGraph run it is compared with or one run from it.
+        get_group = [Config("bare_get", in_process([bare_get])),
+                     Config("saver_get", in_process([lambda: s_read.get(LIST_THREAD)])),
+                     *ad_config("ad_get", self.ad_read),
+                     *([lg_config("lg_get", "get"), lg_config("lg_get_w", "get_writes")]
+                       if lg else []),
+                     *ad_config("ad_get_w", self.ad_writes),
+                     Config("saver_get_w", in_process([lambda: s_read.get(WRITES_THREAD)])),
+                     Config("bare_get_w", in_process([bare_get_writes]))]
+        list_group = [*([lg_config("lg_list", "list")] if lg else []),
                       Config("saver_list", in_process(
                           [lambda: list(s_read.list(LIST_THREAD, namespace="", limit=100))])),
                       Config("bare_list", in_process([bare_list]))]
@@ -754,21 +956,31 @@ class Bench:
                 if config.key == key:
                     config.errors.update(gang.open_errors)
                     config.first_error = gang.first_error
-        return [(put_group, seconds), (read_group, seconds / 2), (big_group, seconds),
-                *steps_groups]
+        if not lg:
+            self.missing |= {"lg1", "lg8", "lg_get", "lg_get_w", "lg_list", "lg_big"}
+        if not ad:
+            self.missing |= {"ad_get", "ad_get_w"}
+        return [(put_group, seconds), (get_group, seconds / 2), (list_group, seconds / 2),
+                (big_group, seconds), *steps_groups]
 
     def steps_groups(self, seconds: float) -> list[tuple[list[Config], float]]:
-        """The graph steps: 1 thread (ours and LangGraph's SqliteSaver), then 8 threads on one
-        checkpointer (the same two and InMemorySaver, the ceiling)."""
+        """The graph steps: 1 thread, then 8 threads on one checkpointer; each with ours,
+        LangGraph's SqliteSaver and InMemorySaver (the ceiling)."""
         def steps(key: str, kind: str, durability: str, threads: int = 1) -> list[Config]:
             graph = self.graphs[kind]
+            if not graph.installed:
+                self.missing.add(key)
+                return []
             after = graph.cleanup if kind == "memory" else None
             return [Config(key, lambda seconds: graph.run(durability, seconds, threads),
-                           after)] if graph.installed else []
+                           after)]
 
-        # sync pair, then async pair, mirrored: ours, LangGraph's, LangGraph's, ours.
+        # sync, then async, mirrored: ours, LangGraph's, InMemorySaver, InMemorySaver,
+        # LangGraph's, ours.
         steps_group = [*steps("saver_steps_sync", "sqlitesaver", "sync"),
                        *steps("lg_steps_sync", "langgraph", "sync"),
+                       *steps("mem_steps_sync", "memory", "sync"),
+                       *steps("mem_steps_async", "memory", "async"),
                        *steps("lg_steps_async", "langgraph", "async"),
                        *steps("saver_steps_async", "sqlitesaver", "async")]
         n = GRAPH_THREADS
@@ -807,6 +1019,10 @@ class Bench:
                     "cores": os.cpu_count(),
                     "filesystem": filesystem_of(self.dir),
                     "langgraph": self.peer.info if self.peer else None,
+                    "adapter": None if self.only_steps else (
+                        {"installed": False, "error": self.adapter_error}
+                        if self.adapter is None else
+                        {"installed": True, "blob_bytes": self.ad_blob}),
                     "graph_steps": {kind: graph.info for kind, graph in self.graphs.items()}},
                 "settings": {"rounds": args.rounds, "seconds": args.seconds,
                              "read_seconds": args.seconds / 2, "list_size": args.list_size,
@@ -816,73 +1032,104 @@ class Bench:
                 "state_bytes": None if self.only_steps else {"small": len(self.small_bytes),
                                                              "big": len(self.big_bytes)},
                 "metadata": METADATA,
+                "pending_writes": {"task_id": _checkpoint.TASK_ID,
+                                   "writes": _checkpoint.WRITES},
                 "rows": table,
                 "elapsed_s": elapsed}, f, indent=1)
         print(f"figures written to {args.json}")
 
     @staticmethod
-    def rows(installed: bool) -> list[Row]:
-        """The table, in order. A baseline row has no ratio of its own column (it is 1)."""
-        def lg(key: str) -> str | None:
-            return key if installed else None
+    def rows() -> list[Row]:
+        """The table, in order (issue #15's targets). A baseline row has no ratio of its own
+        column (it is 1). Rows of a library that is not installed print "not installed"."""
+        def vs_langgraph(value: float, base: str, ceiling: str) -> Target:
+            return Target.ratio(value, base, "LangGraph", ceiling)
 
         return [
             Row("fsync limit: append 4 KiB + fsync", "fsync", bare="bare"),
             Row("bare APSW put (BEGIN IMMEDIATE; INSERT; COMMIT)", "bare", baseline=True),
-            Row("bare APSW put + msgpack.packb of the state", "bare_packb", bare="bare"),
+            Row("bare APSW put + msgpack.packb of the state", "bare_packb", bare="bare",
+                langgraph="lg1"),
             Row(f"{LANGGRAPH} put, 1 thread", "lg1", bare="bare"),
-            Row("sqlitesaver put, 1 thread", "saver1", bare="bare", langgraph=lg("lg1"),
-                target=Target("bare", 0.9), ceiling="bare_packb"),
+            Row("sqlitesaver put, 1 thread", "saver1", bare="bare", langgraph="lg1", targets=(
+                vs_langgraph(1.0, "lg1", "bare_packb"),
+                Target.ratio(0.85, "bare_packb", "bare+packb", "bare_packb"))),
             Row("bare APSW put, 2nd run mid-round (vs 1st)", "bare2", bare="bare"),
             Row(f"{LANGGRAPH} put, 8 threads", "lg8", bare="bare2"),
-            Row("bare APSW group commit, 8 threads", "bare_group8", bare="bare2",
-                langgraph=lg("lg8")),
-            Row("sqlitesaver put, 8 threads", "saver8", bare="bare2", langgraph=lg("lg8"),
-                target=Target("langgraph", 5.0), ceiling="bare_group8"),
+            Row("bare APSW group commit, 8 threads, pre-encoded rows", "bare_group8",
+                bare="bare2", langgraph="lg8"),
+            Row("bare APSW group commit, 8 threads, msgpack.packb by each caller",
+                "bare_group8_packb", bare="bare2", langgraph="lg8"),
+            Row("sqlitesaver put, 8 threads", "saver8", bare="bare2", langgraph="lg8", targets=(
+                vs_langgraph(2.2, "lg8", "bare_group8_packb"),
+                Target.ratio(0.6, "bare_group8_packb", "group+packb", "bare_group8_packb"))),
             Row("sqlitesaver put, 32 threads", "saver32", bare="bare2"),
             Row("sqlitesaver put, 4 processes x 4 threads", "p4x4", bare="bare2"),
             Row("sqlitesaver put, 20 processes x 1 thread", "p20x1", bare="bare2",
-                target=Target("errors", 0)),
-            Row("bare APSW get latest (SELECT + unpackb)", "bare_get", baseline=True),
-            Row(f"{LANGGRAPH} get_tuple latest", "lg_get", bare="bare_get"),
-            Row("sqlitesaver get latest", "saver_get", bare="bare_get", langgraph=lg("lg_get"),
-                target=Target("langgraph", 2.0), ceiling="bare_get"),
-            Row("bare APSW list 100 (SELECT + unpackb)", "bare_list", baseline=True),
+                targets=(Target.errors(0),)),
+            # Reads of the latest checkpoint, without and with pending writes: the core API
+            # and the LangGraph adapter against LangGraph's get_tuple, bare APSW the ceiling.
+            *(row for w, writes in (("", ""), ("_w", ", 2 pending writes")) for row in (
+                Row("bare APSW get latest (SELECT + unpackb)" if not w else
+                    "bare APSW get latest + its 2 writes (2 SELECTs + 3 unpackb)",
+                    f"bare_get{w}", baseline=True, langgraph=f"lg_get{w}"),
+                Row(f"{LANGGRAPH} get_tuple latest{writes}", f"lg_get{w}", bare=f"bare_get{w}"),
+                Row(f"sqlitesaver get latest{writes}", f"saver_get{w}", bare=f"bare_get{w}",
+                    langgraph=f"lg_get{w}",
+                    targets=(vs_langgraph(0.9, f"lg_get{w}", f"bare_get{w}"),)),
+                Row(f"{ADAPTER} get_tuple latest{writes}", f"ad_get{w}", bare=f"bare_get{w}",
+                    langgraph=f"lg_get{w}",
+                    targets=(vs_langgraph(0.9, f"lg_get{w}", f"bare_get{w}"),)))),
+            Row("bare APSW list 100 (SELECT + unpackb)", "bare_list", baseline=True,
+                langgraph="lg_list"),
             Row(f"{LANGGRAPH} list(limit=100)", "lg_list", bare="bare_list"),
             Row("sqlitesaver list(limit=100)", "saver_list", bare="bare_list",
-                langgraph=lg("lg_list"), target=Target("langgraph", 5.0),
-                ceiling="bare_list"),
-            Row("bare APSW put 1 MiB", "bare_big", baseline=True),
+                langgraph="lg_list", targets=(vs_langgraph(1.2, "lg_list", "bare_list"),)),
+            Row("bare APSW put 1 MiB", "bare_big", baseline=True, langgraph="lg_big"),
             Row(f"{LANGGRAPH} put 1 MiB", "lg_big", bare="bare_big"),
-            Row("sqlitesaver put 1 MiB", "saver_big", bare="bare_big", langgraph=lg("lg_big")),
-            # Graph steps: LangGraph's checkpointer and ours each in a worker of its own; the
-            # ratio is skipped when LangGraph's is not installed (no "lg_steps_*" Config).
-            Row(f"{LANGGRAPH} graph steps, durability sync", "lg_steps_sync"),
-            Row("sqlitesaver graph steps, durability sync", "saver_steps_sync",
-                langgraph="lg_steps_sync"),
-            Row(f"{LANGGRAPH} graph steps, durability async", "lg_steps_async"),
-            Row("sqlitesaver graph steps, durability async", "saver_steps_async",
-                langgraph="lg_steps_async"),
-            # Many graphs at once (issue #14): 8 threads invoking on one checkpointer; the
-            # InMemorySaver rows are the ceiling of the target.
-            *(row for durability in ("sync", "async") for row in (
-                Row(f"{MEMORY} graph steps, {GRAPH_THREADS} threads, {durability} (ceiling)",
-                    f"mem_steps8_{durability}", langgraph=f"lg_steps8_{durability}"),
-                Row(f"{LANGGRAPH} graph steps, {GRAPH_THREADS} threads, {durability}",
-                    f"lg_steps8_{durability}"),
-                Row(f"sqlitesaver graph steps, {GRAPH_THREADS} threads, {durability}",
-                    f"saver_steps8_{durability}", langgraph=f"lg_steps8_{durability}",
-                    target=Target("langgraph", 1.2), ceiling=f"mem_steps8_{durability}"))),
+            Row("sqlitesaver put 1 MiB", "saver_big", bare="bare_big", langgraph="lg_big",
+                targets=(vs_langgraph(1.0, "lg_big", "bare_big"),)),
+            # Graph steps: each checkpointer in a worker of its own, one graph at a time
+            # (issue #15) and 8 at once (issue #14); the InMemorySaver rows are the ceilings.
+            *(row for n, value, many in ((1, 1.0, ""), (GRAPH_THREADS, 1.2, "8"))
+              for durability in ("sync", "async") for row in (
+                Row(f"{MEMORY} graph steps, {n} thread{'s' if n > 1 else ''}, {durability} "
+                    "(ceiling)", f"mem_steps{many}_{durability}",
+                    langgraph=f"lg_steps{many}_{durability}"),
+                Row(f"{LANGGRAPH} graph steps, {n} thread{'s' if n > 1 else ''}, {durability}",
+                    f"lg_steps{many}_{durability}"),
+                Row(f"sqlitesaver graph steps, {n} thread{'s' if n > 1 else ''}, "
+                    f"{durability}", f"saver_steps{many}_{durability}",
+                    langgraph=f"lg_steps{many}_{durability}",
+                    targets=(vs_langgraph(value, f"lg_steps{many}_{durability}",
+                                          f"mem_steps{many}_{durability}"),)))),
         ]
 
     @staticmethod
+    def check_rows(rows: list[Row], configs: dict[str, Config], missing: set[str]) -> None:
+        """Every Config measured is shown by a row, and every Config a row shows or compares
+        with was measured or is missing because its library is not installed (a mistyped key
+        would otherwise print as "not installed", or judge a target SKIP, silently)."""
+        unknown = set().union(*(row.keys() for row in rows)) - set(configs) - missing
+        hidden = set(configs) - {row.key for row in rows}
+        if unknown or hidden:
+            raise SystemExit(f"bench/run.py: rows name configurations never measured "
+                             f"{sorted(unknown)}, or measured ones no row shows {sorted(hidden)}")
+
+    @staticmethod
     def report(rows: list[Row], configs: dict[str, Config]) -> list[dict[str, Any]]:
-        """Print the table and the per-round figures; return the same as JSON-ready dicts."""
+        """Print the table, the targets against their ceilings and the per-round figures;
+        return the same as JSON-ready dicts, one a row (its targets' verdicts in "targets")."""
         table = []
         labels = {row.key: row.label for row in rows}
         for row in rows:
             config = configs.get(row.key)
             entry: dict[str, Any] = {"measurement": row.label, "key": row.key}
+            if row.targets:
+                verdicts = [target.judge(row.key, configs, labels) for target in row.targets]
+                entry.update(targets=verdicts,
+                             target="; ".join(verdict["target"] for verdict in verdicts),
+                             result=overall([verdict["result"] for verdict in verdicts]))
             if config is None:  # a LangGraph row without LangGraph
                 entry.update(rate=None, result=NOT_INSTALLED)
                 table.append(entry)
@@ -897,62 +1144,76 @@ class Bench:
                 if base is not None and base in configs:
                     ratios = paired(rates, configs[base].rates)
                     entry[column], entry[column + "_rounds"] = median(ratios), ratios
-            target = row.target
-            if target is not None:
-                entry["target"] = target.text()
-                if target.kind == "errors":
-                    entry["result"] = "PASS" if sum(config.errors.values()) <= target.value \
-                        else "FAIL"
-                else:
-                    ratio = entry.get("vs_bare" if target.kind == "bare" else "vs_langgraph")
-                    entry["result"] = "SKIP" if ratio is None \
-                        else "PASS" if ratio >= target.value else "FAIL"
-                    base = row.bare if target.kind == "bare" else row.langgraph
-                    if row.ceiling in configs and base in configs:
-                        ceiling = paired(configs[row.ceiling].rates, configs[base].rates)
-                        entry.update(ceiling=median(ceiling), ceiling_rounds=ceiling,
-                                     ceiling_of=labels[row.ceiling],
-                                     target_above_ceiling=target.value > median(ceiling))
             table.append(entry)
 
         def ratio_text(value: float | None) -> str:
             return "" if value is None else f"{value:.2f}x"
 
+        def measured_text(verdict: dict[str, Any]) -> str:
+            return f"{verdict['errors']:,}" if "errors" in verdict \
+                else ratio_text(verdict.get("ratio"))
+
         width = max(len(row.label) for row in rows)
+        target_width = max([len(v["target"]) for e in table for v in e.get("targets", ())]
+                           + [len("target")])
+        blank = (f"| {'':{width}} | {'':13} | {'':6} | {'':12} | {'':12} | {'':6} ")
+
+        def target_cells(verdict: dict[str, Any] | None) -> str:
+            if verdict is None:
+                return f"| {'':{target_width}} | {'':8} | {'':7} | {'':6} |"
+            return (f"| {verdict['target']:{target_width}} | {measured_text(verdict):>8} | "
+                    f"{ratio_text(verdict.get('ceiling')):>7} | {verdict['result']:6} |")
+
         print()
         print(f"| {'measurement':{width}} | {'ops/s':>13} | spread | vs bare APSW | "
-              f"vs LangGraph | errors | target            | result |")
+              f"vs LangGraph | errors | {'target':{target_width}} | measured | ceiling | "
+              "result |")
         print(f"|{'-' * (width + 2)}|{'-' * 15}|--------|--------------|--------------|"
-              f"--------|-------------------|--------|")
+              f"--------|{'-' * (target_width + 2)}|----------|---------|--------|")
         for entry in table:
             label = entry["measurement"]
+            verdicts = entry.get("targets", [])
             if entry["rate"] is None:
                 print(f"| {label:{width}} | {NOT_INSTALLED:>13} | {'':6} | {'':12} | "
-                      f"{'':12} | {'':6} | {'':17} | {'':6} |")
+                      f"{'':12} | {'':6} " + target_cells(None))
                 continue
             vs_bare = "baseline" if entry["baseline"] else ratio_text(entry.get("vs_bare"))
-            print(f"| {label:{width}} | {entry['rate']:13,.0f} | {entry['spread']:6.0%} | "
+            spread = "" if entry["spread"] is None else f"{entry['spread']:.0%}"
+            print(f"| {label:{width}} | {entry['rate']:13,.0f} | {spread:>6} | "
                   f"{vs_bare:>12} | {ratio_text(entry.get('vs_langgraph')):>12} | "
-                  f"{sum(entry['errors'].values()):6,} | {entry.get('target', ''):17} | "
-                  f"{entry.get('result', ''):6} |")
+                  f"{sum(entry['errors'].values()):6,} "
+                  + target_cells(verdicts[0] if verdicts else None))
+            for verdict in verdicts[1:]:  # a row's further targets, one line each
+                print(blank + target_cells(verdict))
         print("ops/s: median of the rounds (a list is one call returning 100 checkpoints; "
               f"a graph step is one node run, {GRAPH_NODES} per invoke); spread: (max - min) / "
               "median;\nratios: median of the per-round ratios; a put "
               "row's bare run is the one above it in the table (1st: before it in the round, "
-              "2nd: mid-round);\nerrors: every run of the row, warm-up and opening included")
-        ceilings = [entry for entry in table if "ceiling" in entry]
-        if ceilings:
+              "2nd: mid-round);\nerrors: every run of the row, warm-up and opening included; "
+              "a row with several targets shows each on a line of its own;\nmeasured: the "
+              "target's ratio (or error count); ceiling: the same ratio for the baseline "
+              "named below")
+        judged = [(entry, verdict) for entry in table for verdict in entry.get("targets", ())
+                  if "ceiling_of" in verdict]
+        if judged:
             print()
             print("targets against their ceilings (a ceiling: the same ratio, paired by round, "
                   "for a baseline that does\nless than the row must, so a target above its "
                   "ceiling is out of reach on this machine):")
-            for entry in ceilings:
-                print(f"  {entry['measurement']}: target {entry['target']}; ceiling "
-                      f"{entry['ceiling']:.2f}x ({entry['ceiling_of']})"
-                      + ("; the target is above it" if entry["target_above_ceiling"] else ""))
+            for entry, verdict in judged:
+                measured = measured_text(verdict)
+                ceiling = verdict.get("ceiling")
+                print(f"  {entry['measurement']}: target {verdict['target']}: "
+                      f"{measured or 'not measured'}, {verdict['result']}; ceiling "
+                      + (f"{ceiling:.2f}x" if ceiling is not None else "not measured")
+                      + f" ({verdict['ceiling_of']}"
+                      + (", the target's own base" if verdict["ceiling_of"] == verdict["base_of"]
+                         else "") + ")"
+                      + ("; the target is above it" if verdict.get("target_above_ceiling")
+                         else ""))
         print()
         print("per round (ops/s; then the per-round ratios):")
-        for entry in table:
+        for row, entry in zip(rows, table):
             if entry["rate"] is None:
                 continue
             line = f"  {entry['measurement']}: " + " ".join(f"{r:,.0f}" for r in entry["rates"])
@@ -960,6 +1221,11 @@ class Bench:
                 if entry.get(column + "_rounds"):
                     line += f"; vs {name} " + " ".join(
                         f"{x:.2f}" for x in entry[column + "_rounds"])
+            for target, verdict in zip(row.targets, entry.get("targets", ())):
+                if target.base not in (None, row.bare, row.langgraph) \
+                        and verdict.get("ratio_rounds"):
+                    line += f"; vs {target.versus} " + " ".join(
+                        f"{x:.2f}" for x in verdict["ratio_rounds"])
             print(line)
         for entry in table:
             if entry.get("errors"):

@@ -59,3 +59,172 @@ def test_a_failed_commit_reaches_every_caller_of_its_batch(tmp_path):
     else:
         raise AssertionError("a row whose INSERT failed was acknowledged")
     assert conn.execute("SELECT thread_id FROM t").fetchall() == [("good",)]
+
+
+# --- bench/run.py: rows with several targets, and the docstring that lists them --------------
+
+import json  # noqa: E402
+import re  # noqa: E402
+import subprocess  # noqa: E402
+
+import run  # noqa: E402  (bench/run.py)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(key: str, rates: list[float], errors: int = 0) -> run.Config:
+    config = run.Config(key, lambda seconds: None)  # never run: the rates are given
+    config.rates = rates
+    if errors:
+        config.errors["DatabaseBusyError"] = errors
+        config.first_error = "DatabaseBusyError: busy"
+    return config
+
+
+def _report(capsys, rows, configs):
+    table = run.Bench.report(rows, configs)
+    return {entry["key"]: entry for entry in table}, capsys.readouterr().out
+
+
+def test_each_target_of_a_row_is_judged_against_its_own_base_with_its_own_ceiling(capsys):
+    configs = {key: _config(key, rates) for key, rates in {
+        "lg": [100.0, 100.0, 100.0], "ceil": [300.0, 200.0, 250.0],
+        "ours": [120.0, 90.0, 110.0]}.items()}
+    rows = [run.Row("ceiling row", "ceil", langgraph="lg"), run.Row("their row", "lg"),
+            run.Row("our row", "ours", langgraph="lg", targets=(
+                run.Target.ratio(1.0, "lg", "LangGraph", "ceil"),
+                run.Target.ratio(0.6, "ceil", "ceil itself", "ceil")))]
+    entries, out = _report(capsys, rows, configs)
+    first, second = entries["ours"]["targets"]
+    assert first["ratio_rounds"] == [1.2, 0.9, 1.1] and first["ratio"] == 1.1
+    assert first["result"] == "PASS" and first["ceiling"] == 2.5
+    assert first["ceiling_rounds"] == [3.0, 2.0, 2.5]
+    assert first["ceiling_of"] == "ceiling row" and first["target_above_ceiling"] is False
+    assert second["ratio_rounds"] == [0.4, 0.45, 0.44] and second["result"] == "FAIL"
+    assert second["ceiling"] == 1.0 and second["base_of"] == "ceiling row"
+    assert entries["ours"]["result"] == "FAIL"  # one target failed
+    assert entries["ours"]["target"] == ">= 1x LangGraph; >= 0.6x ceil itself"
+    # The table: the row's line carries its first target, a line of its own the second.
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    ours = next(i for i, line in enumerate(lines) if line.startswith("| our row "))
+    cells = [cell.strip() for cell in lines[ours].split("|")[1:-1]]
+    assert cells[-4:] == [">= 1x LangGraph", "1.10x", "2.50x", "PASS"]
+    cells = [cell.strip() for cell in lines[ours + 1].split("|")[1:-1]]
+    assert cells[:6] == [""] * 6
+    assert cells[-4:] == [">= 0.6x ceil itself", "0.44x", "1.00x", "FAIL"]
+    # The ceilings section: one line per target, each with its own ceiling.
+    assert "  our row: target >= 1x LangGraph: 1.10x, PASS; ceiling 2.50x (ceiling row)\n" \
+        in out
+    assert ("  our row: target >= 0.6x ceil itself: 0.44x, FAIL; ceiling 1.00x (ceiling row, "
+            "the target's own base)\n") in out
+    # The per-round figures show the ratio to a base that is not one of the two columns.
+    assert "  our row: 120 90 110; vs LangGraph 1.20 0.90 1.10; vs ceil itself 0.40 0.45 0.44" \
+        in out
+
+
+def test_a_target_above_its_ceiling_an_unmeasured_base_and_an_errors_target(capsys):
+    configs = {"ours": _config("ours", [50.0, 60.0]), "ceil": _config("ceil", [80.0, 80.0]),
+               "base": _config("base", [100.0, 100.0]),
+               "procs": _config("procs", [10.0, 10.0], errors=3)}
+    rows = [run.Row("base row", "base"), run.Row("ceiling row", "ceil"),
+            run.Row("our row", "ours", targets=(
+                run.Target.ratio(0.9, "base", "base", "ceil"),
+                run.Target.ratio(1.0, "absent", "LangGraph", "ceil"))),
+            run.Row("processes", "procs", targets=(run.Target.errors(0),)),
+            run.Row("not here", "absent", targets=(run.Target.ratio(1.0, "base", "b", "ceil"),))]
+    entries, out = _report(capsys, rows, configs)
+    above, skipped = entries["ours"]["targets"]
+    assert above["result"] == "FAIL" and above["ceiling"] == 0.8
+    assert above["target_above_ceiling"] is True
+    assert skipped["result"] == "SKIP" and "ratio" not in skipped and "ceiling" not in skipped
+    assert entries["ours"]["result"] == "FAIL"
+    (errors,) = entries["procs"]["targets"]
+    assert errors == {"target": "0 errors", "kind": "errors", "value": 0, "errors": 3,
+                      "result": "FAIL"}
+    assert entries["absent"]["result"] == run.NOT_INSTALLED
+    assert entries["absent"]["targets"][0]["result"] == "SKIP"
+    assert "; the target is above it" in out
+    assert "target >= 1x LangGraph: not measured, SKIP; ceiling not measured" in out
+    json.dumps(list(entries.values()))  # the --json output
+
+
+def test_rows_naming_a_configuration_never_measured_stop_the_run():
+    rows = [run.Row("theirs", "lg"),
+            run.Row("ours", "ours", targets=(run.Target.ratio(1.0, "lg", "LangGraph",
+                                                              "typo"),))]
+    configs = {"ours": _config("ours", [1.0]), "lg": _config("lg", [1.0])}
+    run.Bench.check_rows(rows, configs, {"typo"})  # not installed: allowed
+    try:
+        run.Bench.check_rows(rows, configs, set())
+    except SystemExit as exc:
+        assert "typo" in str(exc)
+    else:
+        raise AssertionError("a row named a configuration that was never measured")
+    try:
+        run.Bench.check_rows(rows, {**configs, "extra": _config("extra", [1.0])}, {"typo"})
+    except SystemExit as exc:
+        assert "extra" in str(exc)
+    else:
+        raise AssertionError("a configuration was measured that no row shows")
+
+
+def _documented_targets() -> list[str]:
+    """The docstring's list of targets, one item per row, whitespace collapsed."""
+    section = run.__doc__.split("Per row, each target (ceiling):", 1)[1].split("\n\n")[1]
+    return [" ".join(item.split()) for item in re.split(r"^- ", section, flags=re.M) if item]
+
+
+def test_the_docstring_lists_every_target_and_ceiling_the_table_prints():
+    rows = run.Bench.rows()
+    labels = {row.key: row.label for row in rows}
+    expected = []
+    for row in rows:
+        if row.targets:
+            expected.append(f"{row.label}: " + "; ".join(
+                target.text() + (f" (ceiling: {labels[target.ceiling]})" if target.ceiling
+                                 else "") for target in row.targets))
+    assert _documented_targets() == expected
+
+
+def test_issue_15_targets():
+    targets = {row.key: [(t.kind, t.value, t.base, t.ceiling) for t in row.targets]
+               for row in run.Bench.rows() if row.targets}
+    ratio = "ratio"
+    assert targets == {
+        "saver1": [(ratio, 1.0, "lg1", "bare_packb"), (ratio, 0.85, "bare_packb", "bare_packb")],
+        "saver8": [(ratio, 2.2, "lg8", "bare_group8_packb"),
+                   (ratio, 0.6, "bare_group8_packb", "bare_group8_packb")],
+        "p20x1": [("errors", 0, None, None)],
+        "saver_get": [(ratio, 0.9, "lg_get", "bare_get")],
+        "ad_get": [(ratio, 0.9, "lg_get", "bare_get")],
+        "saver_get_w": [(ratio, 0.9, "lg_get_w", "bare_get_w")],
+        "ad_get_w": [(ratio, 0.9, "lg_get_w", "bare_get_w")],
+        "saver_list": [(ratio, 1.2, "lg_list", "bare_list")],
+        "saver_big": [(ratio, 1.0, "lg_big", "bare_big")],
+        "saver_steps_sync": [(ratio, 1.0, "lg_steps_sync", "mem_steps_sync")],
+        "saver_steps_async": [(ratio, 1.0, "lg_steps_async", "mem_steps_async")],
+        "saver_steps8_sync": [(ratio, 1.2, "lg_steps8_sync", "mem_steps8_sync")],
+        "saver_steps8_async": [(ratio, 1.2, "lg_steps8_async", "mem_steps8_async")]}
+
+
+def test_a_short_run_measures_every_row_and_judges_every_target(tmp_path):
+    """The whole bench, short (one round of --quick's 0.15 s runs: much shorter and a worker
+    woken late on a busy machine may find the deadline passed and complete nothing): every
+    row is measured (LangGraph is installed with the test extra) and every target judged
+    against a measured ceiling."""
+    out = tmp_path / "bench.json"
+    done = subprocess.run([sys.executable, os.path.join(REPO, "bench", "run.py"), "--quick",
+                           "--rounds", "1", "--list-size", "100",
+                           "--dir", str(tmp_path), "--json", str(out)],
+                          capture_output=True, text=True, timeout=600,
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [row["key"] for row in rows] == [row.key for row in run.Bench.rows()]
+    for row in rows:
+        assert row["rate"] is not None and row["rate"] > 0, row
+        for verdict in row.get("targets", ()):
+            assert verdict["result"] in ("PASS", "FAIL"), (row["key"], verdict)
+            if verdict["kind"] == "ratio":
+                assert verdict["ceiling"] > 0, (row["key"], verdict)
+    assert os.listdir(tmp_path) == ["bench.json"]  # the run's databases are gone

@@ -1,0 +1,75 @@
+"""The LangGraph checkpoints and pending writes bench/run.py stores through both adapters.
+
+One shape on both sides: ``langgraph.checkpoint.base.empty_checkpoint()`` with ``channel_values``
+set to the 4 KiB state (each of its keys a channel), put through the adapter's ``put`` with the
+same metadata and no parent; on the "with writes" threads the latest checkpoint also gets
+:data:`WRITES` through ``put_writes`` under :data:`TASK_ID`: two small values, like the writes a
+LangGraph step leaves (a message appended to a list channel, a status). bench/run.py's core rows
+store the same two values with ``Saver.put_writes``, and its bare ceiling two ``msgpack`` blobs.
+
+Standard library only at import time (LangGraph is imported by :class:`Checkpoints`), so that the
+LangGraph peer process (stdlib ``sqlite3``) and bench/run.py (APSW) can both import it: neither
+SQLite library is loaded here.
+"""
+
+from __future__ import annotations
+
+import itertools
+from typing import Any
+
+TASK_ID = "bench-task-0001"
+WRITES: list[tuple[str, Any]] = [
+    ("messages", [{"role": "assistant", "id": 4001, "tokens": 12,
+                   "content": "Both regions are flagged; the forecast is revised."}]),
+    ("status", "done"),
+]
+
+
+class Checkpoints:
+    """LangGraph checkpoints of one thread whose ``channel_values`` are ``values``. Ids are
+    made as LangGraph makes them (uuid6) once, then counted up in the last 12 hex digits:
+    unique, increasing, 36 characters, and without a uuid6() call inside a timed loop.
+    Raises ImportError if LangGraph's checkpoint package is not installed."""
+
+    def __init__(self, values: dict) -> None:
+        from langgraph.checkpoint.base import empty_checkpoint
+        from langgraph.checkpoint.base.id import uuid6
+
+        self.template = empty_checkpoint()
+        self.values = values
+        self.prefix = str(uuid6(clock_seq=0))[:24]
+        self.counter = itertools.count()
+
+    def next(self) -> dict:
+        """The thread's next checkpoint (a new dict; the values are shared, not copied)."""
+        checkpoint = self.template.copy()
+        checkpoint["id"] = f"{self.prefix}{next(self.counter):012x}"
+        checkpoint["channel_values"] = self.values
+        return checkpoint
+
+
+def config(thread_id: str, checkpoint_id: str | None = None) -> dict:
+    """The RunnableConfig naming a thread (root namespace), or one of its checkpoints."""
+    configurable = {"thread_id": thread_id, "checkpoint_ns": ""}
+    if checkpoint_id is not None:
+        configurable["checkpoint_id"] = checkpoint_id
+    return {"configurable": configurable}
+
+
+def fill(saver: Any, thread_id: str, values: dict, metadata: dict, count: int,
+         writes: bool) -> dict:
+    """Put ``count`` checkpoints into ``thread_id`` through ``saver.put`` (a LangGraph
+    checkpointer: either adapter), then, if ``writes``, :data:`WRITES` against the latest
+    through ``saver.put_writes``; return the config that reads the thread's latest. Checks
+    that ``get_tuple`` reads it back with exactly those writes."""
+    checkpoints = Checkpoints(values)
+    thread = config(thread_id)
+    for _ in range(count):
+        stored = saver.put(thread, checkpoints.next(), metadata, {})
+    if writes:
+        saver.put_writes(stored, WRITES, TASK_ID)
+    got = saver.get_tuple(thread)
+    if got is None or got.checkpoint["channel_values"] != values \
+            or [(c, v) for _, c, v in got.pending_writes] != (WRITES if writes else []):
+        raise SystemExit(f"{type(saver).__module__}: thread {thread_id} does not read back")
+    return thread
