@@ -409,3 +409,46 @@ def test_threads_attach_files_at_once_through_one_saver(db_path, hang_detector):
                         == data, seed
         distinct = {sha(d) for files in made.values() for d in files.values()}
         assert saver.stats()["file_contents"] == len(distinct)
+
+
+# --- the validator ------------------------------------------------------------------------------
+
+def _check(path: str):
+    from sqlitesaver import check
+    from test_check import assert_unchanged
+    before = family_digest(path)
+    report = check.check_database(path)
+    assert_unchanged(path, before)
+    return report, {step.name: step for step in report.steps}
+
+
+def test_the_validator_verifies_every_file_and_reports_unreferenced_content(db_path):
+    content = random.Random(1810).randbytes(2 * CHUNK_SIZE + 3)
+    with Saver(db_path) as saver:
+        saver.put("t", 1, files={"a": content, "b": b"small", "c": content})
+    report, steps = _check(db_path)
+    assert report.ok and steps["files"].status == "ok", steps["files"]
+    assert "3 file(s) in manifests, 2 distinct content(s)" in steps["files"].detail
+    raw(db_path, "DELETE FROM files WHERE name = 'b'")  # behind the Saver's back
+    report, steps = _check(db_path)
+    assert report.ok and steps["files"].status == "note", steps["files"]
+    assert "1 content(s) (5 bytes) that no checkpoint's files name" in steps["files"].detail
+
+
+@pytest.mark.parametrize("damage, phrase", [
+    ("UPDATE file_chunks SET data = CAST(zeroblob(length(data)) AS BLOB) WHERE idx = 1",
+     "chunk 1 (expected chunk 1)"),
+    ("DELETE FROM file_chunks WHERE idx = 2", "its 2 chunk(s) hold"),
+    ("UPDATE file_contents SET size = 1", "its record does not match its checksum"),
+    ("UPDATE files SET name = '../x'", "manifest entry does not match its checksum"),
+    ("DELETE FROM file_contents", "that is not stored"),
+], ids=["chunk bytes", "chunk missing", "size", "name", "content missing"])
+def test_the_validator_fails_damaged_files(db_path, damage, phrase):
+    _one_file(db_path, random.Random(1811).randbytes(3 * CHUNK_SIZE - 5))
+    conn = apsw.Connection(db_path)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute(damage)
+    conn.close()
+    report, steps = _check(db_path)
+    assert not report.ok and steps["files"].status == "FAILED", steps["files"]
+    assert phrase in steps["files"].detail, steps["files"].detail
