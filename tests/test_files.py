@@ -452,3 +452,22 @@ def test_the_validator_fails_damaged_files(db_path, damage, phrase):
     report, steps = _check(db_path)
     assert not report.ok and steps["files"].status == "FAILED", steps["files"]
     assert phrase in steps["files"].detail, steps["files"].detail
+
+
+# --- the README's example runs ------------------------------------------------------------------
+
+def test_the_readme_files_example_runs(tmp_path, capsys):
+    import re
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "README.md")
+    with open(readme, encoding="utf-8") as f:
+        section = f.read().split("\n## Files\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    import tempfile
+    old = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path)
+    try:
+        exec(compile(code, "README.md (Files)", "exec"), {})
+    finally:
+        tempfile.tempdir = old
+    assert capsys.readouterr().out == "[('src/main.py', 16)]\n"
