@@ -471,3 +471,17 @@ def test_the_readme_files_example_runs(tmp_path, capsys):
     finally:
         tempfile.tempdir = old
     assert capsys.readouterr().out == "[('src/main.py', 16)]\n"
+
+
+def test_the_langgraph_files_example_runs(tmp_path):
+    pytest.importorskip("langgraph")
+    import subprocess
+    import sys
+    from test_bad_input import child_env
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, "examples", "langgraph_files.py"),
+                           str(tmp_path)], capture_output=True, text=True, env=child_env(),
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "files of the last checkpoint: ['plan.md', 'report.md']" in done.stdout
+    assert "report.md after restore: '# Report\\nAll done.\\n'" in done.stdout
