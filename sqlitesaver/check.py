@@ -10,6 +10,9 @@ trigger and view, compared by :func:`sqlitesaver.schema.schema_differences`: an 
 or a dropped index fails it); and every stored payload (checkpoints, pending writes, log
 events) matches its checksum, computed with :mod:`sqlitesaver.integrity` exactly as
 :class:`~sqlitesaver.Saver` does on every read, and every text in those rows is valid UTF-8.
+Files (schema version 3): every manifest entry matches its checksum and names stored content, and
+every content's chunks are all there, each matching its CRC-32, adding up to its size and
+SHA-256; content no manifest names is reported as a note (garbage, not damage).
 Then the structural invariants the Saver keeps, each its own check: every pending write belongs
 to an existing checkpoint; ids are monotonic (a parent is older than its child, and the
 ``high_water`` rows make the next id the Saver hands out larger than every id ever handed out);
@@ -56,6 +59,7 @@ and the next path is still checked; the command never ends in a traceback.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections import Counter
@@ -65,7 +69,7 @@ from typing import Any, TextIO
 
 import apsw
 
-from . import integrity, paths, schema
+from . import attachments, integrity, paths, schema
 from .opening import read_header
 from .errors import SaverError, describe, out_of_descriptors
 
@@ -726,11 +730,112 @@ def _parents(conn: apsw.Connection, version: int | None) -> tuple[list[str], str
                       f"of the same thread and namespace, {pruned} to a pruned one{by_key_text}")
 
 
+# --- files (schema version 3, sqlitesaver.attachments) ----------------------------------------
+
+def _check_files(report: Report, conn: apsw.Connection) -> None:
+    """Every manifest entry's checksum and name, and that its content exists; every content's
+    record, its chunks (all there, in order, each matching its CRC-32) and the SHA-256 and
+    size of their concatenation. Content that no manifest names is reported as a note: it is
+    garbage, not damage (``Saver.collect_garbage()`` deletes it)."""
+    name = "files"
+    if not _known_schema(report, name):
+        return
+    if (report.schema_version or 0) < 3:
+        report.add(name, SKIPPED, f"schema version {report.schema_version} stores no files")
+        return
+    problems: list[str] = []
+    entries = 0
+    for values, bad in _rows(conn, ["checkpoint_seq", "name", "digest", "mode", "checksum"],
+                             "FROM files ORDER BY checkpoint_seq, name"):
+        entries += 1
+        seq, file_name, digest, mode, checksum = values
+        where = f"file {file_name!r} of checkpoint {_checkpoint_id(seq)!r}"
+        if bad:
+            problems.append(f"{where}: {', '.join(bad)} is not valid UTF-8")
+            continue
+        try:
+            intact = attachments.entry_checksum(seq, file_name, digest, mode) == checksum
+        except (TypeError, ValueError, OverflowError):
+            intact = False
+        if not intact:
+            problems.append(f"{where}: its manifest entry does not match its checksum")
+            continue
+        try:
+            attachments.check_name(file_name)
+        except SaverError as exc:
+            problems.append(f"{where}: {exc}")
+    for seq, file_name, digest in conn.execute(
+            "SELECT checkpoint_seq, name, digest FROM files AS f WHERE NOT EXISTS "
+            "(SELECT 1 FROM file_contents AS c WHERE c.digest = f.digest) "
+            "ORDER BY checkpoint_seq, name"):
+        problems.append(f"file {file_name!r} of checkpoint {_checkpoint_id(seq)!r} names "
+                        f"content {_hex(digest)} that is not stored")
+    contents = chunk_rows = total = 0
+    for digest, size, count, checksum in conn.execute(
+            "SELECT digest, size, chunks, checksum FROM file_contents ORDER BY digest"):
+        contents += 1
+        where = f"content {_hex(digest)}"
+        try:
+            intact = attachments.content_checksum(digest, size, count) == checksum
+        except (TypeError, ValueError, OverflowError):
+            intact = False
+        if not intact:
+            problems.append(f"{where}: its record does not match its checksum")
+            continue
+        hasher, length, expected = hashlib.sha256(), 0, 0
+        for index, data, chunk_sum in conn.execute(
+                "SELECT idx, data, checksum FROM file_chunks WHERE digest = ? ORDER BY idx",
+                (digest,)):
+            chunk_rows += 1
+            try:
+                ok = index == expected and \
+                    attachments.chunk_checksum(digest, index, data) == chunk_sum
+            except (TypeError, ValueError, OverflowError):
+                ok = False
+            if not ok:
+                problems.append(f"{where}: chunk {index!r} (expected chunk {expected}) is "
+                                "missing, out of place or does not match its checksum")
+                break
+            hasher.update(data)
+            length += len(data)
+            expected += 1
+        else:
+            if expected != count or length != size or hasher.digest() != digest:
+                problems.append(f"{where}: its {expected} chunk(s) hold {length} bytes with "
+                                f"another digest; its record says {count} chunk(s), {size} "
+                                "bytes")
+        total += size if type(size) is int else 0
+    for (digest,) in conn.execute(
+            "SELECT DISTINCT digest FROM file_chunks AS k WHERE NOT EXISTS "
+            "(SELECT 1 FROM file_contents AS c WHERE c.digest = k.digest)"):
+        problems.append(f"chunks of content {_hex(digest)} whose record is missing")
+    orphans, orphan_bytes = conn.execute(
+        "SELECT count(*), coalesce(sum(size), 0) FROM file_contents AS c WHERE NOT EXISTS "
+        "(SELECT 1 FROM files AS f WHERE f.digest = c.digest)").fetchone()
+    summary = (f"{entries} file(s) in manifests, {contents} distinct content(s) of {total} "
+               f"bytes in {chunk_rows} chunk(s)")
+    if problems:
+        report.add(name, FAILED, f"{len(problems)} problem(s) in {summary}: "
+                                 f"{_listed(problems)}")
+    elif orphans:
+        report.add(name, NOTE, f"{summary}: all match their checksums and digests; "
+                               f"{orphans} content(s) ({orphan_bytes} bytes) that no "
+                               "checkpoint's files name, which Saver.collect_garbage() deletes")
+    else:
+        report.add(name, OK, f"{summary}: all match their checksums and digests, every "
+                             "content is named by a file")
+
+
+def _hex(digest: object) -> str:
+    return f"{digest.hex()[:16]}..." if isinstance(digest, bytes) else repr(digest)
+
+
 #: The checks run on a sqlitesaver database once it is identified, in order, each under the name
 #: it is reported with should it fail to finish (_check_invariants reports three names).
 _CHECKS = (("integrity_check", _check_integrity), ("foreign_key_check", _check_foreign_keys),
            ("journal_mode", _check_journal_mode), ("schema", _check_schema),
-           ("checksums", _check_payloads), ("invariants", _check_invariants))
+           ("checksums", _check_payloads), ("files", _check_files),
+           ("invariants", _check_invariants))
 
 
 # --- the command ------------------------------------------------------------------------------

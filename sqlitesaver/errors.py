@@ -50,6 +50,10 @@ __all__ = [
     "SaverClosedError",
     "ForkedProcessError",
     "ForeignCheckpointError",
+    "UnsafePathError",
+    "FileNotInCheckpointError",
+    "FileChangedError",
+    "FileAccessError",
 ]
 
 
@@ -201,6 +205,39 @@ class ForeignCheckpointError(UsageError):
     thread_id: str | None = None
     namespace: str | None = None
     checkpoint_id: str | None = None
+
+
+class UnsafePathError(UsageError, ValueError):
+    """A file name or a workspace entry that cannot be stored or restored safely: an absolute
+    path, a ``..`` or ``.`` component, an empty component, a NUL, a name that is not UTF-8 or
+    too long, a name that is both a file and a directory, a symbolic link that leads out of the
+    workspace (or to a directory), or something that is not a regular file (a FIFO, a socket, a
+    device). ``name`` is the offending name. Nothing was written."""
+
+    name: str | None = None
+
+
+class FileNotInCheckpointError(UsageError, LookupError):
+    """The checkpoint has no file of that name (or it was deleted, with its checkpoint, while
+    it was being read)."""
+
+
+# --- files (sqlitesaver.attachments, sqlitesaver.workspace) -----------------------------------
+
+class FileChangedError(SaverError):
+    """A file changed while it was being stored (its bytes, read again inside the transaction,
+    no longer have the digest or size read first). The transaction it was part of stored
+    nothing of it; store it again once nothing writes to it."""
+
+
+class FileAccessError(SaverError):
+    """The operating system refused a file operation on a file being stored (reading it) or
+    restored (writing, renaming or removing in the target directory): permissions, a full disk,
+    an I/O error. ``file`` names the file. Storing: nothing was written. Restoring: every file
+    in the directory is whole (its old or its new content, never half of one); fix the cause
+    and run the restore again, which ends in exactly the checkpoint's files."""
+
+    file: str | None = None
 
 
 # --- the boundary ---------------------------------------------------------------------------

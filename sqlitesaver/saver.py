@@ -23,13 +23,15 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from . import codec, contention, integrity, interrupts, log, opening, paths, pragmas
+from . import (attachments, codec, contention, integrity, interrupts, log, opening, paths,
+               pragmas)
+from . import workspace as workspaces
 from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError,
                      CorruptDatabaseError, ForkedProcessError, InterruptedTransitionError,
                      InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError, SaverError,
@@ -248,7 +250,10 @@ class Saver:
           database file;
         - ``readers_open``, ``readers_idle``: read connections open now (at most
           ``max_readers``), and those of them not in use; ``reader_waits``: reads that waited
-          for a read connection because ``max_readers`` were in use.
+          for a read connection because ``max_readers`` were in use;
+        - ``file_contents``, ``file_bytes``: distinct file contents stored (see
+          :meth:`attach_files`) and their bytes, each content counted once however many
+          checkpoints hold it.
         """
         with self._lock:
             self._check_usable()
@@ -257,6 +262,8 @@ class Saver:
         counters.update(self._pool.counts())
         counters["wal_bytes"] = _size(self._path + "-wal")
         counters["db_bytes"] = _size(self._path)
+        with _Read(self, "counting stored files") as read:
+            counters["file_contents"], counters["file_bytes"] = attachments.totals(read.conn)
         return counters
 
     def backup(self, destination: str | os.PathLike[str]) -> "BackupReport":
@@ -347,7 +354,9 @@ class Saver:
 
     def put(self, thread_id: str, state: Any, *, metadata: dict | None = None,
             parent_id: str | None = None, namespace: str = "",
-            checkpoint_id: str | None = None) -> CheckpointRef:
+            checkpoint_id: str | None = None,
+            files: Mapping[str, bytes | str | os.PathLike[str]] | None = None,
+            workspace: str | os.PathLike[str] | None = None) -> CheckpointRef:
         """Store a checkpoint; return its reference after COMMIT returned.
 
         Generated checkpoint ids (16 lowercase hex digits) are unique in the database and sort
@@ -367,7 +376,17 @@ class Saver:
         retried put is harmless); the parent must then be older than it, else
         :class:`~sqlitesaver.errors.InvalidArgumentError` and nothing is written. Checkpoints
         are listed in commit order of their first put, whatever their ids.
+
+        ``files`` and ``workspace`` store files with the checkpoint, in its transaction (see
+        :meth:`attach_files` and README, "Files"): ``files`` maps relative names to bytes or
+        to a path to read; ``workspace`` is a directory whose every file is stored under its
+        relative path. The checkpoint's files are then exactly these (a replaced checkpoint's
+        earlier files included); without either, a replaced checkpoint keeps its files.
         """
+        if files is not None or workspace is not None:
+            return self._put_files(thread_id, state, files, workspace, metadata=metadata,
+                                   parent_id=parent_id, namespace=namespace,
+                                   checkpoint_id=checkpoint_id)
         _check_text("thread_id", thread_id)
         _check_text("namespace", namespace, allow_empty=True)
         if parent_id is not None:
@@ -445,6 +464,160 @@ class Saver:
                                            state, metadata, key, parent_key), seq))
         return created
 
+    # --- files (sqlitesaver.attachments, sqlitesaver.workspace) ------------------------------
+
+    def _put_files(self, thread_id: str, state: Any,
+                   files: Mapping[str, bytes | str | os.PathLike[str]] | None,
+                   workspace: str | os.PathLike[str] | None, **options: Any) -> CheckpointRef:
+        """put() with files: the checkpoint and its files in one transaction."""
+        _check_text("thread_id", thread_id)
+        _check_text("namespace", options["namespace"], allow_empty=True)
+        sources = self._sources(files, workspace)  # hashed before the write lock is taken
+        with _FileTransaction(self, "putting a checkpoint with files") as conn:
+            ref = self.put(thread_id, state, **options)
+            seq = self._checkpoint_seq(conn, thread_id, ref.namespace, ref.checkpoint_id,
+                                       "checkpoint_id")
+            attachments.store(conn, seq, sources, replace_all=True, db=self._path)
+        return ref
+
+    @staticmethod
+    def _sources(files: Mapping[str, bytes | str | os.PathLike[str]] | None,
+                 workspace: str | os.PathLike[str] | None) -> builtins.list:
+        sources = [] if files is None else attachments.prepare(files)
+        if workspace is not None:
+            given = {source.name for source in sources}
+            for source in workspaces.snapshot_sources(workspace):
+                if source.name in given:
+                    raise attachments.UnsafePathError(
+                        f"{source.name!r} is both in files and in the workspace {workspace!r}; "
+                        "give it once. Nothing was written.")
+                sources.append(source)
+            attachments.check_tree(source.name for source in sources)
+        return sources
+
+    def attach_files(self, thread_id: str, checkpoint_id: str,
+                     files: Mapping[str, bytes | str | os.PathLike[str]] | None = None, *,
+                     workspace: str | os.PathLike[str] | None = None,
+                     namespace: str = "") -> None:
+        """Add files to an existing checkpoint (replacing those of the same names), in one
+        transaction, or in the caller's :meth:`transaction` (so a checkpoint put in that
+        block and its files commit together, or not at all).
+
+        ``files`` maps a relative POSIX name (``"out/report.md"``: no leading ``/``, no
+        ``.`` or ``..``) to the content as ``bytes`` or to a file to read (a ``str`` or
+        ``os.PathLike``: a ``str`` is always a path); ``workspace`` adds every file under a
+        directory (see :mod:`sqlitesaver.workspace`). Each content is stored once (by its
+        SHA-256) however many files hold it, in chunks of 1 MiB read and written one at a
+        time, so a file of any size is never held in memory. A file given by path is hashed
+        before the transaction and read again inside it; if it changed meanwhile,
+        :class:`~sqlitesaver.errors.FileChangedError` and nothing is written. Content no
+        file names any more after the replacement is deleted in the same transaction.
+        The write lock is held while the bytes are written: other writers wait that long.
+        """
+        _check_text("thread_id", thread_id)
+        _check_text("checkpoint_id", checkpoint_id)
+        _check_text("namespace", namespace, allow_empty=True)
+        sources = self._sources(files, workspace)
+        with _FileTransaction(self, "attaching files") as conn:
+            seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
+                                       "checkpoint_id")
+            attachments.store(conn, seq, sources, replace_all=False, db=self._path)
+
+    def list_files(self, thread_id: str, checkpoint_id: str | None = None, *,
+                   namespace: str = "") -> builtins.list[attachments.StoredFile]:
+        """The files of a checkpoint (the latest of the thread and namespace by default),
+        sorted by name, as :class:`~sqlitesaver.attachments.StoredFile` (name, SHA-256
+        digest in hex, size, permission bits); read from one snapshot, every row's checksum
+        verified. A checkpoint that does not exist raises
+        :class:`~sqlitesaver.errors.CheckpointNotFoundError`."""
+        self._check_file_args(thread_id, checkpoint_id, namespace)
+        with _Read(self, "listing a checkpoint's files") as read:
+            seq, label = self._files_checkpoint(read.conn, thread_id, namespace, checkpoint_id)
+            return attachments.manifest(read.conn, seq, self._path, label)
+
+    def read_file(self, thread_id: str, name: str, *, checkpoint_id: str | None = None,
+                  namespace: str = "") -> bytes:
+        """The bytes of the checkpoint's file ``name`` (the latest checkpoint by default),
+        every chunk's checksum and the whole file's SHA-256 verified; damage raises
+        :class:`~sqlitesaver.errors.ChecksumError`, a name it does not have
+        :class:`~sqlitesaver.errors.FileNotInCheckpointError`. For a large file use
+        :meth:`open_file`."""
+        with self.open_file(thread_id, name, checkpoint_id=checkpoint_id,
+                            namespace=namespace) as stream:
+            return stream.read()
+
+    def open_file(self, thread_id: str, name: str, *, checkpoint_id: str | None = None,
+                  namespace: str = "") -> attachments.FileStream:
+        """A binary stream (``read()``, ``readinto()``, a context manager) over the
+        checkpoint's file ``name``: its manifest entry is read from one snapshot when this is
+        called, then one 1 MiB chunk at a time as the caller reads, each verified before it
+        is returned (and the SHA-256 of the whole after the last one). Holds no read
+        transaction between reads. See :mod:`sqlitesaver.attachments` for what it returns
+        if the checkpoint is deleted meanwhile."""
+        self._check_file_args(thread_id, checkpoint_id, namespace)
+        attachments.check_name(name)
+        with _Read(self, "opening a checkpoint's file") as read:
+            seq, label = self._files_checkpoint(read.conn, thread_id, namespace, checkpoint_id)
+            stored = attachments.entry(read.conn, seq, name, self._path, label)
+        return attachments.FileStream(stored, attachments.chunks(self._read_once, stored,
+                                                                 label, self._path))
+
+    def restore_workspace(self, thread_id: str, directory: str | os.PathLike[str], *,
+                          checkpoint_id: str | None = None,
+                          namespace: str = "") -> workspaces.RestoreReport:
+        """Make ``directory`` hold exactly the checkpoint's files (the latest checkpoint by
+        default): differing files written under a temporary name, fsynced and renamed into
+        place, the directory fsynced; files not in the checkpoint removed; no symbolic link
+        inside it followed. A restore killed at any instant leaves each file whole, old or
+        new, and running it again ends in exactly the checkpoint's files (see
+        :mod:`sqlitesaver.workspace`). The file list is read from one snapshot."""
+        manifest = self.list_files(thread_id, checkpoint_id, namespace=namespace)
+        label = f"the checkpoint restored into {os.fspath(directory)!r}"
+        return workspaces.restore(directory, manifest, lambda stored: attachments.chunks(
+            self._read_once, stored, label, self._path))
+
+    def collect_garbage(self) -> dict[str, int]:
+        """Delete stored file content that no checkpoint's files name, in one transaction;
+        return ``{"contents": n, "bytes": b}`` deleted. ``prune``, ``delete_thread``,
+        ``delete_matching`` and a replacing ``attach_files`` already do this in their own
+        transaction (and a rolled-back transaction leaves nothing), so this finds something
+        only in a database changed outside the Saver; ``python -m sqlitesaver check``
+        reports such content. The freed pages are reused; ``python -m sqlitesaver vacuum``
+        returns them to the file system."""
+        with _Transaction(self, "collecting unreferenced file content") as conn:
+            count, size = attachments.collect(conn)
+        return {"contents": count, "bytes": size}
+
+    def _check_file_args(self, thread_id: str, checkpoint_id: str | None,
+                         namespace: str) -> None:
+        _check_text("thread_id", thread_id)
+        _check_text("namespace", namespace, allow_empty=True)
+        if checkpoint_id is not None:
+            _check_text("checkpoint_id", checkpoint_id)
+
+    def _files_checkpoint(self, conn: apsw.Connection, thread_id: str, namespace: str,
+                          checkpoint_id: str | None) -> tuple[int, str]:
+        """The seq of the checkpoint whose files are read, and how messages name it."""
+        if checkpoint_id is None:
+            row = conn.execute("SELECT seq, key FROM checkpoints WHERE thread_id = ? AND "
+                               "namespace = ? ORDER BY seq DESC LIMIT 1",
+                               (thread_id, namespace)).fetchone()
+            if row is None:
+                raise CheckpointNotFoundError(
+                    f"thread {thread_id!r} has no checkpoint in namespace {namespace!r} in "
+                    f"{self._path!r}", path=self._path)
+            seq, key = row
+            checkpoint_id = key if key is not None else _format_id(seq)
+        else:
+            seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
+                                       "checkpoint_id")
+        return seq, f"checkpoint {checkpoint_id!r} of thread {thread_id!r}"
+
+    def _read_once(self, fetch: Callable[[apsw.Connection], Any]) -> Any:
+        """``fetch(conn)`` in a read of its own (one statement: its own snapshot)."""
+        with _Read(self, "reading a file's chunk", snapshot=False) as read:
+            return fetch(read.conn)
+
     def put_writes(self, thread_id: str, checkpoint_id: str, task_id: str,
                    writes: Sequence[tuple[str, Any]], *, namespace: str = "",
                    task_path: str = "", indexes: Sequence[int] | None = None,
@@ -518,6 +691,7 @@ class Saver:
             conn.execute("DELETE FROM checkpoints WHERE thread_id = ?", (thread_id,))
             deleted = conn.changes()
             conn.execute("DELETE FROM log WHERE thread_id = ?", (thread_id,))
+            attachments.collect_deleted(conn)
         return deleted
 
     def prune(self, thread_id: str, *, keep_last: int) -> int:
@@ -535,7 +709,9 @@ class Saver:
                 "row_number() OVER (PARTITION BY namespace ORDER BY seq DESC) AS rank "
                 "FROM checkpoints WHERE thread_id = ?) WHERE rank > ?)",
                 (thread_id, min(keep_last, _INT64_MAX)))  # more than can exist: keep all
-            return conn.changes()
+            deleted = conn.changes()
+            attachments.collect_deleted(conn)
+            return deleted
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
         """Copy every checkpoint of the source thread (all namespaces) with its pending writes
@@ -586,6 +762,7 @@ class Saver:
                     (seq, task_id, index, channel, value, task_path,
                      integrity.write_checksum(seq, task_id, index, channel, task_path, value))
                     for _, task_id, index, channel, value, task_path, _ in writes])
+            attachments.copy(conn, copied, self._path)
         return len(old_seqs)
 
     def delete_matching(self, *filters: dict, thread_id: str | None = None) -> int:
@@ -642,6 +819,7 @@ class Saver:
                  for seq, thread, namespace, _, created, state, meta, _, key, _ in orphans])
             conn.executemany("DELETE FROM checkpoints WHERE seq = ?",
                              [(seq,) for seq in sorted(doomed)])
+            attachments.collect_deleted(conn)
             return len(doomed)
 
     # --- reads -----------------------------------------------------------------------------
@@ -1840,6 +2018,15 @@ class _UserTransaction(_Transaction):
 
     def _given(self, conn: apsw.Connection) -> Any:
         return self._saver
+
+
+class _FileTransaction(_Transaction):
+    """A transition that stores files (``put(files=...)``, ``attach_files``): like the
+    library's other operations, but signals are not deferred across its body, which may
+    write gigabytes: Ctrl-C interrupts it, and the transition is rolled back."""
+
+    __slots__ = ()
+    _hold_signals = False
 
 
 class _Read:

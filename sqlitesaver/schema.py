@@ -90,6 +90,43 @@ MIGRATIONS: tuple[Migration, ...] = (
         "CREATE UNIQUE INDEX checkpoints_by_key ON checkpoints (thread_id, namespace, key) "
         "WHERE key IS NOT NULL",
     )),
+    # Files that belong to a checkpoint (issue #18; sqlitesaver.attachments). Three new tables
+    # and nothing on the existing ones, so a put without files writes exactly the pages it
+    # wrote in version 2 (inserting a checkpoint never looks at the tables that refer to it;
+    # deleting one looks up `files` by its primary key, as it does `writes`).
+    # - file_contents: one row per distinct content (SHA-256 digest), however many
+    #   checkpoints hold it: identical bytes are stored once.
+    # - file_chunks: the bytes, CHUNK_SIZE (1 MiB) per row, each with its own CRC-32, so no
+    #   value comes near SQLite's 1 GB limit and a read holds one chunk in memory. A rowid
+    #   table: its rows are large, which WITHOUT ROWID handles badly (sqlite.org/withoutrowid).
+    # - files: a checkpoint's manifest, one row per relative path. Its digest refers to
+    #   file_contents without ON DELETE: SQLite refuses to delete content a manifest still
+    #   names. files_by_digest makes that check, and the sweep of unreferenced content, one
+    #   index lookup per content.
+    Migration(3, (
+        """CREATE TABLE file_contents (
+            digest   BLOB    PRIMARY KEY,  -- SHA-256 of the content, 32 bytes
+            size     INTEGER NOT NULL,
+            chunks   INTEGER NOT NULL,
+            checksum INTEGER NOT NULL      -- sqlitesaver.attachments.content_checksum
+        ) WITHOUT ROWID""",
+        """CREATE TABLE file_chunks (
+            digest   BLOB    NOT NULL REFERENCES file_contents (digest) ON DELETE CASCADE,
+            idx      INTEGER NOT NULL,
+            data     BLOB    NOT NULL,
+            checksum INTEGER NOT NULL,     -- sqlitesaver.attachments.chunk_checksum
+            PRIMARY KEY (digest, idx)
+        )""",
+        """CREATE TABLE files (
+            checkpoint_seq INTEGER NOT NULL REFERENCES checkpoints (seq) ON DELETE CASCADE,
+            name           TEXT    NOT NULL,  -- a relative POSIX path, '/'-separated
+            digest         BLOB    NOT NULL REFERENCES file_contents (digest),
+            mode           INTEGER NOT NULL,  -- permission bits
+            checksum       INTEGER NOT NULL,  -- sqlitesaver.attachments.entry_checksum
+            PRIMARY KEY (checkpoint_seq, name)
+        ) WITHOUT ROWID""",
+        "CREATE INDEX files_by_digest ON files (digest)",
+    )),
 )
 
 

@@ -34,7 +34,7 @@ SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))
                       "validate_sqlite_integrity.sh")
 EMPTY = hashlib.sha256(b"").hexdigest()
 CHECKS = ["file", "sqlitesaver", "integrity_check", "foreign_key_check", "journal_mode", "schema",
-          "checksums", "writes_point_at_checkpoints", "ids_monotonic",
+          "checksums", "files", "writes_point_at_checkpoints", "ids_monotonic",
           "parents_exist_unless_pruned"]
 INVARIANTS = CHECKS[-3:]
 

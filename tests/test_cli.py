@@ -63,7 +63,7 @@ def test_inspect(tmp_path):
     done = cli("inspect", path, "--json")
     assert done.returncode == 0, done.stderr
     data = json.loads(done.stdout)
-    assert data["schema_version"] == 2 and data["database"]["journal_mode"] == "wal"
+    assert data["schema_version"] == 3 and data["database"]["journal_mode"] == "wal"
     assert data["totals"] == {"checkpoints": 4, "pending_writes": 2, "log_events": 1,
                               "payload_bytes": data["totals"]["payload_bytes"], "threads": 2}
     t, u = data["threads"]
@@ -75,7 +75,7 @@ def test_inspect(tmp_path):
     done = cli("inspect", path)
     assert done.returncode == 0
     lines = done.stdout.splitlines()
-    assert lines[0] == path and lines[3].startswith("  schema        version 2")
+    assert lines[0] == path and lines[3].startswith("  schema        version 3")
     assert any(line.split()[:4] == ["t", "2", "3", "2"] for line in lines), done.stdout
 
 

@@ -328,14 +328,14 @@ def test_a_version_1_database_validates_and_migrates(db_path, monkeypatch):
     assert report.ok and report.schema_version == 1, check.format_report(report)
     with Saver(db_path) as saver:
         assert saver.recovery.schema_version_found == 1
-        assert saver.recovery.migrations_applied == (2,)
+        assert saver.recovery.migrations_applied == (2, 3)
         assert [c.state for c in saver.list("t")] == [{"n": 2}, {"n": 1}]  # checksums hold
         assert saver.get("t").parent_id == "0000000000000001"
         assert [w.value for w in saver.get("t", "0000000000000001").pending_writes] == ["w"]
         saver.put("t", {"n": 3}, checkpoint_id="uuid", parent_id="0000000000000002")
         assert saver.get("t", "uuid").parent_id == "0000000000000002"
     report = check.check_database(db_path)
-    assert report.ok and report.schema_version == 2, check.format_report(report)
+    assert report.ok and report.schema_version == 3, check.format_report(report)
 
 
 def test_the_checksum_covers_caller_ids(db_path, open_saver):

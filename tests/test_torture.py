@@ -390,3 +390,33 @@ def test_the_workload_is_reproducible_from_its_seed():
         return txs
     assert first("1/0/1") == first("1/0/1")
     assert first("1/0/1") != first("2/0/1")
+
+
+# --- files (issue #18) ----------------------------------------------------------------------------
+
+def test_file_transitions_pass_and_every_kill_restores_a_workspace(tmp_path):
+    db = str(tmp_path / "files.db")
+    status, output, report = torture("--iterations", "6", "--max-interval", "0.4",
+                                     "--seed", "1801", "--db", db,
+                                     "--writer", f"{WRITERS}:FilesOnly", cwd=str(tmp_path))
+    assert status == 0, output
+    summary = report["summary"]
+    assert summary["lost"] == summary["partial"] == summary["corrupt"] == 0, output
+    assert summary["restores_checked"] >= 2, output
+    with Saver(db) as saver:
+        assert saver.stats()["file_contents"] > 0
+        big = [f for name in saver.threads() for ck in saver.list(name)
+               for f in saver.list_files(name, ck.checkpoint_id, namespace=ck.namespace)
+               if f.size > (1 << 20)]
+    assert big, "no file above the chunk size was stored"
+    from sqlitesaver import check
+    assert check.check_database(db).ok
+
+
+def test_files_committed_outside_the_checkpoints_transaction_are_reported_as_partial(tmp_path):
+    status, output, report = torture("--iterations", "200", "--max-interval", "0.2",
+                                     "--seed", "1802", "--writer",
+                                     f"{WRITERS}:FilesOutsideTransaction", cwd=str(tmp_path))
+    assert status == 1, output
+    assert report["summary"]["partial"] >= 1 and report["summary"]["lost"] == 0, output
+    assert "PARTIAL" in output and "FAIL (seed 1802)" in output

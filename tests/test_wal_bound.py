@@ -83,7 +83,8 @@ def test_stats_report_the_wal_and_database_sizes_and_the_counters(db_path):
         stats = saver.stats()
         assert set(stats) == {"commits", "transitions", "lock_waits", "wal_checkpoints",
                               "wal_checkpoints_busy", "wal_bytes", "db_bytes",
-                              "readers_open", "readers_idle", "reader_waits"}
+                              "readers_open", "readers_idle", "reader_waits", "file_contents",
+                              "file_bytes"}
         assert stats["wal_bytes"] == os.path.getsize(db_path + "-wal")
         assert stats["db_bytes"] == os.path.getsize(db_path)
         assert stats["commits"] == stats["transitions"] == 0

@@ -207,3 +207,30 @@ class FailedMemberLeaks(Writer):
 
         writequeue._rollback_item = keep_a_failed_item
         return super().open(path, durability)
+
+
+# --- files outside the checkpoint's transaction, for issue #18 -------------------------------
+
+class FilesOutsideTransaction(Writer):
+    """Stores a checkpoint, commits it, and only then attaches its files in a transaction of
+    their own (as an application that writes "step 7 done" and then the file step 7 made
+    would): a kill between the two commits leaves a checkpoint without its files. The harness
+    must report the transition as partial."""
+
+    mix = {"files": 3, "workspace": 2, "put": 1}
+
+    @staticmethod
+    def run_put_files(saver: Saver, op: dict[str, Any], value: Any,
+                      result: dict[str, Any]) -> None:
+        state, files = value
+        ref = saver.put(op["thread"], state, metadata=op["meta"], parent_id=op["parent_id"],
+                        namespace=op["ns"])
+        saver.attach_files(op["thread"], ref.checkpoint_id, files, namespace=op["ns"])
+        result["ck"][op["tag"]] = ref.checkpoint_id
+
+
+class FilesOnly(Writer):
+    """Not broken: the library's writer with a mix of file transitions (and prunes and
+    deletions, which collect their content), so that a short run stores many files."""
+
+    mix = {"files": 5, "workspace": 5, "put": 2, "prune": 2, "delete": 1}

@@ -44,7 +44,7 @@ import msgpack
 
 from .. import Saver, faults
 from ..errors import SaverError
-from .oracle import Model, Observation, Verdict, apply, compare, observe
+from .oracle import Model, Observation, Verdict, apply, compare, file_digest, observe
 from .protocol import FrameReader
 from .workload import thread_prefix
 
@@ -101,6 +101,8 @@ class _Lane:
     ids: dict[str, str] = field(default_factory=dict)             # tag -> acked id
     max_id: dict[str, str] = field(default_factory=dict)          # thread -> highest id seen
     last_log_seq: int = -1
+    # The newest acknowledged checkpoint with files: (thread, namespace, tag, {name: digest}).
+    last_files: tuple[str, str, str, dict[str, str]] | None = None
 
 
 @dataclass
@@ -153,6 +155,7 @@ class _Run:
         self.id_problems: list[str] = []
         self.commits = 0              # the writers' COMMITs, as of their last acknowledgement
         self.committed = 0            # and the transitions those COMMITs carried
+        self.restores_checked = 0     # checkpoints with files restored into a directory
         self.env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.env["PYTHONPATH"] = root + os.pathsep + self.env.get("PYTHONPATH", "")
@@ -249,6 +252,8 @@ class _Run:
         if isinstance(message.get("st"), list):
             w.stats = message["st"]
         for op in ops:
+            if op["op"] == "put" and op.get("files") and kind != "abort":
+                lane.last_files = (op["thread"], op["ns"], op["tag"], op["files"])
             ck_id = message["ck"].get(op.get("tag")) if op["op"] == "put" else None
             if ck_id is None:
                 continue
@@ -323,6 +328,8 @@ class _Run:
                        integrity_check="full") as saver:
                 recovery = saver.recovery.seconds
                 seen = [observe(saver, lane.prefix) for lane in w.lanes]
+                restored = [self.check_restore(saver, lane, found)
+                            for lane, found in zip(w.lanes, seen)]
         except SaverError as exc:
             self.stopped = True
             return _LanesVerdict(
@@ -336,11 +343,45 @@ class _Run:
         else:
             inflight = "partial" if any(v.partial for v in verdicts) else "none"
         combined = _LanesVerdict(inflight, lanes=[v.inflight for v in verdicts])
+        for problems in restored:
+            combined.problems += problems
         for v in verdicts:
             combined.lost |= v.lost
             combined.leaked |= v.leaked
             combined.problems += v.problems
         return combined, recovery
+
+    def check_restore(self, saver: Saver, lane: _Lane, seen: Observation) -> list[str]:
+        """Restore the lane's newest acknowledged checkpoint with files (if it is still there:
+        not pruned or deleted) into a directory kept per lane, so each restore also replaces
+        the previous one's files, and require exactly the files that checkpoint was put
+        with, by digest of the bytes on disk."""
+        if lane.last_files is None:
+            return []
+        thread, namespace, tag, files = lane.last_files
+        ck_id = seen.ids.get(tag)
+        if ck_id is None:
+            return []  # pruned or deleted since (the verdict says whether rightly)
+        directory = os.path.join(self.o.db + ".restored", lane.prefix.rstrip("-"))
+        os.makedirs(os.path.dirname(directory), exist_ok=True)
+        try:
+            saver.restore_workspace(thread, directory, checkpoint_id=ck_id, namespace=namespace)
+        except SaverError as exc:
+            return [f"restoring checkpoint {tag} ({ck_id}) failed: {type(exc).__name__}: {exc}"]
+        self.restores_checked += 1
+        found = {}
+        for current, _, names in os.walk(directory):
+            for name in names:
+                full = os.path.join(current, name)
+                with open(full, "rb") as f:
+                    found[os.path.relpath(full, directory).replace(os.sep, "/")] = \
+                        file_digest(f.read())
+        if found == files:
+            return []
+        wrong = sorted(set(found) ^ set(files)) + sorted(
+            n for n in set(found) & set(files) if found[n] != files[n])
+        return [f"restoring checkpoint {tag} ({ck_id}) of thread {thread!r} gave other files "
+                f"than it was put with: {wrong[:5]}"]
 
     def verify_lane(self, lane: _Lane, seen: Observation) -> Verdict:
         """One lane: its acknowledged transitions, and its one in flight, against what the
@@ -571,6 +612,7 @@ class _Run:
             "committed_transitions": self.committed,
             "transitions_per_commit": (round(self.committed / self.commits, 2)
                                        if self.commits else None),
+            "restores_checked": self.restores_checked,
             "kills_by_phase": dict(sorted(phases.items())),
             "kills_in_wal_checkpoint": in_checkpoint if len(self.workers) == 1 else None,
             "inflight_at_kill": dict(sorted(inflight.items())),
@@ -586,6 +628,8 @@ class _Run:
             ("in-flight at kill" + ("" if self.o.threads == 1 else " (per lane)"),
              ", ".join(f"{k} {v}" for k, v in s["inflight_at_kill"].items())),
             ("transitions acknowledged", s["transitions_acknowledged"]),
+            ("workspace restores checked", f"{s['restores_checked']} (the newest acknowledged "
+                                           "checkpoint with files, after a kill)"),
             ("lost", s["lost"]),
             ("partial", s["partial"]),
             ("leaked (raised, yet visible)", s["leaked"]),

@@ -53,6 +53,9 @@ STEP_TRANSITIONS = 6
 #: Random-byte states stay small here (still overflow pages): a 1 MiB blob is hundreds of
 #: writes, and the loop runs the whole step once per write.
 BLOB_BYTES = (1024, 12 * 1024)
+#: Attached files stay small here for the same reason, none above the 1 MiB chunk size (the
+#: SIGKILL and power-loss modes store those).
+FILE_BYTES = (16, 4096)
 #: A loop that has not run out of operations by then is cut short and reported incomplete.
 MAX_K = 5000
 
@@ -140,7 +143,8 @@ class IOFaultRun:
         """The seeded starting point of every step, closed cleanly (no -wal)."""
         rng = random.Random(f"{self.seed}:template")
         with self.writer.open(self.db, self.durability) as saver:
-            gen = Generator(rng, 0, 0, {}, mix=self.writer.mix, blob_bytes=BLOB_BYTES)
+            gen = Generator(rng, 0, 0, {}, mix=self.writer.mix, blob_bytes=BLOB_BYTES,
+                            file_bytes=FILE_BYTES, big_file_share=0.0)
             for _ in range(TEMPLATE_TRANSITIONS):
                 tx = gen.next()
                 gen.commit(tx, self.writer.run(saver, tx))
@@ -201,7 +205,8 @@ class IOFaultRun:
             saver = self.writer.open(self.db, self.durability)
             step.during = "read back"
             gen = Generator(rng, 0, 1, load_known(saver, self.prefix),
-                            mix=self.writer.mix, blob_bytes=BLOB_BYTES)
+                            mix=self.writer.mix, blob_bytes=BLOB_BYTES,
+                            file_bytes=FILE_BYTES, big_file_share=0.0)
             for _ in range(STEP_TRANSITIONS):
                 inflight = gen.next()
                 step.during = inflight.kind

@@ -34,11 +34,18 @@ __all__ = ["digest", "Model", "Verdict", "apply", "observe", "compare"]
 
 Item = tuple  # ("ck", tid, thread, ns, tag, digest, meta) | ("w", tid, thread, ck_tag, task,
 #               idx, channel, digest) | ("log", tid, thread, digest)
+#               | ("f", tid, thread, ck_tag, name, file_digest): a file of a checkpoint
 
 
 def digest(value: Any) -> str:
     """A content digest of a JSON-like value (or bytes), independent of the library's codec."""
     return hashlib.blake2b(msgpack.packb(value, use_bin_type=True), digest_size=12).hexdigest()
+
+
+def file_digest(data: bytes) -> str:
+    """A file's digest as the torture records it (SHA-256, shortened): computed by the writer
+    from the bytes it stores and by the harness from the bytes it reads back."""
+    return hashlib.sha256(data).hexdigest()[:24]
 
 
 def _meta_text(meta: Any) -> str:
@@ -53,6 +60,7 @@ class _Thread:
     cks: list[Item] = field(default_factory=list)               # in commit (seq) order
     writes: dict[str, dict[tuple[str, int], Item]] = field(default_factory=dict)  # by ck tag
     log: list[Item] = field(default_factory=list)               # in append order
+    files: dict[str, dict[str, Item]] = field(default_factory=dict)  # by ck tag, then name
 
 
 @dataclass
@@ -71,6 +79,8 @@ class Model:
             found.update(t.log)
             for by_key in t.writes.values():
                 found.update(by_key.values())
+            for by_name in t.files.values():
+                found.update(by_name.values())
         return found
 
     def order(self) -> dict[tuple, tuple]:
@@ -103,6 +113,9 @@ def apply(model: Model, tid: str, ops: Iterable[dict], deleted_by: dict[Item, st
             t = model.threads.setdefault(name, _Thread())
             t.cks.append(("ck", tid, name, op["ns"], op["tag"], op["digest"],
                           _meta_text(op["meta"])))
+            if op.get("files"):
+                t.files[op["tag"]] = {fname: ("f", tid, name, op["tag"], fname, fdigest)
+                                      for fname, fdigest in op["files"].items()}
         elif kind == "writes":
             t = model.threads.get(name)
             if t is None or not any(ck[4] == op["ck"] for ck in t.cks):
@@ -144,6 +157,8 @@ def _drop_ck(t: _Thread, ck: Item, tid: str, deleted_by: dict[Item, str]) -> Non
     deleted_by[ck] = tid
     for item in t.writes.pop(ck[4], {}).values():
         deleted_by[item] = tid
+    for item in t.files.pop(ck[4], {}).values():
+        deleted_by[item] = tid
 
 
 def _forget_if_empty(model: Model, name: str) -> None:
@@ -164,12 +179,16 @@ class Observation:
 
 
 def observe(saver: Any, prefix: str) -> Observation:
-    """Read every checkpoint, pending write and log event of the threads named ``prefix*``.
+    """Read every checkpoint, pending write, file and log event of the threads named
+    ``prefix*``.
 
     Reading goes through :class:`~sqlitesaver.Saver`, so every payload checksum is verified;
     a :class:`~sqlitesaver.errors.SaverError` while reading becomes a problem, not a crash.
+    A file's digest is computed here from the bytes read back (each distinct content read
+    once per observation), never taken from the database.
     """
     model, ids, parents, problems = Model(), {}, {}, []
+    contents: dict[str, str] = {}  # stored digest -> digest of the bytes read back
     max_log_seq = -1
     try:
         names = [name for name in saver.threads() if name.startswith(prefix)]
@@ -186,6 +205,13 @@ def observe(saver: Any, prefix: str) -> Observation:
                               _meta_text(ck.metadata)))
                 ids[tag] = ck.checkpoint_id
                 parents[tag] = ck.parent_id
+                for stored in saver.list_files(name, ck.checkpoint_id, namespace=ck.namespace):
+                    if stored.digest not in contents:
+                        contents[stored.digest] = file_digest(saver.read_file(
+                            name, stored.name, checkpoint_id=ck.checkpoint_id,
+                            namespace=ck.namespace))
+                    t.files.setdefault(tag, {})[stored.name] = (
+                        "f", meta.get("tx"), name, tag, stored.name, contents[stored.digest])
                 for w in ck.pending_writes:
                     owner = w.value.get("tx") if isinstance(w.value, dict) else None
                     t.writes.setdefault(tag, {})[(w.task_id, w.index)] = (
@@ -267,4 +293,6 @@ def _describe(item: Item) -> str:
     if kind == "w":
         return (f"pending write ({item[4]!r}, {item[5]}) of checkpoint {item[3]} "
                 f"(transition {item[1]})")
+    if kind == "f":
+        return f"file {item[4]!r} of checkpoint {item[3]} (transition {item[1]})"
     return f"log event of thread {item[2]!r} (transition {item[1]})"

@@ -19,12 +19,15 @@ transition into several commits, unsafe journal settings) that the harness must 
 from __future__ import annotations
 
 import math
+import os
 import random
+import shutil
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from .. import Saver
-from .oracle import digest
+from ..attachments import CHUNK_SIZE
+from .oracle import digest, file_digest
 
 __all__ = ["MIX", "Abort", "Transition", "Writer", "Generator", "lane_name", "thread_prefix",
            "load_known"]
@@ -33,10 +36,17 @@ __all__ = ["MIX", "Abort", "Transition", "Writer", "Generator", "lane_name", "th
 #: one transaction; "put_blob" stores random bytes of 1 KiB to 1.25 MiB (overflow pages);
 #: "abort" does what "multi" does and then raises inside the transaction, so all of it must be
 #: rolled back (under group commit: that member alone, while the batch commits the others).
+#: "files" is a checkpoint with 1 to 3 files attached in its own put (issue #18); "workspace" a
+#: checkpoint with a snapshot of the thread's small working directory, one or two of whose
+#: files changed since the last one. A share of both carries a file above the 1 MiB chunk size.
 MIX: dict[str, float] = {"put": 26, "put_blob": 10, "writes": 20, "log": 20, "multi": 14,
-                         "prune": 6, "delete": 4, "abort": 4}
+                         "prune": 6, "delete": 4, "abort": 4, "files": 6, "workspace": 4}
 THREADS_PER_WORKER = 4
 BLOB_BYTES = (1024, 1_310_720)
+#: Sizes of attached files (log-uniform), and the share of file transitions that also carry one
+#: file just above the chunk size (1 MiB + up to 64 KiB), so that files span two chunks.
+FILE_BYTES = (16, 65_536)
+BIG_FILE_SHARE = 0.2
 _CHANNELS = ("messages", "next", "route", "__error__")
 _ALPHABET = "abcdefghijklmnopqrstuvwxyz ABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,;é漢字😀\n"
 
@@ -89,9 +99,14 @@ class Generator:
 
     def __init__(self, rng: random.Random, worker: int, incarnation: int, known: Known,
                  mix: dict[str, float] | None = None,
-                 blob_bytes: tuple[int, int] = BLOB_BYTES, lane: int | None = None) -> None:
+                 blob_bytes: tuple[int, int] = BLOB_BYTES, lane: int | None = None,
+                 file_bytes: tuple[int, int] = FILE_BYTES,
+                 big_file_share: float = BIG_FILE_SHARE) -> None:
         self.rng = rng
         self.blob_bytes = blob_bytes
+        self.file_bytes = file_bytes
+        self.big_file_share = big_file_share
+        self._workspaces: dict[str, dict[str, bytes]] = {}  # thread -> its directory's files
         self.worker = worker
         self.lane = lane_name(worker, lane)
         self.incarnation = incarnation
@@ -121,7 +136,15 @@ class Generator:
             kind = "log"
         ops: list[dict[str, Any]] = []
         values: list[Any] = []
-        if kind in ("put", "put_blob", "multi", "abort"):
+        if kind in ("files", "workspace"):
+            name = rng.choice(self._threads)
+            self._put(tid, ops, values, name, "", blob=False)
+            files = self._files(name, workspace=kind == "workspace")
+            ops[0]["files"] = {n: file_digest(data) for n, data in files.items()}
+            if kind == "workspace":
+                ops[0]["workspace"] = True
+            values[0] = (values[0], files)
+        elif kind in ("put", "put_blob", "multi", "abort"):
             name, ns = rng.choice(self._threads), "" if rng.random() < 0.8 else "sub"
             self._put(tid, ops, values, name, ns, blob=kind == "put_blob")
             if kind in ("multi", "abort"):
@@ -182,6 +205,32 @@ class Generator:
         ops.append({"op": "put", "thread": name, "ns": ns, "tag": tag, "parent": parent_tag,
                     "parent_id": parent_id, "meta": meta, "digest": digest(state)})
         values.append(state)
+
+    def _file(self) -> bytes:
+        low, high = self.file_bytes
+        return self.rng.randbytes(int(2 ** self.rng.uniform(math.log2(low), math.log2(high))))
+
+    def _files(self, name: str, *, workspace: bool) -> dict[str, bytes]:
+        """Files for a checkpoint of thread ``name``: 1 to 3 new ones, or the thread's
+        workspace with one or two files changed, added or removed."""
+        rng = self.rng
+        big = rng.random() < self.big_file_share
+        if not workspace:
+            files = {f"out/{i}.txt": self._file() for i in range(rng.randint(1, 3))}
+        else:
+            files = dict(self._workspaces.get(name) or
+                         {"README.md": self._file(), "src/main.py": self._file(),
+                          "src/lib/util.py": self._file()})
+            for _ in range(rng.randint(1, 2)):
+                change = rng.choice(sorted(files) + ["src/new.py", "docs/a.md"])
+                if change in files and len(files) > 2 and rng.random() < 0.25:
+                    del files[change]
+                else:
+                    files[change] = self._file()
+            self._workspaces[name] = files
+        if big:
+            files["data/big.bin"] = rng.randbytes(CHUNK_SIZE + rng.randint(1, 65_536))
+        return files
 
     def _writes(self, tid: str, ops: list, values: list, name: str, ns: str, tag: str,
                 ck_id: str | None) -> None:
@@ -272,10 +321,12 @@ class Writer:
                 return {"ck": {}, "log": [], "aborted": True}
         return result
 
-    @staticmethod
-    def run_op(saver: Saver, op: dict[str, Any], value: Any, result: dict[str, Any]) -> None:
+    def run_op(self, saver: Saver, op: dict[str, Any], value: Any,
+               result: dict[str, Any]) -> None:
         kind = op["op"]
-        if kind == "put":
+        if kind == "put" and "files" in op:
+            self.run_put_files(saver, op, value, result)
+        elif kind == "put":
             ref = saver.put(op["thread"], value, metadata=op["meta"],
                             parent_id=op["parent_id"], namespace=op["ns"])
             result["ck"][op["tag"]] = ref.checkpoint_id
@@ -292,3 +343,36 @@ class Writer:
             raise Abort("an abort transition rolls back on purpose")
         else:
             raise ValueError(f"unknown operation {kind!r}")
+
+    @staticmethod
+    def run_put_files(saver: Saver, op: dict[str, Any], value: Any,
+                      result: dict[str, Any]) -> None:
+        """A checkpoint with its files, in one put: given as bytes, or (``workspace``) as the
+        thread's working directory, written first, then snapshotted."""
+        state, files = value
+        if op.get("workspace"):
+            directory = workspace_dir(saver.path, op["thread"])
+            write_tree(directory, files)
+            ref = saver.put(op["thread"], state, metadata=op["meta"],
+                            parent_id=op["parent_id"], namespace=op["ns"], workspace=directory)
+        else:
+            ref = saver.put(op["thread"], state, metadata=op["meta"],
+                            parent_id=op["parent_id"], namespace=op["ns"], files=files)
+        result["ck"][op["tag"]] = ref.checkpoint_id
+
+
+def workspace_dir(db: str, thread: str) -> str:
+    """The working directory a writer snapshots for ``thread``: beside the database."""
+    return os.path.join(db + ".workspaces", thread)
+
+
+def write_tree(directory: str, files: dict[str, bytes]) -> None:
+    """Make ``directory`` hold exactly ``files`` (the writer's side; not crash-safe, and it
+    need not be: a kill here is before the put, and the next put rewrites it)."""
+    if os.path.isdir(directory):
+        shutil.rmtree(directory)
+    for name, data in files.items():
+        full = os.path.join(directory, *name.split("/"))
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "wb") as f:
+            f.write(data)

@@ -1,0 +1,487 @@
+"""Files stored with a checkpoint (issue #18): in its transaction, content-addressed, chunked,
+checksummed on every read, collected when no checkpoint names them any more.
+
+Bad input is checked as tests/test_bad_input.py does: the database and its -wal hashed while no
+connection is open, before and after the refused call, must be identical.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+import threading
+import tracemalloc
+
+import apsw
+import pytest
+
+from conftest import family_digest
+from sqlitesaver import (CheckpointNotFoundError, ChecksumError, CorruptDatabaseError,
+                         FileChangedError, FileNotInCheckpointError, InvalidArgumentError,
+                         Saver, UnsafePathError, attachments)
+from sqlitesaver.attachments import CHUNK_SIZE
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def raw(path: str, sql: str, params: tuple = ()) -> list:
+    """A statement on a closed database, through APSW (never the stdlib sqlite3)."""
+    conn = apsw.Connection(path)
+    try:
+        return conn.execute(sql, params).fetchall()
+    finally:
+        conn.close()
+
+
+def counts(path: str) -> tuple[int, int, int]:
+    return tuple(raw(path, f"SELECT count(*) FROM {table}")[0][0]
+                 for table in ("files", "file_contents", "file_chunks"))
+
+
+# --- storing and reading ------------------------------------------------------------------------
+
+def test_files_are_stored_with_the_checkpoint_and_read_back_by_name(db_path, tmp_path):
+    rng = random.Random(1801)
+    big = rng.randbytes(2 * CHUNK_SIZE + 12345)
+    on_disk = tmp_path / "notes.txt"
+    on_disk.write_bytes(b"from a path\n")
+    os.chmod(on_disk, 0o600)
+    with Saver(db_path) as saver:
+        ref = saver.put("t", {"step": 7}, files={"out/report.md": b"# step 7\n",
+                                                 "data/big.bin": big, "notes.txt": on_disk})
+        listed = saver.list_files("t")
+        assert [(f.name, f.size, f.mode) for f in listed] == [
+            ("data/big.bin", len(big), 0o644), ("notes.txt", 12, 0o600),
+            ("out/report.md", 9, 0o644)]
+        assert {f.name: f.digest for f in listed}["data/big.bin"] == sha(big)
+        assert saver.read_file("t", "out/report.md") == b"# step 7\n"
+        assert saver.read_file("t", "notes.txt", checkpoint_id=ref.checkpoint_id) == \
+            b"from a path\n"
+        with saver.open_file("t", "data/big.bin") as stream:
+            assert stream.size == len(big) and stream.digest == sha(big)
+            pieces = []
+            while True:
+                piece = stream.read(700_001)  # across chunk boundaries
+                if not piece:
+                    break
+                pieces.append(piece)
+        assert b"".join(pieces) == big
+        # A later checkpoint without files has none; the earlier one keeps its own.
+        saver.put("t", {"step": 8}, parent_id=ref.checkpoint_id)
+        assert saver.list_files("t") == []
+        assert len(saver.list_files("t", ref.checkpoint_id)) == 3
+        stats = saver.stats()
+        assert stats["file_contents"] == 3
+        assert stats["file_bytes"] == len(big) + 12 + 9
+
+
+def test_identical_content_is_stored_once(db_path):
+    content = random.Random(1802).randbytes(CHUNK_SIZE + 1)
+    with Saver(db_path) as saver:
+        a = saver.put("t", 1, files={"a.bin": content, "copy/a.bin": content})
+        saver.put("u", 2, files={"elsewhere.bin": content})
+        saver.attach_files("t", a.checkpoint_id, {"again.bin": bytearray(content)})
+        assert saver.stats()["file_contents"] == 1
+        assert saver.stats()["file_bytes"] == len(content)
+    assert counts(db_path) == (4, 1, 2)
+
+
+def test_empty_files_and_exact_chunk_multiples(db_path):
+    with Saver(db_path) as saver:
+        exact = bytes(range(256)) * (CHUNK_SIZE // 256)
+        saver.put("t", 1, files={"empty": b"", "exact": exact})
+        assert saver.read_file("t", "empty") == b""
+        assert saver.read_file("t", "exact") == exact
+    assert counts(db_path) == (2, 2, 2)
+
+
+def test_a_file_larger_than_sqlites_value_limit_is_stored_in_chunks(db_path):
+    # SQLite refuses any value over SQLITE_LIMIT_LENGTH (1 GB by default): lowered here to
+    # 1.5 chunks, a 5-chunk file still goes in, and a single value that large is refused.
+    content = random.Random(1803).randbytes(5 * CHUNK_SIZE)
+    with Saver(db_path) as saver:
+        saver._writer.limit(apsw.SQLITE_LIMIT_LENGTH, CHUNK_SIZE * 3 // 2)
+        saver.put("t", 1, files={"big": content})
+        with pytest.raises(Exception, match="limit"):
+            saver.put("t", content)
+        assert saver.read_file("t", "big") == content
+
+
+def test_storing_and_reading_a_large_file_holds_one_chunk_in_memory(db_path, tmp_path):
+    source = tmp_path / "large.bin"
+    size = 48 * CHUNK_SIZE
+    block = random.Random(1804).randbytes(CHUNK_SIZE)
+    with open(source, "wb") as f:
+        for i in range(48):
+            f.write(block[i:] + block[:i])
+    with Saver(db_path) as saver:
+        tracemalloc.start()
+        try:
+            saver.put("t", 1, files={"large.bin": source})
+            _, stored_peak = tracemalloc.get_traced_memory()
+            tracemalloc.reset_peak()
+            hasher, total = hashlib.sha256(), 0
+            with saver.open_file("t", "large.bin") as stream:
+                while piece := stream.read(CHUNK_SIZE // 3):
+                    hasher.update(piece)
+                    total += len(piece)
+            _, read_peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+    assert total == size and hasher.hexdigest() == saver_digest(source)
+    # A few chunks at most (the chunk, its copy for the statement, the read buffer).
+    assert stored_peak < 6 * CHUNK_SIZE, stored_peak
+    assert read_peak < 6 * CHUNK_SIZE, read_peak
+
+
+def saver_digest(path) -> str:
+    hasher = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            hasher.update(block)
+    return hasher.hexdigest()
+
+
+def test_files_with_a_caller_supplied_id_and_a_replacing_put(db_path):
+    with Saver(db_path) as saver:
+        saver.put("t", 1, checkpoint_id="step-7", files={"a": b"one", "b": b"two"})
+        assert saver.read_file("t", "a", checkpoint_id="step-7") == b"one"
+        # Putting the same id again without files keeps them, like its pending writes.
+        saver.put("t", 2, checkpoint_id="step-7")
+        assert [f.name for f in saver.list_files("t", "step-7")] == ["a", "b"]
+        # With files: exactly these, and content nothing names any more is collected.
+        saver.put("t", 3, checkpoint_id="step-7", files={"c": b"three"})
+        assert [f.name for f in saver.list_files("t", "step-7")] == ["c"]
+        assert saver.stats()["file_contents"] == 1
+
+
+# --- one transaction ----------------------------------------------------------------------------
+
+def test_a_transaction_stores_the_checkpoint_and_its_files_or_nothing(db_path):
+    with Saver(db_path) as saver:
+        with pytest.raises(RuntimeError):
+            with saver.transaction():
+                ref = saver.put("t", {"step": 7})
+                saver.attach_files("t", ref.checkpoint_id, {"out.txt": b"x" * (CHUNK_SIZE + 1)})
+                # Reads inside the block see its files.
+                assert saver.read_file("t", "out.txt") == b"x" * (CHUNK_SIZE + 1)
+                raise RuntimeError("the node failed")
+        assert saver.get("t") is None and saver.stats()["file_contents"] == 0
+        with saver.transaction():
+            ref = saver.put("t", {"step": 7})
+            saver.attach_files("t", ref.checkpoint_id, {"out.txt": b"step 7"})
+        assert saver.read_file("t", "out.txt") == b"step 7"
+    assert counts(db_path) == (1, 1, 1)
+
+
+def test_an_exception_while_the_chunks_are_written_leaves_nothing(db_path, monkeypatch):
+    content = random.Random(1805).randbytes(3 * CHUNK_SIZE)
+    real = attachments.chunk_checksum
+    for fail_at in (1, 2, 3):
+        calls = []
+
+        def failing(digest, index, data):
+            calls.append(index)
+            if len(calls) == fail_at:
+                raise KeyboardInterrupt(f"at chunk {index}")
+            return real(digest, index, data)
+
+        monkeypatch.setattr(attachments, "chunk_checksum", failing)
+        with Saver(db_path) as saver:
+            with pytest.raises(KeyboardInterrupt):
+                saver.put("t", 1, files={"big": content})
+            monkeypatch.setattr(attachments, "chunk_checksum", real)
+            assert saver.get("t") is None
+            assert saver.stats()["file_contents"] == 0
+            saver.put("u", 2)  # the Saver is still usable
+            saver.delete_thread("u")
+        assert counts(db_path) == (0, 0, 0), fail_at
+
+
+def test_a_file_that_changes_while_it_is_stored_is_refused(db_path, tmp_path, monkeypatch):
+    source = tmp_path / "moving.txt"
+    source.write_bytes(b"before" * 1000)
+    real = attachments.source_from_path
+
+    def hashed_then_changed(*args, **kwargs):
+        prepared = real(*args, **kwargs)
+        source.write_bytes(b"after!" * 1000)  # same size, other bytes
+        return prepared
+
+    Saver(db_path).close()
+    before = family_digest(db_path)
+    monkeypatch.setattr(attachments, "source_from_path", hashed_then_changed)
+    with Saver(db_path) as saver:
+        with pytest.raises(FileChangedError) as info:
+            saver.put("t", 1, files={"m.txt": str(source)})
+        assert str(source) in str(info.value) and "Nothing" in str(info.value)
+        assert saver.get("t") is None
+    assert family_digest(db_path) == before
+
+
+# --- bad input changes nothing --------------------------------------------------------------------
+
+UNSAFE = ["/etc/passwd", "../up", "a/../b", "./a", "a/./b", "a//b", "a/", "", "nul\0",
+          "bad\udcff", "x" * 256, "a/" * 2100 + "b"]
+
+
+@pytest.mark.parametrize("name", UNSAFE, ids=range(len(UNSAFE)))
+def test_unsafe_names_are_refused_and_nothing_is_written(db_path, name):
+    Saver(db_path).close()
+    before = family_digest(db_path)
+    with Saver(db_path) as saver:
+        with pytest.raises(UnsafePathError) as info:
+            saver.put("t", 1, files={name: b"x"})
+        assert info.value.name == name and "nothing was written" in str(info.value)
+        with pytest.raises(UnsafePathError):
+            saver.attach_files("t", "0000000000000001", {name: b"x"})
+    assert family_digest(db_path) == before
+
+
+def test_other_bad_files_arguments_are_refused_and_nothing_is_written(db_path, tmp_path):
+    fifo = str(tmp_path / "fifo")
+    os.mkfifo(fifo)
+    Saver(db_path).close()
+    before = family_digest(db_path)
+    with Saver(db_path) as saver:
+        for files, error, phrase in [
+                ({"a": "hello"}, InvalidArgumentError, "does not exist"),
+                ({"a": 3}, InvalidArgumentError, "must be bytes"),
+                ({3: b"x"}, InvalidArgumentError, "must be a str"),
+                (["a"], InvalidArgumentError, "mapping"),
+                ({"a": fifo}, UnsafePathError, "FIFO"),
+                ({"a": str(tmp_path)}, UnsafePathError, "directory"),
+                ({"a": b"1", "a/b": b"2"}, UnsafePathError, "file and a directory")]:
+            with pytest.raises(error, match=phrase):
+                saver.put("t", 1, files=files)
+        with pytest.raises(CheckpointNotFoundError):
+            saver.attach_files("t", "0000000000000001", {"a": b"x"})
+        with pytest.raises(CheckpointNotFoundError):
+            saver.list_files("t")
+        with pytest.raises(InvalidArgumentError):
+            saver.put("t", 1, workspace=str(tmp_path / "missing"))
+    assert family_digest(db_path) == before
+
+
+def test_a_name_that_is_not_there(db_path):
+    with Saver(db_path) as saver:
+        ref = saver.put("t", 1, files={"a": b"x"})
+        with pytest.raises(FileNotInCheckpointError, match="'b'"):
+            saver.read_file("t", "b")
+        with pytest.raises(CheckpointNotFoundError):
+            saver.read_file("t", "a", checkpoint_id="0000000000000999")
+        # attaching a to a checkpoint with a file 'a/b' conflict is refused
+        with pytest.raises(UnsafePathError):
+            saver.attach_files("t", ref.checkpoint_id, {"a/b": b"y"})
+        assert [f.name for f in saver.list_files("t")] == ["a"]
+
+
+# --- damage is never returned ---------------------------------------------------------------------
+
+def _one_file(db_path: str, content: bytes) -> None:
+    with Saver(db_path) as saver:
+        saver.put("t", 1, files={"f.bin": content})
+
+
+@pytest.mark.parametrize("damage, error", [
+    ("UPDATE file_chunks SET data = CAST(zeroblob(length(data)) AS BLOB) WHERE idx = 1",
+     ChecksumError),
+    ("UPDATE file_chunks SET idx = 7 WHERE idx = 1", CorruptDatabaseError),
+    ("DELETE FROM file_chunks WHERE idx = 2", CorruptDatabaseError),
+    ("UPDATE file_contents SET size = size - 1", ChecksumError),
+    ("UPDATE files SET mode = 511", ChecksumError),
+    ("UPDATE files SET name = 'g.bin'", ChecksumError),
+], ids=["chunk bytes", "chunk moved", "chunk missing", "size", "mode", "name"])
+def test_damage_raises_instead_of_returning_changed_bytes(db_path, damage, error):
+    content = random.Random(1806).randbytes(3 * CHUNK_SIZE - 5)
+    _one_file(db_path, content)
+    conn = apsw.Connection(db_path)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute(damage)
+    conn.close()
+    with Saver(db_path) as saver:
+        with pytest.raises(error) as info:
+            saver.read_file("t", "g.bin" if "name =" in damage else "f.bin")
+        assert db_path in str(info.value)
+
+
+# --- garbage ------------------------------------------------------------------------------------
+
+def test_content_is_collected_when_no_checkpoint_names_it(db_path):
+    rng = random.Random(1807)
+    shared, a, b = (rng.randbytes(CHUNK_SIZE + 7) for _ in range(3))
+    with Saver(db_path) as saver:
+        first = saver.put("t", 1, files={"shared": shared, "a": a})
+        saver.put("t", 2, files={"shared": shared, "b": b})
+        copy = saver.put("keep", 3, files={"shared": shared})
+        assert saver.stats()["file_contents"] == 3
+        saver.prune("t", keep_last=1)  # drops the checkpoint holding 'a'
+        assert saver.stats()["file_contents"] == 2
+        with pytest.raises(CheckpointNotFoundError):
+            saver.list_files("t", first.checkpoint_id)
+        saver.delete_thread("t")  # 'b' goes, 'shared' is still held by thread keep
+        assert saver.stats()["file_contents"] == 1
+        assert saver.read_file("keep", "shared") == shared
+        saver.attach_files("keep", copy.checkpoint_id, {"shared": b"replaced"})
+        assert saver.stats()["file_bytes"] == len(b"replaced")
+        saver.put("m", 4, metadata={"run": "x"}, files={"m": b"mine"})
+        assert saver.delete_matching({"run": "x"}) == 1
+        assert saver.stats()["file_contents"] == 1
+        assert saver.collect_garbage() == {"contents": 0, "bytes": 0}
+    assert counts(db_path) == (1, 1, 1)
+
+
+def test_copy_thread_copies_files_sharing_their_content(db_path):
+    with Saver(db_path) as saver:
+        saver.put("src", 1, files={"a": b"alpha"})
+        saver.copy_thread("src", "dst")
+        saver.delete_thread("src")
+        assert saver.read_file("dst", "a") == b"alpha"
+        assert saver.stats()["file_contents"] == 1
+
+
+def test_collect_garbage_finds_content_orphaned_outside_the_saver(db_path):
+    _one_file(db_path, b"orphan" * 100)
+    raw(db_path, "DELETE FROM files")
+    with Saver(db_path) as saver:
+        assert saver.collect_garbage() == {"contents": 1, "bytes": 600}
+        assert saver.stats()["file_contents"] == 0
+
+
+def test_a_stream_whose_checkpoint_is_deleted_meanwhile_raises(db_path):
+    content = random.Random(1808).randbytes(3 * CHUNK_SIZE)
+    with Saver(db_path) as saver:
+        saver.put("t", 1, files={"f": content})
+        with saver.open_file("t", "f") as stream:
+            first = stream.read(CHUNK_SIZE)
+            saver.delete_thread("t")
+            with pytest.raises(FileNotInCheckpointError, match="deleted while it was being"):
+                stream.read()
+        assert first == content[:CHUNK_SIZE]
+
+
+# --- many threads -------------------------------------------------------------------------------
+
+def test_threads_attach_files_at_once_through_one_saver(db_path, hang_detector):
+    hang_detector(120)
+    seed = 1809
+    threads, rounds = 8, 6
+    shared = random.Random(seed).randbytes(CHUNK_SIZE + 3)
+    errors: list[BaseException] = []
+    made: dict[str, dict[str, bytes]] = {}
+    barrier = threading.Barrier(threads)
+
+    def work(n: int) -> None:
+        rng = random.Random(f"{seed}/{n}")
+        try:
+            barrier.wait()
+            for i in range(rounds):
+                mine = rng.randbytes(rng.choice((10, 5000, CHUNK_SIZE + 11)))
+                files = {"shared.bin": shared, f"own/{n}-{i}.bin": mine}
+                if i % 2:
+                    ref = saver.put(f"t{n}", {"i": i}, files=files)
+                else:
+                    with saver.transaction():
+                        ref = saver.put(f"t{n}", {"i": i})
+                        saver.attach_files(f"t{n}", ref.checkpoint_id, files)
+                made[ref.checkpoint_id] = files
+        except BaseException as exc:  # reported by the main thread
+            errors.append(exc)
+
+    with Saver(db_path) as saver:
+        workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert not errors, (seed, errors)
+        assert len(made) == threads * rounds
+        for n in range(threads):
+            for ck in saver.list(f"t{n}"):
+                files = made[ck.checkpoint_id]
+                assert {f.name: f.digest for f in saver.list_files(f"t{n}", ck.checkpoint_id)} \
+                    == {name: sha(data) for name, data in files.items()}, seed
+                for name, data in files.items():
+                    assert saver.read_file(f"t{n}", name, checkpoint_id=ck.checkpoint_id) \
+                        == data, seed
+        distinct = {sha(d) for files in made.values() for d in files.values()}
+        assert saver.stats()["file_contents"] == len(distinct)
+
+
+# --- the validator ------------------------------------------------------------------------------
+
+def _check(path: str):
+    from sqlitesaver import check
+    from test_check import assert_unchanged
+    before = family_digest(path)
+    report = check.check_database(path)
+    assert_unchanged(path, before)
+    return report, {step.name: step for step in report.steps}
+
+
+def test_the_validator_verifies_every_file_and_reports_unreferenced_content(db_path):
+    content = random.Random(1810).randbytes(2 * CHUNK_SIZE + 3)
+    with Saver(db_path) as saver:
+        saver.put("t", 1, files={"a": content, "b": b"small", "c": content})
+    report, steps = _check(db_path)
+    assert report.ok and steps["files"].status == "ok", steps["files"]
+    assert "3 file(s) in manifests, 2 distinct content(s)" in steps["files"].detail
+    raw(db_path, "DELETE FROM files WHERE name = 'b'")  # behind the Saver's back
+    report, steps = _check(db_path)
+    assert report.ok and steps["files"].status == "note", steps["files"]
+    assert "1 content(s) (5 bytes) that no checkpoint's files name" in steps["files"].detail
+
+
+@pytest.mark.parametrize("damage, phrase", [
+    ("UPDATE file_chunks SET data = CAST(zeroblob(length(data)) AS BLOB) WHERE idx = 1",
+     "chunk 1 (expected chunk 1)"),
+    ("DELETE FROM file_chunks WHERE idx = 2", "its 2 chunk(s) hold"),
+    ("UPDATE file_contents SET size = 1", "its record does not match its checksum"),
+    ("UPDATE files SET name = '../x'", "manifest entry does not match its checksum"),
+    ("DELETE FROM file_contents", "that is not stored"),
+], ids=["chunk bytes", "chunk missing", "size", "name", "content missing"])
+def test_the_validator_fails_damaged_files(db_path, damage, phrase):
+    _one_file(db_path, random.Random(1811).randbytes(3 * CHUNK_SIZE - 5))
+    conn = apsw.Connection(db_path)
+    conn.execute("PRAGMA foreign_keys=OFF")
+    conn.execute(damage)
+    conn.close()
+    report, steps = _check(db_path)
+    assert not report.ok and steps["files"].status == "FAILED", steps["files"]
+    assert phrase in steps["files"].detail, steps["files"].detail
+
+
+# --- the README's example runs ------------------------------------------------------------------
+
+def test_the_readme_files_example_runs(tmp_path, capsys):
+    import re
+    readme = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                          "README.md")
+    with open(readme, encoding="utf-8") as f:
+        section = f.read().split("\n## Files\n", 1)[1].split("\n## ", 1)[0]
+    (code,) = re.findall(r"```python\n(.*?)```", section, flags=re.S)
+    import tempfile
+    old = tempfile.tempdir
+    tempfile.tempdir = str(tmp_path)
+    try:
+        exec(compile(code, "README.md (Files)", "exec"), {})
+    finally:
+        tempfile.tempdir = old
+    assert capsys.readouterr().out == "[('src/main.py', 16)]\n"
+
+
+def test_the_langgraph_files_example_runs(tmp_path):
+    pytest.importorskip("langgraph")
+    import subprocess
+    import sys
+    from test_bad_input import child_env
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(root, "examples", "langgraph_files.py"),
+                           str(tmp_path)], capture_output=True, text=True, env=child_env(),
+                          timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "files of the last checkpoint: ['plan.md', 'report.md']" in done.stdout
+    assert "report.md after restore: '# Report\\nAll done.\\n'" in done.stdout
