@@ -70,10 +70,13 @@ class _Wake:
         self._lock.acquire()
 
     def set(self) -> None:
-        try:
-            self._lock.release()
-        except RuntimeError:
-            pass  # set already, not yet consumed
+        # Callers hold the queue's lock, so no other set() runs meanwhile; a wait() that
+        # consumes a wake-up between the test and the release only makes this one early.
+        if self._lock.locked():
+            try:
+                self._lock.release()
+            except RuntimeError:
+                pass  # consumed and set again by a caller without the queue's lock
 
     def wait(self, timeout: float) -> bool:
         return self._lock.acquire(timeout=timeout)
@@ -264,7 +267,12 @@ def _run_item(saver: "Saver", conn: apsw.Connection, item: _Item) -> int:
             raise
         conn.execute("RELEASE item")
     except Exception as exc:
-        item.error = saver._translate(exc, item.doing) if isinstance(exc, apsw.Error) else exc
+        if isinstance(exc, apsw.Error):
+            error = saver._translate(exc, item.doing)
+            error.__cause__ = exc  # as `raise ... from exc` would: the SQLite error behind it
+            item.error = error
+        else:
+            item.error = exc
         item.done = True
         return 0
     return 1
