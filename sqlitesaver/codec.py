@@ -23,6 +23,12 @@ Decoding uses the same C stack whatever the value, so whatever :func:`encode` ac
 a thread of any stack size ``threading.stack_size()`` allows. Encoding recurses on the C stack:
 the deepest accepted values need about 192 KiB of it (tests/test_stack.py writes them from a
 thread of 256 KiB; a thread's default is 8 MiB on Linux).
+
+Speed: values of exact ``None``/``bool``/``int``/``float``/``str``/``bytes``/``list``/``dict``
+are packed by ormsgpack, and payloads that are one whole msgpack object at most 16 containers
+deep are first offered to ormsgpack's decoder (sqlitesaver/_fastpack.py says when and why that
+is safe); both write and build exactly what the msgpack path does, which handles everything
+else, and every refusal and error.
 """
 
 from __future__ import annotations
@@ -39,6 +45,7 @@ from typing import Any
 
 import msgpack
 
+from . import _fastpack
 from .errors import SQLITE_MAX_LENGTH, SerializationError, ValueTooLargeError
 
 __all__ = ["encode", "decode", "MAX_OBJECTS", "MAX_BYTES"]
@@ -175,7 +182,14 @@ _ATOMS = frozenset(kind for kind in (type(None), bool, int, float, str, bytes, d
                                      decimal.Decimal)
                    if not kind.__flags__ & (1 << 14))
 _PLAIN = _CONTAINERS | _ATOMS
-_CLEAN, _HAS_BYTEARRAY, _REJECT, _SHARED, _TOO_MANY = range(5)
+# The types ormsgpack packs exactly as the msgpack path does (see _fastpack.pack()).
+_NATIVE_KINDS = frozenset({type(None), bool, int, float, str, bytes, list, dict})
+_CLEAN, _HAS_BYTEARRAY, _REJECT, _SHARED, _TOO_MANY, _NATIVE = range(6)
+
+# Whether encode() and decode() try ormsgpack first; tests and bench/codec_bench.py switch them
+# off to run the msgpack path alone.
+_FAST_ENCODE = True
+_FAST_DECODE = _fastpack.DECODE_WORKS
 
 #: Most objects a value may hold, counting a container once for every place it appears in: the
 #: packer writes it out in full at each place (it comes back as that many separate copies).
@@ -197,7 +211,8 @@ def _scan(value: Any) -> int:
     * _SHARED: a non-empty container appears twice in one level (shared, or the value contains
       itself): only _inspect(), which follows identities, can tell how much packing would write;
     * _TOO_MANY: more than MAX_OBJECTS objects;
-    * else _HAS_BYTEARRAY if it holds a bytearray, else _CLEAN.
+    * else _HAS_BYTEARRAY if it holds a bytearray, _NATIVE if it holds only _NATIVE_KINDS,
+      else _CLEAN.
 
     One level of nesting at a time, each in C: CPython's gc.get_referents() returns the items
     of lists, tuples, sets and frozensets and the values of dicts, with their keys unless all
@@ -209,12 +224,14 @@ def _scan(value: Any) -> int:
     containers, and the count of every level stops at MAX_OBJECTS.
     """
     if type(value) in _ATOMS:  # a flat value: nothing inside it to look at
-        return _CLEAN
+        return _NATIVE if type(value) in _NATIVE_KINDS else _CLEAN
     level = [value]
-    found = _CLEAN
+    found = _NATIVE
     total = 1
     for _ in range(_MAX_DEPTH + 1):
         kinds = set(map(type, level))
+        if found == _NATIVE and not kinds <= _NATIVE_KINDS:
+            found = _CLEAN
         if not kinds <= _PLAIN:
             extras = kinds & _NATIVE_EXTRAS
             if extras:
@@ -290,7 +307,9 @@ def encode(value: Any, *, name: str = "value") -> bytes:
         raise SerializationError(f"cannot serialize {name}: {_too_many()}")
     cause = data = None
     try:
-        if found == _CLEAN:
+        if found == _NATIVE and _FAST_ENCODE:
+            data = _fastpack.pack(value)  # None if ormsgpack refuses it: msgpack's turn
+        if data is None and (found == _CLEAN or found == _NATIVE):
             data = _packers[0](value)
         elif found == _HAS_BYTEARRAY:
             data = _packers[0](_swap_bytearrays(value))
@@ -722,6 +741,14 @@ def _may_hold_timestamp(data: bytes) -> bool:
 
 _EMPTY_MAP = b"\x80"  # {}: the usual metadata
 
+# ormsgpack's decode, offered every payload first; it declines (_fastpack.MISS) all but whole,
+# shallow payloads of str-keyed maps and of the extensions built here by _DECODERS, which it
+# builds as _leaf() does (a body _leaf() would refuse makes it decline too). It never meets a
+# msgpack timestamp (one makes it decline) or more than _fastpack.MAX_DEPTH levels, so what it
+# returns needs none of the checks at the end of decode().
+_fast_decode = _fastpack.unpacker({code: build for code, (_, build) in _DECODERS.items()})
+_MISS = _fastpack.MISS
+
 
 def decode(data: bytes) -> Any:
     """The value :func:`encode` turned into ``data``, with exactly the types it had.
@@ -737,6 +764,10 @@ def decode(data: bytes) -> Any:
             data = bytes(memoryview(data))
         if data == _EMPTY_MAP:
             return {}
+        if _FAST_DECODE:
+            value = _fast_decode(data)
+            if value is not _MISS:
+                return value
         try:
             value = _pooled(_PAYLOAD_UNPACKERS, data, strict_map_key=False,
                             ext_hook=_ext_hook)
