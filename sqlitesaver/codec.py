@@ -19,10 +19,11 @@ levels of containers, of which at most 32 tuples/sets/frozensets inside one anot
 hold the same container in several places: each place is written in full and decodes as its own
 copy). A value that contains itself is refused.
 
-Decoding uses the same C stack whatever the value, so whatever :func:`encode` accepts decodes in
-a thread of any stack size ``threading.stack_size()`` allows. Encoding recurses on the C stack:
-the deepest accepted values need about 192 KiB of it (tests/test_stack.py writes them from a
-thread of 256 KiB; a thread's default is 8 MiB on Linux).
+Decoding uses no more than a small, fixed amount of C stack whatever the value, so whatever
+:func:`encode` accepts decodes in a thread of any stack size ``threading.stack_size()`` allows.
+Encoding recurses on the C stack: the deepest accepted values need about 192 KiB of it
+(tests/test_stack.py writes them from a thread of 256 KiB; a thread's default is 8 MiB on
+Linux).
 
 Speed: values of exact ``None``/``bool``/``int``/``float``/``str``/``bytes``/``list``/``dict``
 are packed by ormsgpack, and payloads that are one whole msgpack object at most 16 containers
@@ -509,14 +510,17 @@ def _render(name: str, path: Any) -> str:
 
 
 # --- decoding -----------------------------------------------------------------------------------
-# The C stack a decode uses does not grow with the value: msgpack's unpacker walks lists and
-# dicts with a stack of its own, and each tuple/set/frozenset body, which only ext_hook sees, is
-# unpacked after the payload that holds it rather than inside the hook (_decode_nested). Every
-# unpack is an Unpacker, whose parser state (~40 KB) lives on the heap, where unpackb() puts
-# it on the C stack: one unpackb() inside another crashed a read in a thread with a 64 KiB
-# stack, 32 nested tuples one with 1 MiB, and one unpackb() alone a thread with 32 KiB (the
-# least threading.stack_size() allows). tests/test_stack.py reads the deepest values encode()
-# accepts in threads of every such size.
+# The C stack a decode uses does not grow with the value. ormsgpack's decoder, offered each
+# payload first (_fast_decode below), recurses, but only ever gets payloads at most
+# _fastpack.MAX_DEPTH containers deep (~11 KiB of stack). On the msgpack path, msgpack's
+# unpacker walks lists and dicts with a stack of its own, and each tuple/set/frozenset body,
+# which only ext_hook sees, is unpacked after the payload that holds it rather than inside the
+# hook (_decode_nested). Every unpack is an Unpacker, whose parser state (~40 KB) lives on the
+# heap, where unpackb() puts it on the C stack: one unpackb() inside another crashed a read in
+# a thread with a 64 KiB stack, 32 nested tuples one with 1 MiB, and one unpackb() alone a
+# thread with 32 KiB (the least threading.stack_size() allows). tests/test_stack.py reads the
+# deepest values encode() accepts, and the deepest ormsgpack gets, in threads of every such
+# size.
 
 def _next(unpacker: msgpack.Unpacker, data: bytes) -> Any:
     """The one msgpack object ``data`` holds, through ``unpacker``; raises if ``data`` is

@@ -10,13 +10,15 @@ really declined), so that none of them would pass with the fast paths switched o
 from __future__ import annotations
 
 import contextlib
-import math
+import datetime as dt
 import struct
 import subprocess
 import sys
 import textwrap
 import threading
+import uuid
 from collections.abc import Iterator
+from decimal import Decimal
 
 import msgpack
 import pytest
@@ -191,9 +193,7 @@ def test_values_ormsgpack_would_pack_wrongly_never_reach_it(monkeypatch):
     # Each of these, packed by ormsgpack, gives bytes that are not the codec's (a tuple as an
     # array, a datetime as a string, a subclass as its base...). _scan() must keep them away.
     import collections
-    import datetime as dt
     import enum
-    import uuid
 
     class Color(enum.IntEnum):
         RED = 1
@@ -342,9 +342,10 @@ DECODE_CASES = {
     "huge array count": _in_state(b"\xdd\xff\xff\xff\xff\x01"),
     "huge str length": _in_state(b"\xdb\xff\xff\xff\xff"),
     # extensions: leaves are built on the fast path; the rest declines
-    "datetime": _in_state(encode({"at": __import__("datetime").datetime(2024, 1, 1)})),
-    "every leaf extension": _in_state(encode([bytearray(b"b"), 2**70, __import__("uuid").UUID(int=3),
-                                              __import__("decimal").Decimal("1.5")])),
+    "datetime": _in_state(encode({"at": dt.datetime(2024, 1, 1, tzinfo=dt.timezone.utc)})),
+    "every leaf extension": _in_state(encode([bytearray(b"b"), 2**70, uuid.UUID(int=3),
+                                              Decimal("1.5"), dt.date(2024, 1, 1), dt.time(1),
+                                              dt.timedelta(3)])),
     "tuple": _in_state(encode((1, [2]))),
     "set": _in_state(encode({1, 2})),
     "unknown extension": _in_state(_ext(99, b"x")),
