@@ -28,7 +28,11 @@ if HERE not in sys.path:
     sys.path.insert(0, HERE)
 
 import msgpack  # noqa: E402
-import ormsgpack  # noqa: E402
+
+try:
+    import ormsgpack
+except ImportError:  # Python 3.10: sqlitesaver does not use it there (see sqlitesaver/_fastpack.py)
+    ormsgpack = None
 
 import core  # noqa: E402  (bench/core.py: the 4 KiB state)
 from run import grow_state  # noqa: E402  (bench/run.py: the 1 MiB state)
@@ -95,11 +99,13 @@ def main() -> int:
     args = parser.parse_args()
     print("$ python " + " ".join(sys.argv))
     print(f"Python {platform.python_version()}, msgpack {msgpack.version}, ormsgpack "
-          f"{ormsgpack.__version__}, {platform.machine()}, {os.cpu_count()} CPUs")
+          f"{getattr(ormsgpack, '__version__', 'not installed')}, {platform.machine()}, "
+          f"{os.cpu_count()} CPUs")
     states = {"4 KiB": core.make_state(), "1 MiB": grow_state(1 << 20)}
     for label, state in states.items():
         data = codec.encode(state)
-        same = ormsgpack.packb(state) == data == msgpack.packb(state)
+        same = msgpack.packb(state) == data and (ormsgpack is None
+                                                  or ormsgpack.packb(state) == data)
         print(f"\n{label} state: {len(data):,} bytes; msgpack and ormsgpack write the same "
               f"bytes as codec.encode: {'yes' if same else 'NO'}")
         repeat = 1 if len(data) > 1 << 16 else 64
@@ -114,6 +120,8 @@ def main() -> int:
                             "ormsgpack.unpackb": lambda: ormsgpack.unpackb(data)})):
             if not SWITCHES:
                 del contenders["codec, msgpack only"]
+            if ormsgpack is None:
+                contenders = {k: v for k, v in contenders.items() if "ormsgpack" not in k}
             timed = {name: msgpack_only(loop_of(call, repeat)) if name == "codec, msgpack only"
                      else loop_of(call, repeat) for name, call in contenders.items()}
             us = {name: value / repeat for name, value in

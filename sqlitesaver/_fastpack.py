@@ -32,17 +32,34 @@ payload, against ~6.5 us for ormsgpack to decode it and ~14 us for the msgpack p
 
 from __future__ import annotations
 
+import re
 import threading
 from collections.abc import Callable
 from typing import Any
 
 import msgpack
-# A hard import: ormsgpack is a declared dependency (pyproject.toml) with wheels wherever apsw
-# and msgpack have them, and a codec that silently lost its speed when it went missing would be
-# a configuration nobody tests.
-import ormsgpack
 
-__all__ = ["pack", "unpacker", "MISS", "MAX_DEPTH", "DECODE_WORKS"]
+# Not a hard import: ormsgpack is a dependency on Python 3.11+ only (pyproject.toml), since the
+# first version fit for this (1.13.1) needs 3.11. Earlier ones leak every container they had
+# built when a decode fails (1.12.2: ~2 objects per container, on each payload declined), and
+# a later major version may write other bytes; with any of those, or none, the codec runs on
+# msgpack alone, as it did before, and as CI tests it on Python 3.10.
+try:
+    import ormsgpack
+except ImportError:  # pragma: no cover - Python 3.10, or a broken install
+    ormsgpack = None
+_TESTED = ((1, 13, 1), (2,))  # the versions used: from the first, below the second
+
+
+def _usable() -> bool:
+    found = re.match(r"(\d+)\.(\d+)\.(\d+)", getattr(ormsgpack, "__version__", ""))
+    return bool(found) and _TESTED[0] <= tuple(map(int, found.groups())) < _TESTED[1]
+
+
+#: Whether :func:`pack` can run here (an ormsgpack of a tested version is installed).
+PACK_WORKS = _usable()
+
+__all__ = ["pack", "unpacker", "MISS", "MAX_DEPTH", "PACK_WORKS", "DECODE_WORKS"]
 
 #: Returned by an :func:`unpacker` decode that declines the payload.
 MISS = object()
@@ -54,13 +71,13 @@ MAX_DEPTH = 16
 
 # Non-str keys (ints, floats, None, bool, bytes) are written as themselves, as msgpack does; the
 # keys that would not be (tuples...) never get here.
-_pack = ormsgpack.packb
-_PACK_OPTION = ormsgpack.OPT_NON_STR_KEYS
+_pack = ormsgpack.packb if PACK_WORKS else None
+_PACK_OPTION = ormsgpack.OPT_NON_STR_KEYS if PACK_WORKS else 0
 
 
 def pack(value: Any) -> bytes | None:
     """The msgpack bytes of ``value`` (see the module docstring for which values), or None if
-    ormsgpack refuses it."""
+    ormsgpack refuses it. Only if PACK_WORKS."""
     try:
         return _pack(value, option=_PACK_OPTION)
     except Exception:  # ints beyond 64 bits, lone surrogates, recursion limit: msgpack's turn
@@ -157,9 +174,10 @@ def _shallow(data: bytes) -> bool:
 
 
 def _calibrated() -> bool:
-    """True if msgpack's parser is the C one with the 1024-entry stack _shallow() relies on:
-    each of _shallow()'s ways (counted, gauged, one pass for big payloads) tried at the bound."""
-    if getattr(msgpack.Unpacker, "__module__", "") != "msgpack._cmsgpack":
+    """True if ormsgpack is usable and msgpack's parser is the C one with the 1024-entry stack
+    _shallow() relies on: each of _shallow()'s ways (counted, gauged, one pass for big
+    payloads) tried at the bound."""
+    if not PACK_WORKS or getattr(msgpack.Unpacker, "__module__", "") != "msgpack._cmsgpack":
         return False
     pad = b"\xd9\xff" + b"a" * 255  # a str that takes a payload past _COUNTED
     bulk = b"\xc6" + _POOLED.to_bytes(4, "big") + bytes(_POOLED)  # a bin past _POOLED
@@ -181,7 +199,7 @@ DECODE_WORKS = _calibrated()
 
 
 # --- decoding ---------------------------------------------------------------------------------
-_unpack = ormsgpack.unpackb
+_unpack = ormsgpack.unpackb if PACK_WORKS else None
 # ormsgpack turns whatever an ext_hook raises into its own ValueError, dropping it: an
 # interruption (KeyboardInterrupt...) raised inside one is kept here, per thread, and re-raised.
 _interrupted = threading.local()
@@ -192,7 +210,8 @@ class _Decline(Exception):
 
 
 def unpacker(builders: dict[int, Callable[[bytes], Any]]) -> Callable[[bytes], Any]:
-    """A function that decodes a payload with ormsgpack, or returns :data:`MISS`.
+    """A function that decodes a payload with ormsgpack, or returns :data:`MISS`; to be called
+    only if DECODE_WORKS.
 
     ``builders`` maps extension codes to functions of the body that build the value or raise;
     any other code (msgpack's timestamp -1 included: without OPT_DATETIME_AS_TIMESTAMP_EXT,

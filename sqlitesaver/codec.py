@@ -187,9 +187,10 @@ _PLAIN = _CONTAINERS | _ATOMS
 _NATIVE_KINDS = frozenset({type(None), bool, int, float, str, bytes, list, dict})
 _CLEAN, _HAS_BYTEARRAY, _REJECT, _SHARED, _TOO_MANY, _NATIVE = range(6)
 
-# Whether encode() and decode() try ormsgpack first; tests and bench/codec_bench.py switch them
-# off to run the msgpack path alone.
-_FAST_ENCODE = True
+# Whether encode() and decode() try ormsgpack first (not where it is missing or untested, e.g.
+# Python 3.10: see _fastpack); tests and bench/codec_bench.py switch them off to run the
+# msgpack path alone.
+_FAST_ENCODE = _fastpack.PACK_WORKS
 _FAST_DECODE = _fastpack.DECODE_WORKS
 
 #: Most objects a value may hold, counting a container once for every place it appears in: the

@@ -7,6 +7,7 @@ import datetime as dt
 import enum
 import math
 import pathlib
+import sys
 import uuid
 import zoneinfo
 from decimal import Decimal
@@ -635,13 +636,14 @@ GOLDEN = [
 def test_format_is_frozen(value, expected, fast, monkeypatch):
     # The bytes were written once by the msgpack path; both paths must keep writing and
     # reading them.
-    monkeypatch.setattr(codec, "_FAST_ENCODE", fast)
-    monkeypatch.setattr(codec, "_FAST_DECODE", fast)
+    monkeypatch.setattr(codec, "_FAST_ENCODE", fast and _fastpack.PACK_WORKS)
+    monkeypatch.setattr(codec, "_FAST_DECODE", fast and _fastpack.DECODE_WORKS)
     data = bytes.fromhex(expected)
     assert encode(value) == data
     assert same(decode(data), value)
 
 
+@pytest.mark.skipif(not _fastpack.DECODE_WORKS, reason="no ormsgpack of a tested version")
 @pytest.mark.parametrize("value,expected", [(v, e) for v, e in GOLDEN if _native(v)],
                          ids=lambda v: repr(v)[:40])
 def test_format_is_frozen_by_ormsgpack_itself(value, expected):
@@ -652,3 +654,18 @@ def test_format_is_frozen_by_ormsgpack_itself(value, expected):
         assert same(codec._fast_decode(data), value)
     else:  # non-str keys: ormsgpack declines, the msgpack path reads them
         assert codec._fast_decode(data) is _fastpack.MISS
+
+
+def test_the_codec_uses_ormsgpack_where_a_tested_version_is_installed():
+    # pyproject.toml requires it from Python 3.11 on: there the fast paths must be on (a missing
+    # or untested ormsgpack would silently cost their speed). On 3.10 the codec is msgpack's.
+    try:
+        from importlib.metadata import version
+        installed = version("ormsgpack")
+    except Exception:
+        installed = None
+    if sys.version_info >= (3, 11):
+        assert installed is not None and _fastpack.PACK_WORKS and _fastpack.DECODE_WORKS
+    assert codec._FAST_ENCODE == _fastpack.PACK_WORKS
+    assert codec._FAST_DECODE == _fastpack.DECODE_WORKS
+    assert same(roundtrip({"a": [1, (2, {3})], "b": 2**70}), {"a": [1, (2, {3})], "b": 2**70})
