@@ -157,6 +157,7 @@ def test_ormsgpack_writes_msgpacks_bytes_at_every_format_boundary(value):
     back = decode(expected)
     assert same(back, value) and same(slow_decode(expected), value)
     assert (codec._fast_decode(expected) is not MISS) == _str_keyed(value)
+    assert codec._packers[0](back) == expected  # nan payloads and -0.0 too, bit for bit
 
 
 def _str_keyed(value) -> bool:
@@ -218,6 +219,22 @@ def test_values_ormsgpack_would_pack_wrongly_never_reach_it(monkeypatch):
         with pytest.raises(SerializationError):
             encode(value)
     assert packs.calls == 0
+
+
+def test_values_mostly_str_and_bytes_are_left_to_msgpack(monkeypatch):
+    # Past 64 KiB ormsgpack's output costs it more per byte than its speed per object saves
+    # (codec._BLOBS): the LangGraph adapter's [type, bytes] pairs, documents, long messages.
+    import os
+
+    packs = Spy(monkeypatch, _fastpack, "_pack")
+    msgpacks = [["msgpack", os.urandom(100_000)], b"x" * 70_000, "é" * 70_000,
+                {"doc": "x" * 200_000, "messages": [{"role": "user", "n": i} for i in range(30)]},
+                {"messages": [{"role": "user", "content": "word " * 400} for _ in range(500)]}]
+    ormsgpacks = [["msgpack", os.urandom(50_000)], "é" * 30_000, STATE,
+                  {"messages": [{"role": "user", "content": "w" * 100} for _ in range(2000)]}]
+    for value in msgpacks + ormsgpacks:
+        assert encode(value) == slow_encode(value)
+    assert packs.calls == len(ormsgpacks)
 
 
 # Values of the types ormsgpack packs, keys of all of them, ints and text of every size.
