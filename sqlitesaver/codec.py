@@ -26,10 +26,11 @@ Encoding recurses on the C stack: the deepest accepted values need about 192 KiB
 Linux).
 
 Speed: values of exact ``None``/``bool``/``int``/``float``/``str``/``bytes``/``list``/``dict``
-are packed by ormsgpack, and payloads that are one whole msgpack object at most 16 containers
-deep are first offered to ormsgpack's decoder (sqlitesaver/_fastpack.py says when and why that
-is safe); both write and build exactly what the msgpack path does, which handles everything
-else, and every refusal and error.
+are packed by ormsgpack (unless big str and bytes make up most of them, which msgpack copies
+faster), and payloads that are one whole msgpack object at most 16 containers deep are first
+offered to ormsgpack's decoder (sqlitesaver/_fastpack.py says when and why that is safe); both
+write and build exactly what the msgpack path does, which handles everything else, and every
+refusal and error.
 """
 
 from __future__ import annotations
