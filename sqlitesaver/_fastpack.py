@@ -117,6 +117,7 @@ _HEADERS = frozenset(range(0x80, 0xA0)) | frozenset(range(0xDC, 0xE0))
 _NOT_HEADERS = bytes(sorted(set(range(256)) - _HEADERS))
 _COUNTED = 256  # payloads up to this size are counted first (~0.3 us at 256 bytes)
 
+_OutOfData = msgpack.OutOfData
 _WHOLE: list = []  # pooled plain Unpackers, as codec's pools (pop() and append() are atomic)
 _GAUGES: list = []  # pooled [primed Unpacker, uses left]
 
@@ -163,7 +164,7 @@ def _shallow(data: bytes) -> bool:
     gauge[0].feed(data)
     try:
         gauge[0].skip()
-    except msgpack.OutOfData:  # the payload ended inside the open arrays: shallow enough
+    except _OutOfData:  # the payload ended inside the open arrays: shallow enough
         gauge[1] -= 1
         if gauge[1]:
             _GAUGES.append(gauge)
