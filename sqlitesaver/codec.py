@@ -19,10 +19,18 @@ levels of containers, of which at most 32 tuples/sets/frozensets inside one anot
 hold the same container in several places: each place is written in full and decodes as its own
 copy). A value that contains itself is refused.
 
-Decoding uses the same C stack whatever the value, so whatever :func:`encode` accepts decodes in
-a thread of any stack size ``threading.stack_size()`` allows. Encoding recurses on the C stack:
-the deepest accepted values need about 192 KiB of it (tests/test_stack.py writes them from a
-thread of 256 KiB; a thread's default is 8 MiB on Linux).
+Decoding uses no more than a small, fixed amount of C stack whatever the value, so whatever
+:func:`encode` accepts decodes in a thread of any stack size ``threading.stack_size()`` allows.
+Encoding recurses on the C stack: the deepest accepted values need about 192 KiB of it
+(tests/test_stack.py writes them from a thread of 256 KiB; a thread's default is 8 MiB on
+Linux).
+
+Speed: values of exact ``None``/``bool``/``int``/``float``/``str``/``bytes``/``list``/``dict``
+are packed by ormsgpack (unless big str and bytes make up most of them, which msgpack copies
+faster), and payloads that are one whole msgpack object at most 16 containers deep are first
+offered to ormsgpack's decoder (sqlitesaver/_fastpack.py says when and why that is safe); both
+write and build exactly what the msgpack path does, which handles everything else, and every
+refusal and error.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ import datetime
 import decimal
 import functools
 import gc
+import operator
 import uuid
 import zoneinfo
 from collections.abc import Iterator
@@ -39,6 +48,7 @@ from typing import Any
 
 import msgpack
 
+from . import _fastpack
 from .errors import SQLITE_MAX_LENGTH, SerializationError, ValueTooLargeError
 
 __all__ = ["encode", "decode", "MAX_OBJECTS", "MAX_BYTES"]
@@ -175,7 +185,27 @@ _ATOMS = frozenset(kind for kind in (type(None), bool, int, float, str, bytes, d
                                      decimal.Decimal)
                    if not kind.__flags__ & (1 << 14))
 _PLAIN = _CONTAINERS | _ATOMS
-_CLEAN, _HAS_BYTEARRAY, _REJECT, _SHARED, _TOO_MANY = range(5)
+# The types ormsgpack packs exactly as the msgpack path does (see _fastpack.pack()).
+_NATIVE_KINDS = frozenset({type(None), bool, int, float, str, bytes, list, dict})
+# ormsgpack is faster per object, but its output grows 4x at a time and, past 64 KiB, into
+# fresh memory (glibc's mmap()), whose page faults cost ~0.5-1 ns a byte on every call where
+# msgpack's copy costs ~0.05: measured in fresh processes, ["msgpack", 100 KB of bytes] (the
+# LangGraph adapter's shape) took 89 us against msgpack's 7, 500 messages of 2 KB 586 us
+# against 96, and 10,000 strings of 100 bytes 714 us against 1,091. So a value whose str and
+# bytes are estimated (from up to _SAMPLE of each level's items) at more than _FAST_OUTPUT and
+# more than _BYTES_PER_OBJECT per object goes to msgpack: the same bytes either way.
+_BLOBS = frozenset({str, bytes})
+_SAMPLE = 8
+_FAST_OUTPUT = 1 << 16
+_BYTES_PER_OBJECT = 128
+_length_hint = operator.length_hint  # len() of a str, bytes, list or dict; 0 for numbers
+_CLEAN, _HAS_BYTEARRAY, _REJECT, _SHARED, _TOO_MANY, _NATIVE = range(6)
+
+# Whether encode() and decode() try ormsgpack first (not where it is missing or untested, e.g.
+# Python 3.10: see _fastpack); tests and bench/codec_bench.py switch them off to run the
+# msgpack path alone.
+_FAST_ENCODE = _fastpack.PACK_WORKS
+_FAST_DECODE = _fastpack.DECODE_WORKS
 
 #: Most objects a value may hold, counting a container once for every place it appears in: the
 #: packer writes it out in full at each place (it comes back as that many separate copies).
@@ -197,7 +227,8 @@ def _scan(value: Any) -> int:
     * _SHARED: a non-empty container appears twice in one level (shared, or the value contains
       itself): only _inspect(), which follows identities, can tell how much packing would write;
     * _TOO_MANY: more than MAX_OBJECTS objects;
-    * else _HAS_BYTEARRAY if it holds a bytearray, else _CLEAN.
+    * else _HAS_BYTEARRAY if it holds a bytearray, _NATIVE if it holds only _NATIVE_KINDS
+      (and not so much str and bytes that msgpack packs it faster), else _CLEAN.
 
     One level of nesting at a time, each in C: CPython's gc.get_referents() returns the items
     of lists, tuples, sets and frozensets and the values of dicts, with their keys unless all
@@ -209,12 +240,20 @@ def _scan(value: Any) -> int:
     containers, and the count of every level stops at MAX_OBJECTS.
     """
     if type(value) in _ATOMS:  # a flat value: nothing inside it to look at
-        return _CLEAN
+        native = type(value) in _NATIVE_KINDS and _length_hint(value) <= _FAST_OUTPUT
+        return _NATIVE if native else _CLEAN
     level = [value]
-    found = _CLEAN
+    found = _NATIVE
     total = 1
+    blobs = 0  # the estimated length of the str and bytes met, while found is _NATIVE
     for _ in range(_MAX_DEPTH + 1):
         kinds = set(map(type, level))
+        if found == _NATIVE:
+            if not kinds <= _NATIVE_KINDS:
+                found = _CLEAN
+            elif not kinds.isdisjoint(_BLOBS):
+                sample = level[:_SAMPLE]
+                blobs += sum(map(_length_hint, sample)) * len(level) // len(sample)
         if not kinds <= _PLAIN:
             extras = kinds & _NATIVE_EXTRAS
             if extras:
@@ -223,7 +262,7 @@ def _scan(value: Any) -> int:
                 found = _HAS_BYTEARRAY
             level = [obj for obj in level if type(obj) in _CONTAINERS]
         elif kinds.isdisjoint(_CONTAINERS):
-            return found  # atoms only: there is no level below (saves a call on the leaves)
+            break  # atoms only: there is no level below (saves a call on the leaves)
         # One pass in C; _repeats() looks closer only when some object repeats (small ints,
         # True, interned strings and empty tuples do, harmlessly).
         if len(set(map(id, level))) != len(level) and _repeats(level):
@@ -233,8 +272,12 @@ def _scan(value: Any) -> int:
         if total > MAX_OBJECTS:
             return _TOO_MANY
         if not level:
-            return found
-    return _REJECT
+            break
+    else:
+        return _REJECT
+    if found == _NATIVE and blobs > _FAST_OUTPUT and blobs > _BYTES_PER_OBJECT * total:
+        return _CLEAN  # mostly str and bytes, which msgpack packs faster (see _BLOBS)
+    return found
 
 
 _get_referents = gc.get_referents
@@ -290,7 +333,9 @@ def encode(value: Any, *, name: str = "value") -> bytes:
         raise SerializationError(f"cannot serialize {name}: {_too_many()}")
     cause = data = None
     try:
-        if found == _CLEAN:
+        if found == _NATIVE and _FAST_ENCODE:
+            data = _fastpack.pack(value)  # None if ormsgpack refuses it: msgpack's turn
+        if data is None and (found == _CLEAN or found == _NATIVE):
             data = _packers[0](value)
         elif found == _HAS_BYTEARRAY:
             data = _packers[0](_swap_bytearrays(value))
@@ -490,14 +535,17 @@ def _render(name: str, path: Any) -> str:
 
 
 # --- decoding -----------------------------------------------------------------------------------
-# The C stack a decode uses does not grow with the value: msgpack's unpacker walks lists and
-# dicts with a stack of its own, and each tuple/set/frozenset body, which only ext_hook sees, is
-# unpacked after the payload that holds it rather than inside the hook (_decode_nested). Every
-# unpack is an Unpacker, whose parser state (~40 KB) lives on the heap, where unpackb() puts
-# it on the C stack: one unpackb() inside another crashed a read in a thread with a 64 KiB
-# stack, 32 nested tuples one with 1 MiB, and one unpackb() alone a thread with 32 KiB (the
-# least threading.stack_size() allows). tests/test_stack.py reads the deepest values encode()
-# accepts in threads of every such size.
+# The C stack a decode uses does not grow with the value. ormsgpack's decoder, offered each
+# payload first (_fast_decode below), recurses, but only ever gets payloads at most
+# _fastpack.MAX_DEPTH containers deep (~11 KiB of stack). On the msgpack path, msgpack's
+# unpacker walks lists and dicts with a stack of its own, and each tuple/set/frozenset body,
+# which only ext_hook sees, is unpacked after the payload that holds it rather than inside the
+# hook (_decode_nested). Every unpack is an Unpacker, whose parser state (~40 KB) lives on the
+# heap, where unpackb() puts it on the C stack: one unpackb() inside another crashed a read in
+# a thread with a 64 KiB stack, 32 nested tuples one with 1 MiB, and one unpackb() alone a
+# thread with 32 KiB (the least threading.stack_size() allows). tests/test_stack.py reads the
+# deepest values encode() accepts, and the deepest ormsgpack gets, in threads of every such
+# size.
 
 def _next(unpacker: msgpack.Unpacker, data: bytes) -> Any:
     """The one msgpack object ``data`` holds, through ``unpacker``; raises if ``data`` is
@@ -722,6 +770,14 @@ def _may_hold_timestamp(data: bytes) -> bool:
 
 _EMPTY_MAP = b"\x80"  # {}: the usual metadata
 
+# ormsgpack's decode, offered every payload first; it declines (_fastpack.MISS) all but whole,
+# shallow payloads of str-keyed maps and of the extensions built here by _DECODERS, which it
+# builds as _leaf() does (a body _leaf() would refuse makes it decline too). It never meets a
+# msgpack timestamp (one makes it decline) or more than _fastpack.MAX_DEPTH levels, so what it
+# returns needs none of the checks at the end of decode().
+_fast_decode = _fastpack.unpacker({code: build for code, (_, build) in _DECODERS.items()})
+_MISS = _fastpack.MISS
+
 
 def decode(data: bytes) -> Any:
     """The value :func:`encode` turned into ``data``, with exactly the types it had.
@@ -737,6 +793,10 @@ def decode(data: bytes) -> Any:
             data = bytes(memoryview(data))
         if data == _EMPTY_MAP:
             return {}
+        if _FAST_DECODE:
+            value = _fast_decode(data)
+            if value is not _MISS:
+                return value
         try:
             value = _pooled(_PAYLOAD_UNPACKERS, data, strict_map_key=False,
                             ext_hook=_ext_hook)

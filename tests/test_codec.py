@@ -7,6 +7,7 @@ import datetime as dt
 import enum
 import math
 import pathlib
+import sys
 import uuid
 import zoneinfo
 from decimal import Decimal
@@ -16,6 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from sqlitesaver import _fastpack, codec
 from sqlitesaver.codec import decode, encode
 from sqlitesaver.errors import SerializationError, UsageError
 
@@ -71,6 +73,20 @@ def same(a: object, b: object) -> bool:
 
 def roundtrip(value: object) -> object:
     return decode(encode(value))
+
+
+def _native(value: object, *, str_keys: bool = False) -> bool:
+    """True if ``value`` holds only the types ormsgpack packs as msgpack does, ints within 64
+    bits (and, with ``str_keys``, maps with str keys only: the only ones ormsgpack decodes)."""
+    kind = type(value)
+    if kind is list:
+        return all(_native(item, str_keys=str_keys) for item in value)
+    if kind is dict:
+        return all((type(k) is str or not str_keys and _native(k)) and
+                   _native(v, str_keys=str_keys) for k, v in value.items())
+    if kind is int:
+        return -(2**63) <= value < 2**64
+    return kind in (type(None), bool, float, str, bytes)
 
 
 def test_same_helper_can_tell_values_apart():
@@ -584,11 +600,72 @@ GOLDEN = [
     (uuid.UUID("12345678-1234-5678-1234-567812345678"),
      "d8 0a 12345678123456781234567812345678"),
     (Decimal("-1.50E+3"), "d7 0b 2d312e3530452b33"),
+    # Values ormsgpack packs (sqlitesaver/_fastpack.py): at the edges of msgpack's formats.
+    (127, "7f"),
+    (128, "cc 80"),
+    (256, "cd 0100"),
+    (65536, "ce 00010000"),
+    (2**32, "cf 0000000100000000"),
+    (2**63 - 1, "cf 7fffffffffffffff"),
+    (-32, "e0"),
+    (-33, "d0 df"),
+    (-129, "d1 ff7f"),
+    (-32769, "d2 ffff7fff"),
+    (-(2**31) - 1, "d3 ffffffff7fffffff"),
+    (-(2**63), "d3 8000000000000000"),
+    (-0.0, "cb 8000000000000000"),
+    (float("inf"), "cb 7ff0000000000000"),
+    (float("nan"), "cb 7ff8000000000000"),
+    (5e-324, "cb 0000000000000001"),
+    ("", "a0"),
+    ("a" * 31, "bf" + "61" * 31),
+    ("a" * 32, "d9 20" + "61" * 32),
+    (b"", "c4 00"),
+    ([], "90"),
+    ({}, "80"),
+    ([None, True, 1.5, "x", b"y"], "95 c0 c3 cb3ff8000000000000 a178 c40179"),
+    ({"b": 1, "a": {"c": []}}, "82 a162 01 a161 81 a163 90"),
+    ({"n": [[[]], {}], "e": ""}, "82 a16e 92 91 90 80 a165 a0"),
+    ({2: "i", -1.5: "f", None: "n", True: "t", b"k": "b", 2**64 - 1: "u"},
+     "86 02 a169 cbbff8000000000000 a166 c0 a16e c3 a174 c4016b a162 cfffffffffffffffff a175"),
 ]
 
 
 @pytest.mark.parametrize("value,expected", GOLDEN, ids=lambda v: repr(v)[:40])
-def test_format_is_frozen(value, expected):
+@pytest.mark.parametrize("fast", [True, False], ids=["ormsgpack first", "msgpack only"])
+def test_format_is_frozen(value, expected, fast, monkeypatch):
+    # The bytes were written once by the msgpack path; both paths must keep writing and
+    # reading them.
+    monkeypatch.setattr(codec, "_FAST_ENCODE", fast and _fastpack.PACK_WORKS)
+    monkeypatch.setattr(codec, "_FAST_DECODE", fast and _fastpack.DECODE_WORKS)
     data = bytes.fromhex(expected)
     assert encode(value) == data
     assert same(decode(data), value)
+
+
+@pytest.mark.skipif(not _fastpack.DECODE_WORKS, reason="no ormsgpack of a tested version")
+@pytest.mark.parametrize("value,expected", [(v, e) for v, e in GOLDEN if _native(v)],
+                         ids=lambda v: repr(v)[:40])
+def test_format_is_frozen_by_ormsgpack_itself(value, expected):
+    # Not merely through encode() and decode(), which would pass with the fast paths off.
+    data = bytes.fromhex(expected)
+    assert _fastpack.pack(value) == data
+    if _native(value, str_keys=True):
+        assert same(codec._fast_decode(data), value)
+    else:  # non-str keys: ormsgpack declines, the msgpack path reads them
+        assert codec._fast_decode(data) is _fastpack.MISS
+
+
+def test_the_codec_uses_ormsgpack_where_a_tested_version_is_installed():
+    # pyproject.toml requires it from Python 3.11 on: there the fast paths must be on (a missing
+    # or untested ormsgpack would silently cost their speed). On 3.10 the codec is msgpack's.
+    try:
+        from importlib.metadata import version
+        installed = version("ormsgpack")
+    except Exception:
+        installed = None
+    if sys.version_info >= (3, 11):
+        assert installed is not None and _fastpack.PACK_WORKS and _fastpack.DECODE_WORKS
+    assert codec._FAST_ENCODE == _fastpack.PACK_WORKS
+    assert codec._FAST_DECODE == _fastpack.DECODE_WORKS
+    assert same(roundtrip({"a": [1, (2, {3})], "b": 2**70}), {"a": [1, (2, {3})], "b": 2**70})

@@ -23,8 +23,10 @@ from test_bad_input import child_env
 STACK_SIZES = [32 * 1024, 64 * 1024, 128 * 1024, 256 * 1024, 1024 * 1024]
 
 CHILD = textwrap.dedent("""
-    import datetime, os, sys, threading
-    from sqlitesaver import Saver
+    import datetime, os, sys, threading, zoneinfo
+    from sqlitesaver import Saver, _fastpack, codec
+
+    _FAST = _fastpack.MAX_DEPTH
 
     def lists(depth, leaf):
         for _ in range(depth):
@@ -40,6 +42,10 @@ CHILD = textwrap.dedent("""
     mixed = 0  # 32 tuples, each around 7 lists: 32 tuples and 256 levels, both at the limit
     for i in range(32):
         mixed = (lists(7, mixed), when)
+    dicts = "x" * 300  # past the size below which the fast path counts headers instead
+    for _ in range(_FAST):
+        dicts = {"k": dicts}
+    paris = datetime.datetime(2024, 2, 29, 13, 45, tzinfo=zoneinfo.ZoneInfo("Europe/Paris"))
     VALUES = {
         "256 lists": lists(255, "leaf"),
         "256 dicts": {"k": lists(254, {"v": 1})},
@@ -48,7 +54,14 @@ CHILD = textwrap.dedent("""
         "32 tuples as a dict key": {tuples(32, "k"): "v"},
         "32 sets and tuples around a datetime": {"s": {tuples(31, when)}},
         "mixed": mixed,
+        # The deepest payloads decode() hands to ormsgpack, whose decoder recurses on the C
+        # stack; one ends in an extension, built by a Python hook called from that depth.
+        "fast path: dicts": dicts,
+        "fast path: lists and a datetime": {"k": lists(_FAST - 2, [paris, "y" * 300])},
     }
+    for name, value in VALUES.items():  # each on the path it is meant for
+        taken = codec._fast_decode(codec.encode(value)) is not _fastpack.MISS
+        assert taken == (name.startswith("fast path") and codec._FAST_DECODE), name
 
     path = sys.argv[1]
     size = int(sys.argv[2])
@@ -100,7 +113,7 @@ def test_the_deepest_accepted_values_are_read_in_a_thread_of_any_stack_size(tmp_
             if result.returncode < 0 else "")
     assert result.returncode == 0, (f"the reader with a {size // 1024} KiB stack failed"
                                     f"{died}:\n{result.stdout}{result.stderr[-3000:]}")
-    assert "read 7 values" in result.stdout
+    assert "read 9 values" in result.stdout
 
 
 def test_the_deepest_accepted_values_are_written_from_a_thread_with_256_KiB(tmp_path):
@@ -109,7 +122,7 @@ def test_the_deepest_accepted_values_are_written_from_a_thread_with_256_KiB(tmp_
                              str(32 * 1024), str(256 * 1024)], capture_output=True, text=True,
                             env=child_env(), timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
-    assert "read 7 values" in result.stdout
+    assert "read 9 values" in result.stdout
 
 
 def test_threading_allows_no_smaller_stack_than_the_tested_one():
