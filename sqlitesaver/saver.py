@@ -38,7 +38,6 @@ from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError,
                      UsageError, check_command, describe, restore_advice, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
 from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
-from .writequeue import WriteQueue
 
 if TYPE_CHECKING:
     from .backup import BackupReport
@@ -60,7 +59,6 @@ def _abandon_after_fork() -> None:
         saver._batch_cond = threading.Condition(saver._lock)
         saver._waiting_cond = threading.Condition()
         saver._pool._lock = threading.Lock()
-        saver._queue = WriteQueue()
         saver._forked = True  # _check_usable: cheaper than comparing os.getpid() every call
 
 
@@ -177,7 +175,6 @@ class Saver:
         self._batch_cond = threading.Condition(self._lock)  # a member finished its work
         self._waiting = 0                # transitions waiting for the write connection
         self._waiting_cond = threading.Condition()
-        self._queue = WriteQueue()       # put, put_writes, append_log: see writequeue.py
         self._stats = {"commits": 0, "transitions": 0, "wal_checkpoints": 0,
                        "wal_checkpoints_busy": 0}
         self._wal_threshold = WAL_LIMIT  # WAL bytes past which a commit forces a checkpoint
@@ -1101,17 +1098,10 @@ class Saver:
     # --- internals -------------------------------------------------------------------------
 
     def _write(self, doing: str, work: Callable[[apsw.Connection], Any]) -> Any:
-        """``work(conn)`` as one transition; returns its result after its COMMIT returned.
-
-        Through the write queue (group commit in which one thread runs every queued
-        transition's statements, see :mod:`sqlitesaver.writequeue`), except inside the calling
-        thread's own transaction, where it is a savepoint of that transaction, and on a
-        read-only Saver, which refuses it."""
-        self._check_usable()
-        if self._owner == threading.get_ident() or self._profile.readonly:
-            with _Transaction(self, doing) as conn:
-                return work(conn)
-        return self._queue.run(self, doing, work, _QueueTransaction)
+        """``work(conn)`` as one transition (a savepoint inside the calling thread's own
+        transaction); returns its result after the COMMIT that holds it returned."""
+        with _Transaction(self, doing) as conn:
+            return work(conn)
 
     def _check_usable(self) -> None:
         if self._forked or (_NO_FORK_HOOK and os.getpid() != self._pid):
@@ -1562,11 +1552,6 @@ class _Transaction:
     #: checks for signals at __exit__'s very first instruction, where no code can catch what
     #: it raises. A user's transaction() body is arbitrary code and stays interruptible.
     _hold_signals = True
-    #: Keep them deferred until the batch's COMMIT returned even when another thread leads it
-    #: (the write queue's leader, whose transition carries other threads' writes: an
-    #: interruption there would leave them not knowing whether they committed). Ctrl-C then
-    #: waits for that batch's gathering and COMMIT; else at most interrupts.STALE_AFTER.
-    _hold_through_await = False
 
     def __init__(self, saver: Saver, doing: str) -> None:
         self._saver = saver
@@ -1735,16 +1720,12 @@ class _Transaction:
             self._abandon(entering=False)
             self._release_signals()
             raise
-        if not self._hold_through_await:
-            self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
-        try:
-            if own is not None:
-                if isinstance(own, apsw.Error):
-                    raise saver._translate(own, self._doing) from own
-                return  # the caller's own exception propagates
-            self._await(batch)
-        finally:
-            self._release_signals()
+        self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
+        if own is not None:
+            if isinstance(own, apsw.Error):
+                raise saver._translate(own, self._doing) from own
+            return  # the caller's own exception propagates
+        self._await(batch)
 
     def _exit_nested(self, exc: BaseException | None) -> None:
         saver = self._saver
@@ -2000,13 +1981,6 @@ class _Transaction:
             # The connection is closed or failed; the error that brought us here is the one
             # to report, and SQLite rolls back an unfinished transaction on close.
             pass
-
-
-class _QueueTransaction(_Transaction):
-    """The transition a write-queue leader runs other threads' writes in (writequeue.py)."""
-
-    __slots__ = ()
-    _hold_through_await = True
 
 
 class _UserTransaction(_Transaction):

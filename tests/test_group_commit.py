@@ -10,7 +10,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 
 import pytest
 
@@ -21,24 +20,10 @@ SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def queued(saver: Saver, n: int) -> None:
-    """Block until ``n`` transitions wait for the write connection, held by this thread's
-    open transaction. A ``transaction()`` block waits for it itself (``saver._waiting``);
-    put, put_writes and append_log queue in the Saver's write queue (writequeue.py), where the
-    first of them, leading the others, waits for the connection (so counts once in
-    ``_waiting`` for all of them). The queue notifies nobody, so the state is read again
-    every few ms until it holds (bounded by the deadline; no timing is assumed)."""
-    deadline = time.monotonic() + 60
-
-    def waiting() -> int:
-        items = len(saver._queue._items)
-        if items and saver._waiting < 1:
-            return -1  # their leader is not waiting for the connection yet
-        return saver._waiting - (1 if items else 0) + items
-
+    """Block until ``n`` transitions wait for the write connection (event-driven, no sleep)."""
     with saver._waiting_cond:
-        while waiting() != n:
-            assert time.monotonic() < deadline, f"{waiting()} transitions queued, expected {n}"
-            saver._waiting_cond.wait(0.005)
+        assert saver._waiting_cond.wait_for(lambda: saver._waiting == n, timeout=60), \
+            f"{saver._waiting} transitions queued, expected {n}"
 
 
 def run_batch(saver: Saver, calls: dict) -> dict:

@@ -36,7 +36,7 @@ from sqlitesaver.torture import interrupts as interrupt_torture
 
 PACKAGE = os.path.dirname(os.path.abspath(sqlitesaver.__file__))
 WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
-                   ("saver.py", "interrupts.py", "contention.py", "writequeue.py"))
+                   ("saver.py", "interrupts.py", "contention.py"))
 
 
 class Injected(BaseException):

@@ -162,20 +162,6 @@ class MemberReturnsBeforeCommit(Writer):
                 self.done.set()
 
         module._Batch = DoneAtOnce
-
-        # The write queue (sqlitesaver/writequeue.py) broken the same way: a queued write is
-        # told it is done as soon as its statements ran in the leader's transaction.
-        from sqlitesaver import writequeue
-        run_item = writequeue._run_item
-
-        def done_at_once(saver: Any, conn: Any, item: Any) -> int:
-            ran = run_item(saver, conn, item)
-            if ran:
-                item.done = True
-                item.ready.set()
-            return ran
-
-        writequeue._run_item = done_at_once
         return super().open(path, durability)
 
 
@@ -198,14 +184,6 @@ class FailedMemberLeaks(Writer):
                 rollback(conn, depth)
 
         transaction._rollback = staticmethod(keep_a_failed_member)
-
-        # The write queue broken the same way: a queued write that failed keeps its work.
-        from sqlitesaver import writequeue
-
-        def keep_a_failed_item(conn: Any) -> None:
-            conn.execute("RELEASE item")
-
-        writequeue._rollback_item = keep_a_failed_item
         return super().open(path, durability)
 
 
