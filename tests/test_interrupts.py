@@ -196,6 +196,16 @@ def _counted_lines(db_path: str, scenario) -> int:
 
 
 @pytest.fixture(autouse=True)
+def python_sigint_handler():
+    """These tests send SIGINT and expect KeyboardInterrupt: Python's own handler, whatever
+    this process inherited (a background job of a non-interactive shell starts with SIGINT
+    ignored, and Python then installs no handler; a CI dry run started that way failed here)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(autouse=True)
 def quick_heal(monkeypatch):
     """A deferred section left active by an injection delivers its signal after
     STALE_AFTER seconds: shorter here, so that the line-by-line runs stay fast."""

@@ -135,6 +135,21 @@ def run(path: str, *, rounds: int = 40, threads: int = 3, seed: int = 0,
     passed). Must be called from the main thread."""
     if threading.current_thread() is not threading.main_thread():
         raise RuntimeError("the interrupts mode must run in the main thread (signals)")
+    # The storm is Ctrl-C's default behaviour, KeyboardInterrupt: a process started with
+    # SIGINT ignored (a background job of a non-interactive shell inherits SIG_IGN) would
+    # shrug every signal off and prove nothing. Python's own handler for the run, then back.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        return _storm(path, rounds=rounds, threads=threads, seed=seed, min_gap=min_gap,
+                      max_gap=max_gap, round_seconds=round_seconds, durability=durability,
+                      progress=progress)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _storm(path: str, *, rounds: int, threads: int, seed: int, min_gap: float,
+           max_gap: float, round_seconds: float, durability: str,
+           progress: Any) -> dict[str, Any]:
     rng = random.Random(seed)
     main_lane = _Lane("main", rng.getrandbits(64))
     others = [_Lane(f"thread-{i}", rng.getrandbits(64)) for i in range(threads)]
