@@ -36,6 +36,7 @@ Every function here takes an ``apsw.Connection`` the caller has put inside its t
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
@@ -149,11 +150,25 @@ class Source:
     path: str | None = None
 
 
+def _open_regular(path: str) -> io.FileIO:
+    """``path`` opened for reading, refused (``OSError`` ENODEV-like) unless it is a regular
+    file once open: opened without blocking, so a path that became a FIFO since it was looked
+    at cannot hang the caller (inside a transaction: holding the write lock)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, "not a regular file any more")
+        return io.FileIO(fd, "rb", closefd=True)
+    except BaseException:
+        os.close(fd)
+        raise
+
+
 def _hash_path(path: str, shown: str) -> tuple[bytes, int]:
     hasher = hashlib.sha256()
     size = 0
     try:
-        with open(path, "rb", buffering=0) as f:
+        with _open_regular(path) as f:
             while True:
                 block = _read_full(f, CHUNK_SIZE)
                 if not block:
@@ -277,7 +292,7 @@ def _store_content(conn: apsw.Connection, source: Source, db: str) -> None:
     size = 0
     changed = False
     try:
-        with open(source.path, "rb", buffering=0) as f:
+        with _open_regular(source.path) as f:
             for index in range(count):
                 data = _read_full(f, CHUNK_SIZE)
                 hasher.update(data)

@@ -477,11 +477,11 @@ class Saver:
             attachments.store(conn, seq, sources, replace_all=True, db=self._path)
         return ref
 
-    @staticmethod
-    def _sources(files: Mapping[str, bytes | str | os.PathLike[str]] | None,
+    def _sources(self, files: Mapping[str, bytes | str | os.PathLike[str]] | None,
                  workspace: str | os.PathLike[str] | None) -> builtins.list:
         sources = [] if files is None else attachments.prepare(files)
         if workspace is not None:
+            self._refuse_database_inside(workspace, "workspace")
             given = {source.name for source in sources}
             for source in workspaces.snapshot_sources(workspace):
                 if source.name in given:
@@ -568,10 +568,30 @@ class Saver:
         inside it followed. A restore killed at any instant leaves each file whole, old or
         new, and running it again ends in exactly the checkpoint's files (see
         :mod:`sqlitesaver.workspace`). The file list is read from one snapshot."""
+        self._refuse_database_inside(directory, "directory")
         manifest = self.list_files(thread_id, checkpoint_id, namespace=namespace)
         label = f"the checkpoint restored into {os.fspath(directory)!r}"
         return workspaces.restore(directory, manifest, lambda stored: attachments.chunks(
             self._read_once, stored, label, self._path))
+
+    def _refuse_database_inside(self, directory: object, what: str) -> None:
+        """A workspace that holds this Saver's own database is refused: a restore would
+        delete the database and its ``-wal`` under the open connections (every transition
+        acknowledged after that would be lost), and a snapshot would store files that change
+        while it reads them."""
+        text = os.fspath(directory) if isinstance(directory, (str, os.PathLike)) else None
+        if not isinstance(text, str):
+            return  # not a str path: the workspace module refuses it with its own error
+        root = os.path.realpath(text)
+        database = os.path.realpath(self._path)
+        if os.path.commonpath([root, database]) == root:
+            error = attachments.UnsafePathError(
+                f"{what} {text!r} holds this Saver's database {self._path!r} (with its -wal "
+                "and -shm): a restore would delete them while they are open, losing what is "
+                "written after it, and a snapshot would store them half-written. Keep the "
+                "database outside the workspace. Nothing was written.", path=self._path)
+            error.name = os.path.relpath(database, root)
+            raise error
 
     def collect_garbage(self) -> dict[str, int]:
         """Delete stored file content that no checkpoint's files name, in one transaction;

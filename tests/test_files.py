@@ -18,8 +18,8 @@ import pytest
 
 from conftest import family_digest
 from sqlitesaver import (CheckpointNotFoundError, ChecksumError, CorruptDatabaseError,
-                         FileChangedError, FileNotInCheckpointError, InvalidArgumentError,
-                         Saver, UnsafePathError, attachments)
+                         FileAccessError, FileChangedError, FileNotInCheckpointError,
+                         InvalidArgumentError, Saver, UnsafePathError, attachments)
 from sqlitesaver.attachments import CHUNK_SIZE
 
 
@@ -485,3 +485,30 @@ def test_the_langgraph_files_example_runs(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "files of the last checkpoint: ['plan.md', 'report.md']" in done.stdout
     assert "report.md after restore: '# Report\\nAll done.\\n'" in done.stdout
+
+
+def test_a_path_that_becomes_a_fifo_before_the_transaction_is_refused_without_blocking(
+        db_path, tmp_path, monkeypatch, hang_detector):
+    """A file given by path is hashed before the write lock and read again inside the
+    transaction; swapped for a FIFO in between (found in review), opening it must not block
+    while the lock is held: FileAccessError, nothing written, other writers unaffected."""
+    hang_detector(60)
+    path = tmp_path / "in.txt"
+    path.write_bytes(b"hello")
+    store = attachments.store
+
+    def swapped_first(*args, **kwargs):
+        os.unlink(path)
+        os.mkfifo(path)  # another process replaced the file after it was hashed
+        return store(*args, **kwargs)
+
+    with Saver(db_path) as saver:
+        saver.put("t", {"n": 0})
+        before = family_digest(db_path)
+        monkeypatch.setattr(attachments, "store", swapped_first)
+        with pytest.raises(FileAccessError, match="not a regular file"):
+            saver.put("t", {"n": 1}, files={"f": str(path)})
+        assert family_digest(db_path) == before
+        monkeypatch.setattr(attachments, "store", store)
+        saver.put("u", {"n": 2})  # the write lock was released
+        assert saver.get("t").state == {"n": 0}

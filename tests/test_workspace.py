@@ -299,3 +299,30 @@ def test_a_restore_killed_at_random_steps_ends_exact_when_run_again(db_path, tmp
             saver.restore_workspace("t", target, checkpoint_id=new.checkpoint_id)
             assert tree(target) == new_files, (seed, kill_at)
     print(json.dumps({"seed": seed, "kill_points": kill_points}))
+
+
+def test_a_workspace_holding_the_database_is_refused_and_nothing_changes(tmp_path):
+    """Restoring into the directory that holds the Saver's own database would delete the
+    database and its -wal under the open connections (found in review: the next put was
+    acknowledged and then gone); a snapshot of it would store them half-written. Both are
+    refused before anything is written or removed."""
+    work = tmp_path / "work"
+    (work / "src").mkdir(parents=True)
+    (work / "src" / "main.py").write_bytes(b"print(1)\n")
+    db = str(work / "agent.db")
+    with Saver(db) as saver:
+        saver.put("t", {"step": 1}, files={"out.txt": b"x"})
+        before = family_digest(db)
+        listing = sorted(os.listdir(work))
+        with pytest.raises(UnsafePathError, match="holds this Saver's database") as info:
+            saver.restore_workspace("t", str(work))
+        assert info.value.name == "agent.db"
+        with pytest.raises(UnsafePathError, match="holds this Saver's database"):
+            saver.restore_workspace("t", str(tmp_path))  # an ancestor too
+        with pytest.raises(UnsafePathError, match="holds this Saver's database"):
+            saver.put("t", {"step": 2}, workspace=str(work))
+        assert sorted(os.listdir(work)) == listing
+        assert family_digest(db) == before
+        ref = saver.put("t", {"step": 3})
+    with Saver(db) as saver:
+        assert saver.get("t").checkpoint_id == ref.checkpoint_id
