@@ -403,8 +403,7 @@ class Saver:
             raise InvalidArgumentError(
                 f"metadata must be a dict or None, not {type(metadata).__name__}")
         state_bytes = codec.encode(state, name="state")
-
-        def work(conn: apsw.Connection) -> CheckpointRef:
+        with _Transaction(self, "putting a checkpoint") as conn:
             created = time.time_ns() // 1000  # under the write lock: follows commit order
             parent_seq = None
             if parent_id is not None:
@@ -426,8 +425,6 @@ class Saver:
                  integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
                                                state_bytes, metadata_bytes, *ids), *ids))
             return CheckpointRef(thread_id, namespace, _format_id(seq), _to_datetime(created))
-
-        return self._write("putting a checkpoint", work)
 
     def _put_keyed(self, conn: apsw.Connection, thread_id: str, namespace: str, key: str,
                    parent_seq: int | None, parent_key: str | None, created: int,
@@ -669,8 +666,7 @@ class Saver:
             _check_text(f"writes[{position}] channel", channel)
             encoded.append((index, channel,
                             codec.encode(value, name=f"writes[{position}] value")))
-
-        def work(conn: apsw.Connection) -> None:
+        with _Transaction(self, "putting pending writes") as conn:
             seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
                                        "checkpoint_id")
             conn.executemany(
@@ -679,14 +675,11 @@ class Saver:
                   integrity.write_checksum(seq, task_id, index, channel, task_path, value))
                  for index, channel, value in encoded])
 
-        self._write("putting pending writes", work)
-
     def append_log(self, thread_id: str, event: Any) -> int:
         """Append an event to the thread's log; return its ``seq`` after COMMIT returned."""
         _check_text("thread_id", thread_id)
         event_bytes = codec.encode(event, name="event")
-
-        def work(conn: apsw.Connection) -> int:
+        with _Transaction(self, "appending a log event") as conn:
             created = time.time_ns() // 1000
             seq = conn.execute(_NEXT_SEQ_LOG).fetchone()[0]
             conn.execute(
@@ -695,8 +688,6 @@ class Saver:
                 (seq, thread_id, created, event_bytes,
                  integrity.log_checksum(seq, thread_id, created, event_bytes)))
             return seq
-
-        return self._write("appending a log event", work)
 
     def delete_thread(self, thread_id: str) -> int:
         """Delete every checkpoint (all namespaces), pending write and log event of the
@@ -1116,12 +1107,6 @@ class Saver:
         return threads
 
     # --- internals -------------------------------------------------------------------------
-
-    def _write(self, doing: str, work: Callable[[apsw.Connection], Any]) -> Any:
-        """``work(conn)`` as one transition (a savepoint inside the calling thread's own
-        transaction); returns its result after the COMMIT that holds it returned."""
-        with _Transaction(self, doing) as conn:
-            return work(conn)
 
     def _check_usable(self) -> None:
         if self._forked or (_NO_FORK_HOOK and os.getpid() != self._pid):
