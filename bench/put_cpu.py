@@ -53,7 +53,7 @@ def threads(saver: Saver, state: dict, count: int, seconds: float) -> tuple[floa
     workers = [threading.Thread(target=work, args=(i,)) for i in range(count)]
     for t in workers:
         t.start()
-    commits, transitions = saver._stats["commits"], saver._stats["transitions"]
+    before = saver.stats()
     cpu = time.process_time()
     began = time.monotonic()
     stop[0] = began + seconds
@@ -62,8 +62,9 @@ def threads(saver: Saver, state: dict, count: int, seconds: float) -> tuple[floa
         t.join()
     elapsed, cpu = time.monotonic() - began, time.process_time() - cpu
     total = sum(done)
-    per_commit = (saver._stats["transitions"] - transitions) / max(
-        1, saver._stats["commits"] - commits)
+    after = saver.stats()
+    per_commit = (after["transitions"] - before["transitions"]) / max(
+        1, after["commits"] - before["commits"])
     return total / elapsed, cpu / total, per_commit
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sqlite3
 import sys
 import tempfile
@@ -46,8 +47,12 @@ def main() -> int:
     with Saver(path) as saver:
         for _ in range(200):
             saver.put("t", {"n": 1})
+    # The stdlib sqlite3 reads its own copy: one process must never hold both libraries on
+    # one file (closing either one's descriptor drops the other's POSIX locks).
+    copy = os.path.join(directory, "s-copy.db")
+    shutil.copyfile(path, copy)  # the Saver closed: the file holds everything, no -wal
     conns = {"APSW, QPSG off": apsw.Connection(path), "APSW, QPSG on": apsw.Connection(path),
-             "stdlib sqlite3": sqlite3.connect(path, isolation_level=None)}
+             "stdlib sqlite3": sqlite3.connect(copy, isolation_level=None)}
     conns["APSW, QPSG on"].config(apsw.SQLITE_DBCONFIG_ENABLE_QPSG, 1)
     print(f"$ python {' '.join(sys.argv)}")
     print(f"APSW {apsw.apsw_version()} (SQLite {apsw.sqlite_lib_version()}); stdlib sqlite3 on "
@@ -69,9 +74,7 @@ def main() -> int:
     for conn in conns.values():
         conn.execute("COMMIT")
         conn.close()
-    for name in os.listdir(directory):
-        os.unlink(os.path.join(directory, name))
-    os.rmdir(directory)
+    shutil.rmtree(directory, ignore_errors=True)
     return 0
 
 
