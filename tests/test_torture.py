@@ -182,8 +182,15 @@ def test_broken_group_commit_is_caught_with_threads_and_only_with_threads(tmp_pa
     assert status == 1, output
     summary = report["summary"]
     assert summary[violation] >= 1, output
-    others = {"lost", "partial", "leaked"} - {violation}
-    assert all(summary[other] == 0 for other in others), output
+    other = {"lost": "leaked", "leaked": "lost"}[violation]
+    assert summary[other] == 0, output
+    # A lane whose acknowledged transitions vanished matches neither "before" nor "after" its
+    # in-flight one, so the harness may call that one partial too (seen once in CI, seed 1402,
+    # thread timing differs run to run). That is the same violation, seen from the next
+    # transition; a partial with no violation beside it in its iteration would be a new defect.
+    for e in report["iterations"] + report["final"]:
+        if e["partial"]:
+            assert e[violation], (e, output)
     assert violation.upper() in output and "FAIL (seed 1402)" in output
     assert "--threads 4" in output  # in the command that runs it again
     # One thread: every transition leads its own batch, so these writers are correct.
