@@ -769,6 +769,50 @@ def _may_hold_timestamp(data: bytes) -> bool:
 
 
 _EMPTY_MAP = b"\x80"  # {}: the usual metadata
+_PAIR_HEADER = b"\x92"  # a fixarray of 2: how a [str, bytes] pair starts
+
+
+def _pair(data: bytes) -> list | None:
+    """``[str, bytes]`` read straight off ``data`` when it is exactly that and nothing more, else
+    None (the general decoders then decide, and raise for what is malformed).
+
+    Every payload of the LangGraph adapter has this shape (a serializer's ``(type, bytes)``: the
+    checkpoint and each pending write), and the general path costs several times more on it
+    (two msgpack passes to prove the payload whole and shallow, then ormsgpack). A fixarray of
+    two holding a fixstr or str 8 and then a bin 8/16/32 whose length ends exactly at the end of
+    ``data`` decodes to exactly this list on every msgpack decoder, so nothing is relaxed: a
+    trailing byte, a short length or bad UTF-8 falls through to the general path."""
+    n = len(data)
+    if n < 4 or data[0] != 0x92:
+        return None
+    head = data[1]
+    if 0xA0 <= head <= 0xBF:
+        at, end = 2, head - 0x9E  # 2 + the fixstr's length, head - 0xA0
+    elif head == 0xD9:
+        at, end = 3, data[2] + 3
+    else:
+        return None
+    if end + 2 > n:
+        return None
+    kind = data[end]
+    if kind == 0xC4:
+        start = end + 2
+        size = data[end + 1]
+    elif kind == 0xC5:
+        start = end + 3
+        size = int.from_bytes(data[end + 1:start], "big")
+    elif kind == 0xC6:
+        start = end + 5
+        size = int.from_bytes(data[end + 1:start], "big")
+    else:
+        return None
+    if start + size != n or start > n:
+        return None
+    try:
+        return [data[at:end].decode(), data[start:]]
+    except UnicodeDecodeError:
+        return None
+
 
 # ormsgpack's decode, offered every payload first; it declines (_fastpack.MISS) all but whole,
 # shallow payloads of str-keyed maps and of the extensions built here by _DECODERS, which it
@@ -793,6 +837,10 @@ def decode(data: bytes) -> Any:
             data = bytes(memoryview(data))
         if data == _EMPTY_MAP:
             return {}
+        if data[:1] == _PAIR_HEADER:  # cheaper to test here than to call _pair for nothing
+            pair = _pair(data)
+            if pair is not None:
+                return pair
         if _FAST_DECODE:
             value = _fast_decode(data)
             if value is not _MISS:

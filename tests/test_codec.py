@@ -669,3 +669,62 @@ def test_the_codec_uses_ormsgpack_where_a_tested_version_is_installed():
     assert codec._FAST_ENCODE == _fastpack.PACK_WORKS
     assert codec._FAST_DECODE == _fastpack.DECODE_WORKS
     assert same(roundtrip({"a": [1, (2, {3})], "b": 2**70}), {"a": [1, (2, {3})], "b": 2**70})
+
+
+# --- the [str, bytes] pair read directly (issue #15: the LangGraph adapter's payloads) ----------
+
+def _strict_unpack(data: bytes):
+    """msgpack's own reading of ``data`` as one whole object, or the exception it raises."""
+    try:
+        return msgpack.unpackb(data, raw=False, strict_map_key=False)
+    except Exception as exc:  # noqa: BLE001 - any refusal counts as a refusal
+        return exc
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300), st.binary(max_size=70_000))
+def test_a_pair_reads_back_exactly_through_the_direct_path(type_name, blob):
+    data = encode([type_name, blob])
+    # Type names are short: the direct path reads fixstr and str 8 (up to 255 UTF-8 bytes) and
+    # leaves longer ones to the general path.
+    expected = [type_name, blob] if len(type_name.encode()) <= 255 else None
+    assert codec._pair(data) == expected
+    assert decode(data) == [type_name, blob] and type(decode(data)[1]) is bytes
+
+
+@settings(max_examples=500, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(st.text(max_size=40), st.binary(max_size=300), st.data())
+def test_the_direct_pair_path_agrees_with_msgpack_on_damaged_bytes(type_name, blob, data):
+    # Flip, cut or extend the encoding anywhere: the direct path must either decline (None) or
+    # return exactly what msgpack reads from those bytes; it never accepts what msgpack refuses.
+    raw = bytearray(encode([type_name, blob]))
+    how = data.draw(st.sampled_from(["flip", "cut", "extend"]))
+    if how == "flip":
+        at = data.draw(st.integers(0, len(raw) - 1))
+        raw[at] = data.draw(st.integers(0, 255))
+    elif how == "cut":
+        del raw[data.draw(st.integers(1, len(raw) - 1)):]
+    else:
+        raw += data.draw(st.binary(min_size=1, max_size=3))
+    damaged = bytes(raw)
+    direct = codec._pair(damaged)
+    if direct is not None:
+        assert direct == _strict_unpack(damaged), damaged
+    if isinstance(_strict_unpack(damaged), Exception):
+        assert direct is None
+        with pytest.raises(SerializationError):
+            decode(damaged)
+
+
+@pytest.mark.parametrize("data", [
+    b"\x92\xa1a\xc4\x05ab",             # bin length past the end
+    b"\x92\xa1a\xc4\x01ab",             # a trailing byte
+    b"\x92\xa1\xff\xc4\x01a",           # a str that is not UTF-8
+    b"\x92\xa1a",                       # no second item
+    b"\x92\xa1a\xc5\x00",               # bin 16 with its length cut
+])
+def test_a_malformed_pair_is_refused_with_a_typed_error(data):
+    assert codec._pair(data) is None
+    with pytest.raises(SerializationError):
+        decode(data)
