@@ -73,21 +73,22 @@ _N_CHECKPOINT_COLUMNS = 10
 _WRITE_COLUMNS = "w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.task_path, w.checksum"
 
 
-def _get_queries(match: str) -> tuple[str, str]:
-    """Saver.get's two statements for one WHERE clause: the checkpoint and whether it has
-    pending writes; then, only if it has, the checkpoint and its writes in one statement (one
-    snapshot), told apart by the first column."""
-    return (f"SELECT {_CHECKPOINT_COLUMNS}, EXISTS (SELECT 1 FROM writes WHERE checkpoint_seq = "
-            f"c.seq) FROM checkpoints AS c WHERE {match}",
-            f"SELECT * FROM (SELECT 0, {_CHECKPOINT_COLUMNS} FROM checkpoints AS c WHERE {match}) "
-            f"UNION ALL SELECT 1, {_WRITE_COLUMNS}, NULL, NULL, NULL FROM writes AS w "
-            f"WHERE w.checkpoint_seq = (SELECT c.seq FROM checkpoints AS c WHERE {match})")
+def _get_query(match: str) -> str:
+    """Saver.get's one statement for a WHERE clause on the checkpoint ``c``: the checkpoint
+    with each of its pending writes (a LEFT JOIN, so one statement and one snapshot), and the
+    checkpoint alone, its write columns NULL, when it has none. The checkpoint's columns repeat
+    on every row; a writes table's rows are few, and a second statement costs more."""
+    return (f"SELECT {_CHECKPOINT_COLUMNS}, {_WRITE_COLUMNS} FROM checkpoints AS c "
+            f"LEFT JOIN writes AS w ON w.checkpoint_seq = c.seq WHERE {match}")
 
 
-_GET_LATEST = _get_queries("thread_id = ? AND namespace = ? ORDER BY seq DESC LIMIT 1")
-_GET_BY_KEY = _get_queries("thread_id = ? AND namespace = ? AND key = ?")
+# The latest by a scalar subquery on the covering index, so the join sees one checkpoint row
+# (an ORDER BY ... LIMIT 1 here would limit the joined rows instead).
+_GET_LATEST = _get_query("c.seq = (SELECT max(seq) FROM checkpoints WHERE thread_id = ? AND "
+                         "namespace = ?)")
+_GET_BY_KEY = _get_query("c.thread_id = ? AND c.namespace = ? AND c.key = ?")
 # A checkpoint with a caller-supplied id is not also reachable by its seq.
-_GET_BY_SEQ = _get_queries("seq = ? AND thread_id = ? AND namespace = ? AND key IS NULL")
+_GET_BY_SEQ = _get_query("c.seq = ? AND c.thread_id = ? AND c.namespace = ? AND c.key IS NULL")
 _WRITE_ORDER = operator.itemgetter(1, 2)
 _NEXT_SEQ = ("SELECT max(coalesce((SELECT max(seq) FROM {table}), 0), "
              "(SELECT value FROM high_water WHERE name = '{table}')) + 1")
@@ -851,25 +852,16 @@ class Saver:
             if seq is None:
                 return None
             query, params = _GET_BY_SEQ, (seq, thread_id, namespace)
-        one, with_writes = query
         with _Read(self, "reading a checkpoint", snapshot=False) as read:
-            conn = read.conn
-            # One statement is its own snapshot. The first says whether there are pending
-            # writes; only then the second reads the checkpoint again with its writes, in one
-            # statement (so one snapshot) instead of BEGIN, two queries and COMMIT.
-            row = conn.execute(one, params).fetchone()
-            if row is None:
-                return None
-            if not row[_N_CHECKPOINT_COLUMNS]:
-                return self._checkpoint(row[:_N_CHECKPOINT_COLUMNS], ())
-            rows = conn.execute(with_writes, params + params).fetchall()
-        # rows: (0, *checkpoint) first, then (1, *write, None, None, None) for each write.
-        checkpoint = [row[1:] for row in rows if row[0] == 0]
-        if not checkpoint:  # deleted between the two statements
+            rows = read.conn.execute(query, params).fetchall()
+        if not rows:
             return None
-        writes = sorted((row[1:8] for row in rows if row[0] == 1),
+        first = rows[0]
+        if first[_N_CHECKPOINT_COLUMNS] is None:  # no write joined (checkpoint_seq is NOT NULL)
+            return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], ())
+        writes = sorted((row[_N_CHECKPOINT_COLUMNS:] for row in rows),
                         key=_WRITE_ORDER)  # (task_id, idx): the primary key's order already
-        return self._checkpoint(checkpoint[0], writes)
+        return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], writes)
 
     def list(self, thread_id: str, *, namespace: str | None = None,
              before: str | None = None, limit: int | None = None,

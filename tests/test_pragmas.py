@@ -102,3 +102,24 @@ def test_query_plans_use_the_indexes_with_planner_stability(db_path):
             detail = " ".join(row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query,
                                                              params))
             assert "SEARCH" in detail and index in detail, (name, detail)
+
+
+def test_the_get_statements_search_their_indexes(db_path):
+    """Saver.get's own statements (one LEFT JOIN each): every table they touch is searched by
+    an index, never scanned, for the latest, a caller-supplied id and a generated id."""
+    from sqlitesaver import saver as saver_module
+    with Saver(db_path) as saver:
+        ref = saver.put("t", {"n": 1})
+        saver.put("t", {"n": 2}, checkpoint_id="mine")
+        saver.put_writes("t", "mine", "task", [("c", 1)])
+        conn = saver._writer
+        seq = saver_module._parse_id(ref.checkpoint_id)
+        for name, query, params in (
+                ("latest", saver_module._GET_LATEST, ("t", "")),
+                ("by key", saver_module._GET_BY_KEY, ("t", "", "mine")),
+                ("by seq", saver_module._GET_BY_SEQ, (seq, "t", ""))):
+            steps = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query, params)]
+            assert not any(step.startswith("SCAN") for step in steps), (name, steps)
+            assert any("SEARCH w USING PRIMARY KEY" in step for step in steps), (name, steps)
+        assert saver.get("t", "mine").pending_writes[0].value == 1
+        assert saver.get("t", ref.checkpoint_id).state == {"n": 1}
