@@ -75,3 +75,32 @@ class RecoveryReport:
     migrations_applied: tuple[int, ...]
     stale_files_removed: tuple[str, ...]
     seconds: float
+
+
+# --- building records on the read paths --------------------------------------------------------
+# A frozen dataclass's __init__ sets each field through object.__setattr__, about 0.9 us for a
+# PendingWrite and 1.5 us for a Checkpoint; a read builds one per checkpoint and per pending
+# write. These fill the instance's __dict__ directly (about 0.35 us): the same instance as the
+# class's own constructor gives (same fields in the same order, so the same __eq__, __hash__ and
+# __repr__; tests/test_records.py compares them), for values the Saver read and checked itself.
+
+_new = object.__new__
+
+
+def new_pending_write(task_id: str, index: int, channel: str, value: Any,
+                      task_path: str) -> PendingWrite:
+    obj = _new(PendingWrite)
+    obj.__dict__.update({"task_id": task_id, "index": index, "channel": channel,
+                         "value": value, "task_path": task_path})
+    return obj
+
+
+def new_checkpoint(thread_id: str, namespace: str, checkpoint_id: str, parent_id: str | None,
+                   created_at: datetime, state: Any, metadata: dict,
+                   pending_writes: tuple[PendingWrite, ...]) -> Checkpoint:
+    obj = _new(Checkpoint)
+    obj.__dict__.update({"thread_id": thread_id, "namespace": namespace,
+                         "checkpoint_id": checkpoint_id, "parent_id": parent_id,
+                         "created_at": created_at, "state": state, "metadata": metadata,
+                         "pending_writes": pending_writes})
+    return obj

@@ -37,7 +37,8 @@ from .errors import (BusyTimeoutError, ChecksumError, CheckpointNotFoundError,
                      InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError, SaverError,
                      UsageError, check_command, describe, restore_advice, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
-from .records import Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport
+from .records import (Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport,
+                      new_checkpoint, new_pending_write)
 
 if TYPE_CHECKING:
     from .backup import BackupReport
@@ -1229,13 +1230,16 @@ class Saver:
         seq, thread_id, namespace, parent_seq, created, state = row[:6]
         key, parent_key = row[8:10]
         checkpoint_id = _format_id(seq) if key is None else key
-        self._verify_writes(checkpoint_id, writes)
-        pending = tuple(PendingWrite(task_id, index, channel, codec.decode(value), task_path)
-                        for _, task_id, index, channel, value, task_path, _ in writes)
+        pending: tuple[PendingWrite, ...] = ()
+        if writes:
+            self._verify_writes(checkpoint_id, writes)
+            pending = tuple(new_pending_write(task_id, index, channel, codec.decode(value),
+                                              task_path)
+                            for _, task_id, index, channel, value, task_path, _ in writes)
         if parent_key is None and parent_seq is not None:
             parent_key = _format_id(parent_seq)
-        return Checkpoint(thread_id, namespace, checkpoint_id, parent_key, _to_datetime(created),
-                          codec.decode(state), metadata, pending)
+        return new_checkpoint(thread_id, namespace, checkpoint_id, parent_key,
+                              _to_datetime(created), codec.decode(state), metadata, pending)
 
     def _reader(self) -> apsw.Connection:
         """A read connection from the pool; waits while ``max_readers`` are in use."""
@@ -2246,7 +2250,8 @@ _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
 
 
 def _to_datetime(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)  # exact, unlike fromtimestamp(float)
+    # Exact, unlike fromtimestamp(float); positional, as keyword parsing costs 40% more.
+    return _EPOCH + timedelta(0, 0, us)
 
 
 def _matches(found: Any, wanted: dict) -> bool:

@@ -59,25 +59,36 @@ def to_tuple(stored: Checkpoint, serde: SerializerProtocol, *,
     :class:`~sqlitesaver.errors.ForeignCheckpointError` if the checkpoint or one of its writes
     was not stored by this adapter (``path`` is the database, for the error)."""
     _check_pair(stored, stored.state, "its state", path)
-    for w in stored.pending_writes:
-        _check_pair(stored, w.value,
-                    f"its pending write {w.index} of task {w.task_id!r} (channel {w.channel!r})",
-                    path)
-    writes = sorted(stored.pending_writes,
-                    key=lambda w: writes_sort_key(w.task_path, w.task_id, w.index))
+    pending = stored.pending_writes
+    if pending:
+        for w in pending:
+            value = w.value
+            if not (type(value) is list and len(value) == 2 and type(value[0]) is str
+                    and type(value[1]) is bytes):  # as _check_pair, without its message
+                _check_pair(stored, value, f"its pending write {w.index} of task "
+                            f"{w.task_id!r} (channel {w.channel!r})", path)
+        pending = [(w.task_id, w.channel, serde.loads_typed(tuple(w.value)))
+                   for w in sorted(pending, key=_write_order)]
+    else:
+        pending = []
+    thread_id, namespace = stored.thread_id, stored.namespace
     return CheckpointTuple(
-        to_config(stored.thread_id, stored.namespace, stored.checkpoint_id),
+        {"configurable": {"thread_id": thread_id, "checkpoint_ns": namespace,
+                          "checkpoint_id": stored.checkpoint_id}},
         serde.loads_typed(tuple(stored.state)),
         stored.metadata,
-        None if stored.parent_id is None else to_config(stored.thread_id, stored.namespace,
-                                                        stored.parent_id),
-        [(w.task_id, w.channel, serde.loads_typed(tuple(w.value))) for w in writes])
+        None if stored.parent_id is None else to_config(thread_id, namespace, stored.parent_id),
+        pending)
+
+
+def _write_order(w: Any) -> tuple:
+    return writes_sort_key(w.task_path, w.task_id, w.index)
 
 
 def _check_pair(stored: Checkpoint, value: Any, what: str, path: str | None) -> None:
     """Refuse a value that is not the ``[type, bytes]`` list :func:`dumps` stores."""
     if type(value) is list and len(value) == 2 and type(value[0]) is str \
-            and isinstance(value[1], (bytes, bytearray)):
+            and type(value[1]) is bytes:  # what the codec returns for a msgpack bin
         return
     error = ForeignCheckpointError(
         f"checkpoint {stored.checkpoint_id!r} of thread {stored.thread_id!r} (namespace "
