@@ -373,22 +373,23 @@ def test_async_methods_never_block_the_event_loop(db_path):
             holder.start()
             await asyncio.to_thread(held.wait, 30)
             ran_in: list[int] = []
-            real_transaction = checkpointer.saver.transaction
+            real_put = checkpointer.saver.put
             loop, started = asyncio.get_running_loop(), asyncio.Event()
 
-            def transaction():
+            def put(*args, **kwargs):
                 ran_in.append(threading.get_ident())
                 loop.call_soon_threadsafe(started.set)
-                return real_transaction()  # waits for the holder's lock when entered
+                return real_put(*args, **kwargs)  # waits for the holder's lock
 
-            checkpointer.saver.transaction = transaction  # type: ignore[method-assign]
+            checkpointer.saver.put = put  # type: ignore[method-assign]
             pending = asyncio.create_task(checkpointer.aput(cfg(), new_checkpoint(), {}, {}))
-            await started.wait()  # the put has started, in a worker thread...
+            # the put has started, in a worker thread (bounded: a hang fails, not hangs)...
+            await asyncio.wait_for(started.wait(), 30)
             # ...and is blocked; yet this coroutine runs, and reads are served meanwhile
             assert not pending.done()
             assert await checkpointer.aget_tuple(cfg()) is None
             release.set()
-            await pending
+            await asyncio.wait_for(pending, 30)
             await asyncio.to_thread(holder.join, 30)
             assert ran_in[0] != loop_thread
             assert (await checkpointer.aget_tuple(cfg())) is not None

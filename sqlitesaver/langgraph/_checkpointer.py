@@ -184,32 +184,51 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
             new_versions: ChannelVersions) -> RunnableConfig:
         """Store the checkpoint under its own id, its parent being the config's
         ``checkpoint_id``, in one transaction, together with any writes that arrived for it
-        first; return the config that names it. A parent that does not exist (deleted, or
-        never stored) is recorded as no parent. Putting an id again replaces that checkpoint
-        and keeps its pending writes, as LangGraph's SqliteSaver does."""
+        first (their ``put_writes`` calls are still waiting); return the config that names it.
+        A parent that does not exist (deleted, or never stored) is recorded as no parent. Putting an id again replaces that checkpoint and keeps its
+        pending writes, as LangGraph's SqliteSaver does."""
         thread_id, namespace, parent_id = _convert.location(config)
         checkpoint_id = checkpoint["id"]
         state = _convert.dumps(self.serde, checkpoint)
         stored_metadata = get_checkpoint_metadata(config, metadata)
-        # Inside the caller's own transaction this put's end is not its COMMIT, so it must not
-        # settle early writes: they keep waiting for a put of their own, or their deadline.
-        rendezvous = nullcontext(_nothing_parked) if self.saver.in_transaction else \
-            self._rendezvous.storing((thread_id, namespace, checkpoint_id))
-        with rendezvous as take:
-            with self.saver.transaction():
-                try:
-                    self.saver.put(thread_id, state, metadata=stored_metadata,
-                                   parent_id=parent_id, namespace=namespace,
-                                   checkpoint_id=checkpoint_id)
-                except CheckpointNotFoundError:
-                    if parent_id is None:
-                        raise
-                    # Only the failed put was undone (it ran as a savepoint): put it alone.
-                    self.saver.put(thread_id, state, metadata=stored_metadata,
-                                   namespace=namespace, checkpoint_id=checkpoint_id)
-                for early in take():
-                    early.store()
+        saver = self.saver
+        if saver.in_transaction:
+            # Inside the caller's own transaction this put's end is not its COMMIT, so it must
+            # not settle early writes: they keep waiting for a put of their own, or their
+            # deadline. Saver.put runs as a savepoint there: undone alone if the parent is
+            # missing.
+            self._put_checkpoint(thread_id, namespace, checkpoint_id, parent_id, state,
+                                 stored_metadata)
+            return _convert.to_config(thread_id, namespace, checkpoint_id)
+        with self._rendezvous.storing((thread_id, namespace, checkpoint_id)) as take:
+            early = take()  # from here on, writes for this checkpoint wait for its end (RETRY)
+            if not early:
+                # The usual case: the checkpoint alone, in a transaction of its own (no
+                # nesting, the fewest statements).
+                self._put_checkpoint(thread_id, namespace, checkpoint_id, parent_id, state,
+                                     stored_metadata)
+            else:
+                # Writes that came first go in the checkpoint's transaction: one COMMIT, one
+                # fsync for both; their callers return once it committed (STORED).
+                with saver.transaction():
+                    self._put_checkpoint(thread_id, namespace, checkpoint_id, parent_id, state,
+                                         stored_metadata)
+                    for job in early:
+                        job.store()
         return _convert.to_config(thread_id, namespace, checkpoint_id)
+
+    def _put_checkpoint(self, thread_id: str, namespace: str, checkpoint_id: str,
+                        parent_id: str | None, state: list, metadata: dict) -> None:
+        try:
+            self.saver.put(thread_id, state, metadata=metadata, parent_id=parent_id,
+                           namespace=namespace, checkpoint_id=checkpoint_id)
+        except CheckpointNotFoundError:
+            if parent_id is None:
+                raise
+            # The failed put was undone whole (its own transaction, or a savepoint in the
+            # caller's): put it without the parent that is gone.
+            self.saver.put(thread_id, state, metadata=metadata, namespace=namespace,
+                           checkpoint_id=checkpoint_id)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                    task_id: str, task_path: str = "") -> None:
