@@ -38,8 +38,9 @@ import core  # noqa: E402  (bench/core.py: the 4 KiB state)
 from run import grow_state  # noqa: E402  (bench/run.py: the 1 MiB state)
 from sqlitesaver import codec  # noqa: E402
 
-# The codec's switches for its ormsgpack paths, when it has them.
-SWITCHES = [name for name in ("_FAST_ENCODE", "_FAST_DECODE") if hasattr(codec, name)]
+# The codec's switches for its ormsgpack paths and its direct [str, bytes] paths, when it has
+# them.
+SWITCHES = [name for name in ("_FAST_ENCODE", "_FAST_DECODE", "_PAIRS") if hasattr(codec, name)]
 
 
 def msgpack_only(call: Callable[[], object]) -> Callable[[], object]:

@@ -206,6 +206,9 @@ _CLEAN, _HAS_BYTEARRAY, _REJECT, _SHARED, _TOO_MANY, _NATIVE = range(6)
 # msgpack path alone.
 _FAST_ENCODE = _fastpack.PACK_WORKS
 _FAST_DECODE = _fastpack.DECODE_WORKS
+# Whether a [str, bytes] pair is written and read directly (_pair_bytes, _pair); off, like the
+# two above, to run the msgpack path alone.
+_PAIRS = True
 
 #: Most objects a value may hold, counting a container once for every place it appears in: the
 #: packer writes it out in full at each place (it comes back as that many separate copies).
@@ -324,6 +327,10 @@ def encode(value: Any, *, name: str = "value") -> bytes:
     written out, and counted against :data:`MAX_OBJECTS`, once per place); a value that contains
     itself is refused as soon as the scan meets the repeat.
     """
+    if type(value) is list and len(value) == 2 and _PAIRS:
+        data = _pair_bytes(value)
+        if data is not None:
+            return data
     found = _scan(value)
     if found == _SHARED:
         problem, found = _inspect(value, name, leaves=False)
@@ -772,6 +779,43 @@ _EMPTY_MAP = b"\x80"  # {}: the usual metadata
 _PAIR_HEADER = b"\x92"  # a fixarray of 2: how a [str, bytes] pair starts
 
 
+def _pair_bytes(value: list) -> bytes | None:
+    """The bytes of a ``[str, bytes]`` pair, written directly, or None (the general path then
+    decides). The inverse of :func:`_pair`, for the same reason: the LangGraph adapter stores
+    every checkpoint and pending write as such a pair, and the general path costs several times
+    more on it (the scan, then the packer). The bytes are the ones msgpack writes (fixstr or
+    str 8, then the smallest bin header): tests/test_codec.py compares them on random pairs."""
+    name, blob = value
+    if type(name) is not str or type(blob) is not bytes:
+        return None
+    try:
+        raw = name.encode()
+    except UnicodeEncodeError:  # a lone surrogate: the general path's error
+        return None
+    size, length = len(raw), len(blob)
+    if size < 32:
+        head = _FIXSTR[size]
+    elif size < 256:
+        head = b"\xd9" + _BYTE[size]
+    else:
+        return None
+    if length < 256:
+        bin_head = b"\xc4" + _BYTE[length]
+    elif length < 65536:
+        bin_head = b"\xc5" + length.to_bytes(2, "big")
+    elif length < 2**32:
+        bin_head = b"\xc6" + length.to_bytes(4, "big")
+    else:
+        return None
+    if 1 + len(head) + size + len(bin_head) + length > MAX_BYTES:
+        return None  # the general path raises ValueTooLargeError
+    return b"".join((b"\x92", head, raw, bin_head, blob))
+
+
+_BYTE = [bytes((n,)) for n in range(256)]
+_FIXSTR = [bytes((0xA0 | n,)) for n in range(32)]
+
+
 def _pair(data: bytes) -> list | None:
     """``[str, bytes]`` read straight off ``data`` when it is exactly that and nothing more, else
     None (the general decoders then decide, and raise for what is malformed).
@@ -837,7 +881,7 @@ def decode(data: bytes) -> Any:
             data = bytes(memoryview(data))
         if data == _EMPTY_MAP:
             return {}
-        if data[:1] == _PAIR_HEADER:  # cheaper to test here than to call _pair for nothing
+        if data[:1] == _PAIR_HEADER and _PAIRS:  # cheaper here than a call for nothing
             pair = _pair(data)
             if pair is not None:
                 return pair

@@ -728,3 +728,54 @@ def test_a_malformed_pair_is_refused_with_a_typed_error(data):
     assert codec._pair(data) is None
     with pytest.raises(SerializationError):
         decode(data)
+
+
+def _general_encode(value):
+    """encode() without the direct pair path."""
+    codec._PAIRS = False
+    try:
+        return encode(value)
+    finally:
+        codec._PAIRS = True
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=300), st.binary(max_size=70_000))
+def test_a_pair_is_written_as_the_general_path_writes_it(type_name, blob):
+    expected = _general_encode([type_name, blob])
+    assert expected == msgpack.packb([type_name, blob], use_bin_type=True)
+    assert encode([type_name, blob]) == expected
+    direct = codec._pair_bytes([type_name, blob])
+    assert direct is None or direct == expected
+    if len(type_name.encode()) <= 255:
+        assert direct == expected  # the direct path was taken
+
+
+class _Text(str):
+    pass
+
+
+@pytest.mark.parametrize("value", [
+    ["a", bytearray(b"x")], [b"a", b"x"], ("a", b"x"), ["a", b"x", 1], ["\ud800", b"x"],
+    [_Text("a"), b"x"], ["a", memoryview(b"x")], ["a" * 256, b"x"],
+])
+def test_what_is_not_exactly_a_pair_takes_the_general_path(value):
+    if type(value) is list and len(value) == 2:
+        assert codec._pair_bytes(value) is None
+    try:
+        expected = _general_encode(value)
+    except SerializationError:
+        with pytest.raises(SerializationError):
+            encode(value)
+    else:
+        assert encode(value) == expected
+        assert type(decode(encode(value))) is type(value)
+
+
+def test_a_pair_past_max_bytes_is_refused_as_too_large(monkeypatch):
+    monkeypatch.setattr(codec, "MAX_BYTES", 100)
+    assert codec._pair_bytes(["t", bytes(96)]) is None  # 101 bytes
+    with pytest.raises(codec.ValueTooLargeError):
+        encode(["t", bytes(96)])
+    assert len(encode(["t", bytes(95)])) == 100  # exactly MAX_BYTES: allowed, as before
+    assert decode(encode(["t", bytes(95)])) == ["t", bytes(95)]
