@@ -148,27 +148,36 @@ class Source:
     digest: bytes
     data: bytes | memoryview | None = None
     path: str | None = None
+    #: (st_dev, st_ino) of the file looked at: every later open of ``path`` must find it
+    identity: tuple[int, int] | None = None
 
 
-def _open_regular(path: str) -> io.FileIO:
-    """``path`` opened for reading, refused (``OSError`` ENODEV-like) unless it is a regular
-    file once open: opened without blocking, so a path that became a FIFO since it was looked
-    at cannot hang the caller (inside a transaction: holding the write lock)."""
+def _open_regular(path: str, identity: tuple[int, int] | None = None) -> io.FileIO:
+    """``path`` opened for reading, refused (``OSError``) unless it is a regular file once
+    open and, with ``identity``, the very file (device and inode) looked at before: opened
+    without blocking, so a path that became a FIFO since it was looked at cannot hang the
+    caller (inside a transaction: holding the write lock); and a path swapped since, for a
+    symbolic link or through a renamed parent directory, to a file elsewhere (outside a
+    workspace) is refused, not read."""
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file any more")
+        if identity is not None and (st.st_dev, st.st_ino) != identity:
+            raise OSError(errno.ESTALE, "another file is at this path than the one looked at "
+                                        "(it was replaced, or a directory above it was)")
         return io.FileIO(fd, "rb", closefd=True)
     except BaseException:
         os.close(fd)
         raise
 
 
-def _hash_path(path: str, shown: str) -> tuple[bytes, int]:
+def _hash_path(path: str, shown: str, identity: tuple[int, int]) -> tuple[bytes, int]:
     hasher = hashlib.sha256()
     size = 0
     try:
-        with _open_regular(path) as f:
+        with _open_regular(path, identity) as f:
             while True:
                 block = _read_full(f, CHUNK_SIZE)
                 if not block:
@@ -187,12 +196,14 @@ def _access(exc: OSError, shown: str, doing: str) -> FileAccessError:
     return error
 
 
-def source_from_path(name: str, path: str, shown: str | None = None) -> Source:
+def source_from_path(name: str, path: str, shown: str | None = None,
+                     seen: os.stat_result | None = None) -> Source:
     """A regular file at ``path`` (looked at with ``stat()`` first: a FIFO is never
-    opened), hashed."""
+    opened), hashed. ``seen`` is what the caller already found there (a workspace walk's
+    ``lstat``): the file opened must be that one (see :func:`_open_regular`)."""
     shown = shown or path
     try:
-        st = os.stat(path)
+        st = os.stat(path) if seen is None else seen
     except FileNotFoundError:
         raise InvalidArgumentError(
             f"files[{name!r}] is the path {shown!r}, which does not exist. A str or path "
@@ -207,8 +218,9 @@ def source_from_path(name: str, path: str, shown: str | None = None) -> Source:
                                 "was written.")
         error.name = name
         raise error
-    digest, size = _hash_path(path, shown)
-    return Source(name, stat.S_IMODE(st.st_mode), size, digest, path=path)
+    identity = (st.st_dev, st.st_ino)
+    digest, size = _hash_path(path, shown, identity)
+    return Source(name, stat.S_IMODE(st.st_mode), size, digest, path=path, identity=identity)
 
 
 def prepare(files: Mapping[str, object]) -> list[Source]:
@@ -292,7 +304,7 @@ def _store_content(conn: apsw.Connection, source: Source, db: str) -> None:
     size = 0
     changed = False
     try:
-        with _open_regular(source.path) as f:
+        with _open_regular(source.path, source.identity) as f:
             for index in range(count):
                 data = _read_full(f, CHUNK_SIZE)
                 hasher.update(data)

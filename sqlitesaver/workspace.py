@@ -8,7 +8,12 @@ manifest row and no bytes. A symbolic link to a file inside the directory is sto
 file's content (and restored as a regular file). Refused with
 :class:`~sqlitesaver.errors.UnsafePathError`, before anything is written: a link that leads
 out of the directory, a link to a directory, and anything that is not a regular file (a FIFO
-is never opened). Empty directories are not part of a workspace. Snapshot a directory that
+is never opened). A regular file is opened as the very file the walk looked at (device and
+inode): one swapped meanwhile for a link, or reached through a directory swapped for a link,
+is refused with :class:`~sqlitesaver.errors.FileAccessError` and nothing is written. (A link
+inside the directory is resolved and checked by path, then opened: a directory along its
+target swapped in that short gap is not caught; a directory-descriptor walk would close it.)
+Empty directories are not part of a workspace. Snapshot a directory that
 nothing writes to meanwhile: each file is stored as it was when it was hashed, or the
 transaction fails with :class:`~sqlitesaver.errors.FileChangedError`, but files changed at
 different moments of the walk are not a consistent whole.
@@ -95,7 +100,9 @@ def snapshot_sources(directory: str | os.PathLike[str]) -> list[Source]:
                                        "regular file")
                 sources.append(source_from_path(rel, target, full))
             elif stat.S_ISREG(st.st_mode):
-                sources.append(source_from_path(rel, full))
+                # The file this lstat saw, and no other: swapped meanwhile for a link, or
+                # reached through a directory renamed to a link, it is refused when opened.
+                sources.append(source_from_path(rel, full, seen=st))
             else:
                 from .paths import kind
                 raise _unsafe(rel, f"it is {kind(st.st_mode)}, not a regular file")

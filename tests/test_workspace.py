@@ -326,3 +326,47 @@ def test_a_workspace_holding_the_database_is_refused_and_nothing_changes(tmp_pat
         ref = saver.put("t", {"step": 3})
     with Saver(db) as saver:
         assert saver.get("t").checkpoint_id == ref.checkpoint_id
+
+
+@pytest.mark.parametrize("swap", ["file", "parent directory"])
+def test_a_file_swapped_for_a_link_out_after_the_walk_is_refused(db_path, tmp_path, monkeypatch,
+                                                                 swap):
+    """The gap between the walk's lstat and the open (found in review: forced there, a file
+    swapped for a link to a file outside the workspace was stored): the file opened must be
+    the one the walk saw, device and inode, else nothing is written."""
+    from sqlitesaver import attachments
+    ws = tmp_path / "ws"
+    write(str(ws), {"ok.txt": b"ok", "sub/f.txt": b"inside"})
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "f.txt").write_bytes(b"secret")
+    real_open = attachments._open_regular
+    swapped = []
+
+    def open_after_swap(path, identity=None):
+        if path.endswith("f.txt") and not swapped:
+            swapped.append(path)
+            if swap == "file":
+                os.remove(path)
+                os.symlink(str(outside / "f.txt"), path)
+            else:
+                os.rename(ws / "sub", tmp_path / "sub-moved")
+                os.symlink(str(outside), ws / "sub")
+        return real_open(path, identity)
+
+    Saver(db_path).close()
+    before = family_digest(db_path)
+    monkeypatch.setattr(attachments, "_open_regular", open_after_swap)
+    with Saver(db_path) as saver:
+        with pytest.raises(FileAccessError, match="another file is at this path") as info:
+            saver.put("t", 1, workspace=str(ws))
+        assert "nothing was written" in str(info.value)
+        assert swapped and saver.get("t") is None
+    assert family_digest(db_path) == before
+    # Without the swap the same workspace is stored, and the pin refuses nothing
+    monkeypatch.setattr(attachments, "_open_regular", real_open)
+    (tmp_path / "ws2").mkdir()
+    write(str(tmp_path / "ws2"), {"ok.txt": b"ok", "sub/f.txt": b"inside"})
+    with Saver(db_path) as saver:
+        ref = saver.put("t", 1, workspace=str(tmp_path / "ws2"))
+        assert saver.read_file("t", "sub/f.txt", checkpoint_id=ref.checkpoint_id) == b"inside"
