@@ -127,3 +127,20 @@ def hang_detector() -> Iterator[Callable[[float], None]]:
 
     yield arm
     faulthandler.cancel_dump_traceback_later()
+
+
+#: Seconds any one test may run before the hang detector ends the run with every thread's stack
+#: (the slowest test takes about 32 s here). A test that arms ``hang_detector`` itself replaces
+#: this bound with its own for its duration (faulthandler has one timer).
+TEST_BOUND = float(os.environ.get("SQLITESAVER_TEST_BOUND", "300"))
+
+
+@pytest.fixture(autouse=True)
+def _every_test_is_bounded() -> Iterator[None]:
+    """A hang anywhere (an unbounded wait in a test, a deadlock in the library) fails the run
+    within TEST_BOUND seconds with every thread's stack (the test's function among them)
+    instead of hanging CI."""
+    import faulthandler
+    faulthandler.dump_traceback_later(TEST_BOUND, exit=True, file=_REAL_STDERR[0])
+    yield
+    faulthandler.cancel_dump_traceback_later()

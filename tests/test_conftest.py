@@ -1,0 +1,31 @@
+"""The test suite's own safety net: a test that hangs ends the run with the stacks."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_a_hanging_test_ends_the_run_with_its_stack(tmp_path):
+    shutil.copy(os.path.join(HERE, "conftest.py"), tmp_path / "conftest.py")
+    (tmp_path / "test_hangs.py").write_text(
+        "import threading\n\n"
+        "def test_waits_forever():\n"
+        "    threading.Event().wait()  # no bound of its own\n")
+    (tmp_path / "tmp").mkdir()  # the killed run cannot clean up: keep its leftovers here
+    path = os.pathsep.join([os.path.dirname(HERE), os.environ.get("PYTHONPATH", "")])
+    env = dict(os.environ, SQLITESAVER_TEST_BOUND="2", PYTHONPATH=path,
+               TMPDIR=str(tmp_path / "tmp"))
+    started = time.monotonic()
+    done = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(tmp_path / "test_hangs.py")], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0, done.stdout
+    assert "test_waits_forever" in done.stderr, done.stderr  # the hung test's frame
+    assert "Timeout" in done.stderr, done.stderr
+    assert time.monotonic() - started < 60
