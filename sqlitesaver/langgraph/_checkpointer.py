@@ -185,8 +185,9 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         """Store the checkpoint under its own id, its parent being the config's
         ``checkpoint_id``, in one transaction, together with any writes that arrived for it
         first (their ``put_writes`` calls are still waiting); return the config that names it.
-        A parent that does not exist (deleted, or never stored) is recorded as no parent. Putting an id again replaces that checkpoint and keeps its
-        pending writes, as LangGraph's SqliteSaver does."""
+        A parent that does not exist (deleted, or never stored) is recorded as no parent.
+        Putting an id again replaces that checkpoint and keeps its pending writes, as
+        LangGraph's SqliteSaver does."""
         thread_id, namespace, parent_id = _convert.location(config)
         checkpoint_id = checkpoint["id"]
         state = _convert.dumps(self.serde, checkpoint)
@@ -390,10 +391,6 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
-
-
-def _nothing_parked() -> list[Parked]:
-    return []
 
 
 _THROWAWAY = ("for a throwaway database use a file in a temporary directory "

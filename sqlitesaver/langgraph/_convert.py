@@ -62,10 +62,8 @@ def to_tuple(stored: Checkpoint, serde: SerializerProtocol, *,
     pending = stored.pending_writes
     if pending:
         for w in pending:
-            value = w.value
-            if not (type(value) is list and len(value) == 2 and type(value[0]) is str
-                    and type(value[1]) is bytes):  # as _check_pair, without its message
-                _check_pair(stored, value, f"its pending write {w.index} of task "
+            if not _is_pair(w.value):  # the message is built only for a foreign write
+                _check_pair(stored, w.value, f"its pending write {w.index} of task "
                             f"{w.task_id!r} (channel {w.channel!r})", path)
         pending = [(w.task_id, w.channel, serde.loads_typed(tuple(w.value)))
                    for w in sorted(pending, key=_write_order)]
@@ -85,10 +83,16 @@ def _write_order(w: Any) -> tuple:
     return writes_sort_key(w.task_path, w.task_id, w.index)
 
 
+def _is_pair(value: Any) -> bool:
+    """Whether ``value`` is the ``[type, bytes]`` list :func:`dumps` stores (bytes: what the
+    codec returns for a msgpack bin)."""
+    return type(value) is list and len(value) == 2 and type(value[0]) is str \
+        and type(value[1]) is bytes
+
+
 def _check_pair(stored: Checkpoint, value: Any, what: str, path: str | None) -> None:
     """Refuse a value that is not the ``[type, bytes]`` list :func:`dumps` stores."""
-    if type(value) is list and len(value) == 2 and type(value[0]) is str \
-            and type(value[1]) is bytes:  # what the codec returns for a msgpack bin
+    if _is_pair(value):
         return
     error = ForeignCheckpointError(
         f"checkpoint {stored.checkpoint_id!r} of thread {stored.thread_id!r} (namespace "

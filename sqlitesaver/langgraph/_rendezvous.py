@@ -6,8 +6,9 @@ store first (more than half of them in a chain graph, measured). The Saver refus
 checkpoint that does not exist, since they would belong to nothing. So such a call parks its
 writes here and waits; the put of that checkpoint takes every job parked for it (before it
 writes anything: with none, it runs as one plain transaction) and stores them inside its own
-transaction, and settles the waiters once that transaction has committed (or failed). A ``put_writes`` call therefore still returns only after its writes are durable, and the
-two usually arrive in one COMMIT (one fsync) instead of two.
+transaction, and settles the waiters once that transaction has committed (or failed). A
+``put_writes`` call therefore still returns only after its writes are durable, and the two
+usually arrive in one COMMIT (one fsync) instead of two.
 
 Lock order (the whole adapter and core; see also ``sqlitesaver/saver.py``): this module's lock
 is a *leaf*. It is held only to update the tables below, never while calling the Saver, waiting
