@@ -37,8 +37,8 @@ import apsw
 from . import log
 from .errors import BusyTimeoutError, describe
 
-__all__ = ["FIRST_DELAY", "MAX_DELAY", "Deadline", "Waiter", "install", "retry", "timed_out",
-           "waiter_of"]
+__all__ = ["FIRST_DELAY", "MAX_DELAY", "Deadline", "Waiter", "execute", "install", "retry",
+           "timed_out", "waiter_of"]
 
 #: Upper end of the first wait's range, in seconds: about one durable commit on a local SSD.
 FIRST_DELAY = 0.0002
@@ -100,7 +100,7 @@ class Waiter:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self.waits = 0  # every pause ever taken on this connection, for Saver.stats()
-        self._step: Deadline | None = None
+        self._step: Deadline | _NoWait | None = None
         self._event: Deadline | None = None
         self._rng = random.Random()  # jitter only; nothing about correctness is random
 
@@ -160,6 +160,42 @@ def retry(waiter: Waiter, step: Callable[[], T], *, path: str, doing: str,
         waiter._step = outer
         if deadline.started is not None:  # it waited: long waits are logged (sqlitesaver.log)
             log.busy_wait(path, doing, deadline.waited, gave_up=gave_up)
+
+
+class _NoWait:
+    """The deadline of a first attempt that must not wait: its busy handler gives up at once."""
+
+    __slots__ = ()
+
+    @staticmethod
+    def pause() -> bool:
+        return False
+
+
+_NO_WAIT = _NoWait()
+
+
+def execute(waiter: Waiter, conn: apsw.Connection, sql: str, *, path: str, doing: str,
+            again: Callable[[], object] | None = None) -> None:
+    """``conn.execute(sql)`` as a :func:`retry` step, with the same deadline and errors; only
+    cheaper when no lock is in the way (the usual case: one statement, no objects made for a
+    deadline). A first attempt runs with a busy handler that gives up at once; if it meets
+    SQLITE_BUSY or SQLITE_LOCKED, :func:`retry` runs the statement again, now waiting, with a
+    deadline that starts at its first wait, exactly as if the first attempt had not been made.
+    Only for a statement that SQLite leaves as it was when it reports BUSY or LOCKED (``BEGIN
+    IMMEDIATE``; ``COMMIT``, after which the transaction stays open:
+    sqlite.org/lang_transaction.html), since it is run twice then. ``again``, if given, is the
+    step retried instead of the bare statement (e.g. one that first checks the transaction is
+    still open)."""
+    outer, waiter._step = waiter._step, _NO_WAIT
+    try:
+        conn.execute(sql)
+        return
+    except RETRYABLE:
+        pass  # someone holds the lock: wait for it, below
+    finally:
+        waiter._step = outer
+    retry(waiter, again or (lambda: conn.execute(sql)), path=path, doing=doing)
 
 
 def timed_out(exc: apsw.Error, path: str, doing: str, waited: float) -> BusyTimeoutError:

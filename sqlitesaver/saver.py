@@ -1488,17 +1488,33 @@ class _Batch:
     ``committed`` is the only thing that lets a member return normally: it is set on the line
     after COMMIT returned, so no interruption anywhere can acknowledge a transition whose
     COMMIT did not return (issue #13). ``committing`` is set just before the COMMIT: a batch
-    that ends with it set and ``committed`` not set may or may not be on disk."""
+    that ends with it set and ``committed`` not set may or may not be on disk.
+
+    ``done`` is made by the first member that joins the leader (:meth:`waitable`), holding the
+    Saver's lock, as every :meth:`end` is: a leader alone, the usual case with one writer, has
+    nobody to wake and makes no Event."""
 
     __slots__ = ("leader", "done", "error", "members", "committing", "committed")
 
     def __init__(self, leader: int) -> None:
         self.leader = leader                  # the ident of the thread that began it
-        self.done = threading.Event()         # set once COMMIT (or the rollback) returned
+        self.done: threading.Event | None = None  # set once COMMIT (or the rollback) returned
         self.error: apsw.Error | SaverError | None = None  # why the whole batch failed
         self.members = 0                      # transitions whose work is in it
         self.committing = False
         self.committed = False
+
+    def waitable(self) -> threading.Event:
+        """Holding the lock: the Event a joining member waits on for the batch's end."""
+        done = self.done
+        if done is None:
+            done = self.done = threading.Event()
+        return done
+
+    def end(self) -> None:
+        """Holding the lock: wake the members (if any joined) for the batch's end."""
+        if self.done is not None:
+            self.done.set()
 
 
 class _Transaction:
@@ -1593,15 +1609,20 @@ class _Transaction:
             return self._enter_nested()
         held: interrupts.deferred | None = None
         try:
-            with interrupts.deferred():
-                with saver._waiting_cond:
-                    saver._waiting += 1
-                    saver._waiting_cond.notify_all()
-            saver._lock.acquire()  # the one wait here: interruptible, see _abandon
+            # Counted as waiting (the leader's gathering wait looks at the count) only if the
+            # lock is taken: a lone writer finds it free.
+            waited = not saver._lock.acquire(blocking=False)
+            if waited:
+                with interrupts.deferred():
+                    with saver._waiting_cond:
+                        saver._waiting += 1
+                        saver._waiting_cond.notify_all()
+                saver._lock.acquire()  # the one wait here: interruptible, see _abandon
             with interrupts.deferred():
                 saver._owner = me  # an I/O error from here on: see Saver._fail
-                with saver._waiting_cond:
-                    saver._waiting = max(0, saver._waiting - 1)
+                if waited:
+                    with saver._waiting_cond:
+                        saver._waiting = max(0, saver._waiting - 1)
                 saver._check_usable()
                 stale = saver._batch is None and _in_transaction(saver._writer)
             if stale:
@@ -1652,23 +1673,32 @@ class _Transaction:
         (jittered backoff); past it, BusyTimeoutError names the file and the time waited."""
         saver = self._saver
         try:
-            contention.retry(saver._waiter, _begin_immediate(saver._writer), path=saver._path,
-                             doing=self._doing)
+            contention.execute(saver._waiter, saver._writer, "BEGIN IMMEDIATE",
+                               path=saver._path, doing=self._doing)
         except apsw.Error as exc:
             raise saver._translate(exc, self._doing) from exc
 
     def _join(self, me: int) -> apsw.Connection:
         """Holding the lock, in a deferred section: become a member of the open batch (begun
-        just now if there was none)."""
+        just now if there was none).
+
+        A member that joins another thread's batch works inside ``SAVEPOINT member``, so that
+        if it fails, it alone is rolled back. The leader needs none: it is the batch's only
+        member until its work is done (others join only during its gathering wait, after
+        :meth:`_leave`), so a failed leader rolls the whole transaction back (two statements
+        fewer for every transition of a lone writer)."""
         saver = self._saver
         conn = saver._writer
-        if saver._batch is None:
-            saver._batch = _Batch(me)
-        try:
-            conn.execute("SAVEPOINT member")
-        except apsw.Error as exc:
-            raise saver._translate(exc, self._doing) from exc
-        self._batch = saver._batch
+        batch = saver._batch
+        if batch is None:
+            batch = saver._batch = _Batch(me)
+        else:
+            batch.waitable()
+            try:
+                conn.execute("SAVEPOINT member")
+            except apsw.Error as exc:
+                raise saver._translate(exc, self._doing) from exc
+        self._batch = batch
         saver._depth = 1
         self._open = True
         return conn
@@ -1758,21 +1788,23 @@ class _Transaction:
             # down: nothing more is committed on this connection, so the whole batch
             # fails, this member included even if it swallowed the error.
             self._end_failed(close=False)
+        leads = batch.leader == self._thread  # then its work is in no savepoint: see _join
         if own is None and saver._batch is batch:
             try:
-                conn.execute("RELEASE member")
+                if not leads:
+                    conn.execute("RELEASE member")
                 batch.members += 1
             except apsw.Error as release_exc:
                 own = release_exc
         if own is not None and saver._batch is batch:
-            self._rollback(conn, "member")
+            self._rollback(conn, 0 if leads else "member")
         if saver._batch is batch and not _in_transaction(conn):
             # SQLite rolled the whole transaction back (after a full disk or an I/O
             # error): every member's work is gone, and they must hear it.
             saver._batch = None
             batch.error = own if isinstance(own, apsw.Error) else apsw.AbortError(
                 "the batch's transaction was rolled back")
-        if batch.leader == self._thread:
+        if leads:
             self._finish(batch)
         else:
             saver._batch_cond.notify_all()
@@ -1781,7 +1813,9 @@ class _Transaction:
     def _await(self, batch: _Batch) -> None:
         """Outside the lock: wait for the batch to end; return only if it committed."""
         saver = self._saver
-        batch.done.wait()  # interruptible: the caller then gets the interruption itself
+        done = batch.done  # a member's, made in _join; a leader's batch ended in its _finish
+        if done is not None:
+            done.wait()  # interruptible: the caller then gets the interruption itself
         if batch.committed:
             return
         error = batch.error
@@ -1799,12 +1833,14 @@ class _Transaction:
         saver = self._saver
         conn = saver._writer
         try:
-            deadline = time.monotonic() + GATHER_WAIT
-            while saver._waiting > 0 and batch.members < MAX_BATCH and saver._batch is batch:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    break
-                saver._batch_cond.wait(remaining)  # releases the lock: a waiting one joins
+            if saver._waiting > 0:
+                deadline = time.monotonic() + GATHER_WAIT
+                while (saver._waiting > 0 and batch.members < MAX_BATCH
+                       and saver._batch is batch):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    saver._batch_cond.wait(remaining)  # releases the lock: a waiting one joins
             if saver._failure is not None:
                 self._end_failed(close=False)  # an I/O error meanwhile: commit nothing
             if saver._batch is not batch:
@@ -1815,8 +1851,10 @@ class _Transaction:
                 return
             batch.committing = True
             try:
-                contention.retry(saver._waiter, _commit(conn), path=saver._path,
-                                 doing=self._doing)
+                if conn.get_autocommit():  # never, while SQLite keeps its word: see _commit
+                    raise apsw.AbortError("the transaction ended before its COMMIT")
+                contention.execute(saver._waiter, conn, "COMMIT", path=saver._path,
+                                   doing=self._doing, again=_commit(conn))
             except (apsw.Error, BusyTimeoutError) as commit_exc:
                 self._rollback(conn, 0)
                 saver._batch = None
@@ -1830,7 +1868,7 @@ class _Transaction:
             saver._stats["commits"] += 1
             saver._stats["transitions"] += batch.members
         finally:
-            batch.done.set()
+            batch.end()
             saver._batch_cond.notify_all()  # a close() waiting for the batch to end
             if saver._failure is not None:
                 saver._shut()
@@ -1849,7 +1887,8 @@ class _Transaction:
                     finally:
                         saver._batch_cond.notify_all()
                         saver._lock.release()
-                elif entering:  # interrupted before it held the lock: only the count
+                elif entering:  # interrupted before it held the lock: only the count (which
+                    # it may not have raised yet: max() keeps that harmless, it is a hint)
                     with saver._waiting_cond:
                         saver._waiting = max(0, saver._waiting - 1)
                 self._open = False
@@ -1898,11 +1937,11 @@ class _Transaction:
             else:
                 open_batch.committing = False
                 self._rollback(conn, 0)
-            open_batch.done.set()
+            open_batch.end()
         if mine is not None and mine.leader == me:
             # A batch this thread led that ended (committed, or failed) without its members
             # being told: tell them now; `committed` says which.
-            mine.done.set()
+            mine.end()
 
     def _end_failed(self, *, close: bool) -> None:
         """After an I/O error (``saver._failure``), holding the lock: roll the open batch
@@ -1914,7 +1953,7 @@ class _Transaction:
             saver._batch = None
             batch.error = saver._failure_error
             self._rollback(saver._writer, 0)
-            batch.done.set()  # committed stays False: every member raises that error
+            batch.end()  # committed stays False: every member raises that error
         saver._batch_cond.notify_all()
         if close:
             saver._shut()
@@ -2095,12 +2134,6 @@ def _interrupted(saver: Saver, doing: str, batch: _Batch) -> InterruptedTransiti
         f"{doing} in {path!r}: the group commit carrying this transition was interrupted "
         "before its COMMIT (an asynchronous exception in the thread leading it, or its "
         f"shutdown) and rolled back; nothing of it was written. {then}", path=path)
-
-
-def _begin_immediate(conn: apsw.Connection) -> Callable[[], None]:
-    def begin() -> None:
-        conn.execute("BEGIN IMMEDIATE")
-    return begin
 
 
 def _commit(conn: apsw.Connection) -> Callable[[], None]:

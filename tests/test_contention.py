@@ -307,3 +307,72 @@ def test_an_io_error_at_commit_is_not_retried(db_path, monkeypatch):
         io.clear()
         io.uninstall()
     assert slept == []  # no backoff: the failed COMMIT was not tried again
+
+
+# --- contention.execute: a first attempt that never waits, then retry() ----------------------
+
+class LockedConnection:
+    """What SQLite does with a statement while another connection holds the lock: ask the busy
+    handler (``waiter``) until it gives up, then raise SQLITE_BUSY. The lock is released once
+    ``held_for`` pauses have been slept, in whatever attempts."""
+
+    def __init__(self, waiter: contention.Waiter, clock: FakeClock, held_for: float) -> None:
+        self.waiter = waiter
+        self.clock = clock
+        self.held_for = held_for
+        self.attempts: list[int] = []  # the pauses slept so far, at each attempt's start
+        self.ran: list[str] = []
+
+    def locked(self) -> bool:
+        return len(self.clock.sleeps) < self.held_for
+
+    def execute(self, sql: str) -> None:
+        self.attempts.append(len(self.clock.sleeps))
+        count = 0
+        while self.locked():
+            if not self.waiter(count):
+                raise apsw.BusyError("database is locked")
+            count += 1
+        self.ran.append(sql)
+
+
+def test_execute_runs_once_and_never_waits_when_nothing_is_in_the_way(fake_clock):
+    waiter = contention.Waiter(30.0)
+    conn = LockedConnection(waiter, fake_clock, held_for=0)
+    contention.execute(waiter, conn, "BEGIN IMMEDIATE", path="/x.db", doing="testing")
+    assert conn.ran == ["BEGIN IMMEDIATE"] and conn.attempts == [0]
+    assert fake_clock.sleeps == [] and waiter.waits == 0 and waiter._step is None
+
+
+def test_execute_gives_up_its_first_attempt_at_once_then_waits_the_lock_out(fake_clock):
+    waiter = contention.Waiter(30.0)
+    conn = LockedConnection(waiter, fake_clock, held_for=3)
+    contention.execute(waiter, conn, "BEGIN IMMEDIATE", path="/x.db", doing="testing")
+    # The first attempt slept nothing; the retry waited three pauses and then ran it.
+    assert conn.attempts[:2] == [0, 0] and conn.ran == ["BEGIN IMMEDIATE"]
+    assert len(fake_clock.sleeps) == 3 and waiter.waits == 3 and waiter._step is None
+
+
+def test_execute_waits_one_busy_timeout_not_two(fake_clock):
+    waiter = contention.Waiter(0.5)
+    conn = LockedConnection(waiter, fake_clock, held_for=float("inf"))
+    with pytest.raises(BusyTimeoutError) as info:
+        contention.execute(waiter, conn, "BEGIN IMMEDIATE", path="/x.db", doing="testing")
+    assert sum(fake_clock.sleeps) == pytest.approx(0.5)
+    assert info.value.waited == pytest.approx(0.5) and "'/x.db'" in str(info.value)
+    assert conn.ran == [] and waiter._step is None
+
+
+def test_execute_retries_with_the_step_it_is_given(fake_clock):
+    """A busy COMMIT is retried through ``again`` (saver._commit), which refuses to commit a
+    transaction that is gone instead of reporting success for work SQLite rolled back."""
+    conn = FakeConnection(busy=1)
+    step = _commit(conn)
+
+    def lose_it() -> None:
+        conn.rolled_back = True
+        step()
+    with pytest.raises(apsw.AbortError, match="ended before its COMMIT"):
+        contention.execute(contention.Waiter(30.0), conn, "COMMIT", path="/x.db",
+                           doing="testing", again=lose_it)
+    assert not conn.committed

@@ -82,6 +82,59 @@ def test_a_failing_transition_does_not_take_its_batch_down(db_path):
         assert [e.event for e in saver.read_log("a")] == ["event"]
 
 
+class Boom(Exception):
+    pass
+
+
+def test_a_failing_leader_is_rolled_back_whole_and_the_writers_queued_behind_it_commit(db_path):
+    """A batch's leader works in no SAVEPOINT (it is alone in its batch until its work is done,
+    see saver._Transaction._join): when its block fails, all of its work goes, none of it
+    leaks into the COMMIT of the transitions that queued meanwhile, and they all commit."""
+    with Saver(db_path) as saver:
+        saver.put("warm", {})
+        before = dict(saver._stats)
+        results: dict = {}
+        inside = threading.Event()
+
+        def lead() -> None:
+            try:
+                with saver.transaction():
+                    saver.put("lead", {"n": 1})
+                    saver.append_log("lead", "event")
+                    inside.set()
+                    queued(saver, 2)
+                    raise Boom()
+            except Boom:
+                results["lead"] = "failed"
+            finally:
+                inside.set()
+
+        def member(name: str, call) -> None:
+            try:
+                results[name] = call()
+            except Exception as exc:
+                results[name] = exc
+
+        leader = threading.Thread(target=lead)
+        leader.start()
+        assert inside.wait(60)
+        members = [threading.Thread(target=member, args=item) for item in {
+            "put": lambda: saver.put("a", {"n": 2}),
+            "log": lambda: saver.append_log("a", "event")}.items()]
+        for t in members:
+            t.start()
+        for t in [leader, *members]:
+            t.join(60)
+            assert not t.is_alive()
+        assert results["lead"] == "failed", results
+        assert not any(isinstance(r, Exception) for r in results.values()), results
+        assert saver._stats["transitions"] - before["transitions"] == 2, saver._stats
+    with Saver(db_path) as saver:
+        assert saver.get("lead") is None and list(saver.read_log("lead")) == []
+        assert saver.get("a").checkpoint_id == results["put"].checkpoint_id
+        assert [e.event for e in saver.read_log("a")] == ["event"]
+
+
 def test_a_failed_commit_fails_every_member_and_shuts_the_saver_down(db_path):
     io = faults.install_io_faults()
     try:

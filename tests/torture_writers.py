@@ -157,9 +157,10 @@ class MemberReturnsBeforeCommit(Writer):
             def __init__(self, leader: int) -> None:
                 super().__init__(leader)
                 # Members stop waiting for the COMMIT before it happened, and are told it did
-                # (a member returns only once `committed` is set).
+                # (a member returns only once `committed` is set): the Event they wait on is
+                # there, already set, before any of them joins.
                 self.committed = True
-                self.done.set()
+                self.waitable().set()
 
         module._Batch = DoneAtOnce
         return super().open(path, durability)
