@@ -1512,9 +1512,19 @@ class _Batch:
         return done
 
     def end(self) -> None:
-        """Holding the lock: wake the members (if any joined) for the batch's end."""
-        if self.done is not None:
-            self.done.set()
+        """Holding the lock: wake the members (if any joined) for the batch's end. A member
+        that joins it after all (a batch left open by an interruption, see _abandon) gets an
+        Event already set, never one that nothing will set."""
+        done = self.done
+        if done is None:
+            self.done = _ENDED
+        else:
+            done.set()
+
+
+#: The ``done`` of every batch that has ended: set, so that nobody ever waits on it.
+_ENDED = threading.Event()
+_ENDED.set()
 
 
 class _Transaction:
@@ -1562,7 +1572,8 @@ class _Transaction:
       (:data:`GATHER_WAIT`): a wrong count costs batching, never correctness or liveness.
     """
 
-    __slots__ = ("_saver", "_doing", "_depth", "_batch", "_thread", "_open", "_held")
+    __slots__ = ("_saver", "_doing", "_depth", "_batch", "_thread", "_open", "_held", "_member",
+                 "_counted")
 
     #: The library's own operations (put, put_writes, ...) keep signals deferred from the end
     #: of __enter__ to the end of __exit__: their bodies are a few statements, and CPython
@@ -1576,6 +1587,8 @@ class _Transaction:
         self._batch: _Batch | None = None
         self._depth = 0
         self._open = False  # an outermost member whose __exit__ has not yet taken over
+        self._member = False  # set by _join: this transition's work is in SAVEPOINT member
+        self._counted = False  # in saver._waiting: taken out by __enter__ or by _abandon
         self._held: interrupts.deferred | None = None  # signals deferred across the body
 
     def __del__(self) -> None:
@@ -1611,18 +1624,17 @@ class _Transaction:
         try:
             # Counted as waiting (the leader's gathering wait looks at the count) only if the
             # lock is taken: a lone writer finds it free.
-            waited = not saver._lock.acquire(blocking=False)
-            if waited:
+            if not saver._lock.acquire(blocking=False):
                 with interrupts.deferred():
                     with saver._waiting_cond:
-                        saver._waiting += 1
+                        # One statement: no exception can come between the two.
+                        saver._waiting, self._counted = saver._waiting + 1, True
                         saver._waiting_cond.notify_all()
                 saver._lock.acquire()  # the one wait here: interruptible, see _abandon
             with interrupts.deferred():
                 saver._owner = me  # an I/O error from here on: see Saver._fail
-                if waited:
-                    with saver._waiting_cond:
-                        saver._waiting = max(0, saver._waiting - 1)
+                if self._counted:
+                    self._uncount()
                 saver._check_usable()
                 stale = saver._batch is None and _in_transaction(saver._writer)
             if stale:
@@ -1646,6 +1658,14 @@ class _Transaction:
             self._abandon(entering=True)
             self._end_deferrals(held)
             raise
+
+    def _uncount(self) -> None:
+        """No longer waiting for the lock (taken, or given up): out of ``saver._waiting``,
+        once, by __enter__ or by _abandon: one count left behind would make every later
+        leader gather for the full GATHER_WAIT, a lone writer's included."""
+        saver = self._saver
+        with saver._waiting_cond:
+            saver._waiting, self._counted = saver._waiting - 1, False  # one statement
 
     def _given(self, conn: apsw.Connection) -> Any:
         """What ``with ... as`` binds: the connection (the Saver for transaction())."""
@@ -1692,12 +1712,14 @@ class _Transaction:
         batch = saver._batch
         if batch is None:
             batch = saver._batch = _Batch(me)
+            self._member = False
         else:
             batch.waitable()
             try:
                 conn.execute("SAVEPOINT member")
             except apsw.Error as exc:
                 raise saver._translate(exc, self._doing) from exc
+            self._member = True  # in a savepoint, whoever leads (see _leave)
         self._batch = batch
         saver._depth = 1
         self._open = True
@@ -1788,16 +1810,20 @@ class _Transaction:
             # down: nothing more is committed on this connection, so the whole batch
             # fails, this member included even if it swallowed the error.
             self._end_failed(close=False)
-        leads = batch.leader == self._thread  # then its work is in no savepoint: see _join
+        leads = batch.leader == self._thread
+        # Whether this transition's work is in SAVEPOINT member is what _join did, not who
+        # leads: a write re-entering the leader's thread during its gathering wait (a signal
+        # handler, a finalizer) joined as a member, in a savepoint, yet finishes the batch.
+        member = self._member
         if own is None and saver._batch is batch:
             try:
-                if not leads:
+                if member:
                     conn.execute("RELEASE member")
                 batch.members += 1
             except apsw.Error as release_exc:
                 own = release_exc
         if own is not None and saver._batch is batch:
-            self._rollback(conn, 0 if leads else "member")
+            self._rollback(conn, "member" if member else 0)
         if saver._batch is batch and not _in_transaction(conn):
             # SQLite rolled the whole transaction back (after a full disk or an I/O
             # error): every member's work is gone, and they must hear it.
@@ -1814,7 +1840,7 @@ class _Transaction:
         """Outside the lock: wait for the batch to end; return only if it committed."""
         saver = self._saver
         done = batch.done  # a member's, made in _join; a leader's batch ended in its _finish
-        if done is not None:
+        if done is not _ENDED and done is not None:
             done.wait()  # interruptible: the caller then gets the interruption itself
         if batch.committed:
             return
@@ -1869,7 +1895,8 @@ class _Transaction:
             saver._stats["transitions"] += batch.members
         finally:
             batch.end()
-            saver._batch_cond.notify_all()  # a close() waiting for the batch to end
+            if saver._lock._is_owned():  # type: ignore[attr-defined]  # see _abandon
+                saver._batch_cond.notify_all()  # a close() waiting for the batch to end
             if saver._failure is not None:
                 saver._shut()
         self._bound_wal()
@@ -1881,16 +1908,22 @@ class _Transaction:
         recovered = False
         try:
             with interrupts.deferred():
-                if saver._lock._is_owned():  # type: ignore[attr-defined]
+                owned = saver._lock._is_owned()  # type: ignore[attr-defined]
+                batch = self._batch
+                if not owned and not entering and batch is not None and \
+                        saver._batch is batch and batch.leader == self._thread:
+                    # Its leader's gathering wait let go of the lock (Condition.wait) and the
+                    # exception came before it took it back: nobody else ends this batch.
+                    saver._lock.acquire()
+                    owned = True
+                if self._counted:  # interrupted while waiting for the lock, or just after
+                    self._uncount()
+                if owned:
                     try:
                         self._abandon_holding_lock(entering)
                     finally:
                         saver._batch_cond.notify_all()
                         saver._lock.release()
-                elif entering:  # interrupted before it held the lock: only the count (which
-                    # it may not have raised yet: max() keeps that harmless, it is a hint)
-                    with saver._waiting_cond:
-                        saver._waiting = max(0, saver._waiting - 1)
                 self._open = False
                 recovered = True
             # (A signal that arrived meanwhile is raised here, by the deferred section's

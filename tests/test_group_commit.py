@@ -135,6 +135,30 @@ def test_a_failing_leader_is_rolled_back_whole_and_the_writers_queued_behind_it_
         assert [e.event for e in saver.read_log("a")] == ["event"]
 
 
+def test_a_lone_writer_never_gathers_and_makes_no_event(db_path, monkeypatch):
+    """What a lone writer does not pay for group commit: no Event for members to wait on, no
+    gathering wait, no count of waiters (saver._Transaction._join, _finish)."""
+    from sqlitesaver import saver as saver_module
+    made: list = []
+    waitable = saver_module._Batch.waitable
+    monkeypatch.setattr(saver_module._Batch, "waitable",
+                        lambda batch: made.append(batch) or waitable(batch))
+    with Saver(db_path) as saver:
+        waits: list = []
+        wait = saver._batch_cond.wait
+        saver._batch_cond.wait = lambda *args: waits.append(args) or wait(*args)
+        counts: set = set()
+        parent = None
+        for i in range(20):
+            parent = saver.put("t", {"i": i}, parent_id=parent).checkpoint_id
+            saver.put_writes("t", parent, "task", [("ch", i)])
+            counts.add(saver._waiting)
+        with saver.transaction():
+            saver.append_log("t", "event")
+        assert made == [] and waits == [] and counts == {0}
+        assert saver._stats["commits"] == saver._stats["transitions"] == 41, saver._stats
+
+
 def test_a_failed_commit_fails_every_member_and_shuts_the_saver_down(db_path):
     io = faults.install_io_faults()
     try:

@@ -1,0 +1,96 @@
+"""Group commit: one exception at every line of a member that joins through the new
+non-blocking acquire (it arrives while the leader's gathering wait has released the lock, so it
+is never counted in _waiting), and of the leader of such a batch."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from sqlitesaver import InterruptedTransitionError, Saver, SaverError
+from sqlitesaver import saver as saver_module
+
+from test_interrupts import (Injected, Injector, Raised, assert_usable_or_shut,  # noqa: F401
+                             committed_ids, python_sigint_handler, quick_heal)
+
+
+def _batch_joined_without_waiting(saver: Saver, trace_leader, trace_member) -> dict:
+    results: dict = {}
+    gathering = threading.Event()
+
+    def leader() -> None:
+        with saver._waiting_cond:
+            saver._waiting = 1  # a phantom waiter: the leader gathers for GATHER_WAIT
+        call = lambda: saver.put("lead", {"n": 1})  # noqa: E731
+        try:
+            results["leader"] = trace_leader.run(call) if trace_leader else call()
+        except BaseException as exc:
+            results["leader"] = Raised(exc)
+        finally:
+            gathering.set()
+
+    def member() -> None:
+        # Wait until the leader is in its gathering wait: batch open, nobody owning it.
+        deadline = time.monotonic() + 30
+        while not (saver._batch is not None and saver._owner is None) and \
+                not gathering.is_set() and time.monotonic() < deadline:
+            time.sleep(0.0005)
+        try:
+            call = lambda: saver.put("member", {"n": 2})  # noqa: E731
+            results["member"] = trace_member.run(call) if trace_member else call()
+        except BaseException as exc:
+            results["member"] = Raised(exc)
+        finally:
+            with saver._waiting_cond:
+                saver._waiting = 0
+
+    threads = [threading.Thread(target=leader, daemon=True),
+               threading.Thread(target=member, daemon=True)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+        assert not t.is_alive(), "a thread of the batch hung"
+    return results
+
+
+@pytest.mark.parametrize("role", ["leader", "member"])
+def test_one_exception_at_every_line_of_a_batch_joined_without_waiting(tmp_path, hang_detector,
+                                                                       monkeypatch, role):
+    hang_detector(600)
+    monkeypatch.setattr(saver_module, "GATHER_WAIT", 0.3)
+    with Saver(str(tmp_path / "count.db"), durability="normal") as saver:
+        counter = Injector(None)
+        before = dict(saver._stats)
+        results = _batch_joined_without_waiting(saver, counter if role == "leader" else None,
+                                                counter if role == "member" else None)
+        # It did join the leader's batch (one COMMIT for both).
+        assert saver._stats["commits"] - before["commits"] == 1, (saver._stats, results)
+        assert saver._waiting == 0
+    total = counter.lines
+    assert total > 20, total
+    joined = 0
+    for at in range(1, total + 1):
+        path = str(tmp_path / f"{role}-{at}.db")
+        with Saver(path, durability="normal") as saver:
+            injector = Injector(at)
+            before = dict(saver._stats)
+            results = _batch_joined_without_waiting(
+                saver, injector if role == "leader" else None,
+                injector if role == "member" else None)
+            joined += saver._stats["transitions"] - before["transitions"] == 2
+            after = committed_ids(path)
+            for who, result in results.items():
+                if isinstance(result, Raised):
+                    assert issubclass(result.kind, (Injected, SaverError)), (at, who, result)
+                    if issubclass(result.kind, SaverError):
+                        assert issubclass(result.kind, InterruptedTransitionError) or \
+                            who == role, (at, who, result)
+                else:
+                    assert result.checkpoint_id in after, \
+                        f"{who} acknowledged, not committed (exception at {role} line {at})"
+            assert saver._batch is None and not saver._lock._is_owned()
+            assert_usable_or_shut(saver, path)
+    print(role, "lines", total, "batches of two", joined)
