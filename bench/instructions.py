@@ -1,0 +1,117 @@
+"""Instructions per call of the write and read paths, counted by valgrind (deterministic).
+
+    python bench/instructions.py [OP ...]      # default: every OP; needs valgrind
+
+Time on a shared 2-core machine moves by 10-20% between runs; instructions counted by
+``valgrind --tool=callgrind`` do not (the same total twice, whatever else the machine does), so
+a change to the code's CPU cost is measured here, and its effect on rates in bench/run.py. Each
+OP runs in a fresh process under callgrind twice, with N = 0 and N = 1000 calls after 20
+warm-up calls, and the difference is divided by 1000 (start-up, imports and set-up cancel
+out). Main thread (so signal deferral is counted: it costs nothing in other threads), a 4 KiB
+state (bench/core.py's), ``durability="normal"`` and no WAL checkpoint, so that only the CPU
+work of a call is counted, not the disk's. Operations:
+
+- ``core-put``: ``Saver.put`` of the state;
+- ``empty-transaction``: an empty write transition (the group-commit protocol: BEGIN
+  IMMEDIATE ... COMMIT of nothing);
+- ``adapter-put``: ``sqlitesaver.langgraph.SqliteSaver.put`` of a LangGraph checkpoint holding
+  the state (bench/_checkpoint.py);
+- ``adapter-get`` / ``adapter-get-writes``: its ``get_tuple`` of the latest checkpoint,
+  without and with 2 pending writes.
+
+The adapter rows need LangGraph (``pip install '.[bench]'``). ormsgpack's share is overstated:
+under valgrind it runs without the CPU features it detects natively.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+OPS = ("core-put", "empty-transaction", "adapter-put", "adapter-get", "adapter-get-writes")
+CALLS = 1000
+
+
+def child(op: str, calls: int) -> None:
+    """The measured process: set up, 20 warm-up calls, then ``calls`` calls of ``op``."""
+    sys.path[:0] = [HERE, ROOT]
+    import core
+    from sqlitesaver import Saver
+    from sqlitesaver import saver as saver_module
+
+    state = core.make_state()
+    directory = tempfile.mkdtemp(prefix="sqlitesaver-instructions-")
+    try:
+        saver = Saver(os.path.join(directory, "s.db"), durability="normal")
+        saver_module.AUTOCHECKPOINT_PAGES = 10**9  # no WAL checkpoint inside the count
+        if op == "core-put":
+            def call() -> object:
+                return saver.put("t", state)
+        elif op == "empty-transaction":
+            def call() -> object:
+                with saver_module._Transaction(saver, "measuring"):
+                    return None
+        else:
+            from _checkpoint import Checkpoints, config, fill
+
+            from sqlitesaver.langgraph import SqliteSaver
+            adapter = SqliteSaver(saver)
+            metadata = {"source": "loop", "step": 17}
+            if op == "adapter-put":
+                checkpoints, thread = Checkpoints(state), config("t")
+
+                def call() -> object:
+                    return adapter.put(thread, checkpoints.next(), metadata, {})
+            else:
+                latest = fill(adapter, "r", state, metadata, 5, op == "adapter-get-writes")
+
+                def call() -> object:
+                    return adapter.get_tuple(latest)
+        for _ in range(20 + calls):
+            call()
+        saver.close()
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+
+
+def count(op: str, calls: int) -> int:
+    """Instructions callgrind counted for a whole child process."""
+    with tempfile.TemporaryDirectory(prefix="sqlitesaver-callgrind-") as out:
+        run = subprocess.run(
+            ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
+             sys.executable, os.path.abspath(__file__), "--child", op, str(calls)],
+            capture_output=True, text=True, check=False)
+    found = re.search(r"Collected : (\d+)", run.stderr)
+    if run.returncode != 0 or found is None:
+        raise SystemExit(f"{op}: valgrind failed (exit {run.returncode}):\n{run.stderr[-2000:]}")
+    return int(found.group(1))
+
+
+def main() -> int:
+    if len(sys.argv) == 4 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]))
+        return 0
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("ops", nargs="*", metavar="OP", help="any of: " + ", ".join(OPS))
+    args = parser.parse_args()
+    unknown = set(args.ops) - set(OPS)
+    if unknown:
+        parser.error(f"unknown OP {sorted(unknown)}: choose from {', '.join(OPS)}")
+    if shutil.which("valgrind") is None:
+        raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
+    print("$ python " + " ".join(sys.argv))
+    for op in args.ops or OPS:
+        per_call = (count(op, CALLS) - count(op, 0)) / CALLS
+        print(f"{op:>20}: {per_call:,.0f} instructions per call")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
