@@ -37,7 +37,7 @@ import apsw
 from . import log
 from .errors import BusyTimeoutError, describe
 
-__all__ = ["FIRST_DELAY", "MAX_DELAY", "Deadline", "Waiter", "execute", "install", "retry",
+__all__ = ["FIRST_DELAY", "MAX_DELAY", "Deadline", "Waiter", "attempt", "install", "retry",
            "timed_out", "waiter_of"]
 
 #: Upper end of the first wait's range, in seconds: about one durable commit on a local SSD.
@@ -175,27 +175,22 @@ class _NoWait:
 _NO_WAIT = _NoWait()
 
 
-def execute(waiter: Waiter, conn: apsw.Connection, sql: str, *, path: str, doing: str,
-            again: Callable[[], object] | None = None) -> None:
-    """``conn.execute(sql)`` as a :func:`retry` step, with the same deadline and errors; only
-    cheaper when no lock is in the way (the usual case: one statement, no objects made for a
-    deadline). A first attempt runs with a busy handler that gives up at once; if it meets
-    SQLITE_BUSY or SQLITE_LOCKED, :func:`retry` runs the statement again, now waiting, with a
-    deadline that starts at its first wait, exactly as if the first attempt had not been made.
-    Only for a statement that SQLite leaves as it was when it reports BUSY or LOCKED (``BEGIN
-    IMMEDIATE``; ``COMMIT``, after which the transaction stays open:
-    sqlite.org/lang_transaction.html), since it is run twice then. ``again``, if given, is the
-    step retried instead of the bare statement (e.g. one that first checks the transaction is
-    still open)."""
+def attempt(waiter: Waiter, step: Callable[[], T], *, path: str, doing: str) -> T:
+    """:func:`retry` of ``step``, with the same deadline and errors, but cheaper when no lock
+    is in the way (the usual case: no objects made for a deadline). A first run of ``step``
+    has a busy handler that gives up at once; if it meets SQLITE_BUSY or SQLITE_LOCKED,
+    :func:`retry` runs it again, now waiting, with a deadline that starts at its first wait,
+    exactly as if the first run had not been made. Only for a step that SQLite leaves as it
+    was when it reports BUSY or LOCKED (``BEGIN IMMEDIATE``; ``COMMIT``, after which the
+    transaction stays open: sqlite.org/lang_transaction.html), since it runs twice then."""
     outer, waiter._step = waiter._step, _NO_WAIT
     try:
-        conn.execute(sql)
-        return
+        return step()
     except RETRYABLE:
         pass  # someone holds the lock: wait for it, below
     finally:
         waiter._step = outer
-    retry(waiter, again or (lambda: conn.execute(sql)), path=path, doing=doing)
+    return retry(waiter, step, path=path, doing=doing)
 
 
 def timed_out(exc: apsw.Error, path: str, doing: str, waited: float) -> BusyTimeoutError:

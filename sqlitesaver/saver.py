@@ -1693,7 +1693,7 @@ class _Transaction:
         (jittered backoff); past it, BusyTimeoutError names the file and the time waited."""
         saver = self._saver
         try:
-            contention.execute(saver._waiter, saver._writer, "BEGIN IMMEDIATE",
+            contention.attempt(saver._waiter, _begin_immediate(saver._writer),
                                path=saver._path, doing=self._doing)
         except apsw.Error as exc:
             raise saver._translate(exc, self._doing) from exc
@@ -1877,10 +1877,8 @@ class _Transaction:
                 return
             batch.committing = True
             try:
-                if conn.get_autocommit():  # never, while SQLite keeps its word: see _commit
-                    raise apsw.AbortError("the transaction ended before its COMMIT")
-                contention.execute(saver._waiter, conn, "COMMIT", path=saver._path,
-                                   doing=self._doing, again=_commit(conn))
+                contention.attempt(saver._waiter, _commit(conn), path=saver._path,
+                                   doing=self._doing)
             except (apsw.Error, BusyTimeoutError) as commit_exc:
                 self._rollback(conn, 0)
                 saver._batch = None
@@ -2167,6 +2165,12 @@ def _interrupted(saver: Saver, doing: str, batch: _Batch) -> InterruptedTransiti
         f"{doing} in {path!r}: the group commit carrying this transition was interrupted "
         "before its COMMIT (an asynchronous exception in the thread leading it, or its "
         f"shutdown) and rolled back; nothing of it was written. {then}", path=path)
+
+
+def _begin_immediate(conn: apsw.Connection) -> Callable[[], None]:
+    def begin() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+    return begin
 
 
 def _commit(conn: apsw.Connection) -> Callable[[], None]:

@@ -17,8 +17,9 @@ import threading
 
 from sqlitesaver import Saver
 
-from test_interrupts import (assert_usable_or_shut, committed_ids,  # noqa: F401
-                             python_sigint_handler, quick_heal)
+# python_sigint_handler and quick_heal are autouse fixtures: imported, they apply here too.
+from test_interrupts import (assert_usable_or_shut, python_sigint_handler,  # noqa: F401
+                             quick_heal)
 
 
 class Injected(BaseException):

@@ -309,7 +309,7 @@ def test_an_io_error_at_commit_is_not_retried(db_path, monkeypatch):
     assert slept == []  # no backoff: the failed COMMIT was not tried again
 
 
-# --- contention.execute: a first attempt that never waits, then retry() ----------------------
+# --- contention.attempt: a first run that never waits, then retry() -------------------------
 
 class LockedConnection:
     """What SQLite does with a statement while another connection holds the lock: ask the busy
@@ -336,43 +336,51 @@ class LockedConnection:
         self.ran.append(sql)
 
 
-def test_execute_runs_once_and_never_waits_when_nothing_is_in_the_way(fake_clock):
+def begin(conn: LockedConnection):
+    return lambda: conn.execute("BEGIN IMMEDIATE")
+
+
+def test_attempt_runs_once_and_never_waits_when_nothing_is_in_the_way(fake_clock):
     waiter = contention.Waiter(30.0)
     conn = LockedConnection(waiter, fake_clock, held_for=0)
-    contention.execute(waiter, conn, "BEGIN IMMEDIATE", path="/x.db", doing="testing")
+    contention.attempt(waiter, begin(conn), path="/x.db", doing="testing")
     assert conn.ran == ["BEGIN IMMEDIATE"] and conn.attempts == [0]
     assert fake_clock.sleeps == [] and waiter.waits == 0 and waiter._step is None
 
 
-def test_execute_gives_up_its_first_attempt_at_once_then_waits_the_lock_out(fake_clock):
+def test_attempt_gives_up_its_first_attempt_at_once_then_waits_the_lock_out(fake_clock):
     waiter = contention.Waiter(30.0)
     conn = LockedConnection(waiter, fake_clock, held_for=3)
-    contention.execute(waiter, conn, "BEGIN IMMEDIATE", path="/x.db", doing="testing")
+    contention.attempt(waiter, begin(conn), path="/x.db", doing="testing")
     # The first attempt slept nothing; the retry waited three pauses and then ran it.
     assert conn.attempts[:2] == [0, 0] and conn.ran == ["BEGIN IMMEDIATE"]
     assert len(fake_clock.sleeps) == 3 and waiter.waits == 3 and waiter._step is None
 
 
-def test_execute_waits_one_busy_timeout_not_two(fake_clock):
+def test_attempt_waits_one_busy_timeout_not_two(fake_clock):
     waiter = contention.Waiter(0.5)
     conn = LockedConnection(waiter, fake_clock, held_for=float("inf"))
     with pytest.raises(BusyTimeoutError) as info:
-        contention.execute(waiter, conn, "BEGIN IMMEDIATE", path="/x.db", doing="testing")
+        contention.attempt(waiter, begin(conn), path="/x.db", doing="testing")
     assert sum(fake_clock.sleeps) == pytest.approx(0.5)
     assert info.value.waited == pytest.approx(0.5) and "'/x.db'" in str(info.value)
     assert conn.ran == [] and waiter._step is None
 
 
-def test_execute_retries_with_the_step_it_is_given(fake_clock):
-    """A busy COMMIT is retried through ``again`` (saver._commit), which refuses to commit a
-    transaction that is gone instead of reporting success for work SQLite rolled back."""
+def test_attempt_never_commits_a_transaction_that_is_gone(fake_clock):
+    """A busy COMMIT is retried through saver._commit, which refuses to commit a transaction
+    that is gone instead of reporting success for work SQLite rolled back."""
     conn = FakeConnection(busy=1)
     step = _commit(conn)
+    attempts: list = []
 
-    def lose_it() -> None:
-        conn.rolled_back = True
-        step()
+    def commit_then_lose_it() -> None:
+        attempts.append(1)
+        try:
+            step()
+        finally:
+            conn.rolled_back = True  # as if SQLite had rolled the transaction back
     with pytest.raises(apsw.AbortError, match="ended before its COMMIT"):
-        contention.execute(contention.Waiter(30.0), conn, "COMMIT", path="/x.db",
-                           doing="testing", again=lose_it)
-    assert not conn.committed
+        contention.attempt(contention.Waiter(30.0), commit_then_lose_it, path="/x.db",
+                           doing="testing")
+    assert not conn.committed and len(attempts) == 2

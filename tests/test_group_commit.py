@@ -26,18 +26,22 @@ def queued(saver: Saver, n: int) -> None:
             f"{saver._waiting} transitions queued, expected {n}"
 
 
-def run_batch(saver: Saver, calls: dict) -> dict:
+def run_batch(saver: Saver, calls: dict, lead_work=None, then=None) -> dict:
     """Hold a transaction open until every call in ``calls`` waits for the connection, so
-    they all join its batch; return each call's result or exception."""
+    they all join its batch; return each call's result or exception (the leader's under
+    "lead"). In the leader's block, ``lead_work()`` (default: a put to thread "lead") runs
+    first, and ``then()``, if given, once the calls are queued."""
     results: dict = {}
     inside = threading.Event()
 
     def lead() -> None:
         try:
             with saver.transaction():
-                results["lead"] = saver.put("lead", {"n": 1})
+                results["lead"] = (lead_work or (lambda: saver.put("lead", {"n": 1})))()
                 inside.set()
                 queued(saver, len(calls))
+                if then is not None:
+                    then()
         except Exception as exc:  # reported through results
             results["lead"] = exc
         finally:
@@ -93,40 +97,17 @@ def test_a_failing_leader_is_rolled_back_whole_and_the_writers_queued_behind_it_
     with Saver(db_path) as saver:
         saver.put("warm", {})
         before = dict(saver._stats)
-        results: dict = {}
-        inside = threading.Event()
 
-        def lead() -> None:
-            try:
-                with saver.transaction():
-                    saver.put("lead", {"n": 1})
-                    saver.append_log("lead", "event")
-                    inside.set()
-                    queued(saver, 2)
-                    raise Boom()
-            except Boom:
-                results["lead"] = "failed"
-            finally:
-                inside.set()
+        def lead_work() -> None:
+            saver.put("lead", {"n": 1})
+            saver.append_log("lead", "event")
 
-        def member(name: str, call) -> None:
-            try:
-                results[name] = call()
-            except Exception as exc:
-                results[name] = exc
-
-        leader = threading.Thread(target=lead)
-        leader.start()
-        assert inside.wait(60)
-        members = [threading.Thread(target=member, args=item) for item in {
-            "put": lambda: saver.put("a", {"n": 2}),
-            "log": lambda: saver.append_log("a", "event")}.items()]
-        for t in members:
-            t.start()
-        for t in [leader, *members]:
-            t.join(60)
-            assert not t.is_alive()
-        assert results["lead"] == "failed", results
+        def fail() -> None:
+            raise Boom()
+        results = run_batch(saver, {"put": lambda: saver.put("a", {"n": 2}),
+                                    "log": lambda: saver.append_log("a", "event")},
+                            lead_work, then=fail)
+        assert isinstance(results.pop("lead"), Boom), results
         assert not any(isinstance(r, Exception) for r in results.values()), results
         assert saver._stats["transitions"] - before["transitions"] == 2, saver._stats
     with Saver(db_path) as saver:

@@ -303,6 +303,22 @@ def _two_thread_batch(saver: Saver, trace_leader: Injector | None,
     return results
 
 
+def assert_batch_verdicts(results: dict, role: str, at: int, path: str) -> None:
+    """A batch's calls after an exception injected at line ``at`` of ``role``: each raised the
+    injected exception or a SaverError (InterruptedTransitionError unless it was the one
+    interrupted), or returned an id that is committed in ``path``."""
+    after = committed_ids(path)
+    for who, result in results.items():
+        if isinstance(result, Raised):
+            assert issubclass(result.kind, (Injected, SaverError)), (at, who, result)
+            if issubclass(result.kind, SaverError):
+                assert issubclass(result.kind, InterruptedTransitionError) or \
+                    who == role, (at, who, result)
+        else:
+            assert result.checkpoint_id in after, \
+                f"{who} acknowledged, not committed (exception at {role} line {at})"
+
+
 @pytest.mark.parametrize("role", ["leader", "member"])
 def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, role):
     hang_detector(300)
@@ -318,16 +334,7 @@ def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, role):
             injector = Injector(at)
             results = _two_thread_batch(saver, injector if role == "leader" else None,
                                         injector if role == "member" else None)
-            after = committed_ids(path)
-            for who, result in results.items():
-                if isinstance(result, Raised):
-                    assert issubclass(result.kind, (Injected, SaverError)), (at, who, result)
-                    if issubclass(result.kind, SaverError):
-                        assert issubclass(result.kind, InterruptedTransitionError) or \
-                            who == role, (at, who, result)
-                else:
-                    assert result.checkpoint_id in after, \
-                        f"{who} acknowledged, not committed (exception at {role} line {at})"
+            assert_batch_verdicts(results, role, at, path)
             assert_usable_or_shut(saver, path)
 
 
