@@ -38,6 +38,7 @@ __all__ = [
     "ReadOnlyDatabaseError",
     "DiskFullError",
     "DatabaseIOError",
+    "UnsafeServerError",
     "CannotOpenError",
     "TooManyOpenFilesError",
     "BusyTimeoutError",
@@ -62,16 +63,20 @@ class SaverError(Exception):
 
     ``path`` is the database file concerned (``None`` when no file is involved).
     ``sqlite_result`` / ``sqlite_extended_result`` carry SQLite's result codes when the error
-    came from SQLite, else ``None``.
+    came from SQLite, else ``None``; ``sqlstate`` is PostgreSQL's five-character SQLSTATE when
+    the error came from a PostgreSQL server, else ``None`` (for a server, ``path`` is the
+    server's URL without its password).
     """
 
     def __init__(self, message: str, *, path: str | None = None,
                  sqlite_result: int | None = None,
-                 sqlite_extended_result: int | None = None) -> None:
+                 sqlite_extended_result: int | None = None,
+                 sqlstate: str | None = None) -> None:
         super().__init__(message)
         self.path = path
         self.sqlite_result = sqlite_result
         self.sqlite_extended_result = sqlite_extended_result
+        self.sqlstate = sqlstate
 
 
 # --- the file on disk -----------------------------------------------------------------------
@@ -123,6 +128,12 @@ class DiskFullError(DatabaseFileError):
 class DatabaseIOError(DatabaseFileError):
     """The operating system reported an I/O error. A write that raised this may or may not
     have reached the disk ("maybe committed"): re-read after reopening to find out."""
+
+
+class UnsafeServerError(DatabaseFileError):
+    """A PostgreSQL server's settings cannot keep what the requested durability promises
+    (``fsync`` or ``full_page_writes`` off): refused before a single byte is written. The
+    message names the setting."""
 
 
 class CannotOpenError(DatabaseFileError):

@@ -144,3 +144,46 @@ def _every_test_is_bounded() -> Iterator[None]:
     faulthandler.dump_traceback_later(TEST_BOUND, exit=True, file=_REAL_STDERR[0])
     yield
     faulthandler.cancel_dump_traceback_later()
+
+
+# --- PostgreSQL -------------------------------------------------------------------------------
+
+def _postgres_unavailable(reason: str) -> None:
+    """Skip, except in CI, where the PostgreSQL tests must run (.ci/run installs the server and
+    the test extra brings psycopg): there a missing piece fails the run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"PostgreSQL tests cannot run in CI: {reason}", pytrace=False)
+    pytest.skip(reason)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """A throwaway PostgreSQL cluster for the session (sqlitesaver/pgcluster.py): durable
+    defaults, data checksums, a Unix socket in the private $TMPDIR."""
+    from sqlitesaver import pgcluster
+
+    try:
+        import psycopg
+        del psycopg  # only whether it imports
+    except ImportError as exc:
+        _postgres_unavailable(f"psycopg is not installed ({exc}): pip install '.[test]'")
+    try:
+        cluster = pgcluster.Cluster()
+    except pgcluster.ClusterError as exc:
+        _postgres_unavailable(f"no PostgreSQL server binaries: {exc}")
+    with cluster:
+        yield cluster
+
+
+@pytest.fixture
+def pg_url(pg_cluster, request) -> Iterator[str]:
+    """The URL of a fresh, empty database on the session's cluster, dropped after the test."""
+    import psycopg
+
+    name = "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
+    with psycopg.connect(pg_cluster.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    yield pg_cluster.url.replace("/postgres?", f"/{name}?", 1)
+    with psycopg.connect(pg_cluster.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")

@@ -1,0 +1,146 @@
+"""Connections to a PostgreSQL server: bounded waits, and durability read back, not assumed.
+
+Guaranteed by :func:`open_connection`:
+
+* every wait is bounded: ``connect_timeout`` for the connection (libpq's, whole seconds, at
+  least 2), ``statement_timeout`` and ``lock_timeout`` for every statement of the session;
+* the server's ``fsync``, ``full_page_writes`` and ``synchronous_commit`` are read back
+  (:class:`ServerSettings`) and a server that cannot keep the durability asked for is refused
+  with :class:`~sqlitesaver.errors.UnsafeServerError` naming the setting, before a byte is
+  written: with ``fsync`` or ``full_page_writes`` off a crash of the machine can corrupt the
+  cluster itself, which neither ``"full"`` nor ``"normal"`` allows (SQLite's ``"normal"`` may
+  lose the last commits, never the database). ``synchronous_commit`` is the session's: it is
+  set per transaction by the engine (``on`` for ``"full"``, ``off`` for ``"normal"``), since a
+  session-level ``SET`` does not survive a transaction-pooling PgBouncer;
+* a hot standby (``pg_is_in_recovery()``) is refused for writing with
+  :class:`~sqlitesaver.errors.ReadOnlyDatabaseError`;
+* ``prepare_threshold`` is psycopg's: ``None`` never prepares statements, which is what works
+  behind PgBouncer in transaction mode (LangGraph's PostgresSaver fixes it at 0 and fails
+  there: langgraph issues #6705, #2576).
+
+Connections are in autocommit mode: the engine writes its own ``BEGIN`` and ``COMMIT``, so that
+it knows when a COMMIT is in flight (a connection lost then is "maybe committed").
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import (InvalidArgumentError, ReadOnlyDatabaseError, UnsafeServerError,
+                      UsageError)
+from . import errors as pg_errors
+
+__all__ = ["Options", "ServerSettings", "require_psycopg", "open_connection", "read_settings",
+           "check_settings"]
+
+_EXTRA = "pip install 'sqlitesaver[postgres]'"
+
+
+def require_psycopg() -> Any:
+    """The psycopg module, or :class:`UsageError` saying which extra to install."""
+    try:
+        import psycopg
+    except ImportError as exc:
+        raise UsageError(f"a PostgreSQL target needs psycopg 3, which is not installed "
+                         f"({exc}): {_EXTRA}") from None
+    return psycopg
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to connect. Times in seconds; ``None`` for no statement or lock timeout."""
+
+    connect_timeout: float = 10.0
+    statement_timeout: float | None = 60.0
+    lock_timeout: float | None = 30.0
+    prepare_threshold: int | None = 5  # psycopg's default; None behind PgBouncer
+    application_name: str = "sqlitesaver"
+
+    def check(self) -> None:
+        """:class:`~sqlitesaver.errors.InvalidArgumentError` for a value out of range."""
+        for name in ("connect_timeout", "statement_timeout", "lock_timeout"):
+            value = getattr(self, name)
+            if value is None and name != "connect_timeout":
+                continue
+            if (type(value) not in (int, float) or not math.isfinite(value) or value <= 0):
+                raise InvalidArgumentError(f"{name} must be a positive number of seconds"
+                                           f"{' or None' if name != 'connect_timeout' else ''}"
+                                           f", not {value!r}")
+        threshold = self.prepare_threshold
+        if threshold is not None and (type(threshold) is not int or threshold < 0):
+            raise InvalidArgumentError(f"prepare_threshold must be an int >= 0 or None (never "
+                                       f"prepare: behind PgBouncer), not {threshold!r}")
+
+
+@dataclass(frozen=True)
+class ServerSettings:
+    """What the server said about itself, read at connect (``SHOW``-equivalent values)."""
+
+    server_version: str
+    fsync: str
+    full_page_writes: str
+    synchronous_commit: str  # the session's default, before the engine sets its own
+    in_recovery: bool
+
+
+def _millis(seconds: float | None) -> int:
+    return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
+
+
+def open_connection(params: dict[str, str], server: str, options: Options, *,
+                    doing: str = "connecting") -> Any:
+    """A new autocommit connection with the session's timeouts set; errors translated.
+
+    libpq takes what ``params`` leaves out from its environment (``PGHOST``, ``PGPASSWORD``,
+    ``~/.pgpass``...), as psql does."""
+    psycopg = require_psycopg()
+    # libpq's connect_timeout is whole seconds and treats 1 as 2; a fraction rounds up.
+    connect = dict(params, connect_timeout=str(max(2, math.ceil(options.connect_timeout))))
+    connect.setdefault("application_name", options.application_name)
+    try:
+        conn = psycopg.connect(**connect, autocommit=True,
+                               prepare_threshold=options.prepare_threshold)
+    except Exception as exc:
+        raise pg_errors.translate(exc, server, doing, connecting=True) from exc
+    try:
+        # One round trip; set_config(..., false) is a session-level SET.
+        conn.execute(
+            "SELECT set_config('statement_timeout', %s, false), "
+            "set_config('lock_timeout', %s, false)",
+            (f"{_millis(options.statement_timeout)}ms", f"{_millis(options.lock_timeout)}ms"))
+    except BaseException as exc:
+        conn.close()
+        if isinstance(exc, Exception):
+            raise pg_errors.translate(exc, server, doing) from exc
+        raise
+    return conn
+
+
+def read_settings(conn: Any, server: str) -> ServerSettings:
+    """The server's durability settings and role, in one statement."""
+    try:
+        row = conn.execute(
+            "SELECT current_setting('server_version'), current_setting('fsync'), "
+            "current_setting('full_page_writes'), current_setting('synchronous_commit'), "
+            "pg_is_in_recovery()").fetchone()
+    except Exception as exc:
+        raise pg_errors.translate(exc, server, "reading the server's settings") from exc
+    return ServerSettings(*row)
+
+
+def check_settings(settings: ServerSettings, durability: str, server: str, *,
+                   writing: bool) -> None:
+    """Refuse a server that cannot keep ``durability`` (see the module docstring)."""
+    for name in ("fsync", "full_page_writes"):
+        if getattr(settings, name) != "on":
+            raise UnsafeServerError(
+                f"the PostgreSQL server {server} runs with {name}=off: an operating-system "
+                f"crash or power loss there can corrupt the whole cluster, which durability="
+                f"{durability!r} does not allow. Set {name}=on in postgresql.conf (or ALTER "
+                "SYSTEM) and restart it; nothing was written.", path=server)
+    if writing and settings.in_recovery:
+        raise ReadOnlyDatabaseError(
+            f"the PostgreSQL server {server} is a read-only hot standby (in recovery): connect "
+            "to the primary to write; nothing was written.", path=server)

@@ -1,0 +1,252 @@
+"""Connecting to PostgreSQL (sqlitesaver/postgres/target.py, connect.py, errors.py) against a
+real throwaway server: what names a server, how errors show it (never its password), bounded
+waits, the durability settings read back and a server that cannot keep them refused, and each
+way a connection goes wrong as a typed error that says what to do."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import pytest
+
+from sqlitesaver import pgcluster
+from sqlitesaver.errors import (BusyTimeoutError, CannotOpenError, DatabaseIOError,
+                                InvalidArgumentError, ReadOnlyDatabaseError, SaverError,
+                                UnsafeServerError)
+from sqlitesaver.postgres import connect, target
+from sqlitesaver.postgres import errors as pg_errors
+
+psycopg = pytest.importorskip("psycopg") if not os.environ.get("CI") else __import__("psycopg")
+
+SECRET = "s3cr3t-Pa55"
+
+
+def options(**changes: object) -> connect.Options:
+    return connect.Options(**{"connect_timeout": 5.0, **changes})
+
+
+def open_url(url: str, **changes: object):
+    params = target.parse(url)
+    return connect.open_connection(params, target.describe(params), options(**changes))
+
+
+# --- what names a server ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value, expected", [
+    ("postgresql://u@h/db", True), ("postgres://h", True), ("host=h dbname=d", False),
+    ("/var/db/state.db", False), ("postgresql.db", False), (b"postgresql://h", False),
+    (None, False)])
+def test_only_postgres_urls_are_taken_for_a_server(value, expected):
+    """A key=value DSN is never guessed from a str: it is also a legal file name."""
+    assert target.is_url(value) is expected
+
+
+@pytest.mark.parametrize("given, shown", [
+    (f"postgresql://app:{SECRET}@db.example:5433/state", "postgresql://app@db.example:5433/state"),
+    (f"postgresql://app@db.example/state?password={SECRET}", "postgresql://app@db.example/state"),
+    (f"host=db.example dbname=state user=app password={SECRET}",
+     "postgresql://app@db.example/state"),
+    ("postgresql://postgres@/postgres?host=/tmp/s%20d", "postgresql://postgres@/postgres?host=/tmp/s d"),
+    ("postgresql://[::1]:5432/x", "postgresql://[::1]:5432/x"),
+])
+def test_describe_names_the_server_without_its_password(given, shown):
+    assert target.describe(target.parse(given)) == shown
+
+
+@pytest.mark.parametrize("bad", ["", "   ", f"postgresql://app:{SECRET}@[oops/db",
+                                 f"host=h password={SECRET} dbname", 42, None])
+def test_a_malformed_target_is_a_typed_error_without_the_password(bad):
+    with pytest.raises(InvalidArgumentError) as caught:
+        target.parse(bad)
+    assert SECRET not in str(caught.value)
+    assert caught.value.__cause__ is None or SECRET not in str(caught.value.__cause__)
+
+
+@pytest.mark.parametrize("field, value", [
+    ("connect_timeout", 0), ("connect_timeout", None), ("statement_timeout", -1.0),
+    ("lock_timeout", float("nan")), ("lock_timeout", "5"), ("prepare_threshold", -1),
+    ("prepare_threshold", 1.5), ("prepare_threshold", True)])
+def test_options_out_of_range_are_refused(field, value):
+    with pytest.raises(InvalidArgumentError, match=field):
+        connect.Options(**{field: value}).check()
+
+
+# --- a healthy server -------------------------------------------------------------------------
+
+def test_settings_are_read_back_and_timeouts_set(pg_url):
+    conn = open_url(pg_url, statement_timeout=7.5, lock_timeout=None, prepare_threshold=None)
+    try:
+        settings = connect.read_settings(conn, "server")
+        assert (settings.fsync, settings.full_page_writes) == ("on", "on")
+        assert settings.synchronous_commit == "on"
+        assert settings.in_recovery is False
+        assert settings.server_version.split(".")[0].isdigit()
+        connect.check_settings(settings, "full", "server", writing=True)  # accepted
+        row = conn.execute("SELECT current_setting('statement_timeout'), "
+                           "current_setting('lock_timeout'), current_setting('application_name')"
+                           ).fetchone()
+        assert row == ("7500ms", "0", "sqlitesaver")
+        assert conn.autocommit and conn.prepare_threshold is None
+    finally:
+        conn.close()
+
+
+@pytest.mark.parametrize("setting", ["fsync", "full_page_writes"])
+@pytest.mark.parametrize("durability", ["full", "normal"])
+def test_a_server_that_can_lose_its_cluster_is_refused(setting, durability):
+    settings = connect.ServerSettings("15.0", "on", "on", "on", False)
+    unsafe = connect.ServerSettings(**{**settings.__dict__, setting: "off"})
+    with pytest.raises(UnsafeServerError, match=f"{setting}=off") as caught:
+        connect.check_settings(unsafe, durability, "postgresql://h/db", writing=False)
+    assert caught.value.path == "postgresql://h/db"
+
+
+def test_a_real_server_with_fsync_off_is_refused():
+    """The settings are read from the server, not assumed: a cluster started with fsync and
+    full_page_writes off is seen as such."""
+    try:
+        cluster = pgcluster.Cluster(settings={"fsync": "off", "full_page_writes": "off"})
+    except pgcluster.ClusterError as exc:
+        pytest.skip(str(exc))
+    with cluster:
+        conn = open_url(cluster.url)
+        try:
+            settings = connect.read_settings(conn, "s")
+        finally:
+            conn.close()
+    assert (settings.fsync, settings.full_page_writes) == ("off", "off")
+    with pytest.raises(UnsafeServerError, match="fsync=off"):
+        connect.check_settings(settings, "full", "s", writing=True)
+
+
+def test_a_hot_standby_is_refused_for_writing():
+    standby = connect.ServerSettings("15.0", "on", "on", "on", True)
+    connect.check_settings(standby, "full", "s", writing=False)  # reading is fine
+    with pytest.raises(ReadOnlyDatabaseError, match="hot standby.*primary"):
+        connect.check_settings(standby, "full", "s", writing=True)
+
+
+# --- bad input: each a typed error naming the server, without the password --------------------
+
+def _server_of(url: str) -> str:
+    return target.describe(target.parse(url))
+
+
+def test_an_unreachable_server_fails_fast_and_names_it(pg_cluster, tmp_path):
+    url = f"postgresql://app:{SECRET}@/postgres?host={tmp_path}"  # no server on that socket
+    start = time.monotonic()
+    with pytest.raises(CannotOpenError) as caught:
+        open_url(url)
+    assert time.monotonic() - start < 10
+    message = str(caught.value)
+    assert SECRET not in message and _server_of(url) in message
+    assert "running and reachable" in message and caught.value.path == _server_of(url)
+
+
+def test_a_missing_database_says_so(pg_cluster):
+    url = pg_cluster.url.replace("/postgres?", "/no_such_db?")
+    with pytest.raises(CannotOpenError, match="does not exist: create it"):
+        open_url(url)
+
+
+def test_a_wrong_password_says_so_and_is_never_shown(pg_cluster):
+    """A role with a password, which pg_hba.conf makes the server ask for (the rest of the
+    cluster stays on trust)."""
+    hba = os.path.join(pg_cluster.data_dir, "pg_hba.conf")
+    with open(hba, encoding="utf-8") as f:
+        original = f.read()
+    admin = psycopg.connect(pg_cluster.url, autocommit=True)
+    try:
+        admin.execute("DROP ROLE IF EXISTS guarded")
+        admin.execute(f"CREATE ROLE guarded LOGIN PASSWORD '{SECRET}'")
+        with open(hba, "w", encoding="utf-8") as f:
+            f.write("local all guarded scram-sha-256\n" + original)
+        admin.execute("SELECT pg_reload_conf()")
+        good = pg_cluster.url.replace("postgres@", f"guarded:{SECRET}@", 1)
+        deadline = time.monotonic() + 10
+        while True:  # the reload is asynchronous: wait until the server asks for a password
+            bad = pg_cluster.url.replace("postgres@", "guarded:wrong-Secret9@", 1)
+            try:
+                open_url(bad).close()
+            except CannotOpenError as exc:
+                error = exc
+                break
+            assert time.monotonic() < deadline, "pg_hba.conf was not reloaded"
+            time.sleep(0.05)
+        assert "refused the credentials" in str(error) and "wrong-Secret9" not in str(error)
+        assert error.sqlstate in (None, "28P01")
+        open_url(good).close()  # the right one is let in
+    finally:
+        with open(hba, "w", encoding="utf-8") as f:
+            f.write(original)
+        admin.execute("SELECT pg_reload_conf()")
+        admin.close()
+
+
+def test_a_statement_past_its_timeout_is_busy(pg_url):
+    conn = open_url(pg_url, statement_timeout=0.2)
+    try:
+        start = time.monotonic()
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("SELECT pg_sleep(5)")
+        assert time.monotonic() - start < 3
+        error = pg_errors.translate(caught.value, "srv", "testing")
+        assert isinstance(error, BusyTimeoutError) and error.sqlstate == "57014"
+    finally:
+        conn.close()
+
+
+def test_a_lock_held_past_lock_timeout_is_busy(pg_url):
+    holder, waiter = open_url(pg_url), open_url(pg_url, lock_timeout=0.2)
+    try:
+        holder.execute("CREATE TABLE t (x int)")
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(psycopg.Error) as caught:
+            waiter.execute("SELECT * FROM t")
+        error = pg_errors.translate(caught.value, "srv", "testing")
+        assert isinstance(error, BusyTimeoutError) and error.sqlstate == "55P03"
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+        waiter.close()
+
+
+def test_a_read_only_session_is_read_only(pg_url):
+    conn = open_url(pg_url)
+    try:
+        conn.execute("SET default_transaction_read_only = on")
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("CREATE TABLE t (x int)")
+        error = pg_errors.translate(caught.value, "srv", "testing")
+        assert isinstance(error, ReadOnlyDatabaseError) and "primary" in str(error)
+    finally:
+        conn.close()
+
+
+def test_a_server_restarted_mid_session_is_a_lost_connection(pg_cluster, pg_url):
+    """Every server process killed (a crash), then restarted: the old connection's next
+    statement is "lost, not committed", or "maybe committed" if a COMMIT was in flight; a new
+    connection works once recovery is done."""
+    conn = open_url(pg_url)
+    try:
+        pg_cluster.kill_all()
+        pg_cluster.start()
+        with pytest.raises(psycopg.Error) as caught:
+            conn.execute("SELECT 1")
+        plain = pg_errors.translate(caught.value, "srv", "testing")
+        during_commit = pg_errors.translate(caught.value, "srv", "testing", committing=True)
+        assert isinstance(plain, DatabaseIOError) and "was not committed" in str(plain)
+        assert isinstance(during_commit, DatabaseIOError)
+        assert "maybe committed" in str(during_commit)
+    finally:
+        conn.close()
+    open_url(pg_url).close()
+
+
+def test_translate_passes_our_errors_through_and_wraps_the_unknown():
+    ours = CannotOpenError("x")
+    assert pg_errors.translate(ours, "s", "d") is ours
+    other = pg_errors.translate(RuntimeError("boom"), "s", "doing it")
+    assert type(other) is SaverError and "doing it" in str(other)
