@@ -1,0 +1,507 @@
+"""The PostgreSQL engine: what each storage operation does on a server (issue #16).
+
+Not yet reachable from :class:`sqlitesaver.Saver` (the engine seam comes next,
+research/postgres_engine_plan.md step 2); tests/test_postgres_engine.py drives it directly.
+It takes what the backend-neutral core prepares (bytes already encoded by sqlitesaver.codec,
+arguments already checked) and returns rows in the SQLite engine's shapes, so the core verifies
+checksums and builds records the same way for both:
+
+* a checkpoint row: ``(seq, thread_id, namespace, parent_seq, created_at, state, metadata,
+  checksum, key, parent_key)``;
+* a pending-write row: ``(checkpoint_seq, task_id, idx, channel, value, task_path, checksum)``.
+
+Guarantees:
+
+* **One transaction per operation**, ``BEGIN`` ... ``COMMIT`` written by the engine on an
+  autocommit connection from a pool whose connections are checked before use (a server
+  restarted meanwhile costs a reconnect, not an error). A call returns after its COMMIT
+  returned. ``synchronous_commit`` is set per transaction (``SET LOCAL``): ``on`` for
+  ``durability="full"``, ``off`` for ``"normal"``; a transaction-pooling PgBouncer keeps it.
+* **Ids**: unique in the database and never reused (sequences). Within one thread they follow
+  commit order: every write to a thread first takes a transaction-level advisory lock on the
+  thread (:data:`THREAD_LOCK`, ``hashtext(thread_id)``), and draws its seq after that, so a seq
+  committed later in a thread is larger than every seq already committed in it (a reader never
+  sees a new checkpoint appear below one it has seen). Writers of different threads do not wait
+  for each other (a hash collision only makes two threads share a lock), and their ids are not
+  in commit order with each other. ``created_at`` is the server's clock, one for all writers.
+* **Retries**: a serialization failure or deadlock (``40001``, ``40P01``) re-runs the whole
+  transaction until ``busy_timeout`` has passed, then raises
+  :class:`~sqlitesaver.errors.BusyTimeoutError`. The operations here are pure functions of
+  their arguments, so re-running them is safe.
+* **Maybe committed**: a connection lost while COMMIT was in flight raises
+  :class:`~sqlitesaver.errors.DatabaseIOError` saying so, and is never retried; lost before
+  COMMIT, the transaction was not committed (also ``DatabaseIOError``, saying that).
+* **Reads**: one statement, or several inside one ``REPEATABLE READ READ ONLY`` transaction:
+  one snapshot per page, as on SQLite.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import random
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any, TypeVar
+
+from .. import integrity
+from ..errors import (BusyTimeoutError, CheckpointNotFoundError, InvalidArgumentError,
+                      SaverClosedError, SaverError)
+from ..ids import INT64_MAX, format_id, is_generated, parse_id
+from ..schema import APPLICATION_ID
+from . import connect, schema
+from . import errors as pg_errors
+from . import target as pg_target
+
+__all__ = ["Engine", "THREAD_LOCK"]
+
+T = TypeVar("T")
+
+#: key1 of ``pg_advisory_xact_lock(key1, hashtext(thread_id))``, taken by every write to a
+#: thread (the migration lock is ``(APPLICATION_ID, 0)``: another key1, no clash).
+THREAD_LOCK = APPLICATION_ID + 1
+_DURABILITY = {"full": "on", "normal": "off"}
+
+_S = schema.SCHEMA
+_CHECKPOINT_COLUMNS = ("c.seq, c.thread_id, c.namespace, c.parent_seq, c.created_at, c.state, "
+                       "c.metadata, c.checksum, c.key, c.parent_key")
+_WRITE_COLUMNS = ("w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.task_path, "
+                  "w.checksum")
+_LOCK_THREAD = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+# The seq and the time in one statement, after the lock (a statement of its own: the order in
+# which a select list is evaluated is not defined).
+_NEXT_CHECKPOINT = (f"SELECT nextval('{_S}.checkpoints_seq'), "
+                    "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+_NEXT_LOG = _NEXT_CHECKPOINT.replace("checkpoints_seq", "log_seq")
+_INSERT_CHECKPOINT = (f"INSERT INTO {_S}.checkpoints (seq, thread_id, namespace, parent_seq, "
+                      "created_at, state, metadata, checksum, key, parent_key) "
+                      "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
+_INSERT_WRITE = (f"INSERT INTO {_S}.writes (checkpoint_seq, task_id, idx, channel, value, "
+                 "task_path, checksum) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
+_REPLACE_WRITE = (_INSERT_WRITE.removesuffix("DO NOTHING")
+                  + "(checkpoint_seq, task_id, idx) DO UPDATE SET channel = excluded.channel, "
+                  "value = excluded.value, task_path = excluded.task_path, "
+                  "checksum = excluded.checksum")
+
+
+def _get_query(match: str) -> str:
+    """The checkpoint matching ``match`` with each of its pending writes, in one statement."""
+    return (f"SELECT {_CHECKPOINT_COLUMNS}, {_WRITE_COLUMNS} FROM {_S}.checkpoints AS c "
+            f"LEFT JOIN {_S}.writes AS w ON w.checkpoint_seq = c.seq WHERE {match} "
+            "ORDER BY w.task_id, w.idx")
+
+
+_GET_LATEST = _get_query(f"c.seq = (SELECT max(seq) FROM {_S}.checkpoints "
+                         "WHERE thread_id = %s AND namespace = %s)")
+_GET_BY_KEY = _get_query("c.thread_id = %s AND c.namespace = %s AND c.key = %s")
+_GET_BY_SEQ = _get_query("c.seq = %s AND c.thread_id = %s AND c.namespace = %s "
+                         "AND c.key IS NULL")
+
+
+def check_text(**named: str | None) -> None:
+    """PostgreSQL's text cannot hold NUL (U+0000), which SQLite's can: refuse it up front
+    with a typed error, before anything is written, rather than fail inside the transaction."""
+    for name, value in named.items():
+        if value is not None and "\x00" in value:
+            raise InvalidArgumentError(
+                f"{name} {value!r:.80} contains a NUL character (U+0000), which PostgreSQL "
+                "cannot store in text; nothing was written. Remove it, or use the SQLite "
+                "engine.")
+
+
+def _has_nul(*values: str | None) -> bool:
+    return any(value is not None and "\x00" in value for value in values)
+
+
+class Engine:
+    """A PostgreSQL server as a sqlitesaver store. Thread-safe: every call takes a pooled
+    connection for its transaction. See the module docstring for what is guaranteed."""
+
+    def __init__(self, target: str, *, durability: str = "full", busy_timeout: float = 5.0,
+                 options: connect.Options | None = None, max_connections: int = 10) -> None:
+        if durability not in _DURABILITY:
+            raise InvalidArgumentError(f"durability must be 'full' or 'normal', not "
+                                       f"{durability!r}")
+        if (type(busy_timeout) not in (int, float) or not busy_timeout >= 0
+                or busy_timeout == float("inf")):
+            raise InvalidArgumentError(f"busy_timeout must be a finite number of seconds "
+                                       f">= 0, not {busy_timeout!r}")
+        if type(max_connections) is not int or max_connections < 1:
+            raise InvalidArgumentError(f"max_connections must be an int >= 1, not "
+                                       f"{max_connections!r}")
+        options = options or connect.Options()
+        options.check()
+        connect.require_psycopg()
+        params = pg_target.parse(target)
+        self.server = pg_target.describe(params)
+        self.durability = durability
+        self.busy_timeout = float(busy_timeout)
+        self._options = options
+        self._begin = f"BEGIN; SET LOCAL synchronous_commit TO {_DURABILITY[durability]}"
+        first = connect.open_connection(params, self.server, options, doing="opening")
+        try:
+            self.server_settings = connect.read_settings(first, self.server)
+            connect.check_settings(self.server_settings, durability, self.server,
+                                   writing=True)
+            self.applied = schema.migrate(first, self.server)
+        finally:
+            first.close()
+        self._pool = self._open_pool(params, max_connections)
+        self._closed = False
+        self._close_lock = threading.Lock()
+
+    def _open_pool(self, params: dict[str, str], size: int) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        options = self._options
+        server = self.server
+
+        def configure(conn: Any) -> None:  # each new connection: the session's timeouts
+            conn.execute("SELECT set_config('statement_timeout', %s, false), "
+                         "set_config('lock_timeout', %s, false)",
+                         (f"{connect._millis(options.statement_timeout)}ms",
+                          f"{connect._millis(options.lock_timeout)}ms"))
+
+        kwargs = dict(params, connect_timeout=str(max(2, int(options.connect_timeout + 0.999))))
+        kwargs.setdefault("application_name", options.application_name)
+        pool = ConnectionPool(
+            kwargs=dict(kwargs, autocommit=True, prepare_threshold=options.prepare_threshold),
+            min_size=1, max_size=size, open=False, configure=configure,
+            check=ConnectionPool.check_connection, timeout=max(self.busy_timeout, 0.001),
+            name=f"sqlitesaver {server}")
+        try:
+            pool.open(wait=True, timeout=options.connect_timeout)
+        except Exception as exc:
+            pool.close()
+            raise pg_errors.translate(exc, server, "opening the connection pool",
+                                      connecting=True) from exc
+        return pool
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every pooled connection. Idempotent."""
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                self._pool.close()
+
+    def settings(self) -> dict[str, object]:
+        """The server's durability settings as read at open, and this engine's."""
+        s = self.server_settings
+        return {"engine": "postgresql", "server": self.server, "durability": self.durability,
+                "server_version": s.server_version, "fsync": s.fsync,
+                "full_page_writes": s.full_page_writes,
+                "synchronous_commit": _DURABILITY[self.durability],
+                "server_synchronous_commit": s.synchronous_commit,
+                "busy_timeout": self.busy_timeout,
+                "prepare_threshold": self._options.prepare_threshold}
+
+    @contextlib.contextmanager
+    def _connection(self, doing: str) -> Iterator[Any]:
+        if self._closed:
+            raise SaverClosedError(f"this Saver for {self.server} was closed; open a new "
+                                   "Saver.", path=self.server)
+        from psycopg_pool import PoolClosed, PoolTimeout
+
+        try:
+            cm = self._pool.connection()
+            conn = cm.__enter__()
+        except PoolTimeout as exc:
+            raise BusyTimeoutError(
+                f"every connection to {self.server} stayed in use past the busy timeout "
+                f"({self.busy_timeout} s) while {doing}; nothing was written. Raise "
+                "max_connections or busy_timeout, or make fewer calls at once.",
+                path=self.server) from exc
+        except PoolClosed as exc:
+            raise SaverClosedError(f"this Saver for {self.server} was closed; open a new "
+                                   "Saver.", path=self.server) from exc
+        except Exception as exc:
+            raise pg_errors.translate(exc, self.server, doing, connecting=True) from exc
+        try:
+            yield conn
+        except BaseException as exc:
+            cm.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        cm.__exit__(None, None, None)
+
+    # --- the write protocol ---------------------------------------------------------------
+
+    def _write(self, doing: str, work: Callable[[Any], T]) -> T:
+        """``work(conn)`` in one transaction, committed; retried whole on serialization
+        failures and deadlocks until the busy timeout (see the module docstring)."""
+        deadline = time.monotonic() + self.busy_timeout
+        delay = 0.001
+        while True:
+            with self._connection(doing) as conn:
+                committing = False
+                try:
+                    conn.execute(self._begin, prepare=False)  # two statements: unpreparable
+                    result = work(conn)
+                    committing = True
+                    conn.execute("COMMIT")
+                    return result
+                except BaseException as exc:
+                    if not committing:
+                        schema._rollback(conn)
+                    if isinstance(exc, SaverError) or not isinstance(exc, Exception):
+                        raise  # the work's own verdict (not found...), or KeyboardInterrupt
+                    state = pg_errors.sqlstate_of(exc)
+                    if state not in pg_errors.RETRYABLE or time.monotonic() >= deadline:
+                        raise pg_errors.translate(exc, self.server, doing,
+                                                  committing=committing) from exc
+            # Rolled back and out of the connection's block: back off (jittered, doubling
+            # up to 0.1 s, never past the deadline) and run the whole transaction again.
+            time.sleep(min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic())))
+            delay = min(delay * 2, 0.1)
+
+    def _lock_threads(self, conn: Any, *thread_ids: str) -> None:
+        # Sorted, so that two calls locking the same two threads cannot deadlock.
+        for thread_id in sorted(set(thread_ids)):
+            conn.execute(_LOCK_THREAD, (THREAD_LOCK, thread_id))
+
+    def _seq_of(self, conn: Any, thread_id: str, namespace: str, checkpoint_id: str,
+                argument: str) -> int:
+        if is_generated(checkpoint_id):
+            seq = parse_id(checkpoint_id)
+            found = None if seq is None else conn.execute(
+                f"SELECT seq FROM {_S}.checkpoints WHERE seq = %s AND thread_id = %s "
+                "AND namespace = %s AND key IS NULL", (seq, thread_id, namespace)).fetchone()
+        else:
+            found = conn.execute(
+                f"SELECT seq FROM {_S}.checkpoints WHERE thread_id = %s AND namespace = %s "
+                "AND key = %s", (thread_id, namespace, checkpoint_id)).fetchone()
+        if found is not None:
+            return found[0]
+        raise CheckpointNotFoundError(
+            f"{argument} {checkpoint_id!r} is not a checkpoint of thread {thread_id!r} "
+            f"in namespace {namespace!r} on {self.server}; nothing was written.",
+            path=self.server)
+
+    # --- writes ---------------------------------------------------------------------------
+
+    def put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
+                       checkpoint_id: str | None, state: bytes, metadata: bytes
+                       ) -> tuple[str, int]:
+        """Insert a checkpoint (or replace the one with caller-supplied id ``checkpoint_id``,
+        keeping its seq, ``created_at`` and pending writes); return ``(id, created_at)``."""
+        check_text(thread_id=thread_id, namespace=namespace, parent_id=parent_id,
+                   checkpoint_id=checkpoint_id)
+        parent_key = None if parent_id is None or is_generated(parent_id) else parent_id
+
+        def work(conn: Any) -> tuple[str, int]:
+            self._lock_threads(conn, thread_id)
+            parent_seq = None
+            if parent_id is not None:
+                parent_seq = self._seq_of(conn, thread_id, namespace, parent_id, "parent_id")
+            if checkpoint_id is not None:
+                found = conn.execute(
+                    f"SELECT seq, created_at FROM {_S}.checkpoints WHERE thread_id = %s "
+                    "AND namespace = %s AND key = %s",
+                    (thread_id, namespace, checkpoint_id)).fetchone()
+                if found is not None:
+                    seq, created = found
+                    if parent_seq is not None and parent_seq >= seq:
+                        raise InvalidArgumentError(
+                            f"parent_id {parent_key or format_id(parent_seq)!r} is not older "
+                            f"than checkpoint {checkpoint_id!r} of thread {thread_id!r}, which "
+                            "it would replace; a checkpoint's parent must be older than it. "
+                            "Nothing was written.", path=self.server)
+                    conn.execute(
+                        f"UPDATE {_S}.checkpoints SET parent_seq = %s, parent_key = %s, "
+                        "state = %s, metadata = %s, checksum = %s WHERE seq = %s",
+                        (parent_seq, parent_key, state, metadata,
+                         integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq,
+                                                       created, state, metadata, checkpoint_id,
+                                                       parent_key), seq))
+                    return checkpoint_id, created
+            seq, created = conn.execute(_NEXT_CHECKPOINT).fetchone()
+            keys = (checkpoint_id, parent_key) if checkpoint_id is not None or parent_key \
+                else ()
+            conn.execute(_INSERT_CHECKPOINT, (
+                seq, thread_id, namespace, parent_seq, created, state, metadata,
+                integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
+                                              state, metadata, *keys),
+                checkpoint_id, parent_key))
+            return (checkpoint_id if checkpoint_id is not None else format_id(seq)), created
+
+        return self._write("putting a checkpoint", work)
+
+    def put_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
+                   task_path: str, encoded: Sequence[tuple[int, str, bytes]],
+                   replace: bool) -> None:
+        """Store ``(index, channel, value bytes)`` writes of a task, all or none."""
+        check_text(thread_id=thread_id, namespace=namespace, checkpoint_id=checkpoint_id,
+                   task_id=task_id, task_path=task_path)
+        check_text(**{f"writes[{i}] channel": channel for i, (_, channel, _) in enumerate(encoded)})
+
+        def work(conn: Any) -> None:
+            self._lock_threads(conn, thread_id)
+            seq = self._seq_of(conn, thread_id, namespace, checkpoint_id, "checkpoint_id")
+            if encoded:
+                with conn.cursor() as cursor:
+                    cursor.executemany(
+                        _REPLACE_WRITE if replace else _INSERT_WRITE,
+                        [(seq, task_id, index, channel, value, task_path,
+                          integrity.write_checksum(seq, task_id, index, channel, task_path,
+                                                   value))
+                         for index, channel, value in encoded])
+
+        self._write("putting pending writes", work)
+
+    def append_log(self, thread_id: str, event: bytes) -> int:
+        """Append an event to the thread's log; return its seq."""
+        check_text(thread_id=thread_id)
+
+        def work(conn: Any) -> int:
+            self._lock_threads(conn, thread_id)
+            seq, created = conn.execute(_NEXT_LOG).fetchone()
+            conn.execute(f"INSERT INTO {_S}.log (seq, thread_id, created_at, event, checksum) "
+                         "VALUES (%s, %s, %s, %s, %s)",
+                         (seq, thread_id, created, event,
+                          integrity.log_checksum(seq, thread_id, created, event)))
+            return seq
+
+        return self._write("appending a log event", work)
+
+    def delete_thread(self, thread_id: str) -> int:
+        """Delete the thread's checkpoints (their writes cascade) and log; return how many
+        checkpoints were deleted."""
+        def work(conn: Any) -> int:
+            self._lock_threads(conn, thread_id)
+            deleted = conn.execute(f"DELETE FROM {_S}.checkpoints WHERE thread_id = %s",
+                                   (thread_id,)).rowcount
+            conn.execute(f"DELETE FROM {_S}.log WHERE thread_id = %s", (thread_id,))
+            return deleted
+
+        return self._write("deleting a thread", work)
+
+    def prune(self, thread_id: str, keep_last: int) -> int:
+        """Keep the newest ``keep_last`` checkpoints of each namespace of the thread."""
+        def work(conn: Any) -> int:
+            self._lock_threads(conn, thread_id)
+            return conn.execute(
+                f"DELETE FROM {_S}.checkpoints WHERE seq IN (SELECT seq FROM (SELECT seq, "
+                "row_number() OVER (PARTITION BY namespace ORDER BY seq DESC) AS rank "
+                f"FROM {_S}.checkpoints WHERE thread_id = %s) AS ranked WHERE rank > %s)",
+                (thread_id, min(keep_last, INT64_MAX))).rowcount
+
+        return self._write("pruning a thread", work)
+
+    # --- reads ----------------------------------------------------------------------------
+
+    def _read(self, doing: str, work: Callable[[Any], T]) -> T:
+        with self._connection(doing) as conn:
+            try:
+                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                result = work(conn)
+                conn.execute("COMMIT")
+                return result
+            except BaseException as exc:
+                schema._rollback(conn)
+                if isinstance(exc, SaverError) or not isinstance(exc, Exception):
+                    raise
+                raise pg_errors.translate(exc, self.server, doing) from exc
+
+    def get_rows(self, thread_id: str, namespace: str, checkpoint_id: str | None
+                 ) -> list[tuple]:
+        """The checkpoint (the latest when ``checkpoint_id`` is None) joined with each of its
+        pending writes in (task_id, idx) order, from one statement; [] if there is none."""
+        if _has_nul(thread_id, namespace, checkpoint_id):
+            return []  # no stored text holds NUL (check_text): there is no such checkpoint
+        if checkpoint_id is None:
+            query, params = _GET_LATEST, (thread_id, namespace)
+        elif not is_generated(checkpoint_id):
+            query, params = _GET_BY_KEY, (thread_id, namespace, checkpoint_id)
+        else:
+            seq = parse_id(checkpoint_id)
+            if seq is None:
+                return []
+            query, params = _GET_BY_SEQ, (seq, thread_id, namespace)
+        with self._connection("reading a checkpoint") as conn:
+            try:
+                return conn.execute(query, params).fetchall()
+            except Exception as exc:
+                raise pg_errors.translate(exc, self.server, "reading a checkpoint") from exc
+
+    def page(self, thread_id: str, namespace: str | None, before: str | None,
+             upper: int | None, want: int) -> tuple[int, list[tuple], list[tuple]]:
+        """One page of :meth:`Saver.list`, from one snapshot: up to ``want`` checkpoint rows
+        of the thread (and namespace, unless None) with ``seq <= upper``, newest first, and
+        their pending writes ordered by (checkpoint_seq desc, task_id, idx). ``upper`` None
+        means "below ``before``" (looked up in the same snapshot), or everything. Returns
+        ``(upper used, checkpoint rows, write rows)``."""
+        if _has_nul(before):
+            raise CheckpointNotFoundError(
+                f"before {before!r} is not a checkpoint of thread {thread_id!r} on "
+                f"{self.server}", path=self.server)
+        if _has_nul(thread_id, namespace):
+            return (INT64_MAX if upper is None else upper), [], []
+
+        def work(conn: Any) -> tuple[int, list[tuple], list[tuple]]:
+            bound = upper
+            if bound is None:
+                bound = INT64_MAX if before is None else \
+                    self._before_seq(conn, thread_id, namespace, before) - 1
+            where, params = "thread_id = %s", [thread_id]
+            if namespace is not None:
+                where += " AND namespace = %s"
+                params.append(namespace)
+            rows = conn.execute(
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c WHERE {where} "
+                "AND seq <= %s ORDER BY c.seq DESC LIMIT %s", (*params, bound, want)).fetchall()
+            writes = conn.execute(
+                f"SELECT {_WRITE_COLUMNS} FROM {_S}.writes AS w WHERE w.checkpoint_seq = "
+                "ANY(%s) ORDER BY w.checkpoint_seq DESC, w.task_id, w.idx",
+                ([row[0] for row in rows],)).fetchall() if rows else []
+            return bound, rows, writes
+
+        return self._read("listing checkpoints", work)
+
+    def _before_seq(self, conn: Any, thread_id: str, namespace: str | None,
+                    before: str) -> int:
+        if namespace is not None:
+            return self._seq_of(conn, thread_id, namespace, before, "before")
+        if is_generated(before):
+            seq = parse_id(before)
+            if seq is not None and conn.execute(
+                    f"SELECT 1 FROM {_S}.checkpoints WHERE seq = %s AND thread_id = %s "
+                    "AND key IS NULL", (seq, thread_id)).fetchone() is None:
+                seq = None
+        else:
+            seq = conn.execute(f"SELECT max(seq) FROM {_S}.checkpoints WHERE thread_id = %s "
+                               "AND key = %s", (thread_id, before)).fetchone()[0]
+        if seq is None:
+            raise CheckpointNotFoundError(
+                f"before {before!r} is not a checkpoint of thread {thread_id!r} on "
+                f"{self.server}", path=self.server)
+        return seq
+
+    def log_page(self, thread_id: str, after: int, last: int | None, want: int
+                 ) -> tuple[int | None, list[tuple]]:
+        """Up to ``want`` log rows ``(seq, thread_id, created_at, event, checksum)`` with
+        ``after < seq <= last`` in seq order, from one snapshot; ``last`` None: the newest
+        event now (returned, None if the thread has none)."""
+        if _has_nul(thread_id):
+            return None, []
+
+        def work(conn: Any) -> tuple[int | None, list[tuple]]:
+            bound = last
+            if bound is None:
+                bound = conn.execute(f"SELECT max(seq) FROM {_S}.log WHERE thread_id = %s",
+                                     (thread_id,)).fetchone()[0]
+                if bound is None:
+                    return None, []
+            return bound, conn.execute(
+                f"SELECT seq, thread_id, created_at, event, checksum FROM {_S}.log "
+                "WHERE thread_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s",
+                (thread_id, after, bound, want)).fetchall()
+
+        return self._read("reading the log", work)
+
+    def threads(self) -> list[str]:
+        """Every thread id with a checkpoint or a log event, sorted (by code point, as on
+        SQLite: ``COLLATE "C"``)."""
+        return self._read("listing threads", lambda conn: [row[0] for row in conn.execute(
+            f"SELECT thread_id COLLATE \"C\" FROM {_S}.checkpoints UNION "
+            f"SELECT thread_id COLLATE \"C\" FROM {_S}.log ORDER BY 1")])

@@ -1,0 +1,318 @@
+"""The PostgreSQL engine (sqlitesaver/postgres/engine.py) on a real server, driven directly
+(it is not yet behind Saver): rows in the SQLite engine's shapes with checksums the core
+verifies, ids unique and in commit order within a thread under concurrent writers, retries of
+serialization failures and deadlocks, "maybe committed" only when COMMIT was in flight, a server
+restarted between calls, bad input refused with nothing written."""
+
+from __future__ import annotations
+
+import os
+import random
+import threading
+import time
+
+import pytest
+
+from sqlitesaver import integrity
+from sqlitesaver.errors import (BusyTimeoutError, CheckpointNotFoundError, DatabaseIOError,
+                                InvalidArgumentError, SaverClosedError)
+from sqlitesaver.ids import format_id, parse_id
+from sqlitesaver.postgres import connect, engine as pg_engine
+
+psycopg = pytest.importorskip("psycopg") if not os.environ.get("CI") else __import__("psycopg")
+
+STATE, META = b"\x81\xa1k\x01", b"\x80"  # msgpack {"k": 1} and {}
+
+
+@pytest.fixture
+def engine(pg_url):
+    opened = pg_engine.Engine(pg_url, busy_timeout=5.0)
+    yield opened
+    opened.close()
+
+
+def admin(pg_url):
+    return psycopg.connect(pg_url, autocommit=True)
+
+
+def contents(pg_url) -> tuple:
+    """Every row of ours, to compare before and after a refused call."""
+    with admin(pg_url) as conn:
+        return tuple(conn.execute(f"SELECT * FROM sqlitesaver.{table} ORDER BY 1, 2").fetchall()
+                     for table in ("checkpoints", "writes", "log"))
+
+
+def verify_checkpoint(row: tuple) -> None:
+    seq, thread, ns, parent, created, state, meta, checksum, key, parent_key = row
+    assert integrity.checkpoint_checksum(seq, thread, ns, parent, created, state, meta, key,
+                                         parent_key) == checksum
+
+
+# --- rows, ids, checksums ---------------------------------------------------------------------
+
+def test_put_and_get_round_trip_with_verifiable_checksums(engine):
+    first, created = engine.put_checkpoint("t", "", None, None, STATE, META)
+    second, _ = engine.put_checkpoint("t", "", first, None, b"\x01", META)
+    assert parse_id(first) is not None and first < second
+    rows = engine.get_rows("t", "", None)
+    assert len(rows) == 1 and rows[0][:7] == (parse_id(second), "t", "", parse_id(first),
+                                              rows[0][4], b"\x01", META)
+    verify_checkpoint(rows[0][:10])
+    assert rows[0][10:] == (None,) * 7  # no pending write joined
+    (by_id,) = engine.get_rows("t", "", first)
+    assert by_id[4] == created and abs(created / 1e6 - time.time()) < 60  # the server's clock
+    assert engine.get_rows("t", "other-ns", None) == []
+    assert engine.get_rows("t", "", "ffffffffffffffff") == []
+
+
+def test_caller_ids_replace_in_place_and_keep_their_writes(engine, pg_url):
+    parent, _ = engine.put_checkpoint("t", "", None, None, STATE, META)
+    key, created = engine.put_checkpoint("t", "", parent, "cp-1", STATE, META)
+    engine.put_writes("t", "", "cp-1", "task", "", [(0, "ch", b"\x01")], False)
+    again, created_again = engine.put_checkpoint("t", "", parent, "cp-1", b"\x02", META)
+    assert (again, created_again) == ("cp-1", created)
+    rows = engine.get_rows("t", "", "cp-1")
+    assert [row[5] for row in rows] == [b"\x02"] and rows[0][10:13] == (rows[0][0], "task", 0)
+    assert rows[0][8:10] == ("cp-1", None)
+    verify_checkpoint(rows[0][:10])
+    newer, _ = engine.put_checkpoint("t", "", None, None, STATE, META)
+    before = contents(pg_url)
+    with pytest.raises(InvalidArgumentError, match="not older"):
+        engine.put_checkpoint("t", "", newer, "cp-1", STATE, META)
+    assert contents(pg_url) == before
+
+
+def test_pending_writes_are_idempotent_unless_replaced(engine):
+    cp, _ = engine.put_checkpoint("t", "", None, None, STATE, META)
+    engine.put_writes("t", "", cp, "task", "p", [(0, "a", b"\x01"), (1, "b", b"\x02")], False)
+    engine.put_writes("t", "", cp, "task", "p", [(0, "a", b"\x09")], False)  # kept: first wins
+    assert [row[10:16] for row in engine.get_rows("t", "", cp)] == [
+        (parse_id(cp), "task", 0, "a", b"\x01", "p"), (parse_id(cp), "task", 1, "b", b"\x02", "p")]
+    engine.put_writes("t", "", cp, "task", "p", [(0, "a", b"\x09")], True)  # replaced
+    rows = engine.get_rows("t", "", cp)
+    assert rows[0][14] == b"\x09"
+    for row in rows:
+        w = row[10:]
+        assert integrity.write_checksum(w[0], w[1], w[2], w[3], w[5], w[4]) == w[6]
+
+
+def test_a_missing_parent_or_checkpoint_writes_nothing(engine, pg_url):
+    engine.put_checkpoint("t", "", None, None, STATE, META)
+    before = contents(pg_url)
+    with pytest.raises(CheckpointNotFoundError, match="parent_id"):
+        engine.put_checkpoint("t", "", "00000000000000ff", None, STATE, META)
+    with pytest.raises(CheckpointNotFoundError, match="checkpoint_id"):
+        engine.put_writes("t", "", "nope", "task", "", [(0, "a", b"\x01")], False)
+    with pytest.raises(CheckpointNotFoundError):
+        engine.page("t", None, "nope", None, 10)
+    assert contents(pg_url) == before
+
+
+@pytest.mark.parametrize("call", [
+    lambda e: e.put_checkpoint("t\x00", "", None, None, STATE, META),
+    lambda e: e.put_checkpoint("t", "n\x00s", None, None, STATE, META),
+    lambda e: e.put_checkpoint("t", "", None, "id\x00", STATE, META),
+    lambda e: e.put_writes("t", "", "x", "task", "", [(0, "c\x00", b"\x01")], False),
+    lambda e: e.append_log("t\x00", b"\x01"),
+])
+def test_nul_in_text_is_refused_before_anything_is_written(engine, pg_url, call):
+    """PostgreSQL's text cannot hold U+0000 (SQLite's can): a typed error, nothing written."""
+    engine.put_checkpoint("t", "", None, None, STATE, META)
+    before = contents(pg_url)
+    with pytest.raises(InvalidArgumentError, match="NUL"):
+        call(engine)
+    assert contents(pg_url) == before
+    assert engine.get_rows("t\x00", "", None) == []  # reads: there is no such checkpoint
+
+
+def test_pages_log_prune_delete_and_threads(engine):
+    ids = [engine.put_checkpoint("t", ns, None, None, bytes([i]), META)[0]
+           for i, ns in enumerate(["", "a", "", "a", ""])]
+    engine.put_writes("t", "", ids[2], "task", "", [(0, "c", b"\x07")], False)
+    upper, rows, writes = engine.page("t", None, None, None, 3)
+    assert [format_id(row[0]) for row in rows] == ids[:1:-1] and len(writes) == 1
+    upper, rows, writes = engine.page("t", "", ids[4], None, 10)
+    assert [format_id(row[0]) for row in rows] == [ids[2], ids[0]]
+    assert upper == parse_id(ids[4]) - 1
+    seqs = [engine.append_log("t", bytes([i])) for i in range(3)]
+    last, events = engine.log_page("t", -1, None, 10)
+    assert [event[0] for event in events] == seqs == sorted(seqs) and last == seqs[-1]
+    for seq, thread, created, event, checksum in events:
+        assert integrity.log_checksum(seq, thread, created, event) == checksum
+    assert engine.log_page("t", -1, None, 2) == (seqs[-1], events[:2])
+    assert engine.log_page("t", seqs[0], seqs[-1], 10) == (seqs[-1], events[1:])
+    engine.append_log("u", b"\x00")
+    assert engine.threads() == ["t", "u"]
+    assert engine.prune("t", 1) == 3  # one per namespace kept
+    assert [format_id(r[0]) for r in engine.page("t", None, None, None, 10)[1]] == [ids[4],
+                                                                                  ids[3]]
+    assert engine.delete_thread("t") == 2 and engine.threads() == ["u"]
+    fresh, _ = engine.put_checkpoint("t", "", None, None, STATE, META)
+    assert fresh > ids[-1]  # an id is never handed out again, even after deletes
+
+
+# --- ids in commit order within a thread ------------------------------------------------------
+
+def test_a_seq_is_drawn_only_once_the_thread_lock_is_held(engine, pg_url, hang_detector):
+    """Deterministic: another session holds the thread's lock and draws a seq meanwhile; the
+    blocked put's seq must come after it (drawn before the lock, it would come before)."""
+    hang_detector(60)
+    holder = admin(pg_url)
+    watcher = admin(pg_url)
+    try:
+        holder.execute("BEGIN")
+        holder.execute(pg_engine._LOCK_THREAD, (pg_engine.THREAD_LOCK, "t"))
+        done: list = []
+        worker = threading.Thread(target=lambda: done.append(
+            engine.put_checkpoint("t", "", None, None, STATE, META)))
+        worker.start()
+        while not watcher.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                  "AND NOT granted").fetchone()[0]:
+            assert worker.is_alive() and not done, "the put did not wait for the thread lock"
+            time.sleep(0.005)
+        (drawn,) = holder.execute("SELECT nextval('sqlitesaver.checkpoints_seq')").fetchone()
+        holder.execute("COMMIT")
+        worker.join()
+        assert parse_id(done[0][0]) > drawn
+    finally:
+        holder.close()
+        watcher.close()
+
+
+def test_concurrent_writers_never_commit_below_what_a_reader_saw(engine, pg_url,
+                                                                 hang_detector):
+    """8 writers on one thread (and 2 on others) and a reader: each new id the reader sees is
+    above every id it saw before, so polling for "newer than X" never misses a checkpoint."""
+    hang_detector(120)
+    seed = random.randrange(2**32)
+    rng = random.Random(seed)
+    stop = threading.Event()
+    errors: list = []
+    written: list = []
+
+    def writer(thread_id: str, count: int) -> None:
+        try:
+            for _ in range(count):
+                written.append(engine.put_checkpoint(thread_id, "", None, None,
+                                                     rng.randbytes(8), META)[0])
+        except BaseException as exc:
+            errors.append(exc)
+
+    seen_violations: list = []
+
+    def reader() -> None:
+        seen: set[int] = set()
+        with admin(pg_url) as conn:
+            while not stop.is_set():
+                now = {row[0] for row in conn.execute(
+                    "SELECT seq FROM sqlitesaver.checkpoints WHERE thread_id = 'shared'")}
+                new = now - seen
+                if seen and new and min(new) < max(seen):
+                    seen_violations.append((min(new), max(seen)))
+                seen |= now
+
+    workers = [threading.Thread(target=writer, args=("shared", 40)) for _ in range(8)]
+    workers += [threading.Thread(target=writer, args=(f"other-{i}", 40)) for i in range(2)]
+    watch = threading.Thread(target=reader)
+    watch.start()
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    stop.set()
+    watch.join()
+    assert not errors, (seed, errors[:3])
+    assert len(set(written)) == len(written) == 400, seed
+    assert not seen_violations, f"seed {seed}: {seen_violations[:5]}"
+
+
+# --- retries, maybe committed, restarts -------------------------------------------------------
+
+def test_serialization_failures_and_deadlocks_are_retried_then_busy(engine, pg_url,
+                                                                    monkeypatch):
+    failures = {"left": 3}
+    real = pg_engine.Engine._lock_threads
+
+    def flaky(self, conn, *threads):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise (psycopg.errors.SerializationFailure if failures["left"] % 2
+                   else psycopg.errors.DeadlockDetected)("injected")
+        return real(self, conn, *threads)
+
+    monkeypatch.setattr(pg_engine.Engine, "_lock_threads", flaky)
+    cp, _ = engine.put_checkpoint("t", "", None, None, STATE, META)
+    assert failures["left"] == 0 and len(engine.get_rows("t", "", cp)) == 1
+    failures["left"] = 10**9
+    engine.busy_timeout = 0.2
+    before = contents(pg_url)
+    start = time.monotonic()
+    with pytest.raises(BusyTimeoutError, match="retried until the deadline") as caught:
+        engine.put_checkpoint("t", "", None, None, STATE, META)
+    assert 0.2 <= time.monotonic() - start < 5 and caught.value.sqlstate in ("40001", "40P01")
+    assert contents(pg_url) == before
+
+
+def test_a_connection_lost_during_commit_is_maybe_committed(engine, pg_url):
+    def work(conn):
+        conn.execute("INSERT INTO sqlitesaver.log VALUES (999, 'x', 0, '\\x00', 0)")
+        with admin(pg_url) as other:  # the backend dies before COMMIT reaches it
+            other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+
+    with pytest.raises(DatabaseIOError, match="maybe committed"):
+        engine._write("testing", work)
+    assert engine.log_page("x", -1, None, 10) == (None, [])  # here it was not: hence "maybe"
+    engine.append_log("x", b"\x01")  # the pool replaced the dead connection
+
+
+def test_a_connection_lost_before_commit_was_not_committed(engine, pg_url):
+    def work(conn):
+        with admin(pg_url) as other:
+            other.execute("SELECT pg_terminate_backend(%s)", (conn.info.backend_pid,))
+        conn.execute("SELECT 1")
+
+    with pytest.raises(DatabaseIOError, match="was not committed"):
+        engine._write("testing", work)
+
+
+def test_a_server_restarted_between_calls_costs_a_reconnect(engine, pg_cluster):
+    first, _ = engine.put_checkpoint("t", "", None, None, STATE, META)
+    pg_cluster.kill_all()
+    pg_cluster.start()
+    second, _ = engine.put_checkpoint("t", "", first, None, STATE, META)  # no error
+    assert [row[0] for row in engine.page("t", "", None, None, 10)[1]] == [
+        parse_id(second), parse_id(first)]  # the acknowledged one survived the crash
+
+
+def test_prepared_or_never_prepared(pg_url):
+    for threshold in (None, 0):
+        e = pg_engine.Engine(pg_url, options=connect.Options(prepare_threshold=threshold))
+        try:
+            cp = None
+            for _ in range(3):
+                cp, _ = e.put_checkpoint("t", "", cp, None, STATE, META)
+            assert e.settings()["prepare_threshold"] == threshold
+        finally:
+            e.close()
+
+
+def test_settings_and_closing(engine):
+    settings = engine.settings()
+    assert settings["engine"] == "postgresql" and settings["fsync"] == "on"
+    assert settings["synchronous_commit"] == "on" and "@" in settings["server"]
+    engine.close()
+    engine.close()
+    with pytest.raises(SaverClosedError):
+        engine.put_checkpoint("t", "", None, None, STATE, META)
+
+
+def test_normal_durability_commits_asynchronously(pg_url):
+    e = pg_engine.Engine(pg_url, durability="normal")
+    try:
+        seen = e._write("testing", lambda conn: conn.execute(
+            "SELECT current_setting('synchronous_commit')").fetchone()[0])
+        assert seen == "off" and e.settings()["synchronous_commit"] == "off"
+    finally:
+        e.close()
+    with pytest.raises(InvalidArgumentError, match="durability"):
+        pg_engine.Engine(pg_url, durability="off")
