@@ -316,3 +316,44 @@ def test_normal_durability_commits_asynchronously(pg_url):
         e.close()
     with pytest.raises(InvalidArgumentError, match="durability"):
         pg_engine.Engine(pg_url, durability="off")
+
+
+# --- copy and delete by metadata --------------------------------------------------------------
+
+def test_copy_thread_remaps_parents_and_verifies_every_row(engine, pg_url):
+    a, _ = engine.put_checkpoint("src", "", None, None, STATE, META)
+    b, _ = engine.put_checkpoint("src", "", a, "keyed", STATE, META)
+    engine.put_writes("src", "", "keyed", "task", "", [(0, "c", b"\x05")], False)
+    seen: list = []
+    assert engine.copy_thread("src", "dst", lambda row: seen.append(row[0]),
+                              lambda cid, writes: seen.append((cid, len(writes)))) == 2
+    keyed_seq = engine.get_rows("src", "", b)[0][0]
+    assert seen == [parse_id(a), (a, 0), keyed_seq, ("keyed", 1)]  # each source row, in order
+    rows = engine.page("dst", None, None, None, 10)[1]
+    (copied_b, copied_a) = rows
+    assert copied_b[8] == "keyed" and copied_b[3] == copied_a[0] != parse_id(a)
+    for row in rows:
+        verify_checkpoint(row)
+    before = contents(pg_url)
+    with pytest.raises(InvalidArgumentError, match="already has checkpoints"):
+        engine.copy_thread("src", "dst", lambda row: None, lambda cid, w: None)
+
+    def damaged(row):
+        raise CheckpointNotFoundError("stands in for the core's ChecksumError")
+
+    with pytest.raises(CheckpointNotFoundError):
+        engine.copy_thread("src", "dst2", damaged, lambda cid, w: None)
+    assert contents(pg_url) == before
+
+
+def test_delete_matching_detaches_children_and_locks_threads(engine):
+    a, _ = engine.put_checkpoint("t", "", None, None, b"\x01", META)
+    b, _ = engine.put_checkpoint("t", "", a, None, b"\x02", META)
+    c, _ = engine.put_checkpoint("t", "", b, None, b"\x03", META)
+    engine.put_checkpoint("u", "", None, None, b"\x02", META)
+    assert engine.delete_matching("t", lambda row: row[5] == b"\x02") == 1
+    rows = engine.page("t", None, None, None, 10)[1]
+    assert [format_id(r[0]) for r in rows] == [c, a] and rows[0][3] is None  # detached
+    verify_checkpoint(rows[0])
+    assert engine.delete_matching(None, lambda row: row[5] == b"\x02") == 1  # u's
+    assert engine.delete_matching(None, lambda row: False) == 0

@@ -316,12 +316,10 @@ class Engine:
                                                        parent_key), seq))
                     return checkpoint_id, created
             seq, created = conn.execute(_NEXT_CHECKPOINT).fetchone()
-            keys = (checkpoint_id, parent_key) if checkpoint_id is not None or parent_key \
-                else ()
             conn.execute(_INSERT_CHECKPOINT, (
                 seq, thread_id, namespace, parent_seq, created, state, metadata,
                 integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
-                                              state, metadata, *keys),
+                                              state, metadata, checkpoint_id, parent_key),
                 checkpoint_id, parent_key))
             return (checkpoint_id if checkpoint_id is not None else format_id(seq)), created
 
@@ -387,6 +385,93 @@ class Engine:
                 (thread_id, min(keep_last, INT64_MAX))).rowcount
 
         return self._write("pruning a thread", work)
+
+    def copy_thread(self, source: str, target: str, verify: Callable[[tuple], None],
+                    verify_writes: Callable[[str, list[tuple]], None]) -> int:
+        """Copy the source thread's checkpoints (new seqs, in order, parents remapped) and
+        their writes to the empty target thread; ``verify`` / ``verify_writes`` (the core's
+        checksum checks) see every source row first and raise to copy nothing. Both threads
+        are locked, in sorted order."""
+        check_text(source_thread_id=source, target_thread_id=target)
+
+        def work(conn: Any) -> int:
+            self._lock_threads(conn, source, target)
+            if conn.execute(f"SELECT 1 FROM {_S}.checkpoints WHERE thread_id = %s LIMIT 1",
+                            (target,)).fetchone() is not None:
+                raise InvalidArgumentError(
+                    f"target thread {target!r} already has checkpoints on {self.server}; "
+                    "copy to a new thread id (or delete_thread it first). Nothing was "
+                    "written.", path=self.server)
+            rows = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
+                                "WHERE c.thread_id = %s ORDER BY c.seq", (source,)).fetchall()
+            copied: dict[int, int] = {}
+            for row in rows:
+                verify(row)
+                old, _, namespace, parent, created, state, meta, _, key, parent_key = row
+                parent = copied.get(parent, parent)
+                seq = copied[old] = conn.execute(_NEXT_CHECKPOINT).fetchone()[0]
+                conn.execute(_INSERT_CHECKPOINT, (
+                    seq, target, namespace, parent, created, state, meta,
+                    integrity.checkpoint_checksum(seq, target, namespace, parent, created,
+                                                  state, meta, key, parent_key),
+                    key, parent_key))
+                writes = conn.execute(f"SELECT {_WRITE_COLUMNS} FROM {_S}.writes AS w "
+                                      "WHERE w.checkpoint_seq = %s", (old,)).fetchall()
+                verify_writes(key or format_id(old), writes)
+                if writes:
+                    with conn.cursor() as cursor:
+                        cursor.executemany(_INSERT_WRITE, [
+                            (seq, task_id, index, channel, value, task_path,
+                             integrity.write_checksum(seq, task_id, index, channel, task_path,
+                                                      value))
+                            for _, task_id, index, channel, value, task_path, _ in writes])
+            return len(rows)
+
+        return self._write("copying a thread", work)
+
+    def delete_matching(self, thread_id: str | None, matches: Callable[[tuple], bool]
+                        ) -> int:
+        """Delete every checkpoint (of ``thread_id``, or of every thread) whose row
+        ``matches`` (the core verifies its checksum and compares its metadata) and detach the
+        remaining children of deleted ones; return how many were deleted. Each thread
+        concerned is locked first (sorted), so no put into it can link a new child to a
+        checkpoint being deleted."""
+        if thread_id is not None:
+            check_text(thread_id=thread_id)
+            if _has_nul(thread_id):
+                return 0
+
+        def work(conn: Any) -> int:
+            if thread_id is not None:
+                threads = [thread_id]
+            else:
+                threads = [row[0] for row in conn.execute(
+                    f"SELECT DISTINCT thread_id FROM {_S}.checkpoints")]
+            self._lock_threads(conn, *threads)
+            where, params = ("WHERE c.thread_id = ANY(%s)", (threads,))
+            doomed: set[int] = set()
+            orphans = []
+            for row in conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
+                                    f"{where} ORDER BY c.seq", params):
+                if matches(row):
+                    doomed.add(row[0])
+                elif row[3] in doomed:  # seq order: a parent is classified before its child
+                    orphans.append(row)
+            if not doomed:
+                return 0
+            with conn.cursor() as cursor:
+                if orphans:
+                    cursor.executemany(
+                        f"UPDATE {_S}.checkpoints SET parent_seq = NULL, parent_key = NULL, "
+                        "checksum = %s WHERE seq = %s",
+                        [(integrity.checkpoint_checksum(seq, thread, ns, None, created, state,
+                                                        meta, key, None), seq)
+                         for seq, thread, ns, _, created, state, meta, _, key, _ in orphans])
+                cursor.execute(f"DELETE FROM {_S}.checkpoints WHERE seq = ANY(%s)",
+                               (sorted(doomed),))
+            return len(doomed)
+
+        return self._write("deleting checkpoints by metadata", work)
 
     # --- reads ----------------------------------------------------------------------------
 
