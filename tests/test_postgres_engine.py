@@ -104,7 +104,7 @@ def test_a_missing_parent_or_checkpoint_writes_nothing(engine, pg_url):
     with pytest.raises(CheckpointNotFoundError, match="checkpoint_id"):
         engine.put_writes("t", "", "nope", "task", "", [(0, "a", b"\x01")], False)
     with pytest.raises(CheckpointNotFoundError):
-        engine.page("t", None, "nope", None, 10)
+        engine.page("t", None, "nope", None, 10, 1 << 22)
     assert contents(pg_url) == before
 
 
@@ -129,11 +129,15 @@ def test_pages_log_prune_delete_and_threads(engine):
     ids = [engine.put_checkpoint("t", ns, None, None, bytes([i]), META)[0]
            for i, ns in enumerate(["", "a", "", "a", ""])]
     engine.put_writes("t", "", ids[2], "task", "", [(0, "c", b"\x07")], False)
-    upper, rows, writes = engine.page("t", None, None, None, 3)
-    assert [format_id(row[0]) for row in rows] == ids[:1:-1] and len(writes) == 1
-    upper, rows, writes = engine.page("t", "", ids[4], None, 10)
-    assert [format_id(row[0]) for row in rows] == [ids[2], ids[0]]
+    upper, rows, writes, more = engine.page("t", None, None, None, 3, 1 << 22)
+    assert [format_id(row[0]) for row in rows] == ids[:1:-1] and len(writes) == 1 and more
+    upper, rows, writes, more = engine.page("t", "", ids[4], None, 10, 1 << 22)
+    assert [format_id(row[0]) for row in rows] == [ids[2], ids[0]] and not more
     assert upper == parse_id(ids[4]) - 1
+    # A page stops after the row that brings its payloads to the budget (2 bytes here:
+    # each state is 1 byte, each metadata 1), with more to follow.
+    upper, rows, writes, more = engine.page("t", None, None, None, 10, 3)
+    assert [format_id(row[0]) for row in rows] == ids[:2:-1] and more
     seqs = [engine.append_log("t", bytes([i])) for i in range(3)]
     last, events = engine.log_page("t", -1, None, 10)
     assert [event[0] for event in events] == seqs == sorted(seqs) and last == seqs[-1]
@@ -144,8 +148,8 @@ def test_pages_log_prune_delete_and_threads(engine):
     engine.append_log("u", b"\x00")
     assert engine.threads() == ["t", "u"]
     assert engine.prune("t", 1) == 3  # one per namespace kept
-    assert [format_id(r[0]) for r in engine.page("t", None, None, None, 10)[1]] == [ids[4],
-                                                                                  ids[3]]
+    kept = engine.page("t", None, None, None, 10, 1 << 22)[1]
+    assert [format_id(row[0]) for row in kept] == [ids[4], ids[3]]
     assert engine.delete_thread("t") == 2 and engine.threads() == ["u"]
     fresh, _ = engine.put_checkpoint("t", "", None, None, STATE, META)
     assert fresh > ids[-1]  # an id is never handed out again, even after deletes
@@ -280,7 +284,7 @@ def test_a_server_restarted_between_calls_costs_a_reconnect(engine, pg_cluster):
     pg_cluster.kill_all()
     pg_cluster.start()
     second, _ = engine.put_checkpoint("t", "", first, None, STATE, META)  # no error
-    assert [row[0] for row in engine.page("t", "", None, None, 10)[1]] == [
+    assert [row[0] for row in engine.page("t", "", None, None, 10, 1 << 22)[1]] == [
         parse_id(second), parse_id(first)]  # the acknowledged one survived the crash
 
 
@@ -329,7 +333,7 @@ def test_copy_thread_remaps_parents_and_verifies_every_row(engine, pg_url):
                               lambda cid, writes: seen.append((cid, len(writes)))) == 2
     keyed_seq = engine.get_rows("src", "", b)[0][0]
     assert seen == [parse_id(a), (a, 0), keyed_seq, ("keyed", 1)]  # each source row, in order
-    rows = engine.page("dst", None, None, None, 10)[1]
+    rows = engine.page("dst", None, None, None, 10, 1 << 22)[1]
     (copied_b, copied_a) = rows
     assert copied_b[8] == "keyed" and copied_b[3] == copied_a[0] != parse_id(a)
     for row in rows:
@@ -352,7 +356,7 @@ def test_delete_matching_detaches_children_and_locks_threads(engine):
     c, _ = engine.put_checkpoint("t", "", b, None, b"\x03", META)
     engine.put_checkpoint("u", "", None, None, b"\x02", META)
     assert engine.delete_matching("t", lambda row: row[5] == b"\x02") == 1
-    rows = engine.page("t", None, None, None, 10)[1]
+    rows = engine.page("t", None, None, None, 10, 1 << 22)[1]
     assert [format_id(r[0]) for r in rows] == [c, a] and rows[0][3] is None  # detached
     verify_checkpoint(rows[0])
     assert engine.delete_matching(None, lambda row: row[5] == b"\x02") == 1  # u's

@@ -510,20 +510,25 @@ class Engine:
                 raise pg_errors.translate(exc, self.server, "reading a checkpoint") from exc
 
     def page(self, thread_id: str, namespace: str | None, before: str | None,
-             upper: int | None, want: int) -> tuple[int, list[tuple], list[tuple]]:
-        """One page of :meth:`Saver.list`, from one snapshot: up to ``want`` checkpoint rows
-        of the thread (and namespace, unless None) with ``seq <= upper``, newest first, and
-        their pending writes ordered by (checkpoint_seq desc, task_id, idx). ``upper`` None
-        means "below ``before``" (looked up in the same snapshot), or everything. Returns
-        ``(upper used, checkpoint rows, write rows)``."""
+             upper: int | None, want: int, budget: int) -> tuple[int, list[tuple],
+                                                                  list[tuple], bool]:
+        """One page of :meth:`Saver.list`, from one snapshot: checkpoint rows of the thread
+        (and namespace, unless None) with ``seq <= upper``, newest first, at most ``want`` and
+        stopping after the row whose payloads (state and metadata) bring the page to
+        ``budget`` bytes, as the SQLite engine's pages do; then their pending writes ordered by
+        (checkpoint_seq desc, task_id, idx). ``upper`` None means "below ``before``" (looked up
+        in the same snapshot), or everything. Returns ``(upper used, checkpoint rows, write
+        rows, whether more rows may follow)``. The sizes come first (octet_length reads a
+        stored value's length without reading the value), so a page never holds more than
+        one row past the budget in memory."""
         if _has_nul(before):
             raise CheckpointNotFoundError(
                 f"before {before!r} is not a checkpoint of thread {thread_id!r} on "
                 f"{self.server}", path=self.server)
         if _has_nul(thread_id, namespace):
-            return (INT64_MAX if upper is None else upper), [], []
+            return (INT64_MAX if upper is None else upper), [], [], False
 
-        def work(conn: Any) -> tuple[int, list[tuple], list[tuple]]:
+        def work(conn: Any) -> tuple[int, list[tuple], list[tuple], bool]:
             bound = upper
             if bound is None:
                 bound = INT64_MAX if before is None else \
@@ -532,14 +537,27 @@ class Engine:
             if namespace is not None:
                 where += " AND namespace = %s"
                 params.append(namespace)
+            sizes = conn.execute(
+                f"SELECT seq, octet_length(state) + octet_length(metadata) FROM "
+                f"{_S}.checkpoints WHERE {where} AND seq <= %s ORDER BY seq DESC LIMIT %s",
+                (*params, bound, want)).fetchall()
+            taken, total = [], 0
+            for seq, size in sizes:
+                taken.append(seq)
+                total += size
+                if total >= budget:
+                    break
+            more = len(taken) < len(sizes) or len(sizes) == want or total >= budget
+            if not taken:
+                return bound, [], [], False
             rows = conn.execute(
-                f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c WHERE {where} "
-                "AND seq <= %s ORDER BY c.seq DESC LIMIT %s", (*params, bound, want)).fetchall()
+                f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
+                "WHERE c.seq = ANY(%s) ORDER BY c.seq DESC", (taken,)).fetchall()
             writes = conn.execute(
                 f"SELECT {_WRITE_COLUMNS} FROM {_S}.writes AS w WHERE w.checkpoint_seq = "
                 "ANY(%s) ORDER BY w.checkpoint_seq DESC, w.task_id, w.idx",
-                ([row[0] for row in rows],)).fetchall() if rows else []
-            return bound, rows, writes
+                (taken,)).fetchall()
+            return bound, rows, writes, more
 
         return self._read("listing checkpoints", work)
 
