@@ -47,7 +47,8 @@ def test_only_postgres_urls_are_taken_for_a_server(value, expected):
     (f"postgresql://app@db.example/state?password={SECRET}", "postgresql://app@db.example/state"),
     (f"host=db.example dbname=state user=app password={SECRET}",
      "postgresql://app@db.example/state"),
-    ("postgresql://postgres@/postgres?host=/tmp/s%20d", "postgresql://postgres@/postgres?host=/tmp/s d"),
+    ("postgresql://postgres@/postgres?host=/tmp/s%20d",
+     "postgresql://postgres@/postgres?host=/tmp/s d"),
     ("postgresql://[::1]:5432/x", "postgresql://[::1]:5432/x"),
 ])
 def test_describe_names_the_server_without_its_password(given, shown):
