@@ -138,9 +138,9 @@ class _Transaction:
        connection, ``_batch``, ``_owner``, ``_depth``. Taken once per outermost transition and
        never re-taken by a nested one (nesting is known from ``_owner``).
     2. ``saver._waiting_cond``: the ``_waiting`` counter only; taken alone or under 1.
-    3. ``saver._pool._lock`` (:class:`~sqlitesaver.saver._ReaderPool`): the read connections
-       only; taken alone or under 1, and never held while waiting (its waiters wait on their
-       own events).
+    3. ``saver._pool._lock`` (:class:`~sqlitesaver.sqlite.reads._ReaderPool`): the read
+       connections only; taken alone or under 1, and never held while waiting (its waiters
+       wait on their own events).
 
     No thread waits for another thread while holding 2 or 3; the only wait under 1 is the
     leader's gathering wait, which releases it (``Condition.wait``) and is bounded.
