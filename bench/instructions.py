@@ -44,19 +44,19 @@ def child(op: str, calls: int) -> None:
     sys.path[:0] = [HERE, ROOT]
     import core
     from sqlitesaver import Saver
-    from sqlitesaver import saver as saver_module
+    from sqlitesaver.sqlite import transaction as write_path
 
     state = core.make_state()
     directory = tempfile.mkdtemp(prefix="sqlitesaver-instructions-")
     try:
         saver = Saver(os.path.join(directory, "s.db"), durability="normal")
-        saver_module.AUTOCHECKPOINT_PAGES = 10**9  # no WAL checkpoint inside the count
+        write_path.AUTOCHECKPOINT_PAGES = 10**9  # no WAL checkpoint inside the count
         if op == "core-put":
             def call() -> object:
                 return saver.put("t", state)
         elif op == "empty-transaction":
             def call() -> object:
-                with saver_module._Transaction(saver, "measuring"):
+                with write_path._Transaction(saver, "measuring"):
                     return None
         else:
             from _checkpoint import Checkpoints, config, fill

@@ -5,8 +5,8 @@
 What the write path costs in CPU, apart from the fsync wait: the main thread pays for the
 signal deferral around the write path's critical sections (sqlitesaver/interrupts.py), worker
 threads do not; with several threads the puts share commits (group commit, the
-``_Transaction`` protocol in sqlitesaver/saver.py), and the process's CPU per put shows what
-the batching costs or saves. Run it on two checkouts (``PYTHONPATH=<checkout> python bench/put_cpu.py``) to compare
+``_Transaction`` protocol in sqlitesaver/sqlite/transaction.py), and the process's CPU per put
+shows what the batching costs or saves. Run it on two checkouts (``PYTHONPATH=<checkout> python bench/put_cpu.py``) to compare
 versions on the same machine; each line is the best of ``--rounds`` (the least disturbed by
 other load). Durability "normal" by default, so that the fsync does not dominate the rate.
 """

@@ -123,7 +123,7 @@ def backup(source: "str | os.PathLike[str] | Saver", destination: str | os.PathL
 
 def backup_saver(saver: "Saver", destination: str | os.PathLike[str]) -> BackupReport:
     """The body of :meth:`Saver.backup` (which refuses to run inside a transaction)."""
-    from .saver import _Read
+    from .sqlite.reads import _Read
     started = time.perf_counter()
     dst = files.check_new_destination(destination, "the backup")
     temp = files.temp_beside(dst)
@@ -176,7 +176,7 @@ def restore(backup_path: str | os.PathLike[str], destination: str | os.PathLike[
     temp = files.temp_beside(dst)
     try:
         with Saver(source, readonly=True, integrity_check="off") as saver:
-            from .saver import _Read
+            from .sqlite.reads import _Read
             with _Read(saver, "reading the backup", snapshot=False) as read:
                 _copy(read.conn, temp, dst, source)
         report = _validated(temp, dst, f"the backup {source!r}", source)

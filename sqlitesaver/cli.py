@@ -282,7 +282,7 @@ def _show(args: argparse.Namespace, out: TextIO) -> int:
 # --- writes ------------------------------------------------------------------------------------
 
 def _free_space(saver: Any) -> tuple[int, int, int]:
-    from .saver import _Read
+    from .sqlite.reads import _Read
     with _Read(saver, "reading the free space") as read:
         return tuple(read.conn.execute(f"PRAGMA {name}").fetchone()[0]  # type: ignore
                      for name in ("freelist_count", "page_count", "page_size"))

@@ -133,7 +133,7 @@ def history(saver: Any, thread_id: str, *, namespace: str | None = None,
 def summary(saver: Any) -> dict:
     """Files, schema, settings, and per thread: namespaces, checkpoints, pending writes, log
     events, payload bytes, newest checkpoint. One snapshot."""
-    from .saver import _Read  # the Saver's own read connections: readonly, pooled
+    from .sqlite.reads import _Read  # the Saver's own read connections: readonly, pooled
     path = saver.path
     with _Read(saver, "inspecting the database") as read:
         conn = read.conn

@@ -16,7 +16,7 @@ What it covers and what not:
   only an identity check.
 * Exceptions raised into a thread by ``PyThreadState_SetAsyncExc`` cannot be deferred from
   Python. The write path is built to survive one such exception at any line (tested line by
-  line in ``tests/test_interrupts.py``): see ``sqlitesaver/saver.py``.
+  line in ``tests/test_interrupts.py``): see ``sqlitesaver/sqlite/transaction.py``.
 * Sections must not block for long (they would delay Ctrl-C): the write path keeps waits for
   another thread (the write lock, a batch's COMMIT) outside them.
 * While a section runs, ``signal.getsignal()`` in the main thread shows the recorder. A

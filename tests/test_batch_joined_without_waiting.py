@@ -10,7 +10,7 @@ import time
 import pytest
 
 from sqlitesaver import Saver
-from sqlitesaver import saver as saver_module
+from sqlitesaver.sqlite import transaction as write_path
 
 # python_sigint_handler and quick_heal are autouse fixtures: imported, they apply here too.
 from test_interrupts import (Injector, Raised, assert_batch_verdicts,  # noqa: F401
@@ -65,11 +65,11 @@ def _batch_joined_without_waiting(saver: Saver, trace_leader, trace_member) -> d
 def test_one_exception_at_every_line_of_a_batch_joined_without_waiting(tmp_path, hang_detector,
                                                                        monkeypatch, role):
     hang_detector(600)
-    monkeypatch.setattr(saver_module, "GATHER_WAIT", 0.3)
+    monkeypatch.setattr(write_path, "GATHER_WAIT", 0.3)
     # A batch of two is full: the leader commits as soon as the member has joined, instead of
     # gathering for the phantom waiter until GATHER_WAIT (which it still does at the points
     # where the member never joins).
-    monkeypatch.setattr(saver_module, "MAX_BATCH", 2)
+    monkeypatch.setattr(write_path, "MAX_BATCH", 2)
     with Saver(str(tmp_path / "count.db"), durability="normal") as saver:
         counter = Injector(None)
         before = dict(saver._stats)

@@ -16,7 +16,7 @@ import apsw
 import pytest
 
 from sqlitesaver import BusyTimeoutError, DatabaseIOError, Saver, contention, faults
-from sqlitesaver.saver import _commit
+from sqlitesaver.sqlite.transaction import _commit
 
 
 class FakeClock:
@@ -140,7 +140,7 @@ def test_outside_a_step_each_locking_event_gets_its_own_deadline(fake_clock):
 
 
 class FakeConnection:
-    """What ``saver._commit`` needs of a connection: COMMIT busy ``busy`` times."""
+    """What ``transaction._commit`` needs of a connection: COMMIT busy ``busy`` times."""
 
     def __init__(self, busy: int, rolled_back: bool = False) -> None:
         self.busy = busy
@@ -368,7 +368,7 @@ def test_attempt_waits_one_busy_timeout_not_two(fake_clock):
 
 
 def test_attempt_never_commits_a_transaction_that_is_gone(fake_clock):
-    """A busy COMMIT is retried through saver._commit, which refuses to commit a transaction
+    """A busy COMMIT is retried through transaction._commit, which refuses to commit a transaction
     that is gone instead of reporting success for work SQLite rolled back."""
     conn = FakeConnection(busy=1)
     step = _commit(conn)

@@ -92,7 +92,7 @@ class Boom(Exception):
 
 def test_a_failing_leader_is_rolled_back_whole_and_the_writers_queued_behind_it_commit(db_path):
     """A batch's leader works in no SAVEPOINT (it is alone in its batch until its work is done,
-    see saver._Transaction._join): when its block fails, all of its work goes, none of it
+    see sqlite.transaction._Transaction._join): when its block fails, all of its work goes, none of it
     leaks into the COMMIT of the transitions that queued meanwhile, and they all commit."""
     with Saver(db_path) as saver:
         saver.put("warm", {})
@@ -118,11 +118,11 @@ def test_a_failing_leader_is_rolled_back_whole_and_the_writers_queued_behind_it_
 
 def test_a_lone_writer_never_gathers_and_makes_no_event(db_path, monkeypatch):
     """What a lone writer does not pay for group commit: no Event for members to wait on, no
-    gathering wait, no count of waiters (saver._Transaction._join, _finish)."""
-    from sqlitesaver import saver as saver_module
+    gathering wait, no count of waiters (sqlite.transaction._Transaction._join, _finish)."""
+    from sqlitesaver.sqlite import transaction as write_path
     made: list = []
-    waitable = saver_module._Batch.waitable
-    monkeypatch.setattr(saver_module._Batch, "waitable",
+    waitable = write_path._Batch.waitable
+    monkeypatch.setattr(write_path._Batch, "waitable",
                         lambda batch: made.append(batch) or waitable(batch))
     with Saver(db_path) as saver:
         waits: list = []

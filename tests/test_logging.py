@@ -15,7 +15,7 @@ import textwrap
 import apsw
 import pytest
 
-import sqlitesaver.saver as saver_module
+import sqlitesaver.sqlite.transaction as write_path
 from sqlitesaver import DatabaseIOError, Saver, contention, log
 from test_bad_input import child_env
 from test_faults import _FaultyVFS
@@ -99,7 +99,7 @@ def test_below_the_threshold_a_wait_is_not_logged(caplog):
 
 def test_a_forced_checkpoint_is_logged(tmp_path, caplog, monkeypatch):
     path = str(tmp_path / "d.db")
-    monkeypatch.setattr(saver_module, "WAL_LIMIT", 256 * 1024)
+    monkeypatch.setattr(write_path, "WAL_LIMIT", 256 * 1024)
     caplog.set_level(logging.INFO, logger="sqlitesaver")
     with Saver(path) as saver:
         caplog.clear()

@@ -24,7 +24,8 @@ import apsw
 import pytest
 
 import sqlitesaver
-import sqlitesaver.saver as saver_module
+import sqlitesaver.sqlite.reads as reads_module
+import sqlitesaver.sqlite.transaction as write_path
 from sqlitesaver import InvalidArgumentError, Saver, SaverClosedError, opening
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sqlitesaver.__file__)))
@@ -126,7 +127,7 @@ class queued_waiters:
         self.event_factory = event_factory
 
     def __enter__(self) -> "queued_waiters":
-        self.real = saver_module._Waiter
+        self.real = reads_module._Waiter
         outer = self
 
         class Watched(self.real):
@@ -138,11 +139,11 @@ class queued_waiters:
                     self.event = outer.event_factory()
                 outer.queued.release()  # appended to the queue in the same locked step
 
-        saver_module._Waiter = Watched
+        reads_module._Waiter = Watched
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        saver_module._Waiter = self.real
+        reads_module._Waiter = self.real
 
     def wait(self, n: int = 1) -> None:
         for _ in range(n):
@@ -343,7 +344,7 @@ def test_a_real_sigint_while_waiting_for_a_reader_leaks_nothing(db_path):
     code = textwrap.dedent("""
         import faulthandler, signal, sys, threading
         import apsw
-        import sqlitesaver.saver as saver_module
+        import sqlitesaver.sqlite.reads as reads_module
         from sqlitesaver import Saver
         faulthandler.dump_traceback_later(60, exit=True)
         # A process started in the background inherits SIGINT ignored: Python then installs no
@@ -362,12 +363,12 @@ def test_a_real_sigint_while_waiting_for_a_reader_leaks_nothing(db_path):
         holder.start()
         inside.wait()
         queued = threading.Event()
-        class Queued(saver_module._Waiter):
+        class Queued(reads_module._Waiter):
             __slots__ = ()
             def __init__(self):
                 super().__init__()
                 queued.set()
-        saver_module._Waiter = Queued
+        reads_module._Waiter = Queued
         main = threading.main_thread().ident
         threading.Thread(target=lambda: (queued.wait(),
                                          signal.pthread_kill(main, signal.SIGINT))).start()
@@ -442,7 +443,7 @@ def test_readers_waiting_for_the_pool_do_not_stall_forced_checkpoints(db_path, m
     # limit again and again, each time forcing a checkpoint that pauses new reads: every read
     # and write finishes, reads go on meanwhile, and the WAL stays bounded.
     limit = 256 * 1024
-    monkeypatch.setattr(saver_module, "WAL_LIMIT", limit)
+    monkeypatch.setattr(write_path, "WAL_LIMIT", limit)
     with Saver(db_path, durability="normal", max_readers=2) as saver:
         saver.put("t", {"n": 0})
         stop = threading.Event()

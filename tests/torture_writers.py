@@ -137,9 +137,9 @@ class FullDiskAsIOError(Writer):
 # several threads share a Saver, so that transitions join each other's batches, do they break.
 # They break the Saver's internals on purpose, in the child process only.
 
-def _saver_module() -> Any:
-    from sqlitesaver import saver
-    return saver
+def _write_path() -> Any:
+    from sqlitesaver.sqlite import transaction
+    return transaction
 
 
 class MemberReturnsBeforeCommit(Writer):
@@ -149,7 +149,7 @@ class MemberReturnsBeforeCommit(Writer):
     must report it as lost (with --threads; with one thread there is no one to join)."""
 
     def open(self, path: str, durability: str) -> Saver:
-        module = _saver_module()
+        module = _write_path()
 
         class DoneAtOnce(module._Batch):
             __slots__ = ()
@@ -177,7 +177,7 @@ class FailedMemberLeaks(Writer):
     mix = {"abort": 30, "put": 26, "writes": 20, "log": 20, "multi": 14}
 
     def open(self, path: str, durability: str) -> Saver:
-        transaction = _saver_module()._Transaction
+        transaction = _write_path()._Transaction
         rollback = transaction._rollback
 
         def keep_a_failed_member(conn: Any, depth: int | str) -> None:

@@ -10,11 +10,11 @@ transaction, and settles the waiters once that transaction has committed (or fai
 ``put_writes`` call therefore still returns only after its writes are durable, and the two
 usually arrive in one COMMIT (one fsync) instead of two.
 
-Lock order (the whole adapter and core; see also ``sqlitesaver/saver.py``): this module's lock
-is a *leaf*. It is held only to update the tables below, never while calling the Saver, waiting
-for an event, or settling a job. (It used to be held from a put's ``take`` until its COMMIT; with
-group commit that COMMIT waits for other threads' transitions, one of which could be another
-put waiting for this lock: a deadlock, issue #14.)
+Lock order (the whole adapter and core; see also ``sqlitesaver/sqlite/transaction.py``): this
+module's lock is a *leaf*. It is held only to update the tables below, never while calling the
+Saver, waiting for an event, or settling a job. (It used to be held from a put's ``take``
+until its COMMIT; with group commit that COMMIT waits for other threads' transitions, one of
+which could be another put waiting for this lock: a deadlock, issue #14.)
 
 Without that lock held across the COMMIT, a job can arrive after a put has taken the jobs parked
 for its checkpoint and before that put has committed. Such a *late* job is recorded against the

@@ -1,0 +1,713 @@
+"""The SQLite write protocol: how a write of a :class:`~sqlitesaver.saver.Saver` reaches the
+database.
+
+Every write method runs inside a :class:`_Transaction` on the Saver's one write connection (or
+joins the calling thread's open :meth:`~sqlitesaver.saver.Saver.transaction`, as a SAVEPOINT).
+Transitions that arrive while one is open share its ``BEGIN IMMEDIATE ... COMMIT`` (group
+commit: one fsync for the batch), each under its own SAVEPOINT, so one that fails is rolled
+back alone.
+
+Guarantees, for each call whichever batch carries it:
+
+* A transition returns only after the COMMIT carrying it returned; with
+  ``durability="full"`` it then survives a process crash, an OS crash and a power loss.
+* A transition that raised was not committed, except in three cases where it may have been:
+  :class:`~sqlitesaver.errors.DatabaseIOError` ("maybe committed"),
+  :class:`~sqlitesaver.errors.InterruptedTransitionError` with ``maybe_committed`` set, and an
+  asynchronous exception raised into the calling thread itself, which can land after the
+  transition's work went into a batch that then commits.
+* An exception arriving between any two bytecodes (Ctrl-C, ``PyThreadState_SetAsyncExc``)
+  never acknowledges an uncommitted transition and never leaves another thread waiting; the
+  Saver stays usable, or shuts itself down with an error saying to reopen it (issue #13; the
+  design is :class:`_Transaction`'s docstring, the proof ``tests/test_interrupts.py``).
+* After each commit the ``-wal`` is kept bounded (:data:`WAL_LIMIT`), even while readers
+  overlap.
+
+The state this protocol works on (the write connection, its lock, the open batch, the
+counters) belongs to the Saver; this module holds the code. It imports
+:mod:`sqlitesaver.saver` for type checking only.
+"""
+
+from __future__ import annotations
+
+import copy
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from .. import contention, interrupts, log, opening
+from ..errors import (BusyTimeoutError, InterruptedTransitionError, ReadOnlyDatabaseError,
+                      SaverError, UsageError, translate)
+
+if TYPE_CHECKING:
+    from ..saver import Saver
+
+#: Most transitions one COMMIT carries; a bound on how long a batch's first caller waits.
+MAX_BATCH = 64
+#: Seconds at most a batch's leader waits for transitions queued for the connection to join
+#: before it COMMITs. Joining takes a member's own work time (tens of microseconds), so the
+#: bound is reached only if the queue count is wrong (see _Transaction: it is a hint).
+GATHER_WAIT = 0.05
+
+#: Bytes of ``-wal`` past which a commit forces a TRUNCATE checkpoint (see
+#: ``_Transaction._bound_wal``): four times what SQLite's automatic checkpoint lets it reach
+#: (1,000 pages of 4 KiB) when no reader is in its way.
+WAL_LIMIT = 16 * 1024 * 1024
+#: Seconds that checkpoint waits for older readers to finish before giving up for now.
+WAL_CHECKPOINT_WAIT = 0.5
+#: WAL pages after a commit that start a PASSIVE checkpoint: SQLite's own default.
+AUTOCHECKPOINT_PAGES = 1000
+
+
+class _WalLength:
+    """The write connection's wal hook: records how many pages the WAL holds after each
+    commit (no reference to the Saver, so no reference cycle through the connection)."""
+
+    __slots__ = ("pages",)
+
+    def __init__(self) -> None:
+        self.pages = 0
+
+    def __call__(self, conn: apsw.Connection, name: str, pages: int) -> int:
+        self.pages = pages
+        return apsw.SQLITE_OK
+
+
+class _Batch:
+    """The open write transaction that concurrent transitions share (group commit).
+
+    ``committed`` is the only thing that lets a member return normally: it is set on the line
+    after COMMIT returned, so no interruption anywhere can acknowledge a transition whose
+    COMMIT did not return (issue #13). ``committing`` is set just before the COMMIT: a batch
+    that ends with it set and ``committed`` not set may or may not be on disk.
+
+    ``done`` is made by the first member that joins the leader (:meth:`waitable`), holding the
+    Saver's lock, as every :meth:`end` is: a leader alone, the usual case with one writer, has
+    nobody to wake and makes no Event."""
+
+    __slots__ = ("leader", "done", "error", "members", "committing", "committed")
+
+    def __init__(self, leader: int) -> None:
+        self.leader = leader                  # the ident of the thread that began it
+        self.done: threading.Event | None = None  # set once COMMIT (or the rollback) returned
+        self.error: apsw.Error | SaverError | None = None  # why the whole batch failed
+        self.members = 0                      # transitions whose work is in it
+        self.committing = False
+        self.committed = False
+
+    def waitable(self) -> threading.Event:
+        """Holding the lock: the Event a joining member waits on for the batch's end."""
+        done = self.done
+        if done is None:
+            done = self.done = threading.Event()
+        return done
+
+    def end(self) -> None:
+        """Holding the lock: wake the members (if any joined) for the batch's end. A member
+        that joins it after all (a batch left open by an interruption, see _abandon) gets an
+        Event already set, never one that nothing will set."""
+        done = self.done
+        if done is None:
+            self.done = _ENDED
+        else:
+            done.set()
+
+
+#: The ``done`` of every batch that has ended: set, so that nobody ever waits on it.
+_ENDED = threading.Event()
+_ENDED.set()
+
+
+class _Transaction:
+    """One state transition on the write connection (a SAVEPOINT when nested).
+
+    Group commit: a transition that finds no open batch begins one (``BEGIN IMMEDIATE``) and
+    leads it; transitions that arrive while it is open join it. Each member's work runs in its
+    own thread under its own SAVEPOINT, so a member that fails is rolled back alone and gets its
+    own exception. The leader COMMITs once no other transition is waiting for the connection
+    (or :data:`MAX_BATCH` joined), and every member returns only after that COMMIT returned:
+    one fsync for the batch, the same guarantee for each call.
+
+    Lock order (the only locks of the write path, outermost first; the LangGraph adapter adds
+    only a leaf lock, see ``sqlitesaver/langgraph/_rendezvous.py``):
+
+    1. ``saver._lock`` (an RLock; ``saver._batch_cond`` is a Condition on it): the write
+       connection, ``_batch``, ``_owner``, ``_depth``. Taken once per outermost transition and
+       never re-taken by a nested one (nesting is known from ``_owner``).
+    2. ``saver._waiting_cond``: the ``_waiting`` counter only; taken alone or under 1.
+    3. ``saver._pool._lock`` (:class:`~sqlitesaver.sqlite.reads._ReaderPool`): the read
+       connections only; taken alone or under 1, and never held while waiting (its waiters
+       wait on their own events).
+
+    No thread waits for another thread while holding 2 or 3; the only wait under 1 is the
+    leader's gathering wait, which releases it (``Condition.wait``) and is bounded.
+
+    Interruptions (issue #13): an exception may arrive between any two bytecodes (SIGINT's
+    KeyboardInterrupt in the main thread; anything ``PyThreadState_SetAsyncExc`` raises).
+    The protocol survives them by construction:
+
+    * Acknowledgement is positive: a member returns only if ``batch.committed`` (see
+      :class:`_Batch`); every other ending raises.
+    * The protocol's sections that hold the write lock and change state run inside
+      :class:`~sqlitesaver.interrupts.deferred`, so signals arrive just after them, never
+      inside. Waits for other threads (the write lock, a batch's COMMIT) are outside, so
+      Ctrl-C is never held up by another thread's work.
+    * Any other exception escaping a section (one raised into the thread, or a bug) is
+      handled by ``_abandon_*``, which works from what it can observe rather than from flags
+      the interruption may have left half-set: whether this thread holds the lock
+      (``RLock._is_owned``), whether the connection is inside a transaction
+      (``get_autocommit``), and which thread leads the batch (``batch.leader``). It rolls back
+      what was not committed, ends the batch if this thread leads it (its members get
+      :class:`~sqlitesaver.errors.InterruptedTransitionError`), and releases the lock: the
+      Saver stays usable. An exception inside that handling too shuts the Saver down.
+    * ``_waiting`` is a hint for the leader's gathering wait, which is bounded
+      (:data:`GATHER_WAIT`): a wrong count costs batching, never correctness or liveness.
+    """
+
+    __slots__ = ("_saver", "_doing", "_depth", "_batch", "_thread", "_open", "_held", "_member",
+                 "_counted")
+
+    #: The library's own operations (put, put_writes, ...) keep signals deferred from the end
+    #: of __enter__ to the end of __exit__: their bodies are a few statements, and CPython
+    #: checks for signals at __exit__'s very first instruction, where no code can catch what
+    #: it raises. A user's transaction() body is arbitrary code and stays interruptible.
+    _hold_signals = True
+
+    def __init__(self, saver: Saver, doing: str) -> None:
+        self._saver = saver
+        self._doing = doing
+        self._batch: _Batch | None = None
+        self._depth = 0
+        self._open = False  # an outermost member whose __exit__ has not yet taken over
+        self._member = False  # set by _join: this transition's work is in SAVEPOINT member
+        self._counted = False  # in saver._waiting: taken out by __enter__ or by _abandon
+        self._held: interrupts.deferred | None = None  # signals deferred across the body
+
+    def __del__(self) -> None:
+        # CPython checks for asynchronous exceptions at every function's entry, so one can
+        # leave __exit__ before any line of it ran: this member's savepoint (or whole batch)
+        # stays open and the write lock stays held, and this thread's next write would join
+        # that transaction as a nested one that nothing ever commits. No code can guard its
+        # own entry, but this object dies as that exception unwinds the `with` statement
+        # (it lives on that frame's stack only): end the transition here, as _abandon does
+        # for an exception anywhere else. Tested by tests/test_interrupts.py (the first
+        # line of __exit__).
+        if getattr(self, "_open", False) and threading.get_ident() == self._thread:
+            try:
+                self._abandon(entering=False)
+            except BaseException:  # in a finalizer: nowhere to raise to
+                pass
+        held = getattr(self, "_held", None)
+        if held is not None:
+            held.release_later()
+
+    def __enter__(self) -> apsw.Connection:
+        saver = self._saver
+        saver._check_usable()  # before the lock, so a forked child raises instead of waiting
+        if saver._profile.readonly:
+            raise ReadOnlyDatabaseError(
+                f"{saver._path!r} was opened with readonly=True, so {self._doing} is refused; "
+                "nothing was written. Open a Saver without readonly=True to write.",
+                path=saver._path)
+        me = self._thread = threading.get_ident()
+        if saver._owner == me:  # nested in this thread's transition, which holds the lock
+            return self._enter_nested()
+        held: interrupts.deferred | None = None
+        try:
+            # Counted as waiting (the leader's gathering wait looks at the count) only if the
+            # lock is taken: a lone writer finds it free.
+            if not saver._lock.acquire(blocking=False):
+                with interrupts.deferred():
+                    with saver._waiting_cond:
+                        # One statement: no exception can come between the two.
+                        saver._waiting, self._counted = saver._waiting + 1, True
+                        saver._waiting_cond.notify_all()
+                saver._lock.acquire()  # the one wait here: interruptible, see _abandon
+            with interrupts.deferred():
+                saver._owner = me  # an I/O error from here on: see Saver._fail
+                if self._counted:
+                    self._uncount()
+                saver._check_usable()
+                stale = saver._batch is None and _in_transaction(saver._writer)
+            if stale:
+                # An interruption between an earlier BEGIN and its batch left a transaction
+                # that holds nobody's work.
+                self._rollback(saver._writer, 0)
+            if saver._batch is None:
+                # Outside the deferred section: it may wait for another process's lock (up to
+                # busy_timeout), and Ctrl-C must not wait that long.
+                self._begin()
+            held = interrupts.deferred()  # bound before it starts: see _end_deferrals
+            held.__enter__()
+            conn = self._join(me)
+            given = self._given(conn)  # computed here: no line may follow the join
+            if self._hold_signals:
+                self._held, held = held, None  # one statement: nothing can come between
+            else:
+                held.__exit__(None, None, None)  # a signal that came meanwhile: raised here
+            return given
+        except BaseException:
+            self._abandon(entering=True)
+            self._end_deferrals(held)
+            raise
+
+    def _uncount(self) -> None:
+        """No longer waiting for the lock (taken, or given up): out of ``saver._waiting``,
+        once, by __enter__ or by _abandon: one count left behind would make every later
+        leader gather for the full GATHER_WAIT, a lone writer's included."""
+        saver = self._saver
+        with saver._waiting_cond:
+            saver._waiting, self._counted = saver._waiting - 1, False  # one statement
+
+    def _given(self, conn: apsw.Connection) -> Any:
+        """What ``with ... as`` binds: the connection (the Saver for transaction())."""
+        return conn
+
+    def _end_deferrals(self, held: interrupts.deferred | None) -> None:
+        """On an exception leaving __enter__: end the deferral it began (still in ``held``,
+        or already handed to ``self._held``); a signal that came meanwhile is raised here,
+        in place of the exception being handled."""
+        try:
+            if held is not None:
+                held.__exit__(None, None, None)
+        finally:
+            self._release_signals()
+
+    def _release_signals(self) -> None:
+        """End the deferral held across an operation's body: a signal that arrived meanwhile
+        is raised here, once the protocol is done."""
+        held, self._held = self._held, None
+        if held is not None:
+            held.__exit__(None, None, None)
+
+    def _begin(self) -> None:
+        """``BEGIN IMMEDIATE``, waiting out another process's write lock until the deadline
+        (jittered backoff); past it, BusyTimeoutError names the file and the time waited."""
+        saver = self._saver
+        try:
+            contention.attempt(saver._waiter, _begin_immediate(saver._writer),
+                               path=saver._path, doing=self._doing)
+        except apsw.Error as exc:
+            raise saver._translate(exc, self._doing) from exc
+
+    def _join(self, me: int) -> apsw.Connection:
+        """Holding the lock, in a deferred section: become a member of the open batch (begun
+        just now if there was none).
+
+        A member that joins another thread's batch works inside ``SAVEPOINT member``, so that
+        if it fails, it alone is rolled back. The leader needs none: it is the batch's only
+        member until its work is done (others join only during its gathering wait, after
+        :meth:`_leave`), so a failed leader rolls the whole transaction back (two statements
+        fewer for every transition of a lone writer)."""
+        saver = self._saver
+        conn = saver._writer
+        batch = saver._batch
+        if batch is None:
+            batch = saver._batch = _Batch(me)
+            self._member = False
+        else:
+            batch.waitable()
+            try:
+                conn.execute("SAVEPOINT member")
+            except apsw.Error as exc:
+                raise saver._translate(exc, self._doing) from exc
+            self._member = True  # in a savepoint, whoever leads (see _leave)
+        self._batch = batch
+        saver._depth = 1
+        self._open = True
+        return conn
+
+    def _enter_nested(self) -> Any:
+        saver = self._saver
+        held: interrupts.deferred | None = None
+        try:
+            held = interrupts.deferred()  # bound before it starts: see _end_deferrals
+            held.__enter__()
+            depth = saver._depth
+            saver._writer.execute(f"SAVEPOINT s{depth}")
+            self._depth = depth
+            saver._depth = depth + 1
+            given = self._given(saver._writer)
+            if self._hold_signals:
+                self._held, held = held, None  # one statement: nothing can come between
+            else:
+                held.__exit__(None, None, None)
+            return given
+        except BaseException as exc:
+            # Not yet nested as far as __exit__ knows (it is never called when __enter__
+            # raised): a SAVEPOINT that ran stays inside the caller's transaction, empty,
+            # and goes with it.
+            self._end_deferrals(held)
+            if isinstance(exc, apsw.Error):
+                raise saver._translate(exc, self._doing) from exc
+            raise
+
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        saver = self._saver
+        if threading.get_ident() != self._thread:
+            raise UsageError(
+                f"a transaction on {saver._path!r} must end in the thread that began it; it "
+                "is still open there (nothing was committed or rolled back).", path=saver._path)
+        if self._depth > 0:
+            try:
+                return self._exit_nested(exc)
+            finally:
+                self._release_signals()
+        batch = self._batch
+        try:
+            with interrupts.deferred():
+                own = self._leave(batch, exc)
+                # Released here, not in a finally inside _leave: an exception escaping _leave
+                # must find the lock still held, so that _abandon ends what _leave left open.
+                self._open = False
+                saver._lock.release()
+        except BaseException:
+            self._abandon(entering=False)
+            self._release_signals()
+            raise
+        self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
+        if own is not None:
+            if isinstance(own, apsw.Error):
+                raise saver._translate(own, self._doing) from own
+            return  # the caller's own exception propagates
+        self._await(batch)
+
+    def _exit_nested(self, exc: BaseException | None) -> None:
+        saver = self._saver
+        depth = self._depth
+        conn = saver._writer
+        with interrupts.deferred():
+            saver._depth = depth
+            if exc is None:
+                try:
+                    conn.execute(f"RELEASE s{depth}")
+                    return
+                except apsw.Error as release_exc:
+                    self._rollback(conn, depth)
+                    raise saver._translate(release_exc, self._doing) from release_exc
+            self._rollback(conn, depth)
+        if isinstance(exc, apsw.Error):
+            raise saver._translate(exc, self._doing) from exc
+
+    def _leave(self, batch: _Batch, own: BaseException | None) -> BaseException | None:
+        """Holding the lock, in a deferred section: end this member's part (its SAVEPOINT
+        released into the batch, or rolled back if it failed), and lead the batch to its
+        COMMIT if this thread began it. Returns the member's own error, if any."""
+        saver = self._saver
+        conn = saver._writer
+        saver._depth = 0
+        saver._owner = None
+        if saver._failure is not None:
+            # An I/O error inside this transition (or in another thread) shut the Saver
+            # down: nothing more is committed on this connection, so the whole batch
+            # fails, this member included even if it swallowed the error.
+            self._end_failed(close=False)
+        leads = batch.leader == self._thread
+        # Whether this transition's work is in SAVEPOINT member is what _join did, not who
+        # leads: a write re-entering the leader's thread during its gathering wait (a signal
+        # handler, a finalizer) joined as a member, in a savepoint, yet finishes the batch.
+        member = self._member
+        if own is None and saver._batch is batch:
+            try:
+                if member:
+                    conn.execute("RELEASE member")
+                batch.members += 1
+            except apsw.Error as release_exc:
+                own = release_exc
+        if own is not None and saver._batch is batch:
+            self._rollback(conn, "member" if member else 0)
+        if saver._batch is batch and not _in_transaction(conn):
+            # SQLite rolled the whole transaction back (after a full disk or an I/O
+            # error): every member's work is gone, and they must hear it.
+            saver._batch = None
+            batch.error = own if isinstance(own, apsw.Error) else apsw.AbortError(
+                "the batch's transaction was rolled back")
+        if leads:
+            self._finish(batch)
+        else:
+            saver._batch_cond.notify_all()
+        return own
+
+    def _await(self, batch: _Batch) -> None:
+        """Outside the lock: wait for the batch to end; return only if it committed."""
+        saver = self._saver
+        done = batch.done  # a member's, made in _join; a leader's batch ended in its _finish
+        if done is not _ENDED and done is not None:
+            done.wait()  # interruptible: the caller then gets the interruption itself
+        if batch.committed:
+            return
+        error = batch.error
+        if error is None:
+            raise _interrupted(saver, self._doing, batch)
+        # translate(), not saver._translate(): the leader already shut the Saver down
+        # after an I/O error; each member gets its own exception object.
+        if isinstance(error, SaverError):  # a COMMIT that timed out waiting for a lock
+            raise copy.copy(error) from error.__cause__
+        raise translate(error, saver._path, self._doing) from error
+
+    def _finish(self, batch: _Batch) -> None:
+        """Leader only, holding the lock, in a deferred section: let waiting transitions
+        join (for at most :data:`GATHER_WAIT`), then COMMIT."""
+        saver = self._saver
+        conn = saver._writer
+        try:
+            if saver._waiting > 0:
+                deadline = time.monotonic() + GATHER_WAIT
+                while (saver._waiting > 0 and batch.members < MAX_BATCH
+                       and saver._batch is batch):
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    saver._batch_cond.wait(remaining)  # releases the lock: a waiting one joins
+            if saver._failure is not None:
+                self._end_failed(close=False)  # an I/O error meanwhile: commit nothing
+            if saver._batch is not batch:
+                return  # already ended: rolled back under a failed member
+            if batch.members == 0:
+                self._rollback(conn, 0)  # nothing to commit: no fsync
+                saver._batch = None
+                return
+            batch.committing = True
+            try:
+                contention.attempt(saver._waiter, _commit(conn), path=saver._path,
+                                   doing=self._doing)
+            except (apsw.Error, BusyTimeoutError) as commit_exc:
+                self._rollback(conn, 0)
+                saver._batch = None
+                batch.committing = False  # it raised: SQLite rolled it back, or we did
+                batch.error = commit_exc
+                if isinstance(commit_exc, apsw.IOError):
+                    saver._fail(commit_exc, self._doing)
+                return
+            batch.committed = True  # the members' transitions are durable
+            saver._batch = None
+            saver._stats["commits"] += 1
+            saver._stats["transitions"] += batch.members
+        finally:
+            batch.end()
+            if saver._lock._is_owned():  # type: ignore[attr-defined]  # see _abandon
+                saver._batch_cond.notify_all()  # a close() waiting for the batch to end
+            if saver._failure is not None:
+                saver._shut()
+        self._bound_wal()
+
+    def _abandon(self, *, entering: bool) -> None:
+        """An exception escaped the protocol (see the class docstring): leave a consistent
+        state from what can be observed, then let the exception propagate."""
+        saver = self._saver
+        recovered = False
+        try:
+            with interrupts.deferred():
+                owned = saver._lock._is_owned()  # type: ignore[attr-defined]
+                batch = self._batch
+                if not owned and not entering and batch is not None and \
+                        saver._batch is batch and batch.leader == self._thread:
+                    # Its leader's gathering wait let go of the lock (Condition.wait) and the
+                    # exception came before it took it back: nobody else ends this batch.
+                    saver._lock.acquire()
+                    owned = True
+                if self._counted:  # interrupted while waiting for the lock, or just after
+                    self._uncount()
+                if owned:
+                    try:
+                        self._abandon_holding_lock(entering)
+                    finally:
+                        saver._batch_cond.notify_all()
+                        saver._lock.release()
+                self._open = False
+                recovered = True
+            # (A signal that arrived meanwhile is raised here, by the deferred section's
+            # end: the recovery is complete by then.)
+        except BaseException:
+            if recovered:
+                raise
+            # Interrupted again while recovering: no longer sure of anything.
+            if saver._failure is None:
+                saver._failure = ("its write protocol was interrupted again while recovering "
+                                  "from an asynchronous exception; reopen it (every "
+                                  "transition that was acknowledged is committed)")
+            raise
+
+    def _abandon_holding_lock(self, entering: bool) -> None:
+        saver = self._saver
+        conn = saver._writer
+        me = self._thread
+        if saver._owner == me:
+            saver._owner = None
+            saver._depth = 0
+        open_batch = saver._batch
+        mine = self._batch  # the batch this member joined, if it got that far
+        if saver._failure is not None:
+            # An I/O error (at BEGIN, at a SAVEPOINT, in the work): the batch fails as a
+            # whole; whoever leads it closes the Saver (this thread, if it leads or no batch
+            # is open; else the leader, once woken).
+            self._end_failed(close=open_batch is None or open_batch.leader == me)
+        elif open_batch is None:
+            if _in_transaction(conn):  # BEGIN ran, its batch was never made
+                self._rollback(conn, 0)
+        elif open_batch.leader != me:
+            # A member of another thread's batch: undo its own work if it is still in a
+            # savepoint (if it was released into the batch, the batch may commit it: the
+            # caller gets the interruption, which may or may not have been committed). With
+            # no savepoint of this member open, ROLLBACK TO fails harmlessly: while this
+            # thread holds the lock no other member's savepoint exists.
+            self._rollback(conn, "member")
+        else:
+            # This thread leads the open batch: nobody else will end it.
+            saver._batch = None
+            if open_batch.committing and not _in_transaction(conn):
+                pass  # the COMMIT ran; whether it succeeded is unknown: "maybe committed"
+            else:
+                open_batch.committing = False
+                self._rollback(conn, 0)
+            open_batch.end()
+        if mine is not None and mine.leader == me:
+            # A batch this thread led that ended (committed, or failed) without its members
+            # being told: tell them now; `committed` says which.
+            mine.end()
+
+    def _end_failed(self, *, close: bool) -> None:
+        """After an I/O error (``saver._failure``), holding the lock: roll the open batch
+        back, if any, and fail every member with that error; ``close`` closes the Saver
+        at once (else the batch's leader does once it has ended)."""
+        saver = self._saver
+        batch = saver._batch
+        if batch is not None:
+            saver._batch = None
+            batch.error = saver._failure_error
+            self._rollback(saver._writer, 0)
+            batch.end()  # committed stays False: every member raises that error
+        saver._batch_cond.notify_all()
+        if close:
+            saver._shut()
+
+    def _bound_wal(self) -> None:
+        """Leader only, after a COMMIT, holding the lock: keep the ``-wal`` bounded.
+
+        SQLite's automatic checkpoint never waits, and a WAL restarts from its beginning only
+        when no reader still uses it, so overlapping readers that never all stop at once let it
+        grow without bound (measured: 92 MiB after 6,000 puts of 4 KiB with three threads
+        listing). Past :data:`WAL_LIMIT`, a TRUNCATE checkpoint waits (with backoff, up to
+        :data:`WAL_CHECKPOINT_WAIT`) for the readers that started before it to finish; readers
+        that start meanwhile read the database file and do not hold it up. If readers outlast
+        the wait (another process's long read), the WAL is left alone until it has grown by
+        another :data:`WAL_LIMIT`, rather than stalling every commit.
+        """
+        saver = self._saver
+        pages = saver._wal.pages
+        if pages >= AUTOCHECKPOINT_PAGES:
+            # A wal hook replaces SQLite's automatic checkpoint (sqlite.org/c3ref/
+            # wal_autocheckpoint.html): this is the PASSIVE checkpoint it would have run.
+            try:
+                saver._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except apsw.Error as exc:
+                raise saver._translate(exc, "checkpointing the WAL after a commit (the "
+                                            "transitions of that commit are durable)") from exc
+        size = pages * saver._frame_bytes  # the WAL as SQLite will have written it
+        if size <= WAL_LIMIT:
+            saver._wal_threshold = WAL_LIMIT  # restarted (or never past): a busy one is over
+        if size <= saver._wal_threshold:
+            return
+        saver._stats["wal_checkpoints"] += 1
+        # This Saver's new reads wait meanwhile (at most WAL_CHECKPOINT_WAIT), so only reads
+        # already running are waited for: threads reading all the time would otherwise keep
+        # taking fresh WAL read locks, and the checkpoint, whose busy handler needs the GIL
+        # they are busy with, could miss every gap between them (seen in tests).
+        saver._readers_open.clear()
+        try:
+            busy = opening.truncate_wal(saver._writer, saver._path, WAL_CHECKPOINT_WAIT)
+        except apsw.Error as exc:
+            # The transitions are committed and their callers told so; this call reports the
+            # failure (and an I/O error shuts the Saver down, as after any other).
+            raise saver._translate(exc, "checkpointing the WAL after a commit (the "
+                                        "transitions of that commit are durable)") from exc
+        finally:
+            saver._readers_open.set()
+        log.forced_checkpoint(saver._path, size, busy)
+        if busy:
+            saver._stats["wal_checkpoints_busy"] += 1
+            saver._wal_threshold = size + WAL_LIMIT
+        else:
+            saver._wal_threshold = WAL_LIMIT
+
+    @staticmethod
+    def _rollback(conn: apsw.Connection, depth: int | str) -> None:
+        try:
+            if depth == 0:
+                if not conn.get_autocommit():
+                    conn.execute("ROLLBACK")
+            elif not conn.get_autocommit():
+                name = depth if isinstance(depth, str) else f"s{depth}"
+                conn.execute(f"ROLLBACK TO {name}")
+                conn.execute(f"RELEASE {name}")
+        except apsw.Error:
+            # The connection is closed or failed; the error that brought us here is the one
+            # to report, and SQLite rolls back an unfinished transaction on close.
+            pass
+
+
+class _UserTransaction(_Transaction):
+    """The public face of :meth:`Saver.transaction`: ``as`` gives the Saver, never the
+    underlying connection."""
+
+    __slots__ = ()
+    _hold_signals = False  # the block is the caller's code: Ctrl-C must reach it
+
+    def _given(self, conn: apsw.Connection) -> Any:
+        return self._saver
+
+
+class _FileTransaction(_Transaction):
+    """A transition that stores files (``put(files=...)``, ``attach_files``): like the
+    library's other operations, but signals are not deferred across its body, which may
+    write gigabytes: Ctrl-C interrupts it, and the transition is rolled back."""
+
+    __slots__ = ()
+    _hold_signals = False
+
+
+def _in_transaction(conn: apsw.Connection) -> bool:
+    """Whether the connection is inside a transaction; False once it is closed (an I/O error
+    closes the Saver's connections, and SQLite rolls back what was open)."""
+    try:
+        return not conn.get_autocommit()
+    except apsw.Error:
+        return False
+
+
+def _interrupted(saver: Saver, doing: str, batch: _Batch) -> InterruptedTransitionError:
+    path = saver._path
+    then = "Try again: the Saver stays usable." if saver._failure is None else \
+        f"The Saver then shut down ({saver._failure}): open a new one."
+    if batch.committing:
+        error = InterruptedTransitionError(
+            f"{doing} in {path!r}: the group commit carrying this transition was interrupted "
+            "while its COMMIT ran (an asynchronous exception in the thread leading it), so it "
+            f"may or may not be committed: re-read to find out. {then}", path=path)
+        error.maybe_committed = True
+        return error
+    return InterruptedTransitionError(
+        f"{doing} in {path!r}: the group commit carrying this transition was interrupted "
+        "before its COMMIT (an asynchronous exception in the thread leading it, or its "
+        f"shutdown) and rolled back; nothing of it was written. {then}", path=path)
+
+
+def _begin_immediate(conn: apsw.Connection) -> Callable[[], None]:
+    def begin() -> None:
+        conn.execute("BEGIN IMMEDIATE")
+    return begin
+
+
+def _commit(conn: apsw.Connection) -> Callable[[], None]:
+    """A COMMIT to retry: SQLite keeps the transaction open after a busy COMMIT
+    (sqlite.org/lang_transaction.html), so trying it again commits the same work."""
+    def commit() -> None:
+        if conn.get_autocommit():
+            # Never reached while SQLite keeps its word; committing "nothing" would report
+            # success for work that is gone.
+            raise apsw.AbortError("the transaction ended before its COMMIT could be retried")
+        conn.execute("COMMIT")
+    return commit
