@@ -38,6 +38,12 @@ from .errors import (ChecksumError, CheckpointNotFoundError, CorruptDatabaseErro
                      ForkedProcessError, InvalidArgumentError, SaverClosedError, SaverError,
                      UsageError, check_command, describe, restore_advice, translate)
 from .pragmas import DURABILITY_LEVELS, Profile
+# Ids are the same on every engine (sqlitesaver/ids.py); the old private names stay.
+from .ids import INT64_MAX as _INT64_MAX
+from .ids import format_id as _format_id
+from .ids import is_generated as _is_generated
+from .ids import parse_id as _parse_id
+from .postgres.target import SCHEMES as _POSTGRES_SCHEMES  # stdlib only: no psycopg
 from .records import (Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport,
                       new_checkpoint, new_pending_write)
 # The module, for WAL_LIMIT read from it when a Saver opens: a value set on it (tests lower
@@ -106,7 +112,8 @@ _EMPTY_DICT = b"\x80"  # msgpack of {}: the usual metadata, not worth a trip thr
 
 
 class Saver:
-    """A durable checkpoint store in one SQLite file.
+    """A durable checkpoint store in one SQLite file (or, given a ``postgresql://`` URL, on a
+    PostgreSQL server: :class:`sqlitesaver.postgres.saver.PostgresSaver`, a Saver).
 
     ``Saver(path)`` opens ``path``, creating it if it does not exist, and runs the startup
     recovery described by :attr:`recovery`. Use it as a context manager or call :meth:`close`.
@@ -150,6 +157,15 @@ class Saver:
             descriptors raises :class:`~sqlitesaver.errors.TooManyOpenFilesError`, naming the
             limit.
     """
+
+    def __new__(cls, path: Any = None, *args: Any, **options: Any) -> "Saver":
+        # The engine is chosen from the target: a postgresql:// or postgres:// URL is a server
+        # (sqlitesaver.postgres, imported only then: it needs the `postgres` extra), anything
+        # else a SQLite file as always. Python then runs the chosen class's __init__.
+        if cls is Saver and isinstance(path, str) and path.startswith(_POSTGRES_SCHEMES):
+            from .postgres.saver import PostgresSaver
+            return super().__new__(PostgresSaver)
+        return super().__new__(cls)
 
     def __init__(self, path: str | os.PathLike[str], *, durability: str = "full",
                  busy_timeout: float = 30.0, integrity_check: str = "quick",
@@ -416,6 +432,22 @@ class Saver:
             raise InvalidArgumentError(
                 f"metadata must be a dict or None, not {type(metadata).__name__}")
         state_bytes = codec.encode(state, name="state")
+        checkpoint_id, created = self._put_checkpoint(thread_id, namespace, parent_id,
+                                                      checkpoint_id, state_bytes,
+                                                      metadata_bytes)
+        return CheckpointRef(thread_id, namespace, checkpoint_id, _to_datetime(created))
+
+    # The storage steps: each public method checks its arguments and encodes its values above
+    # them (the backend-neutral core), then calls one of these, which the engine implements:
+    # SQLite's below, PostgreSQL's in sqlitesaver/postgres/saver.py (research/
+    # postgres_engine_plan.md). Rows go up in the same shapes on both (_CHECKPOINT_COLUMNS,
+    # _WRITE_COLUMNS), so checksums are verified and records built here, once.
+
+    def _put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
+                        checkpoint_id: str | None, state: bytes, metadata: bytes
+                        ) -> tuple[str, int]:
+        """Insert the checkpoint (or replace the one with caller-supplied id
+        ``checkpoint_id``); return its id and ``created_at`` (microseconds)."""
         with _Transaction(self, "putting a checkpoint") as conn:
             created = time.time_ns() // 1000  # under the write lock: follows commit order
             parent_seq = None
@@ -425,19 +457,17 @@ class Saver:
             # A parent's caller-supplied id is kept beside its seq: it outlives the parent.
             parent_key = None if parent_id is None or _is_generated(parent_id) else parent_id
             if checkpoint_id is not None:
-                created = self._put_keyed(conn, thread_id, namespace, checkpoint_id,
-                                          parent_seq, parent_key, created, state_bytes,
-                                          metadata_bytes)
-                return CheckpointRef(thread_id, namespace, checkpoint_id,
-                                     _to_datetime(created))
+                return checkpoint_id, self._put_keyed(conn, thread_id, namespace,
+                                                      checkpoint_id, parent_seq, parent_key,
+                                                      created, state, metadata)
             seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
             ids = () if parent_key is None else (None, parent_key)  # (key, parent_key)
             conn.execute(
                 _INSERT_KEYED_CHECKPOINT if ids else _INSERT_CHECKPOINT,
-                (seq, thread_id, namespace, parent_seq, created, state_bytes, metadata_bytes,
+                (seq, thread_id, namespace, parent_seq, created, state, metadata,
                  integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
-                                               state_bytes, metadata_bytes, *ids), *ids))
-            return CheckpointRef(thread_id, namespace, _format_id(seq), _to_datetime(created))
+                                               state, metadata, *ids), *ids))
+            return _format_id(seq), created
 
     def _put_keyed(self, conn: apsw.Connection, thread_id: str, namespace: str, key: str,
                    parent_seq: int | None, parent_key: str | None, created: int,
@@ -679,6 +709,14 @@ class Saver:
             _check_text(f"writes[{position}] channel", channel)
             encoded.append((index, channel,
                             codec.encode(value, name=f"writes[{position}] value")))
+        self._store_writes(thread_id, namespace, checkpoint_id, task_id, task_path, encoded,
+                           replace)
+
+    def _store_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
+                      task_path: str, encoded: builtins.list[tuple[int, str, bytes]],
+                      replace: bool) -> None:
+        """Store ``(index, channel, value bytes)`` of a task against a checkpoint, all or
+        none (a storage step: see _put_checkpoint)."""
         with _Transaction(self, "putting pending writes") as conn:
             seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
                                        "checkpoint_id")
@@ -692,6 +730,10 @@ class Saver:
         """Append an event to the thread's log; return its ``seq`` after COMMIT returned."""
         _check_text("thread_id", thread_id)
         event_bytes = codec.encode(event, name="event")
+        return self._store_event(thread_id, event_bytes)
+
+    def _store_event(self, thread_id: str, event_bytes: bytes) -> int:
+        """Append the encoded event; return its seq (a storage step)."""
         with _Transaction(self, "appending a log event") as conn:
             created = time.time_ns() // 1000
             seq = conn.execute(_NEXT_SEQ_LOG).fetchone()[0]
@@ -706,6 +748,10 @@ class Saver:
         """Delete every checkpoint (all namespaces), pending write and log event of the
         thread, in one transaction. Returns how many checkpoints were deleted."""
         _check_text("thread_id", thread_id)
+        return self._delete_thread(thread_id)
+
+    def _delete_thread(self, thread_id: str) -> int:
+        """A storage step: see _put_checkpoint."""
         with _Transaction(self, "deleting a thread") as conn:
             conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
             conn.execute(_RAISE_HIGH_WATER.format(table="log"))
@@ -723,6 +769,10 @@ class Saver:
         if isinstance(keep_last, bool) or not isinstance(keep_last, int) or keep_last < 0:
             raise InvalidArgumentError(
                 f"keep_last must be an int >= 0, not {keep_last!r}")
+        return self._prune(thread_id, keep_last)
+
+    def _prune(self, thread_id: str, keep_last: int) -> int:
+        """A storage step: see _put_checkpoint."""
         with _Transaction(self, "pruning a thread") as conn:
             conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
             conn.execute(
@@ -751,6 +801,11 @@ class Saver:
         if source_thread_id == target_thread_id:
             raise InvalidArgumentError(
                 f"cannot copy thread {source_thread_id!r} onto itself; nothing was written")
+        return self._copy_thread(source_thread_id, target_thread_id)
+
+    def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
+        """A storage step: see _put_checkpoint. Verifies every source row (_verify,
+        _verify_writes) before copying it."""
         with _Transaction(self, "copying a thread") as conn, self._damage("copying a thread"):
             if conn.execute("SELECT 1 FROM checkpoints WHERE thread_id = ? LIMIT 1",
                             (target_thread_id,)).fetchone() is not None:
@@ -811,6 +866,11 @@ class Saver:
         if not filters:
             self._check_usable()
             return 0
+        return self._delete_matching(filters, thread_id)
+
+    def _delete_matching(self, filters: tuple[dict, ...], thread_id: str | None) -> int:
+        """A storage step: see _put_checkpoint. A checkpoint's metadata is compared only once
+        its checksum holds (_verify)."""
         where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None \
             else ("", ())
         with _Transaction(self, "deleting checkpoints by metadata") as conn, \
@@ -854,18 +914,7 @@ class Saver:
         _check_text("namespace", namespace, allow_empty=True)
         if checkpoint_id is not None:
             _check_text("checkpoint_id", checkpoint_id)
-        params: tuple[object, ...]
-        if checkpoint_id is None:
-            query, params = _GET_LATEST, (thread_id, namespace)
-        elif not _is_generated(checkpoint_id):
-            query, params = _GET_BY_KEY, (thread_id, namespace, checkpoint_id)
-        else:
-            seq = _parse_id(checkpoint_id)
-            if seq is None:
-                return None
-            query, params = _GET_BY_SEQ, (seq, thread_id, namespace)
-        with _Read(self, "reading a checkpoint", snapshot=False) as read:
-            rows = read.conn.execute(query, params).fetchall()
+        rows = self._get_rows(thread_id, namespace, checkpoint_id)
         if not rows:
             return None
         first = rows[0]
@@ -874,6 +923,23 @@ class Saver:
         writes = sorted((row[_N_CHECKPOINT_COLUMNS:] for row in rows),
                         key=_WRITE_ORDER)  # (task_id, idx): the primary key's order already
         return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], writes)
+
+    def _get_rows(self, thread_id: str, namespace: str, checkpoint_id: str | None
+                  ) -> builtins.list[tuple]:
+        """The checkpoint (the latest when ``checkpoint_id`` is None) joined with each of its
+        pending writes, from one statement; [] if there is none (a storage step)."""
+        params: tuple[object, ...]
+        if checkpoint_id is None:
+            query, params = _GET_LATEST, (thread_id, namespace)
+        elif not _is_generated(checkpoint_id):
+            query, params = _GET_BY_KEY, (thread_id, namespace, checkpoint_id)
+        else:
+            seq = _parse_id(checkpoint_id)
+            if seq is None:
+                return []
+            query, params = _GET_BY_SEQ, (seq, thread_id, namespace)
+        with _Read(self, "reading a checkpoint", snapshot=False) as read:
+            return read.conn.execute(query, params).fetchall()
 
     def list(self, thread_id: str, *, namespace: str | None = None,
              before: str | None = None, limit: int | None = None,
@@ -1098,9 +1164,7 @@ class Saver:
 
     def threads(self) -> builtins.list[str]:  # `list` here is the method above
         """Every thread id that has a checkpoint or a log event, sorted."""
-        with _Read(self, "listing threads") as read:
-            threads = [row[0] for row in read.conn.execute(
-                "SELECT thread_id FROM checkpoints UNION SELECT thread_id FROM log ORDER BY 1")]
+        threads = self._threads()
         if not set(map(type, threads)) <= {str}:  # no checksum covers this list: check the type
             bad = next(thread for thread in threads if type(thread) is not str)
             raise CorruptDatabaseError(
@@ -1109,6 +1173,12 @@ class Saver:
                 f"Restore from a backup; '{check_command(self._path)}' lists the damage without "
                 "writing to the file.", path=self._path)
         return threads
+
+    def _threads(self) -> builtins.list[str]:
+        """A storage step: see _put_checkpoint."""
+        with _Read(self, "listing threads") as read:
+            return [row[0] for row in read.conn.execute(
+                "SELECT thread_id FROM checkpoints UNION SELECT thread_id FROM log ORDER BY 1")]
 
     # --- internals -------------------------------------------------------------------------
 
@@ -1339,7 +1409,6 @@ def _check_text(name: str, value: object, *, allow_empty: bool = False) -> None:
             raise InvalidArgumentError(f"{name} {value!r} is not valid UTF-8 text") from None
 
 
-_INT64_MAX = 2**63 - 1
 
 
 def _size(path: str) -> int:
@@ -1372,12 +1441,6 @@ _NAMESPACE_RANGE = ("SELECT (SELECT min(namespace) FROM checkpoints WHERE thread
                     "(SELECT max(namespace) FROM checkpoints WHERE thread_id = ?)")
 
 
-def _is_generated(checkpoint_id: str) -> bool:
-    """True if the id has the form of a Saver-generated id (16 lowercase hex digits), which a
-    caller-supplied id may not have: every id string then names at most one checkpoint."""
-    return len(checkpoint_id) == 16 and not checkpoint_id.strip("0123456789abcdef")
-
-
 def _check_indexes(indexes: object, writes: Sequence) -> Sequence[int]:
     if isinstance(indexes, (str, bytes)) or not isinstance(indexes, Sequence):
         raise InvalidArgumentError(
@@ -1393,22 +1456,6 @@ def _check_indexes(indexes: object, writes: Sequence) -> Sequence[int]:
     if len(set(indexes)) != len(indexes):
         raise InvalidArgumentError(f"indexes must be distinct, not {list(indexes)!r:.80}")
     return indexes
-
-
-def _format_id(seq: int) -> str:
-    """Checkpoint ids are the seq in 16 hex digits: fixed width, so they sort like seq."""
-    return format(seq, "016x")
-
-
-def _parse_id(checkpoint_id: str) -> int | None:
-    """The seq a checkpoint id names, or None if no checkpoint can have that id."""
-    if len(checkpoint_id) != 16:
-        return None
-    try:
-        seq = int(checkpoint_id, 16)
-    except ValueError:
-        return None
-    return seq if 0 < seq <= _INT64_MAX and _format_id(seq) == checkpoint_id else None
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)

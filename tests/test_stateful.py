@@ -252,16 +252,21 @@ class SaverMachine(RuleBasedStateMachine):
     def open(self, durability: str, seed: list, seed_log: list):
         """A new database, seeded with some checkpoints and log events so that the rules
         have something to read, filter, prune and delete from the first step."""
-        self.dir = tempfile.mkdtemp(prefix="sqlitesaver-stateful-")
-        self.path = os.path.join(self.dir, "state.db")
-        self.saver = Saver(self.path, durability=durability)
-        assert self.saver.recovery.created is True
+        self.saver = self._new_store(durability)
         assert self.saver.durability == durability
         for thread, logged in seed_log:
             self._append_log(self.model, thread, logged)
         return multiple(*(self._put(self.model, thread, ns, {"seed": i}, metadata, "latest",
                                     None)
                           for i, (thread, ns, metadata) in enumerate(seed)))
+
+    def _new_store(self, durability: str) -> Saver:
+        """A Saver on a new, empty database (PostgresSaverMachine: on a server)."""
+        self.dir = tempfile.mkdtemp(prefix="sqlitesaver-stateful-")
+        self.path = os.path.join(self.dir, "state.db")
+        saver = Saver(self.path, durability=durability)
+        assert saver.recovery.created is True
+        return saver
 
     def teardown(self) -> None:
         try:
@@ -987,3 +992,52 @@ def test_prune_accepts_any_keep_last(keep_last):
             return
         assert deleted == max(0, 3 - keep_last)
         assert len(list(saver.list("t"))) == min(3, keep_last)
+
+
+# --- the same machine on PostgreSQL (issue #16) -----------------------------------------------------
+# Parametrized by subclassing, not copied: every rule and the model are SaverMachine's. What a
+# server does not have yet (transaction blocks) is left out; opening and reopening take a clean
+# database instead of a new file; the raw-row count reads the server's tables.
+
+class PostgresSaverMachine(SaverMachine):
+    url = ""  # set by test_the_model_on_postgresql from its fixture
+
+    transaction = None  # type: ignore[assignment]  # Saver.transaction(): not on PostgreSQL yet
+    nested_transaction = None  # type: ignore[assignment]
+
+    def _new_store(self, durability: str) -> Saver:
+        import psycopg
+
+        with psycopg.connect(self.url, autocommit=True) as admin:
+            admin.execute("DROP SCHEMA IF EXISTS sqlitesaver CASCADE")
+        return Saver(self.url, durability=durability)
+
+    @rule(durability=durabilities)
+    def reopen(self, durability):
+        old = self.saver
+        old.close()
+        with pytest.raises(SaverClosedError):
+            old.get("t1")
+        self._check_raw_file()
+        self.saver = Saver(self.url, durability=durability)
+
+    def _check_raw_file(self) -> None:
+        import psycopg
+
+        m = self.model
+        with psycopg.connect(self.url, autocommit=True) as conn:
+            def one(sql: str) -> Any:
+                return conn.execute(sql).fetchone()[0]
+            assert one("SELECT count(*) FROM sqlitesaver.checkpoints") == len(m.checkpoints)
+            assert one("SELECT count(*) FROM sqlitesaver.writes") == m.n_writes()
+            assert one("SELECT count(*) FROM sqlitesaver.log") == len(m.log)
+
+
+def test_the_model_on_postgresql(pg_url):
+    """SaverMachine's rules and model on a server (about 20 s here)."""
+    from hypothesis.stateful import run_state_machine_as_test
+
+    PostgresSaverMachine.url = pg_url
+    run_state_machine_as_test(PostgresSaverMachine, settings=settings(
+        max_examples=40, stateful_step_count=40, deadline=None, print_blob=True,
+        phases=[phase for phase in Phase if phase is not Phase.explain]))

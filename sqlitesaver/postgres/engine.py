@@ -88,7 +88,7 @@ def _get_query(match: str) -> str:
     """The checkpoint matching ``match`` with each of its pending writes, in one statement."""
     return (f"SELECT {_CHECKPOINT_COLUMNS}, {_WRITE_COLUMNS} FROM {_S}.checkpoints AS c "
             f"LEFT JOIN {_S}.writes AS w ON w.checkpoint_seq = c.seq WHERE {match} "
-            "ORDER BY w.task_id, w.idx")
+            "ORDER BY w.task_id COLLATE \"C\", w.idx")
 
 
 _GET_LATEST = _get_query(f"c.seq = (SELECT max(seq) FROM {_S}.checkpoints "
@@ -555,7 +555,7 @@ class Engine:
                 "WHERE c.seq = ANY(%s) ORDER BY c.seq DESC", (taken,)).fetchall()
             writes = conn.execute(
                 f"SELECT {_WRITE_COLUMNS} FROM {_S}.writes AS w WHERE w.checkpoint_seq = "
-                "ANY(%s) ORDER BY w.checkpoint_seq DESC, w.task_id, w.idx",
+                "ANY(%s) ORDER BY w.checkpoint_seq DESC, w.task_id COLLATE \"C\", w.idx",
                 (taken,)).fetchall()
             return bound, rows, writes, more
 

@@ -1,0 +1,285 @@
+"""``Saver("postgresql://...")``: the same Saver, its storage on a PostgreSQL server.
+
+:class:`PostgresSaver` is what :class:`sqlitesaver.Saver` returns for a PostgreSQL URL (an
+instance of ``Saver``). It inherits every public method and with them the backend-neutral
+core: argument checks, the codec, checksums verified on every read, the records returned, the
+exceptions; it replaces only the storage steps (``Saver``'s ``_put_checkpoint``,
+``_store_writes``, ``_store_event``, ``_get_rows``, ``_list``, ``_read_log``, ``_threads``,
+``_delete_thread``, ``_prune``, ``_copy_thread``, ``_delete_matching``) with
+:class:`~sqlitesaver.postgres.engine.Engine` calls. What each guarantees on a server is in
+``engine.py``'s docstring.
+
+Not yet on PostgreSQL, each raising :class:`~sqlitesaver.errors.UsageError` that says so
+(issue #16 continues): :meth:`transaction`, files stored with a checkpoint, :meth:`backup`
+(use ``pg_dump`` or the server's own backups). ``readonly``, ``integrity_check`` and
+``max_readers`` are SQLite options, refused here.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from .. import codec, integrity
+from ..errors import (ChecksumError, ForkedProcessError, InvalidArgumentError,
+                      SaverClosedError, UsageError)
+from ..records import Checkpoint, LogEvent
+from ..saver import MAX_PAGE_ROWS, PAGE_ROWS, Saver, _matches, _to_datetime
+from ..sqlite import reads as _pages  # PAGE_BYTES: one payload budget per page, both engines
+from . import connect
+from .engine import Engine
+
+__all__ = ["PostgresSaver"]
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+_ABANDONED_IN_CHILD: list = []
+
+
+def _abandon_after_fork() -> None:
+    # A child must never use, nor close, the parent's connections: closing one sends the
+    # server a Terminate message on the socket the parent still uses. Kept referenced, so that
+    # not even garbage collection closes them (psycopg's own finaliser skips a forked child).
+    for saver in list(_LIVE):
+        _ABANDONED_IN_CHILD.append(saver._engine)
+        saver._forked = True
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_abandon_after_fork)
+
+_SQLITE_ONLY = {"integrity_check": "quick", "readonly": False, "max_readers": 32}
+
+
+def _not_yet(what: str, server: str) -> UsageError:
+    return UsageError(f"{what} is not available on PostgreSQL yet ({server}): it works on the "
+                      "SQLite engine only for now (issue #16). Nothing was written.",
+                      path=server)
+
+
+class PostgresSaver(Saver):
+    """A durable checkpoint store on a PostgreSQL server; see the module docstring.
+
+    Options (besides ``durability`` and ``busy_timeout``, as for a file):
+        durability: ``"full"`` (each COMMIT returns once the server has flushed it to its
+            WAL: ``synchronous_commit=on`` per transaction) or ``"normal"``
+            (``synchronous_commit=off``: a server crash may drop the last acknowledged
+            transitions, never corrupt). A server running with ``fsync`` or
+            ``full_page_writes`` off is refused (:class:`~sqlitesaver.errors.UnsafeServerError`).
+        busy_timeout: seconds a transition may wait for a thread lock held by another writer
+            (PostgreSQL's ``lock_timeout``), for a free pooled connection, and retrying
+            serialization failures and deadlocks, before
+            :class:`~sqlitesaver.errors.BusyTimeoutError`.
+        connect_timeout: seconds to wait for the server when connecting.
+        statement_timeout: seconds any one statement may run (``None``: no limit).
+        prepare_threshold: psycopg's; ``None`` never prepares statements (behind PgBouncer
+            in transaction mode).
+        max_connections: the most connections the pool opens.
+    """
+
+    def __init__(self, target: str, *, durability: str = "full", busy_timeout: float = 30.0,
+                 connect_timeout: float = 10.0, statement_timeout: float | None = 60.0,
+                 prepare_threshold: int | None = 5, max_connections: int = 10,
+                 **sqlite_options: Any) -> None:
+        self._closed = True  # until fully open, so close() and __del__ paths are safe
+        for name, value in sqlite_options.items():
+            if name not in _SQLITE_ONLY:
+                raise TypeError(f"Saver() got an unexpected keyword argument {name!r}")
+            if value != _SQLITE_ONLY[name]:
+                raise InvalidArgumentError(
+                    f"{name} is an option of the SQLite engine, not of a PostgreSQL server "
+                    f"({name}={value!r}); leave it out. Nothing was written.")
+        if (isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float))
+                or not 0 <= busy_timeout <= 86400):
+            raise InvalidArgumentError(
+                f"busy_timeout must be a number of seconds from 0 to 86400, not "
+                f"{busy_timeout!r}")
+        options = connect.Options(connect_timeout=connect_timeout,
+                                  statement_timeout=statement_timeout,
+                                  lock_timeout=max(busy_timeout, 0.001),
+                                  prepare_threshold=prepare_threshold)
+        self._engine = Engine(target, durability=durability, busy_timeout=busy_timeout,
+                              options=options, max_connections=max_connections)
+        self._path = self._engine.server
+        self._durability = durability
+        self.recovery = None  # type: ignore[assignment]  # SQLite's startup recovery only
+        self._pid = os.getpid()
+        self._forked = False
+        self._failure = None
+        self._owner = None
+        self._depth = 0
+        self._lock = threading.RLock()
+        self._closed = False
+        _LIVE.add(self)
+
+    # --- what differs from a file ---------------------------------------------------------
+
+    @property
+    def path(self) -> str:
+        """The server, as ``postgresql://user@host:port/dbname`` without the password."""
+        return self._path
+
+    @property
+    def durability(self) -> str:
+        return self._durability
+
+    @property
+    def readonly(self) -> bool:
+        return False
+
+    @property
+    def in_transaction(self) -> bool:
+        return False
+
+    def settings(self) -> dict[str, object]:
+        """The server's durability settings as read at open, and this Saver's."""
+        self._check_usable()
+        return self._engine.settings()
+
+    def stats(self) -> dict[str, int]:
+        raise _not_yet("stats()", self._path)
+
+    def backup(self, destination: Any) -> Any:
+        raise _not_yet("backup() (use pg_dump or the server's own backups)", self._path)
+
+    def transaction(self) -> Any:
+        raise _not_yet("transaction()", self._path)
+
+    def attach_files(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_yet("storing files with a checkpoint", self._path)
+
+    list_files = read_file = open_file = restore_workspace = attach_files
+
+    def collect_garbage(self) -> dict[str, int]:
+        raise _not_yet("collect_garbage()", self._path)
+
+    def _put_files(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_yet("put(..., files=..., workspace=...)", self._path)
+
+    def close(self) -> None:
+        """Close every pooled connection. Idempotent. In a forked child, only marks this
+        Saver closed: the connections are the parent's."""
+        if self._closed:
+            return
+        self._closed = True
+        _LIVE.discard(self)
+        if os.getpid() == self._pid and not self._forked:
+            self._engine.close()
+
+    def __repr__(self) -> str:
+        return f"<Saver {self._path!r} {'closed' if self._closed else self._durability}>"
+
+    def _check_usable(self) -> None:
+        if self._forked or os.getpid() != self._pid:
+            raise ForkedProcessError(
+                f"this Saver for {self._path} was opened in process {self._pid} and is used "
+                f"in process {os.getpid()} after fork(); a connection must not cross a fork. "
+                "Open a new Saver in this process.", path=self._path)
+        if self._closed:
+            raise SaverClosedError(f"this Saver for {self._path} was closed. Open a new "
+                                   "Saver.", path=self._path)
+
+    def _checksum_error(self, what: str) -> ChecksumError:
+        return ChecksumError(
+            f"{what} on {self._path} does not match its checksum: the bytes changed after they "
+            "were written. The data was not returned; restore the server's data from a backup "
+            "(list(..., skip_damaged=True) reads past damaged checkpoints).", path=self._path)
+
+    # --- storage steps (see Saver) ----------------------------------------------------------
+
+    def _put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
+                        checkpoint_id: str | None, state: bytes, metadata: bytes
+                        ) -> tuple[str, int]:
+        self._check_usable()
+        return self._engine.put_checkpoint(thread_id, namespace, parent_id, checkpoint_id,
+                                           state, metadata)
+
+    def _store_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
+                      task_path: str, encoded: list[tuple[int, str, bytes]],
+                      replace: bool) -> None:
+        self._check_usable()
+        self._engine.put_writes(thread_id, namespace, checkpoint_id, task_id, task_path,
+                                encoded, replace)
+
+    def _store_event(self, thread_id: str, event: bytes) -> int:
+        self._check_usable()
+        return self._engine.append_log(thread_id, event)
+
+    def _delete_thread(self, thread_id: str) -> int:
+        self._check_usable()
+        return self._engine.delete_thread(thread_id)
+
+    def _prune(self, thread_id: str, keep_last: int) -> int:
+        self._check_usable()
+        return self._engine.prune(thread_id, keep_last)
+
+    def _copy_thread(self, source: str, target: str) -> int:
+        self._check_usable()
+        return self._engine.copy_thread(source, target, self._verify, self._verify_writes)
+
+    def _delete_matching(self, filters: tuple[dict, ...], thread_id: str | None) -> int:
+        self._check_usable()
+
+        def matches(row: tuple) -> bool:
+            self._verify(row)  # its metadata is trusted only once its checksum holds
+            found = codec.decode(row[6])
+            return any(_matches(found, wanted) for wanted in filters)
+
+        return self._engine.delete_matching(thread_id, matches)
+
+    def _get_rows(self, thread_id: str, namespace: str, checkpoint_id: str | None
+                  ) -> list[tuple]:
+        self._check_usable()
+        return self._engine.get_rows(thread_id, namespace, checkpoint_id)
+
+    def _threads(self) -> list[str]:
+        self._check_usable()
+        return self._engine.threads()
+
+    def _list(self, thread_id: str, namespace: str | None, before: str | None,
+              limit: int | None, metadata: dict | None,
+              damaged: Callable[[str, ChecksumError], None] | None = None
+              ) -> Iterator[Checkpoint]:
+        upper: int | None = None
+        produced = pages = 0
+        while True:
+            self._check_usable()
+            want = min(MAX_PAGE_ROWS, PAGE_ROWS << pages)
+            if limit is not None and metadata is None:
+                want = min(want, limit - produced)
+            upper, rows, writes, more = self._engine.page(thread_id, namespace, before,
+                                                          upper, want, _pages.PAGE_BYTES)
+            if limit == 0:  # after the check of `before`: a bad id raises at any limit
+                return
+            remaining = None if limit is None else limit - produced
+            for checkpoint in self._merge(iter(rows), iter(writes), remaining, metadata,
+                                          damaged):
+                produced += 1
+                yield checkpoint
+            if not more or not rows or (limit is not None and produced >= limit):
+                return
+            upper = rows[-1][0] - 1
+            pages += 1
+
+    def _read_log(self, thread_id: str, after: int) -> Iterator[LogEvent]:
+        last: int | None = None
+        pages = 0
+        while True:
+            self._check_usable()
+            want = min(MAX_PAGE_ROWS, PAGE_ROWS << pages)
+            last, rows = self._engine.log_page(thread_id, after, last, want)
+            for seq, thread, created, event, checksum in rows:
+                try:
+                    intact = integrity.log_checksum(seq, thread, created, event) == checksum
+                except (TypeError, ValueError, OverflowError):
+                    intact = False
+                if not intact:
+                    raise self._checksum_error(f"log event {seq} of thread {thread!r}")
+                yield LogEvent(seq, thread, _to_datetime(created), codec.decode(event))
+            if last is None or len(rows) < want:
+                return
+            after = rows[-1][0]
+            pages += 1
+

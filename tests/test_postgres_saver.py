@@ -1,0 +1,106 @@
+"""``Saver("postgresql://...")``: the same Saver on a server. The model-based machine of
+tests/test_stateful.py runs on PostgreSQL too (tests/test_stateful.py's PostgresSaverMachine);
+this file holds what only a server has: choosing the engine from the target, options that
+belong to SQLite refused, what is not available there yet saying so, a fork, reopening."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from sqlitesaver import (Checkpoint, ChecksumError, ForkedProcessError, InvalidArgumentError,
+                         Saver, SaverClosedError, UsageError)
+from sqlitesaver.postgres.saver import PostgresSaver
+
+psycopg = pytest.importorskip("psycopg") if not os.environ.get("CI") else __import__("psycopg")
+
+
+@pytest.fixture
+def saver(pg_url):
+    with Saver(pg_url) as opened:
+        yield opened
+
+
+def test_a_postgres_url_opens_the_same_saver_on_the_server(saver, pg_url):
+    assert isinstance(saver, Saver) and type(saver) is PostgresSaver
+    assert saver.path.startswith("postgresql://postgres@/t_") and "?host=" in saver.path
+    ref = saver.put("t", {"n": 1, "when": (1, 2)}, metadata={"step": 1})
+    child = saver.put("t", {"n": 2}, parent_id=ref.checkpoint_id)
+    saver.put_writes("t", child.checkpoint_id, "task", [("ch", b"\x00bytes")])
+    got = saver.get("t")
+    assert isinstance(got, Checkpoint) and got.state == {"n": 2}
+    assert got.parent_id == ref.checkpoint_id and got.pending_writes[0].value == b"\x00bytes"
+    assert saver.get("t", ref.checkpoint_id).state == {"n": 1, "when": (1, 2)}  # exact types
+    assert [cp.checkpoint_id for cp in saver.list("t")] == [child.checkpoint_id,
+                                                            ref.checkpoint_id]
+    assert [e.event for e in saver.read_log("t")] == []
+    assert saver.append_log("t", {"e": 1}) >= 1 and saver.threads() == ["t"]
+    assert saver.settings()["engine"] == "postgresql"
+    assert repr(saver) == f"<Saver {saver.path!r} full>"
+
+
+def test_a_path_is_still_a_sqlite_file(tmp_path):
+    """Only a postgresql:// or postgres:// URL names a server: a file may be called
+    'host=db dbname=app'."""
+    path = tmp_path / "host=db dbname=app"
+    with Saver(str(path)) as saver:
+        assert type(saver) is Saver and saver.path == str(path)
+
+
+@pytest.mark.parametrize("option", [{"readonly": True}, {"integrity_check": "full"},
+                                    {"max_readers": 4}])
+def test_sqlite_options_are_refused_on_a_server(pg_url, option):
+    with pytest.raises(InvalidArgumentError, match="SQLite engine"):
+        Saver(pg_url, **option)
+
+
+def test_what_is_not_there_yet_says_so_and_writes_nothing(saver, tmp_path):
+    ref = saver.put("t", {"n": 1})
+    for call in (lambda: saver.transaction(), lambda: saver.backup(str(tmp_path / "b.db")),
+                 lambda: saver.put("t", {}, files={"a.txt": b"x"}),
+                 lambda: saver.attach_files("t", ref.checkpoint_id, {"a": b"x"}),
+                 lambda: saver.list_files("t", ref.checkpoint_id),
+                 lambda: saver.collect_garbage(), lambda: saver.stats()):
+        with pytest.raises(UsageError, match="not available on PostgreSQL yet"):
+            call()
+    assert [cp.checkpoint_id for cp in saver.list("t")] == [ref.checkpoint_id]
+
+
+def test_damage_on_the_server_is_a_checksum_error_naming_it(saver, pg_url):
+    ref = saver.put("t", {"n": 1})
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("UPDATE sqlitesaver.checkpoints SET state = '\\x81a1'")
+    with pytest.raises(ChecksumError, match="restore the server") as caught:
+        saver.get("t")
+    assert caught.value.path == saver.path
+    assert list(saver.list("t", skip_damaged=True)) == []
+    assert ref.checkpoint_id in str(caught.value)
+
+
+def test_reopening_sees_everything_and_close_is_final(pg_url):
+    with Saver(pg_url, durability="normal") as first:
+        ref = first.put("t", {"n": 1})
+    with pytest.raises(SaverClosedError):
+        first.get("t")
+    with Saver(pg_url) as second:
+        assert second.get("t").checkpoint_id == ref.checkpoint_id
+
+
+def test_a_forked_child_is_refused_and_leaves_the_parents_connections_alone(saver):
+    saver.put("t", {"n": 1})
+    pid = os.fork()
+    if pid == 0:  # the child: refused, and closing must not end the parent's sessions
+        code = 1
+        try:
+            try:
+                saver.get("t")
+            except ForkedProcessError:
+                saver.close()
+                code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
+    assert saver.get("t").state == {"n": 1}  # the parent's pooled connection still works
+    saver.put("t", {"n": 2})
