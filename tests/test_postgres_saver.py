@@ -6,11 +6,12 @@ belong to SQLite refused, what is not available there yet saying so, a fork, reo
 from __future__ import annotations
 
 import os
+import threading
 
 import pytest
 
-from sqlitesaver import (Checkpoint, ChecksumError, ForkedProcessError, InvalidArgumentError,
-                         Saver, SaverClosedError, UsageError)
+from sqlitesaver import (Checkpoint, CheckpointNotFoundError, ChecksumError, ForkedProcessError,
+                         InvalidArgumentError, Saver, SaverClosedError, UsageError)
 from sqlitesaver.postgres.saver import PostgresSaver
 
 psycopg = pytest.importorskip("psycopg") if not os.environ.get("CI") else __import__("psycopg")
@@ -57,7 +58,7 @@ def test_sqlite_options_are_refused_on_a_server(pg_url, option):
 
 def test_what_is_not_there_yet_says_so_and_writes_nothing(saver, tmp_path):
     ref = saver.put("t", {"n": 1})
-    for call in (lambda: saver.transaction(), lambda: saver.backup(str(tmp_path / "b.db")),
+    for call in (lambda: saver.backup(str(tmp_path / "b.db")),
                  lambda: saver.put("t", {}, files={"a.txt": b"x"}),
                  lambda: saver.attach_files("t", ref.checkpoint_id, {"a": b"x"}),
                  lambda: saver.list_files("t", ref.checkpoint_id),
@@ -104,3 +105,68 @@ def test_a_forked_child_is_refused_and_leaves_the_parents_connections_alone(save
     assert os.WEXITSTATUS(status) == 0
     assert saver.get("t").state == {"n": 1}  # the parent's pooled connection still works
     saver.put("t", {"n": 2})
+
+
+# --- transaction() ----------------------------------------------------------------------------
+
+def test_a_transaction_is_all_or_nothing_and_nests_as_savepoints(saver, pg_url):
+    with saver.transaction() as same:
+        assert same is saver and saver.in_transaction and saver._depth == 1
+        first = saver.put("t", {"n": 1})
+        with pytest.raises(RuntimeError):
+            with saver.transaction():
+                assert saver._depth == 2
+                saver.put("t", {"n": 2})
+                raise RuntimeError("inner block fails")
+        assert saver._depth == 1
+        # a failing call is undone alone; the block goes on
+        with pytest.raises(CheckpointNotFoundError):
+            saver.put("t", {"n": 3}, parent_id="ffffffffffffffff")
+        second = saver.put("t", {"n": 4}, parent_id=first.checkpoint_id)
+        assert [cp.state for cp in saver.list("t")] == [{"n": 4}, {"n": 1}]  # its own writes
+        # another thread (another connection) sees none of it before COMMIT
+        seen: list = []
+        reader = threading.Thread(target=lambda: seen.append(saver.get("u")))
+        reader.start()
+        reader.join()
+        assert seen == [None]
+        with psycopg.connect(pg_url) as other:
+            assert other.execute("SELECT count(*) FROM sqlitesaver.checkpoints").fetchone() \
+                == (0,)
+    assert not saver.in_transaction and saver._depth == 0
+    assert [cp.checkpoint_id for cp in saver.list("t")] == [second.checkpoint_id,
+                                                            first.checkpoint_id]
+    with pytest.raises(KeyError):
+        with saver.transaction():
+            saver.put("t", {"n": 5})
+            saver.append_log("t", "gone too")
+            raise KeyError("the block fails")
+    assert len(list(saver.list("t"))) == 2 and list(saver.read_log("t")) == []
+
+
+def test_close_inside_a_transaction_is_refused(saver):
+    with saver.transaction():
+        with pytest.raises(UsageError, match="inside this thread's transaction"):
+            saver.close()
+    saver.close()
+
+
+def test_a_block_holds_its_threads_lock_until_commit(saver, pg_url, hang_detector):
+    """A writer of the same thread waits for the block (as on SQLite, where every writer
+    does); a writer of another thread does not."""
+    hang_detector(60)
+    done: list = []
+    with saver.transaction():
+        saver.put("t", {"n": 1})
+        other = threading.Thread(target=lambda: done.append(saver.put("u", {"n": 1})))
+        other.start()
+        other.join()  # another thread: not blocked by the block
+        same = threading.Thread(target=lambda: done.append(saver.put("t", {"n": 2})))
+        same.start()
+        with psycopg.connect(pg_url, autocommit=True) as watcher:
+            while not watcher.execute("SELECT count(*) FROM pg_locks WHERE locktype = "
+                                      "'advisory' AND NOT granted").fetchone()[0]:
+                assert same.is_alive()
+        assert len(done) == 1
+    same.join()
+    assert len(done) == 2 and saver.get("t").state == {"n": 2}

@@ -113,6 +113,26 @@ def _has_nul(*values: str | None) -> bool:
     return any(value is not None and "\x00" in value for value in values)
 
 
+class _Pinned:
+    """The calling thread's open :meth:`Engine.transaction`: its connection, and how many
+    blocks deep it is (1: the outermost)."""
+
+    __slots__ = ("conn", "depth")
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+        self.depth = 1
+
+
+def _undo_savepoint(conn: Any, name: str) -> None:
+    """Roll back to the savepoint and drop it; if the connection cannot (lost), the error
+    being raised is the one that matters, and the transaction's COMMIT will fail."""
+    try:
+        conn.execute(f"ROLLBACK TO SAVEPOINT {name}; RELEASE SAVEPOINT {name}", prepare=False)
+    except Exception:
+        pass
+
+
 class Engine:
     """A PostgreSQL server as a sqlitesaver store. Thread-safe: every call takes a pooled
     connection for its transaction. See the module docstring for what is guaranteed."""
@@ -149,6 +169,7 @@ class Engine:
         self._pool = self._open_pool(params, max_connections)
         self._closed = False
         self._close_lock = threading.Lock()
+        self._local = threading.local()  # .txn: the thread's open transaction (_Pinned)
 
     def _open_pool(self, params: dict[str, str], size: int) -> Any:
         from psycopg_pool import ConnectionPool
@@ -229,7 +250,11 @@ class Engine:
 
     def _write(self, doing: str, work: Callable[[Any], T]) -> T:
         """``work(conn)`` in one transaction, committed; retried whole on serialization
-        failures and deadlocks until the busy timeout (see the module docstring)."""
+        failures and deadlocks until the busy timeout (see the module docstring). Inside the
+        calling thread's :meth:`transaction`, in a savepoint of that transaction instead."""
+        pinned = getattr(self._local, "txn", None)
+        if pinned is not None:
+            return self._in_savepoint(pinned, doing, work)
         deadline = time.monotonic() + self.busy_timeout
         delay = 0.001
         while True:
@@ -254,6 +279,90 @@ class Engine:
             # up to 0.1 s, never past the deadline) and run the whole transaction again.
             time.sleep(min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.1)
+
+    # --- the calling thread's own transaction (Saver.transaction) -------------------------------
+
+    def in_transaction(self) -> bool:
+        """Whether the calling thread is inside a :meth:`transaction` block."""
+        return getattr(self._local, "txn", None) is not None
+
+    def depth(self) -> int:
+        """How many :meth:`transaction` blocks the calling thread is inside (0: none)."""
+        pinned = getattr(self._local, "txn", None)
+        return 0 if pinned is None else pinned.depth
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One server transaction for the block, on a connection pinned to the calling thread:
+        every operation the thread makes inside it runs there (each in a savepoint of its own,
+        so a failing call is undone alone, as on SQLite) and reads see its uncommitted writes;
+        other threads see nothing of it until COMMIT. The block's exception rolls it all back
+        and propagates; a block nested in it is a savepoint. The COMMIT follows the engine's
+        rules (a lost connection then is "maybe committed"). Not retried: a serialization
+        failure or deadlock inside fails the call with BusyTimeoutError, and the block decides
+        (rolling back and running it again is safe)."""
+        pinned = getattr(self._local, "txn", None)
+        if pinned is not None:
+            yield from self._nested(pinned)
+            return
+        with self._connection("opening a transaction") as conn:
+            try:
+                conn.execute(self._begin, prepare=False)
+            except Exception as exc:
+                schema._rollback(conn)
+                raise pg_errors.translate(exc, self.server, "opening a transaction") from exc
+            self._local.txn = _Pinned(conn)
+            try:
+                yield
+            except BaseException:
+                self._local.txn = None
+                schema._rollback(conn)
+                raise
+            self._local.txn = None
+            try:
+                conn.execute("COMMIT")
+            except Exception as exc:
+                raise pg_errors.translate(exc, self.server, "committing a transaction",
+                                          committing=True) from exc
+
+    def _nested(self, pinned: _Pinned) -> Iterator[None]:
+        pinned.depth += 1
+        name = f"sqlitesaver_block_{pinned.depth}"
+        try:
+            try:
+                pinned.conn.execute(f"SAVEPOINT {name}")
+            except Exception as exc:
+                raise pg_errors.translate(exc, self.server, "opening a nested block") from exc
+            try:
+                yield
+            except BaseException:
+                _undo_savepoint(pinned.conn, name)
+                raise
+            try:
+                pinned.conn.execute(f"RELEASE SAVEPOINT {name}")
+            except Exception as exc:
+                raise pg_errors.translate(exc, self.server, "ending a nested block") from exc
+        finally:
+            pinned.depth -= 1
+
+    def _in_savepoint(self, pinned: _Pinned, doing: str, work: Callable[[Any], T]) -> T:
+        conn = pinned.conn
+        try:
+            conn.execute("SAVEPOINT sqlitesaver_call")
+        except Exception as exc:
+            raise pg_errors.translate(exc, self.server, doing) from exc
+        try:
+            result = work(conn)
+        except BaseException as exc:
+            _undo_savepoint(conn, "sqlitesaver_call")
+            if isinstance(exc, SaverError) or not isinstance(exc, Exception):
+                raise
+            raise pg_errors.translate(exc, self.server, doing, in_transaction=True) from exc
+        try:
+            conn.execute("RELEASE SAVEPOINT sqlitesaver_call")
+        except Exception as exc:
+            raise pg_errors.translate(exc, self.server, doing) from exc
+        return result
 
     def _lock_threads(self, conn: Any, *thread_ids: str) -> None:
         # Sorted, so that two calls locking the same two threads cannot deadlock.
@@ -476,6 +585,12 @@ class Engine:
     # --- reads ----------------------------------------------------------------------------
 
     def _read(self, doing: str, work: Callable[[Any], T]) -> T:
+        """``work(conn)`` in one read-only REPEATABLE READ transaction (one snapshot), or,
+        inside the calling thread's :meth:`transaction`, on its connection (seeing its
+        uncommitted writes; each statement its own snapshot, READ COMMITTED)."""
+        pinned = getattr(self._local, "txn", None)
+        if pinned is not None:
+            return self._in_savepoint(pinned, doing, work)
         with self._connection(doing) as conn:
             try:
                 conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
@@ -503,6 +618,9 @@ class Engine:
             if seq is None:
                 return []
             query, params = _GET_BY_SEQ, (seq, thread_id, namespace)
+        if getattr(self._local, "txn", None) is not None:
+            return self._read("reading a checkpoint",
+                              lambda conn: conn.execute(query, params).fetchall())
         with self._connection("reading a checkpoint") as conn:
             try:
                 return conn.execute(query, params).fetchall()

@@ -42,7 +42,8 @@ def _detail(exc: BaseException) -> str:
 
 
 def translate(exc: BaseException, server: str, doing: str, *,
-              committing: bool = False, connecting: bool = False) -> SaverError:
+              committing: bool = False, connecting: bool = False,
+              in_transaction: bool = False) -> SaverError:
     """Map a psycopg exception raised while ``doing`` something on ``server`` (already
     described, without password) to the matching :class:`SaverError`; the caller raises it
     ``from exc``. ``connecting``: raised while opening the connection; ``committing``: raised
@@ -69,6 +70,13 @@ def translate(exc: BaseException, server: str, doing: str, *,
             f"the connection to {where} was lost while {doing} ({detail}); the transaction "
             "was not committed. Retry once the server is reachable (a restarted server "
             "accepts new connections after its crash recovery).", **common)
+    if state in RETRYABLE and in_transaction:
+        return BusyTimeoutError(
+            f"{where} failed this call with "
+            f"{'a deadlock' if state == '40P01' else 'a serialization failure'} while {doing} "
+            f"({detail}) inside this thread's transaction block, which cannot be re-run "
+            "behind its back: the call was undone. Let the block fail (it rolls back) and run "
+            "it again.", **common)
     if state in RETRYABLE:
         return BusyTimeoutError(
             f"{where} kept failing the transaction with "

@@ -10,13 +10,14 @@ exceptions; it replaces only the storage steps (``Saver``'s ``_put_checkpoint``,
 ``engine.py``'s docstring.
 
 Not yet on PostgreSQL, each raising :class:`~sqlitesaver.errors.UsageError` that says so
-(issue #16 continues): :meth:`transaction`, files stored with a checkpoint, :meth:`backup`
+(issue #16 continues): files stored with a checkpoint, :meth:`backup`
 (use ``pg_dump`` or the server's own backups). ``readonly``, ``integrity_check`` and
 ``max_readers`` are SQLite options, refused here.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import weakref
@@ -108,9 +109,6 @@ class PostgresSaver(Saver):
         self._pid = os.getpid()
         self._forked = False
         self._failure = None
-        self._owner = None
-        self._depth = 0
-        self._lock = threading.RLock()
         self._closed = False
         _LIVE.add(self)
 
@@ -131,7 +129,28 @@ class PostgresSaver(Saver):
 
     @property
     def in_transaction(self) -> bool:
-        return False
+        """True while the calling thread is inside this Saver's :meth:`transaction`."""
+        return self._engine.in_transaction()
+
+    @property
+    def _depth(self) -> int:  # as the SQLite engine's: the calling thread's block nesting
+        return self._engine.depth()
+
+    @property
+    def _owner(self) -> int | None:  # as the SQLite engine's, seen from the calling thread
+        return threading.get_ident() if self._engine.in_transaction() else None
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator["PostgresSaver"]:
+        """Group several operations into one state transition: one server transaction for
+        the block, all of it or none of it; a block nested in it is a savepoint. See
+        :meth:`sqlitesaver.postgres.engine.Engine.transaction` for what differs from a file:
+        other threads do not wait for the block unless they write the same thread (whose
+        lock the block holds), and a serialization failure or deadlock inside fails that
+        call rather than being retried."""
+        self._check_usable()
+        with self._engine.transaction():
+            yield self
 
     def settings(self) -> dict[str, object]:
         """The server's durability settings as read at open, and this Saver's."""
@@ -143,9 +162,6 @@ class PostgresSaver(Saver):
 
     def backup(self, destination: Any) -> Any:
         raise _not_yet("backup() (use pg_dump or the server's own backups)", self._path)
-
-    def transaction(self) -> Any:
-        raise _not_yet("transaction()", self._path)
 
     def attach_files(self, *args: Any, **kwargs: Any) -> Any:
         raise _not_yet("storing files with a checkpoint", self._path)
@@ -163,6 +179,11 @@ class PostgresSaver(Saver):
         Saver closed: the connections are the parent's."""
         if self._closed:
             return
+        if os.getpid() == self._pid and not self._forked and self._engine.in_transaction():
+            raise UsageError(
+                f"close() was called inside this thread's transaction on {self._path}; leave "
+                "the 'with saver.transaction():' block first (it commits or rolls back there). "
+                "Nothing was closed.", path=self._path)
         self._closed = True
         _LIVE.discard(self)
         if os.getpid() == self._pid and not self._forked:
