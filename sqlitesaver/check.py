@@ -70,6 +70,7 @@ from typing import Any, TextIO
 import apsw
 
 from . import attachments, integrity, paths, schema
+from .postgres.target import SCHEMES as _POSTGRES_SCHEMES
 from .opening import read_header
 from .errors import SaverError, describe, out_of_descriptors
 
@@ -870,8 +871,11 @@ def exit_status(reports: Sequence[Report]) -> int:
 
 
 def run(paths: Sequence[str], *, as_json: bool = False, out: TextIO) -> int:
-    """Check every path, print the result and return the exit status (:func:`exit_status`)."""
-    reports = [check_database(path) for path in paths]
+    """Check every path, print the result and return the exit status (:func:`exit_status`).
+    A ``postgresql://`` or ``postgres://`` URL is a server: sqlitesaver/postgres/check.py
+    checks it (the same report and results)."""
+    reports = [_check_server(path) if path.startswith(_POSTGRES_SCHEMES)
+               else check_database(path) for path in paths]
     status = exit_status(reports)
     if as_json:
         # default=repr: a damaged column can hold a type JSON has no form for (bytes)
@@ -886,3 +890,14 @@ def run(paths: Sequence[str], *, as_json: bool = False, out: TextIO) -> int:
             out.write(f"\n{counts['ok']} of {len(reports)} database(s) ok, {counts['damaged']} "
                       f"damaged, {counts['unusable']} unusable\n")
     return status
+
+
+def _check_server(url: str) -> Report:
+    from .postgres.check import check_server  # imports psycopg: only when a URL is given
+    try:
+        return check_server(url)
+    except ImportError as exc:  # the `postgres` extra is not installed
+        report = Report("<a PostgreSQL URL>")
+        report.add("connect", UNUSABLE, f"checking a PostgreSQL server needs psycopg 3 ({exc}): "
+                                        "pip install 'sqlitesaver[postgres]'")
+        return report
