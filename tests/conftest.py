@@ -195,3 +195,12 @@ def pg_url(pg_cluster, request) -> Iterator[str]:
     yield pg_cluster.url.replace("/postgres?", f"/{name}?", 1)
     with psycopg.connect(pg_cluster.url, autocommit=True) as admin:
         admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_target(request, tmp_path) -> str:
+    """What a test parametrized over both engines opens: a new SQLite file's path, or the URL
+    of a fresh database on the session's PostgreSQL cluster (started only when asked for)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return request.getfixturevalue("pg_url")

@@ -1,4 +1,4 @@
-"""One Saver shared by many threads stays correct."""
+"""One Saver shared by many threads stays correct, on either engine (``any_target``)."""
 
 from __future__ import annotations
 
@@ -7,12 +7,12 @@ import threading
 from sqlitesaver import Saver
 
 
-def test_many_threads_writing_and_reading(db_path):
+def test_many_threads_writing_and_reading(any_target):
     workers, per_worker = 8, 40
     errors: list[BaseException] = []
     acked: dict[str, list[str]] = {}
     start = threading.Barrier(workers)
-    with Saver(db_path, durability="normal") as saver:
+    with Saver(any_target, durability="normal") as saver:
 
         def work(w: int) -> None:
             thread_id = f"t{w}"
@@ -49,8 +49,9 @@ def test_many_threads_writing_and_reading(db_path):
             assert [e.event for e in saver.read_log(f"t{w}")] == list(range(per_worker))
 
 
-def test_transaction_blocks_other_threads_writes_until_it_ends(db_path):
-    with Saver(db_path, durability="normal") as saver:
+def test_transaction_blocks_other_threads_writes_until_it_ends(any_target):
+    """On PostgreSQL only writers of the same thread wait (README, PostgreSQL): this one is."""
+    with Saver(any_target, durability="normal") as saver:
         inside = threading.Event()
         other_done = threading.Event()
         order: list[str] = []
