@@ -7,6 +7,7 @@ inode). :func:`file_digest` is for closed databases only.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
@@ -183,18 +184,32 @@ def pg_cluster():
         yield cluster
 
 
+@contextlib.contextmanager
+def _fresh_database(cluster, key: str) -> Iterator[str]:
+    """A new, empty database on ``cluster`` (named from ``key``), dropped afterwards."""
+    import psycopg
+
+    name = "t_" + hashlib.sha256(key.encode()).hexdigest()[:20]
+    with psycopg.connect(cluster.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name}")
+    yield cluster.url.replace("/postgres?", f"/{name}?", 1)
+    with psycopg.connect(cluster.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
 @pytest.fixture
 def pg_url(pg_cluster, request) -> Iterator[str]:
     """The URL of a fresh, empty database on the session's cluster, dropped after the test."""
-    import psycopg
+    with _fresh_database(pg_cluster, request.node.nodeid) as url:
+        yield url
 
-    name = "t_" + hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:20]
-    with psycopg.connect(pg_cluster.url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name}")
-        admin.execute(f"CREATE DATABASE {name}")
-    yield pg_cluster.url.replace("/postgres?", f"/{name}?", 1)
-    with psycopg.connect(pg_cluster.url, autocommit=True) as admin:
-        admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+@pytest.fixture(scope="module")
+def pg_module_url(pg_cluster, request) -> Iterator[str]:
+    """As pg_url, for a whole module (a history several tests read)."""
+    with _fresh_database(pg_cluster, request.module.__name__) as url:
+        yield url
 
 
 @pytest.fixture(params=["sqlite", "postgres"])

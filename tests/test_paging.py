@@ -3,6 +3,7 @@
 Pages hold 256 rows, then 512, 1,024 and 2,048: 3,000 checkpoints cross every kind of page
 boundary. The listing must equal one read of the whole thread, in order, with every pending
 write on its own checkpoint, whatever the namespaces, ``before``, ``limit`` and ``metadata``.
+On both engines: a SQLite file and a PostgreSQL database.
 """
 
 from __future__ import annotations
@@ -17,12 +18,13 @@ SEED = 5150
 COUNT = 3000
 
 
-@pytest.fixture(scope="module")
-def history(tmp_path_factory):
+@pytest.fixture(scope="module", params=["sqlite", "postgres"])
+def history(tmp_path_factory, request):
     """A thread of COUNT checkpoints over two namespaces (one thread of one namespace too),
     some with pending writes, and a log of COUNT events; plus the expected lists."""
     rng = random.Random(SEED)
-    path = str(tmp_path_factory.mktemp("paging") / "paging.db")
+    path = str(tmp_path_factory.mktemp("paging") / "paging.db") if request.param == "sqlite" \
+        else request.getfixturevalue("pg_module_url")
     expected: list[tuple[str, str, int, tuple]] = []  # (id, namespace, n, writes)
     with Saver(path, durability="normal") as saver:
         with saver.transaction():
@@ -78,9 +80,9 @@ def test_the_log_is_read_whole_across_pages(history):
             list(range(1235, COUNT))
 
 
-def test_what_is_committed_after_a_listing_began_is_never_listed(tmp_path, monkeypatch):
+def test_what_is_committed_after_a_listing_began_is_never_listed(any_target, monkeypatch):
     monkeypatch.setattr(saver_module, "PAGE_ROWS", 4)  # many pages, each its own snapshot
-    with Saver(str(tmp_path / "live.db")) as saver:
+    with Saver(any_target) as saver:
         old = [saver.put("t", n, namespace=["", "x"][n % 2]).checkpoint_id for n in range(30)]
         saver.append_log("t", "old")
         listing, log = saver.list("t"), saver.read_log("t")

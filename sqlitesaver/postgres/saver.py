@@ -28,7 +28,8 @@ from .. import codec, integrity
 from ..errors import (ChecksumError, ForkedProcessError, InvalidArgumentError,
                       SaverClosedError, UsageError)
 from ..records import Checkpoint, LogEvent
-from ..saver import MAX_PAGE_ROWS, PAGE_ROWS, Saver, _matches, _to_datetime
+from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS: read at call time, as tests set them
+from ..saver import Saver, _matches, _to_datetime
 from ..sqlite import reads as _pages  # PAGE_BYTES: one payload budget per page, both engines
 from . import connect
 from .engine import Engine
@@ -267,7 +268,7 @@ class PostgresSaver(Saver):
         produced = pages = 0
         while True:
             self._check_usable()
-            want = min(MAX_PAGE_ROWS, PAGE_ROWS << pages)
+            want = min(_core.MAX_PAGE_ROWS, _core.PAGE_ROWS << pages)
             if limit is not None and metadata is None:
                 want = min(want, limit - produced)
             upper, rows, writes, more = self._engine.page(thread_id, namespace, before,
@@ -289,7 +290,7 @@ class PostgresSaver(Saver):
         pages = 0
         while True:
             self._check_usable()
-            want = min(MAX_PAGE_ROWS, PAGE_ROWS << pages)
+            want = min(_core.MAX_PAGE_ROWS, _core.PAGE_ROWS << pages)
             last, rows = self._engine.log_page(thread_id, after, last, want)
             for seq, thread, created, event, checksum in rows:
                 try:
