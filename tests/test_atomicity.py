@@ -1,4 +1,5 @@
-"""All or nothing: transactions, migrations, and a writer killed with SIGKILL."""
+"""All or nothing: transactions, migrations, and a writer killed with SIGKILL (transactions
+and the killed writer on both engines: ``any_target``)."""
 
 from __future__ import annotations
 
@@ -22,8 +23,8 @@ class Boom(Exception):
     pass
 
 
-def test_exception_inside_transaction_leaves_nothing(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_exception_inside_transaction_leaves_nothing(any_target, open_saver):
+    saver = open_saver(any_target)
     before = saver.put("t", {"n": 0})
     with pytest.raises(Boom):
         with saver.transaction():
@@ -40,8 +41,8 @@ def test_exception_inside_transaction_leaves_nothing(db_path, open_saver):
     assert saver.put("t", {"n": 2}).checkpoint_id > before.checkpoint_id
 
 
-def test_inner_failure_undoes_only_the_inner_block(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_inner_failure_undoes_only_the_inner_block(any_target, open_saver):
+    saver = open_saver(any_target)
     with saver.transaction():
         saver.put("t", "outer-1")
         with pytest.raises(Boom):
@@ -52,9 +53,9 @@ def test_inner_failure_undoes_only_the_inner_block(db_path, open_saver):
     assert [c.state for c in saver.list("t")] == ["outer-2", "outer-1"]
 
 
-def test_failed_internal_write_inside_transaction_rolls_back_that_call_only(db_path,
+def test_failed_internal_write_inside_transaction_rolls_back_that_call_only(any_target,
                                                                             open_saver):
-    saver = open_saver(db_path)
+    saver = open_saver(any_target)
     with saver.transaction():
         ref = saver.put("t", 1)
         with pytest.raises(Exception):
@@ -128,7 +129,8 @@ _WRITER = textwrap.dedent("""
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
-def test_sigkill_in_write_loop_keeps_last_acknowledged(db_path, seed):
+def test_sigkill_in_write_loop_keeps_last_acknowledged(any_target, seed):
+    db_path = any_target  # a file, or a PostgreSQL database: a client killed mid-transaction
     rng = random.Random(seed)
     kill_after = rng.randrange(1, 300)
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -148,7 +150,8 @@ def test_sigkill_in_write_loop_keeps_last_acknowledged(db_path, seed):
     assert child.returncode == -signal.SIGKILL, f"seed={seed}"
     assert len(acked) == kill_after, f"seed={seed}: writer stopped early"
     last_id, last_n = acked[-1][0], int(acked[-1][1])
-    with Saver(db_path, integrity_check="full") as saver:
+    options = {} if db_path.startswith("postgresql://") else {"integrity_check": "full"}
+    with Saver(db_path, **options) as saver:
         latest = saver.get("t")
         assert latest is not None, f"seed={seed}"
         # the last acknowledged checkpoint is there; at most the one in flight is newer
