@@ -92,3 +92,27 @@ def test_the_readme_names_the_installed_suite_and_every_capability_it_counts():
     assert int(base_passed) == int(base_all) == len(BASE_CAPABILITIES), row
     assert int(passed) == int(extended_all) == len(EXTENDED_CAPABILITIES), row
     assert set(re.findall(r"`(\w+)`", names)) == {c.value for c in EXTENDED_CAPABILITIES}, row
+
+
+def test_conformance_suite_passes_on_postgresql(pg_url):
+    """The same suite through the same adapter on a Saver on a PostgreSQL server (issue #16:
+    the adapter sees only the Saver's API): a fresh schema for each capability's suite."""
+    import psycopg
+
+    from sqlitesaver import Saver
+
+    @checkpointer_test(name="sqlitesaver SqliteSaver on PostgreSQL")
+    async def factory():
+        with psycopg.connect(pg_url, autocommit=True) as admin:
+            admin.execute("DROP SCHEMA IF EXISTS sqlitesaver CASCADE")
+        with Saver(pg_url) as saver:
+            yield SqliteSaver(saver)
+
+    defined = {capability.value for capability in Capability}
+    report = asyncio.run(validate(factory, capabilities=defined))
+    summary = _summary(report.results)
+    assert set(report.results) == defined, summary
+    failed = {name: result.failures for name, result in report.results.items()
+              if result.passed is not True or not result.detected or result.tests_failed}
+    assert not failed, (summary, failed)
+    assert report.conformance_level() == "FULL"
