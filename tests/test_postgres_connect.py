@@ -251,3 +251,31 @@ def test_translate_passes_our_errors_through_and_wraps_the_unknown():
     assert pg_errors.translate(ours, "s", "d") is ours
     other = pg_errors.translate(RuntimeError("boom"), "s", "doing it")
     assert type(other) is SaverError and "doing it" in str(other)
+
+
+def test_a_server_that_never_answers_fails_within_the_connect_timeout():
+    """A listening socket that accepts and then says nothing (a hung server, a black-holing
+    proxy): the connection attempt ends within connect_timeout, as CannotOpenError."""
+    import socket
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(8)  # the kernel completes the TCP handshake; nobody ever answers
+    try:
+        port = listener.getsockname()[1]
+        start = time.monotonic()
+        with pytest.raises(CannotOpenError) as caught:
+            open_url(f"postgresql://app:{SECRET}@127.0.0.1:{port}/db", connect_timeout=2)
+        waited = time.monotonic() - start
+        assert 1.5 <= waited < 10, waited
+        assert "timeout" in str(caught.value).lower() and SECRET not in str(caught.value)
+    finally:
+        listener.close()
+
+
+def test_tcp_defaults_bound_a_vanished_peer_unless_the_url_says_otherwise():
+    params = target.parse("postgresql://h/db?keepalives_idle=5&application_name=mine")
+    got = connect.libpq_params(params, connect.Options(connect_timeout=0.5))
+    assert got["keepalives_idle"] == "5" and got["application_name"] == "mine"
+    assert got["tcp_user_timeout"] == "60000" and got["keepalives"] == "1"
+    assert got["connect_timeout"] == "2"  # libpq's minimum: 1 would mean 2 anyway

@@ -32,8 +32,8 @@ from ..errors import (InvalidArgumentError, ReadOnlyDatabaseError, UnsafeServerE
                       UsageError)
 from . import errors as pg_errors
 
-__all__ = ["Options", "ServerSettings", "require_psycopg", "open_connection", "read_settings",
-           "check_settings"]
+__all__ = ["Options", "ServerSettings", "TCP_DEFAULTS", "libpq_params", "require_psycopg",
+           "open_connection", "read_settings", "check_settings"]
 
 _EXTRA = "pip install 'sqlitesaver[postgres]'"
 
@@ -89,6 +89,24 @@ def _millis(seconds: float | None) -> int:
     return 0 if seconds is None else max(1, math.ceil(seconds * 1000))
 
 
+#: libpq's TCP settings unless the URL gives its own: a peer that vanishes (a network partition,
+#: a machine that froze) is noticed within about a minute instead of never. They cannot bound a
+#: server process that is alive but stopped (its kernel still acknowledges): statement_timeout
+#: is the server's own, so such a server can hold a call until it runs again.
+TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval": "10",
+                "keepalives_count": "3", "tcp_user_timeout": "60000"}
+
+
+def libpq_params(params: dict[str, str], options: Options) -> dict[str, str]:
+    """The connection parameters: ``params`` with connect_timeout (libpq's is whole seconds
+    and treats 1 as 2; a fraction rounds up), application_name and :data:`TCP_DEFAULTS` where
+    ``params`` does not set them. The TCP ones are ignored by libpq on a Unix socket."""
+    result = dict(TCP_DEFAULTS, application_name=options.application_name)
+    result.update(params)
+    result["connect_timeout"] = str(max(2, math.ceil(options.connect_timeout)))
+    return result
+
+
 def open_connection(params: dict[str, str], server: str, options: Options, *,
                     doing: str = "connecting") -> Any:
     """A new autocommit connection with the session's timeouts set; errors translated.
@@ -96,11 +114,8 @@ def open_connection(params: dict[str, str], server: str, options: Options, *,
     libpq takes what ``params`` leaves out from its environment (``PGHOST``, ``PGPASSWORD``,
     ``~/.pgpass``...), as psql does."""
     psycopg = require_psycopg()
-    # libpq's connect_timeout is whole seconds and treats 1 as 2; a fraction rounds up.
-    connect = dict(params, connect_timeout=str(max(2, math.ceil(options.connect_timeout))))
-    connect.setdefault("application_name", options.application_name)
     try:
-        conn = psycopg.connect(**connect, autocommit=True,
+        conn = psycopg.connect(**libpq_params(params, options), autocommit=True,
                                prepare_threshold=options.prepare_threshold)
     except Exception as exc:
         raise pg_errors.translate(exc, server, doing, connecting=True) from exc

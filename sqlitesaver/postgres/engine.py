@@ -183,8 +183,7 @@ class Engine:
                          (f"{connect._millis(options.statement_timeout)}ms",
                           f"{connect._millis(options.lock_timeout)}ms"))
 
-        kwargs = dict(params, connect_timeout=str(max(2, int(options.connect_timeout + 0.999))))
-        kwargs.setdefault("application_name", options.application_name)
+        kwargs = connect.libpq_params(params, options)
         pool = ConnectionPool(
             kwargs=dict(kwargs, autocommit=True, prepare_threshold=options.prepare_threshold),
             min_size=1, max_size=size, open=False, configure=configure,
