@@ -340,16 +340,36 @@ def test_an_exception_inside_a_read_gives_its_connection_back(db_path, gate, han
 
 
 def test_a_real_sigint_while_waiting_for_a_reader_leaks_nothing(db_path):
+    # The SIGINT is sent only once the main thread is queued in the pool and asleep (the
+    # kernel's view, /proc), and sent again every RESEND seconds until its handler has run.
+    # CPython runs a signal's Python handler only when the thread next checks for pending
+    # signals; one that arrives after the last check before Event.wait() blocks in sem_wait
+    # (which only an EINTR would end) waits for the next bytecode, i.e. for ever here. Sending
+    # as soon as the read was queued hung up to one run in six: the main thread blocked in
+    # threading.py's waiter.acquire(), the C-level handler having seen the signal (its
+    # wakeup-fd byte), and a second SIGINT interrupting the wait at once. The thread can also
+    # look asleep in that window (waiting for the GIL): hence the resending.
     Saver(db_path).close()
     code = textwrap.dedent("""
-        import faulthandler, signal, sys, threading
+        import faulthandler, signal, sys, threading, time
         import apsw
-        import sqlitesaver.sqlite.reads as reads_module
         from sqlitesaver import Saver
+        from sqlitesaver.sqlite.reads import _ReaderPool
         faulthandler.dump_traceback_later(60, exit=True)
-        # A process started in the background inherits SIGINT ignored: Python then installs no
-        # KeyboardInterrupt handler of its own.
-        signal.signal(signal.SIGINT, signal.default_int_handler)
+        RESEND, DEADLINE = 0.2, 30.0
+        # What the default handler does (raise KeyboardInterrupt), for the first SIGINT only:
+        # one sent again after its handler ran must not raise a second KeyboardInterrupt in
+        # the middle of handling the first. (A handler installed here also covers a process
+        # started in the background, which inherits SIGINT ignored.)
+        landed = []  # the frame each handled SIGINT interrupted
+        handled = threading.Event()
+        def on_sigint(signum, frame):
+            if landed:
+                return
+            landed.append(frame)
+            handled.set()
+            raise KeyboardInterrupt
+        signal.signal(signal.SIGINT, on_sigint)
         saver = Saver(sys.argv[1], max_readers=1)
         saver.put("t", 1)
         gate, inside = threading.Event(), threading.Event()
@@ -362,21 +382,42 @@ def test_a_real_sigint_while_waiting_for_a_reader_leaks_nothing(db_path):
         holder = threading.Thread(target=saver.get, args=("t",))
         holder.start()
         inside.wait()
-        queued = threading.Event()
-        class Queued(reads_module._Waiter):
-            __slots__ = ()
-            def __init__(self):
-                super().__init__()
-                queued.set()
-        reads_module._Waiter = Queued
-        main = threading.main_thread().ident
-        threading.Thread(target=lambda: (queued.wait(),
-                                         signal.pthread_kill(main, signal.SIGINT))).start()
+        main = threading.main_thread()
+        def main_waits():
+            # Queued for the only connection (which nothing gives back before the interrupt)
+            # and asleep, not running towards the wait.
+            if saver._pool.counts()["reader_waits"] != 1:
+                return False
+            try:
+                with open(f"/proc/self/task/{main.native_id}/stat") as f:
+                    return f.read().rpartition(")")[2].split()[0] == "S"
+            except OSError:  # no /proc: resending alone gets the signal through
+                return True
+        sent = []
+        def interrupt():
+            deadline = time.monotonic() + DEADLINE
+            while not handled.is_set() and time.monotonic() < deadline:
+                if main_waits():
+                    signal.pthread_kill(main.ident, signal.SIGINT)
+                    sent.append(time.monotonic())
+                    handled.wait(RESEND)
+                else:
+                    handled.wait(0.001)  # poll again
+            if not handled.is_set():
+                gate.set()  # give up: the wait ends, and the run says "not interrupted"
+        sender = threading.Thread(target=interrupt)
+        sender.start()
         try:
             saver.get("t")  # waits for the only connection, in the main thread
             print("not interrupted")
         except KeyboardInterrupt:
-            print("interrupted")
+            frame = landed[0]
+            while frame is not None and frame.f_code is not _ReaderPool.acquire.__code__:
+                frame = frame.f_back
+            print("interrupted" if frame is not None else "interrupted-elsewhere")
+            del frame, landed[:]
+        sender.join()
+        print(f"SIGINTs sent: {len(sent)}", file=sys.stderr)
         gate.set()
         holder.join()
         for _ in range(3):
@@ -388,7 +429,7 @@ def test_a_real_sigint_while_waiting_for_a_reader_leaks_nothing(db_path):
     done = subprocess.run([sys.executable, "-c", code, db_path], capture_output=True,
                           text=True, env=child_env(), timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert done.stdout.split() == ["interrupted", "1"], done.stdout
+    assert done.stdout.split() == ["interrupted", "1"], done.stdout + done.stderr
 
 
 # --- no deadlock with the write path, close, checkpoints -----------------------------------
