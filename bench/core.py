@@ -19,8 +19,8 @@ Baselines:
 - bare get: ``SELECT data ... ORDER BY id DESC LIMIT 1`` + ``msgpack.unpackb``.
 
 Decomposition (where Saver's extra time goes), also measured in the same rounds:
-- twin: Saver's own SQL statements (imported from sqlitesaver.saver, not copied) on a database
-  Saver created, from bare APSW: the cost of the schema and statements without Python.
+- twin: Saver's own SQL statements (imported from sqlitesaver.sqlite.saver, not copied) on a
+  database Saver created, from bare APSW: the cost of the schema and statements without Python.
 - twin+codec: the same plus ``codec.encode`` and the checksum of every put.
 - twin+codec get: Saver.get's query for the latest checkpoint (built from the same imported
   pieces) on Saver's own database, its checksum verified and its state and metadata decoded:
@@ -174,7 +174,7 @@ def twin_put(directory: str, durability: str, state: dict,
              with_codec: bool) -> Callable[[int], None]:
     """Saver.put's statements on Saver's schema, without the library around them."""
     from sqlitesaver import integrity
-    from sqlitesaver.saver import _INSERT_CHECKPOINT, _NEXT_SEQ_CHECKPOINTS
+    from sqlitesaver.sqlite.saver import _INSERT_CHECKPOINT, _NEXT_SEQ_CHECKPOINTS
     path = os.path.join(directory, f"twin-{durability}-{with_codec}.db")
     Saver(path).close()
     conn = apsw.Connection(path)
@@ -197,7 +197,7 @@ def twin_put(directory: str, durability: str, state: dict,
 def twin_get(path: str) -> Callable[[int], None]:
     """Saver.get(THREAD)'s query, checksum and decoding, from bare APSW on Saver's file."""
     from sqlitesaver import integrity
-    from sqlitesaver.saver import _CHECKPOINT_COLUMNS
+    from sqlitesaver.sqlite.saver import _CHECKPOINT_COLUMNS
     conn = apsw.Connection(path)
     pragmas.apply(conn, pragmas.Profile(), path)
     query = (f"SELECT {_CHECKPOINT_COLUMNS}, EXISTS (SELECT 1 FROM writes WHERE "

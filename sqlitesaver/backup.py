@@ -67,6 +67,7 @@ from .errors import (CorruptDatabaseError, DatabaseFileError, InvalidArgumentErr
 
 if TYPE_CHECKING:
     from .saver import Saver
+    from .sqlite.saver import SqliteSaver
 
 __all__ = ["STEP_PAGES", "BackupReport", "RestoreReport", "backup", "restore"]
 
@@ -121,8 +122,8 @@ def backup(source: "str | os.PathLike[str] | Saver", destination: str | os.PathL
         return saver.backup(destination)
 
 
-def backup_saver(saver: "Saver", destination: str | os.PathLike[str]) -> BackupReport:
-    """The body of :meth:`Saver.backup` (which refuses to run inside a transaction)."""
+def backup_saver(saver: "SqliteSaver", destination: str | os.PathLike[str]) -> BackupReport:
+    """The body of :meth:`SqliteSaver.backup` (which refuses to run inside a transaction)."""
     from .sqlite.reads import _Read
     started = time.perf_counter()
     dst = files.check_new_destination(destination, "the backup")
@@ -153,7 +154,8 @@ def restore(backup_path: str | os.PathLike[str], destination: str | os.PathLike[
     false, :class:`~sqlitesaver.errors.BusyTimeoutError` if it is in use; in each case nothing at
     ``destination`` changed.
     """
-    from .saver import _LIVE, Saver
+    from .saver import Saver
+    from .sqlite.saver import _LIVE
     started = time.perf_counter()
     source = os.path.abspath(os.fspath(backup_path))
     dst = os.path.abspath(os.fspath(destination))

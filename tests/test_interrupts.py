@@ -9,9 +9,9 @@ exception (or an InterruptedTransitionError saying whether it may be committed).
 Two ways in:
 
 * Line by line: a trace function raises an exception at the N-th line the write path executes
-  (in ``saver.py``, ``sqlite/transaction.py``, ``sqlite/reads.py``, ``interrupts.py`` and
-  ``contention.py``), for every N in turn, in a lone writer, in a writer inside
-  ``transaction()``, and in the leader or a member of a two-thread batch. The signal deferral
+  (in ``saver.py``, ``sqlite/saver.py``, ``sqlite/transaction.py``, ``sqlite/reads.py``,
+  ``interrupts.py`` and ``contention.py``), for every N in turn, in a lone writer, in a writer
+  inside ``transaction()``, and in the leader or a member of a two-thread batch. The signal deferral
   does not stop these (they are not signals): this proves the protocol recovers from one
   exception at any line.
 * SIGINT at random moments for seconds in the main thread while other threads write through
@@ -38,7 +38,8 @@ from sqlitesaver.torture import interrupts as interrupt_torture
 PACKAGE = os.path.dirname(os.path.abspath(sqlitesaver.__file__))
 # saver.py and the modules split out of it (issue #16), so every line it held is still covered.
 WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
-                   ("saver.py", os.path.join("sqlite", "transaction.py"),
+                   ("saver.py", os.path.join("sqlite", "saver.py"),
+                    os.path.join("sqlite", "transaction.py"),
                     os.path.join("sqlite", "reads.py"), "interrupts.py", "contention.py"))
 
 

@@ -13,6 +13,7 @@ import pytest
 from sqlitesaver import (Checkpoint, CheckpointNotFoundError, ChecksumError, ForkedProcessError,
                          InvalidArgumentError, Saver, SaverClosedError, UsageError)
 from sqlitesaver.postgres.saver import PostgresSaver
+from sqlitesaver.sqlite.saver import SqliteSaver
 
 psycopg = pytest.importorskip("psycopg") if not os.environ.get("CI") else __import__("psycopg")
 
@@ -46,7 +47,7 @@ def test_a_path_is_still_a_sqlite_file(tmp_path):
     'host=db dbname=app'."""
     path = tmp_path / "host=db dbname=app"
     with Saver(str(path)) as saver:
-        assert type(saver) is Saver and saver.path == str(path)
+        assert type(saver) is SqliteSaver and saver.path == str(path)
 
 
 @pytest.mark.parametrize("option", [{"readonly": True}, {"integrity_check": "full"},

@@ -107,7 +107,7 @@ def test_query_plans_use_the_indexes_with_planner_stability(db_path):
 def test_the_get_statements_search_their_indexes(db_path):
     """Saver.get's own statements (one LEFT JOIN each): every table they touch is searched by
     an index, never scanned, for the latest, a caller-supplied id and a generated id."""
-    from sqlitesaver import saver as saver_module
+    from sqlitesaver.sqlite import saver as saver_module  # the SQLite engine's statements
     with Saver(db_path) as saver:
         ref = saver.put("t", {"n": 1})
         saver.put("t", {"n": 2}, checkpoint_id="mine")

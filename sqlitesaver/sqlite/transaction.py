@@ -1,11 +1,11 @@
-"""The SQLite write protocol: how a write of a :class:`~sqlitesaver.saver.Saver` reaches the
-database.
+"""The SQLite write protocol: how a write of a :class:`~sqlitesaver.sqlite.saver.SqliteSaver`
+reaches the database.
 
 Every write method runs inside a :class:`_Transaction` on the Saver's one write connection (or
-joins the calling thread's open :meth:`~sqlitesaver.saver.Saver.transaction`, as a SAVEPOINT).
-Transitions that arrive while one is open share its ``BEGIN IMMEDIATE ... COMMIT`` (group
-commit: one fsync for the batch), each under its own SAVEPOINT, so one that fails is rolled
-back alone.
+joins the calling thread's open :meth:`~sqlitesaver.sqlite.saver.SqliteSaver.transaction`, as
+a SAVEPOINT). Transitions that arrive while one is open share its ``BEGIN IMMEDIATE ...
+COMMIT`` (group commit: one fsync for the batch), each under its own SAVEPOINT, so one that
+fails is rolled back alone.
 
 Guarantees, for each call whichever batch carries it:
 
@@ -25,7 +25,7 @@ Guarantees, for each call whichever batch carries it:
 
 The state this protocol works on (the write connection, its lock, the open batch, the
 counters) belongs to the Saver; this module holds the code. It imports
-:mod:`sqlitesaver.saver` for type checking only.
+:mod:`sqlitesaver.sqlite.saver` for type checking only.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ from ..errors import (BusyTimeoutError, InterruptedTransitionError, ReadOnlyData
                       SaverError, UsageError, translate)
 
 if TYPE_CHECKING:
-    from ..saver import Saver
+    from .saver import SqliteSaver
 
 #: Most transitions one COMMIT carries; a bound on how long a batch's first caller waits.
 MAX_BATCH = 64
@@ -176,7 +176,7 @@ class _Transaction:
     #: it raises. A user's transaction() body is arbitrary code and stays interruptible.
     _hold_signals = True
 
-    def __init__(self, saver: Saver, doing: str) -> None:
+    def __init__(self, saver: SqliteSaver, doing: str) -> None:
         self._saver = saver
         self._doing = doing
         self._batch: _Batch | None = None
@@ -227,7 +227,7 @@ class _Transaction:
                         saver._waiting_cond.notify_all()
                 saver._lock.acquire()  # the one wait here: interruptible, see _abandon
             with interrupts.deferred():
-                saver._owner = me  # an I/O error from here on: see Saver._fail
+                saver._owner = me  # an I/O error from here on: see SqliteSaver._fail
                 if self._counted:
                     self._uncount()
                 saver._check_usable()
@@ -650,7 +650,7 @@ class _Transaction:
 
 
 class _UserTransaction(_Transaction):
-    """The public face of :meth:`Saver.transaction`: ``as`` gives the Saver, never the
+    """The public face of :meth:`SqliteSaver.transaction`: ``as`` gives the Saver, never the
     underlying connection."""
 
     __slots__ = ()
@@ -678,7 +678,7 @@ def _in_transaction(conn: apsw.Connection) -> bool:
         return False
 
 
-def _interrupted(saver: Saver, doing: str, batch: _Batch) -> InterruptedTransitionError:
+def _interrupted(saver: SqliteSaver, doing: str, batch: _Batch) -> InterruptedTransitionError:
     path = saver._path
     then = "Try again: the Saver stays usable." if saver._failure is None else \
         f"The Saver then shut down ({saver._failure}): open a new one."

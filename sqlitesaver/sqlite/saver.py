@@ -1,0 +1,1009 @@
+"""The SQLite engine's :class:`SqliteSaver`: a checkpoint store in one SQLite file.
+
+:class:`SqliteSaver` is what :class:`sqlitesaver.Saver` returns for a path (an instance of
+``Saver``; not to be confused with :class:`sqlitesaver.langgraph.SqliteSaver`, the LangGraph
+checkpointer). It inherits every public method that reads or writes checkpoints, and with them
+the backend-neutral core (:mod:`sqlitesaver.saver`: argument checks, the codec, checksums
+verified on every read, the records returned); this module holds the rest: opening the file,
+each storage step's SQL, the files stored with a checkpoint, :meth:`SqliteSaver.transaction`,
+``settings``, ``stats``, ``backup`` and ``close``.
+
+Guarantee: every method that writes runs as one ``BEGIN IMMEDIATE ... COMMIT`` (or joins the
+caller's :meth:`SqliteSaver.transaction`) and returns only after COMMIT returned. With
+``durability="full"`` (the default) a returned write survives a process crash, an OS crash and a
+power loss; with ``"normal"`` it survives a process crash, and after a power loss the database is
+consistent but the last acknowledged transitions may be missing. A write that raised left nothing
+behind, except after :class:`~sqlitesaver.errors.DatabaseIOError`, where it may have reached the
+disk ("maybe committed").
+
+The write protocol behind these guarantees (group commit, interruption safety, the bound on the
+``-wal``) is :mod:`sqlitesaver.sqlite.transaction`, the read connections and their snapshots
+:mod:`sqlitesaver.sqlite.reads`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import threading
+import time
+import weakref
+from contextlib import contextmanager
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import apsw
+
+from .. import attachments, codec, contention, integrity, log, opening, paths, pragmas
+from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS: read at call time, as tests set them
+from .. import workspace as workspaces
+from ..errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
+                      InvalidArgumentError, SaverClosedError, SaverError, UsageError, describe,
+                      restore_advice, translate)
+from ..ids import INT64_MAX as _INT64_MAX
+from ..ids import format_id as _format_id
+from ..ids import is_generated as _is_generated
+from ..ids import parse_id as _parse_id
+from ..pragmas import DURABILITY_LEVELS, Profile
+from ..records import Checkpoint, CheckpointRef, LogEvent
+from ..saver import Saver, _check_text, _matches, _to_datetime
+# The module, for WAL_LIMIT read from it when a Saver opens: a value set on it (tests lower
+# it) then holds for the Saver's first commits too.
+from . import transaction as write_path
+from .reads import _close_cursors, _fetch_page, _Read, _ReaderPool
+from .transaction import _FileTransaction, _Transaction, _UserTransaction, _WalLength
+
+if TYPE_CHECKING:
+    from ..backup import BackupReport
+    from .transaction import _Batch
+
+__all__ = ["SqliteSaver"]
+
+#: Connections of Savers inherited through fork(). Kept referenced for the life of the child so
+#: the child never runs sqlite3_close() on a connection whose locks belong to the parent.
+_ABANDONED_IN_CHILD: list = []
+_LIVE: "weakref.WeakSet[SqliteSaver]" = weakref.WeakSet()
+
+
+def _abandon_after_fork() -> None:
+    for saver in list(_LIVE):
+        _ABANDONED_IN_CHILD.append((saver._writer, saver._pool))
+        # A lock held by another parent thread at fork() stays held forever in the child;
+        # fresh locks let the child reach the ForkedProcessError instead of hanging.
+        saver._lock = threading.RLock()
+        saver._batch_cond = threading.Condition(saver._lock)
+        saver._waiting_cond = threading.Condition()
+        saver._pool._lock = threading.Lock()
+        saver._forked = True  # _check_usable: cheaper than comparing os.getpid() every call
+
+
+_NO_FORK_HOOK = not hasattr(os, "register_at_fork")  # then compare pids at every call
+if not _NO_FORK_HOOK:
+    os.register_at_fork(after_in_child=_abandon_after_fork)
+
+
+_CHECKPOINT_COLUMNS = ("c.seq, c.thread_id, c.namespace, c.parent_seq, c.created_at, c.state, "
+                       "c.metadata, c.checksum, c.key, c.parent_key")
+_WRITE_COLUMNS = "w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.task_path, w.checksum"
+
+
+def _get_query(match: str) -> str:
+    """Saver.get's one statement for a WHERE clause on the checkpoint ``c``: the checkpoint
+    with each of its pending writes (a LEFT JOIN, so one statement and one snapshot), and the
+    checkpoint alone, its write columns NULL, when it has none. The checkpoint's columns repeat
+    on every row; a writes table's rows are few, and a second statement costs more."""
+    return (f"SELECT {_CHECKPOINT_COLUMNS}, {_WRITE_COLUMNS} FROM checkpoints AS c "
+            f"LEFT JOIN writes AS w ON w.checkpoint_seq = c.seq WHERE {match}")
+
+
+# The latest by a scalar subquery on the covering index, so the join sees one checkpoint row
+# (an ORDER BY ... LIMIT 1 here would limit the joined rows instead).
+_GET_LATEST = _get_query("c.seq = (SELECT max(seq) FROM checkpoints WHERE thread_id = ? AND "
+                         "namespace = ?)")
+_GET_BY_KEY = _get_query("c.thread_id = ? AND c.namespace = ? AND c.key = ?")
+# A checkpoint with a caller-supplied id is not also reachable by its seq.
+_GET_BY_SEQ = _get_query("c.seq = ? AND c.thread_id = ? AND c.namespace = ? AND c.key IS NULL")
+_NEXT_SEQ = ("SELECT max(coalesce((SELECT max(seq) FROM {table}), 0), "
+             "(SELECT value FROM high_water WHERE name = '{table}')) + 1")
+_RAISE_HIGH_WATER = ("UPDATE high_water SET value = max(value, coalesce((SELECT max(seq) FROM "
+                     "{table}), 0)) WHERE name = '{table}'")
+_NEXT_SEQ_CHECKPOINTS = _NEXT_SEQ.format(table="checkpoints")
+_INSERT_CHECKPOINT = ("INSERT INTO checkpoints (seq, thread_id, namespace, parent_seq, "
+                      "created_at, state, metadata, checksum) VALUES (?,?,?,?,?,?,?,?)")
+_INSERT_KEYED_CHECKPOINT = ("INSERT INTO checkpoints (seq, thread_id, namespace, parent_seq, "
+                            "created_at, state, metadata, checksum, key, parent_key) "
+                            "VALUES (?,?,?,?,?,?,?,?,?,?)")
+# `key = ?` implies `key IS NOT NULL`, so SQLite uses the partial index checkpoints_by_key.
+_SEQ_BY_KEY = ("SELECT seq, created_at FROM checkpoints WHERE thread_id = ? AND namespace = ? "
+               "AND key = ?")
+# The seq alone, from that index: no text (nor any column of the row) to decode.
+_SEQ_OF_KEY = "SELECT seq FROM checkpoints WHERE thread_id = ? AND namespace = ? AND key = ?"
+_INSERT_WRITE = ("INSERT INTO writes (checkpoint_seq, task_id, idx, channel, value, task_path, "
+                 "checksum) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
+_REPLACE_WRITE = (_INSERT_WRITE.removesuffix("DO NOTHING")
+                  + "(checkpoint_seq, task_id, idx) DO UPDATE SET channel = excluded.channel, "
+                  "value = excluded.value, task_path = excluded.task_path, "
+                  "checksum = excluded.checksum")
+_NEXT_SEQ_LOG = _NEXT_SEQ.format(table="log")
+# Two subqueries, so that each is one index lookup (SQLite's min/max optimisation).
+_NAMESPACE_RANGE = ("SELECT (SELECT min(namespace) FROM checkpoints WHERE thread_id = ?), "
+                    "(SELECT max(namespace) FROM checkpoints WHERE thread_id = ?)")
+
+
+class SqliteSaver(Saver):
+    """A durable checkpoint store in one SQLite file: what ``Saver(path)`` returns.
+
+    ``Saver(path)`` opens ``path``, creating it if it does not exist, and runs the startup
+    recovery described by :attr:`recovery`. Use it as a context manager or call :meth:`close`.
+    One Saver may be shared by any number of threads; it must not cross ``fork()``.
+
+    ``path`` is looked at with ``stat()`` before anything opens it (see
+    :mod:`sqlitesaver.paths`): a directory, FIFO, device or socket, a symbolic link that leads
+    nowhere or into a loop, or a directory along it that is a file raise
+    :class:`~sqlitesaver.errors.CannotOpenError`; a NUL, a name that is not UTF-8 or too long
+    for its ``-wal`` (or for SQLite) raise :class:`~sqlitesaver.errors.InvalidArgumentError`;
+    nothing is written either way. A symbolic link to a database is followed once, here:
+    :attr:`path` is the real file, beside which SQLite keeps the ``-wal`` and ``-shm``.
+
+    Options:
+        durability: ``"full"`` (default; ``synchronous=FULL``) or ``"normal"``
+            (``synchronous=NORMAL``: faster, but a power loss may drop the last acknowledged
+            transitions; a process crash never does).
+        busy_timeout: seconds to wait for another connection's lock before
+            :class:`~sqlitesaver.errors.BusyTimeoutError`.
+        integrity_check: ``"quick"`` (default), ``"full"`` or ``"off"``: which check the
+            startup recovery runs. ``"quick"`` (``PRAGMA quick_check``) does not compare
+            indexes with their tables: a damaged index entry can make a thread look empty
+            (``get`` returns ``None``, ``list`` nothing) without an error; ``"full"`` finds it,
+            at a cost that grows faster than the file. Whatever the mode, a schema changed
+            outside sqlitesaver (an added trigger or view, a dropped or changed index, table
+            or column) raises :class:`~sqlitesaver.errors.SchemaMismatchError`.
+        readonly: open for reading only. Nothing is written: no file is created, no WAL
+            checkpoint or schema migration runs (an older schema raises
+            :class:`~sqlitesaver.errors.SchemaVersionError`), and every write method raises
+            :class:`~sqlitesaver.errors.ReadOnlyDatabaseError`. Works on a file or directory
+            that cannot be written. In a directory that cannot be written and holds no
+            ``-wal``, SQLite cannot coordinate with writers, so the file is read as it is
+            (``immutable``): for archives and read-only mounts, not beside a live writer.
+        max_readers: the most read connections open at once (default 32; each holds two file
+            descriptors). A read past it waits for one to be free, in arrival order, rather
+            than fail; a read inside the calling thread's own :meth:`transaction` uses the
+            write connection and never waits. Of the connections a burst of reads opened, at
+            most :data:`~sqlitesaver.sqlite.reads.MAX_IDLE_READERS` stay open once reads
+            stop (or once the surplus has been idle
+            :data:`~sqlitesaver.sqlite.reads.READER_IDLE_SECONDS`). Running out of file
+            descriptors raises :class:`~sqlitesaver.errors.TooManyOpenFilesError`, naming the
+            limit.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, durability: str = "full",
+                 busy_timeout: float = 30.0, integrity_check: str = "quick",
+                 readonly: bool = False, max_readers: int = 32) -> None:
+        self._closed = True  # until fully open, so close() and __del__ paths are safe
+        self._path = _check_path(path)
+        if durability not in DURABILITY_LEVELS:
+            raise InvalidArgumentError(
+                f"durability must be one of {sorted(DURABILITY_LEVELS)}, not {durability!r}")
+        if isinstance(busy_timeout, bool) or not isinstance(busy_timeout, (int, float)) \
+                or not 0 <= busy_timeout <= 86400:
+            raise InvalidArgumentError(
+                f"busy_timeout must be a number of seconds from 0 to 86400, not {busy_timeout!r}")
+        if integrity_check not in opening.INTEGRITY_MODES:
+            raise InvalidArgumentError(
+                f"integrity_check must be one of {opening.INTEGRITY_MODES}, "
+                f"not {integrity_check!r}")
+        if not isinstance(readonly, bool):
+            raise InvalidArgumentError(f"readonly must be True or False, not {readonly!r}")
+        if isinstance(max_readers, bool) or not isinstance(max_readers, int) \
+                or not 1 <= max_readers <= 1024:
+            raise InvalidArgumentError(
+                f"max_readers must be an int from 1 to 1024, not {max_readers!r}")
+        self._profile = Profile(durability=durability, busy_timeout=float(busy_timeout),
+                                readonly=readonly)
+        open_database = opening.open_readonly if readonly else opening.open_writer
+        self._writer, self.recovery = open_database(self._path, self._profile, integrity_check)
+        log.recovery(self.recovery)
+        self._waiter = contention.waiter_of(self._writer)  # its busy handler; see contention
+        self._lock = threading.RLock()   # serialises the write connection between threads
+        self._depth = 0                  # transaction nesting of the thread holding _lock
+        self._owner: int | None = None   # that thread's ident while a transaction is open
+        self._batch: _Batch | None = None  # the open group-commit transaction, if any
+        self._batch_cond = threading.Condition(self._lock)  # a member finished its work
+        self._waiting = 0                # transitions waiting for the write connection
+        self._waiting_cond = threading.Condition()
+        self._stats = {"commits": 0, "transitions": 0, "wal_checkpoints": 0,
+                       "wal_checkpoints_busy": 0}
+        # WAL bytes past which a commit forces a checkpoint
+        self._wal_threshold = write_path.WAL_LIMIT
+        # The WAL's length after each of this Saver's commits, from SQLite's wal hook: a stat()
+        # of the -wal right after its fsync cost ~70 us per put here (bench: 0.49x bare).
+        self._wal = _WalLength()
+        self._frame_bytes = 24 + self._writer.execute("PRAGMA page_size").fetchone()[0]
+        if not readonly:
+            self._writer.set_wal_hook(self._wal)
+        self._readers_open = threading.Event()  # cleared while that checkpoint runs
+        self._readers_open.set()
+        self._pool = _ReaderPool(max_readers)
+        self._pid = os.getpid()
+        self._forked = False  # set in a child process by _abandon_after_fork
+        self._failure: str | None = None          # why it shut down after an I/O error
+        self._failure_error: apsw.Error | None = None  # that error
+        self._closed = False
+        _LIVE.add(self)
+
+    @property
+    def path(self) -> str:
+        """The database file: absolute, and if the path given was a symbolic link, the file it
+        leads to (its ``-wal`` and ``-shm`` are beside this one)."""
+        return self._path
+
+    @property
+    def durability(self) -> str:
+        return self._profile.durability
+
+    @property
+    def readonly(self) -> bool:
+        """True when opened with ``readonly=True``: every write raises
+        :class:`~sqlitesaver.errors.ReadOnlyDatabaseError`."""
+        return self._profile.readonly
+
+    @property
+    def in_transaction(self) -> bool:
+        """True while the calling thread is inside a transaction of this Saver (its own
+        :meth:`transaction` block, or a write it is running): a write it makes now joins that
+        transaction and is durable only once the outermost block has committed."""
+        return self._owner == threading.get_ident()
+
+    def settings(self) -> dict[str, object]:
+        """The live PRAGMA values of the write connection and of a read connection, as SQLite
+        reports them: ``{"writer": {...}, "reader": {...}}``. Each connection gets the same
+        profile (see :mod:`sqlitesaver.pragmas`); readers are also ``query_only``."""
+        with self._lock:
+            self._check_usable()
+            writer = pragmas.read_back(self._writer)
+        with _Read(self, "reading settings") as read:
+            reader = pragmas.read_back(read.conn)
+            reader["query_only"] = read.conn.execute("PRAGMA query_only").fetchone()[0]
+        return {"writer": writer, "reader": reader}
+
+    def stats(self) -> dict[str, int]:
+        """Counters since this Saver opened and file sizes now, for monitoring (a snapshot;
+        the counters only grow):
+
+        - ``commits``: COMMITs that wrote; ``transitions``: the transitions they carried
+          (group commit: ``transitions / commits`` is the mean batch);
+        - ``lock_waits``: backoff pauses the write connection took waiting for another
+          connection's lock (opening included);
+        - ``wal_checkpoints``: checkpoints forced because the ``-wal`` had grown past
+          :data:`~sqlitesaver.sqlite.transaction.WAL_LIMIT` after a commit;
+          ``wal_checkpoints_busy``: those that readers kept from truncating it within
+          :data:`~sqlitesaver.sqlite.transaction.WAL_CHECKPOINT_WAIT`;
+        - ``wal_bytes``, ``db_bytes``: the sizes of the ``-wal`` (0 if absent) and the
+          database file;
+        - ``readers_open``, ``readers_idle``: read connections open now (at most
+          ``max_readers``), and those of them not in use; ``reader_waits``: reads that waited
+          for a read connection because ``max_readers`` were in use;
+        - ``file_contents``, ``file_bytes``: distinct file contents stored (see
+          :meth:`attach_files`) and their bytes, each content counted once however many
+          checkpoints hold it.
+        """
+        with self._lock:
+            self._check_usable()
+            counters = dict(self._stats)
+            counters["lock_waits"] = self._waiter.waits if self._waiter else 0
+        counters.update(self._pool.counts())
+        counters["wal_bytes"] = _size(self._path + "-wal")
+        counters["db_bytes"] = _size(self._path)
+        with _Read(self, "counting stored files") as read:
+            counters["file_contents"], counters["file_bytes"] = attachments.totals(read.conn)
+        return counters
+
+    def backup(self, destination: str | os.PathLike[str]) -> "BackupReport":
+        """Copy this database, as one consistent snapshot, to the new file ``destination``
+        while writers (this Saver's threads, other processes) keep writing; return a
+        :class:`~sqlitesaver.backup.BackupReport`. Uses SQLite's backup API from a read
+        connection; the copy is written under a temporary name, fsynced, validated like
+        ``python -m sqlitesaver check``, and only then linked to ``destination``, which must
+        not exist (nothing is overwritten). A copy that fails validation (the source is
+        damaged) raises :class:`~sqlitesaver.errors.CorruptDatabaseError` and leaves nothing.
+        Refused inside this thread's :meth:`transaction`. See :mod:`sqlitesaver.backup`."""
+        from ..backup import backup_saver
+        self._check_usable()
+        if self._depth and self._owner == threading.get_ident():
+            raise InvalidArgumentError(
+                f"backup of {self._path!r} inside a transaction is refused: it would copy the "
+                "committed database without this transaction's writes. Back up after the "
+                "block ends.", path=self._path)
+        return backup_saver(self, destination)
+
+    # --- lifecycle -------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every connection. Idempotent. Waits for a transaction in another thread.
+
+        Closing the last connection checkpoints the WAL into the database file. If that hits
+        an I/O error, every connection is still closed and every committed transition is still
+        in the ``-wal`` for the next open to recover; the error is raised (translated) so that
+        a failing disk does not go unnoticed.
+        """
+        if self._closed:
+            return
+        if os.getpid() != self._pid:
+            self._closed = True  # never close the parent's connections from a child
+            return
+        if self._owner == threading.get_ident():
+            raise UsageError(
+                f"close() was called inside this thread's transaction on {self._path!r}; "
+                "leave the 'with saver.transaction():' block first (it commits or rolls back "
+                "there). Nothing was closed.", path=self._path)
+        failed: apsw.Error | None = None
+        with self._lock:
+            # A batch other threads still have open ends first (committed, or failed after an
+            # I/O error): closing the connection under it would leave its members unanswered.
+            while self._batch is not None and self._owner != threading.get_ident():
+                self._batch_cond.wait()
+            if self._closed:
+                return
+            self._closed = True
+            readers = self._pool.close()  # readers in use are closed when they come back
+            for conn in [*readers, self._writer]:
+                try:
+                    conn.close()
+                except apsw.Error as exc:  # closed anyway; go on closing the others
+                    failed = failed or exc
+        _LIVE.discard(self)
+        if failed is not None and self._failure is None:
+            raise translate(failed, self._path, "closing the database (checkpointing its WAL "
+                                                "on close)") from failed
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else self._profile.durability
+        return f"<Saver {self._path!r} {state}>"
+
+    # --- transactions ----------------------------------------------------------------------
+
+    def transaction(self) -> "_Transaction":
+        """Group several operations into one state transition: one ``BEGIN IMMEDIATE ...
+        COMMIT``, all of it or none of it.
+
+        The calling thread holds the write connection until the block ends; other threads'
+        writes wait. Reads inside the block see its uncommitted writes. An exception leaving
+        the block rolls everything back and propagates.
+
+        Nesting: an inner ``transaction()`` is a SAVEPOINT. An exception leaving the inner
+        block undoes only the inner block; if the outer block catches it, the outer block
+        carries on and commits the rest. Nothing is durable until the outermost block exits.
+        """
+        return _UserTransaction(self, "running a transaction")
+
+    # --- storage steps (see Saver) ------------------------------------------------------
+
+    def _put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
+                        checkpoint_id: str | None, state: bytes, metadata: bytes
+                        ) -> tuple[str, int]:
+        """A new checkpoint's seq is the largest committed in the database so far plus one
+        (``_NEXT_SEQ``: a ``high_water`` row remembers deleted ones), taken under the write
+        lock, so generated ids follow commit order across threads."""
+        with _Transaction(self, "putting a checkpoint") as conn:
+            created = time.time_ns() // 1000  # under the write lock: follows commit order
+            parent_seq = None
+            if parent_id is not None:
+                parent_seq = self._checkpoint_seq(conn, thread_id, namespace, parent_id,
+                                                  "parent_id")
+            # A parent's caller-supplied id is kept beside its seq: it outlives the parent.
+            parent_key = None if parent_id is None or _is_generated(parent_id) else parent_id
+            if checkpoint_id is not None:
+                return checkpoint_id, self._put_keyed(conn, thread_id, namespace,
+                                                      checkpoint_id, parent_seq, parent_key,
+                                                      created, state, metadata)
+            seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+            ids = () if parent_key is None else (None, parent_key)  # (key, parent_key)
+            conn.execute(
+                _INSERT_KEYED_CHECKPOINT if ids else _INSERT_CHECKPOINT,
+                (seq, thread_id, namespace, parent_seq, created, state, metadata,
+                 integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
+                                               state, metadata, *ids), *ids))
+            return _format_id(seq), created
+
+    def _put_keyed(self, conn: apsw.Connection, thread_id: str, namespace: str, key: str,
+                   parent_seq: int | None, parent_key: str | None, created: int,
+                   state: bytes, metadata: bytes) -> int:
+        """Insert or replace the checkpoint with caller-supplied id ``key``, inside the
+        caller's transaction; return its ``created_at``."""
+        with self._damage("putting a checkpoint"):
+            found = conn.execute(_SEQ_BY_KEY, (thread_id, namespace, key)).fetchone()
+        if found is None:
+            seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+            conn.execute(_INSERT_KEYED_CHECKPOINT, (
+                seq, thread_id, namespace, parent_seq, created, state, metadata,
+                integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
+                                              state, metadata, key, parent_key),
+                key, parent_key))
+            return created
+        seq, created = found
+        if parent_seq is not None and parent_seq >= seq:
+            # A replaced checkpoint keeps its seq: a newer parent (or itself) would break
+            # "a parent is older than its child", the order history is read in.
+            raise InvalidArgumentError(
+                f"parent_id {parent_key or _format_id(parent_seq)!r} is not older than "
+                f"checkpoint {key!r} of thread {thread_id!r}, which it would replace; a "
+                "checkpoint's parent must be older than it. Nothing was written.",
+                path=self._path)
+        conn.execute(
+            "UPDATE checkpoints SET parent_seq = ?, parent_key = ?, state = ?, metadata = ?, "
+            "checksum = ? WHERE seq = ?",
+            (parent_seq, parent_key, state, metadata,
+             integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
+                                           state, metadata, key, parent_key), seq))
+        return created
+
+    # --- files (sqlitesaver.attachments, sqlitesaver.workspace) ------------------------------
+
+    def _put_files(self, thread_id: str, state: Any,
+                   files: Mapping[str, bytes | str | os.PathLike[str]] | None,
+                   workspace: str | os.PathLike[str] | None, **options: Any) -> CheckpointRef:
+        """put() with files: the checkpoint and its files in one transaction."""
+        _check_text("thread_id", thread_id)
+        _check_text("namespace", options["namespace"], allow_empty=True)
+        sources = self._sources(files, workspace)  # hashed before the write lock is taken
+        with _FileTransaction(self, "putting a checkpoint with files") as conn:
+            ref = self.put(thread_id, state, **options)
+            seq = self._checkpoint_seq(conn, thread_id, ref.namespace, ref.checkpoint_id,
+                                       "checkpoint_id")
+            attachments.store(conn, seq, sources, replace_all=True, db=self._path)
+        return ref
+
+    def _sources(self, files: Mapping[str, bytes | str | os.PathLike[str]] | None,
+                 workspace: str | os.PathLike[str] | None) -> builtins.list:
+        sources = [] if files is None else attachments.prepare(files)
+        if workspace is not None:
+            self._refuse_database_inside(workspace, "workspace")
+            given = {source.name for source in sources}
+            for source in workspaces.snapshot_sources(workspace):
+                if source.name in given:
+                    raise attachments.UnsafePathError(
+                        f"{source.name!r} is both in files and in the workspace {workspace!r}; "
+                        "give it once. Nothing was written.")
+                sources.append(source)
+            attachments.check_tree(source.name for source in sources)
+        return sources
+
+    def attach_files(self, thread_id: str, checkpoint_id: str,
+                     files: Mapping[str, bytes | str | os.PathLike[str]] | None = None, *,
+                     workspace: str | os.PathLike[str] | None = None,
+                     namespace: str = "") -> None:
+        """Add files to an existing checkpoint (replacing those of the same names), in one
+        transaction, or in the caller's :meth:`transaction` (so a checkpoint put in that
+        block and its files commit together, or not at all).
+
+        ``files`` maps a relative POSIX name (``"out/report.md"``: no leading ``/``, no
+        ``.`` or ``..``) to the content as ``bytes`` or to a file to read (a ``str`` or
+        ``os.PathLike``: a ``str`` is always a path); ``workspace`` adds every file under a
+        directory (see :mod:`sqlitesaver.workspace`). Each content is stored once (by its
+        SHA-256) however many files hold it, in chunks of 1 MiB read and written one at a
+        time, so a file of any size is never held in memory. A file given by path is hashed
+        before the transaction and read again inside it; if it changed meanwhile,
+        :class:`~sqlitesaver.errors.FileChangedError` and nothing is written. Content no
+        file names any more after the replacement is deleted in the same transaction.
+        The write lock is held while the bytes are written: other writers wait that long.
+        """
+        _check_text("thread_id", thread_id)
+        _check_text("checkpoint_id", checkpoint_id)
+        _check_text("namespace", namespace, allow_empty=True)
+        sources = self._sources(files, workspace)
+        with _FileTransaction(self, "attaching files") as conn:
+            seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
+                                       "checkpoint_id")
+            attachments.store(conn, seq, sources, replace_all=False, db=self._path)
+
+    def list_files(self, thread_id: str, checkpoint_id: str | None = None, *,
+                   namespace: str = "") -> builtins.list[attachments.StoredFile]:
+        """The files of a checkpoint (the latest of the thread and namespace by default),
+        sorted by name, as :class:`~sqlitesaver.attachments.StoredFile` (name, SHA-256
+        digest in hex, size, permission bits); read from one snapshot, every row's checksum
+        verified. A checkpoint that does not exist raises
+        :class:`~sqlitesaver.errors.CheckpointNotFoundError`."""
+        self._check_file_args(thread_id, checkpoint_id, namespace)
+        with _Read(self, "listing a checkpoint's files") as read:
+            seq, label = self._files_checkpoint(read.conn, thread_id, namespace, checkpoint_id)
+            return attachments.manifest(read.conn, seq, self._path, label)
+
+    def read_file(self, thread_id: str, name: str, *, checkpoint_id: str | None = None,
+                  namespace: str = "") -> bytes:
+        """The bytes of the checkpoint's file ``name`` (the latest checkpoint by default),
+        every chunk's checksum and the whole file's SHA-256 verified; damage raises
+        :class:`~sqlitesaver.errors.ChecksumError`, a name it does not have
+        :class:`~sqlitesaver.errors.FileNotInCheckpointError`. For a large file use
+        :meth:`open_file`."""
+        with self.open_file(thread_id, name, checkpoint_id=checkpoint_id,
+                            namespace=namespace) as stream:
+            return stream.read()
+
+    def open_file(self, thread_id: str, name: str, *, checkpoint_id: str | None = None,
+                  namespace: str = "") -> attachments.FileStream:
+        """A binary stream (``read()``, ``readinto()``, a context manager) over the
+        checkpoint's file ``name``: its manifest entry is read from one snapshot when this is
+        called, then one 1 MiB chunk at a time as the caller reads, each verified before it
+        is returned (and the SHA-256 of the whole after the last one). Holds no read
+        transaction between reads. See :mod:`sqlitesaver.attachments` for what it returns
+        if the checkpoint is deleted meanwhile."""
+        self._check_file_args(thread_id, checkpoint_id, namespace)
+        attachments.check_name(name)
+        with _Read(self, "opening a checkpoint's file") as read:
+            seq, label = self._files_checkpoint(read.conn, thread_id, namespace, checkpoint_id)
+            stored = attachments.entry(read.conn, seq, name, self._path, label)
+        return attachments.FileStream(stored, attachments.chunks(self._read_once, stored,
+                                                                 label, self._path))
+
+    def restore_workspace(self, thread_id: str, directory: str | os.PathLike[str], *,
+                          checkpoint_id: str | None = None,
+                          namespace: str = "") -> workspaces.RestoreReport:
+        """Make ``directory`` hold exactly the checkpoint's files (the latest checkpoint by
+        default): differing files written under a temporary name, fsynced and renamed into
+        place, the directory fsynced; files not in the checkpoint removed; no symbolic link
+        inside it followed. A restore killed at any instant leaves each file whole, old or
+        new, and running it again ends in exactly the checkpoint's files (see
+        :mod:`sqlitesaver.workspace`). The file list is read from one snapshot."""
+        self._refuse_database_inside(directory, "directory")
+        manifest = self.list_files(thread_id, checkpoint_id, namespace=namespace)
+        label = f"the checkpoint restored into {os.fspath(directory)!r}"
+        return workspaces.restore(directory, manifest, lambda stored: attachments.chunks(
+            self._read_once, stored, label, self._path))
+
+    def _refuse_database_inside(self, directory: object, what: str) -> None:
+        """A workspace that holds this Saver's own database is refused: a restore would
+        delete the database and its ``-wal`` under the open connections (every transition
+        acknowledged after that would be lost), and a snapshot would store files that change
+        while it reads them."""
+        text = os.fspath(directory) if isinstance(directory, (str, os.PathLike)) else None
+        if not isinstance(text, str):
+            return  # not a str path: the workspace module refuses it with its own error
+        root = os.path.realpath(text)
+        database = os.path.realpath(self._path)
+        if os.path.commonpath([root, database]) == root:
+            error = attachments.UnsafePathError(
+                f"{what} {text!r} holds this Saver's database {self._path!r} (with its -wal "
+                "and -shm): a restore would delete them while they are open, losing what is "
+                "written after it, and a snapshot would store them half-written. Keep the "
+                "database outside the workspace. Nothing was written.", path=self._path)
+            error.name = os.path.relpath(database, root)
+            raise error
+
+    def collect_garbage(self) -> dict[str, int]:
+        """Delete stored file content that no checkpoint's files name, in one transaction;
+        return ``{"contents": n, "bytes": b}`` deleted. ``prune``, ``delete_thread``,
+        ``delete_matching`` and a replacing ``attach_files`` already do this in their own
+        transaction (and a rolled-back transaction leaves nothing), so this finds something
+        only in a database changed outside the Saver; ``python -m sqlitesaver check``
+        reports such content. The freed pages are reused; ``python -m sqlitesaver vacuum``
+        returns them to the file system."""
+        with _Transaction(self, "collecting unreferenced file content") as conn:
+            count, size = attachments.collect(conn)
+        return {"contents": count, "bytes": size}
+
+    def _check_file_args(self, thread_id: str, checkpoint_id: str | None,
+                         namespace: str) -> None:
+        _check_text("thread_id", thread_id)
+        _check_text("namespace", namespace, allow_empty=True)
+        if checkpoint_id is not None:
+            _check_text("checkpoint_id", checkpoint_id)
+
+    def _files_checkpoint(self, conn: apsw.Connection, thread_id: str, namespace: str,
+                          checkpoint_id: str | None) -> tuple[int, str]:
+        """The seq of the checkpoint whose files are read, and how messages name it."""
+        if checkpoint_id is None:
+            row = conn.execute("SELECT seq, key FROM checkpoints WHERE thread_id = ? AND "
+                               "namespace = ? ORDER BY seq DESC LIMIT 1",
+                               (thread_id, namespace)).fetchone()
+            if row is None:
+                raise CheckpointNotFoundError(
+                    f"thread {thread_id!r} has no checkpoint in namespace {namespace!r} in "
+                    f"{self._path!r}", path=self._path)
+            seq, key = row
+            checkpoint_id = key if key is not None else _format_id(seq)
+        else:
+            seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
+                                       "checkpoint_id")
+        return seq, f"checkpoint {checkpoint_id!r} of thread {thread_id!r}"
+
+    def _read_once(self, fetch: Callable[[apsw.Connection], Any]) -> Any:
+        """``fetch(conn)`` in a read of its own (one statement: its own snapshot)."""
+        with _Read(self, "reading a file's chunk", snapshot=False) as read:
+            return fetch(read.conn)
+
+    def _store_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
+                      task_path: str, encoded: builtins.list[tuple[int, str, bytes]],
+                      replace: bool) -> None:
+        with _Transaction(self, "putting pending writes") as conn:
+            seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
+                                       "checkpoint_id")
+            conn.executemany(
+                _REPLACE_WRITE if replace else _INSERT_WRITE,
+                [(seq, task_id, index, channel, value, task_path,
+                  integrity.write_checksum(seq, task_id, index, channel, task_path, value))
+                 for index, channel, value in encoded])
+
+    def _store_event(self, thread_id: str, event_bytes: bytes) -> int:
+        with _Transaction(self, "appending a log event") as conn:
+            created = time.time_ns() // 1000
+            seq = conn.execute(_NEXT_SEQ_LOG).fetchone()[0]
+            conn.execute(
+                "INSERT INTO log (seq, thread_id, created_at, event, checksum) "
+                "VALUES (?,?,?,?,?)",
+                (seq, thread_id, created, event_bytes,
+                 integrity.log_checksum(seq, thread_id, created, event_bytes)))
+            return seq
+
+    def _delete_thread(self, thread_id: str) -> int:
+        with _Transaction(self, "deleting a thread") as conn:
+            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
+            conn.execute(_RAISE_HIGH_WATER.format(table="log"))
+            conn.execute("DELETE FROM checkpoints WHERE thread_id = ?", (thread_id,))
+            deleted = conn.changes()
+            conn.execute("DELETE FROM log WHERE thread_id = ?", (thread_id,))
+            attachments.collect_deleted(conn)
+        return deleted
+
+    def _prune(self, thread_id: str, keep_last: int) -> int:
+        with _Transaction(self, "pruning a thread") as conn:
+            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
+            conn.execute(
+                "DELETE FROM checkpoints WHERE seq IN (SELECT seq FROM (SELECT seq, "
+                "row_number() OVER (PARTITION BY namespace ORDER BY seq DESC) AS rank "
+                "FROM checkpoints WHERE thread_id = ?) WHERE rank > ?)",
+                (thread_id, min(keep_last, _INT64_MAX)))  # more than can exist: keep all
+            deleted = conn.changes()
+            attachments.collect_deleted(conn)
+            return deleted
+
+    def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
+        with _Transaction(self, "copying a thread") as conn, self._damage("copying a thread"):
+            if conn.execute("SELECT 1 FROM checkpoints WHERE thread_id = ? LIMIT 1",
+                            (target_thread_id,)).fetchone() is not None:
+                raise InvalidArgumentError(
+                    f"target thread {target_thread_id!r} already has checkpoints in "
+                    f"{self._path!r}; copy to a new thread id (or delete_thread it first). "
+                    "Nothing was written.", path=self._path)
+            # seqs first: SQLite leaves undefined what a statement still reading a table sees
+            # of rows the same connection inserts meanwhile.
+            old_seqs = [seq for (seq,) in conn.execute(
+                "SELECT seq FROM checkpoints WHERE thread_id = ? ORDER BY seq",
+                (source_thread_id,))]
+            copied: dict[int, int] = {}
+            for old in old_seqs:
+                row = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c "
+                                   "WHERE c.seq = ?", (old,)).fetchone()
+                self._verify(row)
+                _, _, namespace, parent, created, state, meta, _, key, parent_key = row
+                parent = copied.get(parent, parent)
+                seq = copied[old] = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+                conn.execute(_INSERT_KEYED_CHECKPOINT, (
+                    seq, target_thread_id, namespace, parent, created, state, meta,
+                    integrity.checkpoint_checksum(seq, target_thread_id, namespace, parent,
+                                                  created, state, meta, key, parent_key),
+                    key, parent_key))
+                writes = conn.execute(f"SELECT {_WRITE_COLUMNS} FROM writes AS w "
+                                      "WHERE checkpoint_seq = ?", (old,)).fetchall()
+                self._verify_writes(key or _format_id(old), writes)
+                conn.executemany(_INSERT_WRITE, [
+                    (seq, task_id, index, channel, value, task_path,
+                     integrity.write_checksum(seq, task_id, index, channel, task_path, value))
+                    for _, task_id, index, channel, value, task_path, _ in writes])
+            attachments.copy(conn, copied, self._path)
+        return len(old_seqs)
+
+    def _delete_matching(self, filters: tuple[dict, ...], thread_id: str | None) -> int:
+        where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None \
+            else ("", ())
+        with _Transaction(self, "deleting checkpoints by metadata") as conn, \
+                self._damage("deleting checkpoints by metadata"):
+            doomed: set[int] = set()
+            orphans = []
+            rows = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c {where} "
+                                "ORDER BY c.seq", params)
+            try:
+                for row in rows:
+                    self._verify(row)
+                    found = codec.decode(row[6])
+                    if any(_matches(found, wanted) for wanted in filters):
+                        doomed.add(row[0])
+                    elif row[3] in doomed:  # seq order: a parent is classified before its child
+                        orphans.append(row)
+            finally:
+                _close_cursors(rows)
+            if not doomed:
+                return 0
+            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
+            conn.executemany(
+                "UPDATE checkpoints SET parent_seq = NULL, parent_key = NULL, checksum = ? "
+                "WHERE seq = ?",
+                [(integrity.checkpoint_checksum(seq, thread, namespace, None, created, state,
+                                                meta, key, None), seq)
+                 for seq, thread, namespace, _, created, state, meta, _, key, _ in orphans])
+            conn.executemany("DELETE FROM checkpoints WHERE seq = ?",
+                             [(seq,) for seq in sorted(doomed)])
+            attachments.collect_deleted(conn)
+            return len(doomed)
+
+    def _get_rows(self, thread_id: str, namespace: str, checkpoint_id: str | None
+                  ) -> builtins.list[tuple]:
+        """One statement (its own snapshot): see _get_query."""
+        params: tuple[object, ...]
+        if checkpoint_id is None:
+            query, params = _GET_LATEST, (thread_id, namespace)
+        elif not _is_generated(checkpoint_id):
+            query, params = _GET_BY_KEY, (thread_id, namespace, checkpoint_id)
+        else:
+            seq = _parse_id(checkpoint_id)
+            if seq is None:
+                return []
+            query, params = _GET_BY_SEQ, (seq, thread_id, namespace)
+        with _Read(self, "reading a checkpoint", snapshot=False) as read:
+            return read.conn.execute(query, params).fetchall()
+
+    def _list(self, thread_id: str, namespace: str | None, before: str | None,
+              limit: int | None, metadata: dict | None,
+              damaged: Callable[[str, ChecksumError], None] | None = None
+              ) -> Iterator[Checkpoint]:
+        where = "thread_id = ?"
+        params: builtins.list[object] = [thread_id]
+        if namespace is not None:
+            where += " AND namespace = ?"
+            params.append(namespace)
+        upper: int | None = None  # list checkpoints with seq <= upper
+        produced = pages = 0
+        while True:
+            with _Read(self, "listing checkpoints") as read:
+                if upper is None:
+                    upper = _INT64_MAX if before is None else \
+                        self._before_seq(read.conn, thread_id, namespace, before) - 1
+                    if limit == 0:  # after the check of `before`: a bad id raises at any limit
+                        return
+                    if namespace is None:
+                        # A thread with one namespace (the usual case) is listed in that
+                        # namespace's index order, without sorting. Exact across pages: a
+                        # checkpoint put in another namespace later has a larger seq and is
+                        # never listed.
+                        low, high = read.conn.execute(_NAMESPACE_RANGE,
+                                                      (thread_id, thread_id)).fetchone()
+                        if low is not None and low == high:
+                            namespace = low
+                            where += " AND namespace = ?"
+                            params.append(namespace)
+                want = min(_core.MAX_PAGE_ROWS, _core.PAGE_ROWS << pages)
+                if limit is not None and metadata is None:
+                    want = min(want, limit - produced)
+                rows, full = self._page(read.conn, where, [*params, upper], namespace, want)
+                writes = self._page_writes(read.conn, rows)
+            # The snapshot has ended: a caller holding this iterator pins nothing.
+            remaining = None if limit is None else limit - produced
+            for checkpoint in self._merge(iter(rows), iter(writes), remaining, metadata,
+                                          damaged):
+                produced += 1
+                yield checkpoint
+            if not full or (limit is not None and produced >= limit):
+                return
+            upper = rows[-1][0] - 1
+            pages += 1
+
+    def _page(self, conn: apsw.Connection, where: str, params: builtins.list[object],
+              namespace: str | None, want: int) -> tuple[builtins.list[tuple], bool]:
+        """Up to ``want`` checkpoint rows with ``seq <= params[-1]``, newest first (see
+        :func:`~sqlitesaver.sqlite.reads._fetch_page`); and whether more may follow.
+
+        Across namespaces each page reads the seqs of all the thread's older checkpoints
+        from the index to sort them, so listing a whole thread of n checkpoints reads about
+        n / :data:`MAX_PAGE_ROWS` times n index entries; within one namespace a page reads
+        only its own rows."""
+        if namespace is not None:
+            # The index is (thread_id, namespace, seq): rows stream in order, no sort.
+            query = (f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c WHERE {where} "
+                     "AND seq <= ? ORDER BY c.seq DESC LIMIT ?")
+        else:
+            # Across namespaces the index order is not seq order: sort the seqs alone (8
+            # bytes each, from the covering index), then fetch rows in that order, instead
+            # of letting SQLite sort whole rows with their payloads.
+            query = (f"WITH s(seq) AS MATERIALIZED (SELECT seq FROM checkpoints WHERE {where} "
+                     f"AND seq <= ? ORDER BY seq DESC LIMIT ?) SELECT {_CHECKPOINT_COLUMNS} "
+                     "FROM s CROSS JOIN checkpoints AS c ON c.seq = s.seq")
+        return _fetch_page(conn.execute(query, [*params, want]), want, (5, 6))
+
+    @staticmethod
+    def _page_writes(conn: apsw.Connection, rows: Sequence[tuple]) -> builtins.list[tuple]:
+        """The pending writes of a page's checkpoints, in the page's order (one query: an
+        index lookup per checkpoint)."""
+        if not rows:
+            return []
+        seqs = "[" + ",".join(str(row[0]) for row in rows) + "]"
+        return conn.execute(
+            f"SELECT {_WRITE_COLUMNS} FROM writes AS w WHERE w.checkpoint_seq IN "
+            "(SELECT value FROM json_each(?)) ORDER BY w.checkpoint_seq DESC, w.task_id, w.idx",
+            (seqs,)).fetchall()
+
+    def _read_log(self, thread_id: str, after: int) -> Iterator[LogEvent]:
+        last: int | None = None  # the newest event when the read began: where it stops
+        pages = 0
+        while True:
+            with _Read(self, "reading the log") as read:
+                conn = read.conn
+                if last is None:
+                    last = conn.execute("SELECT max(seq) FROM log WHERE thread_id = ?",
+                                        (thread_id,)).fetchone()[0]
+                    if last is None:
+                        return
+                want = min(_core.MAX_PAGE_ROWS, _core.PAGE_ROWS << pages)
+                rows, full = _fetch_page(conn.execute(
+                    "SELECT seq, thread_id, created_at, event, checksum FROM log "
+                    "WHERE thread_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
+                    (thread_id, after, last, want)), want, (3,))
+            # The snapshot has ended: a caller holding this iterator pins nothing.
+            for seq, thread, created, event, checksum in rows:
+                try:
+                    intact = integrity.log_checksum(seq, thread, created, event) == checksum
+                except (TypeError, ValueError, OverflowError):  # a column of the wrong type
+                    intact = False
+                if not intact:
+                    raise self._checksum_error(f"log event {seq} of thread {thread!r}")
+                yield LogEvent(seq, thread, _to_datetime(created), codec.decode(event))
+            if not full:
+                return
+            after = rows[-1][0]
+            pages += 1
+
+    def _threads(self) -> builtins.list[str]:
+        with _Read(self, "listing threads") as read:
+            return [row[0] for row in read.conn.execute(
+                "SELECT thread_id FROM checkpoints UNION SELECT thread_id FROM log ORDER BY 1")]
+
+    # --- internals -------------------------------------------------------------------------
+
+    def _check_usable(self) -> None:
+        if self._forked or (_NO_FORK_HOOK and os.getpid() != self._pid):
+            raise ForkedProcessError(
+                f"this Saver for {self._path!r} was opened in process {self._pid} and is used "
+                f"in process {os.getpid()} after fork(); SQLite connections must not cross a "
+                "fork. Open a new Saver in this process.", path=self._path)
+        if self._closed or self._failure is not None:
+            reason = self._failure or "it was closed"
+            raise SaverClosedError(f"this Saver for {self._path!r} cannot be used: {reason}. "
+                                   "Open a new Saver.", path=self._path)
+
+    def _fail(self, exc: BaseException, doing: str) -> None:
+        """After an I/O error, stop using these connections: a retried fsync can report
+        success on data the kernel already dropped (the 'fsyncgate' problem)."""
+        if self._failure is None:
+            self._failure = (f"it shut itself down after an I/O error while {doing} "
+                             f"({describe(exc)}); "
+                             "reopen to recover and re-read what you wrote last")
+            self._failure_error = exc if isinstance(exc, apsw.Error) else apsw.IOError(str(exc))
+            log.shutdown(self._path, self._failure)
+        if self._owner == threading.get_ident():
+            # Inside this thread's transition: its batch must end first, failed as a whole
+            # (nothing more is committed on this connection), and then its leader closes
+            # the Saver (_Transaction._end_failed).
+            return
+        self._shut()
+
+    def _shut(self) -> None:
+        """Close after an I/O error: every connection, whatever closing them raises."""
+        try:
+            self.close()
+        except SaverError:  # not raised once _failure is set; closed either way
+            pass
+
+    def _translate(self, exc: BaseException, doing: str) -> SaverError:
+        if isinstance(exc, apsw.IOError):
+            self._fail(exc, doing)
+        limit = None
+        if isinstance(exc, apsw.TooBigError):
+            try:
+                limit = self._writer.limit(apsw.SQLITE_LIMIT_LENGTH, -1)
+            except apsw.Error:
+                pass  # closed meanwhile: the message gives SQLite's default
+        return translate(exc, self._path, doing, limit=limit)
+
+    @contextmanager
+    def _damage(self, doing: str) -> Iterator[None]:
+        """Around reads inside a write transaction (whose exit propagates anything but an APSW
+        error as the caller's own): a stored text that is not UTF-8 raises
+        :class:`~sqlitesaver.errors.CorruptDatabaseError`, as
+        :class:`~sqlitesaver.sqlite.reads._Read` does."""
+        try:
+            yield
+        except UnicodeDecodeError as exc:
+            raise self._translate(exc, doing) from exc
+
+    def _checkpoint_seq(self, conn: apsw.Connection, thread_id: str, namespace: str,
+                        checkpoint_id: str, argument: str) -> int:
+        if _is_generated(checkpoint_id):
+            seq = _parse_id(checkpoint_id)
+            found = None if seq is None else conn.execute(
+                "SELECT seq FROM checkpoints WHERE seq = ? AND thread_id = ? AND namespace = ? "
+                "AND key IS NULL", (seq, thread_id, namespace)).fetchone()
+        else:
+            found = conn.execute(_SEQ_OF_KEY, (thread_id, namespace, checkpoint_id)).fetchone()
+        if found is not None:
+            return found[0]
+        raise CheckpointNotFoundError(
+            f"{argument} {checkpoint_id!r} is not a checkpoint of thread {thread_id!r} "
+            f"in namespace {namespace!r} in {self._path!r}; nothing was written.",
+            path=self._path)
+
+    def _before_seq(self, conn: apsw.Connection, thread_id: str, namespace: str | None,
+                    before: str) -> int:
+        if namespace is not None:
+            return self._checkpoint_seq(conn, thread_id, namespace, before, "before")
+        if _is_generated(before):
+            seq = _parse_id(before)
+            if seq is not None and conn.execute(
+                    "SELECT 1 FROM checkpoints WHERE seq = ? AND thread_id = ? AND key IS NULL",
+                    (seq, thread_id)).fetchone() is None:
+                seq = None
+        else:
+            seq = conn.execute("SELECT max(seq) FROM checkpoints WHERE thread_id = ? AND "
+                               "key = ?", (thread_id, before)).fetchone()[0]
+        if seq is None:
+            raise CheckpointNotFoundError(
+                f"before {before!r} is not a checkpoint of thread {thread_id!r} in "
+                f"{self._path!r}", path=self._path)
+        return seq
+
+    def _checksum_error(self, what: str) -> ChecksumError:
+        return ChecksumError(
+            f"{what} in {self._path!r} does not match its checksum: the bytes changed on disk "
+            f"after they were written. The data was not returned; {restore_advice(self._path)} "
+            "(list(..., skip_damaged=True) reads past damaged checkpoints).",
+            path=self._path)
+
+    def _reader(self) -> apsw.Connection:
+        """A read connection from the pool; waits while ``max_readers`` are in use."""
+        return self._pool.acquire(self._open_reader, self._closed_while_waiting)
+
+    def _open_reader(self) -> apsw.Connection:
+        try:
+            return opening.open_reader(self._path, self._profile)
+        except apsw.Error as exc:  # through _translate: an I/O error shuts the Saver down
+            raise self._translate(exc, "opening a read connection") from exc
+
+    def _closed_while_waiting(self) -> SaverError:
+        try:
+            self._check_usable()
+        except SaverError as exc:
+            return exc
+        return SaverClosedError(f"this Saver for {self._path!r} was closed while this read "
+                                "waited for a read connection. Open a new Saver.",
+                                path=self._path)
+
+    def _release_reader(self, conn: apsw.Connection, reusable: bool = True) -> None:
+        # A connection still in a read transaction (an unfinished statement keeps one open even
+        # after COMMIT, and get_autocommit() does not show it) would serve an old snapshot to
+        # the next reader: close it instead of pooling it.
+        try:
+            reusable = reusable and conn.txn_state() == apsw.SQLITE_TXN_NONE
+        except apsw.Error:
+            reusable = False
+        self._pool.release(conn, reusable)
+
+
+def _check_path(path: object) -> str:
+    try:
+        text = os.fspath(path)  # type: ignore[call-overload]
+    except TypeError:
+        raise InvalidArgumentError(
+            f"path must be a str or os.PathLike, not {type(path).__name__}") from None
+    if isinstance(text, bytes):
+        raise InvalidArgumentError("path must be a str, not bytes")
+    if not text or text == ":memory:" or text.startswith("file:"):
+        raise InvalidArgumentError(
+            f"path must name a file on a local filesystem, not {text!r} (in-memory and URI "
+            "databases cannot give the durability guarantees)")
+    # Absolute, because read connections are opened later, possibly after a chdir(); then
+    # looked at without opening it (a FIFO would block the open), a symbolic link followed.
+    return paths.resolve(os.path.abspath(text))
+
+
+def _size(path: str) -> int:
+    try:
+        return os.stat(path).st_size
+    except FileNotFoundError:
+        return 0
