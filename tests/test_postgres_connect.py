@@ -56,7 +56,11 @@ def test_describe_names_the_server_without_its_password(given, shown):
 
 
 @pytest.mark.parametrize("bad", ["", "   ", f"postgresql://app:{SECRET}@[oops/db",
-                                 f"host=h password={SECRET} dbname", 42, None])
+                                 f"host=h password={SECRET} dbname", 42, None,
+                                 # libpq quotes a bad percent-encoding back: here, the password
+                                 f"postgresql://app:{SECRET}%zz@h/db",
+                                 f"postgresql://app@h/db?password={SECRET}%zz",
+                                 f"host=h password='{SECRET}%zz' port=x y"])
 def test_a_malformed_target_is_a_typed_error_without_the_password(bad):
     with pytest.raises(InvalidArgumentError) as caught:
         target.parse(bad)

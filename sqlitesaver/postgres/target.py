@@ -44,7 +44,7 @@ def parse(target: object) -> dict[str, str]:
         raise InvalidArgumentError(
             "the PostgreSQL target is not a valid libpq URL or key=value DSN (see "
             "https://www.postgresql.org/docs/current/libpq-connect.html#LIBPQ-CONNSTRING); "
-            f"parser said: {_without_secrets(str(exc), target)}") from None
+            f"parser said: {_parse_error_without_secrets(target, exc)}") from None
     return {key: str(value) for key, value in params.items()}
 
 
@@ -64,6 +64,38 @@ def describe(params: dict[str, str]) -> str:
         netloc += f":{port}"
     text = f"postgresql://{netloc}/{dbname}"
     return text + (f"?host={host}" if socket else "")
+
+
+# The password of a URL (userinfo after the first ':', up to the first '@': libpq's reading),
+# of a URL's password= parameter, and of a DSN's password= (quoted or not).
+_SECRETS = (re.compile(r"^postgres(?:ql)?://[^@/?#:]*:([^@/?#]*)@"),
+            re.compile(r"[?&]password=([^&#]*)"),
+            re.compile(r"password\s*=\s*('(?:[^'\\]|\\.)*'|\S*)"))
+
+
+def _parse_error_without_secrets(target: str, exc: Exception) -> str:
+    """The parser's complaint about ``target``, never quoting its password: libpq quotes the
+    offending token, and that token may be the password itself (a bad percent-encoding in
+    ``postgresql://u:pa%zz@h/db``). The target is parsed again with every password replaced;
+    if that parses, the password was the problem, and only that is said."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    def blank(match: re.Match[str]) -> str:
+        start, end = match.span(1)
+        whole = match.group(0)
+        return whole[:start - match.start()] + "***" + whole[end - match.start():]
+
+    redacted = target
+    for pattern in _SECRETS:
+        redacted = pattern.sub(blank, redacted)
+    if redacted == target:
+        return _without_secrets(str(exc), target).strip()
+    try:
+        conninfo_to_dict(redacted)
+    except Exception as again:
+        return _without_secrets(str(again), redacted).strip()
+    return ("the password is not valid there (in a URL, percent-encode its special "
+            "characters: '%' as %25, '@' as %40, '/' as %2F)")
 
 
 def _without_secrets(text: str, target: str) -> str:
