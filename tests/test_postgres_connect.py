@@ -283,3 +283,41 @@ def test_tcp_defaults_bound_a_vanished_peer_unless_the_url_says_otherwise():
     assert got["keepalives_idle"] == "5" and got["application_name"] == "mine"
     assert got["tcp_user_timeout"] == "60000" and got["keepalives"] == "1"
     assert got["connect_timeout"] == "2"  # libpq's minimum: 1 would mean 2 anyway
+
+
+# --- text is UTF-8 end to end -----------------------------------------------------------------
+
+@pytest.mark.parametrize("encoding", ["SQL_ASCII", "LATIN1"])
+def test_a_database_not_in_utf8_is_refused_and_nothing_written(pg_cluster, encoding):
+    """LATIN1 cannot store most thread ids SQLite takes; SQL_ASCII hands text back as bytes
+    (before the fix its settings read back as bytes and it was refused as 'fsync=off', and
+    what was written could never be read: every checksum failed)."""
+    from sqlitesaver import Saver
+
+    name = f"enc_{encoding.lower()}"
+    with psycopg.connect(pg_cluster.url, autocommit=True) as admin:
+        admin.execute(f"DROP DATABASE IF EXISTS {name}")
+        admin.execute(f"CREATE DATABASE {name} ENCODING '{encoding}' LC_COLLATE 'C' "
+                      "LC_CTYPE 'C' TEMPLATE template0")
+    url = pg_cluster.url.replace("/postgres?", f"/{name}?", 1)
+    try:
+        with pytest.raises(UnsafeServerError, match=f"encoded in '{encoding}', not UTF8"):
+            Saver(url)
+        with psycopg.connect(url, autocommit=True) as conn:
+            assert conn.execute("SELECT count(*) FROM pg_namespace "
+                                "WHERE nspname = 'sqlitesaver'").fetchone()[0] == 0
+    finally:
+        with psycopg.connect(pg_cluster.url, autocommit=True) as admin:
+            admin.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
+
+
+@pytest.mark.parametrize("client_encoding", ["LATIN1", "SQL_ASCII"])
+def test_the_client_encoding_is_utf8_whatever_the_environment_says(pg_url, monkeypatch,
+                                                                   client_encoding):
+    from sqlitesaver import Saver
+
+    monkeypatch.setenv("PGCLIENTENCODING", client_encoding)
+    with Saver(pg_url) as saver:
+        saver.put("日本-é", {"v": "Ω"}, namespace="ß")
+        assert saver.get("日本-é", namespace="ß").state == {"v": "Ω"}
+        assert saver.threads() == ["日本-é"]

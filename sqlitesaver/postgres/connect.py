@@ -14,6 +14,11 @@ Guaranteed by :func:`open_connection`:
   session-level ``SET`` does not survive a transaction-pooling PgBouncer;
 * a hot standby (``pg_is_in_recovery()``) is refused for writing with
   :class:`~sqlitesaver.errors.ReadOnlyDatabaseError`;
+* text is UTF-8 end to end: ``client_encoding`` is ``UTF8`` whatever ``PGCLIENTENCODING`` or
+  the URL say, and a database of another encoding is refused
+  (:class:`~sqlitesaver.errors.UnsafeServerError`), before a byte is written: ``LATIN1``
+  cannot store most thread ids SQLite takes, and ``SQL_ASCII`` hands text back as bytes, so
+  every read of what was written would fail its checksum;
 * ``prepare_threshold`` is psycopg's: ``None`` never prepares statements, which is what works
   behind PgBouncer in transaction mode (LangGraph's PostgresSaver fixes it at 0 and fails
   there: langgraph issues #6705, #2576).
@@ -83,6 +88,7 @@ class ServerSettings:
     full_page_writes: str
     synchronous_commit: str  # the session's default, before the engine sets its own
     in_recovery: bool
+    server_encoding: str = "UTF8"
 
 
 def _millis(seconds: float | None) -> int:
@@ -99,11 +105,12 @@ TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval
 
 def libpq_params(params: dict[str, str], options: Options) -> dict[str, str]:
     """The connection parameters: ``params`` with connect_timeout (libpq's is whole seconds
-    and treats 1 as 2; a fraction rounds up), application_name and :data:`TCP_DEFAULTS` where
-    ``params`` does not set them. The TCP ones are ignored by libpq on a Unix socket."""
+    and treats 1 as 2; a fraction rounds up), client_encoding UTF8 (always), application_name
+    and :data:`TCP_DEFAULTS` where ``params`` does not set them. The TCP ones are ignored by libpq on a Unix socket."""
     result = dict(TCP_DEFAULTS, application_name=options.application_name)
     result.update(params)
     result["connect_timeout"] = str(max(2, math.ceil(options.connect_timeout)))
+    result["client_encoding"] = "UTF8"  # whatever PGCLIENTENCODING or the URL say
     return result
 
 
@@ -139,7 +146,7 @@ def read_settings(conn: Any, server: str) -> ServerSettings:
         row = conn.execute(
             "SELECT current_setting('server_version'), current_setting('fsync'), "
             "current_setting('full_page_writes'), current_setting('synchronous_commit'), "
-            "pg_is_in_recovery()").fetchone()
+            "pg_is_in_recovery(), current_setting('server_encoding')").fetchone()
     except Exception as exc:
         raise pg_errors.translate(exc, server, "reading the server's settings") from exc
     return ServerSettings(*row)
@@ -147,7 +154,15 @@ def read_settings(conn: Any, server: str) -> ServerSettings:
 
 def check_settings(settings: ServerSettings, durability: str, server: str, *,
                    writing: bool) -> None:
-    """Refuse a server that cannot keep ``durability`` (see the module docstring)."""
+    """Refuse a server that cannot keep ``durability``, or a database that cannot hold every
+    text (see the module docstring)."""
+    if settings.server_encoding != "UTF8":
+        raise UnsafeServerError(
+            f"the database {server} is encoded in {settings.server_encoding!r}, not UTF8: it "
+            "cannot store every text sqlitesaver takes (thread ids, namespaces, task ids...), "
+            "or hands it back as bytes (SQL_ASCII). Use a database created with ENCODING "
+            "'UTF8' (CREATE DATABASE ... ENCODING 'UTF8' TEMPLATE template0); nothing was "
+            "written.", path=server)
     for name in ("fsync", "full_page_writes"):
         if getattr(settings, name) != "on":
             raise UnsafeServerError(
