@@ -288,6 +288,56 @@ def test_a_server_restarted_between_calls_costs_a_reconnect(engine, pg_cluster):
         parse_id(second), parse_id(first)]  # the acknowledged one survived the crash
 
 
+def _session_settings(e) -> tuple:
+    with e._pool.connection() as conn:
+        return conn.execute("SELECT current_setting('statement_timeout'), "
+                            "current_setting('lock_timeout')").fetchone()
+
+
+def test_timeouts_hold_per_transaction_and_leave_no_session_state(pg_url, hang_detector):
+    """Behind a transaction-pooling PgBouncer, a session-level SET stays on one server
+    connection: it bounds no later transaction served by another one, and leaks to the other
+    clients that one is handed to. Measured through PgBouncer 1.18 before the fix: another
+    client saw lock_timeout=1s set by a Saver, and once PgBouncer had recycled the server
+    connection (server_lifetime), a put on a locked thread with busy_timeout=1 waited 12 s,
+    until the lock's holder went away. Here the server connection 'handed over' is simulated by
+    resetting the pooled connection's session settings to the server's defaults (none)."""
+    hang_detector(60)
+    e = pg_engine.Engine(pg_url, busy_timeout=0.5, max_connections=1,
+                         options=connect.Options(lock_timeout=0.5, statement_timeout=1.0))
+    holder = admin(pg_url)
+    try:
+        e.put_checkpoint("t", "", None, None, STATE, META)
+        e.get_rows("t", "", None)
+        assert _session_settings(e) == ("0", "0")  # nothing left on the session
+        with e._pool.connection() as conn:
+            conn.execute("SET lock_timeout = 0")
+            conn.execute("SET statement_timeout = 0")
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext('t'))", (pg_engine.THREAD_LOCK,))
+        releaser = threading.Timer(8, lambda: admin(pg_url).execute(  # unbounded otherwise
+            "SELECT pg_advisory_unlock_all(), pg_terminate_backend(%s)",
+            (holder.info.backend_pid,)))
+        releaser.start()
+        start = time.monotonic()
+        with pytest.raises(BusyTimeoutError):
+            e.put_checkpoint("t", "", None, None, STATE, META)
+        assert time.monotonic() - start < 4
+        releaser.cancel()
+        holder.execute("SELECT pg_advisory_unlock_all()")
+        holder.execute("BEGIN")  # a reader waits behind an exclusive table lock, bounded too
+        holder.execute("LOCK TABLE sqlitesaver.checkpoints IN ACCESS EXCLUSIVE MODE")
+        start = time.monotonic()
+        with pytest.raises(BusyTimeoutError):
+            e.get_rows("t", "", None)
+        with pytest.raises(BusyTimeoutError):
+            e.page("t", "", None, None, 10, 1 << 20)
+        assert time.monotonic() - start < 6
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+        e.close()
+
+
 def test_prepared_or_never_prepared(pg_url):
     for threshold in (None, 0):
         e = pg_engine.Engine(pg_url, options=connect.Options(prepare_threshold=threshold))

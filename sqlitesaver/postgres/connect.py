@@ -3,7 +3,12 @@
 Guaranteed by :func:`open_connection`:
 
 * every wait is bounded: ``connect_timeout`` for the connection (libpq's, whole seconds, at
-  least 2), ``statement_timeout`` and ``lock_timeout`` for every statement of the session;
+  least 2), ``statement_timeout`` and ``lock_timeout`` for every statement: set for the
+  session by :func:`open_connection`, and per transaction (:func:`local_timeouts`, ``SET
+  LOCAL``) by the engine, whose pooled connections carry no session state: behind a
+  transaction-pooling PgBouncer a session-level ``SET`` stays on whichever server connection
+  ran it, so it neither bounds the next transaction (served by another) nor spares the other
+  clients that server connection is handed to next;
 * the server's ``fsync``, ``full_page_writes`` and ``synchronous_commit`` are read back
   (:class:`ServerSettings`) and a server that cannot keep the durability asked for is refused
   with :class:`~sqlitesaver.errors.UnsafeServerError` naming the setting, before a byte is
@@ -106,7 +111,8 @@ TCP_DEFAULTS = {"keepalives": "1", "keepalives_idle": "30", "keepalives_interval
 def libpq_params(params: dict[str, str], options: Options) -> dict[str, str]:
     """The connection parameters: ``params`` with connect_timeout (libpq's is whole seconds
     and treats 1 as 2; a fraction rounds up), client_encoding UTF8 (always), application_name
-    and :data:`TCP_DEFAULTS` where ``params`` does not set them. The TCP ones are ignored by libpq on a Unix socket."""
+    and :data:`TCP_DEFAULTS` where ``params`` does not set them. The TCP ones are ignored by
+    libpq on a Unix socket."""
     result = dict(TCP_DEFAULTS, application_name=options.application_name)
     result.update(params)
     result["connect_timeout"] = str(max(2, math.ceil(options.connect_timeout)))
@@ -114,9 +120,17 @@ def libpq_params(params: dict[str, str], options: Options) -> dict[str, str]:
     return result
 
 
+def local_timeouts(options: Options) -> str:
+    """``SET LOCAL`` statements for ``options``' statement and lock timeouts, to follow a
+    ``BEGIN`` in the same simple-query string (values are numbers formatted here, no input)."""
+    return (f"SET LOCAL statement_timeout TO '{_millis(options.statement_timeout)}ms'; "
+            f"SET LOCAL lock_timeout TO '{_millis(options.lock_timeout)}ms'")
+
+
 def open_connection(params: dict[str, str], server: str, options: Options, *,
-                    doing: str = "connecting") -> Any:
-    """A new autocommit connection with the session's timeouts set; errors translated.
+                    doing: str = "connecting", session_timeouts: bool = True) -> Any:
+    """A new autocommit connection with the session's timeouts set (unless
+    ``session_timeouts`` is False: the caller sets them per transaction); errors translated.
 
     libpq takes what ``params`` leaves out from its environment (``PGHOST``, ``PGPASSWORD``,
     ``~/.pgpass``...), as psql does."""
@@ -126,6 +140,8 @@ def open_connection(params: dict[str, str], server: str, options: Options, *,
                                prepare_threshold=options.prepare_threshold)
     except Exception as exc:
         raise pg_errors.translate(exc, server, doing, connecting=True) from exc
+    if not session_timeouts:
+        return conn
     try:
         # One round trip; set_config(..., false) is a session-level SET.
         conn.execute(

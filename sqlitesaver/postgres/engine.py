@@ -17,6 +17,9 @@ Guarantees:
   restarted meanwhile costs a reconnect, not an error). A call returns after its COMMIT
   returned. ``synchronous_commit`` is set per transaction (``SET LOCAL``): ``on`` for
   ``durability="full"``, ``off`` for ``"normal"``; a transaction-pooling PgBouncer keeps it.
+  So are ``statement_timeout`` and ``lock_timeout``, in every transaction, reads included:
+  pooled connections carry no session-level setting (behind PgBouncer one would stay on a
+  server connection other clients get next, and not bound this client's next transaction).
 * **Ids**: unique in the database and never reused (sequences). Within one thread they follow
   commit order: every write to a thread first takes a transaction-level advisory lock on the
   thread (:data:`THREAD_LOCK`, ``hashtext(thread_id)``), and draws its seq after that, so a seq
@@ -157,13 +160,17 @@ class Engine:
         self.durability = durability
         self.busy_timeout = float(busy_timeout)
         self._options = options
-        self._begin = f"BEGIN; SET LOCAL synchronous_commit TO {_DURABILITY[durability]}"
-        first = connect.open_connection(params, self.server, options, doing="opening")
+        timeouts = connect.local_timeouts(options)
+        self._begin = (f"BEGIN; SET LOCAL synchronous_commit TO {_DURABILITY[durability]}; "
+                       f"{timeouts}")
+        self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
+        first = connect.open_connection(params, self.server, options, doing="opening",
+                                        session_timeouts=False)
         try:
             self.server_settings = connect.read_settings(first, self.server)
             connect.check_settings(self.server_settings, durability, self.server,
                                    writing=True)
-            self.applied = schema.migrate(first, self.server)
+            self.applied = schema.migrate(first, self.server, begin=f"BEGIN; {timeouts}")
         finally:
             first.close()
         self._pool = self._open_pool(params, max_connections)
@@ -176,17 +183,11 @@ class Engine:
 
         options = self._options
         server = self.server
-
-        def configure(conn: Any) -> None:  # each new connection: the session's timeouts
-            conn.execute("SELECT set_config('statement_timeout', %s, false), "
-                         "set_config('lock_timeout', %s, false)",
-                         (f"{connect._millis(options.statement_timeout)}ms",
-                          f"{connect._millis(options.lock_timeout)}ms"))
-
+        # No configure callback: no session state (the timeouts are SET LOCAL, see _begin).
         kwargs = connect.libpq_params(params, options)
         pool = ConnectionPool(
             kwargs=dict(kwargs, autocommit=True, prepare_threshold=options.prepare_threshold),
-            min_size=1, max_size=size, open=False, configure=configure,
+            min_size=1, max_size=size, open=False,
             check=ConnectionPool.check_connection, timeout=max(self.busy_timeout, 0.001),
             name=f"sqlitesaver {server}")
         try:
@@ -592,7 +593,7 @@ class Engine:
             return self._in_savepoint(pinned, doing, work)
         with self._connection(doing) as conn:
             try:
-                conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                conn.execute(self._begin_read, prepare=False)  # several statements
                 result = work(conn)
                 conn.execute("COMMIT")
                 return result
@@ -617,14 +618,9 @@ class Engine:
             if seq is None:
                 return []
             query, params = _GET_BY_SEQ, (seq, thread_id, namespace)
-        if getattr(self._local, "txn", None) is not None:
-            return self._read("reading a checkpoint",
-                              lambda conn: conn.execute(query, params).fetchall())
-        with self._connection("reading a checkpoint") as conn:
-            try:
-                return conn.execute(query, params).fetchall()
-            except Exception as exc:
-                raise pg_errors.translate(exc, self.server, "reading a checkpoint") from exc
+        # In a transaction of its own for its SET LOCAL timeouts (see _begin_read).
+        return self._read("reading a checkpoint",
+                          lambda conn: conn.execute(query, params).fetchall())
 
     def page(self, thread_id: str, namespace: str | None, before: str | None,
              upper: int | None, want: int, budget: int) -> tuple[int, list[tuple],

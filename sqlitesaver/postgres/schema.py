@@ -156,15 +156,16 @@ def read_version(conn: Any, server: str) -> int:
     return version
 
 
-def migrate(conn: Any, server: str) -> tuple[int, ...]:
+def migrate(conn: Any, server: str, *, begin: str = "BEGIN") -> tuple[int, ...]:
     """Bring the schema to :func:`latest_version`, one transaction per migration; return the
-    versions this call applied. ``conn`` is in autocommit mode and outside a transaction."""
+    versions this call applied. ``conn`` is in autocommit mode and outside a transaction;
+    ``begin`` starts each migration's transaction (the engine's adds ``SET LOCAL`` timeouts)."""
     if read_version(conn, server) == latest_version():
         return ()  # the common case: no lock, no write
     applied: list[int] = []
     for migration in MIGRATIONS:
         try:
-            conn.execute("BEGIN")
+            conn.execute(begin, prepare=False)  # maybe several statements: unpreparable
             try:
                 conn.execute("SELECT pg_advisory_xact_lock(%s, %s)", MIGRATION_LOCK)
                 current = read_version(conn, server)
