@@ -411,3 +411,60 @@ def test_delete_matching_detaches_children_and_locks_threads(engine):
     verify_checkpoint(rows[0])
     assert engine.delete_matching(None, lambda row: row[5] == b"\x02") == 1  # u's
     assert engine.delete_matching(None, lambda row: False) == 0
+
+
+def test_delete_matching_over_every_thread_takes_one_lock_not_one_per_thread(engine, pg_url):
+    """One advisory lock per thread exhausted the server's shared lock table on a large
+    database: with the defaults (max_locks_per_transaction=64, max_connections=100), 30,000
+    threads made delete_matching fail with "out of shared memory" (53200), every time, and
+    every other session of the server needing a lock meanwhile with it."""
+    for i in range(300):
+        engine.put_checkpoint(f"thread-{i}", "", None, None, b"\x01" if i % 2 else b"\x02",
+                              META)
+    held: list[int] = []
+    watcher = admin(pg_url)
+    try:
+        def matches(row):
+            if not held:
+                held.append(watcher.execute("SELECT count(*) FROM pg_locks WHERE locktype = "
+                                            "'advisory' AND granted").fetchone()[0])
+            return row[5] == b"\x02"
+
+        assert engine.delete_matching(None, matches) == 150
+        assert held == [1]
+    finally:
+        watcher.close()
+
+
+def test_a_write_waits_for_a_delete_matching_over_every_thread(engine, pg_url, hang_detector):
+    """A put cannot link a child to a checkpoint being deleted: the put waits."""
+    hang_detector(60)
+    parent, _ = engine.put_checkpoint("t", "", None, None, b"\x02", META)
+    entered, release = threading.Event(), threading.Event()
+    results: list = []
+
+    def matches(row):
+        entered.set()
+        assert release.wait(20)
+        return row[5] == b"\x02"
+
+    deleter = threading.Thread(target=lambda: results.append(
+        engine.delete_matching(None, matches)))
+    deleter.start()
+    assert entered.wait(20)
+    putter = threading.Thread(target=lambda: results.append(
+        _try(lambda: engine.put_checkpoint("t", "", parent, None, STATE, META))))
+    putter.start()
+    time.sleep(0.5)
+    assert putter.is_alive()  # waiting for the delete's lock
+    release.set()
+    deleter.join()
+    putter.join()
+    assert results[0] == 1 and isinstance(results[1], CheckpointNotFoundError)
+
+
+def _try(call):
+    try:
+        return call()
+    except Exception as exc:  # noqa: BLE001 - returned for the assertion
+        return exc

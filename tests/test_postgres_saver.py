@@ -171,3 +171,27 @@ def test_a_block_holds_its_threads_lock_until_commit(saver, pg_url, hang_detecto
         assert len(done) == 1
     same.join()
     assert len(done) == 2 and saver.get("t").state == {"n": 2}
+
+
+def test_delete_matching_over_every_thread_in_a_block_keeps_other_writers_out(saver):
+    """Inside a transaction block, delete_matching over every thread runs in a savepoint of
+    the block: another thread must not link a child to a checkpoint it deletes (which would be
+    left with a parent that is gone, not detached). The other thread waits for the block."""
+    parent = saver.put("t", 1, metadata={"k": 1})
+    results: list = []
+
+    def put_child():
+        try:
+            results.append(saver.put("t", 2, parent_id=parent.checkpoint_id))
+        except Exception as exc:  # noqa: BLE001 - checked below
+            results.append(exc)
+
+    with saver.transaction():
+        assert saver.delete_matching({"k": 1}) == 1
+        other = threading.Thread(target=put_child)
+        other.start()
+        other.join(0.5)
+        assert other.is_alive() and not results
+    other.join(20)
+    assert isinstance(results[0], CheckpointNotFoundError)
+    assert [cp.state for cp in saver.list("t")] == []

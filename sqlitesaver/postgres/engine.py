@@ -27,6 +27,11 @@ Guarantees:
   sees a new checkpoint appear below one it has seen). Writers of different threads do not wait
   for each other (a hash collision only makes two threads share a lock), and their ids are not
   in commit order with each other. ``created_at`` is the server's clock, one for all writers.
+* **Every thread at once**: each write first takes :data:`ALL_THREADS_LOCK` in shared mode (in
+  the ``BEGIN`` string: no round trip), before any thread's lock; ``delete_matching`` over
+  every thread takes it in exclusive mode instead of one lock per thread, which on a large
+  database exhausted the server's shared lock table (``max_locks_per_transaction``: "out of
+  shared memory" past about 20,000 threads with the defaults, for every session at once).
 * **Retries**: a serialization failure or deadlock (``40001``, ``40P01``) re-runs the whole
   transaction until ``busy_timeout`` has passed, then raises
   :class:`~sqlitesaver.errors.BusyTimeoutError`. The operations here are pure functions of
@@ -56,13 +61,16 @@ from . import connect, schema
 from . import errors as pg_errors
 from . import target as pg_target
 
-__all__ = ["Engine", "THREAD_LOCK"]
+__all__ = ["Engine", "THREAD_LOCK", "ALL_THREADS_LOCK"]
 
 T = TypeVar("T")
 
 #: key1 of ``pg_advisory_xact_lock(key1, hashtext(thread_id))``, taken by every write to a
 #: thread (the migration lock is ``(APPLICATION_ID, 0)``: another key1, no clash).
 THREAD_LOCK = APPLICATION_ID + 1
+#: ``(key1, key2)`` of the advisory lock every write takes in shared mode before its thread's,
+#: and ``delete_matching`` over every thread in exclusive mode.
+ALL_THREADS_LOCK = (APPLICATION_ID + 2, 0)
 _DURABILITY = {"full": "on", "normal": "off"}
 
 _S = schema.SCHEMA
@@ -71,6 +79,7 @@ _CHECKPOINT_COLUMNS = ("c.seq, c.thread_id, c.namespace, c.parent_seq, c.created
 _WRITE_COLUMNS = ("w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.task_path, "
                   "w.checksum")
 _LOCK_THREAD = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+_LOCK_ALL_THREADS = "SELECT pg_advisory_xact_lock({}, {})".format(*ALL_THREADS_LOCK)
 # The seq and the time in one statement, after the lock (a statement of its own: the order in
 # which a select list is evaluated is not defined).
 _NEXT_CHECKPOINT = (f"SELECT nextval('{_S}.checkpoints_seq'), "
@@ -161,8 +170,10 @@ class Engine:
         self.busy_timeout = float(busy_timeout)
         self._options = options
         timeouts = connect.local_timeouts(options)
-        self._begin = (f"BEGIN; SET LOCAL synchronous_commit TO {_DURABILITY[durability]}; "
-                       f"{timeouts}")
+        begin = f"BEGIN; SET LOCAL synchronous_commit TO {_DURABILITY[durability]}; {timeouts}"
+        key1, key2 = ALL_THREADS_LOCK  # after the timeouts: its wait is bounded too
+        self._begin = f"{begin}; SELECT pg_advisory_xact_lock_shared({key1}, {key2})"
+        self._begin_all = f"{begin}; {_LOCK_ALL_THREADS}"
         self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
         first = connect.open_connection(params, self.server, options, doing="opening",
                                         session_timeouts=False)
@@ -248,20 +259,30 @@ class Engine:
 
     # --- the write protocol ---------------------------------------------------------------
 
-    def _write(self, doing: str, work: Callable[[Any], T]) -> T:
+    def _write(self, doing: str, work: Callable[[Any], T], *, every_thread: bool = False
+               ) -> T:
         """``work(conn)`` in one transaction, committed; retried whole on serialization
         failures and deadlocks until the busy timeout (see the module docstring). Inside the
-        calling thread's :meth:`transaction`, in a savepoint of that transaction instead."""
+        calling thread's :meth:`transaction`, in a savepoint of that transaction instead.
+        ``every_thread``: holding :data:`ALL_THREADS_LOCK` exclusively, no other write runs
+        (inside a transaction block, from that call until the block ends)."""
         pinned = getattr(self._local, "txn", None)
         if pinned is not None:
+            if every_thread:  # the block holds the lock shared (its BEGIN): exclusive now
+                inner = work
+
+                def work(conn: Any) -> T:
+                    conn.execute(_LOCK_ALL_THREADS)
+                    return inner(conn)
             return self._in_savepoint(pinned, doing, work)
+        begin = self._begin_all if every_thread else self._begin
         deadline = time.monotonic() + self.busy_timeout
         delay = 0.001
         while True:
             with self._connection(doing) as conn:
                 committing = False
                 try:
-                    conn.execute(self._begin, prepare=False)  # two statements: unpreparable
+                    conn.execute(begin, prepare=False)  # several statements: unpreparable
                     result = work(conn)
                     committing = True
                     conn.execute("COMMIT")
@@ -542,22 +563,19 @@ class Engine:
                         ) -> int:
         """Delete every checkpoint (of ``thread_id``, or of every thread) whose row
         ``matches`` (the core verifies its checksum and compares its metadata) and detach the
-        remaining children of deleted ones; return how many were deleted. Each thread
-        concerned is locked first (sorted), so no put into it can link a new child to a
-        checkpoint being deleted."""
+        remaining children of deleted ones; return how many were deleted. The thread is
+        locked first (every thread: :data:`ALL_THREADS_LOCK`, exclusively), so no put into it
+        can link a new child to a checkpoint being deleted."""
         if thread_id is not None:
             check_text(thread_id=thread_id)
             if _has_nul(thread_id):
                 return 0
 
         def work(conn: Any) -> int:
+            where, params = "", ()
             if thread_id is not None:
-                threads = [thread_id]
-            else:
-                threads = [row[0] for row in conn.execute(
-                    f"SELECT DISTINCT thread_id FROM {_S}.checkpoints")]
-            self._lock_threads(conn, *threads)
-            where, params = ("WHERE c.thread_id = ANY(%s)", (threads,))
+                self._lock_threads(conn, thread_id)
+                where, params = "WHERE c.thread_id = %s", (thread_id,)
             doomed: set[int] = set()
             orphans = []
             for row in conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
@@ -580,7 +598,8 @@ class Engine:
                                (sorted(doomed),))
             return len(doomed)
 
-        return self._write("deleting checkpoints by metadata", work)
+        return self._write("deleting checkpoints by metadata", work,
+                           every_thread=thread_id is None)
 
     # --- reads ----------------------------------------------------------------------------
 
