@@ -110,6 +110,22 @@ _GET_BY_SEQ = _get_query("c.seq = %s AND c.thread_id = %s AND c.namespace = %s "
                          "AND c.key IS NULL")
 
 
+#: Rows a scan of whole checkpoints (copy_thread, delete_matching) holds at once: it reads
+#: through a server-side cursor, not the whole result, so memory does not grow with the data.
+SCAN_ROWS = 16
+
+
+@contextlib.contextmanager
+def _scan(conn: Any, query: str, params: Sequence[object]) -> Iterator[Any]:
+    """Rows of ``query`` fetched :data:`SCAN_ROWS` at a time from a cursor declared in the
+    current transaction (its snapshot is the DECLARE's: rows inserted meanwhile by the same
+    transaction are not seen)."""
+    with conn.cursor(name="sqlitesaver_scan") as cursor:
+        cursor.itersize = SCAN_ROWS
+        cursor.execute(query, params)
+        yield cursor
+
+
 def check_text(**named: str | None) -> None:
     """PostgreSQL's text cannot hold NUL (U+0000), which SQLite's can: refuse it up front
     with a typed error, before anything is written, rather than fail inside the transaction."""
@@ -532,30 +548,30 @@ class Engine:
                     f"target thread {target!r} already has checkpoints on {self.server}; "
                     "copy to a new thread id (or delete_thread it first). Nothing was "
                     "written.", path=self.server)
-            rows = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
-                                "WHERE c.thread_id = %s ORDER BY c.seq", (source,)).fetchall()
             copied: dict[int, int] = {}
-            for row in rows:
-                verify(row)
-                old, _, namespace, parent, created, state, meta, _, key, parent_key = row
-                parent = copied.get(parent, parent)
-                seq = copied[old] = conn.execute(_NEXT_CHECKPOINT).fetchone()[0]
-                conn.execute(_INSERT_CHECKPOINT, (
-                    seq, target, namespace, parent, created, state, meta,
-                    integrity.checkpoint_checksum(seq, target, namespace, parent, created,
-                                                  state, meta, key, parent_key),
-                    key, parent_key))
-                writes = conn.execute(f"SELECT {_WRITE_COLUMNS} FROM {_S}.writes AS w "
-                                      "WHERE w.checkpoint_seq = %s", (old,)).fetchall()
-                verify_writes(key or format_id(old), writes)
-                if writes:
-                    with conn.cursor() as cursor:
-                        cursor.executemany(_INSERT_WRITE, [
-                            (seq, task_id, index, channel, value, task_path,
-                             integrity.write_checksum(seq, task_id, index, channel, task_path,
-                                                      value))
-                            for _, task_id, index, channel, value, task_path, _ in writes])
-            return len(rows)
+            with _scan(conn, f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
+                       "WHERE c.thread_id = %s ORDER BY c.seq", (source,)) as rows:
+                for row in rows:
+                    verify(row)
+                    old, _, namespace, parent, created, state, meta, _, key, parent_key = row
+                    parent = copied.get(parent, parent)
+                    seq = copied[old] = conn.execute(_NEXT_CHECKPOINT).fetchone()[0]
+                    conn.execute(_INSERT_CHECKPOINT, (
+                        seq, target, namespace, parent, created, state, meta,
+                        integrity.checkpoint_checksum(seq, target, namespace, parent, created,
+                                                      state, meta, key, parent_key),
+                        key, parent_key))
+                    writes = conn.execute(f"SELECT {_WRITE_COLUMNS} FROM {_S}.writes AS w "
+                                          "WHERE w.checkpoint_seq = %s", (old,)).fetchall()
+                    verify_writes(key or format_id(old), writes)
+                    if writes:
+                        with conn.cursor() as cursor:
+                            cursor.executemany(_INSERT_WRITE, [
+                                (seq, task_id, index, channel, value, task_path,
+                                 integrity.write_checksum(seq, task_id, index, channel, task_path,
+                                                          value))
+                                for _, task_id, index, channel, value, task_path, _ in writes])
+            return len(copied)
 
         return self._write("copying a thread", work)
 
@@ -578,12 +594,15 @@ class Engine:
                 where, params = "WHERE c.thread_id = %s", (thread_id,)
             doomed: set[int] = set()
             orphans = []
-            for row in conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
-                                    f"{where} ORDER BY c.seq", params):
-                if matches(row):
-                    doomed.add(row[0])
-                elif row[3] in doomed:  # seq order: a parent is classified before its child
-                    orphans.append(row)
+            with _scan(conn, f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
+                       f"{where} ORDER BY c.seq", params) as rows:
+                for row in rows:
+                    if matches(row):
+                        doomed.add(row[0])
+                    elif row[3] in doomed:  # seq order: a parent is classified before its child
+                        seq, thread, ns, _, created, state, meta, _, key, _ = row
+                        orphans.append((integrity.checkpoint_checksum(  # detached: its new one
+                            seq, thread, ns, None, created, state, meta, key, None), seq))
             if not doomed:
                 return 0
             with conn.cursor() as cursor:
@@ -591,9 +610,7 @@ class Engine:
                     cursor.executemany(
                         f"UPDATE {_S}.checkpoints SET parent_seq = NULL, parent_key = NULL, "
                         "checksum = %s WHERE seq = %s",
-                        [(integrity.checkpoint_checksum(seq, thread, ns, None, created, state,
-                                                        meta, key, None), seq)
-                         for seq, thread, ns, _, created, state, meta, _, key, _ in orphans])
+                        orphans)
                 cursor.execute(f"DELETE FROM {_S}.checkpoints WHERE seq = ANY(%s)",
                                (sorted(doomed),))
             return len(doomed)
