@@ -123,6 +123,12 @@ def test_nul_in_text_is_refused_before_anything_is_written(engine, pg_url, call)
         call(engine)
     assert contents(pg_url) == before
     assert engine.get_rows("t\x00", "", None) == []  # reads: there is no such checkpoint
+    # deletes: no such thread, 0 as for any thread that is not there (a generic SaverError
+    # from psycopg's DataError before, and InvalidArgumentError for delete_matching)
+    assert engine.delete_thread("t\x00") == 0
+    assert engine.prune("t\x00", 0) == 0
+    assert engine.delete_matching("t\x00", lambda row: True) == 0
+    assert contents(pg_url) == before
 
 
 def test_pages_log_prune_delete_and_threads(engine):

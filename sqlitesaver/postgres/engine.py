@@ -511,6 +511,9 @@ class Engine:
     def delete_thread(self, thread_id: str) -> int:
         """Delete the thread's checkpoints (their writes cascade) and log; return how many
         checkpoints were deleted."""
+        if _has_nul(thread_id):
+            return 0  # no stored text holds NUL (check_text): there is no such thread
+
         def work(conn: Any) -> int:
             self._lock_threads(conn, thread_id)
             deleted = conn.execute(f"DELETE FROM {_S}.checkpoints WHERE thread_id = %s",
@@ -522,6 +525,9 @@ class Engine:
 
     def prune(self, thread_id: str, keep_last: int) -> int:
         """Keep the newest ``keep_last`` checkpoints of each namespace of the thread."""
+        if _has_nul(thread_id):
+            return 0  # no such thread, as in delete_thread
+
         def work(conn: Any) -> int:
             self._lock_threads(conn, thread_id)
             return conn.execute(
@@ -582,10 +588,8 @@ class Engine:
         remaining children of deleted ones; return how many were deleted. The thread is
         locked first (every thread: :data:`ALL_THREADS_LOCK`, exclusively), so no put into it
         can link a new child to a checkpoint being deleted."""
-        if thread_id is not None:
-            check_text(thread_id=thread_id)
-            if _has_nul(thread_id):
-                return 0
+        if thread_id is not None and _has_nul(thread_id):
+            return 0  # no such thread, as in delete_thread
 
         def work(conn: Any) -> int:
             where, params = "", ()
