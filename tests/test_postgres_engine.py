@@ -14,8 +14,8 @@ import time
 import pytest
 
 from sqlitesaver import integrity
-from sqlitesaver.errors import (BusyTimeoutError, CheckpointNotFoundError, DatabaseIOError,
-                                InvalidArgumentError, SaverClosedError)
+from sqlitesaver.errors import (BusyTimeoutError, CannotOpenError, CheckpointNotFoundError,
+                                DatabaseIOError, InvalidArgumentError, SaverClosedError)
 from sqlitesaver.ids import format_id, parse_id
 from sqlitesaver.postgres import connect, engine as pg_engine
 
@@ -341,6 +341,50 @@ def test_timeouts_hold_per_transaction_and_leave_no_session_state(pg_url, hang_d
         holder.execute("ROLLBACK")
     finally:
         holder.close()
+        e.close()
+
+
+def test_a_server_down_is_said_so_not_busy(pg_cluster, pg_url):
+    """The pool cannot hand out a connection because the server is down: before, that was a
+    BusyTimeoutError advising to raise max_connections (every caller, during an outage)."""
+    e = pg_engine.Engine(pg_url, busy_timeout=1.0, options=connect.Options(connect_timeout=2))
+    try:
+        e.put_checkpoint("t", "", None, None, STATE, META)
+        pg_cluster.stop()
+        try:
+            for _ in range(2):
+                start = time.monotonic()
+                with pytest.raises(CannotOpenError, match="running and reachable"):
+                    e.put_checkpoint("t", "", None, None, STATE, META)
+                assert time.monotonic() - start < 8
+        finally:
+            pg_cluster.start()
+        e.put_checkpoint("t", "", None, None, STATE, META)
+    finally:
+        e.close()
+
+
+def test_a_restart_costs_a_reconnect_even_with_busy_timeout_zero(pg_cluster, pg_url):
+    e = pg_engine.Engine(pg_url, busy_timeout=0)
+    try:
+        e.put_checkpoint("t", "", None, None, STATE, META)
+        pg_cluster.kill_all()
+        pg_cluster.start()
+        e.put_checkpoint("t", "", None, None, STATE, META)  # was BusyTimeoutError
+    finally:
+        e.close()
+
+
+def test_every_connection_in_use_is_busy(pg_url):
+    e = pg_engine.Engine(pg_url, busy_timeout=0.3, max_connections=1)
+    try:
+        with e._connection("holding the only connection"):
+            start = time.monotonic()
+            with pytest.raises(BusyTimeoutError, match="stayed in use"):
+                e.put_checkpoint("t", "", None, None, STATE, META)
+            assert time.monotonic() - start < 2
+        e.put_checkpoint("t", "", None, None, STATE, META)
+    finally:
         e.close()
 
 

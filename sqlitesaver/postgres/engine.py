@@ -200,6 +200,11 @@ class Engine:
             self.applied = schema.migrate(first, self.server, begin=f"BEGIN; {timeouts}")
         finally:
             first.close()
+        self._params = params  # for a probe when the pool cannot hand out a connection
+        self._max_connections = max_connections
+        self._in_use = 0  # connections handed out by _connection and not yet back
+        self._connect_errors = 0  # the pool's failed connection attempts, when last looked
+        self._count_lock = threading.Lock()
         self._pool = self._open_pool(params, max_connections)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -250,28 +255,80 @@ class Engine:
         if self._closed:
             raise SaverClosedError(f"this Saver for {self.server} was closed; open a new "
                                    "Saver.", path=self.server)
+        from psycopg_pool import PoolTimeout
+
+        try:
+            cm, conn = self._take(doing, None)
+        except PoolTimeout as exc:
+            timeout = exc
+        else:
+            timeout = None
+        if timeout is not None:
+            # Not necessarily busy: with fewer connections than max_connections, the pool was
+            # (re)connecting, to a server that is down (say so, as when opening) or was just
+            # restarted (give it connect_timeout, as a reconnect, not an error).
+            stats = self._pool.get_stats()
+            errors = stats.get("connections_errors", 0)
+            failing, self._connect_errors = errors > self._connect_errors, errors
+            if self._in_use >= self._max_connections or (
+                    not failing and stats.get("pool_size", 0) >= self._max_connections):
+                raise self._busy(doing) from timeout
+            if failing:
+                self._probe(doing, timeout)
+            try:
+                cm, conn = self._take(doing, self._options.connect_timeout)
+            except PoolTimeout as exc:
+                self._probe(doing, exc)
+                raise self._busy(doing) from exc
+        with self._count_lock:
+            self._in_use += 1
+        try:
+            yield conn
+        except BaseException as exc:
+            self._release(cm, exc)
+            raise
+        self._release(cm, None)
+
+    def _take(self, doing: str, timeout: float | None) -> tuple[Any, Any]:
+        """A pooled connection's context manager and the connection; PoolTimeout raised."""
         from psycopg_pool import PoolClosed, PoolTimeout
 
         try:
-            cm = self._pool.connection()
-            conn = cm.__enter__()
-        except PoolTimeout as exc:
-            raise BusyTimeoutError(
-                f"every connection to {self.server} stayed in use past the busy timeout "
-                f"({self.busy_timeout} s) while {doing}; nothing was written. Raise "
-                "max_connections or busy_timeout, or make fewer calls at once.",
-                path=self.server) from exc
+            cm = self._pool.connection(timeout=timeout)
+            return cm, cm.__enter__()
+        except PoolTimeout:
+            raise
         except PoolClosed as exc:
             raise SaverClosedError(f"this Saver for {self.server} was closed; open a new "
                                    "Saver.", path=self.server) from exc
         except Exception as exc:
             raise pg_errors.translate(exc, self.server, doing, connecting=True) from exc
+
+    def _probe(self, doing: str, cause: BaseException) -> None:
+        """A connection of our own, closed at once: raise why the server cannot be reached
+        (CannotOpenError, nothing written), or return if it can."""
         try:
-            yield conn
-        except BaseException as exc:
-            cm.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        cm.__exit__(None, None, None)
+            probe = connect.open_connection(self._params, self.server, self._options,
+                                            doing=doing, session_timeouts=False)
+        except SaverError as exc:
+            raise exc from cause
+        probe.close()
+
+    def _release(self, cm: Any, exc: BaseException | None) -> None:
+        try:
+            if exc is None:
+                cm.__exit__(None, None, None)
+            else:
+                cm.__exit__(type(exc), exc, exc.__traceback__)
+        finally:  # counted until back in the pool: a timeout with one free is not "busy"
+            with self._count_lock:
+                self._in_use -= 1
+
+    def _busy(self, doing: str) -> BusyTimeoutError:
+        return BusyTimeoutError(
+            f"every connection to {self.server} stayed in use past the busy timeout "
+            f"({self.busy_timeout} s) while {doing}; nothing was written. Raise "
+            "max_connections or busy_timeout, or make fewer calls at once.", path=self.server)
 
     # --- the write protocol ---------------------------------------------------------------
 
