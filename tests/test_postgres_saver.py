@@ -195,3 +195,63 @@ def test_delete_matching_over_every_thread_in_a_block_keeps_other_writers_out(sa
     other.join(20)
     assert isinstance(results[0], CheckpointNotFoundError)
     assert [cp.state for cp in saver.list("t")] == []
+
+
+def test_an_exception_at_any_line_of_a_block_leaves_no_stale_pin(pg_url):
+    """A signal (or PyThreadState_SetAsyncExc) lands between any two lines. Injected at each
+    line of Engine.transaction in turn: afterwards the thread is not in a transaction, its
+    next put is committed on its own (seen at once by another connection), and the pool
+    lends every connection again. Before the fix, one landing between the block's body and
+    the line unpinning its connection left the thread pinned to a connection already back in
+    the pool: its calls failed ("SAVEPOINT can only be used in transaction blocks"), or ran
+    inside the transaction of whichever thread had that connection next."""
+    import sys
+
+    from sqlitesaver.postgres import engine as pg_engine
+
+    code = pg_engine.Engine.transaction.__wrapped__.__code__
+    lines = sorted({line for _, _, line in code.co_lines() if line is not None})
+    with Saver(pg_url, max_connections=2) as saver, psycopg.connect(pg_url,
+                                                                      autocommit=True) as other:
+        fired = []
+        for number, line in enumerate(lines):
+            def tracer(frame, event, arg, line=line):
+                if frame.f_code is not code:
+                    return None
+
+                def at_line(frame, event, arg):
+                    if event == "line" and frame.f_lineno == line and len(fired) <= number:
+                        fired.append(line)
+                        raise KeyboardInterrupt(f"injected at line {line}")
+                    return at_line
+                return at_line
+
+            sys.settrace(tracer)
+            try:
+                with saver.transaction():
+                    saver.put("t", number)
+            except KeyboardInterrupt:
+                pass
+            finally:
+                sys.settrace(None)
+            if len(fired) <= number:
+                fired.append(None)  # the line did not run on this path
+            assert not saver.in_transaction, f"pinned after an exception at line {line}"
+            ref = saver.put("alone", number)
+            assert other.execute("SELECT count(*) FROM sqlitesaver.checkpoints WHERE seq = %s",
+                                 (int(ref.checkpoint_id, 16),)).fetchone()[0] == 1
+        assert any(fired)
+
+        def block(name):
+            with saver.transaction():
+                saver.put(name, 1)
+                barrier.wait(10)
+
+        barrier = threading.Barrier(2)
+        workers = [threading.Thread(target=block, args=(f"w{i}",)) for i in range(2)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(20)
+        assert [cp.state for cp in saver.list("w0")] == [1] == [cp.state for cp in
+                                                               saver.list("w1")]

@@ -142,14 +142,16 @@ def _has_nul(*values: str | None) -> bool:
 
 
 class _Pinned:
-    """The calling thread's open :meth:`Engine.transaction`: its connection, and how many
-    blocks deep it is (1: the outermost)."""
+    """The calling thread's open :meth:`Engine.transaction`: its connection, how many blocks
+    deep it is (1: the outermost), and the token of the connection's checkout (see
+    :meth:`Engine._pinned`)."""
 
-    __slots__ = ("conn", "depth")
+    __slots__ = ("conn", "depth", "token")
 
-    def __init__(self, conn: Any) -> None:
+    def __init__(self, conn: Any, token: object) -> None:
         self.conn = conn
         self.depth = 1
+        self.token = token
 
 
 def _undo_savepoint(conn: Any, name: str) -> None:
@@ -209,6 +211,8 @@ class Engine:
         self._closed = False
         self._close_lock = threading.Lock()
         self._local = threading.local()  # .txn: the thread's open transaction (_Pinned)
+        # id(connection) -> the token of its current checkout from the pool, while out
+        self._checkouts: dict[int, object] = {}
 
     def _open_pool(self, params: dict[str, str], size: int) -> Any:
         from psycopg_pool import ConnectionPool
@@ -282,12 +286,13 @@ class Engine:
                 raise self._busy(doing) from exc
         with self._count_lock:
             self._in_use += 1
+        self._checkouts[id(conn)] = object()
         try:
             yield conn
         except BaseException as exc:
-            self._release(cm, exc)
+            self._release(cm, conn, exc)
             raise
-        self._release(cm, None)
+        self._release(cm, conn, None)
 
     def _take(self, doing: str, timeout: float | None) -> tuple[Any, Any]:
         """A pooled connection's context manager and the connection; PoolTimeout raised."""
@@ -314,7 +319,8 @@ class Engine:
             raise exc from cause
         probe.close()
 
-    def _release(self, cm: Any, exc: BaseException | None) -> None:
+    def _release(self, cm: Any, conn: Any, exc: BaseException | None) -> None:
+        self._checkouts.pop(id(conn), None)  # before it is back: a stale pin never matches
         try:
             if exc is None:
                 cm.__exit__(None, None, None)
@@ -339,7 +345,7 @@ class Engine:
         calling thread's :meth:`transaction`, in a savepoint of that transaction instead.
         ``every_thread``: holding :data:`ALL_THREADS_LOCK` exclusively, no other write runs
         (inside a transaction block, from that call until the block ends)."""
-        pinned = getattr(self._local, "txn", None)
+        pinned = self._pinned()
         if pinned is not None:
             if every_thread:  # the block holds the lock shared (its BEGIN): exclusive now
                 inner = work
@@ -378,11 +384,11 @@ class Engine:
 
     def in_transaction(self) -> bool:
         """Whether the calling thread is inside a :meth:`transaction` block."""
-        return getattr(self._local, "txn", None) is not None
+        return self._pinned() is not None
 
     def depth(self) -> int:
         """How many :meth:`transaction` blocks the calling thread is inside (0: none)."""
-        pinned = getattr(self._local, "txn", None)
+        pinned = self._pinned()
         return 0 if pinned is None else pinned.depth
 
     @contextlib.contextmanager
@@ -395,7 +401,7 @@ class Engine:
         rules (a lost connection then is "maybe committed"). Not retried: a serialization
         failure or deadlock inside fails the call with BusyTimeoutError, and the block decides
         (rolling back and running it again is safe)."""
-        pinned = getattr(self._local, "txn", None)
+        pinned = self._pinned()
         if pinned is not None:
             yield from self._nested(pinned)
             return
@@ -405,19 +411,42 @@ class Engine:
             except Exception as exc:
                 schema._rollback(conn)
                 raise pg_errors.translate(exc, self.server, "opening a transaction") from exc
-            self._local.txn = _Pinned(conn)
+            self._local.txn = _Pinned(conn, self._checkouts.get(id(conn)))
             try:
-                yield
-            except BaseException:
+                try:
+                    yield
+                except BaseException:
+                    self._local.txn = None
+                    schema._rollback(conn)
+                    raise
                 self._local.txn = None
-                schema._rollback(conn)
-                raise
+                try:
+                    conn.execute("COMMIT")
+                except Exception as exc:
+                    raise pg_errors.translate(exc, self.server, "committing a transaction",
+                                              committing=True) from exc
+            finally:
+                self._local.txn = None  # whatever skipped the lines above
+
+    def _pinned(self) -> _Pinned | None:
+        """The calling thread's open transaction, or None. A pin is trusted only while its
+        connection is still out of the pool on the same checkout and inside a transaction: an
+        exception landing between the block's end and its unpinning (a signal, or
+        PyThreadState_SetAsyncExc, can land on any line) left the thread pinned to a
+        connection already back in the pool, and its later calls ran on it: failing
+        ("SAVEPOINT can only be used in transaction blocks"), or, once another thread had
+        that connection in a block, inside that thread's transaction."""
+        pinned = getattr(self._local, "txn", None)
+        if pinned is None:
+            return None
+        from psycopg.pq import TransactionStatus
+
+        if (self._checkouts.get(id(pinned.conn)) is not pinned.token
+                or pinned.conn.info.transaction_status not in (TransactionStatus.INTRANS,
+                                                               TransactionStatus.INERROR)):
             self._local.txn = None
-            try:
-                conn.execute("COMMIT")
-            except Exception as exc:
-                raise pg_errors.translate(exc, self.server, "committing a transaction",
-                                          committing=True) from exc
+            return None
+        return pinned
 
     def _nested(self, pinned: _Pinned) -> Iterator[None]:
         pinned.depth += 1
@@ -685,7 +714,7 @@ class Engine:
         """``work(conn)`` in one read-only REPEATABLE READ transaction (one snapshot), or,
         inside the calling thread's :meth:`transaction`, on its connection (seeing its
         uncommitted writes; each statement its own snapshot, READ COMMITTED)."""
-        pinned = getattr(self._local, "txn", None)
+        pinned = self._pinned()
         if pinned is not None:
             return self._in_savepoint(pinned, doing, work)
         with self._connection(doing) as conn:
