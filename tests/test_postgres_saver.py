@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from sqlitesaver import (Checkpoint, CheckpointNotFoundError, ChecksumError, ForkedProcessError,
-                         InvalidArgumentError, Saver, SaverClosedError, UsageError)
+                         InvalidArgumentError, Saver, SaverClosedError, SaverError, UsageError)
 from sqlitesaver.postgres.saver import PostgresSaver
 from sqlitesaver.sqlite.saver import SqliteSaver
 
@@ -255,3 +255,17 @@ def test_an_exception_at_any_line_of_a_block_leaves_no_stale_pin(pg_url):
             worker.join(20)
         assert [cp.state for cp in saver.list("w0")] == [1] == [cp.state for cp in
                                                                saver.list("w1")]
+
+
+def test_a_block_whose_server_transaction_was_aborted_raises_at_its_end(saver):
+    """PostgreSQL answers COMMIT in an aborted transaction with the tag ROLLBACK, not an
+    error. A statement failing outside any call's savepoint (here on the block's connection
+    directly; through the API, a SAVEPOINT cancelled by a Ctrl-C the caller caught) aborts
+    the whole transaction: before, the block then ended as if committed, nothing stored."""
+    with pytest.raises(SaverError, match="rolled the transaction back"):
+        with saver.transaction():
+            saver.put("t", 1)
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                saver._engine._pinned().conn.execute("SELECT 1/0")
+    assert list(saver.list("t")) == [] and not saver.in_transaction
+    saver.put("t", 2)

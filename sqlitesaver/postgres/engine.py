@@ -364,7 +364,7 @@ class Engine:
                     conn.execute(begin, prepare=False)  # several statements: unpreparable
                     result = work(conn)
                     committing = True
-                    conn.execute("COMMIT")
+                    self._commit(conn, doing)
                     return result
                 except BaseException as exc:
                     if not committing:
@@ -421,12 +421,26 @@ class Engine:
                     raise
                 self._local.txn = None
                 try:
-                    conn.execute("COMMIT")
+                    self._commit(conn, "committing a transaction")
+                except SaverError:
+                    raise
                 except Exception as exc:
                     raise pg_errors.translate(exc, self.server, "committing a transaction",
                                               committing=True) from exc
             finally:
                 self._local.txn = None  # whatever skipped the lines above
+
+    def _commit(self, conn: Any, doing: str) -> None:
+        """COMMIT, and check that it committed: in a transaction the server had aborted (a
+        statement that failed outside any savepoint, e.g. one cancelled by Ctrl-C that the
+        caller caught), COMMIT succeeds with the tag ROLLBACK and raises nothing."""
+        tag = conn.execute("COMMIT").statusmessage
+        if tag != "COMMIT":
+            raise SaverError(
+                f"the PostgreSQL server {self.server} rolled the transaction back instead of "
+                f"committing it while {doing} (COMMIT answered {tag!r}): a statement of it had "
+                "failed outside any call's savepoint, which aborts the whole transaction. "
+                "Nothing of it was written; run it again.", path=self.server)
 
     def _pinned(self) -> _Pinned | None:
         """The calling thread's open transaction, or None. A pin is trusted only while its
