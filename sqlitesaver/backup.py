@@ -67,7 +67,7 @@ from .errors import (CorruptDatabaseError, DatabaseFileError, InvalidArgumentErr
 
 if TYPE_CHECKING:
     from .saver import Saver
-    from .sqlite.saver import SqliteSaver
+    from .sqlite.saver import SqliteFileSaver
 
 __all__ = ["STEP_PAGES", "BackupReport", "RestoreReport", "backup", "restore"]
 
@@ -122,8 +122,8 @@ def backup(source: "str | os.PathLike[str] | Saver", destination: str | os.PathL
         return saver.backup(destination)
 
 
-def backup_saver(saver: "SqliteSaver", destination: str | os.PathLike[str]) -> BackupReport:
-    """The body of :meth:`SqliteSaver.backup` (which refuses to run inside a transaction)."""
+def backup_saver(saver: "SqliteFileSaver", destination: str | os.PathLike[str]) -> BackupReport:
+    """The body of :meth:`SqliteFileSaver.backup` (which refuses to run inside a transaction)."""
     from .sqlite.reads import _Read
     started = time.perf_counter()
     dst = files.check_new_destination(destination, "the backup")

@@ -2,8 +2,8 @@
 
 ``Saver(target)`` returns the storage engine the target names, an instance of ``Saver`` either
 way: for a ``postgresql://`` or ``postgres://`` URL a PostgreSQL server
-(:class:`~sqlitesaver.postgres.saver.PostgresSaver`), for anything else a SQLite file
-(:class:`~sqlitesaver.sqlite.saver.SqliteSaver`). Each engine is imported when a target names
+(:class:`~sqlitesaver.postgres.saver.PostgresServerSaver`), for anything else a SQLite file
+(:class:`~sqlitesaver.sqlite.saver.SqliteFileSaver`). Each engine is imported when a target names
 it; this module imports neither.
 
 What this module holds is what every engine shares, so that it is written once: each public
@@ -70,10 +70,10 @@ class Saver:
 
     ``Saver(path)`` opens ``path``, creating it if it does not exist, and runs the startup
     recovery described by :attr:`recovery`; it returns a
-    :class:`~sqlitesaver.sqlite.saver.SqliteSaver`, whose docstring gives the options
+    :class:`~sqlitesaver.sqlite.saver.SqliteFileSaver`, whose docstring gives the options
     (``durability``, ``busy_timeout``, ``integrity_check``, ``readonly``, ``max_readers``) and
     what a path may name. ``Saver("postgresql://...")`` returns a
-    :class:`~sqlitesaver.postgres.saver.PostgresSaver`. Both are instances of ``Saver``. Use it
+    :class:`~sqlitesaver.postgres.saver.PostgresServerSaver`. Both are instances of ``Saver``. Use it
     as a context manager or call :meth:`close`. One Saver may be shared by any number of
     threads; it must not cross ``fork()``.
 
@@ -89,10 +89,10 @@ class Saver:
         if cls is not Saver:
             return super().__new__(cls)
         if isinstance(path, str) and path.startswith(_POSTGRES_SCHEMES):
-            from .postgres.saver import PostgresSaver
-            return super().__new__(PostgresSaver)
-        from .sqlite.saver import SqliteSaver
-        return super().__new__(SqliteSaver)
+            from .postgres.saver import PostgresServerSaver
+            return super().__new__(PostgresServerSaver)
+        from .sqlite.saver import SqliteFileSaver
+        return super().__new__(SqliteFileSaver)
 
     recovery: RecoveryReport
     """What the startup recovery found and did (a SQLite file's; ``None`` on a server)."""

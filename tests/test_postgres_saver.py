@@ -12,8 +12,8 @@ import pytest
 
 from sqlitesaver import (Checkpoint, CheckpointNotFoundError, ChecksumError, ForkedProcessError,
                          InvalidArgumentError, Saver, SaverClosedError, SaverError, UsageError)
-from sqlitesaver.postgres.saver import PostgresSaver
-from sqlitesaver.sqlite.saver import SqliteSaver
+from sqlitesaver.postgres.saver import PostgresServerSaver
+from sqlitesaver.sqlite.saver import SqliteFileSaver
 
 psycopg = pytest.importorskip("psycopg") if not os.environ.get("CI") else __import__("psycopg")
 
@@ -25,7 +25,7 @@ def saver(pg_url):
 
 
 def test_a_postgres_url_opens_the_same_saver_on_the_server(saver, pg_url):
-    assert isinstance(saver, Saver) and type(saver) is PostgresSaver
+    assert isinstance(saver, Saver) and type(saver) is PostgresServerSaver
     assert saver.path.startswith("postgresql://postgres@/t_") and "?host=" in saver.path
     ref = saver.put("t", {"n": 1, "when": (1, 2)}, metadata={"step": 1})
     child = saver.put("t", {"n": 2}, parent_id=ref.checkpoint_id)
@@ -47,7 +47,7 @@ def test_a_path_is_still_a_sqlite_file(tmp_path):
     'host=db dbname=app'."""
     path = tmp_path / "host=db dbname=app"
     with Saver(str(path)) as saver:
-        assert type(saver) is SqliteSaver and saver.path == str(path)
+        assert type(saver) is SqliteFileSaver and saver.path == str(path)
 
 
 @pytest.mark.parametrize("option", [{"readonly": True}, {"integrity_check": "full"},

@@ -1,6 +1,6 @@
 """``Saver("postgresql://...")``: the same Saver, its storage on a PostgreSQL server.
 
-:class:`PostgresSaver` is what :class:`sqlitesaver.Saver` returns for a PostgreSQL URL (an
+:class:`PostgresServerSaver` is what :class:`sqlitesaver.Saver` returns for a PostgreSQL URL (an
 instance of ``Saver``). It inherits every public method and with them the backend-neutral
 core: argument checks, the codec, checksums verified on every read, the records returned, the
 exceptions; it replaces only the storage steps (``Saver``'s ``_put_checkpoint``,
@@ -34,7 +34,7 @@ from ..sqlite import reads as _pages  # PAGE_BYTES: one payload budget per page,
 from . import connect
 from .engine import Engine
 
-__all__ = ["PostgresSaver"]
+__all__ = ["PostgresServerSaver"]
 
 _LIVE: weakref.WeakSet = weakref.WeakSet()
 _ABANDONED_IN_CHILD: list = []
@@ -61,7 +61,7 @@ def _not_yet(what: str, server: str) -> UsageError:
                       path=server)
 
 
-class PostgresSaver(Saver):
+class PostgresServerSaver(Saver):
     """A durable checkpoint store on a PostgreSQL server; see the module docstring.
 
     Options (besides ``durability`` and ``busy_timeout``, as for a file):
@@ -142,7 +142,7 @@ class PostgresSaver(Saver):
         return threading.get_ident() if self._engine.in_transaction() else None
 
     @contextlib.contextmanager
-    def transaction(self) -> Iterator["PostgresSaver"]:
+    def transaction(self) -> Iterator["PostgresServerSaver"]:
         """Group several operations into one state transition: one server transaction for
         the block, all of it or none of it; a block nested in it is a savepoint. See
         :meth:`sqlitesaver.postgres.engine.Engine.transaction` for what differs from a file:

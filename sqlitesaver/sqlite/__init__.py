@@ -2,7 +2,7 @@
 (:mod:`sqlitesaver.saver`), moved out of ``saver.py`` in issue #16's split (see
 ``research/postgres_engine_plan.md``).
 
-- :mod:`~sqlitesaver.sqlite.saver`: :class:`~sqlitesaver.sqlite.saver.SqliteSaver`, the
+- :mod:`~sqlitesaver.sqlite.saver`: :class:`~sqlitesaver.sqlite.saver.SqliteFileSaver`, the
   ``Saver`` for a file: opening it, each storage step's SQL, files, ``transaction()``,
   ``settings``, ``stats``, ``backup``, ``close``.
 - :mod:`~sqlitesaver.sqlite.transaction`: the write protocol (group commit on the one write

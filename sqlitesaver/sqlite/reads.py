@@ -1,4 +1,4 @@
-"""The SQLite read path: the connections a :class:`~sqlitesaver.sqlite.saver.SqliteSaver` reads
+"""The SQLite read path: the connections a :class:`~sqlitesaver.sqlite.saver.SqliteFileSaver` reads
 on, and how each read holds, and lets go of, its snapshot.
 
 Guarantees:
@@ -12,11 +12,11 @@ Guarantees:
   connection or slot back. Once reads stop, at most :data:`MAX_IDLE_READERS` stay open.
 * No read leaves a snapshot behind: its read transaction ends before it returns, a page of
   rows (:func:`_fetch_page`) resets its statement first, and a connection still in a read
-  transaction is closed rather than pooled (``SqliteSaver._release_reader``). An iterator the
+  transaction is closed rather than pooled (``SqliteFileSaver._release_reader``). An iterator the
   caller keeps open (``list``, ``read_log``) therefore pins nothing and cannot keep the
   ``-wal`` from resetting.
 * An APSW error, or stored text that is not UTF-8, raises the library's own error
-  (``SqliteSaver._translate``: an I/O error also shuts the Saver down), never a raw exception.
+  (``SqliteFileSaver._translate``: an I/O error also shuts the Saver down), never a raw exception.
 
 The statements each read runs are the Saver's (:mod:`sqlitesaver.sqlite.saver`); this module
 holds none of the schema's. It imports :mod:`sqlitesaver.sqlite.saver` for type checking only.
@@ -39,7 +39,7 @@ from ..errors import SaverError
 from . import transaction as write_path
 
 if TYPE_CHECKING:
-    from .saver import SqliteSaver
+    from .saver import SqliteFileSaver
 
 #: A page of rows (:func:`_fetch_page`: ``list()`` and ``read_log()``) ends early once the rows
 #: read hold this many bytes of payload; ``saver.PAGE_ROWS`` and ``saver.MAX_PAGE_ROWS`` bound
@@ -210,7 +210,7 @@ class _Read:
 
     __slots__ = ("_saver", "_doing", "conn", "_pooled", "_snapshot")
 
-    def __init__(self, saver: SqliteSaver, doing: str, *, snapshot: bool = True) -> None:
+    def __init__(self, saver: SqliteFileSaver, doing: str, *, snapshot: bool = True) -> None:
         self._saver = saver
         self._doing = doing
         self._snapshot = snapshot

@@ -1,15 +1,15 @@
-"""The SQLite engine's :class:`SqliteSaver`: a checkpoint store in one SQLite file.
+"""The SQLite engine's :class:`SqliteFileSaver`: a checkpoint store in one SQLite file.
 
-:class:`SqliteSaver` is what :class:`sqlitesaver.Saver` returns for a path (an instance of
-``Saver``; not to be confused with :class:`sqlitesaver.langgraph.SqliteSaver`, the LangGraph
+:class:`SqliteFileSaver` is what :class:`sqlitesaver.Saver` returns for a path (an instance of
+``Saver``; not to be confused with :class:`sqlitesaver.langgraph.SqliteFileSaver`, the LangGraph
 checkpointer). It inherits every public method that reads or writes checkpoints, and with them
 the backend-neutral core (:mod:`sqlitesaver.saver`: argument checks, the codec, checksums
 verified on every read, the records returned); this module holds the rest: opening the file,
-each storage step's SQL, the files stored with a checkpoint, :meth:`SqliteSaver.transaction`,
+each storage step's SQL, the files stored with a checkpoint, :meth:`SqliteFileSaver.transaction`,
 ``settings``, ``stats``, ``backup`` and ``close``.
 
 Guarantee: every method that writes runs as one ``BEGIN IMMEDIATE ... COMMIT`` (or joins the
-caller's :meth:`SqliteSaver.transaction`) and returns only after COMMIT returned. With
+caller's :meth:`SqliteFileSaver.transaction`) and returns only after COMMIT returned. With
 ``durability="full"`` (the default) a returned write survives a process crash, an OS crash and a
 power loss; with ``"normal"`` it survives a process crash, and after a power loss the database is
 consistent but the last acknowledged transitions may be missing. A write that raised left nothing
@@ -57,12 +57,12 @@ if TYPE_CHECKING:
     from ..backup import BackupReport
     from .transaction import _Batch
 
-__all__ = ["SqliteSaver"]
+__all__ = ["SqliteFileSaver"]
 
 #: Connections of Savers inherited through fork(). Kept referenced for the life of the child so
 #: the child never runs sqlite3_close() on a connection whose locks belong to the parent.
 _ABANDONED_IN_CHILD: list = []
-_LIVE: "weakref.WeakSet[SqliteSaver]" = weakref.WeakSet()
+_LIVE: "weakref.WeakSet[SqliteFileSaver]" = weakref.WeakSet()
 
 
 def _abandon_after_fork() -> None:
@@ -130,7 +130,7 @@ _NAMESPACE_RANGE = ("SELECT (SELECT min(namespace) FROM checkpoints WHERE thread
                     "(SELECT max(namespace) FROM checkpoints WHERE thread_id = ?)")
 
 
-class SqliteSaver(Saver):
+class SqliteFileSaver(Saver):
     """A durable checkpoint store in one SQLite file: what ``Saver(path)`` returns.
 
     ``Saver(path)`` opens ``path``, creating it if it does not exist, and runs the startup

@@ -1,8 +1,8 @@
-"""The SQLite write protocol: how a write of a :class:`~sqlitesaver.sqlite.saver.SqliteSaver`
+"""The SQLite write protocol: how a write of a :class:`~sqlitesaver.sqlite.saver.SqliteFileSaver`
 reaches the database.
 
 Every write method runs inside a :class:`_Transaction` on the Saver's one write connection (or
-joins the calling thread's open :meth:`~sqlitesaver.sqlite.saver.SqliteSaver.transaction`, as
+joins the calling thread's open :meth:`~sqlitesaver.sqlite.saver.SqliteFileSaver.transaction`, as
 a SAVEPOINT). Transitions that arrive while one is open share its ``BEGIN IMMEDIATE ...
 COMMIT`` (group commit: one fsync for the batch), each under its own SAVEPOINT, so one that
 fails is rolled back alone.
@@ -43,7 +43,7 @@ from ..errors import (BusyTimeoutError, InterruptedTransitionError, ReadOnlyData
                       SaverError, UsageError, translate)
 
 if TYPE_CHECKING:
-    from .saver import SqliteSaver
+    from .saver import SqliteFileSaver
 
 #: Most transitions one COMMIT carries; a bound on how long a batch's first caller waits.
 MAX_BATCH = 64
@@ -176,7 +176,7 @@ class _Transaction:
     #: it raises. A user's transaction() body is arbitrary code and stays interruptible.
     _hold_signals = True
 
-    def __init__(self, saver: SqliteSaver, doing: str) -> None:
+    def __init__(self, saver: SqliteFileSaver, doing: str) -> None:
         self._saver = saver
         self._doing = doing
         self._batch: _Batch | None = None
@@ -227,7 +227,7 @@ class _Transaction:
                         saver._waiting_cond.notify_all()
                 saver._lock.acquire()  # the one wait here: interruptible, see _abandon
             with interrupts.deferred():
-                saver._owner = me  # an I/O error from here on: see SqliteSaver._fail
+                saver._owner = me  # an I/O error from here on: see SqliteFileSaver._fail
                 if self._counted:
                     self._uncount()
                 saver._check_usable()
@@ -650,7 +650,7 @@ class _Transaction:
 
 
 class _UserTransaction(_Transaction):
-    """The public face of :meth:`SqliteSaver.transaction`: ``as`` gives the Saver, never the
+    """The public face of :meth:`SqliteFileSaver.transaction`: ``as`` gives the Saver, never the
     underlying connection."""
 
     __slots__ = ()
@@ -678,7 +678,7 @@ def _in_transaction(conn: apsw.Connection) -> bool:
         return False
 
 
-def _interrupted(saver: SqliteSaver, doing: str, batch: _Batch) -> InterruptedTransitionError:
+def _interrupted(saver: SqliteFileSaver, doing: str, batch: _Batch) -> InterruptedTransitionError:
     path = saver._path
     then = "Try again: the Saver stays usable." if saver._failure is None else \
         f"The Saver then shut down ({saver._failure}): open a new one."
