@@ -63,7 +63,7 @@ import hashlib
 import json
 import os
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TextIO
 
@@ -693,7 +693,6 @@ def _parents(conn: apsw.Connection, version: int | None) -> tuple[list[str], str
     parent's caller-supplied id kept beside the link (``parent_key``) is the existing parent's
     own id, and there is none without a link."""
     problems = []
-    present = pruned = by_key = 0
     keys = "c.parent_key, p.key" if (version or 0) >= 2 else "NULL, NULL"
     if keys != "NULL, NULL":
         for seq, thread_id, namespace, parent_key in conn.execute(
@@ -701,13 +700,28 @@ def _parents(conn: apsw.Connection, version: int | None) -> tuple[list[str], str
                 "WHERE parent_seq IS NULL AND parent_key IS NOT NULL ORDER BY seq"):
             problems.append(f"{_checkpoint(seq, thread_id, namespace)} names parent "
                             f"{parent_key!r} but links to no parent")
+    found, present, pruned, by_key = parent_links(conn.execute(
+        "SELECT c.seq, c.thread_id, c.namespace, c.parent_seq, p.seq, p.thread_id, "
+        "p.namespace, (SELECT min(o.seq) FROM checkpoints AS o WHERE o.thread_id = "
+        f"c.thread_id AND o.namespace = c.namespace), {keys} FROM checkpoints AS c "
+        "LEFT JOIN checkpoints AS p ON p.seq = c.parent_seq "
+        "WHERE c.parent_seq IS NOT NULL ORDER BY c.seq"))
+    problems += found
+    by_key_text = f"; {by_key} name their parent by a caller-supplied id" if by_key else ""
+    return problems, (f"{present + pruned} parent link(s): {present} to an existing checkpoint "
+                      f"of the same thread and namespace, {pruned} to a pruned one{by_key_text}")
+
+
+def parent_links(rows: Iterable[tuple]) -> tuple[list[str], int, int, int]:
+    """The parent-link invariant over rows ``(seq, thread_id, namespace, parent_seq, parent's
+    seq, parent's thread_id, parent's namespace, oldest seq of the child's thread and
+    namespace, parent_key, parent's key)`` of every linked checkpoint (the parent's columns
+    NULL when it is gone), for both engines' validators: (problems, links to an existing
+    parent, links to a pruned one, links naming the parent by a caller-supplied id)."""
+    problems = []
+    present = pruned = by_key = 0
     for (seq, thread_id, namespace, parent_seq, p_seq, p_thread, p_namespace, oldest,
-         parent_key, p_key) in conn.execute(
-            "SELECT c.seq, c.thread_id, c.namespace, c.parent_seq, p.seq, p.thread_id, "
-            "p.namespace, (SELECT min(o.seq) FROM checkpoints AS o WHERE o.thread_id = "
-            f"c.thread_id AND o.namespace = c.namespace), {keys} FROM checkpoints AS c "
-            "LEFT JOIN checkpoints AS p ON p.seq = c.parent_seq "
-            "WHERE c.parent_seq IS NOT NULL ORDER BY c.seq"):
+         parent_key, p_key) in rows:
         child = _checkpoint(seq, thread_id, namespace)
         by_key += parent_key is not None
         if p_seq is not None:
@@ -726,9 +740,7 @@ def _parents(conn: apsw.Connection, version: int | None) -> tuple[list[str], str
                             f"missing but not older than {_checkpoint_id(oldest)!r}, the oldest "
                             "remaining checkpoint of that thread and namespace: it was not "
                             "pruned")
-    by_key_text = f"; {by_key} name their parent by a caller-supplied id" if by_key else ""
-    return problems, (f"{present + pruned} parent link(s): {present} to an existing checkpoint "
-                      f"of the same thread and namespace, {pruned} to a pruned one{by_key_text}")
+    return problems, present, pruned, by_key
 
 
 # --- files (schema version 3, sqlitesaver.attachments) ----------------------------------------

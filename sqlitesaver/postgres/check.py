@@ -31,7 +31,7 @@ from typing import Any
 
 from .. import integrity
 from ..check import (FAILED, NOTE, OK, UNUSABLE, Report, _checkpoint, _checkpoint_id, _counts,
-                     _failures, _listed, _stopped, _verified)
+                     _failures, _listed, _stopped, _verified, parent_links)
 from ..errors import SaverError
 from . import connect, schema
 from . import target as pg_target
@@ -270,30 +270,13 @@ def _check_invariants(report: Report, conn: Any) -> None:
             "WHERE parent_seq >= seq ORDER BY seq"):
         problems.append(f"{_checkpoint(seq, thread_id, namespace)} has parent "
                         f"{_checkpoint_id(parent_seq)!r}, which is not older than it")
-    present = pruned = 0
-    for (seq, thread_id, namespace, parent_seq, p_seq, p_thread, p_namespace, oldest,
-         parent_key, p_key) in conn.execute(
-            "SELECT c.seq, c.thread_id, c.namespace, c.parent_seq, p.seq, p.thread_id, "
-            f"p.namespace, (SELECT min(o.seq) FROM {_S}.checkpoints AS o WHERE o.thread_id = "
-            "c.thread_id AND o.namespace = c.namespace), c.parent_key, p.key "
-            f"FROM {_S}.checkpoints AS c LEFT JOIN {_S}.checkpoints AS p ON p.seq = "
-            "c.parent_seq WHERE c.parent_seq IS NOT NULL ORDER BY c.seq"):
-        child = _checkpoint(seq, thread_id, namespace)
-        if p_seq is not None:
-            present += 1
-            if (p_thread, p_namespace) != (thread_id, namespace):
-                problems.append(f"{child} has parent {_checkpoint(p_seq, p_thread, p_namespace)}"
-                                ": another thread or namespace")
-            elif parent_key != p_key:
-                problems.append(f"{child} names parent {parent_key!r} but links to a "
-                                f"checkpoint whose id is {p_key!r}")
-        elif parent_seq < oldest:
-            pruned += 1
-        else:
-            problems.append(f"{child} has parent {_checkpoint_id(parent_seq)!r}, which is "
-                            f"missing but not older than {_checkpoint_id(oldest)!r}, the oldest "
-                            "remaining checkpoint of that thread and namespace: it was not "
-                            "pruned")
+    found, present, pruned, _ = parent_links(conn.execute(
+        "SELECT c.seq, c.thread_id, c.namespace, c.parent_seq, p.seq, p.thread_id, "
+        f"p.namespace, (SELECT min(o.seq) FROM {_S}.checkpoints AS o WHERE o.thread_id = "
+        "c.thread_id AND o.namespace = c.namespace), c.parent_key, p.key "
+        f"FROM {_S}.checkpoints AS c LEFT JOIN {_S}.checkpoints AS p ON p.seq = "
+        "c.parent_seq WHERE c.parent_seq IS NOT NULL ORDER BY c.seq"))
+    problems += found
     if problems:
         report.add("invariants", FAILED, f"{len(problems)} violation(s): {_listed(problems)}")
     else:

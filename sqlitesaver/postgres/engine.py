@@ -55,7 +55,7 @@ from typing import Any, TypeVar
 from .. import integrity
 from ..errors import (BusyTimeoutError, CheckpointNotFoundError, InvalidArgumentError,
                       SaverClosedError, SaverError)
-from ..ids import INT64_MAX, format_id, is_generated, parse_id
+from ..ids import INT64_MAX, checkpoint_query, format_id, is_generated, parse_id
 from ..schema import APPLICATION_ID
 from . import connect, schema
 from . import errors as pg_errors
@@ -749,18 +749,12 @@ class Engine:
         pending writes in (task_id, idx) order, from one statement; [] if there is none."""
         if _has_nul(thread_id, namespace, checkpoint_id):
             return []  # no stored text holds NUL (check_text): there is no such checkpoint
-        if checkpoint_id is None:
-            query, params = _GET_LATEST, (thread_id, namespace)
-        elif not is_generated(checkpoint_id):
-            query, params = _GET_BY_KEY, (thread_id, namespace, checkpoint_id)
-        else:
-            seq = parse_id(checkpoint_id)
-            if seq is None:
-                return []
-            query, params = _GET_BY_SEQ, (seq, thread_id, namespace)
+        found = checkpoint_query(thread_id, namespace, checkpoint_id, _GET_LATEST, _GET_BY_KEY,
+                                 _GET_BY_SEQ)
+        if found is None:
+            return []
         # In a transaction of its own for its SET LOCAL timeouts (see _begin_read).
-        return self._read("reading a checkpoint",
-                          lambda conn: conn.execute(query, params).fetchall())
+        return self._read("reading a checkpoint", lambda conn: conn.execute(*found).fetchall())
 
     def page(self, thread_id: str, namespace: str | None, before: str | None,
              upper: int | None, want: int, budget: int) -> tuple[int, list[tuple],

@@ -44,6 +44,7 @@ from ..ids import INT64_MAX as _INT64_MAX
 from ..ids import format_id as _format_id
 from ..ids import is_generated as _is_generated
 from ..ids import parse_id as _parse_id
+from ..ids import checkpoint_query
 from ..pragmas import DURABILITY_LEVELS, Profile
 from ..records import Checkpoint, CheckpointRef, LogEvent
 from ..saver import Saver, _check_text, _matches, _to_datetime
@@ -728,18 +729,12 @@ class SqliteFileSaver(Saver):
     def _get_rows(self, thread_id: str, namespace: str, checkpoint_id: str | None
                   ) -> builtins.list[tuple]:
         """One statement (its own snapshot): see _get_query."""
-        params: tuple[object, ...]
-        if checkpoint_id is None:
-            query, params = _GET_LATEST, (thread_id, namespace)
-        elif not _is_generated(checkpoint_id):
-            query, params = _GET_BY_KEY, (thread_id, namespace, checkpoint_id)
-        else:
-            seq = _parse_id(checkpoint_id)
-            if seq is None:
-                return []
-            query, params = _GET_BY_SEQ, (seq, thread_id, namespace)
+        found = checkpoint_query(thread_id, namespace, checkpoint_id, _GET_LATEST, _GET_BY_KEY,
+                                 _GET_BY_SEQ)
+        if found is None:
+            return []
         with _Read(self, "reading a checkpoint", snapshot=False) as read:
-            return read.conn.execute(query, params).fetchall()
+            return read.conn.execute(*found).fetchall()
 
     def _list(self, thread_id: str, namespace: str | None, before: str | None,
               limit: int | None, metadata: dict | None,
