@@ -9,6 +9,7 @@ import sys
 import threading
 
 import apsw
+import pytest
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "bench"))
@@ -207,6 +208,7 @@ def test_issue_15_targets():
         "saver_steps8_async": [(ratio, 1.2, "lg_steps8_async", "mem_steps8_async")]}
 
 
+@pytest.mark.tooling
 def test_a_short_run_measures_every_row_and_judges_every_target(tmp_path):
     """The whole bench, short (one round of --quick's 0.15 s runs: much shorter and a worker
     woken late on a busy machine may find the deadline passed and complete nothing): every

@@ -8,9 +8,12 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
+@pytest.mark.tooling
 def test_a_hanging_test_ends_the_run_with_its_stack(tmp_path):
     shutil.copy(os.path.join(HERE, "conftest.py"), tmp_path / "conftest.py")
     (tmp_path / "test_hangs.py").write_text(

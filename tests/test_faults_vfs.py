@@ -538,6 +538,7 @@ def test_power_loss_with_full_durability_loses_nothing_acknowledged(tmp_path):
         assert found in (acked, acked + 1), f"seed {seed}: acked {acked} found {found} {detail}"
 
 
+@pytest.mark.tooling
 def test_power_loss_with_normal_durability_can_lose_acknowledged_transitions(tmp_path):
     """NORMAL does not sync at COMMIT: the database stays consistent (a prefix of what was
     committed), but some seed must lose acknowledged transitions, or the simulation is blind."""
@@ -548,6 +549,7 @@ def test_power_loss_with_normal_durability_can_lose_acknowledged_transitions(tmp
     assert lost, f"no seed in 0..7 lost anything under NORMAL: {results}"
 
 
+@pytest.mark.tooling
 @pytest.mark.parametrize("unsafe", [["OFF", "OFF"], ["DELETE", "OFF"]],
                          ids=["journal_mode=OFF", "rollback-journal+synchronous=OFF"])
 def test_power_loss_exposes_unsafe_journal_settings(tmp_path, unsafe):

@@ -94,6 +94,7 @@ def test_durability_normal_passes_sigkill_too(tmp_path):
     assert report["options"]["durability"] == "normal"
 
 
+@pytest.mark.tooling
 def test_the_seed_fixes_the_kill_delays(tmp_path):
     runs = []
     for seed in ("77", "77", "78"):
@@ -107,6 +108,7 @@ def test_the_seed_fixes_the_kill_delays(tmp_path):
 
 # --- broken writers are caught (the harness has teeth) -----------------------------------------
 
+@pytest.mark.tooling
 def test_acknowledging_before_commit_is_reported_as_lost(tmp_path):
     status, output, report = torture("--iterations", "200", "--max-interval", "0.2",
                                      "--seed", "1201",
@@ -118,6 +120,7 @@ def test_acknowledging_before_commit_is_reported_as_lost(tmp_path):
     assert f"database kept for inspection: {kept}" in output and os.path.exists(kept)
 
 
+@pytest.mark.tooling
 def test_splitting_a_transition_into_commits_is_reported_as_partial(tmp_path):
     status, output, report = torture("--iterations", "200", "--max-interval", "0.2",
                                      "--seed", "1202",
@@ -128,6 +131,7 @@ def test_splitting_a_transition_into_commits_is_reported_as_partial(tmp_path):
     assert "PARTIAL" in output
 
 
+@pytest.mark.tooling
 def test_journal_mode_off_is_corrupted_by_sigkill(tmp_path):
     status, output, report = torture("--iterations", "300", "--max-interval", "0.3",
                                      "--seed", "1203",
@@ -137,6 +141,7 @@ def test_journal_mode_off_is_corrupted_by_sigkill(tmp_path):
     assert summary["corrupt"] + summary["lost"] + summary["partial"] >= 1, output
 
 
+@pytest.mark.tooling
 def test_a_rollback_journal_without_sync_survives_sigkill(tmp_path):
     # The negative control, and the reason issue #4 exists: SIGKILL leaves the page cache
     # intact, so synchronous=OFF with a rollback journal passes. Only simulated power loss
@@ -172,6 +177,7 @@ def test_threads_share_one_saver_and_every_lane_is_verified(tmp_path):
     assert "PASS (seed 1401)" in output
 
 
+@pytest.mark.tooling
 @pytest.mark.parametrize("writer, violation", [("MemberReturnsBeforeCommit", "lost"),
                                                ("FailedMemberLeaks", "leaked")])
 def test_broken_group_commit_is_caught_with_threads_and_only_with_threads(tmp_path, writer,
@@ -220,6 +226,7 @@ def test_power_loss_full_loses_nothing(tmp_path):
     assert all(e["crash_after_ops"] for e in report["iterations"])
 
 
+@pytest.mark.tooling
 def test_power_loss_normal_loses_acknowledged_transitions_but_stays_consistent(tmp_path):
     # What durability="normal" gives up, shown: acknowledged transitions are lost (newest
     # first, whole), nothing is partial or corrupt, and the harness fails the run.
@@ -232,6 +239,7 @@ def test_power_loss_normal_loses_acknowledged_transitions_but_stays_consistent(t
     assert summary["partial"] == 0 and summary["corrupt"] == 0, output
 
 
+@pytest.mark.tooling
 def test_power_loss_catches_a_rollback_journal_without_sync(tmp_path):
     # The negative control of SIGKILL mode, caught: synchronous=OFF fails under power loss.
     status, output, report = torture("--mode", "power-loss", "--iterations", "40",
@@ -420,6 +428,7 @@ def test_file_transitions_pass_and_every_kill_restores_a_workspace(tmp_path):
     assert check.check_database(db).ok
 
 
+@pytest.mark.tooling
 def test_files_committed_outside_the_checkpoints_transaction_are_reported_as_partial(tmp_path):
     status, output, report = torture("--iterations", "200", "--max-interval", "0.2",
                                      "--seed", "1802", "--writer",

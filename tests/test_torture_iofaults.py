@@ -13,6 +13,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 import sqlitesaver
 from sqlitesaver.torture.harness import Options
 from sqlitesaver.torture.iofaults import FAULT_KINDS, run_io_faults
@@ -54,6 +56,7 @@ def run_broken(tmp_path, writer: str, seed: int) -> tuple[int, str, dict]:
     return status, out.getvalue(), report
 
 
+@pytest.mark.tooling
 def test_an_error_swallowed_by_the_caller_is_reported(tmp_path):
     status, output, report = run_broken(tmp_path, "SwallowsErrors", 4102)
     assert status == 1, output
@@ -61,6 +64,7 @@ def test_an_error_swallowed_by_the_caller_is_reported(tmp_path):
     assert "no error reached the caller" in " ".join(step["violations"]), output
 
 
+@pytest.mark.tooling
 def test_a_saver_that_does_not_shut_down_after_an_io_error_is_reported(tmp_path):
     status, output, report = run_broken(tmp_path, "KeepsGoingAfterIOError", 4103)
     assert status == 1, output
@@ -69,6 +73,7 @@ def test_a_saver_that_does_not_shut_down_after_an_io_error_is_reported(tmp_path)
     assert "still usable after DatabaseIOError" in " ".join(step["violations"]), output
 
 
+@pytest.mark.tooling
 def test_a_full_disk_reported_as_an_io_error_is_reported(tmp_path):
     status, output, report = run_broken(tmp_path, "FullDiskAsIOError", 4104)
     assert status == 1, output

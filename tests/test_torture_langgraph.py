@@ -50,6 +50,7 @@ def test_the_adapter_passes_with_graphs_on_several_threads(tmp_path):
 
 # --- broken adapters are caught ------------------------------------------------------------------
 
+@pytest.mark.tooling
 @pytest.mark.parametrize("adapter, lost", [("AckPutBeforeCommit", "lost_puts"),
                                            ("AckWritesBeforeCommit", "lost_writes")])
 def test_acknowledging_before_commit_is_reported_as_lost(tmp_path, adapter, lost):
@@ -138,6 +139,7 @@ def test_a_run_crashed_after_its_parallel_tasks_resumes_without_running_them(tmp
     assert reference(spec)["log"][-1].startswith("e:9")
 
 
+@pytest.mark.tooling
 def test_writes_acknowledged_but_not_stored_are_lost_and_their_nodes_run_again(tmp_path):
     db = str(tmp_path / "crash.db")
     spec = RunSpec("w0-i1.r1", salt=5, rounds=1, size=0, durability="sync")
