@@ -147,7 +147,11 @@ class Report:
 
 def check_database(path: str) -> Report:
     """Check one database file without writing to it; see the module docstring. Whatever goes
-    wrong while checking it is reported in its :class:`Report` (FAILED), never raised."""
+    wrong while checking it is reported in its :class:`Report` (FAILED), never raised. A
+    ``postgresql://`` or ``postgres://`` URL is a server, checked by
+    sqlitesaver/postgres/check.py (the same report and results), as ``Saver`` opens one."""
+    if isinstance(path, str) and path.startswith(_POSTGRES_SCHEMES):
+        return _check_server(path)
     report = Report(path)
     try:
         _check_database(report, path)
@@ -886,8 +890,7 @@ def run(paths: Sequence[str], *, as_json: bool = False, out: TextIO) -> int:
     """Check every path, print the result and return the exit status (:func:`exit_status`).
     A ``postgresql://`` or ``postgres://`` URL is a server: sqlitesaver/postgres/check.py
     checks it (the same report and results)."""
-    reports = [_check_server(path) if path.startswith(_POSTGRES_SCHEMES)
-               else check_database(path) for path in paths]
+    reports = [check_database(path) for path in paths]
     status = exit_status(reports)
     if as_json:
         # default=repr: a damaged column can hold a type JSON has no form for (bytes)

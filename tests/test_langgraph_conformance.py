@@ -94,23 +94,31 @@ def test_the_readme_names_the_installed_suite_and_every_capability_it_counts():
     assert set(re.findall(r"`(\w+)`", names)) == {c.value for c in EXTENDED_CAPABILITIES}, row
 
 
-def test_conformance_suite_passes_on_postgresql(pg_url):
-    """The same suite through the same adapter on a Saver on a PostgreSQL server (issue #16:
-    the adapter sees only the Saver's API): a fresh schema for each capability's suite."""
+@pytest.mark.parametrize("kind", ["AsyncPostgresSaver", "PostgresSaver"])
+def test_conformance_suite_passes_on_postgresql(pg_url, kind):
+    """The same suite on PostgreSQL, through the classes named as LangGraph's
+    (``from_conn_string`` with the server's URL, issue #17): a fresh schema for each
+    capability's suite."""
     import psycopg
 
-    from sqlitesaver import Saver
+    from sqlitesaver import langgraph
 
-    @checkpointer_test(name="sqlitesaver SqliteSaver on PostgreSQL")
+    @checkpointer_test(name=f"sqlitesaver {kind}")
     async def factory():
         with psycopg.connect(pg_url, autocommit=True) as admin:
             admin.execute("DROP SCHEMA IF EXISTS sqlitesaver CASCADE")
-        with Saver(pg_url) as saver:
-            yield SqliteSaver(saver)
+        if kind == "AsyncPostgresSaver":
+            async with langgraph.AsyncPostgresSaver.from_conn_string(pg_url) as checkpointer:
+                yield checkpointer
+        else:
+            with langgraph.PostgresSaver.from_conn_string(pg_url) as checkpointer:
+                checkpointer.setup()  # as LangGraph's docs say to: it must be harmless
+                yield checkpointer
 
     defined = {capability.value for capability in Capability}
     report = asyncio.run(validate(factory, capabilities=defined))
     summary = _summary(report.results)
+    print(f"\n{kind}: {summary}")
     assert set(report.results) == defined, summary
     failed = {name: result.failures for name, result in report.results.items()
               if result.passed is not True or not result.detected or result.tests_failed}

@@ -37,9 +37,10 @@ CHILD = textwrap.dedent('''
     from typing import Annotated
     from typing_extensions import TypedDict
     from langgraph.graph import END, START, StateGraph
-    from sqlitesaver.langgraph import SqliteSaver
+    from sqlitesaver.langgraph import PostgresSaver, SqliteSaver
 
     db, mode, runs_log = sys.argv[1:4]
+    Base = PostgresSaver if db.startswith("postgresql://") else SqliteSaver
     ready_fd = int(sys.argv[4]) if mode == "kill" else None
     b_stored = threading.Event()
 
@@ -62,7 +63,7 @@ CHILD = textwrap.dedent('''
             return {"log": [f"{name}:{len(state['log'])}"], "total": amount}
         return run
 
-    class Checkpointer(SqliteSaver):
+    class Checkpointer(Base):
         def put_writes(self, config, writes, task_id, task_path=""):
             super().put_writes(config, writes, task_id, task_path)
             if any(value == ["b:1"] for _, value in writes):  # returned: committed

@@ -8,9 +8,18 @@ Switching from ``langgraph-checkpoint-sqlite`` is the import line::
     with SqliteSaver.from_conn_string("checkpoints.db") as checkpointer:
         graph = builder.compile(checkpointer=checkpointer)
 
-Both classes implement every method of ``BaseCheckpointSaver``, sync and async, including
+and from ``langgraph-checkpoint-postgres`` (the same Saver on a PostgreSQL server)::
+
+    from sqlitesaver.langgraph import PostgresSaver          # was langgraph.checkpoint.postgres
+    from sqlitesaver.langgraph.aio import AsyncPostgresSaver # was ...checkpoint.postgres.aio
+
+    with PostgresSaver.from_conn_string("postgresql://app@db/agents") as checkpointer:
+        checkpointer.setup()  # does nothing (the Saver migrated as it opened); allowed
+
+Every class implements every method of ``BaseCheckpointSaver``, sync and async, including
 ``copy_thread``, ``delete_for_runs`` and ``prune``; they differ only in ``from_conn_string``
-(a context manager here, an async one in :mod:`sqlitesaver.langgraph.aio`). Install with
+(a context manager here, an async one in :mod:`sqlitesaver.langgraph.aio`; a file path for the
+SQLite ones, a server for the PostgreSQL ones). Install with
 ``pip install 'sqlitesaver[langgraph]'``; the core ``sqlitesaver`` package never imports
 LangGraph.
 """
@@ -23,10 +32,11 @@ from contextlib import contextmanager
 from typing import Any
 
 from .. import Saver
-from ._checkpointer import SaverCheckpointer, file_path
-from .aio import AsyncSqliteSaver
+from ._checkpointer import SaverCheckpointer, connection_refused, file_path, server_target
+from .aio import AsyncPostgresSaver, AsyncSqliteSaver
 
-__all__ = ["SqliteSaver", "AsyncSqliteSaver", "SaverCheckpointer"]
+__all__ = ["SqliteSaver", "AsyncSqliteSaver", "PostgresSaver", "AsyncPostgresSaver",
+           "SaverCheckpointer"]
 
 
 class SqliteSaver(SaverCheckpointer):
@@ -45,3 +55,32 @@ class SqliteSaver(SaverCheckpointer):
         cannot be durable."""
         with Saver(file_path(cls, conn_string), **options) as saver:
             yield cls(saver, serde=serde)
+
+
+class PostgresSaver(SaverCheckpointer):
+    """LangGraph checkpointer on a :class:`~sqlitesaver.Saver` on a PostgreSQL server (needs
+    the ``postgres`` extra); the same methods and guarantees as :class:`SqliteSaver`, with the
+    server engine's differences (README, "PostgreSQL"). ``PostgresSaver(saver, serde=None)``
+    wraps a Saver you open and close yourself; a psycopg connection or pool is refused, saying
+    so: the Saver manages its own pool, durability settings and transactions."""
+
+    @classmethod
+    @contextmanager
+    def from_conn_string(cls, conn_string: str, *, pipeline: bool = False, serde: Any = None,
+                         **options: Any) -> Iterator["PostgresSaver"]:
+        """Connect to the server ``conn_string`` (a ``postgresql://`` URL or a libpq key=value
+        DSN), creating or migrating the tables (schema ``sqlitesaver``) if needed, and yield a
+        checkpointer on it; close its connections on exit. ``options`` go to the Saver
+        (``durability``, ``busy_timeout``, ``connect_timeout``, ``statement_timeout``,
+        ``prepare_threshold``, ``max_connections``). ``pipeline`` is accepted for LangGraph's
+        signature and changes nothing: each call is already one transaction of a few
+        statements, acknowledged only after its COMMIT."""
+        from ..postgres.saver import PostgresServerSaver  # the extra's import, only when asked
+
+        del pipeline  # see the docstring
+        with PostgresServerSaver(server_target(cls, conn_string), **options) as saver:
+            yield cls(saver, serde=serde)
+
+    @classmethod
+    def _not_a_saver(cls, given: object) -> str:
+        return connection_refused(cls, given)

@@ -32,6 +32,7 @@ except ImportError as exc:  # the core never needs LangGraph; this module does
 
 from .. import Saver
 from ..errors import CheckpointNotFoundError, InvalidArgumentError
+from ..postgres.target import is_url
 from . import _convert
 from ._rendezvous import STORED, Key, Parked, Rendezvous
 
@@ -60,16 +61,20 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
 
     def __init__(self, saver: Saver, *, serde: SerializerProtocol | None = None) -> None:
         if not isinstance(saver, Saver):
-            name = type(self).__name__
-            raise InvalidArgumentError(
-                f"{name} takes a sqlitesaver.Saver, not a {type(saver).__module__}."
-                f"{type(saver).__qualname__}: it opens the database file itself (through APSW, "
-                "with its crash recovery and settings) instead of using a connection you made. "
-                f"Use {name}.from_conn_string(path) with a file path, or {name}(Saver(path)); "
-                f"{_THROWAWAY}")
+            raise InvalidArgumentError(self._not_a_saver(saver))
         super().__init__(serde=serde)
         self.saver = saver
         self._rendezvous = Rendezvous()
+
+    @classmethod
+    def _not_a_saver(cls, given: object) -> str:
+        """Why ``cls(given)`` is refused, and what to write instead (a LangGraph tutorial
+        passes a connection it made)."""
+        return (f"{cls.__name__} takes a sqlitesaver.Saver, not a {type(given).__module__}."
+                f"{type(given).__qualname__}: it opens the database file itself (through APSW, "
+                "with its crash recovery and settings) instead of using a connection you made. "
+                f"Use {cls.__name__}.from_conn_string(path) with a file path, or "
+                f"{cls.__name__}(Saver(path)); {_THROWAWAY}")
 
     def setup(self) -> None:
         """Nothing to do: the Saver created (or migrated) its schema when it opened. Here so
@@ -410,6 +415,35 @@ def file_path(cls: type, conn_string: object) -> object:
             f"{conn_string!r}: an in-memory or URI database cannot be durable, and durability "
             f"is what sqlitesaver is for; {_THROWAWAY}")
     return conn_string
+
+
+def server_target(cls: type, conn_string: object) -> str:
+    """``conn_string`` if it can name a PostgreSQL server (a ``postgresql://`` URL or a libpq
+    key=value DSN); anything else raises :class:`~sqlitesaver.errors.InvalidArgumentError`
+    saying what to use instead (whether the server answers is checked when the Saver opens)."""
+    if isinstance(conn_string, str) and (is_url(conn_string) or "=" in conn_string):
+        return conn_string
+    raise InvalidArgumentError(
+        f"{cls.__name__}.from_conn_string takes a PostgreSQL server, as a postgresql:// URL "
+        "(postgresql://user@host:5432/dbname) or a libpq key=value DSN, not "
+        f"{_shown(conn_string)}. For a database file use SqliteSaver.from_conn_string(path).")
+
+
+def connection_refused(cls: type, given: object) -> str:
+    """Why a PostgreSQL checkpointer refuses ``cls(given)`` (LangGraph's takes a psycopg
+    connection or pool), and what to write instead."""
+    return (f"{cls.__name__} takes a sqlitesaver.Saver, not a {type(given).__module__}."
+            f"{type(given).__qualname__}: the Saver opens its own connection pool, reads the "
+            "server's durability settings back and runs each call in one transaction, so it "
+            f"does not use a connection or pool you made. Use {cls.__name__}.from_conn_string("
+            f"url), or {cls.__name__}(Saver(url)) with a postgresql:// URL.")
+
+
+def _shown(value: object) -> str:
+    # never a password: a string with an '@' (user:password@host without a scheme) is not shown
+    if isinstance(value, str) and "@" in value:
+        return "that string"
+    return f"{value!r:.80}"
 
 
 def _take(iterator: Iterator, n: int) -> list:
