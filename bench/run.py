@@ -2,6 +2,7 @@
 
     python bench/run.py [--rounds 8] [--seconds 1.0] [--list-size 1000] [--dir DIR]
                         [--json FILE] [--quick] [--only graph-steps]
+    python bench/run.py --backend postgres [...]   (bench/postgres.py: the PostgreSQL rows)
 
 Prints one table measured in one run. Machines here are shared and noisy, so nothing is compared
 with a stored number: each configuration runs once per round for a fixed time, the compared
@@ -1236,6 +1237,18 @@ class Bench:
 
 
 def main() -> int:
+    if "--backend" in sys.argv[1:]:  # `--backend postgres`: bench/postgres.py, its own rows
+        at = sys.argv.index("--backend")
+        backend = sys.argv[at + 1] if at + 1 < len(sys.argv) else ""
+        rest = sys.argv[1:at] + sys.argv[at + 2:]
+        if backend == "postgres":
+            import postgres
+            return postgres.main(rest)
+        if backend != "sqlite":
+            print(f"--backend must be sqlite (the default) or postgres, not {backend!r}",
+                  file=sys.stderr)
+            return 2
+        sys.argv[1:] = rest
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, help="rounds (default 8; --quick 2)")
     parser.add_argument("--seconds", type=float,

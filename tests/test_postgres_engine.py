@@ -241,16 +241,16 @@ def test_concurrent_writers_never_commit_below_what_a_reader_saw(engine, pg_url,
 def test_serialization_failures_and_deadlocks_are_retried_then_busy(engine, pg_url,
                                                                     monkeypatch):
     failures = {"left": 3}
-    real = pg_engine.Engine._lock_threads
+    real = pg_engine.Engine._begin_locking
 
-    def flaky(self, conn, *threads):
+    def flaky(self, conn, *args):  # inside the transaction's try, on its connection
         if failures["left"]:
             failures["left"] -= 1
             raise (psycopg.errors.SerializationFailure if failures["left"] % 2
                    else psycopg.errors.DeadlockDetected)("injected")
-        return real(self, conn, *threads)
+        return real(self, conn, *args)
 
-    monkeypatch.setattr(pg_engine.Engine, "_lock_threads", flaky)
+    monkeypatch.setattr(pg_engine.Engine, "_begin_locking", flaky)
     cp, _ = engine.put_checkpoint("t", "", None, None, STATE, META)
     assert failures["left"] == 0 and len(engine.get_rows("t", "", cp)) == 1
     failures["left"] = 10**9
@@ -283,6 +283,61 @@ def test_a_connection_lost_before_commit_was_not_committed(engine, pg_url):
 
     with pytest.raises(DatabaseIOError, match="was not committed"):
         engine._write("testing", work)
+
+
+@pytest.mark.parametrize("thread_id", ["a'b", "back\\slash", "e\\'; SELECT 1; --", "ünï ☃",
+                                       "$$x$$", ""])
+def test_a_thread_id_quoted_into_the_begin_string_locks_exactly_that_thread(engine, thread_id):
+    """The thread's advisory lock goes into the BEGIN string as a literal (no round trip of its
+    own): the lock held must be hashtext of exactly that text, whatever it holds."""
+    def held(conn):
+        (key2,) = conn.execute("SELECT hashtext(%s)", (thread_id,)).fetchone()
+        locks = conn.execute(
+            "SELECT classid::bigint << 32 | objid::bigint FROM pg_locks WHERE "
+            "locktype = 'advisory' AND pid = pg_backend_pid() AND objsubid = 2 AND mode = "
+            "'ExclusiveLock'").fetchall()
+        return key2, locks
+
+    key2, locks = engine._write("testing", held, threads=(thread_id,))
+    assert locks == [((pg_engine.THREAD_LOCK << 32) | (key2 & 0xFFFFFFFF),)]
+    cp, _ = engine.put_checkpoint(thread_id, "", None, None, STATE, META)
+    assert engine.get_rows(thread_id, "", cp)[0][1] == thread_id
+
+
+def test_dead_pooled_connections_are_replaced_by_every_kind_of_call(pg_url, pg_cluster):
+    """Connections are not checked when the pool hands them out (a round trip per call):
+    after a server crash every pooled one is dead, and each kind of call (pipelined write,
+    pipelined read, unpipelined write, transaction block) must still work, replacing them."""
+    e = pg_engine.Engine(pg_url, busy_timeout=5.0, max_connections=4)
+    try:
+        first, _ = e.put_checkpoint("t", "", None, None, STATE, META)
+        barrier = threading.Barrier(4)
+
+        def hold() -> None:  # four connections out at once, so the pool keeps four
+            with e._connection("testing"):
+                barrier.wait(timeout=30)
+
+        workers = [threading.Thread(target=hold) for _ in range(4)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join(timeout=60)
+        assert e._pool.get_stats()["pool_size"] == 4
+        for call in (lambda: e.put_checkpoint("t", "", first, None, STATE, META),
+                     lambda: e.get_rows("t", "", None),
+                     lambda: e.page("t", "", None, None, 10, 1 << 22),
+                     lambda: e.delete_thread("gone"),
+                     lambda: e.threads()):
+            pg_cluster.kill_all()
+            pg_cluster.start()
+            call()
+        pg_cluster.kill_all()
+        pg_cluster.start()
+        with e.transaction():
+            e.append_log("t", b"\x01")
+        assert e.log_page("t", 0, None, 10)[1][0][1] == "t"
+    finally:
+        e.close()
 
 
 def test_a_server_restarted_between_calls_costs_a_reconnect(engine, pg_cluster):

@@ -1,0 +1,53 @@
+"""bench/postgres.py runs end to end on a server and prints every row with its target and
+ceiling. The figures are not judged: a benchmark on a shared machine is measured, not asserted
+(research/postgres_benchmark.md has a full run's)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "bench"))
+
+import postgres  # noqa: E402  (bench/postgres.py)
+
+
+@pytest.mark.tooling
+def test_a_short_run_prints_every_row_beside_its_target_and_ceiling(pg_url, tmp_path):
+    out = tmp_path / "bench.json"
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "run.py"), "--backend", "postgres",
+         "--db", pg_url, "--quick", "--seconds", "0.1", "--json", str(out)],
+        capture_output=True, text=True, timeout=300,
+        env=dict(os.environ, PYTHONPATH=REPO))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    for _, title in postgres.ROWS:
+        (line,) = [line for line in lines if line.startswith(title)]
+        assert ("met" in line) and ("x" in line), line
+    report = json.loads(out.read_text())
+    assert [row["row"] for row in report["table"]] == [title for _, title in postgres.ROWS]
+    assert all(row["ours"] > 0 and row["langgraph"] > 0 and row["ceiling"] > 0
+               for row in report["table"]), report["table"]
+    contenders = report["facts"]["contenders"]
+    assert contenders["langgraph"]["synchronous_commit"] == "on"  # as durable as ours
+    assert contenders["sqlitesaver"]["settings"]["synchronous_commit"] == "on"
+    assert report["errors"] == {}
+
+
+def test_a_database_already_holding_tables_is_refused(pg_url):
+    import psycopg
+
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("CREATE TABLE public.checkpoints (x int)")
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "postgres.py"), "--db", pg_url,
+         "--quick"], capture_output=True, text=True, timeout=120,
+        env=dict(os.environ, PYTHONPATH=REPO))
+    assert done.returncode != 0
+    assert "public.checkpoints" in done.stderr + done.stdout
