@@ -14,10 +14,12 @@ Guarantees:
 
 * **One transaction per operation**, ``BEGIN`` ... ``COMMIT`` written by the engine on an
   autocommit connection from a pool. A pooled connection is not checked before use (a round
-  trip per call): one found dead by the transaction's statements before its COMMIT was sent (a
-  server restarted meanwhile) is dropped and the transaction run again on another, which is
-  safe because nothing of it was committed; so a restart costs a reconnect, not an error. A
-  call returns after its COMMIT returned. ``synchronous_commit`` is set per transaction
+  trip per call): one found dead by the transaction's ``BEGIN`` (a server restarted
+  meanwhile) is dropped and the transaction run on another, which is safe because nothing of
+  it ran; so a restart costs a reconnect, not an error. A connection lost after the ``BEGIN``
+  is never retried (a statement that kills its backend would, on every try, put the whole
+  cluster through crash recovery): the call raises DatabaseIOError. A call returns after its
+  COMMIT returned. ``synchronous_commit`` is set per transaction
   (``SET LOCAL``): ``on`` for ``durability="full"``, ``off`` for ``"normal"``; a
   transaction-pooling PgBouncer keeps it. So are ``statement_timeout`` and ``lock_timeout``,
   in every transaction, reads included: pooled connections carry no session-level setting
@@ -64,8 +66,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from .. import integrity
-from ..errors import (BusyTimeoutError, CheckpointNotFoundError, InvalidArgumentError,
-                      SaverClosedError, SaverError)
+from ..errors import (BusyTimeoutError, CheckpointNotFoundError, DatabaseIOError,
+                      InvalidArgumentError, SaverClosedError, SaverError)
 from ..ids import INT64_MAX, checkpoint_query, format_id, is_generated, parse_id
 from ..schema import APPLICATION_ID
 from . import connect, schema
@@ -354,7 +356,7 @@ class Engine:
                threads: Sequence[str] = ()) -> T:
         """``work(conn)`` in one transaction, committed; retried whole on serialization
         failures and deadlocks until the busy timeout (see the module docstring), and on a
-        pooled connection found dead before the COMMIT was sent (:meth:`_stale`). Inside the
+        pooled connection its BEGIN found dead (:meth:`_stale`). Inside the
         calling thread's :meth:`transaction`, in a savepoint of that transaction instead.
         ``threads``: their advisory locks are taken before ``work`` runs (in the ``BEGIN``
         string: no round trip of their own). ``every_thread``: holding
@@ -375,16 +377,17 @@ class Engine:
         stale = 0
         while True:
             with self._connection(doing) as conn:
-                committing = False
+                begun = committing = False
                 try:
                     conn.execute(self._begin_locking(conn, every_thread, threads),
                                  prepare=False)  # several statements: unpreparable
+                    begun = True
                     result = work(conn)
                     committing = True
                     self._commit(conn, doing)
                     return result
                 except BaseException as exc:
-                    if self._stale(conn, exc, committing, stale):
+                    if not begun and self._stale(conn, exc, stale):
                         stale += 1
                         continue  # out of the block: the pool drops the dead connection
                     if not committing:
@@ -414,16 +417,19 @@ class Engine:
                           for thread_id in sorted(set(threads)))
         return f"{begin}; {locks}"
 
-    def _stale(self, conn: Any, exc: BaseException, committing: bool, tries: int) -> bool:
-        """Whether ``exc`` comes from a connection found dead before anything of the
-        transaction could have been committed (its COMMIT not yet sent): then running the
-        whole transaction again on another connection is safe (the operations are pure
-        functions of their arguments). Bounded: one try per connection the pool may hold, plus
-        one; the pool drops a broken connection when it comes back, and past the bound, or
-        with the server down (the pool cannot connect), the error is raised as usual."""
-        return (not committing and isinstance(exc, Exception)
-                and not isinstance(exc, SaverError) and bool(conn.broken)
-                and tries <= self._max_connections)
+    def _stale(self, conn: Any, exc: BaseException, tries: int) -> bool:
+        """Whether ``exc``, raised by a transaction's ``BEGIN`` string (its first statement),
+        comes from a pooled connection that was already dead (closed by the server while idle
+        in the pool, or by a restart): then nothing of the transaction ran, and it runs on
+        another connection. Only the BEGIN: a connection lost after it (the backend killed
+        while running the transaction's own statements) is not retried, as a statement that
+        crashes its backend would crash it again on every try, each a crash recovery of the
+        whole cluster; the caller gets DatabaseIOError and decides. Bounded: one try per
+        connection the pool may hold, plus one; the pool drops a broken connection when it
+        comes back, and past the bound, or with the server down (the pool cannot connect),
+        the error is raised as usual."""
+        return (isinstance(exc, Exception) and not isinstance(exc, SaverError)
+                and bool(conn.broken) and tries <= self._max_connections)
 
     # --- the calling thread's own transaction (Saver.transaction) -------------------------------
 
@@ -460,6 +466,8 @@ class Engine:
                     schema._rollback(conn)
                     raise
                 self._local.txn = None
+                if conn.broken:  # lost before the COMMIT, which is never sent: not committed
+                    raise self._lost_block("committing it")
                 try:
                     self._commit(conn, "committing a transaction")
                 except SaverError:
@@ -480,7 +488,7 @@ class Engine:
                 try:
                     conn.execute(self._begin, prepare=False)  # several statements
                 except Exception as exc:
-                    if self._stale(conn, exc, False, stale):
+                    if self._stale(conn, exc, stale):
                         stale += 1
                         continue
                     schema._rollback(conn)
@@ -513,21 +521,38 @@ class Engine:
             return None
         from psycopg.pq import TransactionStatus
 
-        if (self._checkouts.get(id(pinned.conn)) is not pinned.token
-                or pinned.conn.info.transaction_status not in (TransactionStatus.INTRANS,
-                                                               TransactionStatus.INERROR)):
+        if self._checkouts.get(id(pinned.conn)) is not pinned.token:
+            self._local.txn = None
+            return None
+        if pinned.conn.broken:
+            # Lost inside the block, which is still open: the pin stays, so that the block's
+            # later calls fail (_lost_block) instead of each committing on its own, outside
+            # the block whose earlier writes the server has just rolled back.
+            return pinned
+        if pinned.conn.info.transaction_status not in (TransactionStatus.INTRANS,
+                                                       TransactionStatus.INERROR):
             self._local.txn = None
             return None
         return pinned
+
+    def _lost_block(self, doing: str) -> DatabaseIOError:
+        return DatabaseIOError(
+            f"the connection to the PostgreSQL server {self.server} of this thread's "
+            f"transaction block was lost before {doing}: nothing of the block was committed, "
+            "and nothing more of it can be. Let the block end (raise) and run it again once "
+            "the server is reachable.", path=self.server)
 
     def _nested(self, pinned: _Pinned) -> Iterator[None]:
         pinned.depth += 1
         name = f"sqlitesaver_block_{pinned.depth}"
         try:
+            if pinned.conn.broken:
+                raise self._lost_block("opening a nested block")
             try:
                 pinned.conn.execute(f"SAVEPOINT {name}")
             except Exception as exc:
-                raise pg_errors.translate(exc, self.server, "opening a nested block") from exc
+                raise pg_errors.translate(exc, self.server, "opening a nested block",
+                                          in_transaction=True) from exc
             try:
                 yield
             except BaseException:
@@ -536,16 +561,19 @@ class Engine:
             try:
                 pinned.conn.execute(f"RELEASE SAVEPOINT {name}")
             except Exception as exc:
-                raise pg_errors.translate(exc, self.server, "ending a nested block") from exc
+                raise pg_errors.translate(exc, self.server, "ending a nested block",
+                                          in_transaction=True) from exc
         finally:
             pinned.depth -= 1
 
     def _in_savepoint(self, pinned: _Pinned, doing: str, work: Callable[[Any], T]) -> T:
         conn = pinned.conn
+        if conn.broken:
+            raise self._lost_block(doing)
         try:
             conn.execute("SAVEPOINT sqlitesaver_call")
         except Exception as exc:
-            raise pg_errors.translate(exc, self.server, doing) from exc
+            raise pg_errors.translate(exc, self.server, doing, in_transaction=True) from exc
         try:
             result = work(conn)
         except BaseException as exc:
@@ -556,7 +584,7 @@ class Engine:
         try:
             conn.execute("RELEASE SAVEPOINT sqlitesaver_call")
         except Exception as exc:
-            raise pg_errors.translate(exc, self.server, doing) from exc
+            raise pg_errors.translate(exc, self.server, doing, in_transaction=True) from exc
         return result
 
     def _lock_threads(self, conn: Any, *thread_ids: str) -> None:
@@ -808,21 +836,22 @@ class Engine:
         """``work(conn)`` in one read-only REPEATABLE READ transaction (one snapshot), or,
         inside the calling thread's :meth:`transaction`, on its connection (seeing its
         uncommitted writes; each statement its own snapshot, READ COMMITTED). Run again on
-        another connection if the pooled one is found dead (:meth:`_stale`: a read commits
-        nothing)."""
+        another connection if the pooled one is found dead by the BEGIN (:meth:`_stale`)."""
         pinned = self._pinned()
         if pinned is not None:
             return self._in_savepoint(pinned, doing, work)
         stale = 0
         while True:
             with self._connection(doing) as conn:
+                begun = False
                 try:
                     conn.execute(self._begin_read, prepare=False)  # several statements
+                    begun = True
                     result = work(conn)
                     conn.execute("COMMIT")
                     return result
                 except BaseException as exc:
-                    if self._stale(conn, exc, False, stale):
+                    if not begun and self._stale(conn, exc, stale):
                         stale += 1
                         continue
                     schema._rollback(conn)
