@@ -15,7 +15,8 @@ import pytest
 
 from sqlitesaver import integrity
 from sqlitesaver.errors import (BusyTimeoutError, CannotOpenError, CheckpointNotFoundError,
-                                DatabaseIOError, InvalidArgumentError, SaverClosedError)
+                                DatabaseIOError, InvalidArgumentError, SaverClosedError,
+                                SaverError)
 from sqlitesaver.ids import format_id, parse_id
 from sqlitesaver.postgres import connect, engine as pg_engine
 
@@ -557,26 +558,26 @@ def test_a_write_waits_for_a_delete_matching_over_every_thread(engine, pg_url, h
     hang_detector(60)
     parent, _ = engine.put_checkpoint("t", "", None, None, b"\x02", META)
     entered, release = threading.Event(), threading.Event()
-    results: list = []
+    results: dict = {}  # by name: the put may finish before the deleter's thread records
 
     def matches(row):
         entered.set()
         assert release.wait(20)
         return row[5] == b"\x02"
 
-    deleter = threading.Thread(target=lambda: results.append(
-        engine.delete_matching(None, matches)))
+    deleter = threading.Thread(target=lambda: results.setdefault(
+        "deleted", engine.delete_matching(None, matches)))
     deleter.start()
     assert entered.wait(20)
-    putter = threading.Thread(target=lambda: results.append(
-        _try(lambda: engine.put_checkpoint("t", "", parent, None, STATE, META))))
+    putter = threading.Thread(target=lambda: results.setdefault(
+        "put", _try(lambda: engine.put_checkpoint("t", "", parent, None, STATE, META))))
     putter.start()
     time.sleep(0.5)
     assert putter.is_alive()  # waiting for the delete's lock
     release.set()
     deleter.join()
     putter.join()
-    assert results[0] == 1 and isinstance(results[1], CheckpointNotFoundError)
+    assert results["deleted"] == 1 and isinstance(results["put"], CheckpointNotFoundError)
 
 
 def _try(call):
@@ -621,3 +622,27 @@ def test_whole_thread_scans_hold_a_few_rows_not_the_thread(pg_url, operation):
     assert done.returncode == 0, done.stderr
     grown_mib = int(done.stdout.split()[-1]) / 1024
     assert grown_mib < 25, f"{grown_mib:.0f} MiB more while scanning 40 MiB of checkpoints"
+
+
+def test_statements_sent_with_the_commit_are_all_or_nothing(pg_url):
+    """A write's last statements go in its COMMIT string (one round trip). One of them failing
+    must leave nothing of the transaction, earlier statements of the string included, and
+    the connection usable (max_connections=1: the next write gets the same one)."""
+    e = pg_engine.Engine(pg_url, busy_timeout=5.0, max_connections=1)
+    try:
+        insert = ("INSERT INTO sqlitesaver.log (seq, thread_id, created_at, event, checksum) "
+                  "VALUES (%s, %s, 0, %s, 0)")
+
+        def work(tx):
+            tx.execute(insert, (1001, "now", b"\x01"))
+            tx.later(insert, (1002, "later", b"\x02"))
+            tx.later("SELECT 1 / %s", (0,))
+
+        with pytest.raises(SaverError, match="division by zero"):
+            e._write("testing", work)
+        assert e.log_page("now", -1, None, 10) == (None, [])
+        assert e.log_page("later", -1, None, 10) == (None, [])
+        seq = e.append_log("after", b"\x03")
+        assert [row[0] for row in e.log_page("after", -1, None, 10)[1]] == [seq]
+    finally:
+        e.close()
