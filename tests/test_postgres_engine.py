@@ -646,3 +646,31 @@ def test_statements_sent_with_the_commit_are_all_or_nothing(pg_url):
         assert [row[0] for row in e.log_page("after", -1, None, 10)[1]] == [seq]
     finally:
         e.close()
+
+
+def test_a_page_in_one_round_trip_is_the_page_of_the_statement_by_statement_path(engine):
+    """A first page (or one below a known seq) is chosen in SQL and read in one round trip;
+    inside a transaction block (and below a `before` id) the same page is read statement by
+    statement, its rows chosen in Python. Both must give the same rows, writes, bound and
+    "more" for any sizes, page lengths and budgets (seeded; the seed is in the message)."""
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    parent = None
+    for _ in range(30):
+        parent, _ = engine.put_checkpoint("t", rng.choice(["", "sub"]), None, None,
+                                          os.urandom(rng.randrange(1, 300)),
+                                          os.urandom(rng.randrange(1, 50)))
+        for task in range(rng.randrange(3)):
+            ns = engine.page("t", None, None, None, 1, 1 << 22)[1][0][2]
+            engine.put_writes("t", ns, parent, f"task{task}", "",
+                              [(i, "ch", os.urandom(rng.randrange(1, 40)))
+                               for i in range(rng.randrange(1, 3))], False)
+    for case in range(60):
+        namespace = rng.choice([None, "", "sub"])
+        upper = rng.choice([None, rng.randrange(1, 40)])
+        want, budget = rng.randrange(1, 35), rng.choice([1, rng.randrange(1, 4000), 1 << 22])
+        fast = engine.page("t", namespace, None, upper, want, budget)
+        with engine.transaction():
+            slow = engine.page("t", namespace, None, upper, want, budget)
+        assert fast == slow, (f"seed {seed}, case {case}: namespace={namespace!r} "
+                              f"upper={upper} want={want} budget={budget}")

@@ -127,6 +127,14 @@ def local_timeouts(options: Options) -> str:
             f"SET LOCAL lock_timeout TO '{_millis(options.lock_timeout)}ms'")
 
 
+def set_local_timeouts(options: Options) -> str:
+    """One statement setting ``options``' statement and lock timeouts for the rest of the
+    transaction (``set_config(..., true)`` is ``SET LOCAL``), for a pipeline, which takes
+    one statement at a time (the values are numbers formatted here, no input)."""
+    return (f"SELECT set_config('statement_timeout', '{_millis(options.statement_timeout)}ms', "
+            f"true), set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', true)")
+
+
 def open_connection(params: dict[str, str], server: str, options: Options, *,
                     doing: str = "connecting", session_timeouts: bool = True) -> Any:
     """A new autocommit connection with the session's timeouts set (unless
