@@ -28,9 +28,8 @@ from .. import codec, integrity
 from ..errors import (ChecksumError, ForkedProcessError, InvalidArgumentError,
                       SaverClosedError, UsageError)
 from ..records import Checkpoint, LogEvent
-from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS: read at call time, as tests set them
+from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS, PAGE_BYTES: read at call time
 from ..saver import Saver, _matches, _to_datetime
-from ..sqlite import reads as _pages  # PAGE_BYTES: one payload budget per page, both engines
 from . import connect
 from .engine import Engine
 
@@ -272,7 +271,7 @@ class PostgresServerSaver(Saver):
             if limit is not None and metadata is None:
                 want = min(want, limit - produced)
             upper, rows, writes, more = self._engine.page(thread_id, namespace, before,
-                                                          upper, want, _pages.PAGE_BYTES)
+                                                          upper, want, _core.PAGE_BYTES)
             if limit == 0:  # after the check of `before`: a bad id raises at any limit
                 return
             remaining = None if limit is None else limit - produced
