@@ -212,6 +212,78 @@ def pg_module_url(pg_cluster, request) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def pg_shared_url(pg_cluster) -> Iterator[str]:
+    """One database for the whole session, emptied before each test that asks for it
+    (``any_empty_target``, ``pg_empty_url``)."""
+    with _fresh_database(pg_cluster, "shared, emptied per test") as url:
+        yield url
+
+
+def _our_relations(conn) -> tuple[list[str], list[str]]:
+    """The tables and the sequences in the sqlitesaver schema, by name (whatever migrations
+    made them: a table a later migration adds is included without a change here)."""
+    rows = conn.execute(
+        "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = 'sqlitesaver' AND c.relkind IN ('r', 'S') "
+        "ORDER BY c.relname").fetchall()
+    return ([name for name, kind in rows if kind == "r"],
+            [name for name, kind in rows if kind == "S"])
+
+
+def empty_our_tables(url: str) -> None:
+    """Empty every sqlitesaver table but ``schema_version`` and restart its sequences: the
+    database is then what a fresh one holds after its first Saver opened it (the schema
+    migrated, nothing stored). Fails, rather than waits, if a connection some earlier test left
+    open still holds a lock on our tables."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables, sequences = _our_relations(conn)
+        tables = [name for name in tables if name != "schema_version"]
+        with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = '10s'")
+            if tables:
+                conn.execute("TRUNCATE " + ", ".join(f"sqlitesaver.{t}" for t in tables))
+            for name in sequences:
+                conn.execute(f"ALTER SEQUENCE sqlitesaver.{name} RESTART")
+
+
+@pytest.fixture
+def pg_empty_url(pg_shared_url) -> str:
+    """The session's shared database, emptied of our rows (``empty_our_tables``): for a test on
+    PostgreSQL that needs an empty store, not a database of its own (~0.7 s cheaper). A test that
+    changes the schema itself (drops, alters, a foreign or newer version) takes ``pg_url``."""
+    empty_our_tables(pg_shared_url)
+    return pg_shared_url
+
+
+def store_digest(target: str) -> object:
+    """What a refused call must leave unchanged: a file's bytes (with its -wal/-journal), or,
+    for a PostgreSQL URL, every row of every sqlitesaver table (a digest per table)."""
+    if not target.startswith(("postgresql://", "postgres://")):
+        return family_digest(target)
+    import psycopg
+
+    with psycopg.connect(target, autocommit=True) as conn:
+        tables, _ = _our_relations(conn)
+        digest = {}
+        for table in tables:
+            rows = conn.execute(f"SELECT * FROM sqlitesaver.{table}").fetchall()
+            digest[table] = hashlib.sha256(repr(sorted(map(repr, rows))).encode()).hexdigest()
+        return digest
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_empty_target(request, tmp_path) -> str:
+    """As ``any_target``, but on PostgreSQL the session's shared database emptied of our rows
+    (``pg_empty_url``) instead of a database of its own: use it wherever a test needs only an
+    empty store (CI time: each parametrized test adds its PostgreSQL run)."""
+    if request.param == "sqlite":
+        return str(tmp_path / "state.db")
+    return request.getfixturevalue("pg_empty_url")
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def any_target(request, tmp_path) -> str:
     """What a test parametrized over both engines opens: a new SQLite file's path, or the URL

@@ -22,7 +22,7 @@ import apsw
 import pytest
 
 import sqlitesaver
-from conftest import family_digest, file_digest
+from conftest import family_digest, file_digest, store_digest
 from sqlitesaver import (CannotOpenError, CheckpointNotFoundError, ChecksumError,
                          CorruptDatabaseError, ForkedProcessError, InvalidArgumentError,
                          NotASaverDatabaseError, ReadOnlyDatabaseError, Saver,
@@ -473,30 +473,18 @@ BAD_CALLS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CALLS))
-def test_bad_argument_is_refused_and_changes_nothing(any_target, case):
+def test_bad_argument_is_refused_and_changes_nothing(any_empty_target, case):
     call, phrase = BAD_CALLS[case]
-    message = call_refused_twice(any_target, call, InvalidArgumentError, ValueError)
+    message = call_refused_twice(any_empty_target, call, InvalidArgumentError, ValueError)
     assert phrase in message, message
-
-
-def stored_digest(target: str) -> object:
-    """What a refused call must leave unchanged: a file's bytes (with its -wal/-journal), or
-    every row of the sqlitesaver tables on a server."""
-    if not target.startswith("postgresql://"):
-        return family_digest(target)
-    import psycopg
-
-    with psycopg.connect(target, autocommit=True) as conn:
-        return tuple(conn.execute(f"SELECT * FROM sqlitesaver.{table} ORDER BY 1, 2").fetchall()
-                     for table in ("checkpoints", "writes", "log", "schema_version"))
 
 
 def call_refused_twice(db_path: str, call, error: type, builtin: type) -> str:
     """Make ``call`` on a small database twice: both raise ``error`` (also a ``builtin``)
     with the same message, and neither the content nor what is stored changes. ``db_path``
-    may be a PostgreSQL URL (``any_target``)."""
+    may be a PostgreSQL URL (``any_empty_target``)."""
     ids = small_db(db_path)
-    before = stored_digest(db_path)
+    before = store_digest(db_path)
     with Saver(db_path) as saver:
         content = snapshot(saver)
         messages = []
@@ -507,7 +495,7 @@ def call_refused_twice(db_path: str, call, error: type, builtin: type) -> str:
             messages.append(str(info.value))
         assert messages[0] == messages[1]
         assert snapshot(saver) == content
-    assert stored_digest(db_path) == before
+    assert store_digest(db_path) == before
     return messages[0]
 
 
@@ -557,9 +545,9 @@ UNSERIALIZABLE = {
 
 
 @pytest.mark.parametrize("case", list(UNSERIALIZABLE))
-def test_unserializable_value_is_refused_and_changes_nothing(any_target, case):
+def test_unserializable_value_is_refused_and_changes_nothing(any_empty_target, case):
     call, where = UNSERIALIZABLE[case]
-    message = call_refused_twice(any_target, call, SerializationError, TypeError)
+    message = call_refused_twice(any_empty_target, call, SerializationError, TypeError)
     assert f"cannot serialize {where}: object is not supported" in message, message
 
 
@@ -575,11 +563,11 @@ MISSING_CHECKPOINT = {
 
 
 @pytest.mark.parametrize("case", list(MISSING_CHECKPOINT))
-def test_missing_checkpoint_is_refused_and_changes_nothing(any_target, case):
+def test_missing_checkpoint_is_refused_and_changes_nothing(any_empty_target, case):
     # The second attempt would fail differently had the first left its transaction open.
-    message = call_refused_twice(any_target, MISSING_CHECKPOINT[case], CheckpointNotFoundError,
-                                 LookupError)
-    with Saver(any_target) as saver:
+    message = call_refused_twice(any_empty_target, MISSING_CHECKPOINT[case],
+                                 CheckpointNotFoundError, LookupError)
+    with Saver(any_empty_target) as saver:
         named = saver.path  # the file, or the server without its password
     assert named in message and "nothing was written" in message, message
 
