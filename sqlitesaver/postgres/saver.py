@@ -158,7 +158,29 @@ class PostgresServerSaver(Saver):
         return self._engine.settings()
 
     def stats(self) -> dict[str, int]:
-        raise _not_yet("stats()", self._path)
+        """Counters since this Saver opened, its connections now, and what the sqlitesaver
+        tables hold now, for monitoring (a snapshot; the counters only grow). The keys SQLite's
+        :meth:`~sqlitesaver.sqlite.saver.SqliteFileSaver.stats` has, where they mean the same:
+
+        - ``commits``: COMMITs that committed; ``transitions``: the transitions they carried,
+          the same number here (the server shares WAL flushes between concurrent COMMITs:
+          there is no batch of ours to count);
+        - ``file_contents``, ``file_bytes``: distinct file contents stored and their bytes;
+        - ``db_bytes``: what differs: the bytes of the sqlitesaver tables, their indexes and
+          TOAST on the server (``pg_total_relation_size``), not a whole database file; the
+          server's WAL is shared with every other database, so there is no ``wal_bytes``,
+          nor ``wal_checkpoints`` (the server's checkpoints are its own).
+
+        And in place of SQLite's ``lock_waits`` and readers (waits for another writer's lock
+        happen inside the server, and one pool serves reads and writes):
+
+        - ``retries``: transactions run again after a serialization failure or deadlock;
+        - ``connections_open``, ``connections_idle``: pooled connections open now (at most
+          ``max_connections``), and those of them not in use; ``connection_waits``: calls
+          that waited for a pooled connection because every one was in use.
+        """
+        self._check_usable()
+        return self._engine.stats()
 
     def backup(self, destination: Any) -> Any:
         raise _not_yet("backup() (use pg_dump or the server's own backups)", self._path)
