@@ -11,7 +11,7 @@ exceptions; it replaces only the storage steps (``Saver``'s ``_put_checkpoint``,
 
 Not yet on PostgreSQL, each raising :class:`~sqlitesaver.errors.UsageError` that says so
 (issue #16 continues): files stored with a checkpoint, :meth:`backup`
-(use ``pg_dump`` or the server's own backups). ``readonly``, ``integrity_check`` and
+(its message gives the ``pg_dump`` recipe). ``readonly``, ``integrity_check`` and
 ``max_readers`` are SQLite options, refused here.
 """
 
@@ -183,7 +183,19 @@ class PostgresServerSaver(Saver):
         return self._engine.stats()
 
     def backup(self, destination: Any) -> Any:
-        raise _not_yet("backup() (use pg_dump or the server's own backups)", self._path)
+        """Refused (:class:`~sqlitesaver.errors.UsageError`), naming the recipe: on a server,
+        back up with PostgreSQL's own tools. ``pg_dump`` reads one consistent snapshot while
+        writers keep writing (its sequence values are read after it: never below an id in
+        the copy, so the restored store never reuses one); tests/test_postgres_saver.py
+        follows the recipe and checks the restored store."""
+        raise UsageError(
+            f"backup() is not available on PostgreSQL ({self._path}): back up with the "
+            "server's tools. Dump the sqlitesaver schema (one consistent snapshot while "
+            "writers keep writing): pg_dump --schema=sqlitesaver --format=custom "
+            "--file=sqlitesaver.dump 'postgresql://...'; restore it into an empty database: "
+            "pg_restore --single-transaction --exit-on-error --dbname='postgresql://.../new' "
+            "sqlitesaver.dump; check the copy: python -m sqlitesaver check "
+            "'postgresql://.../new'. Nothing was written.", path=self._path)
 
     def attach_files(self, *args: Any, **kwargs: Any) -> Any:
         raise _not_yet("storing files with a checkpoint", self._path)
