@@ -261,7 +261,7 @@ def pg_empty_url(pg_shared_url) -> str:
 def store_digest(target: str) -> object:
     """What a refused call must leave unchanged: a file's bytes (with its -wal/-journal), or,
     for a PostgreSQL URL, every row of every sqlitesaver table (a digest per table)."""
-    if not target.startswith(("postgresql://", "postgres://")):
+    if not is_server(target):
         return family_digest(target)
     import psycopg
 
@@ -272,6 +272,65 @@ def store_digest(target: str) -> object:
             rows = conn.execute(f"SELECT * FROM sqlitesaver.{table}").fetchall()
             digest[table] = hashlib.sha256(repr(sorted(map(repr, rows))).encode()).hexdigest()
         return digest
+
+
+def is_server(target: str) -> bool:
+    """Whether ``target`` (``any_target``, ``any_empty_target``) names a PostgreSQL server."""
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def execute_on(target: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement on the store behind ``target`` from outside any Saver (damage, or
+    a look at the rows) and return its rows: on a file through APSW (never while a Saver of
+    this process is inside a transaction on it), on a server with the sqlitesaver schema on
+    the search path. Write parameters as ``?``: the same statement runs on both."""
+    if not is_server(target):
+        import apsw
+
+        conn = apsw.Connection(target)
+        try:
+            return conn.execute(statement, params).fetchall()
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("SET search_path TO sqlitesaver")
+        cursor = conn.execute(statement.replace("?", "%s"), params)
+        return cursor.fetchall() if cursor.description else []
+
+
+#: Where a payload can hold a marker, per table (``flip_in_marker``).
+_PAYLOADS = {"checkpoints": ("state", "metadata"), "writes": ("value",), "log": ("event",)}
+
+
+def flip_in_marker(target: str, marker: bytes, seed: int) -> None:
+    """Flip one byte (chosen by ``seed``) inside the one stored copy of ``marker``: in the
+    file's bytes on SQLite, in the row's bytea on a server (an UPDATE behind the Saver's back,
+    its checksum left as it was)."""
+    import random
+
+    rng = random.Random(seed)
+    if not is_server(target):
+        with open(target, "rb") as f:
+            data = f.read()
+        assert data.count(marker) == 1
+        offset = data.index(marker) + rng.randrange(len(marker))
+        with open(target, "r+b") as f:
+            f.seek(offset)
+            f.write(bytes([data[offset] ^ rng.randrange(1, 256)]))
+        return
+    found = []
+    for table, columns in _PAYLOADS.items():
+        for column in columns:
+            for ctid, value in execute_on(target, f"SELECT ctid::text, {column} FROM {table} "
+                                          f"WHERE position(? IN {column}) > 0", (marker,)):
+                found.append((table, column, ctid, bytes(value)))
+    assert len(found) == 1 and found[0][3].count(marker) == 1, found
+    table, column, ctid, value = found[0]
+    offset = value.index(marker) + rng.randrange(len(marker))
+    damaged = value[:offset] + bytes([value[offset] ^ rng.randrange(1, 256)]) + value[offset + 1:]
+    execute_on(target, f"UPDATE {table} SET {column} = ? WHERE ctid = ?::tid", (damaged, ctid))
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
