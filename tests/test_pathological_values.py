@@ -183,6 +183,7 @@ def test_a_value_over_the_size_limit_is_refused_before_the_write(any_empty_targe
             message = str(info.value)
             assert f"cannot store {what}: it encodes to {size:,} bytes" in message, message
             assert "SQLite's limit of 10,000 bytes" in message and "nothing was written" in message
+            assert "kept on PostgreSQL too" in message  # not only SQLite's, on a server
         assert snapshot(saver) == content
     assert store_digest(db_path) == before
 
