@@ -358,14 +358,20 @@ def flip_in_marker(target: str, marker: bytes, seed: int) -> None:
     execute_on(target, f"UPDATE {table} SET {column} = ? WHERE ctid = ?::tid", (damaged, ctid))
 
 
+def empty_target(engine: str, request, tmp_path) -> str:
+    """What ``any_empty_target`` gives for ``engine`` ("sqlite" or "postgres"), for a test
+    that parametrizes the engine itself (e.g. fewer cases on a server, for CI's time)."""
+    if engine == "sqlite":
+        return str(tmp_path / "state.db")
+    return request.getfixturevalue("pg_empty_url")
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def any_empty_target(request, tmp_path) -> str:
     """As ``any_target``, but on PostgreSQL the session's shared database emptied of our rows
     (``pg_empty_url``) instead of a database of its own: use it wherever a test needs only an
     empty store (CI time: each parametrized test adds its PostgreSQL run)."""
-    if request.param == "sqlite":
-        return str(tmp_path / "state.db")
-    return request.getfixturevalue("pg_empty_url")
+    return empty_target(request.param, request, tmp_path)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
