@@ -218,8 +218,10 @@ _PAIRS = True
 #: counted (gc.get_referents() does not return them, see _scan(); _inspect() counts the same).
 MAX_OBJECTS = 2**26
 
-#: Most bytes one encoded value may take: SQLite's limit for one string or BLOB. A value just
-#: under it may still make its row too big, which SQLite refuses (ValueTooLargeError too).
+#: Most bytes one encoded value may take: SQLite's limit for one string or BLOB, kept on
+#: PostgreSQL too (under its 1 GiB for one bytea), so that a store moves between engines. A
+#: value just under it may still make its row too big, which SQLite refuses
+#: (ValueTooLargeError too).
 MAX_BYTES = SQLITE_MAX_LENGTH
 
 
@@ -353,7 +355,8 @@ def encode(value: Any, *, name: str = "value") -> bytes:
     if len(data) > MAX_BYTES:
         raise ValueTooLargeError(
             f"cannot store {name}: it encodes to {len(data):,} bytes, more than SQLite's limit "
-            f"of {MAX_BYTES:,} bytes for one value (SQLITE_LIMIT_LENGTH); nothing was written. "
+            f"of {MAX_BYTES:,} bytes for one value (SQLITE_LIMIT_LENGTH, kept on PostgreSQL "
+            "too); nothing was written. "
             "Keep large data outside the database (e.g. a file whose name the state holds), or "
             "split it over several values.")
     return data

@@ -212,6 +212,168 @@ def pg_module_url(pg_cluster, request) -> Iterator[str]:
         yield url
 
 
+@pytest.fixture(scope="session")
+def pg_shared_url(pg_cluster) -> Iterator[str]:
+    """One database for the whole session, emptied before each test that asks for it
+    (``any_empty_target``, ``pg_empty_url``)."""
+    with _fresh_database(pg_cluster, "shared, emptied per test") as url:
+        yield url
+
+
+def _our_relations(conn) -> tuple[list[str], list[str]]:
+    """The tables and the sequences in the sqlitesaver schema, by name (whatever migrations
+    made them: a table a later migration adds is included without a change here)."""
+    rows = conn.execute(
+        "SELECT c.relname, c.relkind FROM pg_class c JOIN pg_namespace n "
+        "ON n.oid = c.relnamespace WHERE n.nspname = 'sqlitesaver' AND c.relkind IN ('r', 'S') "
+        "ORDER BY c.relname").fetchall()
+    return ([name for name, kind in rows if kind == "r"],
+            [name for name, kind in rows if kind == "S"])
+
+
+#: Past this many bytes in our tables, emptying them TRUNCATEs (new files, no dead rows left
+#: for the next tests to scan) instead of DELETE: a TRUNCATE costs ~130 ms here (its COMMIT
+#: syncs the new files), a DELETE of a test's few rows ~5 ms.
+_TRUNCATE_PAST = 8 * 1024 * 1024
+
+
+def empty_our_tables(url: str) -> None:
+    """Empty every sqlitesaver table but ``schema_version`` and restart its sequences: the
+    database is then what a fresh one holds after its first Saver opened it (the schema
+    migrated, nothing stored). Fails, rather than waits, if a connection some earlier test left
+    open still holds a lock on our tables."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        tables, sequences = _our_relations(conn)
+        tables = [name for name in tables if name != "schema_version"]
+        # Referencing tables first (a DELETE must not meet a foreign key still pointing in).
+        refs = conn.execute(
+            "SELECT c.conrelid::regclass::text, c.confrelid::regclass::text FROM pg_constraint c "
+            "JOIN pg_namespace n ON n.oid = c.connamespace "
+            "WHERE n.nspname = 'sqlitesaver' AND c.contype = 'f'").fetchall()
+        referenced_by = {t: {f.split(".")[-1] for f, p in refs if p.split(".")[-1] == t}
+                         for t in tables}
+        ordered: list[str] = []
+        while len(ordered) < len(tables):
+            ready = [t for t in tables if t not in ordered
+                     and referenced_by[t] <= set(ordered) | {t}]
+            ordered += ready or [t for t in tables if t not in ordered]  # a cycle: as listed
+        size = conn.execute(
+            "SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'sqlitesaver' AND c.relkind = 'r'").fetchone()[0]
+        with conn.transaction():
+            conn.execute("SET LOCAL lock_timeout = '10s'")
+            if tables and size > _TRUNCATE_PAST:
+                conn.execute("TRUNCATE " + ", ".join(f"sqlitesaver.{t}" for t in tables))
+            else:
+                for name in ordered:
+                    conn.execute(f"DELETE FROM sqlitesaver.{name}")
+            for name in sequences:
+                conn.execute(f"SELECT setval('sqlitesaver.{name}', 1, false)")
+
+
+@pytest.fixture
+def pg_empty_url(pg_shared_url) -> str:
+    """The session's shared database, emptied of our rows (``empty_our_tables``): for a test on
+    PostgreSQL that needs an empty store, not a database of its own (~0.7 s cheaper). A test that
+    changes the schema itself (drops, alters, a foreign or newer version) takes ``pg_url``."""
+    empty_our_tables(pg_shared_url)
+    return pg_shared_url
+
+
+def store_digest(target: str) -> object:
+    """What a refused call must leave unchanged: a file's bytes (with its -wal/-journal), or,
+    for a PostgreSQL URL, every row of every sqlitesaver table (a digest per table)."""
+    if not is_server(target):
+        return family_digest(target)
+    import psycopg
+
+    with psycopg.connect(target, autocommit=True) as conn:
+        tables, _ = _our_relations(conn)
+        digest = {}
+        for table in tables:
+            rows = conn.execute(f"SELECT * FROM sqlitesaver.{table}").fetchall()
+            digest[table] = hashlib.sha256(repr(sorted(map(repr, rows))).encode()).hexdigest()
+        return digest
+
+
+def is_server(target: str) -> bool:
+    """Whether ``target`` (``any_target``, ``any_empty_target``) names a PostgreSQL server."""
+    return target.startswith(("postgresql://", "postgres://"))
+
+
+def execute_on(target: str, statement: str, params: tuple = ()) -> list[tuple]:
+    """Run one statement on the store behind ``target`` from outside any Saver (damage, or
+    a look at the rows) and return its rows: on a file through APSW (never while a Saver of
+    this process is inside a transaction on it), on a server with the sqlitesaver schema on
+    the search path. Write parameters as ``?``: the same statement runs on both."""
+    if not is_server(target):
+        import apsw
+
+        conn = apsw.Connection(target)
+        try:
+            return conn.execute(statement, params).fetchall()
+        finally:
+            conn.close()
+    import psycopg
+
+    with psycopg.connect(target, autocommit=True) as conn:
+        conn.execute("SET search_path TO sqlitesaver")
+        cursor = conn.execute(statement.replace("?", "%s"), params)
+        return cursor.fetchall() if cursor.description else []
+
+
+#: Where a payload can hold a marker, per table (``flip_in_marker``).
+_PAYLOADS = {"checkpoints": ("state", "metadata"), "writes": ("value",), "log": ("event",)}
+
+
+def flip_in_marker(target: str, marker: bytes, seed: int) -> None:
+    """Flip one byte (chosen by ``seed``) inside the one stored copy of ``marker``: in the
+    file's bytes on SQLite, in the row's bytea on a server (an UPDATE behind the Saver's back,
+    its checksum left as it was)."""
+    import random
+
+    rng = random.Random(seed)
+    if not is_server(target):
+        with open(target, "rb") as f:
+            data = f.read()
+        assert data.count(marker) == 1
+        offset = data.index(marker) + rng.randrange(len(marker))
+        with open(target, "r+b") as f:
+            f.seek(offset)
+            f.write(bytes([data[offset] ^ rng.randrange(1, 256)]))
+        return
+    found = []
+    for table, columns in _PAYLOADS.items():
+        for column in columns:
+            for ctid, value in execute_on(target, f"SELECT ctid::text, {column} FROM {table} "
+                                          f"WHERE position(? IN {column}) > 0", (marker,)):
+                found.append((table, column, ctid, bytes(value)))
+    assert len(found) == 1 and found[0][3].count(marker) == 1, found
+    table, column, ctid, value = found[0]
+    offset = value.index(marker) + rng.randrange(len(marker))
+    damaged = value[:offset] + bytes([value[offset] ^ rng.randrange(1, 256)]) + value[offset + 1:]
+    execute_on(target, f"UPDATE {table} SET {column} = ? WHERE ctid = ?::tid", (damaged, ctid))
+
+
+def empty_target(engine: str, request, tmp_path) -> str:
+    """What ``any_empty_target`` gives for ``engine`` ("sqlite" or "postgres"), for a test
+    that parametrizes the engine itself (e.g. fewer cases on a server, for CI's time)."""
+    if engine == "sqlite":
+        return str(tmp_path / "state.db")
+    return request.getfixturevalue("pg_empty_url")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def any_empty_target(request, tmp_path) -> str:
+    """As ``any_target``, but on PostgreSQL the session's shared database emptied of our rows
+    (``pg_empty_url``) instead of a database of its own: use it wherever a test needs only an
+    empty store (CI time: each parametrized test adds its PostgreSQL run)."""
+    return empty_target(request.param, request, tmp_path)
+
+
 @pytest.fixture(params=["sqlite", "postgres"])
 def any_target(request, tmp_path) -> str:
     """What a test parametrized over both engines opens: a new SQLite file's path, or the URL

@@ -7,6 +7,8 @@ touch a database in use, and never leave an old ``-wal`` beside the restored fil
 
 Never ``open()`` a database file here while this process has a connection to it (see
 conftest); hashes are taken only while every connection of this process is closed.
+
+SQLite by nature: SQLite's backup API (a server: the pg_dump recipe, tests/test_postgres_saver.py).
 """
 
 from __future__ import annotations

@@ -6,6 +6,11 @@ identical before and after (hashed only while no connection to the file is open 
 process: closing a plain open() of the file would drop SQLite's POSIX locks). Where it is
 cheap, a second attempt must give the same error, showing nothing was "repaired" in between.
 
+Bad arguments, unserializable values, missing checkpoints, a closed Saver and one used after
+fork run on both engines (on a server the digest of our tables' rows stands for the bytes);
+the file cases (not a database, truncated, damaged pages, foreign or newer, read-only, paths,
+SQLite options) are SQLite's by nature (tests/test_postgres_connect.py has a server's).
+
 Never import the stdlib ``sqlite3`` here: other databases are made with APSW.
 """
 
@@ -22,11 +27,12 @@ import apsw
 import pytest
 
 import sqlitesaver
-from conftest import family_digest, file_digest
+from conftest import family_digest, file_digest, is_server, store_digest
 from sqlitesaver import (CannotOpenError, CheckpointNotFoundError, ChecksumError,
                          CorruptDatabaseError, ForkedProcessError, InvalidArgumentError,
                          NotASaverDatabaseError, ReadOnlyDatabaseError, Saver,
-                         SaverClosedError, SchemaVersionError, SerializationError, schema)
+                         SaverClosedError, SchemaVersionError, SerializationError, check,
+                         schema)
 
 #: Where this process imported sqlitesaver from: child processes must test the same code.
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sqlitesaver.__file__)))
@@ -473,30 +479,18 @@ BAD_CALLS = {
 
 
 @pytest.mark.parametrize("case", list(BAD_CALLS))
-def test_bad_argument_is_refused_and_changes_nothing(any_target, case):
+def test_bad_argument_is_refused_and_changes_nothing(any_empty_target, case):
     call, phrase = BAD_CALLS[case]
-    message = call_refused_twice(any_target, call, InvalidArgumentError, ValueError)
+    message = call_refused_twice(any_empty_target, call, InvalidArgumentError, ValueError)
     assert phrase in message, message
-
-
-def stored_digest(target: str) -> object:
-    """What a refused call must leave unchanged: a file's bytes (with its -wal/-journal), or
-    every row of the sqlitesaver tables on a server."""
-    if not target.startswith("postgresql://"):
-        return family_digest(target)
-    import psycopg
-
-    with psycopg.connect(target, autocommit=True) as conn:
-        return tuple(conn.execute(f"SELECT * FROM sqlitesaver.{table} ORDER BY 1, 2").fetchall()
-                     for table in ("checkpoints", "writes", "log", "schema_version"))
 
 
 def call_refused_twice(db_path: str, call, error: type, builtin: type) -> str:
     """Make ``call`` on a small database twice: both raise ``error`` (also a ``builtin``)
     with the same message, and neither the content nor what is stored changes. ``db_path``
-    may be a PostgreSQL URL (``any_target``)."""
+    may be a PostgreSQL URL (``any_empty_target``)."""
     ids = small_db(db_path)
-    before = stored_digest(db_path)
+    before = store_digest(db_path)
     with Saver(db_path) as saver:
         content = snapshot(saver)
         messages = []
@@ -507,7 +501,7 @@ def call_refused_twice(db_path: str, call, error: type, builtin: type) -> str:
             messages.append(str(info.value))
         assert messages[0] == messages[1]
         assert snapshot(saver) == content
-    assert stored_digest(db_path) == before
+    assert store_digest(db_path) == before
     return messages[0]
 
 
@@ -557,9 +551,9 @@ UNSERIALIZABLE = {
 
 
 @pytest.mark.parametrize("case", list(UNSERIALIZABLE))
-def test_unserializable_value_is_refused_and_changes_nothing(any_target, case):
+def test_unserializable_value_is_refused_and_changes_nothing(any_empty_target, case):
     call, where = UNSERIALIZABLE[case]
-    message = call_refused_twice(any_target, call, SerializationError, TypeError)
+    message = call_refused_twice(any_empty_target, call, SerializationError, TypeError)
     assert f"cannot serialize {where}: object is not supported" in message, message
 
 
@@ -575,11 +569,11 @@ MISSING_CHECKPOINT = {
 
 
 @pytest.mark.parametrize("case", list(MISSING_CHECKPOINT))
-def test_missing_checkpoint_is_refused_and_changes_nothing(any_target, case):
+def test_missing_checkpoint_is_refused_and_changes_nothing(any_empty_target, case):
     # The second attempt would fail differently had the first left its transaction open.
-    message = call_refused_twice(any_target, MISSING_CHECKPOINT[case], CheckpointNotFoundError,
-                                 LookupError)
-    with Saver(any_target) as saver:
+    message = call_refused_twice(any_empty_target, MISSING_CHECKPOINT[case],
+                                 CheckpointNotFoundError, LookupError)
+    with Saver(any_empty_target) as saver:
         named = saver.path  # the file, or the server without its password
     assert named in message and "nothing was written" in message, message
 
@@ -600,10 +594,12 @@ USES = {
 }
 
 
-def test_closed_saver_raises_saver_closed_error(db_path):
+def test_closed_saver_raises_saver_closed_error(any_empty_target):
+    db_path = any_empty_target
     small_db(db_path)
-    before = family_digest(db_path)
+    before = store_digest(db_path)
     saver = Saver(db_path)
+    named = saver.path if is_server(db_path) else repr(db_path)  # a server: no password
     saver.close()
     saver.close()  # idempotent
     for name, use in USES.items():
@@ -611,13 +607,15 @@ def test_closed_saver_raises_saver_closed_error(db_path):
             with pytest.raises(SaverClosedError) as info:
                 use(saver)
             assert type(info.value) is SaverClosedError, name
-            assert repr(db_path) in str(info.value) and "Open a new Saver" in str(info.value)
-    assert family_digest(db_path) == before
+            assert named in str(info.value) and "Open a new Saver" in str(info.value)
+    assert store_digest(db_path) == before
 
 
-def test_saver_used_in_forked_child_raises_forked_process_error(db_path, open_saver):
+def test_saver_used_in_forked_child_raises_forked_process_error(any_empty_target, open_saver):
+    db_path = any_empty_target
     ids = small_db(db_path)
     saver = open_saver(db_path)
+    named = saver.path if is_server(db_path) else repr(db_path)
     latest = saver.get("t")  # a pooled reader exists too
     read_end, write_end = os.pipe()
     pid = os.fork()
@@ -640,7 +638,7 @@ def test_saver_used_in_forked_child_raises_forked_process_error(db_path, open_sa
     assert os.waitpid(pid, 0)[1] == 0
     for name, (exc_name, message) in outcome.items():
         assert exc_name == ForkedProcessError.__name__, f"{name}: {exc_name}: {message}"
-        assert repr(db_path) in message and "Open a new Saver in this process" in message
+        assert named in message and "Open a new Saver in this process" in message
 
     # the parent's Saver is untouched and still works
     assert saver.get("t") == latest
@@ -648,6 +646,10 @@ def test_saver_used_in_forked_child_raises_forked_process_error(db_path, open_sa
     saver.put_writes("t", ref.checkpoint_id, "task", [("ch", 1)])
     assert saver.get("t").state == {"after fork": True}
     saver.close()
+    if is_server(db_path):  # the child sent nothing on the parent's connections
+        report = check.check_database(db_path)
+        assert report.ok, check.format_report(report)
+        return
     conn = apsw.Connection(db_path)
     try:
         assert conn.execute("PRAGMA integrity_check").fetchall() == [("ok",)]

@@ -7,7 +7,8 @@ seeing the lock not held, leaves the batch open. The next write from another thr
 batch, makes a fresh Event with waitable() and waits for an end() that already happened: it
 hung for ever (with the Event made lazily and never set); before that change every later write
 failed with InterruptedTransitionError instead. Now _abandon takes the lock back and ends the
-batch as its leader would, and the next write commits."""
+batch as its leader would, and the next write commits.
+SQLite by nature: the SQLite engine's group commit."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """Group commit: one exception at every line of a member that joins through the new
 non-blocking acquire (it arrives while the leader's gathering wait has released the lock, so it
-is never counted in _waiting), and of the leader of such a batch."""
+is never counted in _waiting), and of the leader of such a batch.
+SQLite by nature: the SQLite engine's group commit."""
 
 from __future__ import annotations
 

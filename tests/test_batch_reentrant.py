@@ -3,7 +3,8 @@ open (here: a signal handler for a signal interrupts.deferred does not hold back
 the main thread during the leader's gathering wait) is a *member* of that batch as far as
 _join knows (it opens SAVEPOINT member), but _leave takes it for the leader (batch.leader ==
 its thread): when it fails, it rolls the whole batch back instead of its own savepoint, and
-the leader and every member that did nothing wrong get an error."""
+the leader and every member that did nothing wrong get an error.
+SQLite by nature: the SQLite engine's group commit."""
 
 from __future__ import annotations
 

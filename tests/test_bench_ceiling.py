@@ -1,6 +1,7 @@
 """bench/core.py's BareGroupCommit, the ceiling bench/run.py prints the 8-thread target against:
 a ceiling that acknowledged rows before their COMMIT, or lost some, would overstate what a
-correct group commit can reach, so it is held to the guarantee Saver gives."""
+correct group commit can reach, so it is held to the guarantee Saver gives.
+SQLite by nature: the SQLite group-commit ceiling of bench/core.py."""
 
 from __future__ import annotations
 

@@ -7,6 +7,8 @@ database is allowed: if there was no -wal, it creates an empty one (and a -shm),
 data.
 
 Never import the stdlib ``sqlite3`` here: other databases are made with APSW.
+
+SQLite by nature: the validator on a file (on a server: tests/test_postgres_check.py).
 """
 
 from __future__ import annotations

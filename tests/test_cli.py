@@ -1,6 +1,8 @@
 """The operating subcommands of ``python -m sqlitesaver``, each run as a user runs it: a child
 process with ``PYTHONPATH`` set to this tree. ``--json`` output must parse; errors are one line
 on stderr naming the file, never a traceback; read-only subcommands never create a file.
+
+SQLite by nature: the subcommands that work on files.
 """
 
 from __future__ import annotations

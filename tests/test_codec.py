@@ -1,4 +1,5 @@
-"""sqlitesaver.codec: exact round trips, precise rejections, robust decoding, a frozen format."""
+"""sqlitesaver.codec: exact round trips, precise rejections, robust decoding, a frozen format.
+Engine-free: no store is opened."""
 
 from __future__ import annotations
 

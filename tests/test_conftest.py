@@ -32,3 +32,24 @@ def test_a_hanging_test_ends_the_run_with_its_stack(tmp_path):
     assert "test_waits_forever" in done.stderr, done.stderr  # the hung test's frame
     assert "Timeout" in done.stderr, done.stderr
     assert time.monotonic() - started < 60
+
+
+def test_empty_target_is_emptied_and_numbers_from_the_start(pg_empty_url):
+    """``pg_empty_url`` (``any_empty_target`` on PostgreSQL) hands each test the shared database
+    as a fresh one looks after its first open: no rows, sequences restarted."""
+    from conftest import empty_our_tables, store_digest
+    from sqlitesaver import Saver
+
+    with Saver(pg_empty_url) as saver:
+        assert saver.threads() == []
+        first = saver.put("t", {"n": 1})
+        saver.put_writes("t", first.checkpoint_id, "task", [("ch", 1)])
+        first_event = saver.append_log("t", {"e": 1})
+    with Saver(pg_empty_url) as saver:
+        empty_our_tables(pg_empty_url)
+        empty = store_digest(pg_empty_url)
+        assert saver.threads() == [] and saver.get("t") is None
+        assert list(saver.read_log("t")) == []
+        assert saver.put("t", {"n": 2}).checkpoint_id == first.checkpoint_id
+        assert saver.append_log("t", {"e": 2}) == first_event
+    assert store_digest(pg_empty_url) != empty

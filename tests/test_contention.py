@@ -5,6 +5,9 @@ the clock), so deadlines are exact and nothing here waits on wall time. The inte
 hold a real lock from a second APSW connection in this process (the same SQLite library, so no
 POSIX-lock hazard) and release it once the Saver has been seen waiting: the Saver's first
 backoff sleep sets an Event; nothing synchronises by sleeping.
+
+SQLite by nature: SQLITE_BUSY and its busy handler (a server's retries:
+tests/test_postgres_engine.py).
 """
 
 from __future__ import annotations

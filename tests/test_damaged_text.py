@@ -8,6 +8,8 @@ were). The databases here are damaged with APSW on a closed file (one byte of a 
 to 0xFF and the value retyped as TEXT, or a payload replaced by an int), or by writing 0xFF into
 the file itself; every read then runs twice (the same error both times) and the files are hashed
 before and after: a failed read changes nothing.
+
+SQLite by nature: TEXT that is not UTF-8 (a server's UTF8 database refuses it).
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
 """The one translation boundary: each SQLite condition maps to the error that says what
-happened, names the file and says what to do."""
+happened, names the file and says what to do.
+SQLite by nature: APSW's result codes (a server's SQLSTATEs: tests/test_postgres_engine.py)."""
 
 from __future__ import annotations
 

@@ -5,6 +5,8 @@ Every comparison is with the msgpack path alone (``msgpack_only()``), in the sam
 bytes written must be identical, the values read identical in type and value, the errors raised
 identical in type and message. The tests also check that the fast paths were really taken (or
 really declined), so that none of them would pass with the fast paths switched off.
+
+Engine-free: no store is opened.
 """
 
 from __future__ import annotations

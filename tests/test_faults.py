@@ -2,6 +2,8 @@
 
 The shim below wraps SQLite's ``unix`` VFS and fails the next sync or write of the ``-wal`` while
 a flag is set; it is a test fixture, not the library's fault-injection layer.
+
+SQLite by nature: faults injected through an APSW VFS.
 """
 
 from __future__ import annotations

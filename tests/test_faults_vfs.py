@@ -11,6 +11,8 @@
 * Installing makes every Saver connection use the VFS; uninstalling restores the default.
 
 Every random choice is seeded; the seed is in every assertion message.
+
+SQLite by nature: the APSW VFS and power loss on the database's files.
 """
 
 from __future__ import annotations

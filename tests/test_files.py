@@ -3,6 +3,8 @@ checksummed on every read, collected when no checkpoint names them any more.
 
 Bad input is checked as tests/test_bad_input.py does: the database and its -wal hashed while no
 connection is open, before and after the refused call, must be identical.
+
+SQLite only for now: files are not stored with a checkpoint on PostgreSQL yet (issue #16).
 """
 
 from __future__ import annotations

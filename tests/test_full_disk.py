@@ -4,6 +4,8 @@ The I/O-fault loop (tests/test_torture_iofaults.py) fails every write in turn wi
 SQLITE_FULL; this checks the same promise against the kernel's own ENOSPC: the write that did
 not fit raises DiskFullError naming the file, nothing acknowledged is lost, the database stays
 intact, and the same Saver writes again once space returns.
+
+SQLite by nature: the database's files on a full filesystem.
 """
 
 from __future__ import annotations

@@ -14,6 +14,9 @@ Two ways in:
   inside ``transaction()``, and in the leader or a member of a two-thread batch. The signal deferral
   does not stop these (they are not signals): this proves the protocol recovers from one
   exception at any line.
+  The lone writer's cases run on both engines (on PostgreSQL the lines of ``saver.py``,
+  ``postgres/saver.py`` and ``postgres/engine.py``, and no pooled connection may stay out
+  after the call); the batch and the WAL are SQLite's.
 * SIGINT at random moments for seconds in the main thread while other threads write through
   the same Saver (``sqlitesaver.torture.interrupts``), with a second connection checking after
   every round that each acknowledged write is there.
@@ -21,6 +24,7 @@ Two ways in:
 
 from __future__ import annotations
 
+import contextlib
 import dis
 import linecache
 import os
@@ -32,6 +36,7 @@ import apsw
 import pytest
 
 import sqlitesaver
+from conftest import is_server
 from sqlitesaver import InterruptedTransitionError, interrupts, Saver, SaverClosedError, SaverError
 from sqlitesaver.torture import interrupts as interrupt_torture
 
@@ -41,6 +46,10 @@ WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
                    ("saver.py", os.path.join("sqlite", "saver.py"),
                     os.path.join("sqlite", "transaction.py"),
                     os.path.join("sqlite", "reads.py"), "interrupts.py", "contention.py"))
+# The same for the PostgreSQL engine: the core, its saver and its engine.
+PG_WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
+                      ("saver.py", os.path.join("postgres", "saver.py"),
+                       os.path.join("postgres", "engine.py")))
 
 
 class Injected(BaseException):
@@ -51,14 +60,15 @@ class Injector:
     """A trace function raising :class:`Injected` at the ``at``-th line event of the write
     path (counting from 1) in the thread it is installed in; ``at=None`` only counts."""
 
-    def __init__(self, at: int | None) -> None:
+    def __init__(self, at: int | None, files: tuple[str, ...] = WRITE_PATH) -> None:
         self.at = at
+        self.files = files
         self.lines = 0
         self.fired = False
         self._seen: dict = {}
 
     def __call__(self, frame, event, arg):
-        if frame.f_code.co_filename not in WRITE_PATH:
+        if frame.f_code.co_filename not in self.files:
             return None  # not this frame's lines (callees are asked again)
         return self._local
 
@@ -106,8 +116,30 @@ def _never_delivered(frame, seen: dict) -> bool:
     return source.startswith("with ")
 
 
+#: url -> one autocommit connection of the test's own, to look at what is committed on a server
+#: (a connection per look cost more than the injections; closed after the module).
+_LOOKERS: dict = {}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _close_lookers():
+    yield
+    while _LOOKERS:
+        _LOOKERS.popitem()[1].close()
+
+
+def _look(url: str, statement: str, params: tuple = ()) -> list[tuple]:
+    if url not in _LOOKERS:
+        import psycopg
+        _LOOKERS[url] = psycopg.connect(url, autocommit=True)
+    return _LOOKERS[url].execute(statement, params).fetchall()
+
+
 def committed_ids(path: str) -> set[str]:
     """Checkpoint ids visible to another connection: what is committed."""
+    if is_server(path):
+        return {row[0] for row in _look(path, "SELECT coalesce(key, lpad(to_hex(seq), 16, '0')) "
+                                              "FROM sqlitesaver.checkpoints")}
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     try:
         return {row[0] for row in conn.execute(
@@ -151,6 +183,11 @@ def assert_usable_or_shut(saver: Saver, path: str) -> None:
         return
     assert not isinstance(result, BaseException), repr(result)
     assert result.checkpoint_id in committed_ids(path)
+    if is_server(path):  # every pooled connection is back: none leaked by the interruption
+        stats = saver.stats()
+        assert stats["connections_idle"] == stats["connections_open"], stats
+        assert not saver.in_transaction
+        return
     # Nobody waits for the lock now: a count left behind would make every later leader
     # gather for the full GATHER_WAIT (a lone writer's 50 ms per write).
     assert saver._waiting == 0, saver._waiting
@@ -180,8 +217,16 @@ SCENARIOS = {"put": _put, "transaction": _in_transaction, "put_writes": _put_wri
              "append_log": _append_log}
 
 
-def acknowledged_is_committed(path: str, result: object) -> bool:
-    """(a) for whatever the scenario returned."""
+def acknowledged_is_committed(path: str, result: object, base_id: str = "") -> bool:
+    """(a) for whatever the scenario returned (``base_id``: the checkpoint put_writes wrote
+    to)."""
+    if is_server(path):  # one database for every injection: the writes of base_id
+        if result == "writes":
+            return _look(path, "SELECT count(*) FROM sqlitesaver.writes "
+                         "WHERE checkpoint_seq = %s", (int(base_id, 16),))[0][0] == 2
+        if isinstance(result, int):
+            return bool(_look(path, "SELECT 1 FROM sqlitesaver.log WHERE seq = %s", (result,)))
+        return result.checkpoint_id in committed_ids(path)
     conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
     try:
         if result == "writes":
@@ -194,10 +239,11 @@ def acknowledged_is_committed(path: str, result: object) -> bool:
     return result.checkpoint_id in committed_ids(path)
 
 
-def _counted_lines(db_path: str, scenario) -> int:
-    with Saver(db_path + ".count", durability="normal") as saver:
+def _counted_lines(db_path: str, scenario, files: tuple[str, ...] = WRITE_PATH) -> int:
+    with Saver(db_path if is_server(db_path) else db_path + ".count",
+               durability="normal") as saver:
         saver._base_id = saver.put("t", "base").checkpoint_id  # type: ignore[attr-defined]
-        counter = Injector(None)
+        counter = Injector(None, files)
         counter.run(lambda: scenario(saver))
     return counter.lines
 
@@ -220,32 +266,43 @@ def quick_heal(monkeypatch):
 
 
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_one_exception_at_every_line_of_a_lone_write(tmp_path, hang_detector, name):
+def test_one_exception_at_every_line_of_a_lone_write(any_empty_target, tmp_path, hang_detector,
+                                                     name):
     hang_detector(300)
     scenario = SCENARIOS[name]
-    total = _counted_lines(str(tmp_path / "count.db"), scenario)
+    server = is_server(any_empty_target)
+    files = PG_WRITE_PATH if server else WRITE_PATH
+    total = _counted_lines(any_empty_target if server else str(tmp_path / "count.db"),
+                           scenario, files)
     assert total > 20, total  # the trace sees the write path
-    for at in range(1, total + 1):
-        path = str(tmp_path / f"{name}-{at}.db")
-        with Saver(path, durability="normal") as saver:
-            saver._base_id = saver.put("t", "base").checkpoint_id  # type: ignore[attr-defined]
-            before = committed_ids(path)
-            injector = Injector(at)
-            try:
-                result = injector.run(lambda: scenario(saver))
-            except Injected:
-                result = None
-            except InterruptedTransitionError:
-                result = None
-            assert injector.fired, f"line {at} of {total} was not reached"
-            after = committed_ids(path)
-            if result is not None:  # (a): it returned, so its COMMIT returned
-                assert acknowledged_is_committed(path, result), \
-                    f"{name}: acknowledged, not committed (exception at line event {at})"
-            if name == "transaction":
-                # all or nothing: both checkpoints, or neither
-                assert len(after - before) in (0, 2), (at, after - before)
-            assert_usable_or_shut(saver, path)
+    # On a server one Saver takes every injection (it must stay usable after each: that is
+    # (c)); on SQLite a fresh file and Saver for each.
+    with contextlib.ExitStack() as stack:
+        shared = stack.enter_context(Saver(any_empty_target, durability="normal")) \
+            if server else None
+        for at in range(1, total + 1):
+            path = any_empty_target if server else str(tmp_path / f"{name}-{at}.db")
+            with contextlib.nullcontext(shared) if server else \
+                    Saver(path, durability="normal") as saver:
+                saver._base_id = \
+                    saver.put("t", "base").checkpoint_id  # type: ignore[attr-defined]
+                before = committed_ids(path)
+                injector = Injector(at, files)
+                try:
+                    result = injector.run(lambda: scenario(saver))
+                except Injected:
+                    result = None
+                except InterruptedTransitionError:
+                    result = None
+                assert injector.fired, f"line {at} of {total} was not reached"
+                after = committed_ids(path)
+                if result is not None:  # (a): it returned, so its COMMIT returned
+                    assert acknowledged_is_committed(path, result, saver._base_id), \
+                        f"{name}: acknowledged, not committed (exception at line event {at})"
+                if name == "transaction":
+                    # all or nothing: both checkpoints, or neither
+                    assert len(after - before) in (0, 2), (at, after - before)
+                assert_usable_or_shut(saver, path)
 
 
 class Raised:

@@ -3,7 +3,9 @@ index (first one wins, or replaced), copy_thread, delete_matching, and schema ve
 databases of version 1 still opening, migrating and validating).
 
 Each test fails without the behaviour it names; bad input raises a SaverError subclass and
-changes nothing (the database file's bytes are compared where it matters).
+changes nothing (the database file's bytes, or a server's rows, are compared where it matters).
+On both engines, but for schema versions 1-2 and the caller-id index's shape, which are the
+SQLite file's (a server's schema starts at today's version).
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from __future__ import annotations
 import apsw
 import pytest
 
-from conftest import family_digest
+from conftest import execute_on, is_server, store_digest
 from sqlitesaver import (ChecksumError, CheckpointNotFoundError, InvalidArgumentError, Saver,
                          check, codec, integrity, schema)
 
@@ -27,10 +29,16 @@ def close_and_check(saver: Saver) -> check.Report:
     return report
 
 
+@pytest.fixture
+def store(any_empty_target) -> str:
+    """A new SQLite file, or the emptied server database (conftest.any_empty_target)."""
+    return any_empty_target
+
+
 # --- caller-supplied ids -------------------------------------------------------------------------
 
-def test_caller_ids_name_checkpoints_everywhere(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_caller_ids_name_checkpoints_everywhere(store, open_saver):
+    saver = open_saver(store)
     a = saver.put("t", {"n": 1}, checkpoint_id="uuid-a")
     b = saver.put("t", {"n": 2}, checkpoint_id="uuid-b", parent_id="uuid-a")
     plain = saver.put("t", {"n": 3}, parent_id="uuid-b")  # a generated id, a caller-id parent
@@ -50,8 +58,8 @@ def test_caller_ids_name_checkpoints_everywhere(db_path, open_saver):
     close_and_check(saver)
 
 
-def test_a_caller_id_is_unique_per_thread_and_namespace_only(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_a_caller_id_is_unique_per_thread_and_namespace_only(store, open_saver):
+    saver = open_saver(store)
     saver.put("t", "root", checkpoint_id="same")
     saver.put("t", "sub", checkpoint_id="same", namespace="sub")
     saver.put("u", "other thread", checkpoint_id="same")
@@ -64,8 +72,8 @@ def test_a_caller_id_is_unique_per_thread_and_namespace_only(db_path, open_saver
     close_and_check(saver)
 
 
-def test_a_checkpoint_with_a_caller_id_is_not_reachable_by_its_seq(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_a_checkpoint_with_a_caller_id_is_not_reachable_by_its_seq(store, open_saver):
+    saver = open_saver(store)
     saver.put("t", "keyed", checkpoint_id="mine")
     seq_id = "0000000000000001"  # the seq the keyed checkpoint took
     assert saver.get("t", seq_id) is None
@@ -77,12 +85,12 @@ def test_a_checkpoint_with_a_caller_id_is_not_reachable_by_its_seq(db_path, open
 
 
 @pytest.mark.parametrize("bad", ["0123456789abcdef", "0000000000000000", "ffffffffffffffff"])
-def test_a_caller_id_of_the_generated_form_is_refused(db_path, open_saver, bad):
-    saver = open_saver(db_path)
+def test_a_caller_id_of_the_generated_form_is_refused(store, open_saver, bad):
+    saver = open_saver(store)
     saver.put("t", "before")
     saver.close()
-    before = family_digest(db_path)
-    saver = open_saver(db_path)
+    before = store_digest(store)
+    saver = open_saver(store)
     with pytest.raises(InvalidArgumentError, match="16 lowercase hex digits"):
         saver.put("t", "x", checkpoint_id=bad)
     with pytest.raises(InvalidArgumentError):
@@ -90,11 +98,11 @@ def test_a_caller_id_of_the_generated_form_is_refused(db_path, open_saver, bad):
     with pytest.raises(InvalidArgumentError):
         saver.put("t", "x", checkpoint_id=7)  # type: ignore[arg-type]
     saver.close()
-    assert family_digest(db_path) == before
+    assert store_digest(store) == before
 
 
-def test_putting_a_caller_id_again_replaces_it_in_place(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_putting_a_caller_id_again_replaces_it_in_place(store, open_saver):
+    saver = open_saver(store)
     first = saver.put("t", "v1", checkpoint_id="a", metadata={"v": 1})
     saver.put_writes("t", "a", "task", [("ch", "kept")])
     saver.put("t", "other", checkpoint_id="b", parent_id="a")
@@ -107,8 +115,8 @@ def test_putting_a_caller_id_again_replaces_it_in_place(db_path, open_saver):
     close_and_check(saver)
 
 
-def test_a_replacement_whose_parent_is_not_older_is_refused(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_a_replacement_whose_parent_is_not_older_is_refused(store, open_saver):
+    saver = open_saver(store)
     saver.put("t", "a", checkpoint_id="a")
     saver.put("t", "b", checkpoint_id="b", parent_id="a")
     for parent in ("b", "a"):  # newer than "a", and "a" itself
@@ -118,8 +126,8 @@ def test_a_replacement_whose_parent_is_not_older_is_refused(db_path, open_saver)
     close_and_check(saver)
 
 
-def test_a_pruned_parent_keeps_its_caller_id(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_a_pruned_parent_keeps_its_caller_id(store, open_saver):
+    saver = open_saver(store)
     saver.put("t", 1, checkpoint_id="old")
     saver.put("t", 2, checkpoint_id="new", parent_id="old")
     assert saver.prune("t", keep_last=1) == 1
@@ -130,8 +138,8 @@ def test_a_pruned_parent_keeps_its_caller_id(db_path, open_saver):
 
 # --- pending writes by index ------------------------------------------------------------------
 
-def test_writes_by_explicit_index_keep_the_first_or_replace(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_writes_by_explicit_index_keep_the_first_or_replace(store, open_saver):
+    saver = open_saver(store)
     cp = saver.put("t", "s").checkpoint_id
     saver.put_writes("t", cp, "task", [("ch", "first"), ("__error__", "e1")], indexes=[0, -1])
     saver.put_writes("t", cp, "task", [("ch", "second")], indexes=[0])          # kept: first
@@ -154,23 +162,23 @@ def test_writes_by_explicit_index_keep_the_first_or_replace(db_path, open_saver)
     ("01", False),
     (None, "yes"),                # replace must be a bool
 ])
-def test_bad_indexes_or_replace_write_nothing(db_path, open_saver, indexes, replace):
-    saver = open_saver(db_path)
+def test_bad_indexes_or_replace_write_nothing(store, open_saver, indexes, replace):
+    saver = open_saver(store)
     cp = saver.put("t", "s").checkpoint_id
     saver.close()
-    before = family_digest(db_path)
-    saver = open_saver(db_path)
+    before = store_digest(store)
+    saver = open_saver(store)
     with pytest.raises(InvalidArgumentError):
         saver.put_writes("t", cp, "task", [("a", 1), ("b", 2)], indexes=indexes,
                          replace=replace)
     saver.close()
-    assert family_digest(db_path) == before
+    assert store_digest(store) == before
 
 
 # --- copy_thread ---------------------------------------------------------------------------------
 
-def test_copy_thread_copies_every_namespace_with_writes_ids_and_links(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_copy_thread_copies_every_namespace_with_writes_ids_and_links(store, open_saver):
+    saver = open_saver(store)
     saver.put("src", "a", checkpoint_id="a", metadata={"step": 0})
     gen = saver.put("src", "g", parent_id="a").checkpoint_id
     saver.put("src", "b", checkpoint_id="b", parent_id=gen, metadata={"step": 2})
@@ -193,9 +201,9 @@ def test_copy_thread_copies_every_namespace_with_writes_ids_and_links(db_path, o
     close_and_check(saver)
 
 
-def test_copy_thread_keeps_a_pruned_parent_and_an_empty_source_copies_nothing(db_path,
+def test_copy_thread_keeps_a_pruned_parent_and_an_empty_source_copies_nothing(store,
                                                                                open_saver):
-    saver = open_saver(db_path)
+    saver = open_saver(store)
     saver.put("src", 1, checkpoint_id="old")
     saver.put("src", 2, checkpoint_id="new", parent_id="old")
     saver.prune("src", keep_last=1)
@@ -206,13 +214,13 @@ def test_copy_thread_keeps_a_pruned_parent_and_an_empty_source_copies_nothing(db
     close_and_check(saver)
 
 
-def test_copy_thread_refuses_a_busy_target_or_itself_and_writes_nothing(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_copy_thread_refuses_a_busy_target_or_itself_and_writes_nothing(store, open_saver):
+    saver = open_saver(store)
     saver.put("src", 1, checkpoint_id="x")
     saver.put("dst", 2)
     saver.close()
-    before = family_digest(db_path)
-    saver = open_saver(db_path)
+    before = store_digest(store)
+    saver = open_saver(store)
     with pytest.raises(InvalidArgumentError, match="already has checkpoints"):
         saver.copy_thread("src", "dst")
     with pytest.raises(InvalidArgumentError, match="onto itself"):
@@ -220,18 +228,16 @@ def test_copy_thread_refuses_a_busy_target_or_itself_and_writes_nothing(db_path,
     with pytest.raises(InvalidArgumentError):
         saver.copy_thread("src", "")
     saver.close()
-    assert family_digest(db_path) == before
+    assert store_digest(store) == before
 
 
-def test_copy_thread_of_a_damaged_source_raises_and_copies_nothing(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_copy_thread_of_a_damaged_source_raises_and_copies_nothing(store, open_saver):
+    saver = open_saver(store)
     saver.put("src", "fine", checkpoint_id="a")
     saver.put("src", "damaged", checkpoint_id="b", parent_id="a")
     saver.close()
-    conn = apsw.Connection(db_path)
-    conn.execute("UPDATE checkpoints SET state = x'a7' WHERE key = 'b'")  # other bytes
-    conn.close()
-    saver = open_saver(db_path)
+    execute_on(store, "UPDATE checkpoints SET state = ? WHERE key = 'b'", (b"\xa7",))
+    saver = open_saver(store)
     with pytest.raises(ChecksumError):
         saver.copy_thread("src", "dst")
     assert saver.threads() == ["src"]
@@ -239,9 +245,9 @@ def test_copy_thread_of_a_damaged_source_raises_and_copies_nothing(db_path, open
 
 # --- delete_matching ---------------------------------------------------------------------------
 
-def test_delete_matching_deletes_any_match_with_writes_and_detaches_children(db_path,
+def test_delete_matching_deletes_any_match_with_writes_and_detaches_children(store,
                                                                              open_saver):
-    saver = open_saver(db_path)
+    saver = open_saver(store)
     saver.put("t", 1, checkpoint_id="a", metadata={"run_id": "r1"})
     saver.put("t", 2, checkpoint_id="b", parent_id="a", metadata={"run_id": "r2"})
     saver.put("t", 3, checkpoint_id="c", parent_id="b", metadata={"run_id": "r3"})
@@ -264,36 +270,32 @@ def test_delete_matching_deletes_any_match_with_writes_and_detaches_children(db_
 
 
 @pytest.mark.parametrize("filters", [({},), ({"run_id": "r"}, []), ("run_id",)])
-def test_delete_matching_refuses_bad_filters_and_deletes_nothing(db_path, open_saver, filters):
-    saver = open_saver(db_path)
+def test_delete_matching_refuses_bad_filters_and_deletes_nothing(store, open_saver, filters):
+    saver = open_saver(store)
     saver.put("t", 1, metadata={"run_id": "r"})
     saver.close()
-    before = family_digest(db_path)
-    saver = open_saver(db_path)
+    before = store_digest(store)
+    saver = open_saver(store)
     with pytest.raises(InvalidArgumentError):
         saver.delete_matching(*filters)
     with pytest.raises(InvalidArgumentError):
         saver.delete_matching({"run_id": "r"}, thread_id="")
     saver.close()
-    assert family_digest(db_path) == before
+    assert store_digest(store) == before
 
 
-def test_delete_matching_verifies_checksums_before_trusting_metadata(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_delete_matching_verifies_checksums_before_trusting_metadata(store, open_saver):
+    saver = open_saver(store)
     saver.put("t", 1, metadata={"run_id": "keep"})
     saver.put("t", 2, metadata={"run_id": "drop"})
     saver.close()
-    conn = apsw.Connection(db_path)  # damage: "keep" now reads "drop"
-    conn.execute("UPDATE checkpoints SET metadata = (SELECT metadata FROM checkpoints "
-                 "WHERE seq = 2) WHERE seq = 1")
-    conn.close()
-    saver = open_saver(db_path)
+    execute_on(store, "UPDATE checkpoints SET metadata = (SELECT metadata FROM checkpoints "
+               "WHERE seq = 2) WHERE seq = 1")  # damage: "keep" now reads "drop"
+    saver = open_saver(store)
     with pytest.raises(ChecksumError):
         saver.delete_matching({"run_id": "drop"})
     saver.close()
-    conn = apsw.Connection(db_path)
-    assert conn.execute("SELECT count(*) FROM checkpoints").fetchone()[0] == 2
-    conn.close()
+    assert execute_on(store, "SELECT count(*) FROM checkpoints") == [(2,)]
 
 
 # --- schema version 2 --------------------------------------------------------------------------
@@ -338,8 +340,8 @@ def test_a_version_1_database_validates_and_migrates(db_path, monkeypatch):
     assert report.ok and report.schema_version == 3, check.format_report(report)
 
 
-def test_the_checksum_covers_caller_ids(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_the_checksum_covers_caller_ids(store, open_saver):
+    saver = open_saver(store)
     saver.put("t", 1, checkpoint_id="a")
     saver.put("t", 2, checkpoint_id="b", parent_id="a")
     saver.close()
@@ -348,33 +350,33 @@ def test_the_checksum_covers_caller_ids(db_path, open_saver):
     assert integrity.checkpoint_checksum(1, "t", "", None, 0, state, meta, None, None) == plain
     assert integrity.checkpoint_checksum(1, "t", "", None, 0, state, meta, "a") != plain
     assert integrity.checkpoint_checksum(1, "t", "", None, 0, state, meta, None, "a") != plain
-    conn = apsw.Connection(db_path)
-    conn.execute("UPDATE checkpoints SET key = 'z' WHERE key = 'b'")  # moved to another id
-    conn.close()
-    report = check.check_database(db_path)
+    execute_on(store, "UPDATE checkpoints SET key = 'z' WHERE key = 'b'")  # moved to another id
+    report = check.check_database(store)
     assert not report.ok and report.payload_failures[0]["checkpoint_id"] == "z"
-    saver = open_saver(db_path)
+    saver = open_saver(store)
     with pytest.raises(ChecksumError):
         saver.get("t", "z")
 
 
-def test_the_validator_checks_a_parents_caller_id(db_path, open_saver):
-    saver = open_saver(db_path)
+def test_the_validator_checks_a_parents_caller_id(store, open_saver):
+    saver = open_saver(store)
     saver.put("t", 1, checkpoint_id="a")
     saver.put("t", 2, checkpoint_id="b", parent_id="a")
     saver.close()
-    conn = apsw.Connection(db_path)  # "b" names another parent than the one it links to
-    rows = conn.execute("SELECT seq, thread_id, namespace, parent_seq, created_at, state, "
-                        "metadata, key FROM checkpoints WHERE key = 'b'").fetchall()
+    # "b" names another parent than the one it links to
+    rows = execute_on(store, "SELECT seq, thread_id, namespace, parent_seq, created_at, state, "
+                      "metadata, key FROM checkpoints WHERE key = 'b'")
     for *columns, key in rows:
-        conn.execute("UPDATE checkpoints SET parent_key = 'elsewhere', checksum = ? "
-                     "WHERE seq = ?",
-                     (integrity.checkpoint_checksum(*columns, key, "elsewhere"), columns[0]))
-    conn.close()
-    found = {step.name: step for step in check.check_database(db_path).steps}
-    assert found["checksums"].status == check.OK
-    assert found["parents_exist_unless_pruned"].status == check.FAILED
-    assert "names parent 'elsewhere'" in found["parents_exist_unless_pruned"].detail
+        columns[5:7] = map(bytes, columns[5:7])  # a server's bytea may come as memoryview
+        execute_on(store, "UPDATE checkpoints SET parent_key = 'elsewhere', checksum = ? "
+                   "WHERE seq = ?",
+                   (integrity.checkpoint_checksum(*columns, key, "elsewhere"), columns[0]))
+    steps = check.check_database(store).steps
+    assert {step.name: step for step in steps}["checksums"].status == check.OK
+    (failed,) = [step for step in steps if step.status == check.FAILED]
+    # the server's validator reports its invariants as one step
+    assert failed.name == ("invariants" if is_server(store) else "parents_exist_unless_pruned")
+    assert "names parent 'elsewhere'" in failed.detail
 
 
 def test_a_plain_put_writes_nothing_into_the_caller_id_index(db_path, open_saver):

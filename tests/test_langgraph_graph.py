@@ -7,6 +7,9 @@ then SIGKILLs the child: b has finished, c has not. A new process resumes the sa
 a and b must not run again (a is in the checkpoint, b in its pending writes), c and the rest
 must, and the final state must equal that of an uninterrupted run. Every node appends its name
 to a log file when it runs, which is how "ran again" is counted.
+
+The interrupt and the async graph run on both engines; the crash test runs on a server in
+tests/test_langgraph_postgres.py (with this file's child); the example is written for a file.
 """
 
 from __future__ import annotations
@@ -27,8 +30,9 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
+from conftest import is_server
 from sqlitesaver import check
-from sqlitesaver.langgraph import AsyncSqliteSaver, SqliteSaver
+from sqlitesaver.langgraph import AsyncPostgresSaver, AsyncSqliteSaver, PostgresSaver, SqliteSaver
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -161,14 +165,15 @@ def approval_graph():
     return builder
 
 
-def test_an_interrupt_survives_a_reopen_and_resumes(tmp_path):
-    db = str(tmp_path / "hitl.db")
+def test_an_interrupt_survives_a_reopen_and_resumes(any_empty_target):
+    db = any_empty_target
+    Checkpointer = PostgresSaver if is_server(db) else SqliteSaver
     config = {"configurable": {"thread_id": "ticket-7"}}
-    with SqliteSaver.from_conn_string(db) as checkpointer:
+    with Checkpointer.from_conn_string(db) as checkpointer:
         graph = approval_graph().compile(checkpointer=checkpointer)
         first = graph.invoke({"request": "refund"}, config, durability="sync")
         assert first["__interrupt__"][0].value == {"question": "approve refund?"}
-    with SqliteSaver.from_conn_string(db) as checkpointer:  # a new process would do the same
+    with Checkpointer.from_conn_string(db) as checkpointer:  # a new process would do the same
         graph = approval_graph().compile(checkpointer=checkpointer)
         assert graph.get_state(config).next == ("ask",)
         final = graph.invoke(Command(resume="yes"), config, durability="sync")
@@ -212,9 +217,12 @@ def review_graph():
 
 
 @pytest.mark.parametrize("durability", ["async", "sync", "exit"])
-def test_an_async_graph_runs_on_the_async_saver(tmp_path, durability):
+def test_an_async_graph_runs_on_the_async_saver(any_empty_target, durability):
+    db = any_empty_target
+    Checkpointer = AsyncPostgresSaver if is_server(db) else AsyncSqliteSaver
+
     async def main() -> tuple:
-        async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "a.db")) as checkpointer:
+        async with Checkpointer.from_conn_string(db) as checkpointer:
             graph = review_graph().compile(checkpointer=checkpointer, interrupt_before=["act"])
             results, lengths = [], []
             for n in range(5):  # several threads, each stopped before "act" and resumed
@@ -232,7 +240,7 @@ def test_an_async_graph_runs_on_the_async_saver(tmp_path, durability):
     assert [r["done"] for r in results] == [True, False, True, False, True]
     assert results[3]["checks"] == ["fraud:r3", "stock:r3"]  # in writes_sort_key order
     assert all(length >= 3 for length in history_lengths), history_lengths
-    report = check.check_database(str(tmp_path / "a.db"))
+    report = check.check_database(db)
     assert report.ok, check.format_report(report)
 
 

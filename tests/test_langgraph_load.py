@@ -7,7 +7,8 @@ checkpointer, under a hang detector (all stacks dumped, the run failed, instead 
 hang: the deadlock of issue #14 hung every one of these). After each, every thread's final state
 must equal that of the same invocations run alone on LangGraph's ``InMemorySaver``, and its
 ``get_state_history`` must be complete (the same checkpoints, by step and source) and ordered
-(newest first, each one's parent the next one).
+(newest first, each one's parent the next one). On both engines (LangGraph's SqliteSaver and
+PostgresSaver names); the reference runs alone are on SQLite files for both.
 """
 
 from __future__ import annotations
@@ -24,10 +25,22 @@ from langgraph.graph import END, START, StateGraph
 from langgraph.types import Command, interrupt
 from typing_extensions import TypedDict
 
-from sqlitesaver.langgraph import AsyncSqliteSaver, SqliteSaver
+from conftest import empty_target, is_server
+from sqlitesaver.langgraph import AsyncPostgresSaver, AsyncSqliteSaver, PostgresSaver, SqliteSaver
 
 MODES = ("sync", "async", "exit")
+#: (engine, concurrent runs): on a server the middle load only (CI's time: 32 runs cost 10 s).
+LOADS = [("sqlite", 2), ("sqlite", 8), ("sqlite", 32), ("postgres", 8)]
 HANG_SECONDS = 120
+
+
+def sync_class(target: str) -> type:
+    """LangGraph's name for the engine ``target`` names."""
+    return PostgresSaver if is_server(target) else SqliteSaver
+
+
+def async_class(target: str) -> type:
+    return AsyncPostgresSaver if is_server(target) else AsyncSqliteSaver
 
 
 class State(TypedDict):
@@ -152,17 +165,19 @@ def _run_threads(checkpointer, n: int, durability: str, *, with_interrupt: bool)
 
 
 @pytest.mark.parametrize("durability", MODES)
-@pytest.mark.parametrize("n", [2, 8, 32])
-def test_threads_invoking_graphs_on_one_checkpointer(tmp_path, hang_detector, n, durability):
+@pytest.mark.parametrize("engine, n", LOADS)
+def test_threads_invoking_graphs_on_one_checkpointer(engine, n, request, tmp_path, hang_detector,
+                                                     durability):
     hang_detector(HANG_SECONDS)
-    with SqliteSaver.from_conn_string(str(tmp_path / "load.db")) as checkpointer:
+    target = empty_target(engine, request, tmp_path)
+    with sync_class(target).from_conn_string(target) as checkpointer:
         _run_threads(checkpointer, n, durability, with_interrupt=False)
 
 
 @pytest.mark.parametrize("durability", MODES)
-def test_interrupts_and_resumes_on_many_threads(tmp_path, hang_detector, durability):
+def test_interrupts_and_resumes_on_many_threads(any_empty_target, hang_detector, durability):
     hang_detector(HANG_SECONDS)
-    with SqliteSaver.from_conn_string(str(tmp_path / "load.db")) as checkpointer:
+    with sync_class(any_empty_target).from_conn_string(any_empty_target) as checkpointer:
         _run_threads(checkpointer, 8, durability, with_interrupt=True)
 
 
@@ -184,8 +199,9 @@ async def _ahistory(graph, worker: int, durability: str) -> list[tuple]:
 
 
 @pytest.mark.parametrize("durability", MODES)
-@pytest.mark.parametrize("n", [2, 8, 32])
-def test_gather_of_ainvoke_on_one_async_checkpointer(tmp_path, hang_detector, n, durability):
+@pytest.mark.parametrize("engine, n", LOADS)
+def test_gather_of_ainvoke_on_one_async_checkpointer(engine, n, request, tmp_path, hang_detector,
+                                                     durability):
     """The reference history here is each worker's invocations run alone on a fresh
     AsyncSqliteSaver: through ``ainvoke`` with ``durability="async"``, LangGraph's own
     ``langgraph.checkpoint.sqlite.aio.AsyncSqliteSaver`` lists the same ``next`` as ours for
@@ -194,7 +210,8 @@ def test_gather_of_ainvoke_on_one_async_checkpointer(tmp_path, hang_detector, n,
     hang_detector(HANG_SECONDS)
 
     async def main() -> tuple[list, dict, dict]:
-        async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "load.db")) as cp:
+        target = empty_target(engine, request, tmp_path)
+        async with async_class(target).from_conn_string(target) as cp:
             graph = fan_out_graph().compile(checkpointer=cp)
             finals = await asyncio.gather(*(_arun(graph, w, durability) for w in range(n)))
             for worker in range(n):
@@ -221,11 +238,11 @@ def test_gather_of_ainvoke_on_one_async_checkpointer(tmp_path, hang_detector, n,
     "LangGraph's interrupt() inside ainvoke needs Python 3.11 (asyncio tasks carry the "
     "runnable config in contextvars only from 3.11: 'Called get_config outside of a runnable "
     "context' on 3.10, with LangGraph's own checkpointers too)"))
-def test_async_interrupts_and_resumes_gathered(tmp_path, hang_detector):
+def test_async_interrupts_and_resumes_gathered(any_empty_target, hang_detector):
     hang_detector(HANG_SECONDS)
 
     async def main() -> dict:
-        async with AsyncSqliteSaver.from_conn_string(str(tmp_path / "load.db")) as cp:
+        async with async_class(any_empty_target).from_conn_string(any_empty_target) as cp:
             graph = fan_out_graph(with_interrupt=True).compile(checkpointer=cp)
 
             async def run(worker: int):

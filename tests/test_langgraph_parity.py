@@ -7,6 +7,8 @@ locks are per process). The metadata shapes and filters come from a seeded gener
 dicts, keys with ``.``, ``-`` and digits, values of every JSON type. It leaves out the cases
 where the README documents a deliberate difference; those have their own tests below, which pin
 what each saver does.
+
+SQLite by nature: compared with LangGraph's own SQLite saver.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
 """The LangGraph checkpointer's semantics beyond the conformance suite: the serializer protocol,
 pending-write rules, list filters, versions, writes that arrive before their checkpoint, the
-event loop never blocked, and bad input refused with nothing written."""
+event loop never blocked, and bad input refused with nothing written. On both engines (LangGraph's
+names SqliteSaver and PostgresSaver), but for what is SQLite's: a put blocked on the file's one
+write lock, the sqlite3 constructors, the core-API ids seen in a file."""
 
 from __future__ import annotations
 
@@ -19,10 +21,10 @@ from langgraph.checkpoint.base import empty_checkpoint
 from langgraph.checkpoint.serde.jsonplus import JsonPlusSerializer
 from langgraph.checkpoint.serde.types import ERROR, INTERRUPT
 
-from conftest import family_digest
+from conftest import execute_on, is_server, store_digest
 from sqlitesaver import (CheckpointNotFoundError, ForeignCheckpointError, InvalidArgumentError,
                          Saver, UsageError, check)
-from sqlitesaver.langgraph import AsyncSqliteSaver, SqliteSaver
+from sqlitesaver.langgraph import AsyncPostgresSaver, AsyncSqliteSaver, PostgresSaver, SqliteSaver
 from sqlitesaver.langgraph._rendezvous import Parked, Rendezvous
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -63,9 +65,24 @@ def chain(checkpointer: SqliteSaver, n: int, *, thread: str = "t", ns: str = "",
     return stored
 
 
+def sync_class(target: str) -> type:
+    """LangGraph's name for the engine ``target`` names: SqliteSaver, or PostgresSaver."""
+    return PostgresSaver if is_server(target) else SqliteSaver
+
+
+def async_class(target: str) -> type:
+    return AsyncPostgresSaver if is_server(target) else AsyncSqliteSaver
+
+
 @pytest.fixture
-def checkpointer(db_path):
-    with SqliteSaver.from_conn_string(db_path) as made:
+def store(any_empty_target) -> str:
+    """A new SQLite file, or the emptied server database (conftest.any_empty_target)."""
+    return any_empty_target
+
+
+@pytest.fixture
+def checkpointer(store):
+    with sync_class(store).from_conn_string(store) as made:
         yield made
 
 
@@ -89,9 +106,9 @@ class Reversing(JsonPlusSerializer):
         return super().loads_typed((type_.removeprefix("reversed-"), payload[::-1]))
 
 
-def test_the_configured_serde_is_the_only_one_that_sees_values(db_path):
+def test_the_configured_serde_is_the_only_one_that_sees_values(store):
     serde = Reversing()
-    with Saver(db_path) as saver:
+    with Saver(store) as saver:
         checkpointer = SqliteSaver(saver, serde=serde)
         stored = checkpointer.put(cfg(), new_checkpoint(secret="PLAINTEXT-CHANNEL"),
                                   {"step": 1}, {})
@@ -103,10 +120,16 @@ def test_the_configured_serde_is_the_only_one_that_sees_values(db_path):
         raw = saver.get("t")  # what the store holds: the serializer's own output
         assert raw.state[0].startswith("reversed-") and b"PLAINTEXT" not in raw.state[1]
         assert raw.pending_writes[0].value[0].startswith("reversed-")
-    assert b"PLAINTEXT" not in _all_bytes(db_path)  # closed now: reading it is safe
+    assert b"PLAINTEXT" not in _all_bytes(store)  # closed now: reading it is safe
 
 
 def _all_bytes(path: str) -> bytes:
+    """A file's bytes with its -wal's, or every payload stored on a server."""
+    if is_server(path):
+        return b"".join(bytes(value) for query in (
+            "SELECT state FROM checkpoints", "SELECT metadata FROM checkpoints",
+            "SELECT value FROM writes", "SELECT event FROM log")
+            for (value,) in execute_on(path, query))
     data = b""
     for suffix in ("", "-wal"):
         if os.path.exists(path + suffix):
@@ -262,13 +285,13 @@ def test_early_writes_whose_put_fails_wait_for_the_next_put(checkpointer, monkey
     assert checkpointer.get_tuple(cfg()).pending_writes == [("task", "ch", 1)]
 
 
-def test_aput_writes_that_arrive_first_are_stored_in_their_checkpoints_put(db_path,
+def test_aput_writes_that_arrive_first_are_stored_in_their_checkpoints_put(store,
                                                                            monkeypatch):
     async def main() -> tuple:
         parked = asyncio.Event()
         loop = asyncio.get_running_loop()
         stored_by = _record_parking(monkeypatch, lambda: loop.call_soon_threadsafe(parked.set))
-        async with AsyncSqliteSaver.from_conn_string(db_path) as checkpointer:
+        async with async_class(store).from_conn_string(store) as checkpointer:
             checkpoint = new_checkpoint()
             early = asyncio.create_task(checkpointer.aput_writes(
                 cfg(checkpoint_id=checkpoint["id"]), [("ch", 1)], "task"))
@@ -282,18 +305,18 @@ def test_aput_writes_that_arrive_first_are_stored_in_their_checkpoints_put(db_pa
     assert len(stored_by) == 1 and pending == [("task", "ch", 1)]
 
 
-def test_writes_for_a_checkpoint_that_never_comes_raise_and_write_nothing(db_path):
-    with SqliteSaver.from_conn_string(db_path) as checkpointer:
+def test_writes_for_a_checkpoint_that_never_comes_raise_and_write_nothing(store):
+    with sync_class(store).from_conn_string(store) as checkpointer:
         checkpointer.put(cfg(), new_checkpoint(), {}, {})
-    before = family_digest(db_path)
-    with SqliteSaver.from_conn_string(db_path) as checkpointer:
+    before = store_digest(store)
+    with sync_class(store).from_conn_string(store) as checkpointer:
         checkpointer.pending_writes_wait = 0.0
         with pytest.raises(CheckpointNotFoundError):
             checkpointer.put_writes(cfg(checkpoint_id=an_id()), [("ch", 1)], "task")
         with pytest.raises(CheckpointNotFoundError):
             asyncio.run(checkpointer.aput_writes(cfg(checkpoint_id=an_id()), [("c", 1)],
                                                  "task"))
-    assert family_digest(db_path) == before
+    assert store_digest(store) == before
 
 
 # --- list ----------------------------------------------------------------------------------------
@@ -329,9 +352,9 @@ def test_list_filters_namespaces_before_and_limit(checkpointer):
     assert listed(None, filter={"run_id": "r2"}, limit=1) == [ids[4]]
 
 
-def test_alist_streams_in_batches_and_an_early_stop_releases_its_snapshot(db_path):
+def test_alist_streams_in_batches_and_an_early_stop_releases_its_snapshot(store):
     async def main() -> None:
-        async with AsyncSqliteSaver.from_conn_string(db_path, durability="normal") as cp:
+        async with async_class(store).from_conn_string(store, durability="normal") as cp:
             ids = await asyncio.to_thread(chain, cp, 150)
             assert [t.checkpoint["id"] async for t in cp.alist(cfg())] == ids[::-1]
             seen = []
@@ -399,11 +422,11 @@ def test_async_methods_never_block_the_event_loop(db_path):
 
 # --- bad input -----------------------------------------------------------------------------------
 
-def test_bad_input_is_refused_and_writes_nothing(db_path):
-    with SqliteSaver.from_conn_string(db_path) as checkpointer:
+def test_bad_input_is_refused_and_writes_nothing(store):
+    with sync_class(store).from_conn_string(store) as checkpointer:
         chain(checkpointer, 3)
-    before = family_digest(db_path)
-    with SqliteSaver.from_conn_string(db_path) as checkpointer:
+    before = store_digest(store)
+    with sync_class(store).from_conn_string(store) as checkpointer:
         with pytest.raises(InvalidArgumentError, match="takes a sqlitesaver.Saver"):
             SqliteSaver(object())  # type: ignore[arg-type]
         with pytest.raises(InvalidArgumentError, match="thread_id"):
@@ -421,7 +444,7 @@ def test_bad_input_is_refused_and_writes_nothing(db_path):
         with pytest.raises(InvalidArgumentError):
             checkpointer.put(cfg(), bad, {}, {})
         checkpointer.setup()  # LangGraph code calls it; nothing to do
-    assert family_digest(db_path) == before
+    assert store_digest(store) == before
     for path in (":memory:", "file:x.db?mode=memory"):
         with pytest.raises(InvalidArgumentError, match="durability"):
             with SqliteSaver.from_conn_string(path):

@@ -2,6 +2,10 @@
 
 No test waits for time to pass: a lock wait is made "long" by lowering the threshold, and the
 lock is released from inside the busy handler's sleep (``contention._sleep``).
+
+Silence by default holds on both engines; the rest is SQLite by nature (recovery of a file, its
+busy handler, the -wal, the VFS); a skipped damaged checkpoint's record is tested on both in
+tests/test_skip_damaged.py.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ def records(caplog: pytest.LogCaptureFixture, level: int = logging.DEBUG) -> lis
             if r.name == "sqlitesaver" and r.levelno >= level]
 
 
-def test_silent_by_default_even_for_warnings(tmp_path):
+def test_silent_by_default_even_for_warnings(any_empty_target):
     # A fresh interpreter with logging unconfigured: logging's last-resort handler would print
     # WARNING records on stderr if the library had no handler of its own.
     code = textwrap.dedent("""
@@ -39,7 +43,7 @@ def test_silent_by_default_even_for_warnings(tmp_path):
             saver.put("t", 1)
         print("done")
     """)
-    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "d.db")],
+    done = subprocess.run([sys.executable, "-c", code, any_empty_target],
                           capture_output=True, text=True, env=child_env())
     assert done.returncode == 0 and done.stdout == "done\n", done.stderr
     assert done.stderr == ""

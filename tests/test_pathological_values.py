@@ -7,8 +7,10 @@ fails the test) instead of the machine's memory or pytest. A value that shares a
 without blowing up stays legal: it is written once per place and read back as copies.
 
 A value over SQLite's size limit raises ValueTooLargeError (a UsageError) naming the limit and
-the size, and writes nothing: tested with a lowered ``codec.MAX_BYTES`` and a lowered
-SQLITE_LIMIT_LENGTH on the Saver's write connection, rather than with a real gigabyte.
+the size, and writes nothing: tested with a lowered ``codec.MAX_BYTES`` (the core's check, on
+both engines) and a lowered SQLITE_LIMIT_LENGTH on the Saver's write connection (SQLite only:
+a limit of the SQLite connection), rather than with a real gigabyte. The codec tests open no
+store.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import textwrap
 import apsw
 import pytest
 
-from conftest import family_digest
+from conftest import family_digest, store_digest
 from sqlitesaver import (Saver, SerializationError, UsageError, ValueTooLargeError, codec)
 from sqlitesaver.codec import decode, encode
 from test_bad_input import child_env, small_db, snapshot
@@ -159,9 +161,10 @@ def test_value_too_large_is_a_usage_and_value_error():
         apsw.SQLITE_LIMIT_LENGTH, -1)
 
 
-def test_a_value_over_the_size_limit_is_refused_before_the_write(db_path, monkeypatch):
+def test_a_value_over_the_size_limit_is_refused_before_the_write(any_empty_target, monkeypatch):
+    db_path = any_empty_target
     small_db(db_path)
-    before = family_digest(db_path)
+    before = store_digest(db_path)
     monkeypatch.setattr(codec, "MAX_BYTES", 10_000)
     with Saver(db_path) as saver:
         content = snapshot(saver)
@@ -180,8 +183,9 @@ def test_a_value_over_the_size_limit_is_refused_before_the_write(db_path, monkey
             message = str(info.value)
             assert f"cannot store {what}: it encodes to {size:,} bytes" in message, message
             assert "SQLite's limit of 10,000 bytes" in message and "nothing was written" in message
+            assert "kept on PostgreSQL too" in message  # not only SQLite's, on a server
         assert snapshot(saver) == content
-    assert family_digest(db_path) == before
+    assert store_digest(db_path) == before
 
 
 @pytest.mark.parametrize("call", ["put", "put in a transaction", "put_writes", "append_log"])

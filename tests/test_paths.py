@@ -4,6 +4,8 @@ followed; a long but valid name can be created.
 
 Opening a FIFO blocks in open(), so every open of one runs in a child process with a timeout:
 a regression fails the test instead of hanging the suite.
+
+SQLite by nature: file paths.
 """
 
 from __future__ import annotations

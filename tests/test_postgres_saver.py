@@ -60,13 +60,16 @@ def test_sqlite_options_are_refused_on_a_server(pg_url, option):
 
 def test_what_is_not_there_yet_says_so_and_writes_nothing(saver, tmp_path):
     ref = saver.put("t", {"n": 1})
-    for call in (lambda: saver.backup(str(tmp_path / "b.db")),
-                 lambda: saver.put("t", {}, files={"a.txt": b"x"}),
+    for call in (lambda: saver.put("t", {}, files={"a.txt": b"x"}),
                  lambda: saver.attach_files("t", ref.checkpoint_id, {"a": b"x"}),
                  lambda: saver.list_files("t", ref.checkpoint_id),
-                 lambda: saver.collect_garbage(), lambda: saver.stats()):
+                 lambda: saver.collect_garbage()):
         with pytest.raises(UsageError, match="not available on PostgreSQL yet"):
             call()
+    with pytest.raises(UsageError, match="pg_dump --schema=sqlitesaver") as refused:
+        saver.backup(str(tmp_path / "b.db"))
+    assert "Nothing was written" in str(refused.value) and saver.path in str(refused.value)
+    assert os.listdir(tmp_path) == []
     assert [cp.checkpoint_id for cp in saver.list("t")] == [ref.checkpoint_id]
 
 
@@ -295,3 +298,47 @@ def test_a_block_whose_connection_was_lost_commits_nothing_of_it(saver, pg_url):
     assert list(saver.list("t")) == []
     saver.put("t", 4)  # the pool replaced the dead connection
     assert [cp.state for cp in saver.list("t")] == [4]
+
+
+def test_the_pg_dump_recipe_backup_names_restores_a_store_that_verifies(pg_url, pg_cluster,
+                                                                         tmp_path):
+    """What backup()'s message says to do, done: pg_dump of the sqlitesaver schema, restored
+    with pg_restore into an empty database; the copy passes the validator, holds what was
+    stored, and never hands out an id the original had used."""
+    import subprocess
+
+    from conftest import _fresh_database, store_digest
+    from sqlitesaver.postgres import check as pg_check
+
+    with Saver(pg_url) as saver:
+        first = saver.put("t", {"n": 1}, metadata={"step": 1})
+        second = saver.put("t", {"n": 2}, parent_id=first.checkpoint_id)
+        saver.put_writes("t", second.checkpoint_id, "task", [("ch", b"\x00\xff")])
+        saver.put("u", {"other": True}, checkpoint_id="custom-id")
+        saver.append_log("t", {"event": 1})
+        doomed = saver.put("gone", {"n": 0})
+        saver.delete_thread("gone")  # its id must not come back in the copy either
+        with pytest.raises(UsageError) as refused:
+            saver.backup(str(tmp_path / "copy.db"))
+    recipe = str(refused.value)
+    dump = tmp_path / "sqlitesaver.dump"
+    assert "pg_dump --schema=sqlitesaver --format=custom" in recipe
+    assert "pg_restore --single-transaction --exit-on-error" in recipe
+    bindir = pg_cluster.bindir
+    subprocess.run([os.path.join(bindir, "pg_dump"), "--schema=sqlitesaver", "--format=custom",
+                    f"--file={dump}", pg_url], check=True, capture_output=True, timeout=60)
+    with _fresh_database(pg_cluster, "restored from the pg_dump recipe") as copy:
+        subprocess.run([os.path.join(bindir, "pg_restore"), "--single-transaction",
+                        "--exit-on-error", f"--dbname={copy}", str(dump)], check=True,
+                       capture_output=True, timeout=60)
+        report = pg_check.check_server(copy)
+        assert report.result == "ok", report.steps
+        assert store_digest(copy) == store_digest(pg_url)
+        with Saver(copy) as restored:
+            assert restored.get("t").pending_writes[0].value == b"\x00\xff"
+            assert [cp.state for cp in restored.list("t")] == [{"n": 2}, {"n": 1}]
+            assert restored.get("u", "custom-id").state == {"other": True}
+            assert [e.event for e in restored.read_log("t")] == [{"event": 1}]
+            assert restored.threads() == ["t", "u"]
+            after = restored.put("t", {"n": 3}, parent_id=second.checkpoint_id)
+            assert int(after.checkpoint_id, 16) > int(doomed.checkpoint_id, 16)

@@ -1,4 +1,5 @@
-"""Every setting the README promises, read back from live connections, also after reopen."""
+"""Every setting the README promises, read back from live connections, also after reopen.
+SQLite by nature: PRAGMAs (a server's settings read back: tests/test_postgres_connect.py)."""
 
 from __future__ import annotations
 

@@ -8,6 +8,9 @@ connection (``apsw.connection_hooks``, after the Saver's write connection exists
 read connections get it) blocks each SELECT on a gate the test opens. Every threaded test runs
 under a hang detector (``faulthandler.dump_traceback_later(..., exit=True)``): a deadlock dumps
 every thread's stack and ends the run instead of hanging it.
+
+SQLite by nature: its read connections and file descriptors (a server's pool:
+tests/test_postgres_engine.py).
 """
 
 from __future__ import annotations

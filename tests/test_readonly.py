@@ -2,6 +2,8 @@
 ReadOnlyDatabaseError, and no byte of the database or its -wal changes.
 
 The permission cases run as 'nobody' when the tests run as root (root ignores permission bits).
+
+SQLite by nature: readonly=True and file permissions (not an option on a server yet).
 """
 
 from __future__ import annotations

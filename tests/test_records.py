@@ -1,4 +1,5 @@
-"""sqlitesaver.records: the read paths' fast constructors build the same records as the classes."""
+"""sqlitesaver.records: the read paths' fast constructors build the same records as the classes.
+Engine-free: no store is opened (the records both engines return are these)."""
 
 from __future__ import annotations
 

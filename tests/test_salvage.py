@@ -1,5 +1,7 @@
 """``sqlitesaver.salvage`` (``python -m sqlitesaver salvage``): everything that verifies is
 copied, with its ids; everything else is reported by table, thread and id; SRC is never written.
+
+SQLite by nature: reading a damaged database file row by row.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ as the README documents it.
 Each change is made with APSW on a closed database. The Saver must refuse to open it
 (SchemaMismatchError naming the object, nothing written, read-only too), and
 ``python -m sqlitesaver check`` must fail its ``schema`` check naming the object, exit 1.
+
+SQLite by nature: a file's schema (a server's: tests/test_postgres_schema.py).
 """
 
 from __future__ import annotations

@@ -1,31 +1,27 @@
-"""``Saver.list(..., skip_damaged=True)``: one damaged checkpoint no longer hides its thread."""
+"""``Saver.list(..., skip_damaged=True)``: one damaged checkpoint no longer hides its thread.
+On both engines: a file's byte flipped, or a server's row changed by an UPDATE."""
 
 from __future__ import annotations
 
 import logging
-import random
 
 import pytest
 
+from conftest import flip_in_marker
 from sqlitesaver import ChecksumError, InvalidArgumentError, Saver
 from test_bad_input import MARKER
 
 
 def flip_marker_byte(path: str, seed: int) -> None:
-    with open(path, "rb") as f:
-        data = f.read()
-    assert data.count(MARKER) == 1
-    rng = random.Random(seed)
-    offset = data.index(MARKER) + rng.randrange(len(MARKER))
-    with open(path, "r+b") as f:
-        f.seek(offset)
-        f.write(bytes([data[offset] ^ rng.randrange(1, 256)]))
+    """Flip a byte inside the one stored copy of MARKER (a file, or a server's row)."""
+    flip_in_marker(path, MARKER, seed)
 
 
 @pytest.fixture(params=["state", "pending write"])
-def damaged_db(request, db_path) -> tuple[str, list[str], str]:
+def damaged_db(request, any_empty_target) -> tuple[str, list[str], str]:
     """Six checkpoints of thread t; the fourth is damaged (its state, or one of its pending
-    writes). Returns (path, ids newest first, the damaged id)."""
+    writes). Returns (path or URL, ids newest first, the damaged id)."""
+    db_path = any_empty_target
     ids = []
     with Saver(db_path) as saver:
         parent = None
@@ -53,7 +49,8 @@ def test_list_skips_the_damaged_checkpoint_and_reports_it(damaged_db, caplog):
         assert [c.checkpoint_id for c in listed] == [i for i in ids if i != bad]
         assert all(c.pending_writes[0].value == c.state["i"] for c in listed)
         assert [i for i, _ in reported] == [bad]
-        assert isinstance(reported[0][1], ChecksumError) and path in str(reported[0][1])
+        assert isinstance(reported[0][1], ChecksumError)
+        assert saver.path in str(reported[0][1]) and reported[0][1].path == saver.path
         # skip_damaged alone: reported on the logger only
         assert len(list(saver.list("t", skip_damaged=True))) == 5
         # limit counts what is returned; the metadata filter path skips the same way
@@ -66,8 +63,8 @@ def test_list_skips_the_damaged_checkpoint_and_reports_it(damaged_db, caplog):
     assert all(f"skipped damaged checkpoint {bad!r} of thread 't'" in w for w in warnings)
 
 
-def test_on_damaged_needs_skip_damaged(db_path):
-    with Saver(db_path) as saver:
+def test_on_damaged_needs_skip_damaged(any_empty_target):
+    with Saver(any_empty_target) as saver:
         with pytest.raises(InvalidArgumentError, match="skip_damaged=True"):
             saver.list("t", on_damaged=print)
         with pytest.raises(InvalidArgumentError, match="skip_damaged"):

@@ -5,6 +5,8 @@ file, while the WAL (synced before any checkpoint starts) still holds the whole 
 page 1 from the WAL, so the database is intact and the recovery checkpoint repairs the file.
 sqlitesaver used to refuse such a file from its raw header (found by the power-loss torture with
 garbage-filled sectors). Without a WAL page 1, the file is still refused and left unchanged.
+
+SQLite by nature: the database file's first sector and its -wal.
 """
 
 from __future__ import annotations

@@ -2,6 +2,8 @@
 
 The broken writers live in tests/torture_writers.py. Every run has a fixed seed; the harness
 prints it (and how to run it again) on failure, and the assertions below show its output.
+
+SQLite only: the harness writes database files (a server backend is issue #17's).
 """
 
 from __future__ import annotations

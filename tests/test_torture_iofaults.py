@@ -3,6 +3,8 @@ deliberately broken error handling (tests/torture_writers.py).
 
 Every run has a fixed seed; failures print the harness output, which names the fault kind, k and
 the violation.
+
+SQLite by nature: I/O errors injected through the VFS.
 """
 
 from __future__ import annotations

@@ -5,6 +5,8 @@ The subprocess runs are short and seeded; the in-process tests crash a graph run
 checkpoint (its put raises, as if the process died there) and hand what the writer reported to
 the harness's own judgement, so that "ran again" is tested deterministically, not only when a
 random kill happens to land between a task's writes and the next checkpoint.
+
+SQLite only: the harness writes database files (a server backend is issue #17's).
 """
 
 from __future__ import annotations

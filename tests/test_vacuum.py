@@ -1,5 +1,7 @@
 """``sqlitesaver.vacuum`` (``python -m sqlitesaver vacuum``): the space pruning frees goes back to
 the filesystem, the data and ids stay exactly as they were, and a database in use is left alone.
+
+SQLite by nature: a database file's free pages.
 """
 
 from __future__ import annotations

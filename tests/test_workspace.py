@@ -4,6 +4,8 @@ restore that fails or is killed at any step ends, when run again, in exactly the
 The fault loops go through :class:`sqlitesaver.workspace.FileSystem`, the one seam every call
 that changes the directory passes through: failing (or SIGKILLing at) its k-th call for every
 k in turn reaches every instant a restore can be interrupted at, between two of its steps.
+
+SQLite only for now: files are not stored with a checkpoint on PostgreSQL yet (issue #16).
 """
 
 from __future__ import annotations

@@ -276,6 +276,8 @@ class Engine:
         self._in_use = 0  # connections handed out by _connection and not yet back
         self._connect_errors = 0  # the pool's failed connection attempts, when last looked
         self._count_lock = threading.Lock()
+        self.commits = 0  # COMMITs that committed (under _count_lock), for stats()
+        self.retries = 0  # transactions run again after a 40001/40P01 (under _count_lock)
         self._pool = self._open_pool(params, max_connections)
         self._closed = False
         self._close_lock = threading.Lock()
@@ -460,6 +462,8 @@ class Engine:
                                                   committing=committing) from exc
             # Rolled back and out of the connection's block: back off (jittered, doubling
             # up to 0.1 s, never past the deadline) and run the whole transaction again.
+            with self._count_lock:
+                self.retries += 1
             time.sleep(min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.1)
 
@@ -581,6 +585,8 @@ class Engine:
                 f"committing it while {doing} (COMMIT answered {tag!r}): a statement of it had "
                 "failed outside any call's savepoint, which aborts the whole transaction. "
                 "Nothing of it was written; run it again.", path=self.server)
+        with self._count_lock:
+            self.commits += 1
 
     def _pinned(self) -> _Pinned | None:
         """The calling thread's open transaction, or None. A pin is trusted only while its
@@ -1117,3 +1123,26 @@ class Engine:
         return self._read("listing threads", lambda conn: [row[0] for row in conn.execute(
             f"SELECT thread_id COLLATE \"C\" FROM {_S}.checkpoints UNION "
             f"SELECT thread_id COLLATE \"C\" FROM {_S}.log ORDER BY 1")])
+
+    def stats(self) -> dict[str, int]:
+        """Counters since this engine opened, its pool now, and what our tables hold now:
+        see :meth:`sqlitesaver.postgres.saver.PostgresServerSaver.stats`."""
+        with self._count_lock:
+            counters = {"commits": self.commits, "transitions": self.commits,
+                        "retries": self.retries}
+        pool = self._pool.get_stats()
+        counters["connections_open"] = pool.get("pool_size", 0)
+        counters["connections_idle"] = pool.get("pool_available", 0)
+        counters["connection_waits"] = pool.get("requests_queued", 0)
+
+        def work(conn: Any) -> tuple[int, int, int]:
+            return conn.execute(
+                "SELECT (SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0)::bigint "
+                "FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+                "WHERE n.nspname = %s AND c.relkind IN ('r', 'S')), "
+                f"count(*), coalesce(sum(size), 0)::bigint FROM {_S}.file_contents",
+                (_S,)).fetchone()
+
+        (counters["db_bytes"], counters["file_contents"],
+         counters["file_bytes"]) = self._read("reading the statistics", work)
+        return counters

@@ -11,7 +11,7 @@ exceptions; it replaces only the storage steps (``Saver``'s ``_put_checkpoint``,
 
 Not yet on PostgreSQL, each raising :class:`~sqlitesaver.errors.UsageError` that says so
 (issue #16 continues): files stored with a checkpoint, :meth:`backup`
-(use ``pg_dump`` or the server's own backups). ``readonly``, ``integrity_check`` and
+(its message gives the ``pg_dump`` recipe). ``readonly``, ``integrity_check`` and
 ``max_readers`` are SQLite options, refused here.
 """
 
@@ -28,9 +28,8 @@ from .. import codec, integrity
 from ..errors import (ChecksumError, ForkedProcessError, InvalidArgumentError,
                       SaverClosedError, UsageError)
 from ..records import Checkpoint, LogEvent
-from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS: read at call time, as tests set them
+from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS, PAGE_BYTES: read at call time
 from ..saver import Saver, _matches, _to_datetime
-from ..sqlite import reads as _pages  # PAGE_BYTES: one payload budget per page, both engines
 from . import connect
 from .engine import Engine
 
@@ -159,10 +158,44 @@ class PostgresServerSaver(Saver):
         return self._engine.settings()
 
     def stats(self) -> dict[str, int]:
-        raise _not_yet("stats()", self._path)
+        """Counters since this Saver opened, its connections now, and what the sqlitesaver
+        tables hold now, for monitoring (a snapshot; the counters only grow). The keys SQLite's
+        :meth:`~sqlitesaver.sqlite.saver.SqliteFileSaver.stats` has, where they mean the same:
+
+        - ``commits``: COMMITs that committed; ``transitions``: the transitions they carried,
+          the same number here (the server shares WAL flushes between concurrent COMMITs:
+          there is no batch of ours to count);
+        - ``file_contents``, ``file_bytes``: distinct file contents stored and their bytes;
+        - ``db_bytes``: what differs: the bytes of the sqlitesaver tables, their indexes and
+          TOAST on the server (``pg_total_relation_size``), not a whole database file; the
+          server's WAL is shared with every other database, so there is no ``wal_bytes``,
+          nor ``wal_checkpoints`` (the server's checkpoints are its own).
+
+        And in place of SQLite's ``lock_waits`` and readers (waits for another writer's lock
+        happen inside the server, and one pool serves reads and writes):
+
+        - ``retries``: transactions run again after a serialization failure or deadlock;
+        - ``connections_open``, ``connections_idle``: pooled connections open now (at most
+          ``max_connections``), and those of them not in use; ``connection_waits``: calls
+          that waited for a pooled connection because every one was in use.
+        """
+        self._check_usable()
+        return self._engine.stats()
 
     def backup(self, destination: Any) -> Any:
-        raise _not_yet("backup() (use pg_dump or the server's own backups)", self._path)
+        """Refused (:class:`~sqlitesaver.errors.UsageError`), naming the recipe: on a server,
+        back up with PostgreSQL's own tools. ``pg_dump`` reads one consistent snapshot while
+        writers keep writing (its sequence values are read after it: never below an id in
+        the copy, so the restored store never reuses one); tests/test_postgres_saver.py
+        follows the recipe and checks the restored store."""
+        raise UsageError(
+            f"backup() is not available on PostgreSQL ({self._path}): back up with the "
+            "server's tools. Dump the sqlitesaver schema (one consistent snapshot while "
+            "writers keep writing): pg_dump --schema=sqlitesaver --format=custom "
+            "--file=sqlitesaver.dump 'postgresql://...'; restore it into an empty database: "
+            "pg_restore --single-transaction --exit-on-error --dbname='postgresql://.../new' "
+            "sqlitesaver.dump; check the copy: python -m sqlitesaver check "
+            "'postgresql://.../new'. Nothing was written.", path=self._path)
 
     def attach_files(self, *args: Any, **kwargs: Any) -> Any:
         raise _not_yet("storing files with a checkpoint", self._path)
@@ -272,7 +305,7 @@ class PostgresServerSaver(Saver):
             if limit is not None and metadata is None:
                 want = min(want, limit - produced)
             upper, rows, writes, more = self._engine.page(thread_id, namespace, before,
-                                                          upper, want, _pages.PAGE_BYTES)
+                                                          upper, want, _core.PAGE_BYTES)
             if limit == 0:  # after the check of `before`: a bad id raises at any limit
                 return
             remaining = None if limit is None else limit - produced

@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING
 
 import apsw
 
+from .. import saver as _core  # PAGE_BYTES, read at call time
 from ..errors import SaverError
 # The module, for WAL_CHECKPOINT_WAIT read at call time: a value set on it (tests lower it)
 # holds for the checkpoint and for the reads that wait for it alike.
@@ -40,11 +41,6 @@ from . import transaction as write_path
 
 if TYPE_CHECKING:
     from .saver import SqliteFileSaver
-
-#: A page of rows (:func:`_fetch_page`: ``list()`` and ``read_log()``) ends early once the rows
-#: read hold this many bytes of payload; ``saver.PAGE_ROWS`` and ``saver.MAX_PAGE_ROWS`` bound
-#: its rows.
-PAGE_BYTES = 4 * 1024 * 1024
 
 #: Read connections kept open once reads stop: a burst of concurrent reads opens up to
 #: ``max_readers`` connections (two file descriptors each); when the last read of the burst
@@ -270,7 +266,8 @@ class _Read:
 def _fetch_page(cursor: apsw.Cursor, want: int, payloads: tuple[int, ...]
                 ) -> tuple[list[tuple], bool]:
     """The cursor's rows, stopping once the columns ``payloads`` of the rows read hold
-    :data:`PAGE_BYTES`; and whether more rows may follow (``want`` read, or stopped early)."""
+    :data:`sqlitesaver.saver.PAGE_BYTES` (the core's, read at call time, as for both engines);
+    and whether more rows may follow (``want`` read, or stopped early)."""
     rows = []
     size = 0
     try:
@@ -281,7 +278,7 @@ def _fetch_page(cursor: apsw.Cursor, want: int, payloads: tuple[int, ...]
                     size += len(row[column])
                 except TypeError:  # not bytes: damage, which the row's checksum reports
                     pass
-            if size >= PAGE_BYTES:
+            if size >= _core.PAGE_BYTES:
                 return rows, True
     finally:
         # An unfinished statement keeps the connection's WAL snapshot alive even past
