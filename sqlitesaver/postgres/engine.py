@@ -273,7 +273,6 @@ class Engine:
             first.close()
         self._params = params  # for a probe when the pool cannot hand out a connection
         self._max_connections = max_connections
-        self._in_use = 0  # connections handed out by _connection and not yet back
         self._connect_errors = 0  # the pool's failed connection attempts, when last looked
         self._count_lock = threading.Lock()
         self.commits = 0  # COMMITs that committed (under _count_lock), for stats()
@@ -343,11 +342,14 @@ class Engine:
             # Not necessarily busy: with fewer connections than max_connections, the pool was
             # (re)connecting, to a server that is down (say so, as when opening) or was just
             # restarted (give it connect_timeout, as a reconnect, not an error).
+            # In use: the pool's own count (open minus idle), not one of ours, which an
+            # exception landing between a checkout and its bookkeeping would make drift.
             stats = self._pool.get_stats()
             errors = stats.get("connections_errors", 0)
             failing, self._connect_errors = errors > self._connect_errors, errors
-            if self._in_use >= self._max_connections or (
-                    not failing and stats.get("pool_size", 0) >= self._max_connections):
+            open_now = stats.get("pool_size", 0)
+            if open_now - stats.get("pool_available", 0) >= self._max_connections or (
+                    not failing and open_now >= self._max_connections):
                 raise self._busy(doing) from timeout
             if failing:
                 self._probe(doing, timeout)
@@ -356,8 +358,6 @@ class Engine:
             except PoolTimeout as exc:
                 self._probe(doing, exc)
                 raise self._busy(doing) from exc
-        with self._count_lock:
-            self._in_use += 1
         self._checkouts[id(conn)] = object()
         try:
             yield conn
@@ -393,14 +393,10 @@ class Engine:
 
     def _release(self, cm: Any, conn: Any, exc: BaseException | None) -> None:
         self._checkouts.pop(id(conn), None)  # before it is back: a stale pin never matches
-        try:
-            if exc is None:
-                cm.__exit__(None, None, None)
-            else:
-                cm.__exit__(type(exc), exc, exc.__traceback__)
-        finally:  # counted until back in the pool: a timeout with one free is not "busy"
-            with self._count_lock:
-                self._in_use -= 1
+        if exc is None:
+            cm.__exit__(None, None, None)
+        else:
+            cm.__exit__(type(exc), exc, exc.__traceback__)
 
     def _busy(self, doing: str) -> BusyTimeoutError:
         return BusyTimeoutError(
