@@ -12,10 +12,11 @@ encodes its values here, then calls one *storage step* of the engine (``_put_che
 ``_store_writes``, ``_store_event``, ``_get_rows``, ``_list``, ``_read_log``, ``_threads``,
 ``_delete_thread``, ``_prune``, ``_copy_thread``, ``_delete_matching``); the rows a step
 returns have one shape on every engine, and their checksums are verified and the records built
-here. The files stored with a checkpoint are core too (:mod:`sqlitesaver.attachments`' statements
-run through the engine's ``FileDb`` in the engine's transactions: ``_file_write``,
+here. The files stored with a checkpoint are core too (:mod:`sqlitesaver.attachments`'
+statements run through the engine's ``FileDb`` in the engine's transactions: ``_file_write``,
 ``_file_read``, ``_seq_in``). Each step, and each method an engine provides on its own
-(:meth:`Saver.transaction`, :meth:`Saver.backup`, :meth:`Saver.stats`, :meth:`Saver.close`, ...), is declared on
+(:meth:`Saver.transaction`, :meth:`Saver.backup`, :meth:`Saver.stats`, :meth:`Saver.close`,
+...), is declared on
 :class:`Saver` with the contract an engine implements (the declaration raises
 :class:`NotImplementedError`).
 

@@ -59,11 +59,7 @@ def test_sqlite_options_are_refused_on_a_server(pg_url, option):
 
 def test_what_is_not_there_yet_says_so_and_writes_nothing(saver, tmp_path):
     ref = saver.put("t", {"n": 1})
-    for call in (lambda: saver.backup(str(tmp_path / "b.db")),
-                 lambda: saver.put("t", {}, files={"a.txt": b"x"}),
-                 lambda: saver.attach_files("t", ref.checkpoint_id, {"a": b"x"}),
-                 lambda: saver.list_files("t", ref.checkpoint_id),
-                 lambda: saver.collect_garbage(), lambda: saver.stats()):
+    for call in (lambda: saver.backup(str(tmp_path / "b.db")), lambda: saver.stats()):
         with pytest.raises(UsageError, match="not available on PostgreSQL yet"):
             call()
     assert [cp.checkpoint_id for cp in saver.list("t")] == [ref.checkpoint_id]
