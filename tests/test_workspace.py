@@ -4,6 +4,8 @@ restore that fails or is killed at any step ends, when run again, in exactly the
 The fault loops go through :class:`sqlitesaver.workspace.FileSystem`, the one seam every call
 that changes the directory passes through: failing (or SIGKILLing at) its k-th call for every
 k in turn reaches every instant a restore can be interrupted at, between two of its steps.
+Every test but the one about a database inside the workspace (a file's concern) runs on both
+engines (conftest's ``db_target``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from conftest import family_digest
 from sqlitesaver import FileAccessError, Saver, UnsafePathError
 from sqlitesaver.attachments import CHUNK_SIZE
 from sqlitesaver.workspace import TEMP_MARK, FileSystem
+from stored_files import stored, stored_digest
 from test_bad_input import child_env
 
 
@@ -78,7 +81,7 @@ def two_versions(tmp_path, seed: int) -> tuple[str, dict, dict]:
 
 # --- snapshot and restore -----------------------------------------------------------------------
 
-def test_a_directory_is_restored_exactly(db_path, tmp_path):
+def test_a_directory_is_restored_exactly(db_target, tmp_path):
     ws, a, _ = two_versions(tmp_path, 1811)
     write(ws, a, {"src/main.py": 0o755, "same.txt": 0o600})
     os.symlink("src/util.py", os.path.join(ws, "link-to-util"))  # inside: stored as content
@@ -92,7 +95,7 @@ def test_a_directory_is_restored_exactly(db_path, tmp_path):
     os.symlink(str(outside), os.path.join(target, "data"))  # a link where a directory goes
     os.makedirs(os.path.join(target, "same.txt", "sub"))      # a directory where a file goes
     open(os.path.join(target, f"{TEMP_MARK}123-abcd"), "wb").close()  # a killed restore's
-    with Saver(db_path) as saver:
+    with Saver(db_target) as saver:
         ref = saver.put("t", {"step": 1}, workspace=ws)
         expected = manifest(saver, ref.checkpoint_id)
         assert set(expected) == {*a, "link-to-util"}
@@ -110,17 +113,17 @@ def test_a_directory_is_restored_exactly(db_path, tmp_path):
         assert tree(fresh) == expected
 
 
-def test_only_changed_files_are_stored_again(db_path, tmp_path):
+def test_only_changed_files_are_stored_again(db_target, tmp_path):
     ws, a, _ = two_versions(tmp_path, 1812)
     write(ws, a)
-    with Saver(db_path) as saver:
+    with Saver(db_target) as saver:
         first = saver.put("t", 1, workspace=ws)
-        before = saver.stats()
+        before = stored(saver, db_target)
         write(ws, {"src/util.py": b"def g(): pass\n", "README.md": None})
         second = saver.put("t", 2, workspace=ws, parent_id=first.checkpoint_id)
-        after = saver.stats()
-        assert after["file_contents"] == before["file_contents"] + 1
-        assert after["file_bytes"] == before["file_bytes"] + len(b"def g(): pass\n")
+        after = stored(saver, db_target)
+        assert after[0] == before[0] + 1
+        assert after[1] == before[1] + len(b"def g(): pass\n")
         assert "README.md" not in manifest(saver, second.checkpoint_id)
         target = str(tmp_path / "t")
         saver.restore_workspace("t", target, checkpoint_id=first.checkpoint_id)
@@ -137,26 +140,26 @@ def test_only_changed_files_are_stored_again(db_path, tmp_path):
     (lambda ws, out: os.mkfifo(os.path.join(ws, "pipe")), "FIFO"),
     (lambda ws, out: os.symlink("nowhere", os.path.join(ws, "dangling")), "not a regular file"),
 ], ids=["absolute link out", "relative link out", "link to a directory", "fifo", "dangling"])
-def test_unsafe_workspace_entries_are_refused_and_nothing_is_written(db_path, tmp_path, make,
+def test_unsafe_workspace_entries_are_refused_and_nothing_is_written(db_target, tmp_path, make,
                                                                      phrase):
     ws = str(tmp_path / "ws")
     write(ws, {"ok.txt": b"ok", "sub/f": b"f"})
     out = tmp_path / "secret.txt"
     out.write_bytes(b"secret")
     make(ws, str(out))
-    Saver(db_path).close()
-    before = family_digest(db_path)
-    with Saver(db_path) as saver:
+    Saver(db_target).close()
+    before = stored_digest(db_target)
+    with Saver(db_target) as saver:
         with pytest.raises(UnsafePathError, match=phrase) as info:
             saver.put("t", 1, workspace=ws)
         assert "nothing was written" in str(info.value).lower()
-    assert family_digest(db_path) == before
+    assert stored_digest(db_target) == before
 
 
-def test_a_name_that_is_both_in_files_and_in_the_workspace_is_refused(db_path, tmp_path):
+def test_a_name_that_is_both_in_files_and_in_the_workspace_is_refused(db_target, tmp_path):
     ws = str(tmp_path / "ws")
     write(ws, {"a.txt": b"a"})
-    with Saver(db_path) as saver:
+    with Saver(db_target) as saver:
         with pytest.raises(UnsafePathError, match="both in files and in the workspace"):
             saver.put("t", 1, workspace=ws, files={"a.txt": b"other"})
         ref = saver.put("t", 1, workspace=ws, files={"extra/b.txt": b"b"})
@@ -190,10 +193,10 @@ def _restore_with(saver: Saver, checkpoint_id: str, target: str, fs: FileSystem)
         saver._read_once, f, "test", saver.path), fs=fs)
 
 
-def test_a_restore_failing_at_every_step_ends_exact_when_run_again(db_path, tmp_path):
+def test_a_restore_failing_at_every_step_ends_exact_when_run_again(db_target, tmp_path):
     seed = 1813
     ws, a, b = two_versions(tmp_path, seed)
-    with Saver(db_path) as saver:
+    with Saver(db_target) as saver:
         write(ws, a)
         old = saver.put("t", 1, workspace=ws)
         shutil.rmtree(ws)
@@ -271,11 +274,11 @@ _KILLER = textwrap.dedent("""
 """)
 
 
-def test_a_restore_killed_at_random_steps_ends_exact_when_run_again(db_path, tmp_path):
+def test_a_restore_killed_at_random_steps_ends_exact_when_run_again(db_target, tmp_path):
     seed = 1814
     rng = random.Random(seed)
     ws, a, b = two_versions(tmp_path, seed)
-    with Saver(db_path) as saver:
+    with Saver(db_target) as saver:
         write(ws, a)
         old = saver.put("t", 1, workspace=ws)
         shutil.rmtree(ws)
@@ -290,7 +293,7 @@ def test_a_restore_killed_at_random_steps_ends_exact_when_run_again(db_path, tmp
         kill_points = sorted(rng.sample(range(1, len(counting.calls) + 1), 6))
         for kill_at in kill_points:
             saver.restore_workspace("t", target, checkpoint_id=old.checkpoint_id)
-            done = subprocess.run([sys.executable, "-c", _KILLER, db_path, target,
+            done = subprocess.run([sys.executable, "-c", _KILLER, db_target, target,
                                    new.checkpoint_id, str(kill_at)], env=child_env(),
                                   capture_output=True, text=True, timeout=120)
             assert done.returncode == -signal.SIGKILL, (seed, kill_at, done.stderr)
@@ -329,7 +332,7 @@ def test_a_workspace_holding_the_database_is_refused_and_nothing_changes(tmp_pat
 
 
 @pytest.mark.parametrize("swap", ["file", "parent directory"])
-def test_a_file_swapped_for_a_link_out_after_the_walk_is_refused(db_path, tmp_path, monkeypatch,
+def test_a_file_swapped_for_a_link_out_after_the_walk_is_refused(db_target, tmp_path, monkeypatch,
                                                                  swap):
     """The gap between the walk's lstat and the open (found in review: forced there, a file
     swapped for a link to a file outside the workspace was stored): the file opened must be
@@ -354,19 +357,19 @@ def test_a_file_swapped_for_a_link_out_after_the_walk_is_refused(db_path, tmp_pa
                 os.symlink(str(outside), ws / "sub")
         return real_open(path, identity)
 
-    Saver(db_path).close()
-    before = family_digest(db_path)
+    Saver(db_target).close()
+    before = stored_digest(db_target)
     monkeypatch.setattr(attachments, "_open_regular", open_after_swap)
-    with Saver(db_path) as saver:
+    with Saver(db_target) as saver:
         with pytest.raises(FileAccessError, match="another file is at this path") as info:
             saver.put("t", 1, workspace=str(ws))
         assert "nothing was written" in str(info.value)
         assert swapped and saver.get("t") is None
-    assert family_digest(db_path) == before
+    assert stored_digest(db_target) == before
     # Without the swap the same workspace is stored, and the pin refuses nothing
     monkeypatch.setattr(attachments, "_open_regular", real_open)
     (tmp_path / "ws2").mkdir()
     write(str(tmp_path / "ws2"), {"ok.txt": b"ok", "sub/f.txt": b"inside"})
-    with Saver(db_path) as saver:
+    with Saver(db_target) as saver:
         ref = saver.put("t", 1, workspace=str(tmp_path / "ws2"))
         assert saver.read_file("t", "sub/f.txt", checkpoint_id=ref.checkpoint_id) == b"inside"
