@@ -494,3 +494,104 @@ def test_a_path_that_becomes_a_fifo_before_the_transaction_is_refused_without_bl
         monkeypatch.setattr(attachments, "store", store)
         saver.put("u", {"n": 2})  # the write lock was released
         assert saver.get("t").state == {"n": 0}
+
+
+# --- PostgreSQL: many writers and collectors at once ----------------------------------------------
+
+def test_puts_with_files_race_collectors_and_nothing_is_lost_or_left(pg_url, hang_detector):
+    """On a server, writers and collectors run at once (no write lock for the whole store):
+    threads put checkpoints whose files share a small pool of contents while others delete
+    and prune those threads and collect garbage, so a content is often left unreferenced at
+    the instant a writer claims it. Every call succeeds (no foreign key violation from a
+    content deleted under a committing put, no deadlock past the engine's retries), every
+    remaining checkpoint has every file it was put with, whole, and no content is left that
+    nothing names."""
+    hang_detector(180)
+    seed = 1820
+    writers, collectors, rounds = 4, 3, 30
+    pool = [random.Random(f"{seed}/pool/{i}").randbytes(size)
+            for i, size in enumerate((100, 5000, CHUNK_SIZE + 5))]
+    made: dict[tuple[str, str], dict[str, bytes]] = {}
+    errors: list[tuple[str, BaseException]] = []
+    barrier = threading.Barrier(writers + collectors)
+
+    def write(n: int) -> None:
+        rng = random.Random(f"{seed}/w/{n}")
+        try:
+            barrier.wait()
+            for i in range(rounds):
+                thread = f"w{rng.randrange(writers)}"
+                files = {"shared": rng.choice(pool), f"own/{n}-{i}": rng.randbytes(64)}
+                if i % 3 == 2:  # a replacing attach: a writer that also collects
+                    files["shared"] = rng.choice(pool)
+                    try:
+                        ref = saver.put(thread, {"n": n, "i": i})
+                        saver.attach_files(thread, ref.checkpoint_id, files)
+                    except CheckpointNotFoundError:
+                        continue  # deleted by a collector between the two calls
+                else:
+                    ref = saver.put(thread, {"n": n, "i": i}, files=files)
+                made[(thread, ref.checkpoint_id)] = files
+        except BaseException as exc:  # reported by the main thread
+            errors.append((f"writer {n}", exc))
+
+    def collect(n: int) -> None:
+        rng = random.Random(f"{seed}/c/{n}")
+        try:
+            barrier.wait()
+            for _ in range(rounds):
+                thread = f"w{rng.randrange(writers)}"
+                action = rng.randrange(3)
+                if action == 0:
+                    saver.prune(thread, keep_last=rng.choice((0, 1)))
+                elif action == 1:
+                    saver.delete_thread(thread)
+                else:
+                    saver.collect_garbage()
+        except BaseException as exc:
+            errors.append((f"collector {n}", exc))
+
+    with Saver(pg_url) as saver:
+        workers = [threading.Thread(target=write, args=(n,)) for n in range(writers)]
+        workers += [threading.Thread(target=collect, args=(n,)) for n in range(collectors)]
+        for w in workers:
+            w.start()
+        for w in workers:
+            w.join()
+        assert not errors, (seed, errors)
+        remaining = 0
+        for thread in saver.threads():
+            for ck in saver.list(thread):
+                # Every checkpoint left was put with its files (an attach a collector beat
+                # left none: its checkpoint was gone).
+                assert (thread, ck.checkpoint_id) in made, (seed, thread, ck.checkpoint_id)
+                remaining += 1
+                files = made[(thread, ck.checkpoint_id)]
+                assert {f.name: f.digest for f in saver.list_files(thread, ck.checkpoint_id)} \
+                    == {name: sha(data) for name, data in files.items()}, seed
+                for name, data in files.items():
+                    assert saver.read_file(thread, name, checkpoint_id=ck.checkpoint_id) \
+                        == data, seed
+        assert saver.collect_garbage() == {"contents": 0, "bytes": 0}, seed
+    report, steps = _check(pg_url)
+    assert report.ok and steps["files"].status == "ok", steps["files"]
+    print(f"seed {seed}: {len(made)} puts with files, {remaining} left at the end")
+
+
+def test_nul_in_an_id_is_refused_on_a_server_and_nothing_is_written(pg_url, tmp_path):
+    """PostgreSQL's text cannot hold NUL: a write naming one is refused before anything is
+    written (InvalidArgumentError saying so), a read finds no such checkpoint, as get() does."""
+    with Saver(pg_url) as saver:
+        ref = saver.put("t", 1, files={"a": b"x"})
+        before = stored_digest(pg_url)
+        for call in (lambda: saver.put("t\0", 1, files={"a": b"x"}),
+                     lambda: saver.put("t", 1, namespace="\0", workspace=str(tmp_path)),
+                     lambda: saver.attach_files("t", "k\0", {"a": b"y"})):
+            with pytest.raises(InvalidArgumentError, match="NUL"):
+                call()
+        for call in (lambda: saver.list_files("t\0"),
+                     lambda: saver.read_file("t", "a", checkpoint_id="k\0")):
+            with pytest.raises(CheckpointNotFoundError):
+                call()
+        assert stored_digest(pg_url) == before
+        assert saver.read_file("t", "a", checkpoint_id=ref.checkpoint_id) == b"x"
