@@ -302,6 +302,15 @@ class FileDb:
                 orphans.append(row)
         return orphans
 
+    def manifests(self, seqs: Sequence[int]) -> Iterator[tuple]:
+        """The ``files`` rows ``(checkpoint_seq, name, digest, mode, checksum)`` of the
+        checkpoints ``seqs``, one checkpoint after the other (a lookup each: SQLite's
+        statements cost no round trip)."""
+        for seq in seqs:
+            for row in self.execute("SELECT name, digest, mode, checksum FROM files WHERE "
+                                    "checkpoint_seq = ? ORDER BY name", (seq,)).fetchall():
+                yield (seq, *row)
+
     def delete_contents(self, digests: Sequence[bytes]) -> None:
         for digest in digests:
             # Chunks explicitly, not only through ON DELETE CASCADE: it does not depend on the
@@ -411,19 +420,17 @@ def collect(conn: FileDb, candidates: Iterable[bytes] | None = None) -> tuple[in
 def copy(conn: FileDb, seqs: Mapping[int, int], db: str) -> None:
     """Inside ``copy_thread``'s transaction: give each copied checkpoint (old seq -> new seq)
     the files of its source, sharing their content; every source row's checksum verified."""
-    for old, new in seqs.items():
-        rows = conn.execute("SELECT name, digest, mode, checksum FROM files WHERE "
-                            "checkpoint_seq = ? ORDER BY name", (old,)).fetchall()
-        for name, digest, mode, checksum in rows:
-            try:
-                intact = entry_checksum(old, name, digest, mode) == checksum
-            except (TypeError, ValueError, OverflowError):
-                intact = False
-            if not intact:
-                raise _damage(db, f"the manifest entry {name!r} of a checkpoint being copied")
-            conn.execute("INSERT INTO files (checkpoint_seq, name, digest, mode, checksum) "
-                         "VALUES (?,?,?,?,?)",
-                         (new, name, digest, mode, entry_checksum(new, name, digest, mode)))
+    for old, name, digest, mode, checksum in conn.manifests(list(seqs)):
+        new = seqs[old]
+        try:
+            intact = entry_checksum(old, name, digest, mode) == checksum
+        except (TypeError, ValueError, OverflowError):
+            intact = False
+        if not intact:
+            raise _damage(db, f"the manifest entry {name!r} of a checkpoint being copied")
+        conn.execute("INSERT INTO files (checkpoint_seq, name, digest, mode, checksum) "
+                     "VALUES (?,?,?,?,?)",
+                     (new, name, digest, mode, entry_checksum(new, name, digest, mode)))
 
 
 def collect_deleted(conn: FileDb) -> None:

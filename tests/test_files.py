@@ -318,11 +318,28 @@ def test_content_is_collected_when_no_checkpoint_names_it(db_target):
 
 def test_copy_thread_copies_files_sharing_their_content(db_target):
     with Saver(db_target) as saver:
-        saver.put("src", 1, files={"a": b"alpha"})
-        saver.copy_thread("src", "dst")
+        first = saver.put("src", 1, files={"a": b"alpha", "b/c": b"gamma"})
+        saver.put("src", 2, parent_id=first.checkpoint_id)  # no files
+        saver.put("src", 3, checkpoint_id="mine", files={"a": b"alpha 3"})
+        assert saver.copy_thread("src", "dst") == 3
         saver.delete_thread("src")
-        assert saver.read_file("dst", "a") == b"alpha"
-        assert stored(saver, db_target)[0] == 1
+        copies = [ck.checkpoint_id for ck in saver.list("dst")]
+        assert [[(f.name, f.size) for f in saver.list_files("dst", ck)] for ck in copies] == \
+            [[("a", 7)], [], [("a", 5), ("b/c", 5)]]
+        assert saver.read_file("dst", "b/c", checkpoint_id=copies[2]) == b"gamma"
+        assert saver.read_file("dst", "a") == b"alpha 3"
+        assert stored(saver, db_target)[0] == 3
+
+
+def test_copy_thread_refuses_a_damaged_manifest_entry_and_copies_nothing(db_target):
+    _one_file(db_target, b"x")
+    raw(db_target, "UPDATE files SET mode = 511")
+    before = stored_digest(db_target)
+    with Saver(db_target) as saver:
+        with pytest.raises(ChecksumError, match="manifest entry 'f.bin' of a checkpoint being"):
+            saver.copy_thread("t", "copy")
+        assert saver.get("copy") is None
+    assert stored_digest(db_target) == before
 
 
 def test_collect_garbage_finds_content_orphaned_outside_the_saver(db_target):

@@ -113,6 +113,16 @@ class ServerFileDb(attachments.FileDb):
             f"AND NOT EXISTS (SELECT 1 FROM {SCHEMA}.files AS f WHERE f.digest = c.digest) "
             "ORDER BY digest", (digests,), binary=True).fetchall()
 
+    def manifests(self, seqs: Sequence[int]) -> Iterator[tuple]:
+        # One statement for all of them: a copy_thread of checkpoints without files costs one
+        # round trip, not one per checkpoint.
+        if not seqs:
+            return iter(())
+        return iter(self.conn.execute(
+            f"SELECT checkpoint_seq, name, digest, mode, checksum FROM {SCHEMA}.files WHERE "
+            "checkpoint_seq = ANY(%s) ORDER BY checkpoint_seq, name COLLATE \"C\"",
+            (list(seqs),), binary=True).fetchall())
+
     def delete_contents(self, digests: Sequence[bytes]) -> None:
         # Locked FOR UPDATE by unreferenced(): nobody references them until this commits.
         self.conn.execute(f"DELETE FROM {SCHEMA}.file_chunks WHERE digest = ANY(%s)",
