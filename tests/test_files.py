@@ -612,3 +612,69 @@ def test_nul_in_an_id_is_refused_on_a_server_and_nothing_is_written(pg_url, tmp_
                 call()
         assert stored_digest(pg_url) == before
         assert saver.read_file("t", "a", checkpoint_id=ref.checkpoint_id) == b"x"
+
+
+_FILE_WRITER = """
+import hashlib, sys
+from sqlitesaver import Saver
+sys.path.insert(0, sys.argv[2])
+from test_files import killed_writer_files
+with Saver(sys.argv[1]) as saver:
+    n = 0
+    while True:
+        n += 1
+        ref = saver.put("t", {"n": n}, files=killed_writer_files(n))
+        print(ref.checkpoint_id, n, flush=True)  # acknowledged: COMMIT returned
+"""
+
+
+def killed_writer_files(n: int) -> dict[str, bytes]:
+    """What the killed writer puts with checkpoint ``n``: a file of 1 to 4 chunks (so the kill
+    often lands while its chunks are being sent) and a small one."""
+    big = random.Random(f"1821/{n}").randbytes((n % 4) * CHUNK_SIZE + 100 + n)
+    return {"big.bin": big, "n.txt": str(n).encode()}
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+def test_a_client_killed_while_it_puts_files_leaves_whole_checkpoints_or_none(pg_url, seed):
+    """SIGKILL of a client in a loop of puts with files, right after one was acknowledged (so
+    the next is in flight, its chunks going to the server): the server rolls the open
+    transaction back. Every acknowledged checkpoint is there with all its files, whole; at
+    most the one in flight is newer (committed, its acknowledgement lost); no content of the
+    killed transaction is left behind."""
+    import signal
+    import subprocess
+    import sys
+
+    from test_bad_input import child_env
+    kill_after = random.Random(seed).randrange(1, 6)
+    Saver(pg_url).close()  # migrated before the child starts
+    tests = os.path.dirname(os.path.abspath(__file__))
+    child = subprocess.Popen([sys.executable, "-c", _FILE_WRITER, pg_url, tests],
+                             stdout=subprocess.PIPE, text=True, env=child_env())
+    acked = []
+    try:
+        for line in child.stdout:
+            acked.append(line.split())
+            if len(acked) >= kill_after:
+                break
+        child.send_signal(signal.SIGKILL)
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+        child.stdout.close()
+    assert child.returncode == -signal.SIGKILL and len(acked) == kill_after, seed
+    with Saver(pg_url) as saver:
+        found = {ck.checkpoint_id: ck.state["n"] for ck in saver.list("t")}
+        assert all(found.get(ck) == int(n) for ck, n in acked), (seed, acked, found)
+        assert max(found.values()) <= kill_after + 1, seed
+        for checkpoint_id, n in found.items():
+            files = killed_writer_files(n)
+            assert {f.name: f.digest for f in saver.list_files("t", checkpoint_id)} == \
+                {name: sha(data) for name, data in files.items()}, seed
+            for name, data in files.items():
+                assert saver.read_file("t", name, checkpoint_id=checkpoint_id) == data, seed
+        # No content of the killed transaction was committed: two per checkpoint found.
+        assert counts(pg_url)[1] == 2 * len(found), seed
+    report, steps = _check(pg_url)
+    assert report.ok and steps["files"].status == "ok", steps["files"]
