@@ -724,6 +724,7 @@ class Engine:
         params = (thread_id, min(keep_last, INT64_MAX))
 
         def work(conn: Any) -> int:
+            # The same condition on files' column: "checkpoint_seq IN (...)".
             with pg_files.collecting(conn, f"checkpoint_{doomed}", params):
                 return conn.execute(f"DELETE FROM {_S}.checkpoints WHERE {doomed}",
                                     params).rowcount
