@@ -42,7 +42,7 @@ from functools import lru_cache
 from typing import Any
 
 from .. import attachments
-from ..errors import SaverError
+from ..errors import BusyTimeoutError
 from .schema import SCHEMA
 
 __all__ = ["ServerFileDb", "collecting", "copy"]
@@ -91,8 +91,11 @@ class ServerFileDb(attachments.FileDb):
             if self.conn.execute(f"SELECT 1 FROM {SCHEMA}.file_contents WHERE digest = %s "
                                  "FOR KEY SHARE", (digest,)).fetchone() is not None:
                 return False
-        raise SaverError(f"content {digest.hex()[:16]}... was deleted {_CLAIM_TURNS} times "
-                         "while this transaction claimed it; nothing was written. Retry.")
+        raise BusyTimeoutError(
+            f"content {digest.hex()[:16]}... was deleted by collectors {_CLAIM_TURNS} times "
+            "while this transaction claimed it (prune, delete_thread, delete_matching or "
+            "collect_garbage running without pause on the files it stores); nothing was "
+            "written. Retry once they have finished.")
 
     def unreferenced(self, candidates: Iterable[bytes] | None) -> list[tuple[bytes, int]]:
         if candidates is None:  # collect_garbage: every content no manifest names now
