@@ -678,3 +678,32 @@ def test_a_client_killed_while_it_puts_files_leaves_whole_checkpoints_or_none(pg
         assert counts(pg_url)[1] == 2 * len(found), seed
     report, steps = _check(pg_url)
     assert report.ok and steps["files"].status == "ok", steps["files"]
+
+
+def test_a_put_whose_files_meet_a_deadlock_is_run_again_whole(pg_url, tmp_path, monkeypatch):
+    """On a server a deadlock (or a serialization failure) re-runs the put's whole
+    transaction: the chunks the failed try sent are rolled back with it, and the files
+    (a path among them, read again) are stored once, by the try that commits."""
+    import psycopg
+
+    from sqlitesaver.postgres import files as pg_files
+    on_disk = tmp_path / "c.txt"
+    on_disk.write_bytes(b"from a path")
+    files = {"a": random.Random(1822).randbytes(CHUNK_SIZE + 1), "b": b"bee", "c": on_disk}
+    real = pg_files.ServerFileDb.claim
+    claims = []
+
+    def deadlocked_once(self, digest, size, count):
+        claims.append(digest)
+        if len(claims) == 2:  # the first try has claimed (and maybe written) one content
+            raise psycopg.errors.DeadlockDetected("injected")
+        return real(self, digest, size, count)
+
+    monkeypatch.setattr(pg_files.ServerFileDb, "claim", deadlocked_once)
+    with Saver(pg_url) as saver:
+        ref = saver.put("t", 1, files=files)
+        assert len(claims) == 2 + 3, claims  # two on the try that failed, three on the retry
+        assert [ck.checkpoint_id for ck in saver.list("t")] == [ref.checkpoint_id]
+        assert saver.read_file("t", "a") == files["a"]
+        assert saver.read_file("t", "c") == b"from a path"
+    assert counts(pg_url) == (3, 3, 4)
