@@ -15,6 +15,10 @@ Conventions, the same for every subcommand:
   that is missing, not a sqlitesaver database, in use, already exists).
 * **Errors** are one line on stderr, ``python -m sqlitesaver COMMAND: error: MESSAGE``, naming
   the file; never a traceback.
+* **Files only**: these subcommands operate on a SQLite file. A PostgreSQL URL is refused
+  (exit 2) with what to use instead: ``check`` validates a server, and the server's own tools
+  (``pg_dump``, ``VACUUM``, ``psql``) do the rest; opening one here would create our schema
+  on a server a read-only command was pointed at.
 """
 
 from __future__ import annotations
@@ -124,6 +128,7 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     out = sys.stdout if out is None else out
     err = sys.stderr if err is None else err
     try:
+        _refuse_servers(args)
         return COMMANDS[args.command](args, out)
     except BrokenPipeError:
         raise  # the reader of our output went away: sqlitesaver.__main__.entry ends quietly
@@ -133,6 +138,25 @@ def run(args: argparse.Namespace, out: TextIO | None = None, err: TextIO | None 
     except (SaverError, OSError) as exc:
         _error(err, args.command, exc)
         return 2
+
+
+def _refuse_servers(args: argparse.Namespace) -> None:
+    """InvalidArgumentError if an argument naming a database is a PostgreSQL URL (shown
+    without its password)."""
+    from .postgres import target
+
+    for name in ("path", "source", "destination", "backup"):
+        value = getattr(args, name, None)
+        if isinstance(value, str) and target.is_url(value):
+            try:
+                server = target.describe(target.parse(value))
+            except SaverError:
+                server = "a PostgreSQL URL"
+            raise InvalidArgumentError(
+                f"{args.command} works on a SQLite file, and {server} is a PostgreSQL "
+                f"server. Validate it with `{PROG} check URL`; back it up with pg_dump "
+                "(README, PostgreSQL), vacuum and inspect it with the server's own tools. "
+                "Nothing was opened.", path=server)
 
 
 def _error(err: TextIO, command: str, exc: BaseException) -> None:

@@ -260,3 +260,20 @@ def test_a_closed_pipe_ends_quietly(tmp_path):
         if args[0] == "history":  # check's output may fit in the pipe before it closes
             assert status == 141
         assert status in (0, 141) and stderr == "", stderr
+
+
+@pytest.mark.parametrize("args", [
+    ["inspect", "{url}"], ["history", "{url}", "t"], ["show", "{url}", "t"],
+    ["prune", "{url}", "t", "--keep", "1"], ["delete", "{url}", "t"], ["vacuum", "{url}"],
+    ["backup", "{url}", "copy.db"], ["backup", "x.db", "{url}"], ["restore", "x.db", "{url}"],
+    ["salvage", "{url}", "copy.db"]])
+def test_file_subcommands_refuse_a_server_url_without_opening_it(tmp_path, args):
+    """The subcommands are a SQLite file's tools: a URL is refused saying what to use, without
+    the password, before anything is opened (nothing listens at that port: a connection
+    attempt would fail differently, after its timeout), and no file is created."""
+    url = "postgresql://app:s3cret@127.0.0.1:1/agents"
+    done = cli(*[arg.format(url=url) for arg in args], cwd=str(tmp_path))
+    one_line_error(done, args[0], "PostgreSQL server", "check")
+    assert done.returncode == 2
+    assert "s3cret" not in done.stderr and "postgresql://app@127.0.0.1:1/agents" in done.stderr
+    assert os.listdir(tmp_path) == []

@@ -10,8 +10,9 @@ import threading
 
 import pytest
 
-from sqlitesaver import (Checkpoint, CheckpointNotFoundError, ChecksumError, ForkedProcessError,
-                         InvalidArgumentError, Saver, SaverClosedError, SaverError, UsageError)
+from sqlitesaver import (Checkpoint, CheckpointNotFoundError, ChecksumError, DatabaseIOError,
+                         ForkedProcessError, InvalidArgumentError, Saver, SaverClosedError,
+                         SaverError, UsageError)
 from sqlitesaver.postgres.saver import PostgresServerSaver
 from sqlitesaver.sqlite.saver import SqliteFileSaver
 
@@ -265,3 +266,28 @@ def test_a_block_whose_server_transaction_was_aborted_raises_at_its_end(saver):
                 saver._engine._pinned().conn.execute("SELECT 1/0")
     assert list(saver.list("t")) == [] and not saver.in_transaction
     saver.put("t", 2)
+
+
+def test_a_block_whose_connection_was_lost_commits_nothing_of_it(saver, pg_url):
+    """The block's connection dies (its backend killed) between two calls. Every later call
+    in the block must fail saying the block was lost, and the block must end without
+    committing, even if the caller swallows those errors: before the fix, the lost connection
+    unpinned the thread and its next puts committed each on its own connection, outside the
+    block whose first put the server had rolled back (half a block stored)."""
+    with pytest.raises(DatabaseIOError, match="nothing of the block was committed"):
+        with saver.transaction():
+            saver.put("t", 1)
+            with psycopg.connect(pg_url, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)",
+                              (saver._engine._pinned().conn.info.backend_pid,))
+            for state in (2, 3):
+                with pytest.raises(DatabaseIOError, match="block"):
+                    saver.put("t", state)
+            assert saver.in_transaction
+            with pytest.raises(DatabaseIOError, match="block"):
+                with saver.transaction():  # a nested block cannot open on it either
+                    pass
+    assert not saver.in_transaction
+    assert list(saver.list("t")) == []
+    saver.put("t", 4)  # the pool replaced the dead connection
+    assert [cp.state for cp in saver.list("t")] == [4]

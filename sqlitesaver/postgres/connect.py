@@ -127,17 +127,12 @@ def local_timeouts(options: Options) -> str:
             f"SET LOCAL lock_timeout TO '{_millis(options.lock_timeout)}ms'")
 
 
-def local_settings(options: Options, synchronous_commit: str | None = None) -> str:
-    """One statement setting ``options``' statement and lock timeouts (and
-    ``synchronous_commit``, if given) for the rest of the transaction: ``set_config(...,
-    true)`` is ``SET LOCAL``, in one statement a pipeline can send (the values are numbers and
-    a keyword formatted here, no input)."""
-    settings = [("statement_timeout", f"{_millis(options.statement_timeout)}ms"),
-                ("lock_timeout", f"{_millis(options.lock_timeout)}ms")]
-    if synchronous_commit is not None:
-        settings.insert(0, ("synchronous_commit", synchronous_commit))
-    return "SELECT " + ", ".join(f"set_config('{name}', '{value}', true)"
-                                 for name, value in settings)
+def set_local_timeouts(options: Options) -> str:
+    """One statement setting ``options``' statement and lock timeouts for the rest of the
+    transaction (``set_config(..., true)`` is ``SET LOCAL``), for a pipeline, which takes
+    one statement at a time (the values are numbers formatted here, no input)."""
+    return (f"SELECT set_config('statement_timeout', '{_millis(options.statement_timeout)}ms', "
+            f"true), set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', true)")
 
 
 def open_connection(params: dict[str, str], server: str, options: Options, *,

@@ -14,10 +14,12 @@ Guarantees:
 
 * **One transaction per operation**, ``BEGIN`` ... ``COMMIT`` written by the engine on an
   autocommit connection from a pool. A pooled connection is not checked before use (a round
-  trip per call): one found dead by the transaction's statements before its COMMIT was sent (a
-  server restarted meanwhile) is dropped and the transaction run again on another, which is
-  safe because nothing of it was committed; so a restart costs a reconnect, not an error. A
-  call returns after its COMMIT returned. ``synchronous_commit`` is set per transaction
+  trip per call): one found dead by the transaction's ``BEGIN`` (a server restarted
+  meanwhile) is dropped and the transaction run on another, which is safe because nothing of
+  it ran; so a restart costs a reconnect, not an error. A connection lost after the ``BEGIN``
+  is never retried (a statement that kills its backend would, on every try, put the whole
+  cluster through crash recovery): the call raises DatabaseIOError. A call returns after its
+  COMMIT returned. ``synchronous_commit`` is set per transaction
   (``SET LOCAL``): ``on`` for ``durability="full"``, ``off`` for ``"normal"``; a
   transaction-pooling PgBouncer keeps it. So are ``statement_timeout`` and ``lock_timeout``,
   in every transaction, reads included: pooled connections carry no session-level setting
@@ -31,13 +33,16 @@ Guarantees:
   for each other (a hash collision only makes two threads share a lock), and their ids are not
   in commit order with each other. ``created_at`` is the server's clock, one for all writers.
 * **Statements**: psycopg costs CPU for every statement, and a local server a context switch
-  for every round trip, so a write sends its ``BEGIN``, settings and locks as one string (the
-  simple-query protocol; a thread id goes in as a literal quoted by psycopg), and a put draws
-  its seq and makes its lookups in one statement after that: a put is four round trips
-  (``BEGIN``...locks, lookups and seq, ``INSERT``, ``COMMIT``), a get three. (A libpq
-  pipeline would make them two and one, but costs more CPU per statement in psycopg: measured
-  no faster against a local server; see research/postgres_engine_plan.md.) Reads ask for
-  binary results: bytea arrives as bytes, not as hex text to decode.
+  for every round trip. A write sends its ``BEGIN``, settings, locks and first lookup as one
+  simple-query string (values inlined as literals psycopg quotes for the connection), and its
+  last statements with its ``COMMIT`` as another (the server skips the rest of a string after
+  a failing statement: the COMMIT then never runs): a put, a put of writes and a log append
+  are two round trips. A get, and a page of a list (the common case: a first page, or one
+  below a known seq), are one: a libpq pipeline of the ``set_config`` timeouts and the
+  statements (prepared, binary results: bytea arrives as bytes, not as hex text), with
+  ``BEGIN``/``COMMIT`` around a page's two. Measured against the same reads as simple-query
+  strings of literals, and as a transaction of several round trips: less wall time and CPU
+  (bench/postgres.py measures the whole).
 * **Every thread at once**: each write first takes :data:`ALL_THREADS_LOCK` in shared mode (in
   the ``BEGIN`` string: no round trip), before any thread's lock; ``delete_matching`` over
   every thread takes it in exclusive mode instead of one lock per thread, which on a large
@@ -50,8 +55,8 @@ Guarantees:
 * **Maybe committed**: a connection lost while COMMIT was in flight raises
   :class:`~sqlitesaver.errors.DatabaseIOError` saying so, and is never retried; lost before
   COMMIT, the transaction was not committed (also ``DatabaseIOError``, saying that).
-* **Reads**: one statement, or several inside one ``REPEATABLE READ READ ONLY`` transaction:
-  one snapshot per page, as on SQLite.
+* **Reads**: one statement (one snapshot), or several inside one ``REPEATABLE READ READ
+  ONLY`` transaction: one snapshot per page, as on SQLite.
 """
 
 from __future__ import annotations
@@ -64,8 +69,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from .. import integrity
-from ..errors import (BusyTimeoutError, CheckpointNotFoundError, InvalidArgumentError,
-                      SaverClosedError, SaverError)
+from ..errors import (BusyTimeoutError, CheckpointNotFoundError, DatabaseIOError,
+                      InvalidArgumentError, SaverClosedError, SaverError)
 from ..ids import INT64_MAX, checkpoint_query, format_id, is_generated, parse_id
 from ..schema import APPLICATION_ID
 from . import connect, schema
@@ -175,6 +180,58 @@ def _undo_savepoint(conn: Any, name: str) -> None:
         pass
 
 
+def _inline(conn: Any, query: str, params: Sequence[object]) -> str:
+    """``query`` with ``params`` merged in as literals, quoted by psycopg for ``conn`` (its
+    encoding, ``standard_conforming_strings``), to go into a string of several statements:
+    the simple-query protocol takes such a string in one round trip, but binds no parameters
+    (the extended protocol, which binds them, takes one statement per round trip)."""
+    from psycopg import ClientCursor
+
+    return ClientCursor(conn).mogrify(query, params)
+
+
+def _last(cursor: Any) -> Any:
+    """``cursor`` moved to the result of the last statement of its string."""
+    while cursor.nextset():
+        pass
+    return cursor
+
+
+class _Tx:
+    """A write's connection as its work sees it (everything not here is the connection's):
+    ``row`` is the result row of the statement sent in the ``BEGIN`` string (``first``, or
+    None), and :meth:`later` queues a statement to be sent in the ``COMMIT`` string, so a
+    put is two round trips. Inside a transaction block (a savepoint) there is no such
+    string: ``later`` runs the statement at once."""
+
+    __slots__ = ("conn", "row", "finals", "_now")
+
+    def __init__(self, conn: Any, row: Any, *, now: bool = False) -> None:
+        self.conn, self.row, self.finals, self._now = conn, row, [], now
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.conn, name)
+
+    def execute(self, *args: Any, **kwargs: Any) -> Any:
+        return self.conn.execute(*args, **kwargs)
+
+    def later(self, query: str, params: Sequence[object]) -> None:
+        if self._now:
+            self.conn.execute(query, params)
+        else:
+            self.finals.append((query, params))
+
+
+def _rollback_if_open(conn: Any) -> None:
+    """ROLLBACK if the connection is still inside a transaction (a COMMIT string whose
+    statement failed leaves it aborted; a COMMIT that ran left none)."""
+    from psycopg.pq import TransactionStatus
+
+    if not conn.broken and conn.info.transaction_status in (TransactionStatus.INTRANS,
+                                                           TransactionStatus.INERROR):
+        schema._rollback(conn)
+
+
 class Engine:
     """A PostgreSQL server as a sqlitesaver store. Thread-safe: every call takes a pooled
     connection for its transaction. See the module docstring for what is guaranteed."""
@@ -205,6 +262,7 @@ class Engine:
         self._begin = f"{begin}; SELECT pg_advisory_xact_lock_shared({key1}, {key2})"
         self._begin_all = f"{begin}; {_LOCK_ALL_THREADS}"
         self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
+        self._set_timeouts = connect.set_local_timeouts(options)  # for a pipelined read
         first = connect.open_connection(params, self.server, options, doing="opening",
                                         session_timeouts=False)
         try:
@@ -351,45 +409,50 @@ class Engine:
 
     # --- the write protocol ---------------------------------------------------------------
 
-    def _write(self, doing: str, work: Callable[[Any], T], *, every_thread: bool = False,
-               threads: Sequence[str] = ()) -> T:
+    def _write(self, doing: str, work: Callable[[_Tx], T], *, every_thread: bool = False,
+               threads: Sequence[str] = (),
+               first: tuple[str, Sequence[object]] | None = None) -> T:
         """``work(conn)`` in one transaction, committed; retried whole on serialization
         failures and deadlocks until the busy timeout (see the module docstring), and on a
-        pooled connection found dead before the COMMIT was sent (:meth:`_stale`). Inside the
+        pooled connection its BEGIN found dead (:meth:`_stale`). Inside the
         calling thread's :meth:`transaction`, in a savepoint of that transaction instead.
         ``threads``: their advisory locks are taken before ``work`` runs (in the ``BEGIN``
-        string: no round trip of their own). ``every_thread``: holding
-        :data:`ALL_THREADS_LOCK` exclusively, no other write runs (inside a transaction
-        block, from that call until the block ends)."""
+        string: no round trip of their own), and so is ``first`` (a statement whose row
+        ``work`` finds in ``tx.row``); what ``work`` queues with ``tx.later`` goes in the
+        ``COMMIT`` string. ``every_thread``: holding :data:`ALL_THREADS_LOCK` exclusively, no
+        other write runs (inside a transaction block, from that call until the block ends)."""
         pinned = self._pinned()
         if pinned is not None:
-            inner = work
-
-            def work(conn: Any) -> T:
+            def in_block(conn: Any) -> T:
                 if every_thread:  # the block holds the lock shared (its BEGIN): exclusive now
                     conn.execute(_LOCK_ALL_THREADS)
                 self._lock_threads(conn, *threads)
-                return inner(conn)
-            return self._in_savepoint(pinned, doing, work)
+                row = None if first is None else conn.execute(*first).fetchone()
+                return work(_Tx(conn, row, now=True))
+            return self._in_savepoint(pinned, doing, in_block)
         deadline = time.monotonic() + self.busy_timeout
         delay = 0.001
         stale = 0
         while True:
             with self._connection(doing) as conn:
-                committing = False
+                begun = committing = False
                 try:
-                    conn.execute(self._begin_locking(conn, every_thread, threads),
-                                 prepare=False)  # several statements: unpreparable
-                    result = work(conn)
+                    begin = self._begin_locking(conn, every_thread, threads)
+                    if first is not None:
+                        begin = f"{begin}; {_inline(conn, *first)}"
+                    cursor = conn.execute(begin, prepare=False)  # several statements
+                    row = None if first is None else _last(cursor).fetchone()
+                    begun = True
+                    tx = _Tx(conn, row)
+                    result = work(tx)
                     committing = True
-                    self._commit(conn, doing)
+                    self._commit(conn, doing, tx.finals)
                     return result
                 except BaseException as exc:
-                    if self._stale(conn, exc, committing, stale):
+                    if not begun and self._stale(conn, exc, stale):
                         stale += 1
                         continue  # out of the block: the pool drops the dead connection
-                    if not committing:
-                        schema._rollback(conn)
+                    _rollback_if_open(conn)
                     if isinstance(exc, SaverError) or not isinstance(exc, Exception):
                         raise  # the work's own verdict (not found...), or KeyboardInterrupt
                     state = pg_errors.sqlstate_of(exc)
@@ -415,16 +478,26 @@ class Engine:
                           for thread_id in sorted(set(threads)))
         return f"{begin}; {locks}"
 
-    def _stale(self, conn: Any, exc: BaseException, committing: bool, tries: int) -> bool:
-        """Whether ``exc`` comes from a connection found dead before anything of the
-        transaction could have been committed (its COMMIT not yet sent): then running the
-        whole transaction again on another connection is safe (the operations are pure
-        functions of their arguments). Bounded: one try per connection the pool may hold, plus
-        one; the pool drops a broken connection when it comes back, and past the bound, or
-        with the server down (the pool cannot connect), the error is raised as usual."""
-        return (not committing and isinstance(exc, Exception)
-                and not isinstance(exc, SaverError) and bool(conn.broken)
-                and tries <= self._max_connections)
+    def _stale(self, conn: Any, exc: BaseException, tries: int) -> bool:
+        """Whether ``exc``, raised by a transaction's ``BEGIN`` string (its first statement),
+        comes from a pooled connection that was already dead (closed by the server while idle
+        in the pool, or by a restart): then nothing of the transaction ran, and it runs on
+        another connection. Only the BEGIN: a connection lost after it (the backend killed
+        while running the transaction's own statements) is not retried, as a statement that
+        crashes its backend would crash it again on every try, each a crash recovery of the
+        whole cluster; the caller gets DatabaseIOError and decides. Once: the pool first
+        checks its idle connections (a restart killed them all) and replaces the dead ones,
+        so the second try gets a live one or, with the server down, none (the error is then
+        raised as usual). A pipelined read (:meth:`_read_pipelined`) has no BEGIN of its own:
+        one that kills its backend is run twice at most."""
+        if (tries or not isinstance(exc, Exception) or isinstance(exc, SaverError)
+                or not conn.broken):
+            return False
+        try:
+            self._pool.check()
+        except Exception:  # the retry's own connection attempt will say why
+            pass
+        return True
 
     # --- the calling thread's own transaction (Saver.transaction) -------------------------------
 
@@ -461,6 +534,8 @@ class Engine:
                     schema._rollback(conn)
                     raise
                 self._local.txn = None
+                if conn.broken:  # lost before the COMMIT, which is never sent: not committed
+                    raise self._lost_block("committing it")
                 try:
                     self._commit(conn, "committing a transaction")
                 except SaverError:
@@ -481,7 +556,7 @@ class Engine:
                 try:
                     conn.execute(self._begin, prepare=False)  # several statements
                 except Exception as exc:
-                    if self._stale(conn, exc, False, stale):
+                    if self._stale(conn, exc, stale):
                         stale += 1
                         continue
                     schema._rollback(conn)
@@ -489,11 +564,18 @@ class Engine:
                 yield conn
                 return
 
-    def _commit(self, conn: Any, doing: str) -> None:
-        """COMMIT, and check that it committed: in a transaction the server had aborted (a
-        statement that failed outside any savepoint, e.g. one cancelled by Ctrl-C that the
-        caller caught), COMMIT succeeds with the tag ROLLBACK and raises nothing."""
-        tag = conn.execute("COMMIT").statusmessage
+    def _commit(self, conn: Any, doing: str,
+                finals: Sequence[tuple[str, Sequence[object]]] = ()) -> None:
+        """COMMIT, after ``finals`` in the same string (one round trip), and check that it
+        committed: in a transaction the server had aborted (a statement that failed outside
+        any savepoint, e.g. one cancelled by Ctrl-C that the caller caught), COMMIT succeeds
+        with the tag ROLLBACK and raises nothing. A failing final statement raises, and the
+        server skips the rest of the string: the COMMIT never runs."""
+        if finals:
+            string = "; ".join(_inline(conn, query, params) for query, params in finals)
+            tag = _last(conn.execute(f"{string}; COMMIT", prepare=False)).statusmessage
+        else:
+            tag = conn.execute("COMMIT").statusmessage
         if tag != "COMMIT":
             raise SaverError(
                 f"the PostgreSQL server {self.server} rolled the transaction back instead of "
@@ -514,21 +596,38 @@ class Engine:
             return None
         from psycopg.pq import TransactionStatus
 
-        if (self._checkouts.get(id(pinned.conn)) is not pinned.token
-                or pinned.conn.info.transaction_status not in (TransactionStatus.INTRANS,
-                                                               TransactionStatus.INERROR)):
+        if self._checkouts.get(id(pinned.conn)) is not pinned.token:
+            self._local.txn = None
+            return None
+        if pinned.conn.broken:
+            # Lost inside the block, which is still open: the pin stays, so that the block's
+            # later calls fail (_lost_block) instead of each committing on its own, outside
+            # the block whose earlier writes the server has just rolled back.
+            return pinned
+        if pinned.conn.info.transaction_status not in (TransactionStatus.INTRANS,
+                                                       TransactionStatus.INERROR):
             self._local.txn = None
             return None
         return pinned
+
+    def _lost_block(self, doing: str) -> DatabaseIOError:
+        return DatabaseIOError(
+            f"the connection to the PostgreSQL server {self.server} of this thread's "
+            f"transaction block was lost before {doing}: nothing of the block was committed, "
+            "and nothing more of it can be. Let the block end (raise) and run it again once "
+            "the server is reachable.", path=self.server)
 
     def _nested(self, pinned: _Pinned) -> Iterator[None]:
         pinned.depth += 1
         name = f"sqlitesaver_block_{pinned.depth}"
         try:
+            if pinned.conn.broken:
+                raise self._lost_block("opening a nested block")
             try:
                 pinned.conn.execute(f"SAVEPOINT {name}")
             except Exception as exc:
-                raise pg_errors.translate(exc, self.server, "opening a nested block") from exc
+                raise pg_errors.translate(exc, self.server, "opening a nested block",
+                                          in_transaction=True) from exc
             try:
                 yield
             except BaseException:
@@ -537,16 +636,19 @@ class Engine:
             try:
                 pinned.conn.execute(f"RELEASE SAVEPOINT {name}")
             except Exception as exc:
-                raise pg_errors.translate(exc, self.server, "ending a nested block") from exc
+                raise pg_errors.translate(exc, self.server, "ending a nested block",
+                                          in_transaction=True) from exc
         finally:
             pinned.depth -= 1
 
     def _in_savepoint(self, pinned: _Pinned, doing: str, work: Callable[[Any], T]) -> T:
         conn = pinned.conn
+        if conn.broken:
+            raise self._lost_block(doing)
         try:
             conn.execute("SAVEPOINT sqlitesaver_call")
         except Exception as exc:
-            raise pg_errors.translate(exc, self.server, doing) from exc
+            raise pg_errors.translate(exc, self.server, doing, in_transaction=True) from exc
         try:
             result = work(conn)
         except BaseException as exc:
@@ -557,7 +659,7 @@ class Engine:
         try:
             conn.execute("RELEASE SAVEPOINT sqlitesaver_call")
         except Exception as exc:
-            raise pg_errors.translate(exc, self.server, doing) from exc
+            raise pg_errors.translate(exc, self.server, doing, in_transaction=True) from exc
         return result
 
     def _lock_threads(self, conn: Any, *thread_ids: str) -> None:
@@ -565,23 +667,32 @@ class Engine:
         for thread_id in sorted(set(thread_ids)):
             conn.execute(_LOCK_THREAD, (THREAD_LOCK, thread_id))
 
-    def _seq_of(self, conn: Any, thread_id: str, namespace: str, checkpoint_id: str,
-                argument: str) -> int:
+    @staticmethod
+    def _seq_query(thread_id: str, namespace: str, checkpoint_id: str
+                   ) -> tuple[str, Sequence[object]]:
+        """The statement finding the seq of the checkpoint (one row, or none)."""
         if is_generated(checkpoint_id):
             seq = parse_id(checkpoint_id)
-            found = None if seq is None else conn.execute(
-                f"SELECT seq FROM {_S}.checkpoints WHERE seq = %s AND thread_id = %s "
-                "AND namespace = %s AND key IS NULL", (seq, thread_id, namespace)).fetchone()
-        else:
-            found = conn.execute(
-                f"SELECT seq FROM {_S}.checkpoints WHERE thread_id = %s AND namespace = %s "
-                "AND key = %s", (thread_id, namespace, checkpoint_id)).fetchone()
-        if found is not None:
-            return found[0]
-        raise CheckpointNotFoundError(
+            if seq is None:  # generated-looking, but no seq has that id
+                return "SELECT 1 WHERE false", ()
+            return (f"SELECT seq FROM {_S}.checkpoints WHERE seq = %s AND thread_id = %s "
+                    "AND namespace = %s AND key IS NULL", (seq, thread_id, namespace))
+        return (f"SELECT seq FROM {_S}.checkpoints WHERE thread_id = %s AND namespace = %s "
+                "AND key = %s", (thread_id, namespace, checkpoint_id))
+
+    def _not_found(self, thread_id: str, namespace: str, checkpoint_id: str,
+                   argument: str) -> CheckpointNotFoundError:
+        return CheckpointNotFoundError(
             f"{argument} {checkpoint_id!r} is not a checkpoint of thread {thread_id!r} "
             f"in namespace {namespace!r} on {self.server}; nothing was written.",
             path=self.server)
+
+    def _seq_of(self, conn: Any, thread_id: str, namespace: str, checkpoint_id: str,
+                argument: str) -> int:
+        found = conn.execute(*self._seq_query(thread_id, namespace, checkpoint_id)).fetchone()
+        if found is None:
+            raise self._not_found(thread_id, namespace, checkpoint_id, argument)
+        return found[0]
 
     # --- writes ---------------------------------------------------------------------------
 
@@ -619,8 +730,8 @@ class Engine:
             params += [thread_id, namespace, checkpoint_id]
         lookup = "SELECT " + ", ".join(query)
 
-        def work(conn: Any) -> tuple[str, int]:
-            drawn, created_now, *looked = conn.execute(lookup, params).fetchone()
+        def work(tx: _Tx) -> tuple[str, int]:
+            drawn, created_now, *looked = tx.row
             parent_seq = None
             if parent_id is not None:
                 parent_seq = looked.pop(0)
@@ -639,7 +750,7 @@ class Engine:
                             f"than checkpoint {checkpoint_id!r} of thread {thread_id!r}, which "
                             "it would replace; a checkpoint's parent must be older than it. "
                             "Nothing was written.", path=self.server)
-                    conn.execute(
+                    tx.later(
                         f"UPDATE {_S}.checkpoints SET parent_seq = %s, parent_key = %s, "
                         "state = %s, metadata = %s, checksum = %s WHERE seq = %s",
                         (parent_seq, parent_key, state, metadata,
@@ -650,7 +761,7 @@ class Engine:
                         files(conn, seq)
                     return checkpoint_id, created
             seq, created = drawn, created_now
-            conn.execute(_INSERT_CHECKPOINT, (
+            tx.later(_INSERT_CHECKPOINT, (
                 seq, thread_id, namespace, parent_seq, created, state, metadata,
                 integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
                                               state, metadata, checkpoint_id, parent_key),
@@ -659,7 +770,8 @@ class Engine:
                 files(conn, seq)
             return (checkpoint_id if checkpoint_id is not None else format_id(seq)), created
 
-        return self._write("putting a checkpoint", work, threads=(thread_id,))
+        return self._write("putting a checkpoint", work, threads=(thread_id,),
+                           first=(lookup, params))
 
     def put_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
                    task_path: str, encoded: Sequence[tuple[int, str, bytes]],
@@ -670,32 +782,33 @@ class Engine:
         check_text(**{f"writes[{i}] channel": channel
                       for i, (_, channel, _) in enumerate(encoded)})
 
-        def work(conn: Any) -> None:
-            seq = self._seq_of(conn, thread_id, namespace, checkpoint_id, "checkpoint_id")
-            if encoded:
-                with conn.cursor() as cursor:
-                    cursor.executemany(
-                        _REPLACE_WRITE if replace else _INSERT_WRITE,
-                        [(seq, task_id, index, channel, value, task_path,
-                          integrity.write_checksum(seq, task_id, index, channel, task_path,
-                                                   value))
-                         for index, channel, value in encoded])
+        def work(tx: _Tx) -> None:
+            if tx.row is None:
+                raise self._not_found(thread_id, namespace, checkpoint_id, "checkpoint_id")
+            (seq,) = tx.row
+            insert = _REPLACE_WRITE if replace else _INSERT_WRITE
+            for index, channel, value in encoded:  # in the COMMIT string: no round trip each
+                tx.later(insert, (seq, task_id, index, channel, value, task_path,
+                                  integrity.write_checksum(seq, task_id, index, channel,
+                                                           task_path, value)))
 
-        self._write("putting pending writes", work, threads=(thread_id,))
+        self._write("putting pending writes", work, threads=(thread_id,),
+                    first=self._seq_query(thread_id, namespace, checkpoint_id))
 
     def append_log(self, thread_id: str, event: bytes) -> int:
         """Append an event to the thread's log; return its seq."""
         check_text(thread_id=thread_id)
 
-        def work(conn: Any) -> int:
-            seq, created = conn.execute(_NEXT_LOG).fetchone()
-            conn.execute(f"INSERT INTO {_S}.log (seq, thread_id, created_at, event, checksum) "
-                         "VALUES (%s, %s, %s, %s, %s)",
-                         (seq, thread_id, created, event,
-                          integrity.log_checksum(seq, thread_id, created, event)))
+        def work(tx: _Tx) -> int:
+            seq, created = tx.row
+            tx.later(f"INSERT INTO {_S}.log (seq, thread_id, created_at, event, checksum) "
+                     "VALUES (%s, %s, %s, %s, %s)",
+                     (seq, thread_id, created, event,
+                      integrity.log_checksum(seq, thread_id, created, event)))
             return seq
 
-        return self._write("appending a log event", work, threads=(thread_id,))
+        return self._write("appending a log event", work, threads=(thread_id,),
+                           first=(_NEXT_LOG, ()))
 
     def delete_thread(self, thread_id: str) -> int:
         """Delete the thread's checkpoints (their writes cascade) and log; return how many
@@ -822,24 +935,58 @@ class Engine:
         """``work(conn)`` in one read-only REPEATABLE READ transaction (one snapshot), or,
         inside the calling thread's :meth:`transaction`, on its connection (seeing its
         uncommitted writes; each statement its own snapshot, READ COMMITTED). Run again on
-        another connection if the pooled one is found dead (:meth:`_stale`: a read commits
-        nothing)."""
+        another connection if the pooled one is found dead by the BEGIN (:meth:`_stale`)."""
         pinned = self._pinned()
         if pinned is not None:
             return self._in_savepoint(pinned, doing, work)
         stale = 0
         while True:
             with self._connection(doing) as conn:
+                begun = False
                 try:
                     conn.execute(self._begin_read, prepare=False)  # several statements
+                    begun = True
                     result = work(conn)
                     conn.execute("COMMIT")
                     return result
                 except BaseException as exc:
-                    if self._stale(conn, exc, False, stale):
+                    if not begun and self._stale(conn, exc, stale):
                         stale += 1
                         continue
                     schema._rollback(conn)
+                    if isinstance(exc, SaverError) or not isinstance(exc, Exception):
+                        raise
+                    raise pg_errors.translate(exc, self.server, doing) from exc
+
+    def _read_pipelined(self, doing: str, statements: Sequence[tuple[str, Sequence[object]]],
+                        *, snapshot: bool = False) -> list[list[tuple]]:
+        """The rows of each statement (binary results), in one round trip: a libpq pipeline
+        sends the SET LOCAL timeouts (``set_config(..., true)``) and the statements, with a
+        ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`` and ``COMMIT`` around them if
+        ``snapshot`` (several statements, one snapshot), and one Sync; without, they run in
+        the implicit transaction the server opens up to the Sync (one statement: one
+        snapshot). Measured against the same read as a simple-query string of literals: less
+        wall time and CPU (the statements are prepared, the bytea binary). Not inside a
+        transaction block (callers use :meth:`_read` there). Run once more on a checked
+        connection if the pooled one was dead (:meth:`_stale`)."""
+        stale = 0
+        while True:
+            with self._connection(doing) as conn:
+                try:
+                    with conn.pipeline():
+                        if snapshot:
+                            conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                        conn.execute(self._set_timeouts)
+                        cursors = [conn.execute(query, params, binary=True)
+                                   for query, params in statements]
+                        if snapshot:
+                            conn.execute("COMMIT")
+                    return [cursor.fetchall() for cursor in cursors]
+                except BaseException as exc:
+                    if self._stale(conn, exc, stale):
+                        stale += 1
+                        continue
+                    _rollback_if_open(conn)
                     if isinstance(exc, SaverError) or not isinstance(exc, Exception):
                         raise
                     raise pg_errors.translate(exc, self.server, doing) from exc
@@ -854,11 +1001,10 @@ class Engine:
                                  _GET_BY_SEQ)
         if found is None:
             return []
-        # In a transaction of its own for its SET LOCAL timeouts (see _begin_read).
-        # binary: bytea arrives as its bytes, not as hex text to decode (a list of 100 4 KiB
-        # checkpoints: a third less CPU).
-        return self._read("reading a checkpoint",
-                          lambda conn: conn.execute(*found, binary=True).fetchall())
+        if self._pinned() is not None:
+            return self._read("reading a checkpoint",
+                              lambda conn: conn.execute(*found, binary=True).fetchall())
+        return self._read_pipelined("reading a checkpoint", [found])[0]
 
     def page(self, thread_id: str, namespace: str | None, before: str | None,
              upper: int | None, want: int, budget: int) -> tuple[int, list[tuple],
@@ -910,7 +1056,33 @@ class Engine:
                 (taken,), binary=True).fetchall()
             return bound, rows, writes, more
 
-        return self._read("listing checkpoints", work)
+        if (upper is None and before is not None) or self._pinned() is not None:
+            return self._read("listing checkpoints", work)
+        # The common case (a first page, or a next one below a known seq) in one round trip:
+        # the same rows as work's, chosen in SQL (a running sum of the sizes, newest first),
+        # and their writes, in one REPEATABLE READ transaction, pipelined.
+        bound = INT64_MAX if upper is None else upper
+        where, params = "thread_id = %s", [thread_id]
+        if namespace is not None:
+            where += " AND namespace = %s"
+            params.append(namespace)
+        sized = (f"WITH sized AS (SELECT seq, octet_length(state) + octet_length(metadata) AS "
+                 f"size FROM {_S}.checkpoints WHERE {where} AND seq <= %s ORDER BY seq DESC "
+                 "LIMIT %s), run AS (SELECT seq, size, sum(size) OVER (ORDER BY seq DESC) AS "
+                 "total, count(*) OVER () AS found FROM sized) ")
+        sized_params = [*params, bound, want]
+        rows, writes = self._read_pipelined("listing checkpoints", [
+            (f"{sized}SELECT {_CHECKPOINT_COLUMNS}, run.total, run.found FROM run JOIN "
+             f"{_S}.checkpoints AS c ON c.seq = run.seq WHERE run.total - run.size < %s "
+             "ORDER BY c.seq DESC", (*sized_params, budget)),
+            (f"{sized}SELECT {_WRITE_COLUMNS} FROM {_S}.writes AS w WHERE w.checkpoint_seq IN "
+             "(SELECT seq FROM run WHERE total - size < %s) ORDER BY w.checkpoint_seq DESC, "
+             "w.task_id COLLATE \"C\", w.idx", (*sized_params, budget))], snapshot=True)
+        if not rows:
+            return bound, [], [], False
+        total, found = rows[-1][-2], rows[0][-1]
+        more = len(rows) < found or found == want or total >= budget
+        return bound, [row[:-2] for row in rows], writes, more
 
     def _before_seq(self, conn: Any, thread_id: str, namespace: str | None,
                     before: str) -> int:

@@ -66,6 +66,11 @@ def translate(exc: BaseException, server: str, doing: str, *,
                 f"the connection to {where} was lost while COMMIT was in flight, {doing} "
                 f"({detail}): the transaction may or may not have been committed ('maybe "
                 "committed'). Re-read what it wrote before retrying.", **common)
+        if in_transaction:
+            return DatabaseIOError(
+                f"the connection to {where} was lost while {doing} ({detail}) inside this "
+                "thread's transaction block: nothing of the block was committed. Let the "
+                "block end (raise) and run it again once the server is reachable.", **common)
         return DatabaseIOError(
             f"the connection to {where} was lost while {doing} ({detail}); the transaction "
             "was not committed. Retry once the server is reachable (a restarted server "
