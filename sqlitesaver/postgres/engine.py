@@ -731,6 +731,9 @@ class Engine:
         lookup = "SELECT " + ", ".join(query)
 
         def work(tx: _Tx) -> tuple[str, int]:
+            # With files, the checkpoint's row is written at once, not in the COMMIT string:
+            # its files' rows refer to it (a foreign key), and are written after it.
+            write = tx.later if files is None else tx.execute
             drawn, created_now, *looked = tx.row
             parent_seq = None
             if parent_id is not None:
@@ -750,7 +753,7 @@ class Engine:
                             f"than checkpoint {checkpoint_id!r} of thread {thread_id!r}, which "
                             "it would replace; a checkpoint's parent must be older than it. "
                             "Nothing was written.", path=self.server)
-                    tx.later(
+                    write(
                         f"UPDATE {_S}.checkpoints SET parent_seq = %s, parent_key = %s, "
                         "state = %s, metadata = %s, checksum = %s WHERE seq = %s",
                         (parent_seq, parent_key, state, metadata,
@@ -758,16 +761,16 @@ class Engine:
                                                        created, state, metadata, checkpoint_id,
                                                        parent_key), seq))
                     if files is not None:
-                        files(conn, seq)
+                        files(tx, seq)
                     return checkpoint_id, created
             seq, created = drawn, created_now
-            tx.later(_INSERT_CHECKPOINT, (
+            write(_INSERT_CHECKPOINT, (
                 seq, thread_id, namespace, parent_seq, created, state, metadata,
                 integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
                                               state, metadata, checkpoint_id, parent_key),
                 checkpoint_id, parent_key))
             if files is not None:
-                files(conn, seq)
+                files(tx, seq)
             return (checkpoint_id if checkpoint_id is not None else format_id(seq)), created
 
         return self._write("putting a checkpoint", work, threads=(thread_id,),
