@@ -30,8 +30,11 @@ checkpoint as it was when the file was opened; if its checkpoint is pruned or de
 content collected while a stream is open, the stream raises
 :class:`~sqlitesaver.errors.FileNotInCheckpointError` instead of returning anything else.
 
-Every function here takes an ``apsw.Connection`` the caller has put inside its transaction
-(writes) or read snapshot (reads); nothing here begins or commits.
+Every function here takes a :class:`FileDb`: one engine's connection, which the caller has put
+inside its transaction (writes) or read snapshot (reads); nothing here begins or commits. The
+statements are written once, in SQLite's dialect; :class:`FileDb` runs them on a SQLite file,
+:class:`sqlitesaver.postgres.files.ServerFileDb` on a PostgreSQL server (placeholders, schema,
+and the row locks that keep a content a committing writer references from being collected).
 """
 
 from __future__ import annotations
@@ -41,20 +44,20 @@ import hashlib
 import io
 import os
 import stat
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 from zlib import crc32
 
-import apsw
 from msgpack import Packer
 
 from .errors import (ChecksumError, CorruptDatabaseError, FileAccessError, FileChangedError,
                      FileNotInCheckpointError, InvalidArgumentError, UnsafePathError,
                      restore_advice)
 
-__all__ = ["CHUNK_SIZE", "StoredFile", "Source", "check_name", "check_tree", "prepare",
-           "store", "copy", "manifest", "entry", "chunks", "collect", "collect_deleted", "totals", "chunk_checksum",
-           "content_checksum", "entry_checksum", "FileStream"]
+__all__ = ["CHUNK_SIZE", "StoredFile", "Source", "FileDb", "check_name", "check_tree", "prepare",
+           "store", "copy", "manifest", "entry", "chunks", "collect", "collect_deleted", "totals",
+           "chunk_checksum", "content_checksum", "entry_checksum", "FileStream"]
 
 #: Bytes per stored chunk (see the module docstring for why 1 MiB).
 CHUNK_SIZE = 1 << 20
@@ -250,14 +253,82 @@ def prepare(files: Mapping[str, object]) -> list[Source]:
     return sources
 
 
+# --- the statements, per engine ---------------------------------------------------------------
+
+class FileDb:
+    """The file functions' connection: SQLite's (an ``apsw.Connection``; ``?`` placeholders,
+    the tables by their bare names). :class:`sqlitesaver.postgres.files.ServerFileDb` is a
+    PostgreSQL server's; the statements of the functions below are the same for both, only
+    :meth:`claim` and :meth:`unreferenced` differ in what they lock."""
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    def execute(self, sql: str, params: Sequence[object] = ()) -> Any:
+        """Run one statement; the result has ``fetchone()``, ``fetchall()`` and iterates."""
+        return self.conn.execute(sql, params)
+
+    def executemany(self, sql: str, rows: Iterable[Sequence[object]]) -> None:
+        self.conn.executemany(sql, rows)
+
+    def claim(self, digest: bytes, size: int, count: int) -> bool:
+        """Make the content ``digest`` stored for the rest of this transaction: False if it
+        already is (its chunks too), True if its record was inserted here and the caller
+        must write its chunks. SQLite has one writer at a time: nothing can delete it before
+        COMMIT."""
+        if self.execute("SELECT 1 FROM file_contents WHERE digest = ?",
+                        (digest,)).fetchone() is not None:
+            return False  # stored once, whoever holds it
+        # The content row first: file_chunks refers to it.
+        self.execute("INSERT INTO file_contents (digest, size, chunks, checksum) "
+                     "VALUES (?,?,?,?)", (digest, size, count,
+                                          content_checksum(digest, size, count)))
+        return True
+
+    def unreferenced(self, candidates: Iterable[bytes] | None) -> list[tuple[bytes, int]]:
+        """``(digest, size)`` of each content (among ``candidates``, or all) that no
+        manifest names, safe to delete in this transaction. One index lookup per content
+        (``files_by_digest``)."""
+        if candidates is None:
+            return self.execute(
+                "SELECT digest, size FROM file_contents AS c WHERE NOT EXISTS "
+                "(SELECT 1 FROM files AS f WHERE f.digest = c.digest)").fetchall()
+        orphans = []
+        for digest in candidates:
+            row = self.execute(
+                "SELECT digest, size FROM file_contents AS c WHERE digest = ? AND NOT EXISTS "
+                "(SELECT 1 FROM files AS f WHERE f.digest = c.digest)", (digest,)).fetchone()
+            if row is not None:
+                orphans.append(row)
+        return orphans
+
+    def manifests(self, seqs: Sequence[int]) -> Iterator[tuple]:
+        """The ``files`` rows ``(checkpoint_seq, name, digest, mode, checksum)`` of the
+        checkpoints ``seqs``, one checkpoint after the other (a lookup each: SQLite's
+        statements cost no round trip)."""
+        for seq in seqs:
+            for row in self.execute("SELECT name, digest, mode, checksum FROM files WHERE "
+                                    "checkpoint_seq = ? ORDER BY name", (seq,)).fetchall():
+                yield (seq, *row)
+
+    def delete_contents(self, digests: Sequence[bytes]) -> None:
+        for digest in digests:
+            # Chunks explicitly, not only through ON DELETE CASCADE: it does not depend on the
+            # connection's foreign_keys setting.
+            self.execute("DELETE FROM file_chunks WHERE digest = ?", (digest,))
+            self.execute("DELETE FROM file_contents WHERE digest = ?", (digest,))
+
+
 # --- writing ----------------------------------------------------------------------------------
 
-def store(conn: apsw.Connection, seq: int, sources: list[Source], *, replace_all: bool,
+def store(conn: FileDb, seq: int, sources: list[Source], *, replace_all: bool,
           db: str) -> None:
     """Inside the caller's transaction: make ``sources`` the files of checkpoint ``seq``,
     storing each content not stored yet. ``replace_all``: the checkpoint's files become
     exactly ``sources``; else they are added, replacing files of the same names. Content no
-    longer referenced afterwards is deleted here, in the same transaction."""
+    longer referenced afterwards is deleted here, in the same transaction. Contents are
+    claimed in digest order: two writers on a server lock the contents they share in one
+    order, so they cannot deadlock on them."""
     existing = {name: digest for name, digest in conn.execute(
         "SELECT name, digest FROM files WHERE checkpoint_seq = ?", (seq,))}
     if replace_all:
@@ -269,7 +340,7 @@ def store(conn: apsw.Connection, seq: int, sources: list[Source], *, replace_all
     if dropped:
         conn.executemany("DELETE FROM files WHERE checkpoint_seq = ? AND name = ?",
                          [(seq, name) for name in dropped])
-    for source in sources:
+    for source in sorted(sources, key=lambda source: source.digest):
         _store_content(conn, source, db)
         conn.execute(
             "INSERT INTO files (checkpoint_seq, name, digest, mode, checksum) VALUES (?,?,?,?,?)",
@@ -280,15 +351,10 @@ def store(conn: apsw.Connection, seq: int, sources: list[Source], *, replace_all
         collect(conn, candidates)
 
 
-def _store_content(conn: apsw.Connection, source: Source, db: str) -> None:
-    if conn.execute("SELECT 1 FROM file_contents WHERE digest = ?",
-                    (source.digest,)).fetchone() is not None:
-        return  # stored once, whoever holds it
+def _store_content(conn: FileDb, source: Source, db: str) -> None:
     count = max(1, -(-source.size // CHUNK_SIZE))
-    # The content row first: file_chunks refers to it.
-    conn.execute("INSERT INTO file_contents (digest, size, chunks, checksum) VALUES (?,?,?,?)",
-                 (source.digest, source.size, count,
-                  content_checksum(source.digest, source.size, count)))
+    if not conn.claim(source.digest, source.size, count):
+        return  # stored once, whoever holds it
     insert = "INSERT INTO file_chunks (digest, idx, data, checksum) VALUES (?,?,?,?)"
     if source.data is not None:
         view = memoryview(source.data)
@@ -342,50 +408,32 @@ def _read_full(f: io.RawIOBase, n: int) -> bytes:
     return b"".join(parts)
 
 
-def collect(conn: apsw.Connection, candidates: Iterable[bytes] | None = None
-            ) -> tuple[int, int]:
+def collect(conn: FileDb, candidates: Iterable[bytes] | None = None) -> tuple[int, int]:
     """Inside the caller's transaction: delete every content (with its chunks) that no
-    manifest names, among ``candidates`` or all of them; return (contents, bytes) deleted.
-    One index lookup per content (``files_by_digest``)."""
-    if candidates is None:
-        orphans = conn.execute(
-            "SELECT digest, size FROM file_contents AS c WHERE NOT EXISTS "
-            "(SELECT 1 FROM files AS f WHERE f.digest = c.digest)").fetchall()
-    else:
-        orphans = []
-        for digest in candidates:
-            row = conn.execute(
-                "SELECT digest, size FROM file_contents AS c WHERE digest = ? AND NOT EXISTS "
-                "(SELECT 1 FROM files AS f WHERE f.digest = c.digest)", (digest,)).fetchone()
-            if row is not None:
-                orphans.append(row)
-    for digest, _ in orphans:
-        # Chunks explicitly, not only through ON DELETE CASCADE: it does not depend on the
-        # connection's foreign_keys setting.
-        conn.execute("DELETE FROM file_chunks WHERE digest = ?", (digest,))
-        conn.execute("DELETE FROM file_contents WHERE digest = ?", (digest,))
+    manifest names, among ``candidates`` or all of them; return (contents, bytes) deleted."""
+    orphans = conn.unreferenced(candidates)
+    if orphans:
+        conn.delete_contents([digest for digest, _ in orphans])
     return len(orphans), sum(size for _, size in orphans if type(size) is int)
 
 
-def copy(conn: apsw.Connection, seqs: Mapping[int, int], db: str) -> None:
+def copy(conn: FileDb, seqs: Mapping[int, int], db: str) -> None:
     """Inside ``copy_thread``'s transaction: give each copied checkpoint (old seq -> new seq)
     the files of its source, sharing their content; every source row's checksum verified."""
-    for old, new in seqs.items():
-        rows = conn.execute("SELECT name, digest, mode, checksum FROM files WHERE "
-                            "checkpoint_seq = ? ORDER BY name", (old,)).fetchall()
-        for name, digest, mode, checksum in rows:
-            try:
-                intact = entry_checksum(old, name, digest, mode) == checksum
-            except (TypeError, ValueError, OverflowError):
-                intact = False
-            if not intact:
-                raise _damage(db, f"the manifest entry {name!r} of a checkpoint being copied")
-            conn.execute("INSERT INTO files (checkpoint_seq, name, digest, mode, checksum) "
-                         "VALUES (?,?,?,?,?)",
-                         (new, name, digest, mode, entry_checksum(new, name, digest, mode)))
+    for old, name, digest, mode, checksum in conn.manifests(list(seqs)):
+        new = seqs[old]
+        try:
+            intact = entry_checksum(old, name, digest, mode) == checksum
+        except (TypeError, ValueError, OverflowError):
+            intact = False
+        if not intact:
+            raise _damage(db, f"the manifest entry {name!r} of a checkpoint being copied")
+        conn.execute("INSERT INTO files (checkpoint_seq, name, digest, mode, checksum) "
+                     "VALUES (?,?,?,?,?)",
+                     (new, name, digest, mode, entry_checksum(new, name, digest, mode)))
 
 
-def collect_deleted(conn: apsw.Connection) -> None:
+def collect_deleted(conn: FileDb) -> None:
     """After ``prune`` / ``delete_thread`` / ``delete_matching`` deleted checkpoints (and, by
     ON DELETE CASCADE, their manifests), inside the same transaction: delete the content no
     manifest names any more. Costs one index lookup per stored content; nothing when no file
@@ -393,7 +441,7 @@ def collect_deleted(conn: apsw.Connection) -> None:
     collect(conn)
 
 
-def totals(conn: apsw.Connection) -> tuple[int, int]:
+def totals(conn: Any) -> tuple[int, int]:
     """(distinct contents, their bytes) stored."""
     count, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM file_contents"
                                ).fetchone()
@@ -419,7 +467,7 @@ def _damage(db: str, what: str) -> ChecksumError:
         f"were written. The data was not returned; {restore_advice(db)}.", path=db)
 
 
-def _content(conn: apsw.Connection, digest: bytes, name: str, db: str) -> tuple[int, int] | None:
+def _content(conn: FileDb, digest: bytes, name: str, db: str) -> tuple[int, int] | None:
     row = conn.execute("SELECT size, chunks, checksum FROM file_contents WHERE digest = ?",
                        (digest,)).fetchone()
     if row is None:
@@ -434,7 +482,7 @@ def _content(conn: apsw.Connection, digest: bytes, name: str, db: str) -> tuple[
     return size, count
 
 
-def manifest(conn: apsw.Connection, seq: int, db: str, label: str) -> list[StoredFile]:
+def manifest(conn: FileDb, seq: int, db: str, label: str) -> list[StoredFile]:
     """The files of checkpoint ``seq``, by name, every row's checksum verified. ``label``
     names the checkpoint in messages."""
     found = []
@@ -445,7 +493,7 @@ def manifest(conn: apsw.Connection, seq: int, db: str, label: str) -> list[Store
     return found
 
 
-def entry(conn: apsw.Connection, seq: int, name: str, db: str, label: str) -> StoredFile:
+def entry(conn: FileDb, seq: int, name: str, db: str, label: str) -> StoredFile:
     row = conn.execute("SELECT name, digest, mode, checksum FROM files WHERE checkpoint_seq = ? "
                        "AND name = ?", (seq, name)).fetchone()
     if row is None:
@@ -454,7 +502,7 @@ def entry(conn: apsw.Connection, seq: int, name: str, db: str, label: str) -> St
     return _entry(conn, seq, *row, db, label)
 
 
-def _entry(conn: apsw.Connection, seq: int, name: str, digest: bytes, mode: int,
+def _entry(conn: FileDb, seq: int, name: str, digest: bytes, mode: int,
            checksum: int, db: str, label: str) -> StoredFile:
     try:
         intact = entry_checksum(seq, name, digest, mode) == checksum
@@ -471,7 +519,7 @@ def _entry(conn: apsw.Connection, seq: int, name: str, digest: bytes, mode: int,
     return StoredFile(name, digest.hex(), content[0], mode)
 
 
-def chunks(read: Callable[[Callable[[apsw.Connection], object]], object], stored: StoredFile,
+def chunks(read: Callable[[Callable[[FileDb], object]], object], stored: StoredFile,
            label: str, db: str) -> Iterator[bytes]:
     """The content of ``stored``, chunk by chunk, each fetched by ``read(fn)`` (which runs
     ``fn(conn)`` in a short read of its own) and verified; the size and SHA-256 of the whole
@@ -481,7 +529,7 @@ def chunks(read: Callable[[Callable[[apsw.Connection], object]], object], stored
     hasher = hashlib.sha256()
     size = 0
     for index in range(count):
-        def fetch(conn: apsw.Connection, index: int = index) -> object:
+        def fetch(conn: FileDb, index: int = index) -> object:
             return conn.execute("SELECT data, checksum FROM file_chunks WHERE digest = ? AND "
                                 "idx = ?", (digest, index)).fetchone()
         row = read(fetch)

@@ -12,8 +12,11 @@ encodes its values here, then calls one *storage step* of the engine (``_put_che
 ``_store_writes``, ``_store_event``, ``_get_rows``, ``_list``, ``_read_log``, ``_threads``,
 ``_delete_thread``, ``_prune``, ``_copy_thread``, ``_delete_matching``); the rows a step
 returns have one shape on every engine, and their checksums are verified and the records built
-here. Each step, and each method an engine provides on its own (files, :meth:`Saver.transaction`,
-:meth:`Saver.backup`, :meth:`Saver.stats`, :meth:`Saver.close`, ...), is declared on
+here. The files stored with a checkpoint are core too (:mod:`sqlitesaver.saver_files`, a base
+of :class:`Saver`: :mod:`sqlitesaver.attachments`' statements run through the engine's
+``FileDb`` in the engine's transactions). Each step, and each method an engine provides on its own
+(:meth:`Saver.transaction`, :meth:`Saver.backup`, :meth:`Saver.stats`, :meth:`Saver.close`,
+...), is declared on
 :class:`Saver` with the contract an engine implements (the declaration raises
 :class:`NotImplementedError`).
 
@@ -45,12 +48,12 @@ from .ids import is_generated as _is_generated
 from .postgres.target import SCHEMES as _POSTGRES_SCHEMES  # stdlib only: no psycopg
 from .records import (Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport,
                       new_checkpoint, new_pending_write)
+from .saver_files import FileMethods
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
     from . import attachments
-    from . import workspace as workspaces
     from .backup import BackupReport
 
 __all__ = ["Saver"]
@@ -64,7 +67,7 @@ _WRITE_ORDER = operator.itemgetter(1, 2)
 _EMPTY_DICT = b"\x80"  # msgpack of {}: the usual metadata, not worth a trip through the codec
 
 
-class Saver:
+class Saver(FileMethods):
     """A durable checkpoint store in one SQLite file (or, given a ``postgresql://`` URL, on a
     PostgreSQL server).
 
@@ -198,10 +201,9 @@ class Saver:
         relative path. The checkpoint's files are then exactly these (a replaced checkpoint's
         earlier files included); without either, a replaced checkpoint keeps its files.
         """
+        with_files = None
         if files is not None or workspace is not None:
-            return self._put_files(thread_id, state, files, workspace, metadata=metadata,
-                                   parent_id=parent_id, namespace=namespace,
-                                   checkpoint_id=checkpoint_id)
+            with_files = self._put_files(thread_id, namespace, files, workspace)
         _check_text("thread_id", thread_id)
         _check_text("namespace", namespace, allow_empty=True)
         if parent_id is not None:
@@ -221,9 +223,14 @@ class Saver:
             raise InvalidArgumentError(
                 f"metadata must be a dict or None, not {type(metadata).__name__}")
         state_bytes = codec.encode(state, name="state")
-        checkpoint_id, created = self._put_checkpoint(thread_id, namespace, parent_id,
-                                                      checkpoint_id, state_bytes,
-                                                      metadata_bytes)
+        if with_files is None:
+            checkpoint_id, created = self._put_checkpoint(thread_id, namespace, parent_id,
+                                                          checkpoint_id, state_bytes,
+                                                          metadata_bytes)
+        else:
+            checkpoint_id, created = self._put_checkpoint(thread_id, namespace, parent_id,
+                                                          checkpoint_id, state_bytes,
+                                                          metadata_bytes, with_files)
         return CheckpointRef(thread_id, namespace, checkpoint_id, _to_datetime(created))
 
     # The storage steps: each public method checks its arguments and encodes its values above
@@ -234,11 +241,15 @@ class Saver:
     # the Saver is usable (_check_usable) before it touches the store.
 
     def _put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
-                        checkpoint_id: str | None, state: bytes, metadata: bytes
+                        checkpoint_id: str | None, state: bytes, metadata: bytes,
+                        files: "Callable[[attachments.FileDb, int], None] | None" = None
                         ) -> tuple[str, int]:
         """Insert the checkpoint (or replace the one with caller-supplied id
         ``checkpoint_id``) in one transaction, or in the calling thread's open one; return its
-        id and ``created_at`` (microseconds since the epoch).
+        id and ``created_at`` (microseconds since the epoch). ``files``, when given, is called
+        with the engine's :class:`~sqlitesaver.attachments.FileDb` and the checkpoint's seq in
+        that same transaction, after the checkpoint row is written (a put with files); if the
+        engine runs the transaction again (a retry on a server), it is called again.
 
         A new checkpoint gets the next generated id, larger than every id handed out before
         in its thread. A replaced one keeps its place in the order, its ``created_at`` and its
@@ -247,55 +258,6 @@ class Saver:
         checkpoint of the same thread and namespace, else
         :class:`~sqlitesaver.errors.CheckpointNotFoundError`. Either way nothing is
         written."""
-        raise NotImplementedError
-
-    # --- files -----------------------------------------------------------------------------
-
-    def _put_files(self, thread_id: str, state: Any,
-                   files: Mapping[str, bytes | str | os.PathLike[str]] | None,
-                   workspace: str | os.PathLike[str] | None, **options: Any) -> CheckpointRef:
-        """put() with ``files`` or ``workspace`` (``options`` are put's others): the
-        checkpoint and its files in one transaction."""
-        raise NotImplementedError
-
-    def attach_files(self, thread_id: str, checkpoint_id: str,
-                     files: Mapping[str, bytes | str | os.PathLike[str]] | None = None, *,
-                     workspace: str | os.PathLike[str] | None = None,
-                     namespace: str = "") -> None:
-        """Add files to an existing checkpoint (replacing those of the same names), in one
-        transaction, or in the caller's :meth:`transaction`. ``files`` maps a relative POSIX
-        name to the content as ``bytes`` or to a file to read; ``workspace`` adds every file
-        under a directory."""
-        raise NotImplementedError
-
-    def list_files(self, thread_id: str, checkpoint_id: str | None = None, *,
-                   namespace: str = "") -> "builtins.list[attachments.StoredFile]":
-        """The files of a checkpoint (the latest of the thread and namespace by default),
-        sorted by name, read from one snapshot, every row's checksum verified."""
-        raise NotImplementedError
-
-    def read_file(self, thread_id: str, name: str, *, checkpoint_id: str | None = None,
-                  namespace: str = "") -> bytes:
-        """The bytes of the checkpoint's file ``name`` (the latest checkpoint by default),
-        verified."""
-        raise NotImplementedError
-
-    def open_file(self, thread_id: str, name: str, *, checkpoint_id: str | None = None,
-                  namespace: str = "") -> "attachments.FileStream":
-        """A binary stream over the checkpoint's file ``name``, each part verified before it
-        is returned."""
-        raise NotImplementedError
-
-    def restore_workspace(self, thread_id: str, directory: str | os.PathLike[str], *,
-                          checkpoint_id: str | None = None,
-                          namespace: str = "") -> "workspaces.RestoreReport":
-        """Make ``directory`` hold exactly the checkpoint's files (the latest checkpoint by
-        default)."""
-        raise NotImplementedError
-
-    def collect_garbage(self) -> dict[str, int]:
-        """Delete stored file content that no checkpoint's files name, in one transaction;
-        return ``{"contents": n, "bytes": b}`` deleted."""
         raise NotImplementedError
 
     def put_writes(self, thread_id: str, checkpoint_id: str, task_id: str,

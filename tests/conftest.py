@@ -381,3 +381,22 @@ def any_target(request, tmp_path) -> str:
     if request.param == "sqlite":
         return str(tmp_path / "state.db")
     return request.getfixturevalue("pg_url")
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def db_target(request, tmp_path) -> Iterator[str]:
+    """As any_target, but on PostgreSQL the module's database (one ``CREATE DATABASE`` per
+    module, not per test) with every sqlitesaver table emptied first: for tests that need an
+    empty store, not a fresh schema."""
+    if request.param == "sqlite":
+        yield str(tmp_path / "state.db")
+        return
+    import psycopg
+
+    url = request.getfixturevalue("pg_module_url")
+    with psycopg.connect(url, autocommit=True) as conn:
+        if conn.execute("SELECT to_regclass('sqlitesaver.checkpoints')").fetchone()[0]:
+            conn.execute("TRUNCATE sqlitesaver.checkpoints, sqlitesaver.writes, "
+                         "sqlitesaver.log, sqlitesaver.files, sqlitesaver.file_contents, "
+                         "sqlitesaver.file_chunks")
+    yield url

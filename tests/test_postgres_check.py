@@ -60,7 +60,7 @@ def test_a_healthy_server_is_ok_and_unchanged(filled):
     report = pg_check.check_server(filled)
     assert report.ok and report.exit_status == 0, check.format_report(report)
     assert steps(report) == {"connect": "ok", "identity": "ok", "server settings": "ok",
-                             "schema": "ok", "checksums": "ok", "invariants": "ok"}
+                             "schema": "ok", "checksums": "ok", "files": "ok", "invariants": "ok"}
     assert report.payloads_checked == {"checkpoints": 2, "writes": 2, "log": 1}
     assert everything(filled) == before
 

@@ -58,14 +58,8 @@ def test_sqlite_options_are_refused_on_a_server(pg_url, option):
         Saver(pg_url, **option)
 
 
-def test_what_is_not_there_yet_says_so_and_writes_nothing(saver, tmp_path):
+def test_backup_is_refused_with_the_pg_dump_recipe_and_writes_nothing(saver, tmp_path):
     ref = saver.put("t", {"n": 1})
-    for call in (lambda: saver.put("t", {}, files={"a.txt": b"x"}),
-                 lambda: saver.attach_files("t", ref.checkpoint_id, {"a": b"x"}),
-                 lambda: saver.list_files("t", ref.checkpoint_id),
-                 lambda: saver.collect_garbage()):
-        with pytest.raises(UsageError, match="not available on PostgreSQL yet"):
-            call()
     with pytest.raises(UsageError, match="pg_dump --schema=sqlitesaver") as refused:
         saver.backup(str(tmp_path / "b.db"))
     assert "Nothing was written" in str(refused.value) and saver.path in str(refused.value)

@@ -15,6 +15,9 @@ committing meanwhile). In order:
   trigger or rule can swallow what ``put`` wrote, a dropped index lets duplicates in;
 * **checksums**: every checkpoint, pending write and log event matches its checksum, computed
   as the Saver does on every read; read through a server-side cursor, so memory stays flat;
+* **files**: every file stored with a checkpoint, as for a file (``check.report_files``: the
+  same statements, on :mod:`sqlitesaver.postgres.files`' dialect): manifest entries, content
+  records and chunks against their checksums, each content's SHA-256 and size;
 * **invariants**: every pending write belongs to an existing checkpoint; ids are below the
   sequence each was drawn from (so none is handed out again) and a parent is older than its
   child; an existing parent is of the same thread and namespace, a missing one older than
@@ -31,10 +34,11 @@ from typing import Any
 
 from .. import integrity
 from ..check import (FAILED, NOTE, OK, UNUSABLE, Report, _checkpoint, _checkpoint_id, _counts,
-                     _failures, _listed, _stopped, _verified, parent_links)
+                     _failures, _listed, _stopped, _verified, parent_links, report_files)
 from ..errors import SaverError
 from . import connect, schema
 from . import target as pg_target
+from .files import server_sql
 
 __all__ = ["check_server", "describe_schema", "EXPECTED"]
 
@@ -90,7 +94,7 @@ def _check_server(report: Report, params: dict[str, str], server: str) -> None:
         report.add("identity", OK, f"sqlitesaver schema version {version}")
         _check_settings(report, conn, settings)
         for name, check in (("schema", _check_schema), ("checksums", _check_payloads),
-                            ("invariants", _check_invariants)):
+                            ("files", _check_files), ("invariants", _check_invariants)):
             try:
                 check(report, conn)
             except Exception as exc:  # damage no check foresaw: the others still run
@@ -246,6 +250,26 @@ def _log_failure(row: tuple) -> dict | None:
     return _verified(integrity.log_checksum, {"table": "log", "seq": seq, "thread_id": thread_id},
                      (seq, thread_id, created, event), checksum)
 
+
+
+# --- files ---------------------------------------------------------------------------------------
+
+def _check_files(report: Report, conn: Any) -> None:
+    def execute(sql: str, params: tuple = ()) -> Any:
+        return conn.execute(server_sql(sql), params, binary=True)
+
+    def stream(sql: str, params: tuple = ()) -> Iterator[tuple]:
+        # A content's chunks through a server-side cursor, a few at a time: a file of any size
+        # is never held in memory at once.
+        with conn.cursor(name="sqlitesaver_check_chunks", binary=True) as cursor:
+            cursor.itersize = 4
+            cursor.execute(server_sql(sql), params)
+            yield from cursor
+
+    manifest = ((row, ()) for row in _stream(
+        conn, "sqlitesaver_check_files", f"SELECT checkpoint_seq, name, digest, mode, checksum "
+        f"FROM {_S}.files ORDER BY checkpoint_seq, name COLLATE \"C\""))
+    report_files(report, manifest, execute, stream)
 
 
 # --- invariants ---------------------------------------------------------------------------------

@@ -75,6 +75,7 @@ from ..ids import INT64_MAX, checkpoint_query, format_id, is_generated, parse_id
 from ..schema import APPLICATION_ID
 from . import connect, schema
 from . import errors as pg_errors
+from . import files as pg_files
 from . import target as pg_target
 
 __all__ = ["Engine", "THREAD_LOCK", "ALL_THREADS_LOCK"]
@@ -698,10 +699,11 @@ class Engine:
     # --- writes ---------------------------------------------------------------------------
 
     def put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
-                       checkpoint_id: str | None, state: bytes, metadata: bytes
-                       ) -> tuple[str, int]:
+                       checkpoint_id: str | None, state: bytes, metadata: bytes,
+                       files: Callable[[Any, int], None] | None = None) -> tuple[str, int]:
         """Insert a checkpoint (or replace the one with caller-supplied id ``checkpoint_id``,
-        keeping its seq, ``created_at`` and pending writes); return ``(id, created_at)``."""
+        keeping its seq, ``created_at`` and pending writes); return ``(id, created_at)``.
+        ``files(conn, seq)`` stores its files in the same transaction (postgres/files.py)."""
         check_text(thread_id=thread_id, namespace=namespace, parent_id=parent_id,
                    checkpoint_id=checkpoint_id)
         parent_key = None if parent_id is None or is_generated(parent_id) else parent_id
@@ -731,6 +733,9 @@ class Engine:
         lookup = "SELECT " + ", ".join(query)
 
         def work(tx: _Tx) -> tuple[str, int]:
+            # With files, the checkpoint's row is written at once, not in the COMMIT string:
+            # its files' rows refer to it (a foreign key), and are written after it.
+            write = tx.later if files is None else tx.execute
             drawn, created_now, *looked = tx.row
             parent_seq = None
             if parent_id is not None:
@@ -750,20 +755,24 @@ class Engine:
                             f"than checkpoint {checkpoint_id!r} of thread {thread_id!r}, which "
                             "it would replace; a checkpoint's parent must be older than it. "
                             "Nothing was written.", path=self.server)
-                    tx.later(
+                    write(
                         f"UPDATE {_S}.checkpoints SET parent_seq = %s, parent_key = %s, "
                         "state = %s, metadata = %s, checksum = %s WHERE seq = %s",
                         (parent_seq, parent_key, state, metadata,
                          integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq,
                                                        created, state, metadata, checkpoint_id,
                                                        parent_key), seq))
+                    if files is not None:
+                        files(tx, seq)
                     return checkpoint_id, created
             seq, created = drawn, created_now
-            tx.later(_INSERT_CHECKPOINT, (
+            write(_INSERT_CHECKPOINT, (
                 seq, thread_id, namespace, parent_seq, created, state, metadata,
                 integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
                                               state, metadata, checkpoint_id, parent_key),
                 checkpoint_id, parent_key))
+            if files is not None:
+                files(tx, seq)
             return (checkpoint_id if checkpoint_id is not None else format_id(seq)), created
 
         return self._write("putting a checkpoint", work, threads=(thread_id,),
@@ -813,8 +822,10 @@ class Engine:
             return 0  # no stored text holds NUL (check_text): there is no such thread
 
         def work(conn: Any) -> int:
-            deleted = conn.execute(f"DELETE FROM {_S}.checkpoints WHERE thread_id = %s",
-                                   (thread_id,)).rowcount
+            with pg_files.collecting(conn, f"checkpoint_seq IN (SELECT seq FROM "
+                                     f"{_S}.checkpoints WHERE thread_id = %s)", (thread_id,)):
+                deleted = conn.execute(f"DELETE FROM {_S}.checkpoints WHERE thread_id = %s",
+                                       (thread_id,)).rowcount
             conn.execute(f"DELETE FROM {_S}.log WHERE thread_id = %s", (thread_id,))
             return deleted
 
@@ -825,12 +836,16 @@ class Engine:
         if _has_nul(thread_id):
             return 0  # no such thread, as in delete_thread
 
+        doomed = ("seq IN (SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY "
+                  f"namespace ORDER BY seq DESC) AS rank FROM {_S}.checkpoints WHERE "
+                  "thread_id = %s) AS ranked WHERE rank > %s)")
+        params = (thread_id, min(keep_last, INT64_MAX))
+
         def work(conn: Any) -> int:
-            return conn.execute(
-                f"DELETE FROM {_S}.checkpoints WHERE seq IN (SELECT seq FROM (SELECT seq, "
-                "row_number() OVER (PARTITION BY namespace ORDER BY seq DESC) AS rank "
-                f"FROM {_S}.checkpoints WHERE thread_id = %s) AS ranked WHERE rank > %s)",
-                (thread_id, min(keep_last, INT64_MAX))).rowcount
+            # The same condition on files' column: "checkpoint_seq IN (...)".
+            with pg_files.collecting(conn, f"checkpoint_{doomed}", params):
+                return conn.execute(f"DELETE FROM {_S}.checkpoints WHERE {doomed}",
+                                    params).rowcount
 
         return self._write("pruning a thread", work, threads=(thread_id,))
 
@@ -872,6 +887,7 @@ class Engine:
                                  integrity.write_checksum(seq, task_id, index, channel, task_path,
                                                           value))
                                 for _, task_id, index, channel, value, task_path, _ in writes])
+            pg_files.copy(conn, copied, self.server)
             return len(copied)
 
         return self._write("copying a thread", work, threads=(source, target))
@@ -910,8 +926,9 @@ class Engine:
                         f"UPDATE {_S}.checkpoints SET parent_seq = NULL, parent_key = NULL, "
                         "checksum = %s WHERE seq = %s",
                         orphans)
-                cursor.execute(f"DELETE FROM {_S}.checkpoints WHERE seq = ANY(%s)",
-                               (sorted(doomed),))
+                with pg_files.collecting(conn, "checkpoint_seq = ANY(%s)", (sorted(doomed),)):
+                    cursor.execute(f"DELETE FROM {_S}.checkpoints WHERE seq = ANY(%s)",
+                                   (sorted(doomed),))
             return len(doomed)
 
         return self._write("deleting checkpoints by metadata", work,

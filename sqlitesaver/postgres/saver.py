@@ -9,9 +9,10 @@ exceptions; it replaces only the storage steps (``Saver``'s ``_put_checkpoint``,
 :class:`~sqlitesaver.postgres.engine.Engine` calls. What each guarantees on a server is in
 ``engine.py``'s docstring.
 
-Not yet on PostgreSQL, each raising :class:`~sqlitesaver.errors.UsageError` that says so
-(issue #16 continues): files stored with a checkpoint, :meth:`backup`
-(its message gives the ``pg_dump`` recipe). ``readonly``, ``integrity_check`` and
+Files stored with a checkpoint are the core's (sqlitesaver/saver.py, sqlitesaver/attachments.py)
+on :mod:`sqlitesaver.postgres.files`' statements and locks. :meth:`backup` raises
+:class:`~sqlitesaver.errors.UsageError` whose message gives the ``pg_dump`` recipe.
+``readonly``, ``integrity_check`` and
 ``max_readers`` are SQLite options, refused here.
 """
 
@@ -24,14 +25,15 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .. import codec, integrity
-from ..errors import (ChecksumError, ForkedProcessError, InvalidArgumentError,
-                      SaverClosedError, UsageError)
+from .. import attachments, codec, integrity
+from ..errors import (CheckpointNotFoundError, ChecksumError, ForkedProcessError,
+                      InvalidArgumentError, SaverClosedError, UsageError)
 from ..records import Checkpoint, LogEvent
 from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS, PAGE_BYTES: read at call time
 from ..saver import Saver, _matches, _to_datetime
 from . import connect
-from .engine import Engine
+from . import files as pg_files
+from .engine import Engine, check_text
 
 __all__ = ["PostgresServerSaver"]
 
@@ -52,12 +54,6 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_abandon_after_fork)
 
 _SQLITE_ONLY = {"integrity_check": "quick", "readonly": False, "max_readers": 32}
-
-
-def _not_yet(what: str, server: str) -> UsageError:
-    return UsageError(f"{what} is not available on PostgreSQL yet ({server}): it works on the "
-                      "SQLite engine only for now (issue #16). Nothing was written.",
-                      path=server)
 
 
 class PostgresServerSaver(Saver):
@@ -197,17 +193,6 @@ class PostgresServerSaver(Saver):
             "sqlitesaver.dump; check the copy: python -m sqlitesaver check "
             "'postgresql://.../new'. Nothing was written.", path=self._path)
 
-    def attach_files(self, *args: Any, **kwargs: Any) -> Any:
-        raise _not_yet("storing files with a checkpoint", self._path)
-
-    list_files = read_file = open_file = restore_workspace = attach_files
-
-    def collect_garbage(self) -> dict[str, int]:
-        raise _not_yet("collect_garbage()", self._path)
-
-    def _put_files(self, *args: Any, **kwargs: Any) -> Any:
-        raise _not_yet("put(..., files=..., workspace=...)", self._path)
-
     def close(self) -> None:
         """Close every pooled connection. Idempotent. In a forked child, only marks this
         Saver closed: the connections are the parent's."""
@@ -242,12 +227,49 @@ class PostgresServerSaver(Saver):
             "were written. The data was not returned; restore the server's data from a backup "
             "(list(..., skip_damaged=True) reads past damaged checkpoints).", path=self._path)
 
+    # --- files (the core's, on postgres/files.py's statements and locks) -----------------------
+
+    def _file_write(self, doing: str, work: Callable[[attachments.FileDb], Any],
+                    thread_id: str | None) -> Any:
+        """One retried write transaction (the engine's), holding the thread's lock."""
+        self._check_usable()
+        return self._engine._write(doing, lambda conn: work(pg_files.ServerFileDb(conn)),
+                                   threads=() if thread_id is None else (thread_id,))
+
+    def _file_read(self, doing: str, work: Callable[[attachments.FileDb], Any], *,
+                   snapshot: bool = True) -> Any:
+        self._check_usable()
+        return self._engine._read(doing, lambda conn: work(pg_files.ServerFileDb(conn)))
+
+    def _seq_in(self, db: attachments.FileDb, thread_id: str, namespace: str,
+                checkpoint_id: str, argument: str) -> int:
+        return self._engine._seq_of(db.conn, thread_id, namespace, checkpoint_id, argument)
+
+    def _check_file_args(self, thread_id: str, checkpoint_id: str | None, namespace: str,
+                         *, writing: bool = False) -> None:
+        super()._check_file_args(thread_id, checkpoint_id, namespace, writing=writing)
+        if writing:  # PostgreSQL's text cannot hold NUL: refused before anything is written
+            check_text(thread_id=thread_id, namespace=namespace, checkpoint_id=checkpoint_id)
+        elif any("\x00" in text for text in (thread_id, namespace, checkpoint_id or "")):
+            # No stored text holds NUL, as get() finds: there is no such checkpoint.
+            raise CheckpointNotFoundError(
+                f"thread {thread_id!r} has no checkpoint {checkpoint_id!r} in namespace "
+                f"{namespace!r} on {self._path}", path=self._path)
+
     # --- storage steps (see Saver) ----------------------------------------------------------
 
     def _put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
-                        checkpoint_id: str | None, state: bytes, metadata: bytes
+                        checkpoint_id: str | None, state: bytes, metadata: bytes,
+                        files: Callable[[attachments.FileDb, int], None] | None = None
                         ) -> tuple[str, int]:
         self._check_usable()
+        if files is not None:
+            store = files  # the put's files, in the put's own (retried) transaction
+
+            def files_on(conn: Any, seq: int) -> None:
+                store(pg_files.ServerFileDb(conn), seq)
+            return self._engine.put_checkpoint(thread_id, namespace, parent_id,
+                                               checkpoint_id, state, metadata, files_on)
         return self._engine.put_checkpoint(thread_id, namespace, parent_id, checkpoint_id,
                                            state, metadata)
 

@@ -29,14 +29,13 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import apsw
 
 from .. import attachments, codec, contention, integrity, log, opening, paths, pragmas
 from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS: read at call time, as tests set them
-from .. import workspace as workspaces
 from ..errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
                       InvalidArgumentError, SaverClosedError, SaverError, UsageError, describe,
                       restore_advice, translate)
@@ -46,8 +45,8 @@ from ..ids import is_generated as _is_generated
 from ..ids import parse_id as _parse_id
 from ..ids import checkpoint_query
 from ..pragmas import DURABILITY_LEVELS, Profile
-from ..records import Checkpoint, CheckpointRef, LogEvent
-from ..saver import Saver, _check_text, _matches, _to_datetime
+from ..records import Checkpoint, LogEvent
+from ..saver import Saver, _matches, _to_datetime
 # The module, for WAL_LIMIT read from it when a Saver opens: a value set on it (tests lower
 # it) then holds for the Saver's first commits too.
 from . import transaction as write_path
@@ -380,11 +379,22 @@ class SqliteFileSaver(Saver):
     # --- storage steps (see Saver) ------------------------------------------------------
 
     def _put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
-                        checkpoint_id: str | None, state: bytes, metadata: bytes
+                        checkpoint_id: str | None, state: bytes, metadata: bytes,
+                        files: Callable[[attachments.FileDb, int], None] | None = None
                         ) -> tuple[str, int]:
         """A new checkpoint's seq is the largest committed in the database so far plus one
         (``_NEXT_SEQ``: a ``high_water`` row remembers deleted ones), taken under the write
         lock, so generated ids follow commit order across threads."""
+        if files is not None:
+            # Files may be gigabytes: a _FileTransaction, which Ctrl-C interrupts (rolled
+            # back), holds the checkpoint and its files.
+            with _FileTransaction(self, "putting a checkpoint with files") as conn:
+                found = self._put_checkpoint(thread_id, namespace, parent_id, checkpoint_id,
+                                             state, metadata)
+                seq = self._checkpoint_seq(conn, thread_id, namespace, found[0],
+                                           "checkpoint_id")
+                files(attachments.FileDb(conn), seq)
+            return found
         with _Transaction(self, "putting a checkpoint") as conn:
             created = time.time_ns() // 1000  # under the write lock: follows commit order
             parent_seq = None
@@ -440,117 +450,6 @@ class SqliteFileSaver(Saver):
 
     # --- files (sqlitesaver.attachments, sqlitesaver.workspace) ------------------------------
 
-    def _put_files(self, thread_id: str, state: Any,
-                   files: Mapping[str, bytes | str | os.PathLike[str]] | None,
-                   workspace: str | os.PathLike[str] | None, **options: Any) -> CheckpointRef:
-        """put() with files: the checkpoint and its files in one transaction."""
-        _check_text("thread_id", thread_id)
-        _check_text("namespace", options["namespace"], allow_empty=True)
-        sources = self._sources(files, workspace)  # hashed before the write lock is taken
-        with _FileTransaction(self, "putting a checkpoint with files") as conn:
-            ref = self.put(thread_id, state, **options)
-            seq = self._checkpoint_seq(conn, thread_id, ref.namespace, ref.checkpoint_id,
-                                       "checkpoint_id")
-            attachments.store(conn, seq, sources, replace_all=True, db=self._path)
-        return ref
-
-    def _sources(self, files: Mapping[str, bytes | str | os.PathLike[str]] | None,
-                 workspace: str | os.PathLike[str] | None) -> builtins.list:
-        sources = [] if files is None else attachments.prepare(files)
-        if workspace is not None:
-            self._refuse_database_inside(workspace, "workspace")
-            given = {source.name for source in sources}
-            for source in workspaces.snapshot_sources(workspace):
-                if source.name in given:
-                    raise attachments.UnsafePathError(
-                        f"{source.name!r} is both in files and in the workspace {workspace!r}; "
-                        "give it once. Nothing was written.")
-                sources.append(source)
-            attachments.check_tree(source.name for source in sources)
-        return sources
-
-    def attach_files(self, thread_id: str, checkpoint_id: str,
-                     files: Mapping[str, bytes | str | os.PathLike[str]] | None = None, *,
-                     workspace: str | os.PathLike[str] | None = None,
-                     namespace: str = "") -> None:
-        """Add files to an existing checkpoint (replacing those of the same names), in one
-        transaction, or in the caller's :meth:`transaction` (so a checkpoint put in that
-        block and its files commit together, or not at all).
-
-        ``files`` maps a relative POSIX name (``"out/report.md"``: no leading ``/``, no
-        ``.`` or ``..``) to the content as ``bytes`` or to a file to read (a ``str`` or
-        ``os.PathLike``: a ``str`` is always a path); ``workspace`` adds every file under a
-        directory (see :mod:`sqlitesaver.workspace`). Each content is stored once (by its
-        SHA-256) however many files hold it, in chunks of 1 MiB read and written one at a
-        time, so a file of any size is never held in memory. A file given by path is hashed
-        before the transaction and read again inside it; if it changed meanwhile,
-        :class:`~sqlitesaver.errors.FileChangedError` and nothing is written. Content no
-        file names any more after the replacement is deleted in the same transaction.
-        The write lock is held while the bytes are written: other writers wait that long.
-        """
-        _check_text("thread_id", thread_id)
-        _check_text("checkpoint_id", checkpoint_id)
-        _check_text("namespace", namespace, allow_empty=True)
-        sources = self._sources(files, workspace)
-        with _FileTransaction(self, "attaching files") as conn:
-            seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
-                                       "checkpoint_id")
-            attachments.store(conn, seq, sources, replace_all=False, db=self._path)
-
-    def list_files(self, thread_id: str, checkpoint_id: str | None = None, *,
-                   namespace: str = "") -> builtins.list[attachments.StoredFile]:
-        """The files of a checkpoint (the latest of the thread and namespace by default),
-        sorted by name, as :class:`~sqlitesaver.attachments.StoredFile` (name, SHA-256
-        digest in hex, size, permission bits); read from one snapshot, every row's checksum
-        verified. A checkpoint that does not exist raises
-        :class:`~sqlitesaver.errors.CheckpointNotFoundError`."""
-        self._check_file_args(thread_id, checkpoint_id, namespace)
-        with _Read(self, "listing a checkpoint's files") as read:
-            seq, label = self._files_checkpoint(read.conn, thread_id, namespace, checkpoint_id)
-            return attachments.manifest(read.conn, seq, self._path, label)
-
-    def read_file(self, thread_id: str, name: str, *, checkpoint_id: str | None = None,
-                  namespace: str = "") -> bytes:
-        """The bytes of the checkpoint's file ``name`` (the latest checkpoint by default),
-        every chunk's checksum and the whole file's SHA-256 verified; damage raises
-        :class:`~sqlitesaver.errors.ChecksumError`, a name it does not have
-        :class:`~sqlitesaver.errors.FileNotInCheckpointError`. For a large file use
-        :meth:`open_file`."""
-        with self.open_file(thread_id, name, checkpoint_id=checkpoint_id,
-                            namespace=namespace) as stream:
-            return stream.read()
-
-    def open_file(self, thread_id: str, name: str, *, checkpoint_id: str | None = None,
-                  namespace: str = "") -> attachments.FileStream:
-        """A binary stream (``read()``, ``readinto()``, a context manager) over the
-        checkpoint's file ``name``: its manifest entry is read from one snapshot when this is
-        called, then one 1 MiB chunk at a time as the caller reads, each verified before it
-        is returned (and the SHA-256 of the whole after the last one). Holds no read
-        transaction between reads. See :mod:`sqlitesaver.attachments` for what it returns
-        if the checkpoint is deleted meanwhile."""
-        self._check_file_args(thread_id, checkpoint_id, namespace)
-        attachments.check_name(name)
-        with _Read(self, "opening a checkpoint's file") as read:
-            seq, label = self._files_checkpoint(read.conn, thread_id, namespace, checkpoint_id)
-            stored = attachments.entry(read.conn, seq, name, self._path, label)
-        return attachments.FileStream(stored, attachments.chunks(self._read_once, stored,
-                                                                 label, self._path))
-
-    def restore_workspace(self, thread_id: str, directory: str | os.PathLike[str], *,
-                          checkpoint_id: str | None = None,
-                          namespace: str = "") -> workspaces.RestoreReport:
-        """Make ``directory`` hold exactly the checkpoint's files (the latest checkpoint by
-        default): differing files written under a temporary name, fsynced and renamed into
-        place, the directory fsynced; files not in the checkpoint removed; no symbolic link
-        inside it followed. A restore killed at any instant leaves each file whole, old or
-        new, and running it again ends in exactly the checkpoint's files (see
-        :mod:`sqlitesaver.workspace`). The file list is read from one snapshot."""
-        self._refuse_database_inside(directory, "directory")
-        manifest = self.list_files(thread_id, checkpoint_id, namespace=namespace)
-        label = f"the checkpoint restored into {os.fspath(directory)!r}"
-        return workspaces.restore(directory, manifest, lambda stored: attachments.chunks(
-            self._read_once, stored, label, self._path))
-
     def _refuse_database_inside(self, directory: object, what: str) -> None:
         """A workspace that holds this Saver's own database is refused: a restore would
         delete the database and its ``-wal`` under the open connections (every transition
@@ -570,47 +469,29 @@ class SqliteFileSaver(Saver):
             error.name = os.path.relpath(database, root)
             raise error
 
+    def _file_write(self, doing: str, work: Callable[[attachments.FileDb], Any],
+                    thread_id: str | None, *, bulk: bool = True) -> Any:
+        """One ``BEGIN IMMEDIATE ... COMMIT`` (the write lock: one writer at a time, whatever
+        its thread); ``bulk``: a _FileTransaction, which Ctrl-C interrupts."""
+        with (_FileTransaction if bulk else _Transaction)(self, doing) as conn:
+            return work(attachments.FileDb(conn))
+
+    def _file_read(self, doing: str, work: Callable[[attachments.FileDb], Any], *,
+                   snapshot: bool = True) -> Any:
+        with _Read(self, doing, snapshot=snapshot) as read:
+            return work(attachments.FileDb(read.conn))
+
+    def _seq_in(self, db: attachments.FileDb, thread_id: str, namespace: str,
+                checkpoint_id: str, argument: str) -> int:
+        return self._checkpoint_seq(db.conn, thread_id, namespace, checkpoint_id, argument)
+
     def collect_garbage(self) -> dict[str, int]:
-        """Delete stored file content that no checkpoint's files name, in one transaction;
-        return ``{"contents": n, "bytes": b}`` deleted. ``prune``, ``delete_thread``,
-        ``delete_matching`` and a replacing ``attach_files`` already do this in their own
-        transaction (and a rolled-back transaction leaves nothing), so this finds something
-        only in a database changed outside the Saver; ``python -m sqlitesaver check``
-        reports such content. The freed pages are reused; ``python -m sqlitesaver vacuum``
-        returns them to the file system."""
-        with _Transaction(self, "collecting unreferenced file content") as conn:
-            count, size = attachments.collect(conn)
+        """As :meth:`Saver.collect_garbage`. The freed pages are reused; ``python -m
+        sqlitesaver vacuum`` returns them to the file system."""
+        self._check_usable()
+        count, size = self._file_write("collecting unreferenced file content",
+                                       attachments.collect, None, bulk=False)
         return {"contents": count, "bytes": size}
-
-    def _check_file_args(self, thread_id: str, checkpoint_id: str | None,
-                         namespace: str) -> None:
-        _check_text("thread_id", thread_id)
-        _check_text("namespace", namespace, allow_empty=True)
-        if checkpoint_id is not None:
-            _check_text("checkpoint_id", checkpoint_id)
-
-    def _files_checkpoint(self, conn: apsw.Connection, thread_id: str, namespace: str,
-                          checkpoint_id: str | None) -> tuple[int, str]:
-        """The seq of the checkpoint whose files are read, and how messages name it."""
-        if checkpoint_id is None:
-            row = conn.execute("SELECT seq, key FROM checkpoints WHERE thread_id = ? AND "
-                               "namespace = ? ORDER BY seq DESC LIMIT 1",
-                               (thread_id, namespace)).fetchone()
-            if row is None:
-                raise CheckpointNotFoundError(
-                    f"thread {thread_id!r} has no checkpoint in namespace {namespace!r} in "
-                    f"{self._path!r}", path=self._path)
-            seq, key = row
-            checkpoint_id = key if key is not None else _format_id(seq)
-        else:
-            seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
-                                       "checkpoint_id")
-        return seq, f"checkpoint {checkpoint_id!r} of thread {thread_id!r}"
-
-    def _read_once(self, fetch: Callable[[apsw.Connection], Any]) -> Any:
-        """``fetch(conn)`` in a read of its own (one statement: its own snapshot)."""
-        with _Read(self, "reading a file's chunk", snapshot=False) as read:
-            return fetch(read.conn)
 
     def _store_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
                       task_path: str, encoded: builtins.list[tuple[int, str, bytes]],
@@ -642,7 +523,7 @@ class SqliteFileSaver(Saver):
             conn.execute("DELETE FROM checkpoints WHERE thread_id = ?", (thread_id,))
             deleted = conn.changes()
             conn.execute("DELETE FROM log WHERE thread_id = ?", (thread_id,))
-            attachments.collect_deleted(conn)
+            attachments.collect_deleted(attachments.FileDb(conn))
         return deleted
 
     def _prune(self, thread_id: str, keep_last: int) -> int:
@@ -654,7 +535,7 @@ class SqliteFileSaver(Saver):
                 "FROM checkpoints WHERE thread_id = ?) WHERE rank > ?)",
                 (thread_id, min(keep_last, _INT64_MAX)))  # more than can exist: keep all
             deleted = conn.changes()
-            attachments.collect_deleted(conn)
+            attachments.collect_deleted(attachments.FileDb(conn))
             return deleted
 
     def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
@@ -690,7 +571,7 @@ class SqliteFileSaver(Saver):
                     (seq, task_id, index, channel, value, task_path,
                      integrity.write_checksum(seq, task_id, index, channel, task_path, value))
                     for _, task_id, index, channel, value, task_path, _ in writes])
-            attachments.copy(conn, copied, self._path)
+            attachments.copy(attachments.FileDb(conn), copied, self._path)
         return len(old_seqs)
 
     def _delete_matching(self, filters: tuple[dict, ...], thread_id: str | None) -> int:
@@ -723,7 +604,7 @@ class SqliteFileSaver(Saver):
                  for seq, thread, namespace, _, created, state, meta, _, key, _ in orphans])
             conn.executemany("DELETE FROM checkpoints WHERE seq = ?",
                              [(seq,) for seq in sorted(doomed)])
-            attachments.collect_deleted(conn)
+            attachments.collect_deleted(attachments.FileDb(conn))
             return len(doomed)
 
     def _get_rows(self, thread_id: str, namespace: str, checkpoint_id: str | None
