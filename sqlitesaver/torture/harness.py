@@ -127,6 +127,7 @@ class _Worker:
     ready: bool = False
     startup_seconds: float | None = None
     delay: float = 0.0
+    startup_kill: bool = False              # this incarnation's kill is aimed at its start-up
     crash_after: int | None = None          # power-loss mode: the op the VFS crashes at
     killed_after: float | None = None
     db_stamp: list[int] | None = None       # database file (mtime, size) at the last ready/ack
@@ -178,6 +179,7 @@ class _Run:
         cmd = self.child_command(w, write_end)
         # Drawn at spawn, in spawn order: the seed fixes the delays whatever the timing.
         startup, u = self.rng.random() < STARTUP_KILL_SHARE, self.rng.random()
+        w.startup_kill = startup
         if self.o.mode == "power-loss":
             w.crash_after = 1 + int(u * (POWER_LOSS_STARTUP_OPS if startup else POWER_LOSS_OPS))
             w.delay = POWER_LOSS_TIMEOUT  # a watchdog: the VFS ends the writer itself
@@ -218,11 +220,17 @@ class _Run:
         kind = message["m"]
         if kind == "hello":
             w.hello_at = time.monotonic()
-            w.deadline = w.hello_at + w.delay
+            if not self.on_server or w.startup_kill or self.o.mode != "sigkill":
+                w.deadline = w.hello_at + w.delay
         elif kind == "ready":
             w.ready, w.startup_seconds = True, message["seconds"]
             w.db_stamp = message.get("db")  # none on a server
             w.ready_at = time.monotonic()
+            if self.on_server and not w.startup_kill and self.o.mode == "sigkill":
+                # A server writer's start-up (psycopg, connecting, reading its threads back)
+                # takes longer than a delay drawn for a file; timed from ready, the kills aimed
+                # at its writes land in its writes.
+                w.deadline = w.ready_at + w.delay
         elif kind in ("intent", "ack"):
             lane = self.lane_of(w, message)
             if lane is None:
@@ -514,6 +522,9 @@ class _Run:
                     self.judge(w, self.stop(w, kill=True))
             elif w.hello_at is None and now - w.spawned_at > HELLO_TIMEOUT:
                 self.died(w, hung=True)
+            elif (w.deadline is None and not w.ready and w.hello_at is not None
+                  and now - w.hello_at > HELLO_TIMEOUT):  # a server writer, timed from ready
+                self.died(w, hung=True, why=f"hung before ready ({HELLO_TIMEOUT:g} s)")
 
     def ended(self, w: _Worker) -> None:
         """The writer's pipe closed: it lost power on purpose (power-loss mode) or died."""
