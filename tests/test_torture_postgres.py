@@ -80,10 +80,19 @@ def processes_under(directory: str) -> list[int]:
     return found
 
 
+def _cmdline(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        return "(gone)"
+
+
 def assert_cluster_gone(directory: str, output: str) -> None:
     left = [name for name in os.listdir(directory) if name.startswith("sqlitesaver-pg-")]
     assert not left, f"the owned cluster's directory was left: {left}\n{output}"
-    assert not processes_under(directory), f"server processes left behind\n{output}"
+    left = {pid: _cmdline(pid) for pid in processes_under(directory)}
+    assert not left, f"processes left behind: {left}\n{output}"
 
 
 def _read(path: str) -> str:
@@ -119,18 +128,18 @@ def test_sigkill_on_a_server_passes_and_no_password_reaches_argv_or_output(
     argv_log = os.path.join(workdir, "argv.jsonl")
     url = with_password(pg_url)  # trust authentication: the password is sent to nobody
     status, output, report = torture(
-        "--db", url, "--iterations", "6", "--workers", "2", "--threads", "2",
+        "--db", url, "--iterations", "4", "--workers", "2", "--threads", "2",
         "--max-interval", "0.3", "--seed", "1701", "--writer", f"{WRITERS}:RecordsArgv",
         cwd=workdir, env={"TORTURE_ARGV_LOG": argv_log})
     assert status == 0, output
     summary = report["summary"]
-    assert summary["verdict"] == "PASS" and summary["iterations"] == 6, output
+    assert summary["verdict"] == "PASS" and summary["iterations"] == 4, output
     assert summary["transitions_acknowledged"] > 0, output
     assert summary["lost"] == summary["partial"] == summary["corrupt"] == 0, output
     assert report["server"]["fsync"] == "on" and report["server"]["synchronous_commit"] == "on"
     assert "skipped on a server: files (" in output, output
     argvs = [json.loads(line) for line in _read(argv_log).splitlines()]
-    assert len(argvs) >= 6, argvs  # every incarnation recorded its command line
+    assert len(argvs) >= 4, argvs  # every incarnation recorded its command line
     assert all("--db" not in argv for argv in argvs), argvs
     assert SECRET not in _read(argv_log)
     assert SECRET not in output and SECRET not in json.dumps(report), output
@@ -156,11 +165,11 @@ def test_sigkill_on_a_server_catches_acknowledging_before_commit(pg_url, workdir
 
 def test_server_crash_passes_and_the_cluster_is_removed(workdir, hang_detector):
     hang_detector(120)
-    status, output, report = torture("--mode", "server-crash", "--iterations", "3",
+    status, output, report = torture("--mode", "server-crash", "--iterations", "2",
                                      "--workers", "2", "--seed", "1703", cwd=workdir)
     assert status == 0, output
     s = report["summary"]
-    assert s["verdict"] == "PASS" and s["server_crashes"] == 3, output
+    assert s["verdict"] == "PASS" and s["server_crashes"] == 2, output
     assert s["lost"] == s["partial"] == s["corrupt"] == s["writer_errors"] == 0, output
     assert s["transitions_acknowledged"] > 0, output
     assert s["restart_p50_ms"] is not None and s["restart_p50_ms"] > 0, output

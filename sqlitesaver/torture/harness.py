@@ -25,6 +25,7 @@ their contents); it cannot fix how far a writer gets in a given delay on a given
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -35,8 +36,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 import apsw
@@ -187,12 +190,17 @@ class _Run:
         else:
             w.delay = (u * STARTUP_WINDOW if startup
                        else self.o.min_interval + u * (self.o.max_interval - self.o.min_interval))
-        try:
-            w.proc = subprocess.Popen(cmd, pass_fds=(write_end,), stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=w.stderr, env=self.env)
-        finally:
-            os.close(write_end)
-        w.fd, w.frames = read_end, FrameReader()
+        # A stop signal (Ctrl-C, SIGTERM, SIGHUP) raised while Popen waits for the exec, or
+        # before the process is recorded, would leave a writer that no cleanup knows of:
+        # delivered once it is recorded instead.
+        with signals_deferred():
+            try:
+                w.proc = subprocess.Popen(cmd, pass_fds=(write_end,), stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=w.stderr,
+                                          env=self.env)
+            finally:
+                os.close(write_end)
+            w.fd, w.frames = read_end, FrameReader()
         w.spawned_at, w.hello_at, w.deadline = time.monotonic(), None, None
         w.ready, w.startup_seconds, w.ready_at, w.error = False, None, None, None
         w.stats = [0, 0]
@@ -733,7 +741,8 @@ class _Run:
                             "apsw": apsw.apsw_version(),
                             "sqlite": apsw.sqlite_lib_version(),
                             "msgpack": ".".join(map(str, msgpack.version)),
-                            "platform": platform.platform(), "cpus": os.cpu_count()},
+                            "platform": platform.platform(), "cpus": os.cpu_count(),
+                            **({"psycopg": _psycopg_version()} if self.on_server else {})},
             "summary": self.summary,
             "id_problems": self.id_problems[:100],
             "writer_errors": self.errors[:100],
@@ -743,6 +752,30 @@ class _Run:
 
     def print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
+
+
+#: The signals that stop a run (each unwinds it: KeyboardInterrupt, or server.Terminated).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold :data:`STOP_SIGNALS` back for the block (one that starts a process and records
+    it): one that arrives meanwhile is delivered, and unwinds, right after it. Handlers, not
+    the signal mask: a process started in the block would inherit a blocked mask."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can be set, and run, in the main thread only
+        return
+    pending: list[int] = []
+    saved = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+             for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def _prefix_verdict(lane: _Lane, found: Model) -> Verdict | None:
@@ -779,6 +812,11 @@ def _counts(values: Any) -> str:
     for value in values:
         counted[value] = counted.get(value, 0) + 1
     return ", ".join(f"{k} {v}" for k, v in sorted(counted.items()))
+
+
+def _psycopg_version() -> str:
+    import psycopg  # only for a server run, which has it
+    return psycopg.__version__
 
 
 def _server_line(settings: dict[str, Any] | None) -> str:

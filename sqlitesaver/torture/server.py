@@ -37,7 +37,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
 from ..postgres import target as pg_target
-from .harness import HELLO_TIMEOUT, Options, _Run, _Worker, _counts, _ms
+from .harness import (HELLO_TIMEOUT, Options, _Run, _Worker, _counts, _ms,
+                      signals_deferred)
 
 __all__ = ["NOT_ON_A_SERVER", "TARGET_ENV", "Terminated", "OwnedServer", "ServerCrashRun",
            "is_server", "describe", "server_mix", "skipped_note", "owned_server"]
@@ -128,7 +129,8 @@ class OwnedServer:
         self.cluster = pgcluster.Cluster(timeout=timeout)
 
     def __enter__(self) -> "OwnedServer":
-        self.cluster.__enter__()
+        with signals_deferred():  # a postmaster started, but not yet recorded, would be left
+            self.cluster.__enter__()
         return self
 
     def __exit__(self, *exc_info: object) -> None:
@@ -170,24 +172,28 @@ class OwnedServer:
         cluster's own sweep (processes whose working directory is the data directory, so none
         escapes) then waits, bounded, until all are gone and the postmaster is reaped: its pid
         in the ``postmaster.pid`` lock file is then a dead one, as :meth:`restart` needs."""
-        pids = self.pids()
-        for sig in (signal.SIGSTOP, signal.SIGKILL):
-            for pid in pids:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-        self.cluster.kill_all()
+        with signals_deferred():  # a stop signal in here is handled once all are gone
+            pids = self.pids()
+            for sig in (signal.SIGSTOP, signal.SIGKILL):
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, sig)
+            self.cluster.kill_all()
         return len(pids)
 
     def restart(self) -> float:
         """Start the crashed server (crash recovery) and return the seconds until it accepted
         connections again."""
         started = time.monotonic()
-        self.cluster.start()
+        with signals_deferred():  # a postmaster started, but not yet recorded, would be left
+            self.cluster.start()
         return time.monotonic() - started
 
     def close(self) -> None:
-        """Stop the server and remove its directory (pgcluster: idempotent, bounded)."""
-        self.cluster.close()
+        """Stop the server and remove its directory (pgcluster: idempotent, bounded). A second
+        stop signal meanwhile waits until it is done."""
+        with signals_deferred():
+            self.cluster.close()
 
 
 @contextlib.contextmanager
@@ -341,11 +347,13 @@ class ServerCrashRun(_Run):
             while len(self.iterations) < o.iterations and not self.stopped:
                 self.iteration()
         finally:
-            for w in self.workers:
-                if w.fd is not None:
+            with signals_deferred():  # every writer is killed and reaped, even on a signal
+                for w in self.workers:
                     if w.proc is not None and w.proc.poll() is None:
                         w.proc.send_signal(signal.SIGKILL)
-                    self.stop(w, kill=False)
+                for w in self.workers:
+                    if w.fd is not None:
+                        self.stop(w, kill=False)
         self.seconds = time.monotonic() - started
         return self.summarise()
 
