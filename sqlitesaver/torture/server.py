@@ -243,7 +243,9 @@ class ServerCrashRun(_Run):
        flight: "maybe committed"; before it: not committed), or rides through the restart
        (the engine reconnects and runs again a transaction found on a dead connection before
        its COMMIT was sent): it is SIGKILLed once it acknowledged a transition after the
-       restart. One that does neither within :data:`WRITERS_END_TIMEOUT` is an error.
+       restart. One that does neither within :data:`WRITERS_END_TIMEOUT` is an error. With
+       ``durability="normal"`` (acknowledged transitions may be lost) the writers are instead
+       SIGKILLed with the server, before the restart.
     5. Each worker's threads are read back and judged lane by lane, exactly as after a sigkill
        (every acknowledged transition whole, the lane's in-flight one present or absent,
        nothing partial), then every worker is started again.
@@ -305,9 +307,19 @@ class ServerCrashRun(_Run):
     def writer_ended(self, w: _Worker) -> None:
         """A writer's pipe closed. After the crash, an end after a Saver error (exit status 3)
         is what a writer does; anything else, or any end before the crash, is an error."""
-        phase = self.stop(w, kill=False)
+        self.settle(w, self.stop(w, kill=False))
+
+    def settle(self, w: _Worker, phase: str) -> None:
+        """Count a writer stopped after the crash (its pipe drained), or fail the run if it
+        ended before the crash or not after a Saver error."""
         assert w.proc is not None
         error = self.last_error.get(w.index)
+        if self.crashed and w.proc.returncode == -signal.SIGKILL:
+            key = f"{phase} (killed with the server)"
+            self.phases[key] = self.phases.get(key, 0) + 1
+            if w.stderr is not None:
+                w.stderr.close()
+            return
         if self.crashed and w.proc.returncode == 3 and error is not None:
             self.phases[phase] = self.phases.get(phase, 0) + 1
             kind = error[2].split(":", 1)[0]
@@ -378,6 +390,15 @@ class ServerCrashRun(_Run):
         self.crashed = True
         self.processes_killed.append(self.server.crash())
         self.kill_seconds.append(time.monotonic() - killed_at)
+        if self.o.durability != "full":
+            # A crash may lose acknowledged transitions here; a writer riding through the
+            # restart would build on them (a pending write to a lost checkpoint, a checkpoint
+            # id handed out again) and its acknowledgements would no longer describe what the
+            # oracle can judge. So the writers go down with the server, as on a machine crash:
+            # a COMMIT cut off is then counted only if its writer reported it in time.
+            for w in self.workers:
+                if w.fd is not None:
+                    self.settle(w, self.stop(w, kill=True))
         restart = self.server.restart()
         self.restart_seconds.append(restart)
         # Each writer either ended (its call failed: reported, exit status 3) or rides through
