@@ -22,7 +22,8 @@ from .. import paths
 from ..postgres import target as pg_target
 from .harness import Options, run
 from .iofaults import run_io_faults
-from .server import ServerCrashRun, Terminated, check_target, describe, is_server, owned_server
+from .server import (ServerCrashRun, Terminated, check_target, describe, handle_termination,
+                     is_server, owned_server)
 
 _EPILOG = """\
 exit status: 0 nothing lost, partial, leaked or corrupt; 1 something was (the run stops there
@@ -286,7 +287,8 @@ def _main_postgres(args: argparse.Namespace, seed: int) -> int:
                 print(f"python -m sqlitesaver.torture: error: --db {describe(args.db)}: "
                       f"{problem}", file=sys.stderr)
                 return 2
-            status, report = run(options(args.db))
+            with handle_termination():  # SIGTERM/SIGHUP unwind: the writers are killed
+                status, report = run(options(args.db))
         else:
             with owned_server(sys.stdout) as server:
                 if args.mode == "server-crash":

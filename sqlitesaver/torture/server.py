@@ -41,7 +41,8 @@ from .harness import (HELLO_TIMEOUT, Options, _Run, _Worker, _counts, _ms,
                       signals_deferred)
 
 __all__ = ["NOT_ON_A_SERVER", "TARGET_ENV", "Terminated", "OwnedServer", "ServerCrashRun",
-           "is_server", "describe", "server_mix", "skipped_note", "owned_server"]
+           "is_server", "describe", "server_mix", "skipped_note", "owned_server",
+           "handle_termination", "check_target"]
 
 #: Transition kinds of the workload a server cannot run, each with why (the PostgreSQL engine
 #: raises UsageError for them): left out of the writers' mix on a server, and named in the run.
