@@ -145,10 +145,10 @@ def test_sigkill_on_a_server_passes_and_no_password_reaches_argv_or_output(
     assert SECRET not in output and SECRET not in json.dumps(report), output
 
 
-@pytest.mark.parametrize("writer", ["AckBeforeCommit",
-                                    # its window (ack to COMMIT) is a round trip: more kills
-                                    pytest.param("AckBeforeServerCommit",
-                                                 marks=pytest.mark.tooling)])
+# AckBeforeServerCommit is not run here: the window between its ack and the COMMIT being sent
+# is a few Python statements, which kills of one writer at random moments missed in one of the
+# three 40-kill runs tried here; a server crash (below) hits every writer at once.
+@pytest.mark.parametrize("writer", ["AckBeforeCommit"])
 def test_sigkill_on_a_server_catches_acknowledging_before_commit(pg_url, workdir,
                                                                  hang_detector, writer):
     hang_detector(120)
@@ -284,3 +284,26 @@ def test_a_signal_stops_the_run_and_removes_the_owned_cluster(workdir, hang_dete
     assert proc.returncode == expected, output
     assert "throwaway cluster was removed" in output, output
     assert_cluster_gone(workdir, output)
+
+
+def test_a_lost_transition_the_inflight_one_would_undo_is_lost_not_partial():
+    """Durability normal: T1 (acknowledged, a put) is lost in the crash and T2 (in flight, a
+    delete of the same thread) did not commit. The database holds the state before T1: a
+    prefix, so T1 is lost and T2 absent; T2 must not look half done because T1's checkpoint,
+    which it would have deleted, is missing."""
+    from sqlitesaver.torture.harness import Options, _Lane, _Run
+    from sqlitesaver.torture.oracle import Observation, apply
+
+    run = _Run(Options(db="unused.db"), out=sys.stdout)  # verify_lane prints nothing
+    lane = _Lane(0, "w0-")
+    put = {"op": "put", "thread": "w0-t0", "ns": "", "tag": "T0/0", "parent": None,
+           "parent_id": None, "meta": {"tx": "T0", "ck": "T0/0", "parent": None},
+           "digest": "d0"}
+    apply(lane.model, "T0", [put], lane.deleted_by)
+    before = lane.model.clone()
+    lane.acked = [("T1", [dict(put, tag="T1/0", meta={"tx": "T1", "ck": "T1/0",
+                                                      "parent": "T0/0"}, digest="d1")])]
+    lane.inflight = ("T2", "delete", [{"op": "delete", "thread": "w0-t0"}])
+    verdict = run.verify_lane(lane, Observation(before, {"T0/0": "1"}, {"T0/0": None}, []))
+    assert verdict.lost == {"T1"} and verdict.inflight == "absent", verdict
+    assert not verdict.partial and not verdict.problems
