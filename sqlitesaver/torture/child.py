@@ -176,8 +176,10 @@ def _drive(saver: Saver, writer: Writer, generator: Generator, lane: int,
     """One lane: announce each transition, run it, acknowledge it only after it returned."""
     while True:
         tx = generator.next()
+        # "t": when it began, on the machine's monotonic clock (the harness's too): server-crash
+        # mode tells transitions begun after the server's restart from ones it read late.
         report.send({"m": "intent", "lane": lane, "tid": tx.tid, "kind": tx.kind,
-                     "ops": tx.ops})
+                     "ops": tx.ops, "t": time.monotonic()})
 
         def ack(result: dict[str, Any], tid: str = tx.tid) -> None:
             report.send({"m": "ack", "lane": lane, "tid": tid, "ck": result.get("ck", {}),

@@ -264,7 +264,8 @@ class ServerCrashRun(_Run):
         self.restart_seconds: list[float] = []
         self.phases: dict[str, int] = {}           # what each writer was doing at a crash
         self.last_error: dict[int, tuple[int | None, str | None, str]] = {}
-        self.restarted = False         # the server was restarted, the writers not yet judged
+        self.restarted_at: float | None = None  # when the server accepted connections again
+        self.begun_at: dict[tuple[int, int], float | None] = {}  # (worker, lane) -> intent's t
         self.rode_through: set[int] = set()  # workers that acknowledged after the restart
         self.ride_seconds: list[float] = []  # from a restart to the writers' end or first ack
 
@@ -272,8 +273,15 @@ class ServerCrashRun(_Run):
 
     def handle(self, w: _Worker, message: dict[str, Any]) -> None:
         super().handle(w, message)
-        if message["m"] == "ack" and self.restarted:
-            self.rode_through.add(w.index)
+        lane = message.get("lane", 0)
+        if message["m"] == "intent":
+            self.begun_at[(w.index, lane)] = message.get("t")
+        elif message["m"] == "ack" and self.restarted_at is not None:
+            # Acknowledgements sent before the crash may be read only now: a writer rode
+            # through the restart if it acknowledged a transition it began after it.
+            begun = self.begun_at.get((w.index, lane))
+            if begun is not None and begun >= self.restarted_at:
+                self.rode_through.add(w.index)
         if message["m"] == "error":
             self.last_error[w.index] = (message.get("lane"), message.get("tid"),
                                         message["error"])
@@ -407,11 +415,10 @@ class ServerCrashRun(_Run):
         # runs the transaction again): wait for one acknowledgement after the restart from
         # each of those, then SIGKILL them; what they wrote is judged like the rest.
         self.rode_through.clear()
-        self.restarted = True
-        waited = time.monotonic()
+        self.restarted_at = waited = time.monotonic()
         self.pump(lambda: all(w.fd is None or w.index in self.rode_through
                               for w in self.workers), time.monotonic() + WRITERS_END_TIMEOUT)
-        self.restarted = False
+        self.restarted_at = None
         self.ride_seconds.append(time.monotonic() - waited)
         for w in self.workers:
             if w.fd is None:
