@@ -213,3 +213,34 @@ class FilesOnly(Writer):
     deletions, which collect their content), so that a short run stores many files."""
 
     mix = {"files": 5, "workspace": 5, "put": 2, "prune": 2, "delete": 1}
+
+
+# --- PostgreSQL, for tests/test_torture_postgres.py ------------------------------------------
+
+class AckBeforeServerCommit(Writer):
+    """Runs each transition inside a transaction block and acknowledges it from inside the
+    block, after its statements ran but before the block's COMMIT was sent: a writer killed
+    there (sigkill mode), or a server crashed there (server-crash mode), loses a transition the
+    caller was told was saved; the server rolls it back. The harness must report it as lost."""
+
+    def apply(self, saver: Saver, tx: Transition,
+              ack: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        with saver.transaction():
+            result = self.run(saver, tx)
+            ack(result)
+        return result
+
+
+class RecordsArgv(Writer):
+    """Not broken: the library's writer, which first appends its command line (one JSON list
+    per line) to the file named by $TORTURE_ARGV_LOG, so a test can check that no password
+    reached it."""
+
+    def open(self, path: str, durability: str) -> Saver:
+        import json
+        import os
+        import sys
+
+        with open(os.environ["TORTURE_ARGV_LOG"], "a", encoding="utf-8") as f:
+            f.write(json.dumps(sys.argv) + "\n")
+        return super().open(path, durability)

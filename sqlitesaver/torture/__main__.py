@@ -19,8 +19,11 @@ import tempfile
 
 from ..errors import SaverError
 from .. import paths
+from ..postgres import target as pg_target
 from .harness import Options, run
 from .iofaults import run_io_faults
+from .server import (ServerCrashRun, Terminated, check_target, describe, handle_termination,
+                     is_server, owned_server)
 
 _EPILOG = """\
 exit status: 0 nothing lost, partial, leaked or corrupt; 1 something was (the run stops there
@@ -50,7 +53,8 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         description="Crash torture: writers are killed with SIGKILL at random moments; after "
                     "each kill the database is reopened (recovery included) and every "
                     "acknowledged transition must be intact, with no partial one visible.")
-    parser.add_argument("--mode", choices=("sigkill", "power-loss", "io-faults", "interrupts"),
+    parser.add_argument("--mode", choices=("sigkill", "power-loss", "io-faults", "interrupts",
+                                           "server-crash"),
                         default="sigkill",
                         help="sigkill (default): kill the writer at a random moment; "
                              "power-loss: the writer's VFS loses power at a random write or "
@@ -63,15 +67,28 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "writing beside --threads other threads; each iteration is a "
                              "round of 0.1 s, after which another connection must see every "
                              "acknowledged write (the gap between two SIGINTs is drawn from "
-                             "--min-interval to --max-interval, default 0 to 0.005 s here)")
+                             "--min-interval to --max-interval, default 0 to 0.005 s here); "
+                             "server-crash: on a throwaway PostgreSQL cluster it starts "
+                             "(--backend postgres, never --db), SIGKILL every server process "
+                             "while --workers writers (default 4) commit, restart it (crash "
+                             "recovery) and require every acknowledged transition; a COMMIT "
+                             "cut off by the crash may be there or not (counted both ways)")
+    parser.add_argument("--backend", choices=("sqlite", "postgres"), default=None,
+                        help="sqlite (default): a database file; postgres: a PostgreSQL "
+                             "server, the one of --db postgresql://... (sigkill only: writers "
+                             "are killed, the server is not) or, without --db, a throwaway "
+                             "cluster started here and removed at the end (also on Ctrl-C, "
+                             "SIGTERM, SIGHUP). A URL's password goes to the writers through "
+                             "their environment, never their command line or the output. On "
+                             "a server, file transitions are left out (named in the output)")
     parser.add_argument("--iterations", type=_positive_int, default=None,
                         help="kills to perform (default 50); with io-faults, the largest k "
                              "per fault kind (default: until the step runs out of operations)")
     parser.add_argument("--seed", type=int, default=None,
                         help="seed for every random choice (default: a new one, printed)")
-    parser.add_argument("--workers", type=_positive_int, default=1,
+    parser.add_argument("--workers", type=_positive_int, default=None,
                         help="writer processes on the one database, killed and restarted "
-                             "independently (default 1)")
+                             "independently (default 1; server-crash: 4)")
     parser.add_argument("--threads", type=_positive_int, default=1,
                         help="writer threads per worker process, sharing one Saver so that "
                              "its group commit batches their transitions; each thread writes "
@@ -105,6 +122,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "ReportingCheckpointer instead of the adapter), for testing the "
                              "harness itself with deliberately broken writers")
     args = parser.parse_args(argv)
+    _check_backend(parser, args)
+    if args.workers is None:
+        args.workers = 4 if args.mode == "server-crash" else 1
     if args.min_interval is None:
         args.min_interval = 0.0
     if args.max_interval is None:
@@ -136,7 +156,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
         parser.error(f"--workers is at most 64, not {args.workers}")
     if args.threads > 64:
         parser.error(f"--threads is at most 64, not {args.threads}")
-    if args.db is not None:
+    if args.db is not None and args.backend == "sqlite":
         if os.path.lexists(args.db) or os.path.lexists(args.db + "-wal"):
             parser.error(f"--db {args.db!r} exists; the harness creates its own database and "
                          "never touches an existing one (give a new path or remove it)")
@@ -159,9 +179,45 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def _check_backend(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Which engine (``args.backend``), and the refusals of what it cannot run."""
+    url = args.db is not None and is_server(args.db)
+    if args.backend is None:
+        args.backend = "postgres" if url or args.mode == "server-crash" else "sqlite"
+    if args.backend == "sqlite" and url:
+        parser.error("--db is a PostgreSQL URL: that is --backend postgres, not sqlite")
+    if args.backend == "sqlite" and args.mode == "server-crash":
+        parser.error("--mode server-crash crashes a PostgreSQL server: it runs with "
+                     "--backend postgres (a throwaway cluster it starts), not on SQLite")
+    if args.backend != "postgres":
+        return
+    if args.db is not None and not url:
+        parser.error(f"--backend postgres takes --db as a postgresql:// URL, not "
+                     f"{describe(args.db)!r} (leave --db out for a throwaway cluster)")
+    if args.mode == "server-crash" and args.db is not None:
+        parser.error("--mode server-crash SIGKILLs every process of the server and restarts it: "
+                     "it runs only on a throwaway cluster it starts itself, never on the server "
+                     f"of --db ({describe(args.db)}). Leave --db out (--backend postgres)")
+    if args.mode not in ("sigkill", "server-crash"):
+        parser.error(f"--mode {args.mode} runs on SQLite only (it simulates or interrupts what "
+                     "a SQLite file does); on PostgreSQL: --mode sigkill or server-crash")
+    if args.langgraph:
+        parser.error("--langgraph runs on SQLite only for now; on PostgreSQL the writers use "
+                     "the Saver API")
+    if importlib.util.find_spec("psycopg") is None:
+        parser.error("--backend postgres needs psycopg: pip install 'sqlitesaver[postgres]'")
+    if url:
+        try:
+            pg_target.parse(args.db)
+        except SaverError as exc:  # InvalidArgumentError, never quoting the password
+            parser.error(f"--db: {exc}")
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     seed = args.seed if args.seed is not None else secrets.randbelow(2**32)
+    if args.backend == "postgres":
+        return _main_postgres(args, seed)
     directory = None
     db = args.db
     if db is None:
@@ -209,6 +265,73 @@ def main(argv: list[str] | None = None) -> int:
             again.append("--keep-going")
         print(f"FAIL (seed {seed}); run it again with: {shlex.join(again)}")
         print(f"database kept for inspection: {db}")
+    return status
+
+
+def _main_postgres(args: argparse.Namespace, seed: int) -> int:
+    """sigkill on the server of ``--db`` or on an owned cluster; server-crash on an owned one
+    (sqlitesaver.torture.server). Exit status as :func:`main`'s; 2 if the server of ``--db``
+    cannot be used; 128 + the signal's number on SIGTERM or SIGHUP, 130 on Ctrl-C."""
+    from .. import pgcluster
+
+    def options(db: str) -> Options:
+        return Options(db=db, iterations=args.iterations, seed=seed, workers=args.workers,
+                       threads=args.threads, durability=args.durability,
+                       min_interval=args.min_interval, max_interval=args.max_interval,
+                       writer=args.writer, mode=args.mode, keep_going=args.keep_going)
+
+    try:
+        if args.db is not None:
+            problem = check_target(args.db)
+            if problem is not None:
+                print(f"python -m sqlitesaver.torture: error: --db {describe(args.db)}: "
+                      f"{problem}", file=sys.stderr)
+                return 2
+            with handle_termination():  # SIGTERM/SIGHUP unwind: the writers are killed
+                status, report = run(options(args.db))
+        else:
+            with owned_server(sys.stdout) as server:
+                if args.mode == "server-crash":
+                    harness = ServerCrashRun(options(server.url), sys.stdout, server)
+                    status = harness.run()
+                    report = harness.report()
+                else:
+                    status, report = run(options(server.url))
+    except pgcluster.ClusterError as exc:
+        print(f"python -m sqlitesaver.torture: error: the throwaway PostgreSQL cluster: {exc}",
+              file=sys.stderr)
+        return 2
+    except Terminated as exc:
+        print(f"\n{exc}: stopped; seed {seed}" + ("" if args.db else
+              "; the throwaway cluster was removed"), file=sys.stderr)
+        return 128 + exc.signum
+    except KeyboardInterrupt:
+        print(f"\ninterrupted; seed {seed}" + ("" if args.db else
+              "; the throwaway cluster was removed"), file=sys.stderr)
+        return 130
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as f:
+            json.dump(report, f, indent=2)
+            f.write("\n")
+    if status == 0:
+        print(f"PASS (seed {seed})")
+        return 0
+    again = ["python", "-m", "sqlitesaver.torture", "--mode", args.mode]
+    again += ["--backend", "postgres"] if args.db is None else ["--db", "URL"]
+    again += ["--iterations", str(args.iterations), "--workers", str(args.workers)]
+    if args.threads != 1:
+        again += ["--threads", str(args.threads)]
+    again += ["--durability", args.durability, "--min-interval", f"{args.min_interval:g}",
+              "--max-interval", f"{args.max_interval:g}", "--seed", str(seed)]
+    if args.writer:
+        again += ["--writer", args.writer]
+    if args.keep_going:
+        again.append("--keep-going")
+    print(f"FAIL (seed {seed}); run it again with: {shlex.join(again)}")
+    if args.db is None:
+        print("the throwaway cluster was removed (the seed reproduces the run)")
+    else:
+        print(f"the database was left as found: {describe(args.db)}")
     return status
 
 

@@ -1,7 +1,11 @@
 """A torture writer process; started by the harness, not by people.
 
-``python -m sqlitesaver.torture.child --db PATH --fd N --worker W --incarnation I --seed S
+``python -m sqlitesaver.torture.child [--db PATH] --fd N --worker W --incarnation I --seed S
 --durability D [--threads T] [--writer FILE:CLASS] [--power-loss-after OPS]``
+
+Without ``--db``, the target is the environment's ``SQLITESAVER_TORTURE_DB`` (how the harness
+passes a PostgreSQL URL: never on the command line, which every user can read). On a server,
+the transition kinds of ``server.NOT_ON_A_SERVER`` are left out of the writer's mix.
 
 It reports on pipe ``N``: ``hello`` once imported (the harness starts its kill clock here, so a
 kill can land in start-up and recovery), ``ready`` once the Saver is open (recovery done) and
@@ -31,6 +35,7 @@ from typing import Any
 
 from .. import Saver, faults
 from ..errors import SaverError
+from ..postgres.target import is_url
 from .protocol import send
 from .workload import Generator, Writer, lane_name, load_known, thread_prefix
 
@@ -66,7 +71,7 @@ def load_writer(spec: str | None) -> Writer:
 def child_arguments(prog: str) -> argparse.ArgumentParser:
     """The options every writer process takes from the harness."""
     parser = argparse.ArgumentParser(prog=prog)
-    parser.add_argument("--db", required=True)
+    parser.add_argument("--db", help="the database; default: $SQLITESAVER_TORTURE_DB")
     parser.add_argument("--fd", type=int, required=True)
     parser.add_argument("--worker", type=int, required=True)
     parser.add_argument("--incarnation", type=int, required=True)
@@ -77,9 +82,22 @@ def child_arguments(prog: str) -> argparse.ArgumentParser:
     return parser
 
 
-def _stamp(path: str) -> list[int]:
+def target(args: argparse.Namespace) -> str:
+    """The database to open: ``--db``, else ``$SQLITESAVER_TORTURE_DB`` (a server's URL)."""
+    from .server import TARGET_ENV
+
+    db = args.db or os.environ.get(TARGET_ENV)
+    if not db:
+        raise SystemExit(f"no database: give --db or set {TARGET_ENV}")
+    return db
+
+
+def _stamp(path: str) -> list[int] | None:
     """The database file's (mtime, size). In WAL mode only a checkpoint writes that file, so a
-    change between two acks shows the harness that a WAL checkpoint ran in between."""
+    change between two acks shows the harness that a WAL checkpoint ran in between. None for a
+    server (no file)."""
+    if is_url(path):
+        return None
     st = os.stat(path)
     return [st.st_mtime_ns, st.st_size]
 
@@ -88,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = child_arguments("python -m sqlitesaver.torture.child")
     parser.add_argument("--power-loss-after", type=int)
     args = parser.parse_args(argv)
+    args.db = target(args)
     fd = args.fd
     if args.power_loss_after is not None:
         # Every connection opened from here on goes through the power-loss VFS, which ends
@@ -107,13 +126,17 @@ def main(argv: list[str] | None = None) -> int:
         send(fd, {"m": "error", "tid": None, "error": f"{type(exc).__name__}: {exc}"[:3000]})
         return 3
     # One thread: the lane is the worker itself (w<N>-*), as before lanes existed.
+    mix = writer.mix
+    if is_url(args.db):
+        from .server import server_mix
+        mix = server_mix(mix)
     lanes = [None] if args.threads == 1 else list(range(args.threads))
     generators = []
     for lane in lanes:
         rng = random.Random(f"{args.seed}/{lane_name(args.worker, lane)}/{args.incarnation}")
         generators.append(Generator(rng, args.worker, args.incarnation,
                                     load_known(saver, thread_prefix(args.worker, lane)),
-                                    writer.mix, lane=lane))
+                                    mix, lane=lane))
     report = _Reporter(fd, args.db, saver)
     report.send({"m": "ready", "seconds": time.perf_counter() - started}, stamp=True)
     if len(lanes) == 1:
@@ -153,8 +176,10 @@ def _drive(saver: Saver, writer: Writer, generator: Generator, lane: int,
     """One lane: announce each transition, run it, acknowledge it only after it returned."""
     while True:
         tx = generator.next()
+        # "t": when it began, on the machine's monotonic clock (the harness's too): server-crash
+        # mode tells transitions begun after the server's restart from ones it read late.
         report.send({"m": "intent", "lane": lane, "tid": tx.tid, "kind": tx.kind,
-                     "ops": tx.ops})
+                     "ops": tx.ops, "t": time.monotonic()})
 
         def ack(result: dict[str, Any], tid: str = tx.tid) -> None:
             report.send({"m": "ack", "lane": lane, "tid": tid, "ck": result.get("ck", {}),

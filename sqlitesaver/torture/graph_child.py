@@ -32,7 +32,7 @@ import traceback
 from typing import Any
 
 from ..errors import SaverError
-from .child import _stamp, child_arguments, load_named
+from .child import _stamp, child_arguments, load_named, target
 from .graph_workload import ReportingCheckpointer, build_graph, next_spec, state_digest
 from .protocol import send
 from .workload import thread_prefix
@@ -54,6 +54,7 @@ def load_adapter(spec: str | None) -> type[ReportingCheckpointer]:
 
 def main(argv: list[str] | None = None) -> int:
     args = child_arguments("python -m sqlitesaver.torture.graph_child").parse_args(argv)
+    args.db = target(args)
     fd = args.fd
 
     def report(message: dict[str, Any]) -> None:

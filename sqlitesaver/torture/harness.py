@@ -25,6 +25,7 @@ their contents); it cannot fix how far a writer gets in a given delay on a given
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -35,8 +36,10 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Iterator
 from typing import Any, TextIO
 
 import apsw
@@ -44,6 +47,7 @@ import msgpack
 
 from .. import Saver, faults
 from ..errors import SaverError
+from ..postgres.target import is_url
 from .oracle import Model, Observation, Verdict, apply, compare, file_digest, observe
 from .protocol import FrameReader
 from .workload import thread_prefix
@@ -126,6 +130,7 @@ class _Worker:
     ready: bool = False
     startup_seconds: float | None = None
     delay: float = 0.0
+    startup_kill: bool = False              # this incarnation's kill is aimed at its start-up
     crash_after: int | None = None          # power-loss mode: the op the VFS crashes at
     killed_after: float | None = None
     db_stamp: list[int] | None = None       # database file (mtime, size) at the last ready/ack
@@ -160,6 +165,13 @@ class _Run:
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.env["PYTHONPATH"] = root + os.pathsep + self.env.get("PYTHONPATH", "")
         self.stopped = False  # the database could not be opened: no point going on
+        # A PostgreSQL server (sqlitesaver.torture.server): its URL reaches the writers through
+        # the environment, never their command line, which every user can read (ps).
+        self.on_server = is_url(options.db)
+        if self.on_server:
+            from .server import TARGET_ENV
+            self.env[TARGET_ENV] = options.db
+        self.server_settings: dict[str, Any] | None = None  # as read back by the first verify
 
     # --- writers -----------------------------------------------------------------------
 
@@ -170,6 +182,7 @@ class _Run:
         cmd = self.child_command(w, write_end)
         # Drawn at spawn, in spawn order: the seed fixes the delays whatever the timing.
         startup, u = self.rng.random() < STARTUP_KILL_SHARE, self.rng.random()
+        w.startup_kill = startup
         if self.o.mode == "power-loss":
             w.crash_after = 1 + int(u * (POWER_LOSS_STARTUP_OPS if startup else POWER_LOSS_OPS))
             w.delay = POWER_LOSS_TIMEOUT  # a watchdog: the VFS ends the writer itself
@@ -177,20 +190,27 @@ class _Run:
         else:
             w.delay = (u * STARTUP_WINDOW if startup
                        else self.o.min_interval + u * (self.o.max_interval - self.o.min_interval))
-        try:
-            w.proc = subprocess.Popen(cmd, pass_fds=(write_end,), stdin=subprocess.DEVNULL,
-                                      stdout=subprocess.DEVNULL, stderr=w.stderr, env=self.env)
-        finally:
-            os.close(write_end)
-        w.fd, w.frames = read_end, FrameReader()
+        # A stop signal (Ctrl-C, SIGTERM, SIGHUP) raised while Popen waits for the exec, or
+        # before the process is recorded, would leave a writer that no cleanup knows of:
+        # delivered once it is recorded instead.
+        with signals_deferred():
+            try:
+                w.proc = subprocess.Popen(cmd, pass_fds=(write_end,), stdin=subprocess.DEVNULL,
+                                          stdout=subprocess.DEVNULL, stderr=w.stderr,
+                                          env=self.env)
+            finally:
+                os.close(write_end)
+            w.fd, w.frames = read_end, FrameReader()
         w.spawned_at, w.hello_at, w.deadline = time.monotonic(), None, None
         w.ready, w.startup_seconds, w.ready_at, w.error = False, None, None, None
         w.stats = [0, 0]
 
     def child_command(self, w: _Worker, write_end: int) -> list[str]:
         """The writer process's command line (its pipe is ``write_end``)."""
-        cmd = [sys.executable, "-m", "sqlitesaver.torture.child", "--db", self.o.db,
-               "--fd", str(write_end), "--worker", str(w.index),
+        cmd = [sys.executable, "-m", "sqlitesaver.torture.child"]
+        if not self.on_server:  # a server's URL goes in the environment (self.env)
+            cmd += ["--db", self.o.db]
+        cmd += ["--fd", str(write_end), "--worker", str(w.index),
                "--incarnation", str(w.incarnation), "--seed", str(self.o.seed),
                "--durability", self.o.durability]
         if self.o.threads != 1:
@@ -208,11 +228,17 @@ class _Run:
         kind = message["m"]
         if kind == "hello":
             w.hello_at = time.monotonic()
-            w.deadline = w.hello_at + w.delay
+            if not self.on_server or w.startup_kill or self.o.mode != "sigkill":
+                w.deadline = w.hello_at + w.delay
         elif kind == "ready":
             w.ready, w.startup_seconds = True, message["seconds"]
-            w.db_stamp = message["db"]
+            w.db_stamp = message.get("db")  # none on a server
             w.ready_at = time.monotonic()
+            if self.on_server and not w.startup_kill and self.o.mode == "sigkill":
+                # A server writer's start-up (psycopg, connecting, reading its threads back)
+                # takes longer than a delay drawn for a file; timed from ready, the kills aimed
+                # at its writes land in its writes.
+                w.deadline = w.ready_at + w.delay
         elif kind in ("intent", "ack"):
             lane = self.lane_of(w, message)
             if lane is None:
@@ -295,7 +321,8 @@ class _Run:
         # several workers another one may have done it, so this is only told for one.
         inflight = [lane.inflight for lane in w.lanes if lane.inflight is not None]
         w.in_checkpoint = None
-        if len(self.workers) == 1 and w.ready and inflight and w.db_stamp is not None:
+        if (len(self.workers) == 1 and w.ready and inflight and w.db_stamp is not None
+                and not self.on_server):
             st = os.stat(self.o.db)
             w.in_checkpoint = [st.st_mtime_ns, st.st_size] != w.db_stamp
         if w.ready_at is not None:
@@ -322,14 +349,23 @@ class _Run:
 
     def verify(self, w: _Worker) -> tuple[_LanesVerdict, float | None]:
         """Open the database as the library does and judge the worker's threads, lane by
-        lane."""
+        lane. On a server: a new Saver (a new connection pool) reads what the server holds;
+        there is no file to check or recover, and no files stored with checkpoints."""
         try:
-            with Saver(self.o.db, durability=self.o.durability,
-                       integrity_check="full") as saver:
-                recovery = saver.recovery.seconds
-                seen = [observe(saver, lane.prefix) for lane in w.lanes]
-                restored = [self.check_restore(saver, lane, found)
-                            for lane, found in zip(w.lanes, seen)]
+            if self.on_server:
+                with Saver(self.o.db, durability=self.o.durability) as saver:
+                    if self.server_settings is None:
+                        self.server_settings = saver.settings()
+                    recovery = None
+                    seen = [observe(saver, lane.prefix, files=False) for lane in w.lanes]
+                    restored = [[] for _ in w.lanes]
+            else:
+                with Saver(self.o.db, durability=self.o.durability,
+                           integrity_check="full") as saver:
+                    recovery = saver.recovery.seconds
+                    seen = [observe(saver, lane.prefix) for lane in w.lanes]
+                    restored = [self.check_restore(saver, lane, found)
+                                for lane, found in zip(w.lanes, seen)]
         except SaverError as exc:
             self.stopped = True
             return _LanesVerdict(
@@ -398,7 +434,11 @@ class _Run:
                 rolled_back.add(lane.inflight[0])  # it raises whenever killed: never there
         verdict = compare(acked, with_inflight, seen.model, lane.deleted_by,
                           frozenset(rolled_back))
-        if verdict.lost and not verdict.problems and not seen.problems:
+        # Partial too: an acknowledged transition lost (durability normal, a server crash) may
+        # be one the in-flight transition would have undone (a delete of its thread), which
+        # then looks half done; a prefix of what was acknowledged, in-flight absent, is the
+        # truth (found by the normal-durability server-crash test).
+        if (verdict.lost or verdict.partial) and not verdict.problems and not seen.problems:
             verdict = _prefix_verdict(lane, seen.model) or verdict
         verdict.problems[:0] = seen.problems
         for tag, found in seen.ids.items():
@@ -408,6 +448,8 @@ class _Run:
         known = {**lane.ids, **seen.ids}
         stored = _checkpoints_by_tag(seen.model)
         for tag, parent_id in seen.parents.items():
+            if tag not in stored:  # read before a SaverError cut the observation short
+                continue
             parent_tag = stored[tag][1]
             if parent_tag is not None and parent_tag in known and known[parent_tag] != parent_id:
                 verdict.problems.append(f"checkpoint {tag} has parent id {parent_id}, "
@@ -417,6 +459,8 @@ class _Run:
             # (durability normal after a power loss): go on from what survived.
             lane.max_id, lane.last_log_seq = {}, seen.max_log_seq
         for tag, found in seen.ids.items():
+            if tag not in stored:
+                continue
             thread = stored[tag][0]
             lane.max_id[thread] = max(found, lane.max_id.get(thread, found))
         # Carry on from what is there, so a violation is reported once, not at every kill.
@@ -438,7 +482,10 @@ class _Run:
     def run(self) -> int:
         o = self.o
         self.print(self.banner())
-        self.print(f"database: {o.db}")
+        self.print(f"database: {self.shown_db}")
+        if self.on_server:
+            from .server import skipped_note
+            self.print(skipped_note())
         started = time.monotonic()
         for w in self.workers:
             self.spawn(w)
@@ -487,6 +534,9 @@ class _Run:
                     self.judge(w, self.stop(w, kill=True))
             elif w.hello_at is None and now - w.spawned_at > HELLO_TIMEOUT:
                 self.died(w, hung=True)
+            elif (w.deadline is None and not w.ready and w.hello_at is not None
+                  and now - w.hello_at > HELLO_TIMEOUT):  # a server writer, timed from ready
+                self.died(w, hung=True, why=f"hung before ready ({HELLO_TIMEOUT:g} s)")
 
     def ended(self, w: _Worker) -> None:
         """The writer's pipe closed: it lost power on purpose (power-loss mode) or died."""
@@ -619,6 +669,7 @@ class _Run:
             "seconds": round(self.seconds, 2),
             "verdict": "FAIL" if failed else "PASS",
         }
+        self.summary.update(self.extra_summary())
         s = self.summary
         rows = [
             ("iterations (kills)", s["iterations"]),
@@ -645,7 +696,30 @@ class _Run:
             ("wall time", f"{s['seconds']} s"),
             ("verdict", s["verdict"]),
         ]
+        if self.on_server:  # no file to checkpoint or restore, no group-commit counters
+            skip = ("kills in a WAL checkpoint", "workspace restores checked", "group commit",
+                    # a killed writer leaves nothing to recover (server-crash: its restarts)
+                    "recovery p50 / max" if s["recovery_p50_ms"] is None else "")
+            rows = [row for row in rows if row[0] not in skip]
+            rows.insert(0, ("server settings read back", _server_line(self.server_settings)))
+        rows[-2:-2] = self.extra_rows()
         return self.print_summary(rows, failed)
+
+    def extra_summary(self) -> dict[str, Any]:
+        """What a mode adds to the summary (sqlitesaver.torture.server's server-crash)."""
+        return {}
+
+    def extra_rows(self) -> list[tuple[str, Any]]:
+        """Rows a mode adds to the printed summary, before the wall time."""
+        return []
+
+    @property
+    def shown_db(self) -> str:
+        """The database as printed and reported: a server's URL without its password."""
+        if not self.on_server:
+            return self.o.db
+        from .server import describe
+        return describe(self.o.db)
 
     def print_summary(self, rows: list[tuple[str, Any]], failed: bool) -> int:
         """Print the summary's rows (aligned) and the first problems; the exit status."""
@@ -664,12 +738,15 @@ class _Run:
             "options": {"mode": o.mode, "iterations": o.iterations, "seed": o.seed,
                         "workers": o.workers, "threads": o.threads,
                         "durability": o.durability, "min_interval": o.min_interval,
-                        "max_interval": o.max_interval, "writer": o.writer, "db": o.db},
+                        "max_interval": o.max_interval, "writer": o.writer,
+                        "db": self.shown_db},
+            "server": self.server_settings,
             "environment": {"python": platform.python_version(),
                             "apsw": apsw.apsw_version(),
                             "sqlite": apsw.sqlite_lib_version(),
                             "msgpack": ".".join(map(str, msgpack.version)),
-                            "platform": platform.platform(), "cpus": os.cpu_count()},
+                            "platform": platform.platform(), "cpus": os.cpu_count(),
+                            **({"psycopg": _psycopg_version()} if self.on_server else {})},
             "summary": self.summary,
             "id_problems": self.id_problems[:100],
             "writer_errors": self.errors[:100],
@@ -679,6 +756,30 @@ class _Run:
 
     def print(self, line: str) -> None:
         print(line, file=self.out, flush=True)
+
+
+#: The signals that stop a run (each unwinds it: KeyboardInterrupt, or server.Terminated).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+@contextlib.contextmanager
+def signals_deferred() -> Iterator[None]:
+    """Hold :data:`STOP_SIGNALS` back for the block (one that starts a process and records
+    it): one that arrives meanwhile is delivered, and unwinds, right after it. Handlers, not
+    the signal mask: a process started in the block would inherit a blocked mask."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers can be set, and run, in the main thread only
+        return
+    pending: list[int] = []
+    saved = {sig: signal.signal(sig, lambda signum, frame: pending.append(signum))
+             for sig in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+        if pending:
+            signal.raise_signal(pending[0])
 
 
 def _prefix_verdict(lane: _Lane, found: Model) -> Verdict | None:
@@ -715,6 +816,21 @@ def _counts(values: Any) -> str:
     for value in values:
         counted[value] = counted.get(value, 0) + 1
     return ", ".join(f"{k} {v}" for k, v in sorted(counted.items()))
+
+
+def _psycopg_version() -> str:
+    import psycopg  # only for a server run, which has it
+    return psycopg.__version__
+
+
+def _server_line(settings: dict[str, Any] | None) -> str:
+    """A server's durability settings as the engine read them back (SHOW)."""
+    if settings is None:
+        return "(never read: no verdict was reached)"
+    return (f"PostgreSQL {settings.get('server_version')}, fsync {settings.get('fsync')}, "
+            f"full_page_writes {settings.get('full_page_writes')}, synchronous_commit "
+            f"{settings.get('server_synchronous_commit')} (server), "
+            f"{settings.get('synchronous_commit')} (the Saver's, per transaction)")
 
 
 def _ms(seconds: float) -> float:

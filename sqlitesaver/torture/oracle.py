@@ -178,9 +178,10 @@ class Observation:
     max_log_seq: int = -1      # the highest log seq stored for these threads
 
 
-def observe(saver: Any, prefix: str) -> Observation:
+def observe(saver: Any, prefix: str, *, files: bool = True) -> Observation:
     """Read every checkpoint, pending write, file and log event of the threads named
-    ``prefix*``.
+    ``prefix*``. ``files=False`` reads no files (a PostgreSQL server stores none yet, and
+    refuses to list them).
 
     Reading goes through :class:`~sqlitesaver.Saver`, so every payload checksum is verified;
     a :class:`~sqlitesaver.errors.SaverError` while reading becomes a problem, not a crash.
@@ -205,7 +206,8 @@ def observe(saver: Any, prefix: str) -> Observation:
                               _meta_text(ck.metadata)))
                 ids[tag] = ck.checkpoint_id
                 parents[tag] = ck.parent_id
-                for stored in saver.list_files(name, ck.checkpoint_id, namespace=ck.namespace):
+                for stored in (saver.list_files(name, ck.checkpoint_id, namespace=ck.namespace)
+                               if files else ()):
                     if stored.digest not in contents:
                         contents[stored.digest] = file_digest(saver.read_file(
                             name, stored.name, checkpoint_id=ck.checkpoint_id,
