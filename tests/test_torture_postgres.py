@@ -259,10 +259,13 @@ def test_a_signal_stops_the_run_and_removes_the_owned_cluster(workdir, hang_dete
     hang_detector(120)
     env = dict(os.environ, TMPDIR=workdir)
     env["PYTHONPATH"] = os.pathsep.join([PACKAGE_ROOT, env.get("PYTHONPATH", "")])
+    # SIGINT as at a terminal: a background job of a non-interactive shell (CI, say) starts
+    # with SIGINT ignored, and Python then keeps it ignored: Ctrl-C could not reach the run.
     proc = subprocess.Popen([sys.executable, "-m", "sqlitesaver.torture", "--mode",
                              "server-crash", "--iterations", "500", "--workers", "2",
                              "--seed", "1706"], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env, cwd=workdir)
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=workdir,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     lines = []
     try:
         assert proc.stdout is not None
