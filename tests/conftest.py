@@ -400,3 +400,25 @@ def db_target(request, tmp_path) -> Iterator[str]:
                          "sqlitesaver.log, sqlitesaver.files, sqlitesaver.file_contents, "
                          "sqlitesaver.file_chunks")
     yield url
+
+
+def inject_retryable_failures(monkeypatch, count: int) -> dict[str, int]:
+    """Make the next ``count`` PostgreSQL write transactions fail inside their try, on their
+    connection (at the BEGIN string), with a serialization failure or a deadlock in turn: the
+    errors the engine retries. Returns the counter (``["left"]``), which a test may raise."""
+    import psycopg
+
+    from sqlitesaver.postgres import engine as pg_engine
+
+    failures = {"left": count}
+    real = pg_engine.Engine._begin_locking
+
+    def flaky(self, conn, *args):
+        if failures["left"]:
+            failures["left"] -= 1
+            raise (psycopg.errors.SerializationFailure if failures["left"] % 2
+                   else psycopg.errors.DeadlockDetected)("injected")
+        return real(self, conn, *args)
+
+    monkeypatch.setattr(pg_engine.Engine, "_begin_locking", flaky)
+    return failures

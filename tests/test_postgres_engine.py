@@ -20,6 +20,8 @@ from sqlitesaver.errors import (BusyTimeoutError, CannotOpenError, CheckpointNot
 from sqlitesaver.ids import format_id, parse_id
 from sqlitesaver.postgres import connect, engine as pg_engine
 
+from conftest import inject_retryable_failures
+
 psycopg = pytest.importorskip("psycopg") if not os.environ.get("CI") else __import__("psycopg")
 
 STATE, META = b"\x81\xa1k\x01", b"\x80"  # msgpack {"k": 1} and {}
@@ -241,17 +243,7 @@ def test_concurrent_writers_never_commit_below_what_a_reader_saw(engine, pg_url,
 
 def test_serialization_failures_and_deadlocks_are_retried_then_busy(engine, pg_url,
                                                                     monkeypatch):
-    failures = {"left": 3}
-    real = pg_engine.Engine._begin_locking
-
-    def flaky(self, conn, *args):  # inside the transaction's try, on its connection
-        if failures["left"]:
-            failures["left"] -= 1
-            raise (psycopg.errors.SerializationFailure if failures["left"] % 2
-                   else psycopg.errors.DeadlockDetected)("injected")
-        return real(self, conn, *args)
-
-    monkeypatch.setattr(pg_engine.Engine, "_begin_locking", flaky)
+    failures = inject_retryable_failures(monkeypatch, 3)
     cp, _ = engine.put_checkpoint("t", "", None, None, STATE, META)
     assert failures["left"] == 0 and len(engine.get_rows("t", "", cp)) == 1
     failures["left"] = 10**9

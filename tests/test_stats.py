@@ -13,6 +13,8 @@ import pytest
 
 from sqlitesaver import InvalidArgumentError, Saver, SaverClosedError
 
+from conftest import inject_retryable_failures
+
 #: The keys both engines report, with the same meaning.
 SHARED = {"commits", "transitions", "db_bytes", "file_contents", "file_bytes"}
 OWN = {"sqlite": {"wal_checkpoints", "wal_checkpoints_busy", "lock_waits", "readers_open",
@@ -118,22 +120,8 @@ def test_postgres_connections_and_waits_for_one(pg_empty_url, hang_detector):
 
 
 def test_postgres_retries_count_transactions_run_again(pg_empty_url, monkeypatch):
-    import psycopg
-
-    from sqlitesaver.postgres import engine as pg_engine
-
-    failures = {"left": 3}
-    real = pg_engine.Engine._begin_locking
-
-    def flaky(self, conn, *args):  # inside the transaction's try, on its connection
-        if failures["left"]:
-            failures["left"] -= 1
-            raise (psycopg.errors.SerializationFailure if failures["left"] % 2
-                   else psycopg.errors.DeadlockDetected)("injected")
-        return real(self, conn, *args)
-
     with Saver(pg_empty_url) as saver:
-        monkeypatch.setattr(pg_engine.Engine, "_begin_locking", flaky)
+        failures = inject_retryable_failures(monkeypatch, 3)
         saver.put("t", {"n": 1})
         stats = saver.stats()
         assert failures["left"] == 0
