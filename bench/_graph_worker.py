@@ -12,8 +12,10 @@ one checkpointer it opens. A process must never hold both the stdlib ``sqlite3``
 file (each drops the other's POSIX locks), so every process runs one ``kind``: "sqlitesaver"
 (``sqlitesaver.langgraph.SqliteSaver``, APSW) or "langgraph" (``langgraph.checkpoint.sqlite``'s
 ``SqliteSaver``, stdlib ``sqlite3``), and reports whether the other library got loaded anyway.
-A third kind, "memory" (LangGraph's ``InMemorySaver``: no file, no SQLite), is the ceiling of the
-many-threads rows: what LangGraph's own runtime reaches when storing costs next to nothing.
+A third kind, "memory" (LangGraph's ``InMemorySaver``: no file, no SQLite), is what LangGraph's
+own runtime reaches when storing costs next to nothing; a fourth, "bare"
+(bench/_bare_checkpointer.py, APSW), is the least a durable checkpointer does: bench/run.py's
+ceiling for the graph-steps targets.
 
 Protocol as a process (see :mod:`_common`): ``init`` with ``kind``, ``db``, ``nodes`` and
 ``full_sync`` -> ``{"installed": false, "error"}`` if LangGraph (or the checkpointer) cannot be
@@ -34,7 +36,7 @@ from typing import Annotated, Any, TypedDict
 
 from _common import Channel, run_threads, serve
 
-KINDS = ("sqlitesaver", "langgraph", "memory")
+KINDS = ("sqlitesaver", "langgraph", "memory", "bare")
 DURABILITIES = ("sync", "async")
 CONTEXT = ("The customer wrote about an invoice that lists a service twice; the agent looked "
            "up the contract, the payment history and the open tickets. ") * 16  # ~2 KiB
@@ -69,6 +71,12 @@ def open_checkpointer(kind: str, path: str) -> tuple[Any, dict]:
         manager = SqliteSaver.from_conn_string(path)
         return manager, {"apsw": apsw.apsw_version(), "sqlite": apsw.sqlite_lib_version(),
                          "langgraph": metadata.version("langgraph")}
+    if kind == "bare":
+        import apsw
+        from _bare_checkpointer import BareCheckpointer
+        return BareCheckpointer(path), {"apsw": apsw.apsw_version(),
+                                        "sqlite": apsw.sqlite_lib_version(),
+                                        "langgraph": metadata.version("langgraph")}
     if kind == "memory":
         from langgraph.checkpoint.memory import InMemorySaver
         return nullcontext(InMemorySaver()), {
@@ -146,6 +154,11 @@ class GraphRun:
             self.facts["synchronous"] = conn.execute("PRAGMA synchronous").fetchone()[0]
             self.facts["journal_mode"] = conn.execute("PRAGMA journal_mode").fetchone()[0]
             other = "apsw" in sys.modules or "sqlitesaver" in sys.modules
+        elif self.kind == "bare":
+            conn = self.checkpointer._writer
+            self.facts["synchronous"] = conn.execute("PRAGMA synchronous").fetchall()[0][0]
+            self.facts["journal_mode"] = conn.execute("PRAGMA journal_mode").fetchall()[0][0]
+            other = "sqlite3" in sys.modules
         elif self.kind == "memory":
             self.facts["synchronous"] = self.facts["journal_mode"] = None
             other = False  # no file: either library would be harmless

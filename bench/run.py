@@ -53,9 +53,14 @@ Rows (durable = ``synchronous=FULL``, an fsync of the WAL at every commit; 4 KiB
   a state with 2 KiB of context) invoked again and again, each time on a new thread, through
   ``sqlitesaver.langgraph.SqliteSaver`` and through LangGraph's ``SqliteSaver``, both opened
   with ``from_conn_string`` (LangGraph's ``synchronous`` raised to FULL should the build's
-  default be lower; read back and printed), and, as the ceiling, through LangGraph's
+  default be lower; read back and printed); as the ceiling, through the bare durable
+  checkpointer (bench/_bare_checkpointer.py: LangGraph's SqliteSaver on APSW with group commit
+  and a reader per thread, ``synchronous=FULL``, nothing else: no checksums, exact types, ids,
+  savepoints or rendezvous; each call still returns after its COMMIT); and through LangGraph's
   ``InMemorySaver`` (no file, no SQLite: what LangGraph's runtime reaches when storing costs
-  next to nothing; it forgets its threads after every run, untimed). A step is one node run:
+  next to nothing, a looser bound; it forgets its threads after every run, untimed). The bare
+  checkpointer does strictly less than ours and stores as durably, so it is the binding
+  ceiling (session 13; InMemorySaver was the ceiling before). A step is one node run:
   steps/s is 4 x the completed invokes over the run. Graph durability ``sync`` (each
   checkpoint committed before the next step starts) and ``async`` (committed while the next
   step runs, LangGraph's default). Each checkpointer runs in a worker process of its own, on
@@ -65,10 +70,10 @@ Rows (durable = ``synchronous=FULL``, an fsync of the WAL at every commit; 4 KiB
   the same graph invoked from 8 threads at once on the one checkpointer of each worker (a
   server sharing its checkpointer between requests; LangGraph's ``from_conn_string`` opens its
   connection with ``check_same_thread=False`` and its own lock serializes the threads). Each
-  group runs ours, LangGraph's, InMemorySaver (sync), InMemorySaver, LangGraph's, ours
-  (async), reversed every other round.
+  group runs ours, LangGraph's, the bare one, InMemorySaver (sync), InMemorySaver, the bare
+  one, LangGraph's, ours (async), reversed every other round.
 
-``--only graph-steps`` runs the graph-steps rows alone (1 and 8 threads; only the three graph
+``--only graph-steps`` runs the graph-steps rows alone (1 and 8 threads; only the four graph
 workers are started).
 
 Threads and processes are all started and parked first, released together (an Event, or one
@@ -100,14 +105,14 @@ column is the ceiling of the LangGraph targets compared with it. Per row, each t
 - sqlitesaver list(limit=100): >= 1.2x LangGraph (ceiling: bare APSW list 100 (SELECT +
   unpackb))
 - sqlitesaver put 1 MiB: >= 1x LangGraph (ceiling: bare APSW put 1 MiB)
-- sqlitesaver graph steps, 1 thread, sync: >= 1x LangGraph (ceiling: LangGraph InMemorySaver
+- sqlitesaver graph steps, 1 thread, sync: >= 1x LangGraph (ceiling: bare durable checkpointer
   graph steps, 1 thread, sync (ceiling))
-- sqlitesaver graph steps, 1 thread, async: >= 1x LangGraph (ceiling: LangGraph InMemorySaver
-  graph steps, 1 thread, async (ceiling))
-- sqlitesaver graph steps, 8 threads, sync: >= 1.2x LangGraph (ceiling: LangGraph
-  InMemorySaver graph steps, 8 threads, sync (ceiling))
-- sqlitesaver graph steps, 8 threads, async: >= 1.2x LangGraph (ceiling: LangGraph
-  InMemorySaver graph steps, 8 threads, async (ceiling))
+- sqlitesaver graph steps, 1 thread, async: >= 1x LangGraph (ceiling: bare durable
+  checkpointer graph steps, 1 thread, async (ceiling))
+- sqlitesaver graph steps, 8 threads, sync: >= 1.2x LangGraph (ceiling: bare durable
+  checkpointer graph steps, 8 threads, sync (ceiling))
+- sqlitesaver graph steps, 8 threads, async: >= 1.2x LangGraph (ceiling: bare durable
+  checkpointer graph steps, 8 threads, async (ceiling))
 
 "LangGraph" is LangGraph's ``SqliteSaver`` on the same row's work (its get_tuple, with pending
 writes or without, for both get rows); "bare+packb" and "group+packb" are the ceilings'
@@ -158,11 +163,12 @@ NOT_INSTALLED = "not installed"
 GRAPH_NODES = 4  # the graph-steps rows: a chain of this many nodes (bench/_graph_worker.py)
 GRAPH_THREADS = 8  # the many-graphs rows: invokes from this many threads on one checkpointer
 MEMORY = "LangGraph InMemorySaver"
+BARE_CP = "bare durable checkpointer"  # bench/_bare_checkpointer.py
 ADAPTER = "sqlitesaver.langgraph SqliteSaver"
 WRITES_THREAD = "read-writes"  # the core read rows with pending writes
 AD_THREAD, AD_WRITES_THREAD = "adapter-read", "adapter-read-writes"
 BARE_WRITES_THREAD = f"{core.THREAD}-writes"
-GRAPH_KINDS = ("sqlitesaver", "langgraph", "memory")
+GRAPH_KINDS = ("sqlitesaver", "langgraph", "memory", "bare")
 
 
 # --- states ---------------------------------------------------------------------------------
@@ -799,7 +805,8 @@ class Bench:
             if kind == "memory":
                 return (f"{name}: langgraph-checkpoint {facts['langgraph-checkpoint']}, no file, "
                         f"{facts['checkpoints_per_invoke']} checkpoints per invoke")
-            library = (f"APSW {facts['apsw']}, SQLite {facts['sqlite']}" if kind == "sqlitesaver"
+            library = (f"APSW {facts['apsw']}, SQLite {facts['sqlite']}"
+                       if kind in ("sqlitesaver", "bare")
                        else f"langgraph-checkpoint-sqlite {facts['langgraph-checkpoint-sqlite']},"
                        f" stdlib sqlite3 on SQLite {facts['sqlite']}")
             default = (f" (build default {facts['synchronous_default']})"
@@ -814,7 +821,9 @@ class Bench:
                 f"node run; langgraph {', '.join(sorted(versions)) or NOT_INSTALLED}; "
                 + "; ".join(one(name, kind) for name, kind in (
                     ("sqlitesaver.langgraph SqliteSaver", "sqlitesaver"),
-                    (LANGGRAPH, "langgraph"), (MEMORY, "memory")))
+                    (LANGGRAPH, "langgraph"), (MEMORY, "memory"),
+                    (f"{BARE_CP} (LangGraph's SqliteSaver on APSW with group commit and a "
+                     "reader per thread, nothing else)", "bare")))
                 + f"; each in its own process and file; the {GRAPH_THREADS}-thread rows invoke "
                 f"from {GRAPH_THREADS} threads at once on the worker's one checkpointer")
 
@@ -966,7 +975,8 @@ class Bench:
 
     def steps_groups(self, seconds: float) -> list[tuple[list[Config], float]]:
         """The graph steps: 1 thread, then 8 threads on one checkpointer; each with ours,
-        LangGraph's SqliteSaver and InMemorySaver (the ceiling)."""
+        LangGraph's SqliteSaver, InMemorySaver (no storage) and the bare durable checkpointer
+        (the ceiling: bench/_bare_checkpointer.py)."""
         def steps(key: str, kind: str, durability: str, threads: int = 1) -> list[Config]:
             graph = self.graphs[kind]
             if not graph.installed:
@@ -976,22 +986,19 @@ class Bench:
             return [Config(key, lambda seconds: graph.run(durability, seconds, threads),
                            after)]
 
-        # sync, then async, mirrored: ours, LangGraph's, InMemorySaver, InMemorySaver,
-        # LangGraph's, ours.
-        steps_group = [*steps("saver_steps_sync", "sqlitesaver", "sync"),
-                       *steps("lg_steps_sync", "langgraph", "sync"),
-                       *steps("mem_steps_sync", "memory", "sync"),
-                       *steps("mem_steps_async", "memory", "async"),
-                       *steps("lg_steps_async", "langgraph", "async"),
-                       *steps("saver_steps_async", "sqlitesaver", "async")]
-        n = GRAPH_THREADS
-        many_group = [*steps("saver_steps8_sync", "sqlitesaver", "sync", n),
-                      *steps("lg_steps8_sync", "langgraph", "sync", n),
-                      *steps("mem_steps8_sync", "memory", "sync", n),
-                      *steps("mem_steps8_async", "memory", "async", n),
-                      *steps("lg_steps8_async", "langgraph", "async", n),
-                      *steps("saver_steps8_async", "sqlitesaver", "async", n)]
-        return [(steps_group, seconds), (many_group, seconds)]
+        # sync, then async, mirrored: ours, LangGraph's, the bare one, InMemorySaver,
+        # InMemorySaver, the bare one, LangGraph's, ours.
+        def group(many: str, threads: int) -> list[Config]:
+            return [*steps(f"saver_steps{many}_sync", "sqlitesaver", "sync", threads),
+                    *steps(f"lg_steps{many}_sync", "langgraph", "sync", threads),
+                    *steps(f"barecp_steps{many}_sync", "bare", "sync", threads),
+                    *steps(f"mem_steps{many}_sync", "memory", "sync", threads),
+                    *steps(f"mem_steps{many}_async", "memory", "async", threads),
+                    *steps(f"barecp_steps{many}_async", "bare", "async", threads),
+                    *steps(f"lg_steps{many}_async", "langgraph", "async", threads),
+                    *steps(f"saver_steps{many}_async", "sqlitesaver", "async", threads)]
+
+        return [(group("", 1), seconds), (group("8", GRAPH_THREADS), seconds)]
 
     def measure(self, groups: list[tuple[list[Config], float]]) -> None:
         """A short untimed pass (files, caches, the children's first wake-up), then the rounds:
@@ -1091,11 +1098,17 @@ class Bench:
             Row("sqlitesaver put 1 MiB", "saver_big", bare="bare_big", langgraph="lg_big",
                 targets=(vs_langgraph(1.0, "lg_big", "bare_big"),)),
             # Graph steps: each checkpointer in a worker of its own, one graph at a time
-            # (issue #15) and 8 at once (issue #14); the InMemorySaver rows are the ceilings.
+            # (issue #15) and 8 at once (issue #14). The ceiling is the bare durable
+            # checkpointer: it does strictly less than ours and still commits (and fsyncs)
+            # every put before returning. InMemorySaver (no storage at all) is printed too: it
+            # is the higher, looser bound, LangGraph's runtime alone.
             *(row for n, value, many in ((1, 1.0, ""), (GRAPH_THREADS, 1.2, "8"))
               for durability in ("sync", "async") for row in (
                 Row(f"{MEMORY} graph steps, {n} thread{'s' if n > 1 else ''}, {durability} "
-                    "(ceiling)", f"mem_steps{many}_{durability}",
+                    "(no storage)", f"mem_steps{many}_{durability}",
+                    langgraph=f"lg_steps{many}_{durability}"),
+                Row(f"{BARE_CP} graph steps, {n} thread{'s' if n > 1 else ''}, {durability} "
+                    "(ceiling)", f"barecp_steps{many}_{durability}",
                     langgraph=f"lg_steps{many}_{durability}"),
                 Row(f"{LANGGRAPH} graph steps, {n} thread{'s' if n > 1 else ''}, {durability}",
                     f"lg_steps{many}_{durability}"),
@@ -1103,7 +1116,7 @@ class Bench:
                     f"{durability}", f"saver_steps{many}_{durability}",
                     langgraph=f"lg_steps{many}_{durability}",
                     targets=(vs_langgraph(value, f"lg_steps{many}_{durability}",
-                                          f"mem_steps{many}_{durability}"),)))),
+                                          f"barecp_steps{many}_{durability}"),)))),
         ]
 
     @staticmethod

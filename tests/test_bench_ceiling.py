@@ -203,10 +203,10 @@ def test_issue_15_targets():
         "ad_get_w": [(ratio, 0.9, "lg_get_w", "bare_get_w")],
         "saver_list": [(ratio, 1.2, "lg_list", "bare_list")],
         "saver_big": [(ratio, 1.0, "lg_big", "bare_big")],
-        "saver_steps_sync": [(ratio, 1.0, "lg_steps_sync", "mem_steps_sync")],
-        "saver_steps_async": [(ratio, 1.0, "lg_steps_async", "mem_steps_async")],
-        "saver_steps8_sync": [(ratio, 1.2, "lg_steps8_sync", "mem_steps8_sync")],
-        "saver_steps8_async": [(ratio, 1.2, "lg_steps8_async", "mem_steps8_async")]}
+        "saver_steps_sync": [(ratio, 1.0, "lg_steps_sync", "barecp_steps_sync")],
+        "saver_steps_async": [(ratio, 1.0, "lg_steps_async", "barecp_steps_async")],
+        "saver_steps8_sync": [(ratio, 1.2, "lg_steps8_sync", "barecp_steps8_sync")],
+        "saver_steps8_async": [(ratio, 1.2, "lg_steps8_async", "barecp_steps8_async")]}
 
 
 @pytest.mark.tooling

@@ -1,0 +1,166 @@
+"""bench/_bare_checkpointer.py, the ceiling bench/run.py prints the graph-steps targets against.
+
+A ceiling must do the row's work correctly, only less of it: one that acknowledged a put before
+its COMMIT, lost a write, or ran the graph to another result would overstate what a durable
+checkpointer can reach. So it is held to the guarantee sqlitesaver's adapter gives (a call
+returns after its COMMIT; another connection then sees it), and a graph run on it must end in
+the same state, history and pending writes as on LangGraph's InMemorySaver. A copy that releases
+its callers before COMMIT is kept here and must fail the first test's check.
+SQLite by nature: the bench's APSW ceiling."""
+
+from __future__ import annotations
+
+import faulthandler
+import operator
+import os
+import sys
+import threading
+from typing import Annotated, TypedDict
+
+import apsw
+import pytest
+
+pytest.importorskip("langgraph.graph")
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                                "bench"))
+from _bare_checkpointer import BareCheckpointer  # noqa: E402  (bench/_bare_checkpointer.py)
+
+THREADS, PUTS = 6, 30
+HANG_SECONDS = 120
+pytestmark = pytest.mark.tooling  # a bench baseline: see pyproject.toml
+
+
+class AcknowledgesBeforeCommit(BareCheckpointer):
+    """Broken on purpose: every caller of a batch is released before its COMMIT runs."""
+
+    def _lead(self) -> None:
+        conn = self._writer
+        while True:
+            with self._lock:
+                batch, self._queue = self._queue, []
+                if not batch:
+                    self._leading = False
+                    return
+            conn.execute("BEGIN IMMEDIATE")
+            for statements, done, _ in batch:
+                for query, params in statements:
+                    conn.execute(query, params)
+                done.release()  # too early: the COMMIT below has not run
+            if len(batch) > 1:
+                # Another thread's call is in the batch: let it look before the COMMIT (as a
+                # slow fsync would); it sets the Event once it has looked.
+                self._released.wait(5)
+            conn.execute("COMMIT")
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self._released = threading.Event()
+
+
+def _writes_seen_after_return(saver: BareCheckpointer, path: str) -> list[str]:
+    """THREADS threads each put PUTS checkpoints and a write for each; after every call
+    returns, a connection of the thread's own reads it back. Returns what it did not see."""
+    from langgraph.checkpoint.base import empty_checkpoint
+
+    ready = threading.Barrier(THREADS)
+    missing: list[str] = []
+
+    def writer(index: int) -> None:
+        reader = apsw.Connection(path)  # another connection sees only committed rows
+        try:
+            ready.wait()
+            for n in range(PUTS):
+                thread_id = f"w{index}-{n}"
+                checkpoint = empty_checkpoint()
+                config = saver.put({"configurable": {"thread_id": thread_id,
+                                                     "checkpoint_ns": ""}},
+                                   checkpoint, {"step": n}, {})
+                if reader.execute("SELECT count(*) FROM checkpoints WHERE thread_id = ?",
+                                  (thread_id,)).fetchall() != [(1,)]:
+                    missing.append(f"checkpoint of {thread_id}")
+                if isinstance(saver, AcknowledgesBeforeCommit):
+                    saver._released.set()  # looked: the broken leader may COMMIT now
+                saver.put_writes(config, [("channel", n)], "task")
+                if reader.execute("SELECT count(*) FROM writes WHERE thread_id = ?",
+                                  (thread_id,)).fetchall() != [(1,)]:
+                    missing.append(f"write of {thread_id}")
+        finally:
+            reader.close()
+
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
+    try:
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(THREADS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+    return missing
+
+
+def test_every_put_and_write_is_committed_when_the_call_returns(tmp_path):
+    path = str(tmp_path / "bare.db")
+    with BareCheckpointer(path) as saver:
+        assert _writes_seen_after_return(saver, path) == []
+        assert saver._writer.execute("PRAGMA synchronous").fetchall() == [(2,)]  # FULL
+        assert saver._writer.execute("PRAGMA journal_mode").fetchall() == [("wal",)]
+
+
+def test_the_check_catches_a_ceiling_that_acknowledges_before_commit(tmp_path):
+    path = str(tmp_path / "broken.db")
+    with AcknowledgesBeforeCommit(path) as saver:
+        missing = _writes_seen_after_return(saver, path)
+    assert missing, "a ceiling releasing its callers before COMMIT went unnoticed"
+
+
+class State(TypedDict):
+    messages: Annotated[list, operator.add]
+
+
+def _graph():
+    from langgraph.graph import END, START, StateGraph
+
+    builder = StateGraph(State)
+    builder.add_node("a", lambda state: {"messages": ["a"]})
+    builder.add_node("b", lambda state: {"messages": ["b"]})  # a and b run in one step
+    builder.add_node("c", lambda state: {"messages": [f"c saw {len(state['messages'])}"]})
+    builder.add_edge(START, "a")
+    builder.add_edge(START, "b")
+    builder.add_edge("a", "c")
+    builder.add_edge("b", "c")
+    builder.add_edge("c", END)
+    return builder
+
+
+@pytest.mark.parametrize("durability", ["sync", "async"])
+def test_graphs_on_many_threads_end_as_on_langgraphs_in_memory_saver(tmp_path, durability):
+    from langgraph.checkpoint.memory import InMemorySaver
+
+    def run(checkpointer) -> dict:
+        graph = _graph().compile(checkpointer=checkpointer)
+        results: dict = {}
+
+        def invoke(index: int) -> None:
+            config = {"configurable": {"thread_id": f"t{index}"}}
+            graph.invoke({"messages": [f"start {index}"]}, config, durability=durability)
+            history = [(s.values, s.next, s.metadata["step"])
+                       for s in graph.get_state_history(config)]
+            results[index] = (graph.get_state(config).values, history)
+
+        faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
+        try:
+            threads = [threading.Thread(target=invoke, args=(i,)) for i in range(8)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        finally:
+            faulthandler.cancel_dump_traceback_later()
+        return results
+
+    with BareCheckpointer(str(tmp_path / "graph.db")) as bare:
+        ours = run(bare)
+    expected = run(InMemorySaver())
+    assert len(ours) == 8 and ours == expected
+    assert ours[0][0]["messages"] == ["start 0", "a", "b", "c saw 3"]
