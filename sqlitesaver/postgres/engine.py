@@ -195,6 +195,29 @@ _LOG_LAST = (f"SELECT (SELECT seq FROM {_S}.log WHERE thread_id >= %s AND thread
 _LOG_PAGE = (f"SELECT seq, thread_id, created_at, event, checksum FROM {_S}.log "
              "WHERE thread_id >= %s AND thread_id <= %s AND seq > %s AND seq <= %s "
              "ORDER BY thread_id, seq LIMIT %s")
+#: Whether the thread has a checkpoint: (thread, thread).
+_HAS_CHECKPOINTS = (f"SELECT 1 FROM {_S}.checkpoints WHERE thread_id >= %s AND thread_id <= %s "
+                    "ORDER BY thread_id LIMIT 1")
+#: The seqs of the thread's checkpoints, as a condition on ``seq`` (``checkpoint_seq`` of the
+#: files' rows: see delete_thread): (thread, thread).
+_THREAD_SEQS = (f"seq = ANY(ARRAY(SELECT seq FROM {_S}.checkpoints WHERE thread_id >= %s "
+                "AND thread_id <= %s))")
+#: The thread's whole checkpoints in seq order, read through a cursor (copy_thread,
+#: delete_matching): (thread, thread). "thread_id = %s ORDER BY seq": a cursor's plan favours
+#: its first rows, and walked the primary key over every thread's rows, filtering (a thread of
+#: 1,000 checkpoints below 100,000 of another: 101,000 rows read, 23 ms; 4 ms now). Ordered by
+#: (thread_id, seq), the thread's rows come from its index and are sorted: the same order.
+_THREAD_CHECKPOINTS = (f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
+                       "WHERE c.thread_id >= %s AND c.thread_id <= %s ORDER BY c.thread_id, c.seq")
+#: Deleting a thread's checkpoints, and its log: (thread, thread).
+_DELETE_CHECKPOINTS = (f"DELETE FROM {_S}.checkpoints WHERE thread_id >= %s "
+                       "AND thread_id <= %s")
+_DELETE_LOG = f"DELETE FROM {_S}.log WHERE thread_id >= %s AND thread_id <= %s"
+#: The checkpoints prune deletes: all but the newest ``keep_last`` of each namespace of the
+#: thread, as a condition on ``seq``: (thread, thread, keep_last).
+_PRUNED = ("seq = ANY(ARRAY(SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY "
+           f"namespace ORDER BY seq DESC) AS rank FROM {_S}.checkpoints WHERE "
+           "thread_id >= %s AND thread_id <= %s) AS ranked WHERE rank > %s))")
 
 
 #: Rows a scan of whole checkpoints (copy_thread, delete_matching) holds at once: it reads
@@ -892,11 +915,10 @@ class Engine:
             return 0  # no stored text holds NUL (check_text): there is no such thread
 
         def work(conn: Any) -> int:
-            with pg_files.collecting(conn, f"checkpoint_seq IN (SELECT seq FROM "
-                                     f"{_S}.checkpoints WHERE thread_id = %s)", (thread_id,)):
-                deleted = conn.execute(f"DELETE FROM {_S}.checkpoints WHERE thread_id = %s",
-                                       (thread_id,)).rowcount
-            conn.execute(f"DELETE FROM {_S}.log WHERE thread_id = %s", (thread_id,))
+            both = (thread_id, thread_id)
+            with pg_files.collecting(conn, f"checkpoint_{_THREAD_SEQS}", both):
+                deleted = conn.execute(_DELETE_CHECKPOINTS, both).rowcount
+            conn.execute(_DELETE_LOG, both)
             return deleted
 
         return self._write("deleting a thread", work, threads=(thread_id,))
@@ -906,15 +928,12 @@ class Engine:
         if _has_nul(thread_id):
             return 0  # no such thread, as in delete_thread
 
-        doomed = ("seq IN (SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY "
-                  f"namespace ORDER BY seq DESC) AS rank FROM {_S}.checkpoints WHERE "
-                  "thread_id = %s) AS ranked WHERE rank > %s)")
-        params = (thread_id, min(keep_last, INT64_MAX))
+        params = (thread_id, thread_id, min(keep_last, INT64_MAX))
 
         def work(conn: Any) -> int:
-            # The same condition on files' column: "checkpoint_seq IN (...)".
-            with pg_files.collecting(conn, f"checkpoint_{doomed}", params):
-                return conn.execute(f"DELETE FROM {_S}.checkpoints WHERE {doomed}",
+            # The same condition on files' column: "checkpoint_seq = ANY(...)".
+            with pg_files.collecting(conn, f"checkpoint_{_PRUNED}", params):
+                return conn.execute(f"DELETE FROM {_S}.checkpoints WHERE {_PRUNED}",
                                     params).rowcount
 
         return self._write("pruning a thread", work, threads=(thread_id,))
@@ -928,15 +947,13 @@ class Engine:
         check_text(source_thread_id=source, target_thread_id=target)
 
         def work(conn: Any) -> int:
-            if conn.execute(f"SELECT 1 FROM {_S}.checkpoints WHERE thread_id = %s LIMIT 1",
-                            (target,)).fetchone() is not None:
+            if conn.execute(_HAS_CHECKPOINTS, (target, target)).fetchone() is not None:
                 raise InvalidArgumentError(
                     f"target thread {target!r} already has checkpoints on {self.server}; "
                     "copy to a new thread id (or delete_thread it first). Nothing was "
                     "written.", path=self.server)
             copied: dict[int, int] = {}
-            with _scan(conn, f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
-                       "WHERE c.thread_id = %s ORDER BY c.seq", (source,)) as rows:
+            with _scan(conn, _THREAD_CHECKPOINTS, (source, source)) as rows:
                 for row in rows:
                     verify(row)
                     old, _, namespace, parent, created, state, meta, _, key, parent_key = row
@@ -973,14 +990,14 @@ class Engine:
             return 0  # no such thread, as in delete_thread
 
         def work(conn: Any) -> int:
-            where, params = "", ()
+            query = f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c ORDER BY c.seq"
+            params: tuple = ()
             if thread_id is not None:
                 self._lock_threads(conn, thread_id)
-                where, params = "WHERE c.thread_id = %s", (thread_id,)
+                query, params = _THREAD_CHECKPOINTS, (thread_id, thread_id)
             doomed: set[int] = set()
             orphans = []
-            with _scan(conn, f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
-                       f"{where} ORDER BY c.seq", params) as rows:
+            with _scan(conn, query, params) as rows:
                 for row in rows:
                     if matches(row):
                         doomed.add(row[0])
