@@ -152,8 +152,9 @@ _PAGE_SIZES = (f"SELECT seq, octet_length(state) + octet_length(metadata) AS siz
 #: The same over every namespace of the thread: parameters (thread, thread, thread, highest
 #: seq, how many, how many). No index holds a thread's rows in seq order across namespaces:
 #: the thread's namespaces are found one index descent each (a recursive walk), the newest of
-#: each read as in _PAGE_SIZES, and those merged. A page costs a few rows per namespace, not a
-#: sort of every checkpoint of the thread, nor a walk through other threads' rows.
+#: each (up to a page) read as in _PAGE_SIZES, and those merged. A page reads at most the
+#: thread's own rows (as on SQLite, whose pages across namespaces sort the thread's seqs), and
+#: a page's worth with one namespace, never other threads' rows.
 _PAGE_SIZES_ALL = (
     f"WITH RECURSIVE spaces (namespace) AS ((SELECT namespace FROM {_S}.checkpoints "
     "WHERE thread_id = %s ORDER BY namespace LIMIT 1) UNION ALL SELECT (SELECT n.namespace "
