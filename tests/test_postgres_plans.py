@@ -48,12 +48,13 @@ _S = SCHEMA
 
 @pytest.fixture(scope="module")
 def skewed(pg_module_url) -> Iterator[tuple[pg_engine.Engine, str, list[int]]]:
-    """An engine on: 'cold' (5 checkpoints in '' and 2 in 'sub', one pending write, 3 log
-    events), 'mid' (MID checkpoints), HOT_ID (HOT checkpoints, each with a pending write, and HOT
-    log events), 'late' (5 checkpoints, each the child of the one before), in that order of
-    seq, ANALYZEd. Rows written in SQL (fast), with checksums of 0: the engine does not verify
-    them (the core does), and nothing here reads through the core. Yields (engine, url, the
-    cold thread's seqs)."""
+    """An engine on: 'cold' (5 checkpoints in '' and 2 in 'sub', the third with the id
+    'cold-key', a pending write on each, 3 log events), 'mid' (MID checkpoints), HOT_ID (HOT
+    checkpoints, each with a pending write, and HOT log events), 'late' (5 checkpoints, each
+    the child of the one before), in that order of seq, ANALYZEd. Rows written in SQL (fast),
+    with checksums of 0: the engine does not verify them (the core does, and nothing here
+    reads through it; the validator reports them, and only its statements matter here).
+    Yields (engine, url, the cold thread's seqs)."""
     engine = pg_engine.Engine(pg_module_url, busy_timeout=5.0)  # creates the tables
     insert = (f"INSERT INTO {_S}.checkpoints (seq, thread_id, namespace, parent_seq, created_at, "
               "state, metadata, checksum) SELECT nextval('sqlitesaver.checkpoints_seq'), %s, "
@@ -75,6 +76,9 @@ def skewed(pg_module_url) -> Iterator[tuple[pg_engine.Engine, str, list[int]]]:
         conn.execute(insert, ("late", 5, 5))
         conn.execute(f"UPDATE {_S}.checkpoints SET parent_seq = seq - 1 WHERE thread_id = 'late' "
                      f"AND seq > (SELECT min(seq) FROM {_S}.checkpoints WHERE thread_id = 'late')")
+        conn.execute(f"UPDATE {_S}.checkpoints SET key = 'cold-key' WHERE seq = (SELECT seq "
+                     f"FROM {_S}.checkpoints WHERE thread_id = 'cold' ORDER BY seq "
+                     "OFFSET 2 LIMIT 1)")
         conn.execute("ANALYZE")
         cold = [seq for (seq,) in conn.execute(
             f"SELECT seq FROM {_S}.checkpoints WHERE thread_id = 'cold' ORDER BY seq")]
@@ -159,6 +163,7 @@ def test_get_of_the_latest_and_by_id_read_only_the_threads_rows(skewed, monkeypa
         (latest,) = engine.get_rows("cold", "", None)
         (latest_sub,) = engine.get_rows("cold", "sub", None)
         assert engine.get_rows("cold", "", format_id(cold[1]))[0][0] == cold[1]
+        assert engine.get_rows("cold", "", "cold-key")[0][0] == cold[2]
         assert engine.get_rows("nobody", "", None) == []
     assert (latest[0], latest_sub[0]) == (cold[4], cold[6])
     assert_narrow(url, sent)
@@ -176,6 +181,11 @@ def test_a_page_of_a_list_reads_only_the_threads_rows(skewed, monkeypatch, names
     expected = {None: cold, "": cold[:5], "sub": cold[5:]}[namespace][::-1]
     assert [row[0] for row in rows] == expected and [row[0] for row in below] == expected[1:]
     assert [write[0] for write in writes] == expected
+    if namespace is None:  # below a caller-supplied id in any namespace: one more lookup
+        with recording(monkeypatch) as more:
+            _, below_key, _, _ = engine.page("cold", None, "cold-key", None, 10, 1 << 20)
+        assert [row[0] for row in below_key] == [cold[1], cold[0]]
+        sent += more
     assert_narrow(url, sent)
 
 
