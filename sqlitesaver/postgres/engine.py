@@ -120,11 +120,105 @@ def _get_query(match: str) -> str:
             "ORDER BY w.task_id COLLATE \"C\", w.idx")
 
 
-_GET_LATEST = _get_query(f"c.seq = (SELECT max(seq) FROM {_S}.checkpoints "
-                         "WHERE thread_id = %s AND namespace = %s)")
+# One thread's rows through checkpoints_by_thread (thread_id, namespace, seq), whatever the
+# plan. psycopg prepares a statement after a few executions, and PostgreSQL may then keep a
+# generic plan, which cannot see the thread: it estimates "thread_id = $1" as one thread in as
+# many as there are, so with few threads it expected a walk of checkpoints_pkey backwards
+# (newest first) to meet the thread's rows at once. On a thread whose checkpoints are old, with
+# 100,000 newer ones of another thread, that walk read all 100,000 for every get (about 20 ms;
+# the thread's own index reads one row). An equality cannot steer it: "thread_id = $1" makes
+# thread_id a constant to the planner, so "ORDER BY thread_id, seq" is only "ORDER BY seq",
+# which the pkey provides too. A range that admits one value ("namespace >= $2 AND namespace
+# <= $2") is the same condition (text compares equal only when identical in a deterministic
+# collation, and a database's default collation is one) but no equality: ordered by that column
+# then seq, the rows come without a sort only from checkpoints_by_thread, and a generic plan
+# estimates the range as narrow, so a DELETE with no order takes that index too. The range is
+# on namespace where the statement knows it (thread_id = $1 then bounds the index scan on both
+# columns), else on thread_id. tests/test_postgres_plans.py checks each statement's generic
+# plan on such skewed data.
+#
+# The newest checkpoint of (thread, namespace): parameters (thread, namespace, namespace).
+_GET_LATEST = _get_query(f"c.seq = (SELECT seq FROM {_S}.checkpoints WHERE thread_id = %s "
+                         "AND namespace >= %s AND namespace <= %s "
+                         "ORDER BY namespace DESC, seq DESC LIMIT 1)")
 _GET_BY_KEY = _get_query("c.thread_id = %s AND c.namespace = %s AND c.key = %s")
 _GET_BY_SEQ = _get_query("c.seq = %s AND c.thread_id = %s AND c.namespace = %s "
                          "AND c.key IS NULL")
+#: A page's ``(seq, payload size)`` rows, newest first: parameters (thread, namespace,
+#: namespace, highest seq, how many).
+_PAGE_SIZES = (f"SELECT seq, octet_length(state) + octet_length(metadata) AS size FROM "
+               f"{_S}.checkpoints WHERE thread_id = %s AND namespace >= %s AND namespace <= %s "
+               "AND seq <= %s ORDER BY namespace DESC, seq DESC LIMIT %s")
+#: The same over every namespace of the thread: parameters (thread, thread, thread, highest
+#: seq, how many, how many). No index holds a thread's rows in seq order across namespaces:
+#: the thread's namespaces are found one index descent each (a recursive walk), the newest of
+#: each (up to a page) read as in _PAGE_SIZES, and those merged. A page reads at most the
+#: thread's own rows (as on SQLite, whose pages across namespaces sort the thread's seqs), and
+#: a page's worth with one namespace, never other threads' rows.
+_PAGE_SIZES_ALL = (
+    f"WITH RECURSIVE spaces (namespace) AS ((SELECT namespace FROM {_S}.checkpoints "
+    "WHERE thread_id = %s ORDER BY namespace LIMIT 1) UNION ALL SELECT (SELECT n.namespace "
+    f"FROM {_S}.checkpoints AS n WHERE n.thread_id = %s AND n.namespace > s.namespace "
+    "ORDER BY n.namespace LIMIT 1) FROM spaces AS s WHERE s.namespace IS NOT NULL) "
+    "SELECT p.seq, p.size FROM spaces AS s CROSS JOIN LATERAL (SELECT seq, "
+    f"octet_length(state) + octet_length(metadata) AS size FROM {_S}.checkpoints "
+    "WHERE thread_id = %s AND namespace >= s.namespace AND namespace <= s.namespace "
+    "AND seq <= %s ORDER BY namespace DESC, seq DESC LIMIT %s) AS p "
+    "ORDER BY p.seq DESC LIMIT %s")
+
+
+def _page_sizes(thread_id: str, namespace: str | None, upper: int, want: int
+                ) -> tuple[str, list[object]]:
+    """The statement (and its parameters) of a page's sizes: :data:`_PAGE_SIZES`, or
+    :data:`_PAGE_SIZES_ALL` when ``namespace`` is None (every namespace)."""
+    if namespace is None:
+        return _PAGE_SIZES_ALL, [thread_id, thread_id, thread_id, upper, want, want]
+    return _PAGE_SIZES, [thread_id, namespace, namespace, upper, want]
+
+
+#: The page's checkpoint rows, and their pending writes, after ``WITH sized AS (<a page's
+#: sizes>), run AS (...)``: the seqs chosen go in as an array (an InitPlan), so both tables
+#: are read by primary key whatever the plan. A join or IN on the CTE let a generic plan scan
+#: the whole table and hash it (100,006 checkpoints read for a page of 6).
+_PAGE_RUN = ("run AS (SELECT seq, size, sum(size) OVER (ORDER BY seq DESC) AS total, "
+             "count(*) OVER () AS found FROM sized) ")
+_PAGE_ROWS = (f"SELECT {_CHECKPOINT_COLUMNS}, run.total, run.found FROM run JOIN "
+              f"{_S}.checkpoints AS c ON c.seq = run.seq WHERE c.seq = ANY(ARRAY(SELECT seq "
+              "FROM run WHERE total - size < %s)) ORDER BY c.seq DESC")
+_PAGE_WRITES = (f"SELECT {_WRITE_COLUMNS} FROM {_S}.writes AS w WHERE w.checkpoint_seq = "
+                "ANY(ARRAY(SELECT seq FROM run WHERE total - size < %s)) "
+                "ORDER BY w.checkpoint_seq DESC, w.task_id COLLATE \"C\", w.idx")
+
+#: The newest log event's seq of a thread (NULL if none): parameters (thread, thread).
+_LOG_LAST = (f"SELECT (SELECT seq FROM {_S}.log WHERE thread_id >= %s AND thread_id <= %s "
+             "ORDER BY thread_id DESC, seq DESC LIMIT 1)")
+#: Log rows of a thread in a seq range: (thread, thread, after, last, how many).
+_LOG_PAGE = (f"SELECT seq, thread_id, created_at, event, checksum FROM {_S}.log "
+             "WHERE thread_id >= %s AND thread_id <= %s AND seq > %s AND seq <= %s "
+             "ORDER BY thread_id, seq LIMIT %s")
+#: Whether the thread has a checkpoint: (thread, thread).
+_HAS_CHECKPOINTS = (f"SELECT 1 FROM {_S}.checkpoints WHERE thread_id >= %s AND thread_id <= %s "
+                    "ORDER BY thread_id LIMIT 1")
+#: The seqs of the thread's checkpoints, as a condition on ``seq`` (``checkpoint_seq`` of the
+#: files' rows: see delete_thread): (thread, thread).
+_THREAD_SEQS = (f"seq = ANY(ARRAY(SELECT seq FROM {_S}.checkpoints WHERE thread_id >= %s "
+                "AND thread_id <= %s))")
+#: The thread's whole checkpoints in seq order, read through a cursor (copy_thread,
+#: delete_matching): (thread, thread). "thread_id = %s ORDER BY seq": a cursor's plan favours
+#: its first rows, and walked the primary key over every thread's rows, filtering (a thread of
+#: 1,000 checkpoints below 100,000 of another: 101,000 rows read, 23 ms; 4 ms now). Ordered by
+#: (thread_id, seq), the thread's rows come from its index and are sorted: the same order.
+_THREAD_CHECKPOINTS = (f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
+                       "WHERE c.thread_id >= %s AND c.thread_id <= %s ORDER BY c.thread_id, c.seq")
+#: Deleting a thread's checkpoints, and its log: (thread, thread).
+_DELETE_CHECKPOINTS = (f"DELETE FROM {_S}.checkpoints WHERE thread_id >= %s "
+                       "AND thread_id <= %s")
+_DELETE_LOG = f"DELETE FROM {_S}.log WHERE thread_id >= %s AND thread_id <= %s"
+#: The checkpoints prune deletes: all but the newest ``keep_last`` of each namespace of the
+#: thread, as a condition on ``seq``: (thread, thread, keep_last).
+_PRUNED = ("seq = ANY(ARRAY(SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY "
+           f"namespace ORDER BY seq DESC) AS rank FROM {_S}.checkpoints WHERE "
+           "thread_id >= %s AND thread_id <= %s) AS ranked WHERE rank > %s))")
 
 
 #: Rows a scan of whole checkpoints (copy_thread, delete_matching) holds at once: it reads
@@ -822,11 +916,10 @@ class Engine:
             return 0  # no stored text holds NUL (check_text): there is no such thread
 
         def work(conn: Any) -> int:
-            with pg_files.collecting(conn, f"checkpoint_seq IN (SELECT seq FROM "
-                                     f"{_S}.checkpoints WHERE thread_id = %s)", (thread_id,)):
-                deleted = conn.execute(f"DELETE FROM {_S}.checkpoints WHERE thread_id = %s",
-                                       (thread_id,)).rowcount
-            conn.execute(f"DELETE FROM {_S}.log WHERE thread_id = %s", (thread_id,))
+            both = (thread_id, thread_id)
+            with pg_files.collecting(conn, f"checkpoint_{_THREAD_SEQS}", both):
+                deleted = conn.execute(_DELETE_CHECKPOINTS, both).rowcount
+            conn.execute(_DELETE_LOG, both)
             return deleted
 
         return self._write("deleting a thread", work, threads=(thread_id,))
@@ -836,15 +929,12 @@ class Engine:
         if _has_nul(thread_id):
             return 0  # no such thread, as in delete_thread
 
-        doomed = ("seq IN (SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY "
-                  f"namespace ORDER BY seq DESC) AS rank FROM {_S}.checkpoints WHERE "
-                  "thread_id = %s) AS ranked WHERE rank > %s)")
-        params = (thread_id, min(keep_last, INT64_MAX))
+        params = (thread_id, thread_id, min(keep_last, INT64_MAX))
 
         def work(conn: Any) -> int:
-            # The same condition on files' column: "checkpoint_seq IN (...)".
-            with pg_files.collecting(conn, f"checkpoint_{doomed}", params):
-                return conn.execute(f"DELETE FROM {_S}.checkpoints WHERE {doomed}",
+            # The same condition on files' column: "checkpoint_seq = ANY(...)".
+            with pg_files.collecting(conn, f"checkpoint_{_PRUNED}", params):
+                return conn.execute(f"DELETE FROM {_S}.checkpoints WHERE {_PRUNED}",
                                     params).rowcount
 
         return self._write("pruning a thread", work, threads=(thread_id,))
@@ -858,15 +948,13 @@ class Engine:
         check_text(source_thread_id=source, target_thread_id=target)
 
         def work(conn: Any) -> int:
-            if conn.execute(f"SELECT 1 FROM {_S}.checkpoints WHERE thread_id = %s LIMIT 1",
-                            (target,)).fetchone() is not None:
+            if conn.execute(_HAS_CHECKPOINTS, (target, target)).fetchone() is not None:
                 raise InvalidArgumentError(
                     f"target thread {target!r} already has checkpoints on {self.server}; "
                     "copy to a new thread id (or delete_thread it first). Nothing was "
                     "written.", path=self.server)
             copied: dict[int, int] = {}
-            with _scan(conn, f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
-                       "WHERE c.thread_id = %s ORDER BY c.seq", (source,)) as rows:
+            with _scan(conn, _THREAD_CHECKPOINTS, (source, source)) as rows:
                 for row in rows:
                     verify(row)
                     old, _, namespace, parent, created, state, meta, _, key, parent_key = row
@@ -903,14 +991,14 @@ class Engine:
             return 0  # no such thread, as in delete_thread
 
         def work(conn: Any) -> int:
-            where, params = "", ()
+            query = f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c ORDER BY c.seq"
+            params: tuple = ()
             if thread_id is not None:
                 self._lock_threads(conn, thread_id)
-                where, params = "WHERE c.thread_id = %s", (thread_id,)
+                query, params = _THREAD_CHECKPOINTS, (thread_id, thread_id)
             doomed: set[int] = set()
             orphans = []
-            with _scan(conn, f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
-                       f"{where} ORDER BY c.seq", params) as rows:
+            with _scan(conn, query, params) as rows:
                 for row in rows:
                     if matches(row):
                         doomed.add(row[0])
@@ -1006,6 +1094,8 @@ class Engine:
                                  _GET_BY_SEQ)
         if found is None:
             return []
+        if found[0] is _GET_LATEST:  # the namespace twice (see _GET_LATEST)
+            found = (_GET_LATEST, (thread_id, namespace, namespace))
         if self._pinned() is not None:
             return self._read("reading a checkpoint",
                               lambda conn: conn.execute(*found, binary=True).fetchall())
@@ -1035,14 +1125,7 @@ class Engine:
             if bound is None:
                 bound = INT64_MAX if before is None else \
                     self._before_seq(conn, thread_id, namespace, before) - 1
-            where, params = "thread_id = %s", [thread_id]
-            if namespace is not None:
-                where += " AND namespace = %s"
-                params.append(namespace)
-            sizes = conn.execute(
-                f"SELECT seq, octet_length(state) + octet_length(metadata) FROM "
-                f"{_S}.checkpoints WHERE {where} AND seq <= %s ORDER BY seq DESC LIMIT %s",
-                (*params, bound, want)).fetchall()
+            sizes = conn.execute(*_page_sizes(thread_id, namespace, bound, want)).fetchall()
             taken, total = [], 0
             for seq, size in sizes:
                 taken.append(seq)
@@ -1067,22 +1150,11 @@ class Engine:
         # the same rows as work's, chosen in SQL (a running sum of the sizes, newest first),
         # and their writes, in one REPEATABLE READ transaction, pipelined.
         bound = INT64_MAX if upper is None else upper
-        where, params = "thread_id = %s", [thread_id]
-        if namespace is not None:
-            where += " AND namespace = %s"
-            params.append(namespace)
-        sized = (f"WITH sized AS (SELECT seq, octet_length(state) + octet_length(metadata) AS "
-                 f"size FROM {_S}.checkpoints WHERE {where} AND seq <= %s ORDER BY seq DESC "
-                 "LIMIT %s), run AS (SELECT seq, size, sum(size) OVER (ORDER BY seq DESC) AS "
-                 "total, count(*) OVER () AS found FROM sized) ")
-        sized_params = [*params, bound, want]
+        sizes, sized_params = _page_sizes(thread_id, namespace, bound, want)
+        sized = f"WITH sized AS ({sizes}), {_PAGE_RUN}"
         rows, writes = self._read_pipelined("listing checkpoints", [
-            (f"{sized}SELECT {_CHECKPOINT_COLUMNS}, run.total, run.found FROM run JOIN "
-             f"{_S}.checkpoints AS c ON c.seq = run.seq WHERE run.total - run.size < %s "
-             "ORDER BY c.seq DESC", (*sized_params, budget)),
-            (f"{sized}SELECT {_WRITE_COLUMNS} FROM {_S}.writes AS w WHERE w.checkpoint_seq IN "
-             "(SELECT seq FROM run WHERE total - size < %s) ORDER BY w.checkpoint_seq DESC, "
-             "w.task_id COLLATE \"C\", w.idx", (*sized_params, budget))], snapshot=True)
+            (f"{sized}{_PAGE_ROWS}", (*sized_params, budget)),
+            (f"{sized}{_PAGE_WRITES}", (*sized_params, budget))], snapshot=True)
         if not rows:
             return bound, [], [], False
         total, found = rows[-1][-2], rows[0][-1]
@@ -1119,14 +1191,11 @@ class Engine:
         def work(conn: Any) -> tuple[int | None, list[tuple]]:
             bound = last
             if bound is None:
-                bound = conn.execute(f"SELECT max(seq) FROM {_S}.log WHERE thread_id = %s",
-                                     (thread_id,)).fetchone()[0]
+                bound = conn.execute(_LOG_LAST, (thread_id, thread_id)).fetchone()[0]
                 if bound is None:
                     return None, []
             return bound, conn.execute(
-                f"SELECT seq, thread_id, created_at, event, checksum FROM {_S}.log "
-                "WHERE thread_id = %s AND seq > %s AND seq <= %s ORDER BY seq LIMIT %s",
-                (thread_id, after, bound, want)).fetchall()
+                _LOG_PAGE, (thread_id, thread_id, after, bound, want)).fetchall()
 
         return self._read("reading the log", work)
 
