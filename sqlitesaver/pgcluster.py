@@ -11,7 +11,10 @@ after the ``with`` block no process, shared memory or file of the cluster is lef
 
 The postmaster is this process's child, not detached by ``pg_ctl``: a killed detached one waits
 for PID 1 to reap it (seconds here), its zombie's pid holding the ``postmaster.pid`` lock
-against the restart. As root (which initdb and postgres refuse) both run as the user
+against the restart. Started from the main thread, it gets SIGQUIT (an immediate shutdown: it
+and its backends exit) if this process dies without closing it, e.g. ended by a test run's hang
+detector (``faulthandler`` exits at once, running no cleanup): no server is left running. Its
+temporary directory is then left behind; nothing else would know it is unused. As root (which initdb and postgres refuse) both run as the user
 ``postgres``. Linux only (``/proc``); stdlib only. ``python3 -I sqlitesaver/pgcluster.py``
 prints the binaries' directory, or what to install.
 """
@@ -28,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Mapping
 from typing import IO, Any
@@ -41,6 +45,30 @@ _INSTALL = "install PostgreSQL's server (Debian/Ubuntu: 'apt-get install postgre
 #: What ``pg_ctl stop -m MODE`` sends (postgresql.org/docs/current/server-shutdown.html).
 _STOP_SIGNALS = {"smart": signal.SIGTERM, "fast": signal.SIGINT, "immediate": signal.SIGQUIT}
 _POLL = 0.01  # seconds between two looks at a state awaited under a deadline
+_PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _parent_death_signal() -> Any:
+    """A ``preexec_fn`` asking Linux to send the child SIGQUIT when the thread that started it
+    ends (``prctl(PR_SET_PDEATHSIG)``), or None where that cannot be had. Looked up here, in
+    the parent: the function run in the forked child only calls it. It runs after the child
+    took the server user's ids (a change of ids clears the setting), and exits if the parent
+    died before it was set."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        import ctypes
+
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (ImportError, OSError, AttributeError):
+        return None
+    parent = os.getpid()
+
+    def die_with_parent() -> None:
+        prctl(_PR_SET_PDEATHSIG, signal.SIGQUIT)
+        if os.getppid() != parent:  # the parent died before the setting: nobody would send it
+            os._exit(1)
+    return die_with_parent
 
 
 # Not a sqlitesaver.errors.SaverError: errors.py groups what the store's public API raises about
@@ -133,13 +161,15 @@ class Cluster:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def _spawn(self, command: list[str], out: int | IO[bytes]) -> subprocess.Popen[bytes]:
+    def _spawn(self, command: list[str], out: int | IO[bytes],
+               preexec: Any = None) -> subprocess.Popen[bytes]:
         """Run ``command`` as the server's user, in its own session (out of reach of the
-        terminal's signals), without the PG* variables (PGPORT, PGDATA...) that would change it."""
+        terminal's signals), without the PG* variables (PGPORT, PGDATA...) that would change it;
+        ``preexec`` runs in the child before it executes ``command``."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         return subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, cwd=self.socket_dir, env=env,
-                                start_new_session=True, **self._as_user)
+                                start_new_session=True, preexec_fn=preexec, **self._as_user)
 
     def _initdb(self) -> None:
         command = [os.path.join(self.bindir, "initdb"), "-D", self.data_dir, "-U", "postgres",
@@ -186,8 +216,12 @@ class Cluster:
                    "-c", "listen_addresses=", "-k", self.socket_dir]
         for name, value in self.settings.items():
             command += ["-c", f"{name}={value}"]
+        # Only from the main thread: the signal follows the death of the thread that started
+        # the server, and a worker thread's end is no reason to stop it.
+        preexec = (_parent_death_signal() if threading.current_thread() is threading.main_thread()
+                   else None)
         with open(self.log_file, "ab") as log:
-            self._proc = proc = self._spawn(command, log)
+            self._proc = proc = self._spawn(command, log, preexec)
         while self._lock_file() != (proc.pid, "ready"):
             if proc.poll() is not None:
                 raise ClusterError(f"postgres exited with status {proc.returncode} while "

@@ -7,7 +7,10 @@ is installed (CI installs one: .ci/run)."""
 from __future__ import annotations
 
 import os
+import shutil
+import signal
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 
@@ -171,3 +174,36 @@ def test_root_without_a_postgres_user_is_told_so(monkeypatch):
     with pytest.raises(ClusterError, match="no user 'postgres'.*'postgresql' package"):
         with Cluster():
             pass
+
+
+_DIES_HOLDING_A_CLUSTER = """
+import os, sys
+from sqlitesaver.pgcluster import Cluster
+cluster = Cluster().__enter__()
+print(cluster.postmaster_pid(), cluster.socket_dir, flush=True)
+sys.stdin.readline()  # the test has looked at the server: die as a hang detector ends a run
+os._exit(1)  # no cleanup, no atexit, no finalizer (faulthandler's exit=True does this)
+"""
+
+
+def test_a_process_that_dies_without_closing_its_cluster_leaves_no_server_running():
+    _require_server()
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    child = subprocess.Popen([sys.executable, "-c", _DIES_HOLDING_A_CLUSTER],
+                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=repo))
+    pid_text, socket_dir = child.stdout.readline().split()
+    postmaster = int(pid_text)
+    try:
+        assert _alive(postmaster)
+        child.stdin.write("\n")
+        child.stdin.flush()
+        assert child.wait(timeout=60) == 1
+        deadline = time.monotonic() + 60  # an immediate shutdown takes milliseconds
+        while _alive(postmaster) and time.monotonic() < deadline:
+            time.sleep(0.01)  # another process's end: nothing to wait on but its /proc entry
+        assert not _alive(postmaster), "the orphaned postmaster is still running"
+    finally:
+        if _alive(postmaster):
+            os.kill(postmaster, signal.SIGKILL)
+        shutil.rmtree(socket_dir, ignore_errors=True)  # left behind by design (docstring)
