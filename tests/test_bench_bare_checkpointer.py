@@ -164,3 +164,20 @@ def test_graphs_on_many_threads_end_as_on_langgraphs_in_memory_saver(tmp_path, d
     expected = run(InMemorySaver())
     assert len(ours) == 8 and ours == expected
     assert ours[0][0]["messages"] == ["start 0", "a", "b", "c saw 3"]
+
+
+def test_bench_graph_cpu_reports_every_checkpointer_and_durability(tmp_path):
+    """bench/graph_cpu.py, short: one round, one invoke per thread (figures not meaningful)."""
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(repo, "bench", "graph_cpu.py"),
+                           "--rounds", "1", "--invokes", "1", "--threads", "2",
+                           "--dir", str(tmp_path)], capture_output=True, text=True,
+                          timeout=300, env=dict(os.environ, PYTHONPATH=repo))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    rows = [line.split("|")[1:3] for line in done.stdout.splitlines()
+            if line.startswith("| ") and "checkpointer" not in line]
+    assert sorted((kind.strip(), durability.strip()) for kind, durability in rows) == sorted(
+        (kind, durability) for kind in ("sqlitesaver", "langgraph", "bare", "memory")
+        for durability in ("sync", "async"))
