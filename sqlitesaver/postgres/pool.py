@@ -8,17 +8,22 @@ transaction's ``BEGIN`` is replaced (:meth:`Connections._stale`). Every connecti
 pool carries the token of its checkout in ``_checkouts`` until it is back, which the thread's
 pin on a transaction block checks (:mod:`.transactions`). A caller that finds every connection
 in use past ``busy_timeout`` gets BusyTimeoutError; a server that cannot be reached,
-CannotOpenError (:meth:`Connections._probe`).
+CannotOpenError (:meth:`Connections._probe`). What an operator needs to see goes to the
+``sqlitesaver`` logger (sqlitesaver/log.py): a dead pooled connection replaced, a connection
+lost inside a transaction (:meth:`Connections._error`), a long wait for a connection.
 """
 
 from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
-from ..errors import BusyTimeoutError, InvalidArgumentError, SaverClosedError, SaverError
+from .. import log
+from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
+                      SaverClosedError, SaverError)
 from . import connect, schema
 from . import errors as pg_errors
 from . import target as pg_target
@@ -139,12 +144,16 @@ class Connections:
                                    "Saver.", path=self.server)
         from psycopg_pool import PoolTimeout
 
+        started = time.monotonic()
         try:
             cm, conn = self._take(doing, None)
         except PoolTimeout as exc:
             timeout = exc
         else:
             timeout = None
+            waited = time.monotonic() - started
+            if waited >= log.BUSY_WAIT_THRESHOLD:  # no call (nor formatting) below it
+                log.server_pool_wait(self.server, doing, waited, gave_up=False)
         if timeout is not None:
             # Not necessarily busy: with fewer connections than max_connections, the pool was
             # (re)connecting, to a server that is down (say so, as when opening) or was just
@@ -157,14 +166,14 @@ class Connections:
             open_now = stats.get("pool_size", 0)
             if open_now - stats.get("pool_available", 0) >= self._max_connections or (
                     not failing and open_now >= self._max_connections):
-                raise self._busy(doing) from timeout
+                raise self._busy(doing, started) from timeout
             if failing:
                 self._probe(doing, timeout)
             try:
                 cm, conn = self._take(doing, self._options.connect_timeout)
             except PoolTimeout as exc:
                 self._probe(doing, exc)
-                raise self._busy(doing) from exc
+                raise self._busy(doing, started) from exc
         self._checkouts[id(conn)] = object()
         try:
             yield conn
@@ -205,13 +214,16 @@ class Connections:
         else:
             cm.__exit__(type(exc), exc, exc.__traceback__)
 
-    def _busy(self, doing: str) -> BusyTimeoutError:
+    def _busy(self, doing: str, started: float) -> BusyTimeoutError:
+        """The error of a call that waited for a pooled connection since ``started`` (a
+        ``time.monotonic()``) and got none, logged."""
+        log.server_pool_wait(self.server, doing, time.monotonic() - started, gave_up=True)
         return BusyTimeoutError(
             f"every connection to {self.server} stayed in use past the busy timeout "
             f"({self.busy_timeout} s) while {doing}; nothing was written. Raise "
             "max_connections or busy_timeout, or make fewer calls at once.", path=self.server)
 
-    def _stale(self, conn: Any, exc: BaseException, tries: int) -> bool:
+    def _stale(self, conn: Any, exc: BaseException, tries: int, doing: str) -> bool:
         """Whether ``exc``, raised by a transaction's ``BEGIN`` string (its first statement),
         comes from a pooled connection that was already dead (closed by the server while idle
         in the pool, or by a restart): then nothing of the transaction ran, and it runs on
@@ -222,7 +234,7 @@ class Connections:
         checks its idle connections (a restart killed them all) and replaces the dead ones,
         so the second try gets a live one or, with the server down, none (the error is then
         raised as usual). A pipelined read (:meth:`_read_pipelined`) has no BEGIN of its own:
-        one that kills its backend is run twice at most."""
+        one that kills its backend is run twice at most. Logged (INFO)."""
         if (tries or not isinstance(exc, Exception) or isinstance(exc, SaverError)
                 or not conn.broken):
             return False
@@ -230,4 +242,16 @@ class Connections:
             self._pool.check()
         except Exception:  # the retry's own connection attempt will say why
             pass
+        log.server_connection_replaced(self.server, doing)
         return True
+
+    def _error(self, conn: Any, exc: BaseException, doing: str, *, committing: bool = False,
+               in_transaction: bool = False) -> SaverError:
+        """``exc`` as pg_errors.translate maps it, for the caller to raise ``from exc``; a
+        connection lost inside a transaction (DatabaseIOError, ``conn`` broken) logged as a
+        WARNING, "maybe committed" if ``committing``."""
+        error = pg_errors.translate(exc, self.server, doing, committing=committing,
+                                    in_transaction=in_transaction)
+        if isinstance(error, DatabaseIOError) and conn.broken:
+            log.server_connection_lost(self.server, doing, committing=committing)
+        return error

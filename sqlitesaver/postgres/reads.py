@@ -15,7 +15,6 @@ from typing import Any, TypeVar
 
 from ..errors import CheckpointNotFoundError, SaverError
 from ..ids import INT64_MAX, checkpoint_query, is_generated, parse_id
-from . import errors as pg_errors
 from . import schema
 from .pool import _rollback_if_open
 from .sql import (_CHECKPOINT_COLUMNS, _GET_BY_KEY, _GET_BY_SEQ, _GET_LATEST, _LOG_LAST,
@@ -77,13 +76,13 @@ class Reads(Transactions):
                     conn.execute("COMMIT")
                     return result
                 except BaseException as exc:
-                    if not begun and self._stale(conn, exc, stale):
+                    if not begun and self._stale(conn, exc, stale, doing):
                         stale += 1
                         continue
                     schema._rollback(conn)
                     if isinstance(exc, SaverError) or not isinstance(exc, Exception):
                         raise
-                    raise pg_errors.translate(exc, self.server, doing) from exc
+                    raise self._error(conn, exc, doing) from exc
 
     def _read_pipelined(self, doing: str, statements: Sequence[tuple[str, Sequence[object]]],
                         *, snapshot: bool = False) -> list[list[tuple]]:
@@ -110,13 +109,13 @@ class Reads(Transactions):
                             conn.execute("COMMIT")
                     return [cursor.fetchall() for cursor in cursors]
                 except BaseException as exc:
-                    if self._stale(conn, exc, stale):
+                    if self._stale(conn, exc, stale, doing):
                         stale += 1
                         continue
                     _rollback_if_open(conn)
                     if isinstance(exc, SaverError) or not isinstance(exc, Exception):
                         raise
-                    raise pg_errors.translate(exc, self.server, doing) from exc
+                    raise self._error(conn, exc, doing) from exc
 
     def get_rows(self, thread_id: str, namespace: str, checkpoint_id: str | None
                  ) -> list[tuple]:

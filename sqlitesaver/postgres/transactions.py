@@ -9,6 +9,8 @@ a base of :class:`~sqlitesaver.postgres.engine.Engine`) runs every operation's w
   transaction pinned to the calling thread's connection, each call in a savepoint of its own,
   a nested block a savepoint; the pin is trusted only while its checkout is current
   (:meth:`Transactions._pinned`).
+* **Logged** (sqlitesaver/log.py): each retry (DEBUG), a call's retries past
+  ``log.BUSY_WAIT_THRESHOLD`` seconds in all (WARNING), a connection lost (WARNING).
 * **Lock order**: the all-threads lock (shared, or exclusive), then each thread's, sorted
   (:meth:`Transactions._lock_threads`, :meth:`Transactions._begin_locking`).
 """
@@ -21,6 +23,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
+from .. import log
 from ..errors import DatabaseIOError, SaverError
 from . import errors as pg_errors
 from . import schema
@@ -121,9 +124,10 @@ class Transactions(Connections):
                 row = None if first is None else conn.execute(*first).fetchone()
                 return work(_Tx(conn, row, now=True))
             return self._in_savepoint(pinned, doing, in_block)
-        deadline = time.monotonic() + self.busy_timeout
+        started = time.monotonic()
+        deadline = started + self.busy_timeout
         delay = 0.001
-        stale = 0
+        stale = retried = 0  # retried: this call's retries, logged (log.server_retries)
         while True:
             with self._connection(doing) as conn:
                 begun = committing = False
@@ -138,9 +142,12 @@ class Transactions(Connections):
                     result = work(tx)
                     committing = True
                     self._commit(conn, doing, tx.finals)
+                    if retried:
+                        log.server_retries(self.server, doing, retried,
+                                           time.monotonic() - started, gave_up=False)
                     return result
                 except BaseException as exc:
-                    if not begun and self._stale(conn, exc, stale):
+                    if not begun and self._stale(conn, exc, stale, doing):
                         stale += 1
                         continue  # out of the block: the pool drops the dead connection
                     _rollback_if_open(conn)
@@ -148,12 +155,16 @@ class Transactions(Connections):
                         raise  # the work's own verdict (not found...), or KeyboardInterrupt
                     state = pg_errors.sqlstate_of(exc)
                     if state not in pg_errors.RETRYABLE or time.monotonic() >= deadline:
-                        raise pg_errors.translate(exc, self.server, doing,
-                                                  committing=committing) from exc
+                        if state in pg_errors.RETRYABLE:
+                            log.server_retries(self.server, doing, retried,
+                                               time.monotonic() - started, gave_up=True)
+                        raise self._error(conn, exc, doing, committing=committing) from exc
             # Rolled back and out of the connection's block: back off (jittered, doubling
             # up to 0.1 s, never past the deadline) and run the whole transaction again.
             with self._count_lock:
                 self.retries += 1
+            retried += 1
+            log.server_retry(self.server, doing, state, retried)
             time.sleep(min(delay * (1 + random.random()), max(0.0, deadline - time.monotonic())))
             delay = min(delay * 2, 0.1)
 
@@ -213,8 +224,8 @@ class Transactions(Connections):
                 except SaverError:
                     raise
                 except Exception as exc:
-                    raise pg_errors.translate(exc, self.server, "committing a transaction",
-                                              committing=True) from exc
+                    raise self._error(conn, exc, "committing a transaction",
+                                      committing=True) from exc
             finally:
                 self._local.txn = None  # whatever skipped the lines above
 
@@ -228,11 +239,11 @@ class Transactions(Connections):
                 try:
                     conn.execute(self._begin, prepare=False)  # several statements
                 except Exception as exc:
-                    if self._stale(conn, exc, stale):
+                    if self._stale(conn, exc, stale, doing):
                         stale += 1
                         continue
                     schema._rollback(conn)
-                    raise pg_errors.translate(exc, self.server, doing) from exc
+                    raise self._error(conn, exc, doing) from exc
                 yield conn
                 return
 
@@ -300,8 +311,8 @@ class Transactions(Connections):
             try:
                 pinned.conn.execute(f"SAVEPOINT {name}")
             except Exception as exc:
-                raise pg_errors.translate(exc, self.server, "opening a nested block",
-                                          in_transaction=True) from exc
+                raise self._error(pinned.conn, exc, "opening a nested block",
+                                  in_transaction=True) from exc
             try:
                 yield
             except BaseException:
@@ -310,8 +321,8 @@ class Transactions(Connections):
             try:
                 pinned.conn.execute(f"RELEASE SAVEPOINT {name}")
             except Exception as exc:
-                raise pg_errors.translate(exc, self.server, "ending a nested block",
-                                          in_transaction=True) from exc
+                raise self._error(pinned.conn, exc, "ending a nested block",
+                                  in_transaction=True) from exc
         finally:
             pinned.depth -= 1
 
@@ -322,18 +333,18 @@ class Transactions(Connections):
         try:
             conn.execute("SAVEPOINT sqlitesaver_call")
         except Exception as exc:
-            raise pg_errors.translate(exc, self.server, doing, in_transaction=True) from exc
+            raise self._error(conn, exc, doing, in_transaction=True) from exc
         try:
             result = work(conn)
         except BaseException as exc:
             _undo_savepoint(conn, "sqlitesaver_call")
             if isinstance(exc, SaverError) or not isinstance(exc, Exception):
                 raise
-            raise pg_errors.translate(exc, self.server, doing, in_transaction=True) from exc
+            raise self._error(conn, exc, doing, in_transaction=True) from exc
         try:
             conn.execute("RELEASE SAVEPOINT sqlitesaver_call")
         except Exception as exc:
-            raise pg_errors.translate(exc, self.server, doing, in_transaction=True) from exc
+            raise self._error(conn, exc, doing, in_transaction=True) from exc
         return result
 
     def _lock_threads(self, conn: Any, *thread_ids: str) -> None:
