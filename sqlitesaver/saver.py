@@ -643,7 +643,7 @@ class Saver(FileMethods):
 #: handed out: an iterator the caller keeps open holds no snapshot (on SQLite, it cannot keep
 #: the WAL from resetting). The first page has PAGE_ROWS rows, each next one twice as many up
 #: to MAX_PAGE_ROWS, and a page ends early once it holds PAGE_BYTES of payload (see
-#: sqlitesaver.sqlite.reads._fetch_page and sqlitesaver.postgres.engine). Engines read all three
+#: sqlitesaver.sqlite.reads._fetch_page and sqlitesaver.postgres.reads). Engines read all three
 #: here at call time.
 PAGE_ROWS = 256
 MAX_PAGE_ROWS = 2048

@@ -18,7 +18,7 @@ from sqlitesaver.errors import (BusyTimeoutError, CannotOpenError, CheckpointNot
                                 DatabaseIOError, InvalidArgumentError, SaverClosedError,
                                 SaverError)
 from sqlitesaver.ids import format_id, parse_id
-from sqlitesaver.postgres import connect, engine as pg_engine
+from sqlitesaver.postgres import connect, engine as pg_engine, sql as pg_sql
 
 from conftest import inject_retryable_failures
 
@@ -174,7 +174,7 @@ def test_a_seq_is_drawn_only_once_the_thread_lock_is_held(engine, pg_url, hang_d
     watcher = admin(pg_url)
     try:
         holder.execute("BEGIN")
-        holder.execute(pg_engine._LOCK_THREAD, (pg_engine.THREAD_LOCK, "t"))
+        holder.execute(pg_sql._LOCK_THREAD, (pg_engine.THREAD_LOCK, "t"))
         done: list = []
         worker = threading.Thread(target=lambda: done.append(
             engine.put_checkpoint("t", "", None, None, STATE, META)))

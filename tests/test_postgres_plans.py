@@ -6,7 +6,7 @@ generic plan, blind to the thread asked for: "thread_id = $1" is estimated as on
 many as there are, and with few threads a walk of the primary key (all threads' rows in seq
 order), filtering by thread, looks as good as the thread's own index. On a cold thread whose
 checkpoints are older than a hot thread's many, that walk reads every hot row, on every call
-(sqlitesaver/postgres/engine.py, above _GET_LATEST).
+(sqlitesaver/postgres/sql.py, above _GET_LATEST).
 
 Each test runs an engine operation on such a cold thread, records the statements the engine
 sends (so the test follows the code, whatever it sends), then runs each again with the generic

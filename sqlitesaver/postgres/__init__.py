@@ -7,7 +7,13 @@
   back and enforced;
 * ``schema.py``: the tables (in a PostgreSQL schema of their own) and their migrations, each in
   one transaction under an advisory lock;
-* ``engine.py``: each operation as one server transaction (locks, retries, the pool);
+* ``sql.py``: the lock keys and the statements the engine sends, with why each is written so;
+* ``pool.py``: opening the engine, and its pool of connections (dead ones replaced);
+* ``transactions.py``: the write protocol (one server transaction per operation: locks,
+  retries, "maybe committed") and the caller's transaction blocks;
+* ``reads.py``: the reads (a get, a page, the log, the statistics);
+* ``engine.py``: :class:`~.engine.Engine`, on all of these, with each write operation (its
+  docstring says what an operation guarantees on a server);
 * ``saver.py``: :class:`PostgresServerSaver`, what ``Saver("postgresql://...")`` returns;
 * ``check.py``: the validator on a server (``python -m sqlitesaver check postgresql://...``).
 

@@ -279,7 +279,7 @@ def _check_files(report: Report, conn: Any) -> None:
 #: min(o.seq) with "o.namespace = c.namespace" the planner walked checkpoints_pkey from the
 #: oldest row of the table for every link, filtering by thread (2,004 links after 100,000
 #: checkpoints of another thread: 99,806 rows each, 34 s); ordered by namespace, a range that
-#: admits one value, only that index gives the order (see _GET_LATEST in engine.py).
+#: admits one value, only that index gives the order (see _GET_LATEST in sql.py).
 _PARENT_LINKS = (
     "SELECT c.seq, c.thread_id, c.namespace, c.parent_seq, p.seq, p.thread_id, p.namespace, "
     f"(SELECT o.seq FROM {_S}.checkpoints AS o WHERE o.thread_id = c.thread_id AND "

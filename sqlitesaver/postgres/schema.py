@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from .. import log
 from ..errors import MigrationError, NotASaverDatabaseError, SchemaVersionError
 from ..schema import APPLICATION_ID, Migration
 from . import errors as pg_errors
@@ -158,8 +159,9 @@ def read_version(conn: Any, server: str) -> int:
 
 def migrate(conn: Any, server: str, *, begin: str = "BEGIN") -> tuple[int, ...]:
     """Bring the schema to :func:`latest_version`, one transaction per migration; return the
-    versions this call applied. ``conn`` is in autocommit mode and outside a transaction;
-    ``begin`` starts each migration's transaction (the engine's adds ``SET LOCAL`` timeouts)."""
+    versions this call applied, and log them (INFO). ``conn`` is in autocommit mode and outside
+    a transaction; ``begin`` starts each migration's transaction (the engine's adds ``SET
+    LOCAL`` timeouts)."""
     if read_version(conn, server) == latest_version():
         return ()  # the common case: no lock, no write
     applied: list[int] = []
@@ -197,6 +199,8 @@ def migrate(conn: Any, server: str, *, begin: str = "BEGIN") -> tuple[int, ...]:
                 f"and was rolled back, the previous schema is intact: {error}",
                 path=server, sqlstate=error.sqlstate) from exc
         applied.append(migration.version)
+    if applied:  # from the version before the first this call applied (INFO)
+        log.server_migrated(server, applied[0] - 1, applied[-1])
     return tuple(applied)
 
 

@@ -1,0 +1,257 @@
+"""The PostgreSQL engine's connections: :class:`Connections`, the base of
+:class:`~sqlitesaver.postgres.engine.Engine`, opens the engine (arguments checked, the server's
+durability settings read back and enforced, the schema migrated, the ``BEGIN`` strings built)
+and lends pooled connections (:meth:`Connections._connection`).
+
+A pooled connection is not checked before use (a round trip per call): one found dead by a
+transaction's ``BEGIN`` is replaced (:meth:`Connections._stale`). Every connection out of the
+pool carries the token of its checkout in ``_checkouts`` until it is back, which the thread's
+pin on a transaction block checks (:mod:`.transactions`). A caller that finds every connection
+in use past ``busy_timeout`` gets BusyTimeoutError; a server that cannot be reached,
+CannotOpenError (:meth:`Connections._probe`). What an operator needs to see goes to the
+``sqlitesaver`` logger (sqlitesaver/log.py): a dead pooled connection replaced, a connection
+lost inside a transaction (:meth:`Connections._error`), a long wait for a connection.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from .. import log
+from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
+                      SaverClosedError, SaverError)
+from . import connect, schema
+from . import errors as pg_errors
+from . import target as pg_target
+from .sql import _LOCK_ALL_THREADS, ALL_THREADS_LOCK
+
+_DURABILITY = {"full": "on", "normal": "off"}
+
+
+def _rollback_if_open(conn: Any) -> None:
+    """ROLLBACK if the connection is still inside a transaction (a COMMIT string whose
+    statement failed leaves it aborted; a COMMIT that ran left none)."""
+    from psycopg.pq import TransactionStatus
+
+    if not conn.broken and conn.info.transaction_status in (TransactionStatus.INTRANS,
+                                                           TransactionStatus.INERROR):
+        schema._rollback(conn)
+
+
+class Connections:
+    """Opening a PostgreSQL server as a store, and its pool of connections: the base of
+    :class:`~sqlitesaver.postgres.engine.Engine` (see engine.py's docstring for what is
+    guaranteed)."""
+
+    def __init__(self, target: str, *, durability: str = "full", busy_timeout: float = 5.0,
+                 options: connect.Options | None = None, max_connections: int = 10) -> None:
+        if durability not in _DURABILITY:
+            raise InvalidArgumentError(f"durability must be 'full' or 'normal', not "
+                                       f"{durability!r}")
+        if (type(busy_timeout) not in (int, float) or not busy_timeout >= 0
+                or busy_timeout == float("inf")):
+            raise InvalidArgumentError(f"busy_timeout must be a finite number of seconds "
+                                       f">= 0, not {busy_timeout!r}")
+        if type(max_connections) is not int or max_connections < 1:
+            raise InvalidArgumentError(f"max_connections must be an int >= 1, not "
+                                       f"{max_connections!r}")
+        options = options or connect.Options()
+        options.check()
+        connect.require_psycopg()
+        params = pg_target.parse(target)
+        self.server = pg_target.describe(params)
+        self.durability = durability
+        self.busy_timeout = float(busy_timeout)
+        self._options = options
+        timeouts = connect.local_timeouts(options)
+        begin = f"BEGIN; SET LOCAL synchronous_commit TO {_DURABILITY[durability]}; {timeouts}"
+        key1, key2 = ALL_THREADS_LOCK  # after the timeouts: its wait is bounded too
+        self._begin = f"{begin}; SELECT pg_advisory_xact_lock_shared({key1}, {key2})"
+        self._begin_all = f"{begin}; {_LOCK_ALL_THREADS}"
+        self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
+        self._set_timeouts = connect.set_local_timeouts(options)  # for a pipelined read
+        first = connect.open_connection(params, self.server, options, doing="opening",
+                                        session_timeouts=False)
+        try:
+            self.server_settings = connect.read_settings(first, self.server)
+            connect.check_settings(self.server_settings, durability, self.server,
+                                   writing=True)
+            self.applied = schema.migrate(first, self.server, begin=f"BEGIN; {timeouts}")
+        finally:
+            first.close()
+        self._params = params  # for a probe when the pool cannot hand out a connection
+        self._max_connections = max_connections
+        self._connect_errors = 0  # the pool's failed connection attempts, when last looked
+        self._count_lock = threading.Lock()
+        self.commits = 0  # COMMITs that committed (under _count_lock), for stats()
+        self.retries = 0  # transactions run again after a 40001/40P01 (under _count_lock)
+        self._pool = self._open_pool(params, max_connections)
+        self._closed = False
+        self._close_lock = threading.Lock()
+        self._local = threading.local()  # .txn: the thread's open transaction (_Pinned)
+        # id(connection) -> the token of its current checkout from the pool, while out
+        self._checkouts: dict[int, object] = {}
+
+    def _open_pool(self, params: dict[str, str], size: int) -> Any:
+        from psycopg_pool import ConnectionPool
+
+        options = self._options
+        server = self.server
+        # No configure callback: no session state (the timeouts are SET LOCAL, see _begin).
+        kwargs = connect.libpq_params(params, options)
+        pool = ConnectionPool(
+            kwargs=dict(kwargs, autocommit=True, prepare_threshold=options.prepare_threshold),
+            # No check= on checkout (a round trip per call): a dead connection is found by the
+            # transaction's own statements instead and replaced (see _stale).
+            min_size=1, max_size=size, open=False, timeout=max(self.busy_timeout, 0.001),
+            name=f"sqlitesaver {server}")
+        try:
+            pool.open(wait=True, timeout=options.connect_timeout)
+        except Exception as exc:
+            pool.close()
+            raise pg_errors.translate(exc, server, "opening the connection pool",
+                                      connecting=True) from exc
+        return pool
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def close(self) -> None:
+        """Close every pooled connection. Idempotent."""
+        with self._close_lock:
+            if not self._closed:
+                self._closed = True
+                self._pool.close()
+
+    def settings(self) -> dict[str, object]:
+        """The server's durability settings as read at open, and this engine's."""
+        s = self.server_settings
+        return {"engine": "postgresql", "server": self.server, "durability": self.durability,
+                "server_version": s.server_version, "fsync": s.fsync,
+                "full_page_writes": s.full_page_writes,
+                "synchronous_commit": _DURABILITY[self.durability],
+                "server_synchronous_commit": s.synchronous_commit,
+                "busy_timeout": self.busy_timeout,
+                "prepare_threshold": self._options.prepare_threshold}
+
+    @contextlib.contextmanager
+    def _connection(self, doing: str) -> Iterator[Any]:
+        if self._closed:
+            raise SaverClosedError(f"this Saver for {self.server} was closed; open a new "
+                                   "Saver.", path=self.server)
+        from psycopg_pool import PoolTimeout
+
+        started = time.monotonic()
+        try:
+            cm, conn = self._take(doing, None)
+        except PoolTimeout as exc:
+            timeout = exc
+        else:
+            timeout = None
+            waited = time.monotonic() - started
+            if waited >= log.BUSY_WAIT_THRESHOLD:  # no call (nor formatting) below it
+                log.server_pool_wait(self.server, doing, waited, gave_up=False)
+        if timeout is not None:
+            # Not necessarily busy: with fewer connections than max_connections, the pool was
+            # (re)connecting, to a server that is down (say so, as when opening) or was just
+            # restarted (give it connect_timeout, as a reconnect, not an error).
+            # In use: the pool's own count (open minus idle), not one of ours, which an
+            # exception landing between a checkout and its bookkeeping would make drift.
+            stats = self._pool.get_stats()
+            errors = stats.get("connections_errors", 0)
+            failing, self._connect_errors = errors > self._connect_errors, errors
+            open_now = stats.get("pool_size", 0)
+            if open_now - stats.get("pool_available", 0) >= self._max_connections or (
+                    not failing and open_now >= self._max_connections):
+                raise self._busy(doing, started) from timeout
+            if failing:
+                self._probe(doing, timeout)
+            try:
+                cm, conn = self._take(doing, self._options.connect_timeout)
+            except PoolTimeout as exc:
+                self._probe(doing, exc)
+                raise self._busy(doing, started) from exc
+        self._checkouts[id(conn)] = object()
+        try:
+            yield conn
+        except BaseException as exc:
+            self._release(cm, conn, exc)
+            raise
+        self._release(cm, conn, None)
+
+    def _take(self, doing: str, timeout: float | None) -> tuple[Any, Any]:
+        """A pooled connection's context manager and the connection; PoolTimeout raised."""
+        from psycopg_pool import PoolClosed, PoolTimeout
+
+        try:
+            cm = self._pool.connection(timeout=timeout)
+            return cm, cm.__enter__()
+        except PoolTimeout:
+            raise
+        except PoolClosed as exc:
+            raise SaverClosedError(f"this Saver for {self.server} was closed; open a new "
+                                   "Saver.", path=self.server) from exc
+        except Exception as exc:
+            raise pg_errors.translate(exc, self.server, doing, connecting=True) from exc
+
+    def _probe(self, doing: str, cause: BaseException) -> None:
+        """A connection of our own, closed at once: raise why the server cannot be reached
+        (CannotOpenError, nothing written), or return if it can."""
+        try:
+            probe = connect.open_connection(self._params, self.server, self._options,
+                                            doing=doing, session_timeouts=False)
+        except SaverError as exc:
+            raise exc from cause
+        probe.close()
+
+    def _release(self, cm: Any, conn: Any, exc: BaseException | None) -> None:
+        self._checkouts.pop(id(conn), None)  # before it is back: a stale pin never matches
+        if exc is None:
+            cm.__exit__(None, None, None)
+        else:
+            cm.__exit__(type(exc), exc, exc.__traceback__)
+
+    def _busy(self, doing: str, started: float) -> BusyTimeoutError:
+        """The error of a call that waited for a pooled connection since ``started`` (a
+        ``time.monotonic()``) and got none, logged."""
+        log.server_pool_wait(self.server, doing, time.monotonic() - started, gave_up=True)
+        return BusyTimeoutError(
+            f"every connection to {self.server} stayed in use past the busy timeout "
+            f"({self.busy_timeout} s) while {doing}; nothing was written. Raise "
+            "max_connections or busy_timeout, or make fewer calls at once.", path=self.server)
+
+    def _stale(self, conn: Any, exc: BaseException, tries: int, doing: str) -> bool:
+        """Whether ``exc``, raised by a transaction's ``BEGIN`` string (its first statement),
+        comes from a pooled connection that was already dead (closed by the server while idle
+        in the pool, or by a restart): then nothing of the transaction ran, and it runs on
+        another connection. Only the BEGIN: a connection lost after it (the backend killed
+        while running the transaction's own statements) is not retried, as a statement that
+        crashes its backend would crash it again on every try, each a crash recovery of the
+        whole cluster; the caller gets DatabaseIOError and decides. Once: the pool first
+        checks its idle connections (a restart killed them all) and replaces the dead ones,
+        so the second try gets a live one or, with the server down, none (the error is then
+        raised as usual). A pipelined read (:meth:`_read_pipelined`) has no BEGIN of its own:
+        one that kills its backend is run twice at most. Logged (INFO)."""
+        if (tries or not isinstance(exc, Exception) or isinstance(exc, SaverError)
+                or not conn.broken):
+            return False
+        try:
+            self._pool.check()
+        except Exception:  # the retry's own connection attempt will say why
+            pass
+        log.server_connection_replaced(self.server, doing)
+        return True
+
+    def _error(self, conn: Any, exc: BaseException, doing: str, *, committing: bool = False,
+               in_transaction: bool = False) -> SaverError:
+        """``exc`` as pg_errors.translate maps it, for the caller to raise ``from exc``; a
+        connection lost inside a transaction (DatabaseIOError, ``conn`` broken) logged as a
+        WARNING, "maybe committed" if ``committing``."""
+        error = pg_errors.translate(exc, self.server, doing, committing=committing,
+                                    in_transaction=in_transaction)
+        if isinstance(error, DatabaseIOError) and conn.broken:
+            log.server_connection_lost(self.server, doing, committing=committing)
+        return error

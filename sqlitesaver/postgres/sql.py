@@ -1,0 +1,167 @@
+"""The PostgreSQL engine's SQL: the advisory lock keys, the statements its operations send,
+and why each is written as it is. Several are shaped so that a generic plan (psycopg prepares a
+statement after a few executions) still reads one thread's rows, not every thread's: see the
+comment above :data:`_GET_LATEST`; tests/test_postgres_plans.py checks each on skewed data. Also
+:func:`check_text`, since PostgreSQL's text (every statement's text parameter) cannot hold NUL.
+
+Text only: nothing here talks to a server. :mod:`.transactions` takes the locks, :mod:`.reads`
+and :mod:`.engine` (the writes) send the statements.
+"""
+
+from __future__ import annotations
+
+from ..errors import InvalidArgumentError
+from ..schema import APPLICATION_ID
+from . import schema
+
+#: key1 of ``pg_advisory_xact_lock(key1, hashtext(thread_id))``, taken by every write to a
+#: thread (the migration lock is ``(APPLICATION_ID, 0)``: another key1, no clash).
+THREAD_LOCK = APPLICATION_ID + 1
+#: ``(key1, key2)`` of the advisory lock every write takes in shared mode before its thread's,
+#: and ``delete_matching`` over every thread in exclusive mode.
+ALL_THREADS_LOCK = (APPLICATION_ID + 2, 0)
+
+_S = schema.SCHEMA
+_CHECKPOINT_COLUMNS = ("c.seq, c.thread_id, c.namespace, c.parent_seq, c.created_at, c.state, "
+                       "c.metadata, c.checksum, c.key, c.parent_key")
+_WRITE_COLUMNS = ("w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.task_path, "
+                  "w.checksum")
+_LOCK_THREAD = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
+_LOCK_ALL_THREADS = "SELECT pg_advisory_xact_lock({}, {})".format(*ALL_THREADS_LOCK)
+# The seq and the time, after the thread's lock: the lock is a statement before this one (the
+# order in which one select list is evaluated is not defined).
+_NEXT_CHECKPOINT = (f"SELECT nextval('{_S}.checkpoints_seq'), "
+                    "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint")
+_NEXT_LOG = _NEXT_CHECKPOINT.replace("checkpoints_seq", "log_seq")
+_INSERT_CHECKPOINT = (f"INSERT INTO {_S}.checkpoints (seq, thread_id, namespace, parent_seq, "
+                      "created_at, state, metadata, checksum, key, parent_key) "
+                      "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
+_INSERT_WRITE = (f"INSERT INTO {_S}.writes (checkpoint_seq, task_id, idx, channel, value, "
+                 "task_path, checksum) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
+_REPLACE_WRITE = (_INSERT_WRITE.removesuffix("DO NOTHING")
+                  + "(checkpoint_seq, task_id, idx) DO UPDATE SET channel = excluded.channel, "
+                  "value = excluded.value, task_path = excluded.task_path, "
+                  "checksum = excluded.checksum")
+
+
+def _get_query(match: str) -> str:
+    """The checkpoint matching ``match`` with each of its pending writes, in one statement."""
+    return (f"SELECT {_CHECKPOINT_COLUMNS}, {_WRITE_COLUMNS} FROM {_S}.checkpoints AS c "
+            f"LEFT JOIN {_S}.writes AS w ON w.checkpoint_seq = c.seq WHERE {match} "
+            "ORDER BY w.task_id COLLATE \"C\", w.idx")
+
+
+# One thread's rows through checkpoints_by_thread (thread_id, namespace, seq), whatever the
+# plan. psycopg prepares a statement after a few executions, and PostgreSQL may then keep a
+# generic plan, which cannot see the thread: it estimates "thread_id = $1" as one thread in as
+# many as there are, so with few threads it expected a walk of checkpoints_pkey backwards
+# (newest first) to meet the thread's rows at once. On a thread whose checkpoints are old, with
+# 100,000 newer ones of another thread, that walk read all 100,000 for every get (about 20 ms;
+# the thread's own index reads one row). An equality cannot steer it: "thread_id = $1" makes
+# thread_id a constant to the planner, so "ORDER BY thread_id, seq" is only "ORDER BY seq",
+# which the pkey provides too. A range that admits one value ("namespace >= $2 AND namespace
+# <= $2") is the same condition (text compares equal only when identical in a deterministic
+# collation, and a database's default collation is one) but no equality: ordered by that column
+# then seq, the rows come without a sort only from checkpoints_by_thread, and a generic plan
+# estimates the range as narrow, so a DELETE with no order takes that index too. The range is
+# on namespace where the statement knows it (thread_id = $1 then bounds the index scan on both
+# columns), else on thread_id. tests/test_postgres_plans.py checks each statement's generic
+# plan on such skewed data.
+#
+# The newest checkpoint of (thread, namespace): parameters (thread, namespace, namespace).
+_GET_LATEST = _get_query(f"c.seq = (SELECT seq FROM {_S}.checkpoints WHERE thread_id = %s "
+                         "AND namespace >= %s AND namespace <= %s "
+                         "ORDER BY namespace DESC, seq DESC LIMIT 1)")
+_GET_BY_KEY = _get_query("c.thread_id = %s AND c.namespace = %s AND c.key = %s")
+_GET_BY_SEQ = _get_query("c.seq = %s AND c.thread_id = %s AND c.namespace = %s "
+                         "AND c.key IS NULL")
+#: A page's ``(seq, payload size)`` rows, newest first: parameters (thread, namespace,
+#: namespace, highest seq, how many).
+_PAGE_SIZES = (f"SELECT seq, octet_length(state) + octet_length(metadata) AS size FROM "
+               f"{_S}.checkpoints WHERE thread_id = %s AND namespace >= %s AND namespace <= %s "
+               "AND seq <= %s ORDER BY namespace DESC, seq DESC LIMIT %s")
+#: The same over every namespace of the thread: parameters (thread, thread, thread, highest
+#: seq, how many, how many). No index holds a thread's rows in seq order across namespaces:
+#: the thread's namespaces are found one index descent each (a recursive walk), the newest of
+#: each (up to a page) read as in _PAGE_SIZES, and those merged. A page reads at most the
+#: thread's own rows (as on SQLite, whose pages across namespaces sort the thread's seqs), and
+#: a page's worth with one namespace, never other threads' rows.
+_PAGE_SIZES_ALL = (
+    f"WITH RECURSIVE spaces (namespace) AS ((SELECT namespace FROM {_S}.checkpoints "
+    "WHERE thread_id = %s ORDER BY namespace LIMIT 1) UNION ALL SELECT (SELECT n.namespace "
+    f"FROM {_S}.checkpoints AS n WHERE n.thread_id = %s AND n.namespace > s.namespace "
+    "ORDER BY n.namespace LIMIT 1) FROM spaces AS s WHERE s.namespace IS NOT NULL) "
+    "SELECT p.seq, p.size FROM spaces AS s CROSS JOIN LATERAL (SELECT seq, "
+    f"octet_length(state) + octet_length(metadata) AS size FROM {_S}.checkpoints "
+    "WHERE thread_id = %s AND namespace >= s.namespace AND namespace <= s.namespace "
+    "AND seq <= %s ORDER BY namespace DESC, seq DESC LIMIT %s) AS p "
+    "ORDER BY p.seq DESC LIMIT %s")
+
+
+def _page_sizes(thread_id: str, namespace: str | None, upper: int, want: int
+                ) -> tuple[str, list[object]]:
+    """The statement (and its parameters) of a page's sizes: :data:`_PAGE_SIZES`, or
+    :data:`_PAGE_SIZES_ALL` when ``namespace`` is None (every namespace)."""
+    if namespace is None:
+        return _PAGE_SIZES_ALL, [thread_id, thread_id, thread_id, upper, want, want]
+    return _PAGE_SIZES, [thread_id, namespace, namespace, upper, want]
+
+
+#: The page's checkpoint rows, and their pending writes, after ``WITH sized AS (<a page's
+#: sizes>), run AS (...)``: the seqs chosen go in as an array (an InitPlan), so both tables
+#: are read by primary key whatever the plan. A join or IN on the CTE let a generic plan scan
+#: the whole table and hash it (100,006 checkpoints read for a page of 6).
+_PAGE_RUN = ("run AS (SELECT seq, size, sum(size) OVER (ORDER BY seq DESC) AS total, "
+             "count(*) OVER () AS found FROM sized) ")
+_PAGE_ROWS = (f"SELECT {_CHECKPOINT_COLUMNS}, run.total, run.found FROM run JOIN "
+              f"{_S}.checkpoints AS c ON c.seq = run.seq WHERE c.seq = ANY(ARRAY(SELECT seq "
+              "FROM run WHERE total - size < %s)) ORDER BY c.seq DESC")
+_PAGE_WRITES = (f"SELECT {_WRITE_COLUMNS} FROM {_S}.writes AS w WHERE w.checkpoint_seq = "
+                "ANY(ARRAY(SELECT seq FROM run WHERE total - size < %s)) "
+                "ORDER BY w.checkpoint_seq DESC, w.task_id COLLATE \"C\", w.idx")
+
+#: The newest log event's seq of a thread (NULL if none): parameters (thread, thread).
+_LOG_LAST = (f"SELECT (SELECT seq FROM {_S}.log WHERE thread_id >= %s AND thread_id <= %s "
+             "ORDER BY thread_id DESC, seq DESC LIMIT 1)")
+#: Log rows of a thread in a seq range: (thread, thread, after, last, how many).
+_LOG_PAGE = (f"SELECT seq, thread_id, created_at, event, checksum FROM {_S}.log "
+             "WHERE thread_id >= %s AND thread_id <= %s AND seq > %s AND seq <= %s "
+             "ORDER BY thread_id, seq LIMIT %s")
+#: Whether the thread has a checkpoint: (thread, thread).
+_HAS_CHECKPOINTS = (f"SELECT 1 FROM {_S}.checkpoints WHERE thread_id >= %s AND thread_id <= %s "
+                    "ORDER BY thread_id LIMIT 1")
+#: The seqs of the thread's checkpoints, as a condition on ``seq`` (``checkpoint_seq`` of the
+#: files' rows: see delete_thread): (thread, thread).
+_THREAD_SEQS = (f"seq = ANY(ARRAY(SELECT seq FROM {_S}.checkpoints WHERE thread_id >= %s "
+                "AND thread_id <= %s))")
+#: The thread's whole checkpoints in seq order, read through a cursor (copy_thread,
+#: delete_matching): (thread, thread). "thread_id = %s ORDER BY seq": a cursor's plan favours
+#: its first rows, and walked the primary key over every thread's rows, filtering (a thread of
+#: 1,000 checkpoints below 100,000 of another: 101,000 rows read, 23 ms; 4 ms now). Ordered by
+#: (thread_id, seq), the thread's rows come from its index and are sorted: the same order.
+_THREAD_CHECKPOINTS = (f"SELECT {_CHECKPOINT_COLUMNS} FROM {_S}.checkpoints AS c "
+                       "WHERE c.thread_id >= %s AND c.thread_id <= %s ORDER BY c.thread_id, c.seq")
+#: Deleting a thread's checkpoints, and its log: (thread, thread).
+_DELETE_CHECKPOINTS = (f"DELETE FROM {_S}.checkpoints WHERE thread_id >= %s "
+                       "AND thread_id <= %s")
+_DELETE_LOG = f"DELETE FROM {_S}.log WHERE thread_id >= %s AND thread_id <= %s"
+#: The checkpoints prune deletes: all but the newest ``keep_last`` of each namespace of the
+#: thread, as a condition on ``seq``: (thread, thread, keep_last).
+_PRUNED = ("seq = ANY(ARRAY(SELECT seq FROM (SELECT seq, row_number() OVER (PARTITION BY "
+           f"namespace ORDER BY seq DESC) AS rank FROM {_S}.checkpoints WHERE "
+           "thread_id >= %s AND thread_id <= %s) AS ranked WHERE rank > %s))")
+
+
+def check_text(**named: str | None) -> None:
+    """PostgreSQL's text cannot hold NUL (U+0000), which SQLite's can: refuse it up front
+    with a typed error, before anything is written, rather than fail inside the transaction."""
+    for name, value in named.items():
+        if value is not None and "\x00" in value:
+            raise InvalidArgumentError(
+                f"{name} {value!r:.80} contains a NUL character (U+0000), which PostgreSQL "
+                "cannot store in text; nothing was written. Remove it, or use the SQLite "
+                "engine.")
+
+
+def _has_nul(*values: str | None) -> bool:
+    return any(value is not None and "\x00" in value for value in values)
