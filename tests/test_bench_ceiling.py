@@ -231,3 +231,25 @@ def test_a_short_run_measures_every_row_and_judges_every_target(tmp_path):
             if verdict["kind"] == "ratio":
                 assert verdict["ceiling"] > 0, (row["key"], verdict)
     assert os.listdir(tmp_path) == ["bench.json"]  # the run's databases are gone
+
+
+def test_a_base_that_does_less_is_a_ceiling_too(capsys):
+    """A ceiling baseline slower than LangGraph's saver does not make a 1x-LangGraph target
+    'above the ceiling': LangGraph's saver itself does less than the row, at 1.00x."""
+    configs = {"lg": _config("lg", [100.0, 100.0]), "ceil": _config("ceil", [90.0, 95.0]),
+               "ours": _config("ours", [80.0, 85.0])}
+    rows = [run.Row("their row", "lg"), run.Row("ceiling row", "ceil", langgraph="lg"),
+            run.Row("our row", "ours", langgraph="lg", targets=(
+                run.Target.ratio(1.0, "lg", "LangGraph", "ceil", base_does_less=True),
+                run.Target.ratio(0.9, "lg", "LangGraph", "ceil"),
+                run.Target.ratio(1.1, "lg", "LangGraph", "ceil", base_does_less=True)))]
+    entries, out = _report(capsys, rows, configs)
+    at_one, plain, above = entries["ours"]["targets"]
+    assert at_one["ceiling"] == 0.925 and at_one["target_above_ceiling"] is False
+    assert plain["target_above_ceiling"] is False  # 0.9 < 0.925 either way
+    assert above["target_above_ceiling"] is True  # above 1.00x and above 0.925x
+    assert ("our row: target >= 1x LangGraph: 0.82x, FAIL; ceiling 0.93x (ceiling row); "
+            "above it, but LangGraph's saver itself (1.00x) does less work than the row: the "
+            "target is not above every ceiling\n") in out
+    assert "target >= 1.1x LangGraph: 0.82x, FAIL; ceiling 0.93x (ceiling row); the target " \
+        "is above it\n" in out
