@@ -132,9 +132,9 @@ class DatabaseIOError(DatabaseFileError):
 
 class UnsafeServerError(DatabaseFileError):
     """A PostgreSQL server's settings cannot keep what the requested durability promises
-    (``fsync`` or ``full_page_writes`` off), or a database whose encoding is not UTF8 (it
-    cannot hold every text): refused before a single byte is written. The message names the
-    setting."""
+    (``fsync`` or ``full_page_writes`` off), a database whose encoding is not UTF8 (it
+    cannot hold every text), or a server older than PostgreSQL 12: refused before a single
+    byte is written. The message names the setting or the version."""
 
 
 class CannotOpenError(DatabaseFileError):

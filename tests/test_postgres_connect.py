@@ -6,6 +6,7 @@ way a connection goes wrong as a typed error that says what to do."""
 from __future__ import annotations
 
 import os
+import re
 import time
 
 import pytest
@@ -123,6 +124,20 @@ def test_a_real_server_with_fsync_off_is_refused():
     assert (settings.fsync, settings.full_page_writes) == ("off", "off")
     with pytest.raises(UnsafeServerError, match="fsync=off"):
         connect.check_settings(settings, "full", "s", writing=True)
+
+
+@pytest.mark.parametrize("version", ["11.22", "9.6.24 (Debian 9.6.24-1)", "10beta1"])
+def test_a_server_older_than_12_is_refused(version):
+    old = connect.ServerSettings(version, "on", "on", "on", False)
+    with pytest.raises(UnsafeServerError, match=f"version {re.escape(version)}.*12 or newer"):
+        connect.check_settings(old, "full", "postgresql://h/db", writing=False)
+
+
+@pytest.mark.parametrize("version", ["12.0", "15.18 (Debian 15.18-0+deb12u1)", "18devel",
+                                     "fork-3.1"])
+def test_servers_from_12_on_are_accepted(version):
+    connect.check_settings(connect.ServerSettings(version, "on", "on", "on", False), "full",
+                           "postgresql://h/db", writing=True)
 
 
 def test_a_hot_standby_is_refused_for_writing():

@@ -248,3 +248,32 @@ def test_the_validators_parent_links_read_a_few_rows_per_link(skewed, monkeypatc
         pg_check.check_server(url)
     assert any("parent_seq IS NOT NULL" in query for query, _ in sent)
     assert_narrow(url, sent, subplans_only=True)
+
+
+# --- every prepared statement runs its generic plan ---------------------------------------------
+
+def test_the_engines_prepared_statements_are_never_planned_again_per_call(pg_url):
+    """The statements above are written for their generic plan, and the engine forces it
+    (connect.PLAN_CACHE_MODE, SET LOCAL in every transaction): under PostgreSQL's default
+    ("auto") some were planned again at every call, their generic cost estimated above the
+    custom plans' (~200 us a get). pg_prepared_statements (PostgreSQL 14+) counts the plans of
+    the one pooled connection's statements: custom ones mean the setting is not in force."""
+    engine = pg_engine.Engine(pg_url, busy_timeout=5.0, max_connections=1)
+    try:
+        first, _ = engine.put_checkpoint("t", "", None, None, b"\x80", b"\x80")
+        engine.put_writes("t", "", first, "task", "", [(0, "c", b"\x80")], False)
+        for _ in range(8):  # past psycopg's prepare threshold and PostgreSQL's five custom plans
+            assert engine.get_rows("t", "", None)
+            assert engine.get_rows("t", "", first)
+            engine.page("t", "", None, None, 10, 1 << 20)
+        with engine._connection("looking at the plans") as conn:
+            if conn.info.server_version < 140000:
+                pytest.skip("pg_prepared_statements counts plans from PostgreSQL 14 on")
+            counts = conn.execute(
+                "SELECT statement, generic_plans, custom_plans FROM pg_prepared_statements "
+                "WHERE statement LIKE '%sqlitesaver.checkpoints%'").fetchall()
+    finally:
+        engine.close()
+    assert counts, "no prepared statement of the engine's reads was found"
+    assert [(statement, custom) for statement, _, custom in counts if custom] == []
+    assert all(generic > 0 for _, generic, _ in counts)

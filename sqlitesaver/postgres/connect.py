@@ -120,11 +120,19 @@ def libpq_params(params: dict[str, str], options: Options) -> dict[str, str]:
     return result
 
 
+#: Every prepared statement of the engine runs its generic plan: the statements are written so
+#: that the generic plan reads only the thread's rows (tests/test_postgres_plans.py checks each
+#: one on skewed data), and PostgreSQL's default ("auto") kept planning some of them again at
+#: every call (their generic cost estimated above the custom plans'), ~200 us a get here.
+PLAN_CACHE_MODE = "force_generic_plan"
+
+
 def local_timeouts(options: Options) -> str:
     """``SET LOCAL`` statements for ``options``' statement and lock timeouts, to follow a
     ``BEGIN`` in the same simple-query string (values are numbers formatted here, no input)."""
     return (f"SET LOCAL statement_timeout TO '{_millis(options.statement_timeout)}ms'; "
-            f"SET LOCAL lock_timeout TO '{_millis(options.lock_timeout)}ms'")
+            f"SET LOCAL lock_timeout TO '{_millis(options.lock_timeout)}ms'; "
+            f"SET LOCAL plan_cache_mode TO {PLAN_CACHE_MODE}")
 
 
 def set_local_timeouts(options: Options) -> str:
@@ -132,7 +140,8 @@ def set_local_timeouts(options: Options) -> str:
     transaction (``set_config(..., true)`` is ``SET LOCAL``), for a pipeline, which takes
     one statement at a time (the values are numbers formatted here, no input)."""
     return (f"SELECT set_config('statement_timeout', '{_millis(options.statement_timeout)}ms', "
-            f"true), set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', true)")
+            f"true), set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', true), "
+            f"set_config('plan_cache_mode', '{PLAN_CACHE_MODE}', true)")
 
 
 def open_connection(params: dict[str, str], server: str, options: Options, *,
@@ -176,10 +185,32 @@ def read_settings(conn: Any, server: str) -> ServerSettings:
     return ServerSettings(*row)
 
 
+#: The oldest server major version accepted: ``plan_cache_mode`` (see PLAN_CACHE_MODE) is 12's.
+MIN_SERVER_VERSION = 12
+
+
+def _major(version: str) -> int | None:
+    """The major version in ``server_version`` ("15.18 (Debian ...)", "12.3", "17beta1"), or
+    None if it does not start with one (a fork's own numbering: not refused on a guess)."""
+    digits = ""
+    for char in version:
+        if not char.isdigit():
+            break
+        digits += char
+    return int(digits) if digits else None
+
+
 def check_settings(settings: ServerSettings, durability: str, server: str, *,
                    writing: bool) -> None:
     """Refuse a server that cannot keep ``durability``, or a database that cannot hold every
     text (see the module docstring)."""
+    major = _major(settings.server_version)
+    if major is not None and major < MIN_SERVER_VERSION:
+        raise UnsafeServerError(
+            f"the PostgreSQL server {server} is version {settings.server_version}; sqlitesaver "
+            f"needs {MIN_SERVER_VERSION} or newer (its transactions set plan_cache_mode, "
+            "which older servers do not know, and are tested on 15). Upgrade the server; "
+            "nothing was written.", path=server)
     if settings.server_encoding != "UTF8":
         raise UnsafeServerError(
             f"the database {server} is encoded in {settings.server_encoding!r}, not UTF8: it "
