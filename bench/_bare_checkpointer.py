@@ -4,11 +4,11 @@
 same tables, statements, ``serde.dumps_typed`` of checkpoints and write values, JSON metadata)
 moved onto APSW with the two things that let many graphs share one file fast, and nothing else:
 
-- **group commit**: every ``put`` / ``put_writes`` queues its statements; a caller that finds
-  no leader leads: it lets the queue fill (yielding the GIL until no more calls arrive, at most
-  :attr:`GATHER` seconds, as bench/core.py's ``BareGroupCommit``), takes every queued entry,
-  runs them in one ``BEGIN IMMEDIATE ... COMMIT`` and releases their callers, and repeats until
-  the queue is empty. Each call returns only after the COMMIT of its batch returned;
+- **group commit**: bench/core.py's ``BareGroupCommit`` (the least a group commit can do in
+  Python), whose items here are each call's statements: a caller that finds no leader leads,
+  lets the queue fill (yielding the GIL until no more calls arrive, at most 0.5 ms), runs every
+  queued call's statements in one ``BEGIN IMMEDIATE ... COMMIT`` and releases their callers.
+  Each call returns only after the COMMIT of its batch returned;
 - **reads without a lock**: each thread reads on a connection of its own (WAL: readers never
   wait for the writer).
 
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -38,6 +37,8 @@ import apsw
 from langgraph.checkpoint.base import (WRITES_IDX_MAP, BaseCheckpointSaver, ChannelVersions,
                                        Checkpoint, CheckpointMetadata, CheckpointTuple,
                                        get_checkpoint_id, get_checkpoint_metadata)
+
+from core import BareGroupCommit  # bench/core.py
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS checkpoints (
@@ -68,19 +69,27 @@ def _open(path: str) -> apsw.Connection:
     return conn
 
 
+class StatementGroup(BareGroupCommit):
+    """``BareGroupCommit`` whose items are lists of ``(query, params)``: one call's statements."""
+
+    def _run(self, conn: apsw.Connection, items: list) -> None:
+        for statements in items:
+            for query, params in statements:
+                conn.execute(query, params)
+
+
 class BareCheckpointer(BaseCheckpointSaver):
     """See the module docstring. A context manager: closes its connections on exit."""
 
-    GATHER = 0.0005
+    Group = StatementGroup
 
     def __init__(self, path: str) -> None:
         super().__init__()
         self.path = path
         self._writer = _open(path)
         self._writer.execute(SCHEMA)
-        self._lock = threading.Lock()
-        self._queue: list[list] = []  # [statements, done, error] per waiting call
-        self._leading = False
+        self._group = self.Group(self._writer)
+        self._lock = threading.Lock()  # the list of read connections
         self._local = threading.local()
         self._readers: list[apsw.Connection] = []
 
@@ -92,47 +101,10 @@ class BareCheckpointer(BaseCheckpointSaver):
             conn.close()
         self._writer.close()
 
-    # --- writes: group commit --------------------------------------------------------------
+    # --- writes: group commit ------------------------------------------------------------
 
     def _commit(self, statements: list[tuple[str, Sequence[Any]]]) -> None:
-        done = threading.Lock()  # held until the COMMIT of this call's batch returned
-        done.acquire()
-        entry = [statements, done, None]
-        with self._lock:
-            self._queue.append(entry)
-            lead = not self._leading
-            self._leading = True
-        if lead:
-            self._lead()
-        done.acquire()
-        if entry[2] is not None:
-            raise entry[2]
-
-    def _lead(self) -> None:
-        conn = self._writer
-        while True:
-            deadline, queued = time.monotonic() + self.GATHER, -1
-            while queued != len(self._queue) and time.monotonic() < deadline:
-                queued = len(self._queue)
-                time.sleep(0)  # lets the callers released by the last COMMIT queue again
-            with self._lock:
-                batch, self._queue = self._queue, []
-                if not batch:
-                    self._leading = False
-                    return
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-                for statements, _, _ in batch:
-                    for query, params in statements:
-                        conn.execute(query, params)
-                conn.execute("COMMIT")
-            except apsw.Error as exc:  # every call of the batch hears it
-                if not conn.get_autocommit():
-                    conn.execute("ROLLBACK")
-                for entry in batch:
-                    entry[2] = exc
-            for entry in batch:
-                entry[1].release()
+        self._group.submit(statements)
 
     def put(self, config: dict, checkpoint: Checkpoint, metadata: CheckpointMetadata,
             new_versions: ChannelVersions) -> dict:

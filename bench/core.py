@@ -42,6 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import apsw
 import msgpack
@@ -115,15 +116,19 @@ class BareGroupCommit:
     def __init__(self, conn: apsw.Connection) -> None:
         self._conn = conn
         self._lock = threading.Lock()
-        self._queue: list[list] = []  # [thread_id, data, done, error] per waiting caller
+        self._queue: list[list] = []  # [item, done, error] per waiting caller
         self._leading = False
         self.commits = 0
         self.rows = 0
 
     def put(self, thread_id: str, data: bytes) -> None:
-        done = threading.Lock()  # held until the COMMIT of this row's batch returned
+        self.submit((thread_id, data))
+
+    def submit(self, item: Any) -> None:
+        """Queue ``item`` (what :meth:`_run` writes) and return once its batch committed."""
+        done = threading.Lock()  # held until the COMMIT of this item's batch returned
         done.acquire()
-        entry = [thread_id, data, done, None]
+        entry = [item, done, None]
         with self._lock:
             self._queue.append(entry)
             lead = not self._leading
@@ -131,8 +136,8 @@ class BareGroupCommit:
         if lead:
             self._lead()
         done.acquire()
-        if entry[3] is not None:
-            raise entry[3]
+        if entry[2] is not None:
+            raise entry[2]
 
     def _lead(self) -> None:
         conn = self._conn
@@ -148,8 +153,7 @@ class BareGroupCommit:
                     return
             try:
                 conn.execute("BEGIN IMMEDIATE")
-                conn.executemany("INSERT INTO t (thread_id, data) VALUES (?, ?)",
-                                 [(entry[0], entry[1]) for entry in batch])
+                self._run(conn, [entry[0] for entry in batch])
                 conn.execute("COMMIT")
                 self.commits += 1
                 self.rows += len(batch)
@@ -157,9 +161,13 @@ class BareGroupCommit:
                 if not conn.get_autocommit():
                     conn.execute("ROLLBACK")
                 for entry in batch:
-                    entry[3] = exc
+                    entry[2] = exc
             for entry in batch:
-                entry[2].release()
+                entry[1].release()
+
+    def _run(self, conn: apsw.Connection, items: list) -> None:
+        """Inside the batch's transaction: write its items, ``(thread_id, data)`` rows here."""
+        conn.executemany("INSERT INTO t (thread_id, data) VALUES (?, ?)", items)
 
 
 def saver_put(saver: Saver, state: dict) -> Callable[[int], None]:

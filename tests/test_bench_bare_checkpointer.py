@@ -23,18 +23,23 @@ import pytest
 pytest.importorskip("langgraph.graph")
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
                                 "bench"))
-from _bare_checkpointer import BareCheckpointer  # noqa: E402  (bench/_bare_checkpointer.py)
+from _bare_checkpointer import (BareCheckpointer,  # noqa: E402  (bench/_bare_checkpointer.py)
+                                StatementGroup)
 
 THREADS, PUTS = 6, 30
 HANG_SECONDS = 120
 pytestmark = pytest.mark.tooling  # a bench baseline: see pyproject.toml
 
 
-class AcknowledgesBeforeCommit(BareCheckpointer):
+class ReleasesBeforeCommit(StatementGroup):
     """Broken on purpose: every caller of a batch is released before its COMMIT runs."""
 
+    def __init__(self, conn: apsw.Connection) -> None:
+        super().__init__(conn)
+        self.released = threading.Event()  # set by a caller once it has looked
+
     def _lead(self) -> None:
-        conn = self._writer
+        conn = self._conn
         while True:
             with self._lock:
                 batch, self._queue = self._queue, []
@@ -42,19 +47,31 @@ class AcknowledgesBeforeCommit(BareCheckpointer):
                     self._leading = False
                     return
             conn.execute("BEGIN IMMEDIATE")
-            for statements, done, _ in batch:
-                for query, params in statements:
-                    conn.execute(query, params)
-                done.release()  # too early: the COMMIT below has not run
+            self._run(conn, [entry[0] for entry in batch])
+            for entry in batch:
+                entry[1].release()  # too early: the COMMIT below has not run
             if len(batch) > 1:
                 # Another thread's call is in the batch: let it look before the COMMIT (as a
                 # slow fsync would); it sets the Event once it has looked.
-                self._released.wait(5)
+                self.released.wait(5)
             conn.execute("COMMIT")
 
-    def __init__(self, path: str) -> None:
-        super().__init__(path)
-        self._released = threading.Event()
+
+class AcknowledgesBeforeCommit(BareCheckpointer):
+    Group = ReleasesBeforeCommit
+
+
+def _in_threads(target, count: int) -> None:
+    """``target(i)`` in ``count`` threads at once, under the hang detector."""
+    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
+    try:
+        threads = [threading.Thread(target=target, args=(i,)) for i in range(count)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        faulthandler.cancel_dump_traceback_later()
 
 
 def _writes_seen_after_return(saver: BareCheckpointer, path: str) -> list[str]:
@@ -79,23 +96,17 @@ def _writes_seen_after_return(saver: BareCheckpointer, path: str) -> list[str]:
                                   (thread_id,)).fetchall() != [(1,)]:
                     missing.append(f"checkpoint of {thread_id}")
                 if isinstance(saver, AcknowledgesBeforeCommit):
-                    saver._released.set()  # looked: the broken leader may COMMIT now
+                    saver._group.released.set()  # looked: the broken leader may COMMIT now
                 saver.put_writes(config, [("channel", n)], "task")
                 if reader.execute("SELECT count(*) FROM writes WHERE thread_id = ?",
                                   (thread_id,)).fetchall() != [(1,)]:
                     missing.append(f"write of {thread_id}")
+                if isinstance(saver, AcknowledgesBeforeCommit):
+                    saver._group.released.set()
         finally:
             reader.close()
 
-    faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
-    try:
-        threads = [threading.Thread(target=writer, args=(i,)) for i in range(THREADS)]
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join()
-    finally:
-        faulthandler.cancel_dump_traceback_later()
+    _in_threads(writer, THREADS)
     return missing
 
 
@@ -148,15 +159,7 @@ def test_graphs_on_many_threads_end_as_on_langgraphs_in_memory_saver(tmp_path, d
                        for s in graph.get_state_history(config)]
             results[index] = (graph.get_state(config).values, history)
 
-        faulthandler.dump_traceback_later(HANG_SECONDS, exit=True)
-        try:
-            threads = [threading.Thread(target=invoke, args=(i,)) for i in range(8)]
-            for thread in threads:
-                thread.start()
-            for thread in threads:
-                thread.join()
-        finally:
-            faulthandler.cancel_dump_traceback_later()
+        _in_threads(invoke, 8)
         return results
 
     with BareCheckpointer(str(tmp_path / "graph.db")) as bare:
