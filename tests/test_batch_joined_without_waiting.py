@@ -14,8 +14,11 @@ from sqlitesaver import Saver
 from sqlitesaver.sqlite import transaction as write_path
 
 # python_sigint_handler and quick_heal are autouse fixtures: imported, they apply here too.
-from test_interrupts import (Injector, Raised, assert_batch_verdicts,  # noqa: F401
-                             assert_usable_or_shut, python_sigint_handler, quick_heal)
+from test_interrupts import (UNRAISABLE_INJECTIONS, Injector, Raised,  # noqa: F401
+                             assert_batch_verdicts, assert_usable_or_shut,
+                             python_sigint_handler, quick_heal)
+
+pytestmark = UNRAISABLE_INJECTIONS  # see test_interrupts
 
 
 def _batch_joined_without_waiting(saver: Saver, trace_leader, trace_member) -> dict:
