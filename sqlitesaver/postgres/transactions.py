@@ -308,21 +308,13 @@ class Transactions(Connections):
         try:
             if pinned.conn.broken:
                 raise self._lost_block("opening a nested block")
-            try:
-                pinned.conn.execute(f"SAVEPOINT {name}")
-            except Exception as exc:
-                raise self._error(pinned.conn, exc, "opening a nested block",
-                                  in_transaction=True) from exc
+            self._in_block(pinned.conn, f"SAVEPOINT {name}", "opening a nested block")
             try:
                 yield
             except BaseException:
                 _undo_savepoint(pinned.conn, name)
                 raise
-            try:
-                pinned.conn.execute(f"RELEASE SAVEPOINT {name}")
-            except Exception as exc:
-                raise self._error(pinned.conn, exc, "ending a nested block",
-                                  in_transaction=True) from exc
+            self._in_block(pinned.conn, f"RELEASE SAVEPOINT {name}", "ending a nested block")
         finally:
             pinned.depth -= 1
 
@@ -330,10 +322,7 @@ class Transactions(Connections):
         conn = pinned.conn
         if conn.broken:
             raise self._lost_block(doing)
-        try:
-            conn.execute("SAVEPOINT sqlitesaver_call")
-        except Exception as exc:
-            raise self._error(conn, exc, doing, in_transaction=True) from exc
+        self._in_block(conn, "SAVEPOINT sqlitesaver_call", doing)
         try:
             result = work(conn)
         except BaseException as exc:
@@ -341,11 +330,16 @@ class Transactions(Connections):
             if isinstance(exc, SaverError) or not isinstance(exc, Exception):
                 raise
             raise self._error(conn, exc, doing, in_transaction=True) from exc
+        self._in_block(conn, "RELEASE SAVEPOINT sqlitesaver_call", doing)
+        return result
+
+    def _in_block(self, conn: Any, statement: str, doing: str) -> None:
+        """``statement`` (a savepoint's) on the block's connection; its failure translated
+        as inside a transaction (and a lost connection logged)."""
         try:
-            conn.execute("RELEASE SAVEPOINT sqlitesaver_call")
+            conn.execute(statement)
         except Exception as exc:
             raise self._error(conn, exc, doing, in_transaction=True) from exc
-        return result
 
     def _lock_threads(self, conn: Any, *thread_ids: str) -> None:
         # Sorted, so that two calls locking the same two threads cannot deadlock.
