@@ -36,7 +36,7 @@ import operator
 import os
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import codec, integrity, log
 from .errors import (ChecksumError, CorruptDatabaseError, InvalidArgumentError, SaverError,
@@ -55,6 +55,8 @@ if TYPE_CHECKING:
 
     from . import attachments
     from .backup import BackupReport
+
+T = TypeVar("T")
 
 __all__ = ["Saver"]
 
@@ -167,6 +169,15 @@ class Saver(FileMethods):
         SAVEPOINT, undone alone by an exception leaving it. Nothing is durable until the
         outermost block exits."""
         raise NotImplementedError
+
+    def _atomically(self, doing: str, body: Callable[[], T]) -> T:
+        """``body()``, which calls this Saver's write methods, as one transition, as if inside
+        :meth:`transaction`; returns what it returned, once committed. For the library's own
+        short multi-step transitions (the LangGraph adapter's): an engine may run ``body`` in
+        another thread (the SQLite engine: a batch's leader), so it must not depend on the
+        calling thread."""
+        with self.transaction():
+            return body()
 
     # --- writes ----------------------------------------------------------------------------
 

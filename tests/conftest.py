@@ -299,6 +299,13 @@ def store_digest(target: str) -> object:
         return digest
 
 
+def queued_writes(saver) -> int:
+    """Transitions of other threads waiting for a SQLite Saver's open batch: queued for its
+    leader (sqlitesaver/sqlite/queue.py) or waiting for the write lock. Read under
+    ``saver._waiting_cond``, which both notify."""
+    return saver._waiting + len(saver._jobs)
+
+
 def is_server(target: str) -> bool:
     """Whether ``target`` (``any_target``, ``any_empty_target``) names a PostgreSQL server."""
     return target.startswith(("postgresql://", "postgres://"))

@@ -1,6 +1,8 @@
 """Group commit: one exception at every line of a member that joins through the new
 non-blocking acquire (it arrives while the leader's gathering wait has released the lock, so it
-is never counted in _waiting), and of the leader of such a batch.
+is never counted in _waiting), and of the leader of such a batch. The member takes the write
+lock itself (a put inside its own transaction()): a plain put would be queued for the leader
+(sqlitesaver/sqlite/queue.py), which test_interrupts covers.
 SQLite by nature: the SQLite engine's group commit."""
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from sqlitesaver.sqlite import transaction as write_path
 
 # python_sigint_handler and quick_heal are autouse fixtures: imported, they apply here too.
 from test_interrupts import (UNRAISABLE_INJECTIONS, Injector, Raised,  # noqa: F401
-                             assert_batch_verdicts, assert_usable_or_shut,
+                             _member_put, assert_batch_verdicts, assert_usable_or_shut,
                              python_sigint_handler, quick_heal)
 
 pytestmark = UNRAISABLE_INJECTIONS  # see test_interrupts
@@ -45,7 +47,7 @@ def _batch_joined_without_waiting(saver: Saver, trace_leader, trace_member) -> d
                 not gathering.is_set() and time.monotonic() < deadline:
             time.sleep(0.0005)
         try:
-            call = lambda: saver.put("member", {"n": 2})  # noqa: E731
+            call = lambda: _member_put(saver, "locking")  # noqa: E731
             results["member"] = trace_member.run(call) if trace_member else call()
         except BaseException as exc:
             results["member"] = Raised(exc)

@@ -14,7 +14,7 @@ import threading
 
 import pytest
 
-from conftest import is_server
+from conftest import is_server, queued_writes
 from sqlitesaver import (CheckpointNotFoundError, DatabaseIOError, Saver, SaverClosedError,
                          faults)
 
@@ -22,10 +22,10 @@ SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def queued(saver: Saver, n: int) -> None:
-    """Block until ``n`` transitions wait for the write connection (event-driven, no sleep)."""
+    """Block until ``n`` transitions wait for the open batch (event-driven, no sleep)."""
     with saver._waiting_cond:
-        assert saver._waiting_cond.wait_for(lambda: saver._waiting == n, timeout=60), \
-            f"{saver._waiting} transitions queued, expected {n}"
+        assert saver._waiting_cond.wait_for(lambda: queued_writes(saver) == n, timeout=60), \
+            f"{queued_writes(saver)} transitions queued, expected {n}"
 
 
 def run_batch(saver: Saver, calls: dict, lead_work=None, then=None) -> dict:

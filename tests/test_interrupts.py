@@ -9,9 +9,10 @@ exception (or an InterruptedTransitionError saying whether it may be committed).
 Two ways in:
 
 * Line by line: a trace function raises an exception at the N-th line the write path executes
-  (in ``saver.py``, ``sqlite/saver.py``, ``sqlite/transaction.py``, ``sqlite/reads.py``,
-  ``interrupts.py`` and ``contention.py``), for every N in turn, in a lone writer, in a writer
-  inside ``transaction()``, and in the leader or a member of a two-thread batch. The signal deferral
+  (in ``saver.py``, ``sqlite/saver.py``, ``sqlite/transaction.py``, ``sqlite/queue.py``,
+  ``sqlite/reads.py``, ``interrupts.py`` and ``contention.py``), for every N in turn, in a lone
+  writer, in a writer inside ``transaction()``, and in the leader or a member of a two-thread
+  batch (a member queued for the leader to run, and one taking the write lock itself). The signal deferral
   does not stop these (they are not signals): this proves the protocol recovers from one
   exception at any line.
   The lone writer's cases run on both engines (on PostgreSQL the lines of ``saver.py``,
@@ -36,7 +37,7 @@ import apsw
 import pytest
 
 import sqlitesaver
-from conftest import is_server
+from conftest import is_server, queued_writes
 from sqlitesaver import InterruptedTransitionError, interrupts, Saver, SaverClosedError, SaverError
 from sqlitesaver.torture import interrupts as interrupt_torture
 
@@ -54,6 +55,7 @@ pytestmark = UNRAISABLE_INJECTIONS
 WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
                    ("saver.py", os.path.join("sqlite", "saver.py"),
                     os.path.join("sqlite", "transaction.py"),
+                    os.path.join("sqlite", "queue.py"),
                     os.path.join("sqlite", "reads.py"), "interrupts.py", "contention.py"))
 # The same for the PostgreSQL engine: the core, its saver and its engine, with the modules
 # split out of engine.py (every line it held is still covered).
@@ -200,8 +202,11 @@ def assert_usable_or_shut(saver: Saver, path: str) -> None:
         assert not saver.in_transaction
         return
     # Nobody waits for the lock now: a count left behind would make every later leader
-    # gather for the full GATHER_WAIT (a lone writer's 50 ms per write).
+    # gather for the full GATHER_WAIT (a lone writer's 50 ms per write). Nor is anything
+    # queued, and the queue is closed with no batch open: an open one would make every later
+    # writer of another thread queue for a leader that never comes (QUEUE_POLL each).
     assert saver._waiting == 0, saver._waiting
+    assert saver._jobs == [] and not saver._jobs_open, (saver._jobs, saver._jobs_open)
 
 
 def _put(saver: Saver):
@@ -329,8 +334,18 @@ class Raised:
         return f"Raised({self.kind.__name__}: {self.text})"
 
 
+def _member_put(saver: Saver, kind: str):
+    """The member's write: a put, which a batch's leader runs for it (sqlite/queue.py), or
+    ("locking") a put inside its own transaction(), which takes the write lock and joins the
+    batch in a savepoint of its own thread."""
+    if kind == "queued":
+        return saver.put("member", {"n": 2})
+    with saver.transaction():
+        return saver.put("member", {"n": 2})
+
+
 def _two_thread_batch(saver: Saver, trace_leader: Injector | None,
-                      trace_member: Injector | None) -> dict:
+                      trace_member: Injector | None, kind: str = "queued") -> dict:
     """A leader holds a transaction open until a member queues for the connection, so the
     member joins its batch; the chosen thread runs under its injector."""
     results: dict = {}
@@ -344,7 +359,8 @@ def _two_thread_batch(saver: Saver, trace_leader: Injector | None,
                 inside.set()
                 with saver._waiting_cond:  # the member queued (it will join this batch),
                     saver._waiting_cond.wait_for(  # or its call ended before it could
-                        lambda: saver._waiting >= 1 or member_ended.is_set(), timeout=30)
+                        lambda: queued_writes(saver) >= 1 or member_ended.is_set(),
+                        timeout=30)
             return ref
         try:
             results["leader"] = trace_leader.run(body) if trace_leader else body()
@@ -356,7 +372,7 @@ def _two_thread_batch(saver: Saver, trace_leader: Injector | None,
     def member() -> None:
         inside.wait(30)
         try:
-            call = lambda: saver.put("member", {"n": 2})  # noqa: E731
+            call = lambda: _member_put(saver, kind)  # noqa: E731
             results["member"] = trace_member.run(call) if trace_member else call()
         except BaseException as exc:
             results["member"] = Raised(exc)
@@ -391,13 +407,18 @@ def assert_batch_verdicts(results: dict, role: str, at: int, path: str) -> None:
                 f"{who} acknowledged, not committed (exception at {role} line {at})"
 
 
+@pytest.mark.parametrize("kind", ["queued", "locking"])
 @pytest.mark.parametrize("role", ["leader", "member"])
-def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, role):
+def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, role, kind):
     hang_detector(300)
     with Saver(str(tmp_path / "count.db"), durability="normal") as saver:
         counter = Injector(None)
+        before = dict(saver._stats)
         _two_thread_batch(saver, counter if role == "leader" else None,
-                          counter if role == "member" else None)
+                          counter if role == "member" else None, kind)
+        # The member did join the leader's batch: one COMMIT for both.
+        assert saver._stats["commits"] - before["commits"] == 1, saver._stats
+        assert saver._stats["transitions"] - before["transitions"] == 2, saver._stats
     total = counter.lines
     assert total > 20, total
     for at in range(1, total + 1):
@@ -405,7 +426,7 @@ def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, role):
         with Saver(path, durability="normal") as saver:
             injector = Injector(at)
             results = _two_thread_batch(saver, injector if role == "leader" else None,
-                                        injector if role == "member" else None)
+                                        injector if role == "member" else None, kind)
             assert_batch_verdicts(results, role, at, path)
             assert_usable_or_shut(saver, path)
 

@@ -143,8 +143,9 @@ def _write_path() -> Any:
 
 
 class MemberReturnsBeforeCommit(Writer):
-    """A transition that joined another thread's batch returns, and is acknowledged, as soon as
-    its own work is in the shared transaction, without waiting for the batch's COMMIT: a kill
+    """A transition that joined another thread's batch (taking the write lock, or queued for its
+    leader to run) returns, and is acknowledged, as soon as its own work is in the shared
+    transaction, without waiting for the batch's COMMIT: a kill
     before the leader's COMMIT loses a transition the caller was told was saved. The harness
     must report it as lost (with --threads; with one thread there is no one to join)."""
 
@@ -163,6 +164,15 @@ class MemberReturnsBeforeCommit(Writer):
                 self.waitable().set()
 
         module._Batch = DoneAtOnce
+        # A transition queued for the leader (sqlite/queue.py) is woken as soon as the leader
+        # has run it, and finds its batch "committed".
+        run = module.queue.run
+
+        def run_and_wake(saver: Any, job: Any, conn: Any, batch: Any) -> None:
+            run(saver, job, conn, batch)
+            job.wake()
+
+        module.queue.run = run_and_wake
         return super().open(path, durability)
 
 

@@ -216,11 +216,13 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
             else:
                 # Writes that came first go in the checkpoint's transaction: one COMMIT, one
                 # fsync for both; their callers return once it committed (STORED).
-                with saver.transaction():
-                    self._put_checkpoint(thread_id, namespace, checkpoint_id, parent_id, state,
-                                         stored_metadata)
+                def put_with_writes() -> None:
+                    self._put_checkpoint(thread_id, namespace, checkpoint_id, parent_id,
+                                         state, stored_metadata)
                     for job in early:
                         job.store()
+                saver._atomically("putting a checkpoint with the writes that came first",
+                                  put_with_writes)
         return _convert.to_config(thread_id, namespace, checkpoint_id)
 
     def _put_checkpoint(self, thread_id: str, namespace: str, checkpoint_id: str,

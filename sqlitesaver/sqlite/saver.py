@@ -37,8 +37,8 @@ import apsw
 from .. import attachments, codec, contention, integrity, log, opening, paths, pragmas
 from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS: read at call time, as tests set them
 from ..errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
-                      InvalidArgumentError, SaverClosedError, SaverError, UsageError, describe,
-                      restore_advice, translate)
+                      InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError, SaverError,
+                      UsageError, describe, restore_advice, translate)
 from ..ids import INT64_MAX as _INT64_MAX
 from ..ids import format_id as _format_id
 from ..ids import is_generated as _is_generated
@@ -50,6 +50,7 @@ from ..saver import Saver, _matches, _to_datetime
 # The module, for WAL_LIMIT read from it when a Saver opens: a value set on it (tests lower
 # it) then holds for the Saver's first commits too.
 from . import transaction as write_path
+from . import queue as write_queue
 from .reads import _close_cursors, _fetch_page, _Read, _ReaderPool
 from .transaction import _FileTransaction, _Transaction, _UserTransaction, _WalLength
 
@@ -73,6 +74,7 @@ def _abandon_after_fork() -> None:
         saver._lock = threading.RLock()
         saver._batch_cond = threading.Condition(saver._lock)
         saver._waiting_cond = threading.Condition()
+        saver._jobs, saver._jobs_open = [], False
         saver._pool._lock = threading.Lock()
         saver._forked = True  # _check_usable: cheaper than comparing os.getpid() every call
 
@@ -211,6 +213,10 @@ class SqliteFileSaver(Saver):
         self._batch_cond = threading.Condition(self._lock)  # a member finished its work
         self._waiting = 0                # transitions waiting for the write connection
         self._waiting_cond = threading.Condition()
+        # Transitions queued for the open batch's leader, and whether one will run them
+        # (sqlitesaver/sqlite/queue.py); both under _waiting_cond.
+        self._jobs: builtins.list[write_queue._Job] = []
+        self._jobs_open = False
         self._stats = {"commits": 0, "transitions": 0, "wal_checkpoints": 0,
                        "wal_checkpoints_busy": 0}
         # WAL bytes past which a commit forces a checkpoint
@@ -345,6 +351,7 @@ class SqliteFileSaver(Saver):
             if self._closed:
                 return
             self._closed = True
+            write_queue.close(self)  # queued transitions: handed back, refused by the lock path
             readers = self._pool.close()  # readers in use are closed when they come back
             for conn in [*readers, self._writer]:
                 try:
@@ -376,6 +383,14 @@ class SqliteFileSaver(Saver):
         """
         return _UserTransaction(self, "running a transaction")
 
+    def _atomically(self, doing: str, body: Callable[[], Any]) -> Any:
+        """As :meth:`Saver._atomically`; queued for an open batch's leader, which runs
+        ``body`` in its thread as the connection's owner, so that the write methods it calls
+        nest as savepoints in the batch (:mod:`sqlitesaver.sqlite.queue`)."""
+        if self._owner == threading.get_ident():
+            return super()._atomically(doing, body)
+        return write_queue.submit(self, doing, lambda conn: body(), _Transaction)
+
     # --- storage steps (see Saver) ------------------------------------------------------
 
     def _put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
@@ -395,7 +410,9 @@ class SqliteFileSaver(Saver):
                                            "checkpoint_id")
                 files(attachments.FileDb(conn), seq)
             return found
-        with _Transaction(self, "putting a checkpoint") as conn:
+        # Run by the thread that holds the write connection: this one, or a batch's leader
+        # (write_queue.submit); either way inside one transaction, and returned once committed.
+        def work(conn: apsw.Connection) -> tuple[str, int]:
             created = time.time_ns() // 1000  # under the write lock: follows commit order
             parent_seq = None
             if parent_id is not None:
@@ -415,6 +432,7 @@ class SqliteFileSaver(Saver):
                  integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
                                                state, metadata, *ids), *ids))
             return _format_id(seq), created
+        return write_queue.submit(self, "putting a checkpoint", work, _Transaction)
 
     def _put_keyed(self, conn: apsw.Connection, thread_id: str, namespace: str, key: str,
                    parent_seq: int | None, parent_key: str | None, created: int,
@@ -496,7 +514,7 @@ class SqliteFileSaver(Saver):
     def _store_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
                       task_path: str, encoded: builtins.list[tuple[int, str, bytes]],
                       replace: bool) -> None:
-        with _Transaction(self, "putting pending writes") as conn:
+        def work(conn: apsw.Connection) -> None:
             seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
                                        "checkpoint_id")
             conn.executemany(
@@ -504,9 +522,10 @@ class SqliteFileSaver(Saver):
                 [(seq, task_id, index, channel, value, task_path,
                   integrity.write_checksum(seq, task_id, index, channel, task_path, value))
                  for index, channel, value in encoded])
+        write_queue.submit(self, "putting pending writes", work, _Transaction)
 
     def _store_event(self, thread_id: str, event_bytes: bytes) -> int:
-        with _Transaction(self, "appending a log event") as conn:
+        def work(conn: apsw.Connection) -> int:
             created = time.time_ns() // 1000
             seq = conn.execute(_NEXT_SEQ_LOG).fetchone()[0]
             conn.execute(
@@ -515,6 +534,7 @@ class SqliteFileSaver(Saver):
                 (seq, thread_id, created, event_bytes,
                  integrity.log_checksum(seq, thread_id, created, event_bytes)))
             return seq
+        return write_queue.submit(self, "appending a log event", work, _Transaction)
 
     def _delete_thread(self, thread_id: str) -> int:
         with _Transaction(self, "deleting a thread") as conn:
@@ -743,6 +763,16 @@ class SqliteFileSaver(Saver):
             reason = self._failure or "it was closed"
             raise SaverClosedError(f"this Saver for {self._path!r} cannot be used: {reason}. "
                                    "Open a new Saver.", path=self._path)
+
+    def _check_writable(self, doing: str) -> None:
+        """Before a write waits for anything: refuse it on a closed, failed, forked or
+        read-only Saver."""
+        self._check_usable()
+        if self._profile.readonly:
+            raise ReadOnlyDatabaseError(
+                f"{self._path!r} was opened with readonly=True, so {doing} is refused; "
+                "nothing was written. Open a Saver without readonly=True to write.",
+                path=self._path)
 
     def _fail(self, exc: BaseException, doing: str) -> None:
         """After an I/O error, stop using these connections: a retried fsync can report

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 import apsw
 
 from .. import contention, interrupts, log, opening
-from ..errors import (BusyTimeoutError, InterruptedTransitionError, ReadOnlyDatabaseError,
+from . import queue
+from ..errors import (BusyTimeoutError, InterruptedTransitionError,
                       SaverError, UsageError, translate)
 
 if TYPE_CHECKING:
@@ -88,7 +89,7 @@ class _Batch:
     Saver's lock, as every :meth:`end` is: a leader alone, the usual case with one writer, has
     nobody to wake and makes no Event."""
 
-    __slots__ = ("leader", "done", "error", "members", "committing", "committed")
+    __slots__ = ("leader", "done", "error", "members", "committing", "committed", "jobs")
 
     def __init__(self, leader: int) -> None:
         self.leader = leader                  # the ident of the thread that began it
@@ -97,6 +98,12 @@ class _Batch:
         self.members = 0                      # transitions whose work is in it
         self.committing = False
         self.committed = False
+        self.jobs: list[queue._Job] = []  # queued transitions claimed by it (sqlite/queue.py)
+
+    @property
+    def ended(self) -> bool:
+        done = self.done
+        return done is not None and done.is_set()
 
     def waitable(self) -> threading.Event:
         """Holding the lock: the Event a joining member waits on for the batch's end."""
@@ -114,6 +121,8 @@ class _Batch:
             self.done = _ENDED
         else:
             done.set()
+        for job in self.jobs:
+            job.wake()
 
 
 #: The ``done`` of every batch that has ended: set, so that nobody ever waits on it.
@@ -125,11 +134,14 @@ class _Transaction:
     """One state transition on the write connection (a SAVEPOINT when nested).
 
     Group commit: a transition that finds no open batch begins one (``BEGIN IMMEDIATE``) and
-    leads it; transitions that arrive while it is open join it. Each member's work runs in its
-    own thread under its own SAVEPOINT, so a member that fails is rolled back alone and gets its
-    own exception. The leader COMMITs once no other transition is waiting for the connection
-    (or :data:`MAX_BATCH` joined), and every member returns only after that COMMIT returned:
-    one fsync for the batch, the same guarantee for each call.
+    leads it; transitions that arrive while it is open join it, each under its own SAVEPOINT,
+    so a member that fails is rolled back alone and gets its own exception. The library's own
+    short operations join by being queued (:mod:`sqlitesaver.sqlite.queue`): the leader runs
+    their work in its thread; other transitions (``transaction()`` blocks, files, deletions)
+    take the write lock and run their work in their own thread. The leader COMMITs once no
+    other transition is queued or waiting for the lock (or :data:`MAX_BATCH` joined), and
+    every member returns only after that COMMIT returned: one fsync for the batch, the same
+    guarantee for each call.
 
     Lock order (the only locks of the write path, outermost first; the LangGraph adapter adds
     only a leaf lock, see ``sqlitesaver/langgraph/_rendezvous.py``):
@@ -137,13 +149,15 @@ class _Transaction:
     1. ``saver._lock`` (an RLock; ``saver._batch_cond`` is a Condition on it): the write
        connection, ``_batch``, ``_owner``, ``_depth``. Taken once per outermost transition and
        never re-taken by a nested one (nesting is known from ``_owner``).
-    2. ``saver._waiting_cond``: the ``_waiting`` counter only; taken alone or under 1.
+    2. ``saver._waiting_cond``: the ``_waiting`` counter and the write queue (``_jobs``,
+       ``_jobs_open``); taken alone or under 1.
     3. ``saver._pool._lock`` (:class:`~sqlitesaver.sqlite.reads._ReaderPool`): the read
        connections only; taken alone or under 1, and never held while waiting (its waiters
        wait on their own events).
 
     No thread waits for another thread while holding 2 or 3; the only wait under 1 is the
-    leader's gathering wait, which releases it (``Condition.wait``) and is bounded.
+    leader's gathering wait, which releases it (``Condition.wait``) and is bounded. A queued
+    caller waits holding none of them (on its job's own lock, which only it waits on).
 
     Interruptions (issue #13): an exception may arrive between any two bytecodes (SIGINT's
     KeyboardInterrupt in the main thread; anything ``PyThreadState_SetAsyncExc`` raises).
@@ -206,12 +220,7 @@ class _Transaction:
 
     def __enter__(self) -> apsw.Connection:
         saver = self._saver
-        saver._check_usable()  # before the lock, so a forked child raises instead of waiting
-        if saver._profile.readonly:
-            raise ReadOnlyDatabaseError(
-                f"{saver._path!r} was opened with readonly=True, so {self._doing} is refused; "
-                "nothing was written. Open a Saver without readonly=True to write.",
-                path=saver._path)
+        saver._check_writable(self._doing)  # before the lock: a forked child raises, not waits
         me = self._thread = threading.get_ident()
         if saver._owner == me:  # nested in this thread's transition, which holds the lock
             return self._enter_nested()
@@ -307,6 +316,7 @@ class _Transaction:
         batch = saver._batch
         if batch is None:
             batch = saver._batch = _Batch(me)
+            saver._jobs_open = True  # this thread's _finish runs what is queued meanwhile
             self._member = False
         else:
             batch.waitable()
@@ -433,20 +443,10 @@ class _Transaction:
 
     def _await(self, batch: _Batch) -> None:
         """Outside the lock: wait for the batch to end; return only if it committed."""
-        saver = self._saver
         done = batch.done  # a member's, made in _join; a leader's batch ended in its _finish
         if done is not _ENDED and done is not None:
             done.wait()  # interruptible: the caller then gets the interruption itself
-        if batch.committed:
-            return
-        error = batch.error
-        if error is None:
-            raise _interrupted(saver, self._doing, batch)
-        # translate(), not saver._translate(): the leader already shut the Saver down
-        # after an I/O error; each member gets its own exception object.
-        if isinstance(error, SaverError):  # a COMMIT that timed out waiting for a lock
-            raise copy.copy(error) from error.__cause__
-        raise translate(error, saver._path, self._doing) from error
+        _verdict(self._saver, self._doing, batch, batch.committed)
 
     def _finish(self, batch: _Batch) -> None:
         """Leader only, holding the lock, in a deferred section: let waiting transitions
@@ -454,14 +454,18 @@ class _Transaction:
         saver = self._saver
         conn = saver._writer
         try:
-            if saver._waiting > 0:
-                deadline = time.monotonic() + GATHER_WAIT
-                while (saver._waiting > 0 and batch.members < MAX_BATCH
-                       and saver._batch is batch):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    saver._batch_cond.wait(remaining)  # releases the lock: a waiting one joins
+            deadline = None
+            while batch.members < MAX_BATCH and saver._batch is batch:
+                if saver._jobs and self._run_jobs(batch, conn):
+                    continue  # more may have been queued meanwhile
+                if saver._waiting <= 0:
+                    break
+                if deadline is None:
+                    deadline = time.monotonic() + GATHER_WAIT
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    break
+                saver._batch_cond.wait(remaining)  # releases the lock: a waiting one joins
             if saver._failure is not None:
                 self._end_failed(close=False)  # an I/O error meanwhile: commit nothing
             if saver._batch is not batch:
@@ -490,9 +494,30 @@ class _Transaction:
             batch.end()
             if saver._lock._is_owned():  # type: ignore[attr-defined]  # see _abandon
                 saver._batch_cond.notify_all()  # a close() waiting for the batch to end
+                if saver._batch is None:
+                    queue.hand_over(saver)  # what was queued meanwhile: the next batch
             if saver._failure is not None:
                 saver._shut()
         self._bound_wal()
+
+    def _run_jobs(self, batch: _Batch, conn: apsw.Connection) -> bool:
+        """Leader only, holding the lock, in a deferred section: run the queued transitions
+        (:mod:`sqlitesaver.sqlite.queue`) in the batch, each in its own savepoint. Returns
+        whether any was queued."""
+        saver = self._saver
+        taken = queue.claim(saver, batch, MAX_BATCH - batch.members)
+        if not taken:
+            return False
+        # As the owner of the connection at depth 1: an I/O error in a job leaves the Saver's
+        # shutdown to this leader (SqliteFileSaver._fail), and a transaction a job opened
+        # would nest as a savepoint.
+        saver._owner, saver._depth = self._thread, 1
+        for job in taken:
+            if saver._batch is not batch:
+                break  # the whole batch was rolled back: its end tells the rest
+            queue.run(saver, job, conn, batch)
+        saver._owner, saver._depth = None, 0
+        return True
 
     def _abandon(self, *, entering: bool) -> None:
         """An exception escaped the protocol (see the class docstring): leave a consistent
@@ -568,6 +593,8 @@ class _Transaction:
             # A batch this thread led that ended (committed, or failed) without its members
             # being told: tell them now; `committed` says which.
             mine.end()
+        if saver._batch is None:
+            queue.hand_over(saver)  # queued transitions need a next leader
 
     def _end_failed(self, *, close: bool) -> None:
         """After an I/O error (``saver._failure``), holding the lock: roll the open batch
@@ -676,6 +703,22 @@ def _in_transaction(conn: apsw.Connection) -> bool:
         return not conn.get_autocommit()
     except apsw.Error:
         return False
+
+
+def _verdict(saver: SqliteFileSaver, doing: str, batch: _Batch, committed: bool) -> None:
+    """Once ``batch`` has ended, for one of its transitions: return only if ``committed``
+    (its work is in the batch and the batch's COMMIT returned); else raise what its caller
+    gets."""
+    if committed:
+        return
+    error = batch.error
+    if error is None:
+        raise _interrupted(saver, doing, batch)
+    # translate(), not saver._translate(): the leader already shut the Saver down after an
+    # I/O error; each member gets its own exception object.
+    if isinstance(error, SaverError):  # a COMMIT that timed out waiting for a lock
+        raise copy.copy(error) from error.__cause__
+    raise translate(error, saver._path, doing) from error
 
 
 def _interrupted(saver: SqliteFileSaver, doing: str, batch: _Batch) -> InterruptedTransitionError:

@@ -1,0 +1,172 @@
+"""The write queue (sqlitesaver/sqlite/queue.py, issue #15): a put, put_writes or append_log that
+finds another thread's batch open is queued for that batch's leader, which runs it in its own
+savepoint and COMMITs once for all; the queue is handed to its first caller when a batch ends,
+and a caller nobody runs withdraws its job and writes through the write lock itself.
+SQLite by nature: the SQLite engine's group commit."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from test_group_commit import run_batch
+from sqlitesaver import CheckpointNotFoundError, Saver, SaverClosedError
+from sqlitesaver.sqlite import queue as write_queue
+from sqlitesaver.sqlite import transaction as write_path
+
+
+def _hold_batch(saver: Saver, n: int, calls: dict) -> dict:
+    """test_group_commit.run_batch (a transaction held open until the ``n`` calls wait for its
+    batch), recording under "queued" how many were queued and how many waited for the lock."""
+    seen: dict = {}
+    results = run_batch(saver, calls,
+                        then=lambda: seen.update(queued=(len(saver._jobs), saver._waiting)))
+    assert len(calls) == n
+    return {**results, **seen}
+
+
+@pytest.fixture
+def withdrawals(monkeypatch) -> list:
+    """Every job withdrawn from the queue (the fallback for a hand-over nobody made)."""
+    seen: list = []
+    withdraw = write_queue._withdraw
+
+    def counting(saver, job):
+        taken = withdraw(saver, job)
+        if taken:
+            seen.append(job.doing)
+        return taken
+    monkeypatch.setattr(write_queue, "_withdraw", counting)
+    return seen
+
+
+def test_writes_of_other_threads_are_run_by_the_leader_in_one_commit(db_path, hang_detector,
+                                                                     withdrawals, monkeypatch):
+    hang_detector(120)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 60.0)  # a job left waiting hangs the test
+    with Saver(db_path) as saver:
+        base = saver.put("w", {"n": 0}).checkpoint_id
+        before = dict(saver._stats)
+        calls = {f"put{i}": (lambda i=i: saver.put(f"t{i}", {"n": i})) for i in range(6)}
+        calls["writes"] = lambda: saver.put_writes("w", base, "task", [("ch", 1)])
+        calls["log"] = lambda: saver.append_log("w", "event")
+        results = _hold_batch(saver, len(calls), calls)
+        # All eight were queued for the leader; none waited for the write lock.
+        assert results["queued"] == (8, 0), results
+        assert not any(isinstance(r, BaseException) for r in results.values()), results
+        assert saver._stats["commits"] - before["commits"] == 1, saver._stats
+        assert saver._stats["transitions"] - before["transitions"] == 9, saver._stats
+        assert saver._jobs == [] and not saver._jobs_open
+    assert withdrawals == []
+    with Saver(db_path) as saver:
+        for i in range(6):
+            assert saver.get(f"t{i}").checkpoint_id == results[f"put{i}"].checkpoint_id
+        assert [w.value for w in saver.get("w").pending_writes] == [1]
+        assert [e.event for e in saver.read_log("w")] == ["event"]
+
+
+def test_a_failing_queued_write_fails_alone_with_its_own_error(db_path, hang_detector):
+    hang_detector(120)
+    with Saver(db_path) as saver:
+        calls = {"good": lambda: saver.put("a", {"n": 1}),
+                 "bad": lambda: saver.put_writes("a", "00000000000fffff", "task", [("c", 1)]),
+                 "parent": lambda: saver.put("b", {"n": 2}, parent_id="00000000000ffffe")}
+        results = _hold_batch(saver, 3, calls)
+        assert results["queued"] == (3, 0), results
+        assert isinstance(results["bad"], CheckpointNotFoundError), results
+        assert isinstance(results["parent"], CheckpointNotFoundError), results
+        assert "00000000000ffffe" in str(results["parent"])
+        assert saver.get("a").checkpoint_id == results["good"].checkpoint_id
+        assert saver.get("b") is None and saver.get("a").pending_writes == ()
+
+
+def test_a_full_batch_hands_the_queue_to_its_first_caller(db_path, hang_detector, withdrawals,
+                                                          monkeypatch):
+    """With batches of two, the leader runs one queued write and commits; the next queued
+    caller is woken to lead, and runs the rest. A hand-over that never happened would leave
+    them waiting for QUEUE_POLL (60 s here: the hang detector fails the test first)."""
+    hang_detector(120)
+    monkeypatch.setattr(write_path, "MAX_BATCH", 2)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 60.0)
+    led: list = []
+    hand_over = write_queue.hand_over
+
+    def recording(saver):
+        led.extend(job.doing for job in saver._jobs[:1])
+        hand_over(saver)
+    monkeypatch.setattr(write_queue, "hand_over", recording)
+    with Saver(db_path) as saver:
+        before = dict(saver._stats)
+        calls = {f"put{i}": (lambda i=i: saver.put(f"t{i}", {"n": i})) for i in range(5)}
+        results = _hold_batch(saver, 5, calls)
+        assert results["queued"] == (5, 0), results
+        assert not any(isinstance(r, BaseException) for r in results.values()), results
+        assert saver._stats["transitions"] - before["transitions"] == 6
+        assert saver._stats["commits"] - before["commits"] == 3, saver._stats
+        assert led, "no queued caller was handed the queue"
+        assert saver._jobs == [] and not saver._jobs_open
+        for i in range(5):
+            assert saver.get(f"t{i}").checkpoint_id == results[f"put{i}"].checkpoint_id
+    assert withdrawals == []
+
+
+def test_a_hand_over_that_never_came_costs_queue_poll_not_a_hang(db_path, hang_detector,
+                                                                 withdrawals, monkeypatch):
+    """If the thread ending a batch never hands the queue over (an interruption at the wrong
+    instant), a queued caller withdraws its job after QUEUE_POLL and writes it itself."""
+    hang_detector(120)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 0.05)
+    monkeypatch.setattr(write_path, "MAX_BATCH", 1)  # the leader's batch is full: none runs
+    lost = {"once": True}
+    hand_over = write_queue.hand_over
+
+    def forgetful(saver):
+        if lost.pop("once", False):
+            return  # the queue stays open, and nobody is woken
+        hand_over(saver)
+    monkeypatch.setattr(write_queue, "hand_over", forgetful)
+    with Saver(db_path) as saver:
+        results = _hold_batch(saver, 2, {"a": lambda: saver.put("a", {"n": 1}),
+                                         "b": lambda: saver.put("b", {"n": 2})})
+        assert results["queued"] == (2, 0), results
+        assert not any(isinstance(r, BaseException) for r in results.values()), results
+        assert sorted(withdrawals) == ["putting a checkpoint"] * 2 or \
+            withdrawals == ["putting a checkpoint"], withdrawals
+        assert saver.get("a").checkpoint_id == results["a"].checkpoint_id
+        assert saver.get("b").checkpoint_id == results["b"].checkpoint_id
+        assert saver._jobs == [] and not saver._jobs_open
+
+
+def test_close_hands_queued_writes_back_refused(db_path, hang_detector, monkeypatch):
+    """close() while writes are queued (the batch that would have run them is over, its
+    hand-over not taken up): each caller gets SaverClosedError, and nothing of it is written."""
+    hang_detector(120)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 60.0)  # only close() can wake them
+    monkeypatch.setattr(write_path, "MAX_BATCH", 1)  # the leader's batch is full: none runs
+    monkeypatch.setattr(write_queue, "hand_over", lambda saver: None)
+    saver = Saver(db_path)
+    results: dict = {}
+
+    def call(name: str) -> None:
+        try:
+            results[name] = saver.put(name, {"n": 1})
+        except BaseException as exc:  # noqa: BLE001
+            results[name] = exc
+
+    callers = [threading.Thread(target=call, args=(name,)) for name in ("a", "b")]
+    with saver.transaction():
+        saver.put("lead", {"n": 0})
+        for t in callers:
+            t.start()
+        with saver._waiting_cond:
+            assert saver._waiting_cond.wait_for(lambda: len(saver._jobs) == 2, timeout=60)
+    assert len(saver._jobs) == 2 and saver._jobs_open  # nobody will run them
+    saver.close()
+    for t in callers:
+        t.join(30)  # well before QUEUE_POLL: only close() could have woken them
+        assert not t.is_alive(), "a queued caller was not woken by close()"
+    assert all(isinstance(results[name], SaverClosedError) for name in "ab"), results
+    with Saver(db_path) as check:
+        assert check.get("a") is None and check.get("b") is None
+        assert check.get("lead") is not None
