@@ -24,7 +24,8 @@ Guarantees (the same as the lock path's, :mod:`sqlitesaver.sqlite.transaction`):
   job (only if no batch claimed it) and takes the lock path: a broken hand-over costs batching,
   never liveness.
 
-Lock order: the queue lives under ``saver._waiting_cond`` (level 2 of the order written in
+Lock order: the queue lives under ``saver._waiting_cond`` (or its lock ``saver._waiting_lock``
+where nobody is notified; level 2 of the order written in
 :class:`~sqlitesaver.sqlite.transaction._Transaction`), taken alone or under ``saver._lock``,
 never held while waiting for another thread. A job's ``done`` lock is not a lock in that sense:
 only its caller waits on it, holding nothing.
@@ -38,7 +39,6 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from .. import interrupts
 # The module, not its names: it imports this one (a cycle resolved at call time).
 from . import transaction as write_path
 
@@ -150,7 +150,7 @@ def _await(saver: SqliteFileSaver, job: _Job) -> Any:
 
 def _withdraw(saver: SqliteFileSaver, job: _Job) -> bool:
     """Take ``job`` back out of the queue if no batch claimed it."""
-    with saver._waiting_cond:
+    with saver._waiting_lock:
         if job.batch is None and job in saver._jobs:
             saver._jobs.remove(job)
             return True
@@ -161,7 +161,7 @@ def claim(saver: SqliteFileSaver, batch: _Batch, room: int) -> list[_Job]:
     """The leader, holding ``saver._lock`` with ``batch`` open: take up to ``room`` queued
     jobs into it. Each is marked claimed before it leaves the queue, and the batch lists it,
     so that the batch's end wakes it whatever happens after this."""
-    with saver._waiting_cond:
+    with saver._waiting_lock:
         jobs = saver._jobs
         taken = jobs[:room]
         for job in taken:
@@ -209,18 +209,18 @@ def _failed(saver: SqliteFileSaver, job: _Job, batch: _Batch, exc: BaseException
 
 
 def hand_over(saver: SqliteFileSaver) -> None:
-    """Holding ``saver._lock``, once no batch is open: wake the first queued job's caller to
-    write through the lock path and lead the next batch (the queue stays open for it), or
-    close the queue if it is empty."""
-    with interrupts.deferred():
-        with saver._waiting_cond:
-            jobs = saver._jobs
-            if not jobs:
-                saver._jobs_open = False
-                return
-            job = jobs.pop(0)
-            job.lead = True
-        job.wake()
+    """Holding ``saver._lock``, once no batch is open, in a deferred section (the ends of
+    ``_finish`` and ``_abandon``): wake the first queued job's caller to write through the lock
+    path and lead the next batch (the queue stays open for it), or close the queue if it is
+    empty."""
+    with saver._waiting_lock:
+        jobs = saver._jobs
+        if not jobs:
+            saver._jobs_open = False
+            return
+        job = jobs.pop(0)
+        job.lead = True
+    job.wake()
 
 
 def close(saver: SqliteFileSaver) -> None:

@@ -73,7 +73,8 @@ def _abandon_after_fork() -> None:
         # fresh locks let the child reach the ForkedProcessError instead of hanging.
         saver._lock = threading.RLock()
         saver._batch_cond = threading.Condition(saver._lock)
-        saver._waiting_cond = threading.Condition()
+        saver._waiting_lock = threading.RLock()
+        saver._waiting_cond = threading.Condition(saver._waiting_lock)
         saver._jobs, saver._jobs_open = [], False
         saver._pool._lock = threading.Lock()
         saver._forked = True  # _check_usable: cheaper than comparing os.getpid() every call
@@ -212,7 +213,10 @@ class SqliteFileSaver(Saver):
         self._batch: _Batch | None = None  # the open group-commit transaction, if any
         self._batch_cond = threading.Condition(self._lock)  # a member finished its work
         self._waiting = 0                # transitions waiting for the write connection
-        self._waiting_cond = threading.Condition()
+        # The lock of _waiting_cond, for sections that notify nobody (a `with` on it is one C
+        # call, on the Condition two Python ones: the queue's hand-over runs at every commit).
+        self._waiting_lock = threading.RLock()
+        self._waiting_cond = threading.Condition(self._waiting_lock)
         # Transitions queued for the open batch's leader, and whether one will run them
         # (sqlitesaver/sqlite/queue.py); both under _waiting_cond.
         self._jobs: builtins.list[write_queue._Job] = []

@@ -443,7 +443,9 @@ class _Transaction:
 
     def _await(self, batch: _Batch) -> None:
         """Outside the lock: wait for the batch to end; return only if it committed."""
-        done = batch.done  # a member's, made in _join; a leader's batch ended in its _finish
+        if batch.committed:
+            return  # a leader's (its batch ended in its _finish), or a member's woken late
+        done = batch.done  # a member's, made in _join
         if done is not _ENDED and done is not None:
             done.wait()  # interruptible: the caller then gets the interruption itself
         _verdict(self._saver, self._doing, batch, batch.committed)
