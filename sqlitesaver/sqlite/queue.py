@@ -149,12 +149,16 @@ def _await(saver: SqliteFileSaver, job: _Job) -> Any:
 
 
 def _withdraw(saver: SqliteFileSaver, job: _Job) -> bool:
-    """Take ``job`` back out of the queue if no batch claimed it."""
+    """Take ``job`` back out of the queue if no batch claimed it. A job no batch claimed
+    that is no longer queued was handed back already (hand_over, close) by a thread
+    interrupted before it woke the job's caller: it is this caller's too, else it would
+    wait for a wake-up that never comes."""
     with saver._waiting_cond:
-        if job.batch is None and job in saver._jobs:
+        if job.batch is not None:
+            return False  # claimed: its batch's end answers it
+        if job in saver._jobs:
             saver._jobs.remove(job)
-            return True
-    return False
+        return True
 
 
 def claim(saver: SqliteFileSaver, batch: _Batch, room: int) -> list[_Job]:

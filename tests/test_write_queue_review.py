@@ -1,0 +1,105 @@
+"""Review of the write queue (sqlitesaver/sqlite/queue.py): interruptions at instants the
+line-by-line injection of test_interrupts never reaches (it has at most one queued job, which
+the leader always claims, so hand_over and close never hand a job back there).
+
+An asynchronous exception (PyThreadState_SetAsyncExc, or Ctrl-C in the main thread) can land at
+the first instruction of any function (CPython checks at every function's entry): here it is
+simulated by making ``_Job.wake`` raise at its entry once, in the thread that hands jobs back."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+
+from sqlitesaver import InterruptedTransitionError, Saver, SaverClosedError
+from sqlitesaver.sqlite import queue as write_queue
+from sqlitesaver.sqlite import transaction as write_path
+
+
+class Injected(BaseException):
+    """The simulated asynchronous exception."""
+
+
+def _raise_once_in_wake(monkeypatch, when) -> list:
+    """``_Job.wake`` raises Injected at its entry the first time ``when(job)`` holds."""
+    fired: list = []
+    wake = write_queue._Job.wake
+
+    def wake_or_raise(job):
+        if not fired and when(job):
+            fired.append(job.doing)
+            raise Injected("landed at _Job.wake's entry")
+        wake(job)
+    monkeypatch.setattr(write_queue._Job, "wake", wake_or_raise)
+    return fired
+
+
+def _queue_two_puts(saver: Saver, results: dict) -> list:
+    """Two threads' puts, queued for the calling thread's open batch (returns the threads)."""
+    def call(name: str) -> None:
+        try:
+            results[name] = saver.put(name, {"n": 1})
+        except BaseException as exc:  # noqa: BLE001
+            results[name] = exc
+
+    callers = [threading.Thread(target=call, args=(name,), daemon=True) for name in ("a", "b")]
+    for t in callers:
+        t.start()
+    with saver._waiting_cond:
+        assert saver._waiting_cond.wait_for(lambda: len(saver._jobs) == 2, timeout=60)
+    return callers
+
+
+def test_an_interrupted_hand_over_does_not_leave_the_new_leader_waiting(db_path, hang_detector,
+                                                                         monkeypatch):
+    """The batch's end hands the queue to its first job (lead = True) and the exception lands
+    before that job is woken: the job is out of the queue and unclaimed, so its caller's poll
+    can neither withdraw it nor see a batch end. It must fall back to the lock path (costing
+    QUEUE_POLL), not poll forever."""
+    hang_detector(120)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 0.05)
+    monkeypatch.setattr(write_path, "MAX_BATCH", 1)  # the leader's batch is full: none runs
+    fired = _raise_once_in_wake(monkeypatch, lambda job: job.lead)
+    results: dict = {}
+    with Saver(db_path) as saver:
+        with pytest.raises(Injected):  # the leader's own thread gets it: documented
+            with saver.transaction():
+                saver.put("lead", {"n": 0})
+                callers = _queue_two_puts(saver, results)
+        assert fired == ["putting a checkpoint"]
+        for t in callers:
+            t.join(20)  # 400 polls: a caller still waiting will never be answered
+        stuck = [t.name for t in callers if t.is_alive()]
+        assert not stuck, f"a queued caller was never answered: {stuck} {results}"
+        assert not any(isinstance(r, BaseException) for r in results.values()), results
+        assert saver.get("a").checkpoint_id == results["a"].checkpoint_id
+        assert saver.get("b").checkpoint_id == results["b"].checkpoint_id
+        assert saver._jobs == [] and not saver._jobs_open
+
+
+def test_an_interrupted_close_does_not_leave_queued_callers_waiting(db_path, hang_detector,
+                                                                    monkeypatch):
+    """close() empties the queue, then wakes each job; an exception in the closing thread
+    after the first job was taken out leaves the others out of the queue, unclaimed, never
+    woken. Their callers must still get SaverClosedError."""
+    hang_detector(120)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 0.05)
+    monkeypatch.setattr(write_path, "MAX_BATCH", 1)
+    monkeypatch.setattr(write_queue, "hand_over", lambda saver: None)  # as in test_write_queue
+    saver = Saver(db_path)
+    results: dict = {}
+    with saver.transaction():
+        saver.put("lead", {"n": 0})
+        callers = _queue_two_puts(saver, results)
+    fired = _raise_once_in_wake(monkeypatch, lambda job: True)
+    with pytest.raises(Injected):
+        saver.close()
+    assert fired
+    for t in callers:
+        t.join(20)
+    stuck = [t.name for t in callers if t.is_alive()]
+    assert not stuck, f"a queued caller was never answered: {stuck} {results}"
+    assert all(isinstance(results[name], SaverClosedError) for name in "ab"), results
+    with Saver(db_path) as check:
+        assert check.get("a") is None and check.get("b") is None
