@@ -103,3 +103,74 @@ def test_an_interrupted_close_does_not_leave_queued_callers_waiting(db_path, han
     assert all(isinstance(results[name], SaverClosedError) for name in "ab"), results
     with Saver(db_path) as check:
         assert check.get("a") is None and check.get("b") is None
+
+
+def test_a_job_whose_claim_was_interrupted_is_never_run_by_a_later_batch(db_path, hang_detector,
+                                                                         monkeypatch):
+    """claim() marks each job claimed (job.batch) before it leaves the queue: an exception
+    between the two (in the leader, before its COMMIT) leaves claimed jobs in the queue. Their
+    batch is rolled back and ends, so their callers are told "InterruptedTransitionError,
+    nothing of it was written"; a later batch must then never claim and commit them."""
+    hang_detector(120)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 0.05)
+    claim = write_queue.claim
+    marked: list = []
+
+    def interrupted_claim(saver, batch, room):
+        if marked:
+            return claim(saver, batch, room)
+        with saver._waiting_cond:
+            for job in saver._jobs[:room]:
+                job.batch = batch
+                marked.append(job)
+        raise Injected("landed at batch.jobs.extend(taken) in claim()")
+    monkeypatch.setattr(write_queue, "claim", interrupted_claim)
+
+    results: dict = {}
+    answered = threading.Condition()
+
+    def call(name: str) -> None:
+        try:
+            outcome = saver.put(name, {"n": 1})
+        except BaseException as exc:  # noqa: BLE001
+            outcome = exc
+        with answered:
+            results[name] = outcome
+            answered.notify_all()
+
+    # The first job is handed the queue by the leader's recovery (lead); its caller is slow
+    # to get going (any scheduling allows it): the other job's caller is answered first.
+    wake = write_queue._Job.wake
+
+    def slow_lead(job):
+        if job.lead:
+            with answered:
+                answered.wait_for(lambda: len(results) == 1, timeout=30)
+        wake(job)
+    monkeypatch.setattr(write_queue._Job, "wake", slow_lead)
+
+    with Saver(db_path) as saver:
+        with pytest.raises(Injected):
+            with saver.transaction():
+                saver.put("lead", {"n": 0})
+                callers = [threading.Thread(target=call, args=(name,), daemon=True)
+                           for name in ("a", "b")]
+                for t in callers:
+                    t.start()
+                with saver._waiting_cond:
+                    assert saver._waiting_cond.wait_for(lambda: len(saver._jobs) == 2, 60)
+        for t in callers:
+            t.join(30)
+        assert not any(t.is_alive() for t in callers), results
+        assert len(marked) == 2
+        for name, outcome in results.items():
+            stored = saver.get(name)
+            if isinstance(outcome, InterruptedTransitionError) and \
+                    not getattr(outcome, "maybe_committed", False):
+                assert stored is None, f"{name}: told nothing was written, yet committed"
+            elif isinstance(outcome, BaseException):
+                pytest.fail(f"{name}: unexpected {outcome!r}")
+            else:
+                assert stored is not None and stored.checkpoint_id == outcome.checkpoint_id
+        assert saver.get("lead") is None  # the leader's batch was rolled back
+        assert saver._jobs == [] and not saver._jobs_open

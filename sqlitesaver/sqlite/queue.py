@@ -166,13 +166,24 @@ def claim(saver: SqliteFileSaver, batch: _Batch, room: int) -> list[_Job]:
     jobs into it. Each is marked claimed before it leaves the queue, and the batch lists it,
     so that the batch's end wakes it whatever happens after this."""
     with saver._waiting_cond:
-        jobs = saver._jobs
+        jobs = _unclaimed(saver)
         taken = jobs[:room]
         for job in taken:
             job.batch = batch
         batch.jobs.extend(taken)
         del jobs[:len(taken)]
     return taken
+
+
+def _unclaimed(saver: SqliteFileSaver) -> list[_Job]:
+    """Holding ``saver._waiting_cond``: the queue, less any job an earlier batch claimed that
+    is still in it (an exception in claim() between marking it and taking it out): that batch
+    ended without running it, and its end answers its caller (never run, nothing written), so
+    no later batch may run it, nor hand it the queue."""
+    jobs = saver._jobs
+    if any(job.batch is not None for job in jobs):
+        jobs[:] = [job for job in jobs if job.batch is None]
+    return jobs
 
 
 def run(saver: SqliteFileSaver, job: _Job, conn: apsw.Connection, batch: _Batch) -> None:
@@ -218,7 +229,7 @@ def hand_over(saver: SqliteFileSaver) -> None:
     close the queue if it is empty."""
     with interrupts.deferred():
         with saver._waiting_cond:
-            jobs = saver._jobs
+            jobs = _unclaimed(saver)
             if not jobs:
                 saver._jobs_open = False
                 return
