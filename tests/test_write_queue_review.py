@@ -174,3 +174,60 @@ def test_a_job_whose_claim_was_interrupted_is_never_run_by_a_later_batch(db_path
                 assert stored is not None and stored.checkpoint_id == outcome.checkpoint_id
         assert saver.get("lead") is None  # the leader's batch was rolled back
         assert saver._jobs == [] and not saver._jobs_open
+
+
+def test_an_io_error_in_a_queued_job_fails_the_whole_batch_and_shuts_the_saver(db_path,
+                                                                              hang_detector):
+    """A job's I/O error (saver._fail while the leader owns the connection): nothing of the
+    batch is committed, every caller raises DatabaseIOError (none returns), nobody hangs, and
+    the Saver is shut down."""
+    import apsw
+
+    from sqlitesaver import DatabaseIOError
+    from test_group_commit import run_batch
+    hang_detector(120)
+    saver = Saver(db_path)
+
+    def failing_body():
+        raise apsw.exception_for(apsw.SQLITE_IOERR_WRITE)
+    calls = {"good": lambda: saver.put("good", {"n": 1}),
+             "bad": lambda: saver._atomically("a failing write", failing_body),
+             "log": lambda: saver.append_log("good", "event")}
+    results = run_batch(saver, calls)
+    assert set(results) == {"lead", *calls}, results
+    for name in ("good", "bad", "log"):
+        assert isinstance(results[name], DatabaseIOError), results
+    assert isinstance(results["lead"], DatabaseIOError), results
+    with pytest.raises(SaverClosedError):
+        saver.put("after", {"n": 1})
+    saver.close()
+    with Saver(db_path) as check:
+        assert check.get("good") is None and check.get("lead") is None
+        assert list(check.read_log("good")) == []
+
+
+def test_a_queued_job_whose_error_rolled_the_whole_batch_back_fails_every_caller(
+        db_path, hang_detector):
+    """SQLite rolls the whole transaction back on some errors (a full disk): a job's failure
+    then takes the batch's other work with it, so no caller may return normally, and the
+    Saver writes again afterwards."""
+    import apsw
+
+    from sqlitesaver import DiskFullError
+    from test_group_commit import run_batch
+    hang_detector(120)
+    with Saver(db_path) as saver:
+        def full_disk():
+            saver._writer.execute("ROLLBACK")  # what SQLite does on some SQLITE_FULL
+            raise apsw.exception_for(apsw.SQLITE_FULL)
+        calls = {"good": lambda: saver.put("good", {"n": 1}),
+                 "bad": lambda: saver._atomically("a write on a full disk", full_disk),
+                 "log": lambda: saver.append_log("good", "event")}
+        results = run_batch(saver, calls)
+        assert set(results) == {"lead", *calls}, results
+        returned = [name for name, r in results.items() if not isinstance(r, BaseException)]
+        assert returned == [], results
+        assert isinstance(results["bad"], DiskFullError), results
+        assert saver.get("lead") is None and saver.get("good") is None, results
+        assert list(saver.read_log("good")) == []
+        assert saver.put("after", {"n": 1}) and saver._jobs == [] and not saver._jobs_open
