@@ -231,3 +231,47 @@ def test_a_queued_job_whose_error_rolled_the_whole_batch_back_fails_every_caller
         assert saver.get("lead") is None and saver.get("good") is None, results
         assert list(saver.read_log("good")) == []
         assert saver.put("after", {"n": 1}) and saver._jobs == [] and not saver._jobs_open
+
+
+@pytest.mark.xfail(strict=True, reason="not fixed: _run_jobs makes the leader's thread the "
+                   "connection's owner across the whole job loop, so a write re-entering that "
+                   "thread (a finalizer) nests in the batch and returns before its COMMIT")
+def test_a_write_reentering_the_leader_between_queued_jobs_waits_for_the_commit(
+        db_path, hang_detector, monkeypatch):
+    """The protocol's own design (_Transaction._leave, queue.submit): a write re-entering the
+    leader's thread from a finalizer during its gathering joins the batch as a member and
+    returns only after the COMMIT. While the leader runs queued jobs, saver._owner is the
+    leader's thread, so such a write (here: a finalizer run as the first job's run() returns)
+    is nested as a savepoint straight into the batch and returns at once: when the COMMIT
+    then fails, a write that returned normally was never committed."""
+    import apsw
+
+    from test_group_commit import run_batch
+    hang_detector(120)
+    saver = Saver(db_path)
+    finalizer: dict = {}
+    run = write_queue.run
+
+    def run_then_finalizer(saver_, job, conn, batch):
+        run(saver_, job, conn, batch)
+        if not finalizer:  # a __del__ that logs, collected as run() returns
+            try:
+                finalizer["outcome"] = saver.append_log("fin", "collected")
+            except BaseException as exc:  # noqa: BLE001
+                finalizer["outcome"] = exc
+    monkeypatch.setattr(write_queue, "run", run_then_finalizer)
+
+    def failing_commit(conn):
+        def commit():
+            raise apsw.exception_for(apsw.SQLITE_IOERR_FSYNC)
+        return commit
+    monkeypatch.setattr(write_path, "_commit", failing_commit)
+    calls = {"a": lambda: saver.put("a", {"n": 1}), "b": lambda: saver.put("b", {"n": 2})}
+    results = run_batch(saver, calls)
+    assert all(isinstance(r, BaseException) for r in results.values()), results
+    saver.close()
+    with Saver(db_path) as check:
+        committed = bool(list(check.read_log("fin")))
+    assert "outcome" in finalizer
+    assert committed or isinstance(finalizer["outcome"], BaseException), \
+        f"the finalizer's write returned {finalizer['outcome']!r} yet was never committed"
