@@ -99,5 +99,6 @@ def test_one_exception_at_every_line_of_a_batch_joined_without_waiting(tmp_path,
             assert_batch_verdicts(results, role, at, path)
             assert saver._batch is None and not saver._lock._is_owned()
             assert_usable_or_shut(saver, path)
+            assert_batch_verdicts(results, role, at, path)  # the probe committed none of it
     print(role, "lines", total, "batches of two", joined)
     assert joined > 0, "no point formed a batch of two: the test checked no join"

@@ -391,10 +391,26 @@ def _two_thread_batch(saver: Saver, trace_leader: Injector | None,
     return results
 
 
+#: The thread each caller of _two_thread_batch puts to.
+BATCH_THREADS = {"leader": "lead", "member": "member"}
+
+
+def committed_in(path: str, thread_id: str) -> bool:
+    """Whether a checkpoint of ``thread_id`` is committed in the SQLite file ``path``."""
+    conn = apsw.Connection(path, flags=apsw.SQLITE_OPEN_READONLY)
+    try:
+        return conn.execute("SELECT 1 FROM checkpoints WHERE thread_id = ?",
+                            (thread_id,)).fetchone() is not None
+    finally:
+        conn.close()
+
+
 def assert_batch_verdicts(results: dict, role: str, at: int, path: str) -> None:
     """A batch's calls after an exception injected at line ``at`` of ``role``: each raised the
     injected exception or a SaverError (InterruptedTransitionError unless it was the one
-    interrupted), or returned an id that is committed in ``path``."""
+    interrupted), or returned an id that is committed in ``path``. One told "nothing of it was
+    written" has nothing in its thread (``BATCH_THREADS``): checked again after later writes
+    (assert_usable_or_shut's), which must not commit it either."""
     after = committed_ids(path)
     for who, result in results.items():
         if isinstance(result, Raised):
@@ -402,6 +418,10 @@ def assert_batch_verdicts(results: dict, role: str, at: int, path: str) -> None:
             if issubclass(result.kind, SaverError):
                 assert issubclass(result.kind, InterruptedTransitionError) or \
                     who == role, (at, who, result)
+            if "nothing of it was written" in result.text:
+                assert not committed_in(path, BATCH_THREADS[who]), \
+                    f"{who} told nothing was written, yet committed (exception at {role} " \
+                    f"line {at}): {result}"
         else:
             assert result.checkpoint_id in after, \
                 f"{who} acknowledged, not committed (exception at {role} line {at})"
@@ -429,6 +449,7 @@ def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, role, k
                                         injector if role == "member" else None, kind)
             assert_batch_verdicts(results, role, at, path)
             assert_usable_or_shut(saver, path)
+            assert_batch_verdicts(results, role, at, path)  # the probe committed none of it
 
 
 def test_sigint_storm_loses_no_acknowledged_write(tmp_path, hang_detector):

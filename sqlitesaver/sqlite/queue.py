@@ -149,25 +149,34 @@ def _await(saver: SqliteFileSaver, job: _Job) -> Any:
 
 
 def _withdraw(saver: SqliteFileSaver, job: _Job) -> bool:
-    """Take ``job`` back out of the queue if no batch claimed it."""
+    """Take ``job`` back out of the queue if no batch claimed it. A job no batch claimed
+    that is no longer queued was handed back already (hand_over, close) by a thread
+    interrupted before it woke the job's caller: it is this caller's too, else it would
+    wait for a wake-up that never comes."""
     with saver._waiting_lock:
-        if job.batch is None and job in saver._jobs:
+        if job.batch is not None:
+            return False  # claimed: its batch's end answers it
+        if job in saver._jobs:
             saver._jobs.remove(job)
-            return True
-    return False
+        return True
 
 
 def claim(saver: SqliteFileSaver, batch: _Batch, room: int) -> list[_Job]:
     """The leader, holding ``saver._lock`` with ``batch`` open: take up to ``room`` queued
-    jobs into it. Each is marked claimed before it leaves the queue, and the batch lists it,
-    so that the batch's end wakes it whatever happens after this."""
+    jobs into it, and list them in the batch, so that the batch's end wakes them.
+
+    Taken out of the queue first, then marked claimed: an exception between the two leaves
+    jobs neither queued nor claimed, which their callers take back (_withdraw) and write
+    themselves; one marked but not yet listed finds its batch ended (_await). The other order
+    would leave claimed jobs in the queue, for a later batch to run after their callers were
+    told nothing of them was written (found in review)."""
     with saver._waiting_lock:
         jobs = saver._jobs
         taken = jobs[:room]
+        del jobs[:len(taken)]
         for job in taken:
             job.batch = batch
         batch.jobs.extend(taken)
-        del jobs[:len(taken)]
     return taken
 
 
@@ -176,11 +185,19 @@ def run(saver: SqliteFileSaver, job: _Job, conn: apsw.Connection, batch: _Batch)
     under ``SAVEPOINT member``. An ``Exception`` from its work is the job's own: rolled back
     to the savepoint and handed to its caller. Anything else (an asynchronous exception in the
     leader's thread) propagates: the leader's protocol then ends the batch (_abandon), and the
-    job, never stored, is told it was interrupted."""
+    job, never stored, is told it was interrupted.
+
+    The leader's thread owns the connection, at depth 1, from the SAVEPOINT to the job's end:
+    an I/O error in the job leaves the Saver's shutdown to the leader (SqliteFileSaver._fail),
+    and a transaction the job's work opens (Saver._atomically) nests as a savepoint. Only then:
+    a write re-entering the leader's thread between jobs (a finalizer) joins the batch as a
+    member and waits for its COMMIT, as during the gathering wait (found in review)."""
+    saver._owner, saver._depth = batch.leader, 1
     try:
         conn.execute("SAVEPOINT member")
     except apsw.Error as exc:
         _failed(saver, job, batch, exc, conn)
+        saver._owner, saver._depth = None, 0
         return
     try:
         result = job.work(conn)
@@ -189,7 +206,9 @@ def run(saver: SqliteFileSaver, job: _Job, conn: apsw.Connection, batch: _Batch)
         if write_path._in_transaction(conn):
             write_path._Transaction._rollback(conn, "member")
         _failed(saver, job, batch, exc, conn)
+        saver._owner, saver._depth = None, 0
         return
+    saver._owner, saver._depth = None, 0
     job.result = result
     batch.members += 1
     job.stored = True  # last: acknowledged only once its work is in the batch and counted

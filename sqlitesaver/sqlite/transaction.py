@@ -510,15 +510,10 @@ class _Transaction:
         taken = queue.claim(saver, batch, MAX_BATCH - batch.members)
         if not taken:
             return False
-        # As the owner of the connection at depth 1: an I/O error in a job leaves the Saver's
-        # shutdown to this leader (SqliteFileSaver._fail), and a transaction a job opened
-        # would nest as a savepoint.
-        saver._owner, saver._depth = self._thread, 1
         for job in taken:
             if saver._batch is not batch:
                 break  # the whole batch was rolled back: its end tells the rest
-            queue.run(saver, job, conn, batch)
-        saver._owner, saver._depth = None, 0
+            queue.run(saver, job, conn, batch)  # as the connection's owner (see there)
         return True
 
     def _abandon(self, *, entering: bool) -> None:
