@@ -85,13 +85,15 @@ class _Job:
 def submit(saver: SqliteFileSaver, doing: str, work: Callable[[apsw.Connection], Any],
            transaction: Callable[[SqliteFileSaver, str], _Transaction]) -> Any:
     """Run ``work(conn)`` as one transition and return its result once it is committed:
-    queued for the open batch's leader if there is one, else in a ``transaction`` of the
-    caller's own (the lock path)."""
+    queued while the queue is open (a batch is open, or the queue was handed to its next
+    leader), else in a ``transaction`` of the caller's own (the lock path)."""
     me = threading.get_ident()
     batch = saver._batch
-    # Queued only into another thread's batch: this thread's own (a nested write; or a write
-    # re-entering its leader from a signal handler or finalizer) would wait for itself.
-    if batch is not None and batch.leader != me and saver._owner != me:
+    # Never queued for this thread's own batch (a nested write; or a write re-entering its
+    # leader from a signal handler or finalizer): it would wait for itself. Queued also
+    # between a batch's end and its hand-over's batch: taking the lock path there made a
+    # third of the puts of 8 threads wait for the lock (bench/put_cpu.py, yappi).
+    if saver._jobs_open and saver._owner != me and (batch is None or batch.leader != me):
         saver._check_writable(doing)
         job = _Job(work, doing)
         if _offer(saver, job):
