@@ -68,6 +68,8 @@ def test_one_thread_statements_match_identical_strings_only(collated_url):
                                                              b"\x80", b"\x80")
                     seqs[thread, namespace].append(parse_id(checkpoint_id))
                 logged[thread].append(engine.append_log(thread, b"\x80"))
+        # threads() walks the index (collated) but lists by code point, as SQLite does
+        assert engine.threads() == sorted(threads)
         for thread in threads + ["nobody", "\u00e9 "]:
             mine = sorted((seq for (t, _), found in seqs.items() if t == thread
                            for seq in found), reverse=True)

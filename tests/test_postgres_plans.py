@@ -198,6 +198,24 @@ def test_reading_the_log_reads_only_the_threads_events(skewed, monkeypatch):
     assert_narrow(url, sent)
 
 
+
+def test_listing_threads_reads_one_index_entry_per_thread(skewed, monkeypatch):
+    """threads() walks each table's ids one index descent each (sql.py, _THREADS): the full
+    "SELECT thread_id ... UNION ..." it replaced read every checkpoint and log event (a Seq
+    Scan of each, 20,000 rows of the hot thread apiece)."""
+    engine, url, _ = skewed
+    with recording(monkeypatch) as sent:
+        assert engine.threads() == sorted(["cold", "mid", HOT_ID, "late"])
+    assert_narrow(url, sent)
+    ((query, params),) = sent
+    scans = [node for node, _ in _nodes(generic_plan(url, query, params))
+             if node.get("Relation Name") in _TABLES]
+    assert scans and {node["Node Type"] for node in scans} <= {"Index Only Scan", "Index Scan"}, scans
+    # a descent per id (4 in checkpoints, 2 in the log) and one past the last, of a row each
+    assert sum(node["Actual Loops"] for node in scans) <= 4 + 2 + 2 * 2, scans
+    assert sum(node["Actual Rows"] * node["Actual Loops"] for node in scans) <= 4 + 2, scans
+
+
 # --- writes ---------------------------------------------------------------------------------
 
 def test_delete_thread_and_prune_read_only_the_threads_rows(skewed, monkeypatch):

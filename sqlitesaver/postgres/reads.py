@@ -18,8 +18,8 @@ from ..ids import INT64_MAX, checkpoint_query, is_generated, parse_id
 from . import schema
 from .pool import _rollback_if_open
 from .sql import (_CHECKPOINT_COLUMNS, _GET_BY_KEY, _GET_BY_SEQ, _GET_LATEST, _LOG_LAST,
-                  _LOG_PAGE, _PAGE_ROWS, _PAGE_RUN, _PAGE_WRITES, _S, _WRITE_COLUMNS, _has_nul,
-                  _page_sizes)
+                  _LOG_PAGE, _PAGE_ROWS, _PAGE_RUN, _PAGE_WRITES, _S, _THREADS, _WRITE_COLUMNS,
+                  _has_nul, _page_sizes)
 from .transactions import Transactions
 
 T = TypeVar("T")
@@ -235,9 +235,8 @@ class Reads(Transactions):
     def threads(self) -> list[str]:
         """Every thread id with a checkpoint or a log event, sorted (by code point, as on
         SQLite: ``COLLATE "C"``)."""
-        return self._read("listing threads", lambda conn: [row[0] for row in conn.execute(
-            f"SELECT thread_id COLLATE \"C\" FROM {_S}.checkpoints UNION "
-            f"SELECT thread_id COLLATE \"C\" FROM {_S}.log ORDER BY 1")])
+        return self._read("listing threads",
+                          lambda conn: [row[0] for row in conn.execute(_THREADS)])
 
     def stats(self) -> dict[str, int]:
         """Counters since this engine opened, its pool now, and what our tables hold now:
