@@ -456,8 +456,20 @@ def test_sigint_storm_loses_no_acknowledged_write(tmp_path, hang_detector):
     """Seconds of SIGINT at random moments in the main thread while it and three other
     threads write; every round, another connection must see every acknowledged write."""
     hang_detector(240)
-    report = interrupt_torture.run(str(tmp_path / "storm.db"), rounds=40, threads=3,
-                                   seed=20261203)
+    # A SIGINT can land in a finalizer or weakref callback the main thread runs (threading's
+    # WeakSet of threads, say): Python reports that KeyboardInterrupt as "unraisable", and
+    # pytest's hook, formatting it, can itself be hit by the next SIGINT, which pytest then
+    # reports as a failure of the test (seen once in CI, in weakref.py). Recorded here instead,
+    # without formatting, for the storm's duration; each must be a KeyboardInterrupt.
+    unraisable: list = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda args: unraisable.append(args.exc_type)
+    try:
+        report = interrupt_torture.run(str(tmp_path / "storm.db"), rounds=40, threads=3,
+                                       seed=20261203)
+    finally:
+        sys.unraisablehook = hook
+    assert set(unraisable) <= {KeyboardInterrupt}, unraisable
     assert report["interrupts_delivered"] > 50, report
     assert report["interrupted_calls"] > 0, report
     assert report["lost"] == [], report
