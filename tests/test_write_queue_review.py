@@ -179,6 +179,18 @@ def test_a_job_whose_claim_was_interrupted_is_never_run_by_a_later_batch(db_path
         assert saver._jobs == [] and not saver._jobs_open
 
 
+def _batch_with_a_failing_job(saver: Saver, doing: str, body) -> dict:
+    """test_group_commit.run_batch with three queued writes: a put ("good"), ``body`` as one
+    transition ("bad") and a log event ("log"); every caller's outcome, the leader's too."""
+    from test_group_commit import run_batch
+    calls = {"good": lambda: saver.put("good", {"n": 1}),
+             "bad": lambda: saver._atomically(doing, body),
+             "log": lambda: saver.append_log("good", "event")}
+    results = run_batch(saver, calls)
+    assert set(results) == {"lead", *calls}, results
+    return results
+
+
 def test_an_io_error_in_a_queued_job_fails_the_whole_batch_and_shuts_the_saver(db_path,
                                                                               hang_detector):
     """A job's I/O error (saver._fail while the leader owns the connection): nothing of the
@@ -187,17 +199,12 @@ def test_an_io_error_in_a_queued_job_fails_the_whole_batch_and_shuts_the_saver(d
     import apsw
 
     from sqlitesaver import DatabaseIOError
-    from test_group_commit import run_batch
     hang_detector(120)
     saver = Saver(db_path)
 
     def failing_body():
         raise apsw.exception_for(apsw.SQLITE_IOERR_WRITE)
-    calls = {"good": lambda: saver.put("good", {"n": 1}),
-             "bad": lambda: saver._atomically("a failing write", failing_body),
-             "log": lambda: saver.append_log("good", "event")}
-    results = run_batch(saver, calls)
-    assert set(results) == {"lead", *calls}, results
+    results = _batch_with_a_failing_job(saver, "a failing write", failing_body)
     for name in ("good", "bad", "log"):
         assert isinstance(results[name], DatabaseIOError), results
     assert isinstance(results["lead"], DatabaseIOError), results
@@ -217,17 +224,12 @@ def test_a_queued_job_whose_error_rolled_the_whole_batch_back_fails_every_caller
     import apsw
 
     from sqlitesaver import DiskFullError
-    from test_group_commit import run_batch
     hang_detector(120)
     with Saver(db_path) as saver:
         def full_disk():
             saver._writer.execute("ROLLBACK")  # what SQLite does on some SQLITE_FULL
             raise apsw.exception_for(apsw.SQLITE_FULL)
-        calls = {"good": lambda: saver.put("good", {"n": 1}),
-                 "bad": lambda: saver._atomically("a write on a full disk", full_disk),
-                 "log": lambda: saver.append_log("good", "event")}
-        results = run_batch(saver, calls)
-        assert set(results) == {"lead", *calls}, results
+        results = _batch_with_a_failing_job(saver, "a write on a full disk", full_disk)
         returned = [name for name, r in results.items() if not isinstance(r, BaseException)]
         assert returned == [], results
         assert isinstance(results["bad"], DiskFullError), results

@@ -182,6 +182,18 @@ def claim(saver: SqliteFileSaver, batch: _Batch, room: int) -> list[_Job]:
     return taken
 
 
+def run_claimed(saver: SqliteFileSaver, batch: _Batch, conn: apsw.Connection, room: int
+                ) -> bool:
+    """The leader, holding the lock, in a deferred section: claim up to ``room`` queued jobs
+    into ``batch`` and run each (:func:`run`). Returns whether any was queued."""
+    taken = claim(saver, batch, room)
+    for job in taken:
+        if saver._batch is not batch:
+            break  # the whole batch was rolled back: its end tells the rest
+        run(saver, job, conn, batch)  # looked up at call time: tests' broken writers wrap it
+    return bool(taken)
+
+
 def run(saver: SqliteFileSaver, job: _Job, conn: apsw.Connection, batch: _Batch) -> None:
     """The leader, holding the lock, in a deferred section: run one claimed job in the batch,
     under ``SAVEPOINT member``. An ``Exception`` from its work is the job's own: rolled back
@@ -195,25 +207,23 @@ def run(saver: SqliteFileSaver, job: _Job, conn: apsw.Connection, batch: _Batch)
     a write re-entering the leader's thread between jobs (a finalizer) joins the batch as a
     member and waits for its COMMIT, as during the gathering wait (found in review)."""
     saver._owner, saver._depth = batch.leader, 1
+    stored = False
     try:
         conn.execute("SAVEPOINT member")
-    except apsw.Error as exc:
-        _failed(saver, job, batch, exc, conn)
-        saver._owner, saver._depth = None, 0
-        return
-    try:
         result = job.work(conn)
         conn.execute("RELEASE member")
+        stored = True
     except Exception as exc:
         if write_path._in_transaction(conn):
+            # (A ROLLBACK TO a SAVEPOINT that failed to open fails harmlessly: no other
+            # member's savepoint exists while this thread holds the lock.)
             write_path._Transaction._rollback(conn, "member")
         _failed(saver, job, batch, exc, conn)
-        saver._owner, saver._depth = None, 0
-        return
     saver._owner, saver._depth = None, 0
-    job.result = result
-    batch.members += 1
-    job.stored = True  # last: acknowledged only once its work is in the batch and counted
+    if stored:
+        job.result = result
+        batch.members += 1
+        job.stored = True  # last: acknowledged only once its work is in the batch and counted
 
 
 def _failed(saver: SqliteFileSaver, job: _Job, batch: _Batch, exc: BaseException,

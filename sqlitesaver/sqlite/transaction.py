@@ -458,7 +458,8 @@ class _Transaction:
         try:
             deadline = None
             while batch.members < MAX_BATCH and saver._batch is batch:
-                if saver._jobs and self._run_jobs(batch, conn):
+                if saver._jobs and queue.run_claimed(saver, batch, conn,
+                                                     MAX_BATCH - batch.members):
                     continue  # more may have been queued meanwhile
                 if saver._waiting <= 0:
                     break
@@ -501,20 +502,6 @@ class _Transaction:
             if saver._failure is not None:
                 saver._shut()
         self._bound_wal()
-
-    def _run_jobs(self, batch: _Batch, conn: apsw.Connection) -> bool:
-        """Leader only, holding the lock, in a deferred section: run the queued transitions
-        (:mod:`sqlitesaver.sqlite.queue`) in the batch, each in its own savepoint. Returns
-        whether any was queued."""
-        saver = self._saver
-        taken = queue.claim(saver, batch, MAX_BATCH - batch.members)
-        if not taken:
-            return False
-        for job in taken:
-            if saver._batch is not batch:
-                break  # the whole batch was rolled back: its end tells the rest
-            queue.run(saver, job, conn, batch)  # as the connection's owner (see there)
-        return True
 
     def _abandon(self, *, entering: bool) -> None:
         """An exception escaped the protocol (see the class docstring): leave a consistent
