@@ -31,7 +31,7 @@ class Checkpoints:
     unique, increasing, 36 characters, and without a uuid6() call inside a timed loop.
     Raises ImportError if LangGraph's checkpoint package is not installed."""
 
-    def __init__(self, values: dict) -> None:
+    def __init__(self, values: dict, *, versioned: bool = False) -> None:
         from langgraph.checkpoint.base import empty_checkpoint
         from langgraph.checkpoint.base.id import uuid6
 
@@ -39,12 +39,27 @@ class Checkpoints:
         self.values = values
         self.prefix = str(uuid6(clock_seq=0))[:24]
         self.counter = itertools.count()
+        self.versioned = versioned
+        #: ``new_versions`` for the ``put`` of the checkpoint :meth:`next` returned last
+        self.new_versions: dict[str, str] = {}
 
     def next(self) -> dict:
-        """The thread's next checkpoint (a new dict; the values are shared, not copied)."""
+        """The thread's next checkpoint (a new dict; the values are shared, not copied).
+        ``versioned``: as a graph step that changed every channel, its ``channel_versions``
+        name each channel at a new version (LangGraph's version format), and
+        :attr:`new_versions` says so for the put. LangGraph's PostgresSaver needs this: it
+        stores a channel's value once per (channel, version) and reads a checkpoint's values
+        back through its ``channel_versions``; with empty_checkpoint()'s empty ones it wrote
+        the values once and read checkpoints back without them (the PostgreSQL bench did so
+        until session 15). Savers that store the checkpoint whole ignore the versions."""
         checkpoint = self.template.copy()
-        checkpoint["id"] = f"{self.prefix}{next(self.counter):012x}"
+        number = next(self.counter)
+        checkpoint["id"] = f"{self.prefix}{number:012x}"
         checkpoint["channel_values"] = self.values
+        if self.versioned:
+            version = f"{number + 1:032}.{0:016}"
+            checkpoint["channel_versions"] = dict.fromkeys(self.values, version)
+            self.new_versions = dict.fromkeys(self.values, version)
         return checkpoint
 
 

@@ -17,8 +17,12 @@ connection, ``autocommit``, its calls serialised by one lock per saver; the serv
 as ours). Every thread of a row shares one checkpointer, as a server's request threads do.
 
 Rows (each op is one call through LangGraph's checkpointer API, the same checkpoint objects on
-both sides: bench/_checkpoint.py's, whose channel values are bench/core.py's 4 KiB state, every
-channel named in ``new_versions`` as a graph names them):
+both sides: bench/_checkpoint.py's, whose channel values are bench/core.py's 4 KiB state; each
+put is a graph step that changed every channel, so its ``channel_versions`` and ``new_versions``
+name each channel at a new version, as a graph's do. LangGraph's PostgresSaver stores a value
+per channel version and reads values back through ``channel_versions``: with the empty ones of
+``empty_checkpoint()``, before session 15, it stored the 4 KiB once and listed and got
+checkpoints without it. Each contender's read thread is now read back whole before it is timed):
   put 1 thread, put 8 threads, put 4 processes x 4 threads: durable ``put`` of the thread's next
     checkpoint, each thread on its own LangGraph thread;
   get latest: ``get_tuple`` of a thread of 200 checkpoints; list 100: ``list(limit=100)``;
@@ -92,7 +96,6 @@ class Contender:
     def __init__(self, kind: str, url: str, tag: str) -> None:
         self.kind, self.url, self.tag = kind, url, tag
         self.state = core.make_state()
-        self.versions = {channel: "1" for channel in self.state}
         self.stack = contextlib.ExitStack()
         self.facts: dict[str, Any] = {}
 
@@ -134,20 +137,27 @@ class Contender:
             def op() -> None:
                 conn.execute(insert, (thread_id, packb(state)))
             return op
-        checkpoints, thread = Checkpoints(self.state), config(thread_id)
-        saver, versions = self.saver, self.versions
+        checkpoints = Checkpoints(self.state, versioned=True)
+        saver, thread, make = self.saver, config(thread_id), checkpoints.next
 
         def op() -> None:
-            saver.put(thread, checkpoints.next(), METADATA, versions)
+            checkpoint = make()
+            saver.put(thread, checkpoint, METADATA, checkpoints.new_versions)
         return op
 
     def fill(self) -> None:
-        """The read thread: LIST_COUNT checkpoints (rows, for bare)."""
+        """The read thread: LIST_COUNT checkpoints (rows, for bare), each read back whole."""
         thread_id = f"{self.tag}-read"
         put = self._put_op(thread_id)
         for _ in range(LIST_COUNT):
             put()
         self.read_thread = config(thread_id)
+        if self.kind != "bare":
+            listed = list(self.saver.list(self.read_thread, limit=100))
+            if len(listed) != 100 or any(t.checkpoint["channel_values"] != self.state
+                                         for t in listed):
+                raise SystemExit(f"{LABELS[self.kind]}: the read thread does not read back "
+                                 "whole (channel values missing or changed)")
 
     def _read_op(self, row: str) -> Callable[[], object]:
         if self.kind == "bare":
