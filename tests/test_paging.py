@@ -64,6 +64,22 @@ def test_a_paged_listing_equals_the_whole_history(history, namespace):
             [e for e in want if e[2] % 2 == 0][:900]
 
 
+@pytest.mark.parametrize("budget", [1, 200])
+@pytest.mark.parametrize("namespace", [None, "", "sub"])
+def test_a_byte_budget_shortens_pages_not_the_listing(history, monkeypatch, namespace, budget):
+    """A page ends after the row whose payloads bring it to PAGE_BYTES (a few rows' worth, or
+    less than one row: then every page holds one row): each engine's statement choosing the
+    rows by a running sum, the next page going on below the last row, and the listing still
+    whole and in order."""
+    path, expected = history
+    want = [e for e in expected if namespace is None or e[1] == namespace]
+    monkeypatch.setattr(saver_module, "PAGE_BYTES", budget)
+    with Saver(path) as saver:
+        assert listed(saver, namespace=namespace, limit=300) == want[:300], f"seed {SEED}"
+        middle = len(want) - 300
+        assert listed(saver, namespace=namespace, before=want[middle][0]) == want[middle + 1:]
+
+
 def test_a_single_namespace_thread_is_listed_whole(history):
     path, _ = history
     with Saver(path) as saver:

@@ -18,8 +18,8 @@ from ..ids import INT64_MAX, checkpoint_query, is_generated, parse_id
 from . import schema
 from .pool import _rollback_if_open
 from .sql import (_CHECKPOINT_COLUMNS, _GET_BY_KEY, _GET_BY_SEQ, _GET_LATEST, _LOG_LAST,
-                  _LOG_PAGE, _PAGE_ROWS, _PAGE_RUN, _PAGE_WRITES, _S, _THREADS, _WRITE_COLUMNS,
-                  _has_nul, _page_sizes)
+                  _LOG_PAGE, _PAGE_ROWS, _PAGE_ROWS_ONE, _PAGE_RUN, _PAGE_WRITES, _S,
+                  _THREADS, _WRITE_COLUMNS, _has_nul, _page_sizes)
 from .transactions import Transactions
 
 T = TypeVar("T")
@@ -182,17 +182,21 @@ class Reads(Transactions):
         # The common case (a first page, or a next one below a known seq) in one round trip:
         # the same rows as work's, chosen in SQL (a running sum of the sizes, newest first),
         # and their writes, in one REPEATABLE READ transaction, pipelined.
+        # Each row comes with its size, the running total and the count found (the last
+        # three columns); one namespace's page in one statement (_PAGE_ROWS_ONE), every
+        # namespace's by the seqs the sizes chose (_PAGE_ROWS).
         bound = INT64_MAX if upper is None else upper
         sizes, sized_params = _page_sizes(thread_id, namespace, bound, want)
         sized = f"WITH sized AS ({sizes}), {_PAGE_RUN}"
+        page_rows = f"{sized}{_PAGE_ROWS}" if namespace is None else _PAGE_ROWS_ONE
         rows, writes = self._read_pipelined("listing checkpoints", [
-            (f"{sized}{_PAGE_ROWS}", (*sized_params, budget)),
+            (page_rows, (*sized_params, budget)),
             (f"{sized}{_PAGE_WRITES}", (*sized_params, budget))], snapshot=True)
         if not rows:
             return bound, [], [], False
         total, found = rows[-1][-2], rows[0][-1]
         more = len(rows) < found or found == want or total >= budget
-        return bound, [row[:-2] for row in rows], writes, more
+        return bound, [row[:-3] for row in rows], writes, more
 
     def _before_seq(self, conn: Any, thread_id: str, namespace: str | None,
                     before: str) -> int:
