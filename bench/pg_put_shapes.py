@@ -9,7 +9,8 @@ the parent and replaced checkpoint looked up) and, once the client has computed 
 over the seq and time the server chose, the ``INSERT ...; COMMIT`` string. A one-round-trip put
 would need the checksum's server-side part computed by the server (here: a sha256 of the seq,
 time and the client's CRC of the payloads, all builtin functions) and everything sent in one
-libpq pipeline (prepared statements, binary parameters, one Sync). This script times both shapes
+libpq pipeline (prepared statements, binary parameters, one Sync), or be one statement with
+the settings and locks in nested subqueries (session 15). This script times these shapes
 on a replica of the checkpoints table (4 KiB state, caller-supplied ids with a parent, as
 LangGraph's puts), and two bounds: one autocommit INSERT, and the one-pipeline shape without
 its locks and timeouts. Best of ``--rounds`` rounds of ``--puts`` puts each, wall and the
@@ -66,6 +67,25 @@ ONE_STATEMENT = (
     "RETURNING c.seq, c.created_at, c.parent_seq")
 
 
+# The same put as ONE statement, no pipeline, no BEGIN/COMMIT (autocommit: the statement is its
+# own transaction): the settings and both locks in nested subqueries of its FROM, so that each
+# is done before the next (a subquery whose target list calls a volatile function is never
+# pulled up into its parent, so it produces its row first), and the seq drawn above them.
+# lock_timeout set by set_config inside the statement bounds the lock waits that follow it in
+# the same statement, and synchronous_commit is read at the commit; statement_timeout cannot
+# bound the statement that sets it (its timer started first).
+ONE_STATEMENT_LOCKED = ONE_STATEMENT.replace(
+    "FROM (SELECT nextval('s.seq') AS seq, "
+    "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS created) n ",
+    "FROM (SELECT nextval('s.seq') AS seq, "
+    "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint AS created FROM "
+    "(SELECT pg_advisory_xact_lock(3, hashtext(%(t)s)) AS locked FROM "
+    "(SELECT pg_advisory_xact_lock_shared(1, 2) AS shared FROM "
+    "(SELECT set_config('synchronous_commit', 'on', true), "
+    "set_config('lock_timeout', '5000ms', true)) AS settings) AS all_threads) AS thread) n ")
+assert ONE_STATEMENT_LOCKED != ONE_STATEMENT
+
+
 def shapes(conn, state: bytes, meta: bytes) -> dict[str, Callable[[], None]]:
     from psycopg import ClientCursor, sql
 
@@ -106,6 +126,13 @@ def shapes(conn, state: bytes, meta: bytes) -> dict[str, Callable[[], None]]:
             cursor.fetchone()
         return put
 
+    def one_statement() -> None:
+        n = next(keys)
+        crc = zlib.crc32(meta, zlib.crc32(state)) - (1 << 31)
+        conn.execute(ONE_STATEMENT_LOCKED, {
+            "t": "thread", "ns": "", "state": state, "meta": meta, "crc": crc,
+            "k": f"k{n}", "pk": f"k{n - 1}"}, binary=True).fetchone()
+
     def autocommit_insert() -> None:
         conn.execute("INSERT INTO s.checkpoints VALUES (nextval('s.seq'), %s, %s, NULL, 0, %s, "
                       "%s, 0, %s, NULL)", ("thread", "", state, meta, f"k{next(keys)}"),
@@ -114,6 +141,7 @@ def shapes(conn, state: bytes, meta: bytes) -> dict[str, Callable[[], None]]:
     return {"two round trips (the engine's shape)": two_round_trips,
             "one pipeline (server-side digest)": one_pipeline(),
             "one pipeline, no locks or timeouts": one_pipeline(locks=False),
+            "one statement (settings, locks inside)": one_statement,
             "one autocommit INSERT (bound)": autocommit_insert}
 
 
