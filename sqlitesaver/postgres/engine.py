@@ -82,7 +82,7 @@ from ..ids import INT64_MAX, format_id, is_generated, parse_id
 from . import files as pg_files
 from .reads import Reads
 from .sql import (_CHECKPOINT_COLUMNS, _DELETE_CHECKPOINTS, _DELETE_LOG, _HAS_CHECKPOINTS,
-                  _INSERT_CHECKPOINT, _INSERT_WRITE, _NEXT_CHECKPOINT, _NEXT_LOG, _PRUNED,
+                  _INSERT_CHECKPOINT, _INSERT_WRITE, _NEXT_CHECKPOINT, _NEXT_LOG, _PRUNED, _PUT,
                   _REPLACE_WRITE, _S, _THREAD_CHECKPOINTS, _THREAD_SEQS, _WRITE_COLUMNS,
                   ALL_THREADS_LOCK, THREAD_LOCK, _has_nul, check_text)
 from .transactions import _Tx
@@ -120,10 +120,18 @@ class Engine(Reads):
                        files: Callable[[Any, int], None] | None = None) -> tuple[str, int]:
         """Insert a checkpoint (or replace the one with caller-supplied id ``checkpoint_id``,
         keeping its seq, ``created_at`` and pending writes); return ``(id, created_at)``.
-        ``files(conn, seq)`` stores its files in the same transaction (postgres/files.py)."""
+        ``files(conn, seq)`` stores its files in the same transaction (postgres/files.py).
+
+        One round trip (:meth:`_put_pipelined`), its checksum completed by the server; with
+        ``files``, or inside the calling thread's transaction block, two (:meth:`_write`:
+        the files' statements need the seq first, and a block has no pipeline of its own),
+        its checksum a CRC-32 computed here. Readers verify either form."""
         check_text(thread_id=thread_id, namespace=namespace, parent_id=parent_id,
                    checkpoint_id=checkpoint_id)
         parent_key = None if parent_id is None or is_generated(parent_id) else parent_id
+        if files is None and self._pinned() is None:
+            return self._put_pipelined(thread_id, namespace, parent_id, parent_key,
+                                       checkpoint_id, state, metadata)
 
         # The next seq, the time, the parent's seq and the replaced checkpoint's seq and time,
         # in one statement (one round trip), after the thread's lock (the BEGIN string's). A
@@ -194,6 +202,46 @@ class Engine(Reads):
 
         return self._write("putting a checkpoint", work, threads=(thread_id,),
                            first=(lookup, params))
+
+    def _put_pipelined(self, thread_id: str, namespace: str, parent_id: str | None,
+                       parent_key: str | None, checkpoint_id: str | None, state: bytes,
+                       metadata: bytes) -> tuple[str, int]:
+        """:meth:`put_checkpoint` in one round trip: one statement (sql._PUT) does on the
+        server what the two-round-trip put does between its strings, so the client sends it
+        without waiting for the seq: it sends the CRC-32 of what it knows
+        (integrity.checkpoint_client_crc) and the server completes the checksum with the seq,
+        time and parent seq it chose (integrity.server_checksum). The errors are the same,
+        raised once the statement has written nothing (see sql._put_statement)."""
+        from psycopg.types.numeric import Int8  # one parameter type: one prepared statement
+
+        params = {"thread": thread_id, "ns": namespace, "state": state, "metadata": metadata,
+                  "key": checkpoint_id, "parent_key": parent_key,
+                  "crc": Int8(integrity.checkpoint_client_crc(thread_id, namespace, state,
+                                                              metadata, checkpoint_id,
+                                                              parent_key))}
+        parent = None
+        if parent_key is not None:
+            parent = "key"
+        elif parent_id is not None:
+            seq_of = parse_id(parent_id)
+            parent = "missing" if seq_of is None else "seq"
+            if seq_of is not None:
+                params["parent_seq"] = Int8(seq_of)
+        ((parent_seq, seq, created),) = self._write_pipelined(
+            "putting a checkpoint", (thread_id,), _PUT[parent], params,
+            wrote=lambda rows: rows[0][1] is not None)
+        if parent is not None and parent_seq is None:
+            raise CheckpointNotFoundError(
+                f"parent_id {parent_id!r} is not a checkpoint of thread {thread_id!r} "
+                f"in namespace {namespace!r} on {self.server}; nothing was written.",
+                path=self.server)
+        if seq is None:  # not replaced: the parent is not older than the checkpoint
+            raise InvalidArgumentError(
+                f"parent_id {parent_key or format_id(parent_seq)!r} is not older "
+                f"than checkpoint {checkpoint_id!r} of thread {thread_id!r}, which "
+                "it would replace; a checkpoint's parent must be older than it. "
+                "Nothing was written.", path=self.server)
+        return (checkpoint_id if checkpoint_id is not None else format_id(seq)), created
 
     def put_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
                    task_path: str, encoded: Sequence[tuple[int, str, bytes]],

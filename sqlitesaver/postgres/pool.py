@@ -42,6 +42,35 @@ def _rollback_if_open(conn: Any) -> None:
         schema._rollback(conn)
 
 
+def _closed_while_idle(conn: Any) -> None:
+    """Raise (psycopg's OperationalError, ``conn`` then broken) if the server closed this idle
+    pooled connection (a restart, a crash, an idle timeout, pg_terminate_backend), without a
+    round trip: an idle connection of ours has nothing to read (no LISTEN, no session
+    settings) unless its server went away, leaving its last words (a FATAL error) and the end
+    of the stream; a poll that finds the socket readable tells. For a write sent in one round
+    trip (``Transactions._write_pipelined``), which may commit as soon as it is sent: a
+    connection found dead only by its answer is "maybe committed", one found dead here sent
+    nothing and is replaced. Whatever made it readable, it is not used: after a fast
+    shutdown libpq had read the FATAL message but not yet the end (seen in
+    tests/test_postgres_engine.py), and a false alarm costs one reconnect."""
+    import select
+
+    import psycopg
+
+    fd = conn.pgconn.socket
+    if hasattr(select, "poll"):
+        poll = select.poll()
+        poll.register(fd, select.POLLIN)
+        readable = bool(poll.poll(0))
+    else:  # pragma: no cover - Windows
+        readable = bool(select.select([fd], [], [], 0)[0])
+    if readable:
+        conn.pgconn.consume_input()  # raises if libpq reads the end of the stream
+        conn.pgconn.finish()  # broken from now on: the pool discards it
+        raise psycopg.OperationalError("the server sent something on an idle pooled "
+                                       "connection: its last words before closing it")
+
+
 class Connections:
     """Opening a PostgreSQL server as a store, and its pool of connections: the base of
     :class:`~sqlitesaver.postgres.engine.Engine` (see engine.py's docstring for what is
@@ -70,10 +99,13 @@ class Connections:
         timeouts = connect.local_timeouts(options)
         begin = f"BEGIN; SET LOCAL synchronous_commit TO {_DURABILITY[durability]}; {timeouts}"
         key1, key2 = ALL_THREADS_LOCK  # after the timeouts: its wait is bounded too
-        self._begin = f"{begin}; SELECT pg_advisory_xact_lock_shared({key1}, {key2})"
+        self._lock_shared = f"SELECT pg_advisory_xact_lock_shared({key1}, {key2})"
+        self._begin = f"{begin}; {self._lock_shared}"
         self._begin_all = f"{begin}; {_LOCK_ALL_THREADS}"
         self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
         self._set_timeouts = connect.set_local_timeouts(options)  # for a pipelined read
+        self._set_write = connect.set_local_timeouts(  # for a pipelined write
+            options, synchronous_commit=_DURABILITY[durability])
         first = connect.open_connection(params, self.server, options, doing="opening",
                                         session_timeouts=False)
         try:
