@@ -16,13 +16,17 @@ Guarantees:
   autocommit connection from a pool. A pooled connection is not checked before use (a round
   trip per call): one found dead by the transaction's ``BEGIN`` (a server restarted
   meanwhile) is dropped and the transaction run on another, which is safe because nothing of
-  it ran; so a restart costs a reconnect, not an error. A connection lost after the ``BEGIN``
-  is never retried (a statement that kills its backend would, on every try, put the whole
-  cluster through crash recovery): the call raises DatabaseIOError. A call returns after its
-  COMMIT returned. ``synchronous_commit`` is set per transaction
-  (``SET LOCAL``): ``on`` for ``durability="full"``, ``off`` for ``"normal"``; a
-  transaction-pooling PgBouncer keeps it. So are ``statement_timeout`` and ``lock_timeout``,
-  in every transaction, reads included: pooled connections carry no session-level setting
+  it ran; so a restart costs a reconnect, not an error. A put sends its whole transaction at
+  once (below), so for it "nothing ran" must be known before sending: an idle pooled
+  connection the server closed has something to read (its last words, the end of the
+  stream), which a poll of its socket finds without a round trip (pool.py,
+  ``_closed_while_idle``); it is replaced likewise. A connection lost after the ``BEGIN``
+  (after a put's pipeline was sent) is never retried (a statement that kills its backend
+  would, on every try, put the whole cluster through crash recovery): the call raises
+  DatabaseIOError ("maybe committed" for a put). A call returns after its COMMIT returned.
+  ``synchronous_commit`` is set per transaction (``SET LOCAL``): ``on`` for
+  ``durability="full"``, ``off`` for ``"normal"``; a transaction-pooling PgBouncer keeps it.
+  So are ``statement_timeout`` and ``lock_timeout``, in every transaction, reads included: pooled connections carry no session-level setting
   (behind PgBouncer one would stay on a server connection other clients get next, and not
   bound this client's next transaction).
 * **Ids**: unique in the database and never reused (sequences). Within one thread they follow
@@ -33,28 +37,43 @@ Guarantees:
   for each other (a hash collision only makes two threads share a lock), and their ids are not
   in commit order with each other. ``created_at`` is the server's clock, one for all writers.
 * **Statements**: psycopg costs CPU for every statement, and a local server a context switch
-  for every round trip. A write sends its ``BEGIN``, settings, locks and first lookup as one
-  simple-query string (values inlined as literals psycopg quotes for the connection), and its
-  last statements with its ``COMMIT`` as another (the server skips the rest of a string after
-  a failing statement: the COMMIT then never runs): a put, a put of writes and a log append
-  are two round trips. A get, and a page of a list (the common case: a first page, or one
-  below a known seq), are one: a libpq pipeline of the ``set_config`` timeouts and the
-  statements (prepared, binary results: bytea arrives as bytes, not as hex text), with
-  ``BEGIN``/``COMMIT`` around a page's two. Measured against the same reads as simple-query
-  strings of literals, and as a transaction of several round trips: less wall time and CPU
-  (bench/postgres.py measures the whole).
+  for every round trip. A put is one round trip: one libpq pipeline (one Sync) of ``BEGIN``,
+  the ``set_config`` settings, the all-threads lock, the thread's lock, one statement
+  (``sql._PUT``: the seq drawn after the locks, the time, the parent looked up, the row
+  inserted or the checkpoint with that caller-supplied id updated in place, its checksum
+  completed by the server) and ``COMMIT``; prepared, binary. Its errors (a parent that is
+  not a checkpoint of the thread, a parent not older than the checkpoint it would replace)
+  are decided by that statement, which then writes nothing, and raised by the client from
+  the row it returns, with the same types and messages as before. A put with files, or
+  inside a transaction block, takes the two round trips the other writes take: a put of
+  writes and a log append send their ``BEGIN``, settings, locks and first lookup as one
+  simple-query string (values inlined as literals psycopg quotes for the connection), and
+  their last statements with their ``COMMIT`` as another (the server skips the rest of a
+  string after a failing statement: the COMMIT then never runs). A get, and a page of a list
+  (the common case: a first page, or one below a known seq), are one: a libpq pipeline of the
+  ``set_config`` timeouts and the statements (prepared, binary results: bytea arrives as
+  bytes, not as hex text), with ``BEGIN``/``COMMIT`` around a page's two. Measured against
+  the same calls as simple-query strings of literals, and as a transaction of several round
+  trips: less wall time (bench/postgres.py measures the whole; research/
+  postgres_engine_plan.md, sessions 12, 13 and 15).
+* **Checksums**: a row written by the one-round-trip put carries a checksum the server
+  completed (sqlitesaver/integrity.py, ``server_checksum``: bit 62 set, a SHA-256 of the
+  client's CRC-32 over the payloads and keys it knows, and of the seq, time and parent seq
+  the server chose); every other row a CRC-32 computed by the client. Readers and the
+  validator verify each row in the form its value says; no schema change.
 * **Every thread at once**: each write first takes :data:`ALL_THREADS_LOCK` in shared mode (in
-  the ``BEGIN`` string: no round trip), before any thread's lock; ``delete_matching`` over
-  every thread takes it in exclusive mode instead of one lock per thread, which on a large
-  database exhausted the server's shared lock table (``max_locks_per_transaction``: "out of
-  shared memory" past about 20,000 threads with the defaults, for every session at once).
+  the ``BEGIN`` string or the put's pipeline: no round trip), before any thread's lock;
+  ``delete_matching`` over every thread takes it in exclusive mode instead of one lock per
+  thread, which on a large database exhausted the server's shared lock table
+  (``max_locks_per_transaction``: "out of shared memory" past about 20,000 threads with the defaults, for every session at once).
 * **Retries**: a serialization failure or deadlock (``40001``, ``40P01``) re-runs the whole
   transaction until ``busy_timeout`` has passed, then raises
   :class:`~sqlitesaver.errors.BusyTimeoutError`. The operations here are pure functions of
   their arguments, so re-running them is safe.
-* **Maybe committed**: a connection lost while COMMIT was in flight raises
-  :class:`~sqlitesaver.errors.DatabaseIOError` saying so, and is never retried; lost before
-  COMMIT, the transaction was not committed (also ``DatabaseIOError``, saying that).
+* **Maybe committed**: a connection lost while COMMIT was in flight (for a put: once its
+  pipeline was sent) raises :class:`~sqlitesaver.errors.DatabaseIOError` saying so, and is
+  never retried; lost before COMMIT, the transaction was not committed (also
+  ``DatabaseIOError``, saying that).
 * **Reads**: one statement (one snapshot), or several inside one ``REPEATABLE READ READ
   ONLY`` transaction: one snapshot per page, as on SQLite.
 
@@ -64,8 +83,8 @@ The engine, one module a job (each builds on the one before):
 * ``pool.py``: :class:`~sqlitesaver.postgres.pool.Connections`, opening and the pool (a dead
   pooled connection replaced, a busy pool timed out);
 * ``transactions.py``: :class:`~sqlitesaver.postgres.transactions.Transactions`, the write
-  protocol (the ``BEGIN`` and ``COMMIT`` strings, locks, retries, "maybe committed") and the
-  caller's transaction blocks;
+  protocol (the ``BEGIN`` and ``COMMIT`` strings, or one pipeline; locks, retries, "maybe
+  committed") and the caller's transaction blocks;
 * ``reads.py``: :class:`~sqlitesaver.postgres.reads.Reads`, the reads;
 * here: :class:`Engine`, with each write operation.
 """
