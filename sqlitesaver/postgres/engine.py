@@ -26,9 +26,9 @@ Guarantees:
   DatabaseIOError ("maybe committed" for a put). A call returns after its COMMIT returned.
   ``synchronous_commit`` is set per transaction (``SET LOCAL``): ``on`` for
   ``durability="full"``, ``off`` for ``"normal"``; a transaction-pooling PgBouncer keeps it.
-  So are ``statement_timeout`` and ``lock_timeout``, in every transaction, reads included: pooled connections carry no session-level setting
-  (behind PgBouncer one would stay on a server connection other clients get next, and not
-  bound this client's next transaction).
+  So are ``statement_timeout`` and ``lock_timeout``, in every transaction, reads included:
+  pooled connections carry no session-level setting (behind PgBouncer one would stay on a
+  server connection other clients get next, and not bound this client's next transaction).
 * **Ids**: unique in the database and never reused (sequences). Within one thread they follow
   commit order: every write to a thread first takes a transaction-level advisory lock on the
   thread (:data:`THREAD_LOCK`, ``hashtext(thread_id)``), and draws its seq after that, so a seq
@@ -65,7 +65,8 @@ Guarantees:
   the ``BEGIN`` string or the put's pipeline: no round trip), before any thread's lock;
   ``delete_matching`` over every thread takes it in exclusive mode instead of one lock per
   thread, which on a large database exhausted the server's shared lock table
-  (``max_locks_per_transaction``: "out of shared memory" past about 20,000 threads with the defaults, for every session at once).
+  (``max_locks_per_transaction``: "out of shared memory" past about 20,000 threads with the
+  defaults, for every session at once).
 * **Retries**: a serialization failure or deadlock (``40001``, ``40P01``) re-runs the whole
   transaction until ``busy_timeout`` has passed, then raises
   :class:`~sqlitesaver.errors.BusyTimeoutError`. The operations here are pure functions of
