@@ -248,7 +248,7 @@ class Engine(Reads):
             if seq_of is not None:
                 params["parent_seq"] = Int8(seq_of)
         ((parent_seq, seq, created),) = self._write_pipelined(
-            "putting a checkpoint", (thread_id,), _PUT[parent], params,
+            "putting a checkpoint", thread_id, _PUT[parent], params,
             wrote=lambda rows: rows[0][1] is not None)
         if parent is not None and parent_seq is None:
             raise CheckpointNotFoundError(

@@ -27,7 +27,7 @@ from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
 from . import connect, schema
 from . import errors as pg_errors
 from . import target as pg_target
-from .sql import _LOCK_ALL_THREADS, ALL_THREADS_LOCK
+from .sql import _LOCK_ALL_THREADS, _LOCK_THREAD_AFTER, ALL_THREADS_LOCK
 
 _DURABILITY = {"full": "on", "normal": "off"}
 
@@ -99,13 +99,14 @@ class Connections:
         timeouts = connect.local_timeouts(options)
         begin = f"BEGIN; SET LOCAL synchronous_commit TO {_DURABILITY[durability]}; {timeouts}"
         key1, key2 = ALL_THREADS_LOCK  # after the timeouts: its wait is bounded too
-        self._lock_shared = f"SELECT pg_advisory_xact_lock_shared({key1}, {key2})"
-        self._begin = f"{begin}; {self._lock_shared}"
+        self._begin = f"{begin}; SELECT pg_advisory_xact_lock_shared({key1}, {key2})"
         self._begin_all = f"{begin}; {_LOCK_ALL_THREADS}"
         self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
         self._set_timeouts = connect.set_local_timeouts(options)  # for a pipelined read
-        self._set_write = connect.set_local_timeouts(  # for a pipelined write
-            options, synchronous_commit=_DURABILITY[durability])
+        self._set_and_lock = _LOCK_THREAD_AFTER.format(  # for a pipelined write
+            settings=connect.set_local_timeouts(options,
+                                                synchronous_commit=_DURABILITY[durability]),
+            key1=key1, key2=key2)
         first = connect.open_connection(params, self.server, options, doing="opening",
                                         session_timeouts=False)
         try:
@@ -256,10 +257,11 @@ class Connections:
             "max_connections or busy_timeout, or make fewer calls at once.", path=self.server)
 
     def _stale(self, conn: Any, exc: BaseException, tries: int, doing: str) -> bool:
-        """Whether ``exc``, raised by a transaction's ``BEGIN`` string (its first statement),
-        comes from a pooled connection that was already dead (closed by the server while idle
-        in the pool, or by a restart): then nothing of the transaction ran, and it runs on
-        another connection. Only the BEGIN: a connection lost after it (the backend killed
+        """Whether ``exc``, raised by a transaction's ``BEGIN`` string (its first statement), or
+        by the poll before a one-round-trip put is sent (:func:`_closed_while_idle`), comes
+        from a pooled connection that was already dead (closed by the server while idle in the
+        pool, or by a restart): then nothing of the transaction ran, and it runs on another
+        connection. Only the BEGIN (or the poll): a connection lost after it (the backend killed
         while running the transaction's own statements) is not retried, as a statement that
         crashes its backend would crash it again on every try, each a crash recovery of the
         whole cluster; the caller gets DatabaseIOError and decides. Once: the pool first

@@ -29,6 +29,16 @@ _WRITE_COLUMNS = ("w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.tas
                   "w.checksum")
 _LOCK_THREAD = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
 _LOCK_ALL_THREADS = "SELECT pg_advisory_xact_lock({}, {})".format(*ALL_THREADS_LOCK)
+# A write's settings, the all-threads lock (shared) and one thread's lock in one statement, in
+# that order (the lock waits bounded by the lock_timeout just set), for a pipeline, where each
+# statement costs the client about 30 us: the order of one select list is not defined, so each
+# step is a MATERIALIZED CTE the next one reads its row from (it cannot run before that row
+# exists). Formatted with ``settings`` (a SELECT of set_config calls), ``key1`` and ``key2``
+# (ALL_THREADS_LOCK); its parameter is the thread id.
+_LOCK_THREAD_AFTER = (
+    "WITH settings AS MATERIALIZED ({settings}), shared AS MATERIALIZED "
+    "(SELECT pg_advisory_xact_lock_shared({key1}, {key2}) FROM settings) "
+    f"SELECT pg_advisory_xact_lock({THREAD_LOCK}, hashtext(%s)) FROM shared")
 # The seq and the time, after the thread's lock: the lock is a statement before this one (the
 # order in which one select list is evaluated is not defined).
 _NEXT_CHECKPOINT = (f"SELECT nextval('{_S}.checkpoints_seq'), "

@@ -138,6 +138,7 @@ class Transactions(Connections):
                 row = None if first is None else conn.execute(*first).fetchone()
                 return work(_Tx(conn, row, now=True))
             return self._in_savepoint(pinned, doing, in_block)
+
         def attempt(conn: Any, step: _Step) -> T:
             begin = self._begin_locking(conn, every_thread, threads)
             if first is not None:
@@ -153,14 +154,14 @@ class Transactions(Connections):
 
         return self._retrying(doing, attempt)
 
-    def _write_pipelined(self, doing: str, threads: Sequence[str], query: str,
+    def _write_pipelined(self, doing: str, thread_id: str, query: str,
                          params: Sequence[object] | Mapping[str, object],
                          wrote: Callable[[list[tuple]], bool]) -> list[tuple]:
-        """One write transaction in one round trip; return the rows of ``query``. A libpq
-        pipeline sends ``BEGIN``, the write's ``SET LOCAL`` settings (``set_config``), the
-        all-threads lock (shared) and each of ``threads``' locks, ``query`` (its parameters
-        bound, binary results; prepared as psycopg prepares any statement) and ``COMMIT``,
-        then one Sync: a failing statement makes the server skip the rest up to the Sync (the
+        """One write transaction to one thread in one round trip; return the rows of ``query``.
+        A libpq pipeline sends ``BEGIN``, one statement with the write's ``SET LOCAL`` settings
+        (``set_config``), the all-threads lock (shared) and the thread's lock, in that order
+        (sql._LOCK_THREAD_AFTER), ``query`` (its parameters bound, binary results; prepared as
+        psycopg prepares any statement) and ``COMMIT``, then one Sync: a failing statement makes the server skip the rest up to the Sync (the
         COMMIT never runs, the transaction is rolled back here). So ``query`` must decide
         everything itself, after the locks: what it writes, and what it leaves unwritten
         (the caller then reads why from its rows). ``wrote(rows)``: whether it wrote, for the
@@ -176,8 +177,7 @@ class Transactions(Connections):
             step.begun = step.committing = True  # from here on, it may commit
             with conn.pipeline():
                 conn.execute("BEGIN")
-                conn.execute(self._set_write)
-                self._queue_locks(conn, threads)
+                self._queue_locks(conn, thread_id)
                 cursor = conn.execute(query, params, binary=True)
                 commit = conn.execute("COMMIT")
             rows = cursor.fetchall()
@@ -186,12 +186,10 @@ class Transactions(Connections):
 
         return self._retrying(doing, attempt)
 
-    def _queue_locks(self, conn: Any, threads: Sequence[str]) -> None:
-        """The all-threads lock (shared) and each of ``threads``' locks (sorted, as
-        :meth:`_lock_threads`), sent on ``conn`` (in a pipeline: queued)."""
-        conn.execute(self._lock_shared)
-        for thread_id in sorted(set(threads)):
-            conn.execute(_LOCK_THREAD, (THREAD_LOCK, thread_id))
+    def _queue_locks(self, conn: Any, thread_id: str) -> None:
+        """The write's settings, the all-threads lock (shared) and the thread's lock, sent on
+        ``conn`` (in a pipeline: queued)."""
+        conn.execute(self._set_and_lock, (thread_id,))
 
     def _retrying(self, doing: str, attempt: Callable[[Any, _Step], T]) -> T:
         """``attempt(conn, step)`` on a pooled connection, until it returns: run again on
