@@ -310,6 +310,40 @@ def test_replacing_keeps_seq_created_at_and_pending_writes(engine, pg_url):
     assert format_id(row[0]) < newest
 
 
+# --- locks ----------------------------------------------------------------------------------
+
+def test_the_put_takes_the_all_threads_lock_before_the_threads(engine, pg_url, hang_detector):
+    """Both locks are taken by one statement (sql._LOCK_THREAD_AFTER): the all-threads lock
+    (shared) must come first, as in every other write. Here its exclusive holder makes the
+    put wait for it, holding nothing of its thread yet; once it is released the put goes on."""
+    hang_detector(60)
+    key1, key2 = pg_engine.ALL_THREADS_LOCK
+    holder, watcher = admin(pg_url), admin(pg_url)
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s, %s)", (key1, key2))
+        done: list = []
+        worker = threading.Thread(target=lambda: done.append(_try(
+            lambda: engine.put_checkpoint("t", "", None, None, STATE, META))))
+        worker.start()
+        waiting: list = []
+        while not waiting:
+            waiting = watcher.execute(
+                "SELECT pid, classid::bigint, objid::bigint FROM pg_locks WHERE "
+                "locktype = 'advisory' AND NOT granted").fetchall()
+            assert worker.is_alive(), done
+            time.sleep(0.005)
+        ((pid, classid, objid),) = waiting
+        assert (classid, objid) == (key1, key2)
+        assert watcher.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                               "AND pid = %s AND granted", (pid,)).fetchone() == (0,)
+        holder.execute("SELECT pg_advisory_unlock_all()")
+        worker.join(30)
+        assert isinstance(done[0], tuple) and engine.get_rows("t", "", done[0][0])
+    finally:
+        holder.close()
+        watcher.close()
+
+
 # --- lost connections ------------------------------------------------------------------------
 
 def test_a_put_lost_once_sent_is_maybe_committed_and_not_run_again(engine, pg_url,

@@ -38,8 +38,8 @@ Guarantees:
   in commit order with each other. ``created_at`` is the server's clock, one for all writers.
 * **Statements**: psycopg costs CPU for every statement, and a local server a context switch
   for every round trip. A put is one round trip: one libpq pipeline (one Sync) of ``BEGIN``,
-  the ``set_config`` settings, the all-threads lock, the thread's lock, one statement
-  (``sql._PUT``: the seq drawn after the locks, the time, the parent looked up, the row
+  one statement taking the ``set_config`` settings, the all-threads lock and the thread's
+  lock in that order (``sql._LOCK_THREAD_AFTER``), one statement (``sql._PUT``: the seq drawn after the locks, the time, the parent looked up, the row
   inserted or the checkpoint with that caller-supplied id updated in place, its checksum
   completed by the server) and ``COMMIT``; prepared, binary. Its errors (a parent that is
   not a checkpoint of the thread, a parent not older than the checkpoint it would replace)
