@@ -39,9 +39,10 @@ Guarantees:
 * **Statements**: psycopg costs CPU for every statement, and a local server a context switch
   for every round trip. A put is one round trip: one libpq pipeline (one Sync) of ``BEGIN``,
   one statement taking the ``set_config`` settings, the all-threads lock and the thread's
-  lock in that order (``sql._LOCK_THREAD_AFTER``), one statement (``sql._PUT``: the seq drawn after the locks, the time, the parent looked up, the row
-  inserted or the checkpoint with that caller-supplied id updated in place, its checksum
-  completed by the server) and ``COMMIT``; prepared, binary. Its errors (a parent that is
+  lock in that order (``sql._LOCK_THREAD_AFTER``), one statement (``sql._PUT``: the seq
+  drawn after the locks, the time, the parent looked up, the row inserted or the checkpoint
+  with that caller-supplied id updated in place, its checksum completed by the server) and
+  ``COMMIT``; prepared, binary. Its errors (a parent that is
   not a checkpoint of the thread, a parent not older than the checkpoint it would replace)
   are decided by that statement, which then writes nothing, and raised by the client from
   the row it returns, with the same types and messages as before. A put with files, or
