@@ -161,11 +161,11 @@ class Transactions(Connections):
         A libpq pipeline sends ``BEGIN``, one statement with the write's ``SET LOCAL`` settings
         (``set_config``), the all-threads lock (shared) and the thread's lock, in that order
         (sql._LOCK_THREAD_AFTER), ``query`` (its parameters bound, binary results; prepared as
-        psycopg prepares any statement) and ``COMMIT``, then one Sync: a failing statement makes the server skip the rest up to the Sync (the
-        COMMIT never runs, the transaction is rolled back here). So ``query`` must decide
-        everything itself, after the locks: what it writes, and what it leaves unwritten
-        (the caller then reads why from its rows). ``wrote(rows)``: whether it wrote, for the
-        commit count. Not inside a transaction block (callers use :meth:`_write` there).
+        psycopg prepares any statement) and ``COMMIT``, then one Sync: a failing statement
+        makes the server skip the rest up to the Sync (the COMMIT never runs, the transaction
+        is rolled back here). So ``query`` must decide everything itself, after the locks: what
+        it writes, and what it leaves unwritten (the caller then reads why from its rows).
+        ``wrote(rows)``: whether it wrote, for the commit count. Not inside a transaction block (callers use :meth:`_write` there).
 
         The same guarantees as :meth:`_write` (retries, locks, timeouts), with one difference
         on a dead pooled connection: whatever is sent may commit, so a connection lost once
