@@ -165,7 +165,8 @@ class Transactions(Connections):
         makes the server skip the rest up to the Sync (the COMMIT never runs, the transaction
         is rolled back here). So ``query`` must decide everything itself, after the locks: what
         it writes, and what it leaves unwritten (the caller then reads why from its rows).
-        ``wrote(rows)``: whether it wrote, for the commit count. Not inside a transaction block (callers use :meth:`_write` there).
+        ``wrote(rows)``: whether it wrote, for the commit count. Not inside a transaction
+        block (callers use :meth:`_write` there).
 
         The same guarantees as :meth:`_write` (retries, locks, timeouts), with one difference
         on a dead pooled connection: whatever is sent may commit, so a connection lost once
