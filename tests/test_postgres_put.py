@@ -214,7 +214,7 @@ DAMAGE = [
     ("no parent seq", "parent_seq = NULL", "t", ""),
     ("bit 0 of the checksum", "checksum = checksum # 1", "t", ""),
     ("the form bit of the checksum", "checksum = checksum # (1::bigint << 62)", "t", ""),
-    ("the checksum a CRC-32 of the row", "checksum = checksum & 4294967295", "t", ""),
+    ("the checksum cut to 32 bits (a CRC-32 form)", "checksum = checksum & 4294967295", "t", ""),
 ]
 
 
