@@ -187,20 +187,14 @@ class Engine(Reads):
             if parent_id is not None:
                 parent_seq = looked.pop(0)
                 if parent_seq is None:
-                    raise CheckpointNotFoundError(
-                        f"parent_id {parent_id!r} is not a checkpoint of thread {thread_id!r} "
-                        f"in namespace {namespace!r} on {self.server}; nothing was written.",
-                        path=self.server)
+                    raise self._no_parent(thread_id, namespace, parent_id)
             if checkpoint_id is not None:
                 found = looked.pop(0)
                 if found is not None:
                     seq, created = found
                     if parent_seq is not None and parent_seq >= seq:
-                        raise InvalidArgumentError(
-                            f"parent_id {parent_key or format_id(parent_seq)!r} is not older "
-                            f"than checkpoint {checkpoint_id!r} of thread {thread_id!r}, which "
-                            "it would replace; a checkpoint's parent must be older than it. "
-                            "Nothing was written.", path=self.server)
+                        raise self._parent_not_older(thread_id, checkpoint_id, parent_key,
+                                                     parent_seq)
                     write(
                         f"UPDATE {_S}.checkpoints SET parent_seq = %s, parent_key = %s, "
                         "state = %s, metadata = %s, checksum = %s WHERE seq = %s",
@@ -251,18 +245,28 @@ class Engine(Reads):
         ((parent_seq, seq, created),) = self._write_pipelined(
             "putting a checkpoint", thread_id, _PUT[parent], params,
             wrote=lambda rows: rows[0][1] is not None)
-        if parent is not None and parent_seq is None:
-            raise CheckpointNotFoundError(
-                f"parent_id {parent_id!r} is not a checkpoint of thread {thread_id!r} "
-                f"in namespace {namespace!r} on {self.server}; nothing was written.",
-                path=self.server)
+        if parent_id is not None and parent_seq is None:
+            raise self._no_parent(thread_id, namespace, parent_id)
         if seq is None:  # not replaced: the parent is not older than the checkpoint
-            raise InvalidArgumentError(
-                f"parent_id {parent_key or format_id(parent_seq)!r} is not older "
-                f"than checkpoint {checkpoint_id!r} of thread {thread_id!r}, which "
-                "it would replace; a checkpoint's parent must be older than it. "
-                "Nothing was written.", path=self.server)
+            raise self._parent_not_older(thread_id, checkpoint_id, parent_key, parent_seq)
         return (checkpoint_id if checkpoint_id is not None else format_id(seq)), created
+
+    # The two refusals of a put, one message each whichever path found them.
+
+    def _no_parent(self, thread_id: str, namespace: str, parent_id: str
+                   ) -> CheckpointNotFoundError:
+        return CheckpointNotFoundError(
+            f"parent_id {parent_id!r} is not a checkpoint of thread {thread_id!r} "
+            f"in namespace {namespace!r} on {self.server}; nothing was written.",
+            path=self.server)
+
+    def _parent_not_older(self, thread_id: str, checkpoint_id: str | None,
+                          parent_key: str | None, parent_seq: int) -> InvalidArgumentError:
+        return InvalidArgumentError(
+            f"parent_id {parent_key or format_id(parent_seq)!r} is not older "
+            f"than checkpoint {checkpoint_id!r} of thread {thread_id!r}, which "
+            "it would replace; a checkpoint's parent must be older than it. "
+            "Nothing was written.", path=self.server)
 
     def put_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
                    task_path: str, encoded: Sequence[tuple[int, str, bytes]],
