@@ -344,6 +344,35 @@ def test_the_put_takes_the_all_threads_lock_before_the_threads(engine, pg_url, h
         watcher.close()
 
 
+@pytest.mark.parametrize("durability, synchronous_commit", [("full", "on"), ("normal", "off")])
+def test_the_puts_settings_hold_in_its_transaction_and_not_after(pg_url, monkeypatch,
+                                                                 durability, synchronous_commit):
+    """synchronous_commit, the timeouts and plan_cache_mode are set (SET LOCAL) by the locks'
+    statement, for the put's statement and its COMMIT, and gone once it committed."""
+    from sqlitesaver.postgres import connect
+
+    seen: list = []
+    real = pg_engine.Engine._queue_locks
+
+    def looking(self, conn, thread_id):
+        real(self, conn, thread_id)
+        seen.append(conn.execute(
+            "SELECT current_setting('synchronous_commit'), current_setting('lock_timeout'), "
+            "current_setting('statement_timeout'), current_setting('plan_cache_mode')"))
+
+    monkeypatch.setattr(pg_engine.Engine, "_queue_locks", looking)
+    e = pg_engine.Engine(pg_url, durability=durability, max_connections=1,
+                         options=connect.Options(lock_timeout=1.5, statement_timeout=7.0))
+    try:
+        e.put_checkpoint("t", "", None, None, STATE, META)
+        assert seen[0].fetchone() == (synchronous_commit, "1500ms", "7s", "force_generic_plan")
+        with e._connection("looking") as conn:  # the same connection: nothing left on it
+            assert conn.execute("SELECT current_setting('lock_timeout'), current_setting("
+                                "'plan_cache_mode')").fetchone() == ("0", "auto")
+    finally:
+        e.close()
+
+
 # --- lost connections ------------------------------------------------------------------------
 
 def test_a_put_lost_once_sent_is_maybe_committed_and_not_run_again(engine, pg_url,
