@@ -5,7 +5,7 @@ random damage goes unnoticed with probability 2**-32. The key columns (thread, n
 caller-supplied ids, timestamps) are covered too, so damage that would move a payload to another
 thread or checkpoint is caught as well, not only damage to the payload bytes.
 
-A checkpoint row's checksum is in one of two forms, told apart by its value (no schema change):
+A checkpoint row's checksum is in one of two forms, told apart by its value (no column added):
 a CRC-32 (:func:`checkpoint_checksum`, ``0 <= c < 2**32``), or, for rows PostgreSQL's
 one-round-trip put wrote, a value completed by the server (:func:`server_checksum`, bit 62 set:
 ``>= SERVER_FORM``). A row is verified in the form its value says

@@ -24,7 +24,9 @@ import pytest
 from sqlitesaver import ChecksumError, Saver, integrity
 from sqlitesaver.errors import CheckpointNotFoundError, DatabaseIOError, InvalidArgumentError
 from sqlitesaver.ids import format_id, parse_id
-from sqlitesaver.postgres import check as pg_check, engine as pg_engine, sql as pg_sql
+from sqlitesaver.errors import SchemaVersionError
+from sqlitesaver.postgres import check as pg_check, engine as pg_engine, schema as pg_schema
+from sqlitesaver.postgres import sql as pg_sql
 
 psycopg = pytest.importorskip("psycopg") if not os.environ.get("CI") else __import__("psycopg")
 
@@ -244,6 +246,33 @@ def test_damage_to_a_crc_form_row_is_still_caught(written):
         with pytest.raises(ChecksumError):
             list(saver.list("u"))
     assert pg_check.check_server(written).payloads_failed == 1
+
+
+def test_a_version_before_the_server_form_refuses_the_database_rather_than_call_it_damaged(
+        pg_url, monkeypatch):
+    """Schema version 2 marks a database that may hold server-form checksums: a version that
+    knows only version 1 (simulated: MIGRATIONS cut to 1) would read those rows as damaged
+    (ChecksumError, "restore from a backup"); it refuses to open the database instead, and its
+    validator says so. A version 1 database is migrated to 2 with no table changed, its
+    CRC-32 rows kept and verified."""
+    every = pg_schema.MIGRATIONS
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", every[:1])
+    with Saver(pg_url) as saver:  # version 1; rows in the CRC-32 form (a block's put)
+        with saver.transaction():
+            first = saver.put("t", {"n": 1})
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", every)
+    with Saver(pg_url) as saver:  # migrated to 2
+        saver.put("t", {"n": 2}, parent_id=first.checkpoint_id)
+        assert [cp.state for cp in saver.list("t")] == [{"n": 2}, {"n": 1}]
+    assert [c >= integrity.SERVER_FORM for c in checksum_of(pg_url, "t")] == [False, True]
+    report = pg_check.check_server(pg_url)
+    assert report.ok and report.schema_version == 2, report
+    monkeypatch.setattr(pg_schema, "MIGRATIONS", every[:1])  # the version before, again
+    with pytest.raises(SchemaVersionError, match="version 2.*upgrade sqlitesaver"):
+        Saver(pg_url)
+    report = pg_check.check_server(pg_url)
+    assert {step.name: step.status for step in report.steps}["identity"] == "UNUSABLE", report
+    assert report.payloads_failed == 0
 
 
 # --- the errors, nothing written -------------------------------------------------------------

@@ -61,7 +61,9 @@ Guarantees:
   completed (sqlitesaver/integrity.py, ``server_checksum``: bit 62 set, a SHA-256 of the
   client's CRC-32 over the payloads and keys it knows, and of the seq, time and parent seq
   the server chose); every other row a CRC-32 computed by the client. Readers and the
-  validator verify each row in the form its value says; no schema change.
+  validator verify each row in the form its value says. No table changed; the schema version
+  is 2 from then on, so that a version that knows only the CRC-32 form refuses the database
+  (``SchemaVersionError``: upgrade) instead of reporting its rows as damaged.
 * **Every thread at once**: each write first takes :data:`ALL_THREADS_LOCK` in shared mode (in
   the ``BEGIN`` string or the put's pipeline: no round trip), before any thread's lock;
   ``delete_matching`` over every thread takes it in exclusive mode instead of one lock per
