@@ -59,6 +59,7 @@ and the next path is still checked; the command never ends in a traceback.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import os
@@ -557,7 +558,7 @@ def _checkpoint_failures(conn: apsw.Connection, version: int | None
                    "checkpoint_id": _checkpoint_id(seq) if key is None else key,
                    "thread_id": thread_id, "namespace": namespace}
         yield _not_utf8(failure, bad) if bad else _verified(
-            integrity.checkpoint_checksum, failure,
+            functools.partial(integrity.expected_checkpoint_checksum, checksum), failure,
             (seq, thread_id, namespace, parent_seq, created, state, meta, key, parent_key),
             checksum)
 

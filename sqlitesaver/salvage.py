@@ -36,6 +36,7 @@ nothing to walk: then it fails (restore a backup instead).
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -316,9 +317,9 @@ class _Copier:
             return
         (_, thread_id, namespace, parent_seq, created, state, meta, checksum, key,
          parent_key) = row
-        why = _mismatch(integrity.checkpoint_checksum, (seq, thread_id, namespace, parent_seq,
-                                                        created, state, meta, key, parent_key),
-                        checksum)
+        why = _mismatch(functools.partial(integrity.expected_checkpoint_checksum, checksum),
+                        (seq, thread_id, namespace, parent_seq, created, state, meta, key,
+                         parent_key), checksum)
         if why:
             self._skip_checkpoint(seq, row, why)
             return

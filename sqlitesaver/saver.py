@@ -610,9 +610,9 @@ class Saver(FileMethods):
         seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key, \
             parent_key = row
         try:
-            intact = integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq,
-                                                   created, state, meta, key,
-                                                   parent_key) == checksum
+            intact = integrity.expected_checkpoint_checksum(  # in the form it is stored in
+                checksum, seq, thread_id, namespace, parent_seq, created, state, meta, key,
+                parent_key) == checksum
         except (TypeError, ValueError, OverflowError):  # a column of the wrong type: damage
             intact = False
         if not intact:

@@ -411,21 +411,24 @@ def db_target(request, tmp_path) -> Iterator[str]:
 
 def inject_retryable_failures(monkeypatch, count: int) -> dict[str, int]:
     """Make the next ``count`` PostgreSQL write transactions fail inside their try, on their
-    connection (at the BEGIN string), with a serialization failure or a deadlock in turn: the
-    errors the engine retries. Returns the counter (``["left"]``), which a test may raise."""
+    connection (at the BEGIN string, or at the locks of a one-round-trip put's pipeline), with
+    a serialization failure or a deadlock in turn: the errors the engine retries. Returns the
+    counter (``["left"]``), which a test may raise."""
     import psycopg
 
     from sqlitesaver.postgres import engine as pg_engine
 
     failures = {"left": count}
-    real = pg_engine.Engine._begin_locking
 
-    def flaky(self, conn, *args):
-        if failures["left"]:
-            failures["left"] -= 1
-            raise (psycopg.errors.SerializationFailure if failures["left"] % 2
-                   else psycopg.errors.DeadlockDetected)("injected")
-        return real(self, conn, *args)
+    def flaky(real):
+        def call(self, conn, *args):
+            if failures["left"]:
+                failures["left"] -= 1
+                raise (psycopg.errors.SerializationFailure if failures["left"] % 2
+                       else psycopg.errors.DeadlockDetected)("injected")
+            return real(self, conn, *args)
+        return call
 
-    monkeypatch.setattr(pg_engine.Engine, "_begin_locking", flaky)
+    for name in ("_begin_locking", "_queue_locks"):
+        monkeypatch.setattr(pg_engine.Engine, name, flaky(getattr(pg_engine.Engine, name)))
     return failures

@@ -45,10 +45,14 @@ def contents(pg_url) -> tuple:
                      for table in ("checkpoints", "writes", "log"))
 
 
-def verify_checkpoint(row: tuple) -> None:
+def verify_checkpoint(row: tuple, *, server_form: bool | None = None) -> None:
+    """The row's checksum holds, in the form its value says; ``server_form``: and that form
+    is the one-round-trip put's (True) or a CRC-32 (False)."""
     seq, thread, ns, parent, created, state, meta, checksum, key, parent_key = row
-    assert integrity.checkpoint_checksum(seq, thread, ns, parent, created, state, meta, key,
-                                         parent_key) == checksum
+    assert integrity.expected_checkpoint_checksum(checksum, seq, thread, ns, parent, created,
+                                                  state, meta, key, parent_key) == checksum
+    if server_form is not None:
+        assert (checksum >= integrity.SERVER_FORM) is server_form, checksum
 
 
 # --- rows, ids, checksums ---------------------------------------------------------------------
@@ -60,7 +64,7 @@ def test_put_and_get_round_trip_with_verifiable_checksums(engine):
     rows = engine.get_rows("t", "", None)
     assert len(rows) == 1 and rows[0][:7] == (parse_id(second), "t", "", parse_id(first),
                                               rows[0][4], b"\x01", META)
-    verify_checkpoint(rows[0][:10])
+    verify_checkpoint(rows[0][:10], server_form=True)  # Python computes what the server did
     assert rows[0][10:] == (None,) * 7  # no pending write joined
     (by_id,) = engine.get_rows("t", "", first)
     assert by_id[4] == created and abs(created / 1e6 - time.time()) < 60  # the server's clock
@@ -77,7 +81,7 @@ def test_caller_ids_replace_in_place_and_keep_their_writes(engine, pg_url):
     rows = engine.get_rows("t", "", "cp-1")
     assert [row[5] for row in rows] == [b"\x02"] and rows[0][10:13] == (rows[0][0], "task", 0)
     assert rows[0][8:10] == ("cp-1", None)
-    verify_checkpoint(rows[0][:10])
+    verify_checkpoint(rows[0][:10], server_form=True)
     newer, _ = engine.put_checkpoint("t", "", None, None, STATE, META)
     before = contents(pg_url)
     with pytest.raises(InvalidArgumentError, match="not older"):

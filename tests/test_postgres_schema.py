@@ -39,15 +39,15 @@ def catalog(conn) -> tuple:
 def test_a_fresh_database_gets_every_table_once(pg_url):
     conn = open_url(pg_url)
     try:
-        assert schema.migrate(conn, "srv") == (1,)
+        assert schema.migrate(conn, "srv") == (1, 2)
         after = catalog(conn)
         assert schema.migrate(conn, "srv") == ()  # up to date: nothing applied
         assert catalog(conn) == after
-        assert after[2] == [(APPLICATION_ID, 1, True)]
+        assert after[2] == [(APPLICATION_ID, 2, True)]
         tables = {name for space, name, kind in after[0] if space == "sqlitesaver" and kind == "r"}
         assert tables == {"schema_version", "checkpoints", "writes", "log", "file_contents",
                           "file_chunks", "files"}
-        assert schema.read_version(conn, "srv") == 1
+        assert schema.read_version(conn, "srv") == 2
     finally:
         conn.close()
 
@@ -92,8 +92,8 @@ def test_many_workers_starting_at_once_migrate_exactly_once(pg_url, hang_detecto
     for thread in threads:
         thread.join()
     try:
-        assert sorted(results, key=len) == [()] * (count - 1) + [(1,)], results
-        assert catalog(conns[0])[2] == [(APPLICATION_ID, 1, True)]
+        assert sorted(results, key=len) == [()] * (count - 1) + [(1, 2)], results
+        assert catalog(conns[0])[2] == [(APPLICATION_ID, 2, True)]
     finally:
         for conn in conns:
             conn.close()
@@ -143,7 +143,7 @@ def test_tables_of_our_names_in_public_are_left_alone(pg_url):
     try:
         conn.execute("CREATE TABLE public.checkpoints (thread_id text, checkpoint jsonb)")
         conn.execute("INSERT INTO public.checkpoints VALUES ('t', '{}')")
-        assert schema.migrate(conn, "srv") == (1,)
+        assert schema.migrate(conn, "srv") == (1, 2)
         assert conn.execute("SELECT * FROM public.checkpoints").fetchall() == [("t", {})]
     finally:
         conn.close()
@@ -153,7 +153,7 @@ def test_an_empty_schema_made_by_an_administrator_is_used(pg_url):
     conn = open_url(pg_url)
     try:
         conn.execute("CREATE SCHEMA sqlitesaver")
-        assert schema.migrate(conn, "srv") == (1,)
+        assert schema.migrate(conn, "srv") == (1, 2)
     finally:
         conn.close()
 
@@ -163,13 +163,13 @@ def test_a_failing_migration_is_rolled_back_whole(pg_url, monkeypatch):
     try:
         schema.migrate(conn, "srv")
         before = catalog(conn)
-        broken = Migration(2, ("CREATE TABLE sqlitesaver.extra (x int)",
+        broken = Migration(3, ("CREATE TABLE sqlitesaver.extra (x int)",
                                "INSERT INTO sqlitesaver.extra VALUES (1 / 0)"))
         monkeypatch.setattr(schema, "MIGRATIONS", (*schema.MIGRATIONS, broken))
-        with pytest.raises(MigrationError, match="migration 2.*rolled back") as caught:
+        with pytest.raises(MigrationError, match="migration 3.*rolled back") as caught:
             schema.migrate(conn, "srv")
         assert caught.value.sqlstate == "22012"  # division_by_zero, kept from the server
-        assert catalog(conn) == before  # no table extra, still version 1
+        assert catalog(conn) == before  # no table extra, still version 2
         assert conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
     finally:
         conn.close()

@@ -14,7 +14,9 @@ committing meanwhile). In order:
   ``sqlitesaver`` schema is exactly what the migrations create (:data:`EXPECTED`): an added
   trigger or rule can swallow what ``put`` wrote, a dropped index lets duplicates in;
 * **checksums**: every checkpoint, pending write and log event matches its checksum, computed
-  as the Saver does on every read; read through a server-side cursor, so memory stays flat;
+  as the Saver does on every read (a checkpoint in the form its checksum value says: a CRC-32,
+  or the server-completed form of the one-round-trip put, sqlitesaver/integrity.py); read
+  through a server-side cursor, so memory stays flat;
 * **files**: every file stored with a checkpoint, as for a file (``check.report_files``: the
   same statements, on :mod:`sqlitesaver.postgres.files`' dialect): manifest entries, content
   records and chunks against their checksums, each content's SHA-256 and size;
@@ -29,6 +31,7 @@ compares it with a freshly migrated database, so a migration added without it fa
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from typing import Any
 
@@ -232,9 +235,11 @@ def _checkpoint_failure(row: tuple) -> dict | None:
     seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key, parent_key = row
     failure = {"table": "checkpoints", "checkpoint_id": _checkpoint_id(seq) if key is None
                else key, "thread_id": thread_id, "namespace": namespace}
-    return _verified(integrity.checkpoint_checksum, failure,
-                     (seq, thread_id, namespace, parent_seq, created, state, meta, key,
-                      parent_key), checksum)
+    # In the form its checksum says (integrity.expected_checkpoint_checksum): a CRC-32, or
+    # the one-round-trip put's server-completed value.
+    expected = functools.partial(integrity.expected_checkpoint_checksum, checksum)
+    return _verified(expected, failure, (seq, thread_id, namespace, parent_seq, created, state,
+                                         meta, key, parent_key), checksum)
 
 
 def _write_failure(row: tuple) -> dict | None:
@@ -427,3 +432,5 @@ EXPECTED: dict[int, dict[str, str]] = {
         'sequence checkpoints_seq': 'bigint increment 1',
         'sequence log_seq': 'bigint increment 1'},
 }
+#: Version 2 changed no table (a new checksum form; see schema.MIGRATIONS).
+EXPECTED[2] = EXPECTED[1]

@@ -135,11 +135,15 @@ def local_timeouts(options: Options) -> str:
             f"SET LOCAL plan_cache_mode TO {PLAN_CACHE_MODE}")
 
 
-def set_local_timeouts(options: Options) -> str:
-    """One statement setting ``options``' statement and lock timeouts for the rest of the
-    transaction (``set_config(..., true)`` is ``SET LOCAL``), for a pipeline, which takes
-    one statement at a time (the values are numbers formatted here, no input)."""
-    return (f"SELECT set_config('statement_timeout', '{_millis(options.statement_timeout)}ms', "
+def set_local_timeouts(options: Options, synchronous_commit: str | None = None) -> str:
+    """One statement setting ``options``' statement and lock timeouts (and
+    ``synchronous_commit``, if given: ``on`` or ``off``) for the rest of the transaction
+    (``set_config(..., true)`` is ``SET LOCAL``), for a pipeline, which takes one statement at
+    a time (the values are numbers and words formatted here, no input)."""
+    durability = ("" if synchronous_commit is None else
+                  f"set_config('synchronous_commit', '{synchronous_commit}', true), ")
+    return (f"SELECT {durability}"
+            f"set_config('statement_timeout', '{_millis(options.statement_timeout)}ms', "
             f"true), set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', true), "
             f"set_config('plan_cache_mode', '{PLAN_CACHE_MODE}', true)")
 

@@ -16,15 +16,19 @@ Guarantees:
   autocommit connection from a pool. A pooled connection is not checked before use (a round
   trip per call): one found dead by the transaction's ``BEGIN`` (a server restarted
   meanwhile) is dropped and the transaction run on another, which is safe because nothing of
-  it ran; so a restart costs a reconnect, not an error. A connection lost after the ``BEGIN``
-  is never retried (a statement that kills its backend would, on every try, put the whole
-  cluster through crash recovery): the call raises DatabaseIOError. A call returns after its
-  COMMIT returned. ``synchronous_commit`` is set per transaction
-  (``SET LOCAL``): ``on`` for ``durability="full"``, ``off`` for ``"normal"``; a
-  transaction-pooling PgBouncer keeps it. So are ``statement_timeout`` and ``lock_timeout``,
-  in every transaction, reads included: pooled connections carry no session-level setting
-  (behind PgBouncer one would stay on a server connection other clients get next, and not
-  bound this client's next transaction).
+  it ran; so a restart costs a reconnect, not an error. A put sends its whole transaction at
+  once (below), so for it "nothing ran" must be known before sending: an idle pooled
+  connection the server closed has something to read (its last words, the end of the
+  stream), which a poll of its socket finds without a round trip (pool.py,
+  ``_closed_while_idle``); it is replaced likewise. A connection lost after the ``BEGIN``
+  (after a put's pipeline was sent) is never retried (a statement that kills its backend
+  would, on every try, put the whole cluster through crash recovery): the call raises
+  DatabaseIOError ("maybe committed" for a put). A call returns after its COMMIT returned.
+  ``synchronous_commit`` is set per transaction (``SET LOCAL``): ``on`` for
+  ``durability="full"``, ``off`` for ``"normal"``; a transaction-pooling PgBouncer keeps it.
+  So are ``statement_timeout`` and ``lock_timeout``, in every transaction, reads included:
+  pooled connections carry no session-level setting (behind PgBouncer one would stay on a
+  server connection other clients get next, and not bound this client's next transaction).
 * **Ids**: unique in the database and never reused (sequences). Within one thread they follow
   commit order: every write to a thread first takes a transaction-level advisory lock on the
   thread (:data:`THREAD_LOCK`, ``hashtext(thread_id)``), and draws its seq after that, so a seq
@@ -33,28 +37,47 @@ Guarantees:
   for each other (a hash collision only makes two threads share a lock), and their ids are not
   in commit order with each other. ``created_at`` is the server's clock, one for all writers.
 * **Statements**: psycopg costs CPU for every statement, and a local server a context switch
-  for every round trip. A write sends its ``BEGIN``, settings, locks and first lookup as one
-  simple-query string (values inlined as literals psycopg quotes for the connection), and its
-  last statements with its ``COMMIT`` as another (the server skips the rest of a string after
-  a failing statement: the COMMIT then never runs): a put, a put of writes and a log append
-  are two round trips. A get, and a page of a list (the common case: a first page, or one
-  below a known seq), are one: a libpq pipeline of the ``set_config`` timeouts and the
-  statements (prepared, binary results: bytea arrives as bytes, not as hex text), with
-  ``BEGIN``/``COMMIT`` around a page's two. Measured against the same reads as simple-query
-  strings of literals, and as a transaction of several round trips: less wall time and CPU
-  (bench/postgres.py measures the whole).
+  for every round trip. A put is one round trip: one libpq pipeline (one Sync) of ``BEGIN``,
+  one statement taking the ``set_config`` settings, the all-threads lock and the thread's
+  lock in that order (``sql._LOCK_THREAD_AFTER``), one statement (``sql._PUT``: the seq
+  drawn after the locks, the time, the parent looked up, the row inserted or the checkpoint
+  with that caller-supplied id updated in place, its checksum completed by the server) and
+  ``COMMIT``; prepared, binary. Its errors (a parent that is
+  not a checkpoint of the thread, a parent not older than the checkpoint it would replace)
+  are decided by that statement, which then writes nothing, and raised by the client from
+  the row it returns, with the same types and messages as before. A put with files, or
+  inside a transaction block, takes the two round trips the other writes take: a put of
+  writes and a log append send their ``BEGIN``, settings, locks and first lookup as one
+  simple-query string (values inlined as literals psycopg quotes for the connection), and
+  their last statements with their ``COMMIT`` as another (the server skips the rest of a
+  string after a failing statement: the COMMIT then never runs). A get, and a page of a list
+  (the common case: a first page, or one below a known seq), are one: a libpq pipeline of the
+  ``set_config`` timeouts and the statements (prepared, binary results: bytea arrives as
+  bytes, not as hex text), with ``BEGIN``/``COMMIT`` around a page's two. Measured against
+  the same calls as simple-query strings of literals, and as a transaction of several round
+  trips: less wall time (bench/postgres.py measures the whole; research/
+  postgres_engine_plan.md, sessions 12, 13 and 15).
+* **Checksums**: a row written by the one-round-trip put carries a checksum the server
+  completed (sqlitesaver/integrity.py, ``server_checksum``: bit 62 set, a SHA-256 of the
+  client's CRC-32 over the payloads and keys it knows, and of the seq, time and parent seq
+  the server chose); every other row a CRC-32 computed by the client. Readers and the
+  validator verify each row in the form its value says. No table changed; the schema version
+  is 2 from then on, so that a version that knows only the CRC-32 form refuses the database
+  (``SchemaVersionError``: upgrade) instead of reporting its rows as damaged.
 * **Every thread at once**: each write first takes :data:`ALL_THREADS_LOCK` in shared mode (in
-  the ``BEGIN`` string: no round trip), before any thread's lock; ``delete_matching`` over
-  every thread takes it in exclusive mode instead of one lock per thread, which on a large
-  database exhausted the server's shared lock table (``max_locks_per_transaction``: "out of
-  shared memory" past about 20,000 threads with the defaults, for every session at once).
+  the ``BEGIN`` string or the put's pipeline: no round trip), before any thread's lock;
+  ``delete_matching`` over every thread takes it in exclusive mode instead of one lock per
+  thread, which on a large database exhausted the server's shared lock table
+  (``max_locks_per_transaction``: "out of shared memory" past about 20,000 threads with the
+  defaults, for every session at once).
 * **Retries**: a serialization failure or deadlock (``40001``, ``40P01``) re-runs the whole
   transaction until ``busy_timeout`` has passed, then raises
   :class:`~sqlitesaver.errors.BusyTimeoutError`. The operations here are pure functions of
   their arguments, so re-running them is safe.
-* **Maybe committed**: a connection lost while COMMIT was in flight raises
-  :class:`~sqlitesaver.errors.DatabaseIOError` saying so, and is never retried; lost before
-  COMMIT, the transaction was not committed (also ``DatabaseIOError``, saying that).
+* **Maybe committed**: a connection lost while COMMIT was in flight (for a put: once its
+  pipeline was sent) raises :class:`~sqlitesaver.errors.DatabaseIOError` saying so, and is
+  never retried; lost before COMMIT, the transaction was not committed (also
+  ``DatabaseIOError``, saying that).
 * **Reads**: one statement (one snapshot), or several inside one ``REPEATABLE READ READ
   ONLY`` transaction: one snapshot per page, as on SQLite.
 
@@ -64,8 +87,8 @@ The engine, one module a job (each builds on the one before):
 * ``pool.py``: :class:`~sqlitesaver.postgres.pool.Connections`, opening and the pool (a dead
   pooled connection replaced, a busy pool timed out);
 * ``transactions.py``: :class:`~sqlitesaver.postgres.transactions.Transactions`, the write
-  protocol (the ``BEGIN`` and ``COMMIT`` strings, locks, retries, "maybe committed") and the
-  caller's transaction blocks;
+  protocol (the ``BEGIN`` and ``COMMIT`` strings, or one pipeline; locks, retries, "maybe
+  committed") and the caller's transaction blocks;
 * ``reads.py``: :class:`~sqlitesaver.postgres.reads.Reads`, the reads;
 * here: :class:`Engine`, with each write operation.
 """
@@ -82,7 +105,7 @@ from ..ids import INT64_MAX, format_id, is_generated, parse_id
 from . import files as pg_files
 from .reads import Reads
 from .sql import (_CHECKPOINT_COLUMNS, _DELETE_CHECKPOINTS, _DELETE_LOG, _HAS_CHECKPOINTS,
-                  _INSERT_CHECKPOINT, _INSERT_WRITE, _NEXT_CHECKPOINT, _NEXT_LOG, _PRUNED,
+                  _INSERT_CHECKPOINT, _INSERT_WRITE, _NEXT_CHECKPOINT, _NEXT_LOG, _PRUNED, _PUT,
                   _REPLACE_WRITE, _S, _THREAD_CHECKPOINTS, _THREAD_SEQS, _WRITE_COLUMNS,
                   ALL_THREADS_LOCK, THREAD_LOCK, _has_nul, check_text)
 from .transactions import _Tx
@@ -120,10 +143,18 @@ class Engine(Reads):
                        files: Callable[[Any, int], None] | None = None) -> tuple[str, int]:
         """Insert a checkpoint (or replace the one with caller-supplied id ``checkpoint_id``,
         keeping its seq, ``created_at`` and pending writes); return ``(id, created_at)``.
-        ``files(conn, seq)`` stores its files in the same transaction (postgres/files.py)."""
+        ``files(conn, seq)`` stores its files in the same transaction (postgres/files.py).
+
+        One round trip (:meth:`_put_pipelined`), its checksum completed by the server; with
+        ``files``, or inside the calling thread's transaction block, two (:meth:`_write`:
+        the files' statements need the seq first, and a block has no pipeline of its own),
+        its checksum a CRC-32 computed here. Readers verify either form."""
         check_text(thread_id=thread_id, namespace=namespace, parent_id=parent_id,
                    checkpoint_id=checkpoint_id)
         parent_key = None if parent_id is None or is_generated(parent_id) else parent_id
+        if files is None and self._pinned() is None:
+            return self._put_pipelined(thread_id, namespace, parent_id, parent_key,
+                                       checkpoint_id, state, metadata)
 
         # The next seq, the time, the parent's seq and the replaced checkpoint's seq and time,
         # in one statement (one round trip), after the thread's lock (the BEGIN string's). A
@@ -158,20 +189,14 @@ class Engine(Reads):
             if parent_id is not None:
                 parent_seq = looked.pop(0)
                 if parent_seq is None:
-                    raise CheckpointNotFoundError(
-                        f"parent_id {parent_id!r} is not a checkpoint of thread {thread_id!r} "
-                        f"in namespace {namespace!r} on {self.server}; nothing was written.",
-                        path=self.server)
+                    raise self._no_parent(thread_id, namespace, parent_id)
             if checkpoint_id is not None:
                 found = looked.pop(0)
                 if found is not None:
                     seq, created = found
                     if parent_seq is not None and parent_seq >= seq:
-                        raise InvalidArgumentError(
-                            f"parent_id {parent_key or format_id(parent_seq)!r} is not older "
-                            f"than checkpoint {checkpoint_id!r} of thread {thread_id!r}, which "
-                            "it would replace; a checkpoint's parent must be older than it. "
-                            "Nothing was written.", path=self.server)
+                        raise self._parent_not_older(thread_id, checkpoint_id, parent_key,
+                                                     parent_seq)
                     write(
                         f"UPDATE {_S}.checkpoints SET parent_seq = %s, parent_key = %s, "
                         "state = %s, metadata = %s, checksum = %s WHERE seq = %s",
@@ -194,6 +219,56 @@ class Engine(Reads):
 
         return self._write("putting a checkpoint", work, threads=(thread_id,),
                            first=(lookup, params))
+
+    def _put_pipelined(self, thread_id: str, namespace: str, parent_id: str | None,
+                       parent_key: str | None, checkpoint_id: str | None, state: bytes,
+                       metadata: bytes) -> tuple[str, int]:
+        """:meth:`put_checkpoint` in one round trip: one statement (sql._PUT) does on the
+        server what the two-round-trip put does between its strings, so the client sends it
+        without waiting for the seq: it sends the CRC-32 of what it knows
+        (integrity.checkpoint_client_crc) and the server completes the checksum with the seq,
+        time and parent seq it chose (integrity.server_checksum). The errors are the same,
+        raised once the statement has written nothing (see sql._put_statement)."""
+        from psycopg.types.numeric import Int8  # one parameter type: one prepared statement
+
+        params = {"thread": thread_id, "ns": namespace, "state": state, "metadata": metadata,
+                  "key": checkpoint_id, "parent_key": parent_key,
+                  "crc": Int8(integrity.checkpoint_client_crc(thread_id, namespace, state,
+                                                              metadata, checkpoint_id,
+                                                              parent_key))}
+        parent = None
+        if parent_key is not None:
+            parent = "key"
+        elif parent_id is not None:
+            seq_of = parse_id(parent_id)
+            parent = "missing" if seq_of is None else "seq"
+            if seq_of is not None:
+                params["parent_seq"] = Int8(seq_of)
+        ((parent_seq, seq, created),) = self._write_pipelined(
+            "putting a checkpoint", thread_id, _PUT[parent], params,
+            wrote=lambda rows: rows[0][1] is not None)
+        if parent_id is not None and parent_seq is None:
+            raise self._no_parent(thread_id, namespace, parent_id)
+        if seq is None:  # not replaced: the parent is not older than the checkpoint
+            raise self._parent_not_older(thread_id, checkpoint_id, parent_key, parent_seq)
+        return (checkpoint_id if checkpoint_id is not None else format_id(seq)), created
+
+    # The two refusals of a put, one message each whichever path found them.
+
+    def _no_parent(self, thread_id: str, namespace: str, parent_id: str
+                   ) -> CheckpointNotFoundError:
+        return CheckpointNotFoundError(
+            f"parent_id {parent_id!r} is not a checkpoint of thread {thread_id!r} "
+            f"in namespace {namespace!r} on {self.server}; nothing was written.",
+            path=self.server)
+
+    def _parent_not_older(self, thread_id: str, checkpoint_id: str | None,
+                          parent_key: str | None, parent_seq: int) -> InvalidArgumentError:
+        return InvalidArgumentError(
+            f"parent_id {parent_key or format_id(parent_seq)!r} is not older "
+            f"than checkpoint {checkpoint_id!r} of thread {thread_id!r}, which "
+            "it would replace; a checkpoint's parent must be older than it. "
+            "Nothing was written.", path=self.server)
 
     def put_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
                    task_path: str, encoded: Sequence[tuple[int, str, bytes]],

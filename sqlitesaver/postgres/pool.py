@@ -27,7 +27,7 @@ from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
 from . import connect, schema
 from . import errors as pg_errors
 from . import target as pg_target
-from .sql import _LOCK_ALL_THREADS, ALL_THREADS_LOCK
+from .sql import _LOCK_ALL_THREADS, _LOCK_THREAD_AFTER, ALL_THREADS_LOCK
 
 _DURABILITY = {"full": "on", "normal": "off"}
 
@@ -40,6 +40,35 @@ def _rollback_if_open(conn: Any) -> None:
     if not conn.broken and conn.info.transaction_status in (TransactionStatus.INTRANS,
                                                            TransactionStatus.INERROR):
         schema._rollback(conn)
+
+
+def _closed_while_idle(conn: Any) -> None:
+    """Raise (psycopg's OperationalError, ``conn`` then broken) if the server closed this idle
+    pooled connection (a restart, a crash, an idle timeout, pg_terminate_backend), without a
+    round trip: an idle connection of ours has nothing to read (no LISTEN, no session
+    settings) unless its server went away, leaving its last words (a FATAL error) and the end
+    of the stream; a poll that finds the socket readable tells. For a write sent in one round
+    trip (``Transactions._write_pipelined``), which may commit as soon as it is sent: a
+    connection found dead only by its answer is "maybe committed", one found dead here sent
+    nothing and is replaced. Whatever made it readable, it is not used: after a fast
+    shutdown libpq had read the FATAL message but not yet the end (seen in
+    tests/test_postgres_engine.py), and a false alarm costs one reconnect."""
+    import select
+
+    import psycopg
+
+    fd = conn.pgconn.socket
+    if hasattr(select, "poll"):
+        poll = select.poll()
+        poll.register(fd, select.POLLIN)
+        readable = bool(poll.poll(0))
+    else:  # pragma: no cover - Windows
+        readable = bool(select.select([fd], [], [], 0)[0])
+    if readable:
+        conn.pgconn.consume_input()  # raises if libpq reads the end of the stream
+        conn.pgconn.finish()  # broken from now on: the pool discards it
+        raise psycopg.OperationalError("the server sent something on an idle pooled "
+                                       "connection: its last words before closing it")
 
 
 class Connections:
@@ -74,6 +103,10 @@ class Connections:
         self._begin_all = f"{begin}; {_LOCK_ALL_THREADS}"
         self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
         self._set_timeouts = connect.set_local_timeouts(options)  # for a pipelined read
+        self._set_and_lock = _LOCK_THREAD_AFTER.format(  # for a pipelined write
+            settings=connect.set_local_timeouts(options,
+                                                synchronous_commit=_DURABILITY[durability]),
+            key1=key1, key2=key2)
         first = connect.open_connection(params, self.server, options, doing="opening",
                                         session_timeouts=False)
         try:
@@ -224,10 +257,11 @@ class Connections:
             "max_connections or busy_timeout, or make fewer calls at once.", path=self.server)
 
     def _stale(self, conn: Any, exc: BaseException, tries: int, doing: str) -> bool:
-        """Whether ``exc``, raised by a transaction's ``BEGIN`` string (its first statement),
-        comes from a pooled connection that was already dead (closed by the server while idle
-        in the pool, or by a restart): then nothing of the transaction ran, and it runs on
-        another connection. Only the BEGIN: a connection lost after it (the backend killed
+        """Whether ``exc``, raised by a transaction's ``BEGIN`` string (its first statement), or
+        by the poll before a one-round-trip put is sent (:func:`_closed_while_idle`), comes
+        from a pooled connection that was already dead (closed by the server while idle in the
+        pool, or by a restart): then nothing of the transaction ran, and it runs on another
+        connection. Only the BEGIN (or the poll): a connection lost after it (the backend killed
         while running the transaction's own statements) is not retried, as a statement that
         crashes its backend would crash it again on every try, each a crash recovery of the
         whole cluster; the caller gets DatabaseIOError and decides. Once: the pool first

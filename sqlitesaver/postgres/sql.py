@@ -11,6 +11,7 @@ and :mod:`.engine` (the writes) send the statements.
 from __future__ import annotations
 
 from ..errors import InvalidArgumentError
+from ..integrity import SERVER_FORM
 from ..schema import APPLICATION_ID
 from . import schema
 
@@ -29,6 +30,16 @@ _WRITE_COLUMNS = ("w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.tas
                   "w.checksum")
 _LOCK_THREAD = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
 _LOCK_ALL_THREADS = "SELECT pg_advisory_xact_lock({}, {})".format(*ALL_THREADS_LOCK)
+# A write's settings, the all-threads lock (shared) and one thread's lock in one statement, in
+# that order (the lock waits bounded by the lock_timeout just set), for a pipeline, where each
+# statement costs the client about 30 us: the order of one select list is not defined, so each
+# step is a MATERIALIZED CTE the next one reads its row from (it cannot run before that row
+# exists). Formatted with ``settings`` (a SELECT of set_config calls), ``key1`` and ``key2``
+# (ALL_THREADS_LOCK); its parameter is the thread id.
+_LOCK_THREAD_AFTER = (
+    "WITH settings AS MATERIALIZED ({settings}), shared AS MATERIALIZED "
+    "(SELECT pg_advisory_xact_lock_shared({key1}, {key2}) FROM settings) "
+    f"SELECT pg_advisory_xact_lock({THREAD_LOCK}, hashtext(%s)) FROM shared")
 # The seq and the time, after the thread's lock: the lock is a statement before this one (the
 # order in which one select list is evaluated is not defined).
 _NEXT_CHECKPOINT = (f"SELECT nextval('{_S}.checkpoints_seq'), "
@@ -37,6 +48,61 @@ _NEXT_LOG = _NEXT_CHECKPOINT.replace("checkpoints_seq", "log_seq")
 _INSERT_CHECKPOINT = (f"INSERT INTO {_S}.checkpoints (seq, thread_id, namespace, parent_seq, "
                       "created_at, state, metadata, checksum, key, parent_key) "
                       "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)")
+
+
+def _server_checksum(seq: str, created: str, parent_seq: str) -> str:
+    """SQL computing ``integrity.server_checksum(%(crc)s, seq, created, parent_seq)`` from the
+    SQL expressions given: the same bytes hashed (``int8send`` is big-endian, a NULL parent
+    adds nothing), the first 15 hex digits of the SHA-256 as 60 bits, and bit 62 set."""
+    return (f"({SERVER_FORM}::bigint | ('x' || left(encode(sha256(int8send(%(crc)s::bigint) "
+            f"|| int8send({seq}) || int8send({created}) "
+            f"|| coalesce(int8send({parent_seq}), ''::bytea)), 'hex'), 15))::bit(60)::bigint)")
+
+
+def _put_statement(parent: str | None) -> str:
+    """The one statement of a one-round-trip put (engine.put_checkpoint), sent after the
+    thread's lock: it draws the seq and the time (after the lock: ids in commit order within
+    the thread), finds the parent's seq (``parent``: how, see :data:`_PUT`), and inserts the
+    checkpoint with its checksum completed here (:func:`_server_checksum`, the client's
+    CRC-32 as ``%(crc)s``), or, when the thread and namespace have a checkpoint with the
+    caller-supplied id ``%(key)s`` (``checkpoints_by_key``), updates that one in place,
+    keeping its seq, created_at and pending writes, its checksum recomputed from them. It
+    writes nothing when a parent was asked for and not found (the insert's WHERE), nor when
+    the parent is not older than the checkpoint it would replace (the update's WHERE). One
+    row back: (the parent's seq or NULL, the seq written or NULL, its created_at or NULL),
+    from which the client raises the same errors as before, nothing written. ``n`` is
+    referenced twice, so it is evaluated once (a CTE with a volatile function is never
+    inlined). Parameters by name: thread, ns, state, metadata (bytea), crc (bigint), key,
+    parent_key, and parent_seq when ``parent`` is "seq"."""
+    found = {None: "NULL::bigint", "missing": "NULL::bigint",
+             "seq": (f"(SELECT seq FROM {_S}.checkpoints WHERE seq = %(parent_seq)s "
+                     "AND thread_id = %(thread)s AND namespace = %(ns)s AND key IS NULL)"),
+             "key": (f"(SELECT seq FROM {_S}.checkpoints WHERE thread_id = %(thread)s "
+                     "AND namespace = %(ns)s AND key = %(parent_key)s)")}[parent]
+    return (
+        f"WITH n AS ({_NEXT_CHECKPOINT.replace(', ', ' AS seq, ', 1)} AS created, "
+        f"{found} AS parent_seq), "
+        f"put AS (INSERT INTO {_S}.checkpoints AS c (seq, thread_id, namespace, parent_seq, "
+        "created_at, state, metadata, checksum, key, parent_key) "
+        "SELECT n.seq, %(thread)s::text, %(ns)s::text, n.parent_seq, n.created, "
+        "%(state)b::bytea, %(metadata)b::bytea, "
+        f"{_server_checksum('n.seq', 'n.created', 'n.parent_seq')}, "
+        "%(key)s::text, %(parent_key)s::text FROM n"
+        f"{'' if parent is None else ' WHERE n.parent_seq IS NOT NULL'} "
+        "ON CONFLICT (thread_id, namespace, key) WHERE key IS NOT NULL DO UPDATE SET "
+        "parent_seq = excluded.parent_seq, parent_key = excluded.parent_key, "
+        "state = excluded.state, metadata = excluded.metadata, "
+        f"checksum = {_server_checksum('c.seq', 'c.created_at', 'excluded.parent_seq')} "
+        "WHERE excluded.parent_seq IS NULL OR excluded.parent_seq < c.seq "
+        "RETURNING c.seq, c.created_at) "
+        "SELECT n.parent_seq, put.seq, put.created_at FROM n LEFT JOIN put ON true")
+
+
+#: The one-round-trip put's statement by how its parent is found: None (no parent), "seq" (a
+#: generated id: by seq), "key" (a caller-supplied id), "missing" (a generated-looking id that
+#: no seq has: nothing is inserted, and the client says the parent was not found).
+_PUT = {parent: _put_statement(parent) for parent in (None, "seq", "key", "missing")}
+
 _INSERT_WRITE = (f"INSERT INTO {_S}.writes (checkpoint_seq, task_id, idx, channel, value, "
                  "task_path, checksum) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
 _REPLACE_WRITE = (_INSERT_WRITE.removesuffix("DO NOTHING")

@@ -5,6 +5,9 @@ a base of :class:`~sqlitesaver.postgres.engine.Engine`) runs every operation's w
   all-threads lock, the threads' locks, a first lookup) and the ``COMMIT`` string (the last
   statements, then ``COMMIT``, checked to have committed), a serialization failure or deadlock
   retried whole until ``busy_timeout``, a connection lost during COMMIT "maybe committed".
+  :meth:`Transactions._write_pipelined` is the same in one round trip, for a write whose one
+  statement decides everything on the server (a put): ``BEGIN``, settings, locks, the
+  statement and ``COMMIT`` in one libpq pipeline, "maybe committed" once it is sent.
 * **The caller's transaction blocks** (:meth:`Transactions.transaction`): one server
   transaction pinned to the calling thread's connection, each call in a savepoint of its own,
   a nested block a savepoint; the pin is trusted only while its checkout is current
@@ -20,14 +23,14 @@ from __future__ import annotations
 import contextlib
 import random
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any, TypeVar
 
 from .. import log
 from ..errors import DatabaseIOError, SaverError
 from . import errors as pg_errors
 from . import schema
-from .pool import Connections, _rollback_if_open
+from .pool import Connections, _closed_while_idle, _rollback_if_open
 from .sql import _LOCK_ALL_THREADS, _LOCK_THREAD, THREAD_LOCK
 
 T = TypeVar("T")
@@ -97,6 +100,17 @@ class _Tx:
             self.finals.append((query, params))
 
 
+class _Step:
+    """How far one attempt at a write got (:meth:`Transactions._retrying`): ``begun``, past
+    the point where a dead connection can no longer be replaced (something of it may have
+    run); ``committing``, past the point where a lost connection is "maybe committed"."""
+
+    __slots__ = ("begun", "committing")
+
+    def __init__(self) -> None:
+        self.begun = self.committing = False
+
+
 class Transactions(Connections):
     """Running work in a transaction: the write protocol and the caller's transaction blocks
     (see the module docstring)."""
@@ -124,30 +138,81 @@ class Transactions(Connections):
                 row = None if first is None else conn.execute(*first).fetchone()
                 return work(_Tx(conn, row, now=True))
             return self._in_savepoint(pinned, doing, in_block)
+
+        def attempt(conn: Any, step: _Step) -> T:
+            begin = self._begin_locking(conn, every_thread, threads)
+            if first is not None:
+                begin = f"{begin}; {_inline(conn, *first)}"
+            cursor = conn.execute(begin, prepare=False)  # several statements
+            row = None if first is None else _last(cursor).fetchone()
+            step.begun = True
+            tx = _Tx(conn, row)
+            result = work(tx)
+            step.committing = True
+            self._commit(conn, doing, tx.finals)
+            return result
+
+        return self._retrying(doing, attempt)
+
+    def _write_pipelined(self, doing: str, thread_id: str, query: str,
+                         params: Sequence[object] | Mapping[str, object],
+                         wrote: Callable[[list[tuple]], bool]) -> list[tuple]:
+        """One write transaction to one thread in one round trip; return the rows of ``query``.
+        A libpq pipeline sends ``BEGIN``, one statement with the write's ``SET LOCAL`` settings
+        (``set_config``), the all-threads lock (shared) and the thread's lock, in that order
+        (sql._LOCK_THREAD_AFTER), ``query`` (its parameters bound, binary results; prepared as
+        psycopg prepares any statement) and ``COMMIT``, then one Sync: a failing statement
+        makes the server skip the rest up to the Sync (the COMMIT never runs, the transaction
+        is rolled back here). So ``query`` must decide everything itself, after the locks: what
+        it writes, and what it leaves unwritten (the caller then reads why from its rows).
+        ``wrote(rows)``: whether it wrote, for the commit count. Not inside a transaction
+        block (callers use :meth:`_write` there).
+
+        The same guarantees as :meth:`_write` (retries, locks, timeouts), with one difference
+        on a dead pooled connection: whatever is sent may commit, so a connection lost once
+        the pipeline is sent is "maybe committed" and not run again; a pooled connection the
+        server closed while it was idle is recognised before anything is sent
+        (:func:`_closed_while_idle`) and replaced (:meth:`_stale`)."""
+        def attempt(conn: Any, step: _Step) -> list[tuple]:
+            _closed_while_idle(conn)
+            step.begun = step.committing = True  # from here on, it may commit
+            with conn.pipeline():
+                conn.execute("BEGIN")
+                self._queue_locks(conn, thread_id)
+                cursor = conn.execute(query, params, binary=True)
+                commit = conn.execute("COMMIT")
+            rows = cursor.fetchall()
+            self._committed(doing, commit.statusmessage, count=wrote(rows))
+            return rows
+
+        return self._retrying(doing, attempt)
+
+    def _queue_locks(self, conn: Any, thread_id: str) -> None:
+        """The write's settings, the all-threads lock (shared) and the thread's lock, sent on
+        ``conn`` (in a pipeline: queued)."""
+        conn.execute(self._set_and_lock, (thread_id,))
+
+    def _retrying(self, doing: str, attempt: Callable[[Any, _Step], T]) -> T:
+        """``attempt(conn, step)`` on a pooled connection, until it returns: run again on
+        another connection if this one was found dead before anything of the transaction may
+        have run (``step.begun`` still False, :meth:`_stale`), and whole after a
+        serialization failure or deadlock until the busy timeout; rolled back if it raised
+        (a connection lost with ``step.committing`` set is "maybe committed")."""
         started = time.monotonic()
         deadline = started + self.busy_timeout
         delay = 0.001
         stale = retried = 0  # retried: this call's retries, logged (log.server_retries)
         while True:
             with self._connection(doing) as conn:
-                begun = committing = False
+                step = _Step()
                 try:
-                    begin = self._begin_locking(conn, every_thread, threads)
-                    if first is not None:
-                        begin = f"{begin}; {_inline(conn, *first)}"
-                    cursor = conn.execute(begin, prepare=False)  # several statements
-                    row = None if first is None else _last(cursor).fetchone()
-                    begun = True
-                    tx = _Tx(conn, row)
-                    result = work(tx)
-                    committing = True
-                    self._commit(conn, doing, tx.finals)
+                    result = attempt(conn, step)
                     if retried:
                         log.server_retries(self.server, doing, retried,
                                            time.monotonic() - started, gave_up=False)
                     return result
                 except BaseException as exc:
-                    if not begun and self._stale(conn, exc, stale, doing):
+                    if not step.begun and self._stale(conn, exc, stale, doing):
                         stale += 1
                         continue  # out of the block: the pool drops the dead connection
                     _rollback_if_open(conn)
@@ -158,7 +223,8 @@ class Transactions(Connections):
                         if state in pg_errors.RETRYABLE:
                             log.server_retries(self.server, doing, retried,
                                                time.monotonic() - started, gave_up=True)
-                        raise self._error(conn, exc, doing, committing=committing) from exc
+                        raise self._error(conn, exc, doing,
+                                          committing=step.committing) from exc
             # Rolled back and out of the connection's block: back off (jittered, doubling
             # up to 0.1 s, never past the deadline) and run the whole transaction again.
             with self._count_lock:
@@ -259,14 +325,20 @@ class Transactions(Connections):
             tag = _last(conn.execute(f"{string}; COMMIT", prepare=False)).statusmessage
         else:
             tag = conn.execute("COMMIT").statusmessage
+        self._committed(doing, tag)
+
+    def _committed(self, doing: str, tag: str | None, *, count: bool = True) -> None:
+        """Raise unless the COMMIT's tag says it committed (see :meth:`_commit`); count it
+        (``count``: it wrote something)."""
         if tag != "COMMIT":
             raise SaverError(
                 f"the PostgreSQL server {self.server} rolled the transaction back instead of "
                 f"committing it while {doing} (COMMIT answered {tag!r}): a statement of it had "
                 "failed outside any call's savepoint, which aborts the whole transaction. "
                 "Nothing of it was written; run it again.", path=self.server)
-        with self._count_lock:
-            self.commits += 1
+        if count:
+            with self._count_lock:
+                self.commits += 1
 
     def _pinned(self) -> _Pinned | None:
         """The calling thread's open transaction, or None. A pin is trusted only while its
