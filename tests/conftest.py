@@ -429,6 +429,6 @@ def inject_retryable_failures(monkeypatch, count: int) -> dict[str, int]:
             return real(self, conn, *args)
         return call
 
-    for name in ("_begin_locking", "_queue_locks"):
+    for name in ("_begin_locking", "_send"):
         monkeypatch.setattr(pg_engine.Engine, name, flaky(getattr(pg_engine.Engine, name)))
     return failures

@@ -312,7 +312,7 @@ def _positional(query: str, params: dict) -> tuple[str, list]:
 
 
 def test_a_put_reads_only_the_threads_rows(skewed, monkeypatch):
-    """The one-round-trip put's statement (sql._PUT): its parent found by seq or by
+    """The one-round-trip put's statement (sql._LOCKED, sql._PUT): its parent found by seq or by
     caller-supplied id, a checkpoint replaced in place (ON CONFLICT on checkpoints_by_key)."""
     engine, url, cold = skewed
     with recording(monkeypatch) as sent:
@@ -321,6 +321,6 @@ def test_a_put_reads_only_the_threads_rows(skewed, monkeypatch):
         engine.put_checkpoint("cold", "", "cold-key", "cold-new", b"\x80", b"\x80")
         engine.put_checkpoint("cold", "", format_id(cold[0]), "cold-key", b"\x80", b"\x80")
     puts = [_positional(query, params) for query, params in sent
-            if query.startswith("WITH n AS")]
+            if "put AS (INSERT" in query]
     assert len(puts) == 3
     assert_narrow(url, puts)

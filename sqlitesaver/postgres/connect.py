@@ -135,17 +135,23 @@ def local_timeouts(options: Options) -> str:
             f"SET LOCAL plan_cache_mode TO {PLAN_CACHE_MODE}")
 
 
-def set_local_timeouts(options: Options, synchronous_commit: str | None = None) -> str:
-    """One statement setting ``options``' statement and lock timeouts (and
-    ``synchronous_commit``, if given: ``on`` or ``off``) for the rest of the transaction
-    (``set_config(..., true)`` is ``SET LOCAL``), for a pipeline, which takes one statement at
-    a time (the values are numbers and words formatted here, no input)."""
-    durability = ("" if synchronous_commit is None else
-                  f"set_config('synchronous_commit', '{synchronous_commit}', true), ")
-    return (f"SELECT {durability}"
-            f"set_config('statement_timeout', '{_millis(options.statement_timeout)}ms', "
+def set_local_timeouts(options: Options) -> str:
+    """One statement setting ``options``' statement and lock timeouts for the rest of the
+    transaction (``set_config(..., true)`` is ``SET LOCAL``), for a pipeline, which takes
+    one statement at a time (the values are numbers formatted here, no input)."""
+    return (f"SELECT set_config('statement_timeout', '{_millis(options.statement_timeout)}ms', "
             f"true), set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', true), "
             f"set_config('plan_cache_mode', '{PLAN_CACHE_MODE}', true)")
+
+
+def set_write_settings(options: Options, synchronous_commit: str) -> str:
+    """A SELECT setting ``options``' lock timeout and ``synchronous_commit`` (``on`` or
+    ``off``) for the rest of the transaction, at the head of a write sent as one statement
+    (sql._LOCKED): inside that statement, the lock timeout bounds the waits for the locks it
+    takes after it, and synchronous_commit is read at its commit (the values are numbers and
+    words formatted here, no input)."""
+    return (f"SELECT set_config('synchronous_commit', '{synchronous_commit}', true), "
+            f"set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', true)")
 
 
 def open_connection(params: dict[str, str], server: str, options: Options, *,

@@ -21,7 +21,7 @@ Guarantees:
   connection the server closed has something to read (its last words, the end of the
   stream), which a poll of its socket finds without a round trip (pool.py,
   ``_closed_while_idle``); it is replaced likewise. A connection lost after the ``BEGIN``
-  (after a put's pipeline was sent) is never retried (a statement that kills its backend
+  (after a put's statement was sent) is never retried (a statement that kills its backend
   would, on every try, put the whole cluster through crash recovery): the call raises
   DatabaseIOError ("maybe committed" for a put). A call returns after its COMMIT returned.
   ``synchronous_commit`` is set per transaction (``SET LOCAL``): ``on`` for
@@ -29,6 +29,9 @@ Guarantees:
   So are ``statement_timeout`` and ``lock_timeout``, in every transaction, reads included:
   pooled connections carry no session-level setting (behind PgBouncer one would stay on a
   server connection other clients get next, and not bound this client's next transaction).
+  The one-statement put sets ``lock_timeout`` and ``synchronous_commit`` inside its statement,
+  before its locks; a statement cannot set its own ``statement_timeout``: its lock waits are
+  bounded (``lock_timeout``), the rest of it, one row written, is not.
 * **Ids**: unique in the database and never reused (sequences). Within one thread they follow
   commit order: every write to a thread first takes a transaction-level advisory lock on the
   thread (:data:`THREAD_LOCK`, ``hashtext(thread_id)``), and draws its seq after that, so a seq
@@ -37,15 +40,19 @@ Guarantees:
   for each other (a hash collision only makes two threads share a lock), and their ids are not
   in commit order with each other. ``created_at`` is the server's clock, one for all writers.
 * **Statements**: psycopg costs CPU for every statement, and a local server a context switch
-  for every round trip. A put is one round trip: one libpq pipeline (one Sync) of ``BEGIN``,
-  one statement taking the ``set_config`` settings, the all-threads lock and the thread's
-  lock in that order (``sql._LOCK_THREAD_AFTER``), one statement (``sql._PUT``: the seq
-  drawn after the locks, the time, the parent looked up, the row inserted or the checkpoint
-  with that caller-supplied id updated in place, its checksum completed by the server) and
-  ``COMMIT``; prepared, binary. Its errors (a parent that is
-  not a checkpoint of the thread, a parent not older than the checkpoint it would replace)
-  are decided by that statement, which then writes nothing, and raised by the client from
-  the row it returns, with the same types and messages as before. A put with files, or
+  for every round trip. A put is one round trip: one statement, its own transaction on the
+  autocommit connection, made of MATERIALIZED CTEs each reading the row of the one before,
+  so that they run in order: the ``set_config`` settings, the all-threads lock, the thread's
+  lock (``sql._LOCKED``), then (``sql._put_statement``) the seq drawn after the locks, the
+  time, the parent looked up, the row inserted or the checkpoint with that caller-supplied id
+  updated in place, its checksum completed by the server; prepared, binary. It was a libpq
+  pipeline of ``BEGIN``, the locks, the insert and ``COMMIT`` first (session 15): one
+  statement costs the client less CPU and one wait on the socket instead of one per
+  statement (each gives up the GIL). Its one snapshot is taken before its lock waits:
+  ``sql._put_statement`` says what that means for the parent it looks up. Its errors (a
+  parent that is not a checkpoint of the thread, a parent not older than the checkpoint it
+  would replace) are decided by that statement, which then writes nothing, and raised by the
+  client from the row it returns, with the same types and messages as before. A put with files, or
   inside a transaction block, takes the two round trips the other writes take: a put of
   writes and a log append send their ``BEGIN``, settings, locks and first lookup as one
   simple-query string (values inlined as literals psycopg quotes for the connection), and
@@ -65,7 +72,7 @@ Guarantees:
   is 2 from then on, so that a version that knows only the CRC-32 form refuses the database
   (``SchemaVersionError``: upgrade) instead of reporting its rows as damaged.
 * **Every thread at once**: each write first takes :data:`ALL_THREADS_LOCK` in shared mode (in
-  the ``BEGIN`` string or the put's pipeline: no round trip), before any thread's lock;
+  the ``BEGIN`` string or the put's statement: no round trip), before any thread's lock;
   ``delete_matching`` over every thread takes it in exclusive mode instead of one lock per
   thread, which on a large database exhausted the server's shared lock table
   (``max_locks_per_transaction``: "out of shared memory" past about 20,000 threads with the
@@ -75,7 +82,7 @@ Guarantees:
   :class:`~sqlitesaver.errors.BusyTimeoutError`. The operations here are pure functions of
   their arguments, so re-running them is safe.
 * **Maybe committed**: a connection lost while COMMIT was in flight (for a put: once its
-  pipeline was sent) raises :class:`~sqlitesaver.errors.DatabaseIOError` saying so, and is
+  statement was sent) raises :class:`~sqlitesaver.errors.DatabaseIOError` saying so, and is
   never retried; lost before COMMIT, the transaction was not committed (also
   ``DatabaseIOError``, saying that).
 * **Reads**: one statement (one snapshot), or several inside one ``REPEATABLE READ READ
@@ -87,7 +94,7 @@ The engine, one module a job (each builds on the one before):
 * ``pool.py``: :class:`~sqlitesaver.postgres.pool.Connections`, opening and the pool (a dead
   pooled connection replaced, a busy pool timed out);
 * ``transactions.py``: :class:`~sqlitesaver.postgres.transactions.Transactions`, the write
-  protocol (the ``BEGIN`` and ``COMMIT`` strings, or one pipeline; locks, retries, "maybe
+  protocol (the ``BEGIN`` and ``COMMIT`` strings, or one statement; locks, retries, "maybe
   committed") and the caller's transaction blocks;
 * ``reads.py``: :class:`~sqlitesaver.postgres.reads.Reads`, the reads;
 * here: :class:`Engine`, with each write operation.
@@ -105,7 +112,7 @@ from ..ids import INT64_MAX, format_id, is_generated, parse_id
 from . import files as pg_files
 from .reads import Reads
 from .sql import (_CHECKPOINT_COLUMNS, _DELETE_CHECKPOINTS, _DELETE_LOG, _HAS_CHECKPOINTS,
-                  _INSERT_CHECKPOINT, _INSERT_WRITE, _NEXT_CHECKPOINT, _NEXT_LOG, _PRUNED, _PUT,
+                  _INSERT_CHECKPOINT, _INSERT_WRITE, _NEXT_CHECKPOINT, _NEXT_LOG, _PRUNED,
                   _REPLACE_WRITE, _S, _THREAD_CHECKPOINTS, _THREAD_SEQS, _WRITE_COLUMNS,
                   ALL_THREADS_LOCK, THREAD_LOCK, _has_nul, check_text)
 from .transactions import _Tx
@@ -145,15 +152,15 @@ class Engine(Reads):
         keeping its seq, ``created_at`` and pending writes); return ``(id, created_at)``.
         ``files(conn, seq)`` stores its files in the same transaction (postgres/files.py).
 
-        One round trip (:meth:`_put_pipelined`), its checksum completed by the server; with
+        One round trip (:meth:`_put_at_once`), its checksum completed by the server; with
         ``files``, or inside the calling thread's transaction block, two (:meth:`_write`:
-        the files' statements need the seq first, and a block has no pipeline of its own),
+        the files' statements need the seq first, and a block's statements run in it),
         its checksum a CRC-32 computed here. Readers verify either form."""
         check_text(thread_id=thread_id, namespace=namespace, parent_id=parent_id,
                    checkpoint_id=checkpoint_id)
         parent_key = None if parent_id is None or is_generated(parent_id) else parent_id
         if files is None and self._pinned() is None:
-            return self._put_pipelined(thread_id, namespace, parent_id, parent_key,
+            return self._put_at_once(thread_id, namespace, parent_id, parent_key,
                                        checkpoint_id, state, metadata)
 
         # The next seq, the time, the parent's seq and the replaced checkpoint's seq and time,
@@ -220,7 +227,7 @@ class Engine(Reads):
         return self._write("putting a checkpoint", work, threads=(thread_id,),
                            first=(lookup, params))
 
-    def _put_pipelined(self, thread_id: str, namespace: str, parent_id: str | None,
+    def _put_at_once(self, thread_id: str, namespace: str, parent_id: str | None,
                        parent_key: str | None, checkpoint_id: str | None, state: bytes,
                        metadata: bytes) -> tuple[str, int]:
         """:meth:`put_checkpoint` in one round trip: one statement (sql._PUT) does on the
@@ -244,8 +251,8 @@ class Engine(Reads):
             parent = "missing" if seq_of is None else "seq"
             if seq_of is not None:
                 params["parent_seq"] = Int8(seq_of)
-        ((parent_seq, seq, created),) = self._write_pipelined(
-            "putting a checkpoint", thread_id, _PUT[parent], params,
+        ((parent_seq, seq, created),) = self._write_statement(
+            "putting a checkpoint", self._put[parent], params,
             wrote=lambda rows: rows[0][1] is not None)
         if parent_id is not None and parent_seq is None:
             raise self._no_parent(thread_id, namespace, parent_id)

@@ -27,7 +27,7 @@ from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
 from . import connect, schema
 from . import errors as pg_errors
 from . import target as pg_target
-from .sql import _LOCK_ALL_THREADS, _LOCK_THREAD_AFTER, ALL_THREADS_LOCK
+from .sql import _LOCK_ALL_THREADS, _LOCKED, _PUT, ALL_THREADS_LOCK
 
 _DURABILITY = {"full": "on", "normal": "off"}
 
@@ -48,7 +48,7 @@ def _closed_while_idle(conn: Any) -> None:
     round trip: an idle connection of ours has nothing to read (no LISTEN, no session
     settings) unless its server went away, leaving its last words (a FATAL error) and the end
     of the stream; a poll that finds the socket readable tells. For a write sent in one round
-    trip (``Transactions._write_pipelined``), which may commit as soon as it is sent: a
+    trip (``Transactions._write_statement``), which may commit as soon as it is sent: a
     connection found dead only by its answer is "maybe committed", one found dead here sent
     nothing and is replaced. Whatever made it readable, it is not used: after a fast
     shutdown libpq had read the FATAL message but not yet the end (seen in
@@ -103,10 +103,13 @@ class Connections:
         self._begin_all = f"{begin}; {_LOCK_ALL_THREADS}"
         self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
         self._set_timeouts = connect.set_local_timeouts(options)  # for a pipelined read
-        self._set_and_lock = _LOCK_THREAD_AFTER.format(  # for a pipelined write
-            settings=connect.set_local_timeouts(options,
-                                                synchronous_commit=_DURABILITY[durability]),
-            key1=key1, key2=key2)
+        # A write sent as one statement: its settings and locks first (sql._LOCKED). Of the
+        # settings, lock_timeout bounds its lock waits and synchronous_commit its commit; a
+        # statement_timeout or plan_cache_mode it sets cannot apply to itself (its timer and
+        # plan came first), so it sets neither.
+        locked = _LOCKED.format(settings=connect.set_write_settings(
+            options, synchronous_commit=_DURABILITY[durability]), key1=key1, key2=key2)
+        self._put = {parent: f"{locked}, {statement}" for parent, statement in _PUT.items()}
         first = connect.open_connection(params, self.server, options, doing="opening",
                                         session_timeouts=False)
         try:

@@ -30,16 +30,18 @@ _WRITE_COLUMNS = ("w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.tas
                   "w.checksum")
 _LOCK_THREAD = "SELECT pg_advisory_xact_lock(%s, hashtext(%s))"
 _LOCK_ALL_THREADS = "SELECT pg_advisory_xact_lock({}, {})".format(*ALL_THREADS_LOCK)
-# A write's settings, the all-threads lock (shared) and one thread's lock in one statement, in
-# that order (the lock waits bounded by the lock_timeout just set), for a pipeline, where each
-# statement costs the client about 30 us: the order of one select list is not defined, so each
-# step is a MATERIALIZED CTE the next one reads its row from (it cannot run before that row
-# exists). Formatted with ``settings`` (a SELECT of set_config calls), ``key1`` and ``key2``
-# (ALL_THREADS_LOCK); its parameter is the thread id.
-_LOCK_THREAD_AFTER = (
+# The CTEs that begin a write sent as one statement (a put): the write's settings, then the
+# all-threads lock (shared), then the thread's lock (its id the parameter ``thread``), in that
+# order: each is a MATERIALIZED CTE the next one reads its row from, so it cannot run before
+# that row exists (the order of one select list is not defined). What follows them reads
+# ``locked``, so it runs after both locks. Formatted with ``settings`` (a SELECT of set_config
+# calls: lock_timeout, set before the locks, bounds their waits; synchronous_commit is read at
+# the statement's commit), ``key1`` and ``key2`` (ALL_THREADS_LOCK).
+_LOCKED = (
     "WITH settings AS MATERIALIZED ({settings}), shared AS MATERIALIZED "
-    "(SELECT pg_advisory_xact_lock_shared({key1}, {key2}) FROM settings) "
-    f"SELECT pg_advisory_xact_lock({THREAD_LOCK}, hashtext(%s)) FROM shared")
+    "(SELECT pg_advisory_xact_lock_shared({key1}, {key2}) AS shared FROM settings), "
+    f"locked AS MATERIALIZED (SELECT pg_advisory_xact_lock({THREAD_LOCK}, "
+    "hashtext(%(thread)s)) AS locked FROM shared)")
 # The seq and the time, after the thread's lock: the lock is a statement before this one (the
 # order in which one select list is evaluated is not defined).
 _NEXT_CHECKPOINT = (f"SELECT nextval('{_S}.checkpoints_seq'), "
@@ -60,12 +62,13 @@ def _server_checksum(seq: str, created: str, parent_seq: str) -> str:
 
 
 def _put_statement(parent: str | None) -> str:
-    """The one statement of a one-round-trip put (engine.put_checkpoint), sent after the
-    thread's lock: it draws the seq and the time (after the lock: ids in commit order within
-    the thread), finds the parent's seq (``parent``: how, see :data:`_PUT`), and inserts the
-    checkpoint with its checksum completed here (:func:`_server_checksum`, the client's
-    CRC-32 as ``%(crc)s``), or, when the thread and namespace have a checkpoint with the
-    caller-supplied id ``%(key)s`` (``checkpoints_by_key``), updates that one in place,
+    """The one-round-trip put (engine.put_checkpoint), after :data:`_LOCKED` (the settings and
+    locks, which the pool formats and puts in front: ``Connections._put``): one statement, its
+    own transaction. After the thread's lock it draws the seq and the time (ids in commit
+    order within the thread), finds the parent's seq (``parent``: how, see :data:`_PUT`), and
+    inserts the checkpoint with its checksum completed here (:func:`_server_checksum`, the
+    client's CRC-32 as ``%(crc)s``), or, when the thread and namespace have a checkpoint with
+    the caller-supplied id ``%(key)s`` (``checkpoints_by_key``), updates that one in place,
     keeping its seq, created_at and pending writes, its checksum recomputed from them. It
     writes nothing when a parent was asked for and not found (the insert's WHERE), nor when
     the parent is not older than the checkpoint it would replace (the update's WHERE). One
@@ -73,15 +76,24 @@ def _put_statement(parent: str | None) -> str:
     from which the client raises the same errors as before, nothing written. ``n`` is
     referenced twice, so it is evaluated once (a CTE with a volatile function is never
     inlined). Parameters by name: thread, ns, state, metadata (bytea), crc (bigint), key,
-    parent_key, and parent_seq when ``parent`` is "seq"."""
+    parent_key, and parent_seq when ``parent`` is "seq".
+
+    One statement has one snapshot, taken when it starts, before it waits for the locks: a
+    parent committed by another writer of the thread while this put waited is not seen (the
+    put then overlapped the parent's own put, and "not found" is one of its outcomes), and
+    one deleted meanwhile (delete_thread, prune: they hold the thread's lock) would still be
+    seen, so the parent is read ``FOR KEY SHARE``, which in READ COMMITTED reads the row's
+    newest version and skips a deleted one. The ON CONFLICT arbiter and its update read the
+    newest version anyway."""
     found = {None: "NULL::bigint", "missing": "NULL::bigint",
              "seq": (f"(SELECT seq FROM {_S}.checkpoints WHERE seq = %(parent_seq)s "
-                     "AND thread_id = %(thread)s AND namespace = %(ns)s AND key IS NULL)"),
+                     "AND thread_id = %(thread)s AND namespace = %(ns)s AND key IS NULL "
+                     "FOR KEY SHARE)"),
              "key": (f"(SELECT seq FROM {_S}.checkpoints WHERE thread_id = %(thread)s "
-                     "AND namespace = %(ns)s AND key = %(parent_key)s)")}[parent]
+                     "AND namespace = %(ns)s AND key = %(parent_key)s FOR KEY SHARE)")}[parent]
     return (
-        f"WITH n AS ({_NEXT_CHECKPOINT.replace(', ', ' AS seq, ', 1)} AS created, "
-        f"{found} AS parent_seq), "
+        f"n AS ({_NEXT_CHECKPOINT.replace(', ', ' AS seq, ', 1)} AS created, "
+        f"{found} AS parent_seq FROM locked), "
         f"put AS (INSERT INTO {_S}.checkpoints AS c (seq, thread_id, namespace, parent_seq, "
         "created_at, state, metadata, checksum, key, parent_key) "
         "SELECT n.seq, %(thread)s::text, %(ns)s::text, n.parent_seq, n.created, "
@@ -98,9 +110,10 @@ def _put_statement(parent: str | None) -> str:
         "SELECT n.parent_seq, put.seq, put.created_at FROM n LEFT JOIN put ON true")
 
 
-#: The one-round-trip put's statement by how its parent is found: None (no parent), "seq" (a
-#: generated id: by seq), "key" (a caller-supplied id), "missing" (a generated-looking id that
-#: no seq has: nothing is inserted, and the client says the parent was not found).
+#: The one-round-trip put's statement (after :data:`_LOCKED`) by how its parent is found: None
+#: (no parent), "seq" (a generated id: by seq), "key" (a caller-supplied id), "missing" (a
+#: generated-looking id that no seq has: nothing is inserted, and the client says the parent
+#: was not found).
 _PUT = {parent: _put_statement(parent) for parent in (None, "seq", "key", "missing")}
 
 _INSERT_WRITE = (f"INSERT INTO {_S}.writes (checkpoint_seq, task_id, idx, channel, value, "

@@ -5,9 +5,9 @@ a base of :class:`~sqlitesaver.postgres.engine.Engine`) runs every operation's w
   all-threads lock, the threads' locks, a first lookup) and the ``COMMIT`` string (the last
   statements, then ``COMMIT``, checked to have committed), a serialization failure or deadlock
   retried whole until ``busy_timeout``, a connection lost during COMMIT "maybe committed".
-  :meth:`Transactions._write_pipelined` is the same in one round trip, for a write whose one
-  statement decides everything on the server (a put): ``BEGIN``, settings, locks, the
-  statement and ``COMMIT`` in one libpq pipeline, "maybe committed" once it is sent.
+  :meth:`Transactions._write_statement` is the same in one round trip, for a write whose one
+  statement decides everything on the server (a put): its settings, locks and writes in one
+  statement, its own transaction, "maybe committed" once it is sent.
 * **The caller's transaction blocks** (:meth:`Transactions.transaction`): one server
   transaction pinned to the calling thread's connection, each call in a savepoint of its own,
   a nested block a savepoint; the pin is trusted only while its checkout is current
@@ -154,43 +154,42 @@ class Transactions(Connections):
 
         return self._retrying(doing, attempt)
 
-    def _write_pipelined(self, doing: str, thread_id: str, query: str,
+    def _write_statement(self, doing: str, query: str,
                          params: Sequence[object] | Mapping[str, object],
                          wrote: Callable[[list[tuple]], bool]) -> list[tuple]:
-        """One write transaction to one thread in one round trip; return the rows of ``query``.
-        A libpq pipeline sends ``BEGIN``, one statement with the write's ``SET LOCAL`` settings
-        (``set_config``), the all-threads lock (shared) and the thread's lock, in that order
-        (sql._LOCK_THREAD_AFTER), ``query`` (its parameters bound, binary results; prepared as
-        psycopg prepares any statement) and ``COMMIT``, then one Sync: a failing statement
-        makes the server skip the rest up to the Sync (the COMMIT never runs, the transaction
-        is rolled back here). So ``query`` must decide everything itself, after the locks: what
-        it writes, and what it leaves unwritten (the caller then reads why from its rows).
+        """One write transaction in one round trip: ``query``, one statement on an autocommit
+        connection, is the whole transaction (its parameters bound, binary results, prepared
+        as psycopg prepares any statement); return its rows. It must begin with its settings
+        and locks (sql._LOCKED) and decide everything else itself, after the locks: what it
+        writes, and what it leaves unwritten (the caller then reads why from its rows).
         ``wrote(rows)``: whether it wrote, for the commit count. Not inside a transaction
         block (callers use :meth:`_write` there).
 
-        The same guarantees as :meth:`_write` (retries, locks, timeouts), with one difference
-        on a dead pooled connection: whatever is sent may commit, so a connection lost once
-        the pipeline is sent is "maybe committed" and not run again; a pooled connection the
-        server closed while it was idle is recognised before anything is sent
+        Measured against the same put as a pipeline of BEGIN, the locks, the statement and
+        COMMIT (bench/pg_put_shapes.py, research/postgres_engine_plan.md "Session 15"): less
+        client CPU, and one wait on the socket rather than one per statement, each of which
+        gives up the GIL. What one statement cannot have: a statement_timeout (one it sets
+        does not apply to itself; its lock waits are bounded by lock_timeout), and a
+        snapshot taken after its locks (see sql._put_statement for what the put reads).
+
+        The same guarantees as :meth:`_write` (retries, locks, lock timeout), with one
+        difference on a dead pooled connection: whatever is sent may commit, so a connection
+        lost once the statement is sent is "maybe committed" and not run again; a pooled
+        connection the server closed while it was idle is recognised before anything is sent
         (:func:`_closed_while_idle`) and replaced (:meth:`_stale`)."""
         def attempt(conn: Any, step: _Step) -> list[tuple]:
             _closed_while_idle(conn)
             step.begun = step.committing = True  # from here on, it may commit
-            with conn.pipeline():
-                conn.execute("BEGIN")
-                self._queue_locks(conn, thread_id)
-                cursor = conn.execute(query, params, binary=True)
-                commit = conn.execute("COMMIT")
-            rows = cursor.fetchall()
-            self._committed(doing, commit.statusmessage, count=wrote(rows))
+            rows = self._send(conn, query, params)
+            self._committed(doing, "COMMIT", count=wrote(rows))
             return rows
 
         return self._retrying(doing, attempt)
 
-    def _queue_locks(self, conn: Any, thread_id: str) -> None:
-        """The write's settings, the all-threads lock (shared) and the thread's lock, sent on
-        ``conn`` (in a pipeline: queued)."""
-        conn.execute(self._set_and_lock, (thread_id,))
+    def _send(self, conn: Any, query: str, params: Sequence[object] | Mapping[str, object]
+              ) -> list[tuple]:
+        """``query``'s rows, run on ``conn`` (autocommit: its own transaction)."""
+        return conn.execute(query, params, binary=True).fetchall()
 
     def _retrying(self, doing: str, attempt: Callable[[Any, _Step], T]) -> T:
         """``attempt(conn, step)`` on a pooled connection, until it returns: run again on
