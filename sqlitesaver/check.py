@@ -571,7 +571,7 @@ def _write_failures(conn: apsw.Connection) -> Iterator[dict | None]:
         failure = {"table": "writes", "checkpoint_id": _checkpoint_id(seq),
                    "task_id": task_id, "index": index}
         yield _not_utf8(failure, bad) if bad else _verified(
-            integrity.write_checksum, failure,
+            functools.partial(integrity.expected_write_checksum, checksum), failure,
             (seq, task_id, index, channel, task_path, value), checksum)
 
 

@@ -5,11 +5,12 @@ random damage goes unnoticed with probability 2**-32. The key columns (thread, n
 caller-supplied ids, timestamps) are covered too, so damage that would move a payload to another
 thread or checkpoint is caught as well, not only damage to the payload bytes.
 
-A checkpoint row's checksum is in one of two forms, told apart by its value (no column added):
-a CRC-32 (:func:`checkpoint_checksum`, ``0 <= c < 2**32``), or, for rows PostgreSQL's
-one-round-trip put wrote, a value completed by the server (:func:`server_checksum`, bit 62 set:
-``>= SERVER_FORM``). A row is verified in the form its value says
-(:func:`expected_checkpoint_checksum`); rows of either form stay valid forever.
+A checkpoint's or pending write's checksum is in one of two forms, told apart by its value (no
+column added): a CRC-32 (:func:`checkpoint_checksum`, :func:`write_checksum`, ``0 <= c <
+2**32``), or, for rows PostgreSQL's one-round-trip writes wrote, a value completed by the server
+(:func:`server_checksum`, :func:`server_write_checksum`, bit 62 set: ``>= SERVER_FORM``). A row
+is verified in the form its value says (:func:`expected_checkpoint_checksum`,
+:func:`expected_write_checksum`); rows of either form stay valid forever.
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from zlib import crc32
 from msgpack import Packer
 
 __all__ = ["checkpoint_checksum", "write_checksum", "log_checksum", "SERVER_FORM",
-           "checkpoint_client_crc", "server_checksum", "expected_checkpoint_checksum"]
+           "checkpoint_client_crc", "server_checksum", "expected_checkpoint_checksum",
+           "write_client_crc", "server_write_checksum", "expected_write_checksum"]
 
 #: The bit that marks a checkpoint checksum as :func:`server_checksum`'s form (a CRC-32 is
 #: below ``2**32``, so it never has it); ``SERVER_FORM | <60 bits>`` fits a ``bigint``.
@@ -78,9 +80,15 @@ def server_checksum(client_crc: int, seq: int, created_at: int, parent_seq: int 
     a single flip there with certainty, random damage with 2**-32 unnoticed); damage to the
     checksum itself that clears bit 62 leaves a value no CRC-32 has (unless bits 32-59 of the
     digest are all 0) and any other change is a different value."""
-    data = b"".join(value.to_bytes(8, "big", signed=True) for value in
-                    ((client_crc, seq, created_at) if parent_seq is None
-                     else (client_crc, seq, created_at, parent_seq)))
+    return _server_digest(client_crc, seq, created_at) if parent_seq is None \
+        else _server_digest(client_crc, seq, created_at, parent_seq)
+
+
+def _server_digest(*values: int) -> int:
+    """:data:`SERVER_FORM` | the first 60 bits of the SHA-256 of ``values`` as big-endian
+    signed 64-bit integers (PostgreSQL's ``int8send``): the server-completed form of every
+    kind of row (sqlitesaver/postgres/sql.py, ``_server_digest``)."""
+    data = b"".join(value.to_bytes(8, "big", signed=True) for value in values)
     return SERVER_FORM | int.from_bytes(sha256(data).digest()[:8], "big") >> 4
 
 
@@ -97,6 +105,33 @@ def expected_checkpoint_checksum(stored: int, seq: int, thread_id: str, namespac
                                                      parent_key), seq, created_at, parent_seq)
     return checkpoint_checksum(seq, thread_id, namespace, parent_seq, created_at, state,
                                metadata, key, parent_key)
+
+
+def write_client_crc(task_id: str, index: int, channel: str, task_path: str,
+                     value: bytes) -> int:
+    """The client's part of a pending write's server-completed checksum: a CRC-32 over
+    everything of the write but the seq of its checkpoint, which the server looks up in the
+    same statement (the msgpack-framed ``(task_id, index, channel, task_path, len(value))``,
+    then the value): :func:`write_checksum`'s bytes without the seq."""
+    return crc32(value, crc32(Packer(buf_size=_KEY_BUF_SIZE).pack(
+        (task_id, index, channel, task_path, len(value)))))
+
+
+def server_write_checksum(client_crc: int, checkpoint_seq: int) -> int:
+    """A pending write's checksum in the server-completed form (PostgreSQL's one-round-trip
+    put of writes): :func:`_server_digest` of the client's :func:`write_client_crc` and the
+    checkpoint's seq. Detection as :func:`server_checksum`'s."""
+    return _server_digest(client_crc, checkpoint_seq)
+
+
+def expected_write_checksum(stored: int, checkpoint_seq: int, task_id: str, index: int,
+                            channel: str, task_path: str, value: bytes) -> int:
+    """The checksum the write's columns must have, in the form its ``stored`` checksum says
+    (as :func:`expected_checkpoint_checksum`)."""
+    if stored >= SERVER_FORM:
+        return server_write_checksum(write_client_crc(task_id, index, channel, task_path,
+                                                      value), checkpoint_seq)
+    return write_checksum(checkpoint_seq, task_id, index, channel, task_path, value)
 
 
 def write_checksum(checkpoint_seq: int, task_id: str, index: int, channel: str,

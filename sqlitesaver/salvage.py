@@ -376,7 +376,7 @@ class _Copier:
                 "why": f"the pending writes of this checkpoint cannot be read ({describe(exc)})"})
             return
         for w_seq, task_id, index, channel, value, task_path, checksum in rows:
-            why = _mismatch(integrity.write_checksum,
+            why = _mismatch(functools.partial(integrity.expected_write_checksum, checksum),
                             (w_seq, task_id, index, channel, task_path, value), checksum)
             if why:
                 self.report.skipped.append({

@@ -622,8 +622,8 @@ class Saver(FileMethods):
     def _verify_writes(self, checkpoint_id: str, writes: Iterable[tuple]) -> None:
         for w_seq, task_id, index, channel, value, task_path, checksum in writes:
             try:
-                intact = integrity.write_checksum(w_seq, task_id, index, channel, task_path,
-                                                  value) == checksum
+                intact = integrity.expected_write_checksum(  # in its stored form
+                    checksum, w_seq, task_id, index, channel, task_path, value) == checksum
             except (TypeError, ValueError, OverflowError):  # a column of the wrong type
                 intact = False
             if not intact:

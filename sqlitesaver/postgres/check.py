@@ -246,7 +246,7 @@ def _write_failure(row: tuple) -> dict | None:
     seq, task_id, index, channel, value, task_path, checksum = row
     failure = {"table": "writes", "checkpoint_id": _checkpoint_id(seq), "task_id": task_id,
                "index": index}
-    return _verified(integrity.write_checksum, failure,
+    return _verified(functools.partial(integrity.expected_write_checksum, checksum), failure,
                      (seq, task_id, index, channel, task_path, value), checksum)
 
 

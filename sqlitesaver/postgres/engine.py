@@ -52,9 +52,12 @@ Guarantees:
   ``sql._put_statement`` says what that means for the parent it looks up. Its errors (a
   parent that is not a checkpoint of the thread, a parent not older than the checkpoint it
   would replace) are decided by that statement, which then writes nothing, and raised by the
-  client from the row it returns, with the same types and messages as before. A put with files, or
-  inside a transaction block, takes the two round trips the other writes take: a put of
-  writes and a log append send their ``BEGIN``, settings, locks and first lookup as one
+  client from the row it returns, with the same types and messages as before. A put of
+  writes is one round trip the same way (``sql._put_writes_statement``: the checkpoint found
+  after the locks, each write's checksum completed with its seq; "not found" decided by the
+  statement). A put with files, or inside a transaction block, a put of writes inside a
+  block, and a log append take two round trips: they send their ``BEGIN``, settings, locks
+  and first lookup as one
   simple-query string (values inlined as literals psycopg quotes for the connection), and
   their last statements with their ``COMMIT`` as another (the server skips the rest of a
   string after a failing statement: the COMMIT then never runs). A get, and a page of a list
@@ -67,7 +70,9 @@ Guarantees:
 * **Checksums**: a row written by the one-round-trip put carries a checksum the server
   completed (sqlitesaver/integrity.py, ``server_checksum``: bit 62 set, a SHA-256 of the
   client's CRC-32 over the payloads and keys it knows, and of the seq, time and parent seq
-  the server chose); every other row a CRC-32 computed by the client. Readers and the
+  the server chose), and so does a write of the one-round-trip put of writes
+  (``server_write_checksum``: its CRC-32 and its checkpoint's seq); every other row a CRC-32
+  computed by the client. Readers and the
   validator verify each row in the form its value says. No table changed; the schema version
   is 2 from then on, so that a version that knows only the CRC-32 form refuses the database
   (``SchemaVersionError``: upgrade) instead of reporting its rows as damaged.
@@ -114,7 +119,7 @@ from .reads import Reads
 from .sql import (_CHECKPOINT_COLUMNS, _DELETE_CHECKPOINTS, _DELETE_LOG, _HAS_CHECKPOINTS,
                   _INSERT_CHECKPOINT, _INSERT_WRITE, _NEXT_CHECKPOINT, _NEXT_LOG, _PRUNED,
                   _REPLACE_WRITE, _S, _THREAD_CHECKPOINTS, _THREAD_SEQS, _WRITE_COLUMNS,
-                  ALL_THREADS_LOCK, THREAD_LOCK, _has_nul, check_text)
+                  ALL_THREADS_LOCK, SCALAR_WRITES, THREAD_LOCK, _has_nul, check_text)
 from .transactions import _Tx
 
 __all__ = ["Engine", "THREAD_LOCK", "ALL_THREADS_LOCK"]
@@ -280,11 +285,19 @@ class Engine(Reads):
     def put_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
                    task_path: str, encoded: Sequence[tuple[int, str, bytes]],
                    replace: bool) -> None:
-        """Store ``(index, channel, value bytes)`` writes of a task, all or none."""
+        """Store ``(index, channel, value bytes)`` writes of a task, all or none.
+
+        One round trip (:meth:`_put_writes_at_once`), their checksums completed by the server
+        (integrity.server_write_checksum); inside the calling thread's transaction block, two
+        (:meth:`_write`), their checksums CRC-32s computed here. Readers verify either form."""
         check_text(thread_id=thread_id, namespace=namespace, checkpoint_id=checkpoint_id,
                    task_id=task_id, task_path=task_path)
         check_text(**{f"writes[{i}] channel": channel
                       for i, (_, channel, _) in enumerate(encoded)})
+        if self._pinned() is None:
+            self._put_writes_at_once(thread_id, namespace, checkpoint_id, task_id, task_path,
+                                     encoded, replace)
+            return
 
         def work(tx: _Tx) -> None:
             if tx.row is None:
@@ -298,6 +311,41 @@ class Engine(Reads):
 
         self._write("putting pending writes", work, threads=(thread_id,),
                     first=self._seq_query(thread_id, namespace, checkpoint_id))
+
+    def _put_writes_at_once(self, thread_id: str, namespace: str, checkpoint_id: str,
+                            task_id: str, task_path: str,
+                            encoded: Sequence[tuple[int, str, bytes]], replace: bool) -> None:
+        """:meth:`put_writes` in one round trip: one statement (sql._put_writes_statement)
+        finds the checkpoint after the thread's lock and inserts the writes, their checksums
+        completed with its seq; "not found" raised once it has written nothing."""
+        from psycopg.types.numeric import Int8  # one parameter type: one prepared statement
+
+        params: dict[str, object] = {
+            "thread": thread_id, "ns": namespace, "task": task_id, "task_path": task_path}
+        crcs = [Int8(integrity.write_client_crc(task_id, index, channel, task_path, value))
+                for index, channel, value in encoded]
+        rows: int | None = len(encoded)
+        if 0 < len(encoded) <= SCALAR_WRITES:  # scalars: cheaper to send than arrays
+            for n, ((index, channel, value), crc) in enumerate(zip(encoded, crcs)):
+                params.update({f"idx{n}": Int8(index), f"channel{n}": channel,
+                               f"value{n}": value, f"crc{n}": crc})
+        else:  # none (the checkpoint is still looked up), or many
+            rows = None
+            params.update({"idx": [Int8(index) for index, _, _ in encoded],
+                           "channel": [channel for _, channel, _ in encoded],
+                           "value": [value for _, _, value in encoded], "crc": crcs})
+        if is_generated(checkpoint_id):
+            seq = parse_id(checkpoint_id)
+            if seq is None:  # generated-looking, but no seq has that id
+                raise self._not_found(thread_id, namespace, checkpoint_id, "checkpoint_id")
+            by, params["seq"] = "seq", Int8(seq)
+        else:
+            by, params["key"] = "key", checkpoint_id
+        ((found,),) = self._write_statement(
+            "putting pending writes", self._put_writes[by, replace, rows], params,
+            wrote=lambda rows: rows[0][0] is not None and bool(encoded))
+        if found is None:
+            raise self._not_found(thread_id, namespace, checkpoint_id, "checkpoint_id")
 
     def append_log(self, thread_id: str, event: bytes) -> int:
         """Append an event to the thread's log; return its seq."""
