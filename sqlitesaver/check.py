@@ -581,7 +581,8 @@ def _log_failures(conn: apsw.Connection) -> Iterator[dict | None]:
         seq, thread_id, created, event, checksum = values
         failure = {"table": "log", "seq": seq, "thread_id": thread_id}
         yield _not_utf8(failure, bad) if bad else _verified(
-            integrity.log_checksum, failure, (seq, thread_id, created, event), checksum)
+            functools.partial(integrity.expected_log_checksum, checksum), failure,
+            (seq, thread_id, created, event), checksum)
 
 
 def _describe_failure(failure: dict) -> str:

@@ -5,12 +5,13 @@ random damage goes unnoticed with probability 2**-32. The key columns (thread, n
 caller-supplied ids, timestamps) are covered too, so damage that would move a payload to another
 thread or checkpoint is caught as well, not only damage to the payload bytes.
 
-A checkpoint's or pending write's checksum is in one of two forms, told apart by its value (no
-column added): a CRC-32 (:func:`checkpoint_checksum`, :func:`write_checksum`, ``0 <= c <
-2**32``), or, for rows PostgreSQL's one-round-trip writes wrote, a value completed by the server
-(:func:`server_checksum`, :func:`server_write_checksum`, bit 62 set: ``>= SERVER_FORM``). A row
-is verified in the form its value says (:func:`expected_checkpoint_checksum`,
-:func:`expected_write_checksum`); rows of either form stay valid forever.
+A checkpoint's, pending write's or log event's checksum is in one of two forms, told apart by
+its value (no column added): a CRC-32 (:func:`checkpoint_checksum`, :func:`write_checksum`,
+:func:`log_checksum`, ``0 <= c < 2**32``), or, for rows PostgreSQL's one-round-trip writes
+wrote, a value completed by the server (:func:`server_checksum`, :func:`server_write_checksum`,
+:func:`server_log_checksum`, bit 62 set: ``>= SERVER_FORM``). A row is verified in the form its
+value says (:func:`expected_checkpoint_checksum`, :func:`expected_write_checksum`,
+:func:`expected_log_checksum`); rows of either form stay valid forever.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from msgpack import Packer
 
 __all__ = ["checkpoint_checksum", "write_checksum", "log_checksum", "SERVER_FORM",
            "checkpoint_client_crc", "server_checksum", "expected_checkpoint_checksum",
-           "write_client_crc", "server_write_checksum", "expected_write_checksum"]
+           "write_client_crc", "server_write_checksum", "expected_write_checksum",
+           "log_client_crc", "server_log_checksum", "expected_log_checksum"]
 
 #: The bit that marks a checkpoint checksum as :func:`server_checksum`'s form (a CRC-32 is
 #: below ``2**32``, so it never has it); ``SERVER_FORM | <60 bits>`` fits a ``bigint``.
@@ -138,6 +140,29 @@ def write_checksum(checkpoint_seq: int, task_id: str, index: int, channel: str,
                    task_path: str, value: bytes) -> int:
     return crc32(value, crc32(Packer(buf_size=_KEY_BUF_SIZE).pack(
         (checkpoint_seq, task_id, index, channel, task_path, len(value)))))
+
+
+def log_client_crc(thread_id: str, event: bytes) -> int:
+    """The client's part of a log event's server-completed checksum: a CRC-32 over the
+    msgpack-framed ``(thread_id, len(event))``, then the event (:func:`log_checksum`'s bytes
+    without the seq and time the server chooses)."""
+    return crc32(event, crc32(Packer(buf_size=_KEY_BUF_SIZE).pack((thread_id, len(event)))))
+
+
+def server_log_checksum(client_crc: int, seq: int, created_at: int) -> int:
+    """A log event's checksum in the server-completed form (PostgreSQL's one-round-trip
+    append): :func:`_server_digest` of the client's :func:`log_client_crc`, the seq and the
+    time. Detection as :func:`server_checksum`'s."""
+    return _server_digest(client_crc, seq, created_at)
+
+
+def expected_log_checksum(stored: int, seq: int, thread_id: str, created_at: int,
+                          event: bytes) -> int:
+    """The checksum the event's columns must have, in the form its ``stored`` checksum says
+    (as :func:`expected_checkpoint_checksum`)."""
+    if stored >= SERVER_FORM:
+        return server_log_checksum(log_client_crc(thread_id, event), seq, created_at)
+    return log_checksum(seq, thread_id, created_at, event)
 
 
 def log_checksum(seq: int, thread_id: str, created_at: int, event: bytes) -> int:

@@ -411,7 +411,8 @@ class _Copier:
         if row is None:
             return
         _, thread_id, created, event, checksum = row
-        why = _mismatch(integrity.log_checksum, (seq, thread_id, created, event), checksum)
+        why = _mismatch(functools.partial(integrity.expected_log_checksum, checksum),
+                        (seq, thread_id, created, event), checksum)
         if why:
             self.report.skipped.append({"table": "log", "thread_id": _text(thread_id),
                                         "seq": seq, "why": why})

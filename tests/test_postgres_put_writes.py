@@ -238,3 +238,82 @@ def test_a_checkpoint_deleted_while_its_writes_wait_for_the_lock_is_not_found(
     finally:
         holder.close()
         watcher.close()
+
+
+# --- the log append, one round trip too ---------------------------------------------------------
+
+def test_a_log_append_is_one_round_trip(pg_url, proxy):
+    e = pg_engine.Engine(proxy.url(pg_url), busy_timeout=5.0, max_connections=1)
+    try:
+        e.append_log("t", b"\x01")  # the pool's connection
+        counted = []
+        for n in range(8):  # past psycopg's prepare threshold
+            before = proxy.count
+            e.append_log("t", bytes([n]))
+            counted.append(proxy.count - before)
+        assert sorted(counted) in ([1] * 8, [1] * 7 + [2]), counted
+        with e.transaction():  # the two-round-trip path
+            before = proxy.count
+            e.append_log("t", b"\x02")
+            assert proxy.count - before > 1
+    finally:
+        e.close()
+
+
+def test_the_server_computes_the_log_checksum_python_computes(pg_url):
+    seed = random.randrange(1 << 32)
+    rng = random.Random(seed)
+    expression = pg_sql._server_digest("%(crc)s::bigint", "%(seq)s::bigint",
+                                       "%(created)s::bigint")
+    with admin(pg_url) as conn:
+        for case in range(100):
+            values = {"crc": rng.randrange(1 << 32), "seq": rng.randrange(1, 1 << 63),
+                      "created": rng.choice([0, rng.randrange(1 << 53), (1 << 63) - 1])}
+            (found,) = conn.execute(f"SELECT {expression}", values).fetchone()
+            assert found == integrity.server_log_checksum(
+                values["crc"], values["seq"], values["created"]), (seed, case, values)
+
+
+@pytest.fixture
+def logged(pg_url):
+    """Thread 't': an event of the CRC-32 form (appended inside a transaction block), then
+    one of the server form."""
+    with Saver(pg_url) as saver:
+        with saver.transaction():
+            saver.append_log("t", {"n": 1})
+        saver.append_log("t", {"n": 2})
+    return pg_url
+
+
+LOG_DAMAGE = [
+    ("a bit of the event", "event = set_byte(event, 1, get_byte(event, 1) # 1)"),
+    ("the thread", "thread_id = 'v'"),
+    ("the seq", "seq = seq + 1000"),
+    ("created_at", "created_at = created_at + 1"),
+    ("bit 0 of the checksum", "checksum = checksum # 1"),
+    ("the form bit of the checksum", "checksum = checksum # (1::bigint << 62)"),
+]
+
+
+def test_both_log_forms_are_read_and_validated(logged):
+    with admin(logged) as conn:
+        forms = [checksum >= integrity.SERVER_FORM for (checksum,) in conn.execute(
+            "SELECT checksum FROM sqlitesaver.log ORDER BY seq")]
+    assert forms == [False, True]
+    with Saver(logged) as saver:
+        assert [event.event for event in saver.read_log("t")] == [{"n": 1}, {"n": 2}]
+    assert pg_check.check_server(logged).ok
+
+
+@pytest.mark.parametrize("name, damage", LOG_DAMAGE, ids=[case[0] for case in LOG_DAMAGE])
+def test_damage_to_a_server_form_log_event_is_caught(logged, name, damage):
+    with admin(logged) as conn:
+        conn.execute(f"UPDATE sqlitesaver.log SET {damage} "
+                     "WHERE checksum >= 4611686018427387904")
+        thread_id = conn.execute("SELECT thread_id FROM sqlitesaver.log "
+                                 "ORDER BY seq DESC LIMIT 1").fetchone()[0]
+    with Saver(logged) as saver:
+        with pytest.raises(ChecksumError):
+            list(saver.read_log(thread_id))
+    report = pg_check.check_server(logged)
+    assert report.payloads_failed == 1, report

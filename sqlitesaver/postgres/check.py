@@ -252,7 +252,8 @@ def _write_failure(row: tuple) -> dict | None:
 
 def _log_failure(row: tuple) -> dict | None:
     seq, thread_id, created, event, checksum = row
-    return _verified(integrity.log_checksum, {"table": "log", "seq": seq, "thread_id": thread_id},
+    return _verified(functools.partial(integrity.expected_log_checksum, checksum),
+                     {"table": "log", "seq": seq, "thread_id": thread_id},
                      (seq, thread_id, created, event), checksum)
 
 

@@ -55,9 +55,9 @@ Guarantees:
   client from the row it returns, with the same types and messages as before. A put of
   writes is one round trip the same way (``sql._put_writes_statement``: the checkpoint found
   after the locks, each write's checksum completed with its seq; "not found" decided by the
-  statement). A put with files, or inside a transaction block, a put of writes inside a
-  block, and a log append take two round trips: they send their ``BEGIN``, settings, locks
-  and first lookup as one
+  statement), and so is a log append (``sql._APPEND_LOG``). A put with files, and any of
+  them inside a transaction block, take two round trips: they send their ``BEGIN``, settings,
+  locks and first lookup as one
   simple-query string (values inlined as literals psycopg quotes for the connection), and
   their last statements with their ``COMMIT`` as another (the server skips the rest of a
   string after a failing statement: the COMMIT then never runs). A get, and a page of a list
@@ -70,9 +70,10 @@ Guarantees:
 * **Checksums**: a row written by the one-round-trip put carries a checksum the server
   completed (sqlitesaver/integrity.py, ``server_checksum``: bit 62 set, a SHA-256 of the
   client's CRC-32 over the payloads and keys it knows, and of the seq, time and parent seq
-  the server chose), and so does a write of the one-round-trip put of writes
-  (``server_write_checksum``: its CRC-32 and its checkpoint's seq); every other row a CRC-32
-  computed by the client. Readers and the
+  the server chose), and so do a write of the one-round-trip put of writes
+  (``server_write_checksum``: its CRC-32 and its checkpoint's seq) and a log event appended in
+  one (``server_log_checksum``: its CRC-32, seq and time); every other row a CRC-32 computed
+  by the client. Readers and the
   validator verify each row in the form its value says. No table changed; the schema version
   is 2 from then on, so that a version that knows only the CRC-32 form refuses the database
   (``SchemaVersionError``: upgrade) instead of reporting its rows as damaged.
@@ -348,8 +349,19 @@ class Engine(Reads):
             raise self._not_found(thread_id, namespace, checkpoint_id, "checkpoint_id")
 
     def append_log(self, thread_id: str, event: bytes) -> int:
-        """Append an event to the thread's log; return its seq."""
+        """Append an event to the thread's log; return its seq. One round trip (one
+        statement: sql._APPEND_LOG, its checksum completed by the server); inside the calling
+        thread's transaction block, two (:meth:`_write`, a CRC-32 computed here)."""
         check_text(thread_id=thread_id)
+        if self._pinned() is None:
+            from psycopg.types.numeric import Int8  # one parameter type: one statement
+
+            ((seq,),) = self._write_statement(
+                "appending a log event", self._append_log,
+                {"thread": thread_id, "event": event,
+                 "crc": Int8(integrity.log_client_crc(thread_id, event))},
+                wrote=lambda rows: True)
+            return seq
 
         def work(tx: _Tx) -> int:
             seq, created = tx.row

@@ -27,7 +27,7 @@ from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
 from . import connect, schema
 from . import errors as pg_errors
 from . import target as pg_target
-from .sql import _LOCK_ALL_THREADS, _LOCKED, _PUT, _PUT_WRITES, ALL_THREADS_LOCK
+from .sql import _APPEND_LOG, _LOCK_ALL_THREADS, _LOCKED, _PUT, _PUT_WRITES, ALL_THREADS_LOCK
 
 _DURABILITY = {"full": "on", "normal": "off"}
 
@@ -112,6 +112,7 @@ class Connections:
         self._put = {parent: f"{locked}, {statement}" for parent, statement in _PUT.items()}
         self._put_writes = {kind: f"{locked}, {statement}"
                             for kind, statement in _PUT_WRITES.items()}
+        self._append_log = f"{locked}, {_APPEND_LOG}"
         first = connect.open_connection(params, self.server, options, doing="opening",
                                         session_timeouts=False)
         try:

@@ -349,7 +349,8 @@ class PostgresServerSaver(Saver):
             last, rows = self._engine.log_page(thread_id, after, last, want)
             for seq, thread, created, event, checksum in rows:
                 try:
-                    intact = integrity.log_checksum(seq, thread, created, event) == checksum
+                    intact = integrity.expected_log_checksum(  # in its stored form
+                        checksum, seq, thread, created, event) == checksum
                 except (TypeError, ValueError, OverflowError):
                     intact = False
                 if not intact:

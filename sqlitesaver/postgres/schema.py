@@ -108,9 +108,9 @@ MIGRATIONS: tuple[Migration, ...] = (
         )""",
         f"CREATE INDEX files_by_digest ON {_S}.files (digest)",
     )),
-    # Version 2 changes no table: from it on, a checkpoint's or pending write's checksum may
-    # be in the form the server completes (the one-round-trip put and put of writes,
-    # sqlitesaver/integrity.py server_checksum and server_write_checksum),
+    # Version 2 changes no table: from it on, a checkpoint's, pending write's or log event's
+    # checksum may be in the form the server completes (the one-round-trip writes,
+    # sqlitesaver/integrity.py server_checksum, server_write_checksum, server_log_checksum),
     # which a version that reads only version 1 would take for damage (ChecksumError, "restore
     # from a backup", for intact rows). With the version raised, such a version refuses the
     # database at open, saying to upgrade (SchemaVersionError), and so does its validator.

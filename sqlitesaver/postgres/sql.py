@@ -174,6 +174,16 @@ _PUT_WRITES = {(by, replace, rows): _put_writes_statement(by, replace, rows)
                for by in ("key", "seq") for replace in (False, True)
                for rows in (None, *range(1, SCALAR_WRITES + 1))}
 
+#: A log append in one statement, after :data:`_LOCKED` (as the put's): the seq and the time
+#: drawn after the thread's lock, the event inserted with its checksum completed here from the
+#: client's CRC-32 (``%(crc)s``) and them (integrity.server_log_checksum); returns the seq.
+#: Parameters: thread, event (bytea), crc (bigint).
+_APPEND_LOG = (
+    f"n AS ({_NEXT_LOG.replace(', ', ' AS seq, ', 1)} AS created FROM locked) "
+    f"INSERT INTO {_S}.log (seq, thread_id, created_at, event, checksum) SELECT n.seq, "
+    f"%(thread)s::text, n.created, %(event)b::bytea, "
+    f"{_server_digest('%(crc)s::bigint', 'n.seq', 'n.created')} FROM n RETURNING seq")
+
 _INSERT_WRITE = (f"INSERT INTO {_S}.writes (checkpoint_seq, task_id, idx, channel, value, "
                  "task_path, checksum) VALUES (%s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING")
 _REPLACE_WRITE = (_INSERT_WRITE.removesuffix("DO NOTHING")

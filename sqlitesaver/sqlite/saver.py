@@ -754,7 +754,8 @@ class SqliteFileSaver(Saver):
             # The snapshot has ended: a caller holding this iterator pins nothing.
             for seq, thread, created, event, checksum in rows:
                 try:
-                    intact = integrity.log_checksum(seq, thread, created, event) == checksum
+                    intact = integrity.expected_log_checksum(  # in its stored form
+                        checksum, seq, thread, created, event) == checksum
                 except (TypeError, ValueError, OverflowError):  # a column of the wrong type
                     intact = False
                 if not intact:
