@@ -391,17 +391,27 @@ def test_a_parent_deleted_while_the_put_waits_for_its_lock_is_not_found(engine, 
     hang_detector(60)
     key = "parent" if parent == "by id" else None
     parent_id, _ = engine.put_checkpoint("t", "", None, key, STATE, META)
+    outcome = deleted_while_waiting(
+        pg_url, lambda: engine.put_checkpoint("t", "", parent_id, "child", STATE, META))
+    assert isinstance(outcome, CheckpointNotFoundError), outcome
+    assert contents(pg_url)[0] == []
+
+
+def deleted_while_waiting(pg_url: str, call) -> object:
+    """``call()``'s result or exception, run in a thread while another session holds thread
+    't''s lock; once ``call``'s statement has begun (its snapshot) and waits for that lock,
+    the holder deletes the thread's checkpoints (their writes cascade) and commits, as
+    delete_thread does under the same lock."""
     holder, watcher = admin(pg_url), admin(pg_url)
     try:
         holder.execute("BEGIN")
         holder.execute("SELECT pg_advisory_xact_lock(%s, hashtext('t'))",
                        (pg_engine.THREAD_LOCK,))
         outcome: list = []
-        worker = threading.Thread(target=lambda: outcome.append(_try(
-            lambda: engine.put_checkpoint("t", "", parent_id, "child", STATE, META))))
+        worker = threading.Thread(target=lambda: outcome.append(_try(call)))
         worker.start()
         waiting: list = []
-        while not waiting:  # the put's statement has begun (its snapshot) and waits
+        while not waiting:  # the statement has begun and waits (the hang detector bounds it)
             waiting = watcher.execute(
                 "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
                 "AND objid = hashtext('t')::oid").fetchall()
@@ -410,8 +420,8 @@ def test_a_parent_deleted_while_the_put_waits_for_its_lock_is_not_found(engine, 
         holder.execute("DELETE FROM sqlitesaver.checkpoints WHERE thread_id = 't'")
         holder.execute("COMMIT")
         worker.join(30)
-        assert isinstance(outcome[0], CheckpointNotFoundError), outcome
-        assert contents(pg_url)[0] == []
+        assert not worker.is_alive()
+        return outcome[0]
     finally:
         holder.close()
         watcher.close()

@@ -9,8 +9,6 @@ thread's lock, is "not found" with nothing written."""
 from __future__ import annotations
 
 import random
-import threading
-import time
 
 import pytest
 
@@ -19,7 +17,7 @@ from sqlitesaver.errors import CheckpointNotFoundError
 from sqlitesaver.ids import parse_id
 from sqlitesaver.postgres import check as pg_check, engine as pg_engine
 from sqlitesaver.postgres import sql as pg_sql
-from test_postgres_put import META, STATE, RoundTrips, _try, admin, contents  # noqa: F401
+from test_postgres_put import META, STATE, RoundTrips, admin, contents, deleted_while_waiting
 
 __all__ = ["RoundTrips"]  # the proxy fixture's class, imported for it
 
@@ -214,30 +212,10 @@ def test_a_checkpoint_deleted_while_its_writes_wait_for_the_lock_is_not_found(
     hang_detector(60)
     checkpoint_id, _ = engine.put_checkpoint("t", "", None, "mine" if by == "id" else None,
                                              STATE, META)
-    holder, watcher = admin(pg_url), admin(pg_url)
-    try:
-        holder.execute("BEGIN")
-        holder.execute("SELECT pg_advisory_xact_lock(%s, hashtext('t'))",
-                       (pg_engine.THREAD_LOCK,))
-        outcome: list = []
-        worker = threading.Thread(target=lambda: outcome.append(_try(
-            lambda: engine.put_writes("t", "", checkpoint_id, "task", "", WRITES, False))))
-        worker.start()
-        waiting: list = []
-        while not waiting:  # the statement has begun (its snapshot) and waits
-            waiting = watcher.execute(
-                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                "AND objid = hashtext('t')::oid").fetchall()
-            assert worker.is_alive(), outcome
-            time.sleep(0.005)
-        holder.execute("DELETE FROM sqlitesaver.checkpoints WHERE thread_id = 't'")
-        holder.execute("COMMIT")
-        worker.join(30)
-        assert isinstance(outcome[0], CheckpointNotFoundError), outcome
-        assert contents(pg_url)[:2] == ([], [])
-    finally:
-        holder.close()
-        watcher.close()
+    outcome = deleted_while_waiting(
+        pg_url, lambda: engine.put_writes("t", "", checkpoint_id, "task", "", WRITES, False))
+    assert isinstance(outcome, CheckpointNotFoundError), outcome
+    assert contents(pg_url)[:2] == ([], [])
 
 
 # --- the log append, one round trip too ---------------------------------------------------------
