@@ -100,6 +100,22 @@ def test_a_write_damaged_into_the_server_form_with_a_wrong_typed_seq_is_damage(s
     assert "AttributeError" not in text, text
 
 
+def test_a_log_event_damaged_into_the_server_form_with_a_wrong_typed_time_is_damage(tmp_path):
+    """The same for a log event (main's one-round-trip append_log, server_log_checksum):
+    read_log raises ChecksumError, the validator lists it, salvage skips it."""
+    path = str(tmp_path / "x.db")
+    with Saver(path) as saver:
+        saver.append_log("t", {"n": 1})
+    _damage(path, "UPDATE log SET checksum = 4611686018427387909, created_at = 'abc'")
+    with Saver(path) as saver:
+        with pytest.raises(ChecksumError):
+            list(saver.read_log("t"))
+    report = check.check_database(path)
+    assert "AttributeError" not in repr(report.as_dict()), report.as_dict()
+    assert [row["table"] for row in salvage.salvage(path, str(tmp_path / "o.db")).skipped] \
+        == ["log"]
+
+
 @pytest.mark.parametrize("stored", [-1, -(1 << 63), (1 << 62) | (1 << 61), (1 << 62) - 1,
                                     1 << 32])
 def test_checksum_values_no_form_produces_never_verify(stored):
