@@ -447,7 +447,7 @@ def test_the_one_statement_page_equals_the_transaction_path(pg_url):
 
 def _norm(page):
     bound, rows, writes, more = page
-    return (bound, [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r[:10])
+    return (bound, [tuple(bytes(v) if isinstance(v, memoryview) else v for v in r)
                     for r in rows],
             [tuple(bytes(v) if isinstance(v, memoryview) else v for v in w) for w in writes],
             more)
