@@ -451,3 +451,39 @@ def _norm(page):
                     for r in rows],
             [tuple(bytes(v) if isinstance(v, memoryview) else v for v in w) for w in writes],
             more)
+
+
+# --- lock_timeout=None: nothing bounds the one-statement write's lock wait any more ---------
+
+@pytest.mark.xfail(strict=True, reason=(
+    "connect.set_write_settings sets lock_timeout 0 (none) when Options.lock_timeout is None, "
+    "and a statement cannot set its own statement_timeout: the one-statement put waits for "
+    "its thread's lock without bound, where the two-round-trip put's SET LOCAL "
+    "statement_timeout ended the wait. A small fix: set the statement's lock_timeout to the "
+    "smaller of lock_timeout and statement_timeout that is set"))
+@pytest.mark.parametrize("call", ["put", "put_writes", "append_log"])
+def test_with_no_lock_timeout_statement_timeout_still_bounds_a_writes_lock_wait(
+        pg_url, call, hang_detector):
+    from sqlitesaver.postgres import engine as pg_engine
+
+    hang_detector(60)
+    e = _engine(pg_url, lock_timeout=None, statement_timeout=0.3)
+    cid = e.put_checkpoint("t", "", None, "c", STATE, META)[0]
+    run = {"put": lambda: e.put_checkpoint("t", "", None, None, STATE, META),
+           "put_writes": lambda: e.put_writes("t", "", cid, "task", "", [(0, "c", b"v")],
+                                              False),
+           "append_log": lambda: e.append_log("t", b"\x01")}[call]
+    holder = admin(pg_url)
+    outcome: list = []
+    try:
+        holder.execute("SELECT pg_advisory_lock(%s, hashtext('t'))", (pg_engine.THREAD_LOCK,))
+        worker = threading.Thread(target=lambda: outcome.append(_try(run)))
+        worker.start()
+        worker.join(3)  # ten times the statement_timeout
+        ended_while_held = not worker.is_alive()
+    finally:
+        holder.execute("SELECT pg_advisory_unlock_all()")
+        holder.close()
+        worker.join(30)
+        e.close()
+    assert ended_while_held and isinstance(outcome[0], BusyTimeoutError), outcome
