@@ -487,3 +487,68 @@ def test_with_no_lock_timeout_statement_timeout_still_bounds_a_writes_lock_wait(
         worker.join(30)
         e.close()
     assert ended_while_held and isinstance(outcome[0], BusyTimeoutError), outcome
+
+
+# --- puts, puts of writes and deletes of one thread racing ----------------------------------
+
+def test_puts_writes_and_deletes_racing_raise_only_not_found_and_leave_verified_rows(
+        pg_url, hang_detector):
+    """For ~2.5 s, 6 workers on one thread: puts (parents by generated id and by caller id,
+    replacing caller ids), puts of writes, delete_thread, prune, delete_matching (one thread
+    and every thread). Every snapshot-before-lock race (a parent or checkpoint deleted while
+    a statement waited) must end as CheckpointNotFoundError (or InvalidArgumentError for a
+    parent not older), never as another error (a foreign key violation, a unique violation,
+    a raw psycopg exception); every row left verifies and every parent link points to an
+    older checkpoint of the thread or is gone with a deletion."""
+    from sqlitesaver.errors import InvalidArgumentError
+
+    hang_detector(90)
+    e = _engine(pg_url, busy_timeout=20.0)
+    stop = time.monotonic() + 2.5
+    unexpected: list = []
+    ids: list[str] = []
+
+    def work(n: int) -> None:
+        rng = random.Random(n)
+        while time.monotonic() < stop:
+            op = rng.random()
+            try:
+                parent = rng.choice(ids) if ids and rng.random() < 0.8 else None
+                if op < 0.45:
+                    key = rng.choice([None, None, f"k{rng.randrange(6)}"])
+                    ids.append(e.put_checkpoint("t", "", parent, key, STATE, META)[0])
+                elif op < 0.8 and ids:
+                    e.put_writes("t", "", rng.choice(ids), f"task{n}", "",
+                                 [(i, "c", b"v") for i in range(rng.choice([1, 2, 9]))],
+                                 rng.random() < 0.5)
+                elif op < 0.86:
+                    e.prune("t", rng.choice([1, 3]))
+                elif op < 0.9:
+                    e.delete_thread("t")
+                elif op < 0.95:
+                    e.delete_matching("t", lambda row: row[0] % 3 == 0)
+                else:
+                    e.delete_matching(None, lambda row: row[0] % 5 == 0)
+            except (CheckpointNotFoundError, InvalidArgumentError):
+                pass
+            except Exception as exc:  # noqa: BLE001
+                unexpected.append(exc)
+
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(6)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(60)
+    e.close()
+    assert not unexpected, [(type(x).__name__, str(x)[:200]) for x in unexpected[:5]]
+    rows = _rows(pg_url, "t")
+    assert all(_intact(row) for row in rows)
+    seqs = {row[0] for row in rows}
+    assert all(row[3] is None or (row[3] < row[0]) for row in rows)
+    with admin(pg_url) as conn:
+        for seq, task, idx, channel, value, path, checksum in conn.execute(
+                "SELECT checkpoint_seq, task_id, idx, channel, value, task_path, checksum "
+                "FROM sqlitesaver.writes"):
+            assert seq in seqs
+            assert integrity.expected_write_checksum(checksum, seq, task, idx, channel, path,
+                                                     bytes(value)) == checksum
