@@ -552,3 +552,59 @@ def test_puts_writes_and_deletes_racing_raise_only_not_found_and_leave_verified_
             assert seq in seqs
             assert integrity.expected_write_checksum(checksum, seq, task, idx, channel, path,
                                                      bytes(value)) == checksum
+
+
+# --- the lookups run after the locks under a prepared generic plan too ----------------------
+
+@pytest.mark.parametrize("call", ["put by seq", "put by key", "put_writes by seq",
+                                  "put_writes by key"])
+def test_prepared_generic_plans_look_up_after_the_lock(pg_url, call, hang_detector):
+    """plan_cache_mode=force_generic_plan for the database and 8 calls first on the engine's
+    only connection (past psycopg's prepare threshold: the statement is prepared, its plan
+    generic). Then the lock holder deletes the parent / checkpoint while the statement waits.
+    Had the FOR KEY SHARE lookup run before the thread's lock, the holder's DELETE would wait
+    for the statement's row lock while the statement waits for the holder's advisory lock: a
+    deadlock (40P01) or a lock timeout instead of "not found"."""
+    from sqlitesaver.postgres import engine as pg_engine
+
+    hang_detector(60)
+    with admin(pg_url) as conn:
+        name = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f"ALTER DATABASE {name} SET plan_cache_mode = force_generic_plan")
+    e = _engine(pg_url, max_connections=1, lock_timeout=5.0)
+    by_key = call.endswith("key")
+    writes = call.startswith("put_writes")
+
+    def run(target):
+        if writes:
+            e.put_writes("t", "", target, "task", "", [(0, "c", b"v")], False)
+        else:
+            e.put_checkpoint("t", "", target, None, STATE, META)
+
+    for n in range(8):
+        target = e.put_checkpoint("t", "", None, f"w{n}" if by_key else None, STATE, META)[0]
+        run(target)
+    with e._connection("looking") as conn:
+        assert conn.execute("SELECT count(*) FROM pg_prepared_statements WHERE "
+                            "generic_plans > 0 AND statement LIKE '%pg_advisory_xact_lock%'"
+                            ).fetchone()[0] >= 1
+    target = e.put_checkpoint("t", "", None, "victim" if by_key else None, STATE, META)[0]
+    holder, watcher = admin(pg_url), admin(pg_url)
+    try:
+        holder.execute("BEGIN")
+        holder.execute("SELECT pg_advisory_xact_lock(%s, hashtext('t'))",
+                       (pg_engine.THREAD_LOCK,))
+        outcome: list = []
+        worker = threading.Thread(target=lambda: outcome.append(_try(lambda: run(target))))
+        worker.start()
+        _wait_for_waiters(watcher, 1, [worker], outcome)
+        holder.execute("DELETE FROM sqlitesaver.checkpoints WHERE seq = %s",
+                       (parse_id(target) if not by_key else
+                        _rows(pg_url, "t")[-1][0],))
+        holder.execute("COMMIT")
+        worker.join(30)
+        assert isinstance(outcome[0], CheckpointNotFoundError), outcome
+    finally:
+        holder.close()
+        watcher.close()
+        e.close()
