@@ -90,7 +90,10 @@ def _server_digest(*values: int) -> int:
     """:data:`SERVER_FORM` | the first 60 bits of the SHA-256 of ``values`` as big-endian
     signed 64-bit integers (PostgreSQL's ``int8send``): the server-completed form of every
     kind of row (sqlitesaver/postgres/sql.py, ``_server_digest``)."""
-    data = b"".join(value.to_bytes(8, "big", signed=True) for value in values)
+    # int.to_bytes(value, ...), not value.to_bytes(...): a column of another type (damage in
+    # a SQLite row, whose columns hold any type) raises TypeError, which readers count as
+    # damage, rather than AttributeError, which they do not catch.
+    data = b"".join(int.to_bytes(value, 8, "big", signed=True) for value in values)
     return SERVER_FORM | int.from_bytes(sha256(data).digest()[:8], "big") >> 4
 
 
