@@ -453,14 +453,8 @@ def _norm(page):
             more)
 
 
-# --- lock_timeout=None: nothing bounds the one-statement write's lock wait any more ---------
+# --- lock_timeout=None: statement_timeout bounds the one-statement write's lock wait ------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "connect.set_write_settings sets lock_timeout 0 (none) when Options.lock_timeout is None, "
-    "and a statement cannot set its own statement_timeout: the one-statement put waits for "
-    "its thread's lock without bound, where the two-round-trip put's SET LOCAL "
-    "statement_timeout ended the wait. A small fix: set the statement's lock_timeout to the "
-    "smaller of lock_timeout and statement_timeout that is set"))
 @pytest.mark.parametrize("call", ["put", "put_writes", "append_log"])
 def test_with_no_lock_timeout_statement_timeout_still_bounds_a_writes_lock_wait(
         pg_url, call, hang_detector):

@@ -145,13 +145,18 @@ def set_local_timeouts(options: Options) -> str:
 
 
 def set_write_settings(options: Options, synchronous_commit: str) -> str:
-    """A SELECT setting ``options``' lock timeout and ``synchronous_commit`` (``on`` or
-    ``off``) for the rest of the transaction, at the head of a write sent as one statement
-    (sql._LOCKED): inside that statement, the lock timeout bounds the waits for the locks it
-    takes after it, and synchronous_commit is read at its commit (the values are numbers and
-    words formatted here, no input)."""
+    """A SELECT setting a lock timeout and ``synchronous_commit`` (``on`` or ``off``) for the
+    rest of the transaction, at the head of a write sent as one statement (sql._LOCKED):
+    inside that statement, the lock timeout bounds the waits for the locks it takes after
+    it, and synchronous_commit is read at its commit. The lock timeout is the smaller of
+    ``options``' lock and statement timeouts that are set: a statement cannot set its own
+    statement_timeout, and with no lock timeout its lock waits would otherwise be bounded by
+    nothing, where the two-round-trip write's statement_timeout ends them (the values are
+    numbers and words formatted here, no input)."""
+    bounds = [t for t in (options.lock_timeout, options.statement_timeout) if t is not None]
+    lock_timeout = min(bounds) if bounds else None
     return (f"SELECT set_config('synchronous_commit', '{synchronous_commit}', true), "
-            f"set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', true)")
+            f"set_config('lock_timeout', '{_millis(lock_timeout)}ms', true)")
 
 
 def open_connection(params: dict[str, str], server: str, options: Options, *,

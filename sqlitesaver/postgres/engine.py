@@ -53,9 +53,9 @@ Guarantees:
   parent that is not a checkpoint of the thread, a parent not older than the checkpoint it
   would replace) are decided by that statement, which then writes nothing, and raised by the
   client from the row it returns, with the same types and messages as before. A put of
-  writes is one round trip the same way (``sql._put_writes_statement``: the checkpoint found
-  after the locks, each write's checksum completed with its seq; "not found" decided by the
-  statement), and so is a log append (``sql._APPEND_LOG``). A put with files, and any of
+  writes is one round trip the same way (``sql._put_writes_statement``: the checkpoint's row
+  locked after the locks, each write's checksum completed with its seq; "not found" decided
+  by the statement), and so is a log append (``sql._APPEND_LOG``). A put with files, and any of
   them inside a transaction block, take two round trips: they send their ``BEGIN``, settings,
   locks and first lookup as one
   simple-query string (values inlined as literals psycopg quotes for the connection), and
