@@ -299,18 +299,6 @@ def test_the_engines_prepared_statements_are_never_planned_again_per_call(pg_url
 
 # --- the put (last: it adds to the threads above) ------------------------------------------------
 
-def _positional(query: str, params: dict) -> tuple[str, list]:
-    """A statement with named parameters (the one-round-trip put's) as generic_plan takes it."""
-    names: list[str] = []
-
-    def number(match: re.Match) -> str:
-        if match.group(1) not in names:
-            names.append(match.group(1))
-        return f"${names.index(match.group(1)) + 1}"
-
-    return re.sub(r"%\((\w+)\)[sb]", number, query), [params[name] for name in names]
-
-
 def test_a_put_reads_only_the_threads_rows(skewed, monkeypatch):
     """The one-round-trip put's statement (sql._LOCKED, sql._PUT): its parent found by seq or by
     caller-supplied id, a checkpoint replaced in place (ON CONFLICT on checkpoints_by_key)."""
@@ -320,7 +308,7 @@ def test_a_put_reads_only_the_threads_rows(skewed, monkeypatch):
         engine.put_checkpoint("late", "", format_id(late), None, b"\x80", b"\x80")
         engine.put_checkpoint("cold", "", "cold-key", "cold-new", b"\x80", b"\x80")
         engine.put_checkpoint("cold", "", format_id(cold[0]), "cold-key", b"\x80", b"\x80")
-    puts = [_positional(query, params) for query, params in sent
+    puts = [(query, list(params)) for query, params in sent  # $n, as the RawCursor sends it
             if "put AS (INSERT" in query]
     assert len(puts) == 3
     assert_narrow(url, puts)

@@ -27,7 +27,8 @@ from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
 from . import connect, schema
 from . import errors as pg_errors
 from . import target as pg_target
-from .sql import _APPEND_LOG, _LOCK_ALL_THREADS, _LOCKED, _PUT, _PUT_WRITES, ALL_THREADS_LOCK
+from .sql import (_APPEND_LOG, _LOCK_ALL_THREADS, _LOCKED, _PUT, _PUT_WRITES, ALL_THREADS_LOCK,
+                  positional)
 
 _DURABILITY = {"full": "on", "normal": "off"}
 
@@ -40,6 +41,16 @@ def _rollback_if_open(conn: Any) -> None:
     if not conn.broken and conn.info.transaction_status in (TransactionStatus.INTRANS,
                                                            TransactionStatus.INERROR):
         schema._rollback(conn)
+
+
+def _configure(conn: Any) -> None:
+    """A new pooled connection's RawCursor for the one-statement writes
+    (``Transactions._send``), made here, once per connection, rather than on its first write
+    (what a write runs is then the same every time: tests/test_interrupts.py injects an
+    exception at each of its lines)."""
+    from psycopg import RawCursor
+
+    conn.sqlitesaver_cursor = RawCursor(conn)
 
 
 def _closed_while_idle(conn: Any) -> None:
@@ -109,10 +120,12 @@ class Connections:
         # plan came first), so it sets neither.
         locked = _LOCKED.format(settings=connect.set_write_settings(
             options, synchronous_commit=_DURABILITY[durability]), key1=key1, key2=key2)
-        self._put = {parent: f"{locked}, {statement}" for parent, statement in _PUT.items()}
-        self._put_writes = {kind: f"{locked}, {statement}"
+        # As the RawCursor of Transactions._send takes them: $n parameters, names in order.
+        self._put = {parent: positional(f"{locked}, {statement}")
+                     for parent, statement in _PUT.items()}
+        self._put_writes = {kind: positional(f"{locked}, {statement}")
                             for kind, statement in _PUT_WRITES.items()}
-        self._append_log = f"{locked}, {_APPEND_LOG}"
+        self._append_log = positional(f"{locked}, {_APPEND_LOG}")
         first = connect.open_connection(params, self.server, options, doing="opening",
                                         session_timeouts=False)
         try:
@@ -147,6 +160,7 @@ class Connections:
             # No check= on checkout (a round trip per call): a dead connection is found by the
             # transaction's own statements instead and replaced (see _stale).
             min_size=1, max_size=size, open=False, timeout=max(self.busy_timeout, 0.001),
+            configure=_configure,
             name=f"sqlitesaver {server}")
         try:
             pool.open(wait=True, timeout=options.connect_timeout)

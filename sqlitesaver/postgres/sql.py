@@ -10,6 +10,8 @@ and :mod:`.engine` (the writes) send the statements.
 
 from __future__ import annotations
 
+import re
+
 from ..errors import InvalidArgumentError
 from ..integrity import SERVER_FORM
 from ..schema import APPLICATION_ID
@@ -347,3 +349,17 @@ def check_text(**named: str | None) -> None:
 
 def _has_nul(*values: str | None) -> bool:
     return any(value is not None and "\x00" in value for value in values)
+
+
+def positional(query: str) -> tuple[str, tuple[str, ...]]:
+    """``query`` with its named parameters (``%(name)s``, ``%(name)b``) as ``$1``, ``$2``...
+    (a name used twice is one parameter), and the names in that order, for a RawCursor
+    (``Transactions._send``). Our statements hold no other ``%`` and no ``$``."""
+    names: list[str] = []
+
+    def number(match: re.Match) -> str:
+        if match.group(1) not in names:
+            names.append(match.group(1))
+        return f"${names.index(match.group(1)) + 1}"
+
+    return re.sub(r"%\((\w+)\)[sb]", number, query), tuple(names)
