@@ -397,6 +397,20 @@ def test_a_parent_deleted_while_the_put_waits_for_its_lock_is_not_found(engine, 
     assert contents(pg_url)[0] == []
 
 
+def wait_for_waiters(watcher, count: int, workers, outcomes) -> None:
+    """Return once ``count`` lock requests wait on the server (seen by ``watcher``); fail if a
+    worker ended first (its outcome says why) or after 20 s."""
+    deadline = time.monotonic() + 20
+    while True:
+        (waiting,) = watcher.execute(
+            "SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
+        if waiting >= count:
+            return
+        assert all(w.is_alive() for w in workers), outcomes
+        assert time.monotonic() < deadline, f"{waiting} waiting"
+        time.sleep(0.005)
+
+
 def deleted_while_waiting(pg_url: str, call) -> object:
     """``call()``'s result or exception, run in a thread while another session holds thread
     't''s lock; once ``call``'s statement has begun (its snapshot) and waits for that lock,
@@ -410,13 +424,7 @@ def deleted_while_waiting(pg_url: str, call) -> object:
         outcome: list = []
         worker = threading.Thread(target=lambda: outcome.append(_try(call)))
         worker.start()
-        waiting: list = []
-        while not waiting:  # the statement has begun and waits (the hang detector bounds it)
-            waiting = watcher.execute(
-                "SELECT 1 FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
-                "AND objid = hashtext('t')::oid").fetchall()
-            assert worker.is_alive(), outcome
-            time.sleep(0.005)
+        wait_for_waiters(watcher, 1, [worker], outcome)  # its statement has begun, and waits
         holder.execute("DELETE FROM sqlitesaver.checkpoints WHERE thread_id = 't'")
         holder.execute("COMMIT")
         worker.join(30)
@@ -474,15 +482,12 @@ def test_a_put_lost_once_sent_is_maybe_committed_and_not_run_again(engine, pg_ur
         worker = threading.Thread(target=lambda: outcome.append(_try(
             lambda: engine.put_checkpoint("t", "", None, None, STATE, META))))
         worker.start()
-        waiting = []
-        while not waiting:
-            waiting = watcher.execute("SELECT pid FROM pg_locks WHERE locktype = 'advisory' "
-                                      "AND NOT granted").fetchall()
-            time.sleep(0.005)
-        watcher.execute("SELECT pg_terminate_backend(%s)", waiting[0])
+        wait_for_waiters(watcher, 1, [worker], outcome)
+        watcher.execute("SELECT pg_terminate_backend(pid) FROM pg_locks "
+                        "WHERE locktype = 'advisory' AND NOT granted")
         worker.join(30)
         assert isinstance(outcome[0], DatabaseIOError) and "maybe committed" in str(outcome[0])
-        time.sleep(0.2)  # a put run again would be waiting for the lock by now
+        # A run again would be in the call, which has returned: none waits for the lock.
         assert watcher.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
                                "AND NOT granted").fetchone() == (0,)
         holder.execute("SELECT pg_advisory_unlock_all()")
@@ -500,8 +505,8 @@ def test_an_idle_connection_the_server_closed_is_replaced_before_anything_is_sen
     with engine._connection("looking") as conn:
         pid = conn.info.backend_pid
     with admin(pg_url) as conn:  # its last words (FATAL 57P01), then the end of the stream
-        conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
-    time.sleep(0.1)
+        # its FATAL message is sent before it exits; the timeout waits for the exit
+        assert conn.execute("SELECT pg_terminate_backend(%s, 10000)", (pid,)).fetchone()[0]
     second, _ = engine.put_checkpoint("t", "", first, None, STATE, META)  # no error
     assert any("replaced it while putting a checkpoint" in r.getMessage()
                for r in caplog.records), "the dead connection was not found before the put"

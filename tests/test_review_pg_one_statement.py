@@ -18,6 +18,7 @@ import pytest
 from sqlitesaver import ChecksumError, Saver, check, integrity, salvage
 from sqlitesaver.errors import BusyTimeoutError, CheckpointNotFoundError
 from sqlitesaver.ids import parse_id
+from test_postgres_put import wait_for_waiters
 
 
 STATE, META = b"\x81\xa1k\x01", b"\x80"  # msgpack {"k": 1} and {}
@@ -142,18 +143,6 @@ def _engine(url: str, **options):
                             options=connect.Options(**options))
 
 
-def _wait_for_waiters(watcher, count: int, workers, outcomes) -> None:
-    deadline = time.monotonic() + 20
-    while True:
-        (waiting,) = watcher.execute(
-            "SELECT count(*) FROM pg_locks WHERE NOT granted").fetchone()
-        if waiting >= count:
-            return
-        assert all(w.is_alive() for w in workers), outcomes
-        assert time.monotonic() < deadline, f"{waiting} waiting"
-        time.sleep(0.005)
-
-
 def _rows(url: str, thread: str) -> list[tuple]:
     with admin(url) as conn:
         return conn.execute(
@@ -192,7 +181,7 @@ def test_concurrent_puts_of_one_caller_id_all_succeed_into_one_verified_row(pg_u
             for n in range(4)]
         for worker in workers:
             worker.start()
-        _wait_for_waiters(watcher, 4, workers, outcomes)
+        wait_for_waiters(watcher, 4, workers, outcomes)
         holder.execute("SELECT pg_advisory_unlock_all()")
         for worker in workers:
             worker.join(30)
@@ -328,7 +317,7 @@ def test_a_cancelled_put_is_not_maybe_committed_and_leaves_the_connection_clean(
         worker = threading.Thread(target=lambda: outcome.append(_try(
             lambda: e.put_checkpoint("t", "", None, None, STATE, META))))
         worker.start()
-        _wait_for_waiters(watcher, 1, [worker], outcome)
+        wait_for_waiters(watcher, 1, [worker], outcome)
         watcher.execute("SELECT pg_cancel_backend(pid) FROM pg_locks WHERE NOT granted")
         worker.join(30)
         assert isinstance(outcome[0], BusyTimeoutError), outcome
@@ -372,7 +361,7 @@ def test_under_repeatable_read_a_parent_deleted_while_waiting_is_retried_then_no
         worker = threading.Thread(target=lambda: outcome.append(_try(
             lambda: e.put_checkpoint("t", "", parent, "child", STATE, META))))
         worker.start()
-        _wait_for_waiters(watcher, 1, [worker], outcome)
+        wait_for_waiters(watcher, 1, [worker], outcome)
         holder.execute("DELETE FROM sqlitesaver.checkpoints WHERE thread_id = 't'")
         holder.execute("COMMIT")
         worker.join(30)
@@ -400,7 +389,7 @@ def test_under_repeatable_read_concurrent_puts_of_one_caller_id_are_retried(rr_u
             for n in range(3)]
         for worker in workers:
             worker.start()
-        _wait_for_waiters(watcher, 3, workers, outcomes)
+        wait_for_waiters(watcher, 3, workers, outcomes)
         holder.execute("SELECT pg_advisory_unlock_all()")
         for worker in workers:
             worker.join(30)
@@ -591,7 +580,7 @@ def test_prepared_generic_plans_look_up_after_the_lock(pg_url, call, hang_detect
         outcome: list = []
         worker = threading.Thread(target=lambda: outcome.append(_try(lambda: run(target))))
         worker.start()
-        _wait_for_waiters(watcher, 1, [worker], outcome)
+        wait_for_waiters(watcher, 1, [worker], outcome)
         holder.execute("DELETE FROM sqlitesaver.checkpoints WHERE seq = %s",
                        (parse_id(target) if not by_key else
                         _rows(pg_url, "t")[-1][0],))

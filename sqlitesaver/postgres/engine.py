@@ -55,11 +55,11 @@ Guarantees:
   client from the row it returns, with the same types and messages as before. A put of
   writes is one round trip the same way (``sql._put_writes_statement``: the checkpoint's row
   locked after the locks, each write's checksum completed with its seq; "not found" decided
-  by the statement), and so is a log append (``sql._APPEND_LOG``). A put with files, and any of
-  them inside a transaction block, take two round trips: they send their ``BEGIN``, settings,
-  locks and first lookup as one
-  simple-query string (values inlined as literals psycopg quotes for the connection), and
-  their last statements with their ``COMMIT`` as another (the server skips the rest of a
+  by the statement), and so is a log append (``sql._APPEND_LOG``). A put with files, and any
+  of them inside a transaction block, take two round trips: they send their ``BEGIN``,
+  settings, locks and first lookup as one simple-query string (values inlined as literals
+  psycopg quotes for the connection), and their last statements with their ``COMMIT`` as
+  another (the server skips the rest of a
   string after a failing statement: the COMMIT then never runs). A get, and a page of a list
   (the common case: a first page, or one below a known seq), are one: a libpq pipeline of the
   ``set_config`` timeouts and the statements (prepared, binary results: bytea arrives as
@@ -73,10 +73,10 @@ Guarantees:
   the server chose), and so do a write of the one-round-trip put of writes
   (``server_write_checksum``: its CRC-32 and its checkpoint's seq) and a log event appended in
   one (``server_log_checksum``: its CRC-32, seq and time); every other row a CRC-32 computed
-  by the client. Readers and the
-  validator verify each row in the form its value says. No table changed; the schema version
-  is 2 from then on, so that a version that knows only the CRC-32 form refuses the database
-  (``SchemaVersionError``: upgrade) instead of reporting its rows as damaged.
+  by the client. Readers and the validator verify each row in the form its value says. No
+  table changed; the schema version is 2 from then on, so that a version that knows only the
+  CRC-32 form refuses the database (``SchemaVersionError``: upgrade) instead of reporting its
+  rows as damaged.
 * **Every thread at once**: each write first takes :data:`ALL_THREADS_LOCK` in shared mode (in
   the ``BEGIN`` string or the put's statement: no round trip), before any thread's lock;
   ``delete_matching`` over every thread takes it in exclusive mode instead of one lock per
@@ -167,7 +167,7 @@ class Engine(Reads):
         parent_key = None if parent_id is None or is_generated(parent_id) else parent_id
         if files is None and self._pinned() is None:
             return self._put_at_once(thread_id, namespace, parent_id, parent_key,
-                                       checkpoint_id, state, metadata)
+                                     checkpoint_id, state, metadata)
 
         # The next seq, the time, the parent's seq and the replaced checkpoint's seq and time,
         # in one statement (one round trip), after the thread's lock (the BEGIN string's). A
@@ -234,11 +234,11 @@ class Engine(Reads):
                            first=(lookup, params))
 
     def _put_at_once(self, thread_id: str, namespace: str, parent_id: str | None,
-                       parent_key: str | None, checkpoint_id: str | None, state: bytes,
-                       metadata: bytes) -> tuple[str, int]:
-        """:meth:`put_checkpoint` in one round trip: one statement (sql._PUT) does on the
-        server what the two-round-trip put does between its strings, so the client sends it
-        without waiting for the seq: it sends the CRC-32 of what it knows
+                     parent_key: str | None, checkpoint_id: str | None, state: bytes,
+                     metadata: bytes) -> tuple[str, int]:
+        """:meth:`put_checkpoint` in one round trip: one statement (sql._LOCKED, then
+        sql._PUT) does on the server what the two-round-trip put does between its strings, so
+        the client sends it without waiting for the seq: it sends the CRC-32 of what it knows
         (integrity.checkpoint_client_crc) and the server completes the checksum with the seq,
         time and parent seq it chose (integrity.server_checksum). The errors are the same,
         raised once the statement has written nothing (see sql._put_statement)."""

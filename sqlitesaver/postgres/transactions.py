@@ -180,8 +180,9 @@ class Transactions(Connections):
         def attempt(conn: Any, step: _Step) -> list[tuple]:
             _closed_while_idle(conn)
             step.begun = step.committing = True  # from here on, it may commit
-            rows = self._send(conn, query, params)
-            self._committed(doing, "COMMIT", count=wrote(rows))
+            rows = self._send(conn, query, params)  # returned: its commit did
+            if wrote(rows):
+                self._count_commit()
             return rows
 
         return self._retrying(doing, attempt)
@@ -331,20 +332,17 @@ class Transactions(Connections):
             tag = _last(conn.execute(f"{string}; COMMIT", prepare=False)).statusmessage
         else:
             tag = conn.execute("COMMIT").statusmessage
-        self._committed(doing, tag)
-
-    def _committed(self, doing: str, tag: str | None, *, count: bool = True) -> None:
-        """Raise unless the COMMIT's tag says it committed (see :meth:`_commit`); count it
-        (``count``: it wrote something)."""
         if tag != "COMMIT":
             raise SaverError(
                 f"the PostgreSQL server {self.server} rolled the transaction back instead of "
                 f"committing it while {doing} (COMMIT answered {tag!r}): a statement of it had "
                 "failed outside any call's savepoint, which aborts the whole transaction. "
                 "Nothing of it was written; run it again.", path=self.server)
-        if count:
-            with self._count_lock:
-                self.commits += 1
+        self._count_commit()
+
+    def _count_commit(self) -> None:
+        with self._count_lock:
+            self.commits += 1
 
     def _pinned(self) -> _Pinned | None:
         """The calling thread's open transaction, or None. A pin is trusted only while its
