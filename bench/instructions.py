@@ -1,21 +1,25 @@
 """Instructions per call of the write and read paths, counted by valgrind (deterministic).
 
-    python bench/instructions.py [OP ...]      # default: every OP; needs valgrind
+    python bench/instructions.py [--worker] [OP ...]   # default: every OP; needs valgrind
 
 Time on a shared 2-core machine moves by 10-20% between runs; instructions counted by
 ``valgrind --tool=callgrind`` do not (the same total twice, whatever else the machine does), so
 a change to the code's CPU cost is measured here, and its effect on rates in bench/run.py. Each
 OP runs in a fresh process under callgrind twice, with N = 0 and N = 1000 calls after 20
 warm-up calls, and the difference is divided by 1000 (start-up, imports and set-up cancel
-out). Main thread (so signal deferral is counted: it costs nothing in other threads), a 4 KiB
-state (bench/core.py's), ``durability="normal"`` and no WAL checkpoint, so that only the CPU
-work of a call is counted, not the disk's. Operations:
+out). Main thread (so signal deferral is counted: it costs nothing in other threads), or with
+``--worker`` a thread of its own (where LangGraph's runtime calls a checkpointer: its executor's
+threads), a 4 KiB state (bench/core.py's), ``durability="normal"`` and no WAL checkpoint, so
+that only the CPU work of a call is counted, not the disk's. Operations:
 
 - ``core-put``: ``Saver.put`` of the state;
 - ``empty-transaction``: an empty write transition (the group-commit protocol: BEGIN
   IMMEDIATE ... COMMIT of nothing);
 - ``adapter-put``: ``sqlitesaver.langgraph.SqliteSaver.put`` of a LangGraph checkpoint holding
   the state (bench/_checkpoint.py);
+- ``adapter-put-parent``: the same, each put's parent the one before it (a graph's steps);
+- ``adapter-put-writes``: its ``put_writes`` of bench/_checkpoint.py's 2 writes, a new task
+  each call, against one checkpoint;
 - ``adapter-get`` / ``adapter-get-writes``: its ``get_tuple`` of the latest checkpoint,
   without and with 2 pending writes.
 
@@ -32,15 +36,18 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
-OPS = ("core-put", "empty-transaction", "adapter-put", "adapter-get", "adapter-get-writes")
+OPS = ("core-put", "empty-transaction", "adapter-put", "adapter-put-parent", "adapter-put-writes",
+       "adapter-get", "adapter-get-writes")
 CALLS = 1000
 
 
-def child(op: str, calls: int) -> None:
-    """The measured process: set up, 20 warm-up calls, then ``calls`` calls of ``op``."""
+def child(op: str, calls: int, worker: bool) -> None:
+    """The measured process: set up, 20 warm-up calls, then ``calls`` calls of ``op`` (in a
+    thread of their own if ``worker``)."""
     sys.path[:0] = [HERE, ROOT]
     import core
     from sqlitesaver import Saver
@@ -59,7 +66,7 @@ def child(op: str, calls: int) -> None:
                 with write_path._Transaction(saver, "measuring"):
                     return None
         else:
-            from _checkpoint import Checkpoints, config, fill
+            from _checkpoint import TASK_ID, WRITES, Checkpoints, config, fill
 
             from sqlitesaver.langgraph import SqliteSaver
             adapter = SqliteSaver(saver)
@@ -69,24 +76,45 @@ def child(op: str, calls: int) -> None:
 
                 def call() -> object:
                     return adapter.put(thread, checkpoints.next(), metadata, {})
+            elif op == "adapter-put-parent":
+                checkpoints, chain = Checkpoints(state), [config("t")]
+
+                def call() -> object:
+                    chain[0] = adapter.put(chain[0], checkpoints.next(), metadata, {})
+                    return chain[0]
+            elif op == "adapter-put-writes":
+                target = adapter.put(config("t"), Checkpoints(state).next(), metadata, {})
+                tasks = iter(range(10**9))
+
+                def call() -> object:
+                    return adapter.put_writes(target, WRITES, f"{TASK_ID}-{next(tasks)}")
             else:
                 latest = fill(adapter, "r", state, metadata, 5, op == "adapter-get-writes")
 
                 def call() -> object:
                     return adapter.get_tuple(latest)
-        for _ in range(20 + calls):
-            call()
+        def run() -> None:
+            for _ in range(20 + calls):
+                call()
+
+        if worker:
+            thread = threading.Thread(target=run)
+            thread.start()
+            thread.join()
+        else:
+            run()
         saver.close()
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def count(op: str, calls: int) -> int:
+def count(op: str, calls: int, worker: bool) -> int:
     """Instructions callgrind counted for a whole child process."""
     with tempfile.TemporaryDirectory(prefix="sqlitesaver-callgrind-") as out:
         run = subprocess.run(
             ["valgrind", "--tool=callgrind", f"--callgrind-out-file={out}/cg.out",
-             sys.executable, os.path.abspath(__file__), "--child", op, str(calls)],
+             sys.executable, os.path.abspath(__file__), "--child", op, str(calls),
+             "worker" if worker else "main"],
             capture_output=True, text=True, check=False)
     found = re.search(r"Collected : (\d+)", run.stderr)
     if run.returncode != 0 or found is None:
@@ -95,11 +123,13 @@ def count(op: str, calls: int) -> int:
 
 
 def main() -> int:
-    if len(sys.argv) == 4 and sys.argv[1] == "--child":
-        child(sys.argv[2], int(sys.argv[3]))
+    if len(sys.argv) == 5 and sys.argv[1] == "--child":
+        child(sys.argv[2], int(sys.argv[3]), sys.argv[4] == "worker")
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("ops", nargs="*", metavar="OP", help="any of: " + ", ".join(OPS))
+    parser.add_argument("--worker", action="store_true",
+                        help="call from a thread of its own instead of the main thread")
     args = parser.parse_args()
     unknown = set(args.ops) - set(OPS)
     if unknown:
@@ -108,7 +138,7 @@ def main() -> int:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     print("$ python " + " ".join(sys.argv))
     for op in args.ops or OPS:
-        per_call = (count(op, CALLS) - count(op, 0)) / CALLS
+        per_call = (count(op, CALLS, args.worker) - count(op, 0, args.worker)) / CALLS
         print(f"{op:>20}: {per_call:,.0f} instructions per call")
     return 0
 

@@ -565,6 +565,15 @@ MISSING_CHECKPOINT = {
                                                               [("ch", 1)]),
     "put parent unknown": lambda s, ids: s.put("t", {"n": 3}, parent_id="nope"),
     "put parent of other thread": lambda s, ids: s.put("u", 1, parent_id=ids["a"]),
+    # a caller-supplied id: the parent is looked up with the id (one statement on SQLite)
+    "keyed put parent unknown": lambda s, ids: s.put("t", 3, checkpoint_id="k",
+                                                     parent_id="nope"),
+    "keyed put generated parent unknown": lambda s, ids: s.put(
+        "t", 3, checkpoint_id="k", parent_id="ffffffffffffffff"),
+    "keyed put parent of other thread": lambda s, ids: s.put("u", 1, checkpoint_id="k",
+                                                             parent_id=ids["a"]),
+    "keyed put parent of other namespace": lambda s, ids: s.put(
+        "t", 1, namespace="ns", checkpoint_id="k", parent_id=ids["a"]),
 }
 
 

@@ -124,3 +124,34 @@ def test_the_get_statements_search_their_indexes(db_path):
             assert any("SEARCH w USING PRIMARY KEY" in step for step in steps), (name, steps)
         assert saver.get("t", "mine").pending_writes[0].value == 1
         assert saver.get("t", ref.checkpoint_id).state == {"n": 1}
+
+
+def test_the_keyed_put_lookup_searches_its_indexes_and_reads_each_kind_of_parent(db_path):
+    """A put with a caller-supplied id looks up its own row, its parent and the next seq in one
+    statement (saver_module._KEYED_LOOKUPS): every lookup of checkpoints is an index search,
+    whichever kind of parent (none, a caller-supplied id, a generated id), and each reads what
+    the three separate statements read."""
+    from sqlitesaver.sqlite import saver as saver_module
+    with Saver(db_path) as saver:
+        ref = saver.put("t", {"n": 1})
+        saver.put("t", {"n": 2}, checkpoint_id="mine", parent_id=ref.checkpoint_id)
+        conn = saver._writer
+        seq = saver_module._parse_id(ref.checkpoint_id)
+        mine_seq, mine_created = conn.execute(
+            "SELECT seq, created_at FROM checkpoints WHERE key = 'mine'").fetchone()
+        next_seq = mine_seq + 1
+        for kind, parent, parent_seq in ((None, (), None), ("key", ("mine",), mine_seq),
+                                         ("seq", (seq,), seq)):
+            query = saver_module._KEYED_LOOKUPS[kind]
+            for key, found in (("mine", (mine_seq, mine_created)), ("new", (None, None))):
+                params = ("t", "", key, *parent)
+                steps = [row[3] for row in conn.execute("EXPLAIN QUERY PLAN " + query, params)]
+                assert not any(step.startswith(("SCAN c", "SCAN checkpoints"))
+                               for step in steps), (kind, steps)
+                assert conn.execute(query, params).fetchall() == [
+                    (*found, parent_seq, next_seq)], (kind, key)
+            # a parent that is not there reads as NULL (the put then raises)
+            if kind is not None:
+                missing = ("t", "", "new", "nobody" if kind == "key" else seq + 100)
+                assert conn.execute(query, missing).fetchall() == [
+                    (None, None, None, next_seq)], kind

@@ -30,7 +30,7 @@ import time
 import weakref
 from contextlib import contextmanager
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import apsw
 
@@ -131,9 +131,23 @@ _THREADS = ("WITH RECURSIVE c(id) AS (SELECT min(thread_id) FROM checkpoints UNI
             "WHERE l.id IS NOT NULL) "
             "SELECT id FROM c WHERE id IS NOT NULL UNION "
             "SELECT id FROM l WHERE id IS NOT NULL ORDER BY 1")
+# A keyed put's three lookups as one statement (?1 thread, ?2 namespace, ?3 the key, ?4 the
+# parent): the row the key names if it is stored (seq, created_at: a LEFT JOIN on one row, so a
+# missing key reads as NULLs), the parent's seq (NULL if there is none), and the next seq. One
+# statement cost 8 us against 16 for the three (ad hoc, APSW, a cached statement each).
 # `key = ?` implies `key IS NOT NULL`, so SQLite uses the partial index checkpoints_by_key.
-_SEQ_BY_KEY = ("SELECT seq, created_at FROM checkpoints WHERE thread_id = ? AND namespace = ? "
-               "AND key = ?")
+_KEYED_LOOKUP = ("SELECT c.seq, c.created_at, {parent}, "
+                 + _NEXT_SEQ_CHECKPOINTS.removeprefix("SELECT ")
+                 + " FROM (SELECT 1) LEFT JOIN checkpoints AS c "
+                 "ON c.thread_id = ?1 AND c.namespace = ?2 AND c.key = ?3")
+_KEYED_LOOKUPS = {
+    None: _KEYED_LOOKUP.format(parent="NULL"),  # no parent: three parameters
+    "key": _KEYED_LOOKUP.format(parent="(SELECT seq FROM checkpoints WHERE thread_id = ?1 AND "
+                                       "namespace = ?2 AND key = ?4)"),
+    # A checkpoint with a caller-supplied id is not also reachable by its seq.
+    "seq": _KEYED_LOOKUP.format(parent="(SELECT seq FROM checkpoints WHERE seq = ?4 AND "
+                                       "thread_id = ?1 AND namespace = ?2 AND key IS NULL)"),
+}
 # The seq alone, from that index: no text (nor any column of the row) to decode.
 _SEQ_OF_KEY = "SELECT seq FROM checkpoints WHERE thread_id = ? AND namespace = ? AND key = ?"
 _INSERT_WRITE = ("INSERT INTO writes (checkpoint_seq, task_id, idx, channel, value, task_path, "
@@ -433,16 +447,16 @@ class SqliteFileSaver(Saver):
         # (write_queue.submit); either way inside one transaction, and returned once committed.
         def work(conn: apsw.Connection) -> tuple[str, int]:
             created = time.time_ns() // 1000  # under the write lock: follows commit order
+            if checkpoint_id is not None:
+                return checkpoint_id, self._put_keyed(conn, thread_id, namespace,
+                                                      checkpoint_id, parent_id, created,
+                                                      state, metadata)
             parent_seq = None
             if parent_id is not None:
                 parent_seq = self._checkpoint_seq(conn, thread_id, namespace, parent_id,
                                                   "parent_id")
             # A parent's caller-supplied id is kept beside its seq: it outlives the parent.
             parent_key = None if parent_id is None or _is_generated(parent_id) else parent_id
-            if checkpoint_id is not None:
-                return checkpoint_id, self._put_keyed(conn, thread_id, namespace,
-                                                      checkpoint_id, parent_seq, parent_key,
-                                                      created, state, metadata)
             seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
             ids = () if parent_key is None else (None, parent_key)  # (key, parent_key)
             conn.execute(
@@ -454,21 +468,36 @@ class SqliteFileSaver(Saver):
         return write_queue.submit(self, "putting a checkpoint", work, _Transaction)
 
     def _put_keyed(self, conn: apsw.Connection, thread_id: str, namespace: str, key: str,
-                   parent_seq: int | None, parent_key: str | None, created: int,
-                   state: bytes, metadata: bytes) -> int:
+                   parent_id: str | None, created: int, state: bytes, metadata: bytes) -> int:
         """Insert or replace the checkpoint with caller-supplied id ``key``, inside the
-        caller's transaction; return its ``created_at``."""
+        caller's transaction; return its ``created_at``. The parent, if any, is looked up in
+        the same statement (:data:`_KEYED_LOOKUPS`)."""
+        # A parent's caller-supplied id is kept beside its seq: it outlives the parent.
+        parent_key = None
+        if parent_id is None:
+            kind, bindings = None, (thread_id, namespace, key)
+        elif _is_generated(parent_id):
+            parent = _parse_id(parent_id)
+            if parent is None:
+                self._not_found(thread_id, namespace, parent_id, "parent_id")
+            kind, bindings = "seq", (thread_id, namespace, key, parent)
+        else:
+            parent_key = parent_id
+            kind, bindings = "key", (thread_id, namespace, key, parent_id)
         with self._damage("putting a checkpoint"):
-            found = conn.execute(_SEQ_BY_KEY, (thread_id, namespace, key)).fetchone()
-        if found is None:
-            seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+            seq, found_created, parent_seq, next_seq = conn.execute(
+                _KEYED_LOOKUPS[kind], bindings).fetchone()
+        if parent_id is not None and parent_seq is None:
+            self._not_found(thread_id, namespace, parent_id, "parent_id")
+        if seq is None:
+            seq = next_seq
             conn.execute(_INSERT_KEYED_CHECKPOINT, (
                 seq, thread_id, namespace, parent_seq, created, state, metadata,
                 integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
                                               state, metadata, key, parent_key),
                 key, parent_key))
             return created
-        seq, created = found
+        created = found_created
         if parent_seq is not None and parent_seq >= seq:
             # A replaced checkpoint keeps its seq: a newer parent (or itself) would break
             # "a parent is older than its child", the order history is read in.
@@ -849,6 +878,10 @@ class SqliteFileSaver(Saver):
             found = conn.execute(_SEQ_OF_KEY, (thread_id, namespace, checkpoint_id)).fetchone()
         if found is not None:
             return found[0]
+        self._not_found(thread_id, namespace, checkpoint_id, argument)
+
+    def _not_found(self, thread_id: str, namespace: str, checkpoint_id: str,
+                   argument: str) -> NoReturn:
         raise CheckpointNotFoundError(
             f"{argument} {checkpoint_id!r} is not a checkpoint of thread {thread_id!r} "
             f"in namespace {namespace!r} in {self._path!r}; nothing was written.",
