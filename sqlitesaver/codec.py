@@ -287,6 +287,32 @@ def _scan(value: Any) -> int:
 
 _get_referents = gc.get_referents
 
+# A small flat dict, the usual metadata ({"source": "loop", "step": 3, "parents": {}}): checked
+# item by item, it is _NATIVE without _scan()'s fixed cost (sets, levels): 3.7 us -> 1.1 us
+# per encode of LangGraph's metadata (ad hoc, timeit). Its str are short enough for ormsgpack
+# whatever _scan()'s size estimate would say (at most _FLAT_ITEMS of _FLAT_STR characters).
+_FLAT_ITEMS = 16
+_FLAT_STR = 1024
+_FLAT_ATOMS = frozenset({type(None), bool, int, float})
+
+
+def _flat_native(value: dict) -> bool:
+    """True if every key of ``value`` is a str and every value a None, bool, int, float, a str
+    of at most _FLAT_STR characters, or an empty dict or list: :func:`_scan` would return
+    _NATIVE. False says nothing (the caller scans)."""
+    for key, item in value.items():
+        if type(key) is not str or len(key) > _FLAT_STR:
+            return False
+        kind = type(item)
+        if kind in _FLAT_ATOMS:
+            continue
+        if kind is str:
+            if len(item) > _FLAT_STR:
+                return False
+        elif (kind is not dict and kind is not list) or item:
+            return False
+    return True
+
 
 def _repeats(level: list) -> bool:
     """True if a non-empty container is in ``level`` twice."""
@@ -333,7 +359,10 @@ def encode(value: Any, *, name: str = "value") -> bytes:
         data = _pair_bytes(value)
         if data is not None:
             return data
-    found = _scan(value)
+    if type(value) is dict and len(value) <= _FLAT_ITEMS and _flat_native(value):
+        found = _NATIVE  # what _scan() would find, for a fraction of its cost
+    else:
+        found = _scan(value)
     if found == _SHARED:
         problem, found = _inspect(value, name, leaves=False)
         if problem is not None:

@@ -242,6 +242,42 @@ def test_values_mostly_str_and_bytes_are_left_to_msgpack(monkeypatch):
     assert packs.calls == len(ormsgpacks)
 
 
+# Flat dicts, LangGraph's metadata's shape, which codec._flat_native() lets skip the scan: every
+# kind it takes, at its size bound and past it, and kinds it must send to the scan.
+flat_items = st.one_of(st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.floats(),
+                       st.text(max_size=4), st.text(st.characters(exclude_categories=()),
+                                                    max_size=4),
+                       st.sampled_from(["x" * codec._FLAT_STR, "x" * (codec._FLAT_STR + 1),
+                                        "é" * 70_000, {}, [], {"a": 1}, [1], (), b"b",
+                                        dt.date(2024, 1, 1), Decimal("1.5")]))
+flat_keys = st.one_of(st.text(max_size=8), st.just("k" * (codec._FLAT_STR + 1)),
+                      st.integers(0, 9), st.none())
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(st.dictionaries(flat_keys, flat_items, max_size=codec._FLAT_ITEMS + 2))
+def test_a_flat_dict_skips_the_scan_only_where_the_scan_would_say_native(value):
+    if codec._flat_native(value):
+        assert codec._scan(value) == codec._NATIVE
+    written = outcome(encode, value)
+    assert same_outcome(written, outcome(slow_encode, value))
+    if written[0] == "value":
+        (kind, back), _ = check_decode(written[1])
+        assert kind == "value" and same(back, value)
+
+
+def test_langgraphs_metadata_skips_the_scan(monkeypatch):
+    metadata = {"source": "loop", "step": 3, "parents": {}, "thread_id": "t-1", "ok": True,
+                "score": 0.5, "none": None}
+    nested = dict(metadata, parents={"": "x"})
+    expected = slow_encode(metadata), slow_encode(nested)
+    scans = Spy(monkeypatch, codec, "_scan")
+    assert encode(metadata) == expected[0]
+    assert scans.calls == 0
+    assert encode(nested) == expected[1]
+    assert scans.calls == 1  # a non-empty container: scanned
+
+
 # Values of the types ormsgpack packs, keys of all of them, ints and text of every size.
 native_keys = st.one_of(st.text(max_size=8), st.integers(-(2**64), 2**64), st.floats(),
                         st.none(), st.booleans(), st.binary(max_size=8))

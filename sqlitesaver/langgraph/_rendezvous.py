@@ -30,8 +30,7 @@ import asyncio
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 __all__ = ["Key", "Parked", "Rendezvous", "STORED", "FAILED", "RETRY"]
 
@@ -134,48 +133,61 @@ class Rendezvous:
                 return True
             return False
 
-    @contextmanager
-    def storing(self, key: Key) -> Iterator[Callable[[], list[Parked]]]:
+    def storing(self, key: Key) -> "_Storing":
         """Around a put's whole transaction (which must be the outermost one, so that its end
-        is its COMMIT): yields ``take``, which the put calls inside the transaction, after
-        writing the checkpoint, to get the jobs parked for it. When the block ends the taken
-        jobs are settled STORED (it exited normally: committed) or FAILED, and the jobs that
-        arrived after the take are settled RETRY."""
-        taken: list[Parked] = []
-        flight: _Flight | None = None
+        is its COMMIT): ``with rendezvous.storing(key) as take:``, where ``take()``, called by
+        the put inside the block, returns the jobs parked for it (and from then on, jobs that
+        arrive are recorded as late). When the block ends the taken jobs are settled STORED (it
+        exited normally: committed) or FAILED, and the late ones RETRY."""
+        return _Storing(self, key)
 
-        def take() -> list[Parked]:
-            nonlocal flight
-            with self._lock:
+
+class _Storing:
+    """:meth:`Rendezvous.storing`'s context manager: a class, not a generator, as it runs once
+    per put (``contextlib``'s wrapper cost more than the bookkeeping itself)."""
+
+    __slots__ = ("_rendezvous", "_key", "_taken", "_flight")
+
+    def __init__(self, rendezvous: Rendezvous, key: Key) -> None:
+        self._rendezvous = rendezvous
+        self._key = key
+        self._taken: list[Parked] = []
+        self._flight: _Flight | None = None
+
+    def __enter__(self) -> Callable[[], list[Parked]]:
+        return self.take
+
+    def take(self) -> list[Parked]:
+        rendezvous, key = self._rendezvous, self._key
+        with rendezvous._lock:
+            if self._flight is None:
+                flight = self._flight = rendezvous._flights.get(key)
                 if flight is None:
-                    flight = self._flights.get(key)
-                    if flight is None:
-                        flight = self._flights[key] = _Flight()
-                    flight.puts += 1
-                taken.extend(self._parked.pop(key, ()))
-            return list(taken)
+                    flight = self._flight = rendezvous._flights[key] = _Flight()
+                flight.puts += 1
+            self._taken.extend(rendezvous._parked.pop(key, ()))
+        return list(self._taken)
 
-        outcome = FAILED
-        try:
-            yield take
-            outcome = STORED
-        finally:
-            late: list[Parked] = []
-            with self._lock:
-                if flight is not None:
-                    flight.puts -= 1
-                    if flight.puts == 0:
-                        del self._flights[key]
-                        late = flight.late
-                if outcome == STORED:
-                    self._recent[key] = None
-                    self._recent.move_to_end(key)
-                    while len(self._recent) > self.RECENT:
-                        self._recent.popitem(last=False)
-            for job in taken:
-                job.settle(outcome)
-            for job in late:
-                job.settle(RETRY)
+    def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
+        outcome = FAILED if exc_type is not None else STORED
+        rendezvous, key, flight = self._rendezvous, self._key, self._flight
+        late: list[Parked] = []
+        with rendezvous._lock:
+            if flight is not None:
+                flight.puts -= 1
+                if flight.puts == 0:
+                    del rendezvous._flights[key]
+                    late = flight.late
+            if outcome == STORED:
+                recent = rendezvous._recent
+                recent[key] = None
+                recent.move_to_end(key)
+                while len(recent) > rendezvous.RECENT:
+                    recent.popitem(last=False)
+        for job in self._taken:
+            job.settle(outcome)
+        for job in late:
+            job.settle(RETRY)
 
 
 def _resolve(future: asyncio.Future) -> None:

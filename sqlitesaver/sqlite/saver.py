@@ -484,9 +484,11 @@ class SqliteFileSaver(Saver):
         else:
             parent_key = parent_id
             kind, bindings = "key", (thread_id, namespace, key, parent_id)
-        with self._damage("putting a checkpoint"):
+        try:  # as self._damage() does, without its generator (this runs at every put)
             seq, found_created, parent_seq, next_seq = conn.execute(
                 _KEYED_LOOKUPS[kind], bindings).fetchone()
+        except UnicodeDecodeError as exc:
+            raise self._translate(exc, "putting a checkpoint") from exc
         if parent_id is not None and parent_seq is None:
             self._not_found(thread_id, namespace, parent_id, "parent_id")
         if seq is None:
