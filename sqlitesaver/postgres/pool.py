@@ -117,7 +117,14 @@ class _Lent:
     back whatever is still in ``box`` when it is finalized: when this object is released
     (with the exception that skipped a line, in CPython). No ``__del__``: a finalizer run at
     every checkout would be where a Ctrl-C could land and be lost ("Exception ignored in");
-    a generator run to its end has nothing left to run when it is released."""
+    a generator run to its end has nothing left to run when it is released.
+
+    What no line can guard: CPython also delivers an asynchronous exception right after a
+    C function returns, so one can land between ``box.pop()`` and ``putconn`` receiving the
+    connection, as it can inside psycopg_pool's own ``getconn`` and ``putconn`` (and, before
+    this class, its ``connection()``) and inside psycopg's waits. The connection is then lost
+    to the pool, never lent twice (a connection left in ``box`` until ``putconn`` returned
+    could be given back a second time by the fallback, while another thread held it)."""
 
     __slots__ = ("_owner", "_doing", "_box", "_guard")
 
