@@ -6,6 +6,7 @@ restarted between calls, bad input refused with nothing written."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import random
 import threading
@@ -455,6 +456,50 @@ def test_every_connection_in_use_is_busy(pg_url):
                 e.put_checkpoint("t", "", None, None, STATE, META)
             assert time.monotonic() - start < 2
         e.put_checkpoint("t", "", None, None, STATE, META)
+    finally:
+        e.close()
+
+
+@pytest.mark.parametrize("ending", [None, ValueError, KeyboardInterrupt])
+def test_a_block_left_in_a_transaction_returns_its_connection_rolled_back(pg_url, ending):
+    """A block that leaves its connection inside a transaction, ending normally or by an
+    exception (KeyboardInterrupt included), gets it back rolled back, never committed, its
+    checkout ended, idle in the pool for the next call. (The pool's own ``connection()``,
+    used before, committed after a normal end.)"""
+    from psycopg.pq import TransactionStatus
+
+    e = pg_engine.Engine(pg_url, busy_timeout=1.0, max_connections=1)
+    try:
+        with contextlib.suppress(ValueError, KeyboardInterrupt):
+            with e._connection("testing") as conn:
+                conn.execute("BEGIN")
+                conn.execute("CREATE TABLE left_open (x int)")
+                assert id(conn) in e._checkouts
+                if ending is not None:
+                    raise ending()
+        assert id(conn) not in e._checkouts
+        with admin(pg_url) as look:
+            assert look.execute("SELECT to_regclass('left_open')").fetchone() == (None,)
+        stats = e._pool.get_stats()
+        assert stats["pool_available"] == stats["pool_size"] == 1, stats
+        with e._connection("testing") as again:  # the only connection, idle
+            assert again is conn
+            assert again.info.transaction_status == TransactionStatus.IDLE
+        e.put_checkpoint("t", "", None, None, STATE, META)
+    finally:
+        e.close()
+
+
+def test_a_connection_broken_in_a_block_is_not_lent_again(pg_url):
+    e = pg_engine.Engine(pg_url, busy_timeout=5.0, max_connections=1)
+    try:
+        with pytest.raises(psycopg.OperationalError):
+            with e._connection("testing") as conn:
+                conn.execute("SELECT pg_terminate_backend(pg_backend_pid())")
+        assert conn.broken
+        with e._connection("testing") as again:
+            assert again is not conn
+            assert again.execute("SELECT 1").fetchone() == (1,)
     finally:
         e.close()
 
