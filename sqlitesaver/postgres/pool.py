@@ -17,6 +17,7 @@ lost inside a transaction (:meth:`Connections._error`), a long wait for a connec
 
 from __future__ import annotations
 
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -48,10 +49,15 @@ def _configure(conn: Any) -> None:
     """A new pooled connection's RawCursor for the one-statement writes
     (``Transactions._send``), made here, once per connection, rather than on its first write
     (what a write runs is then the same every time: tests/test_interrupts.py injects an
-    exception at each of its lines)."""
+    exception at each of its lines), and the poll of its socket for :func:`_closed_while_idle`
+    (made at every write, with its imports, it cost ~1.5 us)."""
     from psycopg import RawCursor
 
     conn.sqlitesaver_cursor = RawCursor(conn)
+    if hasattr(select, "poll"):  # for _closed_while_idle, made once (its socket stays)
+        poll = select.poll()
+        poll.register(conn.pgconn.socket, select.POLLIN)
+        conn.sqlitesaver_poll = poll.poll
 
 
 def _closed_while_idle(conn: Any) -> None:
@@ -65,18 +71,14 @@ def _closed_while_idle(conn: Any) -> None:
     nothing and is replaced. Whatever made it readable, it is not used: after a fast
     shutdown libpq had read the FATAL message but not yet the end (seen in
     tests/test_postgres_engine.py), and a false alarm costs one reconnect."""
-    import select
-
-    import psycopg
-
-    fd = conn.pgconn.socket
-    if hasattr(select, "poll"):
-        poll = select.poll()
-        poll.register(fd, select.POLLIN)
-        readable = bool(poll.poll(0))
+    poll = getattr(conn, "sqlitesaver_poll", None)  # made by _configure
+    if poll is not None:
+        readable = bool(poll(0))
     else:  # pragma: no cover - Windows
-        readable = bool(select.select([fd], [], [], 0)[0])
+        readable = bool(select.select([conn.pgconn.socket], [], [], 0)[0])
     if readable:
+        import psycopg
+
         conn.pgconn.consume_input()  # raises if libpq reads the end of the stream
         conn.pgconn.finish()  # broken from now on: the pool discards it
         raise psycopg.OperationalError("the server sent something on an idle pooled "
