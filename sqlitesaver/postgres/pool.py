@@ -171,24 +171,6 @@ class Connections:
         self.busy_timeout = float(busy_timeout)
         self._options = options
         timeouts = connect.local_timeouts(options)
-        begin = f"BEGIN; SET LOCAL synchronous_commit TO {_DURABILITY[durability]}; {timeouts}"
-        key1, key2 = ALL_THREADS_LOCK  # after the timeouts: its wait is bounded too
-        self._begin = f"{begin}; SELECT pg_advisory_xact_lock_shared({key1}, {key2})"
-        self._begin_all = f"{begin}; {_LOCK_ALL_THREADS}"
-        self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
-        self._set_timeouts = connect.set_local_timeouts(options)  # for a pipelined read
-        # A write sent as one statement: its settings and locks first (sql._LOCKED). Of the
-        # settings, lock_timeout bounds its lock waits and synchronous_commit its commit; a
-        # statement_timeout or plan_cache_mode it sets cannot apply to itself (its timer and
-        # plan came first), so it sets neither.
-        locked = _LOCKED.format(settings=connect.set_write_settings(
-            options, synchronous_commit=_DURABILITY[durability]), key1=key1, key2=key2)
-        # As the RawCursor of Transactions._send takes them: $n parameters, names in order.
-        self._put = {parent: positional(f"{locked}, {statement}")
-                     for parent, statement in _PUT.items()}
-        self._put_writes = {kind: positional(f"{locked}, {statement}")
-                            for kind, statement in _PUT_WRITES.items()}
-        self._append_log = positional(f"{locked}, {_APPEND_LOG}")
         first = connect.open_connection(params, self.server, options, doing="opening",
                                         session_timeouts=False)
         try:
@@ -198,6 +180,30 @@ class Connections:
             self.applied = schema.migrate(first, self.server, begin=f"BEGIN; {timeouts}")
         finally:
             first.close()
+        # Writes ask for LZ4 TOAST compression where the server has it (connect.toast_setting)
+        toast = connect.toast_setting(self.server_settings)
+        begin = f"BEGIN; SET LOCAL synchronous_commit TO {_DURABILITY[durability]}; {timeouts}"
+        if toast:
+            begin += f"; SET LOCAL default_toast_compression TO {connect.TOAST_COMPRESSION}"
+        key1, key2 = ALL_THREADS_LOCK  # after the timeouts: its wait is bounded too
+        self._begin = f"{begin}; SELECT pg_advisory_xact_lock_shared({key1}, {key2})"
+        self._begin_all = f"{begin}; {_LOCK_ALL_THREADS}"
+        self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
+        self._set_timeouts = connect.set_local_timeouts(options)  # for a pipelined read
+        # A write sent as one statement: its settings and locks first (sql._LOCKED). Of the
+        # settings, lock_timeout bounds its lock waits and synchronous_commit its commit; a
+        # statement_timeout or plan_cache_mode it sets cannot apply to itself (its timer and
+        # plan came first), so it sets neither. default_toast_compression is read when the
+        # insert compresses a value, after its settings ran.
+        locked = _LOCKED.format(settings=connect.set_write_settings(
+            options, synchronous_commit=_DURABILITY[durability], toast=toast),
+            key1=key1, key2=key2)
+        # As the RawCursor of Transactions._send takes them: $n parameters, names in order.
+        self._put = {parent: positional(f"{locked}, {statement}")
+                     for parent, statement in _PUT.items()}
+        self._put_writes = {kind: positional(f"{locked}, {statement}")
+                            for kind, statement in _PUT_WRITES.items()}
+        self._append_log = positional(f"{locked}, {_APPEND_LOG}")
         self._params = params  # for a probe when the pool cannot hand out a connection
         self._max_connections = max_connections
         self._connect_errors = 0  # the pool's failed connection attempts, when last looked
@@ -253,7 +259,8 @@ class Connections:
                 "synchronous_commit": _DURABILITY[self.durability],
                 "server_synchronous_commit": s.synchronous_commit,
                 "busy_timeout": self.busy_timeout,
-                "prepare_threshold": self._options.prepare_threshold}
+                "prepare_threshold": self._options.prepare_threshold,
+                "toast_compression": connect.TOAST_COMPRESSION if s.lz4 else "pglz"}
 
     def _connection(self, doing: str) -> _Lent:
         """A pooled connection for a ``with`` block (see :class:`_Lent`)."""
