@@ -98,6 +98,7 @@ class Contender:
         self.state = core.make_state()
         self.stack = contextlib.ExitStack()
         self.facts: dict[str, Any] = {}
+        self.bare_conns: dict[str, Any] = {}  # the bare kind's connections, by slot (_bare)
 
     def __enter__(self) -> "Contender":
         if self.kind == "sqlitesaver":
@@ -115,22 +116,27 @@ class Contender:
     def __exit__(self, *exc: object) -> None:
         self.stack.close()
 
-    def _bare(self) -> Any:
-        """A connection of its own, autocommit: each statement is one transaction, one round
-        trip (an INSERT's COMMIT waits for the WAL flush: synchronous_commit=on)."""
-        import psycopg
-        conn = self.stack.enter_context(psycopg.connect(self.url, autocommit=True))
-        conn.execute("SET synchronous_commit = on")
+    def _bare(self, slot: str) -> Any:
+        """The connection of ``slot`` (a row's thread), its own, autocommit: each statement is
+        one transaction, one round trip (an INSERT's COMMIT waits for the WAL flush:
+        synchronous_commit=on). Made once and kept for the next rounds: a new one per round
+        ran the server out of connections past 3 rounds (its max_connections of 100)."""
+        conn = self.bare_conns.get(slot)
+        if conn is None:
+            import psycopg
+            conn = self.stack.enter_context(psycopg.connect(self.url, autocommit=True))
+            conn.execute("SET synchronous_commit = on")
+            self.bare_conns[slot] = conn
         return conn
 
     def ops(self, row: str, threads: int) -> list[Callable[[], object]]:
         if row.startswith("put"):
             return [self._put_op(f"{self.tag}-{row}-{n}") for n in range(threads)]
-        return [self._read_op(row) for _ in range(threads)]
+        return [self._read_op(row, n) for n in range(threads)]
 
     def _put_op(self, thread_id: str) -> Callable[[], object]:
         if self.kind == "bare":
-            conn, state = self._bare(), self.state
+            conn, state = self._bare(thread_id), self.state
             packb = msgpack.packb
             insert = "INSERT INTO bench_bare.puts (thread_id, state) VALUES (%s, %s)"
 
@@ -159,9 +165,9 @@ class Contender:
                 raise SystemExit(f"{LABELS[self.kind]}: the read thread does not read back "
                                  "whole (channel values missing or changed)")
 
-    def _read_op(self, row: str) -> Callable[[], object]:
+    def _read_op(self, row: str, n: int = 0) -> Callable[[], object]:
         if self.kind == "bare":
-            conn, unpackb = self._bare(), msgpack.unpackb
+            conn, unpackb = self._bare(f"{row}-{n}"), msgpack.unpackb
             thread_id = self.read_thread["configurable"]["thread_id"]
             limit = 1 if row == "get" else 100
             query = ("SELECT seq, state FROM bench_bare.puts WHERE thread_id = %s "
