@@ -119,6 +119,10 @@ def make_operations(backing: str, sync_backing: bool = False) -> Any:
     from fuse import FuseOSError, fuse_get_context
 
     class LossyFS(_operations_base()):  # type: ignore[misc]
+        # Operations on a handle get path None once its file is unlinked (hard_remove): they
+        # only use the handle.
+        flag_nullpath_ok = 1
+
         def __init__(self) -> None:
             self.root = os.path.realpath(backing)
             self._mutex = threading.RLock()
