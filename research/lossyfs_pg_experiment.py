@@ -155,7 +155,6 @@ def run(args: argparse.Namespace) -> int:
         print(f"start {server.start():.2f} s", flush=True)
         with psycopg.connect(server.url, autocommit=True) as conn:
             conn.execute("CREATE TABLE t (id int PRIMARY KEY, pad text)")
-            conn.execute("CHECKPOINT")
             print("settings", [conn.execute(f"SHOW {k}").fetchone()[0]
                                for k in ("fsync", "synchronous_commit", "full_page_writes")])
         all_acked: set[int] = set()

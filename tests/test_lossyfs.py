@@ -25,7 +25,9 @@ def mount() -> Iterator[lossyfs.LossyMount]:
     top = tempfile.mkdtemp(prefix="lossyfs-test-")
     os.mkdir(os.path.join(top, "backing"))
     os.mkdir(os.path.join(top, "mnt"))
-    fs = lossyfs.LossyMount(os.path.join(top, "backing"), os.path.join(top, "mnt"), timeout=20)
+    # LOSSYFS_THREADS=1 runs the file system multithreaded (the default is one thread).
+    fs = lossyfs.LossyMount(os.path.join(top, "backing"), os.path.join(top, "mnt"), timeout=20,
+                            threads=bool(os.environ.get("LOSSYFS_THREADS")))
     try:
         try:
             fs.start()
