@@ -300,17 +300,20 @@ def _flat_native(value: dict) -> bool:
     """True if every key of ``value`` is a str and every value a None, bool, int, float, a str
     of at most _FLAT_STR characters, or an empty dict or list: :func:`_scan` would return
     _NATIVE. False says nothing (the caller scans)."""
-    for key, item in value.items():
-        if type(key) is not str or len(key) > _FLAT_STR:
-            return False
-        kind = type(item)
-        if kind in _FLAT_ATOMS:
-            continue
-        if kind is str:
-            if len(item) > _FLAT_STR:
+    try:
+        for key, item in value.items():
+            if type(key) is not str or len(key) > _FLAT_STR:
                 return False
-        elif (kind is not dict and kind is not list) or item:
-            return False
+            kind = type(item)
+            if kind in _FLAT_ATOMS:
+                continue
+            if kind is str:
+                if len(item) > _FLAT_STR:
+                    return False
+            elif (kind is not dict and kind is not list) or item:
+                return False
+    except RuntimeError:  # another thread resized it meanwhile: the scan decides, as before
+        return False
     return True
 
 

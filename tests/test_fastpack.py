@@ -566,3 +566,17 @@ def test_damaged_payloads_decode_or_fail_as_with_msgpack_alone(data, how, at, ju
 @given(st.binary(max_size=64))
 def test_arbitrary_bytes_decode_or_fail_as_with_msgpack_alone(data):
     check_decode(data)
+
+
+def test_a_flat_dict_resized_meanwhile_is_left_to_the_scan():
+    # Iterating a dict that another thread resizes raises RuntimeError, which the C scan never
+    # did: codec._flat_native must give up quietly (the scan then decides) instead of letting it
+    # reach the caller. A dict whose items() raises it stands for the resize.
+    class Resized(dict):
+        def items(self):
+            raise RuntimeError("dictionary changed size during iteration")
+
+    value = {"source": "loop", "step": 3}
+    assert codec._flat_native(Resized(value)) is False
+    assert codec._flat_native(value) is True
+    assert encode(value) == slow_encode(value)

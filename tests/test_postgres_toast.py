@@ -58,7 +58,20 @@ def test_without_lz4_the_server_default_applies(pg_url, monkeypatch):
 
     monkeypatch.setattr(connect, "read_settings", without_lz4)
     with Saver(pg_url) as saver:
-        assert saver.settings()["toast_compression"] == "pglz"
+        assert saver.settings()["toast_compression"] == "server default"
+        write_every_way(saver)
+    assert compression(pg_url) == {"checkpoints": {"pglz"}, "writes": {"pglz"},
+                                   "log": {"pglz"}}
+
+
+def test_an_operators_choice_of_compression_stands(pg_url):
+    """A default_toast_compression set for the database (source 'database', not 'default')
+    is the operator's: the engine's writes leave it alone."""
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        dbname = conn.execute("SELECT current_database()").fetchone()[0]
+        conn.execute(f'ALTER DATABASE "{dbname}" SET default_toast_compression = pglz')
+    with Saver(pg_url) as saver:
+        assert saver.settings()["toast_compression"] == "server default"
         write_every_way(saver)
     assert compression(pg_url) == {"checkpoints": {"pglz"}, "writes": {"pglz"},
                                    "log": {"pglz"}}

@@ -95,8 +95,9 @@ class ServerSettings:
     synchronous_commit: str  # the session's default, before the engine sets its own
     in_recovery: bool
     server_encoding: str = "UTF8"
-    #: Whether the server can compress TOASTed values with LZ4 (PostgreSQL 14+ built with it):
-    #: the engine's writes then ask for it (see :data:`TOAST_COMPRESSION`).
+    #: Whether the engine's writes ask for LZ4 TOAST compression (see
+    #: :data:`TOAST_COMPRESSION`): the server has it (PostgreSQL 14+ built with it) and its
+    #: ``default_toast_compression`` is PostgreSQL's own default, not one an operator set.
     lz4: bool = False
 
 
@@ -200,7 +201,7 @@ def read_settings(conn: Any, server: str) -> ServerSettings:
             "SELECT current_setting('server_version'), current_setting('fsync'), "
             "current_setting('full_page_writes'), current_setting('synchronous_commit'), "
             "pg_is_in_recovery(), current_setting('server_encoding'), "
-            "coalesce((SELECT 'lz4' = ANY(enumvals) FROM pg_settings "
+            "coalesce((SELECT 'lz4' = ANY(enumvals) AND source = 'default' FROM pg_settings "
             "WHERE name = 'default_toast_compression'), false)").fetchone()
     except Exception as exc:
         raise pg_errors.translate(exc, server, "reading the server's settings") from exc
@@ -216,6 +217,10 @@ def read_settings(conn: Any, server: str) -> ServerSettings:
 #: also decompresses faster. Values are then readable by any server of version 14 or later
 #: built with LZ4 (Debian's, Red Hat's, the official images): pg_dump writes them
 #: decompressed, and a server without it refuses to read them (pg_upgrade to such a build).
+#: Not asked for where an operator set ``default_toast_compression`` (its ``source`` in
+#: pg_settings is not ``default``: the configuration file, ``ALTER DATABASE``/``ROLE``...):
+#: their choice stands. Read at open: a Saver that meets, after a failover, a server built
+#: without LZ4 fails its writes until it is opened again.
 TOAST_COMPRESSION = "lz4"
 
 

@@ -260,7 +260,7 @@ class Connections:
                 "server_synchronous_commit": s.synchronous_commit,
                 "busy_timeout": self.busy_timeout,
                 "prepare_threshold": self._options.prepare_threshold,
-                "toast_compression": connect.TOAST_COMPRESSION if s.lz4 else "pglz"}
+                "toast_compression": connect.TOAST_COMPRESSION if s.lz4 else "server default"}
 
     def _connection(self, doing: str) -> _Lent:
         """A pooled connection for a ``with`` block (see :class:`_Lent`)."""
