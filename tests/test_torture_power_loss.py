@@ -7,11 +7,15 @@ refusals run everywhere. Every run has a fixed seed, named in its output."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
+
 import pytest
 
 from sqlitesaver.torture import __main__ as torture_main
 from sqlitesaver.torture import lossyfs
-from test_torture_postgres import assert_cluster_gone, torture, workdir  # noqa: F401
+from test_torture_postgres import assert_cluster_gone, torture
 
 _WHY_NOT = lossyfs.available()
 needs_lossyfs = pytest.mark.skipif(_WHY_NOT is not None,
@@ -25,6 +29,16 @@ def postgres(request) -> None:
     request.getfixturevalue("pg_cluster")
 
 
+@pytest.fixture
+def workdir():
+    """A directory the user ``postgres`` can traverse (the owned cluster and its mount live in
+    it), removed afterwards."""
+    directory = tempfile.mkdtemp(prefix="pgpowerloss-")
+    os.chmod(directory, 0o755)
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
 def assert_unmounted(output: str) -> None:
     with open("/proc/mounts", encoding="utf-8") as f:
         mounts = [line for line in f if line.startswith("lossyfs ")]
@@ -32,7 +46,7 @@ def assert_unmounted(output: str) -> None:
 
 
 @needs_lossyfs
-def test_power_loss_passes_with_fsync_on(postgres, workdir, hang_detector):  # noqa: F811
+def test_power_loss_passes_with_fsync_on(postgres, workdir, hang_detector):
     hang_detector(120)
     status, output, report = torture("--backend", "postgres", "--mode", "power-loss",
                                      "--iterations", "3", "--workers", "2", "--seed", "1707",
@@ -50,7 +64,7 @@ def test_power_loss_passes_with_fsync_on(postgres, workdir, hang_detector):  # n
 
 
 @needs_lossyfs
-def test_power_loss_with_fsync_off_fails(postgres, workdir, hang_detector):  # noqa: F811
+def test_power_loss_with_fsync_off_fails(postgres, workdir, hang_detector):
     # fsync=off: nothing reaches the "disk" but what initdb synced; the first power loss loses
     # every acknowledged transition, or the server cannot start (an empty postmaster.pid,
     # pg_logical files empty). Either is a FAIL.
