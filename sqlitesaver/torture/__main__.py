@@ -72,7 +72,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "(--backend postgres, never --db), SIGKILL every server process "
                              "while --workers writers (default 4) commit, restart it (crash "
                              "recovery) and require every acknowledged transition; a COMMIT "
-                             "cut off by the crash may be there or not (counted both ways)")
+                             "cut off by the crash may be there or not (counted both ways); "
+                             "with --backend postgres, power-loss is server-crash with the "
+                             "cluster's data directory on LossyFS (FUSE): after the SIGKILL "
+                             "every write not fsync'd is dropped before the restart, and a "
+                             "server that cannot start is a failure (needs fusepy, fuse3, "
+                             "libfuse2, /dev/fuse; refused with how to get them otherwise)")
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default=None,
                         help="sqlite (default): a database file; postgres: a PostgreSQL "
                              "server, the one of --db postgresql://... (sigkill only: writers "
