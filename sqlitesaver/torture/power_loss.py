@@ -26,6 +26,7 @@ import os
 import pwd
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Mapping
 from typing import Any, TextIO
 
@@ -125,7 +126,19 @@ class LossyCluster(pgcluster.Cluster):
             return
         error: pgcluster.ClusterError | None = None
         try:
-            if self._proc is not None and not self.running() and self.postmaster_pid():
+            lock = os.path.join(self.data_dir, "postmaster.pid")
+            emptied = False
+            if self._proc is not None and not self.running():
+                with contextlib.suppress(OSError):
+                    if os.path.getsize(lock) == 0:
+                        # Left empty by a power loss (fsync=off): postgres refuses it, so the
+                        # start below, which frees the shared memory the killed server left
+                        # (found by the data directory, not the lock file), could not run.
+                        self._wait_gone(time.monotonic() + self.timeout, kill=True)
+                        os.unlink(lock)
+                        emptied = True
+            if self._proc is not None and not self.running() and (
+                    emptied or self.postmaster_pid()):
                 with contextlib.suppress(pgcluster.ClusterError):  # reported by the run
                     self.start()
             self.stop("fast")
@@ -163,8 +176,6 @@ class PowerLossServer(OwnedServer):
 def power_loss_server(out: TextIO, settings: Mapping[str, str] | None = None
                       ) -> Iterator[PowerLossServer]:
     """A :class:`PowerLossServer` for the block, removed at its end (also on SIGTERM/SIGHUP)."""
-    import time
-
     with handle_termination():
         started = time.monotonic()
         with PowerLossServer(settings) as server:
