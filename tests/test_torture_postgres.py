@@ -244,7 +244,7 @@ def test_a_database_that_holds_threads_is_refused(pg_url, workdir):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (("--mode", "power-loss", "--backend", "postgres"), "runs on SQLite only"),
+    (("--mode", "io-faults", "--backend", "postgres"), "runs on SQLite only"),
     (("--mode", "server-crash", "--backend", "sqlite"), "not on SQLite"),
     (("--backend", "postgres", "--db", "x.db"), "takes --db as a postgresql:// URL"),
 ])

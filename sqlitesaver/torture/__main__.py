@@ -72,7 +72,12 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "(--backend postgres, never --db), SIGKILL every server process "
                              "while --workers writers (default 4) commit, restart it (crash "
                              "recovery) and require every acknowledged transition; a COMMIT "
-                             "cut off by the crash may be there or not (counted both ways)")
+                             "cut off by the crash may be there or not (counted both ways); "
+                             "with --backend postgres, power-loss is server-crash with the "
+                             "cluster's data directory on LossyFS (FUSE): after the SIGKILL "
+                             "every write not fsync'd is dropped before the restart, and a "
+                             "server that cannot start is a failure (needs fusepy, fuse3, "
+                             "libfuse2, /dev/fuse; refused with how to get them otherwise)")
     parser.add_argument("--backend", choices=("sqlite", "postgres"), default=None,
                         help="sqlite (default): a database file; postgres: a PostgreSQL "
                              "server, the one of --db postgresql://... (sigkill only: writers "
@@ -116,6 +121,13 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "the first and keep the database as it was found)")
     parser.add_argument("--report", metavar="FILE.json",
                         help="also write the per-iteration results and summary as JSON")
+    parser.add_argument("--server-setting", metavar="NAME=VALUE", action="append",
+                        default=[], dest="server_settings",
+                        help="a setting of the throwaway PostgreSQL cluster (postgres -c "
+                             "NAME=VALUE; repeatable; server-crash and power-loss on "
+                             "--backend postgres only). For the teeth: fsync=off or "
+                             "full_page_writes=off, which the engine otherwise refuses, are "
+                             "then accepted by the harness and its writers")
     parser.add_argument("--writer", metavar="FILE.py:CLASS",
                         help="run this Writer subclass instead of the library's writer (with "
                              "--langgraph: this subclass of graph_workload's "
@@ -123,8 +135,20 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                              "harness itself with deliberately broken writers")
     args = parser.parse_args(argv)
     _check_backend(parser, args)
+    on_owned_server = args.backend == "postgres" and args.mode in ("server-crash",
+                                                                    "power-loss")
     if args.workers is None:
-        args.workers = 4 if args.mode == "server-crash" else 1
+        args.workers = 4 if on_owned_server else 1
+    settings = {}
+    for item in args.server_settings:
+        name, eq, value = item.partition("=")
+        if not eq or not name.strip() or not value.strip():
+            parser.error(f"--server-setting takes NAME=VALUE, not {item!r}")
+        settings[name.strip()] = value.strip()
+    if settings and not on_owned_server:
+        parser.error("--server-setting sets up the throwaway cluster of --backend postgres "
+                     "--mode server-crash or power-loss; it has no other use")
+    args.server_settings = settings
     if args.min_interval is None:
         args.min_interval = 0.0
     if args.max_interval is None:
@@ -144,7 +168,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
                      "operations, failed one by one; --threads is for sigkill and power-loss")
     if args.iterations is None and args.mode != "io-faults":
         args.iterations = 50
-    if args.mode == "power-loss" and args.workers != 1:
+    if args.mode == "power-loss" and args.backend == "sqlite" and args.workers != 1:
         parser.error("--mode power-loss runs one worker: a power loss stops every process, "
                      "and the simulation models only the crashing writer's unsynced writes")
     if args.langgraph and args.mode != "sigkill":
@@ -194,13 +218,14 @@ def _check_backend(parser: argparse.ArgumentParser, args: argparse.Namespace) ->
     if args.db is not None and not url:
         parser.error(f"--backend postgres takes --db as a postgresql:// URL, not "
                      f"{describe(args.db)!r} (leave --db out for a throwaway cluster)")
-    if args.mode == "server-crash" and args.db is not None:
-        parser.error("--mode server-crash SIGKILLs every process of the server and restarts it: "
-                     "it runs only on a throwaway cluster it starts itself, never on the server "
-                     f"of --db ({describe(args.db)}). Leave --db out (--backend postgres)")
-    if args.mode not in ("sigkill", "server-crash"):
+    if args.mode in ("server-crash", "power-loss") and args.db is not None:
+        parser.error(f"--mode {args.mode} SIGKILLs every process of the server and restarts "
+                     "it: it runs only on a throwaway cluster it starts itself, never on the "
+                     f"server of --db ({describe(args.db)}). Leave --db out (--backend postgres)")
+    if args.mode not in ("sigkill", "server-crash", "power-loss"):
         parser.error(f"--mode {args.mode} runs on SQLite only (it simulates or interrupts what "
-                     "a SQLite file does); on PostgreSQL: --mode sigkill or server-crash")
+                     "a SQLite file does); on PostgreSQL: --mode sigkill, server-crash or "
+                     "power-loss")
     if args.langgraph:
         parser.error("--langgraph runs on SQLite only for now; on PostgreSQL the writers use "
                      "the Saver API")
@@ -274,11 +299,22 @@ def _main_postgres(args: argparse.Namespace, seed: int) -> int:
     cannot be used; 128 + the signal's number on SIGTERM or SIGHUP, 130 on Ctrl-C."""
     from .. import pgcluster
 
-    def options(db: str) -> Options:
+    def options(db: str, mode: str = args.mode) -> Options:
         return Options(db=db, iterations=args.iterations, seed=seed, workers=args.workers,
                        threads=args.threads, durability=args.durability,
                        min_interval=args.min_interval, max_interval=args.max_interval,
-                       writer=args.writer, mode=args.mode, keep_going=args.keep_going)
+                       writer=args.writer, mode=mode, keep_going=args.keep_going)
+
+    if {args.server_settings.get("fsync"), args.server_settings.get(
+            "full_page_writes")} & {"off", "false", "0", "no"}:
+        from .server import UNSAFE_ENV, allow_unsafe_server
+
+        print("warning: the throwaway cluster runs with "
+              + ", ".join(f"{k}={v}" for k, v in args.server_settings.items())
+              + ", which the engine refuses otherwise: accepted for this run only (the teeth)",
+              flush=True)
+        allow_unsafe_server()
+        os.environ[UNSAFE_ENV] = "1"  # the writers inherit it
 
     try:
         if args.db is not None:
@@ -289,8 +325,21 @@ def _main_postgres(args: argparse.Namespace, seed: int) -> int:
                 return 2
             with handle_termination():  # SIGTERM/SIGHUP unwind: the writers are killed
                 status, report = run(options(args.db))
+        elif args.mode == "power-loss":
+            from .power_loss import HOW_TO_GET_IT, PowerLossRun, power_loss_server, unavailable
+
+            why = unavailable()
+            if why is not None:
+                print(f"python -m sqlitesaver.torture: error: --mode power-loss on PostgreSQL "
+                      f"keeps the data directory on LossyFS (a FUSE file system), which cannot "
+                      f"run here: {why}; {HOW_TO_GET_IT}", file=sys.stderr)
+                return 2
+            with power_loss_server(sys.stdout, args.server_settings) as server:
+                harness = PowerLossRun(options(server.url, "server-crash"), sys.stdout, server)
+                status = harness.run()
+                report = harness.report()
         else:
-            with owned_server(sys.stdout) as server:
+            with owned_server(sys.stdout, args.server_settings) as server:
                 if args.mode == "server-crash":
                     harness = ServerCrashRun(options(server.url), sys.stdout, server)
                     status = harness.run()
@@ -298,6 +347,13 @@ def _main_postgres(args: argparse.Namespace, seed: int) -> int:
                 else:
                     status, report = run(options(server.url))
     except pgcluster.ClusterError as exc:
+        if type(exc).__name__ == "LossyFSUnavailable":
+            from .power_loss import HOW_TO_GET_IT
+
+            print(f"python -m sqlitesaver.torture: error: --mode power-loss on PostgreSQL "
+                  f"keeps the data directory on LossyFS, which cannot run here: {exc}; "
+                  f"{HOW_TO_GET_IT}", file=sys.stderr)
+            return 2
         print(f"python -m sqlitesaver.torture: error: the throwaway PostgreSQL cluster: {exc}",
               file=sys.stderr)
         return 2
@@ -318,6 +374,8 @@ def _main_postgres(args: argparse.Namespace, seed: int) -> int:
         return 0
     again = ["python", "-m", "sqlitesaver.torture", "--mode", args.mode]
     again += ["--backend", "postgres"] if args.db is None else ["--db", "URL"]
+    for name, value in args.server_settings.items():
+        again += ["--server-setting", f"{name}={value}"]
     again += ["--iterations", str(args.iterations), "--workers", str(args.workers)]
     if args.threads != 1:
         again += ["--threads", str(args.threads)]

@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.db = target(args)
     fd = args.fd
+    from .server import UNSAFE_ENV, allow_unsafe_server
+    if os.environ.get(UNSAFE_ENV) == "1":  # the teeth: a server with fsync=off on purpose
+        allow_unsafe_server()
     if args.power_loss_after is not None:
         # Every connection opened from here on goes through the power-loss VFS, which ends
         # this process itself (exit status faults.CRASH_EXIT_STATUS) at that write or sync.

@@ -40,7 +40,7 @@ from ..postgres import target as pg_target
 from .harness import (HELLO_TIMEOUT, Options, _Run, _Worker, _counts, _ms,
                       signals_deferred)
 
-__all__ = ["NOT_ON_A_SERVER", "TARGET_ENV", "Terminated", "OwnedServer", "ServerCrashRun",
+__all__ = ["NOT_ON_A_SERVER", "TARGET_ENV", "UNSAFE_ENV", "allow_unsafe_server", "Terminated", "OwnedServer", "ServerCrashRun",
            "is_server", "describe", "server_mix", "skipped_note", "owned_server",
            "handle_termination", "check_target"]
 
@@ -57,6 +57,10 @@ NOT_ON_A_SERVER: dict[str, str] = {
 #: The environment variable through which a writer gets a server's URL: the command line of a
 #: process is readable by every user of the machine (``ps``), its environment is not.
 TARGET_ENV = "SQLITESAVER_TORTURE_DB"
+#: Set (to "1") in a writer's environment when the owned server runs with fsync=off or
+#: full_page_writes=off on purpose (``--server-setting``): the writer then accepts it
+#: (:func:`allow_unsafe_server`).
+UNSAFE_ENV = "SQLITESAVER_TORTURE_UNSAFE_SERVER"
 #: Seconds each writer gets, after the server's restart, to end (its call failed) or to
 #: acknowledge a transition (it reconnected: psycopg_pool retries a failed connect with a
 #: backoff of about a second).
@@ -127,10 +131,11 @@ class OwnedServer:
     data checksums, a Unix socket in a temporary directory) that this process starts, may crash
     and restart, and removes on :meth:`close`, whatever happened."""
 
-    def __init__(self, timeout: float = 60.0) -> None:
+    def __init__(self, timeout: float = 60.0,
+                 settings: Mapping[str, str] | None = None) -> None:
         from .. import pgcluster  # stdlib only; raises ClusterError if there is no server
 
-        self.cluster = pgcluster.Cluster(timeout=timeout)
+        self.cluster = pgcluster.Cluster(settings, timeout=timeout)
 
     def __enter__(self) -> "OwnedServer":
         with signals_deferred():  # a postmaster started, but not yet recorded, would be left
@@ -200,13 +205,35 @@ class OwnedServer:
             self.cluster.close()
 
 
+def allow_unsafe_server() -> None:
+    """In this process, let the engine open a server running with ``fsync=off`` or
+    ``full_page_writes=off``, which it refuses otherwise: only for the torture's teeth
+    (``--server-setting fsync=off``), which must show what such a server loses. The harness
+    sets :data:`UNSAFE_ENV` for its writers, which call this at start."""
+    from ..postgres import connect
+
+    if getattr(connect.check_settings, "torture_unsafe", False):
+        return
+    checked = connect.check_settings
+
+    def check_settings(settings: Any, durability: str, server: str, *, writing: bool) -> None:
+        import dataclasses
+
+        checked(dataclasses.replace(settings, fsync="on", full_page_writes="on"), durability,
+                server, writing=writing)
+
+    check_settings.torture_unsafe = True  # type: ignore[attr-defined]
+    connect.check_settings = check_settings
+
+
 @contextlib.contextmanager
-def owned_server(out: TextIO) -> Iterator[OwnedServer]:
+def owned_server(out: TextIO, settings: Mapping[str, str] | None = None
+                 ) -> Iterator[OwnedServer]:
     """An :class:`OwnedServer` for the block, removed at its end; SIGTERM and SIGHUP unwind the
     block as Ctrl-C does (:class:`Terminated`), so they remove it too."""
     with handle_termination():
         started = time.monotonic()
-        with OwnedServer() as server:
+        with OwnedServer(settings=settings) as server:
             print(f"throwaway PostgreSQL cluster in {server.directory} (initdb and start "
                   f"{time.monotonic() - started:.1f} s; removed at the end)", file=out,
                   flush=True)
@@ -411,7 +438,9 @@ class ServerCrashRun(_Run):
             for w in self.workers:
                 if w.fd is not None:
                     self.settle(w, self.stop(w, kill=True))
-        restart = self.server.restart()
+        restart = self.restart_server()
+        if restart is None:  # it could not start: reported (power-loss mode); the run ends
+            return
         self.restart_seconds.append(restart)
         # Each writer either ended (its call failed: reported, exit status 3) or rides through
         # the restart (the engine replaces a connection found dead before COMMIT was sent and
@@ -437,6 +466,11 @@ class ServerCrashRun(_Run):
         if not self.stopped and len(self.iterations) < self.o.iterations:
             for w in self.workers:
                 self.spawn(w)
+
+    def restart_server(self) -> float | None:
+        """Restart the crashed server; the seconds until it accepted connections, or None
+        if it could not start and the run must end (a mode that judges that a failure)."""
+        return self.server.restart()
 
     def judge_all(self, delay: float, restart: float, acked_before: int) -> None:
         """Every worker's threads against what it was told, after one crash and restart."""
