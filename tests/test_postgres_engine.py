@@ -7,8 +7,10 @@ restarted between calls, bad input refused with nothing written."""
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import os
 import random
+import signal
 import threading
 import time
 
@@ -723,3 +725,52 @@ def test_a_page_in_one_round_trip_is_the_page_of_the_statement_by_statement_path
             slow = engine.page("t", namespace, None, upper, want, budget)
         assert fast == slow, (f"seed {seed}, case {case}: namespace={namespace!r} "
                               f"upper={upper} want={want} budget={budget}")
+
+
+def test_ctrl_c_while_waiting_for_a_pooled_connection_loses_no_connection(pg_url):
+    """Ctrl-C in a call waiting for a pooled connection (every one in use) raises
+    KeyboardInterrupt there, and the connection later freed goes to the next caller, not to
+    the interrupted wait: psycopg_pool's waiter caught only Exception, so the pool handed the
+    connection to a waiter that was gone, and with max_connections=1 every later call got
+    BusyTimeoutError (found in session 16's review)."""
+    if (threading.current_thread() is not threading.main_thread()
+            or signal.getsignal(signal.SIGINT) is not signal.default_int_handler):
+        pytest.skip("SIGINT raises KeyboardInterrupt in a lock wait only in the main thread, "
+                    "with Python's own handler")
+    e = pg_engine.Engine(pg_url, busy_timeout=3.0, max_connections=1)
+    held, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with e._connection("holding the only connection"):
+            held.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    main = threading.main_thread().ident
+
+    def interrupt_once_queued() -> None:
+        deadline = time.monotonic() + 10
+        while not e._pool._waiting and time.monotonic() < deadline:
+            time.sleep(0.001)  # polls for the waiter the main thread is about to become
+        signal.pthread_kill(main, signal.SIGINT)
+
+    faulthandler.dump_traceback_later(60, exit=True)
+    try:
+        assert held.wait(10)
+        interrupter = threading.Thread(target=interrupt_once_queued)
+        interrupter.start()
+        with pytest.raises(KeyboardInterrupt):
+            e.put_checkpoint("t", "", None, None, STATE, META)
+        interrupter.join()
+        release.set()
+        holder.join()
+        start = time.monotonic()
+        e.put_checkpoint("t", "", None, None, STATE, META)  # BusyTimeoutError when lost
+        assert time.monotonic() - start < 5
+        assert e._pool.get_stats()["pool_available"] == 1
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        release.set()
+        holder.join()
+        e.close()

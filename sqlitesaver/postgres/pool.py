@@ -145,6 +145,25 @@ class _Lent:
         next(self._guard, None)
 
 
+def _interruptible_waits() -> None:
+    """Make a caller interrupted while it waits in the pool for a connection (Ctrl-C: a
+    KeyboardInterrupt raised inside the wait) leave the pool's queue as one that timed out
+    does. psycopg_pool's sync waiter (``WaitingClient.wait``, 3.2-3.3) records only an
+    ``Exception`` (its module's ``CLIENT_EXCEPTIONS``); a KeyboardInterrupt left it in the
+    queue looking alive, so the next connection given back was handed to it and lost for good:
+    with every connection lost so, every call got BusyTimeoutError
+    (tests/test_postgres_engine.py, Ctrl-C while waiting). With ``BaseException`` there, the
+    waiter records the interruption and refuses what comes later, and ``getconn`` gives back a
+    connection that arrived just as it was interrupted: what the async pool already does for
+    CancelledError. A process-wide setting of psycopg_pool's, and a fix for any pool of the
+    process. What no setting reaches: an interruption in the few lines between the waiter
+    joining the queue and its wait."""
+    from psycopg_pool import pool as pool_module
+
+    if getattr(pool_module, "CLIENT_EXCEPTIONS", None) is Exception:
+        pool_module.CLIENT_EXCEPTIONS = BaseException
+
+
 class Connections:
     """Opening a PostgreSQL server as a store, and its pool of connections: the base of
     :class:`~sqlitesaver.postgres.engine.Engine` (see engine.py's docstring for what is
@@ -219,6 +238,8 @@ class Connections:
 
     def _open_pool(self, params: dict[str, str], size: int) -> Any:
         from psycopg_pool import ConnectionPool, PoolTimeout
+
+        _interruptible_waits()
 
         self._pool_timeout = PoolTimeout  # for _lend's except clauses (no import per call)
 
