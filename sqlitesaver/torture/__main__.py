@@ -293,6 +293,12 @@ def main(argv: list[str] | None = None) -> int:
     return status
 
 
+def _lossy_unavailable(exc: BaseException) -> bool:
+    from .power_loss import LossyFSUnavailable
+
+    return isinstance(exc, LossyFSUnavailable)
+
+
 def _main_postgres(args: argparse.Namespace, seed: int) -> int:
     """sigkill on the server of ``--db`` or on an owned cluster; server-crash on an owned one
     (sqlitesaver.torture.server). Exit status as :func:`main`'s; 2 if the server of ``--db``
@@ -347,7 +353,7 @@ def _main_postgres(args: argparse.Namespace, seed: int) -> int:
                 else:
                     status, report = run(options(server.url))
     except pgcluster.ClusterError as exc:
-        if type(exc).__name__ == "LossyFSUnavailable":
+        if args.mode == "power-loss" and _lossy_unavailable(exc):
             from .power_loss import HOW_TO_GET_IT
 
             print(f"python -m sqlitesaver.torture: error: --mode power-loss on PostgreSQL "

@@ -40,8 +40,8 @@ from ..postgres import target as pg_target
 from .harness import (HELLO_TIMEOUT, Options, _Run, _Worker, _counts, _ms,
                       signals_deferred)
 
-__all__ = ["NOT_ON_A_SERVER", "TARGET_ENV", "UNSAFE_ENV", "allow_unsafe_server", "Terminated", "OwnedServer", "ServerCrashRun",
-           "is_server", "describe", "server_mix", "skipped_note", "owned_server",
+__all__ = ["NOT_ON_A_SERVER", "TARGET_ENV", "UNSAFE_ENV", "allow_unsafe_server", "Terminated",
+           "OwnedServer", "ServerCrashRun", "is_server", "describe", "server_mix", "skipped_note", "owned_server",
            "handle_termination", "check_target"]
 
 #: Transition kinds of the workload the harness does not drive on a server yet, each with why:
@@ -378,10 +378,13 @@ class ServerCrashRun(_Run):
 
     # --- the loop ----------------------------------------------------------------------
 
+    #: What one iteration's crash is, for the banner (power_loss.PowerLossRun says its own).
+    CRASHES = "server crashes (SIGKILL of every server process)"
+
     def banner(self) -> str:
         o = self.o
         threads = "" if o.threads == 1 else f" x {o.threads} threads (one Saver per worker)"
-        return (f"torture: {o.iterations} server crashes (SIGKILL of every server process), "
+        return (f"torture: {o.iterations} {self.CRASHES}, "
                 f"{o.workers} writer(s){threads}, durability {o.durability}, crash "
                 f"{o.min_interval:g}-{o.max_interval:g} s after every writer is ready, "
                 f"seed {o.seed}")
