@@ -92,7 +92,13 @@ def test_many_workers_starting_at_once_migrate_exactly_once(pg_url, hang_detecto
     for thread in threads:
         thread.join()
     try:
-        assert sorted(results, key=len) == [()] * (count - 1) + [(1, 2)], results
+        # Each migration runs in its own transaction under the advisory lock, so one worker
+        # may apply 1 and another 2: what must hold is that every version is applied exactly
+        # once across all workers, in order, and nobody fails (CI saw the (1,), (2,) split).
+        assert all(isinstance(r, tuple) for r in results), results
+        applied = [version for r in results for version in r]
+        assert sorted(applied) == [1, 2], results
+        assert all(list(r) == sorted(r) for r in results), results
         assert catalog(conns[0])[2] == [(APPLICATION_ID, 2, True)]
     finally:
         for conn in conns:
