@@ -137,10 +137,17 @@ def _await(saver: SqliteFileSaver, job: _Job) -> Any:
     if job.lead:
         return _RETRY  # handed back: this caller leads the next batch
     if job.error is not None:
-        error = job.error
-        if isinstance(error, apsw.Error):
-            raise saver._translate(error, job.doing) from error
-        raise error
+        # Neither the job nor this frame may keep the error it raises: its traceback holds the
+        # leader's frame of run() (whose `job` holds the error) and, raised here, this frame
+        # (whose `error` would): reference cycles, garbage that only the cyclic GC frees, at
+        # every write that arrives before its checkpoint (LangGraph's async durability).
+        error, job.error = job.error, None
+        try:
+            if isinstance(error, apsw.Error):
+                raise saver._translate(error, job.doing) from error
+            raise error
+        finally:
+            error = None
     batch = job.batch
     if batch is None:
         return _RETRY  # never claimed (woken by close(): the lock path says why)
