@@ -70,10 +70,10 @@ from typing import Any, TextIO
 
 import apsw
 
-from . import attachments, integrity, paths, schema
-from .postgres.target import SCHEMES as _POSTGRES_SCHEMES
-from .opening import read_header
-from .errors import SaverError, describe, out_of_descriptors
+from .. import attachments, integrity, paths, schema
+from ..postgres.target import SCHEMES as _POSTGRES_SCHEMES
+from ..opening import read_header
+from ..errors import SaverError, describe, out_of_descriptors
 
 __all__ = ["OK", "FAILED", "UNUSABLE", "NOTE", "SKIPPED", "EXIT_STATUS", "Step", "Report",
            "check_database", "exit_status", "run"]
@@ -929,7 +929,7 @@ def run(paths: Sequence[str], *, as_json: bool = False, out: TextIO) -> int:
 
 
 def _check_server(url: str) -> Report:
-    from .postgres.check import check_server  # imports psycopg: only when a URL is given
+    from ..postgres.check import check_server  # imports psycopg: only when a URL is given
     try:
         return check_server(url)
     except ImportError as exc:  # the `postgres` extra is not installed
