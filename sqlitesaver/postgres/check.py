@@ -1,7 +1,7 @@
 """``python -m sqlitesaver check postgresql://...``: verify a server's sqlitesaver tables
 without writing to them (issue #16, item 6).
 
-The same report, results and exit codes as for a file (sqlitesaver/check.py: 0 ok, 1 damaged,
+The same report, results and exit codes as for a file (sqlitesaver/check/: 0 ok, 1 damaged,
 2 unusable), from one read-only ``REPEATABLE READ`` transaction (one snapshot: writers may keep
 committing meanwhile). In order:
 
@@ -36,8 +36,11 @@ from collections.abc import Iterator
 from typing import Any
 
 from .. import integrity
-from ..check import (FAILED, NOTE, OK, UNUSABLE, Report, _checkpoint, _checkpoint_id, _counts,
-                     _failures, _listed, _stopped, _verified, parent_links, report_files)
+from ..check.invariants import parent_links
+from ..check.payloads import _counts, _failures, _verified
+from ..check.report import (FAILED, NOTE, OK, UNUSABLE, Report, _checkpoint, _checkpoint_id,
+                            _listed, _stopped)
+from ..check.stored_files import report_files
 from ..errors import SaverError
 from . import connect, schema
 from . import target as pg_target
