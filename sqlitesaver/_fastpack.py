@@ -1,6 +1,6 @@
 """ormsgpack, for what it does exactly as the msgpack path of sqlitesaver.codec (issue #15).
 
-codec.py decides when these apply, and whenever one declines (returns None or :data:`MISS`) its
+codec/ decides when these apply, and whenever one declines (returns None or :data:`MISS`) its
 msgpack path does the work as if they did not exist; this module knows how to run ormsgpack
 safely:
 
@@ -95,7 +95,7 @@ _STACK = 1024
 _OPEN = b"\xdd\xff\xff\xff\xff"  # an array of 2**32 - 1 items: in practice never closes
 _ONE = b"\x91"  # an array of one item: closes as soon as its item does
 _ONES = _ONE * (_STACK - MAX_DEPTH)
-_POOLED = 1 << 16  # as codec._POOLED: bigger payloads get Unpackers of their own
+_POOLED = 1 << 16  # as codec/strict.py's _POOLED: bigger payloads get Unpackers of their own
 # Payloads one primed Unpacker may gauge: each takes one item of its innermost open array.
 _PRIMED_USES = 2**32 - 2
 
@@ -195,7 +195,7 @@ def _calibrated() -> bool:
         return False
 
 
-#: Whether :func:`unpacker`'s decodes can run here (see _calibrated()); codec.py checks it.
+#: Whether :func:`unpacker`'s decodes can run here (see _calibrated()); codec/ checks it.
 DECODE_WORKS = _calibrated()
 
 

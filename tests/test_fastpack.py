@@ -247,10 +247,11 @@ def test_values_mostly_str_and_bytes_are_left_to_msgpack(monkeypatch):
 flat_items = st.one_of(st.none(), st.booleans(), st.integers(-(2**65), 2**65), st.floats(),
                        st.text(max_size=4), st.text(st.characters(exclude_categories=()),
                                                     max_size=4),
-                       st.sampled_from(["x" * codec._FLAT_STR, "x" * (codec._FLAT_STR + 1),
-                                        "é" * 70_000, {}, [], {"a": 1}, [1], (), b"b",
-                                        dt.date(2024, 1, 1), Decimal("1.5")]))
-flat_keys = st.one_of(st.text(max_size=8), st.just("k" * (codec._FLAT_STR + 1)),
+                       st.sampled_from(["x" * codec.scan._FLAT_STR,
+                                        "x" * (codec.scan._FLAT_STR + 1), "é" * 70_000, {}, [],
+                                        {"a": 1}, [1], (), b"b", dt.date(2024, 1, 1),
+                                        Decimal("1.5")]))
+flat_keys = st.one_of(st.text(max_size=8), st.just("k" * (codec.scan._FLAT_STR + 1)),
                       st.integers(0, 9), st.none())
 
 

@@ -118,7 +118,7 @@ def test_sharing_that_stays_within_the_bound_is_legal():
 @pytest.mark.parametrize("shape", ["tree", "shared"])
 def test_the_object_bound_is_the_same_with_and_without_sharing(monkeypatch, shape):
     # 1 outer list + 2 inner lists of k ints = 3 + 2k objects: with k = 499, 1001 objects.
-    monkeypatch.setattr(codec, "MAX_OBJECTS", 1001)
+    monkeypatch.setattr(codec.scan, "MAX_OBJECTS", 1001)
 
     def value(k: int) -> list:
         if shape == "tree":
@@ -145,7 +145,7 @@ def test_dict_keys_count_unless_all_are_str(monkeypatch, shape, keys):
 
     # str keys: 1 + 2 values + 2k values = 3 + 2k; int keys: 1 + 4 + 2 * 2k = 5 + 4k
     k, bound = (4, 11) if keys == "str" else (2, 13)
-    monkeypatch.setattr(codec, "MAX_OBJECTS", bound)
+    monkeypatch.setattr(codec.scan, "MAX_OBJECTS", bound)
     assert decode(encode(value(k))) == value(k)
     with pytest.raises(SerializationError, match=f"more than {bound} objects"):
         encode(value(k + 1))
