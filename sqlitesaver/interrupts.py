@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
@@ -68,6 +68,10 @@ def _heal_later(section: "deferred") -> None:
 _Handler = Callable[[int, "FrameType | None"], Any]
 
 
+#: What ended a section that held no handlers (not in the main thread): read, never changed.
+_NOTHING_HELD: tuple[dict[int, _Handler], Sequence[tuple[int, FrameType | None]]] = ({}, ())
+
+
 class deferred:
     """``with deferred():`` holds back, in the main thread, the Python handlers of
     :data:`DEFERRED_SIGNALS` until the block ends, then runs them (so an exception a handler
@@ -82,7 +86,9 @@ class deferred:
 
     def __init__(self) -> None:
         self._saved: dict[int, _Handler] | None = None
-        self._pending: list[tuple[int, FrameType | None]] = []
+        # A tuple until the main thread's __enter__ makes the list it records into: sections
+        # in other threads (most of them, and every write's three) allocate no list.
+        self._pending: Sequence[tuple[int, FrameType | None]] = ()
         self._active = False
 
     def __enter__(self) -> "deferred":
@@ -115,16 +121,16 @@ class deferred:
             self._end()
             raise
 
-    def _end(self) -> tuple[dict[int, _Handler], list[tuple[int, FrameType | None]]]:
+    def _end(self) -> tuple[dict[int, _Handler], Sequence[tuple[int, FrameType | None]]]:
         """End the section: from the first line on, a recorder still installed forwards;
         then put the handlers back (once) and return them and the signals that arrived."""
         self._active = False
         saved, self._saved = self._saved, None
         if not saved:
-            return {}, []
+            return _NOTHING_HELD
         for signum, handler in saved.items():
             _set_handler(signum, handler)
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, ()
         return saved, pending
 
     def _heal(self) -> None:
@@ -135,7 +141,7 @@ class deferred:
         if not self._active:
             return
         self._active = False
-        pending, self._pending = self._pending, []
+        pending, self._pending = self._pending, ()
         for signum, _frame in pending:
             # To the main thread itself (raise_signal would go to this timer thread): that
             # also wakes a main thread blocked in a wait, as the first delivery would have.

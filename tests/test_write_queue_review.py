@@ -263,11 +263,9 @@ def test_a_write_reentering_the_leader_between_queued_jobs_waits_for_the_commit(
                 finalizer["outcome"] = exc
     monkeypatch.setattr(write_queue, "run", run_then_finalizer)
 
-    def failing_commit(conn):
-        def commit():
-            raise apsw.exception_for(apsw.SQLITE_IOERR_FSYNC)
-        return commit
-    monkeypatch.setattr(write_path, "_commit", failing_commit)
+    def failing_commit():
+        raise apsw.exception_for(apsw.SQLITE_IOERR_FSYNC)
+    monkeypatch.setattr(saver, "_commit_step", failing_commit)  # the Saver's COMMIT step
     calls = {"a": lambda: saver.put("a", {"n": 1}), "b": lambda: saver.put("b", {"n": 2})}
     results = run_batch(saver, calls)
     assert all(isinstance(r, BaseException) for r in results.values()), results

@@ -29,6 +29,7 @@ import threading
 import time
 import weakref
 from contextlib import contextmanager
+from functools import partial
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -236,6 +237,10 @@ class SqliteFileSaver(Saver):
         self._writer, self.recovery = open_database(self._path, self._profile, integrity_check)
         log.recovery(self.recovery)
         self._waiter = contention.waiter_of(self._writer)  # its busy handler; see contention
+        # The steps every transaction retries on a busy lock, made once (the connection is
+        # this Saver's for its life): not two closures per transaction.
+        self._begin_step = write_path._begin_immediate(self._writer)
+        self._commit_step = write_path._commit(self._writer)
         self._lock = threading.RLock()   # serialises the write connection between threads
         self._depth = 0                  # transaction nesting of the thread holding _lock
         self._owner: int | None = None   # that thread's ident while a transaction is open
@@ -445,27 +450,35 @@ class SqliteFileSaver(Saver):
             return found
         # Run by the thread that holds the write connection: this one, or a batch's leader
         # (write_queue.submit); either way inside one transaction, and returned once committed.
-        def work(conn: apsw.Connection) -> tuple[str, int]:
-            created = time.time_ns() // 1000  # under the write lock: follows commit order
-            if checkpoint_id is not None:
-                return checkpoint_id, self._put_keyed(conn, thread_id, namespace,
-                                                      checkpoint_id, parent_id, created,
-                                                      state, metadata)
-            parent_seq = None
-            if parent_id is not None:
-                parent_seq = self._checkpoint_seq(conn, thread_id, namespace, parent_id,
-                                                  "parent_id")
-            # A parent's caller-supplied id is kept beside its seq: it outlives the parent.
-            parent_key = None if parent_id is None or _is_generated(parent_id) else parent_id
-            seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
-            ids = () if parent_key is None else (None, parent_key)  # (key, parent_key)
-            conn.execute(
-                _INSERT_KEYED_CHECKPOINT if ids else _INSERT_CHECKPOINT,
-                (seq, thread_id, namespace, parent_seq, created, state, metadata,
-                 integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
-                                               state, metadata, *ids), *ids))
-            return _format_id(seq), created
-        return write_queue.submit(self, "putting a checkpoint", work, _Transaction)
+        # A partial of a function, not a closure: two objects per write instead of a function,
+        # its cells and their tuple (GC-tracked objects are what make Python's cyclic GC run).
+        return write_queue.submit(
+            self, "putting a checkpoint",
+            partial(SqliteFileSaver._put_step, self, thread_id, namespace, parent_id,
+                    checkpoint_id, state, metadata), _Transaction)
+
+    def _put_step(self, thread_id: str, namespace: str, parent_id: str | None,
+                  checkpoint_id: str | None, state: bytes, metadata: bytes,
+                  conn: apsw.Connection) -> tuple[str, int]:
+        """:meth:`_put_checkpoint`'s storage step, run by the thread holding the connection."""
+        created = time.time_ns() // 1000  # under the write lock: follows commit order
+        if checkpoint_id is not None:
+            return checkpoint_id, self._put_keyed(conn, thread_id, namespace, checkpoint_id,
+                                                  parent_id, created, state, metadata)
+        parent_seq = None
+        if parent_id is not None:
+            parent_seq = self._checkpoint_seq(conn, thread_id, namespace, parent_id,
+                                              "parent_id")
+        # A parent's caller-supplied id is kept beside its seq: it outlives the parent.
+        parent_key = None if parent_id is None or _is_generated(parent_id) else parent_id
+        seq = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+        ids = () if parent_key is None else (None, parent_key)  # (key, parent_key)
+        conn.execute(
+            _INSERT_KEYED_CHECKPOINT if ids else _INSERT_CHECKPOINT,
+            (seq, thread_id, namespace, parent_seq, created, state, metadata,
+             integrity.checkpoint_checksum(seq, thread_id, namespace, parent_seq, created,
+                                           state, metadata, *ids), *ids))
+        return _format_id(seq), created
 
     def _put_keyed(self, conn: apsw.Connection, thread_id: str, namespace: str, key: str,
                    parent_id: str | None, created: int, state: bytes, metadata: bytes) -> int:
@@ -564,27 +577,26 @@ class SqliteFileSaver(Saver):
     def _store_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
                       task_path: str, encoded: builtins.list[tuple[int, str, bytes]],
                       replace: bool) -> None:
-        def work(conn: apsw.Connection) -> None:
-            seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id,
-                                       "checkpoint_id")
-            conn.executemany(
-                _REPLACE_WRITE if replace else _INSERT_WRITE,
-                [(seq, task_id, index, channel, value, task_path,
-                  integrity.write_checksum(seq, task_id, index, channel, task_path, value))
-                 for index, channel, value in encoded])
-        write_queue.submit(self, "putting pending writes", work, _Transaction)
+        write_queue.submit(  # a partial, not a closure: see _put_checkpoint
+            self, "putting pending writes",
+            partial(SqliteFileSaver._writes_step, self, thread_id, namespace, checkpoint_id,
+                    task_id, task_path, encoded, replace), _Transaction)
+
+    def _writes_step(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
+                     task_path: str, encoded: builtins.list[tuple[int, str, bytes]],
+                     replace: bool, conn: apsw.Connection) -> None:
+        """:meth:`_store_writes`' storage step, run by the thread holding the connection."""
+        seq = self._checkpoint_seq(conn, thread_id, namespace, checkpoint_id, "checkpoint_id")
+        conn.executemany(
+            _REPLACE_WRITE if replace else _INSERT_WRITE,
+            [(seq, task_id, index, channel, value, task_path,
+              integrity.write_checksum(seq, task_id, index, channel, task_path, value))
+             for index, channel, value in encoded])
 
     def _store_event(self, thread_id: str, event_bytes: bytes) -> int:
-        def work(conn: apsw.Connection) -> int:
-            created = time.time_ns() // 1000
-            seq = conn.execute(_NEXT_SEQ_LOG).fetchone()[0]
-            conn.execute(
-                "INSERT INTO log (seq, thread_id, created_at, event, checksum) "
-                "VALUES (?,?,?,?,?)",
-                (seq, thread_id, created, event_bytes,
-                 integrity.log_checksum(seq, thread_id, created, event_bytes)))
-            return seq
-        return write_queue.submit(self, "appending a log event", work, _Transaction)
+        return write_queue.submit(  # a partial, not a closure: see _put_checkpoint
+            self, "appending a log event", partial(_event_step, thread_id, event_bytes),
+            _Transaction)
 
     def _delete_thread(self, thread_id: str) -> int:
         with _Transaction(self, "deleting a thread") as conn:
@@ -943,6 +955,17 @@ class SqliteFileSaver(Saver):
         except apsw.Error:
             reusable = False
         self._pool.release(conn, reusable)
+
+
+def _event_step(thread_id: str, event_bytes: bytes, conn: apsw.Connection) -> int:
+    """SqliteFileSaver._store_event's storage step, run by the thread holding the connection."""
+    created = time.time_ns() // 1000
+    seq = conn.execute(_NEXT_SEQ_LOG).fetchone()[0]
+    conn.execute(
+        "INSERT INTO log (seq, thread_id, created_at, event, checksum) VALUES (?,?,?,?,?)",
+        (seq, thread_id, created, event_bytes,
+         integrity.log_checksum(seq, thread_id, created, event_bytes)))
+    return seq
 
 
 def _check_path(path: object) -> str:

@@ -306,7 +306,7 @@ class _Transaction:
         (jittered backoff); past it, BusyTimeoutError names the file and the time waited."""
         saver = self._saver
         try:
-            contention.attempt(saver._waiter, _begin_immediate(saver._writer),
+            contention.attempt(saver._waiter, saver._begin_step,
                                path=saver._path, doing=self._doing)
         except apsw.Error as exc:
             raise saver._translate(exc, self._doing) from exc
@@ -488,7 +488,7 @@ class _Transaction:
                 return
             batch.committing = True
             try:
-                contention.attempt(saver._waiter, _commit(conn), path=saver._path,
+                contention.attempt(saver._waiter, saver._commit_step, path=saver._path,
                                    doing=self._doing)
             except (apsw.Error, BusyTimeoutError) as commit_exc:
                 self._rollback(conn, 0)
