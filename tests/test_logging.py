@@ -297,19 +297,36 @@ def test_postgres_a_long_wait_for_a_pooled_connection_is_logged(pw_url, caplog, 
         (line,) = server_records(caplog, e.server)
         assert line.startswith("WARNING gave up waiting for a pooled connection after ") and \
             line.endswith("while putting a checkpoint")
+    finally:
+        e.close()
+    # A wait past the threshold that then gets the connection. Its own engine, whose
+    # busy_timeout no loaded machine reaches: the put must wait, not give up.
+    e = _engine(pw_url, busy_timeout=60, max_connections=1)
+    try:
+        e.put_checkpoint("t", "", None, None, b"s", b"m")
         caplog.clear()
-        held = threading.Event()
+        held, failed = threading.Event(), []
 
-        def hold() -> None:  # the only connection, for 0.15 s: the put waits, then gets it
+        def hold() -> None:
+            # The only connection, given back only once the put waits for it (the pool's
+            # queue of waiters, polled: a state, not a guess of how long the put takes) and
+            # 0.15 s more: the put's wait lasts past the 0.1 s threshold by construction.
             with e._connection("holding the only connection"):
                 held.set()
-                time.sleep(0.15)
+                deadline = time.monotonic() + 30
+                while not e._pool._waiting:
+                    if time.monotonic() > deadline:
+                        failed.append("the put never waited for the connection")
+                        return
+                    time.sleep(0.001)
+                time.sleep(0.15)  # the length of the wait under test, not a synchronisation
 
         holder = threading.Thread(target=hold)
         holder.start()
-        held.wait(5)
+        assert held.wait(30)
         e.put_checkpoint("t", "", None, None, b"s", b"m")
         holder.join()
+        assert not failed, failed
         (line,) = server_records(caplog, e.server)
         assert line.startswith("WARNING waited ") and "for a pooled connection" in line
     finally:

@@ -623,8 +623,18 @@ def test_a_write_waits_for_a_delete_matching_over_every_thread(engine, pg_url, h
     putter = threading.Thread(target=lambda: results.setdefault(
         "put", _try(lambda: engine.put_checkpoint("t", "", parent, None, STATE, META))))
     putter.start()
-    time.sleep(0.5)
-    assert putter.is_alive()  # waiting for the delete's lock
+    watcher = admin(pg_url)
+    try:  # until the put waits on the server for the delete's lock (a state, not a guess)
+        deadline = time.monotonic() + 20
+        while not watcher.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' "
+                                  "AND NOT granted").fetchone()[0]:
+            assert putter.is_alive() and "put" not in results, \
+                f"the put did not wait for the delete: {results}"
+            assert time.monotonic() < deadline, "the put never waited for the delete's lock"
+            time.sleep(0.005)
+    finally:
+        watcher.close()
+    assert putter.is_alive() and "put" not in results  # waiting for the delete's lock
     release.set()
     deleter.join()
     putter.join()

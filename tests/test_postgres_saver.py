@@ -171,10 +171,12 @@ def test_a_block_holds_its_threads_lock_until_commit(saver, pg_url, hang_detecto
     assert len(done) == 2 and saver.get("t").state == {"n": 2}
 
 
-def test_delete_matching_over_every_thread_in_a_block_keeps_other_writers_out(saver):
+def test_delete_matching_over_every_thread_in_a_block_keeps_other_writers_out(saver, pg_url,
+                                                                             hang_detector):
     """Inside a transaction block, delete_matching over every thread runs in a savepoint of
     the block: another thread must not link a child to a checkpoint it deletes (which would be
     left with a parent that is gone, not detached). The other thread waits for the block."""
+    hang_detector(60)
     parent = saver.put("t", 1, metadata={"k": 1})
     results: list = []
 
@@ -188,7 +190,12 @@ def test_delete_matching_over_every_thread_in_a_block_keeps_other_writers_out(sa
         assert saver.delete_matching({"k": 1}) == 1
         other = threading.Thread(target=put_child)
         other.start()
-        other.join(0.5)
+        # Until the put waits on the server for the block's lock (a state, not a guess of how
+        # long it takes to get there on a loaded machine).
+        with psycopg.connect(pg_url, autocommit=True) as watcher:
+            while not watcher.execute("SELECT count(*) FROM pg_locks WHERE locktype = "
+                                      "'advisory' AND NOT granted").fetchone()[0]:
+                assert other.is_alive() and not results, results
         assert other.is_alive() and not results
     other.join(20)
     assert isinstance(results[0], CheckpointNotFoundError)
