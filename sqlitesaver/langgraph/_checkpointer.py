@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import nullcontext
@@ -340,15 +341,21 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
                     filter: dict[str, Any] | None = None, before: RunnableConfig | None = None,
                     limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
         listed = self.list(config, filter=filter, before=before, limit=limit)
+        # Held by the worker thread while it reads a batch and while it closes the listing: a
+        # task cancelled (or timed out) while a batch was being read leaves that worker
+        # running, and closing the generator it is still running raised a raw ValueError
+        # ("generator already executing") in place of the CancelledError, leaving the listing
+        # open. The close waits for that batch instead (bounded, as every read is).
+        turn = threading.Lock()
         try:
             while True:
-                batch = await asyncio.to_thread(_take, listed, _BATCH)
+                batch = await asyncio.to_thread(_take, listed, _BATCH, turn)
                 for item in batch:
                     yield item
                 if len(batch) < _BATCH:
                     return
         finally:
-            await asyncio.to_thread(listed.close)
+            await asyncio.to_thread(_close, listed, turn)
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata,
@@ -448,8 +455,14 @@ def _shown(value: object) -> str:
     return f"{value!r:.80}"
 
 
-def _take(iterator: Iterator, n: int) -> list:
-    return list(islice(iterator, n))
+def _take(iterator: Iterator, n: int, turn: threading.Lock) -> list:
+    with turn:
+        return list(islice(iterator, n))
+
+
+def _close(iterator: Iterator, turn: threading.Lock) -> None:
+    with turn:  # after a batch still being read (see alist)
+        iterator.close()
 
 
 def _sequence(name: str, value: object) -> Sequence:
