@@ -83,3 +83,104 @@ def test_an_alist_cancelled_while_its_batch_is_read_raises_cancelled_and_closes(
             return len([item async for item in checkpointer.alist(_cfg("t"))])
 
         assert asyncio.run(again()) == 3
+
+
+def _block_holding(saver: Saver, thread: str) -> tuple[threading.Thread, threading.Event,
+                                                         threading.Event]:
+    """A thread inside ``saver.transaction()`` that wrote ``thread`` (so a put into it waits
+    for the block's end), until ``release`` is set."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with saver.transaction():
+            saver.append_log(thread, b"held")
+            holding.set()
+            assert release.wait(30)
+
+    block = threading.Thread(target=hold)
+    block.start()
+    assert holding.wait(30)
+    return block, holding, release
+
+
+def test_a_cancelled_aput_has_its_outcome_settled_when_the_cancellation_arrives(
+        any_empty_target, hang_detector):
+    """``aput`` runs the put in a worker thread, which a cancellation cannot stop: before, the
+    CancelledError reached the caller at once and the put committed later, behind its back (a
+    server that cancels a request and starts the thread's next run could read the thread
+    without it, then see it appear as the thread's latest checkpoint). Now the cancelled call
+    waits for its worker (bounded: busy_timeout, statement_timeout) before it raises: what the
+    caller reads once the CancelledError arrives is what stays."""
+    hang_detector(60)
+    with Saver(any_empty_target, busy_timeout=20) as saver:
+        checkpointer = SaverCheckpointer(saver)
+        first = checkpointer.put(_cfg("t"), _checkpoint(1), {"step": 0}, {})
+        entered = threading.Event()
+        putting = checkpointer._put_checkpoint
+
+        def entering(*args, **kwargs):
+            entered.set()
+            return putting(*args, **kwargs)
+
+        checkpointer._put_checkpoint = entering
+        block, _, release = _block_holding(saver, "t")
+        seen: list[bool] = []
+
+        async def main() -> None:
+            async def put() -> None:
+                try:
+                    await checkpointer.aput(first, _checkpoint(2), {"step": 1}, {})
+                except asyncio.CancelledError:
+                    # What the caller sees when its cancellation arrives.
+                    seen.append(saver.get("t", _checkpoint(2)["id"]) is not None)
+                    raise
+
+            task = asyncio.create_task(put())
+            assert await asyncio.to_thread(entered.wait, 30)
+            task.cancel()
+            # Not synchronisation: a bounded look for what must not happen, the cancellation
+            # reaching the caller while its put is still waiting for the block.
+            await asyncio.wait({task}, timeout=1.0)
+            release.set()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        try:
+            asyncio.run(main())  # also waits for every worker thread to end
+        finally:
+            release.set()
+            block.join(30)
+        stays = saver.get("t", _checkpoint(2)["id"]) is not None
+        assert seen == [stays], "the cancelled put's outcome changed after it raised"
+
+
+def test_an_aput_writes_cancelled_while_waiting_for_its_checkpoint_is_not_stored_later(
+        any_empty_target, hang_detector):
+    """Writes that arrive before their checkpoint wait for its put; cancelled while waiting,
+    they stayed parked and the later put stored them in its transaction: a call that had
+    raised CancelledError long before was committed (and, if the checkpoint never came, the
+    parked job was kept for ever). Now the cancelled call withdraws its writes (or, if a put
+    has just taken them, waits for that put's outcome) before it raises."""
+    hang_detector(60)
+    with Saver(any_empty_target) as saver:
+        checkpointer = SaverCheckpointer(saver)
+        first = checkpointer.put(_cfg("t"), _checkpoint(1), {"step": 0}, {})
+        target = _cfg("t", _checkpoint(2)["id"])
+
+        async def main() -> None:
+            task = asyncio.create_task(
+                checkpointer.aput_writes(target, [("channel", "value")], "task-1"))
+            for _ in range(10_000):  # until the writes wait for their checkpoint (parked)
+                if checkpointer._rendezvous._parked:
+                    break
+                await asyncio.sleep(0.001)
+            assert checkpointer._rendezvous._parked, "the writes never waited"
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+
+        asyncio.run(main())
+        assert not checkpointer._rendezvous._parked, "the cancelled writes are still parked"
+        checkpointer.put(first, _checkpoint(2), {"step": 1}, {})
+        stored = checkpointer.get_tuple(target)
+        assert stored is not None and stored.pending_writes == []

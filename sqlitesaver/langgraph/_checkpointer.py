@@ -360,7 +360,7 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
-        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+        return await _settled(self.put, config, checkpoint, metadata, new_versions)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                           task_id: str, task_path: str = "") -> None:
@@ -369,7 +369,7 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         deadline, trust_recent = None, True
         while True:
             try:
-                return await asyncio.to_thread(store)
+                return await _settled(store)
             except CheckpointNotFoundError:
                 if deadline is None:
                     deadline = time.monotonic() + self.pending_writes_wait
@@ -379,10 +379,18 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
             if not self._rendezvous.park(job, trust_recent=trust_recent):
                 trust_recent = False
                 continue
-            if not await job.wait_async(deadline):
-                if self._rendezvous.withdraw(job):
-                    continue
-                await job.wait_async(time.monotonic() + self.pending_writes_wait)
+            try:
+                if not await job.wait_async(deadline):
+                    if self._rendezvous.withdraw(job):
+                        continue
+                    await job.wait_async(time.monotonic() + self.pending_writes_wait)
+            except asyncio.CancelledError:
+                # Not left parked for a later put to store behind the caller's back: withdrawn,
+                # or, if a put has just taken it, that put's outcome waited for (bounded).
+                if not self._rendezvous.withdraw(job):
+                    await _outlive(asyncio.ensure_future(asyncio.to_thread(
+                        job.wait, time.monotonic() + self.pending_writes_wait)))
+                raise
             if job.outcome == STORED:
                 return None
 
@@ -395,16 +403,16 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
                                        channels=channels)
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await asyncio.to_thread(self.delete_thread, thread_id)
+        await _settled(self.delete_thread, thread_id)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await asyncio.to_thread(self.delete_for_runs, run_ids)
+        await _settled(self.delete_for_runs, run_ids)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+        await _settled(self.copy_thread, source_thread_id, target_thread_id)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+        await _settled(self.prune, thread_ids, strategy=strategy)
 
 
 _THROWAWAY = ("for a throwaway database use a file in a temporary directory "
@@ -453,6 +461,36 @@ def _shown(value: object) -> str:
     if isinstance(value, str) and "@" in value:
         return "that string"
     return f"{value!r:.80}"
+
+
+async def _settled(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)`` (a write) in a worker thread, as ``asyncio.to_thread``, but a
+    cancellation (``task.cancel()``, a ``wait_for`` timeout) of the awaiting task reaches it only
+    once the worker has ended: a worker cannot be stopped, and a write that went on alone
+    committed behind the back of a caller that had already seen its CancelledError (and may have
+    read the thread, or started its next run, meanwhile). When the CancelledError arrives the
+    write has committed or not, for good: "maybe committed", as a lost connection is; re-read
+    before retrying. The wait is the call's own, bounded (busy_timeout, statement_timeout)."""
+    future = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await _outlive(future)
+        raise
+
+
+async def _outlive(future: asyncio.Future) -> None:
+    """Wait for ``future`` to end, whatever cancellations arrive meanwhile (the caller raises
+    its CancelledError afterwards); its outcome is retrieved, not raised."""
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            continue
+        except BaseException:
+            break
+    if not future.cancelled():
+        future.exception()  # retrieved: no "exception was never retrieved" warning
 
 
 def _take(iterator: Iterator, n: int, turn: threading.Lock) -> list:
