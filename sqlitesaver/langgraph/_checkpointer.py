@@ -17,7 +17,7 @@ import asyncio
 import random
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from itertools import chain, islice
 from typing import Any
@@ -195,8 +195,14 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         Putting an id again replaces that checkpoint and keeps its pending writes, as
         LangGraph's SqliteSaver does."""
         thread_id, namespace, parent_id = _convert.location(config)
+        if not isinstance(checkpoint, Mapping) or not isinstance(metadata, Mapping):
+            raise InvalidArgumentError(
+                f"checkpoint and metadata must be dicts, not {type(checkpoint).__name__} and "
+                f"{type(metadata).__name__}; nothing was written")
+        if "id" not in checkpoint:
+            raise InvalidArgumentError("the checkpoint has no 'id'; nothing was written")
         checkpoint_id = checkpoint["id"]
-        state = _convert.dumps(self.serde, checkpoint)
+        state = _convert.dumps(self.serde, checkpoint, f"checkpoint {checkpoint_id!r:.80}")
         stored_metadata = get_checkpoint_metadata(config, metadata)
         saver = self.saver
         if saver.in_transaction:
