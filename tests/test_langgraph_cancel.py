@@ -6,6 +6,7 @@ pooled connection back). On both engines (the adapter is the same code)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -184,3 +185,95 @@ def test_an_aput_writes_cancelled_while_waiting_for_its_checkpoint_is_not_stored
         checkpointer.put(first, _checkpoint(2), {"step": 1}, {})
         stored = checkpointer.get_tuple(target)
         assert stored is not None and stored.pending_writes == []
+
+
+def test_a_storm_of_cancelled_calls_keeps_every_promise(any_empty_target, hang_detector):
+    """Tasks sharing one checkpointer (two pooled connections on PostgreSQL), cancelled at
+    seeded random moments in aput, aput_writes (some before their checkpoint), aget_tuple and
+    alist: each ends with its result, CancelledError or a sqlitesaver error, nothing else; a
+    put that returned is stored, a cancelled one is stored afterwards exactly if it was when
+    its CancelledError arrived; no writes stay parked; and every pooled connection is back."""
+    import random
+
+    from sqlitesaver.errors import SaverError
+
+    hang_detector(180)
+    rnd = random.Random(1729)
+    options = {"max_connections": 2, "busy_timeout": 10} if "://" in any_empty_target else {}
+    with Saver(any_empty_target, **options) as saver:
+        checkpointer = SaverCheckpointer(saver)
+        checkpointer.pending_writes_wait = 2.0
+        outcomes: dict[str, tuple[str, bool | None]] = {}
+        unexpected: list[BaseException] = []
+
+        async def one(n: int) -> None:
+            thread = f"t{n % 4}"
+            checkpoint = _checkpoint(n + 1)
+            key = checkpoint["id"]
+            config = _cfg(thread)
+            try:
+                if n % 3 == 0:  # its writes first: they wait for the put
+                    writes = asyncio.ensure_future(checkpointer.aput_writes(
+                        _cfg(thread, key), [("channel", n)], f"task-{n}"))
+                    await asyncio.sleep(0)
+                else:
+                    writes = None
+                try:
+                    await checkpointer.aput(config, checkpoint, {"step": n}, {})
+                except asyncio.CancelledError:
+                    outcomes[key] = ("cancelled", saver.get(thread, key) is not None)
+                    raise
+                outcomes[key] = ("returned", None)
+                if writes is not None:
+                    await writes
+                await checkpointer.aget_tuple(_cfg(thread, key))
+                [item async for item in checkpointer.alist(_cfg(thread), limit=3)]
+            except (asyncio.CancelledError, SaverError):
+                if writes is not None and not writes.done():
+                    writes.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, SaverError):
+                        await writes
+                raise
+
+        async def main() -> None:
+            for wave in range(8):
+                tasks = [asyncio.create_task(one(wave * 12 + k)) for k in range(12)]
+                await asyncio.sleep(rnd.random() * 0.03)
+                for task in tasks:
+                    if rnd.random() < 0.5:
+                        task.cancel()
+                for task in tasks:
+                    try:
+                        await task
+                    except (asyncio.CancelledError, SaverError):
+                        pass
+                    except BaseException as exc:  # noqa: BLE001 - what must not happen
+                        unexpected.append(exc)
+
+        asyncio.run(main())
+        assert unexpected == []
+        for n in range(96):
+            key = _checkpoint(n + 1)["id"]
+            if key not in outcomes:
+                continue
+            kind, seen = outcomes[key]
+            stored = saver.get(f"t{n % 4}", key) is not None
+            assert stored if kind == "returned" else stored == seen, (key, kind, seen)
+        assert not checkpointer._rendezvous._parked
+        assert not checkpointer._rendezvous._flights
+        if "://" not in any_empty_target:
+            return  # the rest is the pool's (SQLite has one write lock, not two connections)
+        assert not saver._engine._checkouts
+        barrier = threading.Barrier(2)  # both pooled connections, in a block each at once
+
+        def hold() -> None:
+            with saver.transaction():
+                saver.append_log(f"holder-{threading.get_ident()}", b"x")
+                barrier.wait(30)
+
+        holders = [threading.Thread(target=hold) for _ in range(2)]
+        for holder in holders:
+            holder.start()
+        for holder in holders:
+            holder.join(60)
+        assert not barrier.broken
