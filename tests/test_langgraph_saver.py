@@ -451,6 +451,53 @@ def test_bad_input_is_refused_and_writes_nothing(store):
                 pass
 
 
+def test_malformed_calls_and_unserializable_values_are_typed_errors_writing_nothing(store):
+    """What a caller can get wrong in a put or put_writes (a value its serializer cannot
+    serialize, writes that are not (channel, value) pairs, a config, checkpoint or metadata
+    that is not a dict) raised the serializer's bare TypeError, or a ValueError, TypeError,
+    KeyError or AttributeError from unpacking it: now an error of sqlitesaver.errors
+    (SerializationError is a TypeError, InvalidArgumentError a ValueError, as before), and
+    nothing is written, on both the sync and async methods."""
+    from sqlitesaver import SerializationError
+
+    with sync_class(store).from_conn_string(store) as checkpointer:
+        last = cfg("t", "", chain(checkpointer, 2)[-1])
+    before = store_digest(store)
+    unserializable = new_checkpoint()
+    unserializable["channel_values"] = {"x": object()}
+    no_id = new_checkpoint()
+    del no_id["id"]
+    with sync_class(store).from_conn_string(store) as checkpointer:
+        calls = [
+            (SerializationError, lambda: checkpointer.put(last, unserializable, {}, {})),
+            (SerializationError, lambda: checkpointer.put_writes(last, [("a", object())], "t")),
+            (SerializationError, lambda: checkpointer.put_writes(
+                last, [("a", 1), ("__error__", object())], "t")),
+            (InvalidArgumentError, lambda: checkpointer.put_writes(last, [("a",)], "t")),
+            (InvalidArgumentError, lambda: checkpointer.put_writes(last, [("a", 1, 2)], "t")),
+            (InvalidArgumentError, lambda: checkpointer.put_writes(last, 5, "t")),
+            (InvalidArgumentError, lambda: checkpointer.put_writes(last, "ab", "t")),
+            (InvalidArgumentError, lambda: checkpointer.put_writes(last, [(["a"], 1)], "t")),
+            (InvalidArgumentError, lambda: checkpointer.put("t", new_checkpoint(), {}, {})),
+            (InvalidArgumentError, lambda: checkpointer.put(
+                {"configurable": "t"}, new_checkpoint(), {}, {})),
+            (InvalidArgumentError, lambda: checkpointer.put(last, "checkpoint", {}, {})),
+            (InvalidArgumentError, lambda: checkpointer.put(last, new_checkpoint(), "m", {})),
+            (InvalidArgumentError, lambda: checkpointer.put(last, no_id, {}, {})),
+            (InvalidArgumentError, lambda: checkpointer.get_tuple(["t"])),
+        ]
+        for expected, call in calls:
+            with pytest.raises(expected):
+                call()
+        with pytest.raises(SerializationError):
+            asyncio.run(checkpointer.aput(last, unserializable, {}, {}))
+        with pytest.raises(InvalidArgumentError):
+            asyncio.run(checkpointer.aput_writes(last, [("a",)], "t"))
+        with pytest.raises(SerializationError):
+            asyncio.run(checkpointer.aput_writes(last, [("a", object())], "t"))
+    assert store_digest(store) == before
+
+
 def test_langgraphs_tutorial_constructors_say_what_to_use_instead(tmp_path):
     conn = sqlite3.connect(str(tmp_path / "stdlib.db"))  # what LangGraph's SqliteSaver takes
     try:

@@ -449,6 +449,39 @@ def test_a_restart_costs_a_reconnect_even_with_busy_timeout_zero(pg_cluster, pg_
         e.close()
 
 
+def test_a_long_outage_costs_a_reconnect_once_the_server_is_back(pg_cluster, pg_url,
+                                                                monkeypatch, hang_detector):
+    """psycopg_pool retries a failed connection attempt after a delay that doubles (1 s, 2 s,
+    4 s ... up to its reconnect_timeout, 5 min), and counts the connection it is reconnecting
+    in its size: after an outage of a minute, every call for up to a minute after the server
+    was back got BusyTimeoutError ("every connection stayed in use": none was). A long outage
+    is modelled in a second by a steeper backoff (x100: the pool's third attempt ~100 s after
+    its second)."""
+    from psycopg_pool import base
+
+    hang_detector(90)
+    monkeypatch.setattr(base.AttemptWithBackoff, "DELAY_BACKOFF", 100.0)
+    e = pg_engine.Engine(pg_url, busy_timeout=1.0, max_connections=1,
+                         options=connect.Options(connect_timeout=3))
+    try:
+        e.put_checkpoint("t", "", None, None, STATE, META)
+        pg_cluster.stop()
+        try:
+            deadline = time.monotonic() + 60
+            while e._pool.get_stats().get("connections_errors", 0) < 2:  # two attempts failed
+                assert time.monotonic() < deadline
+                with pytest.raises(SaverError):  # CannotOpenError (or busy, while it backs off)
+                    e.put_checkpoint("t", "", None, None, STATE, META)
+        finally:
+            pg_cluster.start()
+        start = time.monotonic()
+        e.put_checkpoint("t", "", None, None, STATE, META)  # was BusyTimeoutError for ~100 s
+        assert time.monotonic() - start < 6
+        assert not e._checkouts
+    finally:
+        e.close()
+
+
 def test_every_connection_in_use_is_busy(pg_url):
     e = pg_engine.Engine(pg_url, busy_timeout=0.3, max_connections=1)
     try:

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import asyncio
 import random
+import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
 from contextlib import nullcontext
 from itertools import chain, islice
 from typing import Any
@@ -194,8 +195,14 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         Putting an id again replaces that checkpoint and keeps its pending writes, as
         LangGraph's SqliteSaver does."""
         thread_id, namespace, parent_id = _convert.location(config)
+        if not isinstance(checkpoint, Mapping) or not isinstance(metadata, Mapping):
+            raise InvalidArgumentError(
+                f"checkpoint and metadata must be dicts, not {type(checkpoint).__name__} and "
+                f"{type(metadata).__name__}; nothing was written")
+        if "id" not in checkpoint:
+            raise InvalidArgumentError("the checkpoint has no 'id'; nothing was written")
         checkpoint_id = checkpoint["id"]
-        state = _convert.dumps(self.serde, checkpoint)
+        state = _convert.dumps(self.serde, checkpoint, f"checkpoint {checkpoint_id!r:.80}")
         stored_metadata = get_checkpoint_metadata(config, metadata)
         saver = self.saver
         if saver.in_transaction:
@@ -340,20 +347,26 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
                     filter: dict[str, Any] | None = None, before: RunnableConfig | None = None,
                     limit: int | None = None) -> AsyncIterator[CheckpointTuple]:
         listed = self.list(config, filter=filter, before=before, limit=limit)
+        # Held by the worker thread while it reads a batch and while it closes the listing: a
+        # task cancelled (or timed out) while a batch was being read leaves that worker
+        # running, and closing the generator it is still running raised a raw ValueError
+        # ("generator already executing") in place of the CancelledError, leaving the listing
+        # open. The close waits for that batch instead (bounded, as every read is).
+        turn = threading.Lock()
         try:
             while True:
-                batch = await asyncio.to_thread(_take, listed, _BATCH)
+                batch = await asyncio.to_thread(_take, listed, _BATCH, turn)
                 for item in batch:
                     yield item
                 if len(batch) < _BATCH:
                     return
         finally:
-            await asyncio.to_thread(listed.close)
+            await asyncio.to_thread(_close, listed, turn)
 
     async def aput(self, config: RunnableConfig, checkpoint: Checkpoint,
                    metadata: CheckpointMetadata,
                    new_versions: ChannelVersions) -> RunnableConfig:
-        return await asyncio.to_thread(self.put, config, checkpoint, metadata, new_versions)
+        return await _settled(self.put, config, checkpoint, metadata, new_versions)
 
     async def aput_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                           task_id: str, task_path: str = "") -> None:
@@ -362,7 +375,7 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         deadline, trust_recent = None, True
         while True:
             try:
-                return await asyncio.to_thread(store)
+                return await _settled(store)
             except CheckpointNotFoundError:
                 if deadline is None:
                     deadline = time.monotonic() + self.pending_writes_wait
@@ -372,10 +385,18 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
             if not self._rendezvous.park(job, trust_recent=trust_recent):
                 trust_recent = False
                 continue
-            if not await job.wait_async(deadline):
-                if self._rendezvous.withdraw(job):
-                    continue
-                await job.wait_async(time.monotonic() + self.pending_writes_wait)
+            try:
+                if not await job.wait_async(deadline):
+                    if self._rendezvous.withdraw(job):
+                        continue
+                    await job.wait_async(time.monotonic() + self.pending_writes_wait)
+            except asyncio.CancelledError:
+                # Not left parked for a later put to store behind the caller's back: withdrawn,
+                # or, if a put has just taken it, that put's outcome waited for (bounded).
+                if not self._rendezvous.withdraw(job):
+                    await _outlive(asyncio.ensure_future(asyncio.to_thread(
+                        job.wait, time.monotonic() + self.pending_writes_wait)))
+                raise
             if job.outcome == STORED:
                 return None
 
@@ -388,16 +409,16 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
                                        channels=channels)
 
     async def adelete_thread(self, thread_id: str) -> None:
-        await asyncio.to_thread(self.delete_thread, thread_id)
+        await _settled(self.delete_thread, thread_id)
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await asyncio.to_thread(self.delete_for_runs, run_ids)
+        await _settled(self.delete_for_runs, run_ids)
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
-        await asyncio.to_thread(self.copy_thread, source_thread_id, target_thread_id)
+        await _settled(self.copy_thread, source_thread_id, target_thread_id)
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
-        await asyncio.to_thread(self.prune, thread_ids, strategy=strategy)
+        await _settled(self.prune, thread_ids, strategy=strategy)
 
 
 _THROWAWAY = ("for a throwaway database use a file in a temporary directory "
@@ -448,8 +469,44 @@ def _shown(value: object) -> str:
     return f"{value!r:.80}"
 
 
-def _take(iterator: Iterator, n: int) -> list:
-    return list(islice(iterator, n))
+async def _settled(func: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``func(*args, **kwargs)`` (a write) in a worker thread, as ``asyncio.to_thread``, but a
+    cancellation (``task.cancel()``, a ``wait_for`` timeout) of the awaiting task reaches it only
+    once the worker has ended: a worker cannot be stopped, and a write that went on alone
+    committed behind the back of a caller that had already seen its CancelledError (and may have
+    read the thread, or started its next run, meanwhile). When the CancelledError arrives the
+    write has committed or not, for good: "maybe committed", as a lost connection is; re-read
+    before retrying. The wait is the call's own, bounded (busy_timeout, statement_timeout)."""
+    future = asyncio.ensure_future(asyncio.to_thread(func, *args, **kwargs))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await _outlive(future)
+        raise
+
+
+async def _outlive(future: asyncio.Future) -> None:
+    """Wait for ``future`` to end, whatever cancellations arrive meanwhile (the caller raises
+    its CancelledError afterwards); its outcome is retrieved, not raised."""
+    while not future.done():
+        try:
+            await asyncio.shield(future)
+        except asyncio.CancelledError:
+            continue
+        except BaseException:
+            break
+    if not future.cancelled():
+        future.exception()  # retrieved: no "exception was never retrieved" warning
+
+
+def _take(iterator: Iterator, n: int, turn: threading.Lock) -> list:
+    with turn:
+        return list(islice(iterator, n))
+
+
+def _close(iterator: Iterator, turn: threading.Lock) -> None:
+    with turn:  # after a batch still being read (see alist)
+        iterator.close()
 
 
 def _sequence(name: str, value: object) -> Sequence:

@@ -26,7 +26,7 @@ from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import (WRITES_IDX_MAP, CheckpointTuple, SerializerProtocol,
                                        writes_sort_key)
 
-from ..errors import ForeignCheckpointError, InvalidArgumentError
+from ..errors import ForeignCheckpointError, InvalidArgumentError, SerializationError
 from ..records import Checkpoint
 
 __all__ = ["Writes", "Filter", "dumps", "location", "split_writes", "to_config", "to_tuple"]
@@ -38,7 +38,13 @@ Writes = tuple[list[int], list[tuple[str, Any]]]
 def location(config: RunnableConfig, *, default_ns: str | None = "") -> tuple[str, Any, Any]:
     """The thread id (as text, like LangGraph's SqliteSaver), namespace (``default_ns`` when the
     config has none) and checkpoint id (None when absent or empty) a config names."""
+    if not isinstance(config, Mapping):
+        raise InvalidArgumentError(f"config must be a dict (a RunnableConfig), not "
+                                   f"{type(config).__name__}")
     configurable = config.get("configurable") or {}
+    if not isinstance(configurable, Mapping):
+        raise InvalidArgumentError(f"config['configurable'] must be a dict, not "
+                                   f"{type(configurable).__name__}")
     if configurable.get("thread_id") is None:
         raise InvalidArgumentError(
             "the config has no configurable['thread_id']: LangGraph checkpointers need one, "
@@ -113,9 +119,17 @@ def _shape(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def dumps(serde: SerializerProtocol, value: Any) -> list:
-    """``serde.dumps_typed(value)`` as the list the Saver stores."""
-    type_, data = serde.dumps_typed(value)
+def dumps(serde: SerializerProtocol, value: Any, what: str = "a value") -> list:
+    """``serde.dumps_typed(value)`` as the list the Saver stores; the serializer's own failure
+    (LangGraph's raises a bare TypeError for a type it cannot serialize) as
+    :class:`~sqlitesaver.errors.SerializationError` (a TypeError too), raised before anything
+    is written."""
+    try:
+        type_, data = serde.dumps_typed(value)
+    except Exception as exc:
+        raise SerializationError(
+            f"the serializer ({type(serde).__name__}) cannot serialize {what} "
+            f"({type(exc).__name__}: {exc}); nothing was written.") from exc
     return [type_, data]
 
 
@@ -125,14 +139,22 @@ def split_writes(writes: Sequence[tuple[str, Any]], serde: SerializerProtocol
     writes keep their first value when retried; special ones (errors, interrupts, resumes,
     scheduled) replace, and within one call the last one to a special channel wins, as in
     LangGraph's SqliteSaver."""
+    if isinstance(writes, (str, bytes, Mapping)) or not isinstance(writes, Sequence):
+        raise InvalidArgumentError(f"writes must be a list of (channel, value) pairs, not "
+                                   f"{type(writes).__name__}")
     regular: Writes = ([], [])
     special: dict[int, tuple[str, Any]] = {}
-    for position, (channel, value) in enumerate(writes):
-        if channel in WRITES_IDX_MAP:
-            special[WRITES_IDX_MAP[channel]] = (channel, dumps(serde, value))
+    for position, write in enumerate(writes):
+        if not isinstance(write, (tuple, list)) or len(write) != 2:
+            raise InvalidArgumentError(f"writes[{position}] must be a (channel, value) pair, "
+                                       f"not {write!r:.80}; nothing was written")
+        channel, value = write
+        what = f"the value of writes[{position}] (channel {channel!r:.80})"
+        if isinstance(channel, str) and channel in WRITES_IDX_MAP:
+            special[WRITES_IDX_MAP[channel]] = (channel, dumps(serde, value, what))
         else:
             regular[0].append(position)
-            regular[1].append((channel, dumps(serde, value)))
+            regular[1].append((channel, dumps(serde, value, what)))
     return regular, (list(special), list(special.values()))
 
 

@@ -164,6 +164,42 @@ def _interruptible_waits() -> None:
         pool_module.CLIENT_EXCEPTIONS = BaseException
 
 
+#: The longest psycopg_pool waits between two attempts to reconnect a pooled connection.
+RECONNECT_DELAY_MAX = 1.0
+
+
+def _pool_class() -> type:
+    """psycopg_pool's ConnectionPool, its reconnection backoff capped at
+    :data:`RECONNECT_DELAY_MAX`. Its own doubles from 1 s up to its ``reconnect_timeout`` (5
+    min): after an outage of a minute its next attempt could come a minute after the server was
+    back, and until then the connection it was reconnecting was missing, every call waiting for
+    it in vain (tests/test_postgres_engine.py, a long outage). A capped delay costs a server
+    that is down one refused connection attempt a second per missing connection. The override
+    is of a method private to psycopg_pool (3.2-3.3); where it is not there, the pool is
+    psycopg_pool's own."""
+    from psycopg_pool import ConnectionPool
+
+    try:
+        from psycopg_pool.base import AttemptWithBackoff
+    except ImportError:  # pragma: no cover - a psycopg_pool that moved it
+        return ConnectionPool
+    if not hasattr(ConnectionPool, "_add_connection"):  # pragma: no cover
+        return ConnectionPool
+
+    class _Attempt(AttemptWithBackoff):
+        def update_delay(self, now: float) -> None:
+            super().update_delay(now)
+            self.delay = min(self.delay, RECONNECT_DELAY_MAX)
+
+    class _ReconnectingPool(ConnectionPool):
+        def _add_connection(self, attempt: Any = None, *args: Any, **kwargs: Any) -> None:
+            if attempt is None:
+                attempt = _Attempt(timeout=self.reconnect_timeout)
+            super()._add_connection(attempt, *args, **kwargs)
+
+    return _ReconnectingPool
+
+
 class Connections:
     """Opening a PostgreSQL server as a store, and its pool of connections: the base of
     :class:`~sqlitesaver.postgres.engine.Engine` (see engine.py's docstring for what is
@@ -237,9 +273,10 @@ class Connections:
         self._checkouts: dict[int, object] = {}
 
     def _open_pool(self, params: dict[str, str], size: int) -> Any:
-        from psycopg_pool import ConnectionPool, PoolTimeout
+        from psycopg_pool import PoolTimeout
 
         _interruptible_waits()
+        ConnectionPool = _pool_class()
 
         self._pool_timeout = PoolTimeout  # for _lend's except clauses (no import per call)
 
@@ -317,12 +354,17 @@ class Connections:
         # restarted (give it connect_timeout, as a reconnect, not an error).
         # In use: the pool's own count (open minus idle), not one of ours, which an
         # exception landing between a checkout and its bookkeeping would make drift.
+        # In use: the connections lent now (_checkouts), not the pool's size minus its idle
+        # ones: its size also counts a connection it is reconnecting, which after a failed
+        # attempt waits out a backoff (see _ReconnectingPool): counted as in use, a restart
+        # made every call BusyTimeoutError until the pool's next attempt, though none was.
+        # An exception landing between a checkout and its bookkeeping can only make this
+        # count low for a moment (its fallback gives the connection back): the caller then
+        # waits connect_timeout more before it is told the pool is busy.
         stats = self._pool.get_stats()
         errors = stats.get("connections_errors", 0)
         failing, self._connect_errors = errors > self._connect_errors, errors
-        open_now = stats.get("pool_size", 0)
-        if open_now - stats.get("pool_available", 0) >= self._max_connections or (
-                not failing and open_now >= self._max_connections):
+        if len(self._checkouts) >= self._max_connections:
             raise self._busy(doing, started) from timeout
         if failing:
             self._probe(doing, timeout)
