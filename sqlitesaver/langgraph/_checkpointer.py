@@ -494,8 +494,8 @@ async def _outlive(future: asyncio.Future) -> None:
         except asyncio.CancelledError:
             continue
         except BaseException:
-            break
-    if not future.cancelled():
+            break  # (an interruption of this wait itself: the caller's exception goes on)
+    if future.done() and not future.cancelled():
         future.exception()  # retrieved: no "exception was never retrieved" warning
 
 

@@ -352,8 +352,6 @@ class Connections:
         # Not necessarily busy: with fewer connections than max_connections, the pool was
         # (re)connecting, to a server that is down (say so, as when opening) or was just
         # restarted (give it connect_timeout, as a reconnect, not an error).
-        # In use: the pool's own count (open minus idle), not one of ours, which an
-        # exception landing between a checkout and its bookkeeping would make drift.
         # In use: the connections lent now (_checkouts), not the pool's size minus its idle
         # ones: its size also counts a connection it is reconnecting, which after a failed
         # attempt waits out a backoff (see _ReconnectingPool): counted as in use, a restart
