@@ -39,9 +39,13 @@ def workdir():
     shutil.rmtree(directory, ignore_errors=True)
 
 
-def assert_unmounted(output: str) -> None:
+def assert_unmounted(workdir: str, output: str) -> None:
+    """No LossyFS mount left under ``workdir``: this run's (another test's run, on another
+    pytest worker, may have its own mounted meanwhile)."""
+    root = os.path.realpath(workdir) + os.sep
     with open("/proc/mounts", encoding="utf-8") as f:
-        mounts = [line for line in f if line.startswith("lossyfs ")]
+        mounts = [line for line in f if line.startswith("lossyfs ")
+                  and os.path.realpath(line.split()[1]).startswith(root)]
     assert not mounts, f"LossyFS left mounted: {mounts}\n{output}"
 
 
@@ -60,7 +64,7 @@ def test_power_loss_passes_with_fsync_on(postgres, workdir, hang_detector):
     assert report["server"]["fsync"] == "on" and report["options"]["mode"] == "power-loss"
     assert "data directory on LossyFS" in output and "PASS (seed 1707)" in output, output
     assert_cluster_gone(workdir, output)
-    assert_unmounted(output)
+    assert_unmounted(workdir, output)
 
 
 @needs_lossyfs
@@ -81,7 +85,7 @@ def test_power_loss_with_fsync_off_fails(postgres, workdir, hang_detector):
         assert "last lines of the server log" in output, output
     assert "FAIL (seed 1708)" in output and "--server-setting fsync=off" in output, output
     assert_cluster_gone(workdir, output)
-    assert_unmounted(output)
+    assert_unmounted(workdir, output)
 
 
 def test_power_loss_refuses_where_lossyfs_cannot_run(monkeypatch, capsys):

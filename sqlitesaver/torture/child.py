@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
         rng = random.Random(f"{args.seed}/{lane_name(args.worker, lane)}/{args.incarnation}")
         generators.append(Generator(rng, args.worker, args.incarnation,
                                     load_known(saver, thread_prefix(args.worker, lane)),
-                                    mix, lane=lane))
+                                    mix, lane=lane, big_file_share=writer.big_file_share))
     report = _Reporter(fd, args.db, saver)
     report.send({"m": "ready", "seconds": time.perf_counter() - started}, stamp=True)
     if len(lanes) == 1:

@@ -62,9 +62,11 @@ TARGET_ENV = "SQLITESAVER_TORTURE_DB"
 #: (:func:`allow_unsafe_server`).
 UNSAFE_ENV = "SQLITESAVER_TORTURE_UNSAFE_SERVER"
 #: Seconds each writer gets, after the server's restart, to end (its call failed) or to
-#: acknowledge a transition (it reconnected: psycopg_pool retries a failed connect with a
-#: backoff of about a second).
-WRITERS_END_TIMEOUT = 30.0
+#: acknowledge a transition (it reconnected: the engine's pool retries a failed connect at most
+#: a second apart, postgres/pool.py). A bound, not a wait: 30 s was once too short on a loaded
+#: machine, with a LossyFS server that took 13 s to start and psycopg_pool's own backoff, which
+#: doubled up to minutes before the engine capped it.
+WRITERS_END_TIMEOUT = 60.0
 #: Seconds for every writer to report ready (connected, its threads read back) after a restart.
 READY_TIMEOUT = HELLO_TIMEOUT
 _POLL = 0.01

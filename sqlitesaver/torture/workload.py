@@ -296,6 +296,8 @@ class Writer:
 
     #: The transition mix this writer runs (a subclass may focus on the kinds it breaks).
     mix: dict[str, float] = MIX
+    #: The share of its file transitions that carry a file above the chunk size.
+    big_file_share: float = BIG_FILE_SHARE
 
     def open(self, path: str, durability: str) -> Saver:
         return Saver(path, durability=durability)
