@@ -53,7 +53,9 @@ from .. import check
 from ..errors import SaverError
 from ..langgraph import SqliteSaver
 from .graph_workload import (RunSpec, build_graph, reference, state_digest, value_digest)
-from .harness import _counts, _ms, _Run, _Worker
+from .harness import _Run
+from .summary import _counts, _ms
+from .writers import _Worker
 
 __all__ = ["GraphRun"]
 

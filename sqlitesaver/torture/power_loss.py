@@ -32,7 +32,7 @@ from typing import Any, TextIO
 
 from .. import pgcluster
 from . import lossyfs
-from .harness import signals_deferred
+from .writers import signals_deferred
 from .server import OwnedServer, ServerCrashRun, handle_termination
 
 __all__ = ["HOW_TO_GET_IT", "LossyFSUnavailable", "LossyCluster", "PowerLossServer",

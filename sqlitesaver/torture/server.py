@@ -37,8 +37,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any, TextIO
 
 from ..postgres import target as pg_target
-from .harness import (HELLO_TIMEOUT, Options, _Run, _Worker, _counts, _ms,
-                      signals_deferred)
+from .harness import Options, _Run
+from .summary import _counts, _ms
+from .writers import HELLO_TIMEOUT, _Worker, signals_deferred
 
 __all__ = ["NOT_ON_A_SERVER", "TARGET_ENV", "UNSAFE_ENV", "allow_unsafe_server", "Terminated",
            "OwnedServer", "ServerCrashRun", "is_server", "describe", "server_mix", "skipped_note", "owned_server",
