@@ -184,3 +184,21 @@ def test_bench_graph_cpu_reports_every_checkpointer_and_durability(tmp_path):
     assert sorted((kind.strip(), durability.strip()) for kind, durability in rows) == sorted(
         (kind, durability) for kind in ("sqlitesaver", "langgraph", "bare", "memory")
         for durability in ("sync", "async"))
+
+
+def test_bench_graph_instructions_counts_garbage_per_invoke():
+    """bench/graph_instructions.py's measured process, in its garbage mode (its valgrind
+    runs are too slow for the suite): it runs the graphs and reports per invoke; through
+    sqlitesaver's adapter, no reference cycles (tests/test_reference_cycles.py)."""
+    import json
+    import subprocess
+
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run([sys.executable, os.path.join(repo, "bench", "graph_instructions.py"),
+                           "--child", "sqlitesaver", "async", "2", "2", "garbage"],
+                          capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=repo))
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-2000:]
+    facts = json.loads(done.stdout.splitlines()[-1])
+    assert len(facts["collections_per_invoke"]) == 3
+    assert facts["cyclic_garbage_per_invoke"] == 0, facts
