@@ -195,14 +195,15 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         Putting an id again replaces that checkpoint and keeps its pending writes, as
         LangGraph's SqliteSaver does."""
         thread_id, namespace, parent_id = _convert.location(config)
-        if not isinstance(checkpoint, Mapping) or not isinstance(metadata, Mapping):
+        if (type(checkpoint) is not dict and not isinstance(checkpoint, Mapping)) or (
+                type(metadata) is not dict and not isinstance(metadata, Mapping)):
             raise InvalidArgumentError(
                 f"checkpoint and metadata must be dicts, not {type(checkpoint).__name__} and "
                 f"{type(metadata).__name__}; nothing was written")
         if "id" not in checkpoint:
             raise InvalidArgumentError("the checkpoint has no 'id'; nothing was written")
         checkpoint_id = checkpoint["id"]
-        state = _convert.dumps(self.serde, checkpoint, f"checkpoint {checkpoint_id!r:.80}")
+        state = _convert.dumps(self.serde, checkpoint, "checkpoint %.80r", checkpoint_id)
         stored_metadata = get_checkpoint_metadata(config, metadata)
         saver = self.saver
         if saver.in_transaction:

@@ -38,11 +38,12 @@ Writes = tuple[list[int], list[tuple[str, Any]]]
 def location(config: RunnableConfig, *, default_ns: str | None = "") -> tuple[str, Any, Any]:
     """The thread id (as text, like LangGraph's SqliteSaver), namespace (``default_ns`` when the
     config has none) and checkpoint id (None when absent or empty) a config names."""
-    if not isinstance(config, Mapping):
+    # (a dict by type first: the ABC's isinstance costs more, at every call of the adapter)
+    if type(config) is not dict and not isinstance(config, Mapping):
         raise InvalidArgumentError(f"config must be a dict (a RunnableConfig), not "
                                    f"{type(config).__name__}")
     configurable = config.get("configurable") or {}
-    if not isinstance(configurable, Mapping):
+    if type(configurable) is not dict and not isinstance(configurable, Mapping):
         raise InvalidArgumentError(f"config['configurable'] must be a dict, not "
                                    f"{type(configurable).__name__}")
     if configurable.get("thread_id") is None:
@@ -119,16 +120,21 @@ def _shape(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-def dumps(serde: SerializerProtocol, value: Any, what: str = "a value") -> list:
+#: How :func:`dumps` names a write's value in its error (formatted only then).
+_WRITE_VALUE = "the value of writes[%d] (channel %.80r)"
+
+
+def dumps(serde: SerializerProtocol, value: Any, what: str = "a value", *details: Any) -> list:
     """``serde.dumps_typed(value)`` as the list the Saver stores; the serializer's own failure
     (LangGraph's raises a bare TypeError for a type it cannot serialize) as
     :class:`~sqlitesaver.errors.SerializationError` (a TypeError too), raised before anything
-    is written."""
+    is written. ``what % details`` names the value in that error: formatted only then, not at
+    every put and write."""
     try:
         type_, data = serde.dumps_typed(value)
     except Exception as exc:
         raise SerializationError(
-            f"the serializer ({type(serde).__name__}) cannot serialize {what} "
+            f"the serializer ({type(serde).__name__}) cannot serialize {what % details} "
             f"({type(exc).__name__}: {exc}); nothing was written.") from exc
     return [type_, data]
 
@@ -139,7 +145,8 @@ def split_writes(writes: Sequence[tuple[str, Any]], serde: SerializerProtocol
     writes keep their first value when retried; special ones (errors, interrupts, resumes,
     scheduled) replace, and within one call the last one to a special channel wins, as in
     LangGraph's SqliteSaver."""
-    if isinstance(writes, (str, bytes, Mapping)) or not isinstance(writes, Sequence):
+    if type(writes) is not list and type(writes) is not tuple and (
+            isinstance(writes, (str, bytes, Mapping)) or not isinstance(writes, Sequence)):
         raise InvalidArgumentError(f"writes must be a list of (channel, value) pairs, not "
                                    f"{type(writes).__name__}")
     regular: Writes = ([], [])
@@ -149,12 +156,13 @@ def split_writes(writes: Sequence[tuple[str, Any]], serde: SerializerProtocol
             raise InvalidArgumentError(f"writes[{position}] must be a (channel, value) pair, "
                                        f"not {write!r:.80}; nothing was written")
         channel, value = write
-        what = f"the value of writes[{position}] (channel {channel!r:.80})"
         if isinstance(channel, str) and channel in WRITES_IDX_MAP:
-            special[WRITES_IDX_MAP[channel]] = (channel, dumps(serde, value, what))
+            special[WRITES_IDX_MAP[channel]] = (
+                channel, dumps(serde, value, _WRITE_VALUE, position, channel))
         else:
             regular[0].append(position)
-            regular[1].append((channel, dumps(serde, value, what)))
+            regular[1].append(
+                (channel, dumps(serde, value, _WRITE_VALUE, position, channel)))
     return regular, (list(special), list(special.values()))
 
 
