@@ -432,6 +432,13 @@ class ServerCrashRun(_Run):
             return
         acked_before = self.acked_total
         killed_at = time.monotonic()
+        # The writers' time ends here for the summary's throughput, which is of writing: not
+        # of the outage, the restart and the wait for each writer's first write after it
+        # (those few acknowledgements are counted, their time not).
+        for w in self.workers:
+            if w.ready_at is not None:
+                self.writer_seconds += killed_at - w.ready_at
+                w.ready_at = None
         self.crashed = True
         self.processes_killed.append(self.server.crash())
         self.kill_seconds.append(time.monotonic() - killed_at)
