@@ -139,24 +139,31 @@ class Cluster:
         self.log_file = os.path.join(self.socket_dir, "server.log")
         self._real_data = os.path.realpath(self.data_dir)
         try:
-            if os.geteuid() == 0:
-                try:
-                    user = pwd.getpwnam("postgres")
-                except KeyError:
-                    raise ClusterError(
-                        "running as root, which initdb and postgres refuse, and there is no "
-                        "user 'postgres' to run them as: install Debian's 'postgresql' package "
-                        "(it creates the user) or create one ('useradd --system postgres')"
-                    ) from None
-                os.chown(self.socket_dir, user.pw_uid, user.pw_gid)
-                self._uid = user.pw_uid
-                self._as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+            self._run_as_postgres()
             self._initdb()
             self.start()
         except BaseException:
             self.close()
             raise
         return self
+
+    def _run_as_postgres(self) -> tuple[int, int] | None:
+        """As root (which initdb and postgres refuse): run the server as the user ``postgres``,
+        owner of the socket directory; return its (uid, gid). None when not root."""
+        if os.geteuid() != 0:
+            return None
+        try:
+            user = pwd.getpwnam("postgres")
+        except KeyError:
+            raise ClusterError(
+                "running as root, which initdb and postgres refuse, and there is no "
+                "user 'postgres' to run them as: install Debian's 'postgresql' package "
+                "(it creates the user) or create one ('useradd --system postgres')"
+            ) from None
+        os.chown(self.socket_dir, user.pw_uid, user.pw_gid)
+        self._uid = user.pw_uid
+        self._as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+        return user.pw_uid, user.pw_gid
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()

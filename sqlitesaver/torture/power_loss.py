@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import pwd
 import shutil
 import tempfile
 import time
@@ -82,20 +81,7 @@ class LossyCluster(pgcluster.Cluster):
         try:
             for path in (self.backing, self.mountpoint):
                 os.mkdir(path, 0o755)
-            owner = None
-            if os.geteuid() == 0:
-                try:
-                    user = pwd.getpwnam("postgres")
-                except KeyError:
-                    raise pgcluster.ClusterError(
-                        "running as root, which initdb and postgres refuse, and there is no "
-                        "user 'postgres' to run them as: install Debian's 'postgresql' package "
-                        "(it creates the user) or create one ('useradd --system postgres')"
-                    ) from None
-                owner = (user.pw_uid, user.pw_gid)
-                os.chown(self.socket_dir, *owner)
-                self._uid = user.pw_uid
-                self._as_user = {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
+            owner = self._run_as_postgres()
             self.fs = lossyfs.LossyMount(self.backing, self.mountpoint, timeout=self.timeout)
             try:
                 self.fs.start()
