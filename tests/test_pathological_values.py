@@ -43,6 +43,10 @@ _RUNAWAY = textwrap.dedent("""
         v = {}; v["a"] = v; v["b"] = v
     elif case == "list in itself 1000 times":
         v = []; v.extend([v] * 1000)
+    elif case == "list in itself 100,000 times":  # one more level would be 10**10 items
+        v = []; v.extend([v] * 100_000)
+    elif case == "a list shared 100,000 times":
+        shared = list(range(100_000)); v = [shared] * 100_000
     elif case == "cycle through a tuple":
         v = []; t = (v, v); v.append(t)
     elif case == "cycle deep inside":
@@ -73,6 +77,8 @@ RUNAWAY = {
     "list in itself twice": "state[0]: it contains itself (it is the same list as state,",
     "dict in itself twice": "state['a']: it contains itself (it is the same dict as state,",
     "list in itself 1000 times": "state[0]: it contains itself",
+    "list in itself 100,000 times": "state[0]: it contains itself",
+    "a list shared 100,000 times": f"state: it holds more than {codec.MAX_OBJECTS:,} objects",
     "cycle through a tuple": "state[0][0]: it contains itself (it is the same list as state,",
     "cycle deep inside": "state['state'][0]['messages'][0][0]: it contains itself",
     "2**60 shared lists": f"state: it holds more than {codec.MAX_OBJECTS:,} objects",
@@ -93,7 +99,16 @@ def test_a_value_that_runs_away_is_refused_at_once(case):
     assert float(seconds) < 1.0, f"{case}: refused only after {seconds} s"
 
 
-def test_a_shared_container_is_written_once_per_place():
+@pytest.fixture(params=["scanned twice", "looked for"])
+def sharing(request, monkeypatch):
+    """Both ways the scan meets a shared container: below scan._UNCHECKED objects it scans it
+    at each place; past it, it finds the repeat and _inspect() decides (here from the first)."""
+    if request.param == "looked for":
+        monkeypatch.setattr(codec.scan, "_UNCHECKED", 0)
+    return request.param
+
+
+def test_a_shared_container_is_written_once_per_place(sharing):
     shared = [1, {"k": (2, 3)}]
     value = {"a": shared, "b": [shared, shared], "c": (shared,)}
     back = decode(encode(value))
@@ -102,7 +117,7 @@ def test_a_shared_container_is_written_once_per_place():
     assert encode(back) == encode(value)  # the same bytes as a value without sharing
 
 
-def test_sharing_that_stays_within_the_bound_is_legal():
+def test_sharing_that_stays_within_the_bound_is_legal(sharing):
     value: object = [1]
     for _ in range(16):  # 2**16 leaves written out from 17 lists
         value = [value, value]
@@ -116,7 +131,7 @@ def test_sharing_that_stays_within_the_bound_is_legal():
 
 
 @pytest.mark.parametrize("shape", ["tree", "shared"])
-def test_the_object_bound_is_the_same_with_and_without_sharing(monkeypatch, shape):
+def test_the_object_bound_is_the_same_with_and_without_sharing(monkeypatch, shape, sharing):
     # 1 outer list + 2 inner lists of k ints = 3 + 2k objects: with k = 499, 1001 objects.
     monkeypatch.setattr(codec.scan, "MAX_OBJECTS", 1001)
 
@@ -133,7 +148,7 @@ def test_the_object_bound_is_the_same_with_and_without_sharing(monkeypatch, shap
 
 @pytest.mark.parametrize("shape", ["tree", "shared"])
 @pytest.mark.parametrize("keys", ["str", "int"])
-def test_dict_keys_count_unless_all_are_str(monkeypatch, shape, keys):
+def test_dict_keys_count_unless_all_are_str(monkeypatch, shape, keys, sharing):
     # gc.get_referents() leaves out the keys of a dict whose keys are all str, so the scan does
     # not count them; the walk that follows shared containers counts the same way.
     def value(k: int) -> dict:
