@@ -7,7 +7,8 @@ the backend-neutral core (:mod:`sqlitesaver.saver`: argument checks, the codec, 
 verified on every read, the records returned); this module holds the rest: opening the file,
 the write steps, the files stored with a checkpoint, :meth:`SqliteFileSaver.transaction`,
 ``settings``, ``stats``, ``backup``, ``close`` and what a ``fork()`` leaves. The read steps are
-:mod:`sqlitesaver.sqlite.read_steps` (a base of the class), the SQL text
+:mod:`sqlitesaver.sqlite.read_steps`, ``delete_thread``, ``prune``, ``copy_thread`` and
+``delete_matching`` :mod:`sqlitesaver.sqlite.maintenance` (bases of the class), the SQL text
 :mod:`sqlitesaver.sqlite.sql`.
 
 Guarantee: every method that writes runs as one ``BEGIN IMMEDIATE ... COMMIT`` (or joins the
@@ -37,26 +38,25 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import apsw
 
-from .. import attachments, codec, contention, integrity, log, opening, paths, pragmas
+from .. import attachments, contention, integrity, log, opening, paths, pragmas
 from ..errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
                       InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError, SaverError,
                       UsageError, describe, restore_advice, translate)
-from ..ids import INT64_MAX as _INT64_MAX
 from ..ids import format_id as _format_id
 from ..ids import is_generated as _is_generated
 from ..ids import parse_id as _parse_id
 from ..pragmas import DURABILITY_LEVELS, Profile
-from ..saver import Saver, _matches
+from ..saver import Saver
 # The module, for WAL_LIMIT read from it when a Saver opens: a value set on it (tests lower
 # it) then holds for the Saver's first commits too.
 from . import transaction as write_path
 from . import queue as write_queue
 from . import sql
+from .maintenance import MaintenanceSteps
 from .read_steps import ReadSteps
-from .reads import _close_cursors, _Read, _ReaderPool
-from .sql import (_CHECKPOINT_COLUMNS, _INSERT_CHECKPOINT, _INSERT_KEYED_CHECKPOINT,
-                  _INSERT_WRITE, _KEYED_LOOKUPS, _NEXT_SEQ_CHECKPOINTS, _NEXT_SEQ_LOG,
-                  _RAISE_HIGH_WATER, _REPLACE_WRITE, _SEQ_OF_KEY, _WRITE_COLUMNS)
+from .reads import _Read, _ReaderPool
+from .sql import (_INSERT_CHECKPOINT, _INSERT_KEYED_CHECKPOINT, _INSERT_WRITE, _KEYED_LOOKUPS,
+                  _NEXT_SEQ_CHECKPOINTS, _NEXT_SEQ_LOG, _REPLACE_WRITE, _SEQ_OF_KEY)
 from .transaction import _FileTransaction, _Transaction, _UserTransaction, _WalLength
 
 if TYPE_CHECKING:
@@ -65,9 +65,10 @@ if TYPE_CHECKING:
 
 __all__ = ["SqliteFileSaver"]
 
-# Still importable from this module, their home before sql.py (tests/test_pragmas.py reads
-# them here); the read steps use sql.py's.
+# Still importable from this module, their home before sql.py (tests/test_pragmas.py and
+# bench/core.py read them here); the read and maintenance steps use sql.py's.
 _GET_LATEST, _GET_BY_KEY, _GET_BY_SEQ = sql._GET_LATEST, sql._GET_BY_KEY, sql._GET_BY_SEQ
+_CHECKPOINT_COLUMNS = sql._CHECKPOINT_COLUMNS
 
 #: Connections of Savers inherited through fork(). Kept referenced for the life of the child so
 #: the child never runs sqlite3_close() on a connection whose locks belong to the parent.
@@ -94,7 +95,7 @@ if not _NO_FORK_HOOK:
     os.register_at_fork(after_in_child=_abandon_after_fork)
 
 
-class SqliteFileSaver(ReadSteps, Saver):
+class SqliteFileSaver(ReadSteps, MaintenanceSteps, Saver):
     """A durable checkpoint store in one SQLite file: what ``Saver(path)`` returns.
 
     ``Saver(path)`` opens ``path``, creating it if it does not exist, and runs the startup
@@ -528,97 +529,6 @@ class SqliteFileSaver(ReadSteps, Saver):
         return write_queue.submit(  # a partial, not a closure: see _put_checkpoint
             self, "appending a log event", partial(_event_step, thread_id, event_bytes),
             _Transaction)
-
-    def _delete_thread(self, thread_id: str) -> int:
-        with _Transaction(self, "deleting a thread") as conn:
-            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
-            conn.execute(_RAISE_HIGH_WATER.format(table="log"))
-            conn.execute("DELETE FROM checkpoints WHERE thread_id = ?", (thread_id,))
-            deleted = conn.changes()
-            conn.execute("DELETE FROM log WHERE thread_id = ?", (thread_id,))
-            attachments.collect_deleted(attachments.FileDb(conn))
-        return deleted
-
-    def _prune(self, thread_id: str, keep_last: int) -> int:
-        with _Transaction(self, "pruning a thread") as conn:
-            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
-            conn.execute(
-                "DELETE FROM checkpoints WHERE seq IN (SELECT seq FROM (SELECT seq, "
-                "row_number() OVER (PARTITION BY namespace ORDER BY seq DESC) AS rank "
-                "FROM checkpoints WHERE thread_id = ?) WHERE rank > ?)",
-                (thread_id, min(keep_last, _INT64_MAX)))  # more than can exist: keep all
-            deleted = conn.changes()
-            attachments.collect_deleted(attachments.FileDb(conn))
-            return deleted
-
-    def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
-        with _Transaction(self, "copying a thread") as conn, self._damage("copying a thread"):
-            if conn.execute("SELECT 1 FROM checkpoints WHERE thread_id = ? LIMIT 1",
-                            (target_thread_id,)).fetchone() is not None:
-                raise InvalidArgumentError(
-                    f"target thread {target_thread_id!r} already has checkpoints in "
-                    f"{self._path!r}; copy to a new thread id (or delete_thread it first). "
-                    "Nothing was written.", path=self._path)
-            # seqs first: SQLite leaves undefined what a statement still reading a table sees
-            # of rows the same connection inserts meanwhile.
-            old_seqs = [seq for (seq,) in conn.execute(
-                "SELECT seq FROM checkpoints WHERE thread_id = ? ORDER BY seq",
-                (source_thread_id,))]
-            copied: dict[int, int] = {}
-            for old in old_seqs:
-                row = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c "
-                                   "WHERE c.seq = ?", (old,)).fetchone()
-                self._verify(row)
-                _, _, namespace, parent, created, state, meta, _, key, parent_key = row
-                parent = copied.get(parent, parent)
-                seq = copied[old] = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
-                conn.execute(_INSERT_KEYED_CHECKPOINT, (
-                    seq, target_thread_id, namespace, parent, created, state, meta,
-                    integrity.checkpoint_checksum(seq, target_thread_id, namespace, parent,
-                                                  created, state, meta, key, parent_key),
-                    key, parent_key))
-                writes = conn.execute(f"SELECT {_WRITE_COLUMNS} FROM writes AS w "
-                                      "WHERE checkpoint_seq = ?", (old,)).fetchall()
-                self._verify_writes(key or _format_id(old), writes)
-                conn.executemany(_INSERT_WRITE, [
-                    (seq, task_id, index, channel, value, task_path,
-                     integrity.write_checksum(seq, task_id, index, channel, task_path, value))
-                    for _, task_id, index, channel, value, task_path, _ in writes])
-            attachments.copy(attachments.FileDb(conn), copied, self._path)
-        return len(old_seqs)
-
-    def _delete_matching(self, filters: tuple[dict, ...], thread_id: str | None) -> int:
-        where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None \
-            else ("", ())
-        with _Transaction(self, "deleting checkpoints by metadata") as conn, \
-                self._damage("deleting checkpoints by metadata"):
-            doomed: set[int] = set()
-            orphans = []
-            rows = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c {where} "
-                                "ORDER BY c.seq", params)
-            try:
-                for row in rows:
-                    self._verify(row)
-                    found = codec.decode(row[6])
-                    if any(_matches(found, wanted) for wanted in filters):
-                        doomed.add(row[0])
-                    elif row[3] in doomed:  # seq order: a parent is classified before its child
-                        orphans.append(row)
-            finally:
-                _close_cursors(rows)
-            if not doomed:
-                return 0
-            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
-            conn.executemany(
-                "UPDATE checkpoints SET parent_seq = NULL, parent_key = NULL, checksum = ? "
-                "WHERE seq = ?",
-                [(integrity.checkpoint_checksum(seq, thread, namespace, None, created, state,
-                                                meta, key, None), seq)
-                 for seq, thread, namespace, _, created, state, meta, _, key, _ in orphans])
-            conn.executemany("DELETE FROM checkpoints WHERE seq = ?",
-                             [(seq,) for seq in sorted(doomed)])
-            attachments.collect_deleted(attachments.FileDb(conn))
-            return len(doomed)
 
     # --- internals -------------------------------------------------------------------------
 
