@@ -10,7 +10,8 @@ Two ways in:
 
 * Line by line: a trace function raises an exception at the N-th line the write path executes
   (in ``saver.py``, ``sqlite/saver.py``, ``sqlite/transaction.py``, ``sqlite/queue.py``,
-  ``sqlite/reads.py``, ``interrupts.py`` and ``contention.py``), for every N in turn, in a lone
+  ``sqlite/reads.py``, ``sqlite/read_steps.py``, ``sqlite/maintenance.py``, ``interrupts.py``
+  and ``contention.py``), for every N in turn, in a lone
   writer, in a writer inside ``transaction()``, and in the leader or a member of a two-thread
   batch (a member queued for the leader to run, and one taking the write lock itself). The signal deferral
   does not stop these (they are not signals): this proves the protocol recovers from one
@@ -56,7 +57,8 @@ WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
                    ("saver.py", os.path.join("sqlite", "saver.py"),
                     os.path.join("sqlite", "transaction.py"),
                     os.path.join("sqlite", "queue.py"),
-                    os.path.join("sqlite", "reads.py"), "interrupts.py", "contention.py"))
+                    os.path.join("sqlite", "reads.py"), os.path.join("sqlite", "read_steps.py"),
+                    os.path.join("sqlite", "maintenance.py"), "interrupts.py", "contention.py"))
 # The same for the PostgreSQL engine: the core, its saver and its engine, with the modules
 # split out of engine.py (every line it held is still covered).
 PG_WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in

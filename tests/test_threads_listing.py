@@ -1,5 +1,5 @@
 """``Saver.threads()`` walks each table's thread ids one index descent each (a loose index scan,
-sqlitesaver/sqlite/saver.py and sqlitesaver/postgres/sql.py, ``_THREADS``) instead of reading
+sqlitesaver/sqlite/sql.py and sqlitesaver/postgres/sql.py, ``_THREADS``) instead of reading
 every row: it returns what the full scan it replaced returned (kept here as ``OLD``, run beside
 it), and on SQLite its plan searches the indexes (tests/test_postgres_plans.py checks the
 PostgreSQL plan on skewed data). No timing: the plan, and the rows the statement visits."""

@@ -3,8 +3,12 @@
 ``research/postgres_engine_plan.md``).
 
 - :mod:`~sqlitesaver.sqlite.saver`: :class:`~sqlitesaver.sqlite.saver.SqliteFileSaver`, the
-  ``Saver`` for a file: opening it, each storage step's SQL, files, ``transaction()``,
-  ``settings``, ``stats``, ``backup``, ``close``.
+  ``Saver`` for a file: opening it, the write steps, files, ``transaction()``, ``settings``,
+  ``stats``, ``backup``, ``close``, ``fork()``.
+- :mod:`~sqlitesaver.sqlite.read_steps`: its read steps (``get``, ``list``, ``read_log``,
+  ``threads``); :mod:`~sqlitesaver.sqlite.maintenance`: its maintenance steps
+  (``delete_thread``, ``prune``, ``copy_thread``, ``delete_matching``); both bases of the class.
+- :mod:`~sqlitesaver.sqlite.sql`: the SQL text they send.
 - :mod:`~sqlitesaver.sqlite.transaction`: the write protocol (group commit on the one write
   connection, interruption safety, the bound on the ``-wal``).
 - :mod:`~sqlitesaver.sqlite.reads`: the read path (the pool of read connections, a read's

@@ -18,8 +18,9 @@ Guarantees:
 * An APSW error, or stored text that is not UTF-8, raises the library's own error
   (``SqliteFileSaver._translate``: an I/O error also shuts the Saver down), never a raw exception.
 
-The statements each read runs are the Saver's (:mod:`sqlitesaver.sqlite.saver`); this module
-holds none of the schema's. It imports :mod:`sqlitesaver.sqlite.saver` for type checking only.
+The statements each read runs are the Saver's (:mod:`sqlitesaver.sqlite.sql`, sent by
+:mod:`sqlitesaver.sqlite.read_steps`); this module holds none of the schema's. It imports
+:mod:`sqlitesaver.sqlite.saver` for type checking only.
 """
 
 from __future__ import annotations

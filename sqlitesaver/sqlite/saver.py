@@ -5,8 +5,11 @@
 checkpointer). It inherits every public method that reads or writes checkpoints, and with them
 the backend-neutral core (:mod:`sqlitesaver.saver`: argument checks, the codec, checksums
 verified on every read, the records returned); this module holds the rest: opening the file,
-each storage step's SQL, the files stored with a checkpoint, :meth:`SqliteFileSaver.transaction`,
-``settings``, ``stats``, ``backup`` and ``close``.
+the write steps, the files stored with a checkpoint, :meth:`SqliteFileSaver.transaction`,
+``settings``, ``stats``, ``backup``, ``close`` and what a ``fork()`` leaves. The read steps are
+:mod:`sqlitesaver.sqlite.read_steps`, ``delete_thread``, ``prune``, ``copy_thread`` and
+``delete_matching`` :mod:`sqlitesaver.sqlite.maintenance` (bases of the class), the SQL text
+:mod:`sqlitesaver.sqlite.sql`.
 
 Guarantee: every method that writes runs as one ``BEGIN IMMEDIATE ... COMMIT`` (or joins the
 caller's :meth:`SqliteFileSaver.transaction`) and returns only after COMMIT returned. With
@@ -30,29 +33,30 @@ import time
 import weakref
 from contextlib import contextmanager
 from functools import partial
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import apsw
 
-from .. import attachments, codec, contention, integrity, log, opening, paths, pragmas
-from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS: read at call time, as tests set them
+from .. import attachments, contention, integrity, log, opening, paths, pragmas
 from ..errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
                       InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError, SaverError,
                       UsageError, describe, restore_advice, translate)
-from ..ids import INT64_MAX as _INT64_MAX
 from ..ids import format_id as _format_id
 from ..ids import is_generated as _is_generated
 from ..ids import parse_id as _parse_id
-from ..ids import checkpoint_query
 from ..pragmas import DURABILITY_LEVELS, Profile
-from ..records import Checkpoint, LogEvent
-from ..saver import Saver, _matches, _to_datetime
+from ..saver import Saver
 # The module, for WAL_LIMIT read from it when a Saver opens: a value set on it (tests lower
 # it) then holds for the Saver's first commits too.
 from . import transaction as write_path
 from . import queue as write_queue
-from .reads import _close_cursors, _fetch_page, _Read, _ReaderPool
+from . import sql
+from .maintenance import MaintenanceSteps
+from .read_steps import ReadSteps
+from .reads import _Read, _ReaderPool
+from .sql import (_INSERT_CHECKPOINT, _INSERT_KEYED_CHECKPOINT, _INSERT_WRITE, _KEYED_LOOKUPS,
+                  _NEXT_SEQ_CHECKPOINTS, _NEXT_SEQ_LOG, _REPLACE_WRITE, _SEQ_OF_KEY)
 from .transaction import _FileTransaction, _Transaction, _UserTransaction, _WalLength
 
 if TYPE_CHECKING:
@@ -60,6 +64,11 @@ if TYPE_CHECKING:
     from .transaction import _Batch
 
 __all__ = ["SqliteFileSaver"]
+
+# Still importable from this module, their home before sql.py (tests/test_pragmas.py and
+# bench/core.py read them here); the read and maintenance steps use sql.py's.
+_GET_LATEST, _GET_BY_KEY, _GET_BY_SEQ = sql._GET_LATEST, sql._GET_BY_KEY, sql._GET_BY_SEQ
+_CHECKPOINT_COLUMNS = sql._CHECKPOINT_COLUMNS
 
 #: Connections of Savers inherited through fork(). Kept referenced for the life of the child so
 #: the child never runs sqlite3_close() on a connection whose locks belong to the parent.
@@ -86,84 +95,7 @@ if not _NO_FORK_HOOK:
     os.register_at_fork(after_in_child=_abandon_after_fork)
 
 
-_CHECKPOINT_COLUMNS = ("c.seq, c.thread_id, c.namespace, c.parent_seq, c.created_at, c.state, "
-                       "c.metadata, c.checksum, c.key, c.parent_key")
-_WRITE_COLUMNS = "w.checkpoint_seq, w.task_id, w.idx, w.channel, w.value, w.task_path, w.checksum"
-
-
-def _get_query(match: str) -> str:
-    """Saver.get's one statement for a WHERE clause on the checkpoint ``c``: the checkpoint
-    with each of its pending writes (a LEFT JOIN, so one statement and one snapshot), and the
-    checkpoint alone, its write columns NULL, when it has none. The checkpoint's columns repeat
-    on every row; a writes table's rows are few, and a second statement costs more."""
-    return (f"SELECT {_CHECKPOINT_COLUMNS}, {_WRITE_COLUMNS} FROM checkpoints AS c "
-            f"LEFT JOIN writes AS w ON w.checkpoint_seq = c.seq WHERE {match}")
-
-
-# The latest by a scalar subquery on the covering index, so the join sees one checkpoint row
-# (an ORDER BY ... LIMIT 1 here would limit the joined rows instead).
-_GET_LATEST = _get_query("c.seq = (SELECT max(seq) FROM checkpoints WHERE thread_id = ? AND "
-                         "namespace = ?)")
-_GET_BY_KEY = _get_query("c.thread_id = ? AND c.namespace = ? AND c.key = ?")
-# A checkpoint with a caller-supplied id is not also reachable by its seq.
-_GET_BY_SEQ = _get_query("c.seq = ? AND c.thread_id = ? AND c.namespace = ? AND c.key IS NULL")
-_NEXT_SEQ = ("SELECT max(coalesce((SELECT max(seq) FROM {table}), 0), "
-             "(SELECT value FROM high_water WHERE name = '{table}')) + 1")
-_RAISE_HIGH_WATER = ("UPDATE high_water SET value = max(value, coalesce((SELECT max(seq) FROM "
-                     "{table}), 0)) WHERE name = '{table}'")
-_NEXT_SEQ_CHECKPOINTS = _NEXT_SEQ.format(table="checkpoints")
-_INSERT_CHECKPOINT = ("INSERT INTO checkpoints (seq, thread_id, namespace, parent_seq, "
-                      "created_at, state, metadata, checksum) VALUES (?,?,?,?,?,?,?,?)")
-_INSERT_KEYED_CHECKPOINT = ("INSERT INTO checkpoints (seq, thread_id, namespace, parent_seq, "
-                            "created_at, state, metadata, checksum, key, parent_key) "
-                            "VALUES (?,?,?,?,?,?,?,?,?,?)")
-# Every thread id, sorted: a loose index scan. A few threads may hold millions of rows, and
-# "SELECT thread_id FROM checkpoints UNION SELECT thread_id FROM log" read every entry of both
-# indexes (SCAN ... USING COVERING INDEX: 40,000 for 6 ids). Here each table's ids are walked
-# one descent of its index each (checkpoints_by_thread, log_by_thread: min() and "thread_id > ?"
-# are SEARCHes of it), and only the ids found are merged and sorted (BINARY, as before).
-# A thread id stored as a blob (a damaged file: the column's TEXT affinity turns numbers into
-# text) sorts after every text, so the walk still reaches it and threads() still refuses it.
-_THREADS = ("WITH RECURSIVE c(id) AS (SELECT min(thread_id) FROM checkpoints UNION ALL "
-            "SELECT (SELECT min(thread_id) FROM checkpoints WHERE thread_id > c.id) FROM c "
-            "WHERE c.id IS NOT NULL), "
-            "l(id) AS (SELECT min(thread_id) FROM log UNION ALL "
-            "SELECT (SELECT min(thread_id) FROM log WHERE thread_id > l.id) FROM l "
-            "WHERE l.id IS NOT NULL) "
-            "SELECT id FROM c WHERE id IS NOT NULL UNION "
-            "SELECT id FROM l WHERE id IS NOT NULL ORDER BY 1")
-# A keyed put's three lookups as one statement (?1 thread, ?2 namespace, ?3 the key, ?4 the
-# parent): the row the key names if it is stored (seq, created_at: a LEFT JOIN on one row, so a
-# missing key reads as NULLs), the parent's seq (NULL if there is none), and the next seq. One
-# statement cost 8 us against 16 for the three (ad hoc, APSW, a cached statement each).
-# `key = ?` implies `key IS NOT NULL`, so SQLite uses the partial index checkpoints_by_key.
-_KEYED_LOOKUP = ("SELECT c.seq, c.created_at, {parent}, "
-                 + _NEXT_SEQ_CHECKPOINTS.removeprefix("SELECT ")
-                 + " FROM (SELECT 1) LEFT JOIN checkpoints AS c "
-                 "ON c.thread_id = ?1 AND c.namespace = ?2 AND c.key = ?3")
-_KEYED_LOOKUPS = {
-    None: _KEYED_LOOKUP.format(parent="NULL"),  # no parent: three parameters
-    "key": _KEYED_LOOKUP.format(parent="(SELECT seq FROM checkpoints WHERE thread_id = ?1 AND "
-                                       "namespace = ?2 AND key = ?4)"),
-    # A checkpoint with a caller-supplied id is not also reachable by its seq.
-    "seq": _KEYED_LOOKUP.format(parent="(SELECT seq FROM checkpoints WHERE seq = ?4 AND "
-                                       "thread_id = ?1 AND namespace = ?2 AND key IS NULL)"),
-}
-# The seq alone, from that index: no text (nor any column of the row) to decode.
-_SEQ_OF_KEY = "SELECT seq FROM checkpoints WHERE thread_id = ? AND namespace = ? AND key = ?"
-_INSERT_WRITE = ("INSERT INTO writes (checkpoint_seq, task_id, idx, channel, value, task_path, "
-                 "checksum) VALUES (?,?,?,?,?,?,?) ON CONFLICT DO NOTHING")
-_REPLACE_WRITE = (_INSERT_WRITE.removesuffix("DO NOTHING")
-                  + "(checkpoint_seq, task_id, idx) DO UPDATE SET channel = excluded.channel, "
-                  "value = excluded.value, task_path = excluded.task_path, "
-                  "checksum = excluded.checksum")
-_NEXT_SEQ_LOG = _NEXT_SEQ.format(table="log")
-# Two subqueries, so that each is one index lookup (SQLite's min/max optimisation).
-_NAMESPACE_RANGE = ("SELECT (SELECT min(namespace) FROM checkpoints WHERE thread_id = ?), "
-                    "(SELECT max(namespace) FROM checkpoints WHERE thread_id = ?)")
-
-
-class SqliteFileSaver(Saver):
+class SqliteFileSaver(ReadSteps, MaintenanceSteps, Saver):
     """A durable checkpoint store in one SQLite file: what ``Saver(path)`` returns.
 
     ``Saver(path)`` opens ``path``, creating it if it does not exist, and runs the startup
@@ -598,221 +530,6 @@ class SqliteFileSaver(Saver):
             self, "appending a log event", partial(_event_step, thread_id, event_bytes),
             _Transaction)
 
-    def _delete_thread(self, thread_id: str) -> int:
-        with _Transaction(self, "deleting a thread") as conn:
-            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
-            conn.execute(_RAISE_HIGH_WATER.format(table="log"))
-            conn.execute("DELETE FROM checkpoints WHERE thread_id = ?", (thread_id,))
-            deleted = conn.changes()
-            conn.execute("DELETE FROM log WHERE thread_id = ?", (thread_id,))
-            attachments.collect_deleted(attachments.FileDb(conn))
-        return deleted
-
-    def _prune(self, thread_id: str, keep_last: int) -> int:
-        with _Transaction(self, "pruning a thread") as conn:
-            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
-            conn.execute(
-                "DELETE FROM checkpoints WHERE seq IN (SELECT seq FROM (SELECT seq, "
-                "row_number() OVER (PARTITION BY namespace ORDER BY seq DESC) AS rank "
-                "FROM checkpoints WHERE thread_id = ?) WHERE rank > ?)",
-                (thread_id, min(keep_last, _INT64_MAX)))  # more than can exist: keep all
-            deleted = conn.changes()
-            attachments.collect_deleted(attachments.FileDb(conn))
-            return deleted
-
-    def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
-        with _Transaction(self, "copying a thread") as conn, self._damage("copying a thread"):
-            if conn.execute("SELECT 1 FROM checkpoints WHERE thread_id = ? LIMIT 1",
-                            (target_thread_id,)).fetchone() is not None:
-                raise InvalidArgumentError(
-                    f"target thread {target_thread_id!r} already has checkpoints in "
-                    f"{self._path!r}; copy to a new thread id (or delete_thread it first). "
-                    "Nothing was written.", path=self._path)
-            # seqs first: SQLite leaves undefined what a statement still reading a table sees
-            # of rows the same connection inserts meanwhile.
-            old_seqs = [seq for (seq,) in conn.execute(
-                "SELECT seq FROM checkpoints WHERE thread_id = ? ORDER BY seq",
-                (source_thread_id,))]
-            copied: dict[int, int] = {}
-            for old in old_seqs:
-                row = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c "
-                                   "WHERE c.seq = ?", (old,)).fetchone()
-                self._verify(row)
-                _, _, namespace, parent, created, state, meta, _, key, parent_key = row
-                parent = copied.get(parent, parent)
-                seq = copied[old] = conn.execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
-                conn.execute(_INSERT_KEYED_CHECKPOINT, (
-                    seq, target_thread_id, namespace, parent, created, state, meta,
-                    integrity.checkpoint_checksum(seq, target_thread_id, namespace, parent,
-                                                  created, state, meta, key, parent_key),
-                    key, parent_key))
-                writes = conn.execute(f"SELECT {_WRITE_COLUMNS} FROM writes AS w "
-                                      "WHERE checkpoint_seq = ?", (old,)).fetchall()
-                self._verify_writes(key or _format_id(old), writes)
-                conn.executemany(_INSERT_WRITE, [
-                    (seq, task_id, index, channel, value, task_path,
-                     integrity.write_checksum(seq, task_id, index, channel, task_path, value))
-                    for _, task_id, index, channel, value, task_path, _ in writes])
-            attachments.copy(attachments.FileDb(conn), copied, self._path)
-        return len(old_seqs)
-
-    def _delete_matching(self, filters: tuple[dict, ...], thread_id: str | None) -> int:
-        where, params = ("WHERE thread_id = ?", (thread_id,)) if thread_id is not None \
-            else ("", ())
-        with _Transaction(self, "deleting checkpoints by metadata") as conn, \
-                self._damage("deleting checkpoints by metadata"):
-            doomed: set[int] = set()
-            orphans = []
-            rows = conn.execute(f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c {where} "
-                                "ORDER BY c.seq", params)
-            try:
-                for row in rows:
-                    self._verify(row)
-                    found = codec.decode(row[6])
-                    if any(_matches(found, wanted) for wanted in filters):
-                        doomed.add(row[0])
-                    elif row[3] in doomed:  # seq order: a parent is classified before its child
-                        orphans.append(row)
-            finally:
-                _close_cursors(rows)
-            if not doomed:
-                return 0
-            conn.execute(_RAISE_HIGH_WATER.format(table="checkpoints"))
-            conn.executemany(
-                "UPDATE checkpoints SET parent_seq = NULL, parent_key = NULL, checksum = ? "
-                "WHERE seq = ?",
-                [(integrity.checkpoint_checksum(seq, thread, namespace, None, created, state,
-                                                meta, key, None), seq)
-                 for seq, thread, namespace, _, created, state, meta, _, key, _ in orphans])
-            conn.executemany("DELETE FROM checkpoints WHERE seq = ?",
-                             [(seq,) for seq in sorted(doomed)])
-            attachments.collect_deleted(attachments.FileDb(conn))
-            return len(doomed)
-
-    def _get_rows(self, thread_id: str, namespace: str, checkpoint_id: str | None
-                  ) -> builtins.list[tuple]:
-        """One statement (its own snapshot): see _get_query."""
-        found = checkpoint_query(thread_id, namespace, checkpoint_id, _GET_LATEST, _GET_BY_KEY,
-                                 _GET_BY_SEQ)
-        if found is None:
-            return []
-        with _Read(self, "reading a checkpoint", snapshot=False) as read:
-            return read.conn.execute(*found).fetchall()
-
-    def _list(self, thread_id: str, namespace: str | None, before: str | None,
-              limit: int | None, metadata: dict | None,
-              damaged: Callable[[str, ChecksumError], None] | None = None
-              ) -> Iterator[Checkpoint]:
-        where = "thread_id = ?"
-        params: builtins.list[object] = [thread_id]
-        if namespace is not None:
-            where += " AND namespace = ?"
-            params.append(namespace)
-        upper: int | None = None  # list checkpoints with seq <= upper
-        produced = pages = 0
-        while True:
-            with _Read(self, "listing checkpoints") as read:
-                if upper is None:
-                    upper = _INT64_MAX if before is None else \
-                        self._before_seq(read.conn, thread_id, namespace, before) - 1
-                    if limit == 0:  # after the check of `before`: a bad id raises at any limit
-                        return
-                    if namespace is None:
-                        # A thread with one namespace (the usual case) is listed in that
-                        # namespace's index order, without sorting. Exact across pages: a
-                        # checkpoint put in another namespace later has a larger seq and is
-                        # never listed.
-                        low, high = read.conn.execute(_NAMESPACE_RANGE,
-                                                      (thread_id, thread_id)).fetchone()
-                        if low is not None and low == high:
-                            namespace = low
-                            where += " AND namespace = ?"
-                            params.append(namespace)
-                want = min(_core.MAX_PAGE_ROWS, _core.PAGE_ROWS << pages)
-                if limit is not None and metadata is None:
-                    want = min(want, limit - produced)
-                rows, full = self._page(read.conn, where, [*params, upper], namespace, want)
-                writes = self._page_writes(read.conn, rows)
-            # The snapshot has ended: a caller holding this iterator pins nothing.
-            remaining = None if limit is None else limit - produced
-            for checkpoint in self._merge(iter(rows), iter(writes), remaining, metadata,
-                                          damaged):
-                produced += 1
-                yield checkpoint
-            if not full or (limit is not None and produced >= limit):
-                return
-            upper = rows[-1][0] - 1
-            pages += 1
-
-    def _page(self, conn: apsw.Connection, where: str, params: builtins.list[object],
-              namespace: str | None, want: int) -> tuple[builtins.list[tuple], bool]:
-        """Up to ``want`` checkpoint rows with ``seq <= params[-1]``, newest first (see
-        :func:`~sqlitesaver.sqlite.reads._fetch_page`); and whether more may follow.
-
-        Across namespaces each page reads the seqs of all the thread's older checkpoints
-        from the index to sort them, so listing a whole thread of n checkpoints reads about
-        n / :data:`MAX_PAGE_ROWS` times n index entries; within one namespace a page reads
-        only its own rows."""
-        if namespace is not None:
-            # The index is (thread_id, namespace, seq): rows stream in order, no sort.
-            query = (f"SELECT {_CHECKPOINT_COLUMNS} FROM checkpoints AS c WHERE {where} "
-                     "AND seq <= ? ORDER BY c.seq DESC LIMIT ?")
-        else:
-            # Across namespaces the index order is not seq order: sort the seqs alone (8
-            # bytes each, from the covering index), then fetch rows in that order, instead
-            # of letting SQLite sort whole rows with their payloads.
-            query = (f"WITH s(seq) AS MATERIALIZED (SELECT seq FROM checkpoints WHERE {where} "
-                     f"AND seq <= ? ORDER BY seq DESC LIMIT ?) SELECT {_CHECKPOINT_COLUMNS} "
-                     "FROM s CROSS JOIN checkpoints AS c ON c.seq = s.seq")
-        return _fetch_page(conn.execute(query, [*params, want]), want, (5, 6))
-
-    @staticmethod
-    def _page_writes(conn: apsw.Connection, rows: Sequence[tuple]) -> builtins.list[tuple]:
-        """The pending writes of a page's checkpoints, in the page's order (one query: an
-        index lookup per checkpoint)."""
-        if not rows:
-            return []
-        seqs = "[" + ",".join(str(row[0]) for row in rows) + "]"
-        return conn.execute(
-            f"SELECT {_WRITE_COLUMNS} FROM writes AS w WHERE w.checkpoint_seq IN "
-            "(SELECT value FROM json_each(?)) ORDER BY w.checkpoint_seq DESC, w.task_id, w.idx",
-            (seqs,)).fetchall()
-
-    def _read_log(self, thread_id: str, after: int) -> Iterator[LogEvent]:
-        last: int | None = None  # the newest event when the read began: where it stops
-        pages = 0
-        while True:
-            with _Read(self, "reading the log") as read:
-                conn = read.conn
-                if last is None:
-                    last = conn.execute("SELECT max(seq) FROM log WHERE thread_id = ?",
-                                        (thread_id,)).fetchone()[0]
-                    if last is None:
-                        return
-                want = min(_core.MAX_PAGE_ROWS, _core.PAGE_ROWS << pages)
-                rows, full = _fetch_page(conn.execute(
-                    "SELECT seq, thread_id, created_at, event, checksum FROM log "
-                    "WHERE thread_id = ? AND seq > ? AND seq <= ? ORDER BY seq LIMIT ?",
-                    (thread_id, after, last, want)), want, (3,))
-            # The snapshot has ended: a caller holding this iterator pins nothing.
-            for seq, thread, created, event, checksum in rows:
-                try:
-                    intact = integrity.expected_log_checksum(  # in its stored form
-                        checksum, seq, thread, created, event) == checksum
-                except (TypeError, ValueError, OverflowError):  # a column of the wrong type
-                    intact = False
-                if not intact:
-                    raise self._checksum_error(f"log event {seq} of thread {thread!r}")
-                yield LogEvent(seq, thread, _to_datetime(created), codec.decode(event))
-            if not full:
-                return
-            after = rows[-1][0]
-            pages += 1
-
-    def _threads(self) -> builtins.list[str]:
-        with _Read(self, "listing threads") as read:
-            return [row[0] for row in read.conn.execute(_THREADS)]
-
     # --- internals -------------------------------------------------------------------------
 
     def _check_usable(self) -> None:
@@ -900,25 +617,6 @@ class SqliteFileSaver(Saver):
             f"{argument} {checkpoint_id!r} is not a checkpoint of thread {thread_id!r} "
             f"in namespace {namespace!r} in {self._path!r}; nothing was written.",
             path=self._path)
-
-    def _before_seq(self, conn: apsw.Connection, thread_id: str, namespace: str | None,
-                    before: str) -> int:
-        if namespace is not None:
-            return self._checkpoint_seq(conn, thread_id, namespace, before, "before")
-        if _is_generated(before):
-            seq = _parse_id(before)
-            if seq is not None and conn.execute(
-                    "SELECT 1 FROM checkpoints WHERE seq = ? AND thread_id = ? AND key IS NULL",
-                    (seq, thread_id)).fetchone() is None:
-                seq = None
-        else:
-            seq = conn.execute("SELECT max(seq) FROM checkpoints WHERE thread_id = ? AND "
-                               "key = ?", (thread_id, before)).fetchone()[0]
-        if seq is None:
-            raise CheckpointNotFoundError(
-                f"before {before!r} is not a checkpoint of thread {thread_id!r} in "
-                f"{self._path!r}", path=self._path)
-        return seq
 
     def _checksum_error(self, what: str) -> ChecksumError:
         return ChecksumError(
