@@ -251,14 +251,22 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         """Store a task's writes against the config's checkpoint, all in one transaction:
         regular channels keep their first value when retried, special ones (errors,
         interrupts) take the last. Writes that arrive before their checkpoint wait up to
-        :attr:`pending_writes_wait` seconds and are stored in its transaction; either way
-        this returns only after they are committed."""
+        :attr:`pending_writes_wait` seconds and are stored in its transaction (inside the
+        caller's own ``saver.transaction()`` they raise at once: nothing else can commit the
+        checkpoint meanwhile); either way this returns only after they are committed."""
         key, store = self._prepare_writes(config, writes, task_id, task_path)
         deadline, trust_recent = None, True
         while True:
             try:
                 return store()
             except CheckpointNotFoundError:
+                if self.saver.in_transaction:
+                    # Inside the caller's transaction, which holds the write lock: no other
+                    # thread's put can commit the checkpoint before it ends, and a parked job
+                    # taken by one would be stored by it after this call raised (and after
+                    # the caller's transaction rolled back). The writes belong to this
+                    # transaction or to nothing.
+                    raise
                 if deadline is None:
                     deadline = time.monotonic() + self.pending_writes_wait
                 elif time.monotonic() >= deadline:
