@@ -3,13 +3,24 @@
 
 from __future__ import annotations
 
+import dis
+import os
+import signal
+import sys
 import threading
 import time
 
+import pytest
 from langgraph.checkpoint.base import empty_checkpoint
 
+import sqlitesaver
 from sqlitesaver import CheckpointNotFoundError, Saver
 from sqlitesaver.langgraph import SqliteSaver
+
+PACKAGE = os.path.dirname(os.path.abspath(sqlitesaver.__file__))
+READ_PATH = tuple(os.path.join(PACKAGE, *parts) for parts in
+                  (("saver.py",), ("sqlite", "saver.py"), ("sqlite", "reads.py"),
+                   ("interrupts.py",)))
 
 
 def _cfg(checkpoint_id: str | None = None) -> dict:
@@ -78,3 +89,123 @@ def test_put_writes_inside_a_transaction_never_parks_for_another_threads_put(
         assert stored.pending_writes == (), stored.pending_writes
         assert not parked, "parked while holding the write lock"
         assert elapsed < checkpointer.pending_writes_wait, elapsed
+
+
+# --- a signal at any instant of a read ----------------------------------------------------------
+
+_CALL = dis.opmap["CALL"]
+_JUMP_BACKWARD = dis.opmap["JUMP_BACKWARD"]
+_TABLES: dict = {}
+
+
+def _handler(code, offset: int):
+    """Where an exception raised at ``offset`` goes (its exception-table entry)."""
+    table = _TABLES.get(code)
+    if table is None:
+        table = _TABLES[code] = dis._parse_exception_table(code)
+    for entry in table:
+        if entry.start <= offset < entry.end:
+            return entry.target
+    return None
+
+
+class SignalAt:
+    """Sends SIGINT to this (the main) thread at the ``at``-th place of the read path where
+    CPython runs signal handlers: a function's first instruction, the instruction after a
+    call has returned, a backward jump. Instruction by instruction (``f_trace_opcodes``),
+    finer than tests/test_interrupts.py's line by line: a handler runs between a call's
+    return and the store of its result, where no line starts. Whatever handler is installed
+    then runs (a deferred section's recorder included), as for a real Ctrl-C. Where the
+    instruction after a call has another exception handler than the call (the end of a
+    ``try`` or ``with`` body), the signal would be raised by the call, inside: not counted.
+    ``__del__`` is left out: an exception in a finalizer is Python's to swallow."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.count = 0
+        self.where = None
+
+    def __call__(self, frame, event, arg):
+        code = frame.f_code
+        if event != "call" or code.co_filename not in READ_PATH or code.co_name == "__del__":
+            return None
+        frame.f_trace_lines = False
+        frame.f_trace_opcodes = True
+        previous = [None]
+
+        def local(frame, event, arg):
+            if event != "opcode":
+                return local
+            before, previous[0] = previous[0], frame.f_lasti
+            if before is None or (code.co_code[before] in (_CALL, _JUMP_BACKWARD) and
+                                  _handler(code, before) == _handler(code, frame.f_lasti)):
+                self.count += 1
+                if self.count == self.at:
+                    self.where = f"{code.co_name}:{frame.f_lineno}"
+                    sys.settrace(None)
+                    signal.raise_signal(signal.SIGINT)
+            return local
+        return local
+
+
+@pytest.fixture
+def python_sigint_handler():
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.mark.parametrize("contended", [False, True], ids=["free", "contended"])
+@pytest.mark.parametrize("read", ["get", "list", "threads"])
+def test_a_ctrl_c_at_any_instant_of_a_read_gives_its_connection_back(
+        db_path, hang_detector, python_sigint_handler, monkeypatch, read, contended):
+    """A KeyboardInterrupt between a call's return and the next line of the reader pool's
+    hand-overs (the connection popped from the idle list, returned by ``_reader``, given
+    back by ``_release_reader``), or at the entry of ``_Read.__exit__``, lost the connection
+    and its slot for good: ``max_readers`` such Ctrl-Cs (one with ``max_readers=1``) and every
+    later read waited forever. Another, just after a read's ``BEGIN``, pooled a connection
+    still inside that BEGIN: the next snapshot read failed ("cannot start a transaction
+    within a transaction"). ``contended``: the read first waits for the only connection."""
+    hang_detector(240)
+    from sqlitesaver import interrupts
+    monkeypatch.setattr(interrupts, "STALE_AFTER", 0.2)
+    with Saver(db_path, max_readers=1) as saver:
+        saver.put("t", {"a": 1})
+        reads = {"get": lambda: saver.get("t"), "list": lambda: list(saver.list("t")),
+                 "threads": saver.threads}
+        pool = saver._pool
+        at = 1
+        while True:
+            holder = None
+            if contended:  # another thread holds the only connection until this read waits
+                held = pool.acquire(saver._open_reader, saver._closed_while_waiting)
+                over = threading.Event()
+
+                def give_back(held=held, over=over):
+                    while not pool._waiters and not over.wait(0.001):
+                        pass
+                    saver._release_reader(held)
+
+                holder = threading.Thread(target=give_back)
+                holder.start()
+            signal_at = SignalAt(at)
+            try:
+                sys.settrace(signal_at)
+                try:
+                    reads[read]()
+                finally:
+                    sys.settrace(None)
+            except KeyboardInterrupt:
+                pass
+            if holder is not None:
+                over.set()
+                holder.join(30)
+                assert not holder.is_alive()
+            counts = pool.counts()
+            assert counts["readers_open"] == counts["readers_idle"], \
+                f"a connection was lost by a signal at {signal_at.where} ({at}): {counts}"
+            reads[read]()  # the pool's connection serves the next read
+            if signal_at.count < at:
+                break
+            at += 1
+        assert at > 10

@@ -35,7 +35,8 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import apsw
 
-from .. import attachments, codec, contention, integrity, log, opening, paths, pragmas
+from .. import (attachments, codec, contention, integrity, interrupts, log, opening, paths,
+               pragmas)
 from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS: read at call time, as tests set them
 from ..errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
                       InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError, SaverError,
@@ -927,9 +928,10 @@ class SqliteFileSaver(Saver):
             "(list(..., skip_damaged=True) reads past damaged checkpoints).",
             path=self._path)
 
-    def _reader(self) -> apsw.Connection:
-        """A read connection from the pool; waits while ``max_readers`` are in use."""
-        return self._pool.acquire(self._open_reader, self._closed_while_waiting)
+    def _reader(self, section: interrupts.deferred | None = None) -> apsw.Connection:
+        """A read connection from the pool; waits while ``max_readers`` are in use (with
+        ``section``, the caller's deferral of signals, ended meanwhile)."""
+        return self._pool.acquire(self._open_reader, self._closed_while_waiting, section)
 
     def _open_reader(self) -> apsw.Connection:
         try:
