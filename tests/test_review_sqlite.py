@@ -209,3 +209,49 @@ def test_a_ctrl_c_at_any_instant_of_a_read_gives_its_connection_back(
                 break
             at += 1
         assert at > 10
+
+
+# --- bad input at the adapter -------------------------------------------------------------------
+
+@pytest.mark.parametrize("call", [
+    "list_before_not_a_dict", "list_before_configurable_not_a_dict", "list_before_id_not_a_str",
+    "list_every_thread_before_id_not_a_str", "prune_strategy_unhashable"])
+def test_bad_input_at_the_adapter_raises_invalid_argument_and_changes_nothing(db_path, call):
+    """``list(before=...)`` with a ``before`` that is not a config raised a raw
+    AttributeError, one whose checkpoint_id is not a str (listing every thread) a raw
+    TypeError, and ``prune(strategy=[])`` a raw TypeError (unhashable), instead of
+    InvalidArgumentError."""
+    from conftest import family_digest
+    from sqlitesaver import InvalidArgumentError
+    with Saver(db_path) as saver:
+        checkpointer = SqliteSaver(saver)
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = "1ef4f797-8335-6428-8001-000000000002"
+        config = checkpointer.put(_cfg(), checkpoint, {}, {})
+        calls = {
+            "list_before_not_a_dict": lambda: list(checkpointer.list(config, before=[1])),
+            "list_before_configurable_not_a_dict":
+                lambda: list(checkpointer.list(config, before={"configurable": [1]})),
+            "list_before_id_not_a_str": lambda: list(checkpointer.list(
+                config, before={"configurable": {"checkpoint_id": b"1ef"}})),
+            "list_every_thread_before_id_not_a_str": lambda: list(checkpointer.list(
+                None, before={"configurable": {"checkpoint_id": 5}})),
+            "prune_strategy_unhashable": lambda: checkpointer.prune(["t"], strategy=[]),
+        }
+        before = family_digest(db_path)
+        with pytest.raises(InvalidArgumentError):
+            calls[call]()
+        assert family_digest(db_path) == before
+
+
+def test_a_list_limit_past_sys_maxsize_lists_everything(db_path):
+    """``list(config_with_id, limit=2**70)`` raised islice()'s raw ValueError; the core's
+    list takes such a limit (it is an int >= 0, as documented)."""
+    with Saver(db_path) as saver:
+        checkpointer = SqliteSaver(saver)
+        checkpoint = empty_checkpoint()
+        checkpoint["id"] = "1ef4f797-8335-6428-8001-000000000002"
+        config = checkpointer.put(_cfg(), checkpoint, {}, {})
+        assert len(list(checkpointer.list(config, limit=2 ** 70))) == 1
+        assert len(list(checkpointer.list(_cfg(), limit=2 ** 70))) == 1
+        assert len(list(checkpointer.list(None, limit=2 ** 70))) == 1
