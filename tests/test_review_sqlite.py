@@ -255,3 +255,55 @@ def test_a_list_limit_past_sys_maxsize_lists_everything(db_path):
         assert len(list(checkpointer.list(config, limit=2 ** 70))) == 1
         assert len(list(checkpointer.list(_cfg(), limit=2 ** 70))) == 1
         assert len(list(checkpointer.list(None, limit=2 ** 70))) == 1
+
+
+# --- found, not fixed ---------------------------------------------------------------------------
+
+@pytest.mark.xfail(strict=True, reason="found in review, not fixed: a Ctrl-C at the entry of a "
+                   "transaction() block's __exit__, kept alive, leaves its transaction open")
+def test_a_ctrl_c_at_the_entry_of_a_transaction_blocks_exit_acknowledges_nothing_later(
+        db_path, hang_detector, python_sigint_handler):
+    """CPython checks for signals at every function's entry, and a ``transaction()`` block
+    (its body being the caller's code) does not hold them back: a Ctrl-C at the first
+    instruction of its ``__exit__`` leaves the transaction open and the write lock held.
+    ``_Transaction.__del__`` ends it only once the object dies, but the exception's traceback
+    holds ``__exit__``'s frame, whose ``self`` is that object: while the exception is kept
+    (the interactive interpreter keeps it as ``sys.last_value``; a log record, a future or a
+    test report may too), this thread's next write joins the stale transaction as a nested
+    one and returns, acknowledged yet never committed, and every other thread's write waits
+    for the lock forever."""
+    from sqlitesaver.sqlite import transaction as write_path
+    hang_detector(60)
+    exit_code = write_path._Transaction.__exit__.__code__
+
+    def tracer(frame, event, arg):
+        if event == "call" and frame.f_code is exit_code and \
+                type(frame.f_locals["self"]) is write_path._UserTransaction:
+            frame.f_trace_opcodes = True
+
+            def first_instruction(frame, event, arg):
+                if event == "opcode":
+                    sys.settrace(None)
+                    signal.raise_signal(signal.SIGINT)
+                return first_instruction
+            return first_instruction
+        return None
+
+    with Saver(db_path) as saver:
+        kept = []
+        try:
+            sys.settrace(tracer)
+            with saver.transaction():
+                saver.put("t", {"inside": 1})
+        except KeyboardInterrupt as exc:
+            kept.append(exc)  # as sys.last_value keeps it
+        finally:
+            sys.settrace(None)
+        assert kept
+        ref = saver.put("t", {"after": 1})  # returned: acknowledged
+        seen = []
+        reader = threading.Thread(target=lambda: seen.append(saver.get("t", ref.checkpoint_id)))
+        reader.start()
+        reader.join(30)
+        del kept[:]  # the stale transaction ends (rolled back by __del__): the Saver closes
+        assert seen and seen[0] is not None, "acknowledged, not committed"
