@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping, Sequence
@@ -110,10 +111,20 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int)
                                   or limit < 0):
             raise InvalidArgumentError(f"limit must be an int >= 0 or None, not {limit!r}")
+        if limit is not None and limit > sys.maxsize:
+            limit = None  # more than can be listed; islice() refuses it with a ValueError
         if before is not None:
-            before_id = (before.get("configurable") or {}).get("checkpoint_id")
+            configurable = before.get("configurable") if isinstance(before, Mapping) else None
+            if not isinstance(configurable, Mapping):
+                raise InvalidArgumentError(f"before must be a config (a dict whose "
+                                           f"'configurable' is a dict) or None, not "
+                                           f"{before!r:.80}")
+            before_id = configurable.get("checkpoint_id")
             if not before_id:
                 return  # LangGraph's savers compare with NULL here: nothing is older
+            if not isinstance(before_id, str):
+                raise InvalidArgumentError(f"before's checkpoint_id must be a str, not "
+                                           f"{type(before_id).__name__}")
         else:
             before_id = None
         if config is None:
@@ -251,14 +262,22 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         """Store a task's writes against the config's checkpoint, all in one transaction:
         regular channels keep their first value when retried, special ones (errors,
         interrupts) take the last. Writes that arrive before their checkpoint wait up to
-        :attr:`pending_writes_wait` seconds and are stored in its transaction; either way
-        this returns only after they are committed."""
+        :attr:`pending_writes_wait` seconds and are stored in its transaction (inside the
+        caller's own ``saver.transaction()`` they raise at once: nothing else can commit the
+        checkpoint meanwhile); either way this returns only after they are committed."""
         key, store = self._prepare_writes(config, writes, task_id, task_path)
         deadline, trust_recent = None, True
         while True:
             try:
                 return store()
             except CheckpointNotFoundError:
+                if self.saver.in_transaction:
+                    # Inside the caller's transaction, which holds the write lock: no other
+                    # thread's put can commit the checkpoint before it ends, and a parked job
+                    # taken by one would be stored by it after this call raised (and after
+                    # the caller's transaction rolled back). The writes belong to this
+                    # transaction or to nothing.
+                    raise
                 if deadline is None:
                     deadline = time.monotonic() + self.pending_writes_wait
                 elif time.monotonic() >= deadline:
@@ -320,7 +339,7 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         thread; ``"delete"``: delete all their checkpoints. One transaction for all threads.
         Like LangGraph's base contract says, ``keep_latest`` is not aware of the beta
         ``DeltaChannel``: do not prune threads of graphs that use it."""
-        if strategy not in _STRATEGIES:
+        if not isinstance(strategy, str) or strategy not in _STRATEGIES:
             raise InvalidArgumentError(
                 f"strategy must be one of {sorted(_STRATEGIES)}, not {strategy!r}")
         threads = [str(thread_id) for thread_id in _sequence("thread_ids", thread_ids)]

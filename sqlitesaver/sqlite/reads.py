@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING
 
 import apsw
 
+from .. import interrupts
 from .. import saver as _core  # PAGE_BYTES, read at call time
 from ..errors import SaverError
 # The module, for WAL_CHECKPOINT_WAIT read at call time: a value set on it (tests lower it)
@@ -93,11 +94,14 @@ class _ReaderPool:
                     "reader_waits": self.waits}
 
     def acquire(self, open_conn: Callable[[], apsw.Connection],
-                closed_error: Callable[[], SaverError]) -> apsw.Connection:
+                closed_error: Callable[[], SaverError],
+                section: interrupts.deferred | None = None) -> apsw.Connection:
         """A connection: an idle one, a new one (``open_conn``) while fewer than ``limit`` are
         open, else the next one released, after those already waiting. Raises
         ``closed_error()`` once the pool is closed. (The callables are passed in, not kept:
-        no reference cycle through the Saver.)"""
+        no reference cycle through the Saver.) ``section``, the caller's active deferral of
+        signals, is ended while this waits (Ctrl-C interrupts the wait) and begun again once
+        it is served."""
         waiter = None
         slot = False  # this call holds a slot (to open a connection with) outside any waiter
         try:
@@ -114,7 +118,11 @@ class _ReaderPool:
                     self._open += 1
                     slot = True
             if waiter is not None:
+                if section is not None:
+                    section.__exit__(None, None, None)  # a signal held meanwhile: raised here
                 waiter.event.wait()
+                if section is not None:
+                    section.__enter__()
                 if waiter.closed:
                     raise closed_error()
                 if waiter.conn is not None:
@@ -211,6 +219,8 @@ class _Read:
         self._saver = saver
         self._doing = doing
         self._snapshot = snapshot
+        self._pooled = False
+        self.conn: apsw.Connection | None = None
 
     def __enter__(self) -> "_Read":
         saver = self._saver
@@ -222,17 +232,45 @@ class _Read:
         self._pooled = True
         if not saver._readers_open.is_set():  # a forced WAL checkpoint is running
             saver._readers_open.wait(write_path.WAL_CHECKPOINT_WAIT)
-        conn = saver._reader()  # may wait for a connection: max_readers are in use
+        # Signals are deferred until the connection is bound to this read: in between it is
+        # only on the stack, where a KeyboardInterrupt (CPython raises them as a call
+        # returns) lost it and its slot for good, until every read waited forever
+        # (max_readers lost). The pool lets signals through while the read waits.
+        held = interrupts.deferred()
+        held.__enter__()
+        conn = None
         try:
+            conn = saver._reader(held)  # may wait for a connection: max_readers are in use
             if self._snapshot:
                 conn.execute("BEGIN")
             self.conn = conn
+            held.__exit__(None, None, None)  # a signal that came meanwhile: raised here
         except BaseException as exc:
-            saver._release_reader(conn)  # its slot, whatever the exception
+            try:
+                if conn is not None:
+                    with interrupts.deferred():
+                        self.conn = None
+                        # Closed, not pooled: a BEGIN that ran would still be open in it.
+                        saver._release_reader(conn, False)  # its slot, whatever the exception
+            finally:
+                held.__exit__(None, None, None)
             if isinstance(exc, apsw.Error):
                 raise saver._translate(exc, self._doing) from exc
             raise
         return self
+
+    def __del__(self) -> None:
+        # CPython checks for signals at every function's entry, so a KeyboardInterrupt can
+        # leave __exit__ before any line of it ran, with this read's connection still out:
+        # it goes back (closed, its slot passed on) as this object dies with the frame of the
+        # `with` statement (as _Transaction.__del__ does for a write). From another thread:
+        # a finalizer may run wherever the garbage collector does, even inside the pool's lock.
+        if self._pooled and self.conn is not None:  # no call: no place for a signal to land
+            try:
+                threading.Thread(target=self._saver._release_reader, args=(self.conn, False),
+                                 daemon=True).start()
+            except BaseException:  # in a finalizer: nowhere to raise to
+                pass
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -250,16 +288,17 @@ class _Read:
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         saver = self._saver
         if self._pooled:
-            conn = self.conn
-            reusable = False
-            try:
-                if not conn.get_autocommit():
-                    conn.execute("COMMIT")  # ends the read snapshot; nothing to write
-                reusable = True
-            except apsw.Error:
-                pass  # closed by the release below
-            finally:
-                saver._release_reader(conn, reusable)  # its slot, whatever the exception
+            with interrupts.deferred():  # no signal between here and the release (see __del__)
+                conn, self.conn = self.conn, None  # one statement: nothing can come between
+                reusable = False
+                try:
+                    if not conn.get_autocommit():
+                        conn.execute("COMMIT")  # ends the read snapshot; nothing to write
+                    reusable = True
+                except apsw.Error:
+                    pass  # closed by the release below
+                finally:
+                    saver._release_reader(conn, reusable)  # its slot, whatever the exception
         if isinstance(exc, (apsw.Error, UnicodeDecodeError)):  # the latter: damaged text
             raise saver._translate(exc, self._doing) from exc
 

@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import apsw
 
-from .. import attachments, contention, integrity, log, opening, paths, pragmas
+from .. import attachments, contention, integrity, interrupts, log, opening, paths, pragmas
 from ..errors import (ChecksumError, CheckpointNotFoundError, ForkedProcessError,
                       InvalidArgumentError, ReadOnlyDatabaseError, SaverClosedError, SaverError,
                       UsageError, describe, restore_advice, translate)
@@ -625,9 +625,10 @@ class SqliteFileSaver(ReadSteps, MaintenanceSteps, Saver):
             "(list(..., skip_damaged=True) reads past damaged checkpoints).",
             path=self._path)
 
-    def _reader(self) -> apsw.Connection:
-        """A read connection from the pool; waits while ``max_readers`` are in use."""
-        return self._pool.acquire(self._open_reader, self._closed_while_waiting)
+    def _reader(self, section: interrupts.deferred | None = None) -> apsw.Connection:
+        """A read connection from the pool; waits while ``max_readers`` are in use (with
+        ``section``, the caller's deferral of signals, ended meanwhile)."""
+        return self._pool.acquire(self._open_reader, self._closed_while_waiting, section)
 
     def _open_reader(self) -> apsw.Connection:
         try:
