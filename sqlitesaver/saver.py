@@ -48,6 +48,8 @@ from .ids import is_generated as _is_generated
 from .postgres.target import SCHEMES as _POSTGRES_SCHEMES  # stdlib only: no psycopg
 from .records import (Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport,
                       new_checkpoint, new_pending_write)
+from .saver_arguments import check_indexes as _check_indexes
+from .saver_arguments import check_text as _check_text
 from .saver_files import FileMethods
 
 if TYPE_CHECKING:
@@ -679,36 +681,6 @@ class _DamagedReporter:
         log.damaged_skipped(self.path, self.thread_id, checkpoint_id, error)
         if self.on_damaged is not None:
             self.on_damaged(checkpoint_id, error)
-
-
-def _check_text(name: str, value: object, *, allow_empty: bool = False) -> None:
-    if type(value) is not str:
-        raise InvalidArgumentError(f"{name} must be a str, not {type(value).__name__}")
-    if not value and not allow_empty:
-        raise InvalidArgumentError(f"{name} must not be empty")
-    if not value.isascii():  # only non-ASCII text can hold a lone surrogate
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidArgumentError(f"{name} {value!r} is not valid UTF-8 text") from None
-
-
-def _check_indexes(indexes: object, writes: Sequence) -> Sequence[int]:
-    if type(indexes) is not list and type(indexes) is not tuple and (
-            isinstance(indexes, (str, bytes)) or not isinstance(indexes, Sequence)):
-        raise InvalidArgumentError(
-            f"indexes must be a list of ints or None, not {type(indexes).__name__}")
-    if len(indexes) != len(writes):
-        raise InvalidArgumentError(
-            f"indexes has {len(indexes)} entries for {len(writes)} writes: give one per write")
-    for position, index in enumerate(indexes):
-        if (type(index) is not int and (isinstance(index, bool) or not isinstance(index, int))) \
-                or not -_INT64_MAX - 1 <= index <= _INT64_MAX:
-            raise InvalidArgumentError(
-                f"indexes[{position}] must be an int in SQLite's 64-bit range, not {index!r}")
-    if len(set(indexes)) != len(indexes):
-        raise InvalidArgumentError(f"indexes must be distinct, not {list(indexes)!r:.80}")
-    return indexes
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
