@@ -12,9 +12,11 @@ encodes its values here, then calls one *storage step* of the engine (``_put_che
 ``_store_writes``, ``_store_event``, ``_get_rows``, ``_list``, ``_read_log``, ``_threads``,
 ``_delete_thread``, ``_prune``, ``_copy_thread``, ``_delete_matching``); the rows a step
 returns have one shape on every engine, and their checksums are verified and the records built
-here. The files stored with a checkpoint are core too (:mod:`sqlitesaver.saver_files`, a base
-of :class:`Saver`: :mod:`sqlitesaver.attachments`' statements run through the engine's
-``FileDb`` in the engine's transactions). Each step, and each method an engine provides on its own
+in the core too (:mod:`sqlitesaver.saver_reads`, a base of :class:`Saver`). The arguments are
+checked by :mod:`sqlitesaver.saver_arguments`' functions. The files stored with a checkpoint
+are core too (:mod:`sqlitesaver.saver_files`, a base of :class:`Saver`:
+:mod:`sqlitesaver.attachments`' statements run through the engine's ``FileDb`` in the engine's
+transactions). Each step, and each method an engine provides on its own
 (:meth:`Saver.transaction`, :meth:`Saver.backup`, :meth:`Saver.stats`, :meth:`Saver.close`,
 ...), is declared on
 :class:`Saver` with the contract an engine implements (the declaration raises
@@ -34,23 +36,25 @@ from __future__ import annotations
 import builtins
 import operator
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import codec, integrity, log
-from .errors import (ChecksumError, CorruptDatabaseError, InvalidArgumentError, SaverError,
-                     check_command)
+from . import codec
+from .errors import ChecksumError, CorruptDatabaseError, InvalidArgumentError, check_command
 # Ids are the same on every engine (sqlitesaver/ids.py); the old private names stay.
 from .ids import INT64_MAX as _INT64_MAX
-from .ids import format_id as _format_id
+from .ids import format_id
 from .ids import is_generated as _is_generated
 from .postgres.target import SCHEMES as _POSTGRES_SCHEMES  # stdlib only: no psycopg
-from .records import (Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport,
-                      new_checkpoint, new_pending_write)
+from .records import Checkpoint, CheckpointRef, LogEvent, RecoveryReport
 from .saver_arguments import check_indexes as _check_indexes
 from .saver_arguments import check_text as _check_text
 from .saver_files import FileMethods
+# The read side: rows verified and built into records. Imported by name, so that put, get and
+# list look them up as globals, as when they were defined here.
+from .saver_reads import DamagedReporter as _DamagedReporter
+from .saver_reads import VerifiedReads, matches
+from .saver_reads import to_datetime as _to_datetime
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
@@ -69,9 +73,12 @@ __all__ = ["Saver"]
 _N_CHECKPOINT_COLUMNS = 10
 _WRITE_ORDER = operator.itemgetter(1, 2)
 _EMPTY_DICT = b"\x80"  # msgpack of {}: the usual metadata, not worth a trip through the codec
+# Still importable from this module under the names they had here (the engines import them from
+# their homes, ids.py and saver_reads.py, now).
+_format_id, _matches = format_id, matches
 
 
-class Saver(FileMethods):
+class Saver(VerifiedReads, FileMethods):
     """A durable checkpoint store in one SQLite file (or, given a ``postgresql://`` URL, on a
     PostgreSQL server).
 
@@ -80,8 +87,8 @@ class Saver(FileMethods):
     :class:`~sqlitesaver.sqlite.saver.SqliteFileSaver`, whose docstring gives the options
     (``durability``, ``busy_timeout``, ``integrity_check``, ``readonly``, ``max_readers``) and
     what a path may name. ``Saver("postgresql://...")`` returns a
-    :class:`~sqlitesaver.postgres.saver.PostgresServerSaver`. Both are instances of ``Saver``. Use it
-    as a context manager or call :meth:`close`. One Saver may be shared by any number of
+    :class:`~sqlitesaver.postgres.saver.PostgresServerSaver`. Both are instances of ``Saver``.
+    Use it as a context manager or call :meth:`close`. One Saver may be shared by any number of
     threads; it must not cross ``fork()``.
 
     The methods here are the backend-neutral core (see the module docstring); those that raise
@@ -517,49 +524,6 @@ class Saver(FileMethods):
         ``next()``."""
         raise NotImplementedError
 
-    def _merge(self, checkpoints: Iterator[tuple], writes: Iterator[tuple],
-               limit: int | None, metadata: dict | None,
-               damaged: Callable[[str, ChecksumError], None] | None = None
-               ) -> Iterator[Checkpoint]:
-        """Pair two streams ordered by descending seq: checkpoints and their writes.
-        ``damaged``: skip a checkpoint that fails a checksum and report it there."""
-        pending = next(writes, None)
-        produced = 0
-        previous = None
-        for row in checkpoints:
-            seq = row[0]
-            if previous is not None and seq >= previous:
-                raise SaverError(f"internal error: checkpoints listed out of order ({seq} "
-                                 f"after {previous}) in {self._path!r}", path=self._path)
-            previous = seq
-            mine = []
-            while pending is not None and pending[0] >= seq:
-                if pending[0] == seq:
-                    mine.append(pending)
-                current, pending = pending[0], next(writes, None)
-                if pending is not None and pending[0] > current:
-                    raise SaverError(f"internal error: pending writes listed out of order "
-                                     f"({pending[0]} after {current}) in {self._path!r}",
-                                     path=self._path)
-            try:
-                if metadata is None:
-                    checkpoint = self._checkpoint(row, mine)
-                else:
-                    self._verify(row)
-                    found = codec.decode(row[6])
-                    if not _matches(found, metadata):
-                        continue
-                    checkpoint = self._checkpoint(row, mine, found)
-            except ChecksumError as exc:
-                if damaged is None:
-                    raise
-                damaged(row[8] if row[8] is not None else _format_id(seq), exc)
-                continue
-            yield checkpoint
-            produced += 1
-            if limit is not None and produced >= limit:
-                return
-
     def read_log(self, thread_id: str, after: int | None = None) -> Iterator[LogEvent]:
         """The thread's log events in append order, those with ``seq > after`` when given, up
         to the newest one when the first is read (a reader never chases a writer forever).
@@ -610,48 +574,6 @@ class Saver(FileMethods):
         with this engine's advice on what to do about it."""
         raise NotImplementedError
 
-    def _verify(self, row: tuple) -> None:
-        seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key, \
-            parent_key = row
-        try:
-            intact = integrity.expected_checkpoint_checksum(  # in the form it is stored in
-                checksum, seq, thread_id, namespace, parent_seq, created, state, meta, key,
-                parent_key) == checksum
-        except (TypeError, ValueError, OverflowError):  # a column of the wrong type: damage
-            intact = False
-        if not intact:
-            raise self._checksum_error(
-                f"checkpoint {key or _format_id(seq)!r} of thread {thread_id!r}")
-
-    def _verify_writes(self, checkpoint_id: str, writes: Iterable[tuple]) -> None:
-        for w_seq, task_id, index, channel, value, task_path, checksum in writes:
-            try:
-                intact = integrity.expected_write_checksum(  # in its stored form
-                    checksum, w_seq, task_id, index, channel, task_path, value) == checksum
-            except (TypeError, ValueError, OverflowError):  # a column of the wrong type
-                intact = False
-            if not intact:
-                raise self._checksum_error(
-                    f"pending write ({task_id!r}, {index}) of checkpoint {checkpoint_id!r}")
-
-    def _checkpoint(self, row: tuple, writes: Sequence[tuple],
-                    metadata: dict | None = None) -> Checkpoint:
-        if metadata is None:
-            self._verify(row)
-            metadata = codec.decode(row[6])
-        seq, thread_id, namespace, parent_seq, created, state = row[:6]
-        key, parent_key = row[8:10]
-        checkpoint_id = _format_id(seq) if key is None else key
-        pending: tuple[PendingWrite, ...] = ()
-        if writes:
-            self._verify_writes(checkpoint_id, writes)
-            pending = tuple(new_pending_write(task_id, index, channel, codec.decode(value),
-                                              task_path)
-                            for _, task_id, index, channel, value, task_path, _ in writes)
-        if parent_key is None and parent_seq is not None:
-            parent_key = _format_id(parent_seq)
-        return new_checkpoint(thread_id, namespace, checkpoint_id, parent_key,
-                              _to_datetime(created), codec.decode(state), metadata, pending)
 
 
 #: list() and read_log() read in pages, each from one snapshot that ends before the page is
@@ -663,34 +585,3 @@ class Saver(FileMethods):
 PAGE_ROWS = 256
 MAX_PAGE_ROWS = 2048
 PAGE_BYTES = 4 * 1024 * 1024
-
-
-class _DamagedReporter:
-    """``list(skip_damaged=True)``: report each damaged checkpoint skipped (the logger, then the
-    caller's ``on_damaged``)."""
-
-    __slots__ = ("path", "thread_id", "on_damaged")
-
-    def __init__(self, path: str, thread_id: str,
-                 on_damaged: Callable[[str, ChecksumError], None] | None) -> None:
-        self.path = path
-        self.thread_id = thread_id
-        self.on_damaged = on_damaged
-
-    def __call__(self, checkpoint_id: str, error: ChecksumError) -> None:
-        log.damaged_skipped(self.path, self.thread_id, checkpoint_id, error)
-        if self.on_damaged is not None:
-            self.on_damaged(checkpoint_id, error)
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _to_datetime(us: int) -> datetime:
-    # Exact, unlike fromtimestamp(float); positional, as keyword parsing costs 40% more.
-    return _EPOCH + timedelta(0, 0, us)
-
-
-def _matches(found: Any, wanted: dict) -> bool:
-    return isinstance(found, dict) and all(
-        key in found and found[key] == value for key, value in wanted.items())
