@@ -16,11 +16,11 @@ in the core too (:mod:`sqlitesaver.saver_reads`, a base of :class:`Saver`). The 
 checked by :mod:`sqlitesaver.saver_arguments`' functions. The files stored with a checkpoint
 are core too (:mod:`sqlitesaver.saver_files`, a base of :class:`Saver`:
 :mod:`sqlitesaver.attachments`' statements run through the engine's ``FileDb`` in the engine's
-transactions). Each step, and each method an engine provides on its own
-(:meth:`Saver.transaction`, :meth:`Saver.backup`, :meth:`Saver.stats`, :meth:`Saver.close`,
-...), is declared on
-:class:`Saver` with the contract an engine implements (the declaration raises
-:class:`NotImplementedError`).
+transactions). Each step is declared with the contract an engine implements, and the shape of
+the rows it returns, in :mod:`sqlitesaver.storage_steps` (a base of :class:`Saver`); each
+public method an engine provides on its own (:meth:`Saver.transaction`, :meth:`Saver.backup`,
+:meth:`Saver.stats`, :meth:`Saver.close`, ...) is declared here on :class:`Saver` with its
+contract (the declaration raises :class:`NotImplementedError`).
 
 Guarantee, on every engine: a write returns only after the transaction carrying it committed
 (what a committed write survives is the engine's ``durability``: see its class). A write that
@@ -55,22 +55,18 @@ from .saver_files import FileMethods
 from .saver_reads import DamagedReporter as _DamagedReporter
 from .saver_reads import VerifiedReads, matches
 from .saver_reads import to_datetime as _to_datetime
+from .storage_steps import N_CHECKPOINT_COLUMNS as _N_CHECKPOINT_COLUMNS
+from .storage_steps import StorageSteps
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from . import attachments
     from .backup import BackupReport
 
 T = TypeVar("T")
 
 __all__ = ["Saver"]
 
-# The rows storage steps return, on every engine: a checkpoint's 10 columns (seq, thread_id,
-# namespace, parent_seq, created_at, state, metadata, checksum, key, parent_key) and, after
-# them in _get_rows' rows, a pending write's 7 (checkpoint_seq, task_id, idx, channel, value,
-# task_path, checksum).
-_N_CHECKPOINT_COLUMNS = 10
 _WRITE_ORDER = operator.itemgetter(1, 2)
 _EMPTY_DICT = b"\x80"  # msgpack of {}: the usual metadata, not worth a trip through the codec
 # Still importable from this module under the names they had here (the engines import them from
@@ -78,7 +74,7 @@ _EMPTY_DICT = b"\x80"  # msgpack of {}: the usual metadata, not worth a trip thr
 _format_id, _matches = format_id, matches
 
 
-class Saver(VerifiedReads, FileMethods):
+class Saver(StorageSteps, VerifiedReads, FileMethods):
     """A durable checkpoint store in one SQLite file (or, given a ``postgresql://`` URL, on a
     PostgreSQL server).
 
@@ -253,33 +249,6 @@ class Saver(VerifiedReads, FileMethods):
                                                           metadata_bytes, with_files)
         return CheckpointRef(thread_id, namespace, checkpoint_id, _to_datetime(created))
 
-    # The storage steps: each public method checks its arguments and encodes its values above
-    # them (the backend-neutral core), then calls one of these, which the engine implements
-    # (SQLite's in sqlitesaver/sqlite/saver.py, PostgreSQL's in sqlitesaver/postgres/saver.py).
-    # Each takes checked arguments and encoded bytes, and returns plain values or rows in the
-    # shapes above; checksums are verified and records built here, once. A step checks that
-    # the Saver is usable (_check_usable) before it touches the store.
-
-    def _put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
-                        checkpoint_id: str | None, state: bytes, metadata: bytes,
-                        files: "Callable[[attachments.FileDb, int], None] | None" = None
-                        ) -> tuple[str, int]:
-        """Insert the checkpoint (or replace the one with caller-supplied id
-        ``checkpoint_id``) in one transaction, or in the calling thread's open one; return its
-        id and ``created_at`` (microseconds since the epoch). ``files``, when given, is called
-        with the engine's :class:`~sqlitesaver.attachments.FileDb` and the checkpoint's seq in
-        that same transaction, after the checkpoint row is written (a put with files); if the
-        engine runs the transaction again (a retry on a server), it is called again.
-
-        A new checkpoint gets the next generated id, larger than every id handed out before
-        in its thread. A replaced one keeps its place in the order, its ``created_at`` and its
-        pending writes; its parent must then be older than it, else
-        :class:`~sqlitesaver.errors.InvalidArgumentError`. ``parent_id`` must name a
-        checkpoint of the same thread and namespace, else
-        :class:`~sqlitesaver.errors.CheckpointNotFoundError`. Either way nothing is
-        written."""
-        raise NotImplementedError
-
     def put_writes(self, thread_id: str, checkpoint_id: str, task_id: str,
                    writes: Sequence[tuple[str, Any]], *, namespace: str = "",
                    task_path: str = "", indexes: Sequence[int] | None = None,
@@ -319,38 +288,17 @@ class Saver(VerifiedReads, FileMethods):
         self._store_writes(thread_id, namespace, checkpoint_id, task_id, task_path, encoded,
                            replace)
 
-    def _store_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
-                      task_path: str, encoded: builtins.list[tuple[int, str, bytes]],
-                      replace: bool) -> None:
-        """Store ``(index, channel, value bytes)`` of a task against the checkpoint
-        ``checkpoint_id`` of the thread and namespace, each with its checksum, all or none (a
-        storage step). A ``(task_id, index)`` already stored keeps its first value, unless
-        ``replace``. A checkpoint that does not exist raises
-        :class:`~sqlitesaver.errors.CheckpointNotFoundError`."""
-        raise NotImplementedError
-
     def append_log(self, thread_id: str, event: Any) -> int:
         """Append an event to the thread's log; return its ``seq`` after COMMIT returned."""
         _check_text("thread_id", thread_id)
         event_bytes = codec.encode(event, name="event")
         return self._store_event(thread_id, event_bytes)
 
-    def _store_event(self, thread_id: str, event_bytes: bytes) -> int:
-        """Append the encoded event to the thread's log, with its checksum; return its seq,
-        never handed out before (a storage step)."""
-        raise NotImplementedError
-
     def delete_thread(self, thread_id: str) -> int:
         """Delete every checkpoint (all namespaces), pending write and log event of the
         thread, in one transaction. Returns how many checkpoints were deleted."""
         _check_text("thread_id", thread_id)
         return self._delete_thread(thread_id)
-
-    def _delete_thread(self, thread_id: str) -> int:
-        """Delete every checkpoint (all namespaces), pending write and log event of the thread,
-        and what only they hold, in one transaction; return how many checkpoints were deleted.
-        A deleted id is never handed out again (a storage step)."""
-        raise NotImplementedError
 
     def prune(self, thread_id: str, *, keep_last: int) -> int:
         """Keep the newest ``keep_last`` checkpoints of each namespace of the thread, delete
@@ -361,12 +309,6 @@ class Saver(VerifiedReads, FileMethods):
             raise InvalidArgumentError(
                 f"keep_last must be an int >= 0, not {keep_last!r}")
         return self._prune(thread_id, keep_last)
-
-    def _prune(self, thread_id: str, keep_last: int) -> int:
-        """Delete all but the newest ``keep_last`` (an int >= 0, of any size) checkpoints of
-        each namespace of the thread, with their pending writes, in one transaction; return how
-        many were deleted (a storage step)."""
-        raise NotImplementedError
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
         """Copy every checkpoint of the source thread (all namespaces) with its pending writes
@@ -386,13 +328,6 @@ class Saver(VerifiedReads, FileMethods):
             raise InvalidArgumentError(
                 f"cannot copy thread {source_thread_id!r} onto itself; nothing was written")
         return self._copy_thread(source_thread_id, target_thread_id)
-
-    def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
-        """Copy the source thread as :meth:`copy_thread` says, in one transaction; return how
-        many checkpoints were copied (a storage step). Verifies every source row
-        (:meth:`_verify`, :meth:`_verify_writes`) before copying it; a target that has a
-        checkpoint raises :class:`~sqlitesaver.errors.InvalidArgumentError`."""
-        raise NotImplementedError
 
     def delete_matching(self, *filters: dict, thread_id: str | None = None) -> int:
         """Delete every checkpoint whose metadata matches any of ``filters``, in every thread
@@ -421,13 +356,6 @@ class Saver(VerifiedReads, FileMethods):
             return 0
         return self._delete_matching(filters, thread_id)
 
-    def _delete_matching(self, filters: tuple[dict, ...], thread_id: str | None) -> int:
-        """Delete as :meth:`delete_matching` says (``filters``: one or more non-empty dicts;
-        every thread when ``thread_id`` is None), in one transaction; return how many were
-        deleted (a storage step). A checkpoint's metadata is compared only once its checksum
-        holds (:meth:`_verify`)."""
-        raise NotImplementedError
-
     # --- reads -----------------------------------------------------------------------------
 
     def get(self, thread_id: str, checkpoint_id: str | None = None, *,
@@ -448,14 +376,6 @@ class Saver(VerifiedReads, FileMethods):
         writes = sorted((row[_N_CHECKPOINT_COLUMNS:] for row in rows),
                         key=_WRITE_ORDER)  # (task_id, idx): the primary key's order already
         return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], writes)
-
-    def _get_rows(self, thread_id: str, namespace: str, checkpoint_id: str | None
-                  ) -> builtins.list[tuple]:
-        """The checkpoint (the latest of the thread and namespace when ``checkpoint_id`` is
-        None) joined with each of its pending writes, from one snapshot: a checkpoint's
-        columns then a write's (all None when it has none); [] if there is none (a storage
-        step)."""
-        raise NotImplementedError
 
     def list(self, thread_id: str, *, namespace: str | None = None,
              before: str | None = None, limit: int | None = None,
@@ -512,18 +432,6 @@ class Saver(VerifiedReads, FileMethods):
             damaged = _DamagedReporter(self._path, thread_id, on_damaged)
         return self._list(thread_id, namespace, before, limit, metadata, damaged)
 
-    def _list(self, thread_id: str, namespace: str | None, before: str | None,
-              limit: int | None, metadata: dict | None,
-              damaged: Callable[[str, ChecksumError], None] | None = None
-              ) -> Iterator[Checkpoint]:
-        """What :meth:`list` yields, its arguments checked (a storage step): pages of
-        :data:`PAGE_ROWS` checkpoint rows, then twice as many each time up to
-        :data:`MAX_PAGE_ROWS` (both read at call time), each page read from one snapshot that
-        ends before it is handed out, and turned into records by :meth:`_merge` (``damaged``:
-        its reporter of skipped checkpoints). ``before`` is looked up at the first
-        ``next()``."""
-        raise NotImplementedError
-
     def read_log(self, thread_id: str, after: int | None = None) -> Iterator[LogEvent]:
         """The thread's log events in append order, those with ``seq > after`` when given, up
         to the newest one when the first is read (a reader never chases a writer forever).
@@ -538,12 +446,6 @@ class Saver(VerifiedReads, FileMethods):
         after = -1 if after is None else max(-1, min(after, _INT64_MAX))
         return self._read_log(thread_id, after)
 
-    def _read_log(self, thread_id: str, after: int) -> Iterator[LogEvent]:
-        """What :meth:`read_log` yields (``after`` >= -1 and in the int64 range): the events
-        with ``seq > after`` up to the newest when the read began, in pages like :meth:`_list`,
-        each event's checksum verified before it is decoded (a storage step)."""
-        raise NotImplementedError
-
     def threads(self) -> builtins.list[str]:  # `list` here is the method above
         """Every thread id that has a checkpoint or a log event, sorted."""
         threads = self._threads()
@@ -555,25 +457,6 @@ class Saver(VerifiedReads, FileMethods):
                 f"Restore from a backup; '{check_command(self._path)}' lists the damage without "
                 "writing to the file.", path=self._path)
         return threads
-
-    def _threads(self) -> builtins.list[str]:
-        """Every thread id with a checkpoint or a log event, sorted, as stored (a storage
-        step; :meth:`threads` checks their type)."""
-        raise NotImplementedError
-
-    # --- what each engine provides to the core ---------------------------------------------
-
-    def _check_usable(self) -> None:
-        """Raise unless this Saver may be used now:
-        :class:`~sqlitesaver.errors.ForkedProcessError` in a process forked after it opened,
-        :class:`~sqlitesaver.errors.SaverClosedError` once it is closed or shut down."""
-        raise NotImplementedError
-
-    def _checksum_error(self, what: str) -> ChecksumError:
-        """The error for ``what`` (e.g. "checkpoint 'x' of thread 't'") failing its checksum,
-        with this engine's advice on what to do about it."""
-        raise NotImplementedError
-
 
 
 #: list() and read_log() read in pages, each from one snapshot that ends before the page is

@@ -9,8 +9,8 @@ exception (or an InterruptedTransitionError saying whether it may be committed).
 Two ways in:
 
 * Line by line: a trace function raises an exception at the N-th line the write path executes
-  (in ``saver.py``, ``saver_arguments.py``, ``saver_reads.py``, ``sqlite/saver.py``,
-  ``sqlite/transaction.py``, ``sqlite/queue.py``, ``sqlite/reads.py``,
+  (in ``saver.py``, ``saver_arguments.py``, ``saver_reads.py``, ``storage_steps.py``,
+  ``sqlite/saver.py``, ``sqlite/transaction.py``, ``sqlite/queue.py``, ``sqlite/reads.py``,
   ``sqlite/read_steps.py``, ``sqlite/maintenance.py``, ``interrupts.py`` and
   ``contention.py``), for every N in turn, in a lone
   writer, in a writer inside ``transaction()``, and in the leader or a member of a two-thread
@@ -56,7 +56,7 @@ UNRAISABLE_INJECTIONS = pytest.mark.filterwarnings(
 pytestmark = UNRAISABLE_INJECTIONS
 # saver.py and the modules split out of it (issue #16), so every line it held is still covered.
 WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
-                   ("saver.py", "saver_arguments.py", "saver_reads.py",
+                   ("saver.py", "saver_arguments.py", "saver_reads.py", "storage_steps.py",
                     os.path.join("sqlite", "saver.py"),
                     os.path.join("sqlite", "transaction.py"),
                     os.path.join("sqlite", "queue.py"),
@@ -65,7 +65,7 @@ WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
 # The same for the PostgreSQL engine: the core, its saver and its engine, with the modules
 # split out of engine.py (every line it held is still covered).
 PG_WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
-                      ("saver.py", "saver_arguments.py", "saver_reads.py",
+                      ("saver.py", "saver_arguments.py", "saver_reads.py", "storage_steps.py",
                        os.path.join("postgres", "saver.py"),
                        *(os.path.join("postgres", module) for module in
                          ("engine.py", "sql.py", "pool.py", "transactions.py", "reads.py"))))
