@@ -12,13 +12,15 @@ encodes its values here, then calls one *storage step* of the engine (``_put_che
 ``_store_writes``, ``_store_event``, ``_get_rows``, ``_list``, ``_read_log``, ``_threads``,
 ``_delete_thread``, ``_prune``, ``_copy_thread``, ``_delete_matching``); the rows a step
 returns have one shape on every engine, and their checksums are verified and the records built
-here. The files stored with a checkpoint are core too (:mod:`sqlitesaver.saver_files`, a base
-of :class:`Saver`: :mod:`sqlitesaver.attachments`' statements run through the engine's
-``FileDb`` in the engine's transactions). Each step, and each method an engine provides on its own
-(:meth:`Saver.transaction`, :meth:`Saver.backup`, :meth:`Saver.stats`, :meth:`Saver.close`,
-...), is declared on
-:class:`Saver` with the contract an engine implements (the declaration raises
-:class:`NotImplementedError`).
+in the core too (:mod:`sqlitesaver.saver_reads`, a base of :class:`Saver`). The arguments are
+checked by :mod:`sqlitesaver.saver_arguments`' functions. The files stored with a checkpoint
+are core too (:mod:`sqlitesaver.saver_files`, a base of :class:`Saver`:
+:mod:`sqlitesaver.attachments`' statements run through the engine's ``FileDb`` in the engine's
+transactions). Each step is declared with the contract an engine implements, and the shape of
+the rows it returns, in :mod:`sqlitesaver.storage_steps` (a base of :class:`Saver`); each
+public method an engine provides on its own (:meth:`Saver.transaction`, :meth:`Saver.backup`,
+:meth:`Saver.stats`, :meth:`Saver.close`, ...) is declared here on :class:`Saver` with its
+contract (the declaration raises :class:`NotImplementedError`).
 
 Guarantee, on every engine: a write returns only after the transaction carrying it committed
 (what a committed write survives is the engine's ``durability``: see its class). A write that
@@ -34,42 +36,45 @@ from __future__ import annotations
 import builtins
 import operator
 import os
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import codec, integrity, log
-from .errors import (ChecksumError, CorruptDatabaseError, InvalidArgumentError, SaverError,
-                     check_command)
+from . import codec
+from .errors import ChecksumError, CorruptDatabaseError, InvalidArgumentError, check_command
 # Ids are the same on every engine (sqlitesaver/ids.py); the old private names stay.
 from .ids import INT64_MAX as _INT64_MAX
-from .ids import format_id as _format_id
+from .ids import format_id
 from .ids import is_generated as _is_generated
 from .postgres.target import SCHEMES as _POSTGRES_SCHEMES  # stdlib only: no psycopg
-from .records import (Checkpoint, CheckpointRef, LogEvent, PendingWrite, RecoveryReport,
-                      new_checkpoint, new_pending_write)
+from .records import Checkpoint, CheckpointRef, LogEvent, RecoveryReport
+from .saver_arguments import check_indexes as _check_indexes
+from .saver_arguments import check_text as _check_text
 from .saver_files import FileMethods
+# The read side: rows verified and built into records. Imported by name, so that put, get and
+# list look them up as globals, as when they were defined here.
+from .saver_reads import DamagedReporter as _DamagedReporter
+from .saver_reads import VerifiedReads, matches
+from .saver_reads import to_datetime as _to_datetime
+from .storage_steps import N_CHECKPOINT_COLUMNS as _N_CHECKPOINT_COLUMNS
+from .storage_steps import StorageSteps
 
 if TYPE_CHECKING:
     from contextlib import AbstractContextManager
 
-    from . import attachments
     from .backup import BackupReport
 
 T = TypeVar("T")
 
 __all__ = ["Saver"]
 
-# The rows storage steps return, on every engine: a checkpoint's 10 columns (seq, thread_id,
-# namespace, parent_seq, created_at, state, metadata, checksum, key, parent_key) and, after
-# them in _get_rows' rows, a pending write's 7 (checkpoint_seq, task_id, idx, channel, value,
-# task_path, checksum).
-_N_CHECKPOINT_COLUMNS = 10
 _WRITE_ORDER = operator.itemgetter(1, 2)
 _EMPTY_DICT = b"\x80"  # msgpack of {}: the usual metadata, not worth a trip through the codec
+# Still importable from this module under the names they had here (the engines import them from
+# their homes, ids.py and saver_reads.py, now).
+_format_id, _matches = format_id, matches
 
 
-class Saver(FileMethods):
+class Saver(StorageSteps, VerifiedReads, FileMethods):
     """A durable checkpoint store in one SQLite file (or, given a ``postgresql://`` URL, on a
     PostgreSQL server).
 
@@ -78,8 +83,8 @@ class Saver(FileMethods):
     :class:`~sqlitesaver.sqlite.saver.SqliteFileSaver`, whose docstring gives the options
     (``durability``, ``busy_timeout``, ``integrity_check``, ``readonly``, ``max_readers``) and
     what a path may name. ``Saver("postgresql://...")`` returns a
-    :class:`~sqlitesaver.postgres.saver.PostgresServerSaver`. Both are instances of ``Saver``. Use it
-    as a context manager or call :meth:`close`. One Saver may be shared by any number of
+    :class:`~sqlitesaver.postgres.saver.PostgresServerSaver`. Both are instances of ``Saver``.
+    Use it as a context manager or call :meth:`close`. One Saver may be shared by any number of
     threads; it must not cross ``fork()``.
 
     The methods here are the backend-neutral core (see the module docstring); those that raise
@@ -244,33 +249,6 @@ class Saver(FileMethods):
                                                           metadata_bytes, with_files)
         return CheckpointRef(thread_id, namespace, checkpoint_id, _to_datetime(created))
 
-    # The storage steps: each public method checks its arguments and encodes its values above
-    # them (the backend-neutral core), then calls one of these, which the engine implements
-    # (SQLite's in sqlitesaver/sqlite/saver.py, PostgreSQL's in sqlitesaver/postgres/saver.py).
-    # Each takes checked arguments and encoded bytes, and returns plain values or rows in the
-    # shapes above; checksums are verified and records built here, once. A step checks that
-    # the Saver is usable (_check_usable) before it touches the store.
-
-    def _put_checkpoint(self, thread_id: str, namespace: str, parent_id: str | None,
-                        checkpoint_id: str | None, state: bytes, metadata: bytes,
-                        files: "Callable[[attachments.FileDb, int], None] | None" = None
-                        ) -> tuple[str, int]:
-        """Insert the checkpoint (or replace the one with caller-supplied id
-        ``checkpoint_id``) in one transaction, or in the calling thread's open one; return its
-        id and ``created_at`` (microseconds since the epoch). ``files``, when given, is called
-        with the engine's :class:`~sqlitesaver.attachments.FileDb` and the checkpoint's seq in
-        that same transaction, after the checkpoint row is written (a put with files); if the
-        engine runs the transaction again (a retry on a server), it is called again.
-
-        A new checkpoint gets the next generated id, larger than every id handed out before
-        in its thread. A replaced one keeps its place in the order, its ``created_at`` and its
-        pending writes; its parent must then be older than it, else
-        :class:`~sqlitesaver.errors.InvalidArgumentError`. ``parent_id`` must name a
-        checkpoint of the same thread and namespace, else
-        :class:`~sqlitesaver.errors.CheckpointNotFoundError`. Either way nothing is
-        written."""
-        raise NotImplementedError
-
     def put_writes(self, thread_id: str, checkpoint_id: str, task_id: str,
                    writes: Sequence[tuple[str, Any]], *, namespace: str = "",
                    task_path: str = "", indexes: Sequence[int] | None = None,
@@ -310,38 +288,17 @@ class Saver(FileMethods):
         self._store_writes(thread_id, namespace, checkpoint_id, task_id, task_path, encoded,
                            replace)
 
-    def _store_writes(self, thread_id: str, namespace: str, checkpoint_id: str, task_id: str,
-                      task_path: str, encoded: builtins.list[tuple[int, str, bytes]],
-                      replace: bool) -> None:
-        """Store ``(index, channel, value bytes)`` of a task against the checkpoint
-        ``checkpoint_id`` of the thread and namespace, each with its checksum, all or none (a
-        storage step). A ``(task_id, index)`` already stored keeps its first value, unless
-        ``replace``. A checkpoint that does not exist raises
-        :class:`~sqlitesaver.errors.CheckpointNotFoundError`."""
-        raise NotImplementedError
-
     def append_log(self, thread_id: str, event: Any) -> int:
         """Append an event to the thread's log; return its ``seq`` after COMMIT returned."""
         _check_text("thread_id", thread_id)
         event_bytes = codec.encode(event, name="event")
         return self._store_event(thread_id, event_bytes)
 
-    def _store_event(self, thread_id: str, event_bytes: bytes) -> int:
-        """Append the encoded event to the thread's log, with its checksum; return its seq,
-        never handed out before (a storage step)."""
-        raise NotImplementedError
-
     def delete_thread(self, thread_id: str) -> int:
         """Delete every checkpoint (all namespaces), pending write and log event of the
         thread, in one transaction. Returns how many checkpoints were deleted."""
         _check_text("thread_id", thread_id)
         return self._delete_thread(thread_id)
-
-    def _delete_thread(self, thread_id: str) -> int:
-        """Delete every checkpoint (all namespaces), pending write and log event of the thread,
-        and what only they hold, in one transaction; return how many checkpoints were deleted.
-        A deleted id is never handed out again (a storage step)."""
-        raise NotImplementedError
 
     def prune(self, thread_id: str, *, keep_last: int) -> int:
         """Keep the newest ``keep_last`` checkpoints of each namespace of the thread, delete
@@ -352,12 +309,6 @@ class Saver(FileMethods):
             raise InvalidArgumentError(
                 f"keep_last must be an int >= 0, not {keep_last!r}")
         return self._prune(thread_id, keep_last)
-
-    def _prune(self, thread_id: str, keep_last: int) -> int:
-        """Delete all but the newest ``keep_last`` (an int >= 0, of any size) checkpoints of
-        each namespace of the thread, with their pending writes, in one transaction; return how
-        many were deleted (a storage step)."""
-        raise NotImplementedError
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
         """Copy every checkpoint of the source thread (all namespaces) with its pending writes
@@ -377,13 +328,6 @@ class Saver(FileMethods):
             raise InvalidArgumentError(
                 f"cannot copy thread {source_thread_id!r} onto itself; nothing was written")
         return self._copy_thread(source_thread_id, target_thread_id)
-
-    def _copy_thread(self, source_thread_id: str, target_thread_id: str) -> int:
-        """Copy the source thread as :meth:`copy_thread` says, in one transaction; return how
-        many checkpoints were copied (a storage step). Verifies every source row
-        (:meth:`_verify`, :meth:`_verify_writes`) before copying it; a target that has a
-        checkpoint raises :class:`~sqlitesaver.errors.InvalidArgumentError`."""
-        raise NotImplementedError
 
     def delete_matching(self, *filters: dict, thread_id: str | None = None) -> int:
         """Delete every checkpoint whose metadata matches any of ``filters``, in every thread
@@ -412,13 +356,6 @@ class Saver(FileMethods):
             return 0
         return self._delete_matching(filters, thread_id)
 
-    def _delete_matching(self, filters: tuple[dict, ...], thread_id: str | None) -> int:
-        """Delete as :meth:`delete_matching` says (``filters``: one or more non-empty dicts;
-        every thread when ``thread_id`` is None), in one transaction; return how many were
-        deleted (a storage step). A checkpoint's metadata is compared only once its checksum
-        holds (:meth:`_verify`)."""
-        raise NotImplementedError
-
     # --- reads -----------------------------------------------------------------------------
 
     def get(self, thread_id: str, checkpoint_id: str | None = None, *,
@@ -439,14 +376,6 @@ class Saver(FileMethods):
         writes = sorted((row[_N_CHECKPOINT_COLUMNS:] for row in rows),
                         key=_WRITE_ORDER)  # (task_id, idx): the primary key's order already
         return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], writes)
-
-    def _get_rows(self, thread_id: str, namespace: str, checkpoint_id: str | None
-                  ) -> builtins.list[tuple]:
-        """The checkpoint (the latest of the thread and namespace when ``checkpoint_id`` is
-        None) joined with each of its pending writes, from one snapshot: a checkpoint's
-        columns then a write's (all None when it has none); [] if there is none (a storage
-        step)."""
-        raise NotImplementedError
 
     def list(self, thread_id: str, *, namespace: str | None = None,
              before: str | None = None, limit: int | None = None,
@@ -503,61 +432,6 @@ class Saver(FileMethods):
             damaged = _DamagedReporter(self._path, thread_id, on_damaged)
         return self._list(thread_id, namespace, before, limit, metadata, damaged)
 
-    def _list(self, thread_id: str, namespace: str | None, before: str | None,
-              limit: int | None, metadata: dict | None,
-              damaged: Callable[[str, ChecksumError], None] | None = None
-              ) -> Iterator[Checkpoint]:
-        """What :meth:`list` yields, its arguments checked (a storage step): pages of
-        :data:`PAGE_ROWS` checkpoint rows, then twice as many each time up to
-        :data:`MAX_PAGE_ROWS` (both read at call time), each page read from one snapshot that
-        ends before it is handed out, and turned into records by :meth:`_merge` (``damaged``:
-        its reporter of skipped checkpoints). ``before`` is looked up at the first
-        ``next()``."""
-        raise NotImplementedError
-
-    def _merge(self, checkpoints: Iterator[tuple], writes: Iterator[tuple],
-               limit: int | None, metadata: dict | None,
-               damaged: Callable[[str, ChecksumError], None] | None = None
-               ) -> Iterator[Checkpoint]:
-        """Pair two streams ordered by descending seq: checkpoints and their writes.
-        ``damaged``: skip a checkpoint that fails a checksum and report it there."""
-        pending = next(writes, None)
-        produced = 0
-        previous = None
-        for row in checkpoints:
-            seq = row[0]
-            if previous is not None and seq >= previous:
-                raise SaverError(f"internal error: checkpoints listed out of order ({seq} "
-                                 f"after {previous}) in {self._path!r}", path=self._path)
-            previous = seq
-            mine = []
-            while pending is not None and pending[0] >= seq:
-                if pending[0] == seq:
-                    mine.append(pending)
-                current, pending = pending[0], next(writes, None)
-                if pending is not None and pending[0] > current:
-                    raise SaverError(f"internal error: pending writes listed out of order "
-                                     f"({pending[0]} after {current}) in {self._path!r}",
-                                     path=self._path)
-            try:
-                if metadata is None:
-                    checkpoint = self._checkpoint(row, mine)
-                else:
-                    self._verify(row)
-                    found = codec.decode(row[6])
-                    if not _matches(found, metadata):
-                        continue
-                    checkpoint = self._checkpoint(row, mine, found)
-            except ChecksumError as exc:
-                if damaged is None:
-                    raise
-                damaged(row[8] if row[8] is not None else _format_id(seq), exc)
-                continue
-            yield checkpoint
-            produced += 1
-            if limit is not None and produced >= limit:
-                return
-
     def read_log(self, thread_id: str, after: int | None = None) -> Iterator[LogEvent]:
         """The thread's log events in append order, those with ``seq > after`` when given, up
         to the newest one when the first is read (a reader never chases a writer forever).
@@ -572,12 +446,6 @@ class Saver(FileMethods):
         after = -1 if after is None else max(-1, min(after, _INT64_MAX))
         return self._read_log(thread_id, after)
 
-    def _read_log(self, thread_id: str, after: int) -> Iterator[LogEvent]:
-        """What :meth:`read_log` yields (``after`` >= -1 and in the int64 range): the events
-        with ``seq > after`` up to the newest when the read began, in pages like :meth:`_list`,
-        each event's checksum verified before it is decoded (a storage step)."""
-        raise NotImplementedError
-
     def threads(self) -> builtins.list[str]:  # `list` here is the method above
         """Every thread id that has a checkpoint or a log event, sorted."""
         threads = self._threads()
@@ -590,67 +458,6 @@ class Saver(FileMethods):
                 "writing to the file.", path=self._path)
         return threads
 
-    def _threads(self) -> builtins.list[str]:
-        """Every thread id with a checkpoint or a log event, sorted, as stored (a storage
-        step; :meth:`threads` checks their type)."""
-        raise NotImplementedError
-
-    # --- what each engine provides to the core ---------------------------------------------
-
-    def _check_usable(self) -> None:
-        """Raise unless this Saver may be used now:
-        :class:`~sqlitesaver.errors.ForkedProcessError` in a process forked after it opened,
-        :class:`~sqlitesaver.errors.SaverClosedError` once it is closed or shut down."""
-        raise NotImplementedError
-
-    def _checksum_error(self, what: str) -> ChecksumError:
-        """The error for ``what`` (e.g. "checkpoint 'x' of thread 't'") failing its checksum,
-        with this engine's advice on what to do about it."""
-        raise NotImplementedError
-
-    def _verify(self, row: tuple) -> None:
-        seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key, \
-            parent_key = row
-        try:
-            intact = integrity.expected_checkpoint_checksum(  # in the form it is stored in
-                checksum, seq, thread_id, namespace, parent_seq, created, state, meta, key,
-                parent_key) == checksum
-        except (TypeError, ValueError, OverflowError):  # a column of the wrong type: damage
-            intact = False
-        if not intact:
-            raise self._checksum_error(
-                f"checkpoint {key or _format_id(seq)!r} of thread {thread_id!r}")
-
-    def _verify_writes(self, checkpoint_id: str, writes: Iterable[tuple]) -> None:
-        for w_seq, task_id, index, channel, value, task_path, checksum in writes:
-            try:
-                intact = integrity.expected_write_checksum(  # in its stored form
-                    checksum, w_seq, task_id, index, channel, task_path, value) == checksum
-            except (TypeError, ValueError, OverflowError):  # a column of the wrong type
-                intact = False
-            if not intact:
-                raise self._checksum_error(
-                    f"pending write ({task_id!r}, {index}) of checkpoint {checkpoint_id!r}")
-
-    def _checkpoint(self, row: tuple, writes: Sequence[tuple],
-                    metadata: dict | None = None) -> Checkpoint:
-        if metadata is None:
-            self._verify(row)
-            metadata = codec.decode(row[6])
-        seq, thread_id, namespace, parent_seq, created, state = row[:6]
-        key, parent_key = row[8:10]
-        checkpoint_id = _format_id(seq) if key is None else key
-        pending: tuple[PendingWrite, ...] = ()
-        if writes:
-            self._verify_writes(checkpoint_id, writes)
-            pending = tuple(new_pending_write(task_id, index, channel, codec.decode(value),
-                                              task_path)
-                            for _, task_id, index, channel, value, task_path, _ in writes)
-        if parent_key is None and parent_seq is not None:
-            parent_key = _format_id(parent_seq)
-        return new_checkpoint(thread_id, namespace, checkpoint_id, parent_key,
-                              _to_datetime(created), codec.decode(state), metadata, pending)
-
 
 #: list() and read_log() read in pages, each from one snapshot that ends before the page is
 #: handed out: an iterator the caller keeps open holds no snapshot (on SQLite, it cannot keep
@@ -661,64 +468,3 @@ class Saver(FileMethods):
 PAGE_ROWS = 256
 MAX_PAGE_ROWS = 2048
 PAGE_BYTES = 4 * 1024 * 1024
-
-
-class _DamagedReporter:
-    """``list(skip_damaged=True)``: report each damaged checkpoint skipped (the logger, then the
-    caller's ``on_damaged``)."""
-
-    __slots__ = ("path", "thread_id", "on_damaged")
-
-    def __init__(self, path: str, thread_id: str,
-                 on_damaged: Callable[[str, ChecksumError], None] | None) -> None:
-        self.path = path
-        self.thread_id = thread_id
-        self.on_damaged = on_damaged
-
-    def __call__(self, checkpoint_id: str, error: ChecksumError) -> None:
-        log.damaged_skipped(self.path, self.thread_id, checkpoint_id, error)
-        if self.on_damaged is not None:
-            self.on_damaged(checkpoint_id, error)
-
-
-def _check_text(name: str, value: object, *, allow_empty: bool = False) -> None:
-    if type(value) is not str:
-        raise InvalidArgumentError(f"{name} must be a str, not {type(value).__name__}")
-    if not value and not allow_empty:
-        raise InvalidArgumentError(f"{name} must not be empty")
-    if not value.isascii():  # only non-ASCII text can hold a lone surrogate
-        try:
-            value.encode("utf-8")
-        except UnicodeEncodeError:
-            raise InvalidArgumentError(f"{name} {value!r} is not valid UTF-8 text") from None
-
-
-def _check_indexes(indexes: object, writes: Sequence) -> Sequence[int]:
-    if type(indexes) is not list and type(indexes) is not tuple and (
-            isinstance(indexes, (str, bytes)) or not isinstance(indexes, Sequence)):
-        raise InvalidArgumentError(
-            f"indexes must be a list of ints or None, not {type(indexes).__name__}")
-    if len(indexes) != len(writes):
-        raise InvalidArgumentError(
-            f"indexes has {len(indexes)} entries for {len(writes)} writes: give one per write")
-    for position, index in enumerate(indexes):
-        if (type(index) is not int and (isinstance(index, bool) or not isinstance(index, int))) \
-                or not -_INT64_MAX - 1 <= index <= _INT64_MAX:
-            raise InvalidArgumentError(
-                f"indexes[{position}] must be an int in SQLite's 64-bit range, not {index!r}")
-    if len(set(indexes)) != len(indexes):
-        raise InvalidArgumentError(f"indexes must be distinct, not {list(indexes)!r:.80}")
-    return indexes
-
-
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
-
-
-def _to_datetime(us: int) -> datetime:
-    # Exact, unlike fromtimestamp(float); positional, as keyword parsing costs 40% more.
-    return _EPOCH + timedelta(0, 0, us)
-
-
-def _matches(found: Any, wanted: dict) -> bool:
-    return isinstance(found, dict) and all(
-        key in found and found[key] == value for key, value in wanted.items())

@@ -24,16 +24,11 @@ from . import attachments
 from . import workspace as workspaces
 from .errors import CheckpointNotFoundError
 from .ids import format_id as _format_id
+from .saver_arguments import check_text as _check_text
 
 __all__ = ["FileMethods"]
 
 T = TypeVar("T")
-
-
-def _check_text(name: str, value: object, *, allow_empty: bool = False) -> None:
-    # The core's argument check (sqlitesaver/saver.py imports this module first).
-    from .saver import _check_text as check
-    check(name, value, allow_empty=allow_empty)
 
 
 class FileMethods:

@@ -9,16 +9,18 @@ exception (or an InterruptedTransitionError saying whether it may be committed).
 Two ways in:
 
 * Line by line: a trace function raises an exception at the N-th line the write path executes
-  (in ``saver.py``, ``sqlite/saver.py``, ``sqlite/transaction.py``, ``sqlite/queue.py``,
-  ``sqlite/reads.py``, ``sqlite/read_steps.py``, ``sqlite/maintenance.py``, ``interrupts.py``
-  and ``contention.py``), for every N in turn, in a lone
+  (in ``saver.py``, ``saver_arguments.py``, ``saver_reads.py``, ``storage_steps.py``,
+  ``sqlite/saver.py``, ``sqlite/transaction.py``, ``sqlite/queue.py``, ``sqlite/reads.py``,
+  ``sqlite/read_steps.py``, ``sqlite/maintenance.py``, ``interrupts.py`` and
+  ``contention.py``), for every N in turn, in a lone
   writer, in a writer inside ``transaction()``, and in the leader or a member of a two-thread
   batch (a member queued for the leader to run, and one taking the write lock itself). The signal deferral
   does not stop these (they are not signals): this proves the protocol recovers from one
   exception at any line.
-  The lone writer's cases run on both engines (on PostgreSQL the lines of ``saver.py``,
-  ``postgres/saver.py`` and ``postgres/engine.py`` with the modules split out of it, and no
-  pooled connection may stay out after the call); the batch and the WAL are SQLite's.
+  The lone writer's cases run on both engines (on PostgreSQL the lines of ``saver.py`` and
+  the core modules split out of it, ``postgres/saver.py`` and ``postgres/engine.py`` with the
+  modules split out of it, and no pooled connection may stay out after the call); the batch
+  and the WAL are SQLite's.
 * SIGINT at random moments for seconds in the main thread while other threads write through
   the same Saver (``sqlitesaver.torture.interrupts``), with a second connection checking after
   every round that each acknowledged write is there.
@@ -54,7 +56,8 @@ UNRAISABLE_INJECTIONS = pytest.mark.filterwarnings(
 pytestmark = UNRAISABLE_INJECTIONS
 # saver.py and the modules split out of it (issue #16), so every line it held is still covered.
 WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
-                   ("saver.py", os.path.join("sqlite", "saver.py"),
+                   ("saver.py", "saver_arguments.py", "saver_reads.py", "storage_steps.py",
+                    os.path.join("sqlite", "saver.py"),
                     os.path.join("sqlite", "transaction.py"),
                     os.path.join("sqlite", "queue.py"),
                     os.path.join("sqlite", "reads.py"), os.path.join("sqlite", "read_steps.py"),
@@ -62,7 +65,8 @@ WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
 # The same for the PostgreSQL engine: the core, its saver and its engine, with the modules
 # split out of engine.py (every line it held is still covered).
 PG_WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
-                      ("saver.py", os.path.join("postgres", "saver.py"),
+                      ("saver.py", "saver_arguments.py", "saver_reads.py", "storage_steps.py",
+                       os.path.join("postgres", "saver.py"),
                        *(os.path.join("postgres", module) for module in
                          ("engine.py", "sql.py", "pool.py", "transactions.py", "reads.py"))))
 

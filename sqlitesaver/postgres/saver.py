@@ -30,7 +30,9 @@ from ..errors import (CheckpointNotFoundError, ChecksumError, ForkedProcessError
                       InvalidArgumentError, SaverClosedError, UsageError)
 from ..records import Checkpoint, LogEvent
 from .. import saver as _core  # PAGE_ROWS, MAX_PAGE_ROWS, PAGE_BYTES: read at call time
-from ..saver import Saver, _matches, _to_datetime
+from ..saver import Saver
+from ..saver_reads import matches as _matches
+from ..saver_reads import to_datetime as _to_datetime
 from . import connect
 from . import files as pg_files
 from .engine import Engine, check_text

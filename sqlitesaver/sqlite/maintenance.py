@@ -5,7 +5,7 @@ checkpoints by metadata (``delete_matching``).
 :class:`MaintenanceSteps` is a base of :class:`~sqlitesaver.sqlite.saver.SqliteFileSaver`: its
 methods are the storage steps the backend-neutral core (:mod:`sqlitesaver.saver`) calls, after
 it checked their arguments. They use the Saver's ``_path``, ``_damage`` and the core's checksum
-checks (``_verify``, ``_verify_writes``).
+checks (``_verify``, ``_verify_writes``: :mod:`sqlitesaver.saver_reads`).
 
 Guarantees: each step is one write transaction
 (:class:`~sqlitesaver.sqlite.transaction._Transaction`: its own ``BEGIN IMMEDIATE ... COMMIT``,
@@ -23,7 +23,7 @@ from .. import attachments, codec, integrity
 from ..errors import InvalidArgumentError
 from ..ids import INT64_MAX as _INT64_MAX
 from ..ids import format_id as _format_id
-from ..saver import _matches
+from ..saver_reads import matches as _matches
 from .reads import _close_cursors
 from .sql import (_CHECKPOINT_COLUMNS, _INSERT_KEYED_CHECKPOINT, _INSERT_WRITE,
                   _NEXT_SEQ_CHECKPOINTS, _RAISE_HIGH_WATER, _WRITE_COLUMNS)

@@ -5,7 +5,7 @@ checkpoints (``get``, ``list``), the log (``read_log``) and the thread ids (``th
 backend-neutral core (:mod:`sqlitesaver.saver`) calls (``_get_rows``, ``_list``,
 ``_read_log``, ``_threads``), and the core verifies the rows they return and builds the records.
 They use the Saver's ``_path``, ``_checkpoint_seq`` (a checkpoint id's seq, which the write
-path uses too), ``_checksum_error`` and the core's ``_merge``.
+path uses too), ``_checksum_error`` and the core's ``_merge`` (:mod:`sqlitesaver.saver_reads`).
 
 Guarantees: each read runs in a :class:`~sqlitesaver.sqlite.reads._Read` (committed data, or
 the calling thread's own transaction; an APSW error or stored text that is not UTF-8 raises
@@ -30,7 +30,7 @@ from ..ids import is_generated as _is_generated
 from ..ids import parse_id as _parse_id
 from ..ids import checkpoint_query
 from ..records import Checkpoint, LogEvent
-from ..saver import _to_datetime
+from ..saver_reads import to_datetime as _to_datetime
 from .reads import _fetch_page, _Read
 from .sql import (_CHECKPOINT_COLUMNS, _GET_BY_KEY, _GET_BY_SEQ, _GET_LATEST, _NAMESPACE_RANGE,
                   _THREADS, _WRITE_COLUMNS)
