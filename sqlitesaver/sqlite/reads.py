@@ -232,10 +232,28 @@ class _Read:
         self._pooled = True
         if not saver._readers_open.is_set():  # a forced WAL checkpoint is running
             saver._readers_open.wait(write_path.WAL_CHECKPOINT_WAIT)
-        # Signals are deferred until the connection is bound to this read: in between it is
-        # only on the stack, where a KeyboardInterrupt (CPython raises them as a call
-        # returns) lost it and its slot for good, until every read waited forever
-        # (max_readers lost). The pool lets signals through while the read waits.
+        if threading.get_ident() != _MAIN_THREAD:
+            # Python runs signal handlers in the main thread only: here nothing can land
+            # between the lines below, and no deferral (or finalizer) is paid for: ~5% of a
+            # get_tuple's instructions (bench/instructions.py, adapter-get).
+            conn = saver._reader()  # may wait for a connection: max_readers are in use
+            try:
+                if self._snapshot:
+                    conn.execute("BEGIN")
+            except BaseException as exc:
+                saver._release_reader(conn, False)  # closed, as below
+                if isinstance(exc, apsw.Error):
+                    raise saver._translate(exc, self._doing) from exc
+                raise
+            self.conn = conn
+            return self
+        # The main thread: this read gives its connection back from a finalizer if a signal
+        # skips __exit__ (see _MainThreadRead). Signals are deferred until the connection is
+        # bound to this read: in between it is only on the stack, where a KeyboardInterrupt
+        # (CPython raises them as a call returns) lost it and its slot for good, until every
+        # read waited forever (max_readers lost). The pool lets signals through while the
+        # read waits.
+        self.__class__ = _MainThreadRead
         held = interrupts.deferred()
         held.__enter__()
         conn = None
@@ -259,18 +277,19 @@ class _Read:
             raise
         return self
 
-    def __del__(self) -> None:
-        # CPython checks for signals at every function's entry, so a KeyboardInterrupt can
-        # leave __exit__ before any line of it ran, with this read's connection still out:
-        # it goes back (closed, its slot passed on) as this object dies with the frame of the
-        # `with` statement (as _Transaction.__del__ does for a write). From another thread:
-        # a finalizer may run wherever the garbage collector does, even inside the pool's lock.
-        if self._pooled and self.conn is not None:  # no call: no place for a signal to land
-            try:
-                threading.Thread(target=self._saver._release_reader, args=(self.conn, False),
-                                 daemon=True).start()
-            except BaseException:  # in a finalizer: nowhere to raise to
-                pass
+    def _give_back(self, saver: SqliteFileSaver) -> None:
+        """End the read snapshot, if any, and give the connection back to the pool (closed
+        if it cannot end it)."""
+        conn, self.conn = self.conn, None  # one statement: nothing can come between
+        reusable = False
+        try:
+            if not conn.get_autocommit():
+                conn.execute("COMMIT")  # ends the read snapshot; nothing to write
+            reusable = True
+        except apsw.Error:
+            pass  # closed by the release below
+        finally:
+            saver._release_reader(conn, reusable)  # its slot, whatever the exception
 
     @contextmanager
     def snapshot(self) -> Iterator[None]:
@@ -288,19 +307,37 @@ class _Read:
     def __exit__(self, exc_type: type | None, exc: BaseException | None, tb: object) -> None:
         saver = self._saver
         if self._pooled:
-            with interrupts.deferred():  # no signal between here and the release (see __del__)
-                conn, self.conn = self.conn, None  # one statement: nothing can come between
-                reusable = False
-                try:
-                    if not conn.get_autocommit():
-                        conn.execute("COMMIT")  # ends the read snapshot; nothing to write
-                    reusable = True
-                except apsw.Error:
-                    pass  # closed by the release below
-                finally:
-                    saver._release_reader(conn, reusable)  # its slot, whatever the exception
+            if type(self) is _MainThreadRead:
+                with interrupts.deferred():  # no signal until it is back (see _MainThreadRead)
+                    self._give_back(saver)
+            else:
+                self._give_back(saver)  # no signal can come in this thread
         if isinstance(exc, (apsw.Error, UnicodeDecodeError)):  # the latter: damaged text
             raise saver._translate(exc, self._doing) from exc
+
+
+class _MainThreadRead(_Read):
+    """A :class:`_Read` in the main thread, where signal handlers run: ``_Read.__enter__``
+    makes a pooled read one (``__class__`` assignment: the same slots), so that only such
+    reads pay for a finalizer."""
+
+    __slots__ = ()
+
+    def __del__(self) -> None:
+        # CPython checks for signals at every function's entry, so a KeyboardInterrupt can
+        # leave __exit__ before any line of it ran, with this read's connection still out:
+        # it goes back (closed, its slot passed on) as this object dies with the frame of the
+        # `with` statement (as _Transaction.__del__ does for a write). From another thread:
+        # a finalizer may run wherever the garbage collector does, even inside the pool's lock.
+        if self._pooled and self.conn is not None:  # no call: no place for a signal to land
+            try:
+                threading.Thread(target=self._saver._release_reader, args=(self.conn, False),
+                                 daemon=True).start()
+            except BaseException:  # in a finalizer: nowhere to raise to
+                pass
+
+
+_MAIN_THREAD = threading.main_thread().ident
 
 
 def _fetch_page(cursor: apsw.Cursor, want: int, payloads: tuple[int, ...]
