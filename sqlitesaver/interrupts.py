@@ -82,7 +82,7 @@ class deferred:
     exception that interrupts the swapping or the restoring (or skips ``__exit__``) can leave
     a recorder installed, but never one that swallows a signal."""
 
-    __slots__ = ("_saved", "_pending", "_active")
+    __slots__ = ("_saved", "_pending", "_active", "_only")
 
     def __init__(self) -> None:
         self._saved: dict[int, _Handler] | None = None
@@ -90,6 +90,7 @@ class deferred:
         # in other threads (most of them, and every write's three) allocate no list.
         self._pending: Sequence[tuple[int, FrameType | None]] = ()
         self._active = False
+        self._only: Callable[[FrameType], bool] | None = None  # see narrow()
 
     def __enter__(self) -> "deferred":
         if threading.get_ident() != _MAIN_THREAD:
@@ -99,7 +100,8 @@ class deferred:
         originals: dict[int, _Handler] = {}
 
         def record(signum: int, frame: FrameType | None) -> None:
-            if self._active:
+            only = self._only
+            if self._active and (only is None or (frame is not None and only(frame))):
                 pending.append((signum, frame))
                 if len(pending) == 1:
                     _heal_later(self)
@@ -120,6 +122,26 @@ class deferred:
         except BaseException:
             self._end()
             raise
+
+    def narrow(self, where: Callable[[FrameType], bool]) -> None:
+        """From now on hold back only the signals that arrive while ``where(frame)`` is true
+        of the frame running (the one Python hands a handler); let every other one through
+        at once. The signals held back so far are handled here (so what they raise is raised
+        here). Ended like any section.
+
+        What it is for: a ``transaction()`` block's body is the caller's code, which Ctrl-C
+        must interrupt, but a Ctrl-C at the first instruction of the block's ``__exit__``
+        (CPython checks for signals at every function's entry) would skip the whole of it and
+        leave the transaction open. Narrowed to the exit's own functions, a section begun
+        before the body delivers that one just after the exit instead."""
+        self._only = where
+        saved, pending = self._saved, self._pending
+        if not saved or not pending:
+            return
+        held = list(pending)
+        pending.clear()  # type: ignore[attr-defined]  # the recorder's list (main thread)
+        for signum, frame in held:
+            saved[signum](signum, frame)  # may raise: that is the point
 
     def _end(self) -> tuple[dict[int, _Handler], Sequence[tuple[int, FrameType | None]]]:
         """End the section: from the first line on, a recorder still installed forwards;
