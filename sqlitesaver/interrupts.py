@@ -22,6 +22,10 @@ What it covers and what not:
 * While a section runs, ``signal.getsignal()`` in the main thread shows the recorder. A
   recorder left installed by an exception that skipped the section's end forwards signals
   once the section is over, or :data:`STALE_AFTER` seconds after it first held one back.
+* A section may be narrowed (:meth:`deferred.narrow`) to hold back only the signals that
+  arrive in given frames: a ``transaction()`` block keeps one across its body, so a Ctrl-C at
+  the first instruction of its ``__exit__`` cannot skip the exit (the body itself stays
+  interruptible). A handler the body installs is replaced when the section ends.
 """
 
 from __future__ import annotations
