@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from types import FrameType
 from typing import Any
 
-__all__ = ["DEFERRED_SIGNALS", "deferred"]
+__all__ = ["DEFERRED_SIGNALS", "deferred", "within"]
 
 #: Signals whose Python handlers wait for the end of a section: those programs use to stop or
 #: interrupt work (SIGINT raises KeyboardInterrupt by default; SIGALRM is how timeouts such as
@@ -63,6 +63,24 @@ _SIGNUMS = tuple(int(signum) for signum in DEFERRED_SIGNALS)
 #: longer only gets its signal delivered inside it, which the write path survives like any
 #: exception there.
 STALE_AFTER = 2.0
+
+
+def within(codes: frozenset, depth: int = 4) -> Callable[[FrameType], bool]:
+    """For :meth:`deferred.narrow`: whether a frame runs one of ``codes`` (code objects), or
+    is at most ``depth - 1`` calls below one: a deferral it begins or ends (``deferred._end``
+    runs under ``deferred.__exit__``), the context manager or generator it resumes, and a
+    trace function above any of them (a debugger's, the tests' that send signals). No deeper:
+    what those call keeps its own handling of signals."""
+    def where(frame: FrameType) -> bool:
+        found: FrameType | None = frame
+        for _ in range(depth):
+            if found is None:
+                return False
+            if found.f_code in codes:
+                return True
+            found = found.f_back
+        return False
+    return where
 
 
 def _heal_later(section: "deferred") -> None:

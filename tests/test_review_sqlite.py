@@ -151,6 +151,22 @@ class SignalAt:
         return local
 
 
+def assert_no_deferral_active(where: str) -> None:
+    """No signal deferral still active in the main thread: it would hold Ctrl-C back and
+    deliver it later, anywhere. A recorder left installed but ended is allowed: it forwards
+    each signal at once (interrupts.py; a signal between two of its section's handler
+    restores ends the restoring there)."""
+    handler = signal.getsignal(signal.SIGINT)
+    for _ in range(100):
+        if handler is signal.default_int_handler:
+            return
+        cells = dict(zip(handler.__code__.co_freevars,
+                         (cell.cell_contents for cell in handler.__closure__)))
+        assert not cells["self"]._active, f"{where}: a signal deferral is still active"
+        handler = cells["originals"][signal.SIGINT]
+    raise AssertionError(f"{where}: SIGINT's handler chain does not end")
+
+
 @pytest.fixture
 def python_sigint_handler():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -319,33 +335,46 @@ def test_a_ctrl_c_anywhere_in_a_transaction_blocks_protocol_leaves_nothing_open(
     interactive session keeps the last: nothing may be left open. After each, a write of this
     thread is committed (another thread reads it) and nobody holds the write lock."""
     hang_detector(240)
-    kept: list[BaseException] = []
     with Saver(db_path) as saver:
-        at = 1
-        while True:
-            signal_at = SignalAt(at, TRANSACTION_PATH)
-            try:
-                sys.settrace(signal_at)
-                try:
-                    with saver.transaction():
-                        if shape == "nested":
-                            with saver.transaction():
-                                pass
-                finally:
-                    sys.settrace(None)
-            except KeyboardInterrupt as exc:
-                kept.append(exc)  # its traceback keeps every frame it passed through
-            where = f"a signal at {signal_at.where} ({at})"
+        def check(where: str) -> None:
             assert saver._owner is None and saver._batch is None, where
-            ref = saver.put("after", {"at": at})
+            assert_no_deferral_active(where)
+            ref = saver.put("after", {"where": where})
             seen: list = []
             reader = threading.Thread(target=lambda: seen.append(saver.get("after",
                                                                            ref.checkpoint_id)))
             reader.start()
             reader.join(30)
             assert seen and seen[0] is not None, f"{where}: a put acknowledged, not committed"
-            if signal_at.count < at:
-                break
-            at += 1
-        assert at > 20 and kept  # many places visited; the signals came out of the blocks
+
+        places, kept = signal_every_place_of_a_block(saver, TRANSACTION_PATH, shape, check)
+        assert places > 20 and kept  # many places visited; the signals came out of the blocks
+
+
+def signal_every_place_of_a_block(saver: Saver, path: tuple[str, ...], shape: str,
+                                  check) -> tuple[int, list[BaseException]]:
+    """Run an empty ``transaction()`` block (``shape`` "nested": one inside another) once per
+    place of ``path`` where CPython runs signal handlers, with SIGINT sent there, keeping each
+    KeyboardInterrupt (as an interactive session keeps the last: its traceback keeps every
+    frame it passed through); ``check(where)`` after each. Returns the places and what was
+    kept."""
+    kept: list[BaseException] = []
+    at = 1
+    while True:
+        signal_at = SignalAt(at, path)
+        try:
+            sys.settrace(signal_at)
+            try:
+                with saver.transaction():
+                    if shape == "nested":
+                        with saver.transaction():
+                            pass
+            finally:
+                sys.settrace(None)
+        except KeyboardInterrupt as exc:
+            kept.append(exc)
+        check(f"a signal at {signal_at.where} ({at})")
+        if signal_at.count < at:
+            return at, kept
+        at += 1
 

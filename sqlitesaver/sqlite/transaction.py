@@ -34,7 +34,6 @@ import copy
 import threading
 import time
 from collections.abc import Callable
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import apsw
@@ -678,21 +677,8 @@ class _Transaction:
 # exception is kept (an interactive session keeps the last one), that thread's next write
 # joined the open transaction, never committed, and other threads waited
 # (tests/test_review_sqlite.py). Held back there, it is raised just after the exit.
-_EXIT_CODES = frozenset(function.__code__ for function in (
-    _Transaction.__exit__, _Transaction._exit_nested, _Transaction._release_signals))
-
-
-def _exiting(frame: FrameType) -> bool:
-    """Whether ``frame`` is a transition's exit (_EXIT_CODES) or a function it called, or
-    one that called: a deferral it is beginning or ending (deferred._end, under
-    deferred.__exit__), a trace function."""
-    for _ in range(3):
-        if frame.f_code in _EXIT_CODES:
-            return True
-        frame = frame.f_back  # type: ignore[assignment]
-        if frame is None:
-            return False
-    return False
+_exiting = interrupts.within(frozenset(function.__code__ for function in (
+    _Transaction.__exit__, _Transaction._exit_nested, _Transaction._release_signals)))
 
 
 class _UserTransaction(_Transaction):
