@@ -22,7 +22,8 @@ import pytest
 import sqlitesaver
 from sqlitesaver import Saver
 from sqlitesaver.postgres import saver as pg_saver
-from test_review_sqlite import assert_no_deferral_active, signal_every_place_of_a_block
+from test_review_sqlite import (assert_no_deferral_active, every_place,
+                                 signal_every_place_of_a_block)
 
 BLOCK_PATH = (os.path.join(os.path.dirname(os.path.abspath(sqlitesaver.__file__)), "postgres",
                            "saver.py"),
@@ -92,6 +93,7 @@ def test_a_ctrl_c_at_the_first_instruction_of_the_exit_leaves_nothing_open(
         _nothing_left_open(saver, entry)
 
 
+@every_place
 @pytest.mark.parametrize("shape", ["outermost", "nested"])
 def test_a_ctrl_c_anywhere_in_the_blocks_own_code_leaves_nothing_open(
         pg_url, hang_detector, python_sigint_handler, shape):

@@ -95,8 +95,12 @@ def test_put_writes_inside_a_transaction_never_parks_for_another_threads_put(
 
 # --- a signal at any instant of a read ----------------------------------------------------------
 
-_CALL = dis.opmap["CALL"]
-_JUMP_BACKWARD = dis.opmap["JUMP_BACKWARD"]
+# SignalAt reads CPython 3.11's opcodes and exception tables (co_exceptiontable): the tests
+# that send a signal at every place run there (CI's first run); 3.10 runs the others.
+_CALL = dis.opmap.get("CALL")
+_JUMP_BACKWARD = dis.opmap.get("JUMP_BACKWARD")
+every_place = pytest.mark.skipif(sys.version_info < (3, 11),
+                                 reason="SignalAt reads CPython 3.11's bytecode")
 _TABLES: dict = {}
 
 
@@ -174,6 +178,7 @@ def python_sigint_handler():
     signal.signal(signal.SIGINT, previous)
 
 
+@every_place
 @pytest.mark.parametrize("contended", [False, True], ids=["free", "contended"])
 @pytest.mark.parametrize("read", ["get", "list", "threads"])
 def test_a_ctrl_c_at_any_instant_of_a_read_gives_its_connection_back(
@@ -326,6 +331,7 @@ def test_a_ctrl_c_at_the_entry_of_a_transaction_blocks_exit_acknowledges_nothing
         assert seen and seen[0] is not None, "acknowledged, not committed"
 
 
+@every_place
 @pytest.mark.parametrize("shape", ["outermost", "nested"])
 def test_a_ctrl_c_anywhere_in_a_transaction_blocks_protocol_leaves_nothing_open(
         db_path, hang_detector, python_sigint_handler, shape):
