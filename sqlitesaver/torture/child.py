@@ -24,6 +24,7 @@ its database stamp under the same lock as its write, so stamps reach the harness
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import importlib.util
 import os
 import random
@@ -36,7 +37,7 @@ from typing import Any
 from .. import Saver, faults
 from ..errors import SaverError
 from ..postgres.target import is_url
-from .protocol import send
+from .protocol import STACK_SIGNAL, send
 from .workload import Generator, Writer, lane_name, load_known, thread_prefix
 
 __all__ = ["main", "load_writer"]
@@ -108,6 +109,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     args.db = target(args)
     fd = args.fd
+    # On STACK_SIGNAL, every thread's stack to stderr, which the harness reads: how it shows
+    # where a writer that stalled waits (torture/writers.py, stack_of).
+    faulthandler.register(STACK_SIGNAL, all_threads=True)
     from .server import UNSAFE_ENV, allow_unsafe_server
     if os.environ.get(UNSAFE_ENV) == "1":  # the teeth: a server with fsync=off on purpose
         allow_unsafe_server()

@@ -10,12 +10,18 @@ from __future__ import annotations
 
 import os
 import select
+import signal
 import struct
 from typing import Any
 
 import msgpack
 
-__all__ = ["send", "FrameReader", "MAX_FRAME"]
+__all__ = ["send", "FrameReader", "MAX_FRAME", "STACK_SIGNAL"]
+
+#: The signal on which a child writes every thread's stack to its stderr (faulthandler, which
+#: writes at once, even while the child's Python code is blocked in a C call): how the harness
+#: shows where a writer that stalled waits (sqlitesaver/torture/writers.py, stack_of).
+STACK_SIGNAL = signal.SIGUSR1
 
 #: The largest frame that one write() delivers atomically on a pipe (POSIX: at least 512;
 #: 4096 on Linux).

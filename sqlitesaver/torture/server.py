@@ -468,6 +468,9 @@ class ServerCrashRun(_Run):
         for w in self.workers:
             if w.fd is None:
                 continue
+            stalled = w.index not in self.rode_through and not self.stopped
+            # Where a stalled writer waits, for the report (read before it is killed).
+            stack = self.stack_of(w) if stalled else ""
             phase = self.stop(w, kill=True)
             if w.index in self.rode_through:
                 self.phases["rode through the restart"] = \
@@ -475,6 +478,8 @@ class ServerCrashRun(_Run):
             elif not self.stopped:
                 self.fail(w, phase, f"neither ended nor wrote anything in the "
                                     f"{WRITERS_END_TIMEOUT:g} s after the server's restart")
+                self.print(f"     worker {w.index}'s threads when it was stopped:\n"
+                           + "\n".join("       " + line for line in stack.splitlines()))
         self.judge_all(delay, restart, acked_before)
         if not self.stopped and len(self.iterations) < self.o.iterations:
             for w in self.workers:

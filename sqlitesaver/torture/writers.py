@@ -26,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from .oracle import Model
-from .protocol import FrameReader
+from .protocol import STACK_SIGNAL, FrameReader
 
 #: Share of kills aimed at a writer's start-up (opening, recovery, reading its threads), where a
 #: uniform delay would rarely land: their delay is drawn from [0, STARTUP_WINDOW] seconds
@@ -258,6 +258,32 @@ class _Writers:
             return inflight[0][1]
         return f"{len(inflight)}/{len(w.lanes)} in flight"
 
+    def stack_of(self, w: _Worker) -> str:
+        """Every thread's Python stack of the live writer ``w``, as faulthandler writes it on
+        :data:`STACK_SIGNAL` (registered by sqlitesaver/torture/child.py) into the writer's
+        stderr; what it wrote within :data:`STACK_WAIT` seconds, or a line saying why not.
+        For a writer that stalled: the wait it is stuck in."""
+        assert w.proc is not None and w.stderr is not None
+        start = w.stderr.seek(0, os.SEEK_END)
+        try:
+            w.proc.send_signal(STACK_SIGNAL)
+        except OSError as exc:
+            return f"(no stack: {exc})"
+        # faulthandler writes from its C signal handler, at once, even while the writer's
+        # Python code is blocked in a C call: wait until the main thread's stack (written
+        # last, as "Current thread") has begun and the output stopped growing, or give up.
+        deadline = time.monotonic() + STACK_WAIT
+        dump = b""
+        while time.monotonic() < deadline and w.proc.poll() is None:
+            before = len(dump)
+            w.stderr.seek(start)
+            dump = w.stderr.read()
+            if b"Current thread" in dump and len(dump) == before:
+                break
+            time.sleep(0.01)  # polling another process's output: nothing to wait on here
+        text = dump.decode("utf-8", "replace").strip()
+        return text or f"(no stack written within {STACK_WAIT:g} s)"
+
     def writer_error(self, w: _Worker) -> str:
         assert w.proc is not None and w.stderr is not None
         w.stderr.seek(0)
@@ -265,6 +291,9 @@ class _Writers:
         w.stderr.close()
         return w.error or f"exit status {w.proc.returncode}: {tail or '(no output)'}"
 
+
+#: Seconds :meth:`_Writers.stack_of` waits for a writer's stack (protocol.STACK_SIGNAL).
+STACK_WAIT = 2.0
 
 #: The signals that stop a run (each unwinds it: KeyboardInterrupt, or server.Terminated).
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
