@@ -399,8 +399,8 @@ class _Block:
                 if inner is not None:  # entered: end it, as a block that raised would
                     inner.__exit__(*sys.exc_info())
             finally:
-                section, self._held = self._held, None
-                for section in (held, section):
+                kept, self._held = self._held, None  # handed over just before the exception
+                for section in (held, kept):
                     if section is not None:
                         section.__exit__(None, None, None)
             raise
