@@ -26,7 +26,7 @@ from typing import Any
 from .. import log
 from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
                       SaverClosedError, SaverError)
-from . import connect, schema
+from . import connect, lifetime, schema
 from . import errors as pg_errors
 from . import target as pg_target
 from .sql import (_APPEND_LOG, _LOCK_ALL_THREADS, _LOCKED, _PUT, _PUT_WRITES, ALL_THREADS_LOCK,
@@ -297,6 +297,7 @@ class Connections:
             pool.close()
             raise pg_errors.translate(exc, server, "opening the connection pool",
                                       connecting=True) from exc
+        lifetime.track(pool)  # closed at exit if still open: an exit must not hang on it
         return pool
 
     # --- lifecycle ------------------------------------------------------------------------

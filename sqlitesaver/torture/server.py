@@ -342,8 +342,8 @@ class ServerCrashRun(_Run):
             for w in self.workers:
                 if (w.fd is not None and w.hello_at is None
                         and time.monotonic() - w.spawned_at > HELLO_TIMEOUT):
-                    self.fail(w, self.stop(w, kill=True), f"hung before hello "
-                                                          f"({HELLO_TIMEOUT:g} s)")
+                    self.fail(w, self.stop(w, kill=True),
+                              f"no hello within {HELLO_TIMEOUT:g} s", how="hung")
         return True
 
     def writer_ended(self, w: _Worker) -> None:
@@ -371,11 +371,12 @@ class ServerCrashRun(_Run):
             return
         self.fail(w, phase, self.writer_error(w))
 
-    def fail(self, w: _Worker, phase: str, message: str) -> None:
+    def fail(self, w: _Worker, phase: str, message: str, *, how: str = "ended by itself"
+             ) -> None:
         when = "after" if self.crashed else "before"
         self.errors.append(f"worker {w.index} incarnation {w.incarnation} ({when} the crash, "
                            f"in {phase}): {message}")
-        self.print(f"     worker {w.index} ended by itself {when} the crash, in {phase}: "
+        self.print(f"     worker {w.index} {how} {when} the crash, in {phase}: "
                    f"{message[:500]}")
         self.stopped = True
 
@@ -477,7 +478,8 @@ class ServerCrashRun(_Run):
                     self.phases.get("rode through the restart", 0) + 1
             elif not self.stopped:
                 self.fail(w, phase, f"neither ended nor wrote anything in the "
-                                    f"{WRITERS_END_TIMEOUT:g} s after the server's restart")
+                                    f"{WRITERS_END_TIMEOUT:g} s after the server's restart",
+                          how="stalled")
                 self.print(f"     worker {w.index}'s threads when it was stopped:\n"
                            + "\n".join("       " + line for line in stack.splitlines()))
         self.judge_all(delay, restart, acked_before)

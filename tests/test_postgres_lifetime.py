@@ -1,0 +1,114 @@
+"""A process with a PostgreSQL Saver it never closed exits, and so does a child forked from it
+(sqlitesaver/postgres/lifetime.py).
+
+Found by the server-crash torture: a writer that ended after a server crash without closing its
+Saver hung at exit in psycopg_pool's ``ConnectionPool.__del__``, waiting for the pool's task
+queue's lock, held by a pool thread that interpreter exit had frozen. Each test here makes that
+moment happen for certain: a thread holds the queue's lock (as a pool thread does inside
+``queue.get``) when the process exits, or when it forks; the process must still end."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+#: The longest a process here may take to end; a hang shows as this timeout.
+DEADLINE = 20
+
+#: Seconds the thread in EXIT_SCRIPT holds the queue's lock: the exit hook, which needs the
+#: lock to close the pool, waits for it this long; without the hook the process reaches its
+#: finalisation meanwhile (microseconds after the atexit hooks), with the lock still held.
+HOLD = 3
+
+EXIT_SCRIPT = """
+import atexit, gc, sys, threading
+from sqlitesaver import Saver
+
+# The Saver is garbage once work() returns, in a reference cycle (in the torture's writer, an
+# exception's traceback made one): with the collector off, it is collected at exit, after the
+# pool's threads were frozen.
+gc.disable()
+holding = threading.Event()
+
+
+def work():
+    saver = Saver(sys.argv[1])
+    saver.put("t", {"a": 1})
+    cycle = [saver]
+    cycle.append(cycle)
+    queue_lock = saver._engine._pool._tasks.mutex
+
+    def hold():
+        with queue_lock:
+            holding.set()
+            threading.Event().wait(%(hold)s)
+
+    def hold_at_exit():  # registered after sqlitesaver's exit hook: runs before it
+        threading.Thread(target=hold, daemon=True).start()
+        holding.wait()
+
+    atexit.register(hold_at_exit)
+
+
+work()
+print("ending without close()", flush=True)
+"""
+
+FORK_SCRIPT = """
+import gc, os, sys, threading
+from sqlitesaver import Saver
+from sqlitesaver.postgres import saver as pg_saver
+
+saver = Saver(sys.argv[1])
+saver.put("t", {"a": 1})
+queue_lock = saver._engine._pool._tasks.mutex
+holding, release = threading.Event(), threading.Event()
+
+def hold():
+    with queue_lock:
+        holding.set()
+        release.wait()
+
+threading.Thread(target=hold, daemon=True).start()
+holding.wait()
+pid = os.fork()
+if pid == 0:
+    # The child's copy of the pool finalised (the lock is held for ever in this process).
+    pg_saver._ABANDONED_IN_CHILD.clear()
+    del saver
+    gc.collect()
+    os._exit(0)
+release.set()
+_, status = os.waitpid(pid, 0)
+print("child status", os.waitstatus_to_exitcode(status), flush=True)
+saver.put("t", {"a": 2})  # the parent's pool is untouched by the child
+saver.close()
+"""
+
+
+def _run(script: str, url: str) -> tuple[subprocess.CompletedProcess, float]:
+    started = time.monotonic()
+    try:
+        done = subprocess.run([sys.executable, "-c", textwrap.dedent(script), url],
+                              capture_output=True, text=True, timeout=DEADLINE)
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the process did not end within {DEADLINE} s (hung at exit); its "
+                    f"output: {exc.stdout!r} {exc.stderr!r}")
+    return done, time.monotonic() - started
+
+
+def test_a_process_exits_with_an_open_saver_while_a_pool_thread_holds_its_queue(pg_url):
+    done, _ = _run(EXIT_SCRIPT % {"hold": HOLD}, pg_url)
+    assert done.returncode == 0, done.stderr
+    assert "ending without close()" in done.stdout
+    assert "Traceback" not in done.stderr, done.stderr
+
+
+def test_a_forked_child_exits_without_touching_its_parents_pool(pg_url):
+    done, _ = _run(FORK_SCRIPT, pg_url)
+    assert done.returncode == 0, done.stderr
+    assert "child status 0" in done.stdout, (done.stdout, done.stderr)
