@@ -17,7 +17,7 @@ import time
 import pytest
 
 #: The longest a process here may take to end; a hang shows as this timeout.
-DEADLINE = 20
+DEADLINE = 30
 
 #: Seconds the thread in EXIT_SCRIPT holds the queue's lock: the exit hook, which needs the
 #: lock to close the pool, waits for it this long; without the hook the process reaches its
