@@ -17,13 +17,16 @@ Guarantees (the interruption half of the write protocol's, issue #13):
   batch's error, or :class:`~sqlitesaver.errors.InterruptedTransitionError` saying whether the
   batch may have committed (``maybe_committed``).
 
-Its place: called by :class:`~sqlitesaver.sqlite.transaction._Transaction` (its ``__enter__``
-and ``__exit__`` on an exception, ``__del__``, ``_leave``, ``_finish``, ``_await``) and by the
-write queue (:mod:`sqlitesaver.sqlite.queue`), in their deferred sections (see
-:class:`~sqlitesaver.interrupts.deferred`) where the code they moved from ran. The functions
-take the transition (``tx``) or the Saver and work on the Saver's state; rollbacks go through
-``_Transaction._rollback``, looked up at call time. Nothing here runs on a transition that
-commits, beyond :func:`verdict`'s first test.
+Its place: split out of :mod:`sqlitesaver.sqlite.transaction`, whose
+:class:`~sqlitesaver.sqlite.transaction._Transaction` calls it (``__enter__`` and ``__exit__``
+on an exception, ``__del__``, ``_leave`` and ``_finish`` after an I/O error, ``_await``), as
+does the write queue (:mod:`sqlitesaver.sqlite.queue`). Each is called directly from where the
+method it was ran, so the frames below ``__exit__`` are as many as before (the narrowed signal
+deferral, :func:`~sqlitesaver.interrupts.within`, counts them); :func:`abandon` opens its own
+deferred section. The functions take the transition (``tx``) or the Saver and work on the
+Saver's state; rollbacks go through ``_Transaction._rollback``, looked up at call time (tests'
+broken writers patch it there). Nothing here runs for a transition that commits, beyond
+:func:`verdict`'s first test.
 """
 
 from __future__ import annotations
