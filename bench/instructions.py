@@ -52,12 +52,13 @@ def child(op: str, calls: int, worker: bool) -> None:
     import core
     from sqlitesaver import Saver
     from sqlitesaver.sqlite import transaction as write_path
+    from sqlitesaver.sqlite import wal
 
     state = core.make_state()
     directory = tempfile.mkdtemp(prefix="sqlitesaver-instructions-")
     try:
         saver = Saver(os.path.join(directory, "s.db"), durability="normal")
-        write_path.AUTOCHECKPOINT_PAGES = 10**9  # no WAL checkpoint inside the count
+        wal.AUTOCHECKPOINT_PAGES = 10**9  # no WAL checkpoint inside the count
         if op == "core-put":
             def call() -> object:
                 return saver.put("t", state)

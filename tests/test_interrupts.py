@@ -10,9 +10,9 @@ Two ways in:
 
 * Line by line: a trace function raises an exception at the N-th line the write path executes
   (in ``saver.py``, ``saver_arguments.py``, ``saver_reads.py``, ``storage_steps.py``,
-  ``sqlite/saver.py``, ``sqlite/transaction.py``, ``sqlite/queue.py``, ``sqlite/reads.py``,
-  ``sqlite/read_steps.py``, ``sqlite/maintenance.py``, ``interrupts.py`` and
-  ``contention.py``), for every N in turn, in a lone
+  ``sqlite/saver.py``, ``sqlite/transaction.py``, ``sqlite/failure.py``, ``sqlite/wal.py``,
+  ``sqlite/queue.py``, ``sqlite/reads.py``, ``sqlite/read_steps.py``, ``sqlite/maintenance.py``,
+  ``interrupts.py`` and ``contention.py``), for every N in turn, in a lone
   writer, in a writer inside ``transaction()``, and in the leader or a member of a two-thread
   batch (a member queued for the leader to run, and one taking the write lock itself). The signal deferral
   does not stop these (they are not signals): this proves the protocol recovers from one
@@ -59,6 +59,8 @@ WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
                    ("saver.py", "saver_arguments.py", "saver_reads.py", "storage_steps.py",
                     os.path.join("sqlite", "saver.py"),
                     os.path.join("sqlite", "transaction.py"),
+                    # split out of transaction.py: its failure path and the WAL's bound
+                    os.path.join("sqlite", "failure.py"), os.path.join("sqlite", "wal.py"),
                     os.path.join("sqlite", "queue.py"),
                     os.path.join("sqlite", "reads.py"), os.path.join("sqlite", "read_steps.py"),
                     os.path.join("sqlite", "maintenance.py"), "interrupts.py", "contention.py"))

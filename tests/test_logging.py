@@ -23,7 +23,7 @@ import time
 import apsw
 import pytest
 
-import sqlitesaver.sqlite.transaction as write_path
+import sqlitesaver.sqlite.wal as wal
 from conftest import inject_retryable_failures
 from sqlitesaver import BusyTimeoutError, DatabaseIOError, Saver, contention, log
 from test_bad_input import child_env
@@ -108,7 +108,7 @@ def test_below_the_threshold_a_wait_is_not_logged(caplog):
 
 def test_a_forced_checkpoint_is_logged(tmp_path, caplog, monkeypatch):
     path = str(tmp_path / "d.db")
-    monkeypatch.setattr(write_path, "WAL_LIMIT", 256 * 1024)
+    monkeypatch.setattr(wal, "WAL_LIMIT", 256 * 1024)
     caplog.set_level(logging.INFO, logger="sqlitesaver")
     with Saver(path) as saver:
         caplog.clear()

@@ -28,7 +28,7 @@ import pytest
 
 import sqlitesaver
 import sqlitesaver.sqlite.reads as reads_module
-import sqlitesaver.sqlite.transaction as write_path
+import sqlitesaver.sqlite.wal as wal
 from sqlitesaver import InvalidArgumentError, Saver, SaverClosedError, opening
 
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sqlitesaver.__file__)))
@@ -487,7 +487,7 @@ def test_readers_waiting_for_the_pool_do_not_stall_forced_checkpoints(db_path, m
     # limit again and again, each time forcing a checkpoint that pauses new reads: every read
     # and write finishes, reads go on meanwhile, and the WAL stays bounded.
     limit = 256 * 1024
-    monkeypatch.setattr(write_path, "WAL_LIMIT", limit)
+    monkeypatch.setattr(wal, "WAL_LIMIT", limit)
     with Saver(db_path, durability="normal", max_readers=2) as saver:
         saver.put("t", {"n": 0})
         stop = threading.Event()

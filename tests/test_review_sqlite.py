@@ -21,8 +21,10 @@ PACKAGE = os.path.dirname(os.path.abspath(sqlitesaver.__file__))
 READ_PATH = tuple(os.path.join(PACKAGE, *parts) for parts in
                   (("saver.py",), ("sqlite", "saver.py"), ("sqlite", "reads.py"),
                    ("interrupts.py",)))
+# transaction.py with the modules split out of it (its failure path, the WAL's bound).
 TRANSACTION_PATH = tuple(os.path.join(PACKAGE, *parts) for parts in
-                         (("sqlite", "transaction.py"), ("interrupts.py",)))
+                         (("sqlite", "transaction.py"), ("sqlite", "failure.py"),
+                          ("sqlite", "wal.py"), ("interrupts.py",)))
 
 
 def _cfg(checkpoint_id: str | None = None) -> dict:

@@ -17,7 +17,7 @@ import threading
 import pytest
 
 from sqlitesaver import Saver
-from sqlitesaver.sqlite import transaction as write_path
+from sqlitesaver.sqlite import wal
 
 LIMIT = 1 << 20
 STATE = {"text": "x" * 4000}
@@ -25,7 +25,7 @@ STATE = {"text": "x" * 4000}
 
 @pytest.fixture
 def small_wal_limit(monkeypatch) -> int:
-    monkeypatch.setattr(write_path, "WAL_LIMIT", LIMIT)
+    monkeypatch.setattr(wal, "WAL_LIMIT", LIMIT)
     return LIMIT
 
 
@@ -106,7 +106,7 @@ def test_a_reader_in_another_connection_that_never_ends_is_outwaited_then_left(
     cannot be ended from here: the forced checkpoint waits WAL_CHECKPOINT_WAIT, reports busy,
     and is not tried again on every commit (that would stall each one)."""
     import apsw
-    monkeypatch.setattr(write_path, "WAL_CHECKPOINT_WAIT", 0.05)
+    monkeypatch.setattr(wal, "WAL_CHECKPOINT_WAIT", 0.05)
     with Saver(db_path, durability="normal") as saver:
         saver.put("t", STATE)
         other = apsw.Connection(db_path)

@@ -10,7 +10,10 @@
   (``delete_thread``, ``prune``, ``copy_thread``, ``delete_matching``); both bases of the class.
 - :mod:`~sqlitesaver.sqlite.sql`: the SQL text they send.
 - :mod:`~sqlitesaver.sqlite.transaction`: the write protocol (group commit on the one write
-  connection, interruption safety, the bound on the ``-wal``).
+  connection, interruption safety); :mod:`~sqlitesaver.sqlite.failure`: its path for a
+  transition that does not commit or that an exception interrupts;
+  :mod:`~sqlitesaver.sqlite.wal`: the bound on the ``-wal`` after each commit;
+  :mod:`~sqlitesaver.sqlite.queue`: the write queue that feeds a batch's leader.
 - :mod:`~sqlitesaver.sqlite.reads`: the read path (the pool of read connections, a read's
   snapshot, paging a cursor without pinning one).
 """

@@ -39,7 +39,8 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-# The module, not its names: it imports this one (a cycle resolved at call time).
+# The modules, not their names: they import this one (cycles resolved at call time).
+from . import failure
 from . import transaction as write_path
 
 if TYPE_CHECKING:
@@ -78,7 +79,7 @@ class _Job:
     def wake(self) -> None:
         try:
             self.done.release()
-        except RuntimeError:  # woken already (a batch's end may run twice, see _abandon)
+        except RuntimeError:  # woken already (a batch's end may run twice, see failure.abandon)
             pass
 
 
@@ -153,7 +154,7 @@ def _await(saver: SqliteFileSaver, job: _Job) -> Any:
         return _RETRY  # never claimed (woken by close(): the lock path says why)
     # A job claimed but never stored: its leader was interrupted, or the whole batch failed,
     # before its work was released into the batch.
-    write_path._verdict(saver, job.doing, batch, job.stored and batch.committed)
+    failure.verdict(saver, job.doing, batch, job.stored and batch.committed)
     return job.result
 
 
@@ -205,8 +206,8 @@ def run(saver: SqliteFileSaver, job: _Job, conn: apsw.Connection, batch: _Batch)
     """The leader, holding the lock, in a deferred section: run one claimed job in the batch,
     under ``SAVEPOINT member``. An ``Exception`` from its work is the job's own: rolled back
     to the savepoint and handed to its caller. Anything else (an asynchronous exception in the
-    leader's thread) propagates: the leader's protocol then ends the batch (_abandon), and the
-    job, never stored, is told it was interrupted.
+    leader's thread) propagates: the leader's protocol then ends the batch (failure.abandon),
+    and the job, never stored, is told it was interrupted.
 
     The leader's thread owns the connection, at depth 1, from the SAVEPOINT to the job's end:
     an I/O error in the job leaves the Saver's shutdown to the leader (SqliteFileSaver._fail),
@@ -248,9 +249,9 @@ def _failed(saver: SqliteFileSaver, job: _Job, batch: _Batch, exc: BaseException
 
 def hand_over(saver: SqliteFileSaver) -> None:
     """Holding ``saver._lock``, once no batch is open, in a deferred section (the ends of
-    ``_finish`` and ``_abandon``): wake the first queued job's caller to write through the lock
-    path and lead the next batch (the queue stays open for it), or close the queue if it is
-    empty."""
+    ``_finish`` and ``failure.abandon``): wake the first queued job's caller to write through
+    the lock path and lead the next batch (the queue stays open for it), or close the queue if
+    it is empty."""
     with saver._waiting_lock:
         jobs = saver._jobs
         if not jobs:

@@ -39,7 +39,7 @@ from .. import saver as _core  # PAGE_BYTES, read at call time
 from ..errors import SaverError
 # The module, for WAL_CHECKPOINT_WAIT read at call time: a value set on it (tests lower it)
 # holds for the checkpoint and for the reads that wait for it alike.
-from . import transaction as write_path
+from . import wal
 
 if TYPE_CHECKING:
     from .saver import SqliteFileSaver
@@ -231,7 +231,7 @@ class _Read:
             return self
         self._pooled = True
         if not saver._readers_open.is_set():  # a forced WAL checkpoint is running
-            saver._readers_open.wait(write_path.WAL_CHECKPOINT_WAIT)
+            saver._readers_open.wait(wal.WAL_CHECKPOINT_WAIT)
         if threading.get_ident() != _MAIN_THREAD:
             # Python runs signal handlers in the main thread only: here nothing can land
             # between the lines below, and no deferral (or finalizer) is paid for: ~5% of a

@@ -47,17 +47,18 @@ from ..ids import is_generated as _is_generated
 from ..ids import parse_id as _parse_id
 from ..pragmas import DURABILITY_LEVELS, Profile
 from ..saver import Saver
-# The module, for WAL_LIMIT read from it when a Saver opens: a value set on it (tests lower
-# it) then holds for the Saver's first commits too.
 from . import transaction as write_path
 from . import queue as write_queue
 from . import sql
+# The module, for WAL_LIMIT read from it when a Saver opens: a value set on it (tests lower
+# it) then holds for the Saver's first commits too.
+from . import wal
 from .maintenance import MaintenanceSteps
 from .read_steps import ReadSteps
 from .reads import _Read, _ReaderPool
 from .sql import (_INSERT_CHECKPOINT, _INSERT_KEYED_CHECKPOINT, _INSERT_WRITE, _KEYED_LOOKUPS,
                   _NEXT_SEQ_CHECKPOINTS, _NEXT_SEQ_LOG, _REPLACE_WRITE, _SEQ_OF_KEY)
-from .transaction import _FileTransaction, _Transaction, _UserTransaction, _WalLength
+from .transaction import _FileTransaction, _Transaction, _UserTransaction
 
 if TYPE_CHECKING:
     from ..backup import BackupReport
@@ -190,10 +191,10 @@ class SqliteFileSaver(ReadSteps, MaintenanceSteps, Saver):
         self._stats = {"commits": 0, "transitions": 0, "wal_checkpoints": 0,
                        "wal_checkpoints_busy": 0}
         # WAL bytes past which a commit forces a checkpoint
-        self._wal_threshold = write_path.WAL_LIMIT
+        self._wal_threshold = wal.WAL_LIMIT
         # The WAL's length after each of this Saver's commits, from SQLite's wal hook: a stat()
         # of the -wal right after its fsync cost ~70 us per put here (bench: 0.49x bare).
-        self._wal = _WalLength()
+        self._wal = wal._WalLength()
         self._frame_bytes = 24 + self._writer.execute("PRAGMA page_size").fetchone()[0]
         if not readonly:
             self._writer.set_wal_hook(self._wal)
@@ -251,9 +252,9 @@ class SqliteFileSaver(ReadSteps, MaintenanceSteps, Saver):
         - ``lock_waits``: backoff pauses the write connection took waiting for another
           connection's lock (opening included);
         - ``wal_checkpoints``: checkpoints forced because the ``-wal`` had grown past
-          :data:`~sqlitesaver.sqlite.transaction.WAL_LIMIT` after a commit;
+          :data:`~sqlitesaver.sqlite.wal.WAL_LIMIT` after a commit;
           ``wal_checkpoints_busy``: those that readers kept from truncating it within
-          :data:`~sqlitesaver.sqlite.transaction.WAL_CHECKPOINT_WAIT`;
+          :data:`~sqlitesaver.sqlite.wal.WAL_CHECKPOINT_WAIT`;
         - ``wal_bytes``, ``db_bytes``: the sizes of the ``-wal`` (0 if absent) and the
           database file;
         - ``readers_open``, ``readers_idle``: read connections open now (at most
@@ -565,7 +566,7 @@ class SqliteFileSaver(ReadSteps, MaintenanceSteps, Saver):
         if self._owner == threading.get_ident():
             # Inside this thread's transition: its batch must end first, failed as a whole
             # (nothing more is committed on this connection), and then its leader closes
-            # the Saver (_Transaction._end_failed).
+            # the Saver (sqlite/failure.py, end_failed).
             return
         self._shut()
 

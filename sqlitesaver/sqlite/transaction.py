@@ -20,17 +20,21 @@ Guarantees, for each call whichever batch carries it:
   never acknowledges an uncommitted transition and never leaves another thread waiting; the
   Saver stays usable, or shuts itself down with an error saying to reopen it (issue #13; the
   design is :class:`_Transaction`'s docstring, the proof ``tests/test_interrupts.py``).
-* After each commit the ``-wal`` is kept bounded (:data:`WAL_LIMIT`), even while readers
-  overlap.
+* After each commit the ``-wal`` is kept bounded (:data:`~sqlitesaver.sqlite.wal.WAL_LIMIT`),
+  even while readers overlap.
 
 The state this protocol works on (the write connection, its lock, the open batch, the
-counters) belongs to the Saver; this module holds the code. It imports
-:mod:`sqlitesaver.sqlite.saver` for type checking only.
+counters) belongs to the Saver; this module holds the code of a transition that commits (the
+hot path: ``__enter__``, ``_join``, ``__exit__``, ``_leave``, ``_finish``). Two layers it
+calls have homes of their own: :mod:`sqlitesaver.sqlite.failure`, the cold path of a
+transition whose batch does not commit or that an exception interrupts, and
+:mod:`sqlitesaver.sqlite.wal`, the checkpoint after each COMMIT that keeps the ``-wal``
+bounded. The write queue (:mod:`sqlitesaver.sqlite.queue`) feeds the leader's batch. It
+imports :mod:`sqlitesaver.sqlite.saver` for type checking only.
 """
 
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from collections.abc import Callable
@@ -38,10 +42,9 @@ from typing import TYPE_CHECKING, Any
 
 import apsw
 
-from .. import contention, interrupts, log, opening
-from . import queue
-from ..errors import (BusyTimeoutError, InterruptedTransitionError,
-                      SaverError, UsageError, translate)
+from .. import contention, interrupts
+from . import failure, queue, wal
+from ..errors import BusyTimeoutError, SaverError, UsageError
 
 if TYPE_CHECKING:
     from .saver import SqliteFileSaver
@@ -52,30 +55,6 @@ MAX_BATCH = 64
 #: before it COMMITs. Joining takes a member's own work time (tens of microseconds), so the
 #: bound is reached only if the queue count is wrong (see _Transaction: it is a hint).
 GATHER_WAIT = 0.05
-
-#: Bytes of ``-wal`` past which a commit forces a TRUNCATE checkpoint (see
-#: ``_Transaction._bound_wal``): four times what SQLite's automatic checkpoint lets it reach
-#: (1,000 pages of 4 KiB) when no reader is in its way.
-WAL_LIMIT = 16 * 1024 * 1024
-#: Seconds that checkpoint waits for older readers to finish before giving up for now.
-WAL_CHECKPOINT_WAIT = 0.5
-#: WAL pages after a commit that start a PASSIVE checkpoint: SQLite's own default.
-AUTOCHECKPOINT_PAGES = 1000
-
-
-class _WalLength:
-    """The write connection's wal hook: records how many pages the WAL holds after each
-    commit (no reference to the Saver, so no reference cycle through the connection)."""
-
-    __slots__ = ("pages",)
-
-    def __init__(self) -> None:
-        self.pages = 0
-
-    def __call__(self, conn: apsw.Connection, name: str, pages: int) -> int:
-        self.pages = pages
-        return apsw.SQLITE_OK
-
 
 class _Batch:
     """The open write transaction that concurrent transitions share (group commit).
@@ -114,8 +93,8 @@ class _Batch:
 
     def end(self) -> None:
         """Holding the lock: wake the members (if any joined) for the batch's end. A member
-        that joins it after all (a batch left open by an interruption, see _abandon) gets an
-        Event already set, never one that nothing will set."""
+        that joins it after all (a batch left open by an interruption, see failure.abandon)
+        gets an Event already set, never one that nothing will set."""
         done = self.done
         if done is None:
             self.done = _ENDED
@@ -129,8 +108,8 @@ class _Batch:
         # garbage only the cyclic GC frees. At 8 threads that was ~6 objects per call, and the
         # collections it caused ~4% of a graph run's instructions (research/
         # concurrency_benchmark.md, "Session 17"). Callers read job.batch, never batch.jobs,
-        # once woken. Cleared only after every job was woken: a second end() (see _abandon)
-        # after an interrupted one still wakes the rest.
+        # once woken. Cleared only after every job was woken: a second end() (see
+        # failure.abandon) after an interrupted one still wakes the rest.
         jobs.clear()
 
 
@@ -179,13 +158,14 @@ class _Transaction:
       inside. Waits for other threads (the write lock, a batch's COMMIT) are outside, so
       Ctrl-C is never held up by another thread's work.
     * Any other exception escaping a section (one raised into the thread, or a bug) is
-      handled by ``_abandon_*``, which works from what it can observe rather than from flags
-      the interruption may have left half-set: whether this thread holds the lock
-      (``RLock._is_owned``), whether the connection is inside a transaction
-      (``get_autocommit``), and which thread leads the batch (``batch.leader``). It rolls back
-      what was not committed, ends the batch if this thread leads it (its members get
-      :class:`~sqlitesaver.errors.InterruptedTransitionError`), and releases the lock: the
-      Saver stays usable. An exception inside that handling too shuts the Saver down.
+      handled by :func:`~sqlitesaver.sqlite.failure.abandon`, which works from what it can
+      observe rather than from flags the interruption may have left half-set: whether this
+      thread holds the lock (``RLock._is_owned``), whether the connection is inside a
+      transaction (``get_autocommit``), and which thread leads the batch (``batch.leader``).
+      It rolls back what was not committed, ends the batch if this thread leads it (its
+      members get :class:`~sqlitesaver.errors.InterruptedTransitionError`), and releases the
+      lock: the Saver stays usable. An exception inside that handling too shuts the Saver
+      down.
     * ``_waiting`` is a hint for the leader's gathering wait, which is bounded
       (:data:`GATHER_WAIT`): a wrong count costs batching, never correctness or liveness.
     """
@@ -206,7 +186,7 @@ class _Transaction:
         self._depth = 0
         self._open = False  # an outermost member whose __exit__ has not yet taken over
         self._member = False  # set by _join: this transition's work is in SAVEPOINT member
-        self._counted = False  # in saver._waiting: taken out by __enter__ or by _abandon
+        self._counted = False  # in saver._waiting: taken out by __enter__ or by failure.abandon
         self._held: interrupts.deferred | None = None  # signals deferred across the body
 
     def __del__(self) -> None:
@@ -215,12 +195,12 @@ class _Transaction:
         # stays open and the write lock stays held, and this thread's next write would join
         # that transaction as a nested one that nothing ever commits. No code can guard its
         # own entry, but this object dies as that exception unwinds the `with` statement
-        # (it lives on that frame's stack only): end the transition here, as _abandon does
-        # for an exception anywhere else. Tested by tests/test_interrupts.py (the first
+        # (it lives on that frame's stack only): end the transition here, as failure.abandon
+        # does for an exception anywhere else. Tested by tests/test_interrupts.py (the first
         # line of __exit__).
         if getattr(self, "_open", False) and threading.get_ident() == self._thread:
             try:
-                self._abandon(entering=False)
+                failure.abandon(self, entering=False)
             except BaseException:  # in a finalizer: nowhere to raise to
                 pass
         held = getattr(self, "_held", None)
@@ -243,7 +223,7 @@ class _Transaction:
                         # One statement: no exception can come between the two.
                         saver._waiting, self._counted = saver._waiting + 1, True
                         saver._waiting_cond.notify_all()
-                saver._lock.acquire()  # the one wait here: interruptible, see _abandon
+                saver._lock.acquire()  # the one wait here: interruptible, see failure.abandon
             with interrupts.deferred():
                 saver._owner = me  # an I/O error from here on: see SqliteFileSaver._fail
                 if self._counted:
@@ -269,14 +249,14 @@ class _Transaction:
             self._held, held = held, None  # one statement: nothing can come between
             return given
         except BaseException:
-            self._abandon(entering=True)
+            failure.abandon(self, entering=True)
             self._end_deferrals(held)
             raise
 
     def _uncount(self) -> None:
         """No longer waiting for the lock (taken, or given up): out of ``saver._waiting``,
-        once, by __enter__ or by _abandon: one count left behind would make every later
-        leader gather for the full GATHER_WAIT, a lone writer's included."""
+        once, by __enter__ or by failure.abandon: one count left behind would make every
+        later leader gather for the full GATHER_WAIT, a lone writer's included."""
         saver = self._saver
         with saver._waiting_cond:
             saver._waiting, self._counted = saver._waiting - 1, False  # one statement
@@ -380,11 +360,12 @@ class _Transaction:
             with interrupts.deferred():
                 own = self._leave(batch, exc)
                 # Released here, not in a finally inside _leave: an exception escaping _leave
-                # must find the lock still held, so that _abandon ends what _leave left open.
+                # must find the lock still held, so that failure.abandon ends what _leave left
+                # open.
                 self._open = False
                 saver._lock.release()
         except BaseException:
-            self._abandon(entering=False)
+            failure.abandon(self, entering=False)
             self._release_signals()
             raise
         self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
@@ -423,7 +404,7 @@ class _Transaction:
             # An I/O error inside this transition (or in another thread) shut the Saver
             # down: nothing more is committed on this connection, so the whole batch
             # fails, this member included even if it swallowed the error.
-            self._end_failed(close=False)
+            failure.end_failed(self, close=False)
         leads = batch.leader == self._thread
         # Whether this transition's work is in SAVEPOINT member is what _join did, not who
         # leads: a write re-entering the leader's thread during its gathering wait (a signal
@@ -457,7 +438,7 @@ class _Transaction:
         done = batch.done  # a member's, made in _join
         if done is not _ENDED and done is not None:
             done.wait()  # interruptible: the caller then gets the interruption itself
-        _verdict(self._saver, self._doing, batch, batch.committed)
+        failure.verdict(self._saver, self._doing, batch, batch.committed)
 
     def _finish(self, batch: _Batch) -> None:
         """Leader only, holding the lock, in a deferred section: let waiting transitions
@@ -479,7 +460,7 @@ class _Transaction:
                     break
                 saver._batch_cond.wait(remaining)  # releases the lock: a waiting one joins
             if saver._failure is not None:
-                self._end_failed(close=False)  # an I/O error meanwhile: commit nothing
+                failure.end_failed(self, close=False)  # an I/O error meanwhile: commit nothing
             if saver._batch is not batch:
                 return  # already ended: rolled back under a failed member
             if batch.members == 0:
@@ -504,154 +485,13 @@ class _Transaction:
             saver._stats["transitions"] += batch.members
         finally:
             batch.end()
-            if saver._lock._is_owned():  # type: ignore[attr-defined]  # see _abandon
+            if saver._lock._is_owned():  # type: ignore[attr-defined]  # see failure.abandon
                 saver._batch_cond.notify_all()  # a close() waiting for the batch to end
                 if saver._batch is None:
                     queue.hand_over(saver)  # what was queued meanwhile: the next batch
             if saver._failure is not None:
                 saver._shut()
-        self._bound_wal()
-
-    def _abandon(self, *, entering: bool) -> None:
-        """An exception escaped the protocol (see the class docstring): leave a consistent
-        state from what can be observed, then let the exception propagate."""
-        saver = self._saver
-        recovered = False
-        try:
-            with interrupts.deferred():
-                owned = saver._lock._is_owned()  # type: ignore[attr-defined]
-                batch = self._batch
-                if not owned and not entering and batch is not None and \
-                        saver._batch is batch and batch.leader == self._thread:
-                    # Its leader's gathering wait let go of the lock (Condition.wait) and the
-                    # exception came before it took it back: nobody else ends this batch.
-                    saver._lock.acquire()
-                    owned = True
-                if self._counted:  # interrupted while waiting for the lock, or just after
-                    self._uncount()
-                if owned:
-                    try:
-                        self._abandon_holding_lock(entering)
-                    finally:
-                        saver._batch_cond.notify_all()
-                        saver._lock.release()
-                self._open = False
-                recovered = True
-            # (A signal that arrived meanwhile is raised here, by the deferred section's
-            # end: the recovery is complete by then.)
-        except BaseException:
-            if recovered:
-                raise
-            # Interrupted again while recovering: no longer sure of anything.
-            if saver._failure is None:
-                saver._failure = ("its write protocol was interrupted again while recovering "
-                                  "from an asynchronous exception; reopen it (every "
-                                  "transition that was acknowledged is committed)")
-            raise
-
-    def _abandon_holding_lock(self, entering: bool) -> None:
-        saver = self._saver
-        conn = saver._writer
-        me = self._thread
-        if saver._owner == me:
-            saver._owner = None
-            saver._depth = 0
-        open_batch = saver._batch
-        mine = self._batch  # the batch this member joined, if it got that far
-        if saver._failure is not None:
-            # An I/O error (at BEGIN, at a SAVEPOINT, in the work): the batch fails as a
-            # whole; whoever leads it closes the Saver (this thread, if it leads or no batch
-            # is open; else the leader, once woken).
-            self._end_failed(close=open_batch is None or open_batch.leader == me)
-        elif open_batch is None:
-            if _in_transaction(conn):  # BEGIN ran, its batch was never made
-                self._rollback(conn, 0)
-        elif open_batch.leader != me:
-            # A member of another thread's batch: undo its own work if it is still in a
-            # savepoint (if it was released into the batch, the batch may commit it: the
-            # caller gets the interruption, which may or may not have been committed). With
-            # no savepoint of this member open, ROLLBACK TO fails harmlessly: while this
-            # thread holds the lock no other member's savepoint exists.
-            self._rollback(conn, "member")
-        else:
-            # This thread leads the open batch: nobody else will end it.
-            saver._batch = None
-            if open_batch.committing and not _in_transaction(conn):
-                pass  # the COMMIT ran; whether it succeeded is unknown: "maybe committed"
-            else:
-                open_batch.committing = False
-                self._rollback(conn, 0)
-            open_batch.end()
-        if mine is not None and mine.leader == me:
-            # A batch this thread led that ended (committed, or failed) without its members
-            # being told: tell them now; `committed` says which.
-            mine.end()
-        if saver._batch is None:
-            queue.hand_over(saver)  # queued transitions need a next leader
-
-    def _end_failed(self, *, close: bool) -> None:
-        """After an I/O error (``saver._failure``), holding the lock: roll the open batch
-        back, if any, and fail every member with that error; ``close`` closes the Saver
-        at once (else the batch's leader does once it has ended)."""
-        saver = self._saver
-        batch = saver._batch
-        if batch is not None:
-            saver._batch = None
-            batch.error = saver._failure_error
-            self._rollback(saver._writer, 0)
-            batch.end()  # committed stays False: every member raises that error
-        saver._batch_cond.notify_all()
-        if close:
-            saver._shut()
-
-    def _bound_wal(self) -> None:
-        """Leader only, after a COMMIT, holding the lock: keep the ``-wal`` bounded.
-
-        SQLite's automatic checkpoint never waits, and a WAL restarts from its beginning only
-        when no reader still uses it, so overlapping readers that never all stop at once let it
-        grow without bound (measured: 92 MiB after 6,000 puts of 4 KiB with three threads
-        listing). Past :data:`WAL_LIMIT`, a TRUNCATE checkpoint waits (with backoff, up to
-        :data:`WAL_CHECKPOINT_WAIT`) for the readers that started before it to finish; readers
-        that start meanwhile read the database file and do not hold it up. If readers outlast
-        the wait (another process's long read), the WAL is left alone until it has grown by
-        another :data:`WAL_LIMIT`, rather than stalling every commit.
-        """
-        saver = self._saver
-        pages = saver._wal.pages
-        if pages >= AUTOCHECKPOINT_PAGES:
-            # A wal hook replaces SQLite's automatic checkpoint (sqlite.org/c3ref/
-            # wal_autocheckpoint.html): this is the PASSIVE checkpoint it would have run.
-            try:
-                saver._writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-            except apsw.Error as exc:
-                raise saver._translate(exc, "checkpointing the WAL after a commit (the "
-                                            "transitions of that commit are durable)") from exc
-        size = pages * saver._frame_bytes  # the WAL as SQLite will have written it
-        if size <= WAL_LIMIT:
-            saver._wal_threshold = WAL_LIMIT  # restarted (or never past): a busy one is over
-        if size <= saver._wal_threshold:
-            return
-        saver._stats["wal_checkpoints"] += 1
-        # This Saver's new reads wait meanwhile (at most WAL_CHECKPOINT_WAIT), so only reads
-        # already running are waited for: threads reading all the time would otherwise keep
-        # taking fresh WAL read locks, and the checkpoint, whose busy handler needs the GIL
-        # they are busy with, could miss every gap between them (seen in tests).
-        saver._readers_open.clear()
-        try:
-            busy = opening.truncate_wal(saver._writer, saver._path, WAL_CHECKPOINT_WAIT)
-        except apsw.Error as exc:
-            # The transitions are committed and their callers told so; this call reports the
-            # failure (and an I/O error shuts the Saver down, as after any other).
-            raise saver._translate(exc, "checkpointing the WAL after a commit (the "
-                                        "transitions of that commit are durable)") from exc
-        finally:
-            saver._readers_open.set()
-        log.forced_checkpoint(saver._path, size, busy)
-        if busy:
-            saver._stats["wal_checkpoints_busy"] += 1
-            saver._wal_threshold = size + WAL_LIMIT
-        else:
-            saver._wal_threshold = WAL_LIMIT
+        wal.bound(saver)
 
     @staticmethod
     def _rollback(conn: apsw.Connection, depth: int | str) -> None:
@@ -708,39 +548,6 @@ def _in_transaction(conn: apsw.Connection) -> bool:
         return not conn.get_autocommit()
     except apsw.Error:
         return False
-
-
-def _verdict(saver: SqliteFileSaver, doing: str, batch: _Batch, committed: bool) -> None:
-    """Once ``batch`` has ended, for one of its transitions: return only if ``committed``
-    (its work is in the batch and the batch's COMMIT returned); else raise what its caller
-    gets."""
-    if committed:
-        return
-    error = batch.error
-    if error is None:
-        raise _interrupted(saver, doing, batch)
-    # translate(), not saver._translate(): the leader already shut the Saver down after an
-    # I/O error; each member gets its own exception object.
-    if isinstance(error, SaverError):  # a COMMIT that timed out waiting for a lock
-        raise copy.copy(error) from error.__cause__
-    raise translate(error, saver._path, doing) from error
-
-
-def _interrupted(saver: SqliteFileSaver, doing: str, batch: _Batch) -> InterruptedTransitionError:
-    path = saver._path
-    then = "Try again: the Saver stays usable." if saver._failure is None else \
-        f"The Saver then shut down ({saver._failure}): open a new one."
-    if batch.committing:
-        error = InterruptedTransitionError(
-            f"{doing} in {path!r}: the group commit carrying this transition was interrupted "
-            "while its COMMIT ran (an asynchronous exception in the thread leading it), so it "
-            f"may or may not be committed: re-read to find out. {then}", path=path)
-        error.maybe_committed = True
-        return error
-    return InterruptedTransitionError(
-        f"{doing} in {path!r}: the group commit carrying this transition was interrupted "
-        "before its COMMIT (an asynchronous exception in the thread leading it, or its "
-        f"shutdown) and rolled back; nothing of it was written. {then}", path=path)
 
 
 def _begin_immediate(conn: apsw.Connection) -> Callable[[], None]:
