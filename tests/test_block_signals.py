@@ -11,6 +11,7 @@ import signal
 import sys
 import threading
 import time
+import traceback
 
 import pytest
 
@@ -140,6 +141,17 @@ class Lane:
         saver.append_log(self.name, {"n": n})
 
 
+def _through_abandon_on_entry(interrupt: BaseException) -> bool:
+    """Whether ``interrupt`` came out of ``_Transaction._abandon`` called by
+    ``_Transaction.__enter__`` (the known defect: see
+    test_an_interrupted_recovery_on_entry_ends_the_blocks_deferral)."""
+    from sqlitesaver.sqlite import transaction as write_path
+    codes = [frame.f_code for frame, _ in traceback.walk_tb(interrupt.__traceback__)]
+    entry, abandon = write_path._Transaction.__enter__.__code__, \
+        write_path._Transaction._abandon.__code__
+    return any(a is entry and b is abandon for a, b in zip(codes, codes[1:]))
+
+
 def _stored_blocks(saver: Saver, lane: Lane) -> dict[int, tuple[int, int, int]]:
     """Per block n seen: (checkpoints, pending writes, log events) stored of it."""
     found: dict[int, list[int]] = {}
@@ -204,6 +216,7 @@ def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
     gaps = random.Random(rng.getrandbits(64))
     counts = {"sent": 0, "late": 0, "checks_skipped": 0}
     active_after: list[str] = []
+    known_defect: list[str] = []  # see test_an_interrupted_recovery_on_entry_ends_...
     # A KeyboardInterrupt landing in a finalizer or weakref callback is "unraisable":
     # recorded without formatting (see tests/test_interrupts.py's storm).
     unraisable: list = []
@@ -264,12 +277,15 @@ def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
                 while time.monotonic() < deadline:
                     try:
                         main_lane.block(saver)
-                    except KeyboardInterrupt:
+                    except KeyboardInterrupt as interrupt:
                         main_lane.interrupted += 1
                         try:  # outside every library call: nothing may be held back now
                             assert_no_deferral_active(f"after main block {len(main_lane.puts)}")
                         except AssertionError as exc:
-                            active_after.append(str(exc))
+                            if _through_abandon_on_entry(interrupt):
+                                known_defect.append(str(exc))
+                            else:
+                                active_after.append(str(exc))
                         except KeyboardInterrupt:
                             counts["checks_skipped"] += 1
                     except InterruptedTransitionError:
@@ -341,7 +357,11 @@ def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
     with pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)
         threading.Event().wait(interrupts.STALE_AFTER + 5)
-    if lost_to_the_pool:  # last: every other promise was checked above
+    if known_defect:  # last: every other promise was checked above
+        pytest.xfail(f"seed {seed}: {len(known_defect)} deferral(s) left active by a "
+                     "KeyboardInterrupt out of _abandon in _Transaction.__enter__: see "
+                     "test_an_interrupted_recovery_on_entry_ends_the_blocks_deferral")
+    if lost_to_the_pool:
         pytest.xfail(f"seed {seed}: {lost_to_the_pool} pooled connection(s) lost to the pool "
                      "by a KeyboardInterrupt inside psycopg_pool's putconn: see "
                      "test_a_ctrl_c_inside_the_pools_putconn_loses_no_connection")
@@ -384,3 +404,43 @@ def test_a_ctrl_c_inside_the_pools_putconn_loses_no_connection(
         saver.put("t", {"n": 2})  # BusyTimeoutError: the only connection was lost
         stats = saver.stats()
         assert stats["connections_open"] == stats["connections_idle"] == 1, stats
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "defect: sqlite/transaction.py _Transaction.__enter__'s except clause calls "
+    "self._abandon(entering=True) before self._end_deferrals(held): a KeyboardInterrupt "
+    "raised out of _abandon (a second Ctrl-C, held by its own deferred section and delivered "
+    "at its end through the block's narrowed recorder) skips _end_deferrals, and the block's "
+    "deferral, not yet handed to self._held (so not released by __del__ either), stays active"))
+def test_an_interrupted_recovery_on_entry_ends_the_blocks_deferral(
+        db_path, hang_detector, python_sigint_handler):
+    """Two Ctrl-Cs while a ``transaction()`` block is entered (what the storm above hits): the
+    first arrives in ``_join``, held by the block's deferral and raised by its ``narrow``;
+    the second arrives while ``_abandon`` recovers from the first, held by ``_abandon``'s own
+    deferred section and raised at its end (the block's recorder, narrowed by then to the
+    exit's frames, lets it through). The KeyboardInterrupt is the caller's; but no deferral
+    may stay active after it (README: a deferral holds Ctrl-C back only across the block's
+    protocol): the block's, left active, holds back every later Ctrl-C that lands in a
+    block's exit for ``interrupts.STALE_AFTER`` seconds, and never ends."""
+    hang_detector(60)
+    from sqlitesaver.sqlite import transaction as write_path
+    targets = [write_path._Transaction._join.__code__,
+               write_path._Transaction._abandon_holding_lock.__code__]
+
+    def tracer(frame, event, arg):
+        if event == "call" and targets and frame.f_code is targets[0]:
+            targets.pop(0)
+            signal.raise_signal(signal.SIGINT)  # held where it lands (see the docstring)
+        return None
+
+    with Saver(db_path) as saver:
+        try:
+            sys.settrace(tracer)
+            with pytest.raises(KeyboardInterrupt):
+                with saver.transaction():
+                    pass
+        finally:
+            sys.settrace(None)
+        assert not targets, f"not reached: {targets}"
+        assert saver._owner is None and saver._batch is None
+        assert_no_deferral_active("after two Ctrl-Cs entering a block")
