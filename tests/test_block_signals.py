@@ -141,15 +141,38 @@ class Lane:
         saver.append_log(self.name, {"n": n})
 
 
-def _through_abandon_on_entry(interrupt: BaseException) -> bool:
-    """Whether ``interrupt`` came out of ``_Transaction._abandon`` called by
-    ``_Transaction.__enter__`` (the known defect: see
-    test_an_interrupted_recovery_on_entry_ends_the_blocks_deferral)."""
+def _end_active_deferrals(below: object) -> int:
+    """End every deferral still active in SIGINT's handler chain below section ``below``
+    (left by a defect): what it holds back is dropped, not delivered later. Returns how
+    many."""
+    found = _active_deferrals(below)
+    for section in found:
+        section._active = False
+    return len(found)
+
+
+def _active_deferrals(below: object = None) -> list:
+    """The deferrals still active in SIGINT's handler chain (each recorder's section), below
+    section ``below`` if given (the caller's own)."""
+    found = []
+    handler = signal.getsignal(signal.SIGINT)
+    while getattr(handler, "__code__", None) is interrupts._RECORDER:
+        cells = dict(zip(handler.__code__.co_freevars,
+                         (cell.cell_contents for cell in handler.__closure__)))
+        if below is not None:
+            below = None if cells["self"] is below else below
+        elif cells["self"]._active:
+            found.append(cells["self"])
+        handler = cells["originals"][signal.SIGINT]
+    return found
+
+
+def _known_defect(section) -> bool:
+    """Whether an active deferral is the one test_an_interrupted_recovery_on_entry_ends_the_
+    blocks_deferral pins: a SQLite block's, narrowed to its exit, that ``__enter__`` never
+    handed over (narrowed on its last line but one; the one after hands it over)."""
     from sqlitesaver.sqlite import transaction as write_path
-    codes = [frame.f_code for frame, _ in traceback.walk_tb(interrupt.__traceback__)]
-    entry, abandon = write_path._Transaction.__enter__.__code__, \
-        write_path._Transaction._abandon.__code__
-    return any(a is entry and b is abandon for a, b in zip(codes, codes[1:]))
+    return section._only is write_path._exiting
 
 
 def _stored_blocks(saver: Saver, lane: Lane) -> dict[int, tuple[int, int, int]]:
@@ -182,13 +205,14 @@ def _whole_or_absent(saver: Saver, lanes: list[Lane], seed: int) -> list[str]:
 
 def _after_storm(work, counts: dict[str, int]):
     """Harness work once the sender has stopped (a signal it sent last may still be raised
-    here): run inside a deferral, again after any KeyboardInterrupt, until it returned."""
+    here): run inside a deferral (``work(section)``), again after any KeyboardInterrupt,
+    until it returned."""
     result: list = []
     while not result:
         try:
-            with interrupts.deferred():
+            with interrupts.deferred() as section:
                 if not result:
-                    result.append(work())
+                    result.append(work(section))
         except KeyboardInterrupt:
             counts["late"] += 1
     return result[0]
@@ -204,7 +228,12 @@ def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
     deferral is active. Then: nothing hangs; every block whose ``with`` returned is stored;
     every block is stored whole or not at all (one the KeyboardInterrupt left from before
     or after its COMMIT alike); the Saver writes from the main thread and another, closes,
-    and the store passes the validator."""
+    and the store passes the validator. Two defects it finds now and then are reported last,
+    once every other promise held, as xfail (each pinned by a strict xfail test below): a
+    SQLite block's deferral left active (any other active deferral fails the test), and on
+    PostgreSQL a connection lost to the pool. Reproduce a run with
+    ``SQLITESAVER_STORM_SEED`` (printed on failure; the gaps are seeded, the threads'
+    interleaving is not)."""
     hang_detector(90)
     seed = SEED + (engine == "postgres")
     target = empty_target(engine, request, tmp_path)
@@ -215,8 +244,10 @@ def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
     lanes = [main_lane, *thread_lanes, *task_lanes]
     gaps = random.Random(rng.getrandbits(64))
     counts = {"sent": 0, "late": 0, "checks_skipped": 0}
-    active_after: list[str] = []
-    known_defect: list[str] = []  # see test_an_interrupted_recovery_on_entry_ends_...
+    # Each deferral found active after a KeyboardInterrupt: (the main lane's block, whether
+    # it is the known defect's, the KeyboardInterrupt's traceback) when first found.
+    active_after: dict[int, tuple[int, bool, str]] = {}
+    ended: list[int] = []
     # A KeyboardInterrupt landing in a finalizer or weakref callback is "unraisable":
     # recorded without formatting (see tests/test_interrupts.py's storm).
     unraisable: list = []
@@ -280,12 +311,11 @@ def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
                     except KeyboardInterrupt as interrupt:
                         main_lane.interrupted += 1
                         try:  # outside every library call: nothing may be held back now
-                            assert_no_deferral_active(f"after main block {len(main_lane.puts)}")
-                        except AssertionError as exc:
-                            if _through_abandon_on_entry(interrupt):
-                                known_defect.append(str(exc))
-                            else:
-                                active_after.append(str(exc))
+                            for section in _active_deferrals():
+                                if id(section) not in active_after:
+                                    active_after[id(section)] = (
+                                        len(main_lane.puts), _known_defect(section),
+                                        "".join(traceback.format_tb(interrupt.__traceback__)))
                         except KeyboardInterrupt:
                             counts["checks_skipped"] += 1
                     except InterruptedTransitionError:
@@ -294,17 +324,19 @@ def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
             except KeyboardInterrupt:  # between two blocks of the main lane
                 counts["late"] += 1
     finally:
-        def stop_everything() -> None:
+        def stop_everything(section: object) -> None:
             end.set()
             sender.join()
             stop.set()
             for worker in workers:
                 worker.join(60)
+            # A deferral left active (see below) would deliver what it holds back seconds
+            # later, anywhere (in another test): ended here, once reported.
+            ended.append(_end_active_deferrals(section))
         _after_storm(stop_everything, counts)
         sys.unraisablehook = hook
     assert not any(worker.is_alive() for worker in workers), f"seed {seed}: a writer hangs"
     assert set(unraisable) <= {KeyboardInterrupt}, (seed, unraisable)
-    assert not active_after, active_after[:5]
     assert_no_deferral_active(f"seed {seed}: after the storm")
     errors = [f"{lane.name}: {error}" for lane in lanes for error in lane.errors]
     assert not errors, (seed, errors)
@@ -339,7 +371,7 @@ def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
         lent = []
         try:
             for _ in range(pool.max_size):
-                lent.append(pool.getconn(10))
+                lent.append(pool.getconn(5))
         except Exception:  # noqa: BLE001 - PoolTimeout: counted, reported below
             lost_to_the_pool = pool.max_size - len(lent)
         for conn in lent:
@@ -357,10 +389,19 @@ def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
     with pytest.raises(KeyboardInterrupt):
         signal.raise_signal(signal.SIGINT)
         threading.Event().wait(interrupts.STALE_AFTER + 5)
-    if known_defect:  # last: every other promise was checked above
-        pytest.xfail(f"seed {seed}: {len(known_defect)} deferral(s) left active by a "
-                     "KeyboardInterrupt out of _abandon in _Transaction.__enter__: see "
-                     "test_an_interrupted_recovery_on_entry_ends_the_blocks_deferral")
+    # Last, every other promise checked above: the defects the storm finds, each pinned by a
+    # strict xfail test below. A deferral left active is the known one only if the first
+    # KeyboardInterrupt after which one was seen came out of _abandon in __enter__.
+    if active_after or ended[0]:
+        found = sorted(active_after.values())
+        message = (f"seed {seed}: {len(found)} deferral(s) found active after a "
+                   f"KeyboardInterrupt ({ended[0]} ended after the storm): "
+                   + "\n".join(f"after main block {n}, known defect's: {known}, the "
+                                f"KeyboardInterrupt from:\n{where}" for n, known, where in found))
+        if ended[0] > len(found) or not all(known for _, known, _ in found):
+            pytest.fail(message)
+        pytest.xfail(message + "\nsee test_an_interrupted_recovery_on_entry_ends_the_blocks_"
+                     "deferral")
     if lost_to_the_pool:
         pytest.xfail(f"seed {seed}: {lost_to_the_pool} pooled connection(s) lost to the pool "
                      "by a KeyboardInterrupt inside psycopg_pool's putconn: see "
