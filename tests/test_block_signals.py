@@ -204,9 +204,9 @@ def _whole_or_absent(saver: Saver, lanes: list[Lane], seed: int) -> list[str]:
 
 
 def _after_storm(work, counts: dict[str, int]):
-    """Harness work once the sender has stopped (a signal it sent last may still be raised
-    here): run inside a deferral (``work(section)``), again after any KeyboardInterrupt,
-    until it returned."""
+    """Harness work while or once the sender sends (a signal it sent last may still be
+    raised after it stopped): run inside a deferral (``work(section)``), again after a
+    KeyboardInterrupt that came before it returned, until it returned."""
     result: list = []
     while not result:
         try:
@@ -301,7 +301,8 @@ def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
     try:
         for worker in workers:
             worker.start()
-        sender.start()
+        # Started in a deferral: its first SIGINT may come before start() returned.
+        _after_storm(lambda section: sender.start(), counts)
         deadline = time.monotonic() + STORM_SECONDS
         while True:
             try:
