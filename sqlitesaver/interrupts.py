@@ -25,7 +25,10 @@ What it covers and what not:
 * A section may be narrowed (:meth:`deferred.narrow`) to hold back only the signals that
   arrive in given frames: a ``transaction()`` block keeps one across its body, so a Ctrl-C at
   the first instruction of its ``__exit__`` cannot skip the exit (the body itself stays
-  interruptible). A handler the body installs is replaced when the section ends.
+  interruptible). A handler the body installs with ``signal.signal()`` takes the recorder's
+  place and stays installed when the section ends (a section puts the original handlers back
+  only where a recorder is still installed), as it would without the section; from then to
+  the section's end, its signals go to that handler at once, at the exit's start too.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from __future__ import annotations
 import signal
 import threading
 from collections.abc import Callable, Sequence
-from types import FrameType
+from types import CodeType, FrameType
 from typing import Any
 
 __all__ = ["DEFERRED_SIGNALS", "deferred", "within"]
@@ -167,13 +170,18 @@ class deferred:
 
     def _end(self) -> tuple[dict[int, _Handler], Sequence[tuple[int, FrameType | None]]]:
         """End the section: from the first line on, a recorder still installed forwards;
-        then put the handlers back (once) and return them and the signals that arrived."""
+        then put the handlers back (once, over recorders only) and return them and the
+        signals that arrived."""
         self._active = False
         saved, self._saved = self._saved, None
         if not saved:
             return _NOTHING_HELD
         for signum, handler in saved.items():
-            _set_handler(signum, handler)
+            # Put back only over a recorder (this section's, or one a section inside it left
+            # installed): a handler the program installed meanwhile (a transaction() body's
+            # signal.signal()) stays, as it would without the section.
+            if getattr(_get_handler(signum), "__code__", None) is _RECORDER:
+                _set_handler(signum, handler)
         pending, self._pending = self._pending, ()
         return saved, pending
 
@@ -203,3 +211,8 @@ class deferred:
         handlers, pending = self._end()
         for signum, frame in pending:
             handlers[signum](signum, frame)  # may raise: that is the point
+
+
+#: The code of the recorders :meth:`deferred.__enter__` installs (see :meth:`deferred._end`).
+_RECORDER = next(const for const in deferred.__enter__.__code__.co_consts
+                 if isinstance(const, CodeType) and const.co_name == "record")

@@ -162,10 +162,11 @@ def assert_no_deferral_active(where: str) -> None:
     deliver it later, anywhere. A recorder left installed but ended is allowed: it forwards
     each signal at once (interrupts.py; a signal between two of its section's handler
     restores ends the restoring there)."""
+    from sqlitesaver import interrupts
     handler = signal.getsignal(signal.SIGINT)
     for _ in range(100):
-        if handler is signal.default_int_handler:
-            return
+        if getattr(handler, "__code__", None) is not interrupts._RECORDER:
+            return  # Python's handler, or one the program installed: not a deferral's
         cells = dict(zip(handler.__code__.co_freevars,
                          (cell.cell_contents for cell in handler.__closure__)))
         assert not cells["self"]._active, f"{where}: a signal deferral is still active"

@@ -1,0 +1,488 @@
+"""Signal handling around ``transaction()`` blocks (README "Asynchronous exceptions"): the
+handler a block's body installs, and Ctrl-C storms on blocks run by many threads and asyncio
+tasks at once through one Saver, on both engines."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import random
+import signal
+import sys
+import threading
+import time
+import traceback
+
+import pytest
+
+from conftest import empty_target, is_server
+from sqlitesaver import InterruptedTransitionError, Saver, check, interrupts
+from test_review_sqlite import assert_no_deferral_active
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler for the test, whatever this process inherited (a
+    background job of a non-interactive shell starts with SIGINT ignored)."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def target(request, tmp_path) -> str:
+    return empty_target(request.param, request, tmp_path)
+
+
+# --- a handler the block's body installs ------------------------------------------------------
+
+@pytest.mark.parametrize("ending", ["commits", "raises"])
+@pytest.mark.parametrize("shape", ["outermost", "nested"])
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM],
+                         ids=["SIGINT-had-a-python-handler", "SIGTERM-had-SIG_DFL"])
+def test_a_handler_the_block_installs_stays_installed_after_it(
+        target, hang_detector, python_sigint_handler, signum, shape, ending):
+    """README: while a block runs, ``signal.getsignal()`` in the main thread shows the
+    recorder; a handler the block installs with ``signal.signal()`` takes its place, gets the
+    signals at once from then on, and stays installed after the block, as it would without
+    the block. (It was put back to the one before the block for a signal that had a Python
+    handler, SIGINT's by default, and kept for one at SIG_DFL: the program's own handler was
+    silently undone, for some signals only.)"""
+    hang_detector(60)
+    before = signal.getsignal(signum)
+    heard: list[int] = []
+
+    def mine(received: int, frame: object) -> None:
+        heard.append(received)
+
+    class Planned(Exception):
+        pass
+
+    try:
+        with Saver(target) as saver:
+            try:
+                with saver.transaction():
+                    saver.put("t", {"outer": 1})
+                    if signum == signal.SIGINT:  # a Python handler before: deferred
+                        assert signal.getsignal(signum) is not before, "no recorder installed"
+
+                    def body() -> None:
+                        assert signal.signal(signum, mine) is not mine
+                        saver.put("t", {"installed": 1})
+                        signal.raise_signal(signum)  # the body is the caller's: at once
+                        assert heard == [signum], "the installed handler did not run at once"
+                        if ending == "raises":
+                            raise Planned
+
+                    if shape == "nested":
+                        with saver.transaction():
+                            body()
+                            assert signal.getsignal(signum) is mine
+                    else:
+                        body()
+                    assert signal.getsignal(signum) is mine
+            except Planned:
+                assert ending == "raises"
+            assert signal.getsignal(signum) is mine, \
+                f"the block's end replaced the handler it installed by {signal.getsignal(signum)!r}"
+            assert_no_deferral_active("after the block")
+            signal.raise_signal(signum)  # after the block: still this handler's
+            assert heard == [signum, signum]
+            stored = [c.state for c in saver.list("t")]
+            assert stored == ([] if ending == "raises" else
+                              [{"installed": 1}, {"outer": 1}]), stored
+            saver.put("t", {"after": 1})  # usable
+    finally:
+        signal.signal(signum, before)
+
+
+# --- a Ctrl-C storm on blocks of many threads and asyncio tasks -------------------------------
+
+THREADS = 8
+TASKS = 4
+STORM_SECONDS = 1.5
+SEED = int(os.environ.get("SQLITESAVER_STORM_SEED", "20261205"))
+
+
+class Lane:
+    """One writer (a thread, an asyncio task, or the main thread) and its own thread id. Each
+    block ``n`` stores ``puts[n]`` checkpoints (metadata ``n``, ``i``), two pending writes of
+    each (task ``n-i``) and a log event ``{"n": n}``: whole or not at all."""
+
+    def __init__(self, name: str, seed: int) -> None:
+        self.name = name
+        self.rng = random.Random(seed)
+        self.puts: dict[int, int] = {}  # attempted blocks (n -> checkpoints in it)
+        self.acknowledged: list[int] = []  # blocks whose `with` statement returned
+        self.interrupted = 0  # KeyboardInterrupt out of a block (main thread only)
+        self.interrupted_transitions = 0  # InterruptedTransitionError (a batch's leader hit)
+        self.errors: list[str] = []
+
+    def block(self, saver: Saver) -> None:
+        """One block; recorded as acknowledged only once it returned."""
+        n = len(self.puts) + 1
+        puts, nested = self.rng.randint(1, 3), self.rng.random() < 0.5
+        self.puts[n] = puts
+        with saver.transaction():
+            ref = saver.put(self.name, {"n": n, "i": 0}, metadata={"n": n, "i": 0})
+            if nested:
+                with saver.transaction():
+                    self._rest(saver, n, puts, ref)
+            else:
+                self._rest(saver, n, puts, ref)
+        self.acknowledged.append(n)
+
+    def _rest(self, saver: Saver, n: int, puts: int, ref) -> None:
+        for i in range(puts):
+            if i:
+                ref = saver.put(self.name, {"n": n, "i": i}, metadata={"n": n, "i": i},
+                                parent_id=ref.checkpoint_id)
+            saver.put_writes(self.name, ref.checkpoint_id, f"{n}-{i}", [("a", n), ("b", i)])
+        saver.append_log(self.name, {"n": n})
+
+
+def _end_active_deferrals(below: object) -> int:
+    """End every deferral still active in SIGINT's handler chain below section ``below``
+    (left by a defect): what it holds back is dropped, not delivered later. Returns how
+    many."""
+    found = _active_deferrals(below)
+    for section in found:
+        section._active = False
+    return len(found)
+
+
+def _active_deferrals(below: object = None) -> list:
+    """The deferrals still active in SIGINT's handler chain (each recorder's section), below
+    section ``below`` if given (the caller's own)."""
+    found = []
+    handler = signal.getsignal(signal.SIGINT)
+    while getattr(handler, "__code__", None) is interrupts._RECORDER:
+        cells = dict(zip(handler.__code__.co_freevars,
+                         (cell.cell_contents for cell in handler.__closure__)))
+        if below is not None:
+            below = None if cells["self"] is below else below
+        elif cells["self"]._active:
+            found.append(cells["self"])
+        handler = cells["originals"][signal.SIGINT]
+    return found
+
+
+def _known_defect(section) -> bool:
+    """Whether an active deferral is the one test_an_interrupted_recovery_on_entry_ends_the_
+    blocks_deferral pins: a SQLite block's, narrowed to its exit, that ``__enter__`` never
+    handed over (narrowed on its last line but one; the one after hands it over)."""
+    from sqlitesaver.sqlite import transaction as write_path
+    return section._only is write_path._exiting
+
+
+def _stored_blocks(saver: Saver, lane: Lane) -> dict[int, tuple[int, int, int]]:
+    """Per block n seen: (checkpoints, pending writes, log events) stored of it."""
+    found: dict[int, list[int]] = {}
+    for checkpoint in saver.list(lane.name):
+        n = checkpoint.metadata["n"]
+        counts = found.setdefault(n, [0, 0, 0])
+        counts[0] += 1
+        counts[1] += sum(1 for w in checkpoint.pending_writes
+                         if w.task_id == f"{n}-{checkpoint.metadata['i']}")
+    for event in saver.read_log(lane.name):
+        found.setdefault(event.event["n"], [0, 0, 0])[2] += 1
+    return {n: tuple(counts) for n, counts in found.items()}  # type: ignore[misc]
+
+
+def _whole_or_absent(saver: Saver, lanes: list[Lane], seed: int) -> list[str]:
+    problems = []
+    for lane in lanes:
+        stored = _stored_blocks(saver, lane)
+        for n in lane.acknowledged:
+            if n not in stored:
+                problems.append(f"{lane.name}: block {n} returned, not stored")
+        for n, counts in stored.items():
+            whole = (lane.puts.get(n, -1), 2 * lane.puts.get(n, -1), 1)
+            if counts != whole:
+                problems.append(f"{lane.name}: block {n} stored in part: {counts} of {whole}")
+    return [f"seed {seed}: {problem}" for problem in problems]
+
+
+def _after_storm(work, counts: dict[str, int]):
+    """Harness work while or once the sender sends (a signal it sent last may still be
+    raised after it stopped): run inside a deferral (``work(section)``), again after a
+    KeyboardInterrupt that came before it returned, until it returned."""
+    result: list = []
+    while not result:
+        try:
+            with interrupts.deferred() as section:
+                if not result:
+                    result.append(work(section))
+        except KeyboardInterrupt:
+            counts["late"] += 1
+    return result[0]
+
+
+@pytest.mark.parametrize("engine", ["sqlite", "postgres"])
+def test_a_ctrl_c_storm_on_blocks_of_many_threads_and_tasks(
+        engine, request, tmp_path, hang_detector, python_sigint_handler):
+    """The main thread runs ``transaction()`` blocks (some nested), catching every
+    KeyboardInterrupt, while SIGINT comes at seeded random gaps, and 8 threads and 4 asyncio
+    tasks (in an event loop's thread, half of their blocks through ``asyncio.to_thread``)
+    run blocks on the same Saver. After each KeyboardInterrupt caught, and at the end, no
+    deferral is active. Then: nothing hangs; every block whose ``with`` returned is stored;
+    every block is stored whole or not at all (one the KeyboardInterrupt left from before
+    or after its COMMIT alike); the Saver writes from the main thread and another, closes,
+    and the store passes the validator. Two defects it finds now and then are reported last,
+    once every other promise held, as xfail (each pinned by a strict xfail test below): a
+    SQLite block's deferral left active (any other active deferral fails the test), and on
+    PostgreSQL a connection lost to the pool. Reproduce a run with
+    ``SQLITESAVER_STORM_SEED`` (printed on failure; the gaps are seeded, the threads'
+    interleaving is not)."""
+    hang_detector(90)
+    seed = SEED + (engine == "postgres")
+    target = empty_target(engine, request, tmp_path)
+    rng = random.Random(seed)
+    main_lane = Lane("main", rng.getrandbits(64))
+    thread_lanes = [Lane(f"thread-{i}", rng.getrandbits(64)) for i in range(THREADS)]
+    task_lanes = [Lane(f"task-{i}", rng.getrandbits(64)) for i in range(TASKS)]
+    lanes = [main_lane, *thread_lanes, *task_lanes]
+    gaps = random.Random(rng.getrandbits(64))
+    counts = {"sent": 0, "late": 0, "checks_skipped": 0}
+    # Each deferral found active after a KeyboardInterrupt: (the main lane's block, whether
+    # it is the known defect's, the KeyboardInterrupt's traceback) when first found.
+    active_after: dict[int, tuple[int, bool, str]] = {}
+    ended: list[int] = []
+    # A KeyboardInterrupt landing in a finalizer or weakref callback is "unraisable":
+    # recorded without formatting (see tests/test_interrupts.py's storm).
+    unraisable: list = []
+    hook = sys.unraisablehook
+    sys.unraisablehook = lambda args: unraisable.append(args.exc_type)
+    saver = Saver(target, durability="normal")
+    stop, end = threading.Event(), threading.Event()
+
+    def thread_writes(lane: Lane) -> None:
+        while not stop.is_set():
+            try:
+                lane.block(saver)
+            except InterruptedTransitionError:
+                lane.interrupted_transitions += 1
+            except BaseException as exc:  # a failure: reported
+                lane.errors.append(f"{type(exc).__name__}: {exc}")
+                return
+
+    async def task_writes(lane: Lane) -> None:
+        while not stop.is_set():
+            try:
+                if lane.rng.random() < 0.5:
+                    lane.block(saver)  # in the loop's thread, between the other tasks' steps
+                else:
+                    await asyncio.to_thread(lane.block, saver)
+            except InterruptedTransitionError:
+                lane.interrupted_transitions += 1
+            except BaseException as exc:
+                lane.errors.append(f"{type(exc).__name__}: {exc}")
+                return
+            await asyncio.sleep(0)
+
+    async def all_tasks() -> None:
+        await asyncio.gather(*(task_writes(lane) for lane in task_lanes))
+
+    main_ident = threading.main_thread().ident
+
+    # A block on a server takes several round trips: longer gaps there, so that some of the
+    # main thread's blocks also return.
+    longest_gap = 0.05 if is_server(target) else 0.003
+
+    def send() -> None:
+        while not end.wait(gaps.uniform(0.0, longest_gap)):
+            signal.pthread_kill(main_ident, signal.SIGINT)
+            counts["sent"] += 1
+
+    workers = [threading.Thread(target=thread_writes, args=(lane,), name=lane.name)
+               for lane in thread_lanes]
+    workers.append(threading.Thread(target=lambda: asyncio.run(all_tasks()), name="tasks"))
+    sender = threading.Thread(target=send, name="sigint-sender")
+    try:
+        for worker in workers:
+            worker.start()
+        # Started in a deferral: its first SIGINT may come before start() returned.
+        _after_storm(lambda section: sender.start(), counts)
+        deadline = time.monotonic() + STORM_SECONDS
+        while True:
+            try:
+                while time.monotonic() < deadline:
+                    try:
+                        main_lane.block(saver)
+                    except KeyboardInterrupt as interrupt:
+                        main_lane.interrupted += 1
+                        try:  # outside every library call: nothing may be held back now
+                            for section in _active_deferrals():
+                                if id(section) not in active_after:
+                                    active_after[id(section)] = (
+                                        len(main_lane.puts), _known_defect(section),
+                                        "".join(traceback.format_tb(interrupt.__traceback__)))
+                        except KeyboardInterrupt:
+                            counts["checks_skipped"] += 1
+                    except InterruptedTransitionError:
+                        main_lane.interrupted_transitions += 1
+                break
+            except KeyboardInterrupt:  # between two blocks of the main lane
+                counts["late"] += 1
+    finally:
+        def stop_everything(section: object) -> None:
+            end.set()
+            sender.join()
+            stop.set()
+            for worker in workers:
+                worker.join(60)
+            # A deferral left active (see below) would deliver what it holds back seconds
+            # later, anywhere (in another test): ended here, once reported.
+            ended.append(_end_active_deferrals(section))
+        _after_storm(stop_everything, counts)
+        sys.unraisablehook = hook
+    assert not any(worker.is_alive() for worker in workers), f"seed {seed}: a writer hangs"
+    assert set(unraisable) <= {KeyboardInterrupt}, (seed, unraisable)
+    assert_no_deferral_active(f"seed {seed}: after the storm")
+    errors = [f"{lane.name}: {error}" for lane in lanes for error in lane.errors]
+    assert not errors, (seed, errors)
+    print(f"seed {seed}: {counts}; main thread: {main_lane.interrupted} blocks interrupted, "
+          f"{len(main_lane.acknowledged)} returned; "
+          f"{sum(len(lane.acknowledged) for lane in lanes)} blocks returned in all, "
+          f"{sum(lane.interrupted_transitions for lane in lanes)} InterruptedTransitionError")
+    assert main_lane.interrupted > 0 and main_lane.acknowledged, \
+        (seed, main_lane.interrupted, len(main_lane.acknowledged))
+    assert all(lane.acknowledged for lane in lanes), \
+        (seed, {lane.name: len(lane.acknowledged) for lane in lanes})
+    problems = _whole_or_absent(saver, lanes, seed)
+    assert not problems, problems[:10]
+
+    # Still usable: a block from the main thread and one from another thread, both stored.
+    after = Lane("after", seed)
+    other = Lane("after-other", seed + 1)
+    other_thread = threading.Thread(target=other.block, args=(saver,))
+    other_thread.start()
+    after.block(saver)
+    other_thread.join(60)
+    assert not other_thread.is_alive() and other.acknowledged == [1], seed
+    assert not _whole_or_absent(saver, [after, other], seed)
+    lost_to_the_pool = 0
+    if is_server(target):
+        # No pooled connection is checked out, and the pool lends all it may open (a
+        # KeyboardInterrupt inside psycopg's wait for a query closes its connection, which
+        # the pool replaces in the background: getconn waits for that).
+        engine_ = saver._engine  # type: ignore[attr-defined]
+        assert not engine_._checkouts, (seed, engine_._checkouts)
+        pool = engine_._pool
+        lent = []
+        try:
+            for _ in range(pool.max_size):
+                lent.append(pool.getconn(5))
+        except Exception:  # noqa: BLE001 - PoolTimeout: counted, reported below
+            lost_to_the_pool = pool.max_size - len(lent)
+        for conn in lent:
+            pool.putconn(conn)
+    else:
+        assert saver._owner is None and saver._batch is None, seed
+        assert saver._waiting == 0 and saver._jobs == [], (seed, saver._waiting, saver._jobs)
+    saver.close()  # must not hang
+    with Saver(target) as reopened:
+        problems = _whole_or_absent(reopened, [*lanes, after, other], seed)
+        assert not problems, problems[:10]
+    validated = check.check_database(target)
+    assert validated.ok, (seed, check.format_report(validated))
+    # Ctrl-C still reaches the program.
+    with pytest.raises(KeyboardInterrupt):
+        signal.raise_signal(signal.SIGINT)
+        threading.Event().wait(interrupts.STALE_AFTER + 5)
+    # Last, every other promise checked above: the defects the storm finds, each pinned by a
+    # strict xfail test below. A deferral left active is the known one only if the first
+    # KeyboardInterrupt after which one was seen came out of _abandon in __enter__.
+    if active_after or ended[0]:
+        found = sorted(active_after.values())
+        message = (f"seed {seed}: {len(found)} deferral(s) found active after a "
+                   f"KeyboardInterrupt ({ended[0]} ended after the storm): "
+                   + "\n".join(f"after main block {n}, known defect's: {known}, the "
+                                f"KeyboardInterrupt from:\n{where}" for n, known, where in found))
+        if ended[0] > len(found) or not all(known for _, known, _ in found):
+            pytest.fail(message)
+        pytest.xfail(message + "\nsee test_an_interrupted_recovery_on_entry_ends_the_blocks_"
+                     "deferral")
+    if lost_to_the_pool:
+        pytest.xfail(f"seed {seed}: {lost_to_the_pool} pooled connection(s) lost to the pool "
+                     "by a KeyboardInterrupt inside psycopg_pool's putconn: see "
+                     "test_a_ctrl_c_inside_the_pools_putconn_loses_no_connection")
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "defect: postgres/pool.py Connections._give_back calls psycopg_pool's putconn with "
+    "signals not deferred; a KeyboardInterrupt inside it (its logging, its reset, before "
+    "_add_to_pool or before run_task(AddConnection) for a broken connection) loses the "
+    "connection: the pool still counts it, nobody holds it, nothing replaces it"))
+def test_a_ctrl_c_inside_the_pools_putconn_loses_no_connection(
+        pg_empty_url, hang_detector, python_sigint_handler):
+    """README: a Ctrl-C, whatever instant it lands at, leaves the Saver usable (and only
+    ``PyThreadState_SetAsyncExc`` inside psycopg_pool's code may lose a connection). A SIGINT
+    in the main thread at the first line of psycopg_pool's ``_return_connection`` (where the
+    storm above lands, in its ``logger.warning``, for a connection a KeyboardInterrupt broke
+    during a query) raises out of ``putconn`` after ``_Lent`` let go of the connection: with
+    ``max_connections=1``, every later call then waits ``busy_timeout`` for a connection that
+    never comes back, and raises BusyTimeoutError."""
+    hang_detector(60)
+    from psycopg_pool import pool as pool_module
+    code = pool_module.ConnectionPool._return_connection.__code__
+    with Saver(pg_empty_url, max_connections=1, busy_timeout=1, connect_timeout=1) as saver:
+        saver.put("t", {"n": 0})
+        armed = [True]
+
+        def tracer(frame, event, arg):
+            if armed[0] and event == "call" and frame.f_code is code:
+                armed[0] = False
+                signal.raise_signal(signal.SIGINT)  # raised at the frame's first line
+            return None
+
+        try:
+            sys.settrace(tracer)
+            with pytest.raises(KeyboardInterrupt):
+                saver.put("t", {"n": 1})
+        finally:
+            sys.settrace(None)
+        assert not armed[0], "psycopg_pool's _return_connection was never called"
+        saver.put("t", {"n": 2})  # BusyTimeoutError: the only connection was lost
+        stats = saver.stats()
+        assert stats["connections_open"] == stats["connections_idle"] == 1, stats
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "defect: sqlite/transaction.py _Transaction.__enter__'s except clause calls "
+    "self._abandon(entering=True) before self._end_deferrals(held): a KeyboardInterrupt "
+    "raised out of _abandon (a second Ctrl-C, held by its own deferred section and delivered "
+    "at its end through the block's narrowed recorder) skips _end_deferrals, and the block's "
+    "deferral, not yet handed to self._held (so not released by __del__ either), stays active"))
+def test_an_interrupted_recovery_on_entry_ends_the_blocks_deferral(
+        db_path, hang_detector, python_sigint_handler):
+    """Two Ctrl-Cs while a ``transaction()`` block is entered (what the storm above hits): the
+    first arrives in ``_join``, held by the block's deferral and raised by its ``narrow``;
+    the second arrives while ``_abandon`` recovers from the first, held by ``_abandon``'s own
+    deferred section and raised at its end (the block's recorder, narrowed by then to the
+    exit's frames, lets it through). The KeyboardInterrupt is the caller's; but no deferral
+    may stay active after it (README: a deferral holds Ctrl-C back only across the block's
+    protocol): the block's, left active, holds back every later Ctrl-C that lands in a
+    block's exit for ``interrupts.STALE_AFTER`` seconds, and never ends."""
+    hang_detector(60)
+    from sqlitesaver.sqlite import transaction as write_path
+    targets = [write_path._Transaction._join.__code__,
+               write_path._Transaction._abandon_holding_lock.__code__]
+
+    def tracer(frame, event, arg):
+        if event == "call" and targets and frame.f_code is targets[0]:
+            targets.pop(0)
+            signal.raise_signal(signal.SIGINT)  # held where it lands (see the docstring)
+        return None
+
+    with Saver(db_path) as saver:
+        try:
+            sys.settrace(tracer)
+            with pytest.raises(KeyboardInterrupt):
+                with saver.transaction():
+                    pass
+        finally:
+            sys.settrace(None)
+        assert not targets, f"not reached: {targets}"
+        assert saver._owner is None and saver._batch is None
+        assert_no_deferral_active("after two Ctrl-Cs entering a block")
