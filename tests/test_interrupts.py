@@ -100,6 +100,13 @@ class Injector:
                 self.fired = True
                 raise Injected(f"injected at line event {self.at}: "
                                f"{frame.f_code.co_name}:{frame.f_lineno}")
+        elif event == "return" and frame.f_code.co_code[frame.f_lasti] != _YIELD:
+            # The frame is done (returned, or unwound by an exception; a generator's frame
+            # that yields lives on): forget its lines, keyed by id(frame), which a later frame
+            # may reuse. Kept, a later frame at the same address took its lines for seen, and
+            # its `with` line was not counted: a run counted a line fewer than the count run
+            # now and then ("line N of N was not reached"), depending on the heap.
+            self._seen.pop(id(frame), None)
         return self._local
 
     def run(self, call):
@@ -108,6 +115,9 @@ class Injector:
             return call()
         finally:
             sys.settrace(None)
+
+
+_YIELD = dis.opmap["YIELD_VALUE"]
 
 
 def _never_delivered(frame, seen: dict) -> bool:

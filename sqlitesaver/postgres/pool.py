@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .. import log
+from .. import interrupts, log
 from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
                       SaverClosedError, SaverError)
 from . import connect, lifetime, schema
@@ -124,7 +124,10 @@ class _Lent:
     What no line can guard: CPython also delivers an asynchronous exception right after a
     C function returns, so one can land between ``box.pop()`` and ``putconn`` receiving the
     connection, as it can inside psycopg_pool's own ``getconn`` and ``putconn`` (and, before
-    this class, its ``connection()``) and inside psycopg's waits. The connection is then lost
+    this class, its ``connection()``) and inside psycopg's waits. (A Ctrl-C lands in neither
+    that gap nor ``putconn``: signals are deferred across both, see
+    :meth:`Connections._give_back`; one raised into the thread with
+    ``PyThreadState_SetAsyncExc`` can.) The connection is then lost
     to the pool, never lent twice (a connection left in ``box`` until ``putconn`` returned
     could be given back a second time by the fallback, while another thread held it)."""
 
@@ -141,8 +144,14 @@ class _Lent:
         return self._owner._lend(box, self._doing)
 
     def __exit__(self, *exc_info: object) -> None:
-        self._owner._give_back(self._box)
-        next(self._guard, None)
+        try:
+            self._owner._give_back(self._box)
+        finally:
+            # Run to its end even if the give-back raised (a Ctrl-C as its deferral began,
+            # before putconn): it gives back what is still in the box now, not only when this
+            # object is released, which a kept exception delays (tests/
+            # test_postgres_interrupts.py, a signal at every place of interrupts.py's code).
+            next(self._guard, None)
 
 
 def _interruptible_waits() -> None:
@@ -393,7 +402,12 @@ class Connections:
         never matches a connection back in the pool). It leaves ``box`` in the line that
         returns it (see :class:`_Lent`)."""
         self._checkouts.pop(id(box[0]), None)
-        self._pool.putconn(box.pop())
+        # Signals deferred across putconn: a Ctrl-C inside it (its logging, its reset, before
+        # it puts the connection back or schedules a broken one's replacement) lost the
+        # connection for good, the pool still counting it (tests/test_block_signals.py).
+        # Deferred only in the main thread, where signal handlers run: elsewhere ~0.6 us.
+        with interrupts.deferred():
+            self._pool.putconn(box.pop())
 
     def _probe(self, doing: str, cause: BaseException) -> None:
         """A connection of our own, closed at once: raise why the server cannot be reached

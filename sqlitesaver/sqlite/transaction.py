@@ -249,8 +249,14 @@ class _Transaction:
             self._held, held = held, None  # one statement: nothing can come between
             return given
         except BaseException:
-            failure.abandon(self, entering=True)
-            self._end_deferrals(held)
+            try:
+                failure.abandon(self, entering=True)
+            finally:
+                # Even if abandon raised: a Ctrl-C that came while it recovered is held by its
+                # own deferred section and raised at its end; the block's deferral, not yet in
+                # self._held (nor ended by __del__), would stay active for good
+                # (tests/test_block_signals.py, two Ctrl-Cs entering a block).
+                self._end_deferrals(held)
             raise
 
     def _uncount(self) -> None:
@@ -365,8 +371,10 @@ class _Transaction:
                 self._open = False
                 saver._lock.release()
         except BaseException:
-            failure.abandon(self, entering=False)
-            self._release_signals()
+            try:
+                failure.abandon(self, entering=False)
+            finally:  # even if abandon raised a signal held while it recovered (see __enter__)
+                self._release_signals()
             raise
         self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
         if own is not None:
