@@ -156,9 +156,6 @@ def test_a_ctrl_c_while_a_saver_fills_its_pool_does_not_hang_the_exit(pg_url):
     assert "ending after the interrupted open" in done.stdout, (done.stdout, done.stderr)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "defect: lifetime._close_at_exit catches Exception only: a Ctrl-C while it waits for a "
-    "pool's threads ends it, the later pools stay open and one's finaliser hangs the exit"))
 def test_a_ctrl_c_during_the_exit_hook_still_closes_every_pool(pg_url):
     done, _ = _run(HOOK_INTERRUPTED_SCRIPT, pg_url)
     assert "ending without close()" in done.stdout, (done.stdout, done.stderr)
