@@ -65,6 +65,9 @@ HOOK_INTERRUPTED_SCRIPT = """
 import atexit, gc, os, signal, sys, threading, time
 from sqlitesaver import Saver
 
+# Python's own SIGINT handler, whatever this process inherited (a background job of a
+# non-interactive shell starts with SIGINT ignored: the Ctrl-C below would not come).
+signal.signal(signal.SIGINT, signal.default_int_handler)
 gc.disable()
 holding = threading.Event()
 
