@@ -51,12 +51,18 @@ def track(pool: Any) -> None:
 
 def _close_at_exit() -> None:
     pid = os.getpid()
+    interrupted: BaseException | None = None
     for pool, opened_by in list(_OPEN.items()):
         if opened_by == pid:
             try:
                 pool.close(timeout=EXIT_WAIT)
             except Exception:  # noqa: BLE001 - at exit: the next pool must still be closed
                 pass
+            except BaseException as exc:  # a Ctrl-C while it waited: so must the next pools
+                # (one left open hangs the exit in its finaliser), then it is raised
+                interrupted = interrupted or exc
+    if interrupted is not None:
+        raise interrupted
 
 
 def _disarm_in_child() -> None:

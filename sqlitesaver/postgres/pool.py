@@ -300,13 +300,15 @@ class Connections:
             min_size=1, max_size=size, open=False, timeout=max(self.busy_timeout, 0.001),
             configure=_configure,
             name=f"sqlitesaver {server}")
+        # Tracked before it opens: closed at exit if still open (an exit must not hang on
+        # it), even if a KeyboardInterrupt in open()'s wait skips the close() below.
+        lifetime.track(pool)
         try:
             pool.open(wait=True, timeout=options.connect_timeout)
         except Exception as exc:
             pool.close()
             raise pg_errors.translate(exc, server, "opening the connection pool",
                                       connecting=True) from exc
-        lifetime.track(pool)  # closed at exit if still open: an exit must not hang on it
         return pool
 
     # --- lifecycle ------------------------------------------------------------------------
