@@ -91,6 +91,12 @@ class Injector:
     def __call__(self, frame, event, arg):
         if frame.f_code.co_filename not in self.files:
             return None  # not this frame's lines (callees are asked again)
+        if frame.f_lineno == frame.f_code.co_firstlineno:
+            # A frame starting (a generator's resumption starts at its yield): forget what a
+            # dead frame at the same address saw (_seen is keyed by id(frame)). Kept, a later
+            # frame took its lines for seen and its `with` line was not counted: a run counted
+            # a line fewer than the count run now and then ("line N of N was not reached").
+            self._seen.pop(id(frame), None)
         return self._local
 
     def _local(self, frame, event, arg):
@@ -100,13 +106,6 @@ class Injector:
                 self.fired = True
                 raise Injected(f"injected at line event {self.at}: "
                                f"{frame.f_code.co_name}:{frame.f_lineno}")
-        elif event == "return" and frame.f_code.co_code[frame.f_lasti] != _YIELD:
-            # The frame is done (returned, or unwound by an exception; a generator's frame
-            # that yields lives on): forget its lines, keyed by id(frame), which a later frame
-            # may reuse. Kept, a later frame at the same address took its lines for seen, and
-            # its `with` line was not counted: a run counted a line fewer than the count run
-            # now and then ("line N of N was not reached"), depending on the heap.
-            self._seen.pop(id(frame), None)
         return self._local
 
     def run(self, call):
@@ -115,9 +114,6 @@ class Injector:
             return call()
         finally:
             sys.settrace(None)
-
-
-_YIELD = dis.opmap["YIELD_VALUE"]
 
 
 def _never_delivered(frame, seen: dict) -> bool:

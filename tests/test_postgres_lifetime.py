@@ -19,8 +19,7 @@ import pytest
 #: The longest a process here may take to end; a hang shows as this timeout.
 DEADLINE = 30
 
-#: Seconds the thread in EXIT_SCRIPT holds the queue's lock: the exit hook, which needs the
-#: lock to close the pool, waits for it this long; without the hook the process reaches its
+#: Seconds the thread in EXIT_SCRIPT holds the queue's lock: the process reaches its
 #: finalisation meanwhile (microseconds after the atexit hooks), with the lock still held.
 HOLD = 3
 
@@ -47,7 +46,7 @@ def work():
             holding.set()
             threading.Event().wait(%(hold)s)
 
-    def hold_at_exit():  # registered after sqlitesaver's exit hook: runs before it
+    def hold_at_exit():  # the lock held as the process finalises
         threading.Thread(target=hold, daemon=True).start()
         holding.wait()
 
@@ -90,6 +89,80 @@ saver.close()
 """
 
 
+#: A Ctrl-C lands in psycopg_pool's ``open(wait=True)`` while ``Saver()`` waits for its pool
+#: to fill (a slow server): the pool is open, its threads run; it was not closed there
+#: (``except Exception``), and with an atexit hook it was not tracked by, the exit hung in its
+#: finaliser as in EXIT_SCRIPT (found by review 19).
+OPEN_INTERRUPTED_SCRIPT = """
+import atexit, gc, sys, threading
+import psycopg_pool
+from sqlitesaver import Saver
+
+gc.disable()  # as EXIT_SCRIPT: the garbage is collected at exit, the pool's threads frozen
+holding = threading.Event()
+
+
+def work():
+    real_wait = psycopg_pool.ConnectionPool.wait
+    caught = {}
+
+    def wait(self, timeout=30.0):
+        caught["pool"] = self
+        real_wait(self, timeout)   # the pool is open, its threads run
+        raise KeyboardInterrupt    # a Ctrl-C landing in open(wait=True)'s wait
+
+    psycopg_pool.ConnectionPool.wait = wait
+    try:
+        Saver(sys.argv[1])
+    except KeyboardInterrupt as exc:
+        cycle = [exc]
+        cycle.append(cycle)        # its traceback holds the pool: garbage in a cycle
+    else:
+        raise SystemExit("the Ctrl-C was not raised out of Saver()")
+    finally:
+        psycopg_pool.ConnectionPool.wait = real_wait
+    queue_lock = caught.pop("pool")._tasks.mutex
+
+    def hold():
+        with queue_lock:
+            holding.set()
+            threading.Event().wait(3)
+
+    def hold_at_exit():
+        threading.Thread(target=hold, daemon=True).start()
+        holding.wait()
+
+    atexit.register(hold_at_exit)
+
+
+work()
+print("ending after the interrupted open", flush=True)
+"""
+
+#: A program's exit hook registered before its first PostgreSQL Saver opened stores a last
+#: checkpoint: the Saver is still usable there (an atexit hook closing every open pool, the
+#: first form of the exit fix, was registered later, so ran first: SaverClosedError).
+LATE_HOOK_SCRIPT = """
+import atexit, sys
+from sqlitesaver import Saver
+
+savers = []
+
+
+def flush_at_exit():
+    try:
+        savers[0].put("t", {"last": True})
+        print("final put stored", flush=True)
+    except Exception as exc:
+        print("final put failed:", type(exc).__name__, exc, flush=True)
+
+
+atexit.register(flush_at_exit)
+savers.append(Saver(sys.argv[1]))
+savers[0].put("t", {"a": 1})
+"""
+
+
 def _run(script: str, url: str) -> tuple[subprocess.CompletedProcess, float]:
     started = time.monotonic()
     try:
@@ -112,3 +185,15 @@ def test_a_forked_child_exits_without_touching_its_parents_pool(pg_url):
     done, _ = _run(FORK_SCRIPT, pg_url)
     assert done.returncode == 0, done.stderr
     assert "child status 0" in done.stdout, (done.stdout, done.stderr)
+
+
+def test_a_ctrl_c_while_a_saver_fills_its_pool_does_not_hang_the_exit(pg_url):
+    done, _ = _run(OPEN_INTERRUPTED_SCRIPT, pg_url)
+    assert done.returncode == 0, done.stderr
+    assert "ending after the interrupted open" in done.stdout, (done.stdout, done.stderr)
+
+
+def test_a_saver_is_still_usable_in_an_exit_hook_registered_before_it(pg_url):
+    done, _ = _run(LATE_HOOK_SCRIPT, pg_url)
+    assert done.returncode == 0, done.stderr
+    assert "final put stored" in done.stdout, (done.stdout, done.stderr)

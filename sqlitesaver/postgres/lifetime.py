@@ -1,76 +1,58 @@
 """What the end of a process, and a ``fork()``, do to the PostgreSQL engine's connection
-pools: a process that exits without closing its Saver exits, and a forked child never touches
-its parent's pools.
+pools: a process exits even if it never closed its Saver, and a forked child never touches its
+parent's pools.
 
-Guarantees:
+psycopg_pool runs each pool's maintenance (reconnects, growing, shrinking) in daemon threads fed
+by a queue, and a pool's finaliser (``ConnectionPool.__del__``, run when a pool not closed is
+collected) puts a stop task on that queue and waits for the threads. Two places where that
+finaliser waits for ever on a lock a thread that no longer runs holds:
 
-* **Exit never hangs on an open pool.** psycopg_pool runs each pool's maintenance (reconnects,
-  growing, shrinking) in daemon threads fed by a queue. At interpreter exit those threads are
-  frozen wherever they next need the GIL, and a pool still open is then finalised: its
-  ``__del__`` puts a stop task on that queue, and if a frozen thread held the queue's lock,
-  waits for it for ever. It happened in the server-crash torture (a writer that ended after a
-  server crash without closing its Saver hung in ``ConnectionPool.__del__`` at exit: 1 run in
-  ~3 of ``python -m sqlitesaver.torture --backend postgres --mode server-crash``; seed 1003
-  showed it). So every pool still open when the process exits is closed by an ``atexit``
-  hook, which runs while those threads still run, before any is frozen; its finaliser is then
-  a no-op. Closing waits for the pool's threads at most :data:`EXIT_WAIT` seconds (one may be
-  connecting to a server that does not answer); the pool is closed whether or not they ended.
-* **A forked child leaves its parent's pools alone.** A pool inherited through ``fork()`` is
-  marked closed in the child without closing anything (closing a connection sends the server a
-  Terminate on the socket the parent still uses), so the child's exit does not run its
-  finaliser either (in the child the pool's threads do not exist, and a lock one of them held
-  at the fork stays held).
+* **At interpreter exit.** Once the interpreter is finalising, daemon threads are frozen
+  wherever they next need the GIL; the collector then finalises the garbage, a pool not closed
+  among it, whose finaliser waits for the queue's lock if a frozen thread held it. It
+  happened in the server-crash torture: a writer that ended after a server crash without
+  closing its Saver hung at exit (the stack its harness printed: ``Garbage-collecting``,
+  ``ConnectionPool.__del__``, ``queue.put``), in 3 of 5 unwatched runs of ``python -m
+  sqlitesaver.torture --backend postgres --mode server-crash --iterations 50`` (seeds
+  1003-1005).
+* **In a forked child.** Only the forking thread exists there; a lock another thread held at
+  the fork stays held.
 
-The pools are psycopg_pool's; the ``_closed`` flag set in a child is private to psycopg_pool
-(3.2-3.3, as :func:`sqlitesaver.postgres.pool._pool_class`), the one thing its finaliser
-checks. ``tests/test_postgres_lifetime.py`` proves both (an exit while a pool thread holds the
-queue's lock, a child's exit after a fork taken while it held it).
+Guarantee: the pools the engine makes (:func:`finalised_safely`) have a finaliser that does
+nothing while the interpreter is finalising or in a process other than the one that made the
+pool; the operating system then closes the sockets (the server rolls back what was open).
+Anywhere else, psycopg_pool's own runs: the threads run, so the locks are released. Nothing is
+closed early: a Saver stays usable in any ``atexit`` hook of the program (an ``atexit`` hook
+closing every open pool, tried first, broke a hook registered before the Saver was opened).
+``tests/test_postgres_lifetime.py`` proves both: an exit while a thread holds a pool's queue
+lock, and a child's collection of the parent's pool after a fork taken while one held it.
 """
 
 from __future__ import annotations
 
-import atexit
 import os
-import weakref
+import sys
 from typing import Any
 
-__all__ = ["track", "EXIT_WAIT"]
-
-#: Seconds the exit hook waits for each open pool's threads to end.
-EXIT_WAIT = 1.0
-
-# Pools opened by this process and maybe still open, each with the pid that opened it.
-_OPEN: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+__all__ = ["finalised_safely"]
 
 
-def track(pool: Any) -> None:
-    """Close ``pool`` at this process's exit if it is still open then (see the module
-    docstring); forget it once it is collected."""
-    _OPEN[pool] = os.getpid()
+def finalised_safely(pool_class: type) -> type:
+    """A subclass of the psycopg_pool ``pool_class`` whose finaliser does nothing while the
+    interpreter is finalising, or in a process other than the one that made the pool (see the
+    module docstring)."""
 
+    class _Pool(pool_class):  # type: ignore[misc, valid-type]
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            self._sqlitesaver_pid = os.getpid()  # first: __del__ reads it even if init failed
+            super().__init__(*args, **kwargs)
 
-def _close_at_exit() -> None:
-    pid = os.getpid()
-    interrupted: BaseException | None = None
-    for pool, opened_by in list(_OPEN.items()):
-        if opened_by == pid:
-            try:
-                pool.close(timeout=EXIT_WAIT)
-            except Exception:  # noqa: BLE001 - at exit: the next pool must still be closed
-                pass
-            except BaseException as exc:  # a Ctrl-C while it waited: so must the next pools
-                # (one left open hangs the exit in its finaliser), then it is raised
-                interrupted = interrupted or exc
-    if interrupted is not None:
-        raise interrupted
+        # The functions are bound as defaults: at exit the modules' globals may be cleared.
+        def __del__(self, _finalizing: Any = sys.is_finalizing, _getpid: Any = os.getpid
+                    ) -> None:
+            if _finalizing() or getattr(self, "_sqlitesaver_pid", None) != _getpid():
+                return
+            super().__del__()
 
-
-def _disarm_in_child() -> None:
-    for pool in list(_OPEN):
-        pool._closed = True  # the parent's: never closed here, nor finalised (see above)
-    _OPEN.clear()
-
-
-atexit.register(_close_at_exit)
-if hasattr(os, "register_at_fork"):
-    os.register_at_fork(after_in_child=_disarm_in_child)
+    _Pool.__name__ = _Pool.__qualname__ = f"Finalised{pool_class.__name__}"
+    return _Pool

@@ -45,6 +45,14 @@ def _rollback_if_open(conn: Any) -> None:
         schema._rollback(conn)
 
 
+def _close_quietly(conn: Any) -> None:
+    """Close ``conn`` (no round trip: PQfinish sends Terminate), whatever state it is in."""
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - already broken: putconn discards it all the same
+        pass
+
+
 def _configure(conn: Any) -> None:
     """A new pooled connection's RawCursor for the one-statement writes
     (``Transactions._send``), made here, once per connection, rather than on its first write
@@ -185,7 +193,18 @@ def _pool_class() -> type:
     it in vain (tests/test_postgres_engine.py, a long outage). A capped delay costs a server
     that is down one refused connection attempt a second per missing connection. The override
     is of a method private to psycopg_pool (3.2-3.3); where it is not there, the pool is
-    psycopg_pool's own."""
+    psycopg_pool's own. Either way its finaliser is made safe at exit and after a fork
+    (:func:`~sqlitesaver.postgres.lifetime.finalised_safely`). Made once, on first use."""
+    global _POOL_CLASS
+    if _POOL_CLASS is None:
+        _POOL_CLASS = lifetime.finalised_safely(_reconnecting_pool_class())
+    return _POOL_CLASS
+
+
+_POOL_CLASS: type | None = None
+
+
+def _reconnecting_pool_class() -> type:
     from psycopg_pool import ConnectionPool
 
     try:
@@ -300,13 +319,12 @@ class Connections:
             min_size=1, max_size=size, open=False, timeout=max(self.busy_timeout, 0.001),
             configure=_configure,
             name=f"sqlitesaver {server}")
-        # Tracked before it opens: closed at exit if still open (an exit must not hang on
-        # it), even if a KeyboardInterrupt in open()'s wait skips the close() below.
-        lifetime.track(pool)
         try:
             pool.open(wait=True, timeout=options.connect_timeout)
-        except Exception as exc:
-            pool.close()
+        except BaseException as exc:
+            pool.close()  # its threads stopped, whatever ended the wait (a Ctrl-C too)
+            if not isinstance(exc, Exception):
+                raise
             raise pg_errors.translate(exc, server, "opening the connection pool",
                                       connecting=True) from exc
         return pool
@@ -403,7 +421,15 @@ class Connections:
         """The connection in ``box`` back to the pool, its checkout ended first (a stale pin
         never matches a connection back in the pool). It leaves ``box`` in the line that
         returns it (see :class:`_Lent`)."""
-        self._checkouts.pop(id(box[0]), None)
+        conn = box[0]
+        self._checkouts.pop(id(conn), None)
+        if conn.pgconn.transaction_status:  # not IDLE: given back mid-transaction or broken
+            # Closed here, not rolled back by putconn: that round trip would run with signals
+            # deferred below, and a Ctrl-C held there past interrupts.STALE_AFTER was then
+            # delivered inside it, where psycopg_pool catches it (tests/
+            # test_review19_putconn.py). Only after an interruption: every call ends its own
+            # transaction. The server rolls back; the pool discards it and opens another.
+            _close_quietly(conn)
         # Signals deferred across putconn: a Ctrl-C inside it (its logging, its reset, before
         # it puts the connection back or schedules a broken one's replacement) lost the
         # connection for good, the pool still counting it (tests/test_block_signals.py).
