@@ -498,12 +498,9 @@ def test_every_connection_in_use_is_busy(pg_url):
 @pytest.mark.parametrize("ending", [None, ValueError, KeyboardInterrupt])
 def test_a_block_left_in_a_transaction_returns_its_connection_rolled_back(pg_url, ending):
     """A block that leaves its connection inside a transaction, ending normally or by an
-    exception (KeyboardInterrupt included): its transaction is never committed, its checkout
-    ends, and the next call gets a connection (the pool's own ``connection()``, used before,
-    committed after a normal end). Closed, not rolled back by psycopg_pool's ``putconn``: that
-    round trip ran with signals deferred, and a Ctrl-C held there past
-    ``interrupts.STALE_AFTER`` was swallowed inside it (tests/test_review19_putconn.py); the
-    pool opens another."""
+    exception (KeyboardInterrupt included), gets it back rolled back, never committed, its
+    checkout ended, idle in the pool for the next call. (The pool's own ``connection()``,
+    used before, committed after a normal end.)"""
     from psycopg.pq import TransactionStatus
 
     e = pg_engine.Engine(pg_url, busy_timeout=1.0, max_connections=1)
@@ -518,9 +515,10 @@ def test_a_block_left_in_a_transaction_returns_its_connection_rolled_back(pg_url
         assert id(conn) not in e._checkouts
         with admin(pg_url) as look:
             assert look.execute("SELECT to_regclass('left_open')").fetchone() == (None,)
-        assert conn.closed
-        with e._connection("testing") as again:  # the pool's new one, idle
-            assert again is not conn
+        stats = e._pool.get_stats()
+        assert stats["pool_available"] == stats["pool_size"] == 1, stats
+        with e._connection("testing") as again:  # the only connection, idle
+            assert again is conn
             assert again.info.transaction_status == TransactionStatus.IDLE
         e.put_checkpoint("t", "", None, None, STATE, META)
     finally:

@@ -45,14 +45,6 @@ def _rollback_if_open(conn: Any) -> None:
         schema._rollback(conn)
 
 
-def _close_quietly(conn: Any) -> None:
-    """Close ``conn`` (no round trip: PQfinish sends Terminate), whatever state it is in."""
-    try:
-        conn.close()
-    except Exception:  # noqa: BLE001 - already broken: putconn discards it all the same
-        pass
-
-
 def _configure(conn: Any) -> None:
     """A new pooled connection's RawCursor for the one-statement writes
     (``Transactions._send``), made here, once per connection, rather than on its first write
@@ -421,15 +413,7 @@ class Connections:
         """The connection in ``box`` back to the pool, its checkout ended first (a stale pin
         never matches a connection back in the pool). It leaves ``box`` in the line that
         returns it (see :class:`_Lent`)."""
-        conn = box[0]
-        self._checkouts.pop(id(conn), None)
-        if conn.pgconn.transaction_status:  # not IDLE: given back mid-transaction or broken
-            # Closed here, not rolled back by putconn: that round trip would run with signals
-            # deferred below, and a Ctrl-C held there past interrupts.STALE_AFTER was then
-            # delivered inside it, where psycopg_pool catches it (tests/
-            # test_review19_putconn.py). Only after an interruption: every call ends its own
-            # transaction. The server rolls back; the pool discards it and opens another.
-            _close_quietly(conn)
+        self._checkouts.pop(id(box[0]), None)
         # Signals deferred across putconn: a Ctrl-C inside it (its logging, its reset, before
         # it puts the connection back or schedules a broken one's replacement) lost the
         # connection for good, the pool still counting it (tests/test_block_signals.py).
