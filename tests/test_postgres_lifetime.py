@@ -23,15 +23,35 @@ DEADLINE = 30
 #: finalisation meanwhile (microseconds after the atexit hooks), with the lock still held.
 HOLD = 3
 
-EXIT_SCRIPT = """
-import atexit, gc, sys, threading
+#: Defines ``hold_at_exit(queue_lock)``: from the process's exit on (an atexit hook), a daemon
+#: thread holds ``queue_lock`` (as a pool thread does inside ``queue.get``) for HOLD seconds.
+HOLD_AT_EXIT = """
+import atexit, threading
+
+
+def hold_at_exit(queue_lock):
+    holding = threading.Event()
+
+    def hold():
+        with queue_lock:
+            holding.set()
+            threading.Event().wait(%(hold)s)
+
+    def at_exit():  # the lock held as the process finalises
+        threading.Thread(target=hold, daemon=True).start()
+        holding.wait()
+
+    atexit.register(at_exit)
+""" % {"hold": HOLD}
+
+EXIT_SCRIPT = HOLD_AT_EXIT + """
+import gc, sys
 from sqlitesaver import Saver
 
 # The Saver is garbage once work() returns, in a reference cycle (in the torture's writer, an
 # exception's traceback made one): with the collector off, it is collected at exit, after the
 # pool's threads were frozen.
 gc.disable()
-holding = threading.Event()
 
 
 def work():
@@ -39,18 +59,7 @@ def work():
     saver.put("t", {"a": 1})
     cycle = [saver]
     cycle.append(cycle)
-    queue_lock = saver._engine._pool._tasks.mutex
-
-    def hold():
-        with queue_lock:
-            holding.set()
-            threading.Event().wait(%(hold)s)
-
-    def hold_at_exit():  # the lock held as the process finalises
-        threading.Thread(target=hold, daemon=True).start()
-        holding.wait()
-
-    atexit.register(hold_at_exit)
+    hold_at_exit(saver._engine._pool._tasks.mutex)
 
 
 work()
@@ -90,16 +99,15 @@ saver.close()
 
 
 #: A Ctrl-C lands in psycopg_pool's ``open(wait=True)`` while ``Saver()`` waits for its pool
-#: to fill (a slow server): the pool is open, its threads run; it was not closed there
-#: (``except Exception``), and with an atexit hook it was not tracked by, the exit hung in its
-#: finaliser as in EXIT_SCRIPT (found by review 19).
-OPEN_INTERRUPTED_SCRIPT = """
-import atexit, gc, sys, threading
+#: to fill (a slow server): the pool is open, its threads run. It was not closed there
+#: (``except Exception``: now closed), and its finaliser at exit hung as in EXIT_SCRIPT (found
+#: by review 19, with the first form of the exit fix).
+OPEN_INTERRUPTED_SCRIPT = HOLD_AT_EXIT + """
+import gc, sys
 import psycopg_pool
 from sqlitesaver import Saver
 
 gc.disable()  # as EXIT_SCRIPT: the garbage is collected at exit, the pool's threads frozen
-holding = threading.Event()
 
 
 def work():
@@ -121,18 +129,7 @@ def work():
         raise SystemExit("the Ctrl-C was not raised out of Saver()")
     finally:
         psycopg_pool.ConnectionPool.wait = real_wait
-    queue_lock = caught.pop("pool")._tasks.mutex
-
-    def hold():
-        with queue_lock:
-            holding.set()
-            threading.Event().wait(3)
-
-    def hold_at_exit():
-        threading.Thread(target=hold, daemon=True).start()
-        holding.wait()
-
-    atexit.register(hold_at_exit)
+    hold_at_exit(caught.pop("pool")._tasks.mutex)
 
 
 work()
@@ -175,7 +172,7 @@ def _run(script: str, url: str) -> tuple[subprocess.CompletedProcess, float]:
 
 
 def test_a_process_exits_with_an_open_saver_while_a_pool_thread_holds_its_queue(pg_url):
-    done, _ = _run(EXIT_SCRIPT % {"hold": HOLD}, pg_url)
+    done, _ = _run(EXIT_SCRIPT, pg_url)
     assert done.returncode == 0, done.stderr
     assert "ending without close()" in done.stdout
     assert "Traceback" not in done.stderr, done.stderr

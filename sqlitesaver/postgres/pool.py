@@ -127,7 +127,10 @@ class _Lent:
     this class, its ``connection()``) and inside psycopg's waits. (A Ctrl-C lands in neither
     that gap nor ``putconn``: signals are deferred across both, see
     :meth:`Connections._give_back`; one raised into the thread with
-    ``PyThreadState_SetAsyncExc`` can.) The connection is then lost
+    ``PyThreadState_SetAsyncExc`` can. Known limit: a deferral heals after
+    ``interrupts.STALE_AFTER``, so a Ctrl-C held across a ``putconn`` whose rollback waits
+    longer than that for the server is delivered inside it, where psycopg_pool catches it:
+    tests/test_review19_putconn.py, a strict xfail.) The connection is then lost
     to the pool, never lent twice (a connection left in ``box`` until ``putconn`` returned
     could be given back a second time by the fallback, while another thread held it)."""
 
@@ -178,15 +181,10 @@ RECONNECT_DELAY_MAX = 1.0
 
 
 def _pool_class() -> type:
-    """psycopg_pool's ConnectionPool, its reconnection backoff capped at
-    :data:`RECONNECT_DELAY_MAX`. Its own doubles from 1 s up to its ``reconnect_timeout`` (5
-    min): after an outage of a minute its next attempt could come a minute after the server was
-    back, and until then the connection it was reconnecting was missing, every call waiting for
-    it in vain (tests/test_postgres_engine.py, a long outage). A capped delay costs a server
-    that is down one refused connection attempt a second per missing connection. The override
-    is of a method private to psycopg_pool (3.2-3.3); where it is not there, the pool is
-    psycopg_pool's own. Either way its finaliser is made safe at exit and after a fork
-    (:func:`~sqlitesaver.postgres.lifetime.finalised_safely`). Made once, on first use."""
+    """The engine's pool class, made once, on first use: psycopg_pool's ConnectionPool with
+    its finaliser made safe at exit and after a fork
+    (:func:`~sqlitesaver.postgres.lifetime.finalised_safely`) and, from
+    :func:`_reconnecting_pool_class`, its reconnection backoff capped."""
     global _POOL_CLASS
     if _POOL_CLASS is None:
         _POOL_CLASS = lifetime.finalised_safely(_reconnecting_pool_class())
@@ -197,6 +195,14 @@ _POOL_CLASS: type | None = None
 
 
 def _reconnecting_pool_class() -> type:
+    """psycopg_pool's ConnectionPool, its reconnection backoff capped at
+    :data:`RECONNECT_DELAY_MAX`. Its own doubles from 1 s up to its ``reconnect_timeout`` (5
+    min): after an outage of a minute its next attempt could come a minute after the server was
+    back, and until then the connection it was reconnecting was missing, every call waiting for
+    it in vain (tests/test_postgres_engine.py, a long outage). A capped delay costs a server
+    that is down one refused connection attempt a second per missing connection. The override
+    is of a method private to psycopg_pool (3.2-3.3); where it is not there, the pool is
+    psycopg_pool's own."""
     from psycopg_pool import ConnectionPool
 
     try:
