@@ -306,6 +306,26 @@ def queued_writes(saver) -> int:
     return saver._waiting + len(saver._jobs)
 
 
+def every_connection_back(pool, timeout: float = 10.0) -> dict[str, int]:
+    """``pool.get_stats()`` (a psycopg_pool pool: a PostgreSQL Saver's ``_engine._pool``) once
+    every connection it counts is idle in it (``pool_available == pool_size``), waiting for
+    that up to ``timeout`` seconds: a connection the engine closed on its way back (given back
+    inside a transaction after an interruption, or broken) is replaced by the pool in a
+    background thread, which a look taken at once sees in flight. A connection leaked (never
+    given back) is counted and never idle: the wait then ends at ``timeout`` with the last
+    stats, which the caller's assert shows."""
+    import threading
+    import time
+
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()  # never set: a bounded pause between two looks
+    while True:
+        stats = pool.get_stats()
+        if stats["pool_available"] == stats["pool_size"] or time.monotonic() >= deadline:
+            return stats
+        pause.wait(0.01)
+
+
 def is_server(target: str) -> bool:
     """Whether ``target`` (``any_target``, ``any_empty_target``) names a PostgreSQL server."""
     return target.startswith(("postgresql://", "postgres://"))
