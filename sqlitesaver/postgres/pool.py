@@ -45,6 +45,15 @@ def _rollback_if_open(conn: Any) -> None:
         schema._rollback(conn)
 
 
+def _close_quietly(conn: Any) -> None:
+    """Close ``conn`` (no round trip: libpq's PQfinish sends Terminate on the non-blocking
+    socket and closes it), whatever state it is in."""
+    try:
+        conn.close()
+    except Exception:  # noqa: BLE001 - closed or broken all the same: the pool discards it
+        pass
+
+
 def _configure(conn: Any) -> None:
     """A new pooled connection's RawCursor for the one-statement writes
     (``Transactions._send``), made here, once per connection, rather than on its first write
@@ -105,10 +114,11 @@ class _Lent:
     checkout and its return cost 11 us of client CPU, against 6 us here (measured ad hoc, one
     thread, best of 3 rounds of 3,000), on the critical path of every call. What it adds is
     ``with conn:``, which after an exception rolls back a transaction that every caller here
-    already rolls back itself, and that ``putconn`` rolls back anyway (it also closes a
-    connection returned mid-statement, and replaces a broken one); and which after a normal
-    end COMMITs a transaction left open, which no caller leaves: ``putconn`` rolls one back,
-    the safer end (tests/test_postgres_engine.py).
+    already rolls back itself, and that the give-back rolls back anyway
+    (:meth:`Connections._give_back_ended`; ``putconn`` also closes a connection returned
+    mid-statement, and replaces a broken one); and which after a normal end COMMITs a
+    transaction left open, which no caller leaves: the give-back rolls one back, the safer
+    end (tests/test_postgres_engine.py).
 
     An exception may land at any line (a KeyboardInterrupt, or one raised into the thread with
     ``PyThreadState_SetAsyncExc``: tests/test_interrupts.py injects one at each), including
@@ -117,7 +127,10 @@ class _Lent:
     inside the ``putconn`` call, no line between), and a generator (:func:`_returning`),
     started before the connection is taken and run to its end after it is returned, gives
     back whatever is still in ``box`` when it is finalized: when this object is released
-    (with the exception that skipped a line, in CPython). No ``__del__``: a finalizer run at
+    (with the exception that skipped a line, in CPython), or by ``__exit__`` after a
+    give-back that raised. It gives it back with no round trip
+    (:meth:`Connections._give_back_now`: a connection still inside a transaction is closed,
+    and the pool opens another). No ``__del__``: a finalizer run at
     every checkout would be where a Ctrl-C could land and be lost ("Exception ignored in");
     a generator run to its end has nothing left to run when it is released.
 
@@ -127,12 +140,14 @@ class _Lent:
     this class, its ``connection()``) and inside psycopg's waits. (A Ctrl-C lands in neither
     that gap nor ``putconn``: signals are deferred across both, see
     :meth:`Connections._give_back`; one raised into the thread with
-    ``PyThreadState_SetAsyncExc`` can. Known limit: a deferral heals after
-    ``interrupts.STALE_AFTER``, so a Ctrl-C held across a ``putconn`` whose rollback waits
-    longer than that for the server is delivered inside it, where psycopg_pool catches it:
-    tests/test_review19_putconn.py, a strict xfail.) The connection is then lost
-    to the pool, never lent twice (a connection left in ``box`` until ``putconn`` returned
-    could be given back a second time by the fallback, while another thread held it)."""
+    ``PyThreadState_SetAsyncExc`` can. No deferral spans a round trip: ``putconn`` gets an
+    idle or a closed connection, one given back inside a transaction being rolled back
+    before it, interruptibly, in :meth:`Connections._give_back_ended`; a deferral held past
+    ``interrupts.STALE_AFTER`` delivered its Ctrl-C inside ``putconn``'s own rollback, where
+    psycopg_pool caught it and the Ctrl-C was lost: tests/test_review19_putconn.py.) The
+    connection is then lost to the pool, never lent twice (a connection left in ``box``
+    until ``putconn`` returned could be given back a second time by the fallback, while
+    another thread held it)."""
 
     __slots__ = ("_owner", "_doing", "_box", "_guard")
 
@@ -142,7 +157,7 @@ class _Lent:
 
     def __enter__(self) -> Any:
         self._box = box = []
-        self._guard = guard = _returning(box, self._owner._give_back)
+        self._guard = guard = _returning(box, self._owner._give_back_now)
         next(guard)
         return self._owner._lend(box, self._doing)
 
@@ -418,13 +433,64 @@ class Connections:
     def _give_back(self, box: list) -> None:
         """The connection in ``box`` back to the pool, its checkout ended first (a stale pin
         never matches a connection back in the pool). It leaves ``box`` in the line that
-        returns it (see :class:`_Lent`)."""
+        returns it (see :class:`_Lent`). One that is not idle is handed to
+        :meth:`_give_back_ended`."""
         self._checkouts.pop(id(box[0]), None)
+        if box[0].pgconn.transaction_status:  # not IDLE (0): in a transaction, or broken
+            self._give_back_ended(box)
+            return
         # Signals deferred across putconn: a Ctrl-C inside it (its logging, its reset, before
         # it puts the connection back or schedules a broken one's replacement) lost the
         # connection for good, the pool still counting it (tests/test_block_signals.py).
         # Deferred only in the main thread, where signal handlers run: elsewhere ~0.6 us.
+        # An idle connection: putconn makes no round trip, so the deferral is short.
         with interrupts.deferred():
+            self._pool.putconn(box.pop())
+
+    def _give_back_ended(self, box: list) -> None:
+        """Give back the connection in ``box``, which is not idle: inside a transaction (no
+        call leaves one; an interruption does, a second Ctrl-C interrupting a block's own
+        ROLLBACK), mid-statement, or broken. Its transaction is rolled back here, before
+        ``putconn`` and with signals not deferred; if that rollback fails or is interrupted
+        (any exception), the connection is closed instead and given back all the same
+        (:meth:`_give_back_now`), and the interruption raised.
+
+        Why not let ``putconn`` roll it back: it would do so with signals deferred (see
+        :meth:`_give_back`), a round trip; with a server that did not answer, a Ctrl-C was
+        held for ``interrupts.STALE_AFTER`` s, then delivered inside that rollback, where
+        psycopg_pool catches it ("rollback failed: KeyboardInterrupt", its CLIENT_EXCEPTIONS
+        being BaseException here, see :func:`_interruptible_waits`) and returns normally: the
+        Ctrl-C was lost (tests/test_review19_putconn.py). Why not always close it: a rollback
+        that works keeps the connection (no reconnect); the pool replaces a closed one in a
+        background thread. Here a Ctrl-C during the rollback is psycopg's, as in any statement
+        of a call: it cancels the statement and waits for it at most 5 s (a second Ctrl-C
+        closes the connection at once), then raises the KeyboardInterrupt. Whatever line an
+        exception lands at, the connection is given back once: by the ``finally`` below, or,
+        before it, by :class:`_Lent`'s fallback, which closes it (no round trip either)."""
+        from psycopg.pq import TransactionStatus
+
+        conn = box[0]
+        try:
+            if conn.pgconn.transaction_status in (TransactionStatus.INTRANS,
+                                                   TransactionStatus.INERROR):
+                conn.rollback()  # psycopg's: also forgets the statements it had prepared
+        except Exception:  # noqa: BLE001 - not rolled back: closed below, as putconn would
+            pass
+        finally:
+            self._give_back_now(box)
+
+    def _give_back_now(self, box: list) -> None:
+        """The connection in ``box`` back to the pool with no round trip, closed if it is not
+        idle (the pool discards a closed connection and opens another in the background), all
+        of it with signals deferred: what :meth:`_give_back_ended` ends with, and the
+        fallback of a :class:`_Lent` whose give-back an exception interrupted (a rollback
+        there could be interrupted again, and the fallback then raise with the connection
+        still out). The connection leaves ``box`` in the line that returns it."""
+        with interrupts.deferred():
+            conn = box[0]
+            self._checkouts.pop(id(conn), None)
+            if conn.pgconn.transaction_status:  # not IDLE: closing is local (no waiting)
+                _close_quietly(conn)
             self._pool.putconn(box.pop())
 
     def _probe(self, doing: str, cause: BaseException) -> None:
