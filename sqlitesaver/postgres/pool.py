@@ -463,8 +463,9 @@ class Connections:
         Ctrl-C was lost (tests/test_review19_putconn.py). Why not always close it: a rollback
         that works keeps the connection (no reconnect); the pool replaces a closed one in a
         background thread. Here a Ctrl-C during the rollback is psycopg's, as in any statement
-        of a call: it cancels the statement and waits for it at most 5 s (a second Ctrl-C
-        closes the connection at once), then raises the KeyboardInterrupt. Whatever line an
+        of a call: it cancels the statement and waits for the server to end it (at most 5 s
+        from psycopg 3.3 on; a second Ctrl-C ends that wait, and the connection is closed),
+        then raises the KeyboardInterrupt. Whatever line an
         exception lands at, the connection is given back once: by the ``finally`` below, or,
         before it, by :class:`_Lent`'s fallback, which closes it (no round trip either)."""
         from psycopg.pq import TransactionStatus
