@@ -98,7 +98,9 @@ The engine, one module a job (each builds on the one before):
 
 * ``sql.py``: the lock keys and the statements, with why each is written as it is;
 * ``pool.py``: :class:`~sqlitesaver.postgres.pool.Connections`, opening and the pool (a dead
-  pooled connection replaced, a busy pool timed out);
+  pooled connection replaced, a busy pool timed out), on psycopg_pool's pool as
+  ``pool_class.py`` adapts it (interruptible waits, capped reconnection backoff, and
+  ``lifetime.py``'s finaliser safe at exit and after ``fork()``);
 * ``transactions.py``: :class:`~sqlitesaver.postgres.transactions.Transactions`, the write
   protocol (the ``BEGIN`` and ``COMMIT`` strings, or one statement; locks, retries, "maybe
   committed") and the caller's transaction blocks;
