@@ -51,3 +51,21 @@ def test_a_database_already_holding_tables_is_refused(pg_url):
         env=dict(os.environ, PYTHONPATH=REPO))
     assert done.returncode != 0
     assert "public.checkpoints" in done.stderr + done.stdout
+
+
+@pytest.mark.tooling
+def test_the_put_layers_script_prints_every_layer(pg_url):
+    """bench/pg_put_layers.py (where a 1-thread put's time goes) runs and prints a row per
+    layer with its five figures: it reads the engine's statement from a private attribute,
+    which this keeps from rotting unseen."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "pg_put_layers.py"), "--db", pg_url,
+         "--puts", "5", "--rounds", "1"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    for title in ("bare INSERT (ceiling)", "engine statement, pre-encoded", "Saver.put",
+                  "adapter put", "LangGraph put"):
+        (line,) = [line for line in lines if line.startswith(title)]
+        figures = line[len(title):].split()
+        assert len(figures) == 5 and float(figures[0]) > 0, line
