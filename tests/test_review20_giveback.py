@@ -1,0 +1,92 @@
+"""Review 20 of the give-back of a connection that is not idle (postgres/pool.py
+``Connections._give_back_ended``, ``_give_back_now``; commits 0d232b5..75e9c36).
+
+Finding: ``_give_back_ended`` runs ``conn.rollback()`` with signals no longer deferred and
+catches ``Exception`` around it, so an exception a program's signal handler raises while that
+rollback waits for the server (a SIGALRM timeout raising ``TimeoutError``, a SIGTERM or SIGINT
+handler raising an ``Exception`` of its own: what interrupts.py defers and forwards, "whatever
+a program's own handler raises") is taken for a failed rollback and dropped: the connection is
+closed and the block ends normally, the interruption lost. Before the change (da2bc17) the
+same signal was held by ``_give_back``'s deferral across putconn's rollback (shorter than
+``interrupts.STALE_AFTER``) and raised just after it."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+
+import pytest
+
+from conftest import every_connection_back
+from sqlitesaver import Saver
+
+
+class Alarm(TimeoutError):
+    """What the test's SIGALRM handler raises (an Exception, as ``signal.alarm`` timeouts do)."""
+
+
+@pytest.fixture
+def sigalrm_raises():
+    def handler(signum, frame):
+        raise Alarm("the program's timeout")
+
+    previous = signal.signal(signal.SIGALRM, handler)
+    yield
+    signal.signal(signal.SIGALRM, previous)
+
+
+def assert_whole_and_usable(saver: Saver, n: int) -> None:
+    engine = saver._engine  # type: ignore[attr-defined]
+    assert not engine._checkouts, engine._checkouts
+    stats = every_connection_back(engine._pool)
+    assert stats["pool_available"] == stats["pool_size"] == 1, stats
+    saver.put("t", {"n": n})
+    assert saver.get("t").state == {"n": n}
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "review 20: _give_back_ended's `except Exception: pass` around conn.rollback() swallows "
+    "an Exception raised by a signal handler during the (now undeferred) rollback; da2bc17 "
+    "deferred it and raised it after putconn"))
+def test_a_signal_handlers_exception_during_the_give_back_rollback_is_not_lost(
+        pg_empty_url, hang_detector, sigalrm_raises):
+    """A connection given back inside a transaction, its server not answering for 1 s (less
+    than interrupts.STALE_AFTER); a SIGALRM whose handler raises arrives 0.3 s into the
+    give-back's rollback. The handler's exception must reach the caller, as it did before
+    the change (held by the deferral across putconn, raised after it), and as a
+    KeyboardInterrupt does now."""
+    hang_detector(60)
+    main = threading.main_thread().ident
+    with Saver(pg_empty_url, max_connections=1) as saver:
+        saver.put("t", {"n": 0})
+        engine = saver._engine
+        raised = None
+        resume = alarm = None
+        started = time.monotonic()
+        try:
+            with engine._connection("a test") as conn:
+                conn.execute("BEGIN")
+                backend = conn.info.backend_pid
+                os.kill(backend, signal.SIGSTOP)  # the server does not answer for 1 s
+                resume = threading.Timer(1.0, os.kill, (backend, signal.SIGCONT))
+                resume.start()
+                alarm = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGALRM))
+                alarm.start()
+        except Alarm as exc:
+            raised = exc
+        finally:
+            for timer in (alarm, resume):
+                if timer is not None:
+                    timer.join()
+        took = time.monotonic() - started
+        try:  # the signal, if it was held back somewhere, has had every chance to come
+            threading.Event().wait(0.2)
+        except Alarm as exc:  # pragma: no cover - raised late, not lost
+            raised = raised or exc
+        assert took >= 0.3, f"the give-back took {took:.2f} s: the signal came after it"
+        assert raised is not None, (
+            "the SIGALRM handler's exception, raised during the give-back's rollback, was "
+            "swallowed: the block ended normally")
+        assert_whole_and_usable(saver, 1)
