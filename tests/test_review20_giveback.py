@@ -74,13 +74,14 @@ def test_a_signal_handlers_exception_during_the_give_back_rollback_is_not_lost(
                 resume.start()
                 alarm = threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGALRM))
                 alarm.start()
+            took = time.monotonic() - started  # the block and its give-back
         except Alarm as exc:
+            took = time.monotonic() - started
             raised = exc
         finally:
             for timer in (alarm, resume):
                 if timer is not None:
                     timer.join()
-        took = time.monotonic() - started
         try:  # the signal, if it was held back somewhere, has had every chance to come
             threading.Event().wait(0.2)
         except Alarm as exc:  # pragma: no cover - raised late, not lost
