@@ -15,12 +15,23 @@ Finding (documentation): the bound the change documents for a Ctrl-C during that
 psycopg 3.3 on") leaves out psycopg's cancel request, bounded by 5 s of its own
 (``Connection._try_cancel(timeout=5.0)`` before ``waiting.wait(..., timeout=5.0)``): with a
 server that does not answer at all (the postmaster too: a frozen host, a network partition),
-the KeyboardInterrupt comes 10 s after the Ctrl-C."""
+the KeyboardInterrupt comes 10 s after the Ctrl-C.
+
+Finding (related, not introduced by the change: da2bc17 does the same): the give-back takes a
+connection for idle by its transaction status alone. One left in libpq pipeline mode (a
+Ctrl-C at the entry of psycopg's ``Pipeline._exit``, after the pipeline's Sync was read,
+during a read's ``_read_pipelined``: CPython delivers signals at function entry) has status
+IDLE and goes back to the pool as it is, ``conn._pipeline`` still set; neither ``_give_back``
+nor ``_give_back_ended`` (whose rollback keeps pipeline mode too) looks at
+``pgconn.pipeline_status``. The next ``transaction()`` block on it sends its BEGIN pipelined
+(status ACTIVE, so the thread's pin is dropped at once): the block's writes run outside it, on
+another connection, each committed on its own, and survive the block's failure."""
 
 from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -146,3 +157,50 @@ def test_a_ctrl_c_during_the_give_back_rollback_of_a_frozen_server_raises_within
         assert_whole_and_usable(saver, 1)
         assert took < 7.0, (
             f"the KeyboardInterrupt came {took:.1f} s after the Ctrl-C (documented: at most 5 s)")
+
+
+class _AtEntry:
+    """A trace function raising KeyboardInterrupt once, at the entry of the function whose
+    code is ``code`` (where CPython also delivers a signal: its first instruction)."""
+
+    def __init__(self, code) -> None:
+        self.code, self.fired = code, False
+
+    def __call__(self, frame, event, arg):
+        if event == "call" and frame.f_code is self.code and not self.fired:
+            self.fired = True
+            raise KeyboardInterrupt("at the entry of psycopg's Pipeline._exit")
+        return None
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "review 20 (pre-existing, also at da2bc17): the give-back (_give_back, _give_back_ended) "
+    "ignores libpq pipeline mode; a connection left in it by a Ctrl-C at Pipeline._exit's "
+    "entry goes back to the pool 'idle', and the next transaction() block's writes run "
+    "outside the block and survive its failure"))
+def test_a_ctrl_c_leaving_a_read_in_pipeline_mode_does_not_break_the_next_block(pg_empty_url,
+                                                                             hang_detector):
+    from psycopg import _pipeline_base
+
+    hang_detector(60)
+    with Saver(pg_empty_url, max_connections=2, busy_timeout=2) as saver:
+        saver.put("t", {"n": 0})
+        engine = saver._engine
+        tracer = _AtEntry(_pipeline_base.BasePipeline._exit.__code__)
+        sys.settrace(tracer)
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                saver.get("t")  # _read_pipelined: Ctrl-C at Pipeline._exit's entry
+        finally:
+            sys.settrace(None)
+        assert tracer.fired
+        in_block = None
+        with pytest.raises(RuntimeError):
+            with saver.transaction():
+                saver.put("t", {"n": 1})
+                in_block = saver.in_transaction
+                raise RuntimeError("the block fails: nothing of it may be written")
+        assert saver.get("t").state == {"n": 0}, (
+            f"a write inside a failed transaction() block was committed "
+            f"(in_transaction inside the block: {in_block})")
+        assert in_block is True
