@@ -17,6 +17,10 @@ psycopg 3.3 on") leaves out psycopg's cancel request, bounded by 5 s of its own
 server that does not answer at all (the postmaster too: a frozen host, a network partition),
 the KeyboardInterrupt comes 10 s after the Ctrl-C.
 
+All three fixed (pool.py ``_idle``, ``_give_back_ended``: only a psycopg error is taken for a
+failed rollback; the README and docstring say "up to about 10 s"); the tests below were strict
+xfails until then.
+
 Finding (related, not introduced by the change: da2bc17 does the same): the give-back takes a
 connection for idle by its transaction status alone. One left in libpq pipeline mode (a
 Ctrl-C at the entry of psycopg's ``Pipeline._exit``, after the pipeline's Sync was read,
@@ -71,10 +75,6 @@ def assert_whole_and_usable(saver: Saver, n: int) -> None:
     assert saver.get("t").state == {"n": n}
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 20: _give_back_ended's `except Exception: pass` around conn.rollback() swallows "
-    "an Exception raised by a signal handler during the (now undeferred) rollback; da2bc17 "
-    "deferred it and raised it after putconn"))
 def test_a_signal_handlers_exception_during_the_give_back_rollback_is_not_lost(
         pg_empty_url, hang_detector, sigalrm_raises):
     """A connection given back inside a transaction, its server not answering for 1 s (less
@@ -118,15 +118,12 @@ def test_a_signal_handlers_exception_during_the_give_back_rollback_is_not_lost(
         assert_whole_and_usable(saver, 1)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 20: documented bound (README, pool.py _give_back_ended: the wait after a Ctrl-C "
-    "in the give-back's rollback is at most 5 s on psycopg 3.3) leaves out psycopg's cancel "
-    "request, bounded separately by 5 s: 10 s with a server that does not answer at all"))
 def test_a_ctrl_c_during_the_give_back_rollback_of_a_frozen_server_raises_within_the_documented_bound(
         pg_empty_url, hang_detector, python_sigint_handler):
     """The backend and its postmaster both stopped (a frozen host: neither the ROLLBACK nor
     the cancel request is answered); one Ctrl-C 0.5 s into the give-back's rollback. The
-    documented bound is 5 s; allowed here: 7 s."""
+    documented bound is about 10 s (psycopg's cancel request, then its wait for the server,
+    5 s each); allowed here: 12 s."""
     hang_detector(60)
     main = threading.main_thread().ident
     with Saver(pg_empty_url, max_connections=1) as saver:
@@ -155,8 +152,8 @@ def test_a_ctrl_c_during_the_give_back_rollback_of_a_frozen_server_raises_within
         assert raised is not None, "no KeyboardInterrupt from the give-back"
         assert conn.closed
         assert_whole_and_usable(saver, 1)
-        assert took < 7.0, (
-            f"the KeyboardInterrupt came {took:.1f} s after the Ctrl-C (documented: at most 5 s)")
+        assert took < 12.0, (
+            f"the KeyboardInterrupt came {took:.1f} s after the Ctrl-C (documented: about 10 s)")
 
 
 class _AtEntry:
@@ -173,11 +170,6 @@ class _AtEntry:
         return None
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "review 20 (pre-existing, also at da2bc17): the give-back (_give_back, _give_back_ended) "
-    "ignores libpq pipeline mode; a connection left in it by a Ctrl-C at Pipeline._exit's "
-    "entry goes back to the pool 'idle', and the next transaction() block's writes run "
-    "outside the block and survive its failure"))
 def test_a_ctrl_c_leaving_a_read_in_pipeline_mode_does_not_break_the_next_block(pg_empty_url,
                                                                              hang_detector):
     from psycopg import _pipeline_base
@@ -185,7 +177,6 @@ def test_a_ctrl_c_leaving_a_read_in_pipeline_mode_does_not_break_the_next_block(
     hang_detector(60)
     with Saver(pg_empty_url, max_connections=2, busy_timeout=2) as saver:
         saver.put("t", {"n": 0})
-        engine = saver._engine
         tracer = _AtEntry(_pipeline_base.BasePipeline._exit.__code__)
         sys.settrace(tracer)
         try:

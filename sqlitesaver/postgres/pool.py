@@ -45,6 +45,18 @@ def _rollback_if_open(conn: Any) -> None:
         schema._rollback(conn)
 
 
+def _idle(conn: Any) -> bool:
+    """Whether ``conn`` can go back to the pool as it is: outside any transaction
+    (``transaction_status`` IDLE, 0: not in one, not mid-statement, not broken) and out of
+    libpq's pipeline mode (``pipeline_status`` OFF, 0; always 0 with a libpq before 14). One a
+    Ctrl-C left in pipeline mode (at the entry of psycopg's pipeline exit, after its results
+    were read) reads IDLE, but the next statement sent on it is pipelined: a transaction
+    block's BEGIN then reads ACTIVE, and the block's writes ran outside it
+    (tests/test_review20_giveback.py)."""
+    pgconn = conn.pgconn
+    return not pgconn.transaction_status and not pgconn.pipeline_status
+
+
 def _close_quietly(conn: Any) -> None:
     """Close ``conn`` (no round trip: libpq's PQfinish sends Terminate on the non-blocking
     socket and closes it), whatever state it is in."""
@@ -367,7 +379,7 @@ class Connections:
         returns it (see :class:`_Lent`). One that is not idle is handed to
         :meth:`_give_back_ended`."""
         self._checkouts.pop(id(box[0]), None)
-        if box[0].pgconn.transaction_status:  # not IDLE (0): in a transaction, or broken
+        if not _idle(box[0]):
             self._give_back_ended(box)
             return
         # Signals deferred across putconn: a Ctrl-C inside it (its logging, its reset, before
@@ -379,11 +391,14 @@ class Connections:
             self._pool.putconn(box.pop())
 
     def _give_back_ended(self, box: list) -> None:
-        """Give back the connection in ``box``, which is not idle: inside a transaction (no
-        call leaves one; an interruption does, a second Ctrl-C interrupting a block's own
-        ROLLBACK), mid-statement, or broken. Its transaction is rolled back here, before
-        ``putconn`` and with signals not deferred; if that rollback fails or is interrupted
-        (any exception), the connection is closed instead and given back all the same
+        """Give back the connection in ``box``, which is not idle (:func:`_idle`): inside a
+        transaction (no call leaves one; an interruption does, a second Ctrl-C interrupting a
+        block's own ROLLBACK), mid-statement, still in libpq's pipeline mode (an interruption
+        at the entry of psycopg's pipeline exit), or broken. A transaction is rolled back
+        here, before ``putconn`` and with signals not deferred; if that rollback fails (a
+        psycopg error) or is interrupted (any other exception: a Ctrl-C, or whatever a
+        program's own signal handler raises, which must reach the caller), and in every other
+        case, the connection is closed instead and given back all the same
         (:meth:`_give_back_now`), and the interruption raised.
 
         Why not let ``putconn`` roll it back: it would do so with signals deferred (see
@@ -394,19 +409,23 @@ class Connections:
         Ctrl-C was lost (tests/test_review19_putconn.py). Why not always close it: a rollback
         that works keeps the connection (no reconnect); the pool replaces a closed one in a
         background thread. Here a Ctrl-C during the rollback is psycopg's, as in any statement
-        of a call: it cancels the statement and waits for the server to end it (at most 5 s
-        from psycopg 3.3 on; a second Ctrl-C ends that wait, and the connection is closed),
-        then raises the KeyboardInterrupt. Whatever line an
+        of a call: it sends a cancel request and waits for the server to end the statement
+        (from psycopg 3.3 on each bounded by 5 s: up to about 10 s with a server that does not
+        answer at all, tests/test_review20_giveback.py; a second Ctrl-C ends the wait, and the
+        connection is closed), then raises the KeyboardInterrupt. Whatever line an
         exception lands at, the connection is given back once: by the ``finally`` below, or,
         before it, by :class:`_Lent`'s fallback, which closes it (no round trip either)."""
+        from psycopg import Error
         from psycopg.pq import TransactionStatus
 
         conn = box[0]
+        pgconn = conn.pgconn
         try:
-            if conn.pgconn.transaction_status in (TransactionStatus.INTRANS,
-                                                   TransactionStatus.INERROR):
+            # Not in pipeline mode: a rollback there would leave it on (closed below instead).
+            if not pgconn.pipeline_status and pgconn.transaction_status in (
+                    TransactionStatus.INTRANS, TransactionStatus.INERROR):
                 conn.rollback()  # psycopg's: also forgets the statements it had prepared
-        except Exception:  # noqa: BLE001 - not rolled back: closed below, as putconn would
+        except Error:  # not rolled back: closed below, as putconn would have
             pass
         finally:
             self._give_back_now(box)
@@ -421,7 +440,7 @@ class Connections:
         with interrupts.deferred():
             conn = box[0]
             self._checkouts.pop(id(conn), None)
-            if conn.pgconn.transaction_status:  # not IDLE: closing is local (no waiting)
+            if not _idle(conn):  # closing is local (no waiting)
                 _close_quietly(conn)
             self._pool.putconn(box.pop())
 
