@@ -49,6 +49,15 @@ from ..errors import BusyTimeoutError, SaverError, UsageError
 if TYPE_CHECKING:
     from .saver import SqliteFileSaver
 
+#: The only thread whose signal handlers :class:`~sqlitesaver.interrupts.deferred` defers (the
+#: same value it compares with): in any other thread a deferral is an object made, entered and
+#: ended to do nothing (Python runs signal handlers in the main thread only; exceptions raised
+#: into a thread are never deferred, see the module docstring). So the hot path below runs its
+#: deferred sections bare there, as sqlite/reads.py's _Read does: the same statements, minus
+#: four calls per section, three sections per transition (~4,500 instructions each,
+#: bench/instructions.py). LangGraph calls a checkpointer from its executor's threads.
+_MAIN_THREAD = interrupts._MAIN_THREAD
+
 #: Most transitions one COMMIT carries; a bound on how long a batch's first caller waits.
 MAX_BATCH = 64
 #: Seconds at most a batch's leader waits for transitions queued for the connection to join
@@ -224,12 +233,20 @@ class _Transaction:
                         saver._waiting, self._counted = saver._waiting + 1, True
                         saver._waiting_cond.notify_all()
                 saver._lock.acquire()  # the one wait here: interruptible, see failure.abandon
-            with interrupts.deferred():
+            if me != _MAIN_THREAD:
+                # The section below, bare: see _MAIN_THREAD (a deferral would do nothing here).
                 saver._owner = me  # an I/O error from here on: see SqliteFileSaver._fail
                 if self._counted:
                     self._uncount()
                 saver._check_usable()
                 stale = saver._batch is None and _in_transaction(saver._writer)
+            else:
+                with interrupts.deferred():
+                    saver._owner = me  # an I/O error from here on: see SqliteFileSaver._fail
+                    if self._counted:
+                        self._uncount()
+                    saver._check_usable()
+                    stale = saver._batch is None and _in_transaction(saver._writer)
             if stale:
                 # An interruption between an earlier BEGIN and its batch left a transaction
                 # that holds nobody's work.
@@ -238,6 +255,10 @@ class _Transaction:
                 # Outside the deferred section: it may wait for another process's lock (up to
                 # busy_timeout), and Ctrl-C must not wait that long.
                 self._begin()
+            if me != _MAIN_THREAD:
+                # No deferral across the body (see _MAIN_THREAD): self._held stays None.
+                conn = self._join(me)
+                return self._given(conn)
             held = interrupts.deferred()  # bound before it starts: see _end_deferrals
             held.__enter__()
             conn = self._join(me)
@@ -363,13 +384,19 @@ class _Transaction:
                 self._release_signals()
         batch = self._batch
         try:
-            with interrupts.deferred():
+            if self._thread != _MAIN_THREAD:
+                # The section below, bare: see _MAIN_THREAD (a deferral would do nothing here).
                 own = self._leave(batch, exc)
-                # Released here, not in a finally inside _leave: an exception escaping _leave
-                # must find the lock still held, so that failure.abandon ends what _leave left
-                # open.
                 self._open = False
                 saver._lock.release()
+            else:
+                with interrupts.deferred():
+                    own = self._leave(batch, exc)
+                    # Released here, not in a finally inside _leave: an exception escaping
+                    # _leave must find the lock still held, so that failure.abandon ends what
+                    # _leave left open.
+                    self._open = False
+                    saver._lock.release()
         except BaseException:
             try:
                 failure.abandon(self, entering=False)
