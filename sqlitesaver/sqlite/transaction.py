@@ -35,6 +35,7 @@ imports :mod:`sqlitesaver.sqlite.saver` for type checking only.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -403,12 +404,14 @@ class _Transaction:
             finally:  # even if abandon raised a signal held while it recovered (see __enter__)
                 self._release_signals()
             raise
-        self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
+        if self._held is not None:  # (None in a worker thread: see _MAIN_THREAD)
+            self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
         if own is not None:
             if isinstance(own, apsw.Error):
                 raise saver._translate(own, self._doing) from own
             return  # the caller's own exception propagates
-        self._await(batch)
+        if not batch.committed:  # (_await's own first test, without its call: a leader's is)
+            self._await(batch)
 
     def _exit_nested(self, exc: BaseException | None) -> None:
         saver = self._saver
@@ -521,7 +524,11 @@ class _Transaction:
         finally:
             batch.end()
             if saver._lock._is_owned():  # type: ignore[attr-defined]  # see failure.abandon
-                saver._batch_cond.notify_all()  # a close() waiting for the batch to end
+                # A close() waiting for the batch to end. Only if someone waits: a waiter
+                # enters _waiters holding the lock, as this thread does now, and notify_all()
+                # with none is a no-op that costs two Python calls at every commit.
+                if saver._batch_cond._waiters:  # type: ignore[attr-defined]
+                    saver._batch_cond.notify_all()
                 if saver._batch is None:
                     queue.hand_over(saver)  # what was queued meanwhile: the next batch
             if saver._failure is not None:
@@ -585,10 +592,10 @@ def _in_transaction(conn: apsw.Connection) -> bool:
         return False
 
 
-def _begin_immediate(conn: apsw.Connection) -> Callable[[], None]:
-    def begin() -> None:
-        conn.execute("BEGIN IMMEDIATE")
-    return begin
+def _begin_immediate(conn: apsw.Connection) -> Callable[[], Any]:
+    """The BEGIN to retry. A partial of the connection's method, not a Python function: the
+    same call, one frame fewer at every transaction (its result, a cursor, is unused)."""
+    return functools.partial(conn.execute, "BEGIN IMMEDIATE")
 
 
 def _commit(conn: apsw.Connection) -> Callable[[], None]:
