@@ -234,7 +234,7 @@ class Saver(StorageSteps, VerifiedReads, FileMethods):
             if type(checkpoint_id) is not str or not checkpoint_id or \
                     not checkpoint_id.isascii():
                 _check_text("checkpoint_id", checkpoint_id)
-            if _is_generated(checkpoint_id):
+            if len(checkpoint_id) == 16 and _is_generated(checkpoint_id):  # see _put_keyed
                 raise InvalidArgumentError(
                     f"checkpoint_id {checkpoint_id!r} has the form of an id the Saver "
                     "generates (16 lowercase hex digits); a caller-supplied id must not, so "

@@ -352,14 +352,15 @@ class _Transaction:
         saver = self._saver
         held: interrupts.deferred | None = None
         try:
-            held = interrupts.deferred()  # bound before it starts: see _end_deferrals
-            held.__enter__()
+            if self._thread == _MAIN_THREAD:  # else none: see _MAIN_THREAD
+                held = interrupts.deferred()  # bound before it starts: see _end_deferrals
+                held.__enter__()
             depth = saver._depth
             saver._writer.execute(f"SAVEPOINT s{depth}")
             self._depth = depth
             saver._depth = depth + 1
             given = self._given(saver._writer)
-            if not self._hold_signals:
+            if held is not None and not self._hold_signals:
                 held.narrow(_exiting)  # as in __enter__
             self._held, held = held, None  # one statement: nothing can come between
             return given
@@ -415,20 +416,29 @@ class _Transaction:
 
     def _exit_nested(self, exc: BaseException | None) -> None:
         saver = self._saver
-        depth = self._depth
-        conn = saver._writer
-        with interrupts.deferred():
-            saver._depth = depth
-            if exc is None:
-                try:
-                    conn.execute(f"RELEASE s{depth}")
-                    return
-                except apsw.Error as release_exc:
-                    self._rollback(conn, depth)
-                    raise saver._translate(release_exc, self._doing) from release_exc
-            self._rollback(conn, depth)
+        if self._thread != _MAIN_THREAD:
+            self._end_savepoint(exc)  # bare: see _MAIN_THREAD
+        else:
+            with interrupts.deferred():
+                self._end_savepoint(exc)
         if isinstance(exc, apsw.Error):
             raise saver._translate(exc, self._doing) from exc
+
+    def _end_savepoint(self, exc: BaseException | None) -> None:
+        """In a deferred section (main thread): release this nested transition's SAVEPOINT,
+        or roll it back if ``exc`` (or the release failed)."""
+        saver = self._saver
+        depth = self._depth
+        conn = saver._writer
+        saver._depth = depth
+        if exc is None:
+            try:
+                conn.execute(f"RELEASE s{depth}")
+                return
+            except apsw.Error as release_exc:
+                self._rollback(conn, depth)
+                raise saver._translate(release_exc, self._doing) from release_exc
+        self._rollback(conn, depth)
 
     def _leave(self, batch: _Batch, own: BaseException | None) -> BaseException | None:
         """Holding the lock, in a deferred section: end this member's part (its SAVEPOINT
