@@ -55,8 +55,9 @@ if TYPE_CHECKING:
 #: ended to do nothing (Python runs signal handlers in the main thread only; exceptions raised
 #: into a thread are never deferred, see the module docstring). So the hot path below runs its
 #: deferred sections bare there, as sqlite/reads.py's _Read does: the same statements, minus
-#: four calls per section, three sections per transition (~4,500 instructions each,
-#: bench/instructions.py). LangGraph calls a checkpointer from its executor's threads.
+#: four calls per section, three sections per transition (~17,000 instructions per put,
+#: bench/instructions.py --worker). LangGraph calls a checkpointer from its executor's threads.
+#: tests/test_interrupts.py injects an exception at every line of a write from such a thread.
 _MAIN_THREAD = interrupts._MAIN_THREAD
 
 #: Most transitions one COMMIT carries; a bound on how long a batch's first caller waits.
