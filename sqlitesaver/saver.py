@@ -220,13 +220,21 @@ class Saver(StorageSteps, VerifiedReads, FileMethods):
         with_files = None
         if files is not None or workspace is not None:
             with_files = self._put_files(thread_id, namespace, files, workspace)
-        _check_text("thread_id", thread_id)
-        _check_text("namespace", namespace, allow_empty=True)
-        if parent_id is not None:
+        # Each text is checked inline when it is a non-empty ASCII str (check_text passes then,
+        # allow_empty or not), by check_text otherwise: one call per argument at every put
+        # (bench/instructions.py). The same for every text argument of put_writes.
+        if type(thread_id) is not str or not thread_id or not thread_id.isascii():
+            _check_text("thread_id", thread_id)
+        if type(namespace) is not str or not namespace.isascii():
+            _check_text("namespace", namespace, allow_empty=True)
+        if parent_id is not None and (
+                type(parent_id) is not str or not parent_id or not parent_id.isascii()):
             _check_text("parent_id", parent_id)
         if checkpoint_id is not None:
-            _check_text("checkpoint_id", checkpoint_id)
-            if _is_generated(checkpoint_id):
+            if type(checkpoint_id) is not str or not checkpoint_id or \
+                    not checkpoint_id.isascii():
+                _check_text("checkpoint_id", checkpoint_id)
+            if len(checkpoint_id) == 16 and _is_generated(checkpoint_id):  # see _put_keyed
                 raise InvalidArgumentError(
                     f"checkpoint_id {checkpoint_id!r} has the form of an id the Saver "
                     "generates (16 lowercase hex digits); a caller-supplied id must not, so "
@@ -263,11 +271,16 @@ class Saver(StorageSteps, VerifiedReads, FileMethods):
         one wins, e.g. LangGraph's error and interrupt channels). Listed in
         ``(task_id, index)`` order.
         """
-        _check_text("thread_id", thread_id)
-        _check_text("checkpoint_id", checkpoint_id)
-        _check_text("task_id", task_id)
-        _check_text("namespace", namespace, allow_empty=True)
-        _check_text("task_path", task_path, allow_empty=True)
+        # (as in put: every check passes when the five are ASCII strs, the first three
+        # non-empty; otherwise each is checked and the first that fails raises)
+        if not (type(thread_id) is type(checkpoint_id) is type(task_id) is type(namespace)
+                is type(task_path) is str and thread_id and checkpoint_id and task_id and
+                (thread_id + checkpoint_id + task_id + namespace + task_path).isascii()):
+            _check_text("thread_id", thread_id)
+            _check_text("checkpoint_id", checkpoint_id)
+            _check_text("task_id", task_id)
+            _check_text("namespace", namespace, allow_empty=True)
+            _check_text("task_path", task_path, allow_empty=True)
         if type(writes) is not list and type(writes) is not tuple and (
                 isinstance(writes, (str, bytes)) or not isinstance(writes, Sequence)):
             # (a list or tuple first: the ABC's isinstance costs ~1 us at every call)
@@ -278,11 +291,12 @@ class Saver(StorageSteps, VerifiedReads, FileMethods):
         positions = range(len(writes)) if indexes is None else _check_indexes(indexes, writes)
         encoded = []
         for position, (index, item) in enumerate(zip(positions, writes)):
-            if not isinstance(item, tuple | list) or len(item) != 2:
+            if not isinstance(item, (tuple, list)) or len(item) != 2:  # (not a union)
                 raise InvalidArgumentError(
                     f"writes[{position}] must be a (channel, value) pair, not {item!r:.80}")
             channel, value = item
-            _check_text(f"writes[{position}] channel", channel)
+            if type(channel) is not str or not channel or not channel.isascii():
+                _check_text(f"writes[{position}] channel", channel)
             encoded.append((index, channel,
                             codec.encode(value, name=f"writes[{position}] value")))
         self._store_writes(thread_id, namespace, checkpoint_id, task_id, task_path, encoded,

@@ -336,6 +336,62 @@ def test_one_exception_at_every_line_of_a_lone_write(any_empty_target, tmp_path,
                 assert_usable_or_shut(saver, path)
 
 
+def _in_worker(call):
+    """``call()`` in a thread of its own (not the main one): what it returned, or
+    :class:`Raised`. Never the exception object: kept beyond the thread's call, its traceback
+    would keep the interrupted transition alive past the thread that must end it (see
+    Raised)."""
+    outcome: list = []
+
+    def target() -> None:
+        try:
+            outcome.append(call())
+        except BaseException as exc:  # judged by the test, from what Raised keeps
+            outcome.append(Raised(exc))
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    t.join(60)
+    assert not t.is_alive(), "the write hung"
+    (result,) = outcome
+    return result
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_one_exception_at_every_line_of_a_lone_write_in_a_worker_thread(tmp_path, hang_detector,
+                                                                         name):
+    """As above, the write made from a thread other than the main one (where LangGraph's
+    runtime calls a checkpointer): the write path runs its deferred sections bare there
+    (sqlite/transaction.py, _MAIN_THREAD), and must recover from an exception at any of their
+    lines just the same."""
+    hang_detector(300)
+    scenario = SCENARIOS[name]
+    with Saver(str(tmp_path / "count.db"), durability="normal") as saver:
+        saver._base_id = saver.put("t", "base").checkpoint_id  # type: ignore[attr-defined]
+        counter = Injector(None)
+        assert not isinstance(_in_worker(lambda: counter.run(lambda: scenario(saver))), Raised)
+    total = counter.lines
+    assert total > 20, total
+    for at in range(1, total + 1):
+        path = str(tmp_path / f"{name}-{at}.db")
+        with Saver(path, durability="normal") as saver:
+            saver._base_id = saver.put("t", "base").checkpoint_id  # type: ignore[attr-defined]
+            before = committed_ids(path)
+            injector = Injector(at)
+            result = _in_worker(lambda: injector.run(lambda: scenario(saver)))
+            if isinstance(result, Raised):
+                assert issubclass(result.kind, (Injected, InterruptedTransitionError)), result
+                result = None
+            assert injector.fired, f"line {at} of {total} was not reached"
+            after = committed_ids(path)
+            if result is not None:  # (a): it returned, so its COMMIT returned
+                assert acknowledged_is_committed(path, result, saver._base_id), \
+                    f"{name}: acknowledged, not committed (exception at line event {at})"
+            if name == "transaction":
+                assert len(after - before) in (0, 2), (at, after - before)
+            assert_usable_or_shut(saver, path)
+
+
 class Raised:
     """What a thread's call raised, without the exception object: a caller that catches an
     interruption and carries on drops it (see the README on asynchronous exceptions for why

@@ -422,7 +422,9 @@ class SqliteFileSaver(ReadSteps, MaintenanceSteps, Saver):
         parent_key = None
         if parent_id is None:
             kind, bindings = None, (thread_id, namespace, key)
-        elif _is_generated(parent_id):
+        elif len(parent_id) == 16 and _is_generated(parent_id):
+            # (the length first, as is_generated does: a LangGraph id, 36 characters, is never
+            # a generated one, and the test costs less than the call, at every put and write)
             parent = _parse_id(parent_id)
             if parent is None:
                 self._not_found(thread_id, namespace, parent_id, "parent_id")
@@ -601,7 +603,7 @@ class SqliteFileSaver(ReadSteps, MaintenanceSteps, Saver):
 
     def _checkpoint_seq(self, conn: apsw.Connection, thread_id: str, namespace: str,
                         checkpoint_id: str, argument: str) -> int:
-        if _is_generated(checkpoint_id):
+        if len(checkpoint_id) == 16 and _is_generated(checkpoint_id):  # see _put_keyed
             seq = _parse_id(checkpoint_id)
             found = None if seq is None else conn.execute(
                 "SELECT seq FROM checkpoints WHERE seq = ? AND thread_id = ? AND namespace = ? "

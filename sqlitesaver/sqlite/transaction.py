@@ -35,6 +35,7 @@ imports :mod:`sqlitesaver.sqlite.saver` for type checking only.
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +49,16 @@ from ..errors import BusyTimeoutError, SaverError, UsageError
 
 if TYPE_CHECKING:
     from .saver import SqliteFileSaver
+
+#: The only thread whose signal handlers :class:`~sqlitesaver.interrupts.deferred` defers (the
+#: same value it compares with): in any other thread a deferral is an object made, entered and
+#: ended to do nothing (Python runs signal handlers in the main thread only; exceptions raised
+#: into a thread are never deferred, see the module docstring). So the hot path below runs its
+#: deferred sections bare there, as sqlite/reads.py's _Read does: the same statements, minus
+#: four calls per section, three sections per transition (~17,000 instructions per put,
+#: bench/instructions.py --worker). LangGraph calls a checkpointer from its executor's threads.
+#: tests/test_interrupts.py injects an exception at every line of a write from such a thread.
+_MAIN_THREAD = interrupts._MAIN_THREAD
 
 #: Most transitions one COMMIT carries; a bound on how long a batch's first caller waits.
 MAX_BATCH = 64
@@ -224,12 +235,20 @@ class _Transaction:
                         saver._waiting, self._counted = saver._waiting + 1, True
                         saver._waiting_cond.notify_all()
                 saver._lock.acquire()  # the one wait here: interruptible, see failure.abandon
-            with interrupts.deferred():
+            if me != _MAIN_THREAD:
+                # The section below, bare: see _MAIN_THREAD (a deferral would do nothing here).
                 saver._owner = me  # an I/O error from here on: see SqliteFileSaver._fail
                 if self._counted:
                     self._uncount()
                 saver._check_usable()
                 stale = saver._batch is None and _in_transaction(saver._writer)
+            else:
+                with interrupts.deferred():
+                    saver._owner = me  # an I/O error from here on: see SqliteFileSaver._fail
+                    if self._counted:
+                        self._uncount()
+                    saver._check_usable()
+                    stale = saver._batch is None and _in_transaction(saver._writer)
             if stale:
                 # An interruption between an earlier BEGIN and its batch left a transaction
                 # that holds nobody's work.
@@ -238,6 +257,10 @@ class _Transaction:
                 # Outside the deferred section: it may wait for another process's lock (up to
                 # busy_timeout), and Ctrl-C must not wait that long.
                 self._begin()
+            if me != _MAIN_THREAD:
+                # No deferral across the body (see _MAIN_THREAD): self._held stays None.
+                conn = self._join(me)
+                return self._given(conn)
             held = interrupts.deferred()  # bound before it starts: see _end_deferrals
             held.__enter__()
             conn = self._join(me)
@@ -330,14 +353,15 @@ class _Transaction:
         saver = self._saver
         held: interrupts.deferred | None = None
         try:
-            held = interrupts.deferred()  # bound before it starts: see _end_deferrals
-            held.__enter__()
+            if self._thread == _MAIN_THREAD:  # else none: see _MAIN_THREAD
+                held = interrupts.deferred()  # bound before it starts: see _end_deferrals
+                held.__enter__()
             depth = saver._depth
             saver._writer.execute(f"SAVEPOINT s{depth}")
             self._depth = depth
             saver._depth = depth + 1
             given = self._given(saver._writer)
-            if not self._hold_signals:
+            if held is not None and not self._hold_signals:
                 held.narrow(_exiting)  # as in __enter__
             self._held, held = held, None  # one statement: nothing can come between
             return given
@@ -363,42 +387,59 @@ class _Transaction:
                 self._release_signals()
         batch = self._batch
         try:
-            with interrupts.deferred():
+            if self._thread != _MAIN_THREAD:
+                # The section below, bare: see _MAIN_THREAD (a deferral would do nothing here).
                 own = self._leave(batch, exc)
-                # Released here, not in a finally inside _leave: an exception escaping _leave
-                # must find the lock still held, so that failure.abandon ends what _leave left
-                # open.
                 self._open = False
                 saver._lock.release()
+            else:
+                with interrupts.deferred():
+                    own = self._leave(batch, exc)
+                    # Released here, not in a finally inside _leave: an exception escaping
+                    # _leave must find the lock still held, so that failure.abandon ends what
+                    # _leave left open.
+                    self._open = False
+                    saver._lock.release()
         except BaseException:
             try:
                 failure.abandon(self, entering=False)
             finally:  # even if abandon raised a signal held while it recovered (see __enter__)
                 self._release_signals()
             raise
-        self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
+        if self._held is not None:  # (None in a worker thread: see _MAIN_THREAD)
+            self._release_signals()  # before waiting for another thread's COMMIT: Ctrl-C works
         if own is not None:
             if isinstance(own, apsw.Error):
                 raise saver._translate(own, self._doing) from own
             return  # the caller's own exception propagates
-        self._await(batch)
+        if not batch.committed:  # (_await's own first test, without its call: a leader's is)
+            self._await(batch)
 
     def _exit_nested(self, exc: BaseException | None) -> None:
         saver = self._saver
-        depth = self._depth
-        conn = saver._writer
-        with interrupts.deferred():
-            saver._depth = depth
-            if exc is None:
-                try:
-                    conn.execute(f"RELEASE s{depth}")
-                    return
-                except apsw.Error as release_exc:
-                    self._rollback(conn, depth)
-                    raise saver._translate(release_exc, self._doing) from release_exc
-            self._rollback(conn, depth)
+        if self._thread != _MAIN_THREAD:
+            self._end_savepoint(exc)  # bare: see _MAIN_THREAD
+        else:
+            with interrupts.deferred():
+                self._end_savepoint(exc)
         if isinstance(exc, apsw.Error):
             raise saver._translate(exc, self._doing) from exc
+
+    def _end_savepoint(self, exc: BaseException | None) -> None:
+        """In a deferred section (main thread): release this nested transition's SAVEPOINT,
+        or roll it back if ``exc`` (or the release failed)."""
+        saver = self._saver
+        depth = self._depth
+        conn = saver._writer
+        saver._depth = depth
+        if exc is None:
+            try:
+                conn.execute(f"RELEASE s{depth}")
+                return
+            except apsw.Error as release_exc:
+                self._rollback(conn, depth)
+                raise saver._translate(release_exc, self._doing) from release_exc
+        self._rollback(conn, depth)
 
     def _leave(self, batch: _Batch, own: BaseException | None) -> BaseException | None:
         """Holding the lock, in a deferred section: end this member's part (its SAVEPOINT
@@ -494,7 +535,11 @@ class _Transaction:
         finally:
             batch.end()
             if saver._lock._is_owned():  # type: ignore[attr-defined]  # see failure.abandon
-                saver._batch_cond.notify_all()  # a close() waiting for the batch to end
+                # A close() waiting for the batch to end. Only if someone waits: a waiter
+                # enters _waiters holding the lock, as this thread does now, and notify_all()
+                # with none is a no-op that costs two Python calls at every commit.
+                if saver._batch_cond._waiters:  # type: ignore[attr-defined]
+                    saver._batch_cond.notify_all()
                 if saver._batch is None:
                     queue.hand_over(saver)  # what was queued meanwhile: the next batch
             if saver._failure is not None:
@@ -558,10 +603,10 @@ def _in_transaction(conn: apsw.Connection) -> bool:
         return False
 
 
-def _begin_immediate(conn: apsw.Connection) -> Callable[[], None]:
-    def begin() -> None:
-        conn.execute("BEGIN IMMEDIATE")
-    return begin
+def _begin_immediate(conn: apsw.Connection) -> Callable[[], Any]:
+    """The BEGIN to retry. A partial of the connection's method, not a Python function: the
+    same call, one frame fewer at every transaction (its result, a cursor, is unused)."""
+    return functools.partial(conn.execute, "BEGIN IMMEDIATE")
 
 
 def _commit(conn: apsw.Connection) -> Callable[[], None]:
