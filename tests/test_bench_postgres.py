@@ -56,7 +56,7 @@ def test_a_database_already_holding_tables_is_refused(pg_url):
 @pytest.mark.tooling
 def test_the_put_layers_script_prints_every_layer(pg_url):
     """bench/pg_put_layers.py (where a 1-thread put's time goes) runs and prints a row per
-    layer with its five figures: it reads the engine's statement from a private attribute,
+    layer with its four figures: it reads the engine's statement from a private attribute,
     which this keeps from rotting unseen."""
     done = subprocess.run(
         [sys.executable, os.path.join(REPO, "bench", "pg_put_layers.py"), "--db", pg_url,
@@ -68,4 +68,4 @@ def test_the_put_layers_script_prints_every_layer(pg_url):
                   "adapter put", "LangGraph put"):
         (line,) = [line for line in lines if line.startswith(title)]
         figures = line[len(title):].split()
-        assert len(figures) == 5 and float(figures[0]) > 0, line
+        assert len(figures) == 4 and float(figures[0]) > 0, line
