@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Callable, Iterator
 
@@ -452,3 +453,13 @@ def inject_retryable_failures(monkeypatch, count: int) -> dict[str, int]:
     for name in ("_begin_locking", "_send"):
         monkeypatch.setattr(pg_engine.Engine, name, flaky(getattr(pg_engine.Engine, name)))
     return failures
+
+
+@pytest.fixture
+def python_sigint_handler():
+    """Python's own SIGINT handler (KeyboardInterrupt) for the test, whatever this process
+    inherited: a background job of a non-interactive shell starts with SIGINT ignored, and
+    Python then installs no handler. The previous one is put back after."""
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, previous)

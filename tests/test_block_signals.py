@@ -20,14 +20,6 @@ from sqlitesaver import InterruptedTransitionError, Saver, check, interrupts
 from test_review_sqlite import assert_no_deferral_active
 
 
-@pytest.fixture
-def python_sigint_handler():
-    """Python's own SIGINT handler for the test, whatever this process inherited (a
-    background job of a non-interactive shell starts with SIGINT ignored)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
 
 @pytest.fixture(params=["sqlite", "postgres"])
 def target(request, tmp_path) -> str:

@@ -280,13 +280,9 @@ def _counted_lines(db_path: str, scenario, files: tuple[str, ...] = WRITE_PATH) 
 
 
 @pytest.fixture(autouse=True)
-def python_sigint_handler():
-    """These tests send SIGINT and expect KeyboardInterrupt: Python's own handler, whatever
-    this process inherited (a background job of a non-interactive shell starts with SIGINT
-    ignored, and Python then installs no handler; a CI dry run started that way failed here)."""
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
+def _sigint_raises(python_sigint_handler):
+    """These tests send SIGINT and expect KeyboardInterrupt (conftest's python_sigint_handler,
+    for every test here: a CI dry run started as a background job failed without it)."""
 
 
 @pytest.fixture(autouse=True)
@@ -326,14 +322,21 @@ def test_one_exception_at_every_line_of_a_lone_write(any_empty_target, tmp_path,
                 except InterruptedTransitionError:
                     result = None
                 assert injector.fired, f"line {at} of {total} was not reached"
-                after = committed_ids(path)
-                if result is not None:  # (a): it returned, so its COMMIT returned
-                    assert acknowledged_is_committed(path, result, saver._base_id), \
-                        f"{name}: acknowledged, not committed (exception at line event {at})"
-                if name == "transaction":
-                    # all or nothing: both checkpoints, or neither
-                    assert len(after - before) in (0, 2), (at, after - before)
-                assert_usable_or_shut(saver, path)
+                _judge(name, at, saver, path, before, result)
+
+
+def _judge(name: str, at: int, saver: Saver, path: str, before: set, result: object) -> None:
+    """After scenario ``name`` met an exception at line event ``at``: (a) a write that
+    returned (``result`` not None) is committed; a transaction block's two checkpoints are
+    committed both or neither; (c) the Saver is usable, or shut saying why."""
+    after = committed_ids(path)
+    if result is not None:  # (a): it returned, so its COMMIT returned
+        assert acknowledged_is_committed(path, result, saver._base_id), \
+            f"{name}: acknowledged, not committed (exception at line event {at})"
+    if name == "transaction":
+        # all or nothing: both checkpoints, or neither
+        assert len(after - before) in (0, 2), (at, after - before)
+    assert_usable_or_shut(saver, path)
 
 
 def _in_worker(call):
@@ -383,13 +386,7 @@ def test_one_exception_at_every_line_of_a_lone_write_in_a_worker_thread(tmp_path
                 assert issubclass(result.kind, (Injected, InterruptedTransitionError)), result
                 result = None
             assert injector.fired, f"line {at} of {total} was not reached"
-            after = committed_ids(path)
-            if result is not None:  # (a): it returned, so its COMMIT returned
-                assert acknowledged_is_committed(path, result, saver._base_id), \
-                    f"{name}: acknowledged, not committed (exception at line event {at})"
-            if name == "transaction":
-                assert len(after - before) in (0, 2), (at, after - before)
-            assert_usable_or_shut(saver, path)
+            _judge(name, at, saver, path, before, result)
 
 
 class Raised:

@@ -31,13 +31,6 @@ BLOCK_PATH = (os.path.join(os.path.dirname(os.path.abspath(sqlitesaver.__file__)
                            "interrupts.py"))
 
 
-@pytest.fixture
-def python_sigint_handler():
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def _nothing_left_open(saver: Saver, where: str) -> None:
     assert not saver.in_transaction, f"{where}: this thread is still in the block"
     assert_no_deferral_active(where)

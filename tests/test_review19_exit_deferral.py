@@ -8,7 +8,6 @@ import os
 import signal
 import sys
 
-import pytest
 
 from sqlitesaver import Saver
 from sqlitesaver.sqlite import failure
@@ -17,13 +16,6 @@ from test_review_sqlite import assert_no_deferral_active
 
 class Injected(BaseException):
     """Stands for an asynchronous exception at the COMMIT (the library must not swallow it)."""
-
-
-@pytest.fixture
-def python_sigint_handler():
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
 
 
 def test_an_interrupted_recovery_on_exit_ends_the_blocks_deferral(db_path, hang_detector,

@@ -22,13 +22,6 @@ from sqlitesaver.postgres import pool as pg_pool
 from test_interrupts import Injected, Injector
 
 
-@pytest.fixture
-def python_sigint_handler():
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 def assert_whole_and_usable(saver: Saver, n: int) -> None:
     """No checkout left, every pooled connection idle in the pool (the only one, with
     ``max_connections=1``), and a write and a read work."""

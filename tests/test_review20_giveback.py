@@ -41,15 +41,8 @@ import time
 
 import pytest
 
-from conftest import every_connection_back
 from sqlitesaver import Saver
-
-
-@pytest.fixture
-def python_sigint_handler():
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
+from test_review19_putconn import assert_whole_and_usable
 
 
 class Alarm(TimeoutError):
@@ -64,15 +57,6 @@ def sigalrm_raises():
     previous = signal.signal(signal.SIGALRM, handler)
     yield
     signal.signal(signal.SIGALRM, previous)
-
-
-def assert_whole_and_usable(saver: Saver, n: int) -> None:
-    engine = saver._engine  # type: ignore[attr-defined]
-    assert not engine._checkouts, engine._checkouts
-    stats = every_connection_back(engine._pool)
-    assert stats["pool_available"] == stats["pool_size"] == 1, stats
-    saver.put("t", {"n": n})
-    assert saver.get("t").state == {"n": n}
 
 
 def test_a_signal_handlers_exception_during_the_give_back_rollback_is_not_lost(

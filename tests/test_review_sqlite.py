@@ -174,13 +174,6 @@ def assert_no_deferral_active(where: str) -> None:
     raise AssertionError(f"{where}: SIGINT's handler chain does not end")
 
 
-@pytest.fixture
-def python_sigint_handler():
-    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, previous)
-
-
 @every_place
 @pytest.mark.parametrize("contended", [False, True], ids=["free", "contended"])
 @pytest.mark.parametrize("read", ["get", "list", "threads"])
