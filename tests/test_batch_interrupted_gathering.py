@@ -18,8 +18,8 @@ import threading
 
 from sqlitesaver import Saver
 
-# python_sigint_handler and quick_heal are autouse fixtures: imported, they apply here too.
-from test_interrupts import (assert_usable_or_shut, python_sigint_handler,  # noqa: F401
+# _sigint_raises and quick_heal are autouse fixtures: imported, they apply here too.
+from test_interrupts import (assert_usable_or_shut, _sigint_raises,  # noqa: F401
                              quick_heal)
 
 

@@ -15,10 +15,10 @@ import pytest
 from sqlitesaver import Saver
 from sqlitesaver.sqlite import transaction as write_path
 
-# python_sigint_handler and quick_heal are autouse fixtures: imported, they apply here too.
+# _sigint_raises and quick_heal are autouse fixtures: imported, they apply here too.
 from test_interrupts import (UNRAISABLE_INJECTIONS, Injector, Raised,  # noqa: F401
                              _member_put, assert_batch_verdicts, assert_usable_or_shut,
-                             python_sigint_handler, quick_heal)
+                             _sigint_raises, quick_heal)
 
 pytestmark = UNRAISABLE_INJECTIONS  # see test_interrupts
 
