@@ -21,7 +21,11 @@ that only the CPU work of a call is counted, not the disk's. Operations:
 - ``adapter-put-writes``: its ``put_writes`` of bench/_checkpoint.py's 2 writes, a new task
   each call, against one checkpoint;
 - ``adapter-get`` / ``adapter-get-writes``: its ``get_tuple`` of the latest checkpoint,
-  without and with 2 pending writes.
+  without and with 2 pending writes;
+- ``core-get`` / ``core-get-writes``: ``Saver.get`` of the latest checkpoint of a thread of
+  the state, without and with 2 pending writes (bench/run.py's core get rows);
+- ``core-list``: ``list(Saver.list(thread, namespace="", limit=100))`` of a thread of 200
+  checkpoints of the state (bench/run.py's list row; one call lists 100).
 
 The adapter rows need LangGraph (``pip install '.[bench]'``). ormsgpack's share is overstated:
 under valgrind it runs without the CPU features it detects natively.
@@ -41,7 +45,7 @@ import threading
 HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 OPS = ("core-put", "empty-transaction", "adapter-put", "adapter-put-parent", "adapter-put-writes",
-       "adapter-get", "adapter-get-writes")
+       "adapter-get", "adapter-get-writes", "core-get", "core-get-writes", "core-list")
 CALLS = 1000
 
 
@@ -59,9 +63,23 @@ def child(op: str, calls: int, worker: bool) -> None:
     try:
         saver = Saver(os.path.join(directory, "s.db"), durability="normal")
         wal.AUTOCHECKPOINT_PAGES = 10**9  # no WAL checkpoint inside the count
-        if op == "core-put":
+        if op == "core-put":  # (before the other core- ops)
             def call() -> object:
                 return saver.put("t", state)
+        elif op.startswith("core-"):
+            from _checkpoint import WRITES
+            name = op.removeprefix("core-")  # the thread's id
+            with saver.transaction():
+                for _ in range(200 if name == "list" else 5):
+                    latest = saver.put(name, state)
+            if name == "get-writes":
+                saver.put_writes(name, latest.checkpoint_id, "task-1", WRITES)
+            if name == "list":
+                def call() -> object:
+                    return list(saver.list(name, namespace="", limit=100))
+            else:
+                def call() -> object:
+                    return saver.get(name)
         elif op == "empty-transaction":
             def call() -> object:
                 with write_path._Transaction(saver, "measuring"):
@@ -94,17 +112,24 @@ def child(op: str, calls: int, worker: bool) -> None:
 
                 def call() -> object:
                     return adapter.get_tuple(latest)
+        failed: list[BaseException] = []
+
         def run() -> None:
-            for _ in range(20 + calls):
-                call()
+            try:
+                for _ in range(20 + calls):
+                    call()
+            except BaseException as exc:  # a thread's exception would end only the thread
+                failed.append(exc)
 
         if worker:
-            thread = threading.Thread(target=run)
-            thread.start()
-            thread.join()
+            worker_thread = threading.Thread(target=run)
+            worker_thread.start()
+            worker_thread.join()
         else:
             run()
         saver.close()
+        if failed:  # the count would be the set-up's alone
+            raise failed[0]
     finally:
         shutil.rmtree(directory, ignore_errors=True)
 
