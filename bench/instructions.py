@@ -5,9 +5,9 @@
 Time on a shared 2-core machine moves by 10-20% between runs; instructions counted by
 ``valgrind --tool=callgrind`` do not (the same total twice, whatever else the machine does), so
 a change to the code's CPU cost is measured here, and its effect on rates in bench/run.py. Each
-OP runs in a fresh process under callgrind twice, with N = 0 and N = 1000 calls after 20
-warm-up calls, and the difference is divided by 1000 (start-up, imports and set-up cancel
-out). Main thread (so signal deferral is counted: it costs nothing in other threads), or with
+OP runs in a fresh process under callgrind twice, with N = 0 and N = 1000 calls (50 for
+``core-list``) after 20 warm-up calls, and the difference is divided by N (start-up, imports and
+set-up cancel out). Main thread (so signal deferral is counted: it costs nothing in other threads), or with
 ``--worker`` a thread of its own (where LangGraph's runtime calls a checkpointer: its executor's
 threads), a 4 KiB state (bench/core.py's), ``durability="normal"`` and no WAL checkpoint, so
 that only the CPU work of a call is counted, not the disk's. Operations:
@@ -47,6 +47,7 @@ ROOT = os.path.dirname(HERE)
 OPS = ("core-put", "empty-transaction", "adapter-put", "adapter-put-parent", "adapter-put-writes",
        "adapter-get", "adapter-get-writes", "core-get", "core-get-writes", "core-list")
 CALLS = 1000
+LIST_CALLS = 50  # core-list: each call lists 100 checkpoints (~20M instructions)
 
 
 def child(op: str, calls: int, worker: bool) -> None:
@@ -164,7 +165,8 @@ def main() -> int:
         raise SystemExit("valgrind is not installed (Debian: apt-get install valgrind)")
     print("$ python " + " ".join(sys.argv))
     for op in args.ops or OPS:
-        per_call = (count(op, CALLS, args.worker) - count(op, 0, args.worker)) / CALLS
+        calls = LIST_CALLS if op == "core-list" else CALLS
+        per_call = (count(op, calls, args.worker) - count(op, 0, args.worker)) / calls
         print(f"{op:>20}: {per_call:,.0f} instructions per call")
     return 0
 

@@ -174,6 +174,21 @@ def assert_no_deferral_active(where: str) -> None:
     raise AssertionError(f"{where}: SIGINT's handler chain does not end")
 
 
+def _settled(pool, timeout: float = 10.0) -> dict[str, int]:
+    """``pool.counts()`` once every open connection is idle, waiting for that up to
+    ``timeout`` seconds: a read whose ``__exit__`` a signal skipped gives its connection back
+    from its finalizer, in a thread of its own (reads.py, ``_MainThreadRead``), which a look
+    taken at once may beat (seen once under load, a signal at the entry of the exit's
+    deferral). A connection lost for good is never idle: the wait ends at ``timeout``."""
+    deadline = time.monotonic() + timeout
+    pause = threading.Event()  # never set: a bounded pause between two looks
+    while True:
+        counts = pool.counts()
+        if counts["readers_open"] == counts["readers_idle"] or time.monotonic() >= deadline:
+            return counts
+        pause.wait(0.01)
+
+
 @every_place
 @pytest.mark.parametrize("contended", [False, True], ids=["free", "contended"])
 @pytest.mark.parametrize("read", ["get", "list", "threads"])
@@ -221,7 +236,7 @@ def test_a_ctrl_c_at_any_instant_of_a_read_gives_its_connection_back(
                 over.set()
                 holder.join(30)
                 assert not holder.is_alive()
-            counts = pool.counts()
+            counts = _settled(pool)
             assert counts["readers_open"] == counts["readers_idle"], \
                 f"a connection was lost by a signal at {signal_at.where} ({at}): {counts}"
             reads[read]()  # the pool's connection serves the next read
