@@ -377,6 +377,13 @@ class Saver(StorageSteps, VerifiedReads, FileMethods):
         """The checkpoint ``checkpoint_id`` (a generated or a caller-supplied id; the latest of
         the thread and namespace when ``None``) with its metadata, parent id and pending
         writes; ``None`` if there is none. Read from one consistent snapshot."""
+        return self._get(thread_id, checkpoint_id, namespace, True)
+
+    def _get(self, thread_id: str, checkpoint_id: str | None, namespace: str,
+             records: bool) -> Any:
+        """:meth:`get`; with ``records=False``, the checkpoint as the tuple
+        :meth:`~sqlitesaver.saver_reads.VerifiedReads._checkpoint` returns then (the LangGraph
+        adapter's ``get_tuple``: the same checks, no records)."""
         _check_text("thread_id", thread_id)
         _check_text("namespace", namespace, allow_empty=True)
         if checkpoint_id is not None:
@@ -386,10 +393,10 @@ class Saver(StorageSteps, VerifiedReads, FileMethods):
             return None
         first = rows[0]
         if first[_N_CHECKPOINT_COLUMNS] is None:  # no write joined (checkpoint_seq is NOT NULL)
-            return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], ())
+            return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], (), records=records)
         writes = sorted((row[_N_CHECKPOINT_COLUMNS:] for row in rows),
                         key=_WRITE_ORDER)  # (task_id, idx): the primary key's order already
-        return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], writes)
+        return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], writes, records=records)
 
     def list(self, thread_id: str, *, namespace: str | None = None,
              before: str | None = None, limit: int | None = None,

@@ -17,16 +17,20 @@ lookup.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import builtins
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from . import codec, integrity, log
 from .errors import ChecksumError, SaverError
 from .ids import format_id as _format_id
-from .records import Checkpoint, PendingWrite, new_checkpoint, new_pending_write
+from .records import Checkpoint, new_checkpoint, new_pending_write
 
 __all__ = ["DamagedReporter", "VerifiedReads", "matches", "to_datetime"]
+
+_decode = codec.decode
+_expected_checkpoint_checksum = integrity.expected_checkpoint_checksum
 
 
 class VerifiedReads:
@@ -64,42 +68,67 @@ class VerifiedReads:
                     f"pending write ({task_id!r}, {index}) of checkpoint {checkpoint_id!r}")
 
     def _checkpoint(self, row: tuple, writes: Sequence[tuple],
-                    metadata: dict | None = None) -> Checkpoint:
+                    metadata: dict | None = None, *, records: bool = True) -> Any:
+        """The record of a checkpoint row and its write rows; ``metadata``: the row's
+        metadata, already verified and decoded (a listing's filter read it). The hot read:
+        the row is unpacked once and verified inline (as :meth:`_verify`).
+
+        ``records=False`` (the LangGraph adapter's ``get_tuple``, which builds LangGraph's
+        own objects): the same checks and decoding, but a tuple ``(thread_id, namespace,
+        checkpoint_id, parent_id, state, metadata, writes)``, each write a tuple ``(task_id,
+        index, channel, value, task_path)``, and no ``created_at``: no record built only to
+        be taken apart."""
+        seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key, \
+            parent_key = row
         if metadata is None:
-            self._verify(row)
-            metadata = codec.decode(row[6])
-        seq, thread_id, namespace, parent_seq, created, state = row[:6]
-        key, parent_key = row[8:10]
+            try:
+                intact = _expected_checkpoint_checksum(  # in the form it is stored in
+                    checksum, seq, thread_id, namespace, parent_seq, created, state, meta, key,
+                    parent_key) == checksum
+            except (TypeError, ValueError, OverflowError):  # a column of the wrong type
+                intact = False
+            if not intact:
+                raise self._checksum_error(
+                    f"checkpoint {key or _format_id(seq)!r} of thread {thread_id!r}")
+            metadata = _decode(meta)
         checkpoint_id = _format_id(seq) if key is None else key
-        pending: tuple[PendingWrite, ...] = ()
+        pending: Any = ()
         if writes:
             self._verify_writes(checkpoint_id, writes)
-            pending = tuple(new_pending_write(task_id, index, channel, codec.decode(value),
-                                              task_path)
-                            for _, task_id, index, channel, value, task_path, _ in writes)
+            pending = [(task_id, index, channel, _decode(value), task_path)
+                       for _, task_id, index, channel, value, task_path, _ in writes]
+            if records:
+                pending = tuple([new_pending_write(*write) for write in pending])
         if parent_key is None and parent_seq is not None:
             parent_key = _format_id(parent_seq)
+        if not records:
+            return (thread_id, namespace, checkpoint_id, parent_key, _decode(state), metadata,
+                    pending)
         return new_checkpoint(thread_id, namespace, checkpoint_id, parent_key,
-                              to_datetime(created), codec.decode(state), metadata, pending)
+                              to_datetime(created), _decode(state), metadata, pending)
 
     def _merge(self, checkpoints: Iterator[tuple], writes: Iterator[tuple],
                limit: int | None, metadata: dict | None,
                damaged: Callable[[str, ChecksumError], None] | None = None
-               ) -> Iterator[Checkpoint]:
+               ) -> Generator[Checkpoint, None, int]:
         """Pair two streams ordered by descending seq: checkpoints and their writes.
-        ``damaged``: skip a checkpoint that fails a checksum and report it there."""
+        ``damaged``: skip a checkpoint that fails a checksum and report it there. Returns
+        how many checkpoints it yielded (``yield from`` hands it to the caller)."""
         pending = next(writes, None)
         produced = 0
         previous = None
+        checkpoint_of = self._checkpoint
         for row in checkpoints:
             seq = row[0]
             if previous is not None and seq >= previous:
                 raise SaverError(f"internal error: checkpoints listed out of order ({seq} "
                                  f"after {previous}) in {self._path!r}", path=self._path)
             previous = seq
-            mine = []
+            mine: builtins.list[tuple] | tuple = ()  # a list only when it has writes
             while pending is not None and pending[0] >= seq:
                 if pending[0] == seq:
+                    if not mine:
+                        mine = []
                     mine.append(pending)
                 current, pending = pending[0], next(writes, None)
                 if pending is not None and pending[0] > current:
@@ -108,13 +137,13 @@ class VerifiedReads:
                                      path=self._path)
             try:
                 if metadata is None:
-                    checkpoint = self._checkpoint(row, mine)
+                    checkpoint = checkpoint_of(row, mine)
                 else:
                     self._verify(row)
-                    found = codec.decode(row[6])
+                    found = _decode(row[6])
                     if not matches(found, metadata):
                         continue
-                    checkpoint = self._checkpoint(row, mine, found)
+                    checkpoint = checkpoint_of(row, mine, found)
             except ChecksumError as exc:
                 if damaged is None:
                     raise
@@ -123,7 +152,8 @@ class VerifiedReads:
             yield checkpoint
             produced += 1
             if limit is not None and produced >= limit:
-                return
+                break
+        return produced
 
 
 class DamagedReporter:

@@ -88,8 +88,11 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         it has no ``checkpoint_id``) with its pending writes, or None. One snapshot.
         :class:`~sqlitesaver.errors.ForeignCheckpointError` if the core API wrote it."""
         thread_id, namespace, checkpoint_id = _convert.location(config)
-        stored = self.saver.get(thread_id, checkpoint_id, namespace=namespace)
-        return None if stored is None else self._tuple(stored)
+        # Saver.get's read and checks without its records (see Saver._get): LangGraph's
+        # objects are built straight from the verified, decoded parts.
+        parts = self.saver._get(thread_id, checkpoint_id, namespace, False)
+        return None if parts is None else _convert.parts_to_tuple(parts, self.serde,
+                                                                   path=self.saver.path)
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None,

@@ -29,7 +29,8 @@ from langgraph.checkpoint.base import (WRITES_IDX_MAP, CheckpointTuple, Serializ
 from ..errors import ForeignCheckpointError, InvalidArgumentError, SerializationError
 from ..records import Checkpoint
 
-__all__ = ["Writes", "Filter", "dumps", "location", "split_writes", "to_config", "to_tuple"]
+__all__ = ["Writes", "Filter", "dumps", "location", "parts_to_tuple", "split_writes", "to_config",
+           "to_tuple"]
 
 #: (indexes, (channel, value) pairs) of one kind of write
 Writes = tuple[list[int], list[tuple[str, Any]]]
@@ -61,33 +62,47 @@ def to_config(thread_id: str, namespace: str, checkpoint_id: str) -> RunnableCon
 
 def to_tuple(stored: Checkpoint, serde: SerializerProtocol, *,
              path: str | None = None) -> CheckpointTuple:
-    """The CheckpointTuple of a stored checkpoint; pending writes in ``writes_sort_key`` order
-    (task_path, task_id, index), the order LangGraph applies a superstep's writes in.
-    :class:`~sqlitesaver.errors.ForeignCheckpointError` if the checkpoint or one of its writes
-    was not stored by this adapter (``path`` is the database, for the error)."""
-    _check_pair(stored, stored.state, "its state", path)
-    pending = stored.pending_writes
-    if pending:
-        for w in pending:
-            if not _is_pair(w.value):  # the message is built only for a foreign write
-                _check_pair(stored, w.value, f"its pending write {w.index} of task "
-                            f"{w.task_id!r} (channel {w.channel!r})", path)
-        pending = [(w.task_id, w.channel, serde.loads_typed(tuple(w.value)))
-                   for w in sorted(pending, key=_write_order)]
+    """The CheckpointTuple of a stored checkpoint record (see :func:`parts_to_tuple`)."""
+    return parts_to_tuple(
+        (stored.thread_id, stored.namespace, stored.checkpoint_id, stored.parent_id,
+         stored.state, stored.metadata,
+         [(w.task_id, w.index, w.channel, w.value, w.task_path)
+          for w in stored.pending_writes]), serde, path=path)
+
+
+def parts_to_tuple(parts: tuple, serde: SerializerProtocol, *,
+                   path: str | None = None) -> CheckpointTuple:
+    """The CheckpointTuple of a stored checkpoint given as the Saver's ``records=False``
+    tuple ``(thread_id, namespace, checkpoint_id, parent_id, state, metadata, writes)``, each
+    write ``(task_id, index, channel, value, task_path)``; pending writes in
+    ``writes_sort_key`` order (task_path, task_id, index), the order LangGraph applies a
+    superstep's writes in. :class:`~sqlitesaver.errors.ForeignCheckpointError` if the
+    checkpoint or one of its writes was not stored by this adapter (``path`` is the database,
+    for the error)."""
+    thread_id, namespace, checkpoint_id, parent_id, state, metadata, writes = parts
+    if not _is_pair(state):
+        _refuse(parts, state, "its state", path)
+    if writes:
+        for task_id, index, channel, value, _ in writes:
+            if not _is_pair(value):  # the message is built only for a foreign write
+                _refuse(parts, value, f"its pending write {index} of task {task_id!r} "
+                        f"(channel {channel!r})", path)
+        loads = serde.loads_typed
+        pending = [(task_id, channel, loads(tuple(value)))
+                   for task_id, _, channel, value, _ in sorted(writes, key=_write_order)]
     else:
         pending = []
-    thread_id, namespace = stored.thread_id, stored.namespace
     return CheckpointTuple(
         {"configurable": {"thread_id": thread_id, "checkpoint_ns": namespace,
-                          "checkpoint_id": stored.checkpoint_id}},
-        serde.loads_typed(tuple(stored.state)),
-        stored.metadata,
-        None if stored.parent_id is None else to_config(thread_id, namespace, stored.parent_id),
+                          "checkpoint_id": checkpoint_id}},
+        serde.loads_typed(tuple(state)),
+        metadata,
+        None if parent_id is None else to_config(thread_id, namespace, parent_id),
         pending)
 
 
-def _write_order(w: Any) -> tuple:
-    return writes_sort_key(w.task_path, w.task_id, w.index)
+def _write_order(w: tuple) -> tuple:
+    return writes_sort_key(w[4], w[0], w[1])
 
 
 def _is_pair(value: Any) -> bool:
@@ -97,18 +112,17 @@ def _is_pair(value: Any) -> bool:
         and type(value[1]) is bytes
 
 
-def _check_pair(stored: Checkpoint, value: Any, what: str, path: str | None) -> None:
+def _refuse(parts: tuple, value: Any, what: str, path: str | None) -> None:
     """Refuse a value that is not the ``[type, bytes]`` list :func:`dumps` stores."""
-    if _is_pair(value):
-        return
+    thread_id, namespace, checkpoint_id = parts[:3]
     error = ForeignCheckpointError(
-        f"checkpoint {stored.checkpoint_id!r} of thread {stored.thread_id!r} (namespace "
-        f"{stored.namespace!r}) was not written through sqlitesaver.langgraph: {what} is "
+        f"checkpoint {checkpoint_id!r} of thread {thread_id!r} (namespace "
+        f"{namespace!r}) was not written through sqlitesaver.langgraph: {what} is "
         f"{_shape(value)}, not the [type, bytes] pair of a LangGraph serializer, so the core "
         "Saver API wrote it. Use one database through one API: keep the Saver's own "
         "checkpoints in another file.", path=path)
-    error.thread_id, error.namespace = stored.thread_id, stored.namespace
-    error.checkpoint_id = stored.checkpoint_id
+    error.thread_id, error.namespace = thread_id, namespace
+    error.checkpoint_id = checkpoint_id
     raise error
 
 

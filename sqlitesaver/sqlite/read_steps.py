@@ -88,10 +88,8 @@ class ReadSteps:
                 writes = self._page_writes(read.conn, rows)
             # The snapshot has ended: a caller holding this iterator pins nothing.
             remaining = None if limit is None else limit - produced
-            for checkpoint in self._merge(iter(rows), iter(writes), remaining, metadata,
-                                          damaged):
-                produced += 1
-                yield checkpoint
+            produced += yield from self._merge(iter(rows), iter(writes), remaining, metadata,
+                                               damaged)
             if not full or (limit is not None and produced >= limit):
                 return
             upper = rows[-1][0] - 1
