@@ -20,10 +20,12 @@ from __future__ import annotations
 import select
 import threading
 import time
+from threading import get_ident
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from .. import interrupts, log
+from ..interrupts import _MAIN_THREAD
 from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
                       SaverClosedError, SaverError)
 from . import connect, pool_class, schema
@@ -75,12 +77,10 @@ def _configure(conn: Any) -> None:
     from psycopg import RawCursor
     from psycopg.types.numeric import Int8BinaryDumper
 
+    # Its ints are bigints whatever their values (psycopg's int dumper picks int2/4/8 by value:
+    # a prepared statement each), not wrapped in Int8 by each call (~4% of a put's client CPU,
+    # py-spy, session 21); this cursor's adapters only.
     cursor = conn.sqlitesaver_cursor = RawCursor(conn)
-    # Every int it sends is a bigint, whatever its value (psycopg's own int dumper picks int2,
-    # int4, int8 or numeric by value: each a prepared statement of its own). Here, not by
-    # wrapping each value in psycopg's Int8 at every call: its import and its constructor
-    # there were ~4% of a put's client CPU (py-spy, session 21). The cursor's own adapters:
-    # no other statement of the connection is concerned.
     cursor.adapters.register_dumper(int, Int8BinaryDumper)
     if hasattr(select, "poll"):  # for _closed_while_idle, made once (its socket stays)
         poll = select.poll()
@@ -125,10 +125,8 @@ def _returning(box: list, give_back: Callable[[list], None]) -> Iterator[None]:
 
 
 class _ThreadState(threading.local):
-    """Per thread: ``txn``, the thread's open transaction block (``_Pinned``), None outside
-    one. A class attribute, so a thread that never set it reads None without the
-    AttributeError a plain ``threading.local`` raises inside ``getattr(local, "txn", None)``:
-    ~80 ns a read instead of ~620 (timeit, session 21), twice per put."""
+    """``txn``: the thread's open transaction block (``_Pinned``) or None; a class default,
+    so a thread that never set it reads None without an AttributeError (~80 ns, not ~620)."""
 
     txn: Any = None
 
@@ -401,8 +399,12 @@ class Connections:
         # Signals deferred across putconn: a Ctrl-C inside it (its logging, its reset, before
         # it puts the connection back or schedules a broken one's replacement) lost the
         # connection for good, the pool still counting it (tests/test_block_signals.py).
-        # Deferred only in the main thread, where signal handlers run: elsewhere ~0.6 us.
+        # Deferred only in the main thread, where signal handlers run: elsewhere not even made
+        # (~0.6 us), as on the SQLite write path (sqlite/transaction.py, _MAIN_THREAD).
         # An idle connection: putconn makes no round trip, so the deferral is short.
+        if get_ident() != _MAIN_THREAD:
+            self._pool.putconn(box.pop())
+            return
         with interrupts.deferred():
             self._pool.putconn(box.pop())
 
