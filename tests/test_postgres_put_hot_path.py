@@ -28,8 +28,11 @@ def prepared(saver: Saver, like: str) -> list[str]:
 
 def test_a_put_and_a_log_append_are_one_prepared_statement_whatever_their_ints(pg_url):
     with Saver(pg_url) as saver:
+        # From the second put on, a generated parent (its seq an int parameter): one shape,
+        # run 39 times; the first put's shape runs once, under psycopg's prepare threshold.
+        parent = None
         for n in range(40):  # CRC-32s below and above 2**31: int4 and int8 to psycopg
-            ref = saver.put("t", {"n": n}, parent_id=None if n == 0 else ref.checkpoint_id)
+            parent = saver.put("t", {"n": n}, parent_id=parent).checkpoint_id
             saver.append_log("t", {"n": n})
         rows = saver.list("t")
         assert len(list(rows)) == 40
