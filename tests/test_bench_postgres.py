@@ -69,3 +69,39 @@ def test_the_put_layers_script_prints_every_layer(pg_url):
         (line,) = [line for line in lines if line.startswith(title)]
         figures = line[len(title):].split()
         assert len(figures) == 4 and float(figures[0]) > 0, line
+
+
+def test_a_threads_channel_versions_only_grow_across_rows_and_rounds():
+    """Each row and round asks the contender for its put ops anew, on the same LangGraph
+    threads (put1 and put8 share thread 0). Their channel versions must go on growing, as a
+    graph's do: restarted at 1, LangGraph's blob upsert (ON CONFLICT DO NOTHING) skipped every
+    value already stored at that version, and its puts stored no values from the second round
+    on while ours stored them whole (session 21)."""
+    pytest.importorskip("langgraph.checkpoint.base")
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.puts: list[tuple[str, str, tuple]] = []
+
+        def put(self, config, checkpoint, metadata, new_versions):
+            self.puts.append((config["configurable"]["thread_id"], checkpoint["id"],
+                              tuple(sorted(new_versions.items()))))
+
+    contender = postgres.Contender("langgraph", "postgresql://unused", "langgraph")
+    contender.saver = recorder = Recorder()
+    for threads in (1, 8, 1, 8):  # put1, put8, then the next round's
+        for op in contender.ops("put", threads):
+            op()
+            op()
+    by_thread: dict[str, list] = {}
+    for thread_id, checkpoint_id, versions in recorder.puts:
+        by_thread.setdefault(thread_id, []).append((checkpoint_id, versions))
+    assert len(by_thread) == 8 and len(by_thread["langgraph-put-0"]) == 8
+    for puts in by_thread.values():
+        ids = [checkpoint_id for checkpoint_id, _ in puts]
+        assert ids == sorted(set(ids))  # unique, increasing
+        versions = [dict(v) for _, v in puts]
+        assert all(v.keys() == versions[0].keys() for v in versions)
+        for channel in versions[0]:
+            seen = [v[channel] for v in versions]
+            assert seen == sorted(set(seen)), seen  # never a version again

@@ -396,7 +396,7 @@ def test_async_methods_never_block_the_event_loop(db_path):
             holder.start()
             await asyncio.to_thread(held.wait, 30)
             ran_in: list[int] = []
-            real_put = checkpointer.saver.put
+            real_put = checkpointer.saver._put  # what the adapter's put calls (Saver.put's body)
             loop, started = asyncio.get_running_loop(), asyncio.Event()
 
             def put(*args, **kwargs):
@@ -404,7 +404,7 @@ def test_async_methods_never_block_the_event_loop(db_path):
                 loop.call_soon_threadsafe(started.set)
                 return real_put(*args, **kwargs)  # waits for the holder's lock
 
-            checkpointer.saver.put = put  # type: ignore[method-assign]
+            checkpointer.saver._put = put  # type: ignore[method-assign]
             pending = asyncio.create_task(checkpointer.aput(cfg(), new_checkpoint(), {}, {}))
             # the put has started, in a worker thread (bounded: a hang fails, not hangs)...
             await asyncio.wait_for(started.wait(), 30)

@@ -248,16 +248,15 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
 
     def _put_checkpoint(self, thread_id: str, namespace: str, checkpoint_id: str,
                         parent_id: str | None, state: list, metadata: dict) -> None:
+        # Saver._put: Saver.put without the CheckpointRef it would build and this discards.
         try:
-            self.saver.put(thread_id, state, metadata=metadata, parent_id=parent_id,
-                           namespace=namespace, checkpoint_id=checkpoint_id)
+            self.saver._put(thread_id, state, metadata, parent_id, namespace, checkpoint_id)
         except CheckpointNotFoundError:
             if parent_id is None:
                 raise
             # The failed put was undone whole (its own transaction, or a savepoint in the
             # caller's): put it without the parent that is gone.
-            self.saver.put(thread_id, state, metadata=metadata, namespace=namespace,
-                           checkpoint_id=checkpoint_id)
+            self.saver._put(thread_id, state, metadata, None, namespace, checkpoint_id)
 
     def put_writes(self, config: RunnableConfig, writes: Sequence[tuple[str, Any]],
                    task_id: str, task_path: str = "") -> None:

@@ -352,7 +352,7 @@ class Transactions(Connections):
         connection already back in the pool, and its later calls ran on it: failing
         ("SAVEPOINT can only be used in transaction blocks"), or, once another thread had
         that connection in a block, inside that thread's transaction."""
-        pinned = getattr(self._local, "txn", None)
+        pinned = self._local.txn
         if pinned is None:
             return None
         from psycopg.pq import TransactionStatus
