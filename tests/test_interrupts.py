@@ -71,7 +71,8 @@ PG_WRITE_PATH = tuple(os.path.join(PACKAGE, name) for name in
                       ("saver.py", "saver_arguments.py", "saver_reads.py", "storage_steps.py",
                        os.path.join("postgres", "saver.py"),
                        *(os.path.join("postgres", module) for module in
-                         ("engine.py", "sql.py", "pool.py", "transactions.py", "reads.py"))))
+                         ("engine.py", "sql.py", "pool.py", "pooled.py", "transactions.py",
+                          "reads.py"))))
 
 
 class Injected(BaseException):

@@ -20,7 +20,7 @@ Guarantees:
   once (below), so for it "nothing ran" must be known before sending: an idle pooled
   connection the server closed has something to read (its last words, the end of the
   stream), which a poll of its socket finds without a round trip (pool.py,
-  ``_closed_while_idle``); it is replaced likewise. A connection lost after the ``BEGIN``
+  ``pooled.closed_while_idle``); it is replaced likewise. A connection lost after the ``BEGIN``
   (after a put's statement was sent) is never retried (a statement that kills its backend
   would, on every try, put the whole cluster through crash recovery): the call raises
   DatabaseIOError ("maybe committed" for a put). A call returns after its COMMIT returned.
@@ -249,7 +249,7 @@ class Engine(Reads):
         (integrity.checkpoint_client_crc) and the server completes the checksum with the seq,
         time and parent seq it chose (integrity.server_checksum). The errors are the same,
         raised once the statement has written nothing (see sql._put_statement)."""
-        # Plain ints: the cursor that sends it dumps every int as a bigint (pool._configure),
+        # Plain ints: the cursor that sends it dumps every int as a bigint (pooled.configure),
         # so whatever their values each shape is one prepared statement.
         params = {"thread": thread_id, "ns": namespace, "state": state, "metadata": metadata,
                   "key": checkpoint_id, "parent_key": parent_key,

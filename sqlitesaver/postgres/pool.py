@@ -17,7 +17,6 @@ lost inside a transaction (:meth:`Connections._error`), a long wait for a connec
 
 from __future__ import annotations
 
-import select
 import threading
 import time
 from threading import get_ident
@@ -28,7 +27,7 @@ from .. import interrupts, log
 from ..interrupts import _MAIN_THREAD
 from ..errors import (BusyTimeoutError, DatabaseIOError, InvalidArgumentError,
                       SaverClosedError, SaverError)
-from . import connect, pool_class, schema
+from . import connect, pool_class, pooled, schema
 from . import errors as pg_errors
 from . import target as pg_target
 from .sql import (_APPEND_LOG, _LOCK_ALL_THREADS, _LOCKED, _PUT, _PUT_WRITES, ALL_THREADS_LOCK,
@@ -66,51 +65,6 @@ def _close_quietly(conn: Any) -> None:
         conn.close()
     except Exception:  # noqa: BLE001 - closed or broken all the same: the pool discards it
         pass
-
-
-def _configure(conn: Any) -> None:
-    """A new pooled connection's RawCursor for the one-statement writes
-    (``Transactions._send``), made here, once per connection, rather than on its first write
-    (what a write runs is then the same every time: tests/test_interrupts.py injects an
-    exception at each of its lines), and the poll of its socket for :func:`_closed_while_idle`
-    (made at every write, with its imports, it cost ~1.5 us)."""
-    from psycopg import RawCursor
-    from psycopg.types.numeric import Int8BinaryDumper
-
-    # Its ints are bigints whatever their values (psycopg's int dumper picks int2/4/8 by value:
-    # a prepared statement each), not wrapped in Int8 by each call (~4% of a put's client CPU,
-    # py-spy, session 21); this cursor's adapters only.
-    cursor = conn.sqlitesaver_cursor = RawCursor(conn)
-    cursor.adapters.register_dumper(int, Int8BinaryDumper)
-    if hasattr(select, "poll"):  # for _closed_while_idle, made once (its socket stays)
-        poll = select.poll()
-        poll.register(conn.pgconn.socket, select.POLLIN)
-        conn.sqlitesaver_poll = poll.poll
-
-
-def _closed_while_idle(conn: Any) -> None:
-    """Raise (psycopg's OperationalError, ``conn`` then broken) if the server closed this idle
-    pooled connection (a restart, a crash, an idle timeout, pg_terminate_backend), without a
-    round trip: an idle connection of ours has nothing to read (no LISTEN, no session
-    settings) unless its server went away, leaving its last words (a FATAL error) and the end
-    of the stream; a poll that finds the socket readable tells. For a write sent in one round
-    trip (``Transactions._write_statement``), which may commit as soon as it is sent: a
-    connection found dead only by its answer is "maybe committed", one found dead here sent
-    nothing and is replaced. Whatever made it readable, it is not used: after a fast
-    shutdown libpq had read the FATAL message but not yet the end (seen in
-    tests/test_postgres_engine.py), and a false alarm costs one reconnect."""
-    poll = getattr(conn, "sqlitesaver_poll", None)  # made by _configure
-    if poll is not None:
-        readable = bool(poll(0))
-    else:  # pragma: no cover - Windows
-        readable = bool(select.select([conn.pgconn.socket], [], [], 0)[0])
-    if readable:
-        import psycopg
-
-        conn.pgconn.consume_input()  # raises if libpq reads the end of the stream
-        conn.pgconn.finish()  # broken from now on: the pool discards it
-        raise psycopg.OperationalError("the server sent something on an idle pooled "
-                                       "connection: its last words before closing it")
 
 
 def _returning(box: list, give_back: Callable[[list], None]) -> Iterator[None]:
@@ -287,7 +241,7 @@ class Connections:
             # No check= on checkout (a round trip per call): a dead connection is found by the
             # transaction's own statements instead and replaced (see _stale).
             min_size=1, max_size=size, open=False, timeout=max(self.busy_timeout, 0.001),
-            configure=_configure,
+            configure=pooled.configure,
             name=f"sqlitesaver {server}")
         try:
             pool.open(wait=True, timeout=options.connect_timeout)
@@ -483,7 +437,7 @@ class Connections:
 
     def _stale(self, conn: Any, exc: BaseException, tries: int, doing: str) -> bool:
         """Whether ``exc``, raised by a transaction's ``BEGIN`` string (its first statement), or
-        by the poll before a one-round-trip put is sent (:func:`_closed_while_idle`), comes
+        by the poll before a one-round-trip put is sent (:func:`.pooled.closed_while_idle`), comes
         from a pooled connection that was already dead (closed by the server while idle in the
         pool, or by a restart): then nothing of the transaction ran, and it runs on another
         connection. Only the BEGIN (or the poll): a connection lost after it (the backend killed

@@ -30,7 +30,8 @@ from .. import log
 from ..errors import DatabaseIOError, SaverError
 from . import errors as pg_errors
 from . import schema
-from .pool import Connections, _closed_while_idle, _rollback_if_open
+from .pool import Connections, _rollback_if_open
+from .pooled import closed_while_idle
 from .sql import _LOCK_ALL_THREADS, _LOCK_THREAD, THREAD_LOCK
 
 T = TypeVar("T")
@@ -176,9 +177,9 @@ class Transactions(Connections):
         difference on a dead pooled connection: whatever is sent may commit, so a connection
         lost once the statement is sent is "maybe committed" and not run again; a pooled
         connection the server closed while it was idle is recognised before anything is sent
-        (:func:`_closed_while_idle`) and replaced (:meth:`_stale`)."""
+        (:func:`.pooled.closed_while_idle`) and replaced (:meth:`_stale`)."""
         def attempt(conn: Any, step: _Step) -> list[tuple]:
-            _closed_while_idle(conn)
+            closed_while_idle(conn)
             step.begun = step.committing = True  # from here on, it may commit
             rows = self._send(conn, query, params)  # returned: its commit did
             if wrote(rows):
@@ -190,7 +191,7 @@ class Transactions(Connections):
     def _send(self, conn: Any, query: tuple[str, tuple[str, ...]],
               params: Mapping[str, object]) -> list[tuple]:
         """``query``'s rows, run on ``conn`` (autocommit: its own transaction) through the
-        connection's RawCursor (pool.py, ``_configure``): ``query`` is a statement with
+        connection's RawCursor (pooled.py, ``configure``): ``query`` is a statement with
         ``$n`` parameters and their names in order (sql.positional, done once per
         statement). Measured ad hoc: 75 us of client CPU per execute of a seven-parameter
         statement, against 99 us for ``conn.execute`` with named parameters (a new cursor,
