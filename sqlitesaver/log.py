@@ -172,6 +172,14 @@ def server_connection_lost(server: str, doing: str, *, committing: bool) -> None
                        "committed (DatabaseIOError)", server, doing)
 
 
+def server_rollback_failed(server: str, error: BaseException) -> None:
+    """A connection given back inside a transaction could not be rolled back (psycopg_pool
+    logged this too when it rolled back itself): it was closed, and the pool opens another."""
+    logger.warning("%s: a connection given back inside a transaction could not be rolled back "
+                   "(%s: %s); closed it, the pool opens another, nothing committed was lost",
+                   server, type(error).__name__, error)
+
+
 def server_pool_wait(server: str, doing: str, waited: float, *, gave_up: bool) -> None:
     """A call waited ``waited`` seconds for a pooled connection, every one being in use."""
     if waited < BUSY_WAIT_THRESHOLD:

@@ -179,3 +179,29 @@ def test_a_ctrl_c_leaving_a_read_in_pipeline_mode_does_not_break_the_next_block(
             f"a write inside a failed transaction() block was committed "
             f"(in_transaction inside the block: {in_block})")
         assert in_block is True
+
+
+def test_a_give_back_rollback_that_fails_is_logged_and_the_connection_replaced(
+        pg_empty_url, hang_detector, caplog):
+    """A connection given back inside a transaction whose rollback fails with a psycopg error
+    (its backend ended meanwhile) is closed, and the pool opens another: psycopg_pool logged
+    that failure when it rolled back itself; since the engine rolls back before ``putconn``
+    (session 20) nothing did, and an operator saw connections replaced with no reason."""
+    hang_detector(60)
+    import logging
+
+    import psycopg
+
+    with Saver(pg_empty_url, max_connections=1) as saver:
+        saver.put("t", {"n": 0})
+        with saver._engine._connection("a test") as conn:
+            conn.execute("BEGIN")
+            backend = conn.info.backend_pid
+            with psycopg.connect(pg_empty_url, autocommit=True) as other:
+                other.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            caplog.set_level(logging.WARNING, logger="sqlitesaver")
+        failed = [r for r in caplog.records
+                  if "could not be rolled back" in r.getMessage()]
+        assert failed, f"no warning for the failed rollback: {caplog.text!r}"
+        assert saver._engine.server in failed[0].getMessage()
+        assert_whole_and_usable(saver, 1)

@@ -397,8 +397,8 @@ class Connections:
             if not pgconn.pipeline_status and pgconn.transaction_status in (
                     TransactionStatus.INTRANS, TransactionStatus.INERROR):
                 conn.rollback()  # psycopg's: also forgets the statements it had prepared
-        except Error:  # not rolled back: closed below, as putconn would have
-            pass
+        except Error as exc:  # not rolled back: closed below, as putconn would have
+            log.server_rollback_failed(self.server, exc)  # as putconn logged it
         finally:
             self._give_back_now(box)
 
