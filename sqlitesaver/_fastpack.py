@@ -16,10 +16,10 @@ safely:
 * :func:`unpacker` builds a decode that hands ormsgpack only a payload proved to be exactly one
   msgpack object (no trailing bytes, every length it declares backed by bytes) nesting at most
   :data:`MAX_DEPTH` containers, and that declines when ormsgpack would build anything other
-  than what the msgpack path builds: it lets ormsgpack read maps with str keys only, and
-  extensions only through ``builders``. A tuple, set or frozenset, a non-str key, invalid
-  UTF-8, msgpack's timestamp, a malformed extension body, a payload too deep: the msgpack
-  path decodes it, or raises, exactly as it would alone.
+  than what the msgpack path builds: it lets ormsgpack read maps with str keys only, and no
+  extension at all (no Python code runs inside ormsgpack, where a Ctrl-C would be lost). A
+  tuple, set or frozenset, a datetime or any other extension, a non-str key, invalid UTF-8, a
+  payload too deep: the msgpack path decodes it, or raises, exactly as it would alone.
 
 Why prove first: ormsgpack's decoder recurses on the C stack, ~670 bytes per level (measured:
 a thread with a 32 KiB stack dies at 49 nested arrays), up to its limit of 1023 levels, while
@@ -33,7 +33,6 @@ payload, against ~6.5 us for ormsgpack to decode it and ~14 us for the msgpack p
 from __future__ import annotations
 
 import re
-import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -201,46 +200,30 @@ DECODE_WORKS = _calibrated()
 
 # --- decoding ---------------------------------------------------------------------------------
 _unpack = ormsgpack.unpackb if PACK_WORKS else None
-# ormsgpack turns whatever an ext_hook raises into its own ValueError, dropping it: an
-# interruption (KeyboardInterrupt...) raised inside one is kept here, per thread, and re-raised.
-_interrupted = threading.local()
+# No Python ext_hook: ormsgpack turns whatever one raises into its own ValueError, dropping
+# it, and a signal that arrives while ormsgpack parses is delivered at the entry of the first
+# Python function called, the hook's, before any `try` in it could keep it: a Ctrl-C was lost
+# there in ~3 of 4 trials (tests/test_review21.py). The hook is a dict's setdefault, C code in
+# which nothing is delivered: a payload holding an extension leaves an entry in the dict and
+# is declined (the msgpack path builds extensions, and lets interruptions through).
 
 
-class _Decline(Exception):
-    """The ext_hook met an extension that only the msgpack path decodes."""
-
-
-def unpacker(builders: dict[int, Callable[[bytes], Any]]) -> Callable[[bytes], Any]:
+def unpacker() -> Callable[[bytes], Any]:
     """A function that decodes a payload with ormsgpack, or returns :data:`MISS`; to be called
-    only if DECODE_WORKS.
-
-    ``builders`` maps extension codes to functions of the body that build the value or raise;
-    any other code (msgpack's timestamp -1 included: without OPT_DATETIME_AS_TIMESTAMP_EXT,
-    ormsgpack hands it to the hook like any other) makes the decode decline."""
-    lookup = builders.get
-
-    def ext_hook(code: int, body: bytes) -> Any:
-        build = lookup(code)
-        if build is None:
-            raise _Decline
-        try:
-            return build(body)
-        except BaseException as exc:
-            if not isinstance(exc, Exception):
-                _interrupted.exc = exc
-            raise
+    only if DECODE_WORKS. It declines every payload that holds an extension (msgpack's
+    timestamp -1 included: without OPT_DATETIME_AS_TIMESTAMP_EXT, ormsgpack hands it to the
+    hook like any other)."""
 
     def decode(data: bytes) -> Any:
         if not _shallow(data):
             return MISS
+        extensions: dict = {}
         try:
             # Without OPT_NON_STR_KEYS ormsgpack refuses any key but a str, so that it cannot
             # return a tuple for an array key, which the msgpack path (and the format) refuses.
-            return _unpack(data, ext_hook=ext_hook)
+            value = _unpack(data, ext_hook=extensions.setdefault)
         except Exception:
-            exc = _interrupted.__dict__.pop("exc", None)
-            if exc is not None:
-                raise exc from None
             return MISS
+        return MISS if extensions else value
 
     return decode

@@ -49,7 +49,7 @@ from ..errors import SQLITE_MAX_LENGTH, SerializationError, ValueTooLargeError
 # This module: encode() and decode(), their switches and limits, the [str, bytes] pair paths.
 # MAX_OBJECTS is scan.py's, read there by the scan and explain.py: the name here is a copy.
 from .explain import _explain, _inspect, _too_many
-from .extensions import _DECODERS, _MAX_DEPTH, _packers, _swap_bytearrays
+from .extensions import _MAX_DEPTH, _packers, _swap_bytearrays
 from .nested import _Nested, _decode_nested, _ext_hook
 from .scan import (MAX_OBJECTS, _CLEAN, _FLAT_ITEMS, _HAS_BYTEARRAY, _NATIVE, _REJECT, _SHARED,
                    _TOO_MANY, _flat_native, _scan)
@@ -208,11 +208,11 @@ def _pair(data: bytes) -> list | None:
 
 
 # ormsgpack's decode, offered every payload first; it declines (_fastpack.MISS) all but whole,
-# shallow payloads of str-keyed maps and of the extensions built by _DECODERS, which it
-# builds as _leaf() does (a body _leaf() would refuse makes it decline too). It never meets a
-# msgpack timestamp (one makes it decline) or more than _fastpack.MAX_DEPTH levels, so what it
-# returns needs none of the checks at the end of decode().
-_fast_decode = _fastpack.unpacker({code: build for code, (_, build) in _DECODERS.items()})
+# shallow payloads of str-keyed maps without any extension (the msgpack path builds those: in
+# ormsgpack a Python hook would swallow a Ctrl-C, see _fastpack). It never meets a msgpack
+# timestamp (an extension) or more than _fastpack.MAX_DEPTH levels, so what it returns needs
+# none of the checks at the end of decode().
+_fast_decode = _fastpack.unpacker()
 _MISS = _fastpack.MISS
 
 
