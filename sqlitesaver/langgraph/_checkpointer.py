@@ -65,10 +65,6 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
             raise InvalidArgumentError(self._not_a_saver(saver))
         super().__init__(serde=serde)
         self.saver = saver
-        # get_tuple reads through Saver._get (its checks, no records), unless a subclass of
-        # the Saver overrides get (access control, logging): then through that get, as list()
-        # with a checkpoint id does.
-        self._get_parts = saver._get if type(saver).get is Saver.get else None
         self._rendezvous = Rendezvous()
 
     @classmethod
@@ -92,14 +88,17 @@ class SaverCheckpointer(BaseCheckpointSaver[str]):
         it has no ``checkpoint_id``) with its pending writes, or None. One snapshot.
         :class:`~sqlitesaver.errors.ForeignCheckpointError` if the core API wrote it."""
         thread_id, namespace, checkpoint_id = _convert.location(config)
-        if self._get_parts is None:  # the Saver's own get (see __init__)
-            stored = self.saver.get(thread_id, checkpoint_id, namespace=namespace)
+        saver = self.saver
+        if type(saver).get is not Saver.get:
+            # A subclass's own get (access control, logging) is the read, as for list() with
+            # a checkpoint id.
+            stored = saver.get(thread_id, checkpoint_id, namespace=namespace)
             return None if stored is None else self._tuple(stored)
         # Saver.get's read and checks without its records (see Saver._get): LangGraph's
         # objects are built straight from the verified, decoded parts.
-        parts = self._get_parts(thread_id, checkpoint_id, namespace, False)
+        parts = saver._get(thread_id, checkpoint_id, namespace, False)
         return None if parts is None else _convert.parts_to_tuple(parts, self.serde,
-                                                                   path=self.saver.path)
+                                                                   path=saver.path)
 
     def list(self, config: RunnableConfig | None, *, filter: dict[str, Any] | None = None,
              before: RunnableConfig | None = None,
