@@ -420,12 +420,10 @@ def test_file_transitions_pass_and_every_kill_restores_a_workspace(tmp_path):
     summary = report["summary"]
     assert summary["lost"] == summary["partial"] == summary["corrupt"] == 0, output
     assert summary["restores_checked"] >= 2, output
-    with Saver(db) as saver:
-        assert saver.stats()["file_contents"] > 0
-        big = [f for name in saver.threads() for ck in saver.list(name)
-               for f in saver.list_files(name, ck.checkpoint_id, namespace=ck.namespace)
-               if f.size > (1 << 20)]
-    assert big, "no file above the chunk size was stored"
+    # Files above the chunk size were stored and restored exactly. Counted by the harness as
+    # it restores, not looked for in the file at the end: the run's prunes and deletions may
+    # leave none there (seen once on a heavily loaded machine).
+    assert summary["big_restores"] >= 1, output
     from sqlitesaver import check
     assert check.check_database(db).ok
 

@@ -108,6 +108,7 @@ class _Run(_Writers, _Verification, _Summary):
         self.commits = 0              # the writers' COMMITs, as of their last acknowledgement
         self.committed = 0            # and the transitions those COMMITs carried
         self.restores_checked = 0     # checkpoints with files restored into a directory
+        self.big_restores = 0         # of those, restores with a file above the chunk size
         self.env = dict(os.environ)
         root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
         self.env["PYTHONPATH"] = root + os.pathsep + self.env.get("PYTHONPATH", "")

@@ -114,6 +114,7 @@ class _Summary:
             "transitions_per_commit": (round(self.committed / self.commits, 2)
                                        if self.commits else None),
             "restores_checked": self.restores_checked,
+            "big_restores": self.big_restores,
             "kills_by_phase": dict(sorted(phases.items())),
             "kills_in_wal_checkpoint": in_checkpoint if len(self.workers) == 1 else None,
             "inflight_at_kill": dict(sorted(inflight.items())),
@@ -131,7 +132,8 @@ class _Summary:
              ", ".join(f"{k} {v}" for k, v in s["inflight_at_kill"].items())),
             ("transitions acknowledged", s["transitions_acknowledged"]),
             ("workspace restores checked", f"{s['restores_checked']} (the newest acknowledged "
-                                           "checkpoint with files, after a kill)"),
+                                           "checkpoint with files, after a kill; "
+                                           f"{s['big_restores']} with a file of several chunks)"),
             ("lost", s["lost"]),
             ("partial", s["partial"]),
             ("leaked (raised, yet visible)", s["leaked"]),

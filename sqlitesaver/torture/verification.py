@@ -7,7 +7,7 @@ server a new Saver reads what the server holds), reads each lane's threads throu
 API, restores its newest acknowledged checkpoint with files, and asks
 :mod:`~sqlitesaver.torture.oracle` for each lane's verdict; :class:`_LanesVerdict` is the
 worker's, the lanes' together. The lanes are the writers' (:mod:`~sqlitesaver.torture.writers`);
-the run's state it works on (``o``, ``on_server``, ``server_settings``, ``restores_checked``,
+the run's state it works on (``o``, ``on_server``, ``server_settings``, ``restores_checked``, ``big_restores``,
 ``stopped``, ``id_problems``) is set up by ``_Run.__init__``.
 """
 
@@ -18,6 +18,7 @@ import os
 from dataclasses import dataclass, field
 
 from .. import Saver
+from ..attachments import CHUNK_SIZE
 from ..errors import SaverError
 from .oracle import Model, Observation, Verdict, apply, compare, file_digest, observe
 from .writers import _Lane, _Worker
@@ -94,13 +95,16 @@ class _Verification:
             return [f"restoring checkpoint {tag} ({ck_id}) failed: {type(exc).__name__}: {exc}"]
         self.restores_checked += 1
         found = {}
+        largest = 0
         for current, _, names in os.walk(directory):
             for name in names:
                 full = os.path.join(current, name)
                 with open(full, "rb") as f:
-                    found[os.path.relpath(full, directory).replace(os.sep, "/")] = \
-                        file_digest(f.read())
+                    data = f.read()
+                found[os.path.relpath(full, directory).replace(os.sep, "/")] = file_digest(data)
+                largest = max(largest, len(data))
         if found == files:
+            self.big_restores += largest > CHUNK_SIZE  # stored in several chunks
             return []
         wrong = sorted(set(found) ^ set(files)) + sorted(
             n for n in set(found) & set(files) if found[n] != files[n])
