@@ -29,8 +29,9 @@ from .records import Checkpoint, new_checkpoint, new_pending_write
 
 __all__ = ["DamagedReporter", "VerifiedReads", "matches", "to_datetime"]
 
+# Bound once for the hot reads (no module lookup per row): a test that replaces codec.decode
+# must replace this name too.
 _decode = codec.decode
-_expected_checkpoint_checksum = integrity.expected_checkpoint_checksum
 
 
 class VerifiedReads:
@@ -70,26 +71,16 @@ class VerifiedReads:
     def _checkpoint(self, row: tuple, writes: Sequence[tuple],
                     metadata: dict | None = None, *, records: bool = True) -> Any:
         """The record of a checkpoint row and its write rows; ``metadata``: the row's
-        metadata, already verified and decoded (a listing's filter read it). The hot read:
-        the row is unpacked once and verified inline (as :meth:`_verify`).
+        metadata, already verified and decoded (a listing's filter read it).
 
         ``records=False`` (the LangGraph adapter's ``get_tuple``, which builds LangGraph's
         own objects): the same checks and decoding, but a tuple ``(thread_id, namespace,
         checkpoint_id, parent_id, state, metadata, writes)``, each write a tuple ``(task_id,
         index, channel, value, task_path)``, and no ``created_at``: no record built only to
         be taken apart."""
-        seq, thread_id, namespace, parent_seq, created, state, meta, checksum, key, \
-            parent_key = row
+        seq, thread_id, namespace, parent_seq, created, state, meta, _, key, parent_key = row
         if metadata is None:
-            try:
-                intact = _expected_checkpoint_checksum(  # in the form it is stored in
-                    checksum, seq, thread_id, namespace, parent_seq, created, state, meta, key,
-                    parent_key) == checksum
-            except (TypeError, ValueError, OverflowError):  # a column of the wrong type
-                intact = False
-            if not intact:
-                raise self._checksum_error(
-                    f"checkpoint {key or _format_id(seq)!r} of thread {thread_id!r}")
+            self._verify(row)
             metadata = _decode(meta)
         checkpoint_id = _format_id(seq) if key is None else key
         pending: Any = ()

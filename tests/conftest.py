@@ -307,24 +307,34 @@ def queued_writes(saver) -> int:
     return saver._waiting + len(saver._jobs)
 
 
-def every_connection_back(pool, timeout: float = 10.0) -> dict[str, int]:
-    """``pool.get_stats()`` (a psycopg_pool pool: a PostgreSQL Saver's ``_engine._pool``) once
-    every connection it counts is idle in it (``pool_available == pool_size``), waiting for
-    that up to ``timeout`` seconds: a connection the engine closed on its way back (given back
-    inside a transaction after an interruption, or broken) is replaced by the pool in a
-    background thread, which a look taken at once sees in flight. A connection leaked (never
-    given back) is counted and never idle: the wait then ends at ``timeout`` with the last
-    stats, which the caller's assert shows."""
+def settled(look, done, timeout: float = 10.0):
+    """``look()`` once ``done`` of it is true, looking every 10 ms for up to ``timeout``
+    seconds; the last look when the time is up (the caller's assert then shows it). For a
+    state a background thread completes (a pool replacing a closed connection, a finalizer
+    giving one back), which a look taken at once may beat; a state that never comes still
+    fails, at ``timeout``."""
     import threading
     import time
 
     deadline = time.monotonic() + timeout
     pause = threading.Event()  # never set: a bounded pause between two looks
     while True:
-        stats = pool.get_stats()
-        if stats["pool_available"] == stats["pool_size"] or time.monotonic() >= deadline:
-            return stats
+        found = look()
+        if done(found) or time.monotonic() >= deadline:
+            return found
         pause.wait(0.01)
+
+
+def every_connection_back(pool, timeout: float = 10.0) -> dict[str, int]:
+    """``pool.get_stats()`` (a psycopg_pool pool: a PostgreSQL Saver's ``_engine._pool``) once
+    every connection it counts is idle in it (``pool_available == pool_size``), waiting for
+    that up to ``timeout`` seconds (:func:`settled`): a connection the engine closed on its way
+    back (given back inside a transaction after an interruption, or broken) is replaced by the
+    pool in a background thread, which a look taken at once sees in flight. A connection
+    leaked (never given back) is counted and never idle: the wait then ends at ``timeout``
+    with the last stats, which the caller's assert shows."""
+    return settled(pool.get_stats,
+                   lambda stats: stats["pool_available"] == stats["pool_size"], timeout)
 
 
 def is_server(target: str) -> bool:

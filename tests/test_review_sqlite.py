@@ -11,6 +11,7 @@ import threading
 import time
 
 import pytest
+from conftest import settled
 from langgraph.checkpoint.base import empty_checkpoint
 
 import sqlitesaver
@@ -174,19 +175,14 @@ def assert_no_deferral_active(where: str) -> None:
     raise AssertionError(f"{where}: SIGINT's handler chain does not end")
 
 
-def _settled(pool, timeout: float = 10.0) -> dict[str, int]:
-    """``pool.counts()`` once every open connection is idle, waiting for that up to
-    ``timeout`` seconds: a read whose ``__exit__`` a signal skipped gives its connection back
-    from its finalizer, in a thread of its own (reads.py, ``_MainThreadRead``), which a look
-    taken at once may beat (seen once under load, a signal at the entry of the exit's
-    deferral). A connection lost for good is never idle: the wait ends at ``timeout``."""
-    deadline = time.monotonic() + timeout
-    pause = threading.Event()  # never set: a bounded pause between two looks
-    while True:
-        counts = pool.counts()
-        if counts["readers_open"] == counts["readers_idle"] or time.monotonic() >= deadline:
-            return counts
-        pause.wait(0.01)
+def _settled(pool) -> dict[str, int]:
+    """``pool.counts()`` once every open connection is idle (conftest's ``settled``, 10 s at
+    most): a read whose ``__exit__`` a signal skipped gives its connection back from its
+    finalizer, in a thread of its own (reads.py, ``_MainThreadRead``), which a look taken at
+    once may beat (seen once under load, a signal at the entry of the exit's deferral). A
+    connection lost for good is never idle: the wait ends at the timeout."""
+    return settled(pool.counts,
+                   lambda counts: counts["readers_open"] == counts["readers_idle"])
 
 
 @every_place
