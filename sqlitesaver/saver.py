@@ -34,7 +34,6 @@ damage in a row they read (a text that is not UTF-8, a column of the wrong type)
 from __future__ import annotations
 
 import builtins
-import operator
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -67,7 +66,6 @@ T = TypeVar("T")
 
 __all__ = ["Saver"]
 
-_WRITE_ORDER = operator.itemgetter(1, 2)
 _EMPTY_DICT = b"\x80"  # msgpack of {}: the usual metadata, not worth a trip through the codec
 # Still importable from this module under the names they had here (the engines import them from
 # their homes, ids.py and saver_reads.py, now).
@@ -405,9 +403,9 @@ class Saver(StorageSteps, VerifiedReads, FileMethods):
         first = rows[0]
         if first[_N_CHECKPOINT_COLUMNS] is None:  # no write joined (checkpoint_seq is NOT NULL)
             return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], (), records=records)
-        writes = sorted((row[_N_CHECKPOINT_COLUMNS:] for row in rows),
-                        key=_WRITE_ORDER)  # (task_id, idx): the primary key's order already
-        return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS], writes, records=records)
+        # In (task_id, idx) order already: _get_rows' contract (storage_steps.py).
+        return self._checkpoint(first[:_N_CHECKPOINT_COLUMNS],
+                                [row[_N_CHECKPOINT_COLUMNS:] for row in rows], records=records)
 
     def list(self, thread_id: str, *, namespace: str | None = None,
              before: str | None = None, limit: int | None = None,

@@ -86,10 +86,13 @@ class VerifiedReads:
         pending: Any = ()
         if writes:
             self._verify_writes(checkpoint_id, writes)
-            pending = [(task_id, index, channel, _decode(value), task_path)
-                       for _, task_id, index, channel, value, task_path, _ in writes]
             if records:
-                pending = tuple([new_pending_write(*write) for write in pending])
+                pending = tuple([new_pending_write(task_id, index, channel, _decode(value),
+                                                   task_path)
+                                 for _, task_id, index, channel, value, task_path, _ in writes])
+            else:
+                pending = [(task_id, index, channel, _decode(value), task_path)
+                           for _, task_id, index, channel, value, task_path, _ in writes]
         if parent_key is None and parent_seq is not None:
             parent_key = _format_id(parent_seq)
         if not records:

@@ -112,8 +112,8 @@ class StorageSteps:
                   ) -> builtins.list[tuple]:
         """The checkpoint (the latest of the thread and namespace when ``checkpoint_id`` is
         None) joined with each of its pending writes, from one snapshot: a checkpoint's
-        columns then a write's (all None when it has none); [] if there is none (a storage
-        step)."""
+        columns then a write's (all None when it has none), the writes in (task_id, idx)
+        order (the core does not sort them); [] if there is none (a storage step)."""
         raise NotImplementedError
 
     def _list(self, thread_id: str, namespace: str | None, before: str | None,

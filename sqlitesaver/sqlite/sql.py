@@ -19,9 +19,13 @@ def _get_query(match: str) -> str:
     """Saver.get's one statement for a WHERE clause on the checkpoint ``c``: the checkpoint
     with each of its pending writes (a LEFT JOIN, so one statement and one snapshot), and the
     checkpoint alone, its write columns NULL, when it has none. The checkpoint's columns repeat
-    on every row; a writes table's rows are few, and a second statement costs more."""
+    on every row; a writes table's rows are few, and a second statement costs more. The writes
+    come in (task_id, idx) order, as the core returns them: the ORDER BY costs no sort (the
+    inner loop walks the writes' primary key under one checkpoint: tests/test_pragmas.py
+    checks the plan), and the core does not sort them again."""
     return (f"SELECT {_CHECKPOINT_COLUMNS}, {_WRITE_COLUMNS} FROM checkpoints AS c "
-            f"LEFT JOIN writes AS w ON w.checkpoint_seq = c.seq WHERE {match}")
+            f"LEFT JOIN writes AS w ON w.checkpoint_seq = c.seq WHERE {match} "
+            "ORDER BY w.task_id, w.idx")
 
 
 # The latest by a scalar subquery on the covering index, so the join sees one checkpoint row
