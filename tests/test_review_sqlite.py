@@ -235,6 +235,9 @@ def test_a_ctrl_c_at_any_instant_of_a_read_gives_its_connection_back(
             counts = _settled(pool)
             assert counts["readers_open"] == counts["readers_idle"], \
                 f"a connection was lost by a signal at {signal_at.where} ({at}): {counts}"
+            # get's read defers signals from taking its connection to giving it back (one
+            # deferral: reads.py, brief): ended on every way out
+            assert_no_deferral_active(f"a signal at {signal_at.where} ({at})")
             reads[read]()  # the pool's connection serves the next read
             if signal_at.count < at:
                 break
