@@ -10,6 +10,7 @@ import asyncio
 import itertools
 import os
 import queue
+import random
 import sqlite3
 import subprocess
 import sys
@@ -189,6 +190,20 @@ def test_pending_writes_come_back_in_langgraphs_order(checkpointer):
     got = [value for _, _, value in checkpointer.get_tuple(stored).pending_writes]
     assert got == ["no path", "b0", "b1", "z-path"]
     assert [value for _, _, value in next(checkpointer.list(cfg())).pending_writes] == got
+
+
+def test_the_adapters_write_order_is_langgraphs_writes_sort_key():
+    """The adapter sorts a write (task_id, index, channel, value, task_path) with an
+    itemgetter instead of calling LangGraph's writes_sort_key per write: a LangGraph whose key
+    changes must fail here."""
+    from langgraph.checkpoint.base import writes_sort_key
+
+    from sqlitesaver.langgraph._convert import _write_order
+    rng = random.Random(22)
+    for _ in range(500):
+        write = (rng.choice(["", "t", "task-b", "\u00e9"]), rng.randrange(-3, 5), "ch", None,
+                 rng.choice(["", "~0", "~1, 2", "\U0001f600"]))
+        assert _write_order(write) == writes_sort_key(write[4], write[0], write[1]), write
 
 
 def test_a_mixed_put_writes_is_one_transaction(checkpointer, monkeypatch):
