@@ -484,7 +484,7 @@ def test_a_primed_gauge_is_retired_before_its_open_array_fills(monkeypatch):
 def test_no_python_code_runs_inside_ormsgpack(monkeypatch):
     """ormsgpack replaces whatever its ext_hook raises with its own ValueError, and a signal
     that arrives while it parses is delivered at the entry of the first Python function it
-    calls: so its hook is C code (a dict's setdefault), and every payload holding an
+    calls: so its hook is C code (builtin divmod, which raises), and every payload holding an
     extension is declined, for the msgpack path to build (tests/test_review21.py interrupts
     such decodes for real)."""
     calls = []
@@ -502,6 +502,9 @@ def test_no_python_code_runs_inside_ormsgpack(monkeypatch):
     assert decode_with(msgpack.packb([1, 2])) == [1, 2]
     assert calls and all(type(o["ext_hook"]).__name__ == "builtin_function_or_method"
                          for o in calls), calls
+    for options in calls:  # and it raises, so the first extension ends ormsgpack's decode
+        with pytest.raises(TypeError):
+            options["ext_hook"](5, b"body")
     assert decode(encode({"at": dt.datetime(2024, 1, 1)})) == {"at": dt.datetime(2024, 1, 1)}
 
 
