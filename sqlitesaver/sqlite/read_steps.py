@@ -49,7 +49,7 @@ class ReadSteps:
                                  _GET_BY_SEQ)
         if found is None:
             return []
-        with _Read(self, "reading a checkpoint", snapshot=False, brief=True) as read:
+        with _Read(self, "reading a checkpoint", snapshot=False) as read:
             return read.conn.execute(*found).fetchall()
 
     def _list(self, thread_id: str, namespace: str | None, before: str | None,

@@ -211,24 +211,16 @@ class _Read:
 
     ``snapshot=True`` wraps the block in a read transaction (one consistent snapshot);
     ``snapshot=False`` leaves it to the caller, who may open one with :meth:`snapshot`.
-
-    ``brief=True`` (a block that only runs statements, such as ``get``'s one): in the main
-    thread, signals stay deferred from taking the connection to giving it back, one deferral
-    instead of two (each swaps a handler in and out: ~3 us). Ctrl-C is not delayed by it: a
-    handler cannot run inside APSW's C calls anyway, only between the bytecodes around them.
     """
 
-    __slots__ = ("_saver", "_doing", "conn", "_pooled", "_snapshot", "_held")
+    __slots__ = ("_saver", "_doing", "conn", "_pooled", "_snapshot")
 
-    def __init__(self, saver: SqliteFileSaver, doing: str, *, snapshot: bool = True,
-                 brief: bool = False) -> None:
+    def __init__(self, saver: SqliteFileSaver, doing: str, *, snapshot: bool = True) -> None:
         self._saver = saver
         self._doing = doing
         self._snapshot = snapshot
         self._pooled = False
         self.conn: apsw.Connection | None = None
-        # brief: True until the main thread's __enter__ makes it the deferral __exit__ ends
-        self._held: interrupts.deferred | bool = brief
 
     def __enter__(self) -> "_Read":
         saver = self._saver
@@ -270,9 +262,6 @@ class _Read:
             if self._snapshot:
                 conn.execute("BEGIN")
             self.conn = conn
-            if self._held:  # brief: __exit__ ends the deferral, the connection back
-                self._held = held
-                return self
             held.__exit__(None, None, None)  # a signal that came meanwhile: raised here
         except BaseException as exc:
             try:
@@ -319,16 +308,8 @@ class _Read:
         saver = self._saver
         if self._pooled:
             if type(self) is _MainThreadRead:
-                held = self._held
-                if type(held) is interrupts.deferred:  # brief: deferred since __enter__
-                    self._held = False
-                    try:
-                        self._give_back(saver)
-                    finally:
-                        held.__exit__(None, None, None)  # a signal held back: raised here
-                else:
-                    with interrupts.deferred():  # no signal until it is back (_MainThreadRead)
-                        self._give_back(saver)
+                with interrupts.deferred():  # no signal until it is back (see _MainThreadRead)
+                    self._give_back(saver)
             else:
                 self._give_back(saver)  # no signal can come in this thread
         if isinstance(exc, (apsw.Error, UnicodeDecodeError)):  # the latter: damaged text
