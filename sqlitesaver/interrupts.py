@@ -194,7 +194,13 @@ class deferred:
             return
         self._active = False
         pending, self._pending = self._pending, ()
-        for signum, _frame in pending:
+        held = list(pending)
+        if type(pending) is list:
+            # The recorder, left installed, keeps this list: emptied, it keeps no frame (and
+            # whatever the frame refers to, such as a read whose finalizer gives back its
+            # connection) alive for the rest of the process.
+            pending.clear()
+        for signum, _frame in held:
             # To the main thread itself (raise_signal would go to this timer thread): that
             # also wakes a main thread blocked in a wait, as the first delivery would have.
             signal.pthread_kill(_MAIN_THREAD, signum)
