@@ -113,7 +113,9 @@ class StorageSteps:
         """The checkpoint (the latest of the thread and namespace when ``checkpoint_id`` is
         None) joined with each of its pending writes, from one snapshot: a checkpoint's
         columns then a write's (all None when it has none), the writes in (task_id, idx)
-        order (the core does not sort them); [] if there is none (a storage step)."""
+        order (the core does not sort them); [] if there is none (a storage step). The core
+        reads the checkpoint's columns from the first row only: the others may hold None for
+        the state, so that a large one is not read and sent once per write."""
         raise NotImplementedError
 
     def _list(self, thread_id: str, namespace: str | None, before: str | None,
