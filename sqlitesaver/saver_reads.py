@@ -86,6 +86,8 @@ class VerifiedReads:
         pending: Any = ()
         if writes:
             self._verify_writes(checkpoint_id, writes)
+            # Two comprehensions rather than tuples then records: 305,352 -> 302,368
+            # instructions per get with 2 writes (bench/instructions.py core-get-writes).
             if records:
                 pending = tuple([new_pending_write(task_id, index, channel, _decode(value),
                                                    task_path)

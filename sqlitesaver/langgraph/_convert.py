@@ -103,7 +103,7 @@ def parts_to_tuple(parts: tuple, serde: SerializerProtocol, *,
 
 # LangGraph's writes_sort_key(task_path, task_id, index) is that tuple itself; as an
 # itemgetter of a write (task_id, index, channel, value, task_path) the sort calls no Python
-# function per write. tests/test_langgraph_core.py checks that the two agree, so a LangGraph
+# function per write. tests/test_langgraph_saver.py checks that the two agree, so a LangGraph
 # whose key changes fails the tests instead of reordering writes silently.
 _write_order = operator.itemgetter(4, 0, 1)
 
