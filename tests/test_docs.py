@@ -245,7 +245,7 @@ def test_py_typed_and_license_are_shipped_in_the_wheel_and_the_sdist(tmp_path):
     pytest.importorskip("setuptools")
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "LICENSE"):
+    for name in ("pyproject.toml", "setup.py", "README.md", "LICENSE"):
         shutil.copy(os.path.join(REPO, name), src / name)
     shutil.copytree(os.path.join(REPO, "sqlitesaver"), src / "sqlitesaver",
                     ignore=shutil.ignore_patterns("__pycache__"))
@@ -262,6 +262,8 @@ def test_py_typed_and_license_are_shipped_in_the_wheel_and_the_sdist(tmp_path):
         names = set(sdist.getnames())
     root = f"sqlitesaver-{sqlitesaver.__version__}"
     assert {f"{root}/sqlitesaver/py.typed", f"{root}/LICENSE"} <= names
+    # The optional C scan (setup.py): its source, so that pip can build it from the sdist.
+    assert {f"{root}/setup.py", f"{root}/sqlitesaver/codec/_scan.c"} <= names
 
 
 def test_license_and_changelog():

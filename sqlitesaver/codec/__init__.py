@@ -43,6 +43,7 @@ from ..errors import SQLITE_MAX_LENGTH, SerializationError, ValueTooLargeError
 # through their modules on every call):
 #   extensions.py  the extension types: codes, limits, packing and building back
 #   scan.py        what a value holds, before packing: when ormsgpack may pack it directly
+#   _scan.c        the same walk in C, used by scan.py where setup.py could build it
 #   explain.py     the error that says what in a value cannot be stored, and where
 #   strict.py      reading exactly one whole msgpack object (no trailing bytes)
 #   nested.py      tuples, sets and frozensets in a payload, decoded in constant C stack
