@@ -7,7 +7,13 @@ module, not one inside the package, so that tests run from a source checkout (th
 command) use the one pip built into the virtualenv.
 """
 
+import hashlib
+
 from setuptools import Extension, setup
 
-setup(ext_modules=[Extension("_sqlitesaver_scan", ["sqlitesaver/codec/_scan.c"],
-                             optional=True)])
+SOURCE = "sqlitesaver/codec/_scan.c"
+with open(SOURCE, "rb") as source:  # so that tests can tell a build of other source (stale)
+    digest = hashlib.sha256(source.read()).hexdigest()
+
+setup(ext_modules=[Extension("_sqlitesaver_scan", [SOURCE], optional=True,
+                             define_macros=[("SOURCE_SHA256", f'"{digest}"')])])

@@ -8,12 +8,19 @@
  * from Python's set(map(type, level)) (~25 ns an object) to a loop here (~2 ns).
  *
  * What it relies on, and why it is safe:
- * - Every object it keeps (the levels) is held by a strong reference: if Python code runs
- *   meanwhile (a metaclass's __hash__ while a type is looked up in a set), other threads may
- *   run and drop theirs, and nothing here dangles. tp_traverse itself runs no Python code.
- * - It runs no Python code of its own and calls none on the objects it walks but that lookup;
- *   a Ctrl-C waits for it to return (at most MAX_OBJECTS objects: well under a second).
+ * - It runs no Python code: types are looked up in scan.py's sets, whose members are builtin
+ *   types, and a value holding an instance of a class whose metaclass defines its own __hash__
+ *   or __eq__ (whose lookups would run that code, and might merge types in Python's set) is
+ *   answered None: "ask the Python walk", which scan.py then runs. tp_traverse of the builtin
+ *   containers it walks runs none either. So no other thread runs meanwhile, nothing it walks
+ *   changes under it, and a Ctrl-C waits for it to return (at most MAX_OBJECTS objects).
+ * - Every object it keeps (the levels, the cached types) is held by a strong reference all the
+ *   same: a later change that lets Python code run must not make them dangle.
  * - Sums saturate instead of overflowing: they are only compared with bounds far below.
+ * - configure() runs once (scan.py's import): the sets and constants are copied then; scan.py's
+ *   _UNCHECKED and MAX_OBJECTS, which tests lower, are passed at each call.
+ * - Not the same: gc.get_referents() raises an audit event ("gc.get_referents") at each level
+ *   of the Python walk; this walk raises none.
  *
  * Built by setup.py as an optional extension: where it cannot be built (no compiler), or is of
  * another VERSION than scan.py expects, scan.py uses its Python _scan().
@@ -39,6 +46,7 @@ enum {
     K_EXTRA = 16,     /* in _NATIVE_EXTRAS, but not bytearray */
     K_BYTEARRAY = 32, /* bytearray, which is in _NATIVE_EXTRAS */
     K_ATOM = 64,      /* in _ATOMS */
+    K_DEFER = 128,    /* its metaclass defines __hash__ or __eq__: the Python walk decides */
 };
 
 #define SATURATED ((uint64_t)1 << 62)
@@ -140,6 +148,9 @@ static int kind_of(KindCache *cache, PyTypeObject *type) {
 
 /* The kind of ``type`` from scan.py's sets, or -1 with an exception set. */
 static int kind_lookup(PyTypeObject *type) {
+    PyTypeObject *meta = Py_TYPE(type);
+    if (meta->tp_hash != PyType_Type.tp_hash || meta->tp_richcompare != PyType_Type.tp_richcompare)
+        return K_DEFER; /* looking it up would run its code: see the top of this file */
     int kind = 0, part;
     if ((part = member(native_kinds, type, K_NATIVE)) < 0) return -1;
     kind |= part;
@@ -216,14 +227,22 @@ static int repeats(KindCache *cache, Level *level) {
     return found;
 }
 
+/* scan()'s answer for "ask the Python walk" (K_DEFER). */
+static PyObject *defer(void) {
+    Py_RETURN_NONE;
+}
+
 static PyObject *answer(int which) {
     Py_INCREF(results[which]);
     return results[which];
 }
 
 /* scan(value, unchecked, max_objects): scan.py's _scan(value) with its _UNCHECKED and
- * MAX_OBJECTS (read there at each call: tests lower them). */
+ * MAX_OBJECTS (read there at each call: tests lower them), or None: ask the Python walk. A
+ * bound beyond a Py_ssize_t is clamped (compared with counts that cannot reach it); one that
+ * is not an int raises TypeError (scan.py then runs the Python walk, which compares it as is). */
 static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
     if (nargs != 3) {
         PyErr_SetString(PyExc_TypeError, "scan(value, unchecked, max_objects)");
         return NULL;
@@ -233,9 +252,13 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         return NULL;
     }
     PyObject *value = args[0];
-    Py_ssize_t unchecked = PyLong_AsSsize_t(args[1]);
+    if (!PyLong_Check(args[1]) || !PyLong_Check(args[2])) {
+        PyErr_SetString(PyExc_TypeError, "scan(): the bounds must be ints");
+        return NULL;
+    }
+    Py_ssize_t unchecked = PyNumber_AsSsize_t(args[1], NULL);
     if (unchecked == -1 && PyErr_Occurred()) return NULL;
-    Py_ssize_t max_objects = PyLong_AsSsize_t(args[2]);
+    Py_ssize_t max_objects = PyNumber_AsSsize_t(args[2], NULL);
     if (max_objects == -1 && PyErr_Occurred()) return NULL;
 
     KindCache cache = {.count = 0};
@@ -244,9 +267,14 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
         cache_free(&cache);
         return NULL;
     }
+    if (top & K_DEFER) {
+        cache_free(&cache);
+        return defer();
+    }
     if (top & K_ATOM) { /* a flat value: nothing inside it to look at */
-        uint64_t size;
-        int failed = length_hint(value, &size) < 0;
+        uint64_t size = 0;
+        /* its length only if native, as the Python walk's `and` */
+        int failed = (top & K_NATIVE) && length_hint(value, &size) < 0;
         cache_free(&cache);
         if (failed) return NULL;
         return answer((top & K_NATIVE) && size <= (uint64_t)fast_output ? NATIVE : CLEAN);
@@ -268,6 +296,12 @@ static PyObject *scan(PyObject *module, PyObject *const *args, Py_ssize_t nargs)
             if (type != last) {
                 kind = kind_of(&cache, type);
                 if (kind < 0) goto done;
+                if (kind & K_DEFER) {
+                    /* (every type of the level is met here first: the filter and repeats()
+                     * below only see types this loop passed) */
+                    result = defer();
+                    goto done;
+                }
                 last = type;
             }
             all_native &= (kind & K_NATIVE) != 0;
@@ -372,6 +406,11 @@ done:
 /* configure(atoms, native_kinds, containers, extras, blobs, max_depth, sample, fast_output,
  *           bytes_per_object, results) */
 static PyObject *configure(PyObject *module, PyObject *const *args, Py_ssize_t nargs) {
+    (void)module;
+    if (max_depth >= 0) {
+        PyErr_SetString(PyExc_RuntimeError, "_sqlitesaver_scan.configure() runs once");
+        return NULL;
+    }
     if (nargs != 10) {
         PyErr_SetString(PyExc_TypeError, "configure() takes 10 arguments");
         return NULL;
@@ -431,13 +470,21 @@ static PyMethodDef methods[] = {
 };
 
 static struct PyModuleDef module_def = {
-    PyModuleDef_HEAD_INIT, "_sqlitesaver_scan",
-    "sqlitesaver.codec.scan._scan() in C (see sqlitesaver/codec/_scan.c).", -1, methods,
+    PyModuleDef_HEAD_INIT,
+    .m_name = "_sqlitesaver_scan",
+    .m_doc = "sqlitesaver.codec.scan._scan() in C (see sqlitesaver/codec/_scan.c).",
+    .m_size = -1,
+    .m_methods = methods,
 };
+
+#ifndef SOURCE_SHA256
+#define SOURCE_SHA256 "unknown" /* built without setup.py */
+#endif
 
 PyMODINIT_FUNC PyInit__sqlitesaver_scan(void) {
     PyObject *module = PyModule_Create(&module_def);
-    if (module != NULL && PyModule_AddIntConstant(module, "VERSION", VERSION) < 0) {
+    if (module != NULL && (PyModule_AddIntConstant(module, "VERSION", VERSION) < 0 ||
+                           PyModule_AddStringConstant(module, "SOURCE_SHA256", SOURCE_SHA256) < 0)) {
         Py_DECREF(module);
         return NULL;
     }

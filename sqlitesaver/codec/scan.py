@@ -140,11 +140,13 @@ def _scan_python(value: Any) -> int:
 _get_referents = gc.get_referents
 
 # The same walk in C where setup.py could build it (_sqlitesaver_scan, sqlitesaver/codec/
-# _scan.c): the same answer for every value (tests/test_scan_c.py compares the two), ~10x
-# faster (timeit, ad hoc: the 4 KiB state 11.8 -> 1 us, bench/run.py's 1 MiB state 1.9 -> 0.2
-# ms), because Python's set(map(type, level)) costs ~25 ns an object. The sets and bounds above
-# stay its single source: configured once here, and _UNCHECKED and MAX_OBJECTS passed at each
-# call (tests lower them).
+# _scan.c): the same answer for every value (tests/test_scan_c.py compares the two), ~5x
+# faster (timeit, ad hoc: the 4 KiB state 11.6 -> 2.0 us, bench/run.py's 1 MiB state 1.95 ->
+# 0.46 ms), because Python's set(map(type, level)) costs ~25 ns an object. The sets and bounds
+# above stay its single source: copied once, here (a change to them, or to _SAMPLE,
+# _FAST_OUTPUT, _BYTES_PER_OBJECT or _MAX_DEPTH, after this import does not reach it), and
+# _UNCHECKED and MAX_OBJECTS passed at each call (tests lower them). It answers None for a
+# value it leaves to the Python walk (a class whose metaclass defines __hash__ or __eq__).
 try:
     import _sqlitesaver_scan as _c
 except ImportError:  # not built (no C compiler where pip installed): the Python walk
@@ -158,8 +160,12 @@ if _c is not None:
     _c_scan = _c.scan
 
     def _scan(value: Any) -> int:
-        """:func:`_scan_python`'s answer, from the C walk."""
-        return _c_scan(value, _UNCHECKED, MAX_OBJECTS)
+        """:func:`_scan_python`'s answer, from the C walk where it gives one."""
+        try:
+            found = _c_scan(value, _UNCHECKED, MAX_OBJECTS)
+        except TypeError:  # a bound that is not an int (float("inf")): compared as it is
+            return _scan_python(value)
+        return _scan_python(value) if found is None else found
 else:
     _scan = _scan_python
 
