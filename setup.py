@@ -1,19 +1,28 @@
-"""Build of the one optional C extension, ``_sqlitesaver_scan`` (sqlitesaver/codec/_scan.c):
-the codec's scan before packing, in C. Everything else is in pyproject.toml.
+"""Build of the two optional C extensions; everything else is in pyproject.toml:
 
-Optional: where it cannot be built (no C compiler), pip installs sqlitesaver without it and the
-codec runs its Python scan, which gives the same answers (tests/test_scan_c.py). A top-level
-module, not one inside the package, so that tests run from a source checkout (the README's test
-command) use the one pip built into the virtualenv.
+* ``_sqlitesaver_scan`` (sqlitesaver/codec/_scan.c): the codec's scan of a value before
+  packing (tests/test_scan_c.py);
+* ``_sqlitesaver_shallow`` (sqlitesaver/_shallow.c): the check that a payload is one whole,
+  shallow msgpack object before ormsgpack may decode it (tests/test_shallow_c.py).
+
+Optional: where they cannot be built (no C compiler), pip installs sqlitesaver without them and
+the codec runs their Python versions, which give the same answers (the tests named compare
+them). Top-level modules, not ones inside the package, so that tests run from a source
+checkout (the README's test command) use the ones pip built into the virtualenv.
 """
 
 import hashlib
 
 from setuptools import Extension, setup
 
-SOURCE = "sqlitesaver/codec/_scan.c"
-with open(SOURCE, "rb") as source:  # so that tests can tell a build of other source (stale)
-    digest = hashlib.sha256(source.read()).hexdigest()
 
-setup(ext_modules=[Extension("_sqlitesaver_scan", [SOURCE], optional=True,
-                             define_macros=[("SOURCE_SHA256", f'"{digest}"')])])
+
+def extension(name: str, source: str) -> Extension:
+    with open(source, "rb") as f:  # so that tests can tell a build of other source (stale)
+        digest = hashlib.sha256(f.read()).hexdigest()
+    return Extension(name, [source], optional=True,
+                     define_macros=[("SOURCE_SHA256", f'"{digest}"')])
+
+
+setup(ext_modules=[extension("_sqlitesaver_scan", "sqlitesaver/codec/_scan.c"),
+                   extension("_sqlitesaver_shallow", "sqlitesaver/_shallow.c")])

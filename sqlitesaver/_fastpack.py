@@ -38,6 +38,8 @@ from typing import Any
 
 import msgpack
 
+from . import _extensions
+
 # Not a hard import: ormsgpack is a dependency on Python 3.11+ only (pyproject.toml), since the
 # first version fit for this (1.13.1) needs 3.11. Earlier ones leak every container they had
 # built when a decode fails (1.12.2: ~2 objects per container, on each payload declined), and
@@ -121,7 +123,7 @@ _WHOLE: list = []  # pooled plain Unpackers, as codec's pools (pop() and append(
 _GAUGES: list = []  # pooled [primed Unpacker, uses left]
 
 
-def _shallow(data: bytes) -> bool:
+def _shallow_python(data: bytes) -> bool:
     """True if ``data`` is exactly one msgpack object, with every length it declares backed by
     bytes, nesting at most MAX_DEPTH containers. Builds nothing, runs no hook."""
     if len(data) > _POOLED:
@@ -173,6 +175,25 @@ def _shallow(data: bytes) -> bool:
     return False  # pragma: no cover - the open arrays never close
 
 
+# The same check in C where setup.py could build it (_sqlitesaver_shallow, sqlitesaver/
+# _shallow.c): one pass of a loop that follows msgpack's format as msgpack's parser does, with
+# the same answer for every payload (tests/test_shallow_c.py compares the two), instead of two
+# passes of msgpack's parser and its pooled Unpackers' bookkeeping: ~24,000 instructions per
+# get of the 4 KiB state. A payload that is not exact bytes (codec.decode takes any buffer)
+# goes to the Python check.
+_c = _extensions.load("_sqlitesaver_shallow", 1)
+if _c is not None:
+    _c_shallow = _c.shallow
+
+    def _shallow(data: bytes) -> bool:
+        """:func:`_shallow_python`'s answer, from the C check for bytes."""
+        if type(data) is bytes:
+            return _c_shallow(data, MAX_DEPTH)
+        return _shallow_python(data)
+else:
+    _shallow = _shallow_python
+
+
 def _calibrated() -> bool:
     """True if ormsgpack is usable and msgpack's parser is the C one with the 1024-entry stack
     _shallow() relies on: each of _shallow()'s ways (counted, gauged, one pass for big
@@ -188,8 +209,9 @@ def _calibrated() -> bool:
         yes += [_ONE * MAX_DEPTH + leaf, _ONE * (MAX_DEPTH - 2) + b"\x92\x90" + leaf]
         no += [_ONE * (MAX_DEPTH + 1) + leaf, _ONE * (MAX_DEPTH - 1) + b"\x92\x90" + leaf,
                _ONE * MAX_DEPTH + leaf + b"\xc0", _ONE * MAX_DEPTH + leaf[:-1]]
-    try:
-        return all(map(_shallow, yes)) and not any(map(_shallow, no))
+    try:  # (the Python check is what needs msgpack's parser; the C one is tested alike)
+        return all(map(_shallow_python, yes)) and not any(map(_shallow_python, no)) and \
+            all(map(_shallow, yes)) and not any(map(_shallow, no))
     except Exception:
         return False
 

@@ -473,3 +473,26 @@ def python_sigint_handler():
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     yield
     signal.signal(signal.SIGINT, previous)
+
+
+def check_c_extension(module, source: str) -> None:
+    """For the optional C extensions (setup.py): ``module`` (None if not built) must be built
+    under CI where a C compiler exists (``pip install .`` builds it; else the suite would test
+    only the Python fallback), and, where it is, from ``source`` as it is now (an in-place build
+    at the checkout's root shadows pip's and may be stale). Skips when neither applies."""
+    import hashlib
+    import shutil
+
+    compiler = shutil.which("cc") or shutil.which("gcc")
+    if module is None:
+        if os.environ.get("CI") and compiler:
+            pytest.fail(f"the C extension for {source} did not build (pip installs it as an "
+                        "optional extension: look for its compiler error in pip's output "
+                        "with -v)")
+        pytest.skip(f"the C extension for {source} is not built here")
+    if not os.path.exists(source):
+        pytest.skip("no source next to the package (installed without it)")
+    with open(source, "rb") as f:
+        assert module.SOURCE_SHA256 == hashlib.sha256(f.read()).hexdigest(), (
+            f"{module.__file__} was built from other source than {source}: rebuild it "
+            "(python setup.py build_ext --inplace)")

@@ -471,6 +471,8 @@ def test_the_depth_bound_is_exact(size, shape, monkeypatch):
 
 
 def test_a_primed_gauge_is_retired_before_its_open_array_fills(monkeypatch):
+    # The Python check's gauges (the C check, where built, has none: tests/test_shallow_c.py)
+    monkeypatch.setattr(_fastpack, "_shallow", _fastpack._shallow_python)
     monkeypatch.setattr(_fastpack, "_GAUGES", [])
     monkeypatch.setattr(_fastpack, "_PRIMED_USES", 3)
     primed = Spy(monkeypatch, _fastpack, "_primed")

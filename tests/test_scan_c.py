@@ -3,7 +3,7 @@ walk it replaces (``codec.scan._scan_python``): the same answer for every value,
 the ones that decide what is refused (extras, depth, sharing, the object bound) and the size
 estimate that picks a packer; no reference leaked or dropped; values whose lookup would run
 Python code (a metaclass's own __hash__ or __eq__), and bounds that are not C integers, get
-the Python walk's answer from the Python walk; the build is of this source.
+the Python walk's answer from the Python walk; the build is of this source (conftest.check_c_extension, which also requires it built under CI).
 
 Where the extension is not built, these skip, saying so, and the codec runs the Python walk,
 which the rest of the suite then tests; under CI on a machine with a C compiler, the
@@ -16,7 +16,6 @@ from __future__ import annotations
 import datetime
 import decimal
 import os
-import shutil
 import sys
 
 import msgpack
@@ -24,6 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from conftest import check_c_extension
 from sqlitesaver import codec
 from sqlitesaver.codec import scan
 
@@ -34,12 +34,6 @@ needs_c = pytest.mark.skipif(not BUILT, reason="_sqlitesaver_scan is not built h
                              "its Python scan")
 
 
-def test_ci_builds_the_extension():
-    if not os.environ.get("CI") or not (shutil.which("cc") or shutil.which("gcc")):
-        pytest.skip("only required under CI, on a machine with a C compiler")
-    assert BUILT, ("_sqlitesaver_scan did not build (pip installs it as an optional extension: "
-                   "look for its compiler error in pip's output with -v)")
-    assert codec._scan is scan._scan and scan._scan is not scan._scan_python
 
 
 def both(value: object) -> int:
@@ -244,18 +238,6 @@ def test_configure_runs_once():
     both({"still": ["configured", 1]})
 
 
-@needs_c
-def test_the_extension_is_built_from_this_source():
-    # A build of older source (an in-place build at the checkout's root shadows pip's) would
-    # be tested instead of this one: rebuild it (python setup.py build_ext --inplace).
-    import hashlib
-
-    source = os.path.join(os.path.dirname(scan.__file__), "_scan.c")
-    if not os.path.exists(source):
-        pytest.skip("no source next to the package (installed without it)")
-    with open(source, "rb") as f:
-        assert scan._c.SOURCE_SHA256 == hashlib.sha256(f.read()).hexdigest(), (
-            f"{scan._c.__file__} was built from other source than {source}")
 
 
 @needs_c
@@ -265,3 +247,7 @@ def test_the_encoded_bytes_do_not_depend_on_the_walk(monkeypatch):
     with_c = [codec.encode(v) for v in values_]
     monkeypatch.setattr(codec, "_scan", scan._scan_python)
     assert [codec.encode(v) for v in values_] == with_c
+
+
+def test_built_under_ci_and_from_this_source():
+    check_c_extension(scan._c, os.path.join(os.path.dirname(scan.__file__), "_scan.c"))

@@ -18,6 +18,7 @@ from typing import Any
 
 import msgpack
 
+from .. import _extensions
 from .extensions import _MAX_DEPTH
 
 # msgpack's C packer writes these itself even with strict_types, without asking `default`:
@@ -147,12 +148,7 @@ _get_referents = gc.get_referents
 # _FAST_OUTPUT, _BYTES_PER_OBJECT or _MAX_DEPTH, after this import does not reach it), and
 # _UNCHECKED and MAX_OBJECTS passed at each call (tests lower them). It answers None for a
 # value it leaves to the Python walk (a class whose metaclass defines __hash__ or __eq__).
-try:
-    import _sqlitesaver_scan as _c
-except ImportError:  # not built (no C compiler where pip installed): the Python walk
-    _c = None
-if _c is not None and getattr(_c, "VERSION", None) != 1:  # a stale build: not this walk
-    _c = None
+_c = _extensions.load("_sqlitesaver_scan", 1)
 if _c is not None:
     _c.configure(_ATOMS, _NATIVE_KINDS, _CONTAINERS, _NATIVE_EXTRAS, _BLOBS, _MAX_DEPTH,
                  _SAMPLE, _FAST_OUTPUT, _BYTES_PER_OBJECT,
