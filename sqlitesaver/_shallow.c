@@ -61,7 +61,10 @@ static int whole_and_shallow(const unsigned char *p, Py_ssize_t len, int max_dep
             case 0xc7: case 0xc8: case 0xc9: /* ext 8/16/32: length, then type and data */
                 size = b == 0xc7 ? 1 : b == 0xc8 ? 2 : 4;
                 if (end - p < size) return 0;
-                skip = load(p, size) + 1;
+                /* msgpack's parser adds the type byte in a 32-bit unsigned int: for an ext 32
+                 * of length 0xffffffff that wraps to 0, and it takes the object as ending
+                 * there (found in review). So does this check, to answer as it does. */
+                skip = (uint32_t)(load(p, size) + 1);
                 p += size;
                 break;
             case 0xca: case 0xcb: /* float 32/64 */

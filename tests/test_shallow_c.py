@@ -89,6 +89,15 @@ def test_depth_at_and_around_the_bound(pad, depth):
 
 
 @needs_c
+def test_an_ext_32_of_length_0xffffffff_ends_where_msgpacks_parser_ends_it():
+    # msgpack adds its type byte in 32 bits: the length wraps to 0 (found in review)
+    for data in (b"\xc9\xff\xff\xff\xff", b"\x91\xc9\xff\xff\xff\xff",
+                 b"\x92\xc9\xff\xff\xff\xff\xc0"):
+        assert same(data)
+    assert not same(b"\xc9\xff\xff\xff\xff\x01")
+
+
+@needs_c
 def test_declared_lengths_beyond_the_payload():
     for data in (b"\xdd\xff\xff\xff\xff\xc0", b"\xdf\xff\xff\xff\xff\xc0\xc0",
                  b"\xdb\xff\xff\xff\xffabc", b"\xc6\xff\xff\xff\xff", b"\xc9\xff\xff\xff\xff\x01",
