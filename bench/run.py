@@ -522,14 +522,15 @@ def filesystem_of(path: str) -> str:
 
 
 def code_identity() -> str:
-    """Which sqlitesaver was measured: git HEAD, whether the package differs from it, and a
-    hash of its sources as read now (the time of import, within a second or so). A working
+    """Which sqlitesaver was measured: git HEAD, whether the package differs from it, a hash
+    of its sources (Python and C) as read now (the time of import, within a second or so), and
+    which of its optional C extensions this process uses. A working
     tree others edit during the day makes "the library as it is today" ambiguous otherwise."""
     package = os.path.dirname(os.path.abspath(sqlitesaver.__file__))
     digest = hashlib.sha256()
     for folder, dirs, files in sorted(os.walk(package)):
         dirs[:] = sorted(d for d in dirs if d != "__pycache__")
-        for name in sorted(f for f in files if f.endswith(".py")):
+        for name in sorted(f for f in files if f.endswith((".py", ".c"))):
             path = os.path.join(folder, name)
             digest.update(os.path.relpath(path, package).encode() + b"\0")
             with open(path, "rb") as f:
@@ -544,13 +545,19 @@ def code_identity() -> str:
         return done.stdout.strip() if done.returncode == 0 else None
 
     head = git("rev-parse", "--short", "HEAD")
+    # The optional C extensions (setup.py): a run without them measures the Python walks.
+    from sqlitesaver import _fastpack
+    from sqlitesaver.codec import scan
+    built = [name for name, module in (("scan", scan._c), ("shallow", _fastpack._c))
+             if module is not None]
+    c_extensions = "C extensions: " + (", ".join(built) if built else "none (Python walks)")
     if head is None:
         where = "not a git checkout"
     else:
         dirty = git("status", "--porcelain", "--", ".")
         where = f"git {head}" + (", with uncommitted changes in sqlitesaver/" if dirty else
                                  ", sqlitesaver/ as committed")
-    return f"{where}; sources sha256 {digest.hexdigest()[:12]}"
+    return f"{where}; sources sha256 {digest.hexdigest()[:12]}; {c_extensions}"
 
 
 # --- the run ----------------------------------------------------------------------------------
