@@ -546,10 +546,17 @@ def code_identity() -> str:
 
     head = git("rev-parse", "--short", "HEAD")
     # The optional C extensions (setup.py): a run without them measures the Python walks.
+    # A build whose SOURCE_SHA256 is not its source's now is named stale (an in-place build
+    # at the checkout's root is what a run from the checkout uses).
     from sqlitesaver import _fastpack
     from sqlitesaver.codec import scan
-    built = [name for name, module in (("scan", scan._c), ("shallow", _fastpack._c))
-             if module is not None]
+    built = []
+    for name, module, source in (("scan", scan._c, os.path.join(package, "codec", "_scan.c")),
+                                 ("shallow", _fastpack._c, os.path.join(package, "_shallow.c"))):
+        if module is not None:
+            stale = os.path.exists(source) and module.SOURCE_SHA256 != hashlib.sha256(
+                open(source, "rb").read()).hexdigest()
+            built.append(name + (" (a stale build)" if stale else ""))
     c_extensions = "C extensions: " + (", ".join(built) if built else "none (Python walks)")
     if head is None:
         where = "not a git checkout"

@@ -209,9 +209,9 @@ def _calibrated() -> bool:
         yes += [_ONE * MAX_DEPTH + leaf, _ONE * (MAX_DEPTH - 2) + b"\x92\x90" + leaf]
         no += [_ONE * (MAX_DEPTH + 1) + leaf, _ONE * (MAX_DEPTH - 1) + b"\x92\x90" + leaf,
                _ONE * MAX_DEPTH + leaf + b"\xc0", _ONE * MAX_DEPTH + leaf[:-1]]
+    checks = [_shallow_python] if _shallow is _shallow_python else [_shallow_python, _shallow]
     try:  # (the Python check is what needs msgpack's parser; the C one is tested alike)
-        return all(map(_shallow_python, yes)) and not any(map(_shallow_python, no)) and \
-            all(map(_shallow, yes)) and not any(map(_shallow, no))
+        return all(all(map(check, yes)) and not any(map(check, no)) for check in checks)
     except Exception:
         return False
 

@@ -477,19 +477,24 @@ def python_sigint_handler():
 
 def check_c_extension(module, source: str) -> None:
     """For the optional C extensions (setup.py): ``module`` (None if not built) must be built
-    under CI where a C compiler exists (``pip install .`` builds it; else the suite would test
-    only the Python fallback), and, where it is, from ``source`` as it is now (an in-place build
-    at the checkout's root shadows pip's and may be stale). Skips when neither applies."""
+    under CI where a C compiler and Python's headers exist (``pip install .`` builds it; else
+    the suite would test only the Python fallback), and, where it is, from ``source`` as it is
+    now (an in-place build at the checkout's root, ``pip install -e .`` or ``python setup.py
+    build_ext --inplace``, shadows pip's and may be stale). Skips when neither applies."""
     import hashlib
     import shutil
+    import sysconfig
 
-    compiler = shutil.which("cc") or shutil.which("gcc")
+    # What building it needs: a C compiler and this Python's headers (Debian's python3-dev)
+    buildable = bool(shutil.which("cc") or shutil.which("gcc")) and os.path.exists(
+        os.path.join(sysconfig.get_paths()["include"], "Python.h"))
     if module is None:
-        if os.environ.get("CI") and compiler:
-            pytest.fail(f"the C extension for {source} did not build (pip installs it as an "
-                        "optional extension: look for its compiler error in pip's output "
-                        "with -v)")
-        pytest.skip(f"the C extension for {source} is not built here")
+        if os.environ.get("CI") and buildable:
+            pytest.fail(f"the C extension for {source} is not in use: not built (pip installs "
+                        "it as an optional extension: look for its compiler error in pip's "
+                        "output with -v), or a build of another VERSION shadows it")
+        pytest.skip(f"the C extension for {source} is not built here (pip install . or "
+                    "pip install -e . builds it)")
     if not os.path.exists(source):
         pytest.skip("no source next to the package (installed without it)")
     with open(source, "rb") as f:

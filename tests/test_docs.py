@@ -262,8 +262,10 @@ def test_py_typed_and_license_are_shipped_in_the_wheel_and_the_sdist(tmp_path):
         names = set(sdist.getnames())
     root = f"sqlitesaver-{sqlitesaver.__version__}"
     assert {f"{root}/sqlitesaver/py.typed", f"{root}/LICENSE"} <= names
-    # The optional C scan (setup.py): its source, so that pip can build it from the sdist.
-    assert {f"{root}/setup.py", f"{root}/sqlitesaver/codec/_scan.c"} <= names
+    # The optional C extensions (setup.py): their sources, so that pip can build them from
+    # the sdist.
+    assert {f"{root}/setup.py", f"{root}/sqlitesaver/codec/_scan.c",
+            f"{root}/sqlitesaver/_shallow.c"} <= names
 
 
 def test_license_and_changelog():

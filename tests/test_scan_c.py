@@ -37,10 +37,15 @@ needs_c = pytest.mark.skipif(not BUILT, reason="_sqlitesaver_scan is not built h
 
 
 def both(value: object) -> int:
-    """The C answer, checked against the Python walk's (and returned)."""
+    """The C answer, checked against the Python walk's (and returned): the codec's _scan()
+    and, where the bounds are ints, the C walk itself, which must answer (not None, "ask the
+    Python walk", which _scan() would hide by asking it)."""
     expected = scan._scan_python(value)
     assert scan._scan(value) == expected, (
         f"C scan disagrees: {scan._scan(value)} vs {expected} for {value!r:.300}")
+    if type(scan._UNCHECKED) is int and type(scan.MAX_OBJECTS) is int:
+        found = scan._c_scan(value, scan._UNCHECKED, scan.MAX_OBJECTS)
+        assert found == expected, f"C walk answered {found} vs {expected} for {value!r:.300}"
     return expected
 
 
