@@ -258,9 +258,12 @@ def test_py_typed_and_license_are_shipped_in_the_wheel_and_the_sdist(tmp_path):
                             "build_meta; print(build_meta.build_sdist(sys.argv[1]))",
                             str(tmp_path / "dist")], cwd=src, capture_output=True, text=True)
     assert built.returncode == 0, built.stderr
+    root = f"sqlitesaver-{sqlitesaver.__version__}"
     with tarfile.open(tmp_path / "dist" / built.stdout.split()[-1]) as sdist:
         names = set(sdist.getnames())
-    root = f"sqlitesaver-{sqlitesaver.__version__}"
+        pkg_info = sdist.extractfile(f"{root}/PKG-INFO").read().decode()
+    # The license as PEP 639 metadata, which pip and PyPI show.
+    assert "License-Expression: MIT" in pkg_info.splitlines(), pkg_info
     assert {f"{root}/sqlitesaver/py.typed", f"{root}/LICENSE"} <= names
     # The optional C extensions (setup.py): their sources, so that pip can build them from
     # the sdist.
@@ -274,7 +277,9 @@ def test_license_and_changelog():
     assert license_text.startswith("MIT License\n\nCopyright (c) 2026 the sqlitesaver authors\n")
     with open(os.path.join(REPO, "pyproject.toml"), encoding="utf-8") as f:
         pyproject = f.read()
-    assert 'license = { text = "MIT" }' in pyproject
+    # PEP 639's SPDX string (the `{ text = ... }` table is deprecated: setuptools refuses it
+    # after 2027-02-18).
+    assert 'license = "MIT"' in pyproject and 'license-files = ["LICENSE"]' in pyproject
     assert f'version = "{sqlitesaver.__version__}"' in pyproject
     with open(os.path.join(REPO, "CHANGELOG.md"), encoding="utf-8") as f:
         changelog = f.read()
