@@ -3,7 +3,8 @@
 * ``_sqlitesaver_scan`` (sqlitesaver/codec/_scan.c): the codec's scan of a value before
   packing (tests/test_scan_c.py);
 * ``_sqlitesaver_shallow`` (sqlitesaver/_shallow.c): the check that a payload is one whole,
-  shallow msgpack object before ormsgpack may decode it (tests/test_shallow_c.py).
+  shallow msgpack object before ormsgpack may decode it, and the read of the LangGraph
+  adapter's ``[type, bytes]`` payloads (tests/test_shallow_c.py).
 
 Optional: where they cannot be built (no C compiler), pip installs sqlitesaver without them and
 the codec runs their Python versions, which give the same answers (the tests named compare

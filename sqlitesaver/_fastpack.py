@@ -181,7 +181,8 @@ def _shallow_python(data: bytes) -> bool:
 # passes of msgpack's parser and its pooled Unpackers' bookkeeping: ~24,000 instructions per
 # get of the 4 KiB state. A payload that is not exact bytes (codec.decode takes any buffer)
 # goes to the Python check.
-_c = _extensions.load("_sqlitesaver_shallow", 1)
+# Version 2 also has pair(), which codec/__init__.py uses (the same read as its _pair_python).
+_c = _extensions.load("_sqlitesaver_shallow", 2)
 if _c is not None:
     _c_shallow = _c.shallow
 

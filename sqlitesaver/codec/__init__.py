@@ -131,7 +131,7 @@ _PAIR_HEADER = b"\x92"  # a fixarray of 2: how a [str, bytes] pair starts
 
 def _pair_bytes(value: list) -> bytes | None:
     """The bytes of a ``[str, bytes]`` pair, written directly, or None (the general path then
-    decides). The inverse of :func:`_pair`, for the same reason: the LangGraph adapter stores
+    decides). The inverse of :func:`_pair_python`, for the same reason: the LangGraph adapter stores
     every checkpoint and pending write as such a pair, and the general path costs several times
     more on it (the scan, then the packer). The bytes are the ones msgpack writes (fixstr or
     str 8, then the smallest bin header): tests/test_codec.py compares them on random pairs."""
@@ -166,7 +166,7 @@ _BYTE = [bytes((n,)) for n in range(256)]
 _FIXSTR = [bytes((0xA0 | n,)) for n in range(32)]
 
 
-def _pair(data: bytes) -> list | None:
+def _pair_python(data: bytes) -> list | None:
     """``[str, bytes]`` read straight off ``data`` when it is exactly that and nothing more, else
     None (the general decoders then decide, and raise for what is malformed).
 
@@ -206,6 +206,13 @@ def _pair(data: bytes) -> list | None:
         return [data[at:end].decode(), data[start:]]
     except UnicodeDecodeError:
         return None
+
+
+# The same read in C where setup.py could build it (pair() of _sqlitesaver_shallow, sqlitesaver/
+# _shallow.c): one call instead of ~13 lines of Python, ~0.7 us a payload, three per get_tuple
+# with two pending writes. decode() calls it with exact bytes only. tests/test_shallow_c.py
+# compares the two.
+_pair = _fastpack._c.pair if _fastpack._c is not None else _pair_python
 
 
 # ormsgpack's decode, offered every payload first; it declines (_fastpack.MISS) all but whole,
