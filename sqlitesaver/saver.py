@@ -393,9 +393,14 @@ class Saver(StorageSteps, VerifiedReads, FileMethods):
         """:meth:`get`; with ``records=False``, the checkpoint as the tuple
         :meth:`~sqlitesaver.saver_reads.VerifiedReads._checkpoint` returns then (the LangGraph
         adapter's ``get_tuple``: the same checks, no records)."""
-        _check_text("thread_id", thread_id)
-        _check_text("namespace", namespace, allow_empty=True)
-        if checkpoint_id is not None:
+        # Checked inline when non-empty ASCII strs (check_text passes then), as in _put.
+        if type(thread_id) is not str or not thread_id or not thread_id.isascii():
+            _check_text("thread_id", thread_id)
+        if type(namespace) is not str or not namespace.isascii():
+            _check_text("namespace", namespace, allow_empty=True)
+        if checkpoint_id is not None and (
+                type(checkpoint_id) is not str or not checkpoint_id or
+                not checkpoint_id.isascii()):
             _check_text("checkpoint_id", checkpoint_id)
         rows = self._get_rows(thread_id, namespace, checkpoint_id)
         if not rows:

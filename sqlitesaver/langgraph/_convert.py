@@ -80,11 +80,16 @@ def parts_to_tuple(parts: tuple, serde: SerializerProtocol, *,
     checkpoint or one of its writes was not stored by this adapter (``path`` is the database,
     for the error)."""
     thread_id, namespace, checkpoint_id, parent_id, state, metadata, writes = parts
-    if not _is_pair(state):
+    # Each is refused unless the [type, bytes] list dumps() stores (bytes: what the codec
+    # returns for a msgpack bin); tested inline, not by a function: three calls per
+    # get_tuple with two pending writes.
+    if not (type(state) is list and len(state) == 2 and type(state[0]) is str
+            and type(state[1]) is bytes):
         _refuse(parts, state, "its state", path)
     if writes:
         for task_id, index, channel, value, _ in writes:
-            if not _is_pair(value):  # the message is built only for a foreign write
+            if not (type(value) is list and len(value) == 2 and type(value[0]) is str
+                    and type(value[1]) is bytes):  # the message is built only then
                 _refuse(parts, value, f"its pending write {index} of task {task_id!r} "
                         f"(channel {channel!r})", path)
         loads = serde.loads_typed
@@ -106,13 +111,6 @@ def parts_to_tuple(parts: tuple, serde: SerializerProtocol, *,
 # function per write. tests/test_langgraph_saver.py checks that the two agree, so a LangGraph
 # whose key changes fails the tests instead of reordering writes silently.
 _write_order = operator.itemgetter(4, 0, 1)
-
-
-def _is_pair(value: Any) -> bool:
-    """Whether ``value`` is the ``[type, bytes]`` list :func:`dumps` stores (bytes: what the
-    codec returns for a msgpack bin)."""
-    return type(value) is list and len(value) == 2 and type(value[0]) is str \
-        and type(value[1]) is bytes
 
 
 def _refuse(parts: tuple, value: Any, what: str, path: str | None) -> None:
