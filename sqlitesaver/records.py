@@ -77,14 +77,22 @@ class RecoveryReport:
     seconds: float
 
 
-# --- building records on the read paths --------------------------------------------------------
+# --- building records on the read and write paths ----------------------------------------------
 # A frozen dataclass's __init__ sets each field through object.__setattr__, about 0.9 us for a
 # PendingWrite and 1.5 us for a Checkpoint; a read builds one per checkpoint and per pending
-# write. These fill the instance's __dict__ directly (about 0.35 us): the same instance as the
+# write, a put one CheckpointRef. These fill the instance's __dict__ directly (about 0.35 us): the same instance as the
 # class's own constructor gives (same fields in the same order, so the same __eq__, __hash__ and
 # __repr__; tests/test_records.py compares them), for values the Saver read and checked itself.
 
 _new = object.__new__
+
+
+def new_checkpoint_ref(thread_id: str, namespace: str, checkpoint_id: str,
+                       created_at: datetime) -> CheckpointRef:
+    obj = _new(CheckpointRef)
+    obj.__dict__.update({"thread_id": thread_id, "namespace": namespace,
+                         "checkpoint_id": checkpoint_id, "created_at": created_at})
+    return obj
 
 
 def new_pending_write(task_id: str, index: int, channel: str, value: Any,

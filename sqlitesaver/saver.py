@@ -45,7 +45,7 @@ from .ids import INT64_MAX as _INT64_MAX
 from .ids import format_id
 from .ids import is_generated as _is_generated
 from .postgres.target import SCHEMES as _POSTGRES_SCHEMES  # stdlib only: no psycopg
-from .records import Checkpoint, CheckpointRef, LogEvent, RecoveryReport
+from .records import Checkpoint, CheckpointRef, LogEvent, RecoveryReport, new_checkpoint_ref
 from .saver_arguments import check_indexes as _check_indexes
 from .saver_arguments import check_text as _check_text
 from .saver_files import FileMethods
@@ -217,7 +217,7 @@ class Saver(StorageSteps, VerifiedReads, FileMethods):
         """
         checkpoint_id, created = self._put(thread_id, state, metadata, parent_id, namespace,
                                            checkpoint_id, files, workspace)
-        return CheckpointRef(thread_id, namespace, checkpoint_id, _to_datetime(created))
+        return new_checkpoint_ref(thread_id, namespace, checkpoint_id, _to_datetime(created))
 
     def _put(self, thread_id: str, state: Any, metadata: dict | None, parent_id: str | None,
              namespace: str, checkpoint_id: str | None,

@@ -8,7 +8,8 @@ from datetime import datetime, timezone
 
 import pytest
 
-from sqlitesaver.records import Checkpoint, PendingWrite, new_checkpoint, new_pending_write
+from sqlitesaver.records import (Checkpoint, CheckpointRef, PendingWrite, new_checkpoint,
+                                 new_checkpoint_ref, new_pending_write)
 
 WRITE = ("task", 3, "channel", {"v": [1, 2]}, "path")
 WHEN = datetime(2026, 12, 3, tzinfo=timezone.utc)
@@ -20,6 +21,7 @@ def checkpoint_args(writes: tuple) -> tuple:
 
 @pytest.mark.parametrize("cls, make, args", [
     (PendingWrite, new_pending_write, WRITE),
+    (CheckpointRef, new_checkpoint_ref, ("thread", "ns", "00000000000000a1", WHEN)),
     (Checkpoint, new_checkpoint, checkpoint_args(())),
     (Checkpoint, new_checkpoint, checkpoint_args((PendingWrite(*WRITE),))),
 ])
@@ -30,6 +32,8 @@ def test_a_fast_record_is_the_same_record(cls, make, args):
     assert vars(fast) == vars(slow) and list(vars(fast)) == list(vars(slow))  # field order
     assert list(vars(fast)) == [f.name for f in dataclasses.fields(cls)]  # every field, once
     assert dataclasses.astuple(fast) == dataclasses.astuple(slow)
+    if cls is CheckpointRef:
+        assert hash(fast) == hash(slow)
     if cls is PendingWrite:
         hashable = make(*args[:3], "value", args[4])
         assert hash(hashable) == hash(cls(*args[:3], "value", args[4]))
