@@ -32,6 +32,31 @@ def open_url(url: str, **changes: object):
     return connect.open_connection(params, target.describe(params), options(**changes))
 
 
+# --- which psycopg ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version", ["3.2.13", "3.2.0", "3.1.20", "3.0", "", "dev"])
+def test_a_psycopg_older_than_3_3_is_refused_before_anything_opens(monkeypatch, version):
+    # 3.2 waits for good for a cancelled statement on a server that does not answer
+    # (connect.PSYCOPG_MIN): refused with what is installed and the command that upgrades it,
+    # before any connection is tried (the host below does not exist: no CannotOpenError).
+    from sqlitesaver import Saver
+    from sqlitesaver.errors import UsageError
+    monkeypatch.setattr(psycopg, "__version__", version)
+    with pytest.raises(UsageError) as caught:
+        connect.require_psycopg()
+    message = str(caught.value)
+    assert "psycopg 3.3 or later" in message and "pip install 'sqlitesaver[postgres]'" in message
+    assert (version or "(of unknown version)") in message
+    with pytest.raises(UsageError, match="psycopg 3.3 or later"):
+        Saver("postgresql://nobody@sqlitesaver-no-such-host.invalid/db")
+
+
+@pytest.mark.parametrize("version", ["3.3.0", "3.3.9", "3.10.1", "4.0.0.dev1"])
+def test_psycopg_from_3_3_on_is_accepted(monkeypatch, version):
+    monkeypatch.setattr(psycopg, "__version__", version)
+    assert connect.require_psycopg() is psycopg
+
+
 # --- what names a server ----------------------------------------------------------------------
 
 @pytest.mark.parametrize("value, expected", [

@@ -35,6 +35,7 @@ it knows when a COMMIT is in flight (a connection lost then is "maybe committed"
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,13 +50,27 @@ __all__ = ["Options", "ServerSettings", "TCP_DEFAULTS", "libpq_params", "require
 _EXTRA = "pip install 'sqlitesaver[postgres]'"
 
 
+#: The least psycopg the engine runs on (pyproject.toml's ``postgres`` extra): 3.3 bounds its
+#: wait for a cancelled statement (5 s); with 3.2, a Ctrl-C while a connection is rolled back
+#: on its way back to the pool could wait for good on a server that does not answer.
+PSYCOPG_MIN = (3, 3)
+
+
 def require_psycopg() -> Any:
-    """The psycopg module, or :class:`UsageError` saying which extra to install."""
+    """The psycopg module, or :class:`UsageError` saying which extra to install (psycopg is
+    missing, or older than :data:`PSYCOPG_MIN`)."""
     try:
         import psycopg
     except ImportError as exc:
         raise UsageError(f"a PostgreSQL target needs psycopg 3, which is not installed "
                          f"({exc}): {_EXTRA}") from None
+    version = getattr(psycopg, "__version__", "")
+    found = tuple(int(part) for part in re.findall(r"\d+", version)[:2])
+    if found < PSYCOPG_MIN:
+        raise UsageError(
+            f"a PostgreSQL target needs psycopg {'.'.join(map(str, PSYCOPG_MIN))} or later, "
+            f"and psycopg {version or '(of unknown version)'} is installed: {_EXTRA} "
+            "upgrades it. Nothing was opened.")
     return psycopg
 
 

@@ -382,11 +382,12 @@ class Connections:
         that works keeps the connection (no reconnect); the pool replaces a closed one in a
         background thread. Here a Ctrl-C during the rollback is psycopg's, as in any statement
         of a call: it sends a cancel request and waits for the server to end the statement
-        (from psycopg 3.3 on each bounded by 5 s: up to about 10 s with a server that does not
-        answer at all, tests/test_review20_giveback.py; a second Ctrl-C ends the wait, and the
-        connection is closed), then raises the KeyboardInterrupt. Whatever line an
-        exception lands at, the connection is given back once: by the ``finally`` below, or,
-        before it, by :class:`_Lent`'s fallback, which closes it (no round trip either)."""
+        (each bounded by 5 s from psycopg 3.3, the extra's floor: up to about 10 s with a
+        server that does not answer at all, tests/test_review20_giveback.py; a second Ctrl-C
+        ends the wait, and the connection is closed), then raises the KeyboardInterrupt.
+        Whatever line an exception lands at, the connection is given back once: by the
+        ``finally`` below, or, before it, by :class:`_Lent`'s fallback, which closes it (no
+        round trip either)."""
         from psycopg import Error
         from psycopg.pq import TransactionStatus
 
