@@ -126,6 +126,8 @@ def test_a_lone_writer_never_gathers_and_makes_no_event(db_path, monkeypatch):
     waitable = write_path._Batch.waitable
     monkeypatch.setattr(write_path._Batch, "waitable",
                         lambda batch: made.append(batch) or waitable(batch))
+    yields: list = []
+    monkeypatch.setattr(write_path, "_yield", lambda: yields.append(1))
     with Saver(db_path) as saver:
         waits: list = []
         wait = saver._batch_cond.wait
@@ -138,8 +140,52 @@ def test_a_lone_writer_never_gathers_and_makes_no_event(db_path, monkeypatch):
             counts.add(saver._waiting)
         with saver.transaction():
             saver.append_log("t", "event")
-        assert made == [] and waits == [] and counts == {0}
+        assert made == [] and waits == [] and counts == {0} and yields == []
         assert saver._stats["commits"] == saver._stats["transitions"] == 41, saver._stats
+
+
+def test_after_a_shared_batch_the_next_leader_yields_once_and_a_write_queued_then_joins(
+        db_path, monkeypatch, hang_detector):
+    """After a batch of several members, the next leader, with nothing queued, yields the GIL
+    once before it COMMITs (sqlite.transaction._Transaction._finish): a write another thread
+    queues right then joins its batch, one fsync for both. Once per batch; after a batch of
+    one, no more."""
+    from sqlitesaver.sqlite import transaction as write_path
+    with Saver(db_path) as saver:
+        run_batch(saver, {"put": lambda: saver.put("a", {"n": 1})})  # two members
+        assert saver._concurrent
+        yields: list = []
+        joiners: list = []
+        joined: dict = {}
+
+        def join() -> None:
+            joined["ref"] = saver.put("b", {"n": 2})
+
+        def on_yield() -> None:
+            # In the leader, holding the write lock, with nothing queued: a write queued now
+            # is one a thread waiting for the GIL would have made during the sleep(0).
+            yields.append(threading.get_ident())
+            if len(yields) == 1:
+                joiners.append(threading.Thread(target=join))
+                joiners[0].start()
+                queued(saver, 1)
+        monkeypatch.setattr(write_path, "_yield", on_yield)
+        before = dict(saver._stats)
+        led = saver.put("c", {"n": 3})
+        joiners[0].join(60)
+        assert not joiners[0].is_alive()
+        assert yields == [threading.get_ident()]  # the leader's, once
+        assert saver._stats["commits"] - before["commits"] == 1, saver._stats
+        assert saver._stats["transitions"] - before["transitions"] == 2, saver._stats
+        assert saver._concurrent  # that batch was shared too
+        saver.put("d", {})  # alone, after a shared batch: yields once, commits alone
+        assert len(yields) == 2 and not saver._concurrent
+        saver.put("e", {})  # alone after a batch of one: no yield
+        assert len(yields) == 2
+        assert saver._stats["commits"] - before["commits"] == 3, saver._stats
+    with Saver(db_path) as saver:
+        assert saver.get("b").checkpoint_id == joined["ref"].checkpoint_id
+        assert saver.get("c").checkpoint_id == led.checkpoint_id
 
 
 def test_a_failed_commit_fails_every_member_and_shuts_the_saver_down(db_path):

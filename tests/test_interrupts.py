@@ -416,20 +416,22 @@ class Raised:
         return f"Raised({self.kind.__name__}: {self.text})"
 
 
-def _member_put(saver: Saver, kind: str):
+def _member_put(saver: Saver, kind: str, thread_id: str = "member"):
     """The member's write: a put, which a batch's leader runs for it (sqlite/queue.py), or
     ("locking") a put inside its own transaction(), which takes the write lock and joins the
     batch in a savepoint of its own thread."""
     if kind == "queued":
-        return saver.put("member", {"n": 2})
+        return saver.put(thread_id, {"n": 2})
     with saver.transaction():
-        return saver.put("member", {"n": 2})
+        return saver.put(thread_id, {"n": 2})
 
 
 def _two_thread_batch(saver: Saver, trace_leader: Injector | None,
-                      trace_member: Injector | None, kind: str = "queued") -> dict:
+                      trace_member: Injector | None, kind: str = "queued",
+                      prefix: str = "") -> dict:
     """A leader holds a transaction open until a member queues for the connection, so the
-    member joins its batch; the chosen thread runs under its injector."""
+    member joins its batch; the chosen thread runs under its injector. They put to
+    ``prefix`` + BATCH_THREADS' threads."""
     results: dict = {}
     inside = threading.Event()
     member_ended = threading.Event()
@@ -437,7 +439,7 @@ def _two_thread_batch(saver: Saver, trace_leader: Injector | None,
     def leader() -> None:
         def body():
             with saver.transaction():
-                ref = saver.put("lead", {"n": 1})
+                ref = saver.put(prefix + "lead", {"n": 1})
                 inside.set()
                 with saver._waiting_cond:  # the member queued (it will join this batch),
                     saver._waiting_cond.wait_for(  # or its call ended before it could
@@ -454,7 +456,7 @@ def _two_thread_batch(saver: Saver, trace_leader: Injector | None,
     def member() -> None:
         inside.wait(30)
         try:
-            call = lambda: _member_put(saver, kind)  # noqa: E731
+            call = lambda: _member_put(saver, kind, prefix + "member")  # noqa: E731
             results["member"] = trace_member.run(call) if trace_member else call()
         except BaseException as exc:
             results["member"] = Raised(exc)
@@ -509,11 +511,27 @@ def assert_batch_verdicts(results: dict, role: str, at: int, path: str) -> None:
                 f"{who} acknowledged, not committed (exception at {role} line {at})"
 
 
-@pytest.mark.parametrize("kind", ["queued", "locking"])
+def _shared_before(saver: Saver, primed: bool) -> None:
+    """With ``primed``, a first batch of two members (untraced, to threads of its own), so that
+    the traced batch's leader yields the GIL once before its COMMIT
+    (sqlite/transaction.py, _Transaction._finish): its lines are injected into too."""
+    if primed:
+        _two_thread_batch(saver, None, None, "queued", prefix="primer-")
+        assert saver._concurrent
+
+
+@pytest.mark.parametrize("kind, primed", [("queued", False), ("locking", False),
+                                          ("queued", True)])
 @pytest.mark.parametrize("role", ["leader", "member"])
-def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, role, kind):
+def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, monkeypatch, role,
+                                                kind, primed):
+    from sqlitesaver.sqlite import transaction as write_path
     hang_detector(300)
+    yields: list = []
+    real_yield = write_path._yield
+    monkeypatch.setattr(write_path, "_yield", lambda: yields.append(1) or real_yield())
     with Saver(str(tmp_path / "count.db"), durability="normal") as saver:
+        _shared_before(saver, primed)
         counter = Injector(None)
         before = dict(saver._stats)
         _two_thread_batch(saver, counter if role == "leader" else None,
@@ -521,11 +539,14 @@ def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, role, k
         # The member did join the leader's batch: one COMMIT for both.
         assert saver._stats["commits"] - before["commits"] == 1, saver._stats
         assert saver._stats["transitions"] - before["transitions"] == 2, saver._stats
+        # ... and, primed, its leader yielded once before it (a line the injector reaches)
+        assert len(yields) == (1 if primed else 0), yields
     total = counter.lines
     assert total > 20, total
     for at in range(1, total + 1):
         path = str(tmp_path / f"{role}-{at}.db")
         with Saver(path, durability="normal") as saver:
+            _shared_before(saver, primed)
             injector = Injector(at)
             results = _two_thread_batch(saver, injector if role == "leader" else None,
                                         injector if role == "member" else None, kind)

@@ -188,6 +188,9 @@ class SqliteFileSaver(ReadSteps, MaintenanceSteps, Saver):
         # (sqlitesaver/sqlite/queue.py); both under _waiting_cond.
         self._jobs: builtins.list[write_queue._Job] = []
         self._jobs_open = False
+        # Whether the last batch was shared: its successor's leader yields the GIL once
+        # before it commits (sqlite/transaction.py, _Transaction._finish).
+        self._concurrent = False
         self._stats = {"commits": 0, "transitions": 0, "wal_checkpoints": 0,
                        "wal_checkpoints_busy": 0}
         # WAL bytes past which a commit forces a checkpoint
