@@ -506,9 +506,9 @@ class _Transaction:
         is about to queue (a LangGraph graph's next write, from its executor's threads) joins
         this batch instead of waiting for its fsync and paying one of its own. Measured on the
         8-thread graph rows (ad hoc A/B, research/concurrency_benchmark.md, "Session 24"):
-        1.04 -> 0.87 commits per invoke and +12% steps/s with durability "sync", no change
+        1.05 -> 0.87 commits per invoke and +12% steps/s with durability "sync", no change
         with "async" or for 8 threads' puts (their batches are full already). A lone writer
-        never yields (its batches have one member): the 1-thread rows pay nothing."""
+        never yields (its batches have one member): the 1-thread rows pay only the hint."""
         saver = self._saver
         conn = saver._writer
         try:
