@@ -151,6 +151,7 @@ def test_after_a_shared_batch_the_next_leader_yields_once_and_a_write_queued_the
     queues right then joins its batch, one fsync for both. Once per batch; after a batch of
     one, no more."""
     from sqlitesaver.sqlite import transaction as write_path
+    hang_detector(60)
     with Saver(db_path) as saver:
         run_batch(saver, {"put": lambda: saver.put("a", {"n": 1})})  # two members
         assert saver._concurrent
@@ -165,6 +166,7 @@ def test_after_a_shared_batch_the_next_leader_yields_once_and_a_write_queued_the
             # In the leader, holding the write lock, with nothing queued: a write queued now
             # is one a thread waiting for the GIL would have made during the sleep(0).
             yields.append(threading.get_ident())
+            assert len(yields) <= 2, "a leader yields again and again"  # fail, not spin
             if len(yields) == 1:
                 joiners.append(threading.Thread(target=join))
                 joiners[0].start()

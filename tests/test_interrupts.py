@@ -521,7 +521,7 @@ def _shared_before(saver: Saver, primed: bool) -> None:
 
 
 @pytest.mark.parametrize("kind, primed", [("queued", False), ("locking", False),
-                                          ("queued", True)])
+                                          ("queued", True), ("locking", True)])
 @pytest.mark.parametrize("role", ["leader", "member"])
 def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, monkeypatch, role,
                                                 kind, primed):
@@ -553,6 +553,79 @@ def test_one_exception_at_every_line_of_a_batch(tmp_path, hang_detector, monkeyp
             assert_batch_verdicts(results, role, at, path)
             assert_usable_or_shut(saver, path)
             assert_batch_verdicts(results, role, at, path)  # the probe committed none of it
+
+
+def _joined_during_the_yield(path: str, injector: Injector, joining: dict) -> dict:
+    """A primed Saver (see _shared_before) whose next leader, a lone put in a worker thread
+    under ``injector``, yields before its COMMIT; during that yield (``joining["hook"]``, the
+    patched _yield) another thread's put queues, so the leader runs it in its batch."""
+    results: dict = {}
+    joiners: list = []
+    yields: list = []
+    with Saver(path, durability="normal") as saver:
+        _shared_before(saver, True)
+        before = dict(saver._stats)
+
+        def join() -> None:
+            try:
+                results["member"] = saver.put("member", {"n": 2})
+            except BaseException as exc:
+                results["member"] = Raised(exc)
+
+        def on_yield() -> None:
+            # The first yield lets the other thread's put in; a later one (the batch after an
+            # interrupted one, led by that put's own caller) passes. A leader stuck yielding
+            # would call this without end: failed at once instead.
+            yields.append(threading.get_ident())
+            assert len(yields) <= 3, "a leader yields again and again"
+            if joiners:
+                return
+            joiners.append(threading.Thread(target=join, daemon=True))
+            joiners[0].start()
+            with saver._waiting_cond:  # its put is queued for this batch (or it ended)
+                saver._waiting_cond.wait_for(
+                    lambda: queued_writes(saver) >= 1 or "member" in results, timeout=30)
+        joining["hook"] = on_yield
+
+        def lead() -> None:
+            try:
+                results["leader"] = injector.run(lambda: saver.put("lead", {"n": 1}))
+            except BaseException as exc:
+                results["leader"] = Raised(exc)
+        leader = threading.Thread(target=lead, daemon=True)
+        leader.start()
+        leader.join(60)
+        assert not leader.is_alive(), "the leader hung"
+        for joiner in joiners:
+            joiner.join(60)
+            assert not joiner.is_alive(), "the write queued during the yield hung"
+        if injector.at is None:  # uninterrupted: the queued put joined the leader's batch
+            assert len(yields) == 1, yields
+            assert saver._stats["commits"] - before["commits"] == 1, saver._stats
+            assert saver._stats["transitions"] - before["transitions"] == 2, saver._stats
+        else:
+            assert_batch_verdicts(results, "leader", injector.at, path)
+            assert_usable_or_shut(saver, path)
+            assert_batch_verdicts(results, "leader", injector.at, path)
+    return results
+
+
+def test_one_exception_at_every_line_of_a_batch_joined_during_its_leaders_yield(
+        tmp_path, hang_detector, monkeypatch):
+    """What the yield before a shared batch's COMMIT is for (sqlite/transaction.py,
+    _Transaction._finish): a write queued during it joins the batch. An exception at every
+    line of that leader (a worker thread, as LangGraph's executor's)."""
+    from sqlitesaver.sqlite import transaction as write_path
+    hang_detector(600)
+    joining: dict = {}
+    monkeypatch.setattr(write_path, "_yield", lambda: joining["hook"]())
+    counter = Injector(None)
+    results = _joined_during_the_yield(str(tmp_path / "count.db"), counter, joining)
+    assert "member" in results and not isinstance(results["member"], Raised), results
+    total = counter.lines
+    assert total > 20, total
+    for at in range(1, total + 1):
+        _joined_during_the_yield(str(tmp_path / f"joined-{at}.db"), Injector(at), joining)
 
 
 def test_sigint_storm_loses_no_acknowledged_write(tmp_path, hang_detector):

@@ -508,7 +508,15 @@ class _Transaction:
         8-thread graph rows (ad hoc A/B, research/concurrency_benchmark.md, "Session 24"):
         1.05 -> 0.87 commits per invoke and +12% steps/s with durability "sync", no change
         with "async" or for 8 threads' puts (their batches are full already). A lone writer
-        never yields (its batches have one member): the 1-thread rows pay only the hint."""
+        never yields (its batches have one member): the 1-thread rows pay only the hint.
+
+        The cost of a yield that brings nobody (the hint was wrong): while other Python threads
+        are runnable (CPU-bound work elsewhere in the process), giving the GIL away means
+        waiting up to a switch interval (``sys.getswitchinterval()``, 5 ms by default) to get
+        it back, with the write lock held and the batch's members waiting; a reviewer measured
+        a put with one busy thread beside it at 26.0 ms against 20.9 without the yield. The
+        COMMIT's fsync gives the GIL away in the same way once per batch already. A batch of
+        one resets the hint, so a wrong hint costs one such wait, not one per batch."""
         saver = self._saver
         conn = saver._writer
         try:
@@ -552,10 +560,11 @@ class _Transaction:
                 return
             batch.committed = True  # the members' transitions are durable
             saver._batch = None
-            # (a hint, read unlocked: a wrong one costs one sleep(0), or one missed join)
-            saver._concurrent = batch.members > 1 or bool(saver._jobs) or saver._waiting > 0
             saver._stats["commits"] += 1
             saver._stats["transitions"] += batch.members
+            # (a hint, read unlocked: a wrong one costs one yield, see above, or one missed
+            # join; after the counts, so that no line more comes between COMMIT and them)
+            saver._concurrent = batch.members > 1 or bool(saver._jobs) or saver._waiting > 0
         finally:
             batch.end()
             if saver._lock._is_owned():  # type: ignore[attr-defined]  # see failure.abandon
