@@ -26,6 +26,8 @@ checkpoints without it. Each contender's read thread is now read back whole befo
   put 1 thread, put 8 threads, put 4 processes x 4 threads: durable ``put`` of the thread's next
     checkpoint, each thread on its own LangGraph thread;
   get latest: ``get_tuple`` of a thread of 200 checkpoints; list 100: ``list(limit=100)``;
+    both on tables that hold GROW_COUNT more checkpoints of other threads and were analyzed
+    (see GROW_COUNT: the plans of a database in use);
   graph 1, graph 8: steps/s of bench/_graph_worker.py's 4-node StateGraph invoked again and
     again on new threads (``durability="sync"``), from 1 and from 8 threads at once.
 Ceiling (a baseline doing strictly less work, measured in the same run): bare psycopg, one
@@ -79,6 +81,16 @@ ROWS = (("put1", "durable put, 1 thread"), ("put8", "durable put, 8 threads"),
         ("list", "list(limit=100)"), ("graph1", "graph steps/s, 1 graph (sync)"),
         ("graph8", "graph steps/s, 8 graphs at once (sync)"))
 LIST_COUNT = 200
+#: Checkpoints each contender puts on threads of its own before any row is timed (none with
+#: --quick), followed by a VACUUM ANALYZE of the database: the reads then run on the plans of a
+#: database in use, not of freshly made, nearly empty tables. Measured in session 24 (ad hoc,
+#: this module's Contender; research/postgres_benchmark.md): LangGraph's get_tuple ran at
+#: 2,180/s and its list at 47/s on its fresh tables, 4,434/s and 148/s once they held 6,200
+#: checkpoints and were analyzed (ours 3,520 -> 3,849 and 224 -> 250). Before, its reads flipped
+#: from the one plan to the other mid-run, when autovacuum analyzed the tables the put rows had
+#: grown (after round 2 of 7), so a 3-round run compared ours with its slower plan.
+GROW_COUNT = 6000
+GROW_THREADS = 6
 METADATA = {"source": "loop", "step": 3, "run_id": "bench"}
 BARE_SCHEMA = """
 CREATE SCHEMA bench_bare;
@@ -174,6 +186,12 @@ class Contender:
                                          for t in listed):
                 raise SystemExit(f"{LABELS[self.kind]}: the read thread does not read back "
                                  "whole (channel values missing or changed)")
+
+    def grow(self, count: int) -> None:
+        """``count`` puts on GROW_THREADS threads of this contender's own (see GROW_COUNT)."""
+        ops = [self._put_op(f"{self.tag}-grow-{n}") for n in range(GROW_THREADS)]
+        for i in range(count):
+            ops[i % GROW_THREADS]()
 
     def _read_op(self, row: str, n: int = 0) -> Callable[[], object]:
         if self.kind == "bare":
@@ -358,14 +376,21 @@ def main(argv: list[str] | None = None) -> int:
         for contender in contenders.values():
             contender.fill()
             facts["contenders"][contender.kind] = contender.facts
+        facts["grown"] = 0 if args.quick else GROW_COUNT
+        if facts["grown"]:
+            for contender in contenders.values():
+                contender.grow(facts["grown"])
+            with psycopg.connect(url, autocommit=True) as conn:
+                conn.execute("VACUUM ANALYZE")
         facts["versions"] = {dist: metadata.version(dist) for dist in (
             "langgraph", "langgraph-checkpoint-postgres", "psycopg", "psycopg-pool")}
         print(f"PostgreSQL {facts['server']} (fsync={facts['fsync']}, synchronous_commit="
               f"{facts['synchronous_commit']}, full_page_writes={facts['full_page_writes']}, "
               f"data_checksums={facts['data_checksums']}); {platform.python_version()}, "
               f"{os.cpu_count()} CPUs; {rounds} round(s) x {seconds} s; LangGraph's "
-              f"synchronous_commit={contenders['langgraph'].facts['synchronous_commit']}",
-              flush=True)
+              f"synchronous_commit={contenders['langgraph'].facts['synchronous_commit']}; "
+              f"{facts['grown']:,} more checkpoints per contender, then VACUUM ANALYZE, "
+              "before timing", flush=True)
         for round_no in range(rounds):
             order = KINDS if round_no % 2 == 0 else tuple(reversed(KINDS))
             for row, _ in ROWS:
