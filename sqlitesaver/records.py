@@ -80,9 +80,10 @@ class RecoveryReport:
 # --- building records on the read and write paths ----------------------------------------------
 # A frozen dataclass's __init__ sets each field through object.__setattr__, about 0.9 us for a
 # PendingWrite and 1.5 us for a Checkpoint; a read builds one per checkpoint and per pending
-# write, a put one CheckpointRef. These fill the instance's __dict__ directly (about 0.35 us): the same instance as the
-# class's own constructor gives (same fields in the same order, so the same __eq__, __hash__ and
-# __repr__; tests/test_records.py compares them), for values the Saver read and checked itself.
+# write, a put one CheckpointRef. These fill the instance's __dict__ directly (about 0.35 us):
+# the same instance as the class's own constructor gives (same fields in the same order, so the
+# same __eq__, __hash__ and __repr__; tests/test_records.py compares them), for values the Saver
+# read, wrote and checked itself.
 
 _new = object.__new__
 
