@@ -371,25 +371,44 @@ def test_a_server_restarted_between_calls_costs_a_reconnect(engine, pg_cluster):
 def _session_settings(e) -> tuple:
     with e._pool.connection() as conn:
         return conn.execute("SELECT current_setting('statement_timeout'), "
-                            "current_setting('lock_timeout')").fetchone()
+                            "current_setting('lock_timeout'), "
+                            "current_setting('plan_cache_mode')").fetchone()
 
 
-def test_timeouts_hold_per_transaction_and_leave_no_session_state(pg_url, hang_detector):
+NO_SESSION_STATE = ("0", "0", "auto")  # the server's defaults
+
+
+@pytest.mark.parametrize("pooler", ["prepare_threshold=None", "found"])
+def test_timeouts_hold_per_transaction_and_leave_no_session_state(pg_url, hang_detector,
+                                                                  monkeypatch, pooler):
     """Behind a transaction-pooling PgBouncer, a session-level SET stays on one server
     connection: it bounds no later transaction served by another one, and leaks to the other
     clients that one is handed to. Measured through PgBouncer 1.18 before the fix: another
     client saw lock_timeout=1s set by a Saver, and once PgBouncer had recycled the server
     connection (server_lifetime), a put on a locked thread with busy_timeout=1 waited 12 s,
     until the lock's holder went away. Here the server connection 'handed over' is simulated by
-    resetting the pooled connection's session settings to the server's defaults (none)."""
+    resetting the pooled connection's session settings to the server's defaults (none).
+
+    A pooler is assumed with ``prepare_threshold=None`` (the setting for PgBouncer), and where
+    one is found (ServerSettings.direct; a real PgBouncer: test_postgres_pgbouncer.py), here
+    simulated."""
     hang_detector(60)
+    threshold = 5
+    if pooler == "found":
+        read = connect.read_settings
+        monkeypatch.setattr(connect, "read_settings", lambda conn, server: connect.ServerSettings(
+            **{**read(conn, server).__dict__, "direct": False}))
+    else:
+        threshold = None
     e = pg_engine.Engine(pg_url, busy_timeout=0.5, max_connections=1,
-                         options=connect.Options(lock_timeout=0.5, statement_timeout=1.0))
+                         options=connect.Options(lock_timeout=0.5, statement_timeout=1.0,
+                                                 prepare_threshold=threshold))
     holder = admin(pg_url)
     try:
         e.put_checkpoint("t", "", None, None, STATE, META)
         e.get_rows("t", "", None)
-        assert _session_settings(e) == ("0", "0")  # nothing left on the session
+        assert e.settings()["session_settings"] is False
+        assert _session_settings(e) == NO_SESSION_STATE  # nothing left on the session
         with e._pool.connection() as conn:
             conn.execute("SET lock_timeout = 0")
             conn.execute("SET statement_timeout = 0")
@@ -414,6 +433,40 @@ def test_timeouts_hold_per_transaction_and_leave_no_session_state(pg_url, hang_d
         assert time.monotonic() - start < 6
         holder.execute("ROLLBACK")
     finally:
+        holder.close()
+        e.close()
+
+
+def test_a_direct_connections_session_carries_the_timeouts_and_the_plan_mode(pg_url,
+                                                                             hang_detector):
+    """With no pooler between (prepare_threshold set, the server's own process reached), each
+    pooled connection's session carries the timeouts and the generic plan mode
+    (connect.session_settings), and a get, one statement sent alone, runs under them: behind
+    an exclusive table lock it fails at the lock timeout, not never."""
+    hang_detector(60)
+    e = pg_engine.Engine(pg_url, busy_timeout=0.5, max_connections=1,
+                         options=connect.Options(lock_timeout=0.5, statement_timeout=1.0))
+    holder = admin(pg_url)
+    releaser = None
+    try:
+        e.put_checkpoint("t", "", None, None, STATE, META)
+        assert connect.read_settings(holder, "server").direct is True
+        assert e.settings()["session_settings"] is True
+        assert _session_settings(e) == ("1s", "500ms", "force_generic_plan")
+        holder.execute("BEGIN")
+        holder.execute("LOCK TABLE sqlitesaver.checkpoints IN ACCESS EXCLUSIVE MODE")
+        releaser = threading.Timer(8, lambda: admin(pg_url).execute(  # unbounded otherwise
+            "SELECT pg_terminate_backend(%s)", (holder.info.backend_pid,)))
+        releaser.start()
+        start = time.monotonic()
+        with pytest.raises(BusyTimeoutError):
+            e.get_rows("t", "", None)
+        assert time.monotonic() - start < 4
+        holder.execute("ROLLBACK")
+        assert len(e.get_rows("t", "", None)) == 1
+    finally:
+        if releaser is not None:
+            releaser.cancel()
         holder.close()
         e.close()
 

@@ -300,15 +300,23 @@ def test_the_engines_prepared_statements_are_never_planned_again_per_call(pg_url
 # --- the put (last: it adds to the threads above) ------------------------------------------------
 
 def test_a_put_reads_only_the_threads_rows(skewed, monkeypatch):
-    """The one-round-trip put's statement (sql._LOCKED, sql._PUT): its parent found by seq or by
-    caller-supplied id, a checkpoint replaced in place (ON CONFLICT on checkpoints_by_key)."""
+    """The one-statement writes (sql._LOCKED, then sql._PUT, _PUT_WRITES or _APPEND_LOG), which
+    run under the generic plan too where the pooled session forces it (pool.py, ``_session``):
+    the put's parent found by seq or by caller-supplied id, a checkpoint replaced in place (ON
+    CONFLICT on checkpoints_by_key), pending writes to a checkpoint found by seq or by id, one
+    write and several, kept or replaced, and a log event."""
     engine, url, cold = skewed
     with recording(monkeypatch) as sent:
         late = engine.page("late", "", None, None, 1, 1 << 20)[1][0][0]
         engine.put_checkpoint("late", "", format_id(late), None, b"\x80", b"\x80")
         engine.put_checkpoint("cold", "", "cold-key", "cold-new", b"\x80", b"\x80")
         engine.put_checkpoint("cold", "", format_id(cold[0]), "cold-key", b"\x80", b"\x80")
-    puts = [(query, list(params)) for query, params in sent  # $n, as the RawCursor sends it
-            if "put AS (INSERT" in query]
-    assert len(puts) == 3
-    assert_narrow(url, puts)
+        engine.put_writes("cold", "", format_id(cold[1]), "task", "", [(0, "c", b"\x80")],
+                          False)
+        engine.put_writes("cold", "", "cold-key", "task", "",
+                          [(i, "c", b"\x80") for i in range(3)], True)
+        engine.append_log("cold", b"\x80")
+    writes = [(query, list(params)) for query, params in sent  # $n, as the RawCursor sends it
+              if "put AS (INSERT" in query or f"INSERT INTO {_S}.log" in query]
+    assert len(writes) == 6
+    assert_narrow(url, writes)

@@ -435,16 +435,22 @@ def deleted_while_waiting(pg_url: str, call) -> object:
         watcher.close()
 
 
+@pytest.mark.parametrize("threshold, after", [(5, "1500ms"), (None, "0")])
 @pytest.mark.parametrize("durability, synchronous_commit", [("full", "on"), ("normal", "off")])
 def test_the_puts_settings_hold_in_its_statement_and_not_after(pg_url, durability,
-                                                               synchronous_commit):
+                                                               synchronous_commit, threshold,
+                                                               after):
     """synchronous_commit and lock_timeout are set (set_config, local) by the put's statement
-    before its locks and its row, and gone once it committed. Seen from inside the statement
-    by a trigger on the checkpoints table (made for this test's database only)."""
+    before its locks and its row, and gone once it committed: the session's are left (the
+    lock timeout pool.py's ``_session`` sets, none with ``prepare_threshold=None``). The put's
+    lock timeout is the smaller of the two timeouts (connect.set_write_settings). Seen from
+    inside the statement by a trigger on the checkpoints table (made for this test's database
+    only)."""
     from sqlitesaver.postgres import connect
 
     e = pg_engine.Engine(pg_url, durability=durability, max_connections=1,
-                         options=connect.Options(lock_timeout=1.5, statement_timeout=7.0))
+                         options=connect.Options(lock_timeout=1.5, statement_timeout=1.0,
+                                                 prepare_threshold=threshold))
     conn = admin(pg_url)
     try:
         conn.execute("CREATE TABLE public.seen (synchronous_commit text, lock_timeout text)")
@@ -455,10 +461,10 @@ def test_the_puts_settings_hold_in_its_statement_and_not_after(pg_url, durabilit
                       "FOR EACH ROW EXECUTE FUNCTION public.look()")
         e.put_checkpoint("t", "", None, None, STATE, META)
         assert conn.execute("SELECT * FROM public.seen").fetchall() == [
-            (synchronous_commit, "1500ms")]
-        with e._connection("looking") as pooled:  # the same connection: nothing left on it
+            (synchronous_commit, "1s")]
+        with e._connection("looking") as pooled:  # the same connection: the put's are gone
             assert pooled.execute("SELECT current_setting('lock_timeout'), current_setting("
-                                  "'synchronous_commit')").fetchone() == ("0", "on")
+                                  "'synchronous_commit')").fetchone() == (after, "on")
     finally:
         conn.execute("DROP TRIGGER IF EXISTS look ON sqlitesaver.checkpoints")
         conn.execute("DROP FUNCTION IF EXISTS public.look()")

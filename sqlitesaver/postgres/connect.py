@@ -114,6 +114,12 @@ class ServerSettings:
     #: :data:`TOAST_COMPRESSION`): the server has it (PostgreSQL 14+ built with it) and its
     #: ``default_toast_compression`` is PostgreSQL's own default, not one an operator set.
     lz4: bool = False
+    #: Whether the connection reaches the server's own process: the process id libpq was
+    #: given when it connected (BackendKeyData) is ``pg_backend_pid()``. A pooler in between
+    #: (PgBouncer, pgcat, a cloud proxy) hands its clients a cancel key of its own, so the two
+    #: differ, and the engine then keeps no session state (pool.py, ``_session``) whatever
+    #: ``prepare_threshold`` says: PgBouncer 1.21+ prepares statements in transaction mode.
+    direct: bool = True
 
 
 def _millis(seconds: float | None) -> int:
@@ -162,6 +168,20 @@ def set_local_timeouts(options: Options) -> str:
     return (f"SELECT set_config('statement_timeout', '{_millis(options.statement_timeout)}ms', "
             f"true), set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', true), "
             f"set_config('plan_cache_mode', '{PLAN_CACHE_MODE}', true)")
+
+
+def session_settings(options: Options) -> str:
+    """One statement setting ``options``' statement and lock timeouts and
+    :data:`PLAN_CACHE_MODE` for the session (``set_config(..., false)`` is a session-level
+    ``SET``): what the engine's pool runs once on each connection it opens, unless its
+    connections may sit behind a transaction-pooling PgBouncer (``prepare_threshold=None``),
+    where a session setting would stay on a server connection other clients get next.
+    Transactions set the same values again (:func:`local_timeouts`); a one-statement read or
+    write then runs under them, which it cannot set for itself (the values are numbers
+    formatted here, no input)."""
+    return (f"SELECT set_config('statement_timeout', '{_millis(options.statement_timeout)}ms', "
+            f"false), set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', false), "
+            f"set_config('plan_cache_mode', '{PLAN_CACHE_MODE}', false)")
 
 
 def set_write_settings(options: Options, synchronous_commit: str, toast: str = "") -> str:
@@ -217,10 +237,10 @@ def read_settings(conn: Any, server: str) -> ServerSettings:
             "current_setting('full_page_writes'), current_setting('synchronous_commit'), "
             "pg_is_in_recovery(), current_setting('server_encoding'), "
             "coalesce((SELECT 'lz4' = ANY(enumvals) AND source = 'default' FROM pg_settings "
-            "WHERE name = 'default_toast_compression'), false)").fetchone()
+            "WHERE name = 'default_toast_compression'), false), pg_backend_pid()").fetchone()
     except Exception as exc:
         raise pg_errors.translate(exc, server, "reading the server's settings") from exc
-    return ServerSettings(*row)
+    return ServerSettings(*row[:-1], direct=row[-1] == conn.info.backend_pid)
 
 
 #: The TOAST compression the engine's writes ask for where the server has it (``SET LOCAL

@@ -197,6 +197,19 @@ class Connections:
         self._begin_all = f"{begin}; {_LOCK_ALL_THREADS}"
         self._begin_read = f"BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; {timeouts}"
         self._set_timeouts = connect.set_local_timeouts(options)  # for a pipelined read
+        # Session settings on each pooled connection (connect.session_settings), unless it may
+        # sit behind a transaction-pooling PgBouncer: prepare_threshold None (the setting for
+        # it), or a pooler found between (ServerSettings.direct). There a session-level SET
+        # would stay on a server connection other clients get next, and not follow this
+        # client's next transaction. With them, a one-statement read
+        # needs no transaction or pipeline to set them (reads.get_rows: ~80 us of a ~230 us
+        # get, session 24), and one-statement writes run under the statement timeout too (it
+        # cannot reach their COMMIT: the server stops a statement's timer when its Execute
+        # completes, before the implicit COMMIT at Sync; postgres.c, exec_execute_message and
+        # finish_xact_command).
+        self._session = (connect.session_settings(options)
+                         if options.prepare_threshold is not None
+                         and self.server_settings.direct else None)
         # A write sent as one statement: its settings and locks first (sql._LOCKED). Of the
         # settings, lock_timeout bounds its lock waits and synchronous_commit its commit; a
         # statement_timeout or plan_cache_mode it sets cannot apply to itself (its timer and
@@ -234,14 +247,14 @@ class Connections:
 
         options = self._options
         server = self.server
-        # No configure callback: no session state (the timeouts are SET LOCAL, see _begin).
         kwargs = connect.libpq_params(params, options)
+        settings = self._session
         pool = ConnectionPool(
             kwargs=dict(kwargs, autocommit=True, prepare_threshold=options.prepare_threshold),
             # No check= on checkout (a round trip per call): a dead connection is found by the
             # transaction's own statements instead and replaced (see _stale).
             min_size=1, max_size=size, open=False, timeout=max(self.busy_timeout, 0.001),
-            configure=pooled.configure,
+            configure=lambda conn: pooled.configure(conn, settings),
             name=f"sqlitesaver {server}")
         try:
             pool.open(wait=True, timeout=options.connect_timeout)
@@ -272,6 +285,7 @@ class Connections:
                 "server_synchronous_commit": s.synchronous_commit,
                 "busy_timeout": self.busy_timeout,
                 "prepare_threshold": self._options.prepare_threshold,
+                "session_settings": self._session is not None,
                 "toast_compression": connect.TOAST_COMPRESSION if s.lz4 else "server default"}
 
     def _connection(self, doing: str) -> _Lent:
@@ -447,8 +461,9 @@ class Connections:
         whole cluster; the caller gets DatabaseIOError and decides. Once: the pool first
         checks its idle connections (a restart killed them all) and replaces the dead ones,
         so the second try gets a live one or, with the server down, none (the error is then
-        raised as usual). A pipelined read (:meth:`_read_pipelined`) has no BEGIN of its own:
-        one that kills its backend is run twice at most. Logged (INFO)."""
+        raised as usual). A pipelined or one-statement read (:meth:`_read_pipelined`,
+        :meth:`_read_one`) has no BEGIN of its own: one that kills its backend is run twice
+        at most. Logged (INFO)."""
         if (tries or not isinstance(exc, Exception) or isinstance(exc, SaverError)
                 or not conn.broken):
             return False

@@ -1,6 +1,7 @@
 """What the PostgreSQL engine keeps on each pooled connection, set up once as the pool opens it
-(:func:`configure`, psycopg_pool's ``configure``): the RawCursor its one-statement writes are
-sent with (every int a bigint) and the poll of its socket with which
+(:func:`configure`, psycopg_pool's ``configure``): the session's timeouts and plan cache mode
+(unless behind PgBouncer), the RawCursor its one-statement writes are sent with (every int a
+bigint) and the poll of its socket with which
 :func:`closed_while_idle` finds, without a round trip, an idle connection whose server went
 away. Used by :mod:`.pool` (the pool) and :mod:`.transactions` (the writes)."""
 
@@ -12,13 +13,20 @@ from typing import Any
 __all__ = ["configure", "closed_while_idle"]
 
 
-def configure(conn: Any) -> None:
-    """A new pooled connection's RawCursor for the one-statement writes
-    (``Transactions._send``), made here, once per connection, rather than on its first write
-    (what a write runs is then the same every time: tests/test_interrupts.py injects an
-    exception at each of its lines), and the poll of its socket for :func:`closed_while_idle`
-    (made at every write, with its imports, it cost ~1.5 us)."""
+def configure(conn: Any, settings: str | None = None) -> None:
+    """Set up a new pooled connection: run ``settings`` (``connect.session_settings``: the
+    session's statement and lock timeouts and plan cache mode, which the engine's
+    one-statement reads and writes run under; None behind PgBouncer, where every statement
+    that needs them runs in a transaction that sets them), make its RawCursor for the
+    one-statement writes (``Transactions._send``), here, once per connection, rather than on
+    its first write (what a write runs is then the same every time: tests/test_interrupts.py
+    injects an exception at each of its lines), and the poll of its socket for
+    :func:`closed_while_idle` (made at every write, with its imports, it cost ~1.5 us). An
+    error here is psycopg_pool's to handle: the connection is discarded and another tried."""
     from psycopg import RawCursor
+
+    if settings is not None:
+        conn.execute(settings, prepare=False)  # autocommit: for the session; once, no prepare
     from psycopg.types.numeric import Int8BinaryDumper
 
     # Its ints are bigints whatever their values (psycopg's int dumper picks int2/4/8 by value:
@@ -35,9 +43,10 @@ def configure(conn: Any) -> None:
 def closed_while_idle(conn: Any) -> None:
     """Raise (psycopg's OperationalError, ``conn`` then broken) if the server closed this idle
     pooled connection (a restart, a crash, an idle timeout, pg_terminate_backend), without a
-    round trip: an idle connection of ours has nothing to read (no LISTEN, no session
-    settings) unless its server went away, leaving its last words (a FATAL error) and the end
-    of the stream; a poll that finds the socket readable tells. For a write sent in one round
+    round trip: an idle connection of ours has nothing to read (no LISTEN; its session
+    settings were answered when :func:`configure` ran them, and the server reports none of
+    them when they change) unless its server went away, leaving its last words (a FATAL
+    error) and the end of the stream; a poll that finds the socket readable tells. For a write sent in one round
     trip (``Transactions._write_statement``), which may commit as soon as it is sent: a
     connection found dead only by its answer is "maybe committed", one found dead here sent
     nothing and is replaced. Whatever made it readable, it is not used: after a fast
