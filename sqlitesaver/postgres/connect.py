@@ -5,10 +5,12 @@ Guaranteed by :func:`open_connection`:
 * every wait is bounded: ``connect_timeout`` for the connection (libpq's, whole seconds, at
   least 2), ``statement_timeout`` and ``lock_timeout`` for every statement: set for the
   session by :func:`open_connection`, and per transaction (:func:`local_timeouts`, ``SET
-  LOCAL``) by the engine, whose pooled connections carry no session state: behind a
-  transaction-pooling PgBouncer a session-level ``SET`` stays on whichever server connection
-  ran it, so it neither bounds the next transaction (served by another) nor spares the other
-  clients that server connection is handed to next;
+  LOCAL``) by the engine, whose pooled connections carry them for the session too
+  (:func:`session_settings`) only where no pooler sits between (``prepare_threshold`` set and
+  :attr:`ServerSettings.direct`): behind a transaction-pooling PgBouncer a session-level
+  ``SET`` stays on whichever server connection ran it, so it neither bounds the next
+  transaction (served by another) nor spares the other clients that server connection is
+  handed to next;
 * the server's ``fsync``, ``full_page_writes`` and ``synchronous_commit`` are read back
   (:class:`ServerSettings`) and a server that cannot keep the durability asked for is refused
   with :class:`~sqlitesaver.errors.UnsafeServerError` naming the setting, before a byte is

@@ -26,12 +26,15 @@ Guarantees:
   DatabaseIOError ("maybe committed" for a put). A call returns after its COMMIT returned.
   ``synchronous_commit`` is set per transaction (``SET LOCAL``): ``on`` for
   ``durability="full"``, ``off`` for ``"normal"``; a transaction-pooling PgBouncer keeps it.
-  So are ``statement_timeout`` and ``lock_timeout``, in every transaction, reads included:
-  pooled connections carry no session-level setting (behind PgBouncer one would stay on a
-  server connection other clients get next, and not bound this client's next transaction).
-  The one-statement put sets ``lock_timeout`` and ``synchronous_commit`` inside its statement,
-  before its locks; a statement cannot set its own ``statement_timeout``: its lock waits are
-  bounded (``lock_timeout``), the rest of it, one row written, is not.
+  So are ``statement_timeout``, ``lock_timeout`` and ``plan_cache_mode``, in every
+  transaction. Where no pooler sits between (pool.py, ``_session``), each pooled connection's
+  session carries them too, set once when the pool opens it, and a get is one statement sent
+  alone, under them; behind one (PgBouncer...) a session setting would stay on a server
+  connection other clients get next, and not bound this client's next transaction, so there
+  is none. The one-statement writes set ``lock_timeout`` and ``synchronous_commit`` inside
+  their statement, before their locks; a statement cannot set its own ``statement_timeout``
+  or plan mode: those are the session's, which cannot reach the implicit COMMIT (the server
+  stops the timer when the Execute completes), and behind a pooler, the server's defaults.
 * **Ids**: unique in the database and never reused (sequences). Within one thread they follow
   commit order: every write to a thread first takes a transaction-level advisory lock on the
   thread (:data:`THREAD_LOCK`, ``hashtext(thread_id)``), and draws its seq after that, so a seq

@@ -73,8 +73,9 @@ class PostgresServerSaver(Saver):
             :class:`~sqlitesaver.errors.BusyTimeoutError`.
         connect_timeout: seconds to wait for the server when connecting.
         statement_timeout: seconds any one statement may run (``None``: no limit).
-        prepare_threshold: psycopg's; ``None`` never prepares statements (behind PgBouncer
-            in transaction mode).
+        prepare_threshold: psycopg's; ``None`` never prepares statements and keeps no
+            session settings on the pooled connections (behind PgBouncer in transaction
+            mode; a pooler found at open is treated so whatever this says).
         max_connections: the most connections the pool opens.
     """
 
