@@ -97,10 +97,26 @@ def test_a_malformed_target_is_a_typed_error_without_the_password(bad):
 @pytest.mark.parametrize("field, value", [
     ("connect_timeout", 0), ("connect_timeout", None), ("statement_timeout", -1.0),
     ("lock_timeout", float("nan")), ("lock_timeout", "5"), ("prepare_threshold", -1),
-    ("prepare_threshold", 1.5), ("prepare_threshold", True)])
+    ("prepare_threshold", 1.5), ("prepare_threshold", True),
+    # past PostgreSQL's longest (2**31 - 1 ms): every pooled connection's set-up would fail
+    ("statement_timeout", 2147483.648), ("lock_timeout", 3e6), ("connect_timeout", 3e6)])
 def test_options_out_of_range_are_refused(field, value):
     with pytest.raises(InvalidArgumentError, match=field):
         connect.Options(**{field: value}).check()
+
+
+def test_the_longest_timeout_postgresql_takes_is_taken(pg_url):
+    """connect.MAX_TIMEOUT is accepted, and the server takes it for the pooled sessions."""
+    from sqlitesaver.postgres import engine as pg_engine
+
+    connect.Options(statement_timeout=connect.MAX_TIMEOUT).check()
+    e = pg_engine.Engine(pg_url, busy_timeout=1.0, options=connect.Options(
+        statement_timeout=connect.MAX_TIMEOUT, lock_timeout=connect.MAX_TIMEOUT))
+    try:
+        e.put_checkpoint("t", "", None, None, b"\x80", b"\x80")
+        assert len(e.get_rows("t", "", None)) == 1
+    finally:
+        e.close()
 
 
 # --- a healthy server -------------------------------------------------------------------------

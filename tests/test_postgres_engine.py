@@ -471,6 +471,66 @@ def test_a_direct_connections_session_carries_the_timeouts_and_the_plan_mode(pg_
         e.close()
 
 
+def _held(e, count: int) -> list:
+    """The settings of ``count`` pooled connections held at once (so that they are distinct),
+    with whether each says it carries them."""
+    with contextlib.ExitStack() as stack:
+        conns = [stack.enter_context(e._connection("looking")) for _ in range(count)]
+        assert len({id(conn) for conn in conns}) == count
+        return [(conn.sqlitesaver_session, conn.execute(
+            "SELECT current_setting('statement_timeout'), current_setting('lock_timeout'), "
+            "current_setting('plan_cache_mode')").fetchone()) for conn in conns]
+
+
+def test_every_pooled_connection_carries_the_session_settings_after_a_restart_too(
+        pg_url, pg_cluster, hang_detector):
+    """Not only the pool's first connection: each one it opens, and those it opens again after
+    the server restarted (a stale one is replaced on its next use)."""
+    hang_detector(60)
+    e = pg_engine.Engine(pg_url, busy_timeout=5.0, max_connections=3,
+                         options=connect.Options(lock_timeout=0.5, statement_timeout=1.0))
+    ours = (True, ("1s", "500ms", "force_generic_plan"))
+    try:
+        e.put_checkpoint("t", "", None, None, STATE, META)
+        assert _held(e, 3) == [ours] * 3
+        pg_cluster.kill_all()
+        pg_cluster.start()
+        for _ in range(3):
+            assert len(e.get_rows("t", "", None)) == 1  # each stale connection replaced
+        assert _held(e, 3) == [ours] * 3
+    finally:
+        e.close()
+
+
+def test_a_pooled_connection_that_reaches_a_pooler_sets_nothing(pg_url, monkeypatch,
+                                                                 hang_detector):
+    """The first connection reached the server itself, a later one of the same pool does not
+    (a URL of several hosts, a name moved onto a PgBouncer): that one's session gets nothing
+    (connect.session_settings' WHERE), and its reads set their timeouts per transaction. The
+    pooler is simulated: the process id libpq was given, as a pooler's cancel key would have
+    it, is no backend's."""
+    hang_detector(60)
+    from psycopg import ConnectionInfo
+
+    e = pg_engine.Engine(pg_url, busy_timeout=5.0, max_connections=2,
+                         options=connect.Options(lock_timeout=0.5, statement_timeout=1.0))
+    try:
+        e.put_checkpoint("t", "", None, None, STATE, META)
+        assert _held(e, 1) == [(True, ("1s", "500ms", "force_generic_plan"))]
+        monkeypatch.setattr(ConnectionInfo, "backend_pid", property(lambda self: 1))
+        with e._connection("holding the first") as first:
+            assert first.sqlitesaver_session is True
+            assert len(e.get_rows("t", "", None)) == 1  # on a second one, opened now
+            with e._connection("looking") as second:
+                assert second is not first
+                assert second.sqlitesaver_session is False
+                assert second.execute("SELECT current_setting('statement_timeout'), "
+                                      "current_setting('lock_timeout'), current_setting("
+                                      "'plan_cache_mode')").fetchone() == NO_SESSION_STATE
+    finally:
+        e.close()
+
+
 def test_a_server_down_is_said_so_not_busy(pg_cluster, pg_url):
     """The pool cannot hand out a connection because the server is down: before, that was a
     BusyTimeoutError advising to raise max_connections (every caller, during an outage)."""

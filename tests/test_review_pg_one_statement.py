@@ -239,12 +239,18 @@ def test_a_reader_never_sees_a_seq_committed_below_one_it_already_saw(pg_url, ha
 # --- lock_timeout inside the statement; errors leave the connection clean -----------------
 
 def _pooled_idle(e) -> None:
-    """Every connection the pool hands out now is idle (no transaction left open)."""
+    """Every connection the pool hands out now is idle (no transaction left open), with the
+    session's own settings: the pool's (pool.py, ``_session``: the lock timeout given, here
+    the same as the statement's own) or, where it has none, the server's."""
     from psycopg.pq import TransactionStatus
 
     with e._connection("looking") as conn:
         assert conn.info.transaction_status == TransactionStatus.IDLE
-        assert conn.execute("SELECT current_setting('lock_timeout')").fetchone() == ("0",)
+        expected = str(round(e._options.lock_timeout * 1000)) if conn.sqlitesaver_session \
+            else "0"  # pg_settings' setting: in ms, the unit of lock_timeout
+        assert conn.execute("SELECT (SELECT setting FROM pg_settings WHERE name = "
+                            "'lock_timeout'), current_setting('synchronous_commit')"
+                            ).fetchone() == (expected, "on")
 
 
 @pytest.mark.parametrize("held", ["thread lock", "all-threads lock"])

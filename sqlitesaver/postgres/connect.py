@@ -76,6 +76,12 @@ def require_psycopg() -> Any:
     return psycopg
 
 
+#: The longest timeout PostgreSQL takes (its settings are int milliseconds: 2**31 - 1, ~24.8
+#: days); a longer one would fail every statement that sets it, or each pooled connection's
+#: set-up (the pool then retries it until connect_timeout ends the open).
+MAX_TIMEOUT = 2147483.647
+
+
 @dataclass(frozen=True)
 class Options:
     """How to connect. Times in seconds; ``None`` for no statement or lock timeout."""
@@ -92,8 +98,10 @@ class Options:
             value = getattr(self, name)
             if value is None and name != "connect_timeout":
                 continue
-            if (type(value) not in (int, float) or not math.isfinite(value) or value <= 0):
-                raise InvalidArgumentError(f"{name} must be a positive number of seconds"
+            if (type(value) not in (int, float) or not math.isfinite(value) or value <= 0
+                    or value > MAX_TIMEOUT):
+                raise InvalidArgumentError(f"{name} must be a positive number of seconds up "
+                                           f"to {MAX_TIMEOUT}"
                                            f"{' or None' if name != 'connect_timeout' else ''}"
                                            f", not {value!r}")
         threshold = self.prepare_threshold
@@ -180,10 +188,17 @@ def session_settings(options: Options) -> str:
     where a session setting would stay on a server connection other clients get next.
     Transactions set the same values again (:func:`local_timeouts`); a one-statement read or
     write then runs under them, which it cannot set for itself (the values are numbers
-    formatted here, no input)."""
+    formatted here, no input).
+
+    Its one parameter is the process id libpq was given for the connection: the settings are
+    made, and a row returned, only where that is ``pg_backend_pid()`` (see
+    :attr:`ServerSettings.direct`), so a connection of the pool that reaches a pooler (a
+    multi-host URL, a name moved onto one after the Saver opened) sets nothing on the server
+    connection behind it (``pooled.configure``)."""
     return (f"SELECT set_config('statement_timeout', '{_millis(options.statement_timeout)}ms', "
             f"false), set_config('lock_timeout', '{_millis(options.lock_timeout)}ms', false), "
-            f"set_config('plan_cache_mode', '{PLAN_CACHE_MODE}', false)")
+            f"set_config('plan_cache_mode', '{PLAN_CACHE_MODE}', false) "
+            "WHERE pg_backend_pid() = %s")
 
 
 def set_write_settings(options: Options, synchronous_commit: str, toast: str = "") -> str:

@@ -201,9 +201,11 @@ class Connections:
         # sit behind a transaction-pooling PgBouncer: prepare_threshold None (the setting for
         # it), or a pooler found between (ServerSettings.direct). There a session-level SET
         # would stay on a server connection other clients get next, and not follow this
-        # client's next transaction. With them, a one-statement read
-        # needs no transaction or pipeline to set them (reads.get_rows: ~80 us of a ~230 us
-        # get, session 24), and one-statement writes run under the statement timeout too (it
+        # client's next transaction. The check is made again on each connection the pool
+        # opens (connect.session_settings' WHERE, pooled.configure), for a URL of several hosts
+        # or a name moved onto a pooler later. With them, a one-statement read needs no
+        # transaction or pipeline to set them (reads._read_pipelined: ~80 us of a ~230 us get,
+        # session 24), and one-statement writes run under the statement timeout too (it
         # cannot reach their COMMIT: the server stops a statement's timer when its Execute
         # completes, before the implicit COMMIT at Sync; postgres.c, exec_execute_message and
         # finish_xact_command).
@@ -461,8 +463,8 @@ class Connections:
         whole cluster; the caller gets DatabaseIOError and decides. Once: the pool first
         checks its idle connections (a restart killed them all) and replaces the dead ones,
         so the second try gets a live one or, with the server down, none (the error is then
-        raised as usual). A pipelined or one-statement read (:meth:`_read_pipelined`,
-        :meth:`_read_one`) has no BEGIN of its own: one that kills its backend is run twice
+        raised as usual). A pipelined or one-statement read (:meth:`_read_pipelined`) has no BEGIN
+        of its own: one that kills its backend is run twice
         at most. Logged (INFO)."""
         if (tries or not isinstance(exc, Exception) or isinstance(exc, SaverError)
                 or not conn.broken):

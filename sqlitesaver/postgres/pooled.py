@@ -17,7 +17,9 @@ def configure(conn: Any, settings: str | None = None) -> None:
     """Set up a new pooled connection: run ``settings`` (``connect.session_settings``: the
     session's statement and lock timeouts and plan cache mode, which the engine's
     one-statement reads and writes run under; None behind PgBouncer, where every statement
-    that needs them runs in a transaction that sets them), make its RawCursor for the
+    that needs them runs in a transaction that sets them) and say in
+    ``conn.sqlitesaver_session`` whether they were made (not on a connection that reaches a
+    pooler), make its RawCursor for the
     one-statement writes (``Transactions._send``), here, once per connection, rather than on
     its first write (what a write runs is then the same every time: tests/test_interrupts.py
     injects an exception at each of its lines), and the poll of its socket for
@@ -25,8 +27,10 @@ def configure(conn: Any, settings: str | None = None) -> None:
     error here is psycopg_pool's to handle: the connection is discarded and another tried."""
     from psycopg import RawCursor
 
-    if settings is not None:
-        conn.execute(settings, prepare=False)  # autocommit: for the session; once, no prepare
+    # Autocommit: for the session. A connection that reaches a pooler sets nothing and is
+    # marked so (connect.session_settings' WHERE): its reads set theirs per transaction.
+    conn.sqlitesaver_session = settings is not None and bool(
+        conn.execute(settings, (conn.info.backend_pid,), prepare=False).fetchall())
     from psycopg.types.numeric import Int8BinaryDumper
 
     # Its ints are bigints whatever their values (psycopg's int dumper picks int2/4/8 by value:

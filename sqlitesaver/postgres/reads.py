@@ -86,50 +86,38 @@ class Reads(Transactions):
 
     def _read_pipelined(self, doing: str, statements: Sequence[tuple[str, Sequence[object]]],
                         *, snapshot: bool = False) -> list[list[tuple]]:
-        """The rows of each statement (binary results), in one round trip: a libpq pipeline
-        sends the SET LOCAL timeouts (``set_config(..., true)``; not where the session has
-        them: ``_session``) and the statements, with a
-        ``BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY`` and ``COMMIT`` around them if
-        ``snapshot`` (several statements, one snapshot), and one Sync; without, they run in
-        the implicit transaction the server opens up to the Sync (one statement: one
-        snapshot). Measured against the same read as a simple-query string of literals: less
-        wall time and CPU (the statements are prepared, the bytea binary). Not inside a
-        transaction block (callers use :meth:`_read` there). Run once more on a checked
-        connection if the pooled one was dead (:meth:`_stale`)."""
+        """The rows of each statement (binary results), in one round trip. On a pooled
+        connection whose session carries the timeouts and plan cache mode
+        (``conn.sqlitesaver_session``, see pool.py's ``_session``), one statement without
+        ``snapshot`` is sent alone: the implicit transaction of one statement, one snapshot,
+        no pipeline (psycopg's cost ~80 us of client CPU a get here, session 24). Otherwise a
+        libpq pipeline sends the SET LOCAL timeouts (``set_config(..., true)``; not where the
+        session has them) and the statements, with a ``BEGIN ISOLATION LEVEL REPEATABLE READ
+        READ ONLY`` and ``COMMIT`` around them if ``snapshot`` (several statements, one
+        snapshot), and one Sync; without, they run in the implicit transaction the server
+        opens up to the Sync (one statement: one snapshot). Measured against the same read as
+        a simple-query string of literals: less wall time and CPU (the statements are
+        prepared, the bytea binary). Not inside a transaction block (callers use
+        :meth:`_read` there). Run once more on a checked connection if the pooled one was
+        dead (:meth:`_stale`)."""
         stale = 0
+        alone = len(statements) == 1 and not snapshot
         while True:
             with self._connection(doing) as conn:
                 try:
+                    session = conn.sqlitesaver_session  # set by pooled.configure
+                    if alone and session:
+                        return [conn.execute(*statements[0], binary=True).fetchall()]
                     with conn.pipeline():
                         if snapshot:
                             conn.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-                        if self._session is None:  # else the session's (pool._session)
+                        if not session:
                             conn.execute(self._set_timeouts)
                         cursors = [conn.execute(query, params, binary=True)
                                    for query, params in statements]
                         if snapshot:
                             conn.execute("COMMIT")
                     return [cursor.fetchall() for cursor in cursors]
-                except BaseException as exc:
-                    if self._stale(conn, exc, stale, doing):
-                        stale += 1
-                        continue
-                    _rollback_if_open(conn)
-                    if isinstance(exc, SaverError) or not isinstance(exc, Exception):
-                        raise
-                    raise self._error(conn, exc, doing) from exc
-
-    def _read_one(self, doing: str, query: str, params: Sequence[object]) -> list[tuple]:
-        """The rows of one statement (binary results), sent alone on a pooled connection whose
-        session carries the timeouts and plan cache mode (``_session``): one round trip, the
-        implicit transaction of one statement (one snapshot), no pipeline (psycopg's costs
-        ~80 us of client CPU here). Run once more on a checked connection if the pooled one
-        was dead (:meth:`_stale`), as :meth:`_read_pipelined`."""
-        stale = 0
-        while True:
-            with self._connection(doing) as conn:
-                try:
-                    return conn.execute(query, params, binary=True).fetchall()
                 except BaseException as exc:
                     if self._stale(conn, exc, stale, doing):
                         stale += 1
@@ -154,8 +142,6 @@ class Reads(Transactions):
         if self._pinned() is not None:
             return self._read("reading a checkpoint",
                               lambda conn: conn.execute(*found, binary=True).fetchall())
-        if self._session is not None:
-            return self._read_one("reading a checkpoint", *found)
         return self._read_pipelined("reading a checkpoint", [found])[0]
 
     def page(self, thread_id: str, namespace: str | None, before: str | None,
