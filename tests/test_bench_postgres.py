@@ -71,6 +71,23 @@ def test_the_put_layers_script_prints_every_layer(pg_url):
         assert len(figures) == 4 and float(figures[0]) > 0, line
 
 
+@pytest.mark.tooling
+def test_the_get_layers_script_prints_every_layer(pg_url):
+    """bench/pg_get_layers.py (where a get's time goes), with its growth step and a burst:
+    a row per layer with its four figures (it reads the engine from a private attribute)."""
+    done = subprocess.run(
+        [sys.executable, os.path.join(REPO, "bench", "pg_get_layers.py"), "--db", pg_url,
+         "--gets", "5", "--rounds", "1", "--grow", "12", "--burst", "3"],
+        capture_output=True, text=True, timeout=300, env=dict(os.environ, PYTHONPATH=REPO))
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    for title in ("bare SELECT + unpackb", "engine get_rows", "Saver.get", "adapter get_tuple",
+                  "LangGraph get_tuple"):
+        (line,) = [line for line in lines if line.startswith(title)]
+        figures = line[len(title):].split()
+        assert len(figures) == 4 and float(figures[0]) > 0, line
+
+
 def test_a_threads_channel_versions_only_grow_across_rows_and_rounds():
     """Each row and round asks the contender for its put ops anew, on the same LangGraph
     threads (put1 and put8 share thread 0). Their channel versions must go on growing, as a
