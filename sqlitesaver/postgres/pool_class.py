@@ -80,8 +80,9 @@ def _reconnecting_pool_class() -> type:
     class _ReconnectingPool(ConnectionPool):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
-            if type(getattr(self, "_pool", None)) is deque:  # else psycopg_pool's own order
-                self._pool = _IdleConnections(self._pool)
+            with self._lock:  # as psycopg_pool's own additions: none lost if it is open
+                if type(getattr(self, "_pool", None)) is deque:  # else psycopg_pool's order
+                    self._pool = _IdleConnections(self._pool)
 
         def _add_connection(self, attempt: Any = None, *args: Any, **kwargs: Any) -> None:
             if attempt is None:
