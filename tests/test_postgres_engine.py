@@ -422,6 +422,7 @@ def test_timeouts_hold_per_transaction_and_leave_no_session_state(pg_url, hang_d
             e.put_checkpoint("t", "", None, None, STATE, META)
         assert time.monotonic() - start < 4
         releaser.cancel()
+        releaser.join()  # ended before the next test counts threads (test_resources)
         holder.execute("SELECT pg_advisory_unlock_all()")
         holder.execute("BEGIN")  # a reader waits behind an exclusive table lock, bounded too
         holder.execute("LOCK TABLE sqlitesaver.checkpoints IN ACCESS EXCLUSIVE MODE")
@@ -467,6 +468,7 @@ def test_a_direct_connections_session_carries_the_timeouts_and_the_plan_mode(pg_
     finally:
         if releaser is not None:
             releaser.cancel()
+            releaser.join()  # ended before the next test counts threads
         holder.close()
         e.close()
 

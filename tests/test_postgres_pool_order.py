@@ -53,3 +53,19 @@ def test_a_shrink_closes_the_least_recently_used_idle_connection(pg_url, hang_de
         assert c.closed and not a.closed and not b.closed
     finally:
         e.close()
+
+
+def test_a_check_of_the_idle_connections_keeps_their_order(pg_url, hang_detector):
+    """psycopg_pool's check (the engine runs it when it finds a dead connection: pool.py,
+    _stale) puts the idle connections back one by one from the end of their list, which
+    reversed them: the coldest was lent next."""
+    hang_detector(60)
+    e = pg_engine.Engine(pg_url, busy_timeout=5.0, max_connections=3)
+    try:
+        with e._connection("a") as a, e._connection("b") as b, e._connection("c") as c:
+            pass  # given back c, b, a: a is the most recent
+        e._pool.check()
+        with e._connection("x") as x, e._connection("y") as y, e._connection("z") as z:
+            assert (x, y, z) == (a, b, c)
+    finally:
+        e.close()

@@ -91,13 +91,25 @@ def _reconnecting_pool_class() -> type:
 
         def _shrink_pool(self) -> None:
             idle = self._pool
-            if isinstance(idle, _IdleConnections):
-                idle.shrinking = True  # its popleft drops the least recently used
+            if not isinstance(idle, _IdleConnections):
+                super()._shrink_pool()
+                return
+            with self._lock:
+                idle.shrinking += 1  # its popleft drops the least recently used
             try:
                 super()._shrink_pool()
             finally:
-                if isinstance(idle, _IdleConnections):
-                    idle.shrinking = False
+                with self._lock:
+                    idle.shrinking -= 1
+
+        def check(self) -> None:
+            idle = self._pool
+            if isinstance(idle, _IdleConnections):
+                # psycopg_pool's check takes the idle connections out and puts each one back
+                # from the end of their list: reversed first, they go back in their order.
+                with self._lock:
+                    idle.reverse()
+            super().check()
 
     return _ReconnectingPool
 
@@ -110,13 +122,16 @@ class _IdleConnections(deque):
     server process, whose caches and CPU were cold. Taken from the end instead: 1-thread puts
     after 8 threads had grown the pool to 8 connections ran 2,041 -> 2,397/s and gets 3,930
     -> 5,137/s (ad hoc, LangGraph adapter, medians of 6 alternations, session 25). The
-    shrink after ``max_idle`` still drops the least recently used one (``shrinking``, set by
-    the pool's ``_shrink_pool``; a lend racing it may take that one instead: which idle
-    connection is lent is never a question of correctness). Connections left idle longest may
-    be found closed by the server when next lent: the engine replaces those (pool.py,
-    ``_stale``)."""
+    shrink after ``max_idle`` still drops the least recently used one (``shrinking``, counted
+    by the pool's ``_shrink_pool``; a lend racing it may take that one instead: which idle
+    connection is lent is never a question of correctness), and the pool's ``check`` keeps
+    their order. Connections left idle longest (after a burst, until the shrinks reach them:
+    one per ``max_idle``) may be found closed by the server, or past ``max_lifetime`` (which
+    psycopg_pool looks at when a connection is given back or checked, not when it is lent),
+    when next lent: the engine replaces a dead one (pool.py, ``_stale``), and an old live one
+    is used."""
 
-    shrinking = False
+    shrinking = 0
 
     def popleft(self) -> Any:
         return super().popleft() if self.shrinking else self.pop()
