@@ -169,9 +169,10 @@ class Transactions(Connections):
         Measured against the same put as a pipeline of BEGIN, the locks, the statement and
         COMMIT (bench/pg_put_shapes.py, research/postgres_engine_plan.md "Session 15"): less
         client CPU, and one wait on the socket rather than one per statement, each of which
-        gives up the GIL. What one statement cannot have: a statement_timeout (one it sets
-        does not apply to itself; its lock waits are bounded by lock_timeout), and a
-        snapshot taken after its locks (see sql._put_statement for what the put reads).
+        gives up the GIL. What one statement cannot have: a statement_timeout of its own (one
+        it sets does not apply to itself: it runs under the pooled session's, pool.py
+        ``_session``, or behind a pooler none; its lock waits are bounded by lock_timeout),
+        and a snapshot taken after its locks (see sql._put_statement for what the put reads).
 
         The same guarantees as :meth:`_write` (retries, locks, lock timeout), with one
         difference on a dead pooled connection: whatever is sent may commit, so a connection
