@@ -134,4 +134,6 @@ class _IdleConnections(deque):
     shrinking = 0
 
     def popleft(self) -> Any:
+        # A Python method where psycopg_pool had a C one: a signal it delivers (at the
+        # method's entry) comes before the pop, so an interrupted lend takes nothing.
         return super().popleft() if self.shrinking else self.pop()
