@@ -650,7 +650,8 @@ def test_sigint_storm_loses_no_acknowledged_write(tmp_path, hang_detector):
     assert report["interrupted_calls"] > 0, report
     assert report["lost"] == [], report
     assert report["acknowledged"] > 100, report
-    assert report["ok"], report
+    # What made it fail first (a dict this long is cut short by pytest's assertion message).
+    assert report["ok"], (report["errors"], report["partial"], report["validator"], report)
 
 
 def test_a_wrong_waiting_count_costs_batching_never_liveness(db_path, hang_detector):
