@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import os
+import re
 import shutil
 import signal
 import tempfile
@@ -115,6 +116,22 @@ def pytest_configure(config) -> None:
     # from faulthandler's watchdog never gets that file printed: keep the real stderr (still
     # fd 2 at this point) for the hang detector's stack dump.
     _REAL_STDERR.append(os.dup(2))
+
+
+#: Modules whose every test is about PostgreSQL (the engine, its server, its tooling): skipped
+#: as a whole under ``SQLITESAVER_TEST_POSTGRES=skip`` (see ``pg_cluster``), including their
+#: tests that need no server (fake sockets, a missing binary).
+_POSTGRES_MODULES = re.compile(r"test_(postgres_|pgcluster|langgraph_postgres|bench_postgres|"
+                               r"torture_postgres|review_pg_)")
+
+
+def pytest_collection_modifyitems(config, items) -> None:
+    if os.environ.get("SQLITESAVER_TEST_POSTGRES") != "skip":
+        return
+    skip = pytest.mark.skip(reason="SQLITESAVER_TEST_POSTGRES=skip")
+    for item in items:
+        if _POSTGRES_MODULES.match(os.path.basename(str(item.fspath))):
+            item.add_marker(skip)
 
 
 @pytest.fixture

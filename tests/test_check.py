@@ -32,6 +32,9 @@ from sqlitesaver import CorruptDatabaseError, Saver, integrity, schema
 from test_bad_input import (MARKER, big_db, child_env, damage_middle_page,
                             foreign_db, newer_version_in_wal_only, small_db)
 
+# Run once per CI, in the main pass (pyproject.toml, the "once" marker).
+pytestmark = pytest.mark.once
+
 SCRIPT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "scripts",
                       "validate_sqlite_integrity.sh")
 EMPTY = hashlib.sha256(b"").hexdigest()

@@ -22,6 +22,9 @@ from sqlitesaver.inspection import SHOWN_BYTES, jsonable
 from test_bad_input import MARKER, child_env, small_db
 from test_skip_damaged import flip_marker_byte
 
+# Run once per CI, in the main pass (pyproject.toml, the "once" marker).
+pytestmark = pytest.mark.once
+
 EVERY = ["demo", "check", "inspect", "history", "show", "prune", "delete", "vacuum", "backup",
          "restore", "salvage"]
 

@@ -24,6 +24,9 @@ import pytest
 import sqlitesaver
 from sqlitesaver import CannotOpenError, InvalidArgumentError, Saver, SaverError, opening
 
+# Run once per CI, in the main pass (pyproject.toml, the "once" marker).
+pytestmark = pytest.mark.once
+
 SOURCE_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(sqlitesaver.__file__)))
 #: NAME_MAX on the test filesystems (ext4, tmpfs, btrfs, xfs); a -wal adds 4 bytes.
 NAME_MAX = 255
