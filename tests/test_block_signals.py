@@ -475,3 +475,54 @@ def test_an_interrupted_recovery_on_entry_ends_the_blocks_deferral(
         assert not targets, f"not reached: {targets}"
         assert saver._owner is None and saver._batch is None
         assert_no_deferral_active("after two Ctrl-Cs entering a block")
+
+
+@pytest.mark.parametrize("first_at", ["_begin", "_leave"])
+def test_a_second_ctrl_c_before_the_recovery_holds_signals_restarts_it(
+        db_path, hang_detector, monkeypatch, first_at):
+    """A Ctrl-C interrupts a write in the main thread (at BEGIN, entering; or as the write
+    leaves its batch, exiting) and a second one comes at the very start of the recovery's
+    deferred section, before it holds signals: ``failure.abandon`` has changed nothing yet and
+    begins again, so the Saver stays usable and the caller gets the second KeyboardInterrupt.
+    Found by the SIGINT storm on a loaded machine (Python 3.10, CI's second pass): a GIL switch
+    at that start makes the window milliseconds long, and the Saver shut itself down ("its
+    write protocol was interrupted again while recovering")."""
+    hang_detector(60)
+    from sqlitesaver.sqlite import failure
+    from sqlitesaver.sqlite import transaction as write_path
+    raised: list[str] = []
+    original_step = getattr(write_path._Transaction, first_at)
+    original_enter = interrupts.deferred.__enter__
+
+    def first(self, *args):
+        if not raised:
+            raised.append("first")
+            raise KeyboardInterrupt("first")
+        return original_step(self, *args)
+
+    def enter(self):
+        if raised == ["first"] and sys._getframe(1).f_code is failure.abandon.__code__:
+            raised.append("second")
+            raise KeyboardInterrupt("second")  # before the section holds signals
+        return original_enter(self)
+
+    with Saver(db_path) as saver:
+        monkeypatch.setattr(write_path._Transaction, first_at, first)
+        monkeypatch.setattr(interrupts.deferred, "__enter__", enter)
+        with pytest.raises(KeyboardInterrupt) as caught:
+            saver.put("t", {"n": 1})
+        monkeypatch.undo()
+        assert raised == ["first", "second"], raised
+        assert str(caught.value) == "second"
+        assert saver._failure is None, saver._failure
+        assert saver._owner is None and saver._batch is None
+        assert not saver._lock._is_owned() and saver._waiting == 0
+        assert_no_deferral_active("after a second Ctrl-C at the recovery's start")
+        assert [*saver.list("t")] == []  # the interrupted put: rolled back
+        other = threading.Thread(target=lambda: saver.put("t", {"n": 2}))
+        other.start()
+        other.join(30)
+        assert not other.is_alive(), "a write from another thread hung"
+        saver.put("t", {"n": 3})
+        assert [c.state for c in saver.list("t")] == [{"n": 3}, {"n": 2}]
+    assert check.check_database(db_path).ok

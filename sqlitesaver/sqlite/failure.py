@@ -10,7 +10,8 @@ Guarantees (the interruption half of the write protocol's, issue #13):
   which thread leads the open batch (``batch.leader``). It rolls back what was not committed,
   ends a batch this thread leads (its members are told: :func:`verdict`), hands the write
   queue to a next leader, and releases the lock: the Saver stays usable. An exception inside
-  that handling too shuts the Saver down, saying to reopen it.
+  that handling too shuts the Saver down, saying to reopen it; one that comes before the
+  handling began (a second Ctrl-C) only makes it begin again.
 * After an I/O error (``saver._failure``), :func:`end_failed` rolls the open batch back and
   fails every member with that error; nothing more is committed on the connection.
 * :func:`verdict` lets a member return only if its batch committed; otherwise it raises the
@@ -47,40 +48,65 @@ if TYPE_CHECKING:
 
 def abandon(tx: _Transaction, *, entering: bool) -> None:
     """An exception escaped the protocol (see ``_Transaction``'s docstring): leave a consistent
-    state from what can be observed, then let the exception propagate."""
+    state from what can be observed, then let the exception propagate.
+
+    A second interruption that comes before the recovery's deferred section holds signals
+    (a second Ctrl-C at its very start, which a GIL switch there makes milliseconds long on a
+    loaded machine) has changed nothing yet: the recovery begins again, and that interruption
+    is raised once it is complete, in place of the first (as Python raises a handler's
+    exception in place of the one being handled). Only an exception inside the recovery
+    itself (one raised into the thread, or a bug) shuts the Saver down."""
     saver = tx._saver
     recovered = False
-    try:
-        with interrupts.deferred():
-            owned = saver._lock._is_owned()  # type: ignore[attr-defined]
-            batch = tx._batch
-            if not owned and not entering and batch is not None and \
-                    saver._batch is batch and batch.leader == tx._thread:
-                # Its leader's gathering wait let go of the lock (Condition.wait) and the
-                # exception came before it took it back: nobody else ends this batch.
-                saver._lock.acquire()
-                owned = True
-            if tx._counted:  # interrupted while waiting for the lock, or just after
-                tx._uncount()
-            if owned:
-                try:
-                    _abandon_holding_lock(tx, entering)
-                finally:
-                    saver._batch_cond.notify_all()
-                    saver._lock.release()
-            tx._open = False
-            recovered = True
-        # (A signal that arrived meanwhile is raised here, by the deferred section's
-        # end: the recovery is complete by then.)
-    except BaseException:
-        if recovered:
+    later: BaseException | None = None
+    while True:
+        begun = False
+        try:
+            with interrupts.deferred():
+                begun = True  # signals are held from here to the section's end
+                _recover(tx, saver, entering)
+                recovered = True
+            # (A signal that arrived meanwhile is raised here, by the deferred section's
+            # end: the recovery is complete by then.)
+        except BaseException as exc:
+            if recovered:
+                raise
+            if not begun:
+                later = exc  # interrupted again before the recovery began: begin again
+                continue
+            # Interrupted again while recovering: no longer sure of anything.
+            if saver._failure is None:
+                saver._failure = ("its write protocol was interrupted again while recovering "
+                                  "from an asynchronous exception; reopen it (every "
+                                  "transition that was acknowledged is committed)")
             raise
-        # Interrupted again while recovering: no longer sure of anything.
-        if saver._failure is None:
-            saver._failure = ("its write protocol was interrupted again while recovering "
-                              "from an asynchronous exception; reopen it (every "
-                              "transition that was acknowledged is committed)")
-        raise
+        if later is not None:
+            try:
+                raise later
+            finally:
+                later = None  # no reference cycle through this frame
+        return
+
+
+def _recover(tx: _Transaction, saver: SqliteFileSaver, entering: bool) -> None:
+    """:func:`abandon`'s recovery, in its deferred section."""
+    owned = saver._lock._is_owned()  # type: ignore[attr-defined]
+    batch = tx._batch
+    if not owned and not entering and batch is not None and \
+            saver._batch is batch and batch.leader == tx._thread:
+        # Its leader's gathering wait let go of the lock (Condition.wait) and the
+        # exception came before it took it back: nobody else ends this batch.
+        saver._lock.acquire()
+        owned = True
+    if tx._counted:  # interrupted while waiting for the lock, or just after
+        tx._uncount()
+    if owned:
+        try:
+            _abandon_holding_lock(tx, entering)
+        finally:
+            saver._batch_cond.notify_all()
+            saver._lock.release()
+    tx._open = False
 
 
 def _abandon_holding_lock(tx: _Transaction, entering: bool) -> None:

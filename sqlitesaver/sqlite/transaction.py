@@ -183,7 +183,7 @@ class _Transaction:
       It rolls back what was not committed, ends the batch if this thread leads it (its
       members get :class:`~sqlitesaver.errors.InterruptedTransitionError`), and releases the
       lock: the Saver stays usable. An exception inside that handling too shuts the Saver
-      down.
+      down (one before the handling began, such as a second Ctrl-C, only restarts it).
     * ``_waiting`` is a hint for the leader's gathering wait, which is bounded
       (:data:`GATHER_WAIT`): a wrong count costs batching, never correctness or liveness.
     """
