@@ -46,46 +46,63 @@ if TYPE_CHECKING:
     from .transaction import _Batch, _Transaction
 
 
+#: How many times :func:`abandon` begins its recovery again after an exception other than
+#: ``KeyboardInterrupt`` that came before the recovery began (another signal handler's, such as
+#: a SystemExit from a SIGTERM handler). Bounded: an exception that comes there every time (a
+#: RecursionError near the limit, a MemoryError) must shut the Saver down as any other failed
+#: recovery does, not spin. A KeyboardInterrupt restarts it every time: each is a new signal,
+#: and a Ctrl-C storm ends (with a 2 ms window at each start and SIGINT every 0-5 ms, the
+#: storm test shut the Saver down within 3 restarts).
+RECOVERY_RETRIES = 3
+
+
 def abandon(tx: _Transaction, *, entering: bool) -> None:
     """An exception escaped the protocol (see ``_Transaction``'s docstring): leave a consistent
     state from what can be observed, then let the exception propagate.
 
     A second interruption that comes before the recovery's deferred section holds signals
     (a second Ctrl-C at its very start, which a GIL switch there makes milliseconds long on a
-    loaded machine) has changed nothing yet: the recovery begins again, and that interruption
-    is raised once it is complete, in place of the first (as Python raises a handler's
-    exception in place of the one being handled). Only an exception inside the recovery
-    itself (one raised into the thread, or a bug) shuts the Saver down."""
+    loaded machine) has changed nothing yet: the recovery begins again (see
+    :data:`RECOVERY_RETRIES`), and that interruption is raised once it is complete, in
+    place of the first (as Python raises a handler's exception in place of the one being
+    handled). Any other exception before the recovery completed (inside it: one raised into the
+    thread, or a bug; or at the jump between two attempts, a single instruction) shuts the
+    Saver down, as before."""
     saver = tx._saver
     recovered = False
     later: BaseException | None = None
-    while True:
-        begun = False
-        try:
-            with interrupts.deferred():
-                begun = True  # signals are held from here to the section's end
-                _recover(tx, saver, entering)
-                recovered = True
-            # (A signal that arrived meanwhile is raised here, by the deferred section's
-            # end: the recovery is complete by then.)
-        except BaseException as exc:
-            if recovered:
-                raise
-            if not begun:
+    others = 0  # restarts after an exception other than KeyboardInterrupt
+    try:
+        while True:
+            begun = False
+            try:
+                with interrupts.deferred():
+                    begun = True  # signals are held from here to the section's end
+                    _recover(tx, saver, entering)
+                    recovered = True
+                # (A signal that arrived meanwhile is raised here, by the deferred section's
+                # end: the recovery is complete by then.)
+            except BaseException as exc:
+                if recovered or begun:
+                    raise
+                if not isinstance(exc, KeyboardInterrupt):
+                    if others == RECOVERY_RETRIES:
+                        raise
+                    others += 1
                 later = exc  # interrupted again before the recovery began: begin again
                 continue
-            # Interrupted again while recovering: no longer sure of anything.
-            if saver._failure is None:
-                saver._failure = ("its write protocol was interrupted again while recovering "
-                                  "from an asynchronous exception; reopen it (every "
-                                  "transition that was acknowledged is committed)")
-            raise
+            break
         if later is not None:
-            try:
-                raise later
-            finally:
-                later = None  # no reference cycle through this frame
-        return
+            raise later
+    except BaseException:
+        if not recovered and saver._failure is None:
+            # Interrupted again while recovering: no longer sure of anything.
+            saver._failure = ("its write protocol was interrupted again while recovering "
+                              "from an asynchronous exception; reopen it (every "
+                              "transition that was acknowledged is committed)")
+        raise
+    finally:
+        later = None  # no reference cycle through this frame's traceback
 
 
 def _recover(tx: _Transaction, saver: SqliteFileSaver, entering: bool) -> None:
