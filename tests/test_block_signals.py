@@ -477,6 +477,36 @@ def test_an_interrupted_recovery_on_entry_ends_the_blocks_deferral(
         assert_no_deferral_active("after two Ctrl-Cs entering a block")
 
 
+def _first_exception_at(monkeypatch, step: str, raised: list) -> None:
+    """``_Transaction.<step>`` raises KeyboardInterrupt("first") once (recorded in ``raised``),
+    as a signal's or one raised into the thread would there; the write's recovery
+    (``failure.abandon``) then runs."""
+    from sqlitesaver.sqlite import transaction as write_path
+    original = getattr(write_path._Transaction, step)
+
+    def first(self, *args):
+        if not raised:
+            raised.append("first")
+            raise KeyboardInterrupt("first")
+        return original(self, *args)
+    monkeypatch.setattr(write_path._Transaction, step, first)
+
+
+def _at_the_recoverys_start(monkeypatch, exception) -> None:
+    """When ``failure.abandon`` begins its deferred section, ``exception()`` (if not None) is
+    raised there, before the section holds signals."""
+    from sqlitesaver.sqlite import failure
+    original = interrupts.deferred.__enter__
+
+    def enter(self):
+        if sys._getframe(1).f_code is failure.abandon.__code__:
+            raised = exception()
+            if raised is not None:
+                raise raised
+        return original(self)
+    monkeypatch.setattr(interrupts.deferred, "__enter__", enter)
+
+
 @pytest.mark.parametrize("more", [1, 5], ids=["one-more", "five-more"])
 @pytest.mark.parametrize("first_at", ["_begin", "_leave"])
 def test_a_second_ctrl_c_before_the_recovery_holds_signals_restarts_it(
@@ -492,27 +522,17 @@ def test_a_second_ctrl_c_before_the_recovery_holds_signals_restarts_it(
     exceptions. (At ``_leave`` the first exception stands for one raised into the thread: a
     signal there is held by the write's deferral.)"""
     hang_detector(60)
-    from sqlitesaver.sqlite import failure
-    from sqlitesaver.sqlite import transaction as write_path
     raised: list[str] = []
-    original_step = getattr(write_path._Transaction, first_at)
-    original_enter = interrupts.deferred.__enter__
 
-    def first(self, *args):
-        if not raised:
-            raised.append("first")
-            raise KeyboardInterrupt("first")
-        return original_step(self, *args)
-
-    def enter(self):
-        if 0 < len(raised) <= more and sys._getframe(1).f_code is failure.abandon.__code__:
+    def another():
+        if 0 < len(raised) <= more:
             raised.append(f"more {len(raised)}")
-            raise KeyboardInterrupt(raised[-1])  # before the section holds signals
-        return original_enter(self)
+            return KeyboardInterrupt(raised[-1])
+        return None
 
     with Saver(db_path) as saver:
-        monkeypatch.setattr(write_path._Transaction, first_at, first)
-        monkeypatch.setattr(interrupts.deferred, "__enter__", enter)
+        _first_exception_at(monkeypatch, first_at, raised)
+        _at_the_recoverys_start(monkeypatch, another)
         with pytest.raises(KeyboardInterrupt) as caught:
             saver.put("t", {"n": 1})
         monkeypatch.undo()
@@ -539,16 +559,8 @@ def test_an_exception_inside_the_recovery_still_shuts_the_saver_down(
     into the thread) shuts the Saver down, saying to reopen it, as before."""
     hang_detector(60)
     from sqlitesaver.sqlite import failure
-    from sqlitesaver.sqlite import transaction as write_path
     raised: list[str] = []
-    original_begin = write_path._Transaction._begin
     original_recover = failure._recover
-
-    def begin(self):
-        if not raised:
-            raised.append("first")
-            raise KeyboardInterrupt("first")
-        return original_begin(self)
 
     def recover(*args):
         original_recover(*args)
@@ -557,7 +569,7 @@ def test_an_exception_inside_the_recovery_still_shuts_the_saver_down(
             raise KeyboardInterrupt("inside")
 
     with Saver(db_path) as saver:
-        monkeypatch.setattr(write_path._Transaction, "_begin", begin)
+        _first_exception_at(monkeypatch, "_begin", raised)
         monkeypatch.setattr(failure, "_recover", recover)
         with pytest.raises(KeyboardInterrupt) as caught:
             saver.put("t", {"n": 1})
@@ -577,31 +589,20 @@ def test_an_exception_at_the_recoverys_start_every_time_shuts_the_saver_down(
     spinning (a reviewer's finding: an unbounded retry hung there)."""
     hang_detector(60)
     from sqlitesaver.sqlite import failure
-    from sqlitesaver.sqlite import transaction as write_path
-    attempts: list[int] = []
-    original_begin = write_path._Transaction._begin
-    original_enter = interrupts.deferred.__enter__
+    raised: list[str] = []
 
-    def begin(self):
-        if not attempts:
-            attempts.append(0)
-            raise KeyboardInterrupt("first")
-        return original_begin(self)
-
-    def enter(self):
-        if attempts and sys._getframe(1).f_code is failure.abandon.__code__:
-            attempts.append(len(attempts))
-            raise RecursionError("every time")
-        return original_enter(self)
+    def every_time():
+        raised.append("every time")
+        return RecursionError("every time")
 
     saver = Saver(db_path)
     try:
-        monkeypatch.setattr(write_path._Transaction, "_begin", begin)
-        monkeypatch.setattr(interrupts.deferred, "__enter__", enter)
+        _first_exception_at(monkeypatch, "_begin", raised)
+        _at_the_recoverys_start(monkeypatch, every_time)
         with pytest.raises(RecursionError):
             saver.put("t", {"n": 1})
         monkeypatch.undo()
-        assert len(attempts) == 1 + failure.RECOVERY_RETRIES + 1, attempts
+        assert raised == ["first"] + ["every time"] * (failure.RECOVERY_RETRIES + 1), raised
         assert "interrupted again while recovering" in (saver._failure or ""), saver._failure
     finally:
         monkeypatch.undo()
