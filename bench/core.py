@@ -178,27 +178,53 @@ def saver_put(saver: Saver, state: dict) -> Callable[[int], None]:
     return loop
 
 
-def twin_put(directory: str, durability: str, state: dict,
-             with_codec: bool) -> Callable[[int], None]:
-    """Saver.put's statements on Saver's schema, without the library around them."""
-    from sqlitesaver import integrity
-    from sqlitesaver.sqlite.saver import _INSERT_CHECKPOINT, _NEXT_SEQ_CHECKPOINTS
-    path = os.path.join(directory, f"twin-{durability}-{with_codec}.db")
+def open_twin(path: str, durability: str) -> apsw.Connection:
+    """A bare APSW connection to a file with Saver's schema (made by opening a Saver), with
+    Saver's PRAGMAs: where :func:`twin_put_op` writes."""
     Saver(path).close()
     conn = apsw.Connection(path)
     pragmas.apply(conn, pragmas.Profile(durability=durability), path)
-    fixed = codec.encode(state)
+    return conn
+
+
+def twin_put_op(conn: apsw.Connection, state: dict, with_codec: bool = True
+                ) -> Callable[[], None]:
+    """One ``Saver.put(THREAD, state)`` of a lone writer reduced to the work the issue requires
+    of it, without the library around it: ``codec.encode`` of the state (exact types), the
+    Saver's own statements on its schema (the next seq, the INSERT), the row's checksum and
+    its ``created_at``, in ``BEGIN IMMEDIATE ... COMMIT``. Left out: the write protocol (the
+    lock, group commit, busy retries, interruption safety, the WAL bound), the argument
+    checks and the returned reference. It does strictly less than ``Saver.put``, so it is a
+    ceiling for it (bench/run.py's "required work" row). ``with_codec=False``: the state's
+    bytes encoded once, no checksum (bench/core.py's "twin")."""
+    from sqlitesaver import integrity
+    from sqlitesaver.sqlite.saver import _INSERT_CHECKPOINT, _NEXT_SEQ_CHECKPOINTS
+    execute, encode, checksum, now = (conn.execute, codec.encode,
+                                      integrity.checkpoint_checksum, time.time_ns)
+    fixed = encode(state)
+    empty = encode({})  # the metadata of a put without any
+
+    def op() -> None:
+        data = encode(state) if with_codec else fixed
+        execute("BEGIN IMMEDIATE")
+        created = now() // 1000
+        seq = execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+        crc = checksum(seq, THREAD, "", None, created, data, empty) if with_codec else 0
+        execute(_INSERT_CHECKPOINT, (seq, THREAD, "", None, created, data, empty, crc))
+        execute("COMMIT")
+    return op
+
+
+def twin_put(directory: str, durability: str, state: dict,
+             with_codec: bool) -> Callable[[int], None]:
+    """Saver.put's statements on Saver's schema, without the library around them
+    (:func:`twin_put_op`, ``n`` times)."""
+    op = twin_put_op(open_twin(os.path.join(directory, f"twin-{durability}-{with_codec}.db"),
+                               durability), state, with_codec)
 
     def loop(n: int) -> None:
-        execute = conn.execute
         for _ in range(n):
-            data = codec.encode(state) if with_codec else fixed
-            execute("BEGIN IMMEDIATE")
-            seq = execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
-            checksum = (integrity.checkpoint_checksum(seq, THREAD, "", None, 1, data, b"\x80")
-                        if with_codec else 0)
-            execute(_INSERT_CHECKPOINT, (seq, THREAD, "", None, 1, data, b"\x80", checksum))
-            execute("COMMIT")
+            op()
     return loop
 
 
