@@ -97,6 +97,10 @@ def bare_packb_put(conn: apsw.Connection, state: dict) -> Callable[[int], None]:
     return loop
 
 
+#: ``codec.encode({})``: the metadata of a put without any (the twins below store it).
+EMPTY_METADATA = codec.encode({})
+
+
 class BareGroupCommit:
     """The least a group commit can do in Python, for a ceiling (bench/run.py), not a store.
 
@@ -170,6 +174,43 @@ class BareGroupCommit:
         conn.executemany("INSERT INTO t (thread_id, data) VALUES (?, ?)", items)
 
 
+
+class TwinGroupCommit(BareGroupCommit):
+    """:class:`BareGroupCommit` doing what issue #15 requires of 8 threads' ``Saver.put``, for a
+    ceiling (bench/run.py's "required work" row at 8 threads), on a file with Saver's schema
+    (:func:`open_twin`): each caller runs ``codec.encode`` on its state before it queues; the
+    leader writes each row as the Saver's write path does, in a ``SAVEPOINT`` of its own (a
+    failing member is rolled back alone and its caller alone gets the error; the others
+    commit), with ``created_at``, the next seq, the checksum and the Saver's INSERT. Left
+    out: the Saver's write protocol around that (its lock and queue, busy retries,
+    interruption safety, the WAL bound, a lone writer's path), argument checks and returned
+    references. Strictly less than the Saver's puts, so a ceiling for them."""
+
+    def put(self, thread_id: str, data: bytes) -> None:
+        item = [thread_id, data, None]  # the member's own error, if its write failed
+        self.submit(item)
+        if item[2] is not None:
+            raise item[2]
+
+    def _run(self, conn: apsw.Connection, items: list) -> None:
+        from sqlitesaver import integrity
+        from sqlitesaver.sqlite.saver import _INSERT_CHECKPOINT, _NEXT_SEQ_CHECKPOINTS
+        execute, checksum, now = conn.execute, integrity.checkpoint_checksum, time.time_ns
+        for item in items:
+            thread_id, data = item[0], item[1]
+            execute("SAVEPOINT member")
+            try:
+                created = now() // 1000
+                seq = execute(_NEXT_SEQ_CHECKPOINTS).fetchone()[0]
+                execute(_INSERT_CHECKPOINT, (
+                    seq, thread_id, "", None, created, data, EMPTY_METADATA,
+                    checksum(seq, thread_id, "", None, created, data, EMPTY_METADATA)))
+                execute("RELEASE member")
+            except apsw.Error as exc:
+                execute("ROLLBACK TO member")
+                execute("RELEASE member")
+                item[2] = exc
+
 def saver_put(saver: Saver, state: dict) -> Callable[[int], None]:
     def loop(n: int) -> None:
         put = saver.put
@@ -202,7 +243,7 @@ def twin_put_op(conn: apsw.Connection, state: dict, with_codec: bool = True
     execute, encode, checksum, now = (conn.execute, codec.encode,
                                       integrity.checkpoint_checksum, time.time_ns)
     fixed = encode(state)
-    empty = encode({})  # the metadata of a put without any
+    empty = EMPTY_METADATA
 
     def op() -> None:
         data = encode(state) if with_codec else fixed
