@@ -10,7 +10,7 @@ import threading
 
 import pytest
 
-from test_group_commit import run_batch
+from test_group_commit import queued, run_batch
 from sqlitesaver import CheckpointNotFoundError, Saver, SaverClosedError
 from sqlitesaver.sqlite import queue as write_queue
 from sqlitesaver.sqlite import transaction as write_path
@@ -170,3 +170,92 @@ def test_close_hands_queued_writes_back_refused(db_path, hang_detector, monkeypa
     with Saver(db_path) as check:
         assert check.get("a") is None and check.get("b") is None
         assert check.get("lead") is not None
+
+
+def _while_beginning(saver: Saver, monkeypatch, then) -> dict:
+    """A put (under "lead") whose BEGIN IMMEDIATE runs ``then()`` first, as if that BEGIN had
+    given the GIL away (it does: APSW releases it while SQLite works) and other writes ran
+    meanwhile; returns its result or exception."""
+    begin, entered = saver._begin_step, []
+
+    def slow_begin():
+        if not entered:
+            entered.append(True)
+            then()
+        return begin()
+    monkeypatch.setattr(saver, "_begin_step", slow_begin)
+    result: dict = {}
+    try:
+        result["lead"] = saver.put("lead", {"n": 0})
+    except Exception as exc:  # reported through the result
+        result["lead"] = exc
+    return result
+
+
+def _start_puts(saver: Saver, n: int, results: dict) -> list[threading.Thread]:
+    def put(i: int) -> None:
+        try:
+            results[f"put{i}"] = saver.put(f"t{i}", {"n": i})
+        except Exception as exc:
+            results[f"put{i}"] = exc
+    threads = [threading.Thread(target=put, args=(i,)) for i in range(n)]
+    for thread in threads:
+        thread.start()
+    return threads
+
+
+def test_writes_arriving_during_the_leaders_begin_are_queued_not_sent_to_the_lock(
+        db_path, hang_detector, withdrawals, monkeypatch):
+    # Session 27: the queue opened only once BEGIN had returned, so every write arriving while
+    # it ran waited for the write lock and joined by a hand-off of it (1.8 members of every
+    # batch of 8 threads' puts). Now it opens before BEGIN.
+    hang_detector(120)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 60.0)  # a job left waiting hangs the test
+    with Saver(db_path) as saver:
+        before = dict(saver._stats)
+        results: dict = {}
+        threads: list[threading.Thread] = []
+        seen: dict = {}
+
+        def arrive() -> None:
+            threads.extend(_start_puts(saver, 5, results))
+            queued(saver, 5)
+            seen["queued"] = (len(saver._jobs), saver._waiting)
+        results.update(_while_beginning(saver, monkeypatch, arrive))
+        for thread in threads:
+            thread.join(60)
+            assert not thread.is_alive()
+        assert seen["queued"] == (5, 0), seen  # queued for the leader; none at the lock
+        assert not any(isinstance(r, BaseException) for r in results.values()), results
+        assert saver._stats["commits"] - before["commits"] == 1, saver._stats
+        assert saver._stats["transitions"] - before["transitions"] == 6, saver._stats
+        for i in range(5):
+            assert saver.get(f"t{i}").checkpoint_id == results[f"put{i}"].checkpoint_id
+        assert saver._jobs == [] and not saver._jobs_open
+    assert withdrawals == []
+
+
+def test_writes_queued_during_a_begin_that_fails_are_handed_over_and_committed(
+        db_path, hang_detector, withdrawals, monkeypatch):
+    hang_detector(120)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 60.0)  # a job nobody hands over hangs
+    with Saver(db_path) as saver:
+        results: dict = {}
+        threads: list[threading.Thread] = []
+
+        def arrive_then_fail() -> None:
+            threads.extend(_start_puts(saver, 4, results))
+            queued(saver, 4)
+            raise RuntimeError("BEGIN failed (injected)")
+        results.update(_while_beginning(saver, monkeypatch, arrive_then_fail))
+        for thread in threads:
+            thread.join(60)
+            assert not thread.is_alive()
+        assert isinstance(results.pop("lead"), RuntimeError), results
+        assert not any(isinstance(r, BaseException) for r in results.values()), results
+        for i in range(4):
+            assert saver.get(f"t{i}").checkpoint_id == results[f"put{i}"].checkpoint_id
+        assert saver.get("lead") is None
+        assert saver._jobs == [] and not saver._jobs_open and saver._batch is None
+        assert saver.put("after", {"n": 9}).checkpoint_id  # still usable
+    assert withdrawals == []

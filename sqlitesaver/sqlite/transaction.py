@@ -261,6 +261,13 @@ class _Transaction:
                 # that holds nobody's work.
                 self._rollback(saver._writer, 0)
             if saver._batch is None:
+                # The queue opens before BEGIN, not at _join: BEGIN IMMEDIATE gives the GIL
+                # away, and every write arriving meanwhile found the queue closed and waited
+                # for the lock, joining by a hand-off of the lock (context switches) instead
+                # of being queued: 1.8 members of every batch of 8 threads' puts (yappi, ad
+                # hoc; research/concurrency_benchmark.md, "Session 27"). What is queued is run
+                # by this thread's _finish; if BEGIN fails, failure.abandon hands it over.
+                saver._jobs_open = True
                 # Outside the deferred section: it may wait for another process's lock (up to
                 # busy_timeout), and Ctrl-C must not wait that long.
                 self._begin()
