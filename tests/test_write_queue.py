@@ -11,7 +11,7 @@ import threading
 import pytest
 
 from test_group_commit import queued, run_batch
-from sqlitesaver import CheckpointNotFoundError, Saver, SaverClosedError
+from sqlitesaver import CheckpointNotFoundError, Saver, SaverClosedError, UsageError
 from sqlitesaver.sqlite import queue as write_queue
 from sqlitesaver.sqlite import transaction as write_path
 
@@ -259,3 +259,70 @@ def test_writes_queued_during_a_begin_that_fails_are_handed_over_and_committed(
         assert saver._jobs == [] and not saver._jobs_open and saver._batch is None
         assert saver.put("after", {"n": 9}).checkpoint_id  # still usable
     assert withdrawals == []
+
+
+def test_a_write_re_entering_the_leaders_thread_during_its_begin_is_refused_alone(
+        db_path, hang_detector, withdrawals, monkeypatch):
+    # A signal handler or finalizer in the leader's thread while its BEGIN runs (review,
+    # session 27): it used to nest as a SAVEPOINT outside any batch and release the leader's
+    # lock, so that another thread could use the connection while the leader was still in it.
+    hang_detector(120)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 60.0)  # a job left waiting hangs the test
+    with Saver(db_path) as saver:
+        results: dict = {}
+        threads: list[threading.Thread] = []
+        seen: dict = {}
+
+        def arrive_and_re_enter() -> None:
+            threads.extend(_start_puts(saver, 2, results))
+            queued(saver, 2)
+            try:
+                saver.put("re-entrant", {"n": 1})
+            except UsageError as exc:
+                seen["error"] = exc
+            seen["lock"] = saver._lock._is_owned()  # still this thread's, BEGIN still ahead
+        results.update(_while_beginning(saver, monkeypatch, arrive_and_re_enter))
+        for thread in threads:
+            thread.join(60)
+            assert not thread.is_alive()
+        assert "signal handler or finalizer" in str(seen["error"]) and seen["lock"], seen
+        assert not any(isinstance(r, BaseException) for r in results.values()), results
+        assert saver.get("re-entrant") is None
+        for name in ("lead", "put0", "put1"):
+            thread_id = "lead" if name == "lead" else f"t{name[-1]}"
+            assert saver.get(thread_id).checkpoint_id == results[name].checkpoint_id
+    assert withdrawals == []
+
+
+def test_writes_queued_during_a_begin_whose_recovery_fails_are_refused_at_once(
+        db_path, hang_detector, monkeypatch):
+    # BEGIN fails, then its recovery fails too (injected into the hand-over): the Saver shuts
+    # down, and the queued writes are refused now, not after QUEUE_POLL (review, session 27).
+    hang_detector(120)
+    monkeypatch.setattr(write_queue, "QUEUE_POLL", 60.0)  # a job left waiting hangs the test
+    with Saver(db_path) as saver:
+        hand_over = write_queue.hand_over
+        broken: list = []
+
+        def breaking(s) -> None:
+            if not broken:
+                broken.append(True)
+                raise RuntimeError("the recovery failed (injected)")
+            hand_over(s)
+        monkeypatch.setattr(write_queue, "hand_over", breaking)
+        results: dict = {}
+        threads: list[threading.Thread] = []
+
+        def arrive_then_fail() -> None:
+            threads.extend(_start_puts(saver, 3, results))
+            queued(saver, 3)
+            raise RuntimeError("BEGIN failed (injected)")
+        results.update(_while_beginning(saver, monkeypatch, arrive_then_fail))
+        # Closed by the failed recovery itself, before the leader's put returned:
+        assert saver._jobs == [] and not saver._jobs_open, saver._jobs
+        for thread in threads:
+            thread.join(60)
+            assert not thread.is_alive()
+        assert broken and isinstance(results.pop("lead"), RuntimeError), results
+        assert all(isinstance(r, SaverClosedError) for r in results.values()), results
+        assert "reopen" in str(results["put0"])

@@ -100,6 +100,11 @@ def abandon(tx: _Transaction, *, entering: bool) -> None:
             saver._failure = ("its write protocol was interrupted again while recovering "
                               "from an asynchronous exception; reopen it (every "
                               "transition that was acknowledged is committed)")
+        if not recovered:
+            # Nobody hands the queue over now: its callers are answered at once (the lock
+            # path refuses them, the Saver being shut down), not after QUEUE_POLL (review,
+            # session 27: writes queued during a BEGIN whose recovery then failed).
+            queue.close(saver)
         raise
     finally:
         later = None  # no reference cycle through this frame's traceback

@@ -230,6 +230,17 @@ class _Transaction:
         saver._check_writable(self._doing)  # before the lock: a forked child raises, not waits
         me = self._thread = threading.get_ident()
         if saver._owner == me:  # nested in this thread's transition, which holds the lock
+            if saver._depth == 0:
+                # This thread holds the lock but is between transitions' states: beginning
+                # one (BEGIN IMMEDIATE, whose busy wait runs Python code) or leaving one. A
+                # write here comes from a signal handler or a finalizer; nesting it would
+                # open a SAVEPOINT outside any batch and release the outer lock (review,
+                # session 27).
+                raise UsageError(
+                    f"a write to {saver._path!r} was made from a signal handler or finalizer "
+                    "while this thread was beginning or ending a transaction on it; nothing "
+                    "of it was written. Write from another thread, or once the transaction "
+                    "is open or over.", path=saver._path)
             return self._enter_nested()
         held: interrupts.deferred | None = None
         try:
