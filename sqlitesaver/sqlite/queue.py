@@ -117,7 +117,8 @@ def _offer(saver: SqliteFileSaver, job: _Job) -> bool:
     # The Condition's lock itself, and notify_all() only if someone waits: a waiter enters
     # _waiters holding this lock, so the test is exact. Only tests wait here (for a transition
     # to be queued); the Condition's Python-level __enter__, __exit__ and notify_all() with
-    # nobody waiting were ~6% of the profiled CPU of 8 threads' puts (yappi, session 27).
+    # nobody waiting were ~6% of the profiled CPU of 8 threads' puts (yappi, which inflates
+    # Python calls; a rate A/B was within its noise: session 27).
     with saver._waiting_lock:
         if not saver._jobs_open:
             return False
