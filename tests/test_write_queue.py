@@ -172,36 +172,45 @@ def test_close_hands_queued_writes_back_refused(db_path, hang_detector, monkeypa
         assert check.get("lead") is not None
 
 
-def _while_beginning(saver: Saver, monkeypatch, then) -> dict:
-    """A put (under "lead") whose BEGIN IMMEDIATE runs ``then()`` first, as if that BEGIN had
-    given the GIL away (it does: APSW releases it while SQLite works) and other writes ran
-    meanwhile; returns its result or exception."""
+def _while_beginning(saver: Saver, monkeypatch, n: int, then=None
+                     ) -> tuple[dict, list[threading.Thread]]:
+    """A put (its result or exception under "lead") whose BEGIN IMMEDIATE first starts ``n``
+    puts from other threads (under "put0", ...), waits until they are queued or wait for the
+    lock, and runs ``then()`` (which may raise, as BEGIN would): as if that BEGIN had given the
+    GIL away (it does: APSW releases it while SQLite works) and other writes ran meanwhile.
+    Returns the results and the puts' threads, not yet joined (see _joined)."""
     begin, entered = saver._begin_step, []
+    results: dict = {}
+    threads: list[threading.Thread] = []
+
+    def put(i: int) -> None:
+        try:
+            results[f"put{i}"] = saver.put(f"t{i}", {"n": i})
+        except Exception as exc:  # reported through the results
+            results[f"put{i}"] = exc
 
     def slow_begin():
         if not entered:
             entered.append(True)
-            then()
+            threads.extend(threading.Thread(target=put, args=(i,)) for i in range(n))
+            for thread in threads:
+                thread.start()
+            queued(saver, n)
+            if then is not None:
+                then()
         return begin()
     monkeypatch.setattr(saver, "_begin_step", slow_begin)
-    result: dict = {}
     try:
-        result["lead"] = saver.put("lead", {"n": 0})
-    except Exception as exc:  # reported through the result
-        result["lead"] = exc
-    return result
+        results["lead"] = saver.put("lead", {"n": 0})
+    except Exception as exc:  # reported through the results
+        results["lead"] = exc
+    return results, threads
 
 
-def _start_puts(saver: Saver, n: int, results: dict) -> list[threading.Thread]:
-    def put(i: int) -> None:
-        try:
-            results[f"put{i}"] = saver.put(f"t{i}", {"n": i})
-        except Exception as exc:
-            results[f"put{i}"] = exc
-    threads = [threading.Thread(target=put, args=(i,)) for i in range(n)]
+def _joined(threads: list[threading.Thread]) -> None:
     for thread in threads:
-        thread.start()
-    return threads
+        thread.join(60)
+        assert not thread.is_alive()
 
 
 def test_writes_arriving_during_the_leaders_begin_are_queued_not_sent_to_the_lock(
@@ -213,18 +222,10 @@ def test_writes_arriving_during_the_leaders_begin_are_queued_not_sent_to_the_loc
     monkeypatch.setattr(write_queue, "QUEUE_POLL", 60.0)  # a job left waiting hangs the test
     with Saver(db_path) as saver:
         before = dict(saver._stats)
-        results: dict = {}
-        threads: list[threading.Thread] = []
         seen: dict = {}
-
-        def arrive() -> None:
-            threads.extend(_start_puts(saver, 5, results))
-            queued(saver, 5)
-            seen["queued"] = (len(saver._jobs), saver._waiting)
-        results.update(_while_beginning(saver, monkeypatch, arrive))
-        for thread in threads:
-            thread.join(60)
-            assert not thread.is_alive()
+        results, threads = _while_beginning(
+            saver, monkeypatch, 5, lambda: seen.update(queued=(len(saver._jobs), saver._waiting)))
+        _joined(threads)
         assert seen["queued"] == (5, 0), seen  # queued for the leader; none at the lock
         assert not any(isinstance(r, BaseException) for r in results.values()), results
         assert saver._stats["commits"] - before["commits"] == 1, saver._stats
@@ -235,22 +236,17 @@ def test_writes_arriving_during_the_leaders_begin_are_queued_not_sent_to_the_loc
     assert withdrawals == []
 
 
+def _fail_begin() -> None:
+    raise RuntimeError("BEGIN failed (injected)")
+
+
 def test_writes_queued_during_a_begin_that_fails_are_handed_over_and_committed(
         db_path, hang_detector, withdrawals, monkeypatch):
     hang_detector(120)
     monkeypatch.setattr(write_queue, "QUEUE_POLL", 60.0)  # a job nobody hands over hangs
     with Saver(db_path) as saver:
-        results: dict = {}
-        threads: list[threading.Thread] = []
-
-        def arrive_then_fail() -> None:
-            threads.extend(_start_puts(saver, 4, results))
-            queued(saver, 4)
-            raise RuntimeError("BEGIN failed (injected)")
-        results.update(_while_beginning(saver, monkeypatch, arrive_then_fail))
-        for thread in threads:
-            thread.join(60)
-            assert not thread.is_alive()
+        results, threads = _while_beginning(saver, monkeypatch, 4, _fail_begin)
+        _joined(threads)
         assert isinstance(results.pop("lead"), RuntimeError), results
         assert not any(isinstance(r, BaseException) for r in results.values()), results
         for i in range(4):
@@ -269,27 +265,20 @@ def test_a_write_re_entering_the_leaders_thread_during_its_begin_is_refused_alon
     hang_detector(120)
     monkeypatch.setattr(write_queue, "QUEUE_POLL", 60.0)  # a job left waiting hangs the test
     with Saver(db_path) as saver:
-        results: dict = {}
-        threads: list[threading.Thread] = []
         seen: dict = {}
 
-        def arrive_and_re_enter() -> None:
-            threads.extend(_start_puts(saver, 2, results))
-            queued(saver, 2)
+        def re_enter() -> None:
             try:
                 saver.put("re-entrant", {"n": 1})
             except UsageError as exc:
                 seen["error"] = exc
             seen["lock"] = saver._lock._is_owned()  # still this thread's, BEGIN still ahead
-        results.update(_while_beginning(saver, monkeypatch, arrive_and_re_enter))
-        for thread in threads:
-            thread.join(60)
-            assert not thread.is_alive()
+        results, threads = _while_beginning(saver, monkeypatch, 2, re_enter)
+        _joined(threads)
         assert "signal handler or finalizer" in str(seen["error"]) and seen["lock"], seen
         assert not any(isinstance(r, BaseException) for r in results.values()), results
         assert saver.get("re-entrant") is None
-        for name in ("lead", "put0", "put1"):
-            thread_id = "lead" if name == "lead" else f"t{name[-1]}"
+        for thread_id, name in (("lead", "lead"), ("t0", "put0"), ("t1", "put1")):
             assert saver.get(thread_id).checkpoint_id == results[name].checkpoint_id
     assert withdrawals == []
 
@@ -310,19 +299,10 @@ def test_writes_queued_during_a_begin_whose_recovery_fails_are_refused_at_once(
                 raise RuntimeError("the recovery failed (injected)")
             hand_over(s)
         monkeypatch.setattr(write_queue, "hand_over", breaking)
-        results: dict = {}
-        threads: list[threading.Thread] = []
-
-        def arrive_then_fail() -> None:
-            threads.extend(_start_puts(saver, 3, results))
-            queued(saver, 3)
-            raise RuntimeError("BEGIN failed (injected)")
-        results.update(_while_beginning(saver, monkeypatch, arrive_then_fail))
+        results, threads = _while_beginning(saver, monkeypatch, 3, _fail_begin)
         # Closed by the failed recovery itself, before the leader's put returned:
         assert saver._jobs == [] and not saver._jobs_open, saver._jobs
-        for thread in threads:
-            thread.join(60)
-            assert not thread.is_alive()
+        _joined(threads)
         assert broken and isinstance(results.pop("lead"), RuntimeError), results
         assert all(isinstance(r, SaverClosedError) for r in results.values()), results
         assert "reopen" in str(results["put0"])
