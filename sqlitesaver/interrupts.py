@@ -7,8 +7,9 @@ between a COMMIT returning and the flag that acknowledges it. No ``try``/``final
 such a section whole, so the group-commit protocol runs its few unsplittable sections inside
 :class:`deferred`: while one runs in the main thread, the Python-level handler of each signal in
 :data:`DEFERRED_SIGNALS` is swapped for a recorder, and when the section ends the original
-handlers are put back and called for the signals that arrived, in order. A ``KeyboardInterrupt``
-therefore arrives just after the section instead of inside it.
+handlers are put back and called for the signals that arrived, in order (if one raises, those
+after it are made pending again for CPython's next check: :func:`_run_held`). A
+``KeyboardInterrupt`` therefore arrives just after the section instead of inside it.
 
 What it covers and what not:
 
@@ -165,8 +166,7 @@ class deferred:
             return
         held = list(pending)
         pending.clear()  # type: ignore[attr-defined]  # the recorder's list (main thread)
-        for signum, frame in held:
-            saved[signum](signum, frame)  # may raise: that is the point
+        _run_held(saved, held)
 
     def _end(self) -> tuple[dict[int, _Handler], Sequence[tuple[int, FrameType | None]]]:
         """End the section: from the first line on, a recorder still installed forwards;
@@ -215,8 +215,46 @@ class deferred:
 
     def __exit__(self, *exc_info: object) -> None:
         handlers, pending = self._end()
-        for signum, frame in pending:
-            handlers[signum](signum, frame)  # may raise: that is the point
+        if pending:
+            _run_held(handlers, pending)
+
+
+def _run_held(handlers: dict[int, _Handler],
+              held: Sequence[tuple[int, FrameType | None]]) -> None:
+    """Run the handlers of the signals a section held, in the order they came. A handler may
+    raise (that is the point: KeyboardInterrupt); the signals after it are then sent again
+    (:func:`_send_again`), so that CPython handles them as it handles signals pending when a
+    handler raises: at its next check, one call per signal, and again later if one of them
+    raises too. Before, they were dropped: a SIGTERM held behind a Ctrl-C never reached its
+    handler (review, session 26)."""
+    for index, (signum, frame) in enumerate(held):
+        try:
+            handlers[signum](signum, frame)
+        except BaseException:
+            rest = {later for later, _frame in held[index + 1:]}
+            if rest:
+                _send_again(rest)
+            raise
+        # (a handler that returned: on to the next, as CPython's own loop does)
+
+
+def _send_again(signums: set[int]) -> None:
+    """Make ``signums`` pending again in this (the main) thread. Sent while blocked and then
+    unblocked at once, so the kernel delivers them together and CPython trips each flag before
+    it runs any handler: each signal's handler is then called once, in CPython's own loop,
+    which re-schedules the rest if one raises (sent one by one, the first one's handler could
+    run and raise before the others were sent, and lose them)."""
+    mask = getattr(signal, "pthread_sigmask", None)
+    if mask is None:  # no POSIX signal masks: one by one
+        for signum in signums:
+            signal.raise_signal(signum)
+        return
+    previous = mask(signal.SIG_BLOCK, signums)
+    try:
+        for signum in signums:
+            signal.raise_signal(signum)
+    finally:
+        mask(signal.SIG_SETMASK, previous)
 
 
 #: The code of the recorders :meth:`deferred.__enter__` installs (see :meth:`deferred._end`).

@@ -612,3 +612,37 @@ def test_an_exception_at_the_recoverys_start_every_time_shuts_the_saver_down(
             saver._owner = None
             saver._lock.release()
         saver.close()
+
+
+# --- signals held behind one whose handler raises ----------------------------------------------
+
+def _a_check() -> None:
+    """A Python call: CPython runs pending signal handlers as a function starts."""
+
+
+@pytest.mark.parametrize("ending", ["exit", "narrow"])
+def test_signals_held_behind_one_whose_handler_raises_reach_their_handlers(
+        python_sigint_handler, ending):
+    # Session 26's reviewer: a section's end ran its held signals' handlers in order and
+    # dropped the rest when one raised, so a SIGTERM held behind a Ctrl-C never reached its
+    # handler. CPython itself runs the rest at its next check; so does a section now.
+    seen: list[int] = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: seen.append(signum))
+    try:
+        section = interrupts.deferred()
+        with pytest.raises(KeyboardInterrupt):
+            with section:
+                signal.raise_signal(signal.SIGINT)
+                signal.raise_signal(signal.SIGTERM)
+                signal.raise_signal(signal.SIGTERM)
+                _a_check()
+                assert seen == []  # held
+                if ending == "narrow":
+                    section.narrow(lambda frame: True)  # runs what it held: raises here
+        _a_check()
+        # Two SIGTERMs sent again before a check count as one, as two that arrive before
+        # CPython's check do.
+        assert seen == [signal.SIGTERM], seen
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
