@@ -8,8 +8,8 @@ such a section whole, so the group-commit protocol runs its few unsplittable sec
 :class:`deferred`: while one runs in the main thread, the Python-level handler of each signal in
 :data:`DEFERRED_SIGNALS` is swapped for a recorder, and when the section ends the original
 handlers are put back and called for the signals that arrived, in order (if one raises, those
-after it are made pending again for CPython's next check: :func:`_run_held`). A
-``KeyboardInterrupt`` therefore arrives just after the section instead of inside it.
+after it are still called, each once: :func:`_run_held`). A ``KeyboardInterrupt`` therefore
+arrives just after the section instead of inside it.
 
 What it covers and what not:
 
@@ -221,40 +221,26 @@ class deferred:
 
 def _run_held(handlers: dict[int, _Handler],
               held: Sequence[tuple[int, FrameType | None]]) -> None:
-    """Run the handlers of the signals a section held, in the order they came. A handler may
-    raise (that is the point: KeyboardInterrupt); the signals after it are then sent again
-    (:func:`_send_again`), so that CPython handles them as it handles signals pending when a
-    handler raises: at its next check, one call per signal, and again later if one of them
-    raises too. Before, they were dropped: a SIGTERM held behind a Ctrl-C never reached its
-    handler (review, session 26)."""
+    """Call the handlers a section saved for the signals it held, in the order they came. A
+    handler may raise (that is the point: KeyboardInterrupt); the signals held after it are
+    then handled right here, each signal once (CPython coalesces a signal pending twice), and
+    an exception one of their handlers raises replaces the first, chained to it: what CPython
+    does at its next check when a handler raised with other signals pending. Before, they
+    were dropped: a SIGTERM held behind a Ctrl-C never reached its handler (session 26's
+    review). Called, not sent again through the kernel (session 27's review): a signal sent
+    again would meet whatever disposition is current (SIG_DFL, which a body may set,
+    terminates the process), a main thread that blocks it, or asyncio's wakeup fd a second
+    time."""
     for index, (signum, frame) in enumerate(held):
         try:
             handlers[signum](signum, frame)
         except BaseException:
-            rest = {later for later, _frame in held[index + 1:]}
+            rest: dict[int, FrameType | None] = {}
+            for later, later_frame in held[index + 1:]:
+                rest.setdefault(later, later_frame)
             if rest:
-                _send_again(rest)
+                _run_held(handlers, list(rest.items()))
             raise
-        # (a handler that returned: on to the next, as CPython's own loop does)
-
-
-def _send_again(signums: set[int]) -> None:
-    """Make ``signums`` pending again in this (the main) thread. Sent while blocked and then
-    unblocked at once, so the kernel delivers them together and CPython trips each flag before
-    it runs any handler: each signal's handler is then called once, in CPython's own loop,
-    which re-schedules the rest if one raises (sent one by one, the first one's handler could
-    run and raise before the others were sent, and lose them)."""
-    mask = getattr(signal, "pthread_sigmask", None)
-    if mask is None:  # no POSIX signal masks: one by one
-        for signum in signums:
-            signal.raise_signal(signum)
-        return
-    previous = mask(signal.SIG_BLOCK, signums)
-    try:
-        for signum in signums:
-            signal.raise_signal(signum)
-    finally:
-        mask(signal.SIG_SETMASK, previous)
 
 
 #: The code of the recorders :meth:`deferred.__enter__` installs (see :meth:`deferred._end`).
