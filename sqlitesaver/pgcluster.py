@@ -278,10 +278,28 @@ class Cluster:
         return found
 
     def _wait_gone(self, deadline: float, kill: bool) -> None:
-        """Poll until no process of the cluster is left, SIGKILLing them if ``kill``."""
-        while pids := self._pids():
+        """Poll until no process of the cluster is left, SIGKILLing them if ``kill``.
+
+        A process is left until it is gone or a zombie. One that is exiting has no working
+        directory in /proc any more (so :meth:`_pids` no longer finds it) but still runs, and
+        may still hold its files and locks for a while on a loaded machine: each process seen
+        is waited for by its pid and start time (never signalled again: its pid may be
+        another process's by then), as tests/test_pgcluster.py saw (a killed backend still
+        running after kill_all returned, under load)."""
+        seen: dict[int, str] = {}  # pid -> start time (field 22 of /proc/<pid>/stat)
+        while True:
+            pids = self._pids()
+            for pid in pids:
+                if pid not in seen:
+                    started = _start_time(pid)
+                    if started is not None:
+                        seen[pid] = started
+            exiting = {pid for pid, started in seen.items()
+                       if pid not in pids and _start_time(pid, running=True) == started}
+            if not pids and not exiting:
+                return
             if time.monotonic() > deadline:
-                raise ClusterError(f"processes {sorted(pids)} of the cluster in "
+                raise ClusterError(f"processes {sorted(pids | exiting)} of the cluster in "
                                    f"{self.data_dir} are still there after {self.timeout} s"
                                    f"{self._log_tail()}")
             for pid in pids if kill else ():
@@ -321,3 +339,18 @@ if __name__ == "__main__":
         print(find_bindir())
     except ClusterError as error:
         sys.exit(str(error))
+
+
+def _start_time(pid: int, running: bool = False) -> str | None:
+    """The process's start time (field 22 of /proc/<pid>/stat, in clock ticks since boot),
+    which with its pid names one process for good; None if there is no such process or, with
+    ``running``, if it is a zombie (it holds nothing any more)."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    fields = stat[stat.rindex(")") + 2:].split()  # after "pid (comm) ": state is field 3
+    if running and fields[0] == "Z":
+        return None
+    return fields[19]

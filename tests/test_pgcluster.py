@@ -207,3 +207,37 @@ def test_a_process_that_dies_without_closing_its_cluster_leaves_no_server_runnin
         if _alive(postmaster):
             os.kill(postmaster, signal.SIGKILL)
         shutil.rmtree(socket_dir, ignore_errors=True)  # left behind by design (docstring)
+
+
+def test_a_process_still_exiting_is_waited_for_after_its_working_directory_is_gone(
+        monkeypatch, hang_detector):
+    # Seen under load (session 27): kill_all returned while a killed backend, no longer shown
+    # with a working directory in /proc, was still running. The wait now follows each
+    # process it saw, by pid and start time, until it is gone or a zombie. Here a process
+    # stands for one: shown once, then hidden while it still runs.
+    import threading
+
+    hang_detector(120)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    polls: list[set[int]] = []
+    polled_hidden = threading.Event()
+
+    def pids() -> set[int]:
+        shown = {child.pid} if not polls else set()
+        polls.append(shown)
+        if len(polls) >= 3:
+            polled_hidden.set()  # the wait went on polling with nothing shown
+        return shown
+    cluster = Cluster.__new__(Cluster)  # no server: only the wait is under test
+    cluster.timeout, cluster.data_dir = 60.0, "(test)"
+    monkeypatch.setattr(cluster, "_pids", pids)
+    waiter = threading.Thread(target=cluster._wait_gone, args=(time.monotonic() + 60, False))
+    waiter.start()
+    try:
+        assert polled_hidden.wait(30), f"the wait returned while the process ran: {polls}"
+        assert waiter.is_alive()
+    finally:
+        child.kill()
+        waiter.join(60)
+        child.wait()
+    assert not waiter.is_alive()
