@@ -1,7 +1,9 @@
-"""bench/core.py's BareGroupCommit, the ceiling bench/run.py prints the 8-thread target against:
-a ceiling that acknowledged rows before their COMMIT, or lost some, would overstate what a
-correct group commit can reach, so it is held to the guarantee Saver gives.
-SQLite by nature: the SQLite group-commit ceiling of bench/core.py."""
+"""The ceilings bench/run.py prints the put targets against (bench/core.py): BareGroupCommit and
+the required-work twins built on it and on bare APSW (twin_put_op, TwinGroupCommit). A ceiling
+that acknowledged rows before their COMMIT, lost some, or skipped the work it stands for
+(checksums a Saver verifies, a failing member that fails alone) would overstate what a correct
+store can reach, so each is held to what it claims; and bench/run.py's rows and targets.
+SQLite by nature: the SQLite ceilings of bench/core.py."""
 
 from __future__ import annotations
 
