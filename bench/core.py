@@ -174,7 +174,6 @@ class BareGroupCommit:
         conn.executemany("INSERT INTO t (thread_id, data) VALUES (?, ?)", items)
 
 
-
 class TwinGroupCommit(BareGroupCommit):
     """:class:`BareGroupCommit` doing what issue #15 requires of 8 threads' ``Saver.put``, for a
     ceiling (bench/run.py's "required work" row at 8 threads), on a file with Saver's schema
@@ -210,6 +209,7 @@ class TwinGroupCommit(BareGroupCommit):
                 execute("ROLLBACK TO member")
                 execute("RELEASE member")
                 item[2] = exc
+
 
 def saver_put(saver: Saver, state: dict) -> Callable[[int], None]:
     def loop(n: int) -> None:

@@ -334,13 +334,6 @@ class Cluster:
         return f"\nlast lines of the server log {self.log_file}:\n" + "\n".join(lines)
 
 
-if __name__ == "__main__":
-    try:
-        print(find_bindir())
-    except ClusterError as error:
-        sys.exit(str(error))
-
-
 def _start_time(pid: int, running: bool = False) -> str | None:
     """The process's start time (field 22 of /proc/<pid>/stat, in clock ticks since boot),
     which with its pid names one process for good; None if there is no such process or, with
@@ -354,3 +347,10 @@ def _start_time(pid: int, running: bool = False) -> str | None:
     if running and fields[0] == "Z":
         return None
     return fields[19]
+
+
+if __name__ == "__main__":
+    try:
+        print(find_bindir())
+    except ClusterError as error:
+        sys.exit(str(error))

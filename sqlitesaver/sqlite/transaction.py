@@ -359,8 +359,7 @@ class _Transaction:
         conn = saver._writer
         batch = saver._batch
         if batch is None:
-            batch = saver._batch = _Batch(me)
-            saver._jobs_open = True  # this thread's _finish runs what is queued meanwhile
+            batch = saver._batch = _Batch(me)  # (the queue was opened before its BEGIN)
             self._member = False
         else:
             batch.waitable()
